@@ -1,0 +1,1 @@
+"""MLink-stream."""

@@ -1,0 +1,733 @@
+"""Versioned, crash-safe local storage of trained links and ensembles.
+
+A *bundle* is one version of the whole link set of a pipeline: a mapping
+``name -> state dict`` (``"link/face->person"``, ``"ensemble/person"``, ...) plus the
+user's JSON metadata. Bundles are stored as whole versions rather than per link so that
+an operator always swaps in a set of links that were trained and validated together.
+
+On-disk layout (``root`` is the directory given to :class:`LinkStore`)::
+
+    root/
+      .lock                  flock target; held by writers only, readers never take it
+      SEQUENCE.json          {"last": 7}: highest version number ever allocated
+      CURRENT.json           {"current": 7, "history": [3, 5, 7], "promoted_at": <unix s>}
+      v000007/               one complete version; only ever appears via os.rename
+        tensors.safetensors  all state dicts, flattened to "<name>/<param>" keys
+        meta.json            {"version", "created_at", "names", "meta": <user dict>}
+        MANIFEST.json        sha256 of the two files above, checked on every load
+      .tmp-*                 debris of an interrupted write; ignored, removed by next save
+      .trash-*               debris of an interrupted delete; ignored, removed by next save
+
+Why it is crash safe: a version is written completely into a ``.tmp-`` directory inside
+the store (same filesystem), every file and the directory are fsynced, and only then is
+it renamed to ``vNNNNNN``; a rename is atomic, so a version is either absent or complete.
+Small JSON files (pointer, sequence) are replaced with write-temp + fsync + ``os.replace``.
+The sequence counter is advanced *before* the temp directory is created, so a number
+handed to a write that later crashed is never handed out again.
+
+Why writers hold the lock for the whole save (not just allocation and rename): it makes
+every ``.tmp-`` entry seen by a lock holder provably stale, so cleanup can never delete a
+concurrent writer's half-built version. Saves of small link models take milliseconds;
+serialisation to bytes happens before the lock is taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
+
+__all__ = [
+    "FORMAT",
+    "Bundle",
+    "BundleMeta",
+    "IntegrityError",
+    "LinkStore",
+    "StoreError",
+]
+
+FORMAT = 1
+"""On-disk format written by this module; newer formats are refused rather than misread."""
+
+TENSORS_FILE = "tensors.safetensors"
+META_FILE = "meta.json"
+MANIFEST_FILE = "MANIFEST.json"
+POINTER_FILE = "CURRENT.json"
+SEQUENCE_FILE = "SEQUENCE.json"
+LOCK_FILE = ".lock"
+
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+_VERSION_DIR = re.compile(r"^v(\d{6,})$")
+_TMP_VERSION_DIR = re.compile(r"^\.tmp-v(\d+)-")
+_HISTORY_LIMIT = 256
+_KEY_SEP = "/"
+_ESCAPES = {"%": "%25", "/": "%2F"}
+_UNESCAPES = {"25": "%", "2F": "/"}
+
+
+class StoreError(Exception):
+    """A store operation cannot be carried out; the message says what to do instead."""
+
+
+class IntegrityError(StoreError):
+    """Stored bytes do not match their manifest: the version is corrupt and must not be used."""
+
+
+class _MissingVersionError(StoreError):
+    """Internal: the version directory is absent (lets load(None) retry after a race)."""
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    """What is known about one stored version without reading its tensors.
+
+    ``sha256`` is the digest of the tensor payload file, so two versions with equal
+    ``sha256`` hold bit-identical weights. ``meta`` is the user's JSON dict as saved
+    (tuples come back as lists, as with any JSON round trip).
+    """
+
+    version: int
+    created_at: str
+    sha256: str
+    meta: dict[str, Any]
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One loaded version: ``tensors[name][param]`` are CPU tensors, verified against the
+    manifest."""
+
+    version: int
+    tensors: dict[str, dict[str, torch.Tensor]]
+    meta: BundleMeta
+
+
+@dataclass(frozen=True)
+class _Pointer:
+    current: int | None
+    history: tuple[int, ...]
+    promoted_at: float
+
+
+class LinkStore:
+    """A directory of versioned link bundles with an atomically switched "current" version.
+
+    Writers (``save``, ``promote``, ``rollback``, ``delete``, ``prune``) serialise on an
+    exclusive ``flock`` so several processes can share one store; readers (``load``,
+    ``versions``, ``current``, ``current_token``, ``latest``) take no lock and only ever
+    observe complete versions.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float | None = 60.0) -> None:
+        """``lock_timeout`` bounds how long a writer waits for another writer (None = forever);
+        a crashed writer never blocks others because the kernel drops its flock."""
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(
+                f"link store path {self.root} exists but is not a directory; "
+                "pass a directory path (it is created if missing)"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LinkStore({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ writers
+
+    def save(
+        self,
+        tensors: Mapping[str, Mapping[str, torch.Tensor]],
+        meta: Mapping[str, Any],
+        *,
+        promote: bool = True,
+    ) -> int:
+        """Store a new version and return its number (1, 2, ...; never reused).
+
+        Promotes it by default because the common flow is train -> validate -> save and
+        serve; pass ``promote=False`` to stage a version for a later ``promote``.
+        """
+        names = _check_tensors(tensors)
+        if not isinstance(meta, Mapping):
+            raise StoreError(
+                f"meta must be a JSON object (a dict with str keys), got {type(meta).__name__}"
+            )
+        plain_meta = _to_json(meta, "meta")
+        payload = _serialize(tensors)
+        with self._locked():
+            self._clean_debris()
+            version = self._allocate_locked()
+            created_at = datetime.now(UTC).isoformat()
+            meta_bytes = _json_bytes(
+                {
+                    "format": FORMAT,
+                    "version": version,
+                    "created_at": created_at,
+                    "names": list(names),
+                    "meta": plain_meta,
+                }
+            )
+            manifest_bytes = _json_bytes(
+                {
+                    "format": FORMAT,
+                    "version": version,
+                    "files": {
+                        TENSORS_FILE: _digest(payload),
+                        META_FILE: _digest(meta_bytes),
+                    },
+                }
+            )
+            tmp = self.root / f"{_TMP_PREFIX}v{version:06d}-{secrets.token_hex(4)}"
+            try:
+                os.mkdir(tmp)
+                _write_durable(tmp / TENSORS_FILE, payload)
+                _write_durable(tmp / META_FILE, meta_bytes)
+                _write_durable(tmp / MANIFEST_FILE, manifest_bytes)
+                _fsync_dir(tmp)
+                os.rename(tmp, self._dir(version))
+                _fsync_dir(self.root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if promote:
+                self._promote_locked(version, verify=False)
+        return version
+
+    def promote(self, version: int) -> None:
+        """Make ``version`` current (atomically) after verifying its bytes, so a corrupt
+        version can never become what running operators hot-swap to."""
+        _check_version_arg(version)
+        with self._locked():
+            self._promote_locked(version, verify=True)
+
+    def rollback(self) -> int:
+        """Re-promote the version that was current before the current one and return it.
+
+        Repeated calls walk further back through the promotion history; versions deleted
+        since are skipped.
+        """
+        with self._locked():
+            pointer = self._read_pointer()
+            existing = set(self._version_numbers())
+            history = _collapse([v for v in pointer.history if v in existing])
+            if len(history) < 2 or history[-1] != pointer.current:
+                raise StoreError(
+                    f"cannot roll back in {self.root}: there is no earlier promoted version "
+                    f"(current: {pointer.current}, usable history: {history}); "
+                    f"promote one explicitly with promote(v), available: {sorted(existing)}"
+                )
+            target = history[-2]
+            self._verify(target)
+            self._write_pointer(
+                _Pointer(target, tuple(history[:-1]), _next_stamp(pointer.promoted_at))
+            )
+            return target
+
+    def delete(self, version: int) -> None:
+        """Remove a stored version; refuses the current one so serving never loses its
+        weights (promote or roll back first)."""
+        _check_version_arg(version)
+        with self._locked():
+            self._delete_locked(version, self._read_pointer())
+
+    def prune(self, keep: int) -> list[int]:
+        """Delete all but the ``keep`` newest versions (the current one is always kept,
+        in addition) and return the deleted version numbers."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(f"prune(keep=...) needs an int >= 0, got {keep!r}")
+        with self._locked():
+            pointer = self._read_pointer()
+            numbers = self._version_numbers()
+            kept = set(numbers[len(numbers) - keep :] if keep else [])
+            doomed = [v for v in numbers if v not in kept and v != pointer.current]
+            for version in doomed:
+                pointer = self._delete_locked(version, pointer)
+            return doomed
+
+    # ------------------------------------------------------------------ readers
+
+    def load(self, version: int | None = None) -> Bundle:
+        """Load and verify a version (default: the current one).
+
+        Raises :class:`IntegrityError` if any file differs from the manifest and
+        :class:`StoreError` if the version does not exist.
+        """
+        if version is not None:
+            _check_version_arg(version)
+            return self._load_version(version)
+        last_error: StoreError | None = None
+        for _ in range(5):
+            current = self.current()
+            if current is None:
+                raise StoreError(
+                    f"no version of {self.root} is promoted; save(...) one, or promote(v) "
+                    f"one of the available versions {self._version_numbers()}"
+                )
+            try:
+                return self._load_version(current)
+            except _MissingVersionError as exc:
+                # A concurrent promote+delete may have retired it; retry only if it moved.
+                if self.current() == current:
+                    raise
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    def versions(self) -> list[BundleMeta]:
+        """All complete versions, oldest first (reads only the small JSON files)."""
+        metas = []
+        for version in self._version_numbers():
+            try:
+                metas.append(self._read_meta(version))
+            except _MissingVersionError:
+                continue  # deleted by a concurrent writer while listing
+        return metas
+
+    def current(self) -> int | None:
+        """The promoted version, or None if nothing was promoted yet."""
+        return self._read_pointer().current
+
+    def current_token(self) -> tuple[int | None, float]:
+        """``(current version, promotion time)``: one small file read, cheap to poll.
+
+        The token changes exactly when the current version is (re)promoted, so a running
+        operator can compare tokens and hot-swap without loading anything.
+        """
+        pointer = self._read_pointer()
+        return pointer.current, pointer.promoted_at
+
+    def latest(self) -> int | None:
+        """The highest stored version number, promoted or not."""
+        numbers = self._version_numbers()
+        return numbers[-1] if numbers else None
+
+    # ------------------------------------------------------------------ internals
+
+    def _dir(self, version: int) -> Path:
+        return self.root / f"v{version:06d}"
+
+    def _version_numbers(self) -> list[int]:
+        numbers = []
+        for entry in os.listdir(self.root):
+            match = _VERSION_DIR.match(entry)
+            if match:
+                numbers.append(int(match.group(1)))
+        return sorted(numbers)
+
+    def _missing(self, version: int) -> _MissingVersionError:
+        available = self._version_numbers()
+        return _MissingVersionError(
+            f"version {version} does not exist in {self.root}; "
+            f"available versions: {available if available else 'none (save one first)'}"
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        lock_path = self.root / LOCK_FILE
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if self.lock_timeout is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                deadline = time.monotonic() + self.lock_timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise StoreError(
+                                f"timed out after {self.lock_timeout}s waiting for the writer "
+                                f"lock {lock_path}; another process is writing to this store. "
+                                "Retry, or raise LinkStore(..., lock_timeout=...)"
+                            ) from None
+                        time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _clean_debris(self) -> None:
+        """Remove leftovers of crashed writes; only safe while holding the lock."""
+        for entry in os.listdir(self.root):
+            if entry.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+                path = self.root / entry
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+
+    def _allocate_locked(self) -> int:
+        last = 0
+        with contextlib.suppress(FileNotFoundError):
+            state = _read_json(self.root / SEQUENCE_FILE, what="sequence file")
+            last = _as_int(state.get("last"), self.root / SEQUENCE_FILE)
+        for entry in os.listdir(self.root):
+            match = _VERSION_DIR.match(entry) or _TMP_VERSION_DIR.match(entry)
+            if match:
+                last = max(last, int(match.group(1)))
+        version = last + 1
+        # Persist before the temp dir exists, so a crash cannot lead to reuse of `version`.
+        self._write_json_atomic(SEQUENCE_FILE, {"format": FORMAT, "last": version})
+        return version
+
+    def _read_pointer(self) -> _Pointer:
+        path = self.root / POINTER_FILE
+        try:
+            data = _read_json(path, what="current-version pointer")
+        except FileNotFoundError:
+            return _Pointer(None, (), 0.0)
+        current = data.get("current")
+        if current is not None:
+            current = _as_int(current, path)
+        history = tuple(_as_int(v, path) for v in data.get("history", []))
+        return _Pointer(current, history, float(data.get("promoted_at", 0.0)))
+
+    def _write_pointer(self, pointer: _Pointer) -> None:
+        self._write_json_atomic(
+            POINTER_FILE,
+            {
+                "format": FORMAT,
+                "current": pointer.current,
+                "history": list(pointer.history[-_HISTORY_LIMIT:]),
+                "promoted_at": pointer.promoted_at,
+            },
+        )
+
+    def _promote_locked(self, version: int, *, verify: bool) -> None:
+        if not self._dir(version).is_dir():
+            raise self._missing(version)
+        if verify:
+            self._verify(version)
+        pointer = self._read_pointer()
+        if pointer.current == version:
+            return
+        history = (*pointer.history, version)
+        self._write_pointer(_Pointer(version, history, _next_stamp(pointer.promoted_at)))
+
+    def _delete_locked(self, version: int, pointer: _Pointer) -> _Pointer:
+        if version == pointer.current:
+            raise StoreError(
+                f"version {version} is the current version of {self.root} and cannot be "
+                "deleted; promote(v) another version or rollback() first"
+            )
+        path = self._dir(version)
+        if not path.is_dir():
+            raise self._missing(version)
+        trash = self.root / f"{_TRASH_PREFIX}v{version:06d}-{secrets.token_hex(4)}"
+        os.rename(path, trash)  # atomic: readers see the version whole or not at all
+        _fsync_dir(self.root)
+        if version in pointer.history:
+            history = _collapse([v for v in pointer.history if v != version])
+            pointer = _Pointer(pointer.current, tuple(history), pointer.promoted_at)
+            self._write_pointer(pointer)
+        shutil.rmtree(trash, ignore_errors=True)
+        return pointer
+
+    def _write_json_atomic(self, name: str, obj: Any) -> None:
+        tmp = self.root / f"{_TMP_PREFIX}{name}-{secrets.token_hex(4)}"
+        try:
+            _write_durable(tmp, _json_bytes(obj))
+            os.replace(tmp, self.root / name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        _fsync_dir(self.root)
+
+    def _open_dir(self, version: int) -> int:
+        try:
+            return os.open(self._dir(version), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise self._missing(version) from None
+
+    def _read_file(self, version: int, dir_fd: int, name: str) -> bytes:
+        """Read through the directory fd so a concurrent rename cannot mix two versions."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if not self._dir(version).is_dir():
+                raise self._missing(version) from None
+            raise IntegrityError(
+                f"version {version} in {self.root} is missing {name}; the version is "
+                f"corrupt: rollback()/promote(v) away from it and delete({version})"
+            ) from None
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+
+    def _read_manifest(self, version: int, dir_fd: int) -> dict[str, str]:
+        raw = self._read_file(version, dir_fd, MANIFEST_FILE)
+        manifest = self._parse(version, MANIFEST_FILE, raw)
+        files = manifest.get("files")
+        if (
+            manifest.get("version") != version
+            or not isinstance(files, dict)
+            or set(files) != {TENSORS_FILE, META_FILE}
+        ):
+            raise self._corrupt(version, MANIFEST_FILE, "has unexpected content")
+        return files
+
+    def _checked(self, version: int, dir_fd: int, files: dict[str, str], name: str) -> bytes:
+        data = self._read_file(version, dir_fd, name)
+        actual = _digest(data)
+        if actual != files[name]:
+            raise self._corrupt(
+                version,
+                name,
+                f"has sha256 {actual[:16]}... but the manifest records {str(files[name])[:16]}...",
+            )
+        return data
+
+    def _parse(self, version: int, name: str, raw: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._corrupt(version, name, f"is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise self._corrupt(version, name, "is not a JSON object")
+        fmt = data.get("format")
+        if isinstance(fmt, int) and fmt > FORMAT:
+            raise StoreError(
+                f"version {version} in {self.root} uses store format {fmt}, newer than this "
+                f"code understands ({FORMAT}); upgrade mlink-stream to read it"
+            )
+        return data
+
+    def _corrupt(self, version: int, name: str, problem: str) -> IntegrityError:
+        return IntegrityError(
+            f"version {version} in {self.root} is corrupt: {name} {problem}. Do not use it: "
+            f"rollback() or promote(v) another version, then delete({version})"
+        )
+
+    def _meta_from(self, version: int, meta_raw: bytes, files: dict[str, str]) -> BundleMeta:
+        data = self._parse(version, META_FILE, meta_raw)
+        names = data.get("names")
+        if (
+            data.get("version") != version
+            or not isinstance(data.get("meta"), dict)
+            or not isinstance(names, list)
+            or not all(isinstance(n, str) for n in names)
+        ):
+            raise self._corrupt(version, META_FILE, "has unexpected content")
+        return BundleMeta(
+            version=version,
+            created_at=str(data.get("created_at")),
+            sha256=files[TENSORS_FILE],
+            meta=data["meta"],
+            names=tuple(names),
+        )
+
+    def _read_meta(self, version: int) -> BundleMeta:
+        dir_fd = self._open_dir(version)
+        try:
+            files = self._read_manifest(version, dir_fd)
+            return self._meta_from(version, self._checked(version, dir_fd, files, META_FILE), files)
+        finally:
+            os.close(dir_fd)
+
+    def _verify(self, version: int) -> None:
+        dir_fd = self._open_dir(version)
+        try:
+            files = self._read_manifest(version, dir_fd)
+            for name in files:
+                self._checked(version, dir_fd, files, name)
+        finally:
+            os.close(dir_fd)
+
+    def _load_version(self, version: int) -> Bundle:
+        dir_fd = self._open_dir(version)
+        try:
+            files = self._read_manifest(version, dir_fd)
+            meta = self._meta_from(version, self._checked(version, dir_fd, files, META_FILE), files)
+            payload = self._checked(version, dir_fd, files, TENSORS_FILE)
+        finally:
+            os.close(dir_fd)
+        try:
+            flat = _st_load(payload)
+        except Exception as exc:  # hash matched, so this is a writer bug or format change
+            raise self._corrupt(version, TENSORS_FILE, f"cannot be decoded ({exc})") from exc
+        tensors: dict[str, dict[str, torch.Tensor]] = {name: {} for name in meta.names}
+        for key, tensor in flat.items():
+            name, param = _split_key(key)
+            if name not in tensors:
+                raise self._corrupt(version, TENSORS_FILE, f"holds unlisted link {name!r}")
+            tensors[name][param] = tensor
+        return Bundle(version=version, tensors=tensors, meta=meta)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_version_arg(version: object) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version numbers are ints >= 1, got {version!r}")
+
+
+def _check_tensors(tensors: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[str, ...]:
+    if not isinstance(tensors, Mapping):
+        raise StoreError(
+            f"tensors must be a mapping name -> state dict, got {type(tensors).__name__}"
+        )
+    for name, state in tensors.items():
+        if not isinstance(name, str) or not name:
+            raise StoreError(f"link names must be non-empty strings, got {name!r}")
+        if not isinstance(state, Mapping):
+            raise StoreError(
+                f"tensors[{name!r}] must be a state dict (param name -> tensor), "
+                f"got {type(state).__name__}; pass module.state_dict()"
+            )
+        for param, tensor in state.items():
+            if not isinstance(param, str):
+                raise StoreError(f"tensors[{name!r}] has a non-string key {param!r}")
+            if not isinstance(tensor, torch.Tensor):
+                raise StoreError(
+                    f"tensors[{name!r}][{param!r}] is a {type(tensor).__name__}, not a "
+                    "torch.Tensor; only tensors are stored (put other values in meta)"
+                )
+            if tensor.layout != torch.strided:
+                raise StoreError(
+                    f"tensors[{name!r}][{param!r}] has layout {tensor.layout}; only dense "
+                    "tensors are stored, convert with .to_dense()"
+                )
+    return tuple(tensors)
+
+
+def _serialize(tensors: Mapping[str, Mapping[str, torch.Tensor]]) -> bytes:
+    # Cloning to fresh contiguous CPU storage drops aliasing (tied weights), which
+    # safetensors refuses, and decouples the bytes from tensors the caller keeps training.
+    flat = {
+        _join_key(name, param): tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for name, state in tensors.items()
+        for param, tensor in state.items()
+    }
+    try:
+        return _st_save(flat)
+    except Exception as exc:
+        raise StoreError(f"safetensors cannot serialise these tensors: {exc}") from exc
+
+
+def _escape(part: str) -> str:
+    return re.sub(r"[%/]", lambda m: _ESCAPES[m.group(0)], part)
+
+
+def _unescape(part: str) -> str:
+    return re.sub(r"%(25|2F)", lambda m: _UNESCAPES[m.group(1)], part)
+
+
+def _join_key(name: str, param: str) -> str:
+    """Flatten with "/" as separator; "%" and "/" inside names are %-escaped so link
+    names such as "link/face->person" survive the round trip."""
+    return f"{_escape(name)}{_KEY_SEP}{_escape(param)}"
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    name, sep, param = key.partition(_KEY_SEP)
+    if not sep:
+        raise StoreError(f"tensor key {key!r} lacks the {_KEY_SEP!r} separator")
+    return _unescape(name), _unescape(param)
+
+
+def _to_json(value: Any, path: str) -> Any:
+    """Return a plain-JSON copy (tuples become lists, mappings dicts), or reject what JSON
+    cannot round-trip, naming the offending key so it can be fixed."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise StoreError(
+                f"{path} is {value}, which JSON cannot represent; store None or a string"
+            )
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise StoreError(f"{path} has non-string key {key!r}; JSON keys must be str")
+            out[key] = _to_json(item, f"{path}[{key!r}]")
+        return out
+    raise StoreError(
+        f"{path} is a {type(value).__name__}, which is not JSON-serialisable; convert it "
+        "first (e.g. float(x), x.item(), x.tolist(), str(x))"
+    )
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, allow_nan=False).encode("utf-8")
+
+
+def _read_json(path: Path, *, what: str) -> dict[str, Any]:
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(
+            f"the {what} {path} is not valid JSON ({exc}); it is only ever replaced "
+            "atomically, so it was edited or damaged by hand: restore or remove it"
+        ) from None
+    if not isinstance(data, dict):
+        raise StoreError(f"the {what} {path} is not a JSON object; restore or remove it")
+    return data
+
+
+def _as_int(value: object, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StoreError(f"{path} holds {value!r} where a version number belongs; restore it")
+    return value
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _collapse(history: list[int]) -> list[int]:
+    """Drop consecutive repeats left behind when versions between them were deleted."""
+    out: list[int] = []
+    for v in history:
+        if not out or out[-1] != v:
+            out.append(v)
+    return out
+
+
+def _next_stamp(previous: float) -> float:
+    """Strictly increasing, so two promotions within one clock tick still change the token."""
+    return max(time.time(), previous + 1e-6)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,224 @@
+"""msgpack bytes for the MLink topics, with numpy arrays that round-trip bit for bit.
+
+Arrays travel as msgpack extension type :data:`ARRAY_EXT_CODE` whose payload is itself
+msgpack ``[dtype.str, shape, raw C-order bytes]``. Carrying ``dtype.str`` (e.g. ``"<f4"``,
+``">f8"``) keeps byte order; carrying the shape keeps 0-d and zero-size arrays; copying
+raw bytes keeps NaN payloads and costs one memcpy, not a Python loop per element.
+
+numpy *scalars* (``np.float32(1.5)``, ``np.int64(3)``, ``np.bool_(True)``) encode as
+plain Python numbers (``float``, ``int``, ``bool``): they usually leak in from arithmetic
+into timestamps and budgets, where a plain number is what a reader expects. To keep a
+scalar's dtype, send ``np.asarray(x)``, a 0-d array.
+
+Every decode failure raises :class:`DecodeError`, whatever the bytes were, so a consumer
+can dead-letter unreadable input with a single ``except``. Encode failures are
+programming errors and raise ``TypeError`` (``OverflowError`` for ints beyond 64 bits).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final, TypeVar
+
+import msgpack
+import numpy as np
+
+from mlink.topics.records import RECORD_TYPES, DecodeError, RecordError, WireRecord, wire_type
+
+__all__ = [
+    "ARRAY_EXT_CODE",
+    "DecodeError",
+    "decode",
+    "decode_any_record",
+    "decode_record",
+    "encode",
+    "encode_record",
+]
+
+ARRAY_EXT_CODE: Final = 42
+"""msgpack extension type code of a numpy array."""
+
+_MAX_NDIM: Final = 64  # numpy 2's limit; a larger claimed rank is garbage, not an array.
+
+R = TypeVar("R", bound=WireRecord)
+
+
+def _dtype_problem(dtype: np.dtype[Any]) -> str | None:
+    """Why arrays of ``dtype`` cannot travel, or None if they can."""
+    if dtype.hasobject:
+        return "object arrays hold Python pointers, not data; convert to a numeric dtype"
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind == "V":
+        return "structured and void dtypes are not supported; send each field as its own array"
+    if dtype.itemsize == 0:
+        return "zero-size items cannot be decoded; use a dtype with a size, like 'S1'"
+    return None
+
+
+def _pack_array(array: np.ndarray) -> msgpack.ExtType:
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(
+            "cannot encode a masked array: the mask would be lost; send arr.filled(value) "
+            "and np.ma.getmaskarray(arr) as two arrays"
+        )
+    problem = _dtype_problem(array.dtype)
+    if problem:
+        raise TypeError(f"cannot encode an array of dtype {array.dtype}: {problem}")
+    payload = msgpack.packb(
+        (array.dtype.str, array.shape, array.tobytes()), use_bin_type=True
+    )  # tobytes() is C order even for transposed or strided views
+    return msgpack.ExtType(ARRAY_EXT_CODE, payload)
+
+
+def _default(obj: Any) -> Any:
+    """msgpack's hook for types it does not know."""
+    if isinstance(obj, np.ndarray):
+        return _pack_array(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating) and obj.dtype.itemsize <= 8:  # float() is exact here
+        return float(obj)
+    if isinstance(obj, int):  # msgpack hands over ints it cannot pack
+        raise OverflowError(f"cannot encode int {obj}: msgpack ints must fit in 64 bits")
+    hint = (
+        "; use encode_record(record)"
+        if isinstance(obj, WireRecord)
+        else "; wrap it with np.asarray(x) to send it as an array"
+        if isinstance(obj, np.generic)
+        else ""
+    )
+    raise TypeError(
+        f"cannot encode {type(obj).__module__}.{type(obj).__qualname__} as msgpack: expected "
+        f"None, bool, int, float, str, bytes, list, tuple, dict or numpy array{hint}"
+    )
+
+
+def encode(obj: Any) -> bytes:
+    """Pack a plain structure (dicts, lists, scalars, bytes, numpy arrays) to bytes.
+
+    Tuples are packed as msgpack arrays and come back from :func:`decode` as lists.
+    """
+    return msgpack.packb(obj, use_bin_type=True, default=_default)
+
+
+def _fail_array(message: str) -> DecodeError:
+    return DecodeError(f"bad numpy array extension: {message}")
+
+
+def _unpack_array(payload: bytes) -> np.ndarray:
+    try:
+        header = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:  # untrusted bytes: any failure is a decode failure
+        raise _fail_array(f"payload is not msgpack ({exc})") from exc
+    if not isinstance(header, list) or len(header) != 3:
+        raise _fail_array(f"expected payload [dtype, shape, data], got {type(header).__name__}")
+    dtype_str, shape, raw = header
+    if not isinstance(dtype_str, str):
+        raise _fail_array(f"dtype must be a str like '<f8', got {type(dtype_str).__name__}")
+    try:
+        dtype = np.dtype(dtype_str)
+    except Exception as exc:  # np.dtype parses many syntaxes; any rejection is bad input
+        raise _fail_array(f"unknown dtype {dtype_str!r}") from exc
+    if dtype.str != dtype_str:  # also rejects structured specs such as "i4,f4"
+        raise _fail_array(f"dtype {dtype_str!r} is not canonical; writers send dtype.str")
+    problem = _dtype_problem(dtype)
+    if problem:
+        raise _fail_array(f"dtype {dtype_str!r}: {problem}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_NDIM
+        or not all(type(dim) is int and dim >= 0 for dim in shape)
+    ):
+        raise _fail_array(f"shape must be a list of at most {_MAX_NDIM} non-negative ints")
+    if not isinstance(raw, bytes):
+        raise _fail_array(f"data must be bytes, got {type(raw).__name__}")
+    needed = math.prod(shape) * dtype.itemsize
+    if len(raw) != needed:
+        raise _fail_array(
+            f"data is {len(raw)} bytes but dtype {dtype_str} and shape {tuple(shape)} need {needed}"
+        )
+    try:
+        # bytearray: one copy that leaves the array writable and aligned (torch.from_numpy
+        # warns on read-only arrays).
+        return np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+    except ValueError as exc:  # e.g. a zero-size shape numpy still refuses as too big
+        raise _fail_array(f"cannot build shape {tuple(shape)}: {exc}") from exc
+
+
+def _ext_hook(code: int, payload: bytes) -> Any:
+    if code != ARRAY_EXT_CODE:
+        raise DecodeError(
+            f"unknown msgpack extension type {code}; this reader knows only "
+            f"{ARRAY_EXT_CODE} (numpy array)"
+        )
+    return _unpack_array(payload)
+
+
+def decode(data: bytes) -> Any:
+    """Unpack bytes from :func:`encode`; raises :class:`DecodeError` on any bad input."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        tombstone = " (a Kafka tombstone?)" if data is None else ""
+        raise DecodeError(f"expected bytes to decode, got {type(data).__name__}{tombstone}")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+    except DecodeError:
+        raise
+    except msgpack.ExtraData as exc:
+        raise DecodeError(
+            f"{len(exc.extra)} trailing bytes after a complete message; one Kafka value "
+            "must hold exactly one message"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"a msgpack str is not valid UTF-8: {exc}") from exc
+    except Exception as exc:  # untrusted bytes: any failure is a decode failure
+        reason = "truncated message" if "incomplete input" in str(exc) else "not valid msgpack"
+        raise DecodeError(f"{reason} ({type(exc).__name__}: {exc})") from exc
+
+
+def encode_record(record: WireRecord) -> bytes:
+    """Pack a record; its dict carries ``"v"`` and ``"type"`` so any reader can route it."""
+    if not isinstance(record, WireRecord):
+        raise TypeError(
+            f"encode_record() takes a record such as Frame or ModelOutput, got "
+            f"{type(record).__name__}; use encode() for plain structures"
+        )
+    return encode(record.to_dict())
+
+
+def _record_type(obj: Any) -> str:
+    try:
+        return wire_type(obj)
+    except RecordError as exc:
+        raise DecodeError(f"message is not a record: {exc}") from exc
+
+
+def decode_record(data: bytes, expected: type[R]) -> R:
+    """Unpack a record that must be of type ``expected``, with its exact field types.
+
+    Raises :class:`DecodeError` on bad bytes, on a record of another type (naming both)
+    and on a record whose fields break the contract.
+    """
+    if RECORD_TYPES.get(getattr(expected, "TYPE", None)) is not expected:  # type: ignore[arg-type]
+        raise TypeError(f"expected must be a record class such as Frame, got {expected!r}")
+    obj = decode(data)
+    tag = _record_type(obj)
+    if tag != expected.TYPE:
+        actual = RECORD_TYPES.get(tag)
+        what = f"a {actual.__name__} record" if actual else "a record of unknown type"
+        raise DecodeError(
+            f"expected a {expected.__name__} record (type {expected.TYPE!r}) but the message "
+            f"is {what} (type {tag!r}); check which topic this consumer reads"
+        )
+    return expected.from_dict(obj)
+
+
+def decode_any_record(data: bytes) -> WireRecord:
+    """Unpack whichever record the bytes hold, dispatching on its ``"type"`` tag."""
+    obj = decode(data)
+    tag = _record_type(obj)
+    cls = RECORD_TYPES.get(tag)
+    if cls is None:
+        known = ", ".join(sorted(RECORD_TYPES))
+        raise DecodeError(f"unknown record type {tag!r}; known types are {known}")
+    return cls.from_dict(obj)

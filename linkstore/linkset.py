@@ -98,6 +98,7 @@ class LinkSet:
         self.config = config
         self.ensemble_kind = ensemble_kind
         self.n_train = n_train
+        self.val_index = np.zeros(0, dtype=np.int64)  # held-out training rows, set by train()
 
     @property
     def models(self) -> list[str]:
@@ -157,7 +158,7 @@ class LinkSet:
             raise ValueError(f"targets {unknown} are not among the models {names}")
         groups = _training_groups(specs, targets or names)
         bar = tqdm(
-            total=config.epochs * sum(len(g) for g in groups.values()),
+            total=config.epochs * sum(len(a) + len(b) for a, b in groups.values()),
             desc="training links",
             unit="epoch",
             disable=not progress,
@@ -198,6 +199,7 @@ class LinkSet:
         bar.close()
         priors = {m: prior_row(specs[m], enc[m][train_idx]) for m in names}
         result = cls(specs, links, {}, priors, scores, config, ensemble, n)
+        result.val_index = val_idx
         for target in groups:
             spec_t = specs[target]
             if isinstance(spec_t, SequenceSpec):

@@ -29,6 +29,7 @@ from mlink.topics.records import (
     ModelOutput,
     ModelResult,
     Plan,
+    PlanNotice,
     RecordError,
     WireRecord,
 )
@@ -90,6 +91,17 @@ model_outputs = st.builds(
     epoch=counts,
     elapsed_ms=numbers,
     produced_at=numbers,
+    error=st.none() | st.text(max_size=20),
+)
+
+plan_notices = st.builds(
+    PlanNotice,
+    frame_id=ids,
+    stream_id=ids,
+    seq=counts,
+    plan=plans,
+    timestamp=numbers,
+    planned_at=numbers,
 )
 
 
@@ -124,7 +136,7 @@ def frame_results(draw: st.DrawFn) -> FrameResult:
 
 control_messages = st.builds(
     ControlMessage,
-    kind=st.sampled_from(["active_set", "budget", "link_version"]),
+    kind=st.sampled_from(["active_set", "budget", "link_version", "costs"]),
     epoch=counts,
     issued_at=numbers,
     active=name_tuples,
@@ -147,7 +159,14 @@ dead_letters = st.builds(
 )
 
 any_record = st.one_of(
-    frames(), plans, model_outputs, model_results(), frame_results(), control_messages, dead_letters
+    frames(),
+    plans,
+    plan_notices,
+    model_outputs,
+    model_results(),
+    frame_results(),
+    control_messages,
+    dead_letters,
 )
 
 
@@ -173,7 +192,16 @@ def assert_same_types(original: Any, decoded: Any, where: str = "record") -> Non
 
 
 def test_every_record_type_has_a_strategy() -> None:
-    covered = {Frame, Plan, ModelOutput, ModelResult, FrameResult, ControlMessage, DeadLetter}
+    covered = {
+        Frame,
+        Plan,
+        PlanNotice,
+        ModelOutput,
+        ModelResult,
+        FrameResult,
+        ControlMessage,
+        DeadLetter,
+    }
     assert set(RECORD_TYPES.values()) == covered
     assert {cls.TYPE for cls in covered} == set(RECORD_TYPES)
 
@@ -527,6 +555,8 @@ def test_topic_names_defaults_and_order() -> None:
         "mlink.results",
         "mlink.control",
         "mlink.dead-letter",
+        "mlink.planned",
+        "mlink.samples",
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         names.frames = "x"  # type: ignore[misc]
@@ -537,7 +567,8 @@ def test_topic_names_with_prefix() -> None:
     assert names.frames == "test-42.frames"
     assert names.dead_letter == "test-42.dead-letter"
     assert names.all() == [
-        f"test-42.{t}" for t in ("frames", "outputs", "results", "control", "dead-letter")
+        f"test-42.{t}"
+        for t in ("frames", "outputs", "results", "control", "dead-letter", "planned", "samples")
     ]
 
 

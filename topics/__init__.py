@@ -19,6 +19,7 @@ from mlink.topics.records import (
     ModelOutput,
     ModelResult,
     Plan,
+    PlanNotice,
     RecordError,
     WireRecord,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ModelOutput",
     "ModelResult",
     "Plan",
+    "PlanNotice",
     "RecordError",
     "TopicNames",
     "WireRecord",

@@ -18,11 +18,14 @@ _LEGAL: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 @dataclass(frozen=True, slots=True)
 class TopicNames:
-    """The five topics of a deployment.
+    """The topics of a deployment.
 
     Attributes:
         frames: incoming :class:`~mlink.topics.records.Frame` records, keyed by stream id
             so a stream's frames stay in order in one partition.
+        planned: the same frames stamped with their :class:`~mlink.topics.records.Plan` by
+            the planner, keyed by stream id; model operators read only this topic, so every
+            operator sees one decision per frame.
         outputs: :class:`~mlink.topics.records.ModelOutput` records, keyed by frame id so
             every output of a frame meets in one partition, where the joiner assembles it.
         results: :class:`~mlink.topics.records.FrameResult` records, keyed by frame id for
@@ -32,6 +35,8 @@ class TopicNames:
             reads only the latest decision per key.
         dead_letter: :class:`~mlink.topics.records.DeadLetter` records holding messages an
             operator could not process, kept for inspection and replay.
+        samples: results of probe frames (every model executed), the trainer's input; one
+            partition so a single trainer sees them all.
     """
 
     frames: str = "mlink.frames"
@@ -39,6 +44,8 @@ class TopicNames:
     results: str = "mlink.results"
     control: str = "mlink.control"
     dead_letter: str = "mlink.dead-letter"
+    planned: str = "mlink.planned"
+    samples: str = "mlink.samples"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -69,8 +76,10 @@ class TopicNames:
             results=f"{prefix}.results",
             control=f"{prefix}.control",
             dead_letter=f"{prefix}.dead-letter",
+            planned=f"{prefix}.planned",
+            samples=f"{prefix}.samples",
         )
 
     def all(self) -> list[str]:
         """Every topic, in a fixed order, e.g. to create them all before starting."""
-        return [self.frames, self.outputs, self.results, self.control, self.dead_letter]
+        return [getattr(self, f.name) for f in fields(self)]

@@ -38,6 +38,7 @@ __all__ = [
     "ModelOutput",
     "ModelResult",
     "Plan",
+    "PlanNotice",
     "RecordError",
     "ResultStatus",
     "WireRecord",
@@ -49,7 +50,7 @@ SCHEMA_VERSION: Final = 1
 
 FrameEncoding = Literal["jpeg", "png", "raw", "ref"]
 ResultStatus = Literal["executed", "synthesized", "missing"]
-ControlKind = Literal["active_set", "budget", "link_version"]
+ControlKind = Literal["active_set", "budget", "link_version", "costs"]
 FRAME_ENCODINGS: Final[tuple[str, ...]] = get_args(FrameEncoding)
 RESULT_STATUSES: Final[tuple[str, ...]] = get_args(ResultStatus)
 CONTROL_KINDS: Final[tuple[str, ...]] = get_args(ControlKind)
@@ -456,6 +457,7 @@ class ModelOutput(WireRecord):
     epoch: int
     elapsed_ms: float
     produced_at: float
+    error: str | None = None
 
     def __post_init__(self) -> None:
         f = _Fields(self)
@@ -467,6 +469,36 @@ class ModelOutput(WireRecord):
         f.integer("epoch", minimum=0)
         f.number("elapsed_ms")
         f.number("produced_at")
+        if self.error is not None and not isinstance(self.error, str):
+            f.expected("error", "a string or None", self.error)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class PlanNotice(WireRecord):
+    """Tells the joiner, on the outputs topic and keyed by ``frame_id``, which outputs a frame
+    will get: published by the planner when it stamps the frame, so the joiner never guesses.
+    """
+
+    TYPE: ClassVar[str] = "plan_notice"
+    frame_id: str
+    stream_id: str
+    seq: int
+    plan: Plan
+    timestamp: float
+    planned_at: float
+
+    def __post_init__(self) -> None:
+        f = _Fields(self)
+        f.text("frame_id")
+        f.text("stream_id")
+        f.integer("seq", minimum=0)
+        f.instance("plan", Plan)
+        f.number("timestamp")
+        f.number("planned_at")
+
+    @classmethod
+    def _field_from_wire(cls, name: str, value: Any) -> Any:
+        return _nested(cls, name, Plan, value) if name == "plan" else value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -603,7 +635,16 @@ class DeadLetter(WireRecord):
 
 RECORD_TYPES: Final[dict[str, type[WireRecord]]] = {
     cls.TYPE: cls
-    for cls in (Frame, Plan, ModelOutput, ModelResult, FrameResult, ControlMessage, DeadLetter)
+    for cls in (
+        Frame,
+        Plan,
+        PlanNotice,
+        ModelOutput,
+        ModelResult,
+        FrameResult,
+        ControlMessage,
+        DeadLetter,
+    )
 }
 """Every record class by its wire ``"type"`` tag."""
 

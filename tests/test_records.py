@@ -26,6 +26,7 @@ from mlink.topics.records import (
     DecodeError,
     Frame,
     FrameResult,
+    JoinDeadline,
     ModelOutput,
     ModelResult,
     Plan,
@@ -93,6 +94,8 @@ model_outputs = st.builds(
     produced_at=numbers,
     error=st.none() | st.text(max_size=20),
 )
+
+join_deadlines = st.builds(JoinDeadline, frame_id=ids, issued_at=numbers)
 
 plan_notices = st.builds(
     PlanNotice,
@@ -162,6 +165,7 @@ any_record = st.one_of(
     frames(),
     plans,
     plan_notices,
+    join_deadlines,
     model_outputs,
     model_results(),
     frame_results(),
@@ -196,6 +200,7 @@ def test_every_record_type_has_a_strategy() -> None:
         Frame,
         Plan,
         PlanNotice,
+        JoinDeadline,
         ModelOutput,
         ModelResult,
         FrameResult,

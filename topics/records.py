@@ -35,6 +35,7 @@ __all__ = [
     "Frame",
     "FrameEncoding",
     "FrameResult",
+    "JoinDeadline",
     "ModelOutput",
     "ModelResult",
     "Plan",
@@ -502,6 +503,24 @@ class PlanNotice(WireRecord):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class JoinDeadline(WireRecord):
+    """Tells the joiner that a frame's wait is over, keyed by ``frame_id`` on the outputs topic.
+
+    A timer may only read the joiner's table, so it sends this marker instead; the joiner then
+    emits the frame's result with whatever arrived, marked degraded.
+    """
+
+    TYPE: ClassVar[str] = "join_deadline"
+    frame_id: str
+    issued_at: float
+
+    def __post_init__(self) -> None:
+        f = _Fields(self)
+        f.text("frame_id")
+        f.number("issued_at")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class ModelResult(WireRecord):
     """One model's output inside a result, with its provenance.
 
@@ -518,6 +537,7 @@ class ModelResult(WireRecord):
     status: ResultStatus
     link_version: int | None = None
     sources: tuple[str, ...] = ()
+    elapsed_ms: float | None = None
 
     def __post_init__(self) -> None:
         f = _Fields(self)
@@ -526,6 +546,8 @@ class ModelResult(WireRecord):
         f.choice("status", RESULT_STATUSES)
         f.integer("link_version", optional=True)
         f.names("sources")
+        if self.elapsed_ms is not None:
+            f.number("elapsed_ms")
         if self.status == "synthesized" and not self.sources:
             f.invalid("sources", "a synthesized output must name the models it came from")
         if self.status != "synthesized" and self.sources:
@@ -640,6 +662,7 @@ RECORD_TYPES: Final[dict[str, type[WireRecord]]] = {
         Plan,
         PlanNotice,
         ModelOutput,
+        JoinDeadline,
         ModelResult,
         FrameResult,
         ControlMessage,

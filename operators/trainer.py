@@ -1,0 +1,105 @@
+"""The trainer's pure logic: collect probe-frame outputs, train links, save a linkstore version.
+
+A saved version is self-contained: links, ensembles, priors, the validation outputs the
+controller needs to score any active set, and the model and link costs measured while training.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlink.linkstore.linkset import LinkSet
+from mlink.linkstore.store import LinkStore
+from mlink.linkstore.training import TrainConfig
+from mlink.topics.records import FrameResult
+from mlink.topics.specs import OutputSpec, SequenceSpec, encode_batch
+
+
+class LinkTrainer:
+    """Buffers training pairs and decides when to (re)train."""
+
+    def __init__(
+        self,
+        specs: Mapping[str, OutputSpec],
+        store: LinkStore,
+        config: TrainConfig,
+        warmup_frames: int,
+        retrain_every: int = 0,
+        ensemble: str = "weighted",
+        window: int = 5000,
+    ) -> None:
+        self.specs = dict(specs)
+        self.store = store
+        self.config = config
+        self.warmup_frames = warmup_frames
+        self.retrain_every = retrain_every
+        self.ensemble = ensemble
+        self.samples: deque[dict[str, np.ndarray]] = deque(maxlen=window)
+        self.elapsed: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.specs}
+        self.seen: set[str] = set()
+        self.new_since_training = 0
+        self.trained_versions: list[int] = []
+
+    def add(self, result: FrameResult) -> bool:
+        """Add one probe result (all models executed); duplicates (redelivery) are ignored."""
+        if result.frame_id in self.seen:
+            return False
+        by_model = {r.model: r for r in result.results}
+        if set(by_model) != set(self.specs) or any(
+            r.status != "executed" for r in by_model.values()
+        ):
+            return False
+        self.seen.add(result.frame_id)
+        self.samples.append({m: by_model[m].output for m in self.specs})
+        for m, r in by_model.items():
+            if r.elapsed_ms is not None:
+                self.elapsed[m].append(r.elapsed_ms)
+        self.new_since_training += 1
+        return True
+
+    def ready(self) -> bool:
+        if not self.trained_versions:
+            return len(self.samples) >= self.warmup_frames
+        return self.retrain_every > 0 and self.new_since_training >= self.retrain_every
+
+    def measured_costs(self) -> dict[str, dict[str, float]]:
+        return {m: {"ms": statistics.median(v)} for m, v in self.elapsed.items() if v}
+
+    def train_and_save(self) -> int:
+        """Train on every buffered pair and save (and promote) a new linkstore version."""
+        outputs = {m: [s[m] for s in self.samples] for m in self.specs}
+        linkset = LinkSet.train(self.specs, outputs, self.config, self.ensemble, progress=False)
+        tensors, meta = linkset.to_bundle()
+        for m, spec in self.specs.items():
+            val = encode_batch(spec, [outputs[m][i] for i in linkset.val_index])
+            tensors[f"val/{m}"] = {"encoded": torch.from_numpy(val)}
+        meta["measured_costs"] = self.measured_costs()
+        meta["link_costs"] = [
+            {"source": s, "target": t, **cost}
+            for (s, t), cost in linkset.measure_link_costs(repeats=50).items()
+        ]
+        meta["n_samples"] = len(self.samples)
+        version = self.store.save(tensors, meta)
+        self.trained_versions.append(version)
+        self.new_since_training = 0
+        return version
+
+
+def validation_outputs(
+    specs: Mapping[str, OutputSpec], tensors: Mapping[str, Mapping[str, torch.Tensor]]
+) -> dict[str, list[Any]]:
+    """The validation outputs a bundle carries, back in model-output form."""
+    out: dict[str, list[Any]] = {}
+    for m, spec in specs.items():
+        rows = tensors[f"val/{m}"]["encoded"].numpy()
+        if isinstance(spec, SequenceSpec) or spec.kind == "boxes":
+            out[m] = [spec.decode(row) for row in rows]
+        else:
+            out[m] = list(rows)
+    return out

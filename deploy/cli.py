@@ -1,15 +1,20 @@
-"""The ``mlink`` command line."""
+"""The ``mlink`` command line: thin wrappers over :mod:`mlink.deploy.runner` and friends."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 app = typer.Typer(
     help="MLink-stream: run many black-box models cheaper by synthesizing some through links.",
@@ -17,21 +22,55 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+console = Console()
+STATUS_MARK = {"executed": "run", "synthesized": "link", "missing": "?"}
+
+ConfigArg = Annotated[Path, typer.Argument(help="pipeline config (YAML)", exists=True)]
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker", help="bootstrap host:port (overrides the config)")
+]
+
+
+def _config(path: Path, broker: str | None = None):
+    from mlink.deploy.config import ConfigError, load_config, with_broker
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    return with_broker(config, broker) if broker else config
+
+
+def _need_broker(config) -> str:
+    if not config.broker:
+        console.print(
+            "[red]no broker: pass --broker host:port, set MLINK_BROKER, or `broker:` in the "
+            "config (`mlink broker` starts an embedded one)[/red]"
+        )
+        raise typer.Exit(2)
+    return config.broker
 
 
 @app.command()
 def demo(
+    offline: Annotated[
+        bool, typer.Option(help="the offline digits demo of links and selection only")
+    ] = False,
     budget_fraction: Annotated[
-        float, typer.Option(help="compute budget as a share of running every model")
+        float, typer.Option(help="offline demo: budget as a share of running every model")
     ] = 1 / 3,
-    train_fraction: Annotated[
-        float, typer.Option(help="share of the stream that trains links (paper: 0.1)")
-    ] = 0.1,
 ) -> None:
-    """Offline demo on the digits workload: links, the paper's greedy vs exact selection."""
-    from mlink.deploy.demo import run_demo
+    """The main job: the streaming pipeline on the embedded broker with the real video workload
+    (``--offline``: links and selection on the digits workload, no broker)."""
+    if offline:
+        from mlink.deploy.demo import run_demo
 
-    run_demo(budget_fraction=budget_fraction, train_fraction=train_fraction)
+        run_demo(budget_fraction=budget_fraction)
+        return
+    from mlink.deploy.demo import run_streaming_demo
+
+    run_streaming_demo(console=console)
 
 
 @app.command()
@@ -51,13 +90,130 @@ def broker(
     typer.echo("broker stopped")
 
 
+@app.command()
+def run(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for all results")] = 900.0,
+    compare: Annotated[
+        bool, typer.Option(help="compare with a full run of every model (cached)")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Run the whole pipeline over the config's source: broker if needed, topics, workers,
+    source; print what it saved and kept."""
+    from mlink.deploy.demo import print_summary, run_and_summarize
+
+    config = _config(config_path, broker)
+    summary = run_and_summarize(config, config_path, workers, timeout, compare, console)
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        print_summary(summary, console)
+
+
+@app.command()
+def worker(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
+    """Run one faust worker process of the pipeline (start more to scale out)."""
+    config = _config(config_path, broker)
+    bootstrap = _need_broker(config)
+    os.environ["MLINK_CONFIG"] = str(config_path.resolve())
+    os.environ["MLINK_BROKER"] = bootstrap
+    from mlink.deploy.topics_setup import create_pipeline_topics
+
+    create_pipeline_topics(config, bootstrap)
+    argv = [
+        sys.executable,
+        "-m",
+        "faust",
+        "-A",
+        "mlink.operators.worker_app",
+        "worker",
+        "--without-web",
+        "-l",
+        "info",
+    ]
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def produce(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    limit: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
+) -> None:
+    """Push the config's source (videos, images, factory) to the frames topic."""
+    from mlink.deploy.source import produce_source
+    from mlink.deploy.topics_setup import create_pipeline_topics
+
+    config = _config(config_path, broker)
+    create_pipeline_topics(config, _need_broker(config))
+    count = produce_source(config, limit=limit)
+    console.print(f"produced {count} frames to {config.topics.names().frames}")
+
+
+@app.command()
+def tail(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    count: Annotated[int | None, typer.Option(help="stop after this many results")] = None,
+) -> None:
+    """Print results as they arrive, one line per frame."""
+    from mlink.deploy.runner import ResultCollector
+
+    config = _config(config_path, broker)
+    collector = ResultCollector(_need_broker(config), config.topics.names().results)
+    shown: set[str] = set()
+    try:
+        while count is None or len(shown) < count:
+            for fid, result in list(collector.results.items()):
+                if fid in shown:
+                    continue
+                shown.add(fid)
+                parts = [f"{r.model}={STATUS_MARK[r.status]}" for r in result.results]
+                flag = " DEGRADED" if result.degraded else ""
+                console.print(f"{fid} epoch={result.epoch}{flag} " + " ".join(parts))
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        collector.close()
+
+
+@app.command()
+def status(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
+    """Active set, epoch, agreement, link versions and consumer lag of a running pipeline."""
+    from mlink.deploy.runner import status as pipeline_status
+
+    config = _config(config_path, broker)
+    console.print_json(json.dumps(pipeline_status(_need_broker(config), config), default=str))
+
+
+@app.command()
+def budget(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    ms: Annotated[float | None, typer.Option(help="per-frame compute budget")] = None,
+    memory_mb: Annotated[float | None, typer.Option("--memory-mb", help="memory budget")] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="ms budget as a share of running every model")
+    ] = None,
+) -> None:
+    """Change the budget of a running pipeline; workers switch without a restart."""
+    from mlink.deploy.runner import set_budget
+
+    config = _config(config_path, broker)
+    limits = {k: v for k, v in (("ms", ms), ("memory_mb", memory_mb), ("fraction", fraction)) if v}
+    set_budget(_need_broker(config), config, limits)
+    console.print(f"budget {limits} published to {config.topics.names().control}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     app()
 
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["Path", "app", "main"]

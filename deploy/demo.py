@@ -104,3 +104,102 @@ def run_demo(
             f"{plan.accuracy:.1%} accuracy, active={plan.active}"
         )
     return plans
+
+
+# ---------------------------------------------------------------------------- streaming demo
+DEMO_CONFIG = Path(__file__).parent / "configs" / "video.yaml"
+
+
+def full_run(config, frames: list) -> Workload:
+    """Every model on every frame the workers saw (cached): the reference a run is judged by."""
+    from mlink.deploy.outputs import collect_workload
+    from mlink.deploy.report import wire_frames
+
+    models = {}
+    keys = {}
+    for m in config.models:
+        models[m.name] = (m.build(), m.spec)
+        keys[m.name] = f"{m.factory}:{sorted(m.args.items())}"
+    return collect_workload(
+        f"{config.name}-full", models, wire_frames(config, frames), model_keys=keys
+    )
+
+
+def run_and_summarize(config, config_path: Path, workers, timeout, compare, console) -> dict:
+    from mlink.deploy.report import frame_ids, summarize
+    from mlink.deploy.runner import run_pipeline
+    from mlink.deploy.source import iter_source
+
+    frames = list(iter_source(config.source))
+    full = None
+    if compare:
+        console.print(
+            f"full run of {len(config.models)} models on {len(frames)} frames "
+            "(the reference; cached after the first time)"
+        )
+        full = full_run(config, frames)
+    report = run_pipeline(config, config_path, workers, timeout)
+    if full is None:
+        return {
+            "frames": report.frames,
+            "results": len(report.results),
+            "seconds": report.seconds,
+            "status": dict(report.status_counts()),
+        }
+    return summarize(config, report, full, frame_ids(frames)).as_dict()
+
+
+def print_summary(summary: dict, console: Console) -> None:
+    table = Table(
+        title="per model: how often it ran, was synthesized, and agreed with the full run"
+    )
+    table.add_column("model")
+    table.add_column("executed", justify="right")
+    table.add_column("synthesized", justify="right")
+    table.add_column("agreement", justify="right")
+    for model, score in summary.get("agreement", {}).items():
+        table.add_row(
+            model,
+            str(summary["executed"].get(model, 0)),
+            str(summary["synthesized"].get(model, 0)),
+            f"{score:.1%}",
+        )
+    console.print(table)
+    console.print(
+        f"frames processed: {summary['results']}/{summary['frames']} "
+        f"(degraded {summary.get('degraded', 0)}, duplicate results dropped "
+        f"{summary.get('duplicates', 0)})"
+    )
+    if "compute_saved" in summary:
+        console.print(
+            f"compute saved: {summary['compute_saved']:.1%} overall, "
+            f"{summary['steady_compute_saved']:.1%} after warm-up; "
+            f"accuracy (agreement with a full run): {summary['accuracy']:.1%} overall, "
+            f"{summary['steady_accuracy']:.1%} after warm-up"
+        )
+        s = summary
+        console.print(
+            f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
+            f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms; link versions "
+            f"{s['link_versions']}; final active set {s['final_active']}"
+        )
+
+
+def run_streaming_demo(config_path: Path = DEMO_CONFIG, console: Console | None = None) -> dict:
+    from mlink.deploy.config import load_config
+
+    console = console or Console()
+    config = load_config(config_path)
+    console.rule(f"MLink-stream: {config.name} pipeline on the embedded broker")
+    with tempfile.TemporaryDirectory() as tmp:
+        # a fresh linkstore per demo run, so the run shows warm-up, training and the switch
+        config = config.model_copy(
+            update={"links": config.links.model_copy(update={"store": str(Path(tmp) / "links")})}
+        )
+        tmp_config = Path(tmp) / "pipeline.yaml"
+        import yaml
+
+        tmp_config.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        summary = run_and_summarize(config, tmp_config, None, 900.0, True, console)
+    print_summary(summary, console)
+    return summary

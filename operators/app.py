@@ -34,7 +34,7 @@ from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
 from mlink.linkstore.store import LinkStore, StoreError
 from mlink.operators.controller import config_budget, decide, load_links
-from mlink.operators.joiner import PendingFrame, assemble_result, is_training_sample
+from mlink.operators.joiner import JoinBuffer, PendingFrame, assemble_result, is_training_sample
 from mlink.operators.model_runner import ModelRunner
 from mlink.operators.state import ControlState
 from mlink.operators.trainer import LinkTrainer
@@ -46,7 +46,6 @@ from mlink.topics.records import (
     DecodeError,
     Frame,
     FrameResult,
-    JoinDeadline,
     ModelOutput,
     PlanNotice,
 )
@@ -69,7 +68,6 @@ class Pipeline:
         self.store = LinkStore(config.links.store)
         self.metrics: Counter[str] = Counter()
         self.completed: OrderedDict[str, None] = OrderedDict()
-        self.deadlines_sent: set[str] = set()
         self.images: OrderedDict[str, np.ndarray] = OrderedDict()
         self.executors: dict[str, ThreadPoolExecutor] = {}
         self.runners: dict[str, ModelRunner] = {}
@@ -125,7 +123,6 @@ class Pipeline:
         self.completed[frame_id] = None
         while len(self.completed) > 200_000:
             self.completed.popitem(last=False)
-        self.deadlines_sent.discard(frame_id)
 
 
 def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
@@ -137,7 +134,6 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
         broker=f"kafka://{bootstrap}",
         broker_session_timeout=rt.session_timeout_s,
         broker_heartbeat_interval=min(3.0, rt.session_timeout_s / 3),
-        producer_max_batch_size=1,  # Tansu: keeps table changelog recovery exact
         web_enabled=False,
         store="memory://",
         topic_partitions=config.topics.partitions,
@@ -153,13 +149,6 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
     frames_t, planned_t, outputs_t = topic(names.frames), topic(names.planned), topic(names.outputs)
     results_t, control_t = topic(names.results), topic(names.control)
     samples_t, dead_t = topic(names.samples), topic(names.dead_letter)
-    pending = app.Table(
-        f"{config.name}-pending",
-        default=None,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=config.topics.partitions,
-    )
 
     async def dead_letter(event: Any, stage: str, reason: object) -> None:
         message = event.message
@@ -205,6 +194,7 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             end = (await consumer.end_offsets([tp]))[tp]
+            give_up = time.monotonic() + 10.0  # a broker's end offset can overshoot (Tansu)
             if end == 0:
                 ready.set()
             while True:
@@ -223,8 +213,12 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
                         log.warning(
                             "ignoring bad control message at offset %s: %s", message.offset, exc
                         )
-                if not ready.is_set() and await consumer.position(tp) >= end:
-                    ready.set()
+                if not ready.is_set():
+                    caught_up = await consumer.position(tp) >= end
+                    if caught_up or time.monotonic() > give_up:
+                        if not caught_up:
+                            log.warning("control replay stopped short of offset %d", end)
+                        ready.set()
         finally:
             await consumer.stop()
 
@@ -332,60 +326,54 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
             pipe.metrics[f"{r.status}:{r.model}"] += 1
         pipe.mark_completed(pending_frame.frame_id)
 
+    joins = JoinBuffer()
+
     @app.agent(outputs_t, name=f"{config.name}-link-operator")
     async def link_operator(stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        # Manual acks: a frame's records are acked only once its result is out, so the committed
+        # offset never passes an unfinished frame; after a crash the new owner replays them.
+        manual = joins.stream = stream.noack()
+        async for event in manual.events():
             try:
                 record = decode_any_record(event.value)
-                if not isinstance(record, PlanNotice | ModelOutput | JoinDeadline):
+                if not isinstance(record, PlanNotice | ModelOutput):
                     raise DecodeError(f"unexpected {type(record).__name__} on the outputs topic")
             except DecodeError as exc:
                 await dead_letter(event, "link-operator", exc)
+                await manual.ack(event)
                 continue
             if isinstance(record, ModelOutput):
                 problem = check_output(record)
                 if problem:
                     await dead_letter(event, "link-operator", problem)
                     if record.model not in pipe.specs:
+                        await manual.ack(event)
                         continue
                     record = dataclasses.replace(record, output=EMPTY, error=problem)
-            frame_id = record.frame_id
-            if frame_id in pipe.completed:
+            if record.frame_id in pipe.completed:
                 pipe.metrics["late_records"] += 1
+                await manual.ack(event)
                 continue
-            table_key = frame_id.encode()
-            stored = pending.get(table_key)
-            if isinstance(record, JoinDeadline):
-                if stored is not None:
-                    await finish(PendingFrame.from_bytes(stored), timed_out=True)
-                    del pending[table_key]
-                continue
-            state = (
-                PendingFrame.from_bytes(stored)
-                if stored is not None
-                else PendingFrame(frame_id, first_seen=time.time())
-            )
-            state.add(record)
+            state = joins.add(record, event, time.time())
             if state.complete:
                 await finish(state, timed_out=False)
-                if stored is not None:
-                    del pending[table_key]
-            else:
-                pending[table_key] = state.to_bytes()
+                for held in joins.pop(record.frame_id):
+                    await manual.ack(held)
 
     @app.timer(interval=max(0.2, rt.output_timeout_s / 5))
     async def expire_pending() -> None:
-        now = time.time()
-        for _, value in list(pending.items()):
-            if value is None:
-                continue
-            state = PendingFrame.from_bytes(value)
-            if state.frame_id in pipe.deadlines_sent:
-                continue
-            if now - state.first_seen >= rt.output_timeout_s:
-                pipe.deadlines_sent.add(state.frame_id)
-                deadline = JoinDeadline(frame_id=state.frame_id, issued_at=now)
-                await outputs_t.send(key=state.frame_id.encode(), value=encode_record(deadline))
+        for frame_id in joins.overdue(time.time(), rt.output_timeout_s):
+            state = joins.frames[frame_id]
+            await finish(state, timed_out=True)
+            for held in joins.pop(frame_id):
+                await joins.stream.ack(held)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        """Their records are not acked, so whoever owns the partitions next replays them."""
+        dropped = joins.drop_partitions(set(revoked))
+        if dropped:
+            log.info("dropped %d unfinished frames of revoked partitions", dropped)
 
     # -- trainer -------------------------------------------------------------------------------
     @app.agent(samples_t, name=f"{config.name}-trainer")

@@ -1,8 +1,8 @@
 """Joining a frame's outputs and synthesizing the rest: the link operator's pure logic.
 
 A frame's plan notice and model outputs all arrive on the outputs topic keyed by frame id, in any
-order. :class:`PendingFrame` collects them (and serialises to bytes, so it can live in a
-changelogged faust Table and survive a worker crash). Once every expected output is in, or the
+order. :class:`PendingFrame` collects them in a :class:`JoinBuffer`, whose Kafka events stay
+un-acked until the frame is done, so a crash loses nothing. Once every expected output is in, or the
 deadline passes, :func:`assemble_result` builds the one result of the frame: executed outputs as
 they are, every other model synthesized from the executed ones through the link set the frame was
 planned with, each marked with its provenance.
@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from mlink.linkstore.linkset import LinkSet
-from mlink.topics.codec import decode, encode
-from mlink.topics.records import DecodeError, FrameResult, ModelOutput, ModelResult, PlanNotice
+from mlink.topics.records import FrameResult, ModelOutput, ModelResult, PlanNotice
 
 EMPTY = np.zeros(0, dtype=np.float32)
 
@@ -46,28 +45,46 @@ class PendingFrame:
     def complete(self) -> bool:
         return self.notice is not None and all(m in self.outputs for m in self.expected)
 
-    def to_bytes(self) -> bytes:
-        return encode(
-            {
-                "frame_id": self.frame_id,
-                "notice": self.notice.to_dict() if self.notice else None,
-                "outputs": [o.to_dict() for o in self.outputs.values()],
-                "first_seen": self.first_seen,
-            }
-        )
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> PendingFrame:
-        try:
-            d = decode(data)
-            pending = cls(d["frame_id"], first_seen=float(d["first_seen"]))
-            if d["notice"] is not None:
-                pending.notice = PlanNotice.from_dict(d["notice"])
-            for o in d["outputs"]:
-                pending.add(ModelOutput.from_dict(o))
-        except (KeyError, TypeError) as exc:
-            raise DecodeError(f"pending frame state is malformed: {exc}") from exc
-        return pending
+class JoinBuffer:
+    """Unfinished frames, with the un-acked events that hold them, by frame id.
+
+    Nothing here is persisted: the events stay un-acked until their frame's result is out, so
+    after a crash or a rebalance the partition's next owner replays them from Kafka.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[str, PendingFrame] = {}
+        self.events: dict[str, list[Any]] = {}
+        self.partitions: dict[str, Any] = {}
+        self.stream: Any = None  # the manual-ack stream, for acking from a timer
+
+    def add(self, record: PlanNotice | ModelOutput, event: Any, now: float) -> PendingFrame:
+        frame_id = record.frame_id
+        state = self.frames.get(frame_id)
+        if state is None:
+            state = self.frames[frame_id] = PendingFrame(frame_id, first_seen=now)
+            self.events[frame_id] = []
+            self.partitions[frame_id] = event.message.tp
+        state.add(record)
+        self.events[frame_id].append(event)
+        return state
+
+    def pop(self, frame_id: str) -> list[Any]:
+        """Forget a finished frame; returns its events, to be acked."""
+        self.frames.pop(frame_id, None)
+        self.partitions.pop(frame_id, None)
+        return self.events.pop(frame_id, [])
+
+    def overdue(self, now: float, timeout: float) -> list[str]:
+        return [f for f, s in self.frames.items() if now - s.first_seen >= timeout]
+
+    def drop_partitions(self, partitions: set[Any]) -> int:
+        """Forget frames of partitions this worker no longer owns (their owner replays them)."""
+        gone = [f for f, tp in self.partitions.items() if tp in partitions]
+        for frame_id in gone:
+            self.pop(frame_id)
+        return len(gone)
 
 
 def assemble_result(
@@ -123,6 +140,7 @@ def assemble_result(
         results=tuple(results),
         degraded=degraded,
         emitted_at=now,
+        timestamp=pending.notice.timestamp if pending.notice else None,
     )
 
 

@@ -26,7 +26,6 @@ from mlink.topics.records import (
     DecodeError,
     Frame,
     FrameResult,
-    JoinDeadline,
     ModelOutput,
     ModelResult,
     Plan,
@@ -94,8 +93,6 @@ model_outputs = st.builds(
     produced_at=numbers,
     error=st.none() | st.text(max_size=20),
 )
-
-join_deadlines = st.builds(JoinDeadline, frame_id=ids, issued_at=numbers)
 
 plan_notices = st.builds(
     PlanNotice,
@@ -165,7 +162,6 @@ any_record = st.one_of(
     frames(),
     plans,
     plan_notices,
-    join_deadlines,
     model_outputs,
     model_results(),
     frame_results(),
@@ -200,7 +196,6 @@ def test_every_record_type_has_a_strategy() -> None:
         Frame,
         Plan,
         PlanNotice,
-        JoinDeadline,
         ModelOutput,
         ModelResult,
         FrameResult,

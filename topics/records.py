@@ -35,7 +35,6 @@ __all__ = [
     "Frame",
     "FrameEncoding",
     "FrameResult",
-    "JoinDeadline",
     "ModelOutput",
     "ModelResult",
     "Plan",
@@ -503,24 +502,6 @@ class PlanNotice(WireRecord):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class JoinDeadline(WireRecord):
-    """Tells the joiner that a frame's wait is over, keyed by ``frame_id`` on the outputs topic.
-
-    A timer may only read the joiner's table, so it sends this marker instead; the joiner then
-    emits the frame's result with whatever arrived, marked degraded.
-    """
-
-    TYPE: ClassVar[str] = "join_deadline"
-    frame_id: str
-    issued_at: float
-
-    def __post_init__(self) -> None:
-        f = _Fields(self)
-        f.text("frame_id")
-        f.number("issued_at")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class ModelResult(WireRecord):
     """One model's output inside a result, with its provenance.
 
@@ -570,6 +551,7 @@ class FrameResult(WireRecord):
     results: tuple[ModelResult, ...]
     degraded: bool
     emitted_at: float
+    timestamp: float | None = None
 
     def __post_init__(self) -> None:
         f = _Fields(self)
@@ -583,6 +565,8 @@ class FrameResult(WireRecord):
             f.invalid("results", f"each model may appear once, got {models!r}")
         f.boolean("degraded")
         f.number("emitted_at")
+        if self.timestamp is not None:
+            f.number("timestamp")
 
     @classmethod
     def _field_from_wire(cls, name: str, value: Any) -> Any:
@@ -662,7 +646,6 @@ RECORD_TYPES: Final[dict[str, type[WireRecord]]] = {
         Plan,
         PlanNotice,
         ModelOutput,
-        JoinDeadline,
         ModelResult,
         FrameResult,
         ControlMessage,

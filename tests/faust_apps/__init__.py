@@ -1,0 +1,1 @@
+"""Tiny faust apps that the broker tests run as real worker subprocesses."""

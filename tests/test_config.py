@@ -1,0 +1,257 @@
+"""Pipeline configs: the shipped examples load and their models work; bad configs name the key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from mlink.deploy.config import (
+    ConfigError,
+    PipelineConfig,
+    load_config,
+    load_object,
+    parse_config,
+)
+from mlink.deploy.examples import digits, video
+from mlink.deploy.source import iter_source
+from mlink.topics.frames import decode_frame, encode_frame
+
+CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "configs"
+EXAMPLES = sorted(CONFIGS.glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _no_broker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLINK_BROKER", raising=False)
+
+
+def test_the_examples_are_there() -> None:
+    assert {"digits.yaml", "video.yaml"} <= {p.name for p in EXAMPLES}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_config_loads_and_its_specs_validate(path: Path) -> None:
+    config = load_config(path)
+    assert config.name == path.stem
+    specs = config.specs()
+    assert list(specs) == config.model_names
+    for model in config.models:
+        assert specs[model.name].to_dict() == model.output  # written in canonical form
+        assert callable(load_object(model.factory))
+    if config.source.factory:
+        assert callable(load_object(config.source.factory))
+
+
+def test_digits_config_matches_the_workload() -> None:
+    config = load_config(CONFIGS / "digits.yaml")
+    assert config.model_names == list(digits.MODELS)
+    for model in config.models:
+        assert model.factory == "mlink.deploy.examples.digits:model"
+        assert model.args == {"name": model.name}
+        assert model.output == digits.MODELS[model.name].spec.to_dict()
+        assert model.batch
+    assert config.source.factory == "mlink.deploy.examples.digits:frames"
+    assert config.source.encoding == "png"
+    assert config.budget.fraction == 0.33
+    assert (config.links.warmup_frames, config.links.probe_every) == (90, 25)
+    assert config.links.store == "linkstore-data/digits"
+    assert config.topics.names().frames == "mlink.digits.frames"
+
+
+def test_video_config_matches_the_workload() -> None:
+    config = load_config(CONFIGS / "video.yaml")
+    assert config.model_names == list(video.DEFAULT_MODELS)
+    for model in config.models:
+        assert model.factory == "mlink.deploy.examples.video:model"
+        assert model.args == {"name": model.name}
+        assert model.output == video.spec(model.name).to_dict()
+    assert config.source.factory == "mlink.deploy.examples.video:frames"
+    assert config.source.encoding == "jpeg"  # 720p frames are too large as PNG
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_models_build_and_answer_a_real_frame(path: Path) -> None:
+    """Each black box runs on frames as a worker gets them: off the source, through the codec."""
+    config = load_config(path)
+    source = config.source.model_copy(update={"limit": 2})
+    images = [
+        decode_frame(
+            encode_frame(
+                image,
+                stream_id,
+                seq,
+                encoding=config.source.encoding,
+                jpeg_quality=config.source.jpeg_quality,
+            )
+        )
+        for seq, (stream_id, image) in enumerate(iter_source(source))
+    ]
+    assert len(images) == 2
+    for model_config in config.models:
+        model = model_config.build()
+        spec = model_config.spec
+        spec.validate(model(images[0]), model_config.name)
+        if model_config.batch:
+            outputs = np.asarray(model(np.stack(images)))
+            assert outputs.shape[0] == len(images)
+            for row in outputs:
+                spec.validate(row, model_config.name)
+
+
+# -- validation errors name the key -----------------------------------------------------------
+
+
+def _valid() -> dict[str, Any]:
+    return {
+        "name": "t",
+        "source": {"factory": "mlink.deploy.examples.digits:frames"},
+        "models": [
+            {
+                "name": "parity",
+                "factory": "mlink.deploy.examples.digits:model",
+                "args": {"name": "parity_logreg"},
+                "output": {"kind": "vector", "size": 2, "task": "softmax"},
+            },
+            {
+                "name": "loops",
+                "factory": "mlink.deploy.examples.digits:model",
+                "args": {"name": "loops_knn"},
+                "output": {"kind": "vector", "size": 3, "task": "softmax"},
+            },
+        ],
+        "budget": {"fraction": 0.5},
+    }
+
+
+def _error(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "test.yaml")
+    return str(info.value)
+
+
+def _names_key(message: str, key: str, what: str) -> bool:
+    return re.search(rf"^\s+{re.escape(key)}: .*{what}", message, flags=re.M) is not None
+
+
+def test_valid_config_parses() -> None:
+    config = parse_config(_valid())
+    assert isinstance(config, PipelineConfig) and config.broker is None
+
+
+def test_bad_output_spec_names_the_model_key() -> None:
+    data = _valid()
+    data["models"][0]["output"] = {"kind": "vector", "size": 0, "task": "softmax"}
+    message = _error(data)
+    assert "test.yaml" in message
+    assert _names_key(message, "models.0.output", "size must be a positive int")
+    data["models"][1]["output"] = {"kind": "blobs"}
+    assert _names_key(_error(data), "models.1.output", "kind 'blobs' is unknown")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [{}, {"factory": "a:b", "images": "*.png"}, {"videos": [], "topic": ""}],
+    ids=["none", "two", "empty-values"],
+)
+def test_source_needs_exactly_one_kind(source: dict[str, Any]) -> None:
+    data = _valid()
+    data["source"] = source
+    assert _names_key(_error(data), "source", "exactly one of videos, images, factory, topic")
+
+
+@pytest.mark.parametrize(
+    ("budget", "what"),
+    [({}, "at least one of"), ({"ms": 5, "fraction": 0.5}, "either ms or fraction")],
+)
+def test_budget_needs_one_bound(budget: dict[str, Any], what: str) -> None:
+    data = _valid()
+    data["budget"] = budget
+    assert _names_key(_error(data), "budget", what)
+
+
+def test_unknown_and_out_of_range_keys_are_named() -> None:
+    data = _valid()
+    data["links"] = {"warmup": 10}
+    data["source"]["jpeg_quality"] = 0
+    message = _error(data)
+    assert _names_key(message, "links.warmup", "Extra inputs")
+    assert _names_key(message, "source.jpeg_quality", "greater than or equal to 1")
+
+
+def test_model_names_must_be_unique_and_at_least_two() -> None:
+    data = _valid()
+    data["models"][1]["name"] = "parity"
+    assert _names_key(_error(data), "models", r"repeated: \['parity'\]")
+    data["models"] = data["models"][:1]
+    assert _names_key(_error(data), "models", "at least 2")
+
+
+def test_mlink_broker_env_overrides_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = {**_valid(), "broker": "config-host:9092"}
+    assert parse_config(data).broker == "config-host:9092"
+    monkeypatch.setenv("MLINK_BROKER", "env-host:19092")
+    assert parse_config(data).broker == "env-host:19092"
+    assert parse_config(_valid()).broker == "env-host:19092"
+
+
+def test_load_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping, got list"):
+        load_config(listing)
+
+
+def test_load_config_reports_the_file(tmp_path: Path) -> None:
+    data = _valid()
+    del data["budget"]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and _names_key(message, "budget", "Field required")
+
+
+# -- load_object ------------------------------------------------------------------------------
+
+
+def test_load_object_resolves_dotted_attributes() -> None:
+    assert load_object("mlink.deploy.examples.digits:model") is digits.model
+    assert load_object("mlink.deploy.examples.digits:MODELS.get") == digits.MODELS.get
+
+
+@pytest.mark.parametrize(
+    ("path", "match"),
+    [
+        ("mlink.deploy.examples.digits.model", "must look like 'package.module:callable'"),
+        (":model", "must look like"),
+        ("mlink.deploy.examples.digits:", "must look like"),
+        ("mlink.no_such_module:f", "cannot import module 'mlink.no_such_module'"),
+        ("mlink.deploy.examples.digits:no_such", "has no attribute 'no_such'"),
+    ],
+)
+def test_load_object_errors(path: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_object(path)
+
+
+def test_model_factory_must_return_a_callable() -> None:
+    data = _valid()
+    data["models"][0]["factory"] = "mlink.deploy.examples.digits:MODELS"
+    with pytest.raises(ConfigError, match="is not callable"):
+        parse_config(data).models[0].build()
+    data["models"][0]["factory"] = "mlink.deploy.examples.digits:specs"
+    data["models"][0]["args"] = {}
+    with pytest.raises(ConfigError, match="returned dict, not a callable"):
+        parse_config(data).models[0].build()

@@ -20,7 +20,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mlink.linkstore.ensemble import EnsembleKind, build_ensemble, train_ensemble
-from mlink.linkstore.links import activate, build_link, decode_tokens, is_sequence_link
+from mlink.linkstore.fast import FastTarget
+from mlink.linkstore.links import (
+    VecToVecLink,
+    activate,
+    build_link,
+    decode_tokens,
+    is_sequence_link,
+)
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.training import (
     TrainConfig,
@@ -99,6 +106,7 @@ class LinkSet:
         self.ensemble_kind = ensemble_kind
         self.n_train = n_train
         self.val_index = np.zeros(0, dtype=np.int64)  # held-out training rows, set by train()
+        self._fast: dict[str, FastTarget | None] = {}
 
     @property
     def models(self) -> list[str]:
@@ -230,8 +238,34 @@ class LinkSet:
             out[empty] = self.priors[target]
         return out
 
+    def fast_target(self, target: str) -> FastTarget | None:
+        """The numpy fast path for ``target`` (None when a link or the target is a sequence)."""
+        if target not in self._fast:
+            sources = self.sources_of(target)
+            links = [self.links[(s, target)] for s in sources]
+            usable = (
+                sources
+                and target in self.ensembles
+                and all(isinstance(link, VecToVecLink) for link in links)
+            )
+            self._fast[target] = (
+                FastTarget(
+                    sources,
+                    links,
+                    self.ensembles[target],
+                    self.specs[target].link_task,
+                    self.priors[target],
+                )
+                if usable
+                else None
+            )
+        return self._fast[target]
+
     def synthesize_encoded(self, target: str, available: Mapping[str, np.ndarray]) -> np.ndarray:
         """Synthesize ``target`` in link space from the encoded outputs of the available models."""
+        fast = self.fast_target(target)
+        if fast is not None:
+            return fast(available)
         sources = self.sources_of(target)
         present = [s for s in sources if s in available]
         n = next(iter(available.values())).shape[0] if available else 1
@@ -248,10 +282,16 @@ class LinkSet:
         mask = np.tile(np.array([s in available for s in sources]), (n, 1))
         return self.combine(target, preds, mask)
 
-    def synthesize(self, target: str, outputs: Mapping[str, Sequence[Any]]) -> Any:
-        """Synthesize ``target``'s outputs from real outputs of other models (aligned lists)."""
+    def synthesize(
+        self, target: str, outputs: Mapping[str, Sequence[Any]], trusted: bool = False
+    ) -> Any:
+        """Synthesize ``target``'s outputs from real outputs of other models (aligned lists).
+
+        ``trusted`` skips re-validating outputs that were already checked against their specs
+        (the link operator validates every output on arrival).
+        """
         encoded = {
-            m: encode_batch(self.specs[m], list(v))
+            m: encode_batch(self.specs[m], v, trusted=trusted)
             for m, v in outputs.items()
             if m in self.specs and m != target
         }

@@ -34,6 +34,7 @@ from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
 from mlink.linkstore.store import LinkStore, StoreError
 from mlink.operators.controller import config_budget, decide, load_links
+from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.joiner import JoinBuffer, PendingFrame, assemble_result, is_training_sample
 from mlink.operators.model_runner import ModelRunner
 from mlink.operators.state import ControlState
@@ -129,6 +130,7 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
     """A faust app running every MLink operator of ``config`` against ``bootstrap``."""
     pipe = Pipeline(config, bootstrap)
     rt = config.runtime
+    cap_fetch_wait()
     app = faust.App(
         config.name,
         broker=f"kafka://{bootstrap}",
@@ -187,7 +189,9 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
     @app.task
     async def replay_control() -> None:
         ready = pipe.ready_event()
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=200
+        )
         await consumer.start()
         try:
             tp = TopicPartition(names.control, 0)

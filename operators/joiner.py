@@ -118,7 +118,9 @@ def assemble_result(
             continue
         sources = _sources(linkset, model, executed)
         if sources:
-            synthesized = linkset.synthesize(model, {s: [executed[s].output] for s in sources})
+            synthesized = linkset.synthesize(
+                model, {s: [executed[s].output] for s in sources}, trusted=True
+            )
             results.append(
                 ModelResult(
                     model=model,

@@ -217,3 +217,31 @@ def test_training_rejects_misaligned_outputs():
         LinkSet.train(specs, {"digit": outputs["digit"], "parity": outputs["parity"][:10]})
     with pytest.raises(ValueError, match="not allowed"):
         LinkSet.train({"a/b": specs["digit"], "parity": specs["parity"]}, outputs)
+
+
+@pytest.mark.parametrize("kind", ["weighted", "fusion"])
+def test_numpy_fast_path_matches_the_torch_modules(kind):
+    _, outputs = digit_outputs(200)
+    specs = {
+        "digit": VectorSpec(10, "softmax"),
+        "parity": VectorSpec(2, "softmax"),
+        "third": VectorSpec(1, "count", max_count=3),
+    }
+    ls = LinkSet.train(specs, outputs, FAST, ensemble=kind, progress=False)
+    enc = {m: encode_batch(specs[m], outputs[m][:50]) for m in specs}
+    for target in specs:
+        fast = ls.fast_target(target)
+        assert fast is not None
+        for subset in ({"digit"}, {"parity", "third"}, set(specs) - {target}):
+            available = {s: enc[s] for s in subset if s != target}
+            if not available:
+                continue
+            sources = ls.sources_of(target)
+            preds = np.zeros((len(sources), 50, specs[target].link_dim), dtype=np.float32)
+            for i, s in enumerate(sources):
+                if s in available:
+                    preds[i] = ls.link_predict(s, target, available[s])
+            mask = np.tile(np.array([s in available for s in sources]), (50, 1))
+            np.testing.assert_allclose(
+                fast(available), ls.combine(target, preds, mask), rtol=1e-4, atol=1e-5
+            )

@@ -17,6 +17,7 @@ Three kinds cover the models of the paper:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -276,8 +277,13 @@ def spec_from_dict(data: dict[str, Any]) -> OutputSpec:
         raise SpecError(f"{kind} spec: {exc}") from exc
 
 
-def encode_batch(spec: OutputSpec, outputs: list[Any]) -> np.ndarray:
-    """Stack many outputs into the ``(n, link_dim)`` matrix links train and run on."""
+def encode_batch(spec: OutputSpec, outputs: Sequence[Any], trusted: bool = False) -> np.ndarray:
+    """Stack many outputs into the ``(n, link_dim)`` matrix links train and run on.
+
+    ``trusted`` outputs were validated already: vectors are then stacked without re-checking.
+    """
+    if trusted and isinstance(spec, VectorSpec):
+        return np.asarray(outputs, dtype=np.float32).reshape(len(outputs), spec.size)
     dtype = np.int64 if isinstance(spec, SequenceSpec) else np.float32
     out = np.empty((len(outputs), spec.link_dim), dtype=dtype)
     for i, output in enumerate(outputs):

@@ -107,7 +107,7 @@ def run_demo(
 
 
 # ---------------------------------------------------------------------------- streaming demo
-DEMO_CONFIG = Path(__file__).parent / "configs" / "video.yaml"
+DEMO_CONFIG = Path(__file__).parent / "configs" / "video-demo.yaml"
 
 
 def full_run(config, frames: list) -> Workload:
@@ -138,7 +138,7 @@ def run_and_summarize(config, config_path: Path, workers, timeout, compare, cons
             "(the reference; cached after the first time)"
         )
         full = full_run(config, frames)
-    report = run_pipeline(config, config_path, workers, timeout)
+    report = run_pipeline(config, config_path, workers, timeout, frames=frames)
     if full is None:
         return {
             "frames": report.frames,

@@ -172,6 +172,7 @@ def _atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared like any build output
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

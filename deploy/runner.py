@@ -312,8 +312,13 @@ def run_pipeline(
     timeout: float = 600.0,
     log_dir: Path | None = None,
     progress: bool = True,
+    frames: list[tuple[str, Any]] | None = None,
 ) -> RunReport:
-    """Run the whole pipeline once over the config's source and collect every frame's result."""
+    """Run the whole pipeline once over the config's source and collect every frame's result.
+
+    ``frames`` (``(stream_id, image)`` pairs) replaces reading the source, when the caller has
+    them already.
+    """
     from tqdm import tqdm
 
     from mlink.deploy.source import FrameProducer, _send_all, iter_source
@@ -328,7 +333,8 @@ def run_pipeline(
         collector = ResultCollector(cfg.broker, cfg.topics.names().results)
         try:
             ready = [p.wait_ready() for p in procs]
-            frames = list(iter_source(cfg.source))
+            if frames is None:
+                frames = list(iter_source(cfg.source))
             start = time.time()
             with FrameProducer(
                 cfg.broker,

@@ -177,14 +177,6 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
         )
         await dead_t.send(key=key, value=encode_record(record))
 
-    @app.task
-    async def enable_logging() -> None:
-        """faust's worker configures logging with ``disable_existing_loggers``, which silences
-        loggers created at import; switch ours back on once that has happened."""
-        for name, logger in logging.Logger.manager.loggerDict.items():
-            if name.startswith("mlink") and isinstance(logger, logging.Logger):
-                logger.disabled = False
-
     # -- control replay: every worker, the whole control topic -----------------------------
     @app.task
     async def replay_control() -> None:

@@ -114,6 +114,46 @@ def run(
 
 
 @app.command()
+def bench(
+    config_path: ConfigArg,
+    budget_fractions: Annotated[
+        str | None,
+        typer.Option(help="budgets as shares of the full cost, e.g. 0.2,0.33,0.5 (default)"),
+    ] = None,
+    use_config_budget: Annotated[
+        bool, typer.Option("--config-budget", help="only the config's own budget")
+    ] = False,
+    train_fraction: Annotated[float, typer.Option(help="share of each stream that trains")] = 0.1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="write accuracy vs compute saved (PNG)")
+    ] = None,
+) -> None:
+    """The paper's Table 4 on this config's models and data, offline: Standalone, frame
+    filtering, multi-task CNN, the paper's greedy MLink and ours, at several budgets."""
+    from mlink.deploy.bench import DEFAULT_FRACTIONS, plot, run_bench, to_json
+    from mlink.deploy.bench_table import print_report
+
+    config = _config(config_path)
+    if use_config_budget:
+        fractions = None
+    elif budget_fractions:
+        fractions = [float(f) for f in budget_fractions.split(",")]
+    else:
+        fractions = list(DEFAULT_FRACTIONS)
+    log = (lambda _msg: None) if as_json else console.print
+    report = run_bench(config, fractions, train_fraction, progress=not as_json, log=log)
+    if plot_path is not None:
+        plot(report, plot_path)
+    if as_json:
+        print(to_json(report))
+    else:
+        print_report(report, console)
+        if plot_path is not None:
+            console.print(f"plot written to {plot_path}")
+
+
+@app.command()
 def worker(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
     """Run one faust worker process of the pipeline (start more to scale out)."""
     config = _config(config_path, broker)

@@ -45,6 +45,7 @@ class WorkerProcess:
             "MLINK_CONFIG": str(config_path.resolve()),
             "MLINK_BROKER": bootstrap,
             "PYTHONUNBUFFERED": "1",
+            "F_DATADIR": str(log_path.parent / "faust-data"),  # not "<app id>-data" in the cwd
         }
         cmd = [
             sys.executable,

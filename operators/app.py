@@ -262,6 +262,10 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
                     try:
                         todo.append((frame, pipe.image(frame)))
                     except DecodeError as exc:
+                        # the frame entered, so it still gets a (degraded) result; the bad
+                        # bytes are kept in the dead-letter topic, reported once per worker
+                        if reports_bad_input:
+                            await dead_letter(event, "model-operator", exc)
                         await send_output(frame, EMPTY, 0.0, f"frame decode failed: {exc}")
                 if not todo:
                     continue
@@ -340,12 +344,10 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
                 continue
             if isinstance(record, ModelOutput):
                 problem = check_output(record)
-                if problem:
+                if problem:  # never joined: a stray bad record must not take a model's slot
                     await dead_letter(event, "link-operator", problem)
-                    if record.model not in pipe.specs:
-                        await manual.ack(event)
-                        continue
-                    record = dataclasses.replace(record, output=EMPTY, error=problem)
+                    await manual.ack(event)
+                    continue
             if record.frame_id in pipe.completed:
                 pipe.metrics["late_records"] += 1
                 await manual.ack(event)
@@ -360,9 +362,15 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
     async def expire_pending() -> None:
         for frame_id in joins.overdue(time.time(), rt.output_timeout_s):
             state = joins.frames[frame_id]
-            await finish(state, timed_out=True)
-            for held in joins.pop(frame_id):
-                await joins.stream.ack(held)
+            held = joins.pop(frame_id)
+            if state.notice is None:
+                # outputs for a frame no planner ever saw: not a frame that entered the pipeline
+                for event in held:
+                    await dead_letter(event, "link-operator", f"no plan for frame {frame_id!r}")
+            else:
+                await finish(state, timed_out=True)
+            for event in held:
+                await joins.stream.ack(event)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: Any, **_: Any) -> None:

@@ -186,7 +186,7 @@ def faust_worker(
         name = name or f"w{len(workers)}"
         worker = FaustWorker(
             app,
-            {"MLINK_FAUST_BROKER": broker.url, **(env or {})},
+            {"MLINK_FAUST_BROKER": broker.url, "F_DATADIR": str(tmp_path / "faust"), **(env or {})},
             tmp_path / f"faust-{name}.log",
             name,
         )

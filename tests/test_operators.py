@@ -1,0 +1,588 @@
+"""The operators' pure logic, without a broker: control state and plans, joining and assembling
+results, running models, the trainer and the controller's decision on a small trained link set."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlink.deploy.config import PipelineConfig, parse_config
+from mlink.linkstore.linkset import LinkSet
+from mlink.linkstore.selection import InfeasibleBudget
+from mlink.linkstore.store import LinkStore
+from mlink.linkstore.training import TrainConfig
+from mlink.operators.controller import (
+    LoadedLinks,
+    config_budget,
+    decide,
+    load_links,
+    model_costs,
+    resolve_budget,
+)
+from mlink.operators.joiner import (
+    JoinBuffer,
+    PendingFrame,
+    assemble_result,
+    is_training_sample,
+)
+from mlink.operators.model_runner import ModelRunner
+from mlink.operators.state import ControlState
+from mlink.operators.trainer import LinkTrainer
+from mlink.topics.records import (
+    ControlMessage,
+    FrameResult,
+    ModelOutput,
+    ModelResult,
+    Plan,
+    PlanNotice,
+)
+from mlink.topics.specs import VectorSpec
+
+MODELS = ("digit", "parity", "value")
+SPECS = {
+    "digit": VectorSpec(5, "softmax"),
+    "parity": VectorSpec(2, "softmax"),
+    "value": VectorSpec(1, "linear"),
+}
+FAST = TrainConfig(epochs=5, ensemble_epochs=5)
+COSTS = {"digit": 10.0, "parity": 1.0, "value": 5.0}
+
+
+def truth(n: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Outputs of three related models: a digit 0-4, its parity and its value."""
+    digit = np.random.default_rng(seed).integers(0, 5, n)
+    return {
+        "digit": [np.eye(5, dtype=np.float32)[d] for d in digit],
+        "parity": [np.eye(2, dtype=np.float32)[d % 2] for d in digit],
+        "value": [np.array([d], dtype=np.float32) for d in digit],
+    }
+
+
+def control(kind: str, epoch: int = 0, **fields: Any) -> ControlMessage:
+    return ControlMessage(kind=kind, epoch=epoch, issued_at=time.time(), **fields)
+
+
+def active_set(epoch: int, active: tuple[str, ...], version: int = 1, probe_every: int = 4):
+    return control(
+        "active_set",
+        epoch,
+        active=tuple(sorted(active)),
+        link_version=version,
+        probe_every=probe_every,
+    )
+
+
+def notice(frame_id: str, active: tuple[str, ...], probe: bool = False, version: int | None = 1):
+    seq = int(frame_id.split(":")[1])
+    plan = Plan(epoch=2, active=tuple(sorted(active)), probe=probe, link_version=version)
+    return PlanNotice(
+        frame_id=frame_id, stream_id="s", seq=seq, plan=plan, timestamp=1.0, planned_at=2.0
+    )
+
+
+def output(frame_id: str, model: str, value: Any = None, error: str | None = None) -> ModelOutput:
+    if value is None:
+        value = truth(1)[model][0] if error is None else np.zeros(0, np.float32)
+    return ModelOutput(
+        frame_id=frame_id,
+        stream_id="s",
+        seq=int(frame_id.split(":")[1]),
+        model=model,
+        output=np.asarray(value, dtype=np.float32),
+        epoch=2,
+        elapsed_ms=3.0,
+        produced_at=2.5,
+        error=error,
+    )
+
+
+def event(partition: int = 0) -> SimpleNamespace:
+    """What the join buffer needs of a faust event: ``event.message.tp``."""
+    return SimpleNamespace(message=SimpleNamespace(tp=("outputs", partition)))
+
+
+def pipeline_config(store: Path, probe_every: int = 4, fraction: float = 0.5) -> PipelineConfig:
+    return parse_config(
+        {
+            "name": "unit",
+            "source": {"factory": "mlink.deploy.examples.digits:frames"},
+            "models": [
+                {
+                    "name": m,
+                    "factory": "mlink.deploy.examples.digits:model",
+                    "output": SPECS[m].to_dict(),
+                    "cost": {"ms": COSTS[m]},
+                }
+                for m in MODELS
+            ],
+            "budget": {"fraction": fraction},
+            "links": {"store": str(store), "probe_every": probe_every, "warmup_frames": 8},
+        }
+    )
+
+
+def probe_result(
+    frame_id: str, outputs: dict[str, np.ndarray], ms: float = 2.0, synthesized: str = ""
+) -> FrameResult:
+    """A result where every model of ``outputs`` executed (but ``synthesized``, if given)."""
+    return FrameResult(
+        frame_id=frame_id,
+        stream_id="s",
+        seq=int(frame_id.split(":")[1]),
+        epoch=0,
+        results=tuple(
+            ModelResult(model=m, output=o, status="synthesized", sources=("digit",))
+            if m == synthesized
+            else ModelResult(model=m, output=o, status="executed", elapsed_ms=ms)
+            for m, o in outputs.items()
+        ),
+        degraded=False,
+        emitted_at=1.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def linkset() -> LinkSet:
+    return LinkSet.train(SPECS, truth(60), FAST, progress=False)
+
+
+# -- ControlState -------------------------------------------------------------------------------
+
+
+def test_state_warms_up_running_every_model_on_probe_frames() -> None:
+    state = ControlState(["value", "digit", "parity"], probe_every=4)
+    assert state.models == MODELS and state.warming_up
+    for seq in (0, 1, 5):
+        plan = state.plan(seq)
+        assert (plan.epoch, plan.active, plan.probe, plan.link_version) == (0, MODELS, True, None)
+
+
+def test_state_applies_active_sets_in_epoch_order_only() -> None:
+    state = ControlState(MODELS, probe_every=4)
+    assert state.apply(active_set(1, ("value", "digit"), version=1))
+    assert (state.epoch, state.active, state.link_version) == (1, ("digit", "value"), 1)
+    assert not state.warming_up
+    # replays and stale epochs change nothing
+    assert not state.apply(active_set(1, ("parity",), version=1))
+    assert not state.apply(active_set(0, ("parity",), version=1))
+    assert state.active == ("digit", "value")
+    # epochs may skip; the newest wins with its link version and probe period
+    assert state.apply(active_set(3, ("parity",), version=2, probe_every=5))
+    assert (state.epoch, state.active, state.link_version, state.probe_every) == (
+        3,
+        ("parity",),
+        2,
+        5,
+    )
+    assert not state.apply(active_set(2, ("digit",), version=1))
+    assert state.epoch == 3
+
+
+def test_state_budget_and_link_version_messages_do_not_change_the_plan() -> None:
+    state = ControlState(MODELS, probe_every=4)
+    state.apply(active_set(1, ("digit",)))
+    before = state.plan(1)
+    assert not state.apply(control("budget", budget={"fraction": 0.2}))
+    assert state.requested_budget == {"fraction": 0.2}
+    assert not state.apply(control("link_version", 1, link_version=4))
+    assert not state.apply(control("link_version", 1, link_version=2))
+    assert state.latest_links == 4
+    assert not state.apply(control("costs", 1))
+    assert state.plan(1) == before and state.link_version == 1
+
+
+def test_state_rejects_active_sets_naming_unknown_models() -> None:
+    state = ControlState(MODELS)
+    with pytest.raises(ValueError, match=r"unknown models \['ghost'\]"):
+        state.apply(active_set(1, ("digit", "ghost")))
+    assert state.epoch == 0 and state.warming_up
+
+
+def test_state_without_link_version_keeps_warming_up() -> None:
+    state = ControlState(MODELS, probe_every=4)
+    assert state.apply(active_set(1, ("digit",), version=None))  # type: ignore[arg-type]
+    assert state.warming_up
+    assert state.plan(3).active == MODELS and state.plan(3).probe
+
+
+def test_plan_probes_every_nth_frame_after_warm_up() -> None:
+    state = ControlState(MODELS)
+    state.apply(active_set(2, ("parity", "value"), version=7, probe_every=4))
+    plans = [state.plan(seq) for seq in range(9)]
+    assert [p.probe for p in plans] == [seq % 4 == 0 for seq in range(9)]
+    for seq, plan in enumerate(plans):
+        assert plan.epoch == 2 and plan.link_version == 7
+        assert plan.active == (MODELS if seq % 4 == 0 else ("parity", "value"))
+    state.apply(active_set(3, ("digit",), probe_every=0))
+    assert not any(state.plan(seq).probe for seq in range(9))  # 0 turns probes off
+
+
+def test_replaying_the_same_control_log_gives_the_same_state() -> None:
+    log = [
+        control("budget", budget={"fraction": 0.5}),
+        control("link_version", 0, link_version=1),
+        active_set(1, ("digit",), version=1),
+        active_set(2, ("parity", "value"), version=1),
+        active_set(1, ("digit",), version=1),  # a redelivered duplicate
+        control("link_version", 2, link_version=2),
+    ]
+    a, b = ControlState(MODELS, 4), ControlState(MODELS, 4)
+    for message in log:
+        a.apply(message)
+    for message in log + log:
+        b.apply(message)
+    assert (a.epoch, a.active, a.link_version) == (b.epoch, b.active, b.link_version)
+    assert [a.plan(s) for s in range(6)] == [b.plan(s) for s in range(6)]
+
+
+# -- PendingFrame and JoinBuffer ----------------------------------------------------------------
+
+
+def test_pending_frame_completes_once_notice_and_every_active_output_arrived() -> None:
+    pending = PendingFrame("s:1")
+    pending.add(output("s:1", "digit"))  # outputs may come before the notice
+    assert not pending.complete and pending.expected == ()
+    pending.add(notice("s:1", ("digit", "value")))
+    assert pending.expected == ("digit", "value") and not pending.complete
+    pending.add(output("s:1", "parity"))  # not expected: does not complete the frame
+    assert not pending.complete
+    pending.add(output("s:1", "value"))
+    assert pending.complete
+
+
+def test_pending_frame_keeps_the_first_copy_of_a_redelivered_output() -> None:
+    pending = PendingFrame("s:1")
+    first = output("s:1", "parity", [1.0, 0.0])
+    pending.add(first)
+    pending.add(output("s:1", "parity", [0.0, 1.0]))
+    assert pending.outputs["parity"] is first
+
+
+def test_join_buffer_holds_events_until_pop_and_finds_overdue_frames() -> None:
+    joins = JoinBuffer()
+    e1, e2, e3 = event(0), event(0), event(1)
+    state = joins.add(notice("s:1", ("digit",)), e1, now=100.0)
+    assert not state.complete
+    assert joins.add(output("s:1", "digit"), e2, now=101.0) is state and state.complete
+    joins.add(notice("s:2", ("digit",)), e3, now=103.0)
+    assert state.first_seen == 100.0
+    assert joins.overdue(now=104.0, timeout=5.0) == []
+    assert joins.overdue(now=105.0, timeout=5.0) == ["s:1"]
+    assert sorted(joins.overdue(now=110.0, timeout=5.0)) == ["s:1", "s:2"]
+    assert joins.pop("s:1") == [e1, e2]
+    assert "s:1" not in joins.frames and joins.pop("s:1") == []
+    assert joins.overdue(now=110.0, timeout=5.0) == ["s:2"]
+
+
+def test_join_buffer_drops_frames_of_revoked_partitions() -> None:
+    joins = JoinBuffer()
+    joins.add(notice("s:1", ("digit",)), event(0), 1.0)
+    joins.add(notice("s:2", ("digit",)), event(1), 1.0)
+    joins.add(output("s:2", "digit"), event(1), 1.0)
+    joins.add(notice("s:3", ("digit",)), event(2), 1.0)
+    assert joins.drop_partitions({("outputs", 1), ("outputs", 2)}) == 2
+    assert set(joins.frames) == set(joins.events) == set(joins.partitions) == {"s:1"}
+    assert joins.drop_partitions({("outputs", 9)}) == 0
+
+
+# -- assemble_result and is_training_sample -----------------------------------------------------
+
+
+def pending(frame_id: str, active: tuple[str, ...], probe: bool = False, **errors: str):
+    state = PendingFrame(frame_id, first_seen=1.0)
+    state.add(notice(frame_id, active, probe))
+    for m in active:
+        state.add(output(frame_id, m, error=errors.get(m)))
+    return state
+
+
+def test_assemble_result_marks_executed_and_synthesized_outputs(linkset: LinkSet) -> None:
+    result = assemble_result(pending("s:1", ("parity", "value")), MODELS, linkset, now=9.0)
+    by_model = {r.model: r for r in result.results}
+    assert [r.model for r in result.results] == list(MODELS)
+    assert (result.frame_id, result.stream_id, result.seq, result.epoch) == ("s:1", "s", 1, 2)
+    assert not result.degraded and result.timestamp == 1.0 and result.emitted_at == 9.0
+    for m in ("parity", "value"):
+        assert by_model[m].status == "executed" and by_model[m].elapsed_ms == 3.0
+        assert np.array_equal(by_model[m].output, truth(1)[m][0])
+    digit = by_model["digit"]
+    assert digit.status == "synthesized"
+    assert digit.sources == ("parity", "value") and digit.link_version == 1
+    real = {m: [by_model[m].output] for m in digit.sources}
+    assert np.allclose(linkset.synthesize("digit", real)[0], digit.output)
+    assert not is_training_sample(result, pending("s:1", ("parity",)).notice)
+
+
+def test_assemble_result_without_links_marks_inactive_models_missing() -> None:
+    result = assemble_result(pending("s:1", ("digit",)), MODELS, None, now=1.0)
+    statuses = {r.model: r.status for r in result.results}
+    assert statuses == {"digit": "executed", "parity": "missing", "value": "missing"}
+    assert not result.degraded
+    assert all(r.output.size == 0 for r in result.results if r.status == "missing")
+
+
+def test_a_failed_model_degrades_the_result_and_is_synthesized(linkset: LinkSet) -> None:
+    state = pending("s:1", ("digit", "value"), value="model value raised ValueError: boom")
+    assert state.complete  # an error counts as arrived: the frame need not wait for it
+    result = assemble_result(state, MODELS, linkset, now=1.0)
+    statuses = {r.model: r.status for r in result.results}
+    assert result.degraded
+    assert statuses == {"digit": "executed", "parity": "synthesized", "value": "synthesized"}
+    assert {r.model: r.sources for r in result.results}["value"] == ("digit",)
+
+
+def test_a_timed_out_frame_is_degraded(linkset: LinkSet) -> None:
+    state = PendingFrame("s:4", first_seen=1.0)
+    state.add(notice("s:4", ("digit", "parity")))
+    state.add(output("s:4", "digit"))
+    assert not state.complete
+    result = assemble_result(state, MODELS, linkset, now=20.0, timed_out=True)
+    statuses = {r.model: r.status for r in result.results}
+    assert result.degraded
+    assert statuses == {"digit": "executed", "parity": "synthesized", "value": "synthesized"}
+    # the timeout flag alone degrades too, even if everything arrived
+    full = assemble_result(pending("s:5", ("digit",)), MODELS, linkset, 2.0, timed_out=True)
+    assert full.degraded
+
+
+def test_outputs_without_a_notice_expect_every_model() -> None:
+    state = PendingFrame("s:7", first_seen=1.0)
+    for m in MODELS:
+        state.add(output("s:7", m))
+    result = assemble_result(state, MODELS, None, now=5.0, timed_out=True)
+    assert result.epoch == 0 and result.timestamp is None and result.degraded
+    assert all(r.status == "executed" for r in result.results)
+    partial = PendingFrame("s:8")
+    partial.add(output("s:8", "digit"))
+    assert assemble_result(partial, MODELS, None, now=5.0).degraded
+
+
+def test_only_complete_probe_results_are_training_samples() -> None:
+    probe = pending("s:0", MODELS, probe=True)
+    result = assemble_result(probe, MODELS, None, now=1.0)
+    assert is_training_sample(result, probe.notice)
+    assert not is_training_sample(result, None)
+    not_probe = pending("s:0", MODELS, probe=False)
+    assert not is_training_sample(assemble_result(not_probe, MODELS, None, 1.0), not_probe.notice)
+    failed = pending("s:0", MODELS, probe=True, digit="model digit raised RuntimeError: x")
+    failed_result = assemble_result(failed, MODELS, None, now=1.0)
+    assert failed_result.degraded
+    assert not is_training_sample(failed_result, failed.notice)
+
+
+# -- ModelRunner --------------------------------------------------------------------------------
+
+
+class Parity:
+    """A black box returning parity probabilities of a frame's first pixel; counts its calls."""
+
+    def __init__(self, fail_on: int | None = None, batch_ok: bool = True) -> None:
+        self.calls: list[tuple[int, ...]] = []
+        self.fail_on, self.batch_ok = fail_on, batch_ok
+
+    def one(self, frame: np.ndarray) -> np.ndarray:
+        value = int(frame.flat[0])
+        if value == self.fail_on:
+            raise ValueError(f"cannot handle {value}")
+        return np.eye(2, dtype=np.float32)[value % 2]
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        self.calls.append(frames.shape)
+        if frames.ndim == 3:
+            if not self.batch_ok:
+                raise RuntimeError("no batches today")
+            return np.stack([self.one(f) for f in frames])
+        return self.one(frames)
+
+
+def frames(*values: int, shape: tuple[int, int] = (2, 2)) -> list[np.ndarray]:
+    return [np.full(shape, v, np.uint8) for v in values]
+
+
+def test_batch_model_is_called_once_per_batch() -> None:
+    model = Parity()
+    outcomes = ModelRunner("parity", model, SPECS["parity"], batch=True).run(frames(1, 2, 3))
+    assert model.calls == [(3, 2, 2)]
+    assert [o.error for o in outcomes] == [None] * 3
+    assert [int(o.output.argmax()) for o in outcomes] == [1, 0, 1]
+    assert all(o.output.dtype == np.float32 and o.elapsed_ms >= 0 for o in outcomes)
+
+
+def test_single_model_and_mixed_shapes_run_frame_by_frame() -> None:
+    model = Parity()
+    ModelRunner("parity", model, SPECS["parity"], batch=False).run(frames(1, 2))
+    assert model.calls == [(2, 2), (2, 2)]
+    model = Parity()
+    mixed = frames(1) + frames(2, shape=(3, 3))
+    outcomes = ModelRunner("parity", model, SPECS["parity"], batch=True).run(mixed)
+    assert model.calls == [(2, 2), (3, 3)] and all(o.error is None for o in outcomes)
+    model = Parity()
+    ModelRunner("parity", model, SPECS["parity"], batch=True).run(frames(1))
+    assert model.calls == [(2, 2)]  # a batch of one is just a call
+
+
+def test_a_raising_model_yields_an_error_for_its_frame_only() -> None:
+    runner = ModelRunner("parity", Parity(fail_on=2), SPECS["parity"], batch=False)
+    outcomes = runner.run(frames(1, 2, 3))
+    assert [o.error is None for o in outcomes] == [True, False, True]
+    assert outcomes[1].output is None
+    assert outcomes[1].error == "model parity raised ValueError: cannot handle 2"
+
+
+def test_invalid_outputs_become_errors() -> None:
+    def bad(frame: np.ndarray) -> np.ndarray:
+        return {1: np.array([0.5, 0.6]), 2: np.array([np.nan, 1.0]), 3: np.ones(3)}[
+            int(frame.flat[0])
+        ]
+
+    outcomes = ModelRunner("parity", bad, SPECS["parity"]).run(frames(1, 2, 3))
+    assert all(o.output is None for o in outcomes)
+    assert all(o.error.startswith("invalid output: parity:") for o in outcomes)
+    assert "sum to 1.1000" in outcomes[0].error
+    assert "NaN" in outcomes[1].error
+    assert "expected shape (2,), got (3,)" in outcomes[2].error
+
+
+def test_failing_batch_falls_back_to_single_frames() -> None:
+    model = Parity(fail_on=2)  # the batch raises because one frame does
+    outcomes = ModelRunner("parity", model, SPECS["parity"], batch=True).run(frames(1, 2, 3))
+    assert model.calls == [(3, 2, 2), (2, 2), (2, 2), (2, 2)]
+    assert [o.error is None for o in outcomes] == [True, False, True]
+    model = Parity(batch_ok=False)  # a model that cannot batch after all still works
+    outcomes = ModelRunner("parity", model, SPECS["parity"], batch=True).run(frames(1, 2))
+    assert [o.error for o in outcomes] == [None, None]
+
+
+def test_batch_with_the_wrong_number_of_outputs_fails_every_frame() -> None:
+    def short(batch: np.ndarray) -> np.ndarray:
+        return np.tile(np.array([1.0, 0.0], np.float32), (len(batch) - 1, 1))
+
+    outcomes = ModelRunner("parity", short, SPECS["parity"], batch=True).run(frames(1, 2, 3))
+    assert all(o.output is None for o in outcomes)
+    assert all(o.error == "batch of 3 frames returned 2 outputs" for o in outcomes)
+
+
+# -- LinkTrainer --------------------------------------------------------------------------------
+
+
+def test_trainer_is_ready_after_warm_up_and_ignores_duplicates(tmp_path: Path) -> None:
+    trainer = LinkTrainer(SPECS, LinkStore(tmp_path), FAST, warmup_frames=3)
+    data = truth(4)
+    samples = [{m: data[m][i] for m in MODELS} for i in range(4)]
+    assert trainer.add(probe_result("s:0", samples[0], ms=2.0))
+    assert not trainer.add(probe_result("s:0", samples[1]))  # redelivered: ignored
+    assert trainer.add(probe_result("s:1", samples[1], ms=4.0))
+    assert len(trainer.samples) == 2 and not trainer.ready()
+    # only results where every model of the pipeline executed are training pairs
+    partial = probe_result("s:9", {m: samples[2][m] for m in ("digit", "parity")})
+    assert not trainer.add(partial)
+    synthesized = probe_result("s:8", samples[2], synthesized="value")
+    assert not trainer.add(synthesized)
+    assert trainer.add(probe_result("s:2", samples[2], ms=6.0))
+    assert trainer.ready() and trainer.new_since_training == 3
+    assert trainer.measured_costs() == {m: {"ms": 4.0} for m in MODELS}
+
+
+def test_trainer_retrains_only_when_asked(tmp_path: Path) -> None:
+    data = truth(40)
+    rows = [{m: data[m][i] for m in MODELS} for i in range(40)]
+    once = LinkTrainer(SPECS, LinkStore(tmp_path / "once"), FAST, warmup_frames=20)
+    again = LinkTrainer(
+        SPECS, LinkStore(tmp_path / "again"), FAST, warmup_frames=20, retrain_every=10
+    )
+    for trainer in (once, again):
+        for i in range(20):
+            trainer.add(probe_result(f"s:{i}", rows[i]))
+        assert trainer.ready()
+        assert trainer.train_and_save() == 1
+        assert trainer.new_since_training == 0 and not trainer.ready()
+        for i in range(20, 30):
+            trainer.add(probe_result(f"s:{i}", rows[i]))
+    assert not once.ready()
+    assert again.ready()
+    assert again.train_and_save() == 2 and again.store.current() == 2
+
+
+# -- controller ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_links(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LoadedLinks]:
+    store = LinkStore(tmp_path_factory.mktemp("links"))
+    trainer = LinkTrainer(SPECS, store, FAST, warmup_frames=40)
+    data = truth(40)
+    for i in range(40):
+        trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}, ms=1.0))
+    version = trainer.train_and_save()
+    assert version == 1 and store.current() == 1
+    return store.root, load_links(store, version)
+
+
+def test_saved_version_carries_what_the_controller_needs(
+    saved_links: tuple[Path, LoadedLinks],
+) -> None:
+    root, links = saved_links
+    assert links.version == 1 and set(links.linkset.models) == set(MODELS)
+    assert links.model_costs == {m: {"ms": 1.0} for m in MODELS}
+    assert set(links.link_costs) == {(s, t) for s in MODELS for t in MODELS if s != t}
+    assert all(c["ms"] > 0 and c["memory_mb"] > 0 for c in links.link_costs.values())
+    meta = LinkStore(root).load(1).meta.meta
+    assert meta["n_samples"] == 40
+    assert load_links(LinkStore(root), 1) is links  # cached per process
+    # the saved link set synthesizes like the one the trainer trained
+    real = truth(3, seed=5)
+    out = links.linkset.synthesize("digit", {"parity": real["parity"], "value": real["value"]})
+    assert np.asarray(out).shape == (3, 5)
+
+
+def test_decide_picks_the_best_active_set_within_the_budget(
+    saved_links: tuple[Path, LoadedLinks],
+) -> None:
+    root, links = saved_links
+    config = pipeline_config(root, probe_every=6)
+    everything = decide(config, links, {"fraction": 1.0}, epoch=4)
+    assert everything.kind == "active_set" and everything.epoch == 4
+    assert everything.active == MODELS  # running all of them is the best and fits exactly
+    assert everything.link_version == 1 and everything.probe_every == 6
+    assert everything.budget == {"fraction": 1.0}
+    assert everything.extra["objective"] == pytest.approx(1.0)
+    # 10% of 16 ms leaves room for parity (1 ms) and its links only
+    small = decide(config, links, {"fraction": 0.1}, epoch=5)
+    assert small.active == ("parity",)
+    assert small.extra["cost"]["ms"] <= 1.6 and small.extra["objective"] < 1.0
+    greedy = decide(config, links, {"fraction": 0.1}, epoch=5, method="greedy")
+    assert greedy.active == ("parity",)
+    with pytest.raises(InfeasibleBudget):
+        decide(config, links, {"ms": 0.5}, epoch=6)  # cheaper than any single model
+
+
+def test_costs_and_budgets_resolve_declared_over_measured(tmp_path: Path) -> None:
+    config = pipeline_config(tmp_path, fraction=0.25)
+    measured = {"digit": {"ms": 99.0, "memory_mb": 3.0}, "parity": {"memory_mb": 1.0}}
+    costs = model_costs(config, measured)
+    assert costs == {
+        "digit": {"ms": 10.0, "memory_mb": 3.0},
+        "parity": {"ms": 1.0, "memory_mb": 1.0},
+        "value": {"ms": 5.0},
+    }
+    assert config_budget(config) == {"fraction": 0.25}
+    assert resolve_budget({"fraction": 0.25, "memory_mb": 4.0}, costs) == {
+        "ms": 4.0,
+        "memory_mb": 4.0,
+    }
+    undeclared = parse_config(
+        {
+            **config.model_dump(exclude={"models"}),
+            "models": [m.model_dump() | {"cost": None} for m in config.models],
+        }
+    )
+    assert model_costs(undeclared, {"digit": {"ms": 2.0}}) == {
+        "digit": {"ms": 2.0},
+        "parity": {"ms": 0.0},
+        "value": {"ms": 0.0},
+    }

@@ -1,0 +1,586 @@
+"""The whole pipeline end to end: real faust worker processes on the session's Tansu broker.
+
+No mocks: frames go onto the frames topic, ``mlink.operators.worker_app`` workers plan them, run
+real digits models (scikit-learn), train links, switch active sets and synthesize, and the tests
+read what the workers wrote on the results, outputs, control and dead-letter topics.
+
+- ``digits_run`` (module scope) runs one pipeline through warm-up, the first active set and two
+  budget changes; the three tests after it check exactly-once results and executed == active,
+  synthesized == offline synthesis, and the budget moving the active set, on that one run.
+- the dead-letter test and the two-worker failover test run their own pipelines.
+
+Timings on the 2-core dev machine: 13-25 s for the shared run, 11-17 s for the dead-letter test,
+~33 s for failover (a SIGKILLed worker's partitions move ~16 s after the kill); 70-95 s in all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
+
+from mlink.deploy.config import PipelineConfig, load_config
+from mlink.deploy.examples import digits
+from mlink.deploy.runner import ResultCollector, read_control, set_budget
+from mlink.deploy.source import FrameProducer
+from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.linkstore.store import LinkStore
+from mlink.operators.controller import decide, load_links
+from mlink.topics.codec import decode_any_record, decode_record, encode, encode_record
+from mlink.topics.frames import encode_frame
+from mlink.topics.records import (
+    ControlMessage,
+    DeadLetter,
+    Frame,
+    FrameResult,
+    ModelOutput,
+    PlanNotice,
+)
+from tests.conftest import FaustWorker
+
+pytestmark = pytest.mark.broker
+
+APP = "mlink.operators.worker_app"
+DIGIT_MODEL = "mlink.deploy.examples.digits:model"
+# Declared costs (they win over measured ones) make the controller's choices predictable: with a
+# budget fraction of 0.2 (16.4 of 82 ms) or 0.1 only parity_logreg (plus its links, well under
+# 1 ms each) fits, so the active set is {parity_logreg}; 0.9 (73.8 ms) admits three models, and
+# the optimum then runs more than parity_logreg alone, which cannot synthesize a digit.
+COSTS = {"digit_svc": 40.0, "ge5_forest": 20.0, "parity_logreg": 2.0, "value_gbr": 20.0}
+FAST_MODELS = ("ge5_forest", "parity_logreg", "value_gbr")  # each fits in < 2 s at start-up
+IMAGES = list(digits.frames(200))
+PROBE_EVERY = 10
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def write_config(
+    directory: Path,
+    tag: str,
+    models: tuple[str, ...],
+    *,
+    partitions: int,
+    warmup_frames: int,
+    output_timeout_s: float,
+    fraction: float = 0.3,
+) -> tuple[Path, PipelineConfig]:
+    """A small digits pipeline config with a unique name and topic prefix, in ``directory``."""
+    uid = uuid.uuid4().hex[:8]
+    data = {
+        "name": f"e2e-{tag}-{uid}",
+        "source": {"factory": "mlink.deploy.examples.digits:frames"},
+        "models": [
+            {
+                "name": m,
+                "factory": DIGIT_MODEL,
+                "args": {"name": m},
+                "output": digits.MODELS[m].spec.to_dict(),
+                "batch": True,
+                "cost": {"ms": COSTS[m]},
+            }
+            for m in models
+        ],
+        "budget": {"fraction": fraction},
+        "links": {
+            "store": str(directory / "links"),
+            "warmup_frames": warmup_frames,
+            "probe_every": PROBE_EVERY,
+            "epochs": 20,
+        },
+        "topics": {"prefix": f"e2e.{tag}.{uid}", "partitions": partitions},
+        "runtime": {"output_timeout_s": output_timeout_s},
+    }
+    path = directory / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, load_config(path)
+
+
+def worker_env(config_path: Path, bootstrap: str, datadir: Path) -> dict[str, str]:
+    # F_DATADIR keeps faust's "<app id>-data" directory out of the working tree.
+    return {"MLINK_CONFIG": str(config_path), "MLINK_BROKER": bootstrap, "F_DATADIR": str(datadir)}
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Any]:
+    """Every record of ``topic`` up to its current end offsets, without a consumer group."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.2)
+            partitions = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: list[Any] = []
+        while time.monotonic() < deadline and any(consumer.position(tp) < end[tp] for tp in tps):
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def dead_letters(bootstrap: str, config: PipelineConfig) -> list[DeadLetter]:
+    topic = config.topics.names().dead_letter
+    return [decode_record(r.value, DeadLetter) for r in read_topic(bootstrap, topic)]
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float, worker: FaustWorker) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker {worker.name} died waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout} s; log tail:\n{worker.log_tail()}")
+        time.sleep(0.1)
+
+
+def wait_for_epoch(worker: FaustWorker, epoch: int, timeout: float = 60.0) -> None:
+    """Until the worker's planner state is at ``epoch``: frames sent later are planned under it."""
+    wait_until(f"epoch {epoch}", lambda: f"now at epoch {epoch}:" in worker.log(), timeout, worker)
+
+
+def wait_results(
+    collector: ResultCollector, ids: set[str], timeout: float, workers: list[FaustWorker]
+) -> None:
+    if not collector.wait_for(ids, timeout):
+        missing = sorted(ids - collector.results.keys())
+        tails = "\n".join(f"--- {w.name}:\n{w.log_tail(30)}" for w in workers)
+        raise AssertionError(f"{len(missing)} frames without result: {missing[:20]}\n{tails}")
+
+
+def send_frames(
+    producer: FrameProducer, streams: list[str], seqs: range, offset: int = 0
+) -> list[str]:
+    ids = []
+    for seq in seqs:
+        for i, stream in enumerate(streams):
+            image = IMAGES[(offset + seq * len(streams) + i) % len(IMAGES)]
+            ids.append(producer.send(stream, seq, image).frame_id)
+    producer.flush()
+    return ids
+
+
+def executed(result: FrameResult) -> tuple[str, ...]:
+    return tuple(sorted(r.model for r in result.results if r.status == "executed"))
+
+
+def active_sets(messages: list[ControlMessage]) -> dict[int, ControlMessage]:
+    out: dict[int, ControlMessage] = {}
+    for m in messages:
+        if m.kind == "active_set":
+            assert m.epoch not in out, f"two active sets for epoch {m.epoch}"
+            out[m.epoch] = m
+    return out
+
+
+# -- one pipeline run shared by the first three tests ------------------------------------------
+
+
+@dataclasses.dataclass
+class DigitsRun:
+    config: PipelineConfig
+    workers: list[FaustWorker]
+    phases: dict[str, list[str]]  # frame ids sent in each phase
+    results: dict[str, FrameResult]
+    duplicates: int
+    control: list[ControlMessage]
+    notices: dict[str, list[PlanNotice]]
+    outputs: list[ModelOutput]
+    dead_letters: list[DeadLetter]
+    seconds: float
+
+    @property
+    def produced(self) -> list[str]:
+        return [f for ids in self.phases.values() for f in ids]
+
+    def expected_plan(self, epoch: int, seq: int) -> tuple[tuple[str, ...], bool]:
+        """(active models, probe) for a frame, derived from the control topic alone."""
+        models = tuple(sorted(self.config.model_names))
+        if epoch == 0:
+            return models, True
+        probe = seq % PROBE_EVERY == 0
+        return (models if probe else active_sets(self.control)[epoch].active), probe
+
+
+@pytest.fixture(scope="module")
+def _digits_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DigitsRun]:
+    tmp = tmp_path_factory.mktemp("digits-run")
+    models = ("digit_svc", *FAST_MODELS)
+    path, config = write_config(
+        tmp, "run", models, partitions=2, warmup_frames=32, output_timeout_s=5.0, fraction=0.2
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    started = time.monotonic()
+    worker = FaustWorker(
+        APP, worker_env(path, broker.bootstrap, tmp / "faust"), tmp / "worker.log", "w0"
+    )
+    collector = ResultCollector(broker.bootstrap, names.results)
+    streams = ["cam-a", "cam-b", "cam-c", "cam-d"]
+    phases: dict[str, list[str]] = {}
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, names.frames) as producer:
+            # warm-up: every frame is a probe running every model; links train after 32 of them
+            phases["warmup"] = send_frames(producer, streams, range(0, 10))
+            wait_for_epoch(worker, 1)
+            phases["epoch1"] = send_frames(producer, streams, range(10, 25))
+            wait_results(collector, set(phases["epoch1"]), 60, [worker])
+            set_budget(broker.bootstrap, config, {"fraction": 0.9})
+            wait_for_epoch(worker, 2)
+            phases["budget-0.9"] = send_frames(producer, streams, range(25, 35))
+            wait_results(collector, set(phases["budget-0.9"]), 60, [worker])
+            set_budget(broker.bootstrap, config, {"fraction": 0.1})
+            wait_for_epoch(worker, 3)
+            phases["budget-0.1"] = send_frames(producer, streams, range(35, 45))
+        all_ids = {f for ids in phases.values() for f in ids}
+        wait_results(collector, all_ids, 60, [worker])
+        time.sleep(1.0)  # let any duplicate result arrive before counting
+        _, control = read_control(broker.bootstrap, config)
+        notices: dict[str, list[PlanNotice]] = defaultdict(list)
+        outputs: list[ModelOutput] = []
+        for record in read_topic(broker.bootstrap, names.outputs):
+            value = decode_any_record(record.value)
+            if isinstance(value, PlanNotice):
+                notices[value.frame_id].append(value)
+            else:
+                assert isinstance(value, ModelOutput)
+                outputs.append(value)
+        dead = dead_letters(broker.bootstrap, config)
+        run = DigitsRun(
+            config=config,
+            workers=[worker],
+            phases=phases,
+            results=dict(collector.results),
+            duplicates=collector.duplicates,
+            control=control,
+            notices=dict(notices),
+            outputs=outputs,
+            dead_letters=dead,
+            seconds=time.monotonic() - started,
+        )
+        print(
+            f"\ndigits run: {len(all_ids)} frames in {run.seconds:.1f} s, "
+            f"{run.duplicates} duplicate results, epochs "
+            f"{ {e: m.active for e, m in active_sets(control).items()} }"
+        )
+        yield run
+    finally:
+        collector.close()
+        worker.stop()
+
+
+@pytest.fixture
+def digits_run(_digits_run: DigitsRun, request: pytest.FixtureRequest) -> DigitsRun:
+    request.node._faust_workers = _digits_run.workers  # logs in the report of a failed test
+    return _digits_run
+
+
+def test_every_frame_one_result_and_only_active_models_execute(digits_run: DigitsRun) -> None:
+    run = digits_run
+    models = tuple(sorted(run.config.model_names))
+    produced = run.produced
+    assert len(set(produced)) == len(produced)
+    # exactly one result per frame: nothing lost, nothing extra, no duplicate on a clean run
+    assert set(run.results) == set(produced)
+    assert run.duplicates == 0, f"{run.duplicates} duplicate results"
+    assert not run.dead_letters, [d.reason for d in run.dead_letters]
+    assert not [f for f, r in run.results.items() if r.degraded]
+
+    # one plan notice per frame, and its plan is what the control topic implies
+    assert set(run.notices) == set(produced)
+    assert all(len(n) == 1 for n in run.notices.values())
+    plans = {f: n[0].plan for f, n in run.notices.items()}
+    after_links = 0
+    for frame_id, result in run.results.items():
+        plan = plans[frame_id]
+        assert result.epoch == plan.epoch
+        expected_active, expected_probe = run.expected_plan(plan.epoch, result.seq)
+        assert (plan.active, plan.probe) == (expected_active, expected_probe), frame_id
+        # executed models are exactly the plan's active set: inactive ones never ran
+        assert executed(result) == plan.active, frame_id
+        if plan.epoch >= 1 and not plan.probe:
+            after_links += 1
+            statuses = {r.model: r.status for r in result.results}
+            assert {m for m, s in statuses.items() if s == "synthesized"} == set(models) - set(
+                plan.active
+            ), frame_id
+            assert set(statuses.values()) == {"executed", "synthesized"}
+            assert plan.link_version is not None
+            for r in result.results:
+                if r.status == "synthesized":
+                    assert r.link_version == plan.link_version
+    assert after_links >= 80  # the three post-warm-up phases minus their probe frames
+
+    # the outputs topic holds one ModelOutput per (frame, active model), none for inactive ones
+    per_model = Counter(o.model for o in run.outputs)
+    expected = Counter(m for plan in plans.values() for m in plan.active)
+    assert per_model == expected
+    assert len({(o.frame_id, o.model) for o in run.outputs}) == len(run.outputs)
+    assert all(o.error is None for o in run.outputs)
+    assert all(o.model in plans[o.frame_id].active for o in run.outputs)
+
+
+def test_synthesized_outputs_equal_offline_synthesis(digits_run: DigitsRun) -> None:
+    store = LinkStore(digits_run.config.links.store)
+    checked = Counter()
+    for frame_id, result in digits_run.results.items():
+        real = {r.model: r.output for r in result.results if r.status == "executed"}
+        for r in result.results:
+            if r.status != "synthesized":
+                continue
+            assert r.link_version is not None
+            linkset = load_links(store, r.link_version).linkset
+            # the sources are every executed model that has a link into the target
+            assert r.sources == tuple(s for s in linkset.sources_of(r.model) if s in real)
+            offline = linkset.synthesize(r.model, {s: [real[s]] for s in r.sources})
+            assert np.allclose(np.asarray(offline[0]), r.output, atol=1e-5), (frame_id, r.model)
+            checked[r.model] += 1
+    assert sum(checked.values()) >= 80, checked
+    print(f"\nsynthesized outputs checked per model: {dict(checked)}")
+
+
+def test_budget_change_moves_the_active_set(digits_run: DigitsRun) -> None:
+    run = digits_run
+    sets = active_sets(run.control)
+    assert sorted(sets) == [1, 2, 3]
+    budgets = [m.budget for m in run.control if m.kind == "budget"]
+    assert budgets == [{"fraction": 0.9}, {"fraction": 0.1}]
+    assert [sets[e].budget for e in (1, 2, 3)] == [
+        {"fraction": 0.2},
+        {"fraction": 0.9},
+        {"fraction": 0.1},
+    ]
+    assert sets[1].active == ("parity_logreg",) == sets[3].active  # see COSTS
+    assert len(sets[2].active) > 1
+    # each active set is what the controller's pure logic decides offline for its budget
+    assert sets[1].link_version is not None
+    assert all(m.link_version == sets[1].link_version for m in sets.values())
+    links = load_links(LinkStore(run.config.links.store), sets[1].link_version)
+    for epoch, message in sets.items():
+        offline = decide(run.config, links, message.budget, epoch)
+        assert offline.active == message.active, epoch
+        assert message.extra["cost"]["ms"] <= message.budget["fraction"] * sum(COSTS.values())
+    for phase, epoch in (("epoch1", 1), ("budget-0.9", 2), ("budget-0.1", 3)):
+        for frame_id in run.phases[phase]:
+            result = run.results[frame_id]
+            assert result.epoch == epoch, (phase, frame_id)
+            probe = result.seq % PROBE_EVERY == 0
+            want = tuple(sorted(run.config.model_names)) if probe else sets[epoch].active
+            assert executed(result) == want, (phase, frame_id)
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+def test_bad_records_are_dead_lettered_while_the_stream_flows(
+    broker: Any, faust_worker: Callable[..., FaustWorker], tmp_path: Path
+) -> None:
+    path, config = write_config(
+        tmp_path, "dlq", FAST_MODELS, partitions=2, warmup_frames=1000, output_timeout_s=3.0
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    collector = ResultCollector(broker.bootstrap, names.results)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    try:
+        worker.wait_ready()
+        good: list[str] = []
+
+        def good_frame(seq: int) -> None:
+            frame = encode_frame(IMAGES[seq], "good", seq)
+            producer.send(names.frames, key=b"good", value=encode_record(frame)).get(10)
+            good.append(frame.frame_id)
+
+        def bad(topic: str, key: bytes, value: bytes) -> tuple[str, int, int, bytes]:
+            meta = producer.send(topic, key=key, value=value).get(10)
+            return meta.topic, meta.partition, meta.offset, value
+
+        for seq in range(6):
+            good_frame(seq)
+        wait_results(collector, set(good), 60, [worker])  # good:0-5 are now completed
+
+        def output(frame_id: str, model: str, value: np.ndarray) -> bytes:
+            record = ModelOutput(
+                frame_id=frame_id,
+                stream_id="good",
+                seq=int(frame_id.split(":")[1]),
+                model=model,
+                output=value,
+                epoch=0,
+                elapsed_ms=1.0,
+                produced_at=time.time(),
+            )
+            return encode_record(record)
+
+        bad_frame = {
+            "v": 1,
+            "type": "frame",
+            "stream_id": "junk",
+            "frame_id": "junk:1",
+            "seq": 1,
+            "timestamp": time.time(),
+            "encoding": "raw",
+            "data": bytes(64),
+            "shape": [-8, 8],
+        }
+        not_an_image = Frame(
+            stream_id="junk",
+            frame_id="junk:2",
+            seq=2,
+            timestamp=time.time(),
+            encoding="png",
+            data=b"\x89PNG but not really",
+            shape=(8, 8),
+        )
+        frames_t, outputs_t = names.frames, names.outputs
+        sent: dict[str, tuple[str, int, int, bytes]] = {}
+        good_frame(6)
+        sent["garbage"] = bad(frames_t, b"junk", b"\xc1 is never valid msgpack")
+        good_frame(7)
+        sent["bad shape"] = bad(frames_t, b"junk", encode(bad_frame))
+        good_frame(8)
+        sent["not an image"] = bad(frames_t, b"junk", encode_record(not_an_image))
+        good_frame(9)
+        # outputs for frames already completed, so they cannot disturb a good frame's result
+        sent["unknown model"] = bad(
+            outputs_t, b"good:0", output("good:0", "bogus_model", np.ones(2, np.float32))
+        )
+        good_frame(10)
+        nan = np.array([np.nan, 1.0], np.float32)
+        sent["nan"] = bad(outputs_t, b"good:1", output("good:1", "parity_logreg", nan))
+        good_frame(11)
+        wrong = np.full(5, 0.2, np.float32)
+        sent["wrong shape"] = bad(outputs_t, b"good:2", output("good:2", "ge5_forest", wrong))
+        for seq in range(12, 20):
+            good_frame(seq)
+
+        wait_results(collector, {*good, "junk:2"}, 60, [worker])
+        deadline = time.monotonic() + 30
+        while len(dead_letters(broker.bootstrap, config)) < len(sent):
+            assert time.monotonic() < deadline, dead_letters(broker.bootstrap, config)
+            time.sleep(0.5)
+        time.sleep(1.0)  # nothing else may follow
+        dead = dead_letters(broker.bootstrap, config)
+
+        by_place = {(d.topic, d.partition, d.offset): d for d in dead}
+        assert len(by_place) == len(dead) == len(sent), [
+            (d.topic, d.offset, d.reason) for d in dead
+        ]
+        reasons = {
+            "garbage": ("planner", "not valid msgpack"),
+            "bad shape": ("planner", "Frame.shape"),
+            "unknown model": ("link-operator", "unknown model 'bogus_model'"),
+            "nan": ("link-operator", "NaN"),
+            "wrong shape": ("link-operator", "expected shape (2,), got (5,)"),
+            "not an image": ("model-operator", "junk:2"),
+        }
+        for what, (topic, partition, offset, value) in sent.items():
+            letter = by_place.get((topic, partition, offset))
+            assert letter is not None, (
+                f"no dead letter for the {what} record at {topic}[{partition}]@{offset}"
+            )
+            stage, phrase = reasons[what]
+            assert letter.stage == stage, (what, letter)
+            assert phrase in letter.reason, (what, letter.reason)
+            assert letter.value == value
+
+        # every good frame got exactly one complete result, late bad outputs changed nothing
+        assert set(good) <= collector.results.keys()
+        for frame_id in good:
+            result = collector.results[frame_id]
+            assert not result.degraded, frame_id
+            assert executed(result) == tuple(sorted(FAST_MODELS)), frame_id
+        assert collector.duplicates == 0
+        # an undecodable image is a valid record that entered the pipeline: it is dead-lettered
+        # and still gets a result, degraded, with nothing executed
+        junk = collector.results["junk:2"]
+        assert junk.degraded and not executed(junk)
+        assert "frame decode failed" in worker.log()
+        assert worker.proc.poll() is None, "the worker died"
+    finally:
+        producer.close()
+        collector.close()
+
+
+# -- two workers, one killed ------------------------------------------------------------------
+
+
+def streams_covering(partitions: int) -> list[str]:
+    """One stream id per partition, by the producer's murmur2 key partitioner."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < partitions:
+        name = f"cam{i}"
+        found.setdefault((murmur2(name.encode()) & 0x7FFFFFFF) % partitions, name)
+        i += 1
+    return [found[p] for p in range(partitions)]
+
+
+def test_two_workers_split_partitions_and_survive_a_kill(
+    broker: Any, faust_worker: Callable[..., FaustWorker], tmp_path: Path
+) -> None:
+    partitions = 4
+    path, config = write_config(
+        tmp_path, "ha", FAST_MODELS, partitions=partitions, warmup_frames=1000, output_timeout_s=5.0
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    workers = [
+        faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / f"faust-{i}"), f"w{i}")
+        for i in range(2)
+    ]
+    collector = ResultCollector(broker.bootstrap, names.results)
+    everything = set(range(partitions))
+    try:
+        for w in workers:
+            w.wait_ready(90)
+
+        def split() -> bool:
+            owned = [w.assigned_partitions(names.frames) for w in workers]
+            return all(owned) and not owned[0] & owned[1] and owned[0] | owned[1] == everything
+
+        wait_until("partitions split between the workers", split, 60, workers[0])
+        for topic in (names.frames, names.planned, names.outputs):
+            owned = [w.assigned_partitions(topic) for w in workers]
+            assert all(owned) and owned[0] | owned[1] == everything, (topic, owned)
+
+        streams = streams_covering(partitions)
+        victim, survivor = workers[1], workers[0]
+        ids: list[str] = []
+        killed_at = 0.0
+        with FrameProducer(broker.bootstrap, names.frames) as producer:
+            for seq in range(24):  # 96 frames over ~12 s
+                ids += send_frames(producer, streams, range(seq, seq + 1))
+                if seq == 8:
+                    assert victim.kill() == -9
+                    killed_at = time.monotonic()
+                time.sleep(0.5)
+        wait_results(collector, set(ids), 90, [survivor])
+        took = time.monotonic() - killed_at
+        time.sleep(1.0)
+        assert set(ids) <= collector.results.keys()
+        assert survivor.assigned_partitions(names.frames) == everything
+        assert survivor.proc.poll() is None
+        degraded = sum(collector.results[f].degraded for f in ids)
+        print(
+            f"\nfailover: {len(ids)} frames, all results {took:.1f} s after the kill, "
+            f"{collector.duplicates} duplicates, {degraded} degraded"
+        )
+    finally:
+        collector.close()

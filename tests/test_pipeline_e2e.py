@@ -455,7 +455,7 @@ def test_bad_records_are_dead_lettered_while_the_stream_flows(
         good_frame(7)
         sent["bad shape"] = bad(frames_t, b"junk", encode(bad_frame))
         good_frame(8)
-        sent["not an image"] = bad(frames_t, b"junk", encode_record(not_an_image))
+        producer.send(frames_t, key=b"junk", value=encode_record(not_an_image)).get(10)
         good_frame(9)
         # outputs for frames already completed, so they cannot disturb a good frame's result
         sent["unknown model"] = bad(
@@ -472,12 +472,22 @@ def test_bad_records_are_dead_lettered_while_the_stream_flows(
 
         wait_results(collector, {*good, "junk:2"}, 60, [worker])
         deadline = time.monotonic() + 30
-        while len(dead_letters(broker.bootstrap, config)) < len(sent):
+        while len(dead_letters(broker.bootstrap, config)) < len(sent) + 1:
             assert time.monotonic() < deadline, dead_letters(broker.bootstrap, config)
             time.sleep(0.5)
         time.sleep(1.0)  # nothing else may follow
         dead = dead_letters(broker.bootstrap, config)
 
+        # the undecodable image is caught where it is first decoded: the planned topic
+        image_letters = [d for d in dead if d.topic == names.planned]
+        assert len(image_letters) == 1, [(d.topic, d.reason) for d in dead]
+        assert image_letters[0].stage == "model-operator"
+        assert (
+            "junk:2" in image_letters[0].reason
+            and "not a readable image" in image_letters[0].reason
+        )
+        assert decode_record(image_letters[0].value, Frame).frame_id == "junk:2"
+        dead = [d for d in dead if d.topic != names.planned]
         by_place = {(d.topic, d.partition, d.offset): d for d in dead}
         assert len(by_place) == len(dead) == len(sent), [
             (d.topic, d.offset, d.reason) for d in dead
@@ -488,7 +498,6 @@ def test_bad_records_are_dead_lettered_while_the_stream_flows(
             "unknown model": ("link-operator", "unknown model 'bogus_model'"),
             "nan": ("link-operator", "NaN"),
             "wrong shape": ("link-operator", "expected shape (2,), got (5,)"),
-            "not an image": ("model-operator", "junk:2"),
         }
         for what, (topic, partition, offset, value) in sent.items():
             letter = by_place.get((topic, partition, offset))

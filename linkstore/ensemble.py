@@ -29,17 +29,26 @@ EnsembleKind = Literal["weighted", "fusion"]
 
 
 class WeightedEnsemble(nn.Module):
-    """Masked-softmax weighted average of link outputs; the paper's subset-reusable ensemble."""
+    """Masked-softmax weighted average of link outputs; the paper's subset-reusable ensemble.
+
+    Beyond the paper, the target's prior (its no-information guess) takes part as one more,
+    always-present source with its own weight. When the links from the active models are worse
+    than guessing -- sparse detectors whose outputs are mostly empty -- the ensemble learns to
+    shrink towards the prior instead of trusting them; with no active source it *is* the prior.
+    """
 
     def __init__(self, n_sources: int, out_dim: int, task: str) -> None:
         super().__init__()
         self.n_sources, self.out_dim, self.task = n_sources, out_dim, task
         self.logit_weights = nn.Parameter(torch.zeros(n_sources))
+        self.prior_logit = nn.Parameter(torch.zeros(1))
+        self.register_buffer("prior", torch.zeros(out_dim))
 
     def forward(self, preds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``preds (S, B, d)`` activated link outputs, ``mask (B, S)`` -> ``(B, d)`` output."""
         w = self.logit_weights.expand(mask.shape).masked_fill(~mask, -torch.inf)
-        return torch.einsum("bs,sbd->bd", torch.softmax(w, dim=1), preds)
+        w = torch.softmax(torch.cat([w, self.prior_logit.expand(mask.shape[0], 1)], dim=1), dim=1)
+        return torch.einsum("bs,sbd->bd", w[:, :-1], preds) + w[:, -1:] * self.prior
 
     def extra_repr(self) -> str:
         return f"n_sources={self.n_sources}, out_dim={self.out_dim}, task={self.task}"
@@ -65,9 +74,14 @@ class FusionEnsemble(nn.Module):
         return f"n_sources={self.n_sources}, out_dim={self.out_dim}, task={self.task}"
 
 
-def build_ensemble(kind: EnsembleKind, n_sources: int, out_dim: int, task: str) -> nn.Module:
+def build_ensemble(
+    kind: EnsembleKind, n_sources: int, out_dim: int, task: str, prior: np.ndarray | None = None
+) -> nn.Module:
     if kind == "weighted":
-        return WeightedEnsemble(n_sources, out_dim, task)
+        ensemble = WeightedEnsemble(n_sources, out_dim, task)
+        if prior is not None:
+            ensemble.prior.copy_(torch.from_numpy(np.asarray(prior, dtype=np.float32)))
+        return ensemble
     if kind == "fusion":
         return FusionEnsemble(n_sources, out_dim, task)
     raise ValueError(f"ensemble kind {kind!r} is unknown; use 'weighted' or 'fusion'")

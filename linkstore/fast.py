@@ -71,6 +71,8 @@ class FastTarget:
         self.fusion: tuple[np.ndarray, np.ndarray] | None = None
         if isinstance(ensemble, WeightedEnsemble):
             self.weights = _np(ensemble.logit_weights)
+            self.prior_logit = float(ensemble.prior_logit.detach()[0])
+            self.ensemble_prior = _np(ensemble.prior)
         elif isinstance(ensemble, FusionEnsemble):
             self.fusion = (_np(ensemble.layer.weight).T, _np(ensemble.layer.bias))
         else:
@@ -92,9 +94,10 @@ class FastTarget:
             self.task, np.einsum("snh,sho->sno", h, self.w2[idx]) + self.b2[idx, None]
         )
         if self.weights is not None:
-            w = self.weights[idx]
+            w = np.append(self.weights[idx], self.prior_logit)
             w = np.exp(w - w.max())
-            return np.einsum("s,sno->no", w / w.sum(), preds)
+            w /= w.sum()
+            return np.einsum("s,sno->no", w[:-1], preds) + w[-1] * self.ensemble_prior
         weight, bias = self.fusion
         out = preds.shape[2]
         full = np.zeros((n, len(self.sources) * out + len(self.sources)), np.float32)

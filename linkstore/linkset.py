@@ -214,7 +214,9 @@ class LinkSet:
                 continue  # sequence targets use their best active source, see synthesize_encoded
             sources = result.sources_of(target)
             preds = np.stack([result.link_predict(s, target, enc[s][val_idx]) for s in sources])
-            ens = build_ensemble(ensemble, len(sources), spec_t.link_dim, spec_t.link_task)
+            ens = build_ensemble(
+                ensemble, len(sources), spec_t.link_dim, spec_t.link_task, priors[target]
+            )
             result.ensembles[target] = train_ensemble(ens, preds, enc[target][val_idx], config)
         return result
 

@@ -83,8 +83,10 @@ def pipeline(config_path: Path, bootstrap: str, frames: list, warmup: list, work
         path = Path(tmp) / "pipeline.yaml"
         path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
         create_pipeline_topics(config)
+        logs = Path(".mlink-runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
         procs = [
-            WorkerProcess(path, bootstrap, Path(tmp) / f"w{i}.log", f"w{i}") for i in range(workers)
+            WorkerProcess(path, bootstrap, logs / f"worker-{i}.log", f"w{i}")
+            for i in range(workers)
         ]
         collector = ResultCollector(bootstrap, config.topics.names().results)
         try:

@@ -73,6 +73,7 @@ class Pipeline:
         self.executors: dict[str, ThreadPoolExecutor] = {}
         self.runners: dict[str, ModelRunner] = {}
         self.control_ready: asyncio.Event | None = None
+        self.models_ready: asyncio.Event | None = None
         self.controller_epoch = 0
         self.trainer = LinkTrainer(
             self.specs,
@@ -88,6 +89,22 @@ class Pipeline:
         if self.control_ready is None:
             self.control_ready = asyncio.Event()
         return self.control_ready
+
+    def models_event(self) -> asyncio.Event:
+        if self.models_ready is None:
+            self.models_ready = asyncio.Event()
+        return self.models_ready
+
+    async def build_models(self) -> None:
+        """Build every model (in parallel, off the loop) before any frame is planned, so a slow
+        factory (loading weights, fitting) never counts against a frame's output deadline."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(loop.run_in_executor(self.executor(m), self.runner, m) for m in self.models)
+        )
+        log.info("built %d models in %.1f s", len(self.models), time.perf_counter() - started)
+        self.models_event().set()
 
     def executor(self, name: str) -> ThreadPoolExecutor:
         """One thread per model: models run off the event loop so heartbeats keep flowing."""
@@ -177,6 +194,10 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
         )
         await dead_t.send(key=key, value=encode_record(record))
 
+    @app.task
+    async def build_models() -> None:
+        await pipe.build_models()
+
     # -- control replay: every worker, the whole control topic -----------------------------
     @app.task
     async def replay_control() -> None:
@@ -222,6 +243,7 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
     @app.agent(frames_t, name=f"{config.name}-planner")
     async def planner(stream: faust.StreamT) -> None:
         await pipe.ready_event().wait()
+        await pipe.models_event().wait()
         async for event in stream.events():
             try:
                 frame = decode_record(event.value, Frame)
@@ -247,7 +269,8 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
     def model_agent(name: str, reports_bad_input: bool) -> None:
         async def run_model(stream: faust.StreamT) -> None:
             loop = asyncio.get_running_loop()
-            runner = await loop.run_in_executor(pipe.executor(name), pipe.runner, name)
+            await pipe.models_event().wait()
+            runner = pipe.runners[name]
             async for events in stream.take_events(rt.batch_size, within=rt.batch_wait_s):
                 todo: list[tuple[Frame, np.ndarray]] = []
                 for event in events:

@@ -39,7 +39,7 @@ MODELS: dict[str, DigitsModel] = {
     m.name: m
     for m in [
         DigitsModel("digit_svc", VectorSpec(10, "softmax"), "RBF SVM, digit 0-9"),
-        DigitsModel("digit_mlp", VectorSpec(10, "softmax"), "MLP 256-256, digit 0-9"),
+        DigitsModel("digit_mlp", VectorSpec(10, "softmax"), "MLP 128-64, digit 0-9"),
         DigitsModel("parity_logreg", VectorSpec(2, "softmax"), "logistic regression, odd/even"),
         DigitsModel("ge5_forest", VectorSpec(2, "softmax"), "random forest (100 trees), >= 5"),
         DigitsModel("loops_knn", VectorSpec(3, "softmax"), "k-NN, closed loops 0/1/2"),
@@ -95,7 +95,7 @@ def _estimator(name: str) -> Any:
 
     return {
         "digit_svc": lambda: CalibratedClassifierCV(SVC(gamma="scale"), ensemble=False),
-        "digit_mlp": lambda: MLPClassifier((256, 256), max_iter=400, random_state=0),
+        "digit_mlp": lambda: MLPClassifier((128, 64), max_iter=300, random_state=0),
         "parity_logreg": lambda: LogisticRegression(max_iter=2000),
         "ge5_forest": lambda: RandomForestClassifier(100, random_state=0),
         "loops_knn": lambda: KNeighborsClassifier(7),

@@ -47,10 +47,23 @@ class SourceFrames:
         return iter_source(self.config.source)
 
 
+def config_models(config: PipelineConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """Built models with their output cache keys: the model's own ``model_key`` when it has one
+    (so caches written by the workload modules are shared), else factory path + args."""
+    models, keys = {}, {}
+    for m in config.models:
+        built = m.build()
+        models[m.name] = (built, m.spec)
+        own = getattr(built, "model_key", None)
+        keys[m.name] = (
+            own if isinstance(own, str) and own else f"{m.factory}:{sorted(m.args.items())}"
+        )
+    return models, keys
+
+
 def load_workload(config: PipelineConfig, progress: bool = True) -> Workload:
     """Every configured model's real outputs and measured costs on the source (cached)."""
-    models = {m.name: (m.build(), m.spec) for m in config.models}
-    keys = {m.name: f"{m.factory}:{sorted(m.args.items())}" for m in config.models}
+    models, keys = config_models(config)
     return collect_workload(
         config.name, models, SourceFrames(config), model_keys=keys, progress=progress
     )

@@ -112,14 +112,11 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "video-demo.yaml"
 
 def full_run(config, frames: list) -> Workload:
     """Every model on every frame the workers saw (cached): the reference a run is judged by."""
+    from mlink.deploy.bench import config_models
     from mlink.deploy.outputs import collect_workload
     from mlink.deploy.report import wire_frames
 
-    models = {}
-    keys = {}
-    for m in config.models:
-        models[m.name] = (m.build(), m.spec)
-        keys[m.name] = f"{m.factory}:{sorted(m.args.items())}"
+    models, keys = config_models(config)
     return collect_workload(
         f"{config.name}-full", models, wire_frames(config, frames), model_keys=keys
     )

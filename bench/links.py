@@ -1,6 +1,6 @@
 """Link training time and link inference throughput on the digits workload.
 
-    python bench/links.py [--json]
+    python bench/links.py [--workload digits|video] [--json]
 
 Training: all 42 pairwise links of the 7-model digits set with the paper's recipe (RMSprop,
 lr 0.01, 100 epochs, batch 32) on the first 10% of the stream, two ways in the same run:
@@ -41,6 +41,8 @@ def train_one_by_one(specs, outputs, config: TrainConfig) -> float:
             for s in names:
                 if s == t:
                     continue
+                if specs[s].kind == "sequence" or specs[t].kind == "sequence":
+                    continue
                 link = VecToVecLink(
                     specs[s].link_dim,
                     specs[t].link_dim,
@@ -79,9 +81,15 @@ def inference_rates(linkset: LinkSet, outputs, target: str, repeats: int = 300) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--workload", choices=["digits", "video"], default="digits")
     args = parser.parse_args()
     torch.manual_seed(0)
-    workload = digits_workload()
+    if args.workload == "video":
+        from mlink.deploy.examples import video
+
+        workload = video.workload(progress=False)  # cached outputs; computed once (~7 min)
+    else:
+        workload = digits_workload()
     train_idx, _ = stream_split(workload.streams, 0.1)
     outputs = workload.subset(train_idx)
     config = TrainConfig()
@@ -106,12 +114,12 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(
-        f"training {report['links']} links, {config.epochs} epochs, batch {config.batch_size}, "
-        f"on {len(train_idx)} frames (10% of the stream), 1 thread:"
+        f"{workload.name}: training {report['links']} links, {config.epochs} epochs, batch "
+        f"{config.batch_size}, on {len(train_idx)} frames (10% of each stream), 1 thread:"
     )
     print(f"  one link at a time (baseline): {baseline_s:7.2f} s")
     print(f"  stacked per target (LinkSet):  {stacked_s:7.2f} s   ({report['speedup']:.1f}x)")
-    print("synthesis of one target from all 6 other models (ensemble of 6 links):")
+    print(f"synthesis of one target from all {len(workload.models) - 1} other models:")
     for r in rates:
         print(
             f"  {r['target']:14s} single {r['single_per_s']:8.0f}/s ({r['single_ms']:.3f} ms)  "

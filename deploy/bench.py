@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mlink.deploy.config import PipelineConfig
-from mlink.deploy.outputs import collect_workload
+from mlink.deploy.outputs import DEFAULT_CACHE, collect_workload
 from mlink.deploy.source import iter_source
 from mlink.linkstore import baselines, temporal
 from mlink.linkstore.experiment import (
@@ -32,6 +32,7 @@ from mlink.linkstore.experiment import (
     train_workload,
 )
 from mlink.linkstore.linkset import LinkSet
+from mlink.linkstore.selection import InfeasibleBudget
 
 DEFAULT_FRACTIONS = (0.2, 0.33, 0.5)
 TRAIN_RATIOS = (0.01, 0.05, 0.1, 0.2)
@@ -61,11 +62,13 @@ def config_models(config: PipelineConfig) -> tuple[dict[str, Any], dict[str, str
     return models, keys
 
 
-def load_workload(config: PipelineConfig, progress: bool = True) -> Workload:
+def load_workload(
+    config: PipelineConfig, progress: bool = True, cache_dir: Path | None = DEFAULT_CACHE
+) -> Workload:
     """Every configured model's real outputs and measured costs on the source (cached)."""
     models, keys = config_models(config)
     return collect_workload(
-        config.name, models, SourceFrames(config), model_keys=keys, progress=progress
+        config.name, models, SourceFrames(config), cache_dir, model_keys=keys, progress=progress
     )
 
 
@@ -86,21 +89,39 @@ class BenchReport:
 
 
 def _row(method: str, budget_ms: float, full: float, result: Any) -> dict[str, Any]:
+    if isinstance(result, InfeasibleBudget):  # nothing of this method fits: say so, no numbers
+        return {
+            "method": method,
+            "budget": budget_ms,
+            "budget_fraction": budget_ms / full,
+            "feasible": False,
+            "accuracy": None,
+            "compute_saved": None,
+            "cost_ms": None,
+            "active": [],
+            "note": str(result),
+        }
     return {
         "method": method,
         "budget": budget_ms,
         "budget_fraction": budget_ms / full,
         "accuracy": float(result.accuracy),
         "compute_saved": float(result.compute_saved),
-        "cost_ms": float(getattr(result, "cost_ms", None) or result.cost.get("ms", 0.0)),
+        "cost_ms": float(
+            result.cost_ms if hasattr(result, "cost_ms") else result.cost.get("ms", 0.0)
+        ),
         "active": list(result.active),
         "per_model": {m: float(v) for m, v in result.per_model.items()},
+        "feasible": True,
     }
 
 
-def _plan_row(method: str, budget_ms: float, full: float, plan: PlanResult) -> dict[str, Any]:
+def _plan_row(
+    method: str, budget_ms: float, full: float, plan: PlanResult | InfeasibleBudget
+) -> dict[str, Any]:
     row = _row(method, budget_ms, full, plan)
-    row["predicted_accuracy"] = plan.predicted_accuracy
+    if isinstance(plan, PlanResult):
+        row["predicted_accuracy"] = plan.predicted_accuracy
     return row
 
 
@@ -140,11 +161,12 @@ def run_bench(
     ratios: Sequence[float] = TRAIN_RATIOS,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    cache_dir: Path | None = DEFAULT_CACHE,
 ) -> BenchReport:
     """Every method at every budget on the config's models and source."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    workload = load_workload(config, progress)
+    workload = load_workload(config, progress, cache_dir)
     seconds["outputs"] = time.perf_counter() - start
     start = time.perf_counter()
     prepared = baselines.prepare_frames(SourceFrames(config))
@@ -193,9 +215,12 @@ def _methods_at(
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
-        out = fn()
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-        return out
+        try:
+            return fn()
+        except InfeasibleBudget as exc:
+            return exc
+        finally:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
     budget_map = {"ms": budget}
     rows.append(
@@ -239,10 +264,13 @@ def _methods_at(
             ),
         )
     )
-    paper, ours = timed("mlink", lambda: compare_selectors(trained, budget_map))
-    rows.append(_plan_row("MLink (paper greedy)", budget, full, paper))
-    rows.append(_plan_row("MLink (exact selection)", budget, full, ours))
-    fusion = timed("mlink", lambda: compare_selectors(fused, budget_map))[1]
+    plans = timed("mlink", lambda: compare_selectors(trained, budget_map))
+    fusion = timed("mlink", lambda: compare_selectors(fused, budget_map))
+    if isinstance(plans, InfeasibleBudget):
+        plans = (plans, plans)
+    rows.append(_plan_row("MLink (paper greedy)", budget, full, plans[0]))
+    rows.append(_plan_row("MLink (exact selection)", budget, full, plans[1]))
+    fusion = fusion if isinstance(fusion, InfeasibleBudget) else fusion[1]
     rows.append(_plan_row("MLink (exact, fusion ensemble)", budget, full, fusion))
     rows.append(
         _row(
@@ -281,7 +309,11 @@ def _methods_at(
 def _ensemble_winner(rows: list[dict[str, Any]]) -> dict[str, Any]:
     weighted = [r for r in rows if r["method"] == "MLink (exact selection)"]
     fusion = [r for r in rows if r["method"] == "MLink (exact, fusion ensemble)"]
-    diffs = [f["accuracy"] - w["accuracy"] for w, f in zip(weighted, fusion, strict=True)]
+    diffs = [
+        f["accuracy"] - w["accuracy"]
+        for w, f in zip(weighted, fusion, strict=True)
+        if w["feasible"] and f["feasible"]
+    ]
     mean = float(np.mean(diffs)) if diffs else 0.0
     return {
         "fusion_minus_weighted_accuracy": diffs,
@@ -305,7 +337,8 @@ def plot(report: BenchReport, path: Path) -> None:
     markers = "osD^v<>ph*"
     for i, method in enumerate(methods):
         rows = sorted(
-            (r for r in report.rows if r["method"] == method), key=lambda r: r["compute_saved"]
+            (r for r in report.rows if r["method"] == method and r["feasible"]),
+            key=lambda r: r["compute_saved"],
         )
         ax.plot(
             [r["compute_saved"] for r in rows],

@@ -18,13 +18,21 @@ def print_report(report: BenchReport, console: Console) -> None:
     for b in budgets:
         table.add_column(f"budget {b / report.full_cost_ms:.0%}\nacc / saved", justify="right")
     methods = list(dict.fromkeys(r["method"] for r in report.rows))
-    best = {b: max(r["accuracy"] for r in report.rows if r["budget"] == b) for b in budgets}
+    best = {
+        b: max(
+            (r["accuracy"] for r in report.rows if r["budget"] == b and r["feasible"]), default=None
+        )
+        for b in budgets
+    }
     for method in methods:
         cells = []
         for b in budgets:
             row = next((r for r in report.rows if r["method"] == method and r["budget"] == b), None)
             if row is None:
                 cells.append("-")
+                continue
+            if not row["feasible"]:
+                cells.append("infeasible")
                 continue
             text = f"{row['accuracy']:.1%} / {row['compute_saved']:.1%}"
             if row["cost_ms"] > b * (1 + 1e-6):

@@ -234,6 +234,18 @@ class PipelineConfig(_Strict):
             raise ValueError(f"model names must be unique, repeated: {dupes}")
         return models
 
+    @model_validator(mode="after")
+    def _memory_is_declared(self) -> PipelineConfig:
+        """Memory is not measured live (a worker cannot tell one model's share of its RSS), so a
+        memory budget needs every model's memory declared."""
+        if self.budget.memory_mb is not None:
+            missing = [m.name for m in self.models if m.cost is None or m.cost.memory_mb is None]
+            if missing:
+                raise ValueError(
+                    f"budget.memory_mb needs cost.memory_mb on every model; missing on {missing}"
+                )
+        return self
+
     @property
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]

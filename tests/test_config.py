@@ -255,3 +255,30 @@ def test_model_factory_must_return_a_callable() -> None:
     data["models"][0]["args"] = {}
     with pytest.raises(ConfigError, match="returned dict, not a callable"):
         parse_config(data).models[0].build()
+
+
+def test_a_memory_budget_needs_every_models_memory_declared() -> None:
+    data = {
+        "name": "mem",
+        "source": {"factory": "tests.bench_models:frames"},
+        "models": [
+            {
+                "name": "a",
+                "factory": "tests.bench_models:model",
+                "args": {"name": "bright"},
+                "output": {"kind": "vector", "size": 2, "task": "softmax"},
+                "cost": {"memory_mb": 100},
+            },
+            {
+                "name": "b",
+                "factory": "tests.bench_models:model",
+                "args": {"name": "level"},
+                "output": {"kind": "vector", "size": 1, "task": "count", "max_count": 4},
+            },
+        ],
+        "budget": {"memory_mb": 500},
+    }
+    with pytest.raises(ConfigError, match=r"cost.memory_mb on every model; missing on \['b'\]"):
+        parse_config(data)
+    data["models"][1]["cost"] = {"memory_mb": 50}
+    assert parse_config(data).budget.memory_mb == 500

@@ -251,7 +251,7 @@ def budget(
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python warns about its own loop
     app()
 
 

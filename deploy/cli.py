@@ -160,21 +160,11 @@ def worker(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
     bootstrap = _need_broker(config)
     os.environ["MLINK_CONFIG"] = str(config_path.resolve())
     os.environ["MLINK_BROKER"] = bootstrap
+    from mlink.deploy.runner import worker_argv
     from mlink.deploy.topics_setup import create_pipeline_topics
 
     create_pipeline_topics(config, bootstrap)
-    argv = [
-        sys.executable,
-        "-m",
-        "faust",
-        "-A",
-        "mlink.operators.worker_app",
-        "worker",
-        "--without-web",
-        "-l",
-        "info",
-    ]
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, worker_argv())
 
 
 @app.command()

@@ -35,6 +35,21 @@ log = logging.getLogger("mlink.runner")
 READY_LINE = "[^Worker]: Ready"
 
 
+def worker_argv() -> list[str]:
+    """The command line of one faust worker of the pipeline named by ``MLINK_CONFIG``."""
+    return [
+        sys.executable,
+        "-m",
+        "faust",
+        "-A",
+        "mlink.operators.worker_app",
+        "worker",
+        "--without-web",
+        "-l",
+        "info",
+    ]
+
+
 class WorkerProcess:
     """One faust worker subprocess of a pipeline, logging to a file."""
 
@@ -47,17 +62,7 @@ class WorkerProcess:
             "PYTHONUNBUFFERED": "1",
             "F_DATADIR": str(log_path.parent / "faust-data"),  # not "<app id>-data" in the cwd
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "faust",
-            "-A",
-            "mlink.operators.worker_app",
-            "worker",
-            "--without-web",
-            "-l",
-            "info",
-        ]
+        cmd = worker_argv()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as out:
             self.proc = subprocess.Popen(

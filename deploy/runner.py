@@ -251,18 +251,19 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
 
 def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
     """Messages not yet consumed by the pipeline's group, per input topic."""
-    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     names = config.topics.names()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
     consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","))
     try:
-        committed = admin.list_consumer_group_offsets(config.name)
+        if hasattr(admin, "list_group_offsets"):  # kafka-python 3
+            committed = admin.list_group_offsets(config.name).get(config.name, {})
+        else:  # kafka-python 2
+            committed = admin.list_consumer_group_offsets(config.name)
         lag: dict[str, int] = {}
         for topic in (names.frames, names.planned, names.outputs, names.samples):
             parts = consumer.partitions_for_topic(topic) or set()
-            from kafka import TopicPartition
-
             tps = [TopicPartition(topic, p) for p in parts]
             ends = consumer.end_offsets(tps) if tps else {}
             lag[topic] = sum(

@@ -31,7 +31,7 @@ from kafka.partitioner.default import murmur2
 
 from mlink.deploy.config import PipelineConfig, load_config
 from mlink.deploy.examples import digits
-from mlink.deploy.runner import ResultCollector, read_control, set_budget
+from mlink.deploy.runner import ResultCollector, read_control, set_budget, status
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.linkstore.store import LinkStore
@@ -202,6 +202,7 @@ class DigitsRun:
     outputs: list[ModelOutput]
     dead_letters: list[DeadLetter]
     seconds: float
+    status: dict[str, Any]
 
     @property
     def produced(self) -> list[str]:
@@ -261,6 +262,7 @@ def _digits_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 assert isinstance(value, ModelOutput)
                 outputs.append(value)
         dead = dead_letters(broker.bootstrap, config)
+        pipeline_status = status(broker.bootstrap, config)  # `mlink status`, worker still up
         run = DigitsRun(
             config=config,
             workers=[worker],
@@ -272,6 +274,7 @@ def _digits_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             outputs=outputs,
             dead_letters=dead,
             seconds=time.monotonic() - started,
+            status=pipeline_status,
         )
         print(
             f"\ndigits run: {len(all_ids)} frames in {run.seconds:.1f} s, "
@@ -333,6 +336,22 @@ def test_every_frame_one_result_and_only_active_models_execute(digits_run: Digit
     assert len({(o.frame_id, o.model) for o in run.outputs}) == len(run.outputs)
     assert all(o.error is None for o in run.outputs)
     assert all(o.model in plans[o.frame_id].active for o in run.outputs)
+
+
+def test_status_reports_the_live_plan_links_and_lag(digits_run: DigitsRun) -> None:
+    report = digits_run.status
+    last = active_sets(digits_run.control)[3]
+    assert report["epoch"] == 3
+    assert report["active"] == list(last.active)
+    assert report["budget"] == {"fraction": 0.1}
+    assert report["link_version"] == last.link_version
+    store = report["linkstore"]
+    assert store["current"] == last.link_version
+    assert [v["version"] for v in store["versions"]] == [last.link_version]
+    assert 0.0 <= store["versions"][0]["mean_val_score"] <= 1.0
+    names = digits_run.config.topics.names()
+    assert set(report["lag"]) == {names.frames, names.planned, names.outputs, names.samples}
+    assert all(lag >= 0 for lag in report["lag"].values())
 
 
 def test_synthesized_outputs_equal_offline_synthesis(digits_run: DigitsRun) -> None:

@@ -36,6 +36,7 @@ from mlink.linkstore.store import LinkStore, StoreError
 from mlink.operators.controller import config_budget, decide, load_links
 from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.joiner import JoinBuffer, PendingFrame, assemble_result, is_training_sample
+from mlink.operators.live import LiveAgreement, probe_agreement
 from mlink.operators.model_runner import ModelRunner
 from mlink.operators.state import ControlState
 from mlink.operators.trainer import LinkTrainer
@@ -53,6 +54,7 @@ from mlink.topics.records import (
 from mlink.topics.specs import SpecError
 
 log = logging.getLogger("mlink.worker")
+LIVE_REPORT_EVERY = 5  # probe frames per live-agreement report on the control topic
 EMPTY = np.zeros(0, dtype=np.float32)
 
 
@@ -403,6 +405,32 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
             log.info("dropped %d unfinished frames of revoked partitions", dropped)
 
     # -- trainer -------------------------------------------------------------------------------
+    live = LiveAgreement()
+
+    async def report_live_agreement(result: FrameResult) -> None:
+        """On a probe frame under a budgeted plan, score what the plan would have synthesized."""
+        state = pipe.state
+        linkset = pipe.linkset(state.link_version)
+        if linkset is None or not state.active:
+            return
+        live.add((state.epoch, state.link_version), probe_agreement(result, linkset, state.active))
+        if live.probes % LIVE_REPORT_EVERY:
+            return
+        message = ControlMessage(
+            kind="agreement",
+            epoch=state.epoch,
+            issued_at=time.time(),
+            link_version=state.link_version,
+            extra={"live_agreement": live.means(), "probes": live.probes},
+        )
+        log.info(
+            "live agreement at epoch %d over %d probes: %s",
+            state.epoch,
+            live.probes,
+            {m: round(v, 3) for m, v in live.means().items()},
+        )
+        await control_t.send(key=b"agreement", value=encode_record(message))
+
     @app.agent(samples_t, name=f"{config.name}-trainer")
     async def trainer(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
@@ -412,7 +440,8 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
             except DecodeError as exc:
                 await dead_letter(event, "trainer", exc)
                 continue
-            pipe.trainer.add(result)
+            if pipe.trainer.add(result):
+                await report_live_agreement(result)
             if not pipe.trainer.ready():
                 continue
             started = time.perf_counter()

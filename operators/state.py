@@ -27,6 +27,8 @@ class ControlState:
     budget: dict[str, float] = field(default_factory=dict)
     requested_budget: dict[str, float] = field(default_factory=dict)
     latest_links: int | None = None
+    live_agreement: dict[str, float] = field(default_factory=dict)
+    live_probes: int = 0
 
     def __init__(self, models: Sequence[str], probe_every: int = 0) -> None:
         self.models = tuple(sorted(models))
@@ -37,6 +39,8 @@ class ControlState:
         self.budget = {}
         self.requested_budget = {}
         self.latest_links = None
+        self.live_agreement: dict[str, float] = {}
+        self.live_probes = 0
 
     @property
     def warming_up(self) -> bool:
@@ -51,6 +55,11 @@ class ControlState:
         """
         if message.kind == "budget":
             self.requested_budget = dict(message.budget)
+            return False
+        if message.kind == "agreement":
+            if message.epoch == self.epoch:
+                self.live_agreement = dict(message.extra.get("live_agreement", {}))
+                self.live_probes = int(message.extra.get("probes", 0))
             return False
         if message.kind == "link_version":
             if message.link_version is not None:
@@ -69,6 +78,7 @@ class ControlState:
         self.link_version = message.link_version
         self.probe_every = message.probe_every
         self.budget = dict(message.budget)
+        self.live_agreement, self.live_probes = {}, 0
         return True
 
     def plan(self, seq: int) -> Plan:

@@ -3,6 +3,7 @@ results, running models, the trainer and the controller's decision on a small tr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -192,7 +193,7 @@ def test_state_budget_and_link_version_messages_do_not_change_the_plan() -> None
     assert not state.apply(control("link_version", 1, link_version=4))
     assert not state.apply(control("link_version", 1, link_version=2))
     assert state.latest_links == 4
-    assert not state.apply(control("costs", 1))
+    assert not state.apply(control("agreement", 1))
     assert state.plan(1) == before and state.link_version == 1
 
 
@@ -586,3 +587,43 @@ def test_costs_and_budgets_resolve_declared_over_measured(tmp_path: Path) -> Non
         "parity": {"ms": 0.0},
         "value": {"ms": 0.0},
     }
+
+
+def test_live_agreement_scores_the_plan_on_probe_frames() -> None:
+    from mlink.operators.live import LiveAgreement, probe_agreement
+
+    digit = np.random.default_rng(0).integers(0, 10, 120)
+    specs = {"digit": VectorSpec(10, "softmax"), "parity": VectorSpec(2, "softmax")}
+    outputs = {
+        "digit": [np.eye(10, dtype=np.float32)[d] for d in digit],
+        "parity": [np.eye(2, dtype=np.float32)[d % 2] for d in digit],
+    }
+    linkset = LinkSet.train(specs, outputs, TrainConfig(epochs=40), progress=False)
+    right = FrameResult(
+        frame_id="s:0",
+        stream_id="s",
+        seq=0,
+        epoch=1,
+        degraded=False,
+        emitted_at=0.0,
+        results=(
+            ModelResult(model="digit", output=outputs["digit"][0], status="executed"),
+            ModelResult(model="parity", output=outputs["parity"][0], status="executed"),
+        ),
+    )
+    wrong_parity = np.eye(2, dtype=np.float32)[1 - digit[0] % 2]
+    wrong = dataclasses.replace(
+        right,
+        frame_id="s:1",
+        results=(right.results[0], dataclasses.replace(right.results[1], output=wrong_parity)),
+    )
+    assert probe_agreement(right, linkset, ["digit"]) == {"parity": 1.0}
+    assert probe_agreement(wrong, linkset, ["digit"]) == {"parity": 0.0}
+    assert probe_agreement(right, linkset, []) == {}
+
+    live = LiveAgreement()
+    live.add((1, 1), {"parity": 1.0})
+    live.add((1, 1), {"parity": 0.0})
+    assert live.means() == {"parity": 0.5} and live.probes == 2
+    live.add((2, 1), {"parity": 1.0})  # a new plan starts a new mean
+    assert live.means() == {"parity": 1.0} and live.probes == 1

@@ -612,3 +612,16 @@ def test_two_workers_split_partitions_and_survive_a_kill(
         )
     finally:
         collector.close()
+
+
+def test_probe_frames_report_live_agreement_of_the_plan(digits_run: DigitsRun) -> None:
+    reports = [m for m in digits_run.control if m.kind == "agreement"]
+    assert reports, "no live agreement was published"
+    sets = active_sets(digits_run.control)
+    for report in reports:
+        inactive = set(digits_run.config.model_names) - set(sets[report.epoch].active)
+        live = report.extra["live_agreement"]
+        assert set(live) == inactive
+        assert all(0.0 <= v <= 1.0 for v in live.values())
+        assert report.extra["probes"] % 5 == 0
+        assert report.link_version == sets[report.epoch].link_version

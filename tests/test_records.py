@@ -136,7 +136,7 @@ def frame_results(draw: st.DrawFn) -> FrameResult:
 
 control_messages = st.builds(
     ControlMessage,
-    kind=st.sampled_from(["active_set", "budget", "link_version", "costs"]),
+    kind=st.sampled_from(["active_set", "budget", "link_version", "agreement"]),
     epoch=counts,
     issued_at=numbers,
     active=name_tuples,

@@ -50,7 +50,7 @@ SCHEMA_VERSION: Final = 1
 
 FrameEncoding = Literal["jpeg", "png", "raw", "ref"]
 ResultStatus = Literal["executed", "synthesized", "missing"]
-ControlKind = Literal["active_set", "budget", "link_version", "costs"]
+ControlKind = Literal["active_set", "budget", "link_version", "agreement"]
 FRAME_ENCODINGS: Final[tuple[str, ...]] = get_args(FrameEncoding)
 RESULT_STATUSES: Final[tuple[str, ...]] = get_args(ResultStatus)
 CONTROL_KINDS: Final[tuple[str, ...]] = get_args(ControlKind)

@@ -55,6 +55,7 @@ from mlink.topics.specs import SpecError
 
 log = logging.getLogger("mlink.worker")
 LIVE_REPORT_EVERY = 5  # probe frames per live-agreement report on the control topic
+METRICS_EVERY_S = 30.0
 EMPTY = np.zeros(0, dtype=np.float32)
 
 
@@ -396,6 +397,13 @@ def build_app(config: PipelineConfig, bootstrap: str) -> faust.App:
                 await finish(state, timed_out=True)
             for event in held:
                 await joins.stream.ack(event)
+
+    @app.timer(interval=METRICS_EVERY_S)
+    async def log_metrics() -> None:
+        """Counters of this worker (frames planned, executions per model, results, degraded,
+        dead letters, late records), in the worker log."""
+        if pipe.metrics:
+            log.info("metrics: %s", dict(sorted(pipe.metrics.items())))
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: Any, **_: Any) -> None:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,39 +35,34 @@ log = logging.getLogger("mlink.runner")
 READY_LINE = "[^Worker]: Ready"
 
 
-def worker_argv() -> list[str]:
-    """The command line of one faust worker of the pipeline named by ``MLINK_CONFIG``."""
-    return [
-        sys.executable,
-        "-m",
-        "faust",
-        "-A",
-        "mlink.operators.worker_app",
-        "worker",
-        "--without-web",
-        "-l",
-        "info",
-    ]
+WORKER_APP = "mlink.operators.worker_app"
 
 
-class WorkerProcess:
-    """One faust worker subprocess of a pipeline, logging to a file."""
+def worker_argv(app: str = WORKER_APP) -> list[str]:
+    """The command line of one faust worker (the pipeline's, named by ``MLINK_CONFIG``)."""
+    return [sys.executable, "-m", "faust", "-A", app, "worker", "--without-web", "-l", "info"]
 
-    def __init__(self, config_path: Path, bootstrap: str, log_path: Path, name: str) -> None:
-        self.name, self.log_path = name, log_path
-        env = {
-            **os.environ,
-            "MLINK_CONFIG": str(config_path.resolve()),
-            "MLINK_BROKER": bootstrap,
-            "PYTHONUNBUFFERED": "1",
-            "F_DATADIR": str(log_path.parent / "faust-data"),  # not "<app id>-data" in the cwd
-        }
-        cmd = worker_argv()
+
+class FaustProcess:
+    """A faust worker subprocess with its log in a file, in its own process group (and with a
+    death signal, so it cannot outlive its parent)."""
+
+    def __init__(
+        self,
+        app: str,
+        env: Mapping[str, str],
+        log_path: Path,
+        name: str,
+        cwd: Path | None = None,
+    ) -> None:
+        self.app, self.name, self.log_path = app, name, log_path
+        self.ready_seconds: float | None = None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                cmd,
-                env=env,
+                worker_argv(app),
+                cwd=cwd,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -82,25 +77,33 @@ class WorkerProcess:
         except FileNotFoundError:
             return ""
 
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
     def wait_ready(self, timeout: float = 90.0) -> float:
+        """Block until the worker logs Ready; return the seconds since it was spawned."""
         while READY_LINE not in self.log():
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"worker {self.name} exited with {self.proc.returncode}; its log "
-                    f"{self.log_path} ends with:\n" + "\n".join(self.log().splitlines()[-30:])
+                    f"worker {self.name} exited with {self.proc.returncode} before it was "
+                    f"ready; its log {self.log_path} ends with:\n{self.log_tail(30)}"
                 )
             if time.monotonic() - self.started > timeout:
                 raise TimeoutError(
-                    f"worker {self.name} not ready after {timeout}s; see {self.log_path}"
+                    f"worker {self.name} not ready after {timeout}s; log {self.log_path}:\n"
+                    f"{self.log_tail(30)}"
                 )
-            time.sleep(0.1)
-        return time.monotonic() - self.started
+            time.sleep(0.05)
+        if self.ready_seconds is None:
+            self.ready_seconds = time.monotonic() - self.started
+        return self.ready_seconds
 
     def signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
 
     def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait (faust shuts down cleanly in ~1 s); SIGKILL after ``timeout``."""
         if self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             try:
@@ -110,8 +113,22 @@ class WorkerProcess:
         return self.proc.wait()
 
     def kill(self) -> int:
-        self.signal(signal.SIGKILL)
+        """SIGKILL, as a crash would; return the exit code."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
         return self.proc.wait()
+
+
+class WorkerProcess(FaustProcess):
+    """One worker of a pipeline: the config path and broker travel in the environment."""
+
+    def __init__(self, config_path: Path, bootstrap: str, log_path: Path, name: str) -> None:
+        env = {
+            "MLINK_CONFIG": str(config_path.resolve()),
+            "MLINK_BROKER": bootstrap,
+            "F_DATADIR": str(log_path.parent / "faust-data"),  # not "<app id>-data" in the cwd
+        }
+        super().__init__(WORKER_APP, env, log_path, name)
 
 
 class ResultCollector:

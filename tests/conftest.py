@@ -6,13 +6,7 @@ start the broker, so the rest of the suite runs without it.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -26,8 +20,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import kafka  # noqa: F401
 
-from mlink.deploy.broker import EmbeddedBroker, pdeathsig_preexec
+from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.kafka_admin import TopicSpec, ensure_topics
+from mlink.deploy.runner import FaustProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,62 +68,12 @@ def topic_factory(broker: EmbeddedBroker) -> TopicFactory:
     return make
 
 
-class FaustWorker:
-    """A ``python -m faust -A <app> worker`` subprocess with its log in a file.
-
-    Started in its own process group (and with a death signal, so it cannot outlive pytest);
-    ``ready_seconds`` is the time from spawn to faust's ``[^Worker]: Ready`` log line.
-    """
-
-    READY_LINE = "[^Worker]: Ready"
+class FaustWorker(FaustProcess):
+    """A ``python -m faust -A <app> worker`` subprocess of a test, run from the repository root
+    so test apps import; adds what tests read from the log."""
 
     def __init__(self, app: str, env: Mapping[str, str], log_path: Path, name: str) -> None:
-        self.app = app
-        self.name = name
-        self.log_path = log_path
-        self.started = time.monotonic()
-        self.ready_seconds: float | None = None
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        cmd = [sys.executable, "-m", "faust", "-A", app, "worker", "--without-web", "-l", "info"]
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                cwd=REPO_ROOT,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=pdeathsig_preexec(signal.SIGTERM),
-            )
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def wait_ready(self, timeout: float = 60.0) -> float:
-        """Block until the worker logs Ready; return seconds since spawn."""
-        deadline = self.started + timeout
-        while self.READY_LINE not in self.log():
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"faust worker {self.name} exited with {self.proc.returncode} before "
-                    f"it was ready; log {self.log_path}:\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"faust worker {self.name} not ready after {timeout}s; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
-        if self.ready_seconds is None:
-            self.ready_seconds = time.monotonic() - self.started
-        return self.ready_seconds
+        super().__init__(app, env, log_path, name, cwd=REPO_ROOT)
 
     def assigned_partitions(self, topic: str) -> set[int]:
         """Partitions of ``topic`` in the worker's last logged assignment table."""
@@ -146,26 +91,6 @@ class FaustWorker:
             elif chunk:
                 parts.add(int(chunk))
         return parts
-
-    def _signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def kill(self) -> int:
-        """SIGKILL, as a crash would; return the exit code."""
-        if self.proc.poll() is None:
-            self._signal(signal.SIGKILL)
-        return self.proc.wait()
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait (faust shuts down cleanly in ~1 s); SIGKILL after ``timeout``."""
-        if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-        return self.proc.wait()
 
 
 @pytest.fixture

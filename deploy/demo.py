@@ -10,12 +10,10 @@ version in a local linkstore, as the streaming trainer does.
 
 from __future__ import annotations
 
-import pickle
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -25,22 +23,9 @@ from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
 
 
-def digits_workload(timing_frames: int = 50) -> Workload:
-    """Every digits model's real outputs on the stream, and its measured single-frame cost."""
-    frames = np.stack(list(digits.frames()))
-    outputs: dict[str, list] = {}
-    costs: dict[str, dict[str, float]] = {}
-    for name in digits.MODELS:
-        model = digits.model(name)
-        outputs[name] = list(model(frames))
-        start = time.perf_counter()
-        for frame in frames[:timing_frames]:
-            model(frame)
-        ms = (time.perf_counter() - start) * 1000 / timing_frames
-        # memory: the fitted estimator's serialized size, a stand-in for its resident weights
-        memory = len(pickle.dumps(digits._fitted(name))) / 1e6
-        costs[name] = {"ms": ms, "memory_mb": memory}
-    return Workload("digits", digits.specs(), outputs, costs)
+def digits_workload(progress: bool = False) -> Workload:
+    """Every digits model's real outputs on the stream and its measured per-frame cost."""
+    return digits.workload(progress=progress)
 
 
 def plan_table(workload: Workload, plans: list[PlanResult]) -> Table:

@@ -119,14 +119,12 @@ def train_workload(
     train_idx, test_idx = stream_split(workload.streams, train_fraction)
     train_outputs = workload.subset(train_idx)
     linkset = LinkSet.train(workload.specs, train_outputs, config, ensemble, progress)
-    val_local = linkset.val_index
-    val_outputs = {m: [v[i] for i in val_local] for m, v in train_outputs.items()}
     return TrainedWorkload(
         workload,
         linkset,
         train_idx,
         test_idx,
-        linkset.agreement_oracle(val_outputs),
+        linkset.validation_oracle(train_outputs),
         linkset.agreement_oracle(workload.subset(test_idx)),
         linkset.measure_link_costs(),
     )

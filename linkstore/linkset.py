@@ -303,6 +303,12 @@ class LinkSet:
         """Measured agreement of every target for any active set, on these aligned outputs."""
         return AgreementOracle(self, outputs)
 
+    def validation_oracle(self, trained_on: Mapping[str, Sequence[Any]]) -> AgreementOracle:
+        """The oracle on the held-out rows of the outputs this set was trained on (``train``)."""
+        return self.agreement_oracle(
+            {m: [v[i] for i in self.val_index] for m, v in trained_on.items()}
+        )
+
     # ------------------------------------------------------------------ costs
     @torch.no_grad()
     def measure_link_costs(self, repeats: int = 200) -> dict[Pair, dict[str, float]]:

@@ -535,9 +535,7 @@ class _Context:
             start = time.perf_counter()
             outputs = self.wl.subset(self.train)
             ls = LinkSet.train(self.specs, outputs, self.config.links, progress=False)
-            self.val_oracle = ls.agreement_oracle(
-                {m: [v[i] for i in ls.val_index] for m, v in outputs.items()}
-            )
+            self.val_oracle = ls.validation_oracle(outputs)
             self.link_costs = ls.measure_link_costs()
             self._linkset = ls
             self.seconds["plain links"] = time.perf_counter() - start

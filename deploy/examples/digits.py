@@ -15,12 +15,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlink.deploy.outputs import DEFAULT_CACHE, collect_workload
 from mlink.topics.specs import OutputSpec, VectorSpec
 
+if TYPE_CHECKING:
+    from mlink.linkstore.experiment import Workload
+
+#: Bumped whenever a model's definition changes what it outputs, so cached outputs are recomputed.
+VERSION = 2
 PRIMES = {2, 3, 5, 7}
 LOOPS = {0: 1, 4: 1, 6: 1, 8: 2, 9: 1}
 CURVED = {0, 2, 3, 5, 6, 8, 9}
@@ -113,6 +120,29 @@ def _fitted(name: str) -> Any:
     return estimator
 
 
+class Predictor:
+    """One fitted black box: maps an 8x8 ``uint8`` frame (or a batch ``(n, 8, 8)``) to its output.
+
+    A plain class rather than a closure so it pickles: the output cache measures a model's memory
+    by loading it into a fresh interpreter.
+    """
+
+    def __init__(self, name: str, estimator: Any, spec: VectorSpec) -> None:
+        self.name, self.estimator, self.spec = name, estimator, spec
+        self.model_key = f"digits:{name}:v{VERSION}"  # output cache key
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        frame = np.asarray(frame)
+        batch = frame.ndim == 3
+        x = frame.reshape(-1, 64).astype(np.float64) / 255.0
+        if self.spec.task == "linear":
+            out = self.estimator.predict(x).reshape(-1, 1)
+        else:  # softmax probabilities; for the multi-label MLP, per-label sigmoids
+            out = self.estimator.predict_proba(x)
+        out = out.astype(np.float32)
+        return out if batch else out[0]
+
+
 def model(name: str) -> Callable[[np.ndarray], np.ndarray]:
     """Model factory for pipeline configs: ``factory: mlink.deploy.examples.digits:model``.
 
@@ -121,22 +151,7 @@ def model(name: str) -> Callable[[np.ndarray], np.ndarray]:
     """
     if name not in MODELS:
         raise ValueError(f"digits model {name!r} is unknown; choose one of {sorted(MODELS)}")
-    estimator = _fitted(name)
-    spec = MODELS[name].spec
-
-    def predict(frame: np.ndarray) -> np.ndarray:
-        frame = np.asarray(frame)
-        batch = frame.ndim == 3
-        x = frame.reshape(-1, 64).astype(np.float64) / 255.0
-        if spec.task == "linear":
-            out = estimator.predict(x).reshape(-1, 1)
-        else:  # softmax probabilities; for the multi-label MLP, per-label sigmoids
-            out = estimator.predict_proba(x)
-        out = out.astype(np.float32)
-        return out if batch else out[0]
-
-    predict.__name__ = name
-    return predict
+    return Predictor(name, _fitted(name), MODELS[name].spec)
 
 
 def frames(limit: int | None = None) -> Iterator[np.ndarray]:
@@ -148,3 +163,11 @@ def frames(limit: int | None = None) -> Iterator[np.ndarray]:
 
 def specs() -> dict[str, OutputSpec]:
     return {name: m.spec for name, m in MODELS.items()}
+
+
+def workload(cache_dir: Path | None = DEFAULT_CACHE, progress: bool = True) -> Workload:
+    """Every digits model's outputs on the stream with measured costs (cached; see
+    :func:`mlink.deploy.outputs.collect_workload`)."""
+    models = {name: (model(name), m.spec) for name, m in MODELS.items()}
+    stream = [("digits", frame) for frame in frames()]
+    return collect_workload("digits", models, stream, cache_dir=cache_dir, progress=progress)

@@ -143,6 +143,7 @@ def assemble_result(
         degraded=degraded,
         emitted_at=now,
         timestamp=pending.notice.timestamp if pending.notice else None,
+        probe=bool(plan and plan.probe),
     )
 
 

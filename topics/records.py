@@ -509,7 +509,10 @@ class ModelResult(WireRecord):
     link (and from which models, with which link version) to judge how far to trust it.
     ``sources`` is non-empty exactly when ``status == "synthesized"``. A ``"missing"``
     result still carries an array (the joiner's placeholder, e.g. ``np.empty(0)``) so
-    every entry has the same shape of record.
+    every entry has the same shape of record. ``agreement`` is the pipeline's current estimate
+    (from probe frames, else validation) of how often a synthesized output agrees with the
+    real model; ``error`` says why a model that should have run did not (it raised, timed out,
+    or its output was invalid).
     """
 
     TYPE: ClassVar[str] = "model_result"
@@ -519,6 +522,8 @@ class ModelResult(WireRecord):
     link_version: int | None = None
     sources: tuple[str, ...] = ()
     elapsed_ms: float | None = None
+    agreement: float | None = None
+    error: str | None = None
 
     def __post_init__(self) -> None:
         f = _Fields(self)
@@ -529,6 +534,12 @@ class ModelResult(WireRecord):
         f.names("sources")
         if self.elapsed_ms is not None:
             f.number("elapsed_ms")
+        if self.agreement is not None:
+            f.number("agreement")
+            if not 0.0 <= self.agreement <= 1.0:
+                f.expected("agreement", "a float in [0, 1] or None", self.agreement)
+        if self.error is not None and not isinstance(self.error, str):
+            f.expected("error", "a str or None", self.error)
         if self.status == "synthesized" and not self.sources:
             f.invalid("sources", "a synthesized output must name the models it came from")
         if self.status != "synthesized" and self.sources:
@@ -540,7 +551,9 @@ class FrameResult(WireRecord):
     """Every requested model's output for one frame, keyed by ``frame_id``.
 
     ``degraded`` is set when an expected output did not arrive in time, so downstream
-    can tell a complete result from a best-effort one.
+    can tell a complete result from a best-effort one. ``probe`` marks frames on which every
+    model ran to train links and measure live agreement (summaries leave them out of the
+    steady-state figures).
     """
 
     TYPE: ClassVar[str] = "frame_result"
@@ -552,6 +565,7 @@ class FrameResult(WireRecord):
     degraded: bool
     emitted_at: float
     timestamp: float | None = None
+    probe: bool = False
 
     def __post_init__(self) -> None:
         f = _Fields(self)
@@ -567,6 +581,7 @@ class FrameResult(WireRecord):
         f.number("emitted_at")
         if self.timestamp is not None:
             f.number("timestamp")
+        f.boolean("probe")
 
     @classmethod
     def _field_from_wire(cls, name: str, value: Any) -> Any:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlink.linkstore.training import TrainConfig
+from mlink.operators.settings import LinkSettings, Model, Settings
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import OutputSpec, SpecError, spec_from_dict
 
@@ -72,6 +73,9 @@ class ModelConfig(_Strict):
     batch: bool = Field(
         False, description="the callable also accepts a batch (n, ...) and returns (n, ...)"
     )
+    timeout_s: float = Field(
+        60.0, gt=0, description="a call taking longer yields an error output; model unhealthy"
+    )
 
     @field_validator("output")
     @classmethod
@@ -85,6 +89,17 @@ class ModelConfig(_Strict):
     @property
     def spec(self) -> OutputSpec:
         return spec_from_dict(self.output)
+
+    def operator_model(self) -> Model:
+        """This model as the operators take it (built lazily in each worker)."""
+        return Model(
+            name=self.name,
+            spec=self.spec,
+            build=self.build,
+            batch=self.batch,
+            cost=self.cost.as_dict() if self.cost else {},
+            timeout_s=self.timeout_s,
+        )
 
     def build(self) -> Callable[[Any], Any]:
         """Instantiate the black box (imports user code; call it once per worker)."""
@@ -211,6 +226,9 @@ class RuntimeConfig(_Strict):
     batch_wait_s: float = Field(0.02, ge=0, description="max wait to fill a batch")
     session_timeout_s: float = Field(10.0, gt=0, description="Kafka group session timeout")
     workers: int = Field(1, ge=1, description="worker processes that `mlink run` starts")
+    max_in_flight: int = Field(
+        64, ge=1, description="split layout: frames a planner may have planned but not answered"
+    )
 
 
 class PipelineConfig(_Strict):
@@ -261,6 +279,35 @@ class PipelineConfig(_Strict):
 
     def declared_costs(self) -> dict[str, dict[str, float]]:
         return {m.name: m.cost.as_dict() for m in self.models if m.cost is not None}
+
+    def budget_dict(self) -> dict[str, float]:
+        """The budget as the operators and the control topic carry it."""
+        return self.budget.model_dump(exclude_none=True)
+
+    def operator_settings(self) -> Settings:
+        """The operators' settings for this pipeline (everything but the source and models)."""
+        links, rt = self.links, self.runtime
+        return Settings(
+            name=self.name,
+            budget=self.budget_dict(),
+            topics=self.topics.names(),
+            links=LinkSettings(
+                store=links.store,
+                warmup_frames=links.warmup_frames,
+                probe_every=links.probe_every,
+                retrain_every=links.retrain_every,
+                ensemble=links.ensemble,
+                selector=links.selector,
+                train=links.train_config(),
+            ),
+            batch_size=rt.batch_size,
+            batch_wait_s=rt.batch_wait_s,
+            output_timeout_s=rt.output_timeout_s,
+            max_in_flight=rt.max_in_flight,
+        )
+
+    def operator_models(self) -> list[Model]:
+        return [m.operator_model() for m in self.models]
 
 
 def _format_errors(exc: ValidationError, where: str) -> str:

@@ -3,7 +3,7 @@ behind ``mlink run / worker / tail / status / budget``.
 
 Start order (stop in reverse): broker, topics, workers (each replays the control topic before
 it plans), result collector, source. Workers are separate processes (``python -m faust -A
-mlink.operators.worker_app worker``) in one consumer group, so scaling out is starting more of
+mlink.deploy.worker_app worker``) in one consumer group, so scaling out is starting more of
 them, on this machine or another one pointed at the same broker and linkstore directory.
 """
 
@@ -35,7 +35,7 @@ log = logging.getLogger("mlink.runner")
 READY_LINE = "[^Worker]: Ready"
 
 
-WORKER_APP = "mlink.operators.worker_app"
+WORKER_APP = "mlink.deploy.worker_app"
 
 
 def worker_argv(app: str = WORKER_APP) -> list[str]:
@@ -281,7 +281,7 @@ def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
         else:  # kafka-python 2
             committed = admin.list_consumer_group_offsets(config.name)
         lag: dict[str, int] = {}
-        for topic in (names.frames, names.planned, names.outputs, names.samples):
+        for topic in (names.frames, names.samples):
             parts = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in parts]
             ends = consumer.end_offsets(tps) if tps else {}

@@ -1,30 +1,170 @@
-"""Joining a frame's outputs and synthesizing the rest: the link operator's pure logic.
+"""Building a frame's one result, and joining its outputs when model operators run apart.
 
-A frame's plan notice and model outputs all arrive on the outputs topic keyed by frame id, in any
-order. :class:`PendingFrame` collects them in a :class:`JoinBuffer`, whose Kafka events stay
-un-acked until the frame is done, so a crash loses nothing. Once every expected output is in, or the
-deadline passes, :func:`assemble_result` builds the one result of the frame: executed outputs as
-they are, every other model synthesized from the executed ones through the link set the frame was
-planned with, each marked with its provenance.
+:func:`build_results` is the link operator's core: for a batch of frames it takes each frame's
+plan and the outcomes of the models that ran, keeps executed outputs as they are, synthesizes
+every other model from the executed ones through the link set the frame was planned with (one
+batched link call per target and active set, not one per frame), and marks each output with its
+provenance. The fused frame operator calls it directly; the separate link operator first
+collects a frame's plan notice and outputs from the outputs topic in a :class:`JoinBuffer`, whose
+Kafka events stay un-acked until the frame is done, so a crash loses nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mlink.linkstore.linkset import LinkSet
-from mlink.topics.records import FrameResult, ModelOutput, ModelResult, PlanNotice
+from mlink.topics.records import FrameResult, ModelOutput, ModelResult, Plan, PlanNotice
+
+__all__ = [
+    "Executed",
+    "FrameWork",
+    "JoinBuffer",
+    "PendingFrame",
+    "build_results",
+    "is_training_sample",
+]
 
 EMPTY = np.zeros(0, dtype=np.float32)
 
 
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """One model's outcome on one frame: a validated output, or the error that replaced it."""
+
+    output: np.ndarray | None
+    elapsed_ms: float
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class FrameWork:
+    """What is known about one frame when its result is built."""
+
+    frame_id: str
+    stream_id: str
+    seq: int
+    timestamp: float | None
+    plan: Plan | None
+    outcomes: dict[str, Executed] = field(default_factory=dict)
+    missing_reason: str | None = None  # why expected outcomes are absent (e.g. a join timeout)
+
+
+def build_results(
+    frames: Sequence[FrameWork],
+    models: Sequence[str],
+    linksets: Mapping[int, LinkSet],
+    now: float,
+    estimates: Mapping[str, float] | None = None,
+) -> list[FrameResult]:
+    """One result per frame, in order; inactive models synthesized in batches.
+
+    ``linksets`` maps link versions to loaded link sets; a frame whose version is absent gets
+    ``missing`` for every model it did not run. ``estimates`` are the agreement estimates
+    attached to synthesized outputs. ``degraded`` is set when a model the plan expected did not
+    produce an output (it failed, timed out or never arrived); that model is then synthesized
+    too when links allow, so the result is as complete as it can be.
+    """
+    estimates = estimates or {}
+    executed = [{m: o.output for m, o in w.outcomes.items() if o.error is None} for w in frames]
+    synthesized: list[dict[str, tuple[np.ndarray, tuple[str, ...]]]] = [{} for _ in frames]
+    groups: dict[tuple[int, frozenset[str], str], list[int]] = defaultdict(list)
+    for i, work in enumerate(frames):
+        version = work.plan.link_version if work.plan else None
+        linkset = linksets.get(version) if version is not None else None
+        if linkset is None:
+            continue
+        for target in models:
+            if target in executed[i] or target not in linkset.specs:
+                continue
+            sources = frozenset(s for s in linkset.sources_of(target) if s in executed[i])
+            if sources:
+                groups[(version, sources, target)].append(i)
+    for (version, sources, target), rows in groups.items():
+        linkset = linksets[version]
+        ordered = tuple(s for s in linkset.sources_of(target) if s in sources)
+        outputs = linkset.synthesize(
+            target, {s: [executed[i][s] for i in rows] for s in ordered}, trusted=True
+        )
+        for i, out in zip(rows, outputs, strict=True):
+            synthesized[i][target] = (np.asarray(out), ordered)
+    return [
+        _result(work, models, executed[i], synthesized[i], now, estimates)
+        for i, work in enumerate(frames)
+    ]
+
+
+def _result(
+    work: FrameWork,
+    models: Sequence[str],
+    executed: Mapping[str, np.ndarray],
+    synthesized: Mapping[str, tuple[np.ndarray, tuple[str, ...]]],
+    now: float,
+    estimates: Mapping[str, float],
+) -> FrameResult:
+    plan = work.plan
+    expected = set(plan.active) if plan else set(models)
+    results = []
+    for model in models:
+        outcome = work.outcomes.get(model)
+        error = None
+        if model in expected and model not in executed:
+            error = outcome.error if outcome is not None else work.missing_reason or "no output"
+        if model in executed:
+            results.append(
+                ModelResult(
+                    model=model,
+                    output=executed[model],
+                    status="executed",
+                    elapsed_ms=outcome.elapsed_ms if outcome else None,
+                )
+            )
+        elif model in synthesized:
+            output, sources = synthesized[model]
+            results.append(
+                ModelResult(
+                    model=model,
+                    output=output,
+                    status="synthesized",
+                    link_version=plan.link_version if plan else None,
+                    sources=sources,
+                    agreement=estimates.get(model),
+                    error=error,
+                )
+            )
+        else:
+            results.append(ModelResult(model=model, output=EMPTY, status="missing", error=error))
+    return FrameResult(
+        frame_id=work.frame_id,
+        stream_id=work.stream_id,
+        seq=work.seq,
+        epoch=plan.epoch if plan else 0,
+        results=tuple(results),
+        degraded=any(m not in executed for m in expected),
+        emitted_at=now,
+        timestamp=work.timestamp,
+        probe=bool(plan and plan.probe),
+    )
+
+
+def is_training_sample(result: FrameResult) -> bool:
+    """Probe frames on which every model really ran are link training pairs."""
+    return (
+        result.probe and not result.degraded and all(r.status == "executed" for r in result.results)
+    )
+
+
+# -- joining outputs that arrive on the outputs topic ---------------------------------------------
+
+
 @dataclass(slots=True)
 class PendingFrame:
-    """Everything received so far for one frame."""
+    """Everything received so far for one frame on the outputs topic."""
 
     frame_id: str
     notice: PlanNotice | None = None
@@ -45,6 +185,22 @@ class PendingFrame:
     def complete(self) -> bool:
         return self.notice is not None and all(m in self.outputs for m in self.expected)
 
+    def work(self, missing_reason: str | None = None) -> FrameWork:
+        """The frame as :func:`build_results` takes it."""
+        first: Any = self.notice or next(iter(self.outputs.values()))
+        return FrameWork(
+            frame_id=self.frame_id,
+            stream_id=first.stream_id,
+            seq=first.seq,
+            timestamp=self.notice.timestamp if self.notice else None,
+            plan=self.notice.plan if self.notice else None,
+            outcomes={
+                m: Executed(o.output if o.error is None else None, o.elapsed_ms, o.error)
+                for m, o in self.outputs.items()
+            },
+            missing_reason=missing_reason,
+        )
+
 
 class JoinBuffer:
     """Unfinished frames, with the un-acked events that hold them, by frame id.
@@ -57,7 +213,6 @@ class JoinBuffer:
         self.frames: dict[str, PendingFrame] = {}
         self.events: dict[str, list[Any]] = {}
         self.partitions: dict[str, Any] = {}
-        self.stream: Any = None  # the manual-ack stream, for acking from a timer
 
     def add(self, record: PlanNotice | ModelOutput, event: Any, now: float) -> PendingFrame:
         frame_id = record.frame_id
@@ -85,82 +240,3 @@ class JoinBuffer:
         for frame_id in gone:
             self.pop(frame_id)
         return len(gone)
-
-
-def assemble_result(
-    pending: PendingFrame,
-    models: Sequence[str],
-    linkset: LinkSet | None,
-    now: float,
-    timed_out: bool = False,
-) -> FrameResult:
-    """The frame's result: executed outputs, synthesized ones, and ``missing`` where impossible.
-
-    ``degraded`` is set when an expected output never arrived or its model failed; the missing
-    model is then synthesized too when links allow it, so the result is still as complete as
-    it can be.
-    """
-    executed = {m: o for m, o in pending.outputs.items() if o.error is None}
-    plan = pending.notice.plan if pending.notice else None
-    expected = set(plan.active) if plan else set(models)
-    results = []
-    for model in models:
-        output = executed.get(model)
-        if output is not None:
-            results.append(
-                ModelResult(
-                    model=model,
-                    output=output.output,
-                    status="executed",
-                    elapsed_ms=output.elapsed_ms,
-                )
-            )
-            continue
-        sources = _sources(linkset, model, executed)
-        if sources:
-            synthesized = linkset.synthesize(
-                model, {s: [executed[s].output] for s in sources}, trusted=True
-            )
-            results.append(
-                ModelResult(
-                    model=model,
-                    output=np.asarray(synthesized[0]),
-                    status="synthesized",
-                    link_version=plan.link_version if plan else None,
-                    sources=tuple(sources),
-                )
-            )
-        else:
-            results.append(ModelResult(model=model, output=EMPTY, status="missing"))
-    degraded = timed_out or any(m not in executed for m in expected)
-    first = pending.notice or next(iter(pending.outputs.values()))
-    return FrameResult(
-        frame_id=pending.frame_id,
-        stream_id=first.stream_id,
-        seq=first.seq,
-        epoch=plan.epoch if plan else 0,
-        results=tuple(results),
-        degraded=degraded,
-        emitted_at=now,
-        timestamp=pending.notice.timestamp if pending.notice else None,
-        probe=bool(plan and plan.probe),
-    )
-
-
-def _sources(linkset: LinkSet | None, target: str, executed: dict[str, Any]) -> list[str]:
-    if linkset is None or target not in linkset.specs:
-        return []
-    return [s for s in linkset.sources_of(target) if s in executed]
-
-
-def is_training_sample(result: FrameResult, notice: PlanNotice | None) -> bool:
-    """Probe frames on which every model really ran are link training pairs."""
-    return (
-        notice is not None
-        and notice.plan.probe
-        and not result.degraded
-        and all(r.status == "executed" for r in result.results)
-    )
-
-
-LinkSetLoader = Callable[[int], LinkSet | None]

@@ -9,16 +9,16 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
-import torch
 
+from mlink.linkstore.bundle import save_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
+from mlink.operators.recent import RecentIds
 from mlink.topics.records import FrameResult
-from mlink.topics.specs import OutputSpec, SequenceSpec, encode_batch
+from mlink.topics.specs import OutputSpec, SpecError
 
 
 class LinkTrainer:
@@ -42,12 +42,14 @@ class LinkTrainer:
         self.ensemble = ensemble
         self.samples: deque[dict[str, np.ndarray]] = deque(maxlen=window)
         self.elapsed: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.specs}
-        self.seen: set[str] = set()
+        self.seen = RecentIds(4 * window)
         self.new_since_training = 0
         self.trained_versions: list[int] = []
+        self.rejected = 0
 
     def add(self, result: FrameResult) -> bool:
-        """Add one probe result (all models executed); duplicates (redelivery) are ignored."""
+        """Add one probe result (all models executed); duplicates (redelivery) are ignored, and
+        a sample whose outputs break their specs is counted in ``rejected`` and dropped."""
         if result.frame_id in self.seen:
             return False
         by_model = {r.model: r for r in result.results}
@@ -55,8 +57,13 @@ class LinkTrainer:
             r.status != "executed" for r in by_model.values()
         ):
             return False
+        try:  # one invalid sample would fail every retrain that includes it
+            sample = {m: spec.validate(by_model[m].output, m) for m, spec in self.specs.items()}
+        except SpecError:
+            self.rejected += 1
+            return False
         self.seen.add(result.frame_id)
-        self.samples.append({m: by_model[m].output for m in self.specs})
+        self.samples.append(sample)
         for m, r in by_model.items():
             if r.elapsed_ms is not None:
                 self.elapsed[m].append(r.elapsed_ms)
@@ -75,31 +82,10 @@ class LinkTrainer:
         """Train on every buffered pair and save (and promote) a new linkstore version."""
         outputs = {m: [s[m] for s in self.samples] for m in self.specs}
         linkset = LinkSet.train(self.specs, outputs, self.config, self.ensemble, progress=False)
-        tensors, meta = linkset.to_bundle()
-        for m, spec in self.specs.items():
-            val = encode_batch(spec, [outputs[m][i] for i in linkset.val_index])
-            tensors[f"val/{m}"] = {"encoded": torch.from_numpy(val)}
-        meta["measured_costs"] = self.measured_costs()
-        meta["link_costs"] = [
-            {"source": s, "target": t, **cost}
-            for (s, t), cost in linkset.measure_link_costs(repeats=50).items()
-        ]
-        meta["n_samples"] = len(self.samples)
-        version = self.store.save(tensors, meta)
+        held_out = {m: [outputs[m][i] for i in linkset.val_index] for m in self.specs}
+        version = save_bundle(
+            self.store, linkset, held_out, self.measured_costs(), len(self.samples)
+        )
         self.trained_versions.append(version)
         self.new_since_training = 0
         return version
-
-
-def validation_outputs(
-    specs: Mapping[str, OutputSpec], tensors: Mapping[str, Mapping[str, torch.Tensor]]
-) -> dict[str, list[Any]]:
-    """The validation outputs a bundle carries, back in model-output form."""
-    out: dict[str, list[Any]] = {}
-    for m, spec in specs.items():
-        rows = tensors[f"val/{m}"]["encoded"].numpy()
-        if isinstance(spec, SequenceSpec) or spec.kind == "boxes":
-            out[m] = [spec.decode(row) for row in rows]
-        else:
-            out[m] = list(rows)
-    return out

@@ -13,22 +13,16 @@ import numpy as np
 import pytest
 
 from mlink.deploy.config import PipelineConfig, parse_config
+from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
-from mlink.operators.controller import (
-    LoadedLinks,
-    config_budget,
-    decide,
-    load_links,
-    model_costs,
-    resolve_budget,
-)
+from mlink.operators.controller import decide, model_costs, resolve_budget
 from mlink.operators.joiner import (
     JoinBuffer,
     PendingFrame,
-    assemble_result,
+    build_results,
     is_training_sample,
 )
 from mlink.operators.model_runner import ModelRunner
@@ -145,6 +139,18 @@ def probe_result(
         degraded=False,
         emitted_at=1.0,
     )
+
+
+def assemble_result(
+    state: PendingFrame,
+    models: tuple[str, ...],
+    linkset: LinkSet | None,
+    now: float,
+    timed_out: bool = False,
+) -> FrameResult:
+    """One frame through the link operator's core, as the split link operator calls it."""
+    work = state.work("no output within 5 s" if timed_out else None)
+    return build_results([work], models, {1: linkset} if linkset else {}, now)[0]
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +322,7 @@ def test_assemble_result_marks_executed_and_synthesized_outputs(linkset: LinkSet
     assert digit.sources == ("parity", "value") and digit.link_version == 1
     real = {m: [by_model[m].output] for m in digit.sources}
     assert np.allclose(linkset.synthesize("digit", real)[0], digit.output)
-    assert not is_training_sample(result, pending("s:1", ("parity",)).notice)
+    assert not is_training_sample(result)
 
 
 def test_assemble_result_without_links_marks_inactive_models_missing() -> None:
@@ -334,7 +340,10 @@ def test_a_failed_model_degrades_the_result_and_is_synthesized(linkset: LinkSet)
     statuses = {r.model: r.status for r in result.results}
     assert result.degraded
     assert statuses == {"digit": "executed", "parity": "synthesized", "value": "synthesized"}
-    assert {r.model: r.sources for r in result.results}["value"] == ("digit",)
+    by_model = {r.model: r for r in result.results}
+    assert by_model["value"].sources == ("digit",)
+    assert by_model["value"].error == "model value raised ValueError: boom"
+    assert by_model["parity"].error is None  # inactive by plan, not a failure
 
 
 def test_a_timed_out_frame_is_degraded(linkset: LinkSet) -> None:
@@ -346,9 +355,7 @@ def test_a_timed_out_frame_is_degraded(linkset: LinkSet) -> None:
     statuses = {r.model: r.status for r in result.results}
     assert result.degraded
     assert statuses == {"digit": "executed", "parity": "synthesized", "value": "synthesized"}
-    # the timeout flag alone degrades too, even if everything arrived
-    full = assemble_result(pending("s:5", ("digit",)), MODELS, linkset, 2.0, timed_out=True)
-    assert full.degraded
+    assert {r.model: r.error for r in result.results}["parity"] == "no output within 5 s"
 
 
 def test_outputs_without_a_notice_expect_every_model() -> None:
@@ -356,7 +363,7 @@ def test_outputs_without_a_notice_expect_every_model() -> None:
     for m in MODELS:
         state.add(output("s:7", m))
     result = assemble_result(state, MODELS, None, now=5.0, timed_out=True)
-    assert result.epoch == 0 and result.timestamp is None and result.degraded
+    assert result.epoch == 0 and result.timestamp is None and not result.degraded
     assert all(r.status == "executed" for r in result.results)
     partial = PendingFrame("s:8")
     partial.add(output("s:8", "digit"))
@@ -366,14 +373,13 @@ def test_outputs_without_a_notice_expect_every_model() -> None:
 def test_only_complete_probe_results_are_training_samples() -> None:
     probe = pending("s:0", MODELS, probe=True)
     result = assemble_result(probe, MODELS, None, now=1.0)
-    assert is_training_sample(result, probe.notice)
-    assert not is_training_sample(result, None)
+    assert result.probe and is_training_sample(result)
     not_probe = pending("s:0", MODELS, probe=False)
-    assert not is_training_sample(assemble_result(not_probe, MODELS, None, 1.0), not_probe.notice)
+    assert not is_training_sample(assemble_result(not_probe, MODELS, None, 1.0))
     failed = pending("s:0", MODELS, probe=True, digit="model digit raised RuntimeError: x")
     failed_result = assemble_result(failed, MODELS, None, now=1.0)
     assert failed_result.degraded
-    assert not is_training_sample(failed_result, failed.notice)
+    assert not is_training_sample(failed_result)
 
 
 # -- ModelRunner --------------------------------------------------------------------------------
@@ -521,7 +527,7 @@ def saved_links(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LoadedL
         trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}, ms=1.0))
     version = trainer.train_and_save()
     assert version == 1 and store.current() == 1
-    return store.root, load_links(store, version)
+    return store.root, load_bundle(store, version)
 
 
 def test_saved_version_carries_what_the_controller_needs(
@@ -534,7 +540,7 @@ def test_saved_version_carries_what_the_controller_needs(
     assert all(c["ms"] > 0 and c["memory_mb"] > 0 for c in links.link_costs.values())
     meta = LinkStore(root).load(1).meta.meta
     assert meta["n_samples"] == 40
-    assert load_links(LinkStore(root), 1) is links  # cached per process
+    assert load_bundle(LinkStore(root), 1) is links  # cached per process
     # the saved link set synthesizes like the one the trainer trained
     real = truth(3, seed=5)
     out = links.linkset.synthesize("digit", {"parity": real["parity"], "value": real["value"]})
@@ -544,45 +550,45 @@ def test_saved_version_carries_what_the_controller_needs(
 def test_decide_picks_the_best_active_set_within_the_budget(
     saved_links: tuple[Path, LoadedLinks],
 ) -> None:
-    root, links = saved_links
-    config = pipeline_config(root, probe_every=6)
-    everything = decide(config, links, {"fraction": 1.0}, epoch=4)
+    _, links = saved_links
+    declared = {m: {"ms": c} for m, c in COSTS.items()}
+
+    def decide_for(budget: dict[str, float], epoch: int, selector: str = "auto"):
+        return decide(MODELS, declared, links, budget, epoch, selector, probe_every=6)
+
+    everything = decide_for({"fraction": 1.0}, epoch=4)
     assert everything.kind == "active_set" and everything.epoch == 4
     assert everything.active == MODELS  # running all of them is the best and fits exactly
     assert everything.link_version == 1 and everything.probe_every == 6
     assert everything.budget == {"fraction": 1.0}
     assert everything.extra["objective"] == pytest.approx(1.0)
     # 10% of 16 ms leaves room for parity (1 ms) and its links only
-    small = decide(config, links, {"fraction": 0.1}, epoch=5)
+    small = decide_for({"fraction": 0.1}, epoch=5)
     assert small.active == ("parity",)
     assert small.extra["cost"]["ms"] <= 1.6 and small.extra["objective"] < 1.0
-    greedy = decide(config, links, {"fraction": 0.1}, epoch=5, method="greedy")
+    assert small.extra["predicted"]["parity"] == 1.0
+    assert 0.0 <= small.extra["predicted"]["digit"] <= 1.0
+    greedy = decide_for({"fraction": 0.1}, epoch=5, selector="greedy")
     assert greedy.active == ("parity",)
     with pytest.raises(InfeasibleBudget):
-        decide(config, links, {"ms": 0.5}, epoch=6)  # cheaper than any single model
+        decide_for({"ms": 0.5}, epoch=6)  # cheaper than any single model
 
 
 def test_costs_and_budgets_resolve_declared_over_measured(tmp_path: Path) -> None:
     config = pipeline_config(tmp_path, fraction=0.25)
     measured = {"digit": {"ms": 99.0, "memory_mb": 3.0}, "parity": {"memory_mb": 1.0}}
-    costs = model_costs(config, measured)
+    costs = model_costs(MODELS, config.declared_costs(), measured)
     assert costs == {
         "digit": {"ms": 10.0, "memory_mb": 3.0},
         "parity": {"ms": 1.0, "memory_mb": 1.0},
         "value": {"ms": 5.0},
     }
-    assert config_budget(config) == {"fraction": 0.25}
+    assert config.budget_dict() == {"fraction": 0.25}
     assert resolve_budget({"fraction": 0.25, "memory_mb": 4.0}, costs) == {
         "ms": 4.0,
         "memory_mb": 4.0,
     }
-    undeclared = parse_config(
-        {
-            **config.model_dump(exclude={"models"}),
-            "models": [m.model_dump() | {"cost": None} for m in config.models],
-        }
-    )
-    assert model_costs(undeclared, {"digit": {"ms": 2.0}}) == {
+    assert model_costs(MODELS, {}, {"digit": {"ms": 2.0}}) == {
         "digit": {"ms": 2.0},
         "parity": {"ms": 0.0},
         "value": {"ms": 0.0},

@@ -629,7 +629,8 @@ class DeadLetter(WireRecord):
     """A message an operator could not process, kept byte-for-byte for replay.
 
     ``value`` and ``key`` are the original bytes, untouched, so a fixed consumer can
-    re-read them; ``stage`` names the operator that rejected the message.
+    re-read them; ``stage`` names the operator that rejected the message and ``traceback``
+    summarises where an unexpected failure happened.
     """
 
     TYPE: ClassVar[str] = "dead_letter"
@@ -641,6 +642,7 @@ class DeadLetter(WireRecord):
     reason: str
     stage: str
     at: float
+    traceback: str | None = None
 
     def __post_init__(self) -> None:
         f = _Fields(self)
@@ -652,6 +654,8 @@ class DeadLetter(WireRecord):
         f.text("reason")
         f.text("stage")
         f.number("at")
+        if self.traceback is not None and not isinstance(self.traceback, str):
+            f.expected("traceback", "a str or None", self.traceback)
 
 
 RECORD_TYPES: Final[dict[str, type[WireRecord]]] = {

@@ -1,0 +1,127 @@
+"""The link-bundle format: what a linkstore version holds and how it becomes a ready link set.
+
+A version is self-contained so that any worker can plan and synthesize from it alone: the links,
+ensembles and priors (:meth:`LinkSet.to_bundle`), the held-out outputs the controller scores
+active sets on (``val/<model>``), and the model and link costs measured while training. The
+trainer writes it with :func:`save_bundle`; the controller and the link operators read it with
+:func:`load_bundle`, cached per process because a version never changes once written.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mlink.linkstore.linkset import AgreementOracle, LinkSet, decode_rows
+from mlink.linkstore.store import LinkStore, StoreError
+from mlink.topics.specs import OutputSpec, encode_batch
+
+__all__ = ["LoadedLinks", "load_bundle", "save_bundle", "validation_outputs"]
+
+
+@dataclass(slots=True)
+class LoadedLinks:
+    """A linkstore version ready for selection and synthesis."""
+
+    version: int
+    linkset: LinkSet
+    oracle: AgreementOracle
+    model_costs: dict[str, dict[str, float]]
+    link_costs: dict[tuple[str, str], dict[str, float]]
+    n_samples: int
+
+
+def save_bundle(
+    store: LinkStore,
+    linkset: LinkSet,
+    held_out: Mapping[str, Sequence[Any]],
+    model_costs: Mapping[str, Mapping[str, float]],
+    n_samples: int,
+    link_cost_repeats: int = 50,
+) -> int:
+    """Save ``linkset`` with the held-out outputs plans are scored on; return the version.
+
+    ``held_out[m]`` are model ``m``'s real outputs on frames that fitted neither the links nor
+    the ensembles, aligned across models.
+    """
+    tensors, meta = linkset.to_bundle()
+    for m, spec in linkset.specs.items():
+        tensors[f"val/{m}"] = {"encoded": torch.from_numpy(encode_batch(spec, list(held_out[m])))}
+    meta["measured_costs"] = {m: dict(c) for m, c in model_costs.items()}
+    meta["link_costs"] = [
+        {"source": s, "target": t, **cost}
+        for (s, t), cost in linkset.measure_link_costs(repeats=link_cost_repeats).items()
+    ]
+    meta["n_samples"] = int(n_samples)
+    return store.save(tensors, meta)
+
+
+def validation_outputs(
+    specs: Mapping[str, OutputSpec], tensors: Mapping[str, Mapping[str, torch.Tensor]]
+) -> dict[str, list[Any]]:
+    """The held-out outputs a bundle carries, back in model-output form."""
+    return {
+        m: list(decode_rows(spec, tensors[f"val/{m}"]["encoded"].numpy()))
+        for m, spec in specs.items()
+    }
+
+
+_lock = threading.Lock()
+_loaded: OrderedDict[tuple[str, int], LoadedLinks] = OrderedDict()
+_bad: dict[tuple[str, int], StoreError] = {}
+_CACHED = 8
+
+
+def _load(store: LinkStore, version: int) -> LoadedLinks:
+    bundle = store.load(version)
+    meta = bundle.meta.meta
+    linkset = LinkSet.from_bundle(bundle.tensors, meta)
+    oracle = linkset.agreement_oracle(validation_outputs(linkset.specs, bundle.tensors))
+    link_costs = {
+        (c["source"], c["target"]): {k: v for k, v in c.items() if k not in ("source", "target")}
+        for c in meta.get("link_costs", [])
+    }
+    return LoadedLinks(
+        version,
+        linkset,
+        oracle,
+        meta.get("measured_costs", {}),
+        link_costs,
+        int(meta.get("n_samples", 0)),
+    )
+
+
+def load_bundle(store: LinkStore, version: int) -> LoadedLinks:
+    """Load a version (verified by the store), cached per process: versions are immutable.
+
+    Raises :class:`~mlink.linkstore.store.StoreError` when the version is missing, corrupt or
+    does not form a link set. A version that failed is remembered: it is not re-read and
+    re-hashed for every frame that names it.
+    """
+    key = (str(store.root), int(version))
+    with _lock:  # one load per version even when the controller and an agent race for it
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+        if key in _bad:
+            raise _bad[key]
+        try:
+            links = _load(store, version)
+        except StoreError as exc:
+            _bad[key] = exc
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            error = StoreError(
+                f"link version {version} in {store.root} is not a usable link set: {exc!r}"
+            )
+            _bad[key] = error
+            raise error from exc
+        _loaded[key] = links
+        while len(_loaded) > _CACHED:
+            _loaded.popitem(last=False)
+        return links

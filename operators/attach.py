@@ -1,0 +1,82 @@
+"""Attaching MLink to a faust app: every operator at once, or each on its own.
+
+A user's app keeps its own agents; :func:`attach` adds MLink's beside them::
+
+    app = faust.App("shop-cameras", broker="kafka://localhost:9092")
+    mlink = MLink(Settings(name="cams", budget={"fraction": 0.33}), models)
+    attach(app, mlink)
+
+Start order inside a worker (faust starts agents together, so the order is kept by waiting): the
+control replay catches up and the models are built before the first frame is planned; the
+trainer and controller wait for the replay. Stop order is the reverse (faust stops agents before
+the producer, which it flushes).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from mlink.operators.control_operators import attach_control_replay, attach_controller
+from mlink.operators.frame_operator import FrameReader, attach_frame_operator, read_frame_record
+from mlink.operators.runtime import MLink
+from mlink.operators.trainer_operator import attach_trainer
+
+__all__ = ["Attached", "attach", "attach_metrics_log", "attach_model_builder"]
+
+log = logging.getLogger("mlink.worker")
+
+
+@dataclass(slots=True)
+class Attached:
+    """The agents :func:`attach` added (None where not asked for)."""
+
+    frame_operator: Any
+    trainer: Any
+    controller: Any
+
+
+def attach_model_builder(app: faust.App, mlink: MLink) -> None:
+    """Build every model in the background when the worker starts."""
+
+    async def build_models() -> None:
+        await mlink.build_models()
+
+    app.task(build_models)
+
+
+def attach_metrics_log(app: faust.App, mlink: MLink) -> None:
+    """The worker's counters in its log every ``metrics_every_s`` seconds."""
+
+    async def log_metrics() -> None:
+        if mlink.metrics:
+            log.info("metrics: %s", dict(sorted(mlink.metrics.items())))
+
+    app.timer(interval=mlink.settings.metrics_every_s)(log_metrics)
+
+
+def attach(
+    app: faust.App,
+    mlink: MLink,
+    *,
+    trainer: bool = True,
+    controller: bool = True,
+    source: faust.TopicT | None = None,
+    reader: FrameReader = read_frame_record,
+) -> Attached:
+    """Attach the control replay, the frame operator (planner + models + link operator), the
+    trainer and the controller to ``app``. Every worker of the app runs all of them; the trainer
+    and the controller consume single-partition topics, so one worker at a time does their job.
+    """
+    attach_control_replay(app, mlink)
+    attach_model_builder(app, mlink)
+    frames = attach_frame_operator(app, mlink, source=source, reader=reader)
+    attach_metrics_log(app, mlink)
+    return Attached(
+        frame_operator=frames,
+        trainer=attach_trainer(app, mlink) if trainer else None,
+        controller=attach_controller(app, mlink) if controller else None,
+    )

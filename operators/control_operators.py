@@ -1,0 +1,198 @@
+"""The control plane's agents: every worker's control replay, and the one controller.
+
+The control topic (one partition) is the single source of truth: active sets with their epoch,
+link versions, budget commands and live agreement. Every worker replays it from the beginning
+into :class:`~mlink.operators.state.ControlState` with its own consumer (outside the consumer
+group, so every worker sees all of it), and plans frames from that state only once the replay
+has caught up. The controller is a group-managed agent on the same topic, so exactly one worker
+decides; it decides from the replayed state (the budget, the latest link version, the epoch),
+never from variables of its own, so a controller that fails over decides as the old one would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from mlink.linkstore.selection import InfeasibleBudget
+from mlink.linkstore.store import StoreError
+from mlink.operators.controller import decide
+from mlink.operators.runtime import MLink
+from mlink.operators.wiring import dead_letters, kafka_client_kwargs, raw_topic
+from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.records import ControlMessage
+
+__all__ = ["ControlLog", "attach_control_replay", "attach_controller"]
+
+log = logging.getLogger("mlink.control")
+REPLAY_GIVE_UP_S = 10.0  # a broker's end offset can overshoot (Tansu); never wait for ever
+
+
+class ControlLog:
+    """What the replay has applied so far, so the controller can wait for a given offset."""
+
+    def __init__(self) -> None:
+        self.position = -1  # offset of the last message handled
+        self.rejected: OrderedDict[int, str] = OrderedDict()  # offset -> reason
+        self.changed = asyncio.Condition()
+
+    async def wait_past(self, offset: int, timeout: float = 30.0) -> bool:
+        async with self.changed:
+            try:
+                await asyncio.wait_for(
+                    self.changed.wait_for(lambda: self.position >= offset), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
+
+
+def _apply(mlink: MLink, message: ControlMessage) -> str | None:
+    """Fold one message into the state; the reason it was rejected, or None."""
+    try:
+        changed = mlink.state.apply(message)
+    except Exception as exc:  # a record the state refuses must never stop the replay
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(changed, str):  # a state that explains its refusals
+        return changed
+    if changed and message.kind == "active_set":
+        predicted = message.extra.get("predicted", {})
+        mlink.predicted = {
+            m: float(v)
+            for m, v in (predicted.items() if isinstance(predicted, dict) else ())
+            if m in mlink.specs
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and 0.0 <= v <= 1.0
+        }
+        log.info(
+            "now at epoch %d: active=%s links=v%s",
+            mlink.state.epoch,
+            list(mlink.state.active),
+            mlink.state.link_version,
+        )
+    return None
+
+
+def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
+    """Replay the control topic into ``mlink.state`` in every worker (a background task)."""
+    control_log = ControlLog()
+    mlink.control_log = control_log  # type: ignore[attr-defined]
+    topic = mlink.names.control
+
+    async def replay_control() -> None:
+        ready = mlink.event("control")
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False, fetch_max_wait_ms=200, **kafka_client_kwargs(app)
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            give_up = time.monotonic() + REPLAY_GIVE_UP_S
+            if end == 0:
+                ready.set()
+            while True:
+                batches = await consumer.getmany(tp, timeout_ms=500)
+                for message in batches.get(tp, []):
+                    problem = _replay_one(mlink, message.value)
+                    if problem is not None:
+                        control_log.rejected[message.offset] = problem
+                        while len(control_log.rejected) > 1000:
+                            control_log.rejected.popitem(last=False)
+                        log.warning(
+                            "skipping control message at offset %s: %s", message.offset, problem
+                        )
+                    async with control_log.changed:
+                        control_log.position = message.offset
+                        control_log.changed.notify_all()
+                if not ready.is_set():
+                    caught_up = await consumer.position(tp) >= end
+                    if caught_up or time.monotonic() > give_up:
+                        if not caught_up:
+                            log.warning("control replay stopped short of offset %d", end)
+                        ready.set()
+        finally:
+            await consumer.stop()
+
+    app.task(replay_control)
+    return control_log
+
+
+def _replay_one(mlink: MLink, value: bytes) -> str | None:
+    try:
+        message = decode_record(value, ControlMessage)
+    except Exception as exc:
+        return f"undecodable: {exc}"
+    return _apply(mlink, message)
+
+
+def attach_controller(app: faust.App, mlink: MLink) -> Any:
+    """Attach the controller agent: on a new link version or budget, choose the active set."""
+    names, settings = mlink.names, mlink.settings
+    control_t = raw_topic(app, names.control)
+    dead = dead_letters(app, mlink)
+    issued = 0
+
+    async def controller(stream: faust.StreamT) -> None:
+        nonlocal issued
+        loop = asyncio.get_running_loop()
+        await mlink.event("control").wait()
+        control_log: ControlLog = mlink.control_log  # type: ignore[attr-defined]
+        async for event in stream.events():
+            async with dead.guard(event, "controller"):
+                message = decode_record(event.value, ControlMessage)
+                if not await control_log.wait_past(event.message.offset):
+                    log.warning("control replay is behind offset %s", event.message.offset)
+                rejected = control_log.rejected.get(event.message.offset)
+                if rejected is not None:  # dead-lettered once here; skipped by every replay
+                    await dead.send(event, "controller", f"rejected control message: {rejected}")
+                    continue
+                if message.kind not in ("budget", "link_version"):
+                    continue
+                state = mlink.state
+                version = state.latest_links
+                if version is None:
+                    log.info("budget noted; waiting for the first links")
+                    continue
+                budget = state.requested_budget or dict(settings.budget)
+                epoch = max(issued, state.epoch) + 1
+                try:
+                    links = await loop.run_in_executor(
+                        mlink.executor("controller"), mlink.links, version
+                    )
+                    if links is None:
+                        raise StoreError(f"link version {version} cannot be loaded")
+                    decision = await loop.run_in_executor(
+                        mlink.executor("controller"),
+                        functools.partial(
+                            decide,
+                            mlink.model_names,
+                            mlink.declared_costs(),
+                            links,
+                            budget,
+                            epoch,
+                            settings.links.selector,
+                            settings.links.probe_every,
+                        ),
+                    )
+                except (InfeasibleBudget, StoreError) as exc:
+                    mlink.metrics["controller_refusals"] += 1
+                    log.error("controller keeps the current plan: %s", exc)
+                    continue
+                issued = epoch
+                await control_t.send(key=b"active_set", value=encode_record(decision))
+
+    controller.__name__ = "controller"
+    return app.agent(control_t, name=f"{settings.name}-controller")(controller)

@@ -1,0 +1,62 @@
+"""Running the planned models on a batch of frames, in-process.
+
+Each model runs in its own thread (:meth:`MLink.executor`), on every frame of the batch whose
+plan lists it, batched into one call when the model accepts batches; different models run
+concurrently. A call that exceeds the model's ``timeout_s`` yields an error outcome for its frames
+and the batch goes on: a model's lateness is measured from the moment its call starts, never
+from time spent queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from mlink.operators.joiner import Executed
+from mlink.operators.runtime import MLink
+
+__all__ = ["run_planned"]
+
+log = logging.getLogger("mlink.worker")
+
+
+async def run_planned(
+    mlink: MLink, jobs: Sequence[tuple[np.ndarray, Sequence[str]]]
+) -> list[dict[str, Executed]]:
+    """For each ``(image, models to run)`` job, the outcome of each of its models."""
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for i, (_, models) in enumerate(jobs):
+        for model in models:
+            rows_of[model].append(i)
+    outcomes: list[dict[str, Executed]] = [{} for _ in jobs]
+    loop = asyncio.get_running_loop()
+
+    async def run(model: str, rows: list[int]) -> None:
+        images = [jobs[i][0] for i in rows]
+        timeout = mlink.models[model].timeout_s
+        try:
+            runner = mlink.runner(model)
+            done = await asyncio.wait_for(
+                loop.run_in_executor(mlink.executor(model), runner.run, images), timeout
+            )
+            results = [Executed(o.output, o.elapsed_ms, o.error) for o in done]
+        except TimeoutError:
+            error = f"model {model} timed out after {timeout:g} s"
+            results = [Executed(None, timeout * 1000.0, error)] * len(rows)
+        except Exception as exc:  # the runner contains model errors; this is a bug or a build
+            error = f"model {model} could not run: {type(exc).__name__}: {exc}"
+            results = [Executed(None, 0.0, error)] * len(rows)
+        failed = sum(r.error is not None for r in results)
+        mlink.metrics[f"executed:{model}"] += len(rows) - failed
+        if failed:
+            mlink.metrics[f"failed:{model}"] += failed
+            log.warning("model %s failed on %d frames: %s", model, failed, results[0].error)
+        for i, result in zip(rows, results, strict=True):
+            outcomes[i][model] = result
+
+    await asyncio.gather(*(run(m, rows) for m, rows in rows_of.items()))
+    return outcomes

@@ -1,0 +1,186 @@
+"""The frame operator: plan, run the active models and synthesize the rest, in one agent.
+
+One consumer of the frames topic per worker does the whole per-frame job in-process: it takes a
+batch of frames from Kafka, plans each one from the replayed control state at that moment (so a
+frame planned after the first links arrive runs the budgeted plan), runs each planned model once
+on the frames that need it, synthesizes every other model through the frame's link version, and
+emits exactly one result per frame, plus the probe frames' results as training samples. The
+batch's Kafka events are acked only after its results are handed to the producer (which faust
+flushes before it commits), so a crash replays them: delivery is at-least-once and consumers
+dedupe by frame id.
+
+Flow control falls out of the shape: at most one batch per worker is in flight, the rest of a
+backlog waits in Kafka (faust prefetches at most ``stream_buffer_maxsize`` records), and nothing
+queues between planning and execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faust
+import numpy as np
+
+from mlink.operators.control_operators import attach_control_replay
+from mlink.operators.dead_letters import DeadLetters
+from mlink.operators.dispatch import run_planned
+from mlink.operators.joiner import Executed, FrameWork, build_results, is_training_sample
+from mlink.operators.runtime import MLink
+from mlink.operators.wiring import dead_letters, raw_topic
+from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.frames import decode_frame
+from mlink.topics.records import Frame, FrameResult
+
+__all__ = ["FrameReader", "attach_frame_operator", "read_frame_record"]
+
+log = logging.getLogger("mlink.worker")
+STAGE = "frame-operator"
+EMPTY = np.zeros(0, dtype=np.uint8)
+
+FrameReader = Callable[[Any], Frame]
+"""Turns one faust event of the frames topic into a :class:`Frame` (raises to dead-letter)."""
+
+
+def read_frame_record(event: Any) -> Frame:
+    """The default reader: the value is our msgpack ``Frame`` envelope."""
+    return decode_record(event.value, Frame)
+
+
+class FrameBatch:
+    """The work of one batch, step by step; each step contains its own failures."""
+
+    def __init__(self, mlink: MLink, dead: DeadLetters) -> None:
+        self.mlink = mlink
+        self.dead = dead
+
+    async def frames(self, events: Sequence[Any], reader: FrameReader) -> list[tuple[Any, Frame]]:
+        good = await self.dead.decode(events, reader, STAGE)
+        fresh = []
+        for event, frame in good:
+            if frame.frame_id in self.mlink.completed:
+                self.mlink.metrics["redelivered_frames"] += 1
+                continue  # answered already by this worker: a redelivery, not a new frame
+            fresh.append((event, frame))
+        return fresh
+
+    async def images(
+        self, items: Sequence[tuple[Any, Frame]]
+    ) -> list[tuple[np.ndarray | None, str | None]]:
+        """Decoded pixels per frame (off the loop), or why a frame could not be decoded."""
+
+        def decode_all() -> list[tuple[np.ndarray | None, str | None]]:
+            out: list[tuple[np.ndarray | None, str | None]] = []
+            for _, frame in items:
+                try:
+                    out.append((decode_frame(frame), None))
+                except Exception as exc:
+                    out.append((None, f"frame decode failed: {exc}"))
+            return out
+
+        loop = asyncio.get_running_loop()
+        decoded = await loop.run_in_executor(self.mlink.executor("decode"), decode_all)
+        for (event, _), (_, problem) in zip(items, decoded, strict=True):
+            if problem is not None:  # kept for inspection; the frame still gets a result
+                await self.dead.send(event, STAGE, problem)
+        return decoded
+
+    async def run(
+        self, events: Sequence[Any], reader: FrameReader
+    ) -> list[tuple[Any, FrameResult]]:
+        mlink = self.mlink
+        items = await self.frames(events, reader)
+        if not items:
+            return []
+        plans = [mlink.state.plan(frame.seq) for _, frame in items]  # planned just before running
+        mlink.metrics["frames_planned"] += len(items)
+        decoded = await self.images(items)
+        jobs = [
+            (image, plan.active)
+            for (image, _), plan in zip(decoded, plans, strict=True)
+            if image is not None
+        ]
+        ran = iter(await run_planned(mlink, jobs))
+        works = []
+        for (_, frame), plan, (image, problem) in zip(items, plans, decoded, strict=True):
+            outcomes = (
+                next(ran)
+                if image is not None
+                else {m: Executed(None, 0.0, problem) for m in plan.active}
+            )
+            works.append(
+                FrameWork(
+                    frame.frame_id, frame.stream_id, frame.seq, frame.timestamp, plan, outcomes
+                )
+            )
+        results = _results(mlink, works)
+        return [(event, result) for (event, _), result in zip(items, results, strict=True)]
+
+
+def _results(mlink: MLink, works: list[FrameWork]) -> list[FrameResult]:
+    """Results with synthesis; if synthesis itself fails (a link version that does not fit),
+    the same results without it, each inactive model ``missing`` with the reason."""
+    versions = [w.plan.link_version if w.plan else None for w in works]
+    try:
+        return build_results(
+            works, mlink.model_names, mlink.linksets(versions), time.time(), mlink.estimates()
+        )
+    except Exception as exc:
+        mlink.metrics["synthesis_failures"] += 1
+        log.exception("synthesis failed for a batch of %d frames", len(works))
+        for work in works:
+            work.missing_reason = f"synthesis failed: {type(exc).__name__}: {exc}"
+        return build_results(works, mlink.model_names, {}, time.time())
+
+
+def attach_frame_operator(
+    app: faust.App,
+    mlink: MLink,
+    *,
+    source: faust.TopicT | None = None,
+    reader: FrameReader = read_frame_record,
+) -> Any:
+    """Attach the fused planner + model operators + link operator to ``app``.
+
+    ``source`` defaults to the pipeline's frames topic (any topic of frames works, e.g. a
+    camera topic, with a ``reader`` for its format). Returns the faust agent.
+    """
+    names = mlink.names
+    results_t = raw_topic(app, names.results)
+    samples_t = raw_topic(app, names.samples)
+    dead = dead_letters(app, mlink)
+    batch = FrameBatch(mlink, dead)
+    settings = mlink.settings
+
+    if not hasattr(mlink, "control_log"):  # plans come from the replayed control log
+        attach_control_replay(app, mlink)
+
+    async def frame_operator(stream: faust.StreamT) -> None:
+        if not mlink.event("models").is_set():
+            await mlink.build_models()
+        await mlink.ready()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            async with dead.guard(list(events), STAGE):
+                for event, result in await batch.run(events, reader):
+                    await emit(event, result)
+
+    async def emit(event: Any, result: FrameResult) -> None:
+        async with dead.guard(event, STAGE):
+            value = encode_record(result)
+            key = result.stream_id.encode()
+            await results_t.send(key=key, value=value)
+            if is_training_sample(result):
+                await samples_t.send(key=key, value=value)
+            mlink.completed.add(result.frame_id)
+            mlink.metrics["results"] += 1
+            mlink.metrics["degraded"] += int(result.degraded)
+            for r in result.results:
+                if r.status != "executed":
+                    mlink.metrics[f"{r.status}:{r.model}"] += 1
+
+    frame_operator.__name__ = "frame_operator"
+    source = source if source is not None else raw_topic(app, names.frames)
+    return app.agent(source, name=f"{settings.name}-frame-operator")(frame_operator)

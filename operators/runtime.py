@@ -1,0 +1,149 @@
+"""The per-process runtime shared by the MLink operators of one worker.
+
+One :class:`MLink` per worker process holds what the agents share: the control state replayed
+from the control topic, the built models and the threads they run in, the link store and the
+link versions loaded from it, counters, and the trainer's buffer. It knows nothing about faust:
+the attach functions of :mod:`mlink.operators` read and update it from their agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from mlink.linkstore.bundle import LoadedLinks, load_bundle
+from mlink.linkstore.linkset import LinkSet
+from mlink.linkstore.store import LinkStore, StoreError
+from mlink.operators.model_runner import ModelRunner
+from mlink.operators.recent import RecentIds
+from mlink.operators.settings import Model, Settings, SettingsError
+from mlink.operators.state import ControlState
+from mlink.operators.trainer import LinkTrainer
+from mlink.topics.specs import OutputSpec
+
+__all__ = ["MLink"]
+
+log = logging.getLogger("mlink.worker")
+
+
+class MLink:
+    """What the operators of one worker share; build one per process and attach it to an app.
+
+    ``models`` are every model of the pipeline, in a fixed order (every worker must list the
+    same ones: plans and links name them). Models are built lazily by :meth:`build_models`.
+    """
+
+    def __init__(self, settings: Settings, models: Sequence[Model]) -> None:
+        if len(models) < 2:
+            raise SettingsError("MLink needs at least two models: links map one to another")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise SettingsError(f"model names must be unique, got {names}")
+        self.settings = settings
+        self.models: dict[str, Model] = {m.name: m for m in models}
+        self.model_names: list[str] = names
+        self.specs: dict[str, OutputSpec] = {m.name: m.spec for m in models}
+        self.names = settings.topics
+        self.state = ControlState(names, settings.links.probe_every)
+        self.store = LinkStore(settings.links.store)
+        self.metrics: Counter[str] = Counter()
+        self.runners: dict[str, ModelRunner] = {}
+        self.completed = RecentIds()
+        self.predicted: dict[str, float] = {}  # the controller's estimate for the active set
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._events: dict[str, asyncio.Event] = {}
+        links = settings.links
+        self.trainer = LinkTrainer(
+            self.specs,
+            self.store,
+            links.train,
+            links.warmup_frames,
+            links.retrain_every,
+            links.ensemble,
+        )
+
+    # -- readiness ----------------------------------------------------------------------------
+    def event(self, name: str) -> asyncio.Event:
+        """A named readiness event (``control`` replayed, ``models`` built), made in the loop."""
+        if name not in self._events:
+            self._events[name] = asyncio.Event()
+        return self._events[name]
+
+    async def ready(self) -> None:
+        """Until the control log is replayed and every model is built: only then plan."""
+        await self.event("control").wait()
+        await self.event("models").wait()
+
+    # -- models -------------------------------------------------------------------------------
+    def executor(self, name: str) -> ThreadPoolExecutor:
+        """One thread per model (and per background job): models run off the event loop, so
+        heartbeats keep flowing while they compute."""
+        if name not in self._executors:
+            self._executors[name] = ThreadPoolExecutor(1, thread_name_prefix=f"mlink-{name}")
+        return self._executors[name]
+
+    def runner(self, name: str) -> ModelRunner:
+        if name not in self.runners:
+            model = self.models[name]
+            self.runners[name] = ModelRunner(name, model.make(), model.spec, model.batch)
+        return self.runners[name]
+
+    async def build_models(self, names: Sequence[str] | None = None) -> None:
+        """Build the models (in parallel, off the loop) before any frame is planned, so a slow
+        factory (loading weights, fitting) never counts against a frame."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        todo = list(names or self.model_names)
+        await asyncio.gather(
+            *(loop.run_in_executor(self.executor(m), self.runner, m) for m in todo)
+        )
+        log.info("built %d models in %.1f s", len(todo), time.perf_counter() - started)
+        self.event("models").set()
+
+    def declared_costs(self) -> dict[str, dict[str, float]]:
+        return {m: dict(model.cost) for m, model in self.models.items() if model.cost}
+
+    # -- links --------------------------------------------------------------------------------
+    def links(self, version: int | None) -> LoadedLinks | None:
+        """A link version, loaded once per process; None (logged once) when it cannot be."""
+        if version is None:
+            return None
+        try:
+            return load_bundle(self.store, version)
+        except StoreError as exc:
+            key = f"bad_link_version:{version}"
+            if not self.metrics[key]:
+                log.error("cannot use link version %s: %s", version, exc)
+            self.metrics[key] += 1
+            return None
+
+    def linksets(self, versions: Sequence[int | None]) -> dict[int, LinkSet]:
+        """The usable link sets among ``versions`` (a batch's frames may name several)."""
+        out: dict[int, LinkSet] = {}
+        for version in set(versions):
+            loaded = self.links(version)
+            if loaded is not None and version is not None:
+                if set(loaded.linkset.specs) - set(self.specs):
+                    self.metrics[f"bad_link_version:{version}"] += 1
+                    continue  # links of another model set: synthesizing would name unknown models
+                out[version] = loaded.linkset
+        return out
+
+    def estimates(self) -> dict[str, float]:
+        """Agreement estimates for synthesized outputs: live (probe frames) where measured, else
+        what the controller predicted for the current active set."""
+        return {**self.predicted, **self.state.live_agreement}
+
+    def count(self, counts: Mapping[str, int]) -> None:
+        self.metrics.update(counts)
+
+    def close(self) -> None:
+        for pool in self._executors.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return f"MLink({self.settings.name!r}, models={self.model_names})"

@@ -1,0 +1,179 @@
+"""Plain settings for the MLink operators: what a faust user passes instead of a YAML file.
+
+A :class:`Model` is a black box: a callable (or a ``torch.nn.Module``) from one frame to one
+output, with the :class:`~mlink.topics.specs.OutputSpec` that validates it. :class:`Settings`
+holds everything else an operator needs to know. Nothing here reads files, environment variables
+or Kafka: `mlink.deploy` translates its YAML config into these objects, and a user's own app
+builds them directly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlink.linkstore.training import TrainConfig
+from mlink.topics.names import TopicNames
+from mlink.topics.specs import BoxesSpec, SequenceSpec, VectorSpec
+
+__all__ = ["BUDGET_KEYS", "LinkSettings", "Model", "Settings", "SettingsError"]
+
+_NAME: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+BUDGET_KEYS: Final = ("ms", "memory_mb", "fraction", "target_agreement")
+"""Budget keys: per-frame ms, memory in MB, ms as a share of running every model, or an
+agreement target (the cheapest plan whose estimated agreement meets it)."""
+
+
+class SettingsError(ValueError):
+    """An operator setting is invalid; the message names it and what is allowed."""
+
+
+def _module_callable(module: nn.Module) -> Callable[[Any], Any]:
+    """A ``torch.nn.Module`` as a frame -> output callable: eval mode, no grad, numpy in/out.
+
+    The module receives the frame as a tensor of the frame's dtype (uint8 pixels); scaling and
+    layout belong in its ``forward``, where the user can see them.
+    """
+    module.eval()
+
+    def call(frame: Any) -> Any:
+        with torch.no_grad():
+            out = module(torch.from_numpy(np.ascontiguousarray(frame)))
+        return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
+
+    call.__name__ = f"{type(module).__name__}_callable"
+    return call
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Model:
+    """One black-box model.
+
+    Give ``fn`` (a callable or a ``torch.nn.Module``) or ``build`` (a zero-argument factory that
+    returns one, called once per worker before any frame is planned, so slow loading never counts
+    against a frame). ``batch`` says the callable also maps an ``(n, ...)`` stack of frames to
+    ``n`` outputs. ``cost`` declares ``{"ms": ..., "memory_mb": ...}`` per frame; undeclared ms are
+    measured live. ``timeout_s`` bounds one call: a call that takes longer yields an error output
+    for its frames and the model is reported unhealthy.
+    """
+
+    name: str
+    spec: VectorSpec | BoxesSpec | SequenceSpec
+    fn: Callable[[Any], Any] | nn.Module | None = None
+    build: Callable[[], Callable[[Any], Any] | nn.Module] | None = None
+    batch: bool = False
+    cost: Mapping[str, float] = field(default_factory=dict)
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SettingsError(
+                f"Model.name {self.name!r}: use 1-128 letters, digits, '_', '.' or '-'"
+            )
+        if not isinstance(self.spec, VectorSpec | BoxesSpec | SequenceSpec):
+            raise SettingsError(
+                f"Model {self.name!r}: spec must be a VectorSpec, BoxesSpec or SequenceSpec, "
+                f"got {type(self.spec).__name__}"
+            )
+        if (self.fn is None) == (self.build is None):
+            raise SettingsError(
+                f"Model {self.name!r}: give exactly one of fn= (a callable or nn.Module) or "
+                "build= (a factory returning one)"
+            )
+        if self.fn is not None and not callable(self.fn):
+            raise SettingsError(f"Model {self.name!r}: fn is not callable")
+        unknown = sorted(set(self.cost) - {"ms", "memory_mb"})
+        if unknown:
+            raise SettingsError(f"Model {self.name!r}: unknown cost keys {unknown}")
+        if any(
+            not (isinstance(v, int | float) and math.isfinite(v) and v >= 0)
+            for v in self.cost.values()
+        ):
+            raise SettingsError(f"Model {self.name!r}: costs must be finite numbers >= 0")
+        object.__setattr__(self, "cost", dict(self.cost))
+        if not (isinstance(self.timeout_s, int | float) and self.timeout_s > 0):
+            raise SettingsError(f"Model {self.name!r}: timeout_s must be > 0")
+
+    def make(self) -> Callable[[Any], Any]:
+        """The callable to run: built now if ``build`` was given; modules wrapped for numpy."""
+        made = self.fn if self.fn is not None else self.build()  # type: ignore[misc]
+        if isinstance(made, nn.Module):
+            return _module_callable(made)
+        if not callable(made):
+            raise SettingsError(
+                f"Model {self.name!r}: build() returned {type(made).__name__}, not a callable "
+                "mapping a frame to an output"
+            )
+        return made
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkSettings:
+    """How links are trained and kept.
+
+    ``store`` is a directory or an fsspec URL that every worker reaches. The first links train
+    after ``warmup_frames`` frames on which every model ran; afterwards every ``probe_every``-th
+    frame of a stream runs every model (training data and live agreement), and
+    ``retrain_every`` new probe frames trigger a retrain (0 = train once).
+    """
+
+    store: str = "linkstore-data"
+    warmup_frames: int = 60
+    probe_every: int = 20
+    retrain_every: int = 0
+    ensemble: Literal["weighted", "fusion"] = "weighted"
+    selector: Literal["exact", "greedy", "lookahead", "auto"] = "auto"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.warmup_frames < 4:
+            raise SettingsError("LinkSettings.warmup_frames must be >= 4")
+        if self.probe_every < 0 or self.retrain_every < 0:
+            raise SettingsError("LinkSettings.probe_every and retrain_every must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything the operators of one pipeline need besides the models.
+
+    ``name`` prefixes every agent name (stable names in logs, metrics and recovery). ``budget``
+    bounds the active set (see :data:`BUDGET_KEYS`). ``batch_size`` and ``batch_wait_s`` shape
+    the frames taken together from Kafka: a batch is planned just before it runs, so planning
+    stays close to execution and a backlog waits in Kafka, not in buffers.
+    ``output_timeout_s`` only matters when model operators run apart from the link operator (it
+    bounds the join); ``max_in_flight`` bounds the frames a planner has planned but not yet seen
+    answered in that layout.
+    """
+
+    name: str
+    budget: Mapping[str, float]
+    topics: TopicNames = field(default_factory=TopicNames)
+    links: LinkSettings = field(default_factory=LinkSettings)
+    batch_size: int = 8
+    batch_wait_s: float = 0.02
+    output_timeout_s: float = 30.0
+    max_in_flight: int = 64
+    live_report_every: int = 5
+    metrics_every_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SettingsError(f"Settings.name {self.name!r}: use letters, digits, '_.-'")
+        unknown = sorted(set(self.budget) - set(BUDGET_KEYS))
+        if unknown or not self.budget:
+            raise SettingsError(
+                f"Settings.budget {dict(self.budget)!r}: give at least one of {BUDGET_KEYS}"
+                + (f"; unknown keys {unknown}" if unknown else "")
+            )
+        object.__setattr__(self, "budget", dict(self.budget))
+        if self.batch_size < 1 or self.max_in_flight < 1 or self.live_report_every < 1:
+            raise SettingsError("Settings: batch_size, max_in_flight, live_report_every >= 1")
+        if self.batch_wait_s < 0 or self.output_timeout_s <= 0 or self.metrics_every_s <= 0:
+            raise SettingsError("Settings: batch_wait_s >= 0, timeouts and intervals > 0")

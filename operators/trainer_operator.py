@@ -1,0 +1,105 @@
+"""The trainer agent: probe-frame results in, link versions and live agreement out.
+
+It consumes the single-partition samples topic (so one worker trains), buffers every complete
+probe result, trains links once the warm-up is collected (and again every ``retrain_every`` new
+probes), saves a link-store version and announces it on the control topic. On every probe frame
+under a budgeted plan it also scores what the plan would have synthesized against the real
+outputs: the live agreement per model, published on the control topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+
+from mlink.operators.live import LiveAgreement, probe_agreement
+from mlink.operators.runtime import MLink
+from mlink.operators.wiring import dead_letters, raw_topic
+from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.records import ControlMessage, FrameResult
+
+__all__ = ["attach_trainer"]
+
+log = logging.getLogger("mlink.trainer")
+
+
+def attach_trainer(app: faust.App, mlink: MLink) -> Any:
+    """Attach the trainer agent to ``app`` (on the samples topic)."""
+    names, settings = mlink.names, mlink.settings
+    samples_t = raw_topic(app, names.samples)
+    control_t = raw_topic(app, names.control)
+    dead = dead_letters(app, mlink)
+    live = LiveAgreement()
+    retry = {"added": 0, "at": 0, "backoff": 10}  # after a failure, retry with more data only
+
+    async def report_live(result: FrameResult) -> None:
+        state = mlink.state
+        loaded = mlink.links(state.link_version)
+        if loaded is None or not state.active:
+            return
+        scores = probe_agreement(result, loaded.linkset, state.active)
+        live.add((state.epoch, state.link_version), scores)
+        if live.probes % settings.live_report_every:
+            return
+        message = ControlMessage(
+            kind="agreement",
+            epoch=state.epoch,
+            issued_at=time.time(),
+            link_version=state.link_version,
+            extra={"live_agreement": live.means(), "probes": live.probes},
+        )
+        log.info(
+            "live agreement at epoch %d over %d probes: %s",
+            state.epoch,
+            live.probes,
+            {m: round(v, 3) for m, v in live.means().items()},
+        )
+        await control_t.send(key=b"agreement", value=encode_record(message))
+
+    async def train() -> None:
+        trainer = mlink.trainer
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            version = await loop.run_in_executor(mlink.executor("trainer"), trainer.train_and_save)
+        except Exception:  # e.g. a full disk: never retried on every sample
+            retry["at"] = retry["added"] + retry["backoff"]
+            retry["backoff"] = min(retry["backoff"] * 2, 1000)
+            mlink.metrics["training_failures"] += 1
+            log.exception("link training failed; retrying after new samples arrive")
+            return
+        retry["backoff"] = 10
+        log.info(
+            "trained links v%d on %d samples in %.1f s",
+            version,
+            len(trainer.samples),
+            time.perf_counter() - started,
+        )
+        announce = ControlMessage(
+            kind="link_version",
+            epoch=mlink.state.epoch,
+            issued_at=time.time(),
+            link_version=version,
+        )
+        await control_t.send(key=b"link_version", value=encode_record(announce))
+
+    async def trainer_agent(stream: faust.StreamT) -> None:
+        await mlink.event("control").wait()
+        trainer = mlink.trainer
+        if mlink.state.latest_links is not None and not trainer.trained_versions:
+            trainer.trained_versions.append(mlink.state.latest_links)  # trained before failover
+        async for event in stream.events():
+            async with dead.guard(event, "trainer"):
+                result = decode_record(event.value, FrameResult)
+                if trainer.add(result):
+                    retry["added"] += 1
+                    await report_live(result)
+                if trainer.ready() and retry["added"] >= retry["at"]:
+                    await train()
+
+    trainer_agent.__name__ = "trainer"
+    return app.agent(samples_t, name=f"{settings.name}-trainer")(trainer_agent)

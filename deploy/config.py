@@ -193,6 +193,9 @@ class LinksConfig(_Strict):
     optimizer: Literal["rmsprop", "adam"] = "rmsprop"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     min_hidden: int = Field(16, ge=0)
+    hold_s: float = Field(
+        60.0, ge=0, description="after its warm-up frames, wait this long for the first links"
+    )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -299,6 +302,7 @@ class PipelineConfig(_Strict):
                 ensemble=links.ensemble,
                 selector=links.selector,
                 train=links.train_config(),
+                hold_s=links.hold_s,
             ),
             batch_size=rt.batch_size,
             batch_wait_s=rt.batch_wait_s,

@@ -29,8 +29,9 @@ def create_app(
     """A faust app (id = ``mlink.settings.name``) on ``bootstrap`` running every operator.
 
     ``session_timeout_s`` is short because Tansu holds every JoinGroup for half of it (see
-    :mod:`mlink.deploy.broker`); ``stream_buffer_maxsize`` is small so that a backlog waits in
-    Kafka rather than in the worker; the fetch wait is capped (:mod:`.fetch_wait`).
+    :mod:`mlink.deploy.broker`); ``stream_buffer_maxsize`` and ``broker_max_poll_records`` are
+    small so that a backlog waits in Kafka rather than in the worker, and a paused frames topic
+    (the warm-up hold) stops quickly; the fetch wait is capped (:mod:`.fetch_wait`).
     ``faust_settings`` override any faust setting.
     """
     servers = ";".join(f"kafka://{s.strip()}" for s in bootstrap.split(",") if s.strip())
@@ -44,6 +45,7 @@ def create_app(
         "consumer_auto_offset_reset": "earliest",
         "stream_wait_empty": False,
         "stream_buffer_maxsize": max(64, 4 * mlink.settings.batch_size),
+        "broker_max_poll_records": max(16, 4 * mlink.settings.batch_size),
     }
     if credentials is not None:
         settings["broker_credentials"] = credentials

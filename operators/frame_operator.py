@@ -50,12 +50,28 @@ def read_frame_record(event: Any) -> Frame:
     return decode_record(event.value, Frame)
 
 
+def _pause(consumer: Any, tps: Sequence[Any]) -> None:
+    """Stop fetching ``tps`` until resumed.
+
+    faust re-activates a partition whose stream buffer drains after it was full
+    (``Consumer.on_buffer_drop``), which would silently undo a pause; dropping the partitions
+    from its buffered set keeps them paused. Re-applied while holding, in case of a rebalance.
+    """
+    consumer.pause_partitions(tps)
+    buffered = getattr(consumer, "_buffered_partitions", None)
+    if isinstance(buffered, set):
+        buffered.difference_update(tps)
+
+
 class FrameBatch:
     """The work of one batch, step by step; each step contains its own failures."""
 
-    def __init__(self, mlink: MLink, dead: DeadLetters) -> None:
-        self.mlink = mlink
-        self.dead = dead
+    def __init__(self, mlink: MLink, dead: DeadLetters, app: faust.App, topics: set[str]) -> None:
+        self.mlink, self.dead, self.app, self.topics = mlink, dead, app, topics
+        self.warmup_planned = 0
+        self.hold_at = mlink.settings.links.warmup_frames
+        self.holding = False
+        self.releaser: asyncio.Future[None] | None = None
 
     async def frames(self, events: Sequence[Any], reader: FrameReader) -> list[tuple[Any, Frame]]:
         good = await self.dead.decode(events, reader, STAGE)
@@ -88,6 +104,46 @@ class FrameBatch:
                 await self.dead.send(event, STAGE, problem)
         return decoded
 
+    def hold_for_links(self) -> None:
+        """Once this worker planned its warm-up frames, stop fetching frames (bounded by
+        ``hold_s``) until the first links arrive: a backlog then waits in Kafka for the budgeted
+        plan instead of running every model while the links train. Fetching is paused rather
+        than the agent blocked, because faust delivers every topic through one conductor and a
+        blocked agent would also starve the trainer of the samples it needs."""
+        mlink, links = self.mlink, self.mlink.settings.links
+        if (
+            self.holding
+            or not links.hold_s
+            or not mlink.state.warming_up
+            or self.warmup_planned < self.hold_at
+        ):
+            return
+        consumer = self.app.consumer
+        paused = [tp for tp in consumer.assignment() if tp.topic in self.topics]
+        _pause(consumer, paused)
+        self.holding = True
+        log.info(
+            "planned %d warm-up frames; waiting for the first links (paused %s)",
+            self.warmup_planned,
+            sorted(paused),
+        )
+
+        async def release() -> None:
+            started = time.monotonic()
+            try:
+                while mlink.state.warming_up and time.monotonic() - started < links.hold_s:
+                    await asyncio.sleep(0.05)
+                    _pause(consumer, paused)
+            finally:
+                consumer.resume_partitions(paused)
+                self.holding = False
+                mlink.metrics["held_for_links_s"] += round(time.monotonic() - started, 3)
+            if mlink.state.warming_up:  # no links yet: more warm-up data, then wait again
+                log.warning("no links after %.0f s; planning more warm-up frames", links.hold_s)
+                self.hold_at = self.warmup_planned + max(1, links.warmup_frames // 4)
+
+        self.releaser = asyncio.ensure_future(release())
+
     async def run(
         self, events: Sequence[Any], reader: FrameReader
     ) -> list[tuple[Any, FrameResult]]:
@@ -95,8 +151,12 @@ class FrameBatch:
         items = await self.frames(events, reader)
         if not items:
             return []
+        warming = mlink.state.warming_up
         plans = [mlink.state.plan(frame.seq) for _, frame in items]  # planned just before running
         mlink.metrics["frames_planned"] += len(items)
+        if warming:
+            self.warmup_planned += len(items)
+            self.hold_for_links()
         decoded = await self.images(items)
         jobs = [
             (image, plan.active)
@@ -152,8 +212,9 @@ def attach_frame_operator(
     results_t = raw_topic(app, names.results)
     samples_t = raw_topic(app, names.samples)
     dead = dead_letters(app, mlink)
-    batch = FrameBatch(mlink, dead)
     settings = mlink.settings
+    source = source if source is not None else raw_topic(app, names.frames)
+    batch = FrameBatch(mlink, dead, app, set(source.topics))
 
     if not hasattr(mlink, "control_log"):  # plans come from the replayed control log
         attach_control_replay(app, mlink)
@@ -182,5 +243,4 @@ def attach_frame_operator(
                     mlink.metrics[f"{r.status}:{r.model}"] += 1
 
     frame_operator.__name__ = "frame_operator"
-    source = source if source is not None else raw_topic(app, names.frames)
     return app.agent(source, name=f"{settings.name}-frame-operator")(frame_operator)

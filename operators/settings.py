@@ -121,7 +121,10 @@ class LinkSettings:
     ``store`` is a directory or an fsspec URL that every worker reaches. The first links train
     after ``warmup_frames`` frames on which every model ran; afterwards every ``probe_every``-th
     frame of a stream runs every model (training data and live agreement), and
-    ``retrain_every`` new probe frames trigger a retrain (0 = train once).
+    ``retrain_every`` new probe frames trigger a retrain (0 = train once). A worker that has
+    planned its ``warmup_frames`` warm-up frames waits up to ``hold_s`` for the first links
+    before it plans more: a backlog then waits in Kafka for the budgeted plan instead of
+    running every model on every frame while the links train (0 = never wait).
     """
 
     store: str = "linkstore-data"
@@ -131,10 +134,13 @@ class LinkSettings:
     ensemble: Literal["weighted", "fusion"] = "weighted"
     selector: Literal["exact", "greedy", "lookahead", "auto"] = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
+    hold_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.warmup_frames < 4:
             raise SettingsError("LinkSettings.warmup_frames must be >= 4")
+        if self.hold_s < 0:
+            raise SettingsError("LinkSettings.hold_s must be >= 0 (0: never wait for links)")
         if self.probe_every < 0 or self.retrain_every < 0:
             raise SettingsError("LinkSettings.probe_every and retrain_every must be >= 0")
 

@@ -64,6 +64,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         trainer = mlink.trainer
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        log.info("training links on %d samples", len(trainer.samples))
         try:
             version = await loop.run_in_executor(mlink.executor("trainer"), trainer.train_and_save)
         except Exception:  # e.g. a full disk: never retried on every sample
@@ -95,6 +96,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         async for event in stream.events():
             async with dead.guard(event, "trainer"):
                 result = decode_record(event.value, FrameResult)
+                mlink.metrics["samples_received"] += 1
                 if trainer.add(result):
                     retry["added"] += 1
                     await report_live(result)

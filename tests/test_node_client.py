@@ -14,9 +14,7 @@ when ``node`` is missing.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 from mlink.deploy.runner import ResultCollector
 from mlink.topics.codec import encode_record
 from mlink.topics.records import FrameResult, ModelResult
-from tests.conftest import REPO_ROOT, FaustWorker
+from tests.conftest import NO_NODE, NODE, NODE_CLIENT, FaustWorker
 from tests.digits_pipeline import (
     RAW_SOURCE_XFAIL,
     check_provenance,
@@ -39,37 +37,7 @@ from tests.digits_pipeline import (
     write_config,
 )
 
-NODE = shutil.which("node")
-CLIENT = REPO_ROOT / "clients" / "node"
-
-pytestmark = pytest.mark.skipif(
-    NODE is None,
-    reason="node is not on PATH: the Node client tests need Node >= 18 and npm "
-    "(e.g. apt-get install nodejs npm)",
-)
-
-
-@pytest.fixture(scope="session")
-def node_client() -> Path:
-    """clients/node with its npm packages installed (``npm ci``, skipped when up to date)."""
-    lock = CLIENT / "package-lock.json"
-    stamp = CLIENT / "node_modules" / ".mlink-lock.sha256"
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
-    if stamp.is_file() and stamp.read_text() == digest:
-        return CLIENT
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("node is installed but npm is not: install npm to run the Node client tests")
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=CLIENT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"npm ci failed in {CLIENT}:\n{done.stdout}\n{done.stderr}"
-    stamp.write_text(digest)
-    return CLIENT
+pytestmark = pytest.mark.skipif(NODE is None, reason=NO_NODE)
 
 
 def run_node(client: Path, args: list[str], timeout: float) -> list[dict[str, Any]]:
@@ -131,7 +99,7 @@ def test_node_decodes_the_arrays_and_provenance_python_writes(
     )
     path = tmp_path / "result.msgpack"
     path.write_bytes(encode_record(record))
-    wire = json.dumps((CLIENT / "mlink-wire.mjs").as_uri())
+    wire = json.dumps((NODE_CLIENT / "mlink-wire.mjs").as_uri())
     script = (
         f"import {{readFileSync}} from 'node:fs';"
         f"import {{decodeRecord, summarizeResult}} from {wire};"

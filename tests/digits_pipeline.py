@@ -24,8 +24,8 @@ from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter
 from tests.conftest import FaustWorker
 
-# The faust app of a pipeline worker; moves to mlink.deploy with the operator restructuring.
-WORKER_APP = "mlink.operators.worker_app"
+# The faust app of a pipeline worker (`mlink worker CONFIG` runs it).
+WORKER_APP = "mlink.deploy.worker_app"
 DIGIT_MODEL = "mlink.deploy.examples.digits:model"
 # Declared costs make the active set predictable: a 0.3 budget fraction (12.6 of 42 ms) fits
 # parity_logreg only, so the other two models are synthesized from it once links exist.

@@ -95,7 +95,7 @@ def test_a_plain_producers_raw_images_each_get_a_result(
                 break
             time.sleep(0.5)
         assert len(letters) == 1, "the junk record was not dead-lettered"
-        assert letters[0].stage == "planner"
+        assert letters[0].stage in ("frame-operator", "planner")  # fused or split layout
         assert "neither JPEG nor PNG" in letters[0].reason
         assert letters[0].value == b"GIF89a, not a JPEG" and letters[0].key == b"gate-0"
     finally:

@@ -34,8 +34,12 @@ only if the producer numbers each stream's frames once, which is what sending ``
 promises. A key that is not UTF-8 text (a binary camera id) becomes ``"0x"`` + its hex digits.
 
 Only the magic bytes are checked here: a value that starts like a JPEG but is corrupt passes
-and is dead-lettered where it is decoded (the model operator), and its frame still gets a
+and is dead-lettered where it is decoded (the frame operator), and its frame still gets a
 (degraded) result. Size and pixel limits are the decoder's job, not this module's.
+
+``seq`` drives the probe schedule (every ``probe_every``-th seq runs every model): with offsets
+as seq and several cameras interleaved in one partition, probes fall on whichever camera holds
+those offsets, so producers that can should send ``mlink.seq`` numbered per camera.
 """
 
 from __future__ import annotations

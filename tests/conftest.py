@@ -6,7 +6,10 @@ start the broker, so the rest of the suite runs without it.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
+import subprocess
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -122,3 +125,40 @@ def faust_worker(
 
     for worker in workers:
         worker.stop()
+
+
+# -- the Node client (clients/node) ----------------------------------------------------------
+
+NODE = shutil.which("node")
+NODE_CLIENT = REPO_ROOT / "clients" / "node"
+NO_NODE = (
+    "node is not on PATH: the Node client tests need Node >= 18 and npm "
+    "(e.g. apt-get install nodejs npm)"
+)
+
+
+@pytest.fixture(scope="session")
+def node_client() -> Path:
+    """clients/node with its npm packages installed: ``npm ci`` into the ignored
+    ``clients/node/node_modules``, skipped while a stamp says it matches package-lock.json.
+    Tests that use it skip only when ``node`` is missing."""
+    if NODE is None:
+        pytest.skip(NO_NODE)
+    lock = NODE_CLIENT / "package-lock.json"
+    stamp = NODE_CLIENT / "node_modules" / ".mlink-lock.sha256"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == digest:
+        return NODE_CLIENT
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("node is installed but npm is not: install npm to run the Node client tests")
+    done = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"],
+        cwd=NODE_CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"npm ci failed in {NODE_CLIENT}:\n{done.stdout}\n{done.stderr}"
+    stamp.write_text(digest)
+    return NODE_CLIENT

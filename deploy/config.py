@@ -124,7 +124,13 @@ class SourceConfig(_Strict):
         None, description="'module:callable' yielding frames or (stream_id, frame) pairs"
     )
     args: dict[str, Any] = Field(default_factory=dict, description="keyword args of the factory")
-    topic: str | None = Field(None, description="consume Frame records already on this topic")
+    topic: str | None = Field(
+        None, description="consume frames already on this Kafka topic (ours or a camera's)"
+    )
+    format: Literal["frame", "image"] = Field(
+        "frame",
+        description="values of `topic`: our Frame envelope, or one encoded JPEG/PNG image each",
+    )
     encoding: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(90, ge=1, le=100)
     limit: int | None = Field(None, ge=1, description="stop after this many frames")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mlink.deploy.broker import EmbeddedBroker, pdeathsig_preexec
-from mlink.deploy.config import PipelineConfig, with_broker
+from mlink.deploy.config import ConfigError, PipelineConfig, with_broker
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.linkstore.store import LinkStore
 from mlink.operators.state import ControlState
@@ -281,7 +281,7 @@ def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
         else:  # kafka-python 2
             committed = admin.list_consumer_group_offsets(config.name)
         lag: dict[str, int] = {}
-        for topic in (names.frames, names.samples):
+        for topic in (config.source.topic or names.frames, names.samples):
             parts = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in parts]
             ends = consumer.end_offsets(tps) if tps else {}
@@ -349,6 +349,12 @@ def run_pipeline(
 
     from mlink.deploy.source import FrameProducer, _send_all, iter_source
 
+    if config.source.topic and frames is None:
+        raise ConfigError(
+            f"source.topic {config.source.topic!r}: the frames come from Kafka, so there is "
+            "nothing for `mlink run` to send; start workers with `mlink worker CONFIG` (one per "
+            "process or machine) and read results with `mlink tail CONFIG`"
+        )
     log_dir = log_dir or Path(".mlink-runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with broker_for(config) as (cfg, _):
         create_pipeline_topics(cfg)

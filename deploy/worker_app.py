@@ -28,4 +28,6 @@ app = create_app(
     config.broker,
     partitions=config.topics.partitions,
     session_timeout_s=config.runtime.session_timeout_s,
+    source_topic=config.source.topic,
+    source_format=config.source.format,
 )

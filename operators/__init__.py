@@ -22,7 +22,12 @@ from mlink.operators.app import create_app
 from mlink.operators.attach import Attached, attach, attach_metrics_log, attach_model_builder
 from mlink.operators.control_operators import attach_control_replay, attach_controller
 from mlink.operators.fetch_wait import cap_fetch_wait
-from mlink.operators.frame_operator import FrameReader, attach_frame_operator, read_frame_record
+from mlink.operators.frame_operator import (
+    FrameReader,
+    attach_frame_operator,
+    read_frame_record,
+    source_reader,
+)
 from mlink.operators.runtime import MLink
 from mlink.operators.settings import LinkSettings, Model, Settings, SettingsError
 from mlink.operators.split_operators import (
@@ -53,4 +58,5 @@ __all__ = [
     "cap_fetch_wait",
     "create_app",
     "read_frame_record",
+    "source_reader",
 ]

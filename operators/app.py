@@ -12,7 +12,10 @@ import faust
 
 from mlink.operators.attach import attach
 from mlink.operators.fetch_wait import cap_fetch_wait
+from mlink.operators.frame_operator import source_reader
 from mlink.operators.runtime import MLink
+from mlink.operators.wiring import raw_topic
+from mlink.topics.ingest import SourceFormat
 
 __all__ = ["create_app"]
 
@@ -24,6 +27,8 @@ def create_app(
     partitions: int = 4,
     session_timeout_s: float = 10.0,
     credentials: Any = None,
+    source_topic: str | None = None,
+    source_format: SourceFormat = "frame",
     **faust_settings: Any,
 ) -> faust.App:
     """A faust app (id = ``mlink.settings.name``) on ``bootstrap`` running every operator.
@@ -32,7 +37,8 @@ def create_app(
     :mod:`mlink.deploy.broker`); ``stream_buffer_maxsize`` and ``broker_max_poll_records`` are
     small so that a backlog waits in Kafka rather than in the worker, and a paused frames topic
     (the warm-up hold) stops quickly; the fetch wait is capped (:mod:`.fetch_wait`).
-    ``faust_settings`` override any faust setting.
+    ``source_topic`` (default: the pipeline's frames topic) is where frames are read, in
+    ``source_format``. ``faust_settings`` override any faust setting.
     """
     servers = ";".join(f"kafka://{s.strip()}" for s in bootstrap.split(",") if s.strip())
     settings: dict[str, Any] = {
@@ -52,6 +58,7 @@ def create_app(
     settings.update(faust_settings)
     app = faust.App(mlink.settings.name, **settings)
     cap_fetch_wait(app)
-    attach(app, mlink)
+    source = raw_topic(app, source_topic) if source_topic else None
+    attach(app, mlink, source=source, reader=source_reader(source_format))
     app.mlink = mlink  # type: ignore[attr-defined]
     return app

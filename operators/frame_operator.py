@@ -33,9 +33,10 @@ from mlink.operators.runtime import MLink
 from mlink.operators.wiring import dead_letters, raw_topic
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
+from mlink.topics.ingest import SourceFormat, frame_from_record
 from mlink.topics.records import Frame, FrameResult
 
-__all__ = ["FrameReader", "attach_frame_operator", "read_frame_record"]
+__all__ = ["FrameReader", "attach_frame_operator", "read_frame_record", "source_reader"]
 
 log = logging.getLogger("mlink.worker")
 STAGE = "frame-operator"
@@ -48,6 +49,23 @@ FrameReader = Callable[[Any], Frame]
 def read_frame_record(event: Any) -> Frame:
     """The default reader: the value is our msgpack ``Frame`` envelope."""
     return decode_record(event.value, Frame)
+
+
+def source_reader(format: SourceFormat) -> FrameReader:
+    """The reader of a source topic's format: ``"frame"`` (our envelope) or ``"image"`` (one
+    encoded JPEG/PNG per record: ids from headers, or derived from topic, partition and offset
+    so a replay yields the same ids; see :mod:`mlink.topics.ingest`)."""
+    if format == "frame":
+        return read_frame_record
+
+    def read(event: Any) -> Frame:
+        m = event.message
+        ms = None if m.timestamp is None else round(m.timestamp * 1000)  # faust: seconds
+        return frame_from_record(
+            format, m.topic, m.partition, m.offset, event.key, event.value, m.headers, ms
+        )
+
+    return read
 
 
 def _pause(consumer: Any, tps: Sequence[Any]) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pytest
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 
@@ -30,9 +29,6 @@ DIGIT_MODEL = "mlink.deploy.examples.digits:model"
 # Declared costs make the active set predictable: a 0.3 budget fraction (12.6 of 42 ms) fits
 # parity_logreg only, so the other two models are synthesized from it once links exist.
 COSTS = {"ge5_forest": 20.0, "parity_logreg": 2.0, "value_gbr": 20.0}
-RAW_SOURCE_XFAIL = pytest.mark.xfail(
-    reason="needs the planner to consume source.topic (lead integration)", strict=False
-)
 
 
 def write_config(

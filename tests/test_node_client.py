@@ -28,7 +28,6 @@ from mlink.topics.codec import encode_record
 from mlink.topics.records import FrameResult, ModelResult
 from tests.conftest import NO_NODE, NODE, NODE_CLIENT, FaustWorker
 from tests.digits_pipeline import (
-    RAW_SOURCE_XFAIL,
     check_provenance,
     digit_files,
     make_camera_topic,
@@ -184,7 +183,6 @@ def test_node_frame_envelopes_get_one_result_each_with_provenance(
 
 @pytest.mark.broker
 @pytest.mark.slow
-@RAW_SOURCE_XFAIL
 def test_node_raw_jpegs_on_a_camera_topic_get_one_result_each(
     broker: Any, faust_worker: Callable[..., FaustWorker], node_client: Path, tmp_path: Path
 ) -> None:

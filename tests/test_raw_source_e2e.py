@@ -22,7 +22,6 @@ import pytest
 from mlink.deploy.runner import ResultCollector
 from tests.conftest import FaustWorker
 from tests.digits_pipeline import (
-    RAW_SOURCE_XFAIL,
     digit_files,
     make_camera_topic,
     read_dead_letters,
@@ -52,7 +51,6 @@ print(json.dumps({"images": images, "junk": [junk.partition, junk.offset]}))
 """
 
 
-@RAW_SOURCE_XFAIL
 def test_a_plain_producers_raw_images_each_get_a_result(
     broker: Any, faust_worker: Callable[..., FaustWorker], tmp_path: Path
 ) -> None:

@@ -415,7 +415,10 @@ class EmbeddedBroker:
             raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait_ready(self, port: int) -> None:
-        if not self.authentication:
+        # With authentication no metadata request is answered without credentials, and with
+        # another advertised address (a TLS proxy) the client would be sent there: then only
+        # wait for the listener (Tansu answers ~1 ms after it listens).
+        if not self.authentication and not self.advertised:
             wait_for_kafka(
                 f"{self.host}:{port}",
                 self.start_timeout,
@@ -423,7 +426,6 @@ class EmbeddedBroker:
                 alive=self._death_message,
             )
             return
-        # Without credentials no metadata request is answered: wait for the listener.
         deadline = time.monotonic() + self.start_timeout
         while not _port_accepts(self.host, port):
             if (why := self._death_message()) is not None:

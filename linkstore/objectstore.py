@@ -103,8 +103,9 @@ class ObjectLinkStore(LinkStore):
         self.cache_size = cache_size
         self._good = OrderedDict()
         self._bad: dict[int, IntegrityError] = {}
-        with contextlib.suppress(Exception):  # some backends (memory, local) need the prefix
-            fs.makedirs(self._path, exist_ok=True)
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        if protocols & {"memory", "file", "local"}:  # these list only existing directories;
+            fs.makedirs(self._path, exist_ok=True)  # never create buckets implicitly
 
     def __repr__(self) -> str:
         return f"LinkStore({self.root!r})"
@@ -172,6 +173,8 @@ class ObjectLinkStore(LinkStore):
                 return version
             except FileExistsError:
                 version += 1  # someone else took it: collision detected, try the next one
+            except OSError as exc:
+                raise StoreError(f"cannot write to the link store {self.root}: {exc}") from exc
         raise StoreError(
             f"could not claim a version number in {self.root} after {_MAX_CLAIM_ATTEMPTS} "
             "collisions; too many concurrent writers (keep one writer per store)"
@@ -189,10 +192,19 @@ class ObjectLinkStore(LinkStore):
     def _file(self, version: int, name: str) -> str:
         return f"{self._path}/v{version:06d}/{name}"
 
+    def _glob(self, pattern: str) -> list[str]:
+        try:
+            return list(self.fs.glob(f"{self._path}/{pattern}"))
+        except FileNotFoundError as exc:  # s3fs: the bucket itself is missing
+            raise StoreError(
+                f"cannot list the link store {self.root}: {exc}. Create the bucket first (the "
+                "store never creates buckets), or fix the URL"
+            ) from None
+
     def _version_numbers(self) -> list[int]:
         self._refresh()
         numbers = []
-        for path in self.fs.glob(f"{self._path}/v*/{MANIFEST_FILE}"):
+        for path in self._glob(f"v*/{MANIFEST_FILE}"):
             match = _VERSION_DIR.match(path.rstrip("/").split("/")[-2])
             if match:
                 numbers.append(int(match.group(1)))
@@ -200,7 +212,7 @@ class ObjectLinkStore(LinkStore):
 
     def _claimed_numbers(self) -> list[int]:
         numbers = []
-        for path in self.fs.glob(f"{self._path}/{CLAIMS_DIR}/v*.json"):
+        for path in self._glob(f"{CLAIMS_DIR}/v*.json"):
             match = _VERSION_DIR.match(path.rsplit("/", 1)[-1].removesuffix(".json"))
             if match:
                 numbers.append(int(match.group(1)))

@@ -193,3 +193,12 @@ def test_the_environment_alone_configures_s3(
 def test_a_bad_url_names_the_extra() -> None:
     with pytest.raises(StoreError, match="cannot open the link store"):
         LinkStore("nosuchscheme://bucket/x")
+
+
+def test_a_missing_bucket_is_named_and_never_created(s3: S3Server) -> None:
+    store = open_store(s3, "s3://no-such-bucket-mlink/links")
+    assert store.current() is None
+    with pytest.raises(StoreError, match="Create the bucket first"):
+        store.save(make_tensors(1), {})
+    names = [b["Name"] for b in s3.client().list_buckets()["Buckets"]]
+    assert "no-such-bucket-mlink" not in names

@@ -77,7 +77,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -330,7 +330,17 @@ class EmbeddedBroker:
         storage_engine: str = "memory://tansu/",
         log_path: str | os.PathLike[str] | None = None,
         extra_args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+        authentication: bool = False,
+        advertised: str | None = None,
     ) -> None:
+        """``storage_engine`` ``s3://bucket/`` makes the broker durable (topics, records,
+        committed offsets survive a restart with the same ``cluster_id``); Tansu reads the
+        object store's endpoint and credentials from ``AWS_*`` variables, given in ``env``
+        (added to this process's environment). ``authentication`` starts Tansu with
+        ``--authentication`` (SASL required; see docs/security.md for what Tansu 0.6.0 can
+        actually authenticate). ``advertised`` (``host:port``) is the address announced to
+        clients in metadata, e.g. that of a TLS-terminating proxy in front of the broker."""
         self.host = host
         self._requested_port = port or 0
         self.port: int | None = None
@@ -339,6 +349,9 @@ class EmbeddedBroker:
         self.cluster_id = cluster_id or f"mlink-{uuid.uuid4().hex[:12]}"
         self.storage_engine = storage_engine
         self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
+        self.authentication = authentication
+        self.advertised = advertised
         self._user_log_path = Path(log_path) if log_path is not None else None
         self.log_path: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -375,22 +388,19 @@ class EmbeddedBroker:
             binary = tansu_binary()
             # A port picked by free_port() can be taken by someone else before tansu binds it:
             # retry a couple of times with a fresh port in that case.
-            attempts = 3 if self._requested_port == 0 else 1
+            # A restart keeps the port it had, so clients reconnect to the same address.
+            fixed = self._requested_port or self.port or 0
+            attempts = 3 if fixed == 0 else 1
             for attempt in range(attempts):
-                port = self._requested_port or free_port(self.host)
-                if self._requested_port and not _port_free(self.host, port):
+                port = fixed or free_port(self.host)
+                if fixed and not _port_free(self.host, port):
                     raise BrokerError(
                         f"cannot start the Tansu broker on {self.host}:{port}: the port is in "
                         "use (pass port=0 to pick a free one)"
                     )
                 try:
                     self._spawn(binary, port)
-                    wait_for_kafka(
-                        f"{self.host}:{port}",
-                        self.start_timeout,
-                        cluster_id=self.cluster_id,
-                        alive=self._death_message,
-                    )
+                    self._wait_ready(port)
                 except BrokerError:
                     died = self._proc is not None and self._proc.poll() is not None
                     tail = self.log_tail()
@@ -404,6 +414,29 @@ class EmbeddedBroker:
                 return self
             raise AssertionError("unreachable")  # pragma: no cover
 
+    def _wait_ready(self, port: int) -> None:
+        # With authentication no metadata request is answered without credentials, and with
+        # another advertised address (a TLS proxy) the client would be sent there: then only
+        # wait for the listener (Tansu answers ~1 ms after it listens).
+        if not self.authentication and not self.advertised:
+            wait_for_kafka(
+                f"{self.host}:{port}",
+                self.start_timeout,
+                cluster_id=self.cluster_id,
+                alive=self._death_message,
+            )
+            return
+        deadline = time.monotonic() + self.start_timeout
+        while not _port_accepts(self.host, port):
+            if (why := self._death_message()) is not None:
+                raise BrokerError(why)
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"nothing accepts TCP connections at {self.host}:{port} after "
+                    f"{self.start_timeout}s"
+                )
+            time.sleep(0.02)
+
     def _spawn(self, binary: Path, port: int) -> None:
         if self._user_log_path is not None:
             self.log_path = self._user_log_path
@@ -413,22 +446,25 @@ class EmbeddedBroker:
             os.close(fd)
             self.log_path = Path(name)
         listener = f"tcp://{self.host}:{port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else listener
         cmd = [
             str(binary),
             "broker",
             "--listener-url",
             listener,
             "--advertised-listener-url",
-            listener,
+            advertised,
             "--storage-engine",
             self.storage_engine,
             "--cluster-id",
             self.cluster_id,
+            *(["--authentication"] if self.authentication else []),
             *self.extra_args,
         ]
         env = dict(os.environ)
         for var in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID"):
             env.pop(var, None)  # the command line wins anyway; keep the environment unsurprising
+        env.update(self.env)
         env["NO_COLOR"] = "1"
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(

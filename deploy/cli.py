@@ -76,13 +76,29 @@ def demo(
 @app.command()
 def broker(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1; 0 picks a free one")] = 0,
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="Tansu storage engine: memory://tansu/ (lost on exit) or s3://BUCKET/ "
+            "(durable; endpoint and keys from AWS_ENDPOINT, AWS_ACCESS_KEY_ID, ...)"
+        ),
+    ] = "memory://tansu/",
+    cluster_id: Annotated[
+        str | None,
+        typer.Option(help="cluster id; durable data lives under it (default: mlink for s3://)"),
+    ] = None,
 ) -> None:
-    """Start the embedded Tansu broker on loopback and print its bootstrap URL (Ctrl-C stops)."""
+    """Start the embedded Tansu broker on loopback and print its bootstrap URL (Ctrl-C stops).
+
+    There is no ``--data DIR``: Tansu 0.6.0 has no local-file storage engine (docs/security.md,
+    "Durable broker")."""
     from mlink.deploy.broker import EmbeddedBroker
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with EmbeddedBroker(port=port) as embedded:
+    if cluster_id is None and not storage.startswith("memory://"):
+        cluster_id = "mlink"
+    with EmbeddedBroker(port=port, storage_engine=storage, cluster_id=cluster_id) as embedded:
         typer.echo(f"broker ready: bootstrap {embedded.bootstrap} (faust: {embedded.url})")
         typer.echo("Ctrl-C to stop")
         with contextlib.suppress(KeyboardInterrupt):

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlink.deploy.security import SecurityConfig
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.settings import LinkSettings, Model, Settings
 from mlink.topics.names import TopicNames
@@ -251,6 +252,9 @@ class PipelineConfig(_Strict):
     links: LinksConfig = LinksConfig()
     topics: TopicsConfig = TopicsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    security: SecurityConfig = Field(
+        SecurityConfig(), description="TLS/SASL of every Kafka client (mlink.deploy.security)"
+    )
 
     @field_validator("models")
     @classmethod

@@ -149,21 +149,24 @@ def _wait(admin: Any, names: Sequence[str], timeout: float) -> dict[str, int]:
         time.sleep(0.1)
 
 
-def wait_for_topics(bootstrap: str, names: Iterable[str], timeout: float = 10.0) -> dict[str, int]:
+def wait_for_topics(
+    bootstrap: str, names: Iterable[str], timeout: float = 10.0, **admin_kwargs: Any
+) -> dict[str, int]:
     """Block until every topic exists with a leader for each partition.
 
     Returns ``{topic: partition count}``; raises ``TimeoutError`` naming what is missing.
+    ``admin_kwargs`` go to the admin client (e.g. ``mlink.deploy.security.kafka_python_kwargs``).
     """
     names = list(dict.fromkeys(names))
     if not names:
         return {}
-    with admin_client(bootstrap, request_timeout=max(timeout, 1.0)) as admin:
+    with admin_client(bootstrap, request_timeout=max(timeout, 1.0), **admin_kwargs) as admin:
         return _wait(admin, names, timeout)
 
 
-def topic_partitions(bootstrap: str, name: str) -> int | None:
+def topic_partitions(bootstrap: str, name: str, **admin_kwargs: Any) -> int | None:
     """Partition count of ``name``, or None when the topic does not exist."""
-    with admin_client(bootstrap) as admin:
+    with admin_client(bootstrap, **admin_kwargs) as admin:
         if name not in set(admin.list_topics()):
             return None
         for info in admin.describe_topics([name]):

@@ -1,4 +1,12 @@
-"""Versioned, crash-safe local storage of trained links and ensembles.
+"""Versioned, crash-safe storage of trained links and ensembles.
+
+``LinkStore(path)`` keeps versions in a local (or shared) directory, as described below;
+``LinkStore("s3://bucket/prefix")`` (any fsspec URL but ``file://``) keeps them in an object
+store with the same API and checks, for workers that share no directory
+(:mod:`mlink.linkstore.objectstore` says how it does without rename and locks). Both keep the
+last ``cache_size`` loaded versions in memory: versions are immutable, so each is read and
+hashed once per store instance, and one found corrupt is remembered as such instead of being
+re-read for every frame.
 
 A *bundle* is one version of the whole link set of a pipeline: a mapping
 ``name -> state dict`` (``"link/face->person"``, ``"ensemble/person"``, ...) plus the
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -43,7 +52,8 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,11 +146,33 @@ class LinkStore:
     observe complete versions.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float | None = 60.0) -> None:
+    def __new__(cls, root: str | os.PathLike[str], *args: Any, **kwargs: Any) -> LinkStore:
+        """``LinkStore("s3://bucket/prefix")`` (any fsspec URL but ``file://``) gives an
+        :class:`mlink.linkstore.objectstore.ObjectLinkStore`; a path or ``file://`` URL gives
+        this local, flock-guarded store."""
+        if cls is LinkStore and _remote_url(root):
+            from mlink.linkstore.objectstore import ObjectLinkStore
+
+            return super().__new__(ObjectLinkStore)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        lock_timeout: float | None = 60.0,
+        cache_size: int = 4,
+    ) -> None:
         """``lock_timeout`` bounds how long a writer waits for another writer (None = forever);
-        a crashed writer never blocks others because the kernel drops its flock."""
-        self.root = Path(root)
+        a crashed writer never blocks others because the kernel drops its flock.
+        ``cache_size`` verified versions are kept in memory (0 = read and hash on every load)."""
+        if isinstance(root, str) and root.startswith("file://"):
+            root = root.removeprefix("file://")
+        self.root: Any = Path(root)
         self.lock_timeout = lock_timeout
+        self.cache_size = cache_size
+        self._good: OrderedDict[int, Bundle] = OrderedDict()
+        self._bad: dict[int, IntegrityError] = {}
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(
                 f"link store path {self.root} exists but is not a directory; "
@@ -245,6 +277,7 @@ class LinkStore:
         """Remove a stored version; refuses the current one so serving never loses its
         weights (promote or roll back first)."""
         _check_version_arg(version)
+        self._forget(version)
         with self._locked():
             self._delete_locked(version, self._read_pointer())
 
@@ -259,6 +292,7 @@ class LinkStore:
             kept = set(numbers[len(numbers) - keep :] if keep else [])
             doomed = [v for v in numbers if v not in kept and v != pointer.current]
             for version in doomed:
+                self._forget(version)
                 pointer = self._delete_locked(version, pointer)
             return doomed
 
@@ -389,10 +423,14 @@ class LinkStore:
         self._write_json_atomic(SEQUENCE_FILE, {"format": FORMAT, "last": version})
         return version
 
+    def _read_small_json(self, name: str, *, what: str) -> dict[str, Any]:
+        """A small JSON file of the store's root (raises FileNotFoundError when absent)."""
+        return _read_json(self.root / name, what=what)
+
     def _read_pointer(self) -> _Pointer:
-        path = self.root / POINTER_FILE
+        path = f"{self.root}/{POINTER_FILE}"
         try:
-            data = _read_json(path, what="current-version pointer")
+            data = self._read_small_json(POINTER_FILE, what="current-version pointer")
         except FileNotFoundError:
             return _Pointer(None, (), 0.0)
         current = data.get("current")
@@ -412,8 +450,11 @@ class LinkStore:
             },
         )
 
+    def _has_version(self, version: int) -> bool:
+        return self._dir(version).is_dir()
+
     def _promote_locked(self, version: int, *, verify: bool) -> None:
-        if not self._dir(version).is_dir():
+        if not self._has_version(version):
             raise self._missing(version)
         if verify:
             self._verify(version)
@@ -429,18 +470,22 @@ class LinkStore:
                 f"version {version} is the current version of {self.root} and cannot be "
                 "deleted; promote(v) another version or rollback() first"
             )
-        path = self._dir(version)
-        if not path.is_dir():
+        if not self._has_version(version):
             raise self._missing(version)
-        trash = self.root / f"{_TRASH_PREFIX}v{version:06d}-{secrets.token_hex(4)}"
-        os.rename(path, trash)  # atomic: readers see the version whole or not at all
-        _fsync_dir(self.root)
+        finish = self._retire(version)
         if version in pointer.history:
             history = _collapse([v for v in pointer.history if v != version])
             pointer = _Pointer(pointer.current, tuple(history), pointer.promoted_at)
             self._write_pointer(pointer)
-        shutil.rmtree(trash, ignore_errors=True)
+        finish()
         return pointer
+
+    def _retire(self, version: int) -> Callable[[], None]:
+        """Make a version invisible at once; return what frees its space afterwards."""
+        trash = self.root / f"{_TRASH_PREFIX}v{version:06d}-{secrets.token_hex(4)}"
+        os.rename(self._dir(version), trash)  # atomic: readers see it whole or not at all
+        _fsync_dir(self.root)
+        return lambda: shutil.rmtree(trash, ignore_errors=True)
 
     def _write_json_atomic(self, name: str, obj: Any) -> None:
         tmp = self.root / f"{_TMP_PREFIX}{name}-{secrets.token_hex(4)}"
@@ -452,6 +497,16 @@ class LinkStore:
                 tmp.unlink()
             raise
         _fsync_dir(self.root)
+
+    @contextlib.contextmanager
+    def _version_reader(self, version: int) -> Iterator[Callable[[str], bytes]]:
+        """``read(name)`` for the files of one version, all from the same version even if it
+        is deleted meanwhile (reads go through one directory fd)."""
+        dir_fd = self._open_dir(version)
+        try:
+            yield functools.partial(self._read_file, version, dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _open_dir(self, version: int) -> int:
         try:
@@ -473,8 +528,8 @@ class LinkStore:
         with os.fdopen(fd, "rb") as fh:
             return fh.read()
 
-    def _read_manifest(self, version: int, dir_fd: int) -> dict[str, str]:
-        raw = self._read_file(version, dir_fd, MANIFEST_FILE)
+    def _read_manifest(self, version: int, read: Callable[[str], bytes]) -> dict[str, str]:
+        raw = read(MANIFEST_FILE)
         manifest = self._parse(version, MANIFEST_FILE, raw)
         files = manifest.get("files")
         if (
@@ -485,8 +540,10 @@ class LinkStore:
             raise self._corrupt(version, MANIFEST_FILE, "has unexpected content")
         return files
 
-    def _checked(self, version: int, dir_fd: int, files: dict[str, str], name: str) -> bytes:
-        data = self._read_file(version, dir_fd, name)
+    def _checked(
+        self, version: int, read: Callable[[str], bytes], files: dict[str, str], name: str
+    ) -> bytes:
+        data = read(name)
         actual = _digest(data)
         if actual != files[name]:
             raise self._corrupt(
@@ -536,30 +593,46 @@ class LinkStore:
         )
 
     def _read_meta(self, version: int) -> BundleMeta:
-        dir_fd = self._open_dir(version)
-        try:
-            files = self._read_manifest(version, dir_fd)
-            return self._meta_from(version, self._checked(version, dir_fd, files, META_FILE), files)
-        finally:
-            os.close(dir_fd)
+        with self._version_reader(version) as read:
+            files = self._read_manifest(version, read)
+            return self._meta_from(version, self._checked(version, read, files, META_FILE), files)
 
     def _verify(self, version: int) -> None:
-        dir_fd = self._open_dir(version)
-        try:
-            files = self._read_manifest(version, dir_fd)
+        with self._version_reader(version) as read:
+            files = self._read_manifest(version, read)
             for name in files:
-                self._checked(version, dir_fd, files, name)
-        finally:
-            os.close(dir_fd)
+                self._checked(version, read, files, name)
 
     def _load_version(self, version: int) -> Bundle:
-        dir_fd = self._open_dir(version)
+        """Load through the per-instance cache: a version is immutable, so it is read and
+        hashed once; a corrupt one is remembered and its error re-raised without re-reading."""
+        bad = self._bad.get(version)
+        if bad is not None:
+            raise bad
+        cached = self._good.get(version)
+        if cached is not None:
+            self._good.move_to_end(version)
+            return cached
         try:
-            files = self._read_manifest(version, dir_fd)
-            meta = self._meta_from(version, self._checked(version, dir_fd, files, META_FILE), files)
-            payload = self._checked(version, dir_fd, files, TENSORS_FILE)
-        finally:
-            os.close(dir_fd)
+            bundle = self._read_bundle(version)
+        except IntegrityError as exc:
+            self._bad[version] = exc
+            raise
+        if self.cache_size:
+            self._good[version] = bundle
+            while len(self._good) > self.cache_size:
+                self._good.popitem(last=False)
+        return bundle
+
+    def _forget(self, version: int) -> None:
+        self._good.pop(version, None)
+        self._bad.pop(version, None)
+
+    def _read_bundle(self, version: int) -> Bundle:
+        with self._version_reader(version) as read:
+            files = self._read_manifest(version, read)
+            meta = self._meta_from(version, self._checked(version, read, files, META_FILE), files)
+            payload = self._checked(version, read, files, TENSORS_FILE)
         try:
             flat = _st_load(payload)
         except Exception as exc:  # hash matched, so this is a writer bug or format change
@@ -574,6 +647,14 @@ class LinkStore:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _remote_url(root: object) -> bool:
+    """True for an fsspec URL other than file:// (those are stored by ObjectLinkStore)."""
+    if not isinstance(root, str):
+        return False
+    scheme, sep, _ = root.partition("://")
+    return bool(sep) and scheme != "file"
 
 
 def _check_version_arg(version: object) -> None:
@@ -689,7 +770,7 @@ def _read_json(path: Path, *, what: str) -> dict[str, Any]:
     return data
 
 
-def _as_int(value: object, path: Path) -> int:
+def _as_int(value: object, path: Path | str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise StoreError(f"{path} holds {value!r} where a version number belongs; restore it")
     return value

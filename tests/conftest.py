@@ -26,6 +26,7 @@ with warnings.catch_warnings():
 from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.kafka_admin import TopicSpec, ensure_topics
 from mlink.deploy.runner import FaustProcess
+from tests.s3 import S3Server, s3_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,3 +163,10 @@ def node_client() -> Path:
     assert done.returncode == 0, f"npm ci failed in {NODE_CLIENT}:\n{done.stdout}\n{done.stderr}"
     stamp.write_text(digest)
     return NODE_CLIENT
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3-compatible server (moto) on loopback, shared by the session."""
+    with s3_server() as server:
+        yield server

@@ -12,6 +12,8 @@ group) and topics on the session's embedded broker:
 - ``MLINK_ECHO_IN`` / ``MLINK_ECHO_OUT``: the pre-created source and sink topics
 - ``MLINK_FAUST_SESSION_TIMEOUT`` / ``MLINK_FAUST_HEARTBEAT``: seconds, 10 and 3 by default
   (for timing experiments; Tansu holds each JoinGroup for half the session timeout)
+- ``MLINK_FAUST_SECURITY``: optional JSON of a ``security:`` section
+  (:class:`mlink.deploy.security.SecurityConfig`), turned into ``broker_credentials``
 
 Records: raw bytes keys, JSON int values; the output keeps the input key.
 """
@@ -21,6 +23,10 @@ from __future__ import annotations
 import os
 
 import faust
+
+from mlink.deploy.security import SecurityConfig, faust_settings
+
+security = SecurityConfig.model_validate_json(os.environ.get("MLINK_FAUST_SECURITY", "{}"))
 
 app = faust.App(
     os.environ.get("MLINK_FAUST_APP_ID", "mlink-echo"),
@@ -33,6 +39,7 @@ app = faust.App(
     web_enabled=False,
     store="memory://",
     consumer_auto_offset_reset="earliest",
+    **faust_settings(security),
 )
 
 source = app.topic(os.environ.get("MLINK_ECHO_IN", "echo-in"), value_serializer="json")

@@ -1,0 +1,182 @@
+"""Prometheus metrics of one worker, and the HTTP endpoint that serves them.
+
+Each worker owns a :class:`WorkerMetrics` with its own ``CollectorRegistry`` (so tests and
+several apps in one process never share counters) and serves it with
+:func:`start_metrics_endpoint`. The agents only call the small recording methods; nothing here
+touches faust or Kafka, so the metrics are testable without a broker.
+
+Names follow Prometheus conventions (counters end in ``_total``, durations are seconds)::
+
+    mlink_frames_total                      frames this worker planned
+    mlink_results_total{outcome}            results emitted: complete | degraded
+    mlink_degraded_total{reason}            degraded results by reason (late, model_error, ...)
+    mlink_dead_letters_total{stage,reason}  records sent to the dead-letter topic
+    mlink_model_executions_total{model}     real model calls
+    mlink_model_errors_total{model,kind}    failed calls: error | timeout
+    mlink_model_latency_seconds{model}      histogram of one call
+    mlink_synthesized_total{model}          outputs synthesized by links instead of run
+    mlink_frame_latency_seconds             histogram, frame timestamp -> result emitted
+    mlink_live_agreement{model}             probe agreement of synthesized vs real outputs
+    mlink_model_healthy{model}              1 healthy, 0 reported unhealthy (e.g. hung)
+    mlink_epoch / mlink_link_version        control-plane state this worker runs
+    mlink_in_flight_frames                  planned, not yet answered (the flow-control window)
+    mlink_consumer_lag{topic,partition}     set by the agent that reads the partition
+    mlink_worker_info{worker,pid}           constant 1, identifies the process
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+__all__ = ["MetricsEndpoint", "WorkerMetrics", "start_metrics_endpoint"]
+
+log = logging.getLogger("mlink.metrics")
+
+# Model calls range from sub-millisecond (sklearn) to seconds (large nets on CPU).
+MODEL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Frame latency includes queueing: up to a minute is informative for a backlog.
+FRAME_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class WorkerMetrics:
+    """The metrics of one worker process, in a registry of their own.
+
+    ``models`` pre-creates the per-model series at zero, so a model that never ran still shows
+    up (a dashboard can tell "never ran" from "not exported").
+    """
+
+    def __init__(
+        self, worker: str, models: Iterable[str] = (), registry: CollectorRegistry | None = None
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.info = Info("mlink_worker", "identifies the worker process", registry=r)
+        self.info.info({"worker": worker, "pid": str(os.getpid())})
+        self.frames = Counter("mlink_frames", "frames planned by this worker", registry=r)
+        self.results = Counter("mlink_results", "frame results emitted", ["outcome"], registry=r)
+        self.degraded = Counter(
+            "mlink_degraded", "degraded results by reason", ["reason"], registry=r
+        )
+        self.dead_letters = Counter(
+            "mlink_dead_letters", "records dead-lettered", ["stage", "reason"], registry=r
+        )
+        self.executions = Counter(
+            "mlink_model_executions", "real model calls", ["model"], registry=r
+        )
+        self.model_errors = Counter(
+            "mlink_model_errors", "failed model calls", ["model", "kind"], registry=r
+        )
+        self.model_latency = Histogram(
+            "mlink_model_latency_seconds",
+            "duration of one model call",
+            ["model"],
+            buckets=MODEL_BUCKETS,
+            registry=r,
+        )
+        self.synthesized = Counter(
+            "mlink_synthesized", "outputs synthesized by links", ["model"], registry=r
+        )
+        self.frame_latency = Histogram(
+            "mlink_frame_latency_seconds",
+            "frame timestamp to result emitted",
+            buckets=FRAME_BUCKETS,
+            registry=r,
+        )
+        self.live_agreement = Gauge(
+            "mlink_live_agreement", "probe agreement of synthesized outputs", ["model"], registry=r
+        )
+        self.model_healthy = Gauge(
+            "mlink_model_healthy",
+            "1 when the model answers, 0 when reported unhealthy",
+            ["model"],
+            registry=r,
+        )
+        self.epoch = Gauge("mlink_epoch", "control epoch this worker plans with", registry=r)
+        self.link_version = Gauge(
+            "mlink_link_version", "linkstore version in use (0 = none yet)", registry=r
+        )
+        self.in_flight = Gauge(
+            "mlink_in_flight_frames", "frames planned and not yet answered", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "mlink_consumer_lag",
+            "records not yet consumed, per partition this worker reads",
+            ["topic", "partition"],
+            registry=r,
+        )
+        for model in models:
+            self.executions.labels(model)
+            self.synthesized.labels(model)
+            self.model_latency.labels(model)
+            self.model_healthy.labels(model).set(1)
+        for outcome in ("complete", "degraded"):
+            self.results.labels(outcome)
+
+    # -- what the agents call ----------------------------------------------------------------
+
+    def model_call(self, model: str, seconds: float) -> None:
+        """One successful real call of ``model`` that took ``seconds``."""
+        self.executions.labels(model).inc()
+        self.model_latency.labels(model).observe(seconds)
+
+    def model_failure(self, model: str, kind: str = "error") -> None:
+        """A failed call; ``kind`` is ``error`` or ``timeout``."""
+        self.model_errors.labels(model, kind).inc()
+
+    def result(self, *, degraded_reason: str | None = None, latency_s: float | None = None) -> None:
+        """One frame result emitted (degraded when a reason is given)."""
+        if degraded_reason is None:
+            self.results.labels("complete").inc()
+        else:
+            self.results.labels("degraded").inc()
+            self.degraded.labels(degraded_reason).inc()
+        if latency_s is not None and latency_s >= 0:
+            self.frame_latency.observe(latency_s)
+
+    def dead_letter(self, stage: str, reason: str) -> None:
+        self.dead_letters.labels(stage, reason).inc()
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic, str(partition)).set(max(0, lag))
+
+
+@dataclass
+class MetricsEndpoint:
+    """A running ``/metrics`` HTTP endpoint; ``port`` is the bound one (also for port 0)."""
+
+    host: str
+    port: int
+    _server: Any
+    _thread: Any
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def start_metrics_endpoint(
+    metrics: WorkerMetrics, port: int = 0, host: str = "127.0.0.1"
+) -> MetricsEndpoint:
+    """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread.
+
+    ``port`` 0 lets the OS pick a free port; the bound one is logged and returned (write it to
+    the health file so ``mlink run`` and scrapers find it). ``host`` defaults to loopback; use
+    ``0.0.0.0`` for a scraper on another machine.
+    """
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    endpoint = MetricsEndpoint(host, int(server.server_port), server, thread)
+    log.info("metrics endpoint on %s", endpoint.url)
+    return endpoint

@@ -209,7 +209,9 @@ def tail(
     from mlink.deploy.runner import ResultCollector
 
     config = _config(config_path, broker)
-    collector = ResultCollector(_need_broker(config), config.topics.names().results)
+    collector = ResultCollector(
+        _need_broker(config), config.topics.names().results, client=config.client_kwargs()
+    )
     shown: set[str] = set()
     try:
         while count is None or len(shown) < count:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlink.deploy.security import SecurityConfig
+from mlink.deploy.security import SecurityConfig, kafka_python_kwargs
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.settings import LinkSettings, Model, Settings
 from mlink.topics.names import TopicNames
@@ -239,6 +239,11 @@ class RuntimeConfig(_Strict):
     max_in_flight: int = Field(
         64, ge=1, description="split layout: frames a planner may have planned but not answered"
     )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus endpoint per worker; None off, 0 any port"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    json_logs: bool = Field(False, description="worker logs as one JSON object per line")
 
 
 class PipelineConfig(_Strict):
@@ -318,7 +323,13 @@ class PipelineConfig(_Strict):
             batch_wait_s=rt.batch_wait_s,
             output_timeout_s=rt.output_timeout_s,
             max_in_flight=rt.max_in_flight,
+            metrics_port=rt.metrics_port,
+            metrics_host=rt.metrics_host,
         )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """TLS/SASL keyword arguments for every kafka-python client of this pipeline."""
+        return kafka_python_kwargs(self.security)
 
     def operator_models(self) -> list[Model]:
         return [m.operator_model() for m in self.models]

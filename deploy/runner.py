@@ -120,21 +120,43 @@ class FaustProcess:
 
 
 class WorkerProcess(FaustProcess):
-    """One worker of a pipeline: the config path and broker travel in the environment."""
+    """One worker of a pipeline: the config path and broker travel in the environment, and the
+    worker reports readiness in a health file (:mod:`mlink.deploy.health`)."""
 
     def __init__(self, config_path: Path, bootstrap: str, log_path: Path, name: str) -> None:
+        self.health_path = log_path.with_suffix(".health.json")
         env = {
             "MLINK_CONFIG": str(config_path.resolve()),
             "MLINK_BROKER": bootstrap,
+            "MLINK_HEALTH": str(self.health_path.resolve()),
             "F_DATADIR": str(log_path.parent / "faust-data"),  # not "<app id>-data" in the cwd
         }
         super().__init__(WORKER_APP, env, log_path, name)
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Until the worker says it is ready: control log replayed, every model built."""
+        from mlink.deploy.health import wait_ready
+
+        def gone() -> str | None:
+            code = self.proc.poll()
+            return None if code is None else f"exited with {code}; log:\n{self.log_tail(30)}"
+
+        wait_ready(self.health_path, timeout, pid=self.proc.pid, alive=gone)
+        if self.ready_seconds is None:
+            self.ready_seconds = time.monotonic() - self.started
+        return self.ready_seconds
 
 
 class ResultCollector:
     """Reads the results topic in a background thread, keeping the first result per frame."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group: str | None = None,
+        client: Mapping[str, Any] | None = None,
+    ) -> None:
         from kafka import KafkaConsumer
 
         self.results: dict[str, FrameResult] = {}
@@ -149,6 +171,7 @@ class ResultCollector:
             auto_offset_reset="earliest",
             session_timeout_ms=10_000,
             enable_auto_commit=True,
+            **dict(client or {}),
         )
         self._thread = threading.Thread(target=self._run, name="mlink-results", daemon=True)
         self._thread.start()
@@ -193,7 +216,9 @@ def publish_control(bootstrap: str, config: PipelineConfig, message: ControlMess
     """Send one control message (e.g. a budget command) and wait until the broker has it."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap.split(","), acks="all", **config.client_kwargs()
+    )
     try:
         key = message.kind.encode()
         producer.send(config.topics.names().control, key=key, value=encode_record(message))
@@ -217,7 +242,9 @@ def read_control(
     from kafka import KafkaConsumer, TopicPartition
 
     state = ControlState(config.model_names, config.links.probe_every)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, **config.client_kwargs()
+    )
     messages: list[ControlMessage] = []
     try:
         tp = TopicPartition(config.topics.names().control, 0)
@@ -273,8 +300,9 @@ def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     names = config.topics.names()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","))
+    client = config.client_kwargs()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), **client)
     try:
         if hasattr(admin, "list_group_offsets"):  # kafka-python 3
             committed = admin.list_group_offsets(config.name).get(config.name, {})
@@ -362,7 +390,9 @@ def run_pipeline(
             WorkerProcess(config_path, cfg.broker, log_dir / f"worker-{i}.log", f"worker-{i}")
             for i in range(workers or cfg.runtime.workers)
         ]
-        collector = ResultCollector(cfg.broker, cfg.topics.names().results)
+        collector = ResultCollector(
+            cfg.broker, cfg.topics.names().results, client=cfg.client_kwargs()
+        )
         try:
             ready = [p.wait_ready() for p in procs]
             if frames is None:
@@ -373,6 +403,7 @@ def run_pipeline(
                 cfg.topics.names().frames,
                 encoding=cfg.source.encoding,
                 jpeg_quality=cfg.source.jpeg_quality,
+                **cfg.client_kwargs(),
             ) as producer:
                 ids = _send_all(producer, frames, cfg.source.rate)
             with tqdm(total=len(ids), desc="results", unit="frame", disable=not progress) as bar:

@@ -356,7 +356,11 @@ def produce_source(
             disable=not progress,
         ) as bar,
         FrameProducer(
-            bootstrap, topic, encoding=source.encoding, jpeg_quality=source.jpeg_quality
+            bootstrap,
+            topic,
+            encoding=source.encoding,
+            jpeg_quality=source.jpeg_quality,
+            **config.client_kwargs(),
         ) as producer,
     ):
         ids = _send_all(producer, pairs, source.rate, on_sent=lambda: bar.update(1))

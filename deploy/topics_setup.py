@@ -68,4 +68,6 @@ def create_pipeline_topics(
             f"pipeline {config.name!r} has no broker to create topics on: pass "
             "bootstrap='host:port', set 'broker' in the config, or export MLINK_BROKER"
         )
-    return ensure_topics(bootstrap, pipeline_topics(config), timeout=timeout)
+    return ensure_topics(
+        bootstrap, pipeline_topics(config), timeout=timeout, **config.client_kwargs()
+    )

@@ -3,7 +3,10 @@
 The pipeline config comes from ``MLINK_CONFIG`` (a YAML path) and the broker from
 ``MLINK_BROKER`` (or the config's ``broker``), so one command line serves every deployment; the
 ``mlink worker CONFIG`` command sets both and runs exactly this. The app is
-:func:`mlink.operators.create_app` on the config's operator settings and models.
+:func:`mlink.operators.create_app` on the config's operator settings and models, with the
+config's TLS/SASL settings. When ``MLINK_HEALTH`` names a file, the worker keeps it current
+(:mod:`mlink.deploy.health`): ready once the control log is replayed and every model is built,
+with a heartbeat, the epoch and the metrics port; ``mlink run`` waits on it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ from __future__ import annotations
 import os
 
 from mlink.deploy.config import ConfigError, load_config
+from mlink.deploy.health import HealthFile, json_logging_config
+from mlink.deploy.security import faust_settings
 from mlink.operators import MLink, create_app
+
+HEARTBEAT_S = 2.0
 
 _path = os.environ.get("MLINK_CONFIG")
 if not _path:
@@ -23,6 +30,9 @@ if not config.broker:
         "(`mlink broker` starts an embedded one)"
     )
 mlink = MLink(config.operator_settings(), config.operator_models())
+extra = dict(faust_settings(config.security))
+if config.runtime.json_logs:
+    extra["logging_config"] = json_logging_config()
 app = create_app(
     mlink,
     config.broker,
@@ -30,4 +40,21 @@ app = create_app(
     session_timeout_s=config.runtime.session_timeout_s,
     source_topic=config.source.topic,
     source_format=config.source.format,
+    **extra,
 )
+
+_health_path = os.environ.get("MLINK_HEALTH")
+if _health_path:
+    health = HealthFile(_health_path, config.name)
+
+    @app.task
+    async def report_ready() -> None:
+        await mlink.ready()
+        endpoint = getattr(mlink, "metrics_endpoint", None)
+        health.update(
+            ready=True, metrics_port=endpoint.port if endpoint else None, epoch=mlink.state.epoch
+        )
+
+    @app.timer(interval=HEARTBEAT_S)
+    async def heartbeat() -> None:
+        health.update(epoch=mlink.state.epoch)

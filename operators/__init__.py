@@ -19,7 +19,7 @@ trainer, the controller and the control replay.
 """
 
 from mlink.operators.app import create_app
-from mlink.operators.attach import Attached, attach, attach_metrics_log, attach_model_builder
+from mlink.operators.attach import Attached, attach, attach_metrics, attach_model_builder
 from mlink.operators.control_operators import attach_control_replay, attach_controller
 from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.frame_operator import (
@@ -50,7 +50,7 @@ __all__ = [
     "attach_controller",
     "attach_frame_operator",
     "attach_link_operator",
-    "attach_metrics_log",
+    "attach_metrics",
     "attach_model_builder",
     "attach_model_operator",
     "attach_planner",

@@ -22,10 +22,11 @@ import faust
 
 from mlink.operators.control_operators import attach_control_replay, attach_controller
 from mlink.operators.frame_operator import FrameReader, attach_frame_operator, read_frame_record
+from mlink.operators.metrics import start_metrics_endpoint
 from mlink.operators.runtime import MLink
 from mlink.operators.trainer_operator import attach_trainer
 
-__all__ = ["Attached", "attach", "attach_metrics_log", "attach_model_builder"]
+__all__ = ["Attached", "attach", "attach_metrics", "attach_model_builder"]
 
 log = logging.getLogger("mlink.worker")
 
@@ -48,14 +49,34 @@ def attach_model_builder(app: faust.App, mlink: MLink) -> None:
     app.task(build_models)
 
 
-def attach_metrics_log(app: faust.App, mlink: MLink) -> None:
-    """The worker's counters in its log every ``metrics_every_s`` seconds."""
+def attach_metrics(app: faust.App, mlink: MLink, lag_every_s: float = 5.0) -> None:
+    """The worker's counters in its log every ``metrics_every_s`` seconds; its Prometheus
+    endpoint when ``Settings.metrics_port`` is set; consumer lag of the partitions it reads."""
+    settings = mlink.settings
 
     async def log_metrics() -> None:
         if mlink.metrics:
             log.info("metrics: %s", dict(sorted(mlink.metrics.items())))
 
-    app.timer(interval=mlink.settings.metrics_every_s)(log_metrics)
+    async def measure_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            try:
+                high, position = consumer.highwater(tp), await consumer.position(tp)
+            except Exception:  # lag is advisory: a partition moving away must not matter
+                continue
+            if high is not None and position is not None:
+                mlink.prom.set_lag(tp.topic, tp.partition, high - position)
+
+    async def serve_metrics() -> None:
+        port = settings.metrics_port
+        if port is not None:
+            endpoint = start_metrics_endpoint(mlink.prom, port, settings.metrics_host)
+            mlink.metrics_endpoint = endpoint  # type: ignore[attr-defined]
+
+    app.timer(interval=settings.metrics_every_s)(log_metrics)
+    app.timer(interval=lag_every_s)(measure_lag)
+    app.task(serve_metrics)
 
 
 def attach(
@@ -74,7 +95,7 @@ def attach(
     attach_control_replay(app, mlink)
     attach_model_builder(app, mlink)
     frames = attach_frame_operator(app, mlink, source=source, reader=reader)
-    attach_metrics_log(app, mlink)
+    attach_metrics(app, mlink)
     return Attached(
         frame_operator=frames,
         trainer=attach_trainer(app, mlink) if trainer else None,

@@ -63,6 +63,12 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
         return f"{type(exc).__name__}: {exc}"
     if isinstance(changed, str):  # a state that explains its refusals
         return changed
+    prom = mlink.prom
+    prom.epoch.set(mlink.state.epoch)
+    prom.link_version.set(mlink.state.link_version or 0)
+    if message.kind == "agreement":
+        for model, value in mlink.state.live_agreement.items():
+            prom.live_agreement.labels(model).set(value)
     if changed and message.kind == "active_set":
         predicted = message.extra.get("predicted", {})
         mlink.predicted = {
@@ -189,8 +195,22 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                     )
                 except (InfeasibleBudget, StoreError) as exc:
                     mlink.metrics["controller_refusals"] += 1
-                    log.error("controller keeps the current plan: %s", exc)
-                    continue
+                    if not (isinstance(exc, InfeasibleBudget) and state.warming_up):
+                        log.error("controller keeps the current plan: %s", exc)
+                        continue
+                    # No plan yet: run every model (said so on the control topic), so workers
+                    # stop waiting for links that no budget-abiding plan can use.
+                    log.error("budget infeasible, every model keeps running: %s", exc)
+                    decision = ControlMessage(
+                        kind="active_set",
+                        epoch=epoch,
+                        issued_at=time.time(),
+                        active=tuple(sorted(mlink.model_names)),
+                        budget=budget,
+                        link_version=version,
+                        probe_every=settings.links.probe_every,
+                        extra={"infeasible": str(exc)},
+                    )
                 issued = epoch
                 await control_t.send(key=b"active_set", value=encode_record(decision))
 

@@ -52,10 +52,12 @@ class DeadLetters:
         send: Callable[[bytes | None, bytes], Any],
         counters: Any,
         max_value_bytes: int = 1_000_000,
+        on_dead: Callable[[str, str], None] | None = None,
     ) -> None:
         self._send = send
         self._counters = counters
         self.max_value_bytes = max_value_bytes
+        self.on_dead = on_dead
 
     async def send(
         self, event: Any, stage: str, reason: object, exc: BaseException | None = None
@@ -70,6 +72,8 @@ class DeadLetters:
             value = value[: self.max_value_bytes]
         trace = _summary(exc) if exc is not None and not _expected(exc) else None
         self._counters[f"dead_letters:{stage}"] += 1
+        if self.on_dead is not None:
+            self.on_dead(stage, type(exc).__name__ if exc is not None else "invalid")
         log.warning(
             "dead letter from %s at %s[%s]@%s: %s",
             stage,

@@ -52,6 +52,11 @@ async def run_planned(
             results = [Executed(None, 0.0, error)] * len(rows)
         failed = sum(r.error is not None for r in results)
         mlink.metrics[f"executed:{model}"] += len(rows) - failed
+        for r in results:
+            if r.error is None:
+                mlink.prom.model_call(model, r.elapsed_ms / 1000.0)
+            else:
+                mlink.prom.model_failure(model, "timeout" if "timed out" in r.error else "error")
         if failed:
             mlink.metrics[f"failed:{model}"] += failed
             log.warning("model %s failed on %d frames: %s", model, failed, results[0].error)

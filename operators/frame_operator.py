@@ -172,6 +172,8 @@ class FrameBatch:
         warming = mlink.state.warming_up
         plans = [mlink.state.plan(frame.seq) for _, frame in items]  # planned just before running
         mlink.metrics["frames_planned"] += len(items)
+        mlink.prom.frames.inc(len(items))
+        mlink.prom.in_flight.set(len(items))
         if warming:
             self.warmup_planned += len(items)
             self.hold_for_links()
@@ -196,6 +198,24 @@ class FrameBatch:
             )
         results = _results(mlink, works)
         return [(event, result) for (event, _), result in zip(items, results, strict=True)]
+
+
+def record_result(mlink: MLink, result: FrameResult) -> None:
+    """Count one emitted result in the worker's counters and Prometheus metrics."""
+    mlink.metrics["results"] += 1
+    mlink.metrics["degraded"] += int(result.degraded)
+    reason = None
+    for r in result.results:
+        if r.status != "executed":
+            mlink.metrics[f"{r.status}:{r.model}"] += 1
+        if r.status == "synthesized":
+            mlink.prom.synthesized.labels(r.model).inc()
+        if r.error is not None and reason is None:
+            reason = (
+                "timeout" if "timed out" in r.error or "no output" in r.error else "model_error"
+            )
+    latency = time.time() - result.timestamp if result.timestamp is not None else None
+    mlink.prom.result(degraded_reason=reason if result.degraded else None, latency_s=latency)
 
 
 def _results(mlink: MLink, works: list[FrameWork]) -> list[FrameResult]:
@@ -254,11 +274,7 @@ def attach_frame_operator(
             if is_training_sample(result):
                 await samples_t.send(key=key, value=value)
             mlink.completed.add(result.frame_id)
-            mlink.metrics["results"] += 1
-            mlink.metrics["degraded"] += int(result.degraded)
-            for r in result.results:
-                if r.status != "executed":
-                    mlink.metrics[f"{r.status}:{r.model}"] += 1
+            record_result(mlink, result)
 
     frame_operator.__name__ = "frame_operator"
     return app.agent(source, name=f"{settings.name}-frame-operator")(frame_operator)

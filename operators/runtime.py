@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore, StoreError
+from mlink.operators.metrics import WorkerMetrics
 from mlink.operators.model_runner import ModelRunner
 from mlink.operators.recent import RecentIds
 from mlink.operators.settings import Model, Settings, SettingsError
@@ -51,6 +52,7 @@ class MLink:
         self.state = ControlState(names, settings.links.probe_every)
         self.store = LinkStore(settings.links.store)
         self.metrics: Counter[str] = Counter()
+        self.prom = WorkerMetrics(settings.name, names)
         self.runners: dict[str, ModelRunner] = {}
         self.completed = RecentIds()
         self.predicted: dict[str, float] = {}  # the controller's estimate for the active set
@@ -96,13 +98,15 @@ class MLink:
         """Build the models (in parallel, off the loop) before any frame is planned, so a slow
         factory (loading weights, fitting) never counts against a frame."""
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        todo = list(names or self.model_names)
-        await asyncio.gather(
-            *(loop.run_in_executor(self.executor(m), self.runner, m) for m in todo)
-        )
-        log.info("built %d models in %.1f s", len(todo), time.perf_counter() - started)
-        self.event("models").set()
+        todo = [m for m in (names or self.model_names) if m not in self.runners]
+        if todo:
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(loop.run_in_executor(self.executor(m), self.runner, m) for m in todo)
+            )
+            log.info("built %d models in %.1f s", len(todo), time.perf_counter() - started)
+        if all(m in self.runners for m in self.model_names):
+            self.event("models").set()
 
     def declared_costs(self) -> dict[str, dict[str, float]]:
         return {m: dict(model.cost) for m, model in self.models.items() if model.cost}

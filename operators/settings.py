@@ -155,7 +155,8 @@ class Settings:
     stays close to execution and a backlog waits in Kafka, not in buffers.
     ``output_timeout_s`` only matters when model operators run apart from the link operator (it
     bounds the join); ``max_in_flight`` bounds the frames a planner has planned but not yet seen
-    answered in that layout.
+    answered in that layout. ``metrics_port`` serves Prometheus metrics on
+    ``metrics_host`` (None: off; 0: a free port, logged).
     """
 
     name: str
@@ -168,6 +169,8 @@ class Settings:
     max_in_flight: int = 64
     live_report_every: int = 5
     metrics_every_s: float = 30.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):

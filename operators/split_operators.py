@@ -29,7 +29,7 @@ import faust
 import numpy as np
 
 from mlink.operators.dispatch import run_planned
-from mlink.operators.frame_operator import FrameReader, read_frame_record
+from mlink.operators.frame_operator import FrameReader, read_frame_record, record_result
 from mlink.operators.joiner import JoinBuffer, build_results, is_training_sample
 from mlink.operators.runtime import MLink
 from mlink.operators.wiring import dead_letters, raw_topic
@@ -113,6 +113,8 @@ def attach_planner(
                 stamped = dataclasses.replace(frame, plan=plan)
                 await planned_t.send(key=key, value=encode_record(stamped))
                 mlink.metrics["frames_planned"] += 1
+                mlink.prom.frames.inc()
+                mlink.prom.in_flight.set(len(credits.planned))
 
     planner.__name__ = "planner"
     source = source if source is not None else raw_topic(app, names.frames)
@@ -224,8 +226,7 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
         if is_training_sample(result):
             await samples_t.send(key=key, value=value)
         mlink.completed.add(result.frame_id)
-        mlink.metrics["results"] += 1
-        mlink.metrics["degraded"] += int(result.degraded)
+        record_result(mlink, result)
 
     async def link_operator(stream: faust.StreamT) -> None:
         # Manual acks: a frame's records are acked only once its result is out, so the committed

@@ -21,7 +21,11 @@ def raw_topic(app: faust.App, name: str) -> faust.TopicT:
 def dead_letters(app: faust.App, mlink: MLink) -> DeadLetters:
     """The dead-letter sender of ``app`` for the pipeline's dead-letter topic."""
     topic = raw_topic(app, mlink.names.dead_letter)
-    return DeadLetters(lambda key, value: topic.send(key=key, value=value), mlink.metrics)
+    return DeadLetters(
+        lambda key, value: topic.send(key=key, value=value),
+        mlink.metrics,
+        on_dead=mlink.prom.dead_letter,
+    )
 
 
 def kafka_client_kwargs(app: faust.App) -> dict[str, Any]:

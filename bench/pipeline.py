@@ -1,15 +1,19 @@
-"""Pipeline throughput and frame-to-result latency, next to the raw broker in the same run.
+"""Pipeline throughput and latency, next to the raw broker, the compute bound and a naive faust
+pipeline, all in the same run on the same embedded broker and frames.
 
-    python bench/pipeline.py [--config deploy/configs/digits.yaml] [--frames 600] [--workers 1]
+    python bench/pipeline.py [--config deploy/configs/digits.yaml] [--frames 600]
+                             [--workers 1,2] [--rate 50] [--json]
 
-1. Raw broker: the same frames (same encoding and size) produced with kafka-python and read
-   back by a consumer group on the same embedded broker: messages/s and produce-to-consume
-   latency. This is the ceiling any Kafka pipeline on this broker and machine can reach.
-2. The pipeline: workers start, a warm-up stream runs until the first budgeted active set is
-   live (links trained), then ``--frames`` frames are produced as fast as possible; frames/s is
-   results received over the time from the first produce to the last result, latency is frame
-   timestamp to result received. The digits models cost ~10 ms per frame in total, so this
-   measures the pipeline, not the models.
+1. Raw broker: the same frames (same encoding and size) produced with kafka-python and read back
+   by a consumer group: messages/s, the ceiling of any Kafka pipeline on this broker and machine.
+2. MLink, for each worker count: a warm-up stream runs until the first budgeted active set is
+   live (links trained), then ``--frames`` frames are produced at once (a burst: frames/s is
+   results over the time from the first produce to the last result), then frames at a steady
+   ``--rate`` (latency p50/p99, frame timestamp to result received). The compute bound is
+   1000 / (ms of the models that ran per frame, from the results' own timings): what one core
+   could do if the pipeline cost nothing.
+3. Naive: ``bench/naive_app.py``, one faust agent running every model on every frame, on the
+   same burst of frames.
 """
 
 from __future__ import annotations
@@ -19,26 +23,32 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from mlink.deploy.broker import EmbeddedBroker
-from mlink.deploy.config import load_config, with_broker
+from mlink.deploy.config import PipelineConfig, load_config, with_broker
 from mlink.deploy.kafka_admin import TopicSpec, ensure_topics
-from mlink.deploy.runner import ResultCollector, WorkerProcess, read_control
+from mlink.deploy.runner import FaustProcess, ResultCollector, WorkerProcess, read_control
 from mlink.deploy.source import FrameProducer, iter_source
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.topics.codec import decode_record
-from mlink.topics.records import Frame
+from mlink.topics.records import Frame, FrameResult
+
+RUNS = Path(".mlink-runs")
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p99": float("nan")}
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
 
 
-def raw_broker(bootstrap: str, frames: list, encoding: str, partitions: int) -> dict:
+def raw_broker(bootstrap: str, frames: list, encoding: str, partitions: int) -> dict[str, Any]:
     from kafka import KafkaConsumer
 
     topic = f"raw-{uuid.uuid4().hex[:8]}"
@@ -56,118 +66,161 @@ def raw_broker(bootstrap: str, frames: list, encoding: str, partitions: int) -> 
     with FrameProducer(bootstrap, topic, encoding=encoding) as producer:
         for i, (stream, image) in enumerate(frames):
             producer.send(stream, i, image)
-    latencies, seen = [], 0
-    deadline = time.time() + 120
+    seen, deadline = 0, time.time() + 120
     while seen < len(frames) and time.time() < deadline:
         for records in consumer.poll(timeout_ms=200).values():
-            now = time.time()
             for record in records:
-                latencies.append((now - decode_record(record.value, Frame).timestamp) * 1000)
+                decode_record(record.value, Frame)  # a consumer decodes what it reads
                 seen += 1
     elapsed = time.time() - start
     consumer.close()
-    return {"messages": seen, "per_s": seen / elapsed, "latency_ms": percentiles(latencies)}
+    return {"messages": seen, "per_s": seen / elapsed}
 
 
-def paced_latency(prod_args: tuple, frames: list, rate: float, collector: ResultCollector) -> dict:
-    """Latency when frames arrive at a steady ``rate`` below capacity (no queue builds up)."""
-    bootstrap, topic, encoding = prod_args
-    with FrameProducer(bootstrap, topic, encoding=encoding) as prod:
+def fresh_config(config_path: Path, bootstrap: str, tmp: Path, tag: str) -> tuple[Path, Any]:
+    config = with_broker(load_config(config_path), bootstrap)
+    config = config.model_copy(
+        update={
+            "links": config.links.model_copy(update={"store": str(tmp / f"links-{tag}")}),
+            "topics": config.topics.model_copy(
+                update={"prefix": f"bench-{tag}-{uuid.uuid4().hex[:6]}"}
+            ),
+        }
+    )
+    path = tmp / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    create_pipeline_topics(config)
+    return path, config
+
+
+def burst(
+    bootstrap: str, config: PipelineConfig, frames: list, collector: ResultCollector, tag: str
+) -> dict[str, Any]:
+    """Produce every frame at once; frames/s and latency of their results."""
+    names = config.topics.names()
+    start = time.time()
+    with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
+        ids = {producer.send(f"{tag}{s}", i, img).frame_id for i, (s, img) in enumerate(frames)}
+    complete = collector.wait_for(ids, 600)
+    done = {f: collector.received_at[f] for f in ids if f in collector.received_at}
+    results = [collector.results[f] for f in done]
+    elapsed = max(done.values()) - start if done else float("nan")
+    return {
+        "frames": len(ids),
+        "results": len(done),
+        "complete": complete,
+        "per_s": len(done) / elapsed if done else 0.0,
+        "latency_ms": percentiles([(done[r.frame_id] - r.timestamp) * 1000 for r in results]),
+        "degraded": sum(r.degraded for r in results),
+        **costs(results),
+    }
+
+
+def costs(results: list[FrameResult]) -> dict[str, Any]:
+    """The models' own timings: ms of what ran per frame, the compute bound, and compute saved
+    against probe frames (where every model ran) of the same run."""
+    ran = [
+        sum(r.elapsed_ms or 0.0 for r in res.results if r.status == "executed") for res in results
+    ]
+    probes = [x for x, res in zip(ran, results, strict=True) if res.probe]
+    steady = [x for x, res in zip(ran, results, strict=True) if not res.probe]
+    ms = float(np.mean(ran)) if ran else float("nan")
+    executed = [sum(r.status == "executed" for r in res.results) for res in results]
+    out = {
+        "model_ms_per_frame": ms,
+        "compute_bound_per_s": 1000.0 / ms if ms > 0 else float("inf"),
+        "models_executed_per_frame": float(np.mean(executed)) if executed else 0.0,
+    }
+    if probes and steady:
+        out["compute_saved_vs_probes"] = 1.0 - float(np.mean(steady)) / float(np.mean(probes))
+    return out
+
+
+def paced(
+    bootstrap: str, config: PipelineConfig, frames: list, rate: float, collector: ResultCollector
+) -> dict[str, Any]:
+    """Latency when frames arrive at a steady ``rate`` below capacity."""
+    names = config.topics.names()
+    with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
         ids = set()
         start = time.monotonic()
         for i, (stream, image) in enumerate(frames):
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            ids.add(prod.send(f"paced-{stream}", i, image).frame_id)
-    collector.wait_for(ids, 120)
+            ids.add(producer.send(f"paced-{stream}", i, image).frame_id)
+    collector.wait_for(ids, 180)
     lat = [
         (collector.received_at[f] - collector.results[f].timestamp) * 1000
         for f in ids
         if f in collector.received_at
     ]
-    return {"rate": rate, "frames": len(ids), "results": len(lat), "latency_ms": percentiles(lat)}
+    latency = percentiles(lat)
+    return {
+        "rate": rate,
+        "frames": len(ids),
+        "results": len(lat),
+        "latency_ms": latency,
+        "p99_over_p50": latency["p99"] / latency["p50"] if lat else float("nan"),
+    }
 
 
-def pipeline(
+def mlink_pipeline(
     config_path: Path,
     bootstrap: str,
+    tmp: Path,
     frames: list,
     warmup: list,
     workers: int,
-    paced_rate: float = 50.0,
-    paced_frames: int = 300,
-) -> dict:
-    config = with_broker(load_config(config_path), bootstrap)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = config.model_copy(
-            update={
-                "links": config.links.model_copy(update={"store": str(Path(tmp) / "links")}),
-                "topics": config.topics.model_copy(
-                    update={"prefix": f"bench-{uuid.uuid4().hex[:6]}"}
-                ),
-            }
+    rate: float,
+    paced_frames: int,
+) -> dict[str, Any]:
+    path, config = fresh_config(config_path, bootstrap, tmp, f"w{workers}")
+    logs = RUNS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}-w{workers}"
+    procs = [
+        WorkerProcess(path, bootstrap, logs / f"worker-{i}.log", f"w{i}") for i in range(workers)
+    ]
+    collector = ResultCollector(bootstrap, config.topics.names().results)
+    try:
+        ready = [p.wait_ready(300) for p in procs]
+        names = config.topics.names()
+        with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
+            for i, (stream, image) in enumerate(warmup):
+                producer.send(f"warm-{stream}", i, image)
+                time.sleep(1 / 30)
+        deadline = time.time() + 300
+        while read_control(bootstrap, config)[0].epoch < 1 and time.time() < deadline:
+            time.sleep(1)
+        state = read_control(bootstrap, config)[0]
+        report = burst(bootstrap, config, frames, collector, "b")
+        report.update(
+            workers=workers,
+            epoch=state.epoch,
+            active=list(state.active),
+            models=len(config.models),
+            worker_ready_s=ready,
+            duplicates=collector.duplicates,
+            paced=paced(bootstrap, config, frames[:paced_frames], rate, collector),
         )
-        path = Path(tmp) / "pipeline.yaml"
-        path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-        create_pipeline_topics(config)
-        logs = Path(".mlink-runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
-        procs = [
-            WorkerProcess(path, bootstrap, logs / f"worker-{i}.log", f"w{i}")
-            for i in range(workers)
-        ]
-        collector = ResultCollector(bootstrap, config.topics.names().results)
-        try:
-            ready = [p.wait_ready() for p in procs]
-            names = config.topics.names()
-            with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as prod:
-                for i, (stream, image) in enumerate(warmup):
-                    prod.send(f"warm-{stream}", i, image)
-                    time.sleep(1 / 30)
-            deadline = time.time() + 180
-            while read_control(bootstrap, config)[0].epoch < 1 and time.time() < deadline:
-                time.sleep(1)
-            state = read_control(bootstrap, config)[0]
-            warm_ids = set(collector.results)
-            start = time.time()
-            with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as prod:
-                ids = {
-                    prod.send(stream, i, image).frame_id for i, (stream, image) in enumerate(frames)
-                }
-            complete = collector.wait_for(ids, 300)
-            paced = paced_latency(
-                (bootstrap, names.frames, config.source.encoding),
-                frames[:paced_frames],
-                paced_rate,
-                collector,
-            )
-            done = {f: collector.received_at[f] for f in ids if f in collector.received_at}
-            elapsed = max(done.values()) - start
-            latencies = [
-                (collector.received_at[f] - collector.results[f].timestamp) * 1000 for f in done
-            ]
-            executed = np.mean(
-                [sum(r.status == "executed" for r in collector.results[f].results) for f in done]
-            )
-            return {
-                "frames": len(ids),
-                "results": len(done),
-                "complete": complete,
-                "per_s": len(done) / elapsed,
-                "latency_ms": percentiles(latencies),
-                "epoch": state.epoch,
-                "active": list(state.active),
-                "models_executed_per_frame": float(executed),
-                "models": len(config.models),
-                "warmup_results": len(warm_ids),
-                "worker_ready_s": ready,
-                "duplicates": collector.duplicates,
-                "paced": paced,
-            }
-        finally:
-            collector.close()
-            for p in procs:
-                p.stop()
+        return report
+    finally:
+        collector.close()
+        for p in procs:
+            p.stop()
+
+
+def naive_pipeline(config_path: Path, bootstrap: str, tmp: Path, frames: list) -> dict[str, Any]:
+    path, config = fresh_config(config_path, bootstrap, tmp, "naive")
+    env = {"MLINK_CONFIG": str(path), "MLINK_BROKER": bootstrap, "F_DATADIR": str(tmp / "naive")}
+    logs = RUNS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}-naive"
+    proc = FaustProcess("bench.naive_app", env, logs / "naive.log", "naive", cwd=Path.cwd())
+    collector = ResultCollector(bootstrap, config.topics.names().results)
+    try:
+        proc.wait_ready(300)
+        return burst(bootstrap, config, frames, collector, "n")
+    finally:
+        collector.close()
+        proc.stop()
 
 
 def main() -> None:
@@ -175,37 +228,75 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("deploy/configs/digits.yaml"))
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=150)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", default="1", help="worker counts to run, e.g. 1,2")
+    parser.add_argument("--rate", type=float, default=50.0, help="steady rate, frames/s")
+    parser.add_argument("--paced-frames", type=int, default=300)
+    parser.add_argument("--no-naive", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     config = load_config(args.config)
     source = list(iter_source(config.source))
     frames = [source[i % len(source)] for i in range(args.frames)]
     warmup = source[: args.warmup]
-    with EmbeddedBroker() as broker:
-        raw = raw_broker(broker.bootstrap, frames, config.source.encoding, config.topics.partitions)
-        pipe = pipeline(args.config, broker.bootstrap, frames, warmup, args.workers)
-    report = {"config": str(args.config), "raw_broker": raw, "pipeline": pipe}
+    report: dict[str, Any] = {"config": str(args.config), "frames": args.frames}
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        report["raw_broker"] = raw_broker(
+            broker.bootstrap, frames, config.source.encoding, config.topics.partitions
+        )
+        report["mlink"] = [
+            mlink_pipeline(
+                args.config,
+                broker.bootstrap,
+                tmp,
+                frames,
+                warmup,
+                int(w),
+                args.rate,
+                args.paced_frames,
+            )
+            for w in args.workers.split(",")
+        ]
+        if not args.no_naive:
+            report["naive"] = naive_pipeline(args.config, broker.bootstrap, tmp, frames)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, default=float))
         return
-    print(
-        f"raw broker (kafka-python produce + consume, same frames): {raw['per_s']:.0f} msg/s, "
-        f"latency p50 {raw['latency_ms']['p50']:.1f} ms, p99 {raw['latency_ms']['p99']:.1f} ms"
-    )
-    print(
-        f"pipeline ({args.workers} worker, {pipe['models']} models, "
-        f"{pipe['models_executed_per_frame']:.1f} executed per frame at epoch {pipe['epoch']}): "
-        f"{pipe['per_s']:.1f} frames/s, latency p50 {pipe['latency_ms']['p50']:.0f} ms, "
-        f"p99 {pipe['latency_ms']['p99']:.0f} ms ({pipe['results']}/{pipe['frames']} results, "
-        "sent as one burst, so latency includes the queue)"
-    )
-    paced = pipe["paced"]
-    print(
-        f"pipeline at a steady {paced['rate']:.0f} frames/s: latency p50 "
-        f"{paced['latency_ms']['p50']:.0f} ms, p99 {paced['latency_ms']['p99']:.0f} ms "
-        f"({paced['results']}/{paced['frames']} results)"
-    )
+    print_report(report)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    raw = report["raw_broker"]["per_s"]
+    print(f"{report['config']}: {report['frames']} frames per burst")
+    print(f"raw broker (kafka-python produce + consume, same frames): {raw:.0f} msg/s")
+    for run in report["mlink"]:
+        paced_run = run["paced"]
+        print(
+            f"MLink, {run['workers']} worker(s), epoch {run['epoch']} "
+            f"({run['models_executed_per_frame']:.1f} of {run['models']} models per frame): "
+            f"{run['per_s']:.1f} frames/s = {run['per_s'] / raw:.1%} of the raw broker, "
+            f"{run['per_s'] / run['compute_bound_per_s']:.1%} of the compute bound "
+            f"({run['compute_bound_per_s']:.0f}/s at {run['model_ms_per_frame']:.2f} ms of models "
+            f"per frame); compute saved vs probe frames "
+            f"{run.get('compute_saved_vs_probes', float('nan')):.1%}; {run['degraded']} degraded, "
+            f"{run['duplicates']} duplicates"
+        )
+        print(
+            f"  steady {paced_run['rate']:.0f} frames/s: latency p50 "
+            f"{paced_run['latency_ms']['p50']:.0f} ms, p99 {paced_run['latency_ms']['p99']:.0f} ms "
+            f"(p99/p50 {paced_run['p99_over_p50']:.1f}; {paced_run['results']}/"
+            f"{paced_run['frames']} results)"
+        )
+    if "naive" in report:
+        naive = report["naive"]
+        first = report["mlink"][0]
+        saved = first.get("compute_saved_vs_probes", float("nan"))
+        print(
+            f"naive faust pipeline (every model on every frame, one agent): "
+            f"{naive['per_s']:.1f} frames/s at {naive['model_ms_per_frame']:.2f} ms of models "
+            f"per frame; MLink/naive = {first['per_s'] / naive['per_s']:.2f}x "
+            f"(target 0.8 / (1 - saved) = {0.8 / (1 - saved):.2f}x)"
+        )
 
 
 if __name__ == "__main__":

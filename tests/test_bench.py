@@ -109,7 +109,7 @@ def test_bench_marks_a_method_that_cannot_fit_the_budget_instead_of_failing(tmp_
     config = tiny_config(tmp_path, delay_ms=0.0)
     report = run_bench(
         config,
-        [0.3],
+        [0.05],
         ratios=(0.1,),
         progress=False,
         log=lambda _: None,

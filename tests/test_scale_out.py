@@ -87,7 +87,7 @@ def test_object_store_links_and_a_budget_that_survives_controller_failover(
                 survivor,
             )
             # a new link version (as a retrain announces it) makes the new controller decide:
-            # it must use the runtime budget from the control log, not the config's 0.2
+            # it must use the runtime budget from the control log, not the config's 0.3
             state, _ = read_control(broker.bootstrap, config)
             publish_control(
                 broker.bootstrap,
@@ -110,7 +110,7 @@ def test_object_store_links_and_a_budget_that_survives_controller_failover(
 
         _, control = read_control(broker.bootstrap, config)
         sets = active_sets(control)
-        assert sets[1].budget == {"fraction": 0.2}
+        assert sets[1].budget == {"fraction": 0.3}  # the config's
         assert sets[2].budget == sets[3].budget == {"fraction": 0.9}
         assert sets[3].active == sets[2].active and len(sets[3].active) > 1
         # every frame got a result; synthesized ones came from versions only S3 holds

@@ -180,9 +180,7 @@ def _frame(encoding: str, data: bytes, shape: tuple[int, ...] | None = None) -> 
         (_frame("ref", b"http://example.com/f.png"), "file:// URIs"),
     ],
 )
-def test_decode_failures_name_frame_and_reason(
-    frame: Frame, reason: str, tmp_path: Path
-) -> None:
+def test_decode_failures_name_frame_and_reason(frame: Frame, reason: str, tmp_path: Path) -> None:
     with pytest.raises(FrameDecodeError, match=reason) as info:
         decode_frame(frame, Limits(ref_root=str(tmp_path)))
     assert "'s:9'" in str(info.value)

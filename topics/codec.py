@@ -18,9 +18,12 @@ Decoding is bounded, since a worker decodes untrusted bytes on its event loop:
 
 - input over the record size limit (:attr:`mlink.topics.limits.Limits.max_record_bytes`) is
   refused before it is unpacked;
-- a message may hold at most :data:`MAX_ITEMS` msgpack objects nested at most
-  :data:`MAX_DEPTH` deep, counted by a header-only pass before unpacking: a 2 MiB message of
-  empty lists would otherwise cost 135 MB of Python objects, and one of short strings 42 MB;
+- a message may hold at most :data:`MAX_ITEMS` msgpack objects, counted by a header-only pass
+  before unpacking: a 2 MiB message of empty lists would otherwise cost 135 MB of Python
+  objects, and one of short strings 42 MB. Every object takes at least one byte, so the pass
+  runs only on messages (and array payloads) longer than MAX_ITEMS bytes, which for good
+  records means a few objects beside a large bytes value. Nesting is bounded by msgpack itself
+  (1024 levels);
 - map keys must be str (``strict_map_key``): records never use other keys, and int keys that
   collide in a dict would make decoding quadratic;
 - an array extension never allocates more than the bytes it carries.
@@ -39,7 +42,6 @@ from mlink.topics.records import RECORD_TYPES, DecodeError, RecordError, WireRec
 
 __all__ = [
     "ARRAY_EXT_CODE",
-    "MAX_DEPTH",
     "MAX_ITEMS",
     "DecodeError",
     "decode",
@@ -55,10 +57,6 @@ ARRAY_EXT_CODE: Final = 42
 MAX_ITEMS: Final = 100_000
 """Most msgpack objects (scalars, containers, map keys) one message may hold; records hold
 tens to a few thousand, their bulk travels in bytes and array extensions."""
-
-MAX_DEPTH: Final = 64
-"""Deepest container nesting one message may have (a control message's ``extra`` nests at
-most 32 deep inside a record)."""
 
 _MAX_NDIM: Final = 64  # numpy 2's limit; a larger claimed rank is garbage, not an array.
 _MAX_ARRAY_BYTES: Final = int(np.iinfo(np.intp).max)
@@ -147,9 +145,9 @@ _FIXED, _PREFIXED = _scalar_sizes()
 
 
 def _check_structure(data: bytes | bytearray | memoryview) -> None:
-    """Count the objects and depth of a msgpack message from its headers alone.
+    """Count the objects of a msgpack message from its headers alone.
 
-    Raises :class:`DecodeError` past :data:`MAX_ITEMS` or :data:`MAX_DEPTH`. Anything else
+    Raises :class:`DecodeError` past :data:`MAX_ITEMS` objects. Anything else
     wrong (truncation, reserved bytes) is left for msgpack to report; this pass only stops
     a message from building more objects than a record ever needs.
     """
@@ -189,8 +187,6 @@ def _check_structure(data: bytes | bytearray | memoryview) -> None:
         else:  # 0xC1, never used: msgpack names it
             return
         if count:
-            if len(stack) >= MAX_DEPTH - 1:
-                raise DecodeError(f"message nests containers deeper than {MAX_DEPTH} levels")
             stack.append(remaining)
             remaining = count
 
@@ -202,7 +198,8 @@ def _unpack(data: bytes | bytearray | memoryview, max_bytes: int) -> Any:
             f"message is {len(data):,} bytes, over the record size limit of {max_bytes:,} "
             "(Limits.max_record_bytes)"
         )
-    _check_structure(data)
+    if len(data) > MAX_ITEMS:  # shorter input cannot hold more objects than it has bytes
+        _check_structure(data)
     return msgpack.unpackb(
         data,
         raw=False,

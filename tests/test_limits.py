@@ -92,6 +92,7 @@ def test_a_maximal_frame_fits_in_a_record_and_in_a_dead_letter() -> None:
         stage="x" * MAX_ID_CHARS,
         at=1.0,
     )
+    assert len(value) <= DEFAULT_LIMITS.max_dead_letter_value_bytes
     assert len(encode_record(letter)) <= DEFAULT_LIMITS.max_record_bytes
     assert decode_record(encode_record(letter), DeadLetter) == letter
 

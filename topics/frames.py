@@ -259,7 +259,8 @@ def _decode_encoded(frame: Frame, data: bytes, limits: Limits, fail: Fail) -> np
     try:
         header = read_header(data, expected)  # type: ignore[arg-type]
     except ImageHeaderError as exc:
-        raise fail(str(exc)) from exc
+        what = expected or "PNG or JPEG"
+        raise fail(f"{len(data)} bytes of data are not a readable {what} image: {exc}") from exc
     if header.pixels > limits.max_pixels:
         raise fail(
             f"the {header.format} header declares {header.width}x{header.height} pixels, over "

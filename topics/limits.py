@@ -9,7 +9,9 @@ every record value, and everything else is derived from it by one rule:
   refuse more before unpacking;
 - a frame's image data leaves room for two envelopes (:data:`ENVELOPE_BYTES` each): its own
   record fields plus the plan the planner stamps on it, and the dead letter that may wrap the
-  whole record, so ``max_frame_data_bytes = max_record_bytes - 2 * ENVELOPE_BYTES``;
+  whole record, so ``max_frame_data_bytes = max_record_bytes - 2 * ENVELOPE_BYTES``, and a dead
+  letter keeps at most ``max_dead_letter_value_bytes = max_record_bytes - ENVELOPE_BYTES`` of
+  the original;
 - every Kafka client and topic carries one more envelope for the key, headers and batch framing:
   ``max_message_bytes = max_record_bytes + ENVELOPE_BYTES`` is the topics' ``max.message.bytes``,
   the producers' ``max_request_size`` and the consumers' per-partition fetch size.
@@ -88,6 +90,13 @@ class Limits:
     def max_frame_data_bytes(self) -> int:
         """Largest encoded image a frame may carry (``encode_frame``'s default ``max_bytes``)."""
         return self.max_record_bytes - 2 * ENVELOPE_BYTES
+
+    @property
+    def max_dead_letter_value_bytes(self) -> int:
+        """Most original bytes a dead letter may keep so that it is itself a valid record:
+        every valid frame fits whole; a longer input (up to ``max_message_bytes`` can arrive)
+        must be cut, saying so in the reason."""
+        return self.max_record_bytes - ENVELOPE_BYTES
 
     @property
     def max_message_bytes(self) -> int:

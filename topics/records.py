@@ -7,6 +7,10 @@ contract. ``to_dict`` / ``from_dict`` map a record to a plain msgpack-able dict 
 with ``"v"`` (schema version) and ``"type"``; :mod:`mlink.topics.codec` turns those
 dicts into bytes. numpy arrays stay ``np.ndarray`` in the dicts for the codec to pack.
 
+Ids (stream and frame ids, model names) are bounded and printable, and free text (reasons,
+errors) is clipped, by the rules of :mod:`mlink.topics.ids`; control epochs and budgets follow
+:mod:`mlink.topics.control`.
+
 Records compare bitwise: two records are equal when they would travel as the same value,
 so an array holding NaN equals its decoded copy. They are not hashable (they hold arrays
 and dicts).
@@ -23,7 +27,7 @@ from typing import Any, ClassVar, Final, Literal, NoReturn, Self, get_args
 import numpy as np
 
 from mlink.topics.control import MAX_EPOCH, budget_problem
-from mlink.topics.ids import MAX_STREAM_ID_CHARS, clip_text, id_problem
+from mlink.topics.ids import MAX_ID_CHARS, MAX_STREAM_ID_CHARS, clip_text, id_problem
 
 __all__ = [
     "CONTROL_KINDS",
@@ -136,10 +140,10 @@ class _Fields:
     def expected(self, name: str, what: str, value: Any, hint: str = "") -> NoReturn:
         self.invalid(name, f"expected {what}, got {_show(value)}{hint}")
 
-    def ident(self, name: str, max_chars: int | None = None) -> None:
+    def ident(self, name: str, max_chars: int = MAX_ID_CHARS) -> None:
         """An id (stream, frame, model): bounded and printable, see :mod:`mlink.topics.ids`."""
         value = self._get(name)
-        problem = id_problem(value) if max_chars is None else id_problem(value, max_chars)
+        problem = id_problem(value, max_chars)
         if problem:
             self.invalid(name, f"{problem}; got {_show(value)}")
 

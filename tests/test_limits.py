@@ -14,11 +14,14 @@ import tracemalloc
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlink.topics.codec import (
     ARRAY_EXT_CODE,
     MAX_ITEMS,
     DecodeError,
+    count_objects,
     decode,
     decode_record,
     encode,
@@ -311,3 +314,49 @@ def test_per_model_targets_must_name_known_models_when_models_are_given() -> Non
     assert budget_problem({"target_agreement:pose": 0.9}, ["pose"]) is None
     problem = budget_problem({"target_agreement:ghost": 0.9}, ["pose"])
     assert problem is not None and "unknown model" in problem
+
+
+def _python_count(obj: object) -> int:
+    if isinstance(obj, list):
+        return 1 + sum(map(_python_count, obj))
+    if isinstance(obj, dict):
+        return 1 + sum(_python_count(k) + _python_count(v) for k, v in obj.items())
+    return 1
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=70)
+    | st.binary(max_size=300)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=300)),
+    lambda inner: (
+        st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=4), inner, max_size=20)
+    ),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(msgpack_values, st.booleans())
+def test_the_object_count_agrees_with_msgpack(value: object, single_float: bool) -> None:
+    data = msgpack.packb(value, use_bin_type=True, use_single_float=single_float)
+    decoded = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    assert count_objects(data) == _python_count(decoded)
+
+
+def test_the_object_count_covers_every_header_width() -> None:
+    values = [
+        [None] * 70_000,  # array 32
+        [b"x" * 70_000, "y" * 70_000, msgpack.ExtType(1, b"z" * 70_000)],  # 32-bit lengths
+        {str(i): i for i in range(300)},  # map 16
+        [b"x" * 300, "y" * 300, msgpack.ExtType(1, b"z" * 300), -(2**40), 2**40],
+        [msgpack.ExtType(1, b"a" * n) for n in (1, 2, 4, 8, 16, 3)],  # fixext and ext 8
+    ]
+    for value in values:
+        data = msgpack.packb(value, use_bin_type=True)
+        decoded = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        assert count_objects(data) == _python_count(decoded)
+    assert count_objects(msgpack.packb([None] * 70_000), limit=10) == 11  # stops past it

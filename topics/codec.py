@@ -44,6 +44,7 @@ __all__ = [
     "ARRAY_EXT_CODE",
     "MAX_ITEMS",
     "DecodeError",
+    "count_objects",
     "decode",
     "decode_any_record",
     "decode_record",
@@ -144,27 +145,24 @@ def _scalar_sizes() -> tuple[list[int], dict[int, tuple[int, int]]]:
 _FIXED, _PREFIXED = _scalar_sizes()
 
 
-def _check_structure(data: bytes | bytearray | memoryview) -> None:
-    """Count the objects of a msgpack message from its headers alone.
+def count_objects(data: bytes | bytearray | memoryview, limit: int = MAX_ITEMS) -> int:
+    """How many msgpack objects (scalars, containers, map keys; an extension counts as one)
+    the message holds, read from its headers alone; counting stops past ``limit``.
 
-    Raises :class:`DecodeError` past :data:`MAX_ITEMS` objects. Anything else
-    wrong (truncation, reserved bytes) is left for msgpack to report; this pass only stops
-    a message from building more objects than a record ever needs.
+    Truncation and reserved bytes stop the count early: msgpack reports those when it unpacks.
     """
     size, pos, items = len(data), 0, 0
     remaining, stack = 1, []  # objects left in the open container, and in those around it
     while True:
         if not remaining:
             if not stack:
-                return
+                return items
             remaining = stack.pop()
             continue
-        if pos >= size:
-            return
+        if pos >= size or items > limit:
+            return items
         remaining -= 1
         items += 1
-        if items > MAX_ITEMS:
-            raise DecodeError(f"message holds more than {MAX_ITEMS:,} msgpack objects")
         b = data[pos]
         step = _FIXED[b]
         if step:
@@ -185,7 +183,7 @@ def _check_structure(data: bytes | bytearray | memoryview) -> None:
             count = int.from_bytes(data[pos + 1 : pos + 1 + width], "big") * (1 + (b >= 0xDE))
             pos += 1 + width
         else:  # 0xC1, never used: msgpack names it
-            return
+            return items
         if count:
             stack.append(remaining)
             remaining = count
@@ -198,8 +196,9 @@ def _unpack(data: bytes | bytearray | memoryview, max_bytes: int) -> Any:
             f"message is {len(data):,} bytes, over the record size limit of {max_bytes:,} "
             "(Limits.max_record_bytes)"
         )
-    if len(data) > MAX_ITEMS:  # shorter input cannot hold more objects than it has bytes
-        _check_structure(data)
+    # Every object takes a byte at least, so shorter input cannot hold too many.
+    if len(data) > MAX_ITEMS and count_objects(data) > MAX_ITEMS:
+        raise DecodeError(f"message holds more than {MAX_ITEMS:,} msgpack objects")
     return msgpack.unpackb(
         data,
         raw=False,

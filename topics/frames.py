@@ -259,8 +259,7 @@ def _decode_encoded(frame: Frame, data: bytes, limits: Limits, fail: Fail) -> np
     try:
         header = read_header(data, expected)  # type: ignore[arg-type]
     except ImageHeaderError as exc:
-        what = expected or "PNG or JPEG"
-        raise fail(f"{len(data)} bytes of data are not a readable {what} image: {exc}") from exc
+        raise fail(f"{len(data)} bytes of data are not a readable image: {exc}") from exc
     if header.pixels > limits.max_pixels:
         raise fail(
             f"the {header.format} header declares {header.width}x{header.height} pixels, over "
@@ -273,7 +272,7 @@ def _decode_encoded(frame: Frame, data: bytes, limits: Limits, fail: Fail) -> np
         )
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise fail(f"{len(data)} bytes of data are not a readable {header.format} image")
+        raise fail(f"{len(data)} bytes of data are not a readable image ({header.format} body)")
     if image.shape[:2] != (header.height, header.width):
         raise fail(f"decoded shape {image.shape} differs from the header's")
     return image

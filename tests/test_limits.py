@@ -328,7 +328,7 @@ msgpack_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
+    | st.floats(width=32)  # packable as float 32 and 64
     | st.text(max_size=70)
     | st.binary(max_size=300)
     | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=300)),

@@ -1,34 +1,76 @@
 """What every worker knows about the current plan, rebuilt from the control topic.
 
 The control topic is the single source of truth: the controller publishes active sets with an
-increasing epoch, the trainer announces link versions, ``mlink budget`` publishes budget
-commands. Every worker replays it from the beginning into a :class:`ControlState`, so a restarted
-worker plans exactly like the others, and the planner stamps each frame from this state so that
-model operators and the link operator never have to agree on anything themselves.
+increasing epoch, the trainer announces link versions and live agreement, ``mlink budget``
+publishes budget commands. Every worker replays it from the beginning into a
+:class:`ControlState`, so a restarted worker plans exactly like the others, and the planner
+stamps each frame from this state so that model operators and the link operator never have to
+agree on anything themselves.
+
+Because every worker replays the whole log after every restart, one message a worker cannot
+fold in would take the pipeline down for good. So :meth:`ControlState.apply` never raises: it
+checks each message against the rules of :mod:`mlink.topics.control` and this worker's models,
+and returns an :class:`ApplyOutcome` saying whether the message was applied, ignored as stale
+(a replay or a duplicate, which at-least-once delivery makes normal) or rejected (with the
+reason, for the one consumer that dead-letters it). A rejected message changes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from mlink.topics.control import MAX_EPOCH, MAX_EPOCH_STEP, agreement_problem, budget_problem
 from mlink.topics.records import ControlMessage, Plan
 
+__all__ = ["ApplyOutcome", "ApplyStatus", "ControlState"]
 
-@dataclass(slots=True)
+ApplyStatus = Literal["applied", "stale", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    """What :meth:`ControlState.apply` did with a message.
+
+    Truthy exactly when the plan changed (a new active set), as ``apply`` returned before it
+    reported outcomes, so ``if state.apply(message): log(...)`` still reads right.
+    """
+
+    status: ApplyStatus
+    reason: str = ""
+    plan_changed: bool = False
+
+    def __bool__(self) -> bool:
+        return self.plan_changed
+
+    @property
+    def rejected(self) -> bool:
+        return self.status == "rejected"
+
+
+_STALE_EPOCH = "an active set no newer than the current epoch"
+
+
+@dataclass(slots=True, init=False)
 class ControlState:
-    """Latest decisions seen on the control topic, and the plan they imply for a frame."""
+    """Latest decisions seen on the control topic, and the plan they imply for a frame.
+
+    ``requested_budget`` is the budget of the latest ``budget`` message in log order (empty
+    until one arrives): the controller decides from it, so a budget set at run time survives a
+    controller fail-over. ``budget`` is the budget the current active set was chosen for.
+    """
 
     models: tuple[str, ...]
-    epoch: int = 0
-    active: tuple[str, ...] = ()
-    link_version: int | None = None
-    probe_every: int = 0
-    budget: dict[str, float] = field(default_factory=dict)
-    requested_budget: dict[str, float] = field(default_factory=dict)
-    latest_links: int | None = None
-    live_agreement: dict[str, float] = field(default_factory=dict)
-    live_probes: int = 0
+    epoch: int
+    active: tuple[str, ...]
+    link_version: int | None
+    probe_every: int
+    budget: dict[str, float]
+    requested_budget: dict[str, float]
+    latest_links: int | None
+    live_agreement: dict[str, float]
+    live_probes: int
 
     def __init__(self, models: Sequence[str], probe_every: int = 0) -> None:
         self.models = tuple(sorted(models))
@@ -39,7 +81,7 @@ class ControlState:
         self.budget = {}
         self.requested_budget = {}
         self.latest_links = None
-        self.live_agreement: dict[str, float] = {}
+        self.live_agreement = {}
         self.live_probes = 0
 
     @property
@@ -47,39 +89,87 @@ class ControlState:
         """No links yet: every model runs on every frame, and every frame trains the links."""
         return self.link_version is None or not self.active
 
-    def apply(self, message: ControlMessage) -> bool:
-        """Fold one control message in; returns whether the plan changed.
+    def next_epoch(self) -> int:
+        """The epoch the controller gives its next active set: one past the applied one.
 
-        Active sets older than the current epoch are ignored, so replays and duplicates (the
-        broker is at-least-once) are harmless.
+        Derived from applied active sets only, so a forged epoch on another kind of message
+        cannot push it out of range.
         """
+        return self.epoch + 1
+
+    def apply(self, message: Any) -> ApplyOutcome:
+        """Fold one control message in; never raises, whatever ``message`` holds."""
+        try:
+            return self._apply(message)
+        except Exception as exc:  # a rule this code did not foresee: skip, do not crash
+            return ApplyOutcome("rejected", f"cannot apply ({type(exc).__name__}: {exc})")
+
+    def _apply(self, message: Any) -> ApplyOutcome:
+        if not isinstance(message, ControlMessage):
+            return _rejected(f"expected a ControlMessage, got {type(message).__name__}")
+        epoch = message.epoch
+        if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+            return _rejected(f"epoch {epoch!r} is not an int in [0, 2**53]")
+        problem = budget_problem(message.budget, self.models)
+        if problem:
+            return _rejected(f"budget: {problem}")
         if message.kind == "budget":
+            if not message.budget:
+                return _rejected("a budget message needs at least one budget key")
             self.requested_budget = dict(message.budget)
-            return False
+            return ApplyOutcome("applied")
         if message.kind == "agreement":
-            if message.epoch == self.epoch:
-                self.live_agreement = dict(message.extra.get("live_agreement", {}))
-                self.live_probes = int(message.extra.get("probes", 0))
-            return False
+            return self._apply_agreement(message)
         if message.kind == "link_version":
-            if message.link_version is not None:
-                self.latest_links = max(self.latest_links or 0, message.link_version)
-            return False
-        if message.kind != "active_set" or (message.epoch <= self.epoch and self.active):
-            return False
+            version = message.link_version
+            if type(version) is not int or not 0 <= version <= MAX_EPOCH:
+                return _rejected(f"link_version {version!r} is not an int in [0, 2**53]")
+            self.latest_links = max(self.latest_links or 0, version)
+            return ApplyOutcome("applied")
+        if message.kind == "active_set":
+            return self._apply_active_set(message)
+        return _rejected(f"unknown kind {message.kind!r}")
+
+    def _apply_agreement(self, message: ControlMessage) -> ApplyOutcome:
+        problem = agreement_problem(message.extra, self.models)
+        if problem:
+            return _rejected(problem)
+        if message.epoch != self.epoch:
+            return ApplyOutcome("stale", f"agreement of epoch {message.epoch}, not {self.epoch}")
+        scores = message.extra.get("live_agreement", {})
+        self.live_agreement = {model: float(score) for model, score in scores.items()}
+        self.live_probes = int(message.extra.get("probes", 0))
+        return ApplyOutcome("applied")
+
+    def _apply_active_set(self, message: ControlMessage) -> ApplyOutcome:
+        if not message.active:
+            return _rejected("an active set must name at least one model")
         unknown = sorted(set(message.active) - set(self.models))
         if unknown:
-            raise ValueError(
-                f"control message epoch {message.epoch} activates unknown models {unknown}; "
-                f"this worker's config has {list(self.models)}"
+            return _rejected(
+                f"epoch {message.epoch} activates unknown models {unknown}; this worker's "
+                f"config has {list(self.models)}"
+            )
+        version = message.link_version
+        if version is not None and (type(version) is not int or not 0 <= version <= MAX_EPOCH):
+            return _rejected(f"link_version {version!r} is not an int in [0, 2**53]")
+        probe_every = message.probe_every
+        if type(probe_every) is not int or not 0 <= probe_every <= MAX_EPOCH:
+            return _rejected(f"probe_every {probe_every!r} is not an int in [0, 2**53]")
+        if message.epoch <= self.epoch:
+            return ApplyOutcome("stale", f"{_STALE_EPOCH} {self.epoch}: epoch {message.epoch}")
+        if message.epoch - self.epoch > MAX_EPOCH_STEP:
+            return _rejected(
+                f"epoch {message.epoch} jumps more than {MAX_EPOCH_STEP:,} past the current "
+                f"epoch {self.epoch}"
             )
         self.epoch = message.epoch
         self.active = tuple(sorted(message.active))
-        self.link_version = message.link_version
-        self.probe_every = message.probe_every
+        self.link_version = version
+        self.probe_every = probe_every
         self.budget = dict(message.budget)
         self.live_agreement, self.live_probes = {}, 0
-        return True
+        return ApplyOutcome("applied", plan_changed=True)
 
     def plan(self, seq: int) -> Plan:
         """The plan for the frame with sequence number ``seq`` in its stream.
@@ -96,3 +186,7 @@ class ControlState:
             probe=probe,
             link_version=self.link_version,
         )
+
+
+def _rejected(reason: str) -> ApplyOutcome:
+    return ApplyOutcome("rejected", reason)

@@ -26,6 +26,7 @@ from mlink.topics.codec import (
     encode,
     encode_record,
 )
+from mlink.topics.limits import Limits
 from mlink.topics.records import (
     RECORD_TYPES,
     ControlMessage,
@@ -195,7 +196,7 @@ def test_plain_structures_round_trip_with_tuples_as_lists() -> None:
     obj = {
         "a": (1, 2),
         "arrays": [np.ones(3, dtype="|u1"), {"deep": np.eye(2)}],
-        1: b"bytes",
+        "1": b"bytes",
         "s": "ünïcode",
         "none": None,
     }
@@ -203,7 +204,7 @@ def test_plain_structures_round_trip_with_tuples_as_lists() -> None:
     assert back["a"] == [1, 2]
     assert_bitwise_equal(back["arrays"][0], np.ones(3, dtype="|u1"))
     assert_bitwise_equal(back["arrays"][1]["deep"], np.eye(2))
-    assert back[1] == b"bytes" and back["s"] == "ünïcode" and back["none"] is None
+    assert back["1"] == b"bytes" and back["s"] == "ünïcode" and back["none"] is None
 
 
 @pytest.mark.parametrize(
@@ -235,7 +236,10 @@ def test_records_must_go_through_encode_record() -> None:
 def test_large_array_round_trips_bit_for_bit() -> None:
     # speed lives in bench/codec.py; here only exactness at a realistic size
     big = np.random.default_rng(1).random(2_000_000)
-    assert_bitwise_equal(decode(encode(big)), big)
+    data = encode(big)
+    with pytest.raises(DecodeError, match=r"16,000,022 bytes, over the record size limit"):
+        decode(data)  # 16 MB is over the default 2 MiB
+    assert_bitwise_equal(decode(data, limits=Limits(max_record_bytes=len(data))), big)
 
 
 # ---------------------------------------------------------------------------- bad bytes
@@ -396,10 +400,19 @@ def test_trailing_bytes_are_a_decode_error() -> None:
     [
         (b"\xc1", r"not valid msgpack"),
         (b"\xa2\xff\xfe", r"not valid UTF-8"),
-        (b"\x81\x91\x01\x01", r"not valid msgpack \(TypeError: unhashable"),
+        (b"\x81\x91\x01\x01", r"list is not allowed for map key"),
+        (b"\x81\x01\x01", r"int is not allowed for map key"),
         (b"\x91" * 5000 + b"\x01", r"not valid msgpack"),
+        (b"\xdd\x00\x01\x86\xa1" + b"\x90" * 100_001, r"more than 100,000 msgpack objects"),
     ],
-    ids=["reserved-byte", "bad-utf8", "list-as-map-key", "nested-too-deep"],
+    ids=[
+        "reserved-byte",
+        "bad-utf8",
+        "list-as-map-key",
+        "int-map-key",
+        "nested-too-deep",
+        "too-many-objects",
+    ],
 )
 def test_malformed_msgpack_is_a_decode_error(data: bytes, message: str) -> None:
     with pytest.raises(DecodeError, match=message):

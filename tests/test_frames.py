@@ -19,6 +19,7 @@ from mlink.topics.frames import (
     make_frame_id,
     ref_frame,
 )
+from mlink.topics.limits import Limits
 from mlink.topics.records import DecodeError, Frame
 
 RNG = np.random.default_rng(0)
@@ -91,15 +92,18 @@ def test_timestamp_defaults_to_now() -> None:
     assert before <= frame.timestamp <= time.time()
 
 
-def test_ref_frame_reads_the_file(tmp_path: Path) -> None:
+def test_ref_frame_reads_the_file_under_the_ref_root(tmp_path: Path) -> None:
     image = _color(16, 16)
     path = tmp_path / "f.png"
     assert cv2.imwrite(str(path), image)
+    limits = Limits(ref_root=str(tmp_path))
     frame = _through_wire(ref_frame(path, "s", 4, shape=image.shape))
     assert frame.encoding == "ref" and frame.frame_id == "s:4"
-    np.testing.assert_array_equal(decode_frame(frame), image)
+    np.testing.assert_array_equal(decode_frame(frame, limits), image)
     uri = ref_frame(path.as_uri(), "s", 5)
-    np.testing.assert_array_equal(decode_frame(uri), image)
+    np.testing.assert_array_equal(decode_frame(uri, limits), image)
+    relative = _frame("ref", b"f.png")  # relative to the root
+    np.testing.assert_array_equal(decode_frame(relative, limits), image)
 
 
 def test_make_frame_id() -> None:
@@ -110,11 +114,11 @@ def test_make_frame_id() -> None:
 
 
 def test_oversized_frame_names_size_and_remedies() -> None:
-    image = RNG.integers(0, 256, size=(600, 600, 3), dtype=np.uint8)  # noise: PNG ~1 MB
+    image = RNG.integers(0, 256, size=(900, 900, 3), dtype=np.uint8)  # noise: PNG ~2.4 MB
     with pytest.raises(FrameTooLargeError) as info:
         encode_frame(image, "cam", 7)
     message = str(info.value)
-    for part in ("cam:7", "600x600x3", f"{DEFAULT_MAX_BYTES:,}", "jpeg", "resize", "ref"):
+    for part in ("cam:7", "900x900x3", f"{DEFAULT_MAX_BYTES:,}", "jpeg", "resize", "ref"):
         assert part in message
     assert len(encode_frame(image, "cam", 7, max_bytes=None).data) > DEFAULT_MAX_BYTES
 
@@ -168,16 +172,17 @@ def _frame(encoding: str, data: bytes, shape: tuple[int, ...] | None = None) -> 
 @pytest.mark.parametrize(
     ("frame", "reason"),
     [
-        (_frame("png", b"not an image at all"), "not a readable image"),
+        (_frame("png", b"not an image at all"), "neither a PNG nor a JPEG"),
         (_frame("jpeg", b""), "data is empty"),
         (_frame("raw", b"\x00" * 5, (2, 2)), "cannot fill shape"),
-        (_frame("ref", b"/nonexistent/frame.png"), "does not exist"),
+        (_frame("ref", b"/nonexistent/frame.png"), "outside the ref root"),
+        (_frame("ref", b"nonexistent.png"), "cannot read referenced file"),
         (_frame("ref", b"http://example.com/f.png"), "file:// URIs"),
     ],
 )
-def test_decode_failures_name_frame_and_reason(frame: Frame, reason: str) -> None:
+def test_decode_failures_name_frame_and_reason(frame: Frame, reason: str, tmp_path: Path) -> None:
     with pytest.raises(FrameDecodeError, match=reason) as info:
-        decode_frame(frame)
+        decode_frame(frame, Limits(ref_root=str(tmp_path)))
     assert "'s:9'" in str(info.value)
     assert isinstance(info.value, DecodeError)  # one except clause dead-letters it
 
@@ -192,8 +197,8 @@ def test_decode_rejects_shape_mismatch() -> None:
 def test_decode_rejects_unreadable_ref_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.png"
     path.write_bytes(b"garbage")
-    with pytest.raises(FrameDecodeError, match="cannot read referenced file"):
-        decode_frame(ref_frame(path, "s", 9))
+    with pytest.raises(FrameDecodeError, match="neither a PNG nor a JPEG"):
+        decode_frame(ref_frame(path, "s", 9), Limits(ref_root=str(tmp_path)))
 
 
 def test_decode_requires_a_frame() -> None:

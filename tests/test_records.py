@@ -36,7 +36,12 @@ from mlink.topics.records import (
 
 # ---------------------------------------------------------------------------- strategies
 
-ids = st.text(min_size=1, max_size=12)
+# Ids: printable text of any script (see mlink.topics.ids); control characters are rejected.
+ids = st.text(
+    alphabet=st.characters(exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp")),
+    min_size=1,
+    max_size=12,
+)
 model_names = st.text(alphabet="abcdefghij_-0123456789", min_size=1, max_size=8)
 name_tuples = st.lists(model_names, unique=True, max_size=4).map(tuple)
 counts = st.integers(0, 2**63 - 1)
@@ -134,15 +139,30 @@ def frame_results(draw: st.DrawFn) -> FrameResult:
     )
 
 
+# Control epochs and link versions stay within 2**53; budgets use the known keys and ranges.
+control_ints = st.integers(0, 2**53)
+shares = st.floats(min_value=0.0, max_value=1.0, exclude_min=True)
+budgets = st.fixed_dictionaries(
+    {},
+    optional={
+        "ms": st.floats(min_value=0.0, exclude_min=True, allow_infinity=False)
+        | st.integers(1, 10**9),
+        "memory_mb": st.floats(min_value=1.0, max_value=1e9),
+        "fraction": shares,
+        "target_agreement": shares,
+        "target_agreement:pose": shares,
+    },
+)
+
 control_messages = st.builds(
     ControlMessage,
     kind=st.sampled_from(["active_set", "budget", "link_version", "agreement"]),
-    epoch=counts,
+    epoch=control_ints,
     issued_at=numbers,
     active=name_tuples,
-    budget=st.dictionaries(st.text(max_size=10), numbers, max_size=3),
-    link_version=versions,
-    probe_every=counts,
+    budget=budgets,
+    link_version=st.none() | control_ints,
+    probe_every=control_ints,
     extra=st.dictionaries(st.text(max_size=10), json_values, max_size=3),
 )
 
@@ -438,7 +458,7 @@ def test_nested_result_errors_say_which_entry() -> None:
     [
         (lambda: Plan(epoch=0, active=("b", "a")), r"Plan\.active: names must be sorted"),
         (lambda: Plan(epoch=0, active=("a", "a")), r"Plan\.active: names must be unique"),
-        (lambda: Plan(epoch=0, active="ab"), r"Plan\.active: expected a tuple of non-empty str"),
+        (lambda: Plan(epoch=0, active="ab"), r"Plan\.active: expected a tuple of names"),
         (lambda: Plan(epoch=0, active=(), probe=1), r"Plan\.probe: expected a bool"),
         (
             lambda: ModelResult(model="a", output=np.ones(1), status="executed", sources=("b",)),

@@ -8,19 +8,29 @@ Encodings:
 - ``"png"`` (default): lossless, so a model sees exactly the pixels the source produced.
 - ``"jpeg"``: lossy but 5-20x smaller, for camera-sized frames that PNG cannot fit in a message.
 - ``"raw"``: the uint8 pixels as they are, with ``shape``; no codec cost, largest on the wire.
-- ``"ref"``: ``data`` is a UTF-8 path (or ``file://`` URI) of an image file every worker can
-  read, so frames too large for the broker need not cross it (see :func:`ref_frame`).
+- ``"ref"``: ``data`` is a UTF-8 path (or local ``file://`` URI) of a PNG or JPEG file every
+  worker can read, so frames too large for the broker need not cross it (see :func:`ref_frame`).
+  Workers read refs only under a configured root (``Limits.ref_root``); by default they refuse
+  them.
 
 Images are ``uint8`` arrays: 2-D grayscale ``(H, W)``, or ``(H, W, C)`` with 1, 3 (or, except
 JPEG, 4) channels. Channel order is kept as given: OpenCV treats 3 channels as BGR on both ends,
 so a frame from ``cv2.VideoCapture`` stays BGR. ``Frame.shape`` stores the image's shape, so a
 decoded image has the shape that was encoded (an ``(H, W, 1)`` image comes back as
 ``(H, W, 1)``, not ``(H, W)``).
+
+Decoding is guarded by :class:`~mlink.topics.limits.Limits`: the image header is read first
+(:mod:`mlink.topics.image_header`), so the declared encoding and the pixel limit hold before
+OpenCV allocates anything. (OpenCV's own ``OPENCV_IO_MAX_IMAGE_PIXELS`` is read once when cv2
+is imported and applies to the whole process, so it is left to the application.)
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import unquote, urlparse
@@ -28,6 +38,8 @@ from urllib.parse import unquote, urlparse
 import cv2
 import numpy as np
 
+from mlink.topics.image_header import ImageHeaderError, read_header
+from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.records import DecodeError, Frame
 
 __all__ = [
@@ -40,12 +52,10 @@ __all__ = [
     "ref_frame",
 ]
 
-DEFAULT_MAX_BYTES: Final = 900_000
-"""Largest encoded image :func:`encode_frame` accepts by default.
-
-Kafka's default message limit is 1 MB (``message.max.bytes`` on the broker, ``max.request.size``
-on the producer); 900 kB leaves room for the record's other fields and Kafka's batch overhead.
-"""
+DEFAULT_MAX_BYTES: Final = DEFAULT_LIMITS.max_frame_data_bytes
+"""Largest encoded image :func:`encode_frame` accepts by default: the default limits' record
+size less room for the record's other fields, the plan and a dead-letter envelope
+(:attr:`mlink.topics.limits.Limits.max_frame_data_bytes`)."""
 
 ImageEncoding = Literal["png", "jpeg", "raw"]
 _CHANNELS: Final = {"png": (1, 3, 4), "jpeg": (1, 3), "raw": (1, 3, 4)}
@@ -60,8 +70,11 @@ class FrameDecodeError(DecodeError):
     """
 
 
+Fail = Callable[[str], FrameDecodeError]
+
+
 class FrameTooLargeError(ValueError):
-    """An encoded frame would not fit in one Kafka message."""
+    """An encoded frame would not fit in one Kafka message, or has more pixels than allowed."""
 
 
 def make_frame_id(stream_id: str, seq: int) -> str:
@@ -98,15 +111,19 @@ def encode_frame(
     jpeg_quality: int = 90,
     *,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    max_pixels: int | None = DEFAULT_LIMITS.max_pixels,
 ) -> Frame:
     """Encode a uint8 image as a :class:`Frame` with id ``f"{stream_id}:{seq}"``.
 
-    ``timestamp`` defaults to now (seconds since the epoch). ``max_bytes`` (None = no limit)
-    guards the encoded size, so an oversized frame fails here, naming its size and what to do,
-    instead of as a broker ``MessageSizeTooLarge`` after the producer has buffered it.
+    ``timestamp`` defaults to now (seconds since the epoch). ``max_bytes`` and ``max_pixels``
+    (None = no limit) are what workers accept (pass ``limits.max_frame_data_bytes`` and
+    ``limits.max_pixels`` of the deployment's :class:`~mlink.topics.limits.Limits`), so an
+    oversized frame fails here, naming its size and what to do, instead of as a broker
+    ``MessageSizeTooLarge`` or a dead letter.
 
     Raises ``TypeError``/``ValueError`` for an unsupported image or encoding and
-    :class:`FrameTooLargeError` when the encoded image exceeds ``max_bytes``.
+    :class:`FrameTooLargeError` when the image exceeds ``max_pixels`` or the encoded image
+    exceeds ``max_bytes``.
     """
     frame_id = make_frame_id(stream_id, seq)
     where = f"encode_frame({frame_id!r})"
@@ -118,6 +135,13 @@ def encode_frame(
     if encoding not in _CHANNELS:
         raise ValueError(f"{where}: encoding {encoding!r} is unknown; use 'png', 'jpeg' or 'raw'")
     image = _check_image(image, encoding, where)
+    pixels = image.shape[0] * image.shape[1]
+    if max_pixels is not None and pixels > max_pixels:
+        raise FrameTooLargeError(
+            f"frame {frame_id!r} has {image.shape[1]}x{image.shape[0]} = {pixels:,} pixels, over "
+            f"the limit of {max_pixels:,} that workers decode: downscale it (cv2.resize) or "
+            "raise Limits.max_pixels"
+        )
     if encoding == "raw":
         data = image.tobytes()
     else:
@@ -133,8 +157,9 @@ def encode_frame(
     if max_bytes is not None and len(data) > max_bytes:
         raise FrameTooLargeError(
             f"frame {frame_id!r} ({'x'.join(map(str, image.shape))} uint8) encodes to "
-            f"{len(data):,} bytes as {encoding}, over the {max_bytes:,}-byte limit (Kafka's "
-            "default message limit is 1 MB): use encoding 'jpeg' (or a lower jpeg_quality), "
+            f"{len(data):,} bytes as {encoding}, over the {max_bytes:,}-byte limit "
+            "(Limits.max_record_bytes less room for the envelope): use encoding 'jpeg' (or a "
+            "lower jpeg_quality), "
             "downscale the frames (cv2.resize), or send 'ref' frames that point at files "
             "(ref_frame)"
         )
@@ -175,25 +200,92 @@ def ref_frame(
     )
 
 
-def _ref_path(frame: Frame) -> str:
-    text = frame.data.decode("utf-8")
-    if "://" not in text:
-        return text
-    url = urlparse(text)
-    if url.scheme != "file":
-        raise FrameDecodeError(
-            f"frame {frame.frame_id!r}: cannot read ref {text!r}: only local paths and file:// "
-            "URIs are supported; put the image on storage every worker mounts"
+def _ref_path(frame: Frame, root: str | None, fail: Fail) -> str:
+    """The real path a ``ref`` frame may be read from: inside ``root``, or refused."""
+    if root is None:
+        raise fail(
+            "'ref' frames are refused: no ref root is configured (Limits.ref_root); set it to "
+            "the directory that holds the referenced images"
         )
-    return unquote(url.path)
+    text = frame.data.decode("utf-8")
+    if "://" in text:
+        url = urlparse(text)
+        if url.scheme != "file" or url.netloc not in ("", "localhost"):
+            raise fail(
+                f"cannot read ref {text!r}: only paths and local file:// URIs are supported; "
+                "put the image on storage every worker mounts"
+            )
+        text = unquote(url.path)
+    if "\x00" in text or ".." in Path(text).parts:
+        raise fail(f"ref {text!r} may not hold NUL or '..'")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, text))  # an absolute text replaces the root
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise fail(f"ref {text!r} resolves to {real!r}, outside the ref root {real_root!r}")
+    return real
 
 
-def decode_frame(frame: Frame) -> np.ndarray:
+def _read_ref(frame: Frame, limits: Limits, fail: Fail) -> bytes:
+    path = _ref_path(frame, limits.ref_root, fail)
+    cap = 2 * limits.max_image_bytes  # an encoded image is not much larger than its pixels
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(cap + 1)
+    except OSError as exc:
+        raise fail(f"cannot read referenced file {path!r}: {exc.strerror}") from exc
+    if len(data) > cap:
+        raise fail(f"referenced file {path!r} is over {cap:,} bytes")
+    return data
+
+
+def _decode_raw(frame: Frame, limits: Limits, fail: Fail) -> np.ndarray:
+    shape = frame.shape or ()
+    if not (len(shape) == 2 or (len(shape) == 3 and shape[2] in _CHANNELS["raw"])):
+        raise fail(f"shape {shape} is not (H, W) or (H, W, C) with C in {_CHANNELS['raw']}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise fail(f"shape {shape} is empty")
+    if shape[0] * shape[1] > limits.max_pixels:  # Python ints: no overflow
+        raise fail(f"{shape[1]}x{shape[0]} pixels exceed the limit of {limits.max_pixels:,}")
+    needed = math.prod(shape)
+    if len(frame.data) != needed:
+        raise fail(f"{len(frame.data)} bytes of uint8 pixels cannot fill shape {shape}")
+    return np.frombuffer(bytearray(frame.data), dtype=np.uint8).reshape(shape)
+
+
+def _decode_encoded(frame: Frame, data: bytes, limits: Limits, fail: Fail) -> np.ndarray:
+    if not data:
+        raise fail("data is empty")
+    expected = None if frame.encoding == "ref" else frame.encoding
+    try:
+        header = read_header(data, expected)  # type: ignore[arg-type]
+    except ImageHeaderError as exc:
+        raise fail(f"{len(data)} bytes of data are not a readable image: {exc}") from exc
+    if header.pixels > limits.max_pixels:
+        raise fail(
+            f"the {header.format} header declares {header.width}x{header.height} pixels, over "
+            f"the limit of {limits.max_pixels:,}; nothing was decoded"
+        )
+    if frame.shape is not None and tuple(frame.shape[:2]) != (header.height, header.width):
+        raise fail(
+            f"the {header.format} header declares shape {(header.height, header.width)}, but the "
+            f"frame says {frame.shape}"
+        )
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise fail(f"{len(data)} bytes of data are not a readable image ({header.format} body)")
+    if image.shape[:2] != (header.height, header.width):
+        raise fail(f"decoded shape {image.shape} differs from the header's")
+    return image
+
+
+def decode_frame(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """The image a :class:`Frame` carries, as a writable uint8 array of ``frame.shape``.
 
-    Raises :class:`FrameDecodeError` naming the frame id and the reason when the data is not a
-    readable image, a ref file cannot be read, or the image's shape differs from
-    ``frame.shape``.
+    Checks ``limits`` before anything is decoded: a ``png``/``jpeg`` frame must hold that
+    format, and its header's size must be within ``limits.max_pixels``; a ``raw`` frame's shape
+    must be an image within the limit whose size its data fills; a ``ref`` frame is read only
+    under ``limits.ref_root``. Raises :class:`FrameDecodeError` naming the frame id and the
+    reason, for these and for any failure of the decoder itself.
     """
     if not isinstance(frame, Frame):
         raise TypeError(f"decode_frame() takes a Frame record, got {type(frame).__name__}")
@@ -201,35 +293,22 @@ def decode_frame(frame: Frame) -> np.ndarray:
     def fail(reason: str) -> FrameDecodeError:
         return FrameDecodeError(f"frame {frame.frame_id!r} ({frame.encoding}): {reason}")
 
-    if frame.encoding == "raw":
-        shape = frame.shape or ()
-        needed = int(np.prod(shape))
-        if len(frame.data) != needed:
-            raise fail(f"{len(frame.data)} bytes of uint8 pixels cannot fill shape {shape}")
-        return np.frombuffer(bytearray(frame.data), dtype=np.uint8).reshape(shape)
-
-    if frame.encoding == "ref":
-        path = _ref_path(frame)
-        if not Path(path).is_file():
-            raise fail(f"referenced file {path!r} does not exist or is not a file")
-        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise fail(f"OpenCV cannot read referenced file {path!r} as an image")
-    else:
-        if not frame.data:
-            raise fail("data is empty")
-        try:
-            image = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error as exc:
-            raise fail(f"OpenCV failed to decode the data: {exc}") from exc
-        if image is None:
-            raise fail(f"{len(frame.data)} bytes of data are not a readable image")
-
-    if image.dtype != np.uint8:
-        raise fail(f"decoded a {image.dtype} image; frames carry uint8 pixels")
-    if frame.shape is not None and image.shape != frame.shape:
-        if image.size == int(np.prod(frame.shape)) and image.shape[:2] == frame.shape[:2]:
-            image = image.reshape(frame.shape)  # (H, W) decoded for an (H, W, 1) image
-        else:
-            raise fail(f"decoded an image of shape {image.shape}, but the frame says {frame.shape}")
-    return image
+    try:
+        if frame.encoding == "raw":
+            return _decode_raw(frame, limits, fail)
+        data = _read_ref(frame, limits, fail) if frame.encoding == "ref" else frame.data
+        image = _decode_encoded(frame, data, limits, fail)
+        if image.dtype != np.uint8:
+            raise fail(f"decoded a {image.dtype} image; frames carry uint8 pixels")
+        if frame.shape is not None and image.shape != frame.shape:
+            if image.size == math.prod(frame.shape) and image.shape[:2] == frame.shape[:2]:
+                image = image.reshape(frame.shape)  # (H, W) decoded for an (H, W, 1) image
+            else:
+                raise fail(
+                    f"decoded an image of shape {image.shape}, but the frame says {frame.shape}"
+                )
+        return image
+    except FrameDecodeError:
+        raise
+    except Exception as exc:  # untrusted bytes: whatever the decoder raises is a decode error
+        raise fail(f"decoding failed: {type(exc).__name__}: {exc}") from exc

@@ -7,6 +7,10 @@ contract. ``to_dict`` / ``from_dict`` map a record to a plain msgpack-able dict 
 with ``"v"`` (schema version) and ``"type"``; :mod:`mlink.topics.codec` turns those
 dicts into bytes. numpy arrays stay ``np.ndarray`` in the dicts for the codec to pack.
 
+Ids (stream and frame ids, model names) are bounded and printable, and free text (reasons,
+errors) is clipped, by the rules of :mod:`mlink.topics.ids`; control epochs and budgets follow
+:mod:`mlink.topics.control`.
+
 Records compare bitwise: two records are equal when they would travel as the same value,
 so an array holding NaN equals its decoded copy. They are not hashable (they hold arrays
 and dicts).
@@ -21,6 +25,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Final, Literal, NoReturn, Self, get_args
 
 import numpy as np
+
+from mlink.topics.control import MAX_EPOCH, budget_problem
+from mlink.topics.ids import MAX_ID_CHARS, MAX_STREAM_ID_CHARS, clip_text, id_problem
 
 __all__ = [
     "CONTROL_KINDS",
@@ -133,17 +140,35 @@ class _Fields:
     def expected(self, name: str, what: str, value: Any, hint: str = "") -> NoReturn:
         self.invalid(name, f"expected {what}, got {_show(value)}{hint}")
 
-    def text(self, name: str) -> None:
+    def ident(self, name: str, max_chars: int = MAX_ID_CHARS) -> None:
+        """An id (stream, frame, model): bounded and printable, see :mod:`mlink.topics.ids`."""
         value = self._get(name)
-        if not isinstance(value, str) or not value:
-            self.expected(name, "a non-empty str", value)
+        problem = id_problem(value, max_chars)
+        if problem:
+            self.invalid(name, f"{problem}; got {_show(value)}")
+
+    def free_text(self, name: str, *, optional: bool = False) -> None:
+        """Text that may span lines (a reason, an error), clipped to a bounded length."""
+        value = self._get(name)
+        if value is None and optional:
+            return
+        if not isinstance(value, str) or (not optional and not value):
+            self.expected(name, "a str or None" if optional else "a non-empty str", value)
+        self._set(name, clip_text(value))
 
     def choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = self._get(name)
         if not isinstance(value, str) or value not in choices:
             self.expected(name, f"one of {', '.join(map(repr, choices))}", value)
 
-    def integer(self, name: str, *, minimum: int | None = None, optional: bool = False) -> None:
+    def integer(
+        self,
+        name: str,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        optional: bool = False,
+    ) -> None:
         value = self._get(name)
         if value is None and optional:
             return
@@ -159,6 +184,8 @@ class _Fields:
             self.expected(name, "an int that fits in 64 bits", value)
         if minimum is not None and value < minimum:
             self.expected(name, f"an int >= {minimum}", value)
+        if maximum is not None and value > maximum:
+            self.expected(name, f"an int <= {maximum}", value)
 
     def number(self, name: str) -> None:
         value = self._get(name)
@@ -188,10 +215,12 @@ class _Fields:
 
     def names(self, name: str, *, sorted_unique: bool = False) -> None:
         value = self._get(name)
-        if not isinstance(value, tuple | list) or not all(
-            isinstance(item, str) and item for item in value
-        ):
-            self.expected(name, "a tuple of non-empty str", value)
+        if not isinstance(value, tuple | list):
+            self.expected(name, "a tuple of names", value)
+        for i, item in enumerate(value):
+            problem = id_problem(item)
+            if problem:
+                self.invalid(f"{name}[{i}]", f"{problem}; got {_show(item)}")
         value = tuple(value)
         if len(set(value)) != len(value):
             self.invalid(name, f"names must be unique, got {value!r}")
@@ -419,8 +448,8 @@ class Frame(WireRecord):
 
     def __post_init__(self) -> None:
         f = _Fields(self)
-        f.text("stream_id")
-        f.text("frame_id")
+        f.ident("stream_id", MAX_STREAM_ID_CHARS)
+        f.ident("frame_id")
         f.integer("seq", minimum=0)
         f.number("timestamp")
         f.choice("encoding", FRAME_ENCODINGS)
@@ -461,16 +490,15 @@ class ModelOutput(WireRecord):
 
     def __post_init__(self) -> None:
         f = _Fields(self)
-        f.text("frame_id")
-        f.text("stream_id")
+        f.ident("frame_id")
+        f.ident("stream_id", MAX_STREAM_ID_CHARS)
         f.integer("seq", minimum=0)
-        f.text("model")
+        f.ident("model")
         f.array("output")
         f.integer("epoch", minimum=0)
         f.number("elapsed_ms")
         f.number("produced_at")
-        if self.error is not None and not isinstance(self.error, str):
-            f.expected("error", "a string or None", self.error)
+        f.free_text("error", optional=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -489,8 +517,8 @@ class PlanNotice(WireRecord):
 
     def __post_init__(self) -> None:
         f = _Fields(self)
-        f.text("frame_id")
-        f.text("stream_id")
+        f.ident("frame_id")
+        f.ident("stream_id", MAX_STREAM_ID_CHARS)
         f.integer("seq", minimum=0)
         f.instance("plan", Plan)
         f.number("timestamp")
@@ -527,7 +555,7 @@ class ModelResult(WireRecord):
 
     def __post_init__(self) -> None:
         f = _Fields(self)
-        f.text("model")
+        f.ident("model")
         f.array("output")
         f.choice("status", RESULT_STATUSES)
         f.integer("link_version", optional=True)
@@ -538,8 +566,7 @@ class ModelResult(WireRecord):
             f.number("agreement")
             if not 0.0 <= self.agreement <= 1.0:
                 f.expected("agreement", "a float in [0, 1] or None", self.agreement)
-        if self.error is not None and not isinstance(self.error, str):
-            f.expected("error", "a str or None", self.error)
+        f.free_text("error", optional=True)
         if self.status == "synthesized" and not self.sources:
             f.invalid("sources", "a synthesized output must name the models it came from")
         if self.status != "synthesized" and self.sources:
@@ -569,8 +596,8 @@ class FrameResult(WireRecord):
 
     def __post_init__(self) -> None:
         f = _Fields(self)
-        f.text("frame_id")
-        f.text("stream_id")
+        f.ident("frame_id")
+        f.ident("stream_id", MAX_STREAM_ID_CHARS)
         f.integer("seq", minimum=0)
         f.integer("epoch", minimum=0)
         f.instances("results", ModelResult)
@@ -596,10 +623,13 @@ class FrameResult(WireRecord):
 class ControlMessage(WireRecord):
     """A planner decision broadcast on the single-partition, compacted control topic.
 
-    ``epoch`` orders decisions: workers ignore messages older than the epoch they run.
-    ``budget`` holds resource limits such as ``{"memory_mb": 5000, "ms": 30}``;
+    ``epoch`` orders decisions: workers ignore messages older than the epoch they run; it and
+    ``link_version`` are at most 2**53. ``budget`` holds resource limits such as
+    ``{"memory_mb": 5000, "ms": 30}`` (the keys and ranges of :mod:`mlink.topics.control`);
     ``probe_every`` is the probe-frame period (0 disables probes); ``extra`` carries
-    JSON-like settings that have not earned a field yet.
+    JSON-like settings that have not earned a field yet. The rules that depend on the kind
+    and on the worker's models are checked where a message is applied
+    (:meth:`mlink.operators.state.ControlState.apply`), so a bad one is skipped, not fatal.
     """
 
     TYPE: ClassVar[str] = "control"
@@ -615,12 +645,15 @@ class ControlMessage(WireRecord):
     def __post_init__(self) -> None:
         f = _Fields(self)
         f.choice("kind", CONTROL_KINDS)
-        f.integer("epoch", minimum=0)
+        f.integer("epoch", minimum=0, maximum=MAX_EPOCH)
         f.number("issued_at")
         f.names("active")
         f.float_map("budget")
-        f.integer("link_version", optional=True)
-        f.integer("probe_every", minimum=0)
+        problem = budget_problem(self.budget)
+        if problem:
+            f.invalid("budget", problem)
+        f.integer("link_version", minimum=0, maximum=MAX_EPOCH, optional=True)
+        f.integer("probe_every", minimum=0, maximum=MAX_EPOCH)
         f.json_map("extra")
 
 
@@ -646,13 +679,13 @@ class DeadLetter(WireRecord):
 
     def __post_init__(self) -> None:
         f = _Fields(self)
-        f.text("topic")
+        f.ident("topic")
         f.integer("partition", minimum=0, optional=True)
         f.integer("offset", minimum=0, optional=True)
         f.blob("key", optional=True)
         f.blob("value")
-        f.text("reason")
-        f.text("stage")
+        f.free_text("reason")
+        f.ident("stage")
         f.number("at")
         if self.traceback is not None and not isinstance(self.traceback, str):
             f.expected("traceback", "a str or None", self.traceback)

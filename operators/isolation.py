@@ -62,6 +62,7 @@ __all__ = [
     "ModelStartError",
     "ProcessExecutor",
     "decode_frames",
+    "die_with_parent",
     "encode_frames",
     "restart_delay",
     "rss_mb",
@@ -125,7 +126,7 @@ def _child_main(
     isolation: IsolationSettings,
     worker_pid: int,
 ) -> None:
-    _die_with_parent(worker_pid if isolation.start_method == "spawn" else None)
+    die_with_parent(worker_pid if isolation.start_method == "spawn" else None)
     try:
         if isolation.torch_threads is not None:
             import torch
@@ -153,10 +154,12 @@ def _child_main(
             return
 
 
-def _die_with_parent(expected_parent: int | None) -> None:
-    """SIGKILL this process when its parent dies (prctl) and, as a backup for platforms or
-    cases prctl misses, exit from a watchdog thread once the parent pid changes."""
-    if sys.platform.startswith("linux"):
+def die_with_parent(expected_parent: int | None, *, death_signal: bool = True) -> None:
+    """Make this (child) process end when its parent does: ``PR_SET_PDEATHSIG`` SIGKILL on
+    Linux (only valid if the thread that started this process lives as long as the parent), and
+    a watchdog thread that exits once the parent pid changes (also catches what prctl misses,
+    but needs the GIL, so a model holding it in C code relies on the death signal)."""
+    if death_signal and sys.platform.startswith("linux"):
         libc_name = ctypes.util.find_library("c")
         if libc_name:
             with contextlib.suppress(OSError, AttributeError):
@@ -176,6 +179,17 @@ def _die_with_parent(expected_parent: int | None) -> None:
 
 
 # -- the parent --------------------------------------------------------------------------------
+
+_FORKSERVER_PRELOAD = {"mlink.operators.isolation"}
+
+
+def _preload_in_forkserver(ctx: Any, factory: ModelFactory) -> None:
+    """Have the fork server import this module and the model's module once, so each (re)start
+    forks a process that has them already. Only models created before the server's first start
+    (the first isolated child of the process) are preloaded; later ones import in the child."""
+    if isinstance(factory.target, str):
+        _FORKSERVER_PRELOAD.add(factory.target.partition(":")[0])
+    ctx.set_forkserver_preload(sorted(_FORKSERVER_PRELOAD))
 
 
 @dataclass(slots=True)
@@ -232,6 +246,8 @@ class ProcessExecutor:
         self.isolation: IsolationSettings = settings.isolation
         self._health = ModelHealth(name, settings.health)
         self._ctx = multiprocessing.get_context(self.isolation.start_method)
+        if self.isolation.start_method == "forkserver":
+            _preload_in_forkserver(self._ctx, factory)
         self._slots = [_Slot(i) for i in range(self.isolation.processes)]
         self._cond = threading.Condition()
         self._closing = False

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
@@ -31,7 +32,7 @@ class LinkTrainer:
         config: TrainConfig,
         warmup_frames: int,
         retrain_every: int = 0,
-        ensemble: str = "weighted",
+        ensemble: EnsembleKind = "weighted",
         window: int = 5000,
     ) -> None:
         self.specs = dict(specs)
@@ -71,24 +72,44 @@ class LinkTrainer:
     def measured_costs(self) -> dict[str, dict[str, float]]:
         return {m: {"ms": statistics.median(v)} for m, v in self.elapsed.items() if v}
 
+    def training_outputs(self) -> dict[str, list[np.ndarray]]:
+        """Every buffered sample, per model (what :func:`train_bundle` trains on)."""
+        return {m: [s[m] for s in self.samples] for m in self.specs}
+
     def train_and_save(self) -> int:
         """Train on every buffered pair and save (and promote) a new linkstore version."""
-        outputs = {m: [s[m] for s in self.samples] for m in self.specs}
-        linkset = LinkSet.train(self.specs, outputs, self.config, self.ensemble, progress=False)
-        tensors, meta = linkset.to_bundle()
-        for m, spec in self.specs.items():
-            val = encode_batch(spec, [outputs[m][i] for i in linkset.val_index])
-            tensors[f"val/{m}"] = {"encoded": torch.from_numpy(val)}
-        meta["measured_costs"] = self.measured_costs()
-        meta["link_costs"] = [
-            {"source": s, "target": t, **cost}
-            for (s, t), cost in linkset.measure_link_costs(repeats=50).items()
-        ]
-        meta["n_samples"] = len(self.samples)
-        version = self.store.save(tensors, meta)
+        tensors, meta = train_bundle(
+            self.specs, self.training_outputs(), self.config, self.ensemble, self.measured_costs()
+        )
+        return self.saved(self.store.save(tensors, meta))
+
+    def saved(self, version: int) -> int:
+        """Note a version trained from this buffer (here, or in a training process)."""
         self.trained_versions.append(version)
         self.new_since_training = 0
         return version
+
+
+def train_bundle(
+    specs: Mapping[str, OutputSpec],
+    outputs: Mapping[str, Sequence[Any]],
+    config: TrainConfig,
+    ensemble: EnsembleKind,
+    measured_costs: Mapping[str, Mapping[str, float]],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Train links on aligned outputs; the bundle a linkstore version holds (tensors, meta)."""
+    linkset = LinkSet.train(specs, outputs, config, ensemble, progress=False)
+    tensors, meta = linkset.to_bundle()
+    for m, spec in specs.items():
+        val = encode_batch(spec, [outputs[m][i] for i in linkset.val_index])
+        tensors[f"val/{m}"] = {"encoded": torch.from_numpy(val)}
+    meta["measured_costs"] = {m: dict(cost) for m, cost in measured_costs.items()}
+    meta["link_costs"] = [
+        {"source": s, "target": t, **cost}
+        for (s, t), cost in linkset.measure_link_costs(repeats=50).items()
+    ]
+    meta["n_samples"] = linkset.n_train
+    return tensors, meta
 
 
 def validation_outputs(

@@ -1,12 +1,11 @@
 """A model in child processes: a crash, a leak or a hang costs a restart of that model's process,
 never the worker.
 
-Each isolated model has a pool of ``IsolationSettings.processes`` children. A child imports only
-this module and the model's own code, builds the model from its :class:`ModelFactory`, then
-serves one call at a time over a socket pair. Frames travel as pickle protocol 5 with out-of-band
-buffers: pixels go from the frame's memory into the socket and from the socket into a writable
-buffer in the child, one copy each way and no pickling of pixel data (measured in
-``bench/isolation.py``).
+Each isolated model has a pool of ``IsolationSettings.processes`` children. A child
+(:mod:`mlink.operators.model_process`) imports little besides the model's own code, builds the
+model from its :class:`ModelFactory`, then serves one call at a time over a socket pair; large
+frames go through a memory file shared with it (see that module; overhead measured by
+``bench/isolation.py transport``).
 
 Lifecycle of a child slot::
 
@@ -31,8 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import itertools
 import logging
 import multiprocessing
@@ -40,10 +37,8 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,47 +49,19 @@ from typing import Any, Literal
 import numpy as np
 
 from mlink.operators.health import FailureKind, HealthReport, ModelHealth
-from mlink.operators.model_runner import ModelRunner, RunOutcome
+from mlink.operators.model_process import FrameBuffer, child_main, rss_mb, send_frames
+from mlink.operators.model_runner import RunOutcome
 from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
 from mlink.topics.specs import OutputSpec
 
-__all__ = [
-    "ModelStartError",
-    "ProcessExecutor",
-    "decode_frames",
-    "die_with_parent",
-    "encode_frames",
-    "restart_delay",
-    "rss_mb",
-]
+__all__ = ["ModelStartError", "ProcessExecutor", "restart_delay"]
 
 log = logging.getLogger("mlink.models")
 SlotState = Literal["dead", "starting", "idle", "busy"]
-_PR_SET_PDEATHSIG = 1
 
 
 class ModelStartError(RuntimeError):
     """No child process of an isolated model could build the model."""
-
-
-# -- frames on the wire ------------------------------------------------------------------------
-
-
-def encode_frames(frames: Sequence[np.ndarray]) -> tuple[bytes, list[memoryview]]:
-    """A small pickle header and the frames' raw buffers (views, not copies; a frame that is
-    not contiguous is made so first, since only contiguous arrays travel out of band)."""
-    contiguous = [
-        f if f.flags.c_contiguous or f.flags.f_contiguous else np.ascontiguousarray(f)
-        for f in frames
-    ]
-    buffers: list[pickle.PickleBuffer] = []
-    head = pickle.dumps(contiguous, protocol=5, buffer_callback=buffers.append)
-    return head, [b.raw() for b in buffers]
-
-
-def decode_frames(head: bytes, buffers: Sequence[Any]) -> list[np.ndarray]:
-    """Frames backed by ``buffers`` (writable if the buffers are)."""
-    return pickle.loads(head, buffers=buffers)
 
 
 def restart_delay(crashes_in_a_row: int, isolation: IsolationSettings) -> float:
@@ -104,83 +71,9 @@ def restart_delay(crashes_in_a_row: int, isolation: IsolationSettings) -> float:
     return min(isolation.backoff_max_s, isolation.backoff_initial_s * 2**exponent)
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process in MB (Linux /proc), None if it is gone or unknown."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            resident_pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-# -- the child ---------------------------------------------------------------------------------
-
-
-def _child_main(
-    conn: Connection,
-    factory: ModelFactory,
-    name: str,
-    spec: OutputSpec,
-    batch: bool,
-    isolation: IsolationSettings,
-    worker_pid: int,
-) -> None:
-    die_with_parent(worker_pid if isolation.start_method == "spawn" else None)
-    try:
-        if isolation.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(isolation.torch_threads)
-        runner = ModelRunner(name, factory.build(), spec, batch)
-    except BaseException:
-        conn.send_bytes(pickle.dumps(("failed", traceback.format_exc(limit=-4))))
-        return
-    conn.send_bytes(pickle.dumps(("ready", os.getpid())))
-    cap = isolation.max_rss_mb
-    while True:
-        try:
-            call_id, head, sizes = pickle.loads(conn.recv_bytes())
-            buffers = [bytearray(size) for size in sizes]
-            for buffer in buffers:
-                conn.recv_bytes_into(buffer)
-        except (EOFError, OSError):
-            return  # the worker closed the socket or died
-        outcomes = runner.run(decode_frames(head, buffers))
-        rss = rss_mb(os.getpid()) if cap is not None else None
-        over = f"RSS {rss:.0f} MB over the {cap:.0f} MB cap" if rss and cap and rss > cap else None
-        conn.send_bytes(pickle.dumps(("ok", call_id, outcomes, over), protocol=5))
-        if over:
-            return
-
-
-def die_with_parent(expected_parent: int | None, *, death_signal: bool = True) -> None:
-    """Make this (child) process end when its parent does: ``PR_SET_PDEATHSIG`` SIGKILL on
-    Linux (only valid if the thread that started this process lives as long as the parent), and
-    a watchdog thread that exits once the parent pid changes (also catches what prctl misses,
-    but needs the GIL, so a model holding it in C code relies on the death signal)."""
-    if death_signal and sys.platform.startswith("linux"):
-        libc_name = ctypes.util.find_library("c")
-        if libc_name:
-            with contextlib.suppress(OSError, AttributeError):
-                libc = ctypes.CDLL(libc_name, use_errno=True)
-                libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    parent = os.getppid()
-    if expected_parent is not None and parent != expected_parent:
-        os._exit(1)  # the worker died before the death signal was armed
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="mlink-parent-watch", daemon=True).start()
-
-
 # -- the parent --------------------------------------------------------------------------------
 
-_FORKSERVER_PRELOAD = {"mlink.operators.isolation"}
+_FORKSERVER_PRELOAD = {"mlink.operators.model_process"}
 
 
 def _preload_in_forkserver(ctx: Any, factory: ModelFactory) -> None:
@@ -198,6 +91,7 @@ class _Slot:
     state: SlotState = "dead"
     process: BaseProcess | None = None
     conn: Connection | None = None
+    shared: FrameBuffer | None = None
     spawned_at: float = 0.0
     ready_at: float | None = None
     restart_at: float = 0.0
@@ -318,8 +212,9 @@ class ProcessExecutor:
             self._closing = True
             self._cond.notify_all()
             slots = [(s.state, s.process, s.conn) for s in self._slots]
+            shared = [s.shared for s in self._slots if s.shared is not None]
             for slot in self._slots:
-                slot.state, slot.conn = "dead", None
+                slot.state, slot.conn, slot.shared = "dead", None, None
         self._wake()
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=5.0)
@@ -336,6 +231,8 @@ class ProcessExecutor:
                     process.join(timeout=2.0)
             if conn is not None:
                 conn.close()
+        for buffer in shared:
+            buffer.close()
         self._callers.shutdown(wait=False)
         wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
         for fd in wake_fds:
@@ -386,10 +283,7 @@ class ProcessExecutor:
         assert conn is not None
         call_id = next(self._call_ids)
         try:
-            head, buffers = encode_frames(frames)
-            conn.send_bytes(pickle.dumps((call_id, head, [b.nbytes for b in buffers])))
-            for buffer in buffers:
-                conn.send_bytes(buffer)
+            send_frames(conn, call_id, frames, slot.shared)
             if not conn.poll(timeout):
                 error = f"model {self.name} timed out after {timeout:.1f} s"
                 self._dead(slot, f"killed: a call timed out after {timeout:.1f} s", "timeout")
@@ -441,10 +335,12 @@ class ProcessExecutor:
 
     def _spawn(self, slot: _Slot) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        shared = FrameBuffer.create()
         process = self._ctx.Process(
-            target=_child_main,
+            target=child_main,
             args=(
                 child_conn,
+                shared,
                 self.factory,
                 self.name,
                 self.spec,
@@ -460,10 +356,12 @@ class ProcessExecutor:
         except Exception as exc:
             parent_conn.close()
             child_conn.close()
+            if shared is not None:
+                shared.close()
             self._dead(slot, f"could not start a process: {exc}", "crash")
             return
         child_conn.close()
-        slot.process, slot.conn, slot.state = process, parent_conn, "starting"
+        slot.process, slot.conn, slot.shared, slot.state = process, parent_conn, shared, "starting"
         slot.spawned_at, slot.ready_at, slot.kill_reason = time.monotonic(), None, None
 
     def _watch_list(self) -> tuple[dict[Any, _Slot], float]:
@@ -538,6 +436,8 @@ class ProcessExecutor:
                 process.join(timeout=1.0)
             if conn is not None:
                 conn.close()
+            if slot.shared is not None:
+                slot.shared.close()
             now = time.monotonic()
             iso = self.isolation
             if slot.ready_at is None:
@@ -546,7 +446,7 @@ class ProcessExecutor:
                 slot.crashes_in_a_row = 0
             delay = restart_delay(slot.crashes_in_a_row, iso)
             slot.crashes_in_a_row += 1
-            slot.state, slot.reason, slot.conn = "dead", reason, None
+            slot.state, slot.reason, slot.conn, slot.shared = "dead", reason, None, None
             slot.ready_at, slot.restart_at = None, now + delay
             self._cond.notify_all()
         if not self._closing:

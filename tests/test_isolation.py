@@ -20,12 +20,12 @@ import pytest
 
 from mlink.operators.executor import make_executor
 from mlink.operators.health import HealthSettings
-from mlink.operators.isolation import (
-    ModelStartError,
-    ProcessExecutor,
+from mlink.operators.isolation import ModelStartError, ProcessExecutor, restart_delay
+from mlink.operators.model_process import (
+    SHARED_MIN_BYTES,
+    FrameBuffer,
     decode_frames,
     encode_frames,
-    restart_delay,
     rss_mb,
 )
 from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
@@ -115,6 +115,27 @@ def test_frames_round_trip_through_out_of_band_buffers() -> None:
     assert received[0].flags.writeable  # a model may write into its frame
 
 
+def test_the_shared_buffer_grows_and_hands_out_private_copies() -> None:
+    parent = FrameBuffer.create()
+    assert parent is not None
+    child = FrameBuffer(os.dup(parent.fd))  # what the child gets through its start arguments
+    try:
+        small = [memoryview(b"abc"), memoryview(bytes(range(100)))]
+        spans = parent.write(small)
+        assert spans == [(0, 3), (64, 100)]
+        copies = child.read(spans)
+        assert [bytes(c) for c in copies] == [b"abc", bytes(range(100))]
+        copies[0][:] = b"xyz"  # private: the next call cannot change what a model kept
+        big = np.arange(3 * SHARED_MIN_BYTES, dtype=np.uint8)
+        (span,) = parent.write([memoryview(big)])
+        assert parent.size >= big.nbytes
+        np.testing.assert_array_equal(np.frombuffer(child.read([span])[0], np.uint8), big)
+        assert bytes(copies[0]) == b"xyz"
+    finally:
+        parent.close()
+        child.close()
+
+
 def test_restart_delay_doubles_up_to_the_cap() -> None:
     iso = IsolationSettings(backoff_initial_s=0.5, backoff_max_s=4.0)
     assert [restart_delay(n, iso) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
@@ -199,6 +220,14 @@ def test_the_parent_kills_a_child_whose_memory_grows_during_a_call(
     assert time.monotonic() - started < 20.0  # killed by the poll, long before the timeout
     assert "over the 150 MB cap" in outcomes[0].error
     assert not alive(first)
+
+
+def test_large_frames_and_batches_reach_the_child_intact(isolated: Isolate) -> None:
+    executor = isolated("none", trigger=None)
+    for values in ((3,), (2, 5, 8, 1, 4, 7, 6, 9)):
+        big = frames(*values, shape=(720, 1280, 3))  # through the shared buffer
+        assert parity_of(executor.run(big)) == [v % 2 for v in values]
+    assert parity_of(executor.run(frames(1, 2))) == [1, 0]  # small: through the socket
 
 
 def test_raising_and_garbage_models_give_error_outcomes_like_in_thread(

@@ -2,22 +2,27 @@
 
     python bench/isolation.py transport [--calls 300] [--json]
     python bench/isolation.py restart [--json]
-    python bench/isolation.py training [--samples 90] [--repeats 3] [--json]
+    python bench/isolation.py training [--samples 90] [--repeats 2] [--model NAME] [--json]
 
 transport: time per call of a near-free model (parity of the first pixel) on a 720p RGB frame
-and on an 8x8 frame, three ways: called directly (ModelRunner), on the model's thread
-(ThreadExecutor) and in a child process (ProcessExecutor, frames as pickle-5 out-of-band
-buffers over a socket pair). The isolated column minus the thread column is what isolation
-adds per call.
+and on an 8x8 frame, alone and in batches of 8, three ways: called directly (ModelRunner), on
+the model's thread (ThreadExecutor) and in a child process (ProcessExecutor: frames as pickle-5
+out-of-band buffers, through a shared memory file from 256 KB, else the socket). The process
+column minus the thread column, per frame, is what isolation adds.
 
 restart: how long an isolated model is unavailable after a segfault (crash to the next served
-call, with a 0.05 s backoff), for the spawn and forkserver start methods.
+call, with backoff 0.05, 0.1, 0.2 s on three crashes in a row), for the spawn and forkserver
+start methods, and the first start.
 
 training: the worker's event-loop lag (a 10 ms asyncio ticker: how late each tick fires) and the
-digits models' throughput (all 7, each on its ThreadExecutor, batches of 8 frames, as a worker
-runs them) while the digits links are trained (the first ``--samples`` stream frames, the
-config's recipe): with no training (baseline), training on a thread of this process (today's
-trainer), and training in a TrainingProcess (nice 10, one torch thread).
+digits models' throughput (all 7, or one with ``--model``, each on its ThreadExecutor, batches
+of 8 frames, as a worker runs them) while the digits links are trained on the first
+``--samples`` stream frames with the config's recipe: no training (baseline, as long as the
+thread run), training on a thread of this process (today's trainer), in a TrainingProcess at
+nice 10 and at nice 0 (separates the GIL from the priority), and the thread and nice-10 process
+without models (lag from training alone). Scenarios are interleaved and each row lists every
+repeat, with the 1-minute load average when it started: the machine is shared, so compare
+within a repeat.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import asyncio
 import ctypes
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -179,7 +185,7 @@ async def measure_while(
 
     async def models() -> None:
         nonlocal served
-        while not stop.is_set():
+        while executors and not stop.is_set():
             results = await asyncio.gather(*(e.arun(frames) for e in executors))
             served += (
                 len(frames)
@@ -201,12 +207,12 @@ async def measure_while(
     }
 
 
-def training(samples: int, repeats: int) -> dict[str, Any]:
+def training(samples: int, repeats: int, only: str | None = None) -> dict[str, Any]:
     from mlink.deploy.config import load_config
     from mlink.deploy.demo import digits_workload
     from mlink.deploy.examples import digits
     from mlink.operators.trainer import train_bundle
-    from mlink.operators.training_process import TrainingJob, TrainingProcess
+    from mlink.operators.training_process import TrainingJob, TrainingProcess, TrainingSettings
 
     workload = digits_workload()
     config = load_config("deploy/configs/digits.yaml")
@@ -214,9 +220,15 @@ def training(samples: int, repeats: int) -> dict[str, Any]:
     outputs = {m: v[:samples] for m, v in workload.outputs.items()}
     costs = {m: dict(c) for m, c in workload.costs.items()}
     frames = list(digits.frames(8))
-    executors = [ThreadExecutor(m.name, m.build(), m.spec, batch=m.batch) for m in config.models]
+    chosen = [m for m in config.models if only is None or m.name == only]
+    if not chosen:
+        raise SystemExit(f"--model {only!r} is not a digits model: {config.model_names}")
+    executors = [ThreadExecutor(m.name, m.build(), m.spec, batch=m.batch) for m in chosen]
     trainer_thread = ThreadPoolExecutor(1, thread_name_prefix="trainer")
-    process = TrainingProcess().start()
+    processes = {
+        "process": TrainingProcess().start(),
+        "process_nice0": TrainingProcess(TrainingSettings(nice=0)).start(),
+    }
     store = tempfile.TemporaryDirectory(prefix="mlink-bench-")
     job = TrainingJob(
         specs=workload.specs,
@@ -226,6 +238,7 @@ def training(samples: int, repeats: int) -> dict[str, Any]:
         measured_costs=costs,
         store_root=store.name,
     )
+    idle_seconds = 20.0
 
     def in_thread() -> Awaitable[Any]:
         loop = asyncio.get_running_loop()
@@ -239,34 +252,53 @@ def training(samples: int, repeats: int) -> dict[str, Any]:
             costs,
         )
 
-    async def idle() -> None:
-        await asyncio.sleep(train_seconds)
+    def idle() -> Awaitable[None]:
+        return asyncio.sleep(idle_seconds)
 
-    scenarios: dict[str, list[dict[str, Any]]] = {"thread": [], "process": [], "none": []}
+    # (name, training, models running beside it); interleaved so that the machine's other load
+    # falls on every scenario alike
+    plan: list[tuple[str, Callable[[], Awaitable[Any]], bool]] = [
+        ("no training", idle, True),
+        ("thread", in_thread, True),
+        ("process nice 10", lambda: processes["process"].atrain(job), True),
+        ("process nice 0", lambda: processes["process_nice0"].atrain(job), True),
+        ("thread, no models", in_thread, False),
+        ("process nice 10, no models", lambda: processes["process"].atrain(job), False),
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in plan}
     try:
         for _ in range(repeats):
-            scenarios["thread"].append(asyncio.run(measure_while(in_thread, executors, frames)))
-            scenarios["process"].append(
-                asyncio.run(measure_while(lambda: process.atrain(job), executors, frames))
-            )
-            train_seconds = statistics.median(r["seconds"] for r in scenarios["thread"])
-            scenarios["none"].append(asyncio.run(measure_while(idle, executors, frames)))
+            for name, work, with_models in plan:
+                load = os.getloadavg()[0]
+                used = executors if with_models else []
+                run = asyncio.run(measure_while(work, used, frames))
+                runs[name].append({**run, "load": load})
+                if name == "thread":
+                    idle_seconds = run["seconds"]
     finally:
-        process.close()
+        for process in processes.values():
+            process.close()
         trainer_thread.shutdown()
         for e in executors:
             e.close()
         store.cleanup()
     summary = {}
-    for name, runs in scenarios.items():
+    for name, results in runs.items():
+        fps = [r["model_frames_per_s"] for r in results]
+        lag_max = [r["lag_ms"]["max"] for r in results]
         summary[name] = {
-            "training_s": [round(r["seconds"], 2) for r in runs],
-            "lag_max_ms": [round(r["lag_ms"]["max"], 1) for r in runs],
-            "lag_p99_ms": [round(r["lag_ms"]["p99"], 1) for r in runs],
-            "lag_p50_ms": [round(r["lag_ms"]["p50"], 2) for r in runs],
-            "model_frames_per_s": [round(r["model_frames_per_s"], 1) for r in runs],
+            "median_model_frames_per_s": round(statistics.median(fps), 1),
+            "median_lag_max_ms": round(statistics.median(lag_max), 1),
+            "median_lag_p99_ms": round(statistics.median(r["lag_ms"]["p99"] for r in results), 1),
+            "seconds": [round(r["seconds"], 1) for r in results],
+            "lag_max_ms": [round(r["lag_ms"]["max"], 1) for r in results],
+            "lag_p99_ms": [round(r["lag_ms"]["p99"], 1) for r in results],
+            "lag_p50_ms": [round(r["lag_ms"]["p50"], 2) for r in results],
+            "model_frames_per_s": [round(r["model_frames_per_s"], 1) for r in results],
+            "load_avg_1m": [round(r["load"], 1) for r in results],
         }
-    return {"samples": samples, "repeats": repeats, "scenarios": summary}
+    models = [m.name for m in chosen]
+    return {"samples": samples, "repeats": repeats, "models": models, "scenarios": summary}
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -277,7 +309,8 @@ def main() -> None:
     parser.add_argument("what", choices=["transport", "restart", "training"])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--samples", type=int, default=90)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", help="training: run only this digits model beside it")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.what == "transport":
@@ -285,7 +318,7 @@ def main() -> None:
     elif args.what == "restart":
         result = restart()
     else:
-        result = training(args.samples, args.repeats)
+        result = training(args.samples, args.repeats, args.model)
     if args.json:
         json.dump(result, sys.stdout, indent=1, default=str)
         print()
@@ -308,9 +341,12 @@ def main() -> None:
                 f"unavailable after a crash: {gaps} s"
             )
     else:
-        print(f"digits links on {result['samples']} samples, {result['repeats']} runs each")
+        print(
+            f"digits links on {result['samples']} samples, {result['repeats']} runs each, "
+            f"models running: {result['models']}"
+        )
         for name, s in result["scenarios"].items():
-            print(f"  training {name:>7}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+            print(f"  {name:>26}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
 
 
 if __name__ == "__main__":

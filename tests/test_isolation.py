@@ -255,6 +255,21 @@ def test_restarts_back_off_while_a_model_keeps_crashing(
     assert executor.health().crashes == 4
 
 
+def test_a_child_that_served_long_enough_restarts_without_backoff(
+    isolated: Isolate, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mlink.models")
+    executor = isolated("exit", trigger=7, backoff_initial_s=0.3, backoff_reset_s=1.0)
+    for restarts in range(3):
+        assert wait_until(lambda r=restarts: executor.health().restarts == r and executor.pids())
+        if restarts == 2:
+            time.sleep(1.5)  # this child serves past backoff_reset_s before it crashes
+        assert executor.run(frames(1))[0].error is None
+        assert "exited with code 3" in executor.run(frames(7))[0].error
+    delays = [r.getMessage().rsplit("restart in ", 1)[1] for r in caplog.records]
+    assert delays == ["0.3 s", "0.6 s", "0.3 s"]
+
+
 def test_a_model_that_cannot_be_built_fails_at_start() -> None:
     settings = ExecutorSettings(isolation=IsolationSettings(**FAST_BACKOFF))
     broken = ModelFactory("tests.misbehaving_models:broken_factory")

@@ -21,7 +21,7 @@ from mlink.linkstore.linkset import AgreementOracle, LinkSet, decode_rows
 from mlink.linkstore.store import LinkStore, StoreError
 from mlink.topics.specs import OutputSpec, encode_batch
 
-__all__ = ["LoadedLinks", "load_bundle", "save_bundle", "validation_outputs"]
+__all__ = ["LoadedLinks", "load_bundle", "make_bundle", "save_bundle", "validation_outputs"]
 
 
 @dataclass(slots=True)
@@ -36,15 +36,15 @@ class LoadedLinks:
     n_samples: int
 
 
-def save_bundle(
-    store: LinkStore,
+def make_bundle(
     linkset: LinkSet,
     held_out: Mapping[str, Sequence[Any]],
     model_costs: Mapping[str, Mapping[str, float]],
     n_samples: int,
     link_cost_repeats: int = 50,
-) -> int:
-    """Save ``linkset`` with the held-out outputs plans are scored on; return the version.
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """The tensors and metadata of a version: ``linkset``, the held-out outputs plans are scored
+    on, and the measured costs.
 
     ``held_out[m]`` are model ``m``'s real outputs on frames that fitted neither the links nor
     the ensembles, aligned across models.
@@ -58,6 +58,12 @@ def save_bundle(
         for (s, t), cost in linkset.measure_link_costs(repeats=link_cost_repeats).items()
     ]
     meta["n_samples"] = int(n_samples)
+    return tensors, meta
+
+
+def save_bundle(store: LinkStore, *args: Any, **kwargs: Any) -> int:
+    """:func:`make_bundle` saved (and promoted) as a new version of ``store``."""
+    tensors, meta = make_bundle(*args, **kwargs)
     return store.save(tensors, meta)
 
 

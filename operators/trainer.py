@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import torch
 
-from mlink.linkstore.bundle import save_bundle
+from mlink.linkstore.bundle import make_bundle
+from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
@@ -31,7 +34,7 @@ class LinkTrainer:
         config: TrainConfig,
         warmup_frames: int,
         retrain_every: int = 0,
-        ensemble: str = "weighted",
+        ensemble: EnsembleKind = "weighted",
         window: int = 5000,
     ) -> None:
         self.specs = dict(specs)
@@ -78,14 +81,33 @@ class LinkTrainer:
     def measured_costs(self) -> dict[str, dict[str, float]]:
         return {m: {"ms": statistics.median(v)} for m, v in self.elapsed.items() if v}
 
+    def training_outputs(self) -> dict[str, list[np.ndarray]]:
+        """Every buffered sample, per model (what :func:`train_bundle` trains on)."""
+        return {m: [s[m] for s in self.samples] for m in self.specs}
+
     def train_and_save(self) -> int:
         """Train on every buffered pair and save (and promote) a new linkstore version."""
-        outputs = {m: [s[m] for s in self.samples] for m in self.specs}
-        linkset = LinkSet.train(self.specs, outputs, self.config, self.ensemble, progress=False)
-        held_out = {m: [outputs[m][i] for i in linkset.val_index] for m in self.specs}
-        version = save_bundle(
-            self.store, linkset, held_out, self.measured_costs(), len(self.samples)
+        tensors, meta = train_bundle(
+            self.specs, self.training_outputs(), self.config, self.ensemble, self.measured_costs()
         )
+        return self.saved(self.store.save(tensors, meta))
+
+    def saved(self, version: int) -> int:
+        """Note a version trained from this buffer (here, or in a training process)."""
         self.trained_versions.append(version)
         self.new_since_training = 0
         return version
+
+
+def train_bundle(
+    specs: Mapping[str, OutputSpec],
+    outputs: Mapping[str, Sequence[Any]],
+    config: TrainConfig,
+    ensemble: EnsembleKind,
+    measured_costs: Mapping[str, Mapping[str, float]],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Train links on aligned outputs; the bundle a linkstore version holds (tensors, meta)."""
+    linkset = LinkSet.train(specs, outputs, config, ensemble, progress=False)
+    held_out = {m: [outputs[m][i] for i in linkset.val_index] for m in specs}
+    n = len(next(iter(outputs.values()))) if outputs else 0
+    return make_bundle(linkset, held_out, measured_costs, n)

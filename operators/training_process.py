@@ -1,0 +1,189 @@
+"""Link training in a child process at low priority, off the worker's event loop and models.
+
+Why not a thread of the worker: torch's training loop is Python code between small kernels, so a
+training thread holds the GIL most of the time and the event loop (Kafka heartbeats, agents) and
+the model threads wait for it; on 2 cores it also takes a core the models need. A child process
+has its own GIL, runs at ``nice`` 10 so the kernel serves the worker first, and uses one torch
+thread. Figures: ``bench/isolation.py training``.
+
+The child is kept warm between jobs (importing torch costs seconds). Input: the training samples
+(numpy arrays), specs and config, as a picklable :class:`TrainingJob`. Output: the saved version
+number when the job names a link store root (the child saves itself; :class:`LinkStore` is
+process-safe, writers take a flock), else the bundle (tensors and meta) for the caller to save.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mlink.linkstore.ensemble import EnsembleKind
+from mlink.linkstore.store import LinkStore
+from mlink.linkstore.training import TrainConfig
+from mlink.operators.model_process import die_with_parent
+from mlink.operators.trainer import LinkTrainer, train_bundle
+from mlink.topics.specs import OutputSpec
+
+__all__ = [
+    "TrainingFailed",
+    "TrainingJob",
+    "TrainingOutcome",
+    "TrainingProcess",
+    "TrainingSettings",
+    "run_training_job",
+]
+
+Tensors = dict[str, dict[str, torch.Tensor]]
+
+
+class TrainingFailed(RuntimeError):
+    """The training process died (killed, out of memory, crashed); the next job starts a new one."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingSettings:
+    """How the training process runs."""
+
+    nice: int = 10
+    """Added to the child's niceness: the worker's event loop and models come first."""
+    torch_threads: int = 1
+    start_method: Literal["spawn", "forkserver"] = "spawn"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingJob:
+    """Everything a training run needs, picklable."""
+
+    specs: Mapping[str, OutputSpec]
+    outputs: Mapping[str, Sequence[Any]]
+    config: TrainConfig
+    ensemble: EnsembleKind = "weighted"
+    measured_costs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    store_root: str | None = None
+    """Save the bundle there (in the child) and return the version; None returns the bundle."""
+
+    @classmethod
+    def from_trainer(cls, trainer: LinkTrainer, *, save_in_child: bool = True) -> TrainingJob:
+        """The job :meth:`LinkTrainer.train_and_save` would run, for a training process."""
+        return cls(
+            specs=trainer.specs,
+            outputs=trainer.training_outputs(),
+            config=trainer.config,
+            ensemble=trainer.ensemble,  # type: ignore[arg-type]
+            measured_costs=trainer.measured_costs(),
+            store_root=str(trainer.store.root) if save_in_child else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingOutcome:
+    """A finished job: the saved ``version``, or the ``tensors`` and ``meta`` to save."""
+
+    version: int | None
+    tensors: Tensors | None
+    meta: dict[str, Any] | None
+    seconds: float
+    """Wall time in the child, training and saving."""
+
+
+def run_training_job(job: TrainingJob) -> TrainingOutcome:
+    """Train (and save, if the job says where); runs in the training process or anywhere else."""
+    started = time.perf_counter()
+    tensors, meta = train_bundle(
+        job.specs, job.outputs, job.config, job.ensemble, job.measured_costs
+    )
+    if job.store_root is not None:
+        version = LinkStore(job.store_root).save(tensors, meta)
+        return TrainingOutcome(version, None, None, time.perf_counter() - started)
+    return TrainingOutcome(None, tensors, meta, time.perf_counter() - started)
+
+
+def _run_in_child(job: TrainingJob) -> TrainingOutcome:
+    outcome = run_training_job(job)
+    if outcome.tensors is None:
+        return outcome
+    as_numpy = {k: {p: t.numpy() for p, t in d.items()} for k, d in outcome.tensors.items()}
+    return TrainingOutcome(None, as_numpy, outcome.meta, outcome.seconds)  # type: ignore[arg-type]
+
+
+def _init_child(nice: int, torch_threads: int) -> None:
+    # No PR_SET_PDEATHSIG here: the pool starts its process from whichever thread submits first,
+    # and the death signal would fire when that thread ends; the parent-pid watchdog is enough.
+    die_with_parent(None, death_signal=False)
+    if nice:
+        os.nice(nice)
+    torch.set_num_threads(torch_threads)
+
+
+class TrainingProcess:
+    """A warm child process that runs :class:`TrainingJob` s one at a time."""
+
+    def __init__(self, settings: TrainingSettings | None = None) -> None:
+        self.settings = settings or TrainingSettings()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def train(self, job: TrainingJob) -> TrainingOutcome:
+        """Blocking: run ``job`` in the child (started on first use)."""
+        try:
+            outcome = self._submit(job).result()
+        except BrokenProcessPool as exc:
+            self._pool = None
+            raise TrainingFailed(f"the training process died: {exc}") from exc
+        return self._result(outcome)
+
+    async def atrain(self, job: TrainingJob) -> TrainingOutcome:
+        """The same, awaited without blocking the event loop."""
+        future = self._submit(job)
+        try:
+            outcome = await asyncio.wrap_future(future)
+        except BrokenProcessPool as exc:
+            self._pool = None
+            raise TrainingFailed(f"the training process died: {exc}") from exc
+        return self._result(outcome)
+
+    def start(self) -> TrainingProcess:
+        """Start the child now (it imports torch) rather than on the first job."""
+        self._ensure_pool().submit(int).result()
+        return self
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            s = self.settings
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context(s.start_method),
+                initializer=_init_child,
+                initargs=(s.nice, s.torch_threads),
+            )
+        return self._pool
+
+    def _submit(self, job: TrainingJob) -> concurrent.futures.Future[TrainingOutcome]:
+        try:
+            return self._ensure_pool().submit(_run_in_child, job)
+        except BrokenProcessPool:
+            self._pool = None
+            return self._ensure_pool().submit(_run_in_child, job)
+
+    def _result(self, outcome: TrainingOutcome) -> TrainingOutcome:
+        if outcome.tensors is None:
+            return outcome
+        tensors = {
+            k: {p: torch.from_numpy(np.asarray(a)) for p, a in d.items()}
+            for k, d in outcome.tensors.items()
+        }
+        return TrainingOutcome(None, tensors, outcome.meta, outcome.seconds)

@@ -1,0 +1,88 @@
+"""Tiny black boxes that misbehave on purpose: hang, leak, segfault, raise, return garbage, exit.
+
+``grow`` leaks 50 MB every 0.2 s inside a call that never returns (caught only by the parent's
+memory poll).
+
+Each model answers parity probabilities of a frame's first pixel, and misbehaves only on frames
+whose first pixel equals ``trigger`` (None: on every frame), so a test can show that the frames
+after a fault are still served. Module-level factories, so child processes can import them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+
+from mlink.topics.specs import VectorSpec
+
+SPEC = VectorSpec(2, "softmax")
+LEAK_MB = 50
+Fault = Literal["hang", "leak", "grow", "segfault", "sigsegv", "raise", "garbage", "exit", "none"]
+
+RELEASE = threading.Event()
+"""Set to release in-process hangs (a hang in a child process is only ended by a kill)."""
+
+
+def parity(frame: np.ndarray) -> np.ndarray:
+    return np.eye(2, dtype=np.float32)[int(frame.flat[0]) % 2]
+
+
+class Misbehaving:
+    """Parity, except on trigger frames where it does ``fault``."""
+
+    def __init__(self, fault: Fault, trigger: int | None, hang_s: float | None) -> None:
+        self.fault, self.trigger, self.hang_s = fault, trigger, hang_s
+        self.leaked: list[bytes] = []
+        self.calls = 0
+
+    def __call__(self, frame: np.ndarray) -> object:
+        self.calls += 1
+        if self.trigger is not None and int(frame.flat[0]) != self.trigger:
+            return parity(frame)
+        if self.fault == "hang":
+            RELEASE.wait(self.hang_s)
+        elif self.fault == "leak":
+            self.leaked.append(b"\x01" * (LEAK_MB * 2**20))  # written, so it is resident
+        elif self.fault == "grow":  # leaks inside a call that never returns
+            while True:
+                self.leaked.append(b"\x01" * (LEAK_MB * 2**20))
+                time.sleep(0.2)
+        elif self.fault == "segfault":
+            ctypes.string_at(0)
+        elif self.fault == "sigsegv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+            time.sleep(5)
+        elif self.fault == "raise":
+            raise RuntimeError(f"cannot handle frame {int(frame.flat[0])}")
+        elif self.fault == "garbage":
+            return {"not": "an output"}
+        elif self.fault == "exit":
+            os._exit(3)
+        return parity(frame)
+
+
+def misbehaving(
+    fault: Fault = "none", trigger: int | None = None, hang_s: float | None = None
+) -> Callable[[np.ndarray], object]:
+    """The factory a ModelFactory names: ``"tests.misbehaving_models:misbehaving"``."""
+    return Misbehaving(fault, trigger, hang_s)
+
+
+def broken_factory() -> Callable[[np.ndarray], object]:
+    raise RuntimeError("weights not found")
+
+
+def slow_factory(seconds: float) -> Callable[[np.ndarray], object]:
+    time.sleep(seconds)
+    return parity
+
+
+def frames(*values: int, shape: tuple[int, ...] = (2, 2)) -> list[np.ndarray]:
+    return [np.full(shape, v, np.uint8) for v in values]

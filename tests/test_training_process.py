@@ -1,0 +1,147 @@
+"""Link training in a low-priority child process: same bundle as in-process, saved by the child,
+and a dead child costs one failed job, not the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlink.linkstore.linkset import LinkSet
+from mlink.linkstore.store import LinkStore
+from mlink.linkstore.training import TrainConfig
+from mlink.operators.trainer import LinkTrainer
+from mlink.operators.training_process import (
+    TrainingFailed,
+    TrainingJob,
+    TrainingProcess,
+    TrainingSettings,
+    run_training_job,
+)
+from mlink.topics.records import FrameResult, ModelResult
+from mlink.topics.specs import VectorSpec
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+SPECS = {"digit": VectorSpec(10, "softmax"), "parity": VectorSpec(2, "softmax")}
+CONFIG = TrainConfig(epochs=3, ensemble_epochs=3)
+
+
+def outputs(n: int = 40) -> dict[str, list[np.ndarray]]:
+    digits = np.random.default_rng(0).integers(0, 10, n)
+    return {
+        "digit": [np.eye(10, dtype=np.float32)[d] for d in digits],
+        "parity": [np.eye(2, dtype=np.float32)[d % 2] for d in digits],
+    }
+
+
+def job(store_root: Path | None = None) -> TrainingJob:
+    return TrainingJob(
+        specs=SPECS,
+        outputs=outputs(),
+        config=CONFIG,
+        measured_costs={"digit": {"ms": 2.0}, "parity": {"ms": 1.0}},
+        store_root=str(store_root) if store_root else None,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def child_pid(process: TrainingProcess) -> int:
+    pool = process._pool
+    assert pool is not None
+    (pid,) = pool._processes  # type: ignore[attr-defined]
+    return pid
+
+
+def test_the_child_saves_a_version_the_store_can_load(tmp_path: Path) -> None:
+    process = TrainingProcess().start()
+    try:
+        outcome = process.train(job(tmp_path / "links"))
+        pid = child_pid(process)
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + 10
+    finally:
+        process.close()
+    assert not alive(pid)
+    assert outcome.version == 1 and outcome.tensors is None and outcome.seconds > 0
+    bundle = LinkStore(tmp_path / "links").load(1)
+    assert bundle.meta.meta["n_samples"] == 40
+    assert bundle.meta.meta["measured_costs"] == {"digit": {"ms": 2.0}, "parity": {"ms": 1.0}}
+    linkset = LinkSet.from_bundle(bundle.tensors, bundle.meta.meta)
+    assert set(linkset.links) == {("digit", "parity"), ("parity", "digit")}
+
+
+def test_the_child_returns_the_bundle_in_process_training_would_make() -> None:
+    process = TrainingProcess(TrainingSettings(nice=0))
+    try:
+        outcome = asyncio.run(process.atrain(job()))
+    finally:
+        process.close()
+    here = run_training_job(job())
+    assert outcome.version is None and outcome.tensors is not None and outcome.meta is not None
+    assert outcome.tensors.keys() == here.tensors.keys()
+    for name, params in here.tensors.items():
+        for param, tensor in params.items():
+            assert outcome.tensors[name][param].dtype == tensor.dtype
+            np.testing.assert_allclose(outcome.tensors[name][param].numpy(), tensor.numpy())
+    assert outcome.meta["links"] == here.meta["links"]
+
+
+def test_a_trainer_hands_its_buffer_to_the_child_and_records_the_version(tmp_path: Path) -> None:
+    store = LinkStore(tmp_path / "links")
+    trainer = LinkTrainer(SPECS, store, CONFIG, warmup_frames=40)
+    for i, (digit, parity) in enumerate(zip(*outputs().values(), strict=True)):
+        results = [
+            ModelResult(model="digit", status="executed", output=digit, elapsed_ms=2.0),
+            ModelResult(model="parity", status="executed", output=parity, elapsed_ms=1.0),
+        ]
+        result = FrameResult(
+            frame_id=f"s:{i}",
+            stream_id="s",
+            seq=i,
+            epoch=0,
+            results=tuple(results),
+            degraded=False,
+            emitted_at=1.0,
+            probe=True,
+        )
+        assert trainer.add(result)
+    assert trainer.ready()
+    process = TrainingProcess()
+    try:
+        version = process.train(TrainingJob.from_trainer(trainer)).version
+    finally:
+        process.close()
+    assert version is not None and trainer.saved(version) == 1
+    assert trainer.trained_versions == [1] and not trainer.ready()
+    assert store.current() == 1
+
+
+def test_a_killed_training_process_fails_one_job_and_the_next_starts_a_new_one(
+    tmp_path: Path,
+) -> None:
+    slow = TrainingJob(specs=SPECS, outputs=outputs(400), config=TrainConfig(epochs=500))
+    process = TrainingProcess().start()
+    try:
+        pid = child_pid(process)
+        with ThreadPoolExecutor(1) as caller:
+            failed = caller.submit(process.train, slow)
+            time.sleep(1.0)
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(TrainingFailed, match="the training process died"):
+                failed.result(timeout=60)
+        assert process.train(job(tmp_path / "links")).version == 1
+        assert child_pid(process) != pid
+    finally:
+        process.close()

@@ -210,7 +210,7 @@ def tail(
 
     config = _config(config_path, broker)
     collector = ResultCollector(
-        _need_broker(config), config.topics.names().results, client=config.client_kwargs()
+        _need_broker(config), config.topics.names().results, client=config.consumer_kwargs()
     )
     shown: set[str] = set()
     try:

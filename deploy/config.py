@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mlink.deploy.security import SecurityConfig, kafka_python_kwargs
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.settings import LinkSettings, Model, Settings
+from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import OutputSpec, SpecError, spec_from_dict
 
@@ -246,6 +247,25 @@ class RuntimeConfig(_Strict):
     json_logs: bool = Field(False, description="worker logs as one JSON object per line")
 
 
+class LimitsConfig(_Strict):
+    """Resource bounds, one setting each, applied to every client, topic and decoder
+    (:class:`mlink.topics.limits.Limits`)."""
+
+    max_record_bytes: int = Field(
+        DEFAULT_LIMITS.max_record_bytes, ge=65_536, description="largest record on any topic"
+    )
+    max_pixels: int = Field(
+        DEFAULT_LIMITS.max_pixels, ge=1, description="largest image (W x H) a frame may decode to"
+    )
+    image_cache_bytes: int = Field(DEFAULT_LIMITS.image_cache_bytes, ge=0)
+    ref_root: str | None = Field(
+        None, description="'ref' frames may name files under this directory only; None: refused"
+    )
+
+    def limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+
 class PipelineConfig(_Strict):
     """A whole pipeline; see ``deploy/configs/*.yaml`` for examples."""
 
@@ -257,6 +277,7 @@ class PipelineConfig(_Strict):
     links: LinksConfig = LinksConfig()
     topics: TopicsConfig = TopicsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    limits: LimitsConfig = LimitsConfig()
     security: SecurityConfig = Field(
         SecurityConfig(), description="TLS/SASL of every Kafka client (mlink.deploy.security)"
     )
@@ -325,11 +346,20 @@ class PipelineConfig(_Strict):
             max_in_flight=rt.max_in_flight,
             metrics_port=rt.metrics_port,
             metrics_host=rt.metrics_host,
+            limits=self.limits.limits(),
         )
 
     def client_kwargs(self) -> dict[str, Any]:
         """TLS/SASL keyword arguments for every kafka-python client of this pipeline."""
         return kafka_python_kwargs(self.security)
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        """Everything a kafka-python producer of this pipeline needs: security and sizes."""
+        return {**self.client_kwargs(), **self.limits.limits().kafka_producer_kwargs()}
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """Everything a kafka-python consumer of this pipeline needs: security and sizes."""
+        return {**self.client_kwargs(), **self.limits.limits().kafka_consumer_kwargs()}
 
     def operator_models(self) -> list[Model]:
         return [m.operator_model() for m in self.models]

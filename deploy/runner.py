@@ -30,6 +30,7 @@ from mlink.linkstore.store import LinkStore
 from mlink.operators.state import ControlState
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError, FrameResult
+from mlink.topics.signing import Signer
 
 log = logging.getLogger("mlink.runner")
 READY_LINE = "[^Worker]: Ready"
@@ -217,11 +218,16 @@ def publish_control(bootstrap: str, config: PipelineConfig, message: ControlMess
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap.split(","), acks="all", **config.client_kwargs()
+        bootstrap_servers=bootstrap.split(","), acks="all", **config.producer_kwargs()
     )
     try:
-        key = message.kind.encode()
-        producer.send(config.topics.names().control, key=key, value=encode_record(message))
+        key, value, topic = (
+            message.kind.encode(),
+            encode_record(message),
+            config.topics.names().control,
+        )
+        headers = Signer.from_env().sign(topic, key, value)
+        producer.send(topic, key=key, value=value, headers=headers)
         producer.flush(30)
     finally:
         producer.close()
@@ -243,8 +249,11 @@ def read_control(
 
     state = ControlState(config.model_names, config.links.probe_every)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, **config.client_kwargs()
+        bootstrap_servers=bootstrap.split(","),
+        enable_auto_commit=False,
+        **config.consumer_kwargs(),
     )
+    signer = Signer.from_env()
     messages: list[ControlMessage] = []
     try:
         tp = TopicPartition(config.topics.names().control, 0)
@@ -254,10 +263,11 @@ def read_control(
         deadline = time.monotonic() + timeout
         while consumer.position(tp) < end and time.monotonic() < deadline:
             for record in consumer.poll(timeout_ms=200).get(tp, []):
-                with contextlib.suppress(DecodeError, ValueError):
+                with contextlib.suppress(DecodeError, ValueError):  # workers skip them too
+                    signer.verify(tp.topic, record.key, record.value, record.headers)
                     message = decode_record(record.value, ControlMessage)
-                    messages.append(message)
-                    state.apply(message)
+                    if not state.apply(message).rejected:
+                        messages.append(message)
     finally:
         consumer.close()
     return state, messages
@@ -391,7 +401,7 @@ def run_pipeline(
             for i in range(workers or cfg.runtime.workers)
         ]
         collector = ResultCollector(
-            cfg.broker, cfg.topics.names().results, client=cfg.client_kwargs()
+            cfg.broker, cfg.topics.names().results, client=cfg.consumer_kwargs()
         )
         try:
             ready = [p.wait_ready() for p in procs]
@@ -403,7 +413,8 @@ def run_pipeline(
                 cfg.topics.names().frames,
                 encoding=cfg.source.encoding,
                 jpeg_quality=cfg.source.jpeg_quality,
-                **cfg.client_kwargs(),
+                max_bytes=cfg.limits.limits().max_frame_data_bytes,
+                **cfg.producer_kwargs(),
             ) as producer:
                 ids = _send_all(producer, frames, cfg.source.rate)
             with tqdm(total=len(ids), desc="results", unit="frame", disable=not progress) as bar:

@@ -360,7 +360,8 @@ def produce_source(
             topic,
             encoding=source.encoding,
             jpeg_quality=source.jpeg_quality,
-            **config.client_kwargs(),
+            max_bytes=config.limits.limits().max_frame_data_bytes,
+            **config.producer_kwargs(),
         ) as producer,
     ):
         ids = _send_all(producer, pairs, source.rate, on_sent=lambda: bar.update(1))

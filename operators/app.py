@@ -52,6 +52,7 @@ def create_app(
         "stream_wait_empty": False,
         "stream_buffer_maxsize": max(64, 4 * mlink.settings.batch_size),
         "broker_max_poll_records": max(16, 4 * mlink.settings.batch_size),
+        **mlink.limits.faust_settings(),
     }
     if credentials is not None:
         settings["broker_credentials"] = credentials

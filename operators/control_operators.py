@@ -26,9 +26,15 @@ from mlink.linkstore.selection import InfeasibleBudget
 from mlink.linkstore.store import StoreError
 from mlink.operators.controller import decide
 from mlink.operators.runtime import MLink
-from mlink.operators.wiring import dead_letters, kafka_client_kwargs, raw_topic
+from mlink.operators.wiring import (
+    Outbox,
+    dead_letters,
+    kafka_client_kwargs,
+    raw_topic,
+    verified_value,
+)
 from mlink.topics.codec import decode_record, encode_record
-from mlink.topics.records import ControlMessage
+from mlink.topics.records import ControlMessage, DecodeError
 
 __all__ = ["ControlLog", "attach_control_replay", "attach_controller"]
 
@@ -58,11 +64,12 @@ class ControlLog:
 def _apply(mlink: MLink, message: ControlMessage) -> str | None:
     """Fold one message into the state; the reason it was rejected, or None."""
     try:
-        changed = mlink.state.apply(message)
-    except Exception as exc:  # a record the state refuses must never stop the replay
+        outcome = mlink.state.apply(message)
+    except Exception as exc:  # apply never raises; if it ever did, the replay must go on
         return f"{type(exc).__name__}: {exc}"
-    if isinstance(changed, str):  # a state that explains its refusals
-        return changed
+    if outcome.rejected:
+        return outcome.reason
+    changed = outcome.plan_changed
     prom = mlink.prom
     prom.epoch.set(mlink.state.epoch)
     prom.link_version.set(mlink.state.link_version or 0)
@@ -98,7 +105,10 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
     async def replay_control() -> None:
         ready = mlink.event("control")
         consumer = AIOKafkaConsumer(
-            enable_auto_commit=False, fetch_max_wait_ms=200, **kafka_client_kwargs(app)
+            enable_auto_commit=False,
+            fetch_max_wait_ms=200,
+            **kafka_client_kwargs(app),
+            **mlink.limits.aiokafka_consumer_kwargs(),
         )
         await consumer.start()
         try:
@@ -112,7 +122,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
             while True:
                 batches = await consumer.getmany(tp, timeout_ms=500)
                 for message in batches.get(tp, []):
-                    problem = _replay_one(mlink, message.value)
+                    problem = _replay_one(mlink, message)
                     if problem is not None:
                         control_log.rejected[message.offset] = problem
                         while len(control_log.rejected) > 1000:
@@ -136,9 +146,11 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
     return control_log
 
 
-def _replay_one(mlink: MLink, value: bytes) -> str | None:
+def _replay_one(mlink: MLink, record: Any) -> str | None:
     try:
-        message = decode_record(value, ControlMessage)
+        if mlink.signer.enabled:
+            mlink.signer.verify(record.topic, record.key, record.value, record.headers or [])
+        message = decode_record(record.value, ControlMessage, limits=mlink.limits)
     except Exception as exc:
         return f"undecodable: {exc}"
     return _apply(mlink, message)
@@ -148,6 +160,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
     """Attach the controller agent: on a new link version or budget, choose the active set."""
     names, settings = mlink.names, mlink.settings
     control_t = raw_topic(app, names.control)
+    control_out = Outbox(app, mlink, names.control)
     dead = dead_letters(app, mlink)
     issued = 0
 
@@ -158,10 +171,16 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         control_log: ControlLog = mlink.control_log  # type: ignore[attr-defined]
         async for event in stream.events():
             async with dead.guard(event, "controller"):
-                message = decode_record(event.value, ControlMessage)
+                rejected = None
+                try:
+                    message = decode_record(
+                        verified_value(mlink, event), ControlMessage, limits=mlink.limits
+                    )
+                except DecodeError as exc:
+                    rejected = str(exc)
                 if not await control_log.wait_past(event.message.offset):
                     log.warning("control replay is behind offset %s", event.message.offset)
-                rejected = control_log.rejected.get(event.message.offset)
+                rejected = rejected or control_log.rejected.get(event.message.offset)
                 if rejected is not None:  # dead-lettered once here; skipped by every replay
                     await dead.send(event, "controller", f"rejected control message: {rejected}")
                     continue
@@ -173,7 +192,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                     log.info("budget noted; waiting for the first links")
                     continue
                 budget = state.requested_budget or dict(settings.budget)
-                epoch = max(issued, state.epoch) + 1
+                epoch = max(issued + 1, state.next_epoch())
                 try:
                     links = await loop.run_in_executor(
                         mlink.executor("controller"), mlink.links, version
@@ -212,7 +231,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         extra={"infeasible": str(exc)},
                     )
                 issued = epoch
-                await control_t.send(key=b"active_set", value=encode_record(decision))
+                await control_out.send(b"active_set", encode_record(decision))
 
     controller.__name__ = "controller"
     return app.agent(control_t, name=f"{settings.name}-controller")(controller)

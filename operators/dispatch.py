@@ -1,10 +1,10 @@
 """Running the planned models on a batch of frames, in-process.
 
-Each model runs in its own thread (:meth:`MLink.executor`), on every frame of the batch whose
-plan lists it, batched into one call when the model accepts batches; different models run
-concurrently. A call that exceeds the model's ``timeout_s`` yields an error outcome for its frames
-and the batch goes on: a model's lateness is measured from the moment its call starts, never
-from time spent queueing.
+Each model runs in its own executor (a thread, or child processes when isolated; see
+:mod:`mlink.operators.executor`), on every frame of the batch whose plan lists it, batched into
+one call when the model accepts batches; different models run concurrently. A call that exceeds
+the model's ``timeout_s`` yields an error outcome for its frames and the batch goes on: a model's
+lateness is measured from the moment its call starts, never from time spent queueing.
 """
 
 from __future__ import annotations
@@ -33,21 +33,15 @@ async def run_planned(
         for model in models:
             rows_of[model].append(i)
     outcomes: list[dict[str, Executed]] = [{} for _ in jobs]
-    loop = asyncio.get_running_loop()
 
     async def run(model: str, rows: list[int]) -> None:
         images = [jobs[i][0] for i in rows]
-        timeout = mlink.models[model].timeout_s
         try:
-            runner = mlink.runner(model)
-            done = await asyncio.wait_for(
-                loop.run_in_executor(mlink.executor(model), runner.run, images), timeout
-            )
+            executor = mlink.runners[model]
+            done = await executor.arun(images)  # bounded by the model's timeout_s
             results = [Executed(o.output, o.elapsed_ms, o.error) for o in done]
-        except TimeoutError:
-            error = f"model {model} timed out after {timeout:g} s"
-            results = [Executed(None, timeout * 1000.0, error)] * len(rows)
-        except Exception as exc:  # the runner contains model errors; this is a bug or a build
+            mlink.prom.model_healthy.labels(model).set(executor.health().state == "healthy")
+        except Exception as exc:  # executors contain model errors; this is a bug or no build
             error = f"model {model} could not run: {type(exc).__name__}: {exc}"
             results = [Executed(None, 0.0, error)] * len(rows)
         failed = sum(r.error is not None for r in results)

@@ -30,11 +30,12 @@ from mlink.operators.dead_letters import DeadLetters
 from mlink.operators.dispatch import run_planned
 from mlink.operators.joiner import Executed, FrameWork, build_results, is_training_sample
 from mlink.operators.runtime import MLink
-from mlink.operators.wiring import dead_letters, raw_topic
+from mlink.operators.wiring import Outbox, dead_letters, raw_topic
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.ingest import SourceFormat, frame_from_record
-from mlink.topics.records import Frame, FrameResult
+from mlink.topics.limits import DEFAULT_LIMITS, Limits
+from mlink.topics.records import DecodeError, Frame, FrameResult
 
 __all__ = ["FrameReader", "attach_frame_operator", "read_frame_record", "source_reader"]
 
@@ -42,13 +43,14 @@ log = logging.getLogger("mlink.worker")
 STAGE = "frame-operator"
 EMPTY = np.zeros(0, dtype=np.uint8)
 
-FrameReader = Callable[[Any], Frame]
-"""Turns one faust event of the frames topic into a :class:`Frame` (raises to dead-letter)."""
+FrameReader = Callable[[Any, Limits], Frame]
+"""Turns one faust event of the frames topic into a :class:`Frame` within the pipeline's limits
+(raises to dead-letter)."""
 
 
-def read_frame_record(event: Any) -> Frame:
+def read_frame_record(event: Any, limits: Limits = DEFAULT_LIMITS) -> Frame:
     """The default reader: the value is our msgpack ``Frame`` envelope."""
-    return decode_record(event.value, Frame)
+    return decode_record(event.value, Frame, limits=limits)
 
 
 def source_reader(format: SourceFormat) -> FrameReader:
@@ -58,8 +60,13 @@ def source_reader(format: SourceFormat) -> FrameReader:
     if format == "frame":
         return read_frame_record
 
-    def read(event: Any) -> Frame:
+    def read(event: Any, limits: Limits = DEFAULT_LIMITS) -> Frame:
         m = event.message
+        if event.value is not None and len(event.value) > limits.max_record_bytes:
+            raise DecodeError(
+                f"record of {len(event.value):,} bytes exceeds the pipeline's limit of "
+                f"{limits.max_record_bytes:,} bytes (limits.max_record_bytes)"
+            )
         ms = None if m.timestamp is None else round(m.timestamp * 1000)  # faust: seconds
         return frame_from_record(
             format, m.topic, m.partition, m.offset, event.key, event.value, m.headers, ms
@@ -92,7 +99,8 @@ class FrameBatch:
         self.releaser: asyncio.Future[None] | None = None
 
     async def frames(self, events: Sequence[Any], reader: FrameReader) -> list[tuple[Any, Frame]]:
-        good = await self.dead.decode(events, reader, STAGE)
+        limits = self.mlink.limits
+        good = await self.dead.decode(events, lambda e: reader(e, limits), STAGE)
         fresh = []
         for event, frame in good:
             if frame.frame_id in self.mlink.completed:
@@ -110,7 +118,7 @@ class FrameBatch:
             out: list[tuple[np.ndarray | None, str | None]] = []
             for _, frame in items:
                 try:
-                    out.append((decode_frame(frame), None))
+                    out.append((decode_frame(frame, self.mlink.limits), None))
                 except Exception as exc:
                     out.append((None, f"frame decode failed: {exc}"))
             return out
@@ -247,8 +255,8 @@ def attach_frame_operator(
     camera topic, with a ``reader`` for its format). Returns the faust agent.
     """
     names = mlink.names
-    results_t = raw_topic(app, names.results)
-    samples_t = raw_topic(app, names.samples)
+    results_t = Outbox(app, mlink, names.results)
+    samples_t = Outbox(app, mlink, names.samples)
     dead = dead_letters(app, mlink)
     settings = mlink.settings
     source = source if source is not None else raw_topic(app, names.frames)
@@ -270,9 +278,9 @@ def attach_frame_operator(
         async with dead.guard(event, STAGE):
             value = encode_record(result)
             key = result.stream_id.encode()
-            await results_t.send(key=key, value=value)
+            await results_t.send(key, value)
             if is_training_sample(result):
-                await samples_t.send(key=key, value=value)
+                await samples_t.send(key, value)
             mlink.completed.add(result.frame_id)
             record_result(mlink, result)
 

@@ -18,12 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore, StoreError
+from mlink.operators.executor import ModelExecutor, start_executor
 from mlink.operators.metrics import WorkerMetrics
-from mlink.operators.model_runner import ModelRunner
+from mlink.operators.model_settings import ModelFactory
 from mlink.operators.recent import RecentIds
 from mlink.operators.settings import Model, Settings, SettingsError
 from mlink.operators.state import ControlState
 from mlink.operators.trainer import LinkTrainer
+from mlink.topics.signing import Signer
 from mlink.topics.specs import OutputSpec
 
 __all__ = ["MLink"]
@@ -38,7 +40,9 @@ class MLink:
     same ones: plans and links name them). Models are built lazily by :meth:`build_models`.
     """
 
-    def __init__(self, settings: Settings, models: Sequence[Model]) -> None:
+    def __init__(
+        self, settings: Settings, models: Sequence[Model], signer: Signer | None = None
+    ) -> None:
         if len(models) < 2:
             raise SettingsError("MLink needs at least two models: links map one to another")
         names = [m.name for m in models]
@@ -53,11 +57,14 @@ class MLink:
         self.store = LinkStore(settings.links.store)
         self.metrics: Counter[str] = Counter()
         self.prom = WorkerMetrics(settings.name, names)
-        self.runners: dict[str, ModelRunner] = {}
+        self.runners: dict[str, ModelExecutor] = {}
+        self.signer = signer if signer is not None else Signer(())
+        self.limits = settings.limits
         self.completed = RecentIds()
         self.predicted: dict[str, float] = {}  # the controller's estimate for the active set
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._events: dict[str, asyncio.Event] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         links = settings.links
         self.trainer = LinkTrainer(
             self.specs,
@@ -88,25 +95,31 @@ class MLink:
             self._executors[name] = ThreadPoolExecutor(1, thread_name_prefix=f"mlink-{name}")
         return self._executors[name]
 
-    def runner(self, name: str) -> ModelRunner:
-        if name not in self.runners:
-            model = self.models[name]
-            self.runners[name] = ModelRunner(name, model.make(), model.spec, model.batch)
-        return self.runners[name]
+    async def _start(self, name: str) -> None:
+        model = self.models[name]
+        # in a thread: built here, off the event loop; isolated: rebuilt in each child process
+        target = model.factory() if model.isolation is not None else ModelFactory(model.make)
+        self.runners[name] = await start_executor(
+            name, target, model.spec, batch=model.batch, settings=model.executor_settings()
+        )
 
     async def build_models(self, names: Sequence[str] | None = None) -> None:
         """Build the models (in parallel, off the loop) before any frame is planned, so a slow
         factory (loading weights, fitting) never counts against a frame."""
-        loop = asyncio.get_running_loop()
-        todo = [m for m in (names or self.model_names) if m not in self.runners]
-        if todo:
-            started = time.perf_counter()
-            await asyncio.gather(
-                *(loop.run_in_executor(self.executor(m), self.runner, m) for m in todo)
-            )
-            log.info("built %d models in %.1f s", len(todo), time.perf_counter() - started)
+        async with self._build_lock:
+            todo = [m for m in (names or self.model_names) if m not in self.runners]
+            if todo:
+                started = time.perf_counter()
+                await asyncio.gather(*(self._start(m) for m in todo))
+                log.info("built %d models in %.1f s", len(todo), time.perf_counter() - started)
         if all(m in self.runners for m in self.model_names):
             self.event("models").set()
+
+    @property
+    def _build_lock(self) -> asyncio.Lock:
+        if "build" not in self._locks:
+            self._locks["build"] = asyncio.Lock()
+        return self._locks["build"]
 
     def declared_costs(self) -> dict[str, dict[str, float]]:
         return {m: dict(model.cost) for m, model in self.models.items() if model.cost}
@@ -146,6 +159,8 @@ class MLink:
         self.metrics.update(counts)
 
     def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
         for pool in self._executors.values():
             pool.shutdown(wait=False, cancel_futures=True)
 

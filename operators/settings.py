@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from mlink.linkstore.training import TrainConfig
+from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
+from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import BoxesSpec, SequenceSpec, VectorSpec
 
@@ -56,12 +58,15 @@ def _module_callable(module: nn.Module) -> Callable[[Any], Any]:
 class Model:
     """One black-box model.
 
-    Give ``fn`` (a callable or a ``torch.nn.Module``) or ``build`` (a zero-argument factory that
-    returns one, called once per worker before any frame is planned, so slow loading never counts
-    against a frame). ``batch`` says the callable also maps an ``(n, ...)`` stack of frames to
-    ``n`` outputs. ``cost`` declares ``{"ms": ..., "memory_mb": ...}`` per frame; undeclared ms are
-    measured live. ``timeout_s`` bounds one call: a call that takes longer yields an error output
-    for its frames and the model is reported unhealthy.
+    Give ``fn`` (a callable or a ``torch.nn.Module``) or ``build`` (a zero-argument factory, or
+    a :class:`~mlink.operators.model_settings.ModelFactory` naming one by import path, called once
+    per worker before any frame is planned, so slow loading never counts against a frame).
+    ``batch`` says the callable also maps an ``(n, ...)`` stack of frames to ``n`` outputs.
+    ``cost`` declares ``{"ms": ..., "memory_mb": ...}`` per frame; undeclared ms are measured
+    live. ``timeout_s`` bounds one call: a call that takes longer yields an error output for its
+    frames and the model is reported unhealthy. ``isolation`` runs the model in child processes
+    (a leak, a hang or a segfault then costs a restart of that model, not the worker); the model
+    must then be picklable or built from a ``ModelFactory``.
     """
 
     name: str
@@ -71,6 +76,7 @@ class Model:
     batch: bool = False
     cost: Mapping[str, float] = field(default_factory=dict)
     timeout_s: float = 60.0
+    isolation: IsolationSettings | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -101,9 +107,23 @@ class Model:
         if not (isinstance(self.timeout_s, int | float) and self.timeout_s > 0):
             raise SettingsError(f"Model {self.name!r}: timeout_s must be > 0")
 
+    def executor_settings(self) -> ExecutorSettings:
+        return ExecutorSettings(timeout_s=self.timeout_s, isolation=self.isolation)
+
+    def factory(self) -> ModelFactory:
+        """How a child process rebuilds this model (process isolation)."""
+        if isinstance(self.build, ModelFactory):
+            return self.build
+        if self.build is not None:
+            return ModelFactory(self.build)
+        return ModelFactory.of(self.fn)  # type: ignore[arg-type]
+
     def make(self) -> Callable[[Any], Any]:
         """The callable to run: built now if ``build`` was given; modules wrapped for numpy."""
-        made = self.fn if self.fn is not None else self.build()  # type: ignore[misc]
+        if isinstance(self.build, ModelFactory):
+            made: Any = self.build.build()
+        else:
+            made = self.fn if self.fn is not None else self.build()  # type: ignore[misc]
         if isinstance(made, nn.Module):
             return _module_callable(made)
         if not callable(made):
@@ -156,7 +176,8 @@ class Settings:
     ``output_timeout_s`` only matters when model operators run apart from the link operator (it
     bounds the join); ``max_in_flight`` bounds the frames a planner has planned but not yet seen
     answered in that layout. ``metrics_port`` serves Prometheus metrics on
-    ``metrics_host`` (None: off; 0: a free port, logged).
+    ``metrics_host`` (None: off; 0: a free port, logged). ``limits`` bound every record, image
+    and id the operators accept (:mod:`mlink.topics.limits`).
     """
 
     name: str
@@ -171,6 +192,7 @@ class Settings:
     metrics_every_s: float = 30.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    limits: Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):

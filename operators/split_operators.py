@@ -32,7 +32,7 @@ from mlink.operators.dispatch import run_planned
 from mlink.operators.frame_operator import FrameReader, read_frame_record, record_result
 from mlink.operators.joiner import JoinBuffer, build_results, is_training_sample
 from mlink.operators.runtime import MLink
-from mlink.operators.wiring import dead_letters, raw_topic
+from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_any_record, decode_record, encode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.records import DecodeError, Frame, FrameResult, ModelOutput, PlanNotice
@@ -89,7 +89,7 @@ def attach_planner(
 ) -> Any:
     """Stamp each frame with its plan (planned topic) and tell the link operator (a notice)."""
     names, settings = mlink.names, mlink.settings
-    planned_t, outputs_t = raw_topic(app, names.planned), raw_topic(app, names.outputs)
+    planned_t, outputs_t = Outbox(app, mlink, names.planned), Outbox(app, mlink, names.outputs)
     dead = dead_letters(app, mlink)
     credits = _credits(mlink)
 
@@ -97,7 +97,7 @@ def attach_planner(
         await mlink.event("control").wait()
         async for event in stream.events():
             async with dead.guard(event, "planner"):
-                frame = reader(event)
+                frame = reader(event, mlink.limits)
                 await credits.take(frame.frame_id)
                 plan = mlink.state.plan(frame.seq)  # planned when a credit frees: close to running
                 notice = PlanNotice(
@@ -109,9 +109,9 @@ def attach_planner(
                     planned_at=time.time(),
                 )
                 key = frame.stream_id.encode()
-                await outputs_t.send(key=key, value=encode_record(notice))
+                await outputs_t.send(key, encode_record(notice))
                 stamped = dataclasses.replace(frame, plan=plan)
-                await planned_t.send(key=key, value=encode_record(stamped))
+                await planned_t.send(key, encode_record(stamped))
                 mlink.metrics["frames_planned"] += 1
                 mlink.prom.frames.inc()
                 mlink.prom.in_flight.set(len(credits.planned))
@@ -134,15 +134,18 @@ def attach_model_operator(
     unknown = sorted(mine - set(mlink.model_names))
     if unknown:
         raise ValueError(f"attach_model_operator: unknown models {unknown}")
-    planned_t, outputs_t = raw_topic(app, names.planned), raw_topic(app, names.outputs)
+    planned_t, outputs_t = raw_topic(app, names.planned), Outbox(app, mlink, names.outputs)
     dead = dead_letters(app, mlink)
+    limits = mlink.limits
 
     async def model_operator(stream: faust.StreamT) -> None:
         await mlink.build_models(sorted(mine))
         async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
             async with dead.guard(list(events), "model-operator"):
                 frames = await dead.decode(
-                    events, lambda e: decode_record(e.value, Frame), "model-operator"
+                    events,
+                    lambda e: decode_record(verified_value(mlink, e), Frame, limits=limits),
+                    "model-operator",
                 )
                 jobs, kept = [], []
                 for event, frame in frames:
@@ -150,7 +153,7 @@ def attach_model_operator(
                     if not todo:
                         continue
                     try:
-                        image = decode_frame(frame)
+                        image = decode_frame(frame, limits)
                     except DecodeError as exc:
                         await dead.send(event, "model-operator", exc)
                         await send(frame, {m: None for m in todo}, f"frame decode failed: {exc}")
@@ -176,7 +179,7 @@ def attach_model_operator(
                 produced_at=time.time(),
                 error=failed if output is None else None,
             )
-            await outputs_t.send(key=frame.stream_id.encode(), value=encode_record(record))
+            await outputs_t.send(frame.stream_id.encode(), encode_record(record))
 
     model_operator.__name__ = f"model_operator_{name}"
     return app.agent(planned_t, name=f"{settings.name}-{name}")(model_operator)
@@ -186,7 +189,7 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
     """Join each frame's notice and outputs, synthesize the rest, emit one result per frame."""
     names, settings = mlink.names, mlink.settings
     outputs_t = raw_topic(app, names.outputs)
-    results_t, samples_t = raw_topic(app, names.results), raw_topic(app, names.samples)
+    results_t, samples_t = Outbox(app, mlink, names.results), Outbox(app, mlink, names.samples)
     dead = dead_letters(app, mlink)
     joins = JoinBuffer()
     credits = _credits(mlink)
@@ -222,9 +225,9 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
 
     async def emit(result: FrameResult) -> None:
         value, key = encode_record(result), result.stream_id.encode()
-        await results_t.send(key=key, value=value)
+        await results_t.send(key, value)
         if is_training_sample(result):
-            await samples_t.send(key=key, value=value)
+            await samples_t.send(key, value)
         mlink.completed.add(result.frame_id)
         record_result(mlink, result)
 
@@ -234,7 +237,7 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
         manual = acker["stream"] = stream.noack()
         async for event in manual.events():
             async with dead.guard(event, "link-operator"):
-                record = decode_any_record(event.value)
+                record = decode_any_record(verified_value(mlink, event), limits=mlink.limits)
                 if not isinstance(record, PlanNotice | ModelOutput):
                     raise DecodeError(f"unexpected {type(record).__name__} on the outputs topic")
                 problem = check(record) if isinstance(record, ModelOutput) else None

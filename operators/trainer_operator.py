@@ -18,7 +18,7 @@ import faust
 
 from mlink.operators.live import LiveAgreement, probe_agreement
 from mlink.operators.runtime import MLink
-from mlink.operators.wiring import dead_letters, raw_topic
+from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, FrameResult
 
@@ -31,7 +31,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
     """Attach the trainer agent to ``app`` (on the samples topic)."""
     names, settings = mlink.names, mlink.settings
     samples_t = raw_topic(app, names.samples)
-    control_t = raw_topic(app, names.control)
+    control_t = Outbox(app, mlink, names.control)
     dead = dead_letters(app, mlink)
     live = LiveAgreement()
     retry = {"added": 0, "at": 0, "backoff": 10}  # after a failure, retry with more data only
@@ -58,7 +58,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             live.probes,
             {m: round(v, 3) for m, v in live.means().items()},
         )
-        await control_t.send(key=b"agreement", value=encode_record(message))
+        await control_t.send(b"agreement", encode_record(message))
 
     async def train() -> None:
         trainer = mlink.trainer
@@ -86,7 +86,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             issued_at=time.time(),
             link_version=version,
         )
-        await control_t.send(key=b"link_version", value=encode_record(announce))
+        await control_t.send(b"link_version", encode_record(announce))
 
     async def trainer_agent(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()
@@ -95,7 +95,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             trainer.trained_versions.append(mlink.state.latest_links)  # trained before failover
         async for event in stream.events():
             async with dead.guard(event, "trainer"):
-                result = decode_record(event.value, FrameResult)
+                value = verified_value(mlink, event)
+                result = decode_record(value, FrameResult, limits=mlink.limits)
                 mlink.metrics["samples_received"] += 1
                 if trainer.add(result):
                     retry["added"] += 1

@@ -9,8 +9,9 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, serve
 
 from mlink.operators.dead_letters import DeadLetters
 from mlink.operators.runtime import MLink
+from mlink.topics.signing import signed_topics
 
-__all__ = ["dead_letters", "kafka_client_kwargs", "raw_topic"]
+__all__ = ["Outbox", "dead_letters", "kafka_client_kwargs", "raw_topic", "verified_value"]
 
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -24,8 +25,31 @@ def dead_letters(app: faust.App, mlink: MLink) -> DeadLetters:
     return DeadLetters(
         lambda key, value: topic.send(key=key, value=value),
         mlink.metrics,
+        max_value_bytes=mlink.limits.max_dead_letter_value_bytes,
         on_dead=mlink.prom.dead_letter,
     )
+
+
+class Outbox:
+    """Sends raw records to one topic, signed when the pipeline signs that topic."""
+
+    def __init__(self, app: faust.App, mlink: MLink, name: str) -> None:
+        self.topic = raw_topic(app, name)
+        self.name = name
+        self.signer = mlink.signer if name in signed_topics(mlink.names) else None
+
+    async def send(self, key: bytes | None, value: bytes) -> None:
+        headers = self.signer.sign(self.name, key, value) if self.signer else None
+        await self.topic.send(key=key, value=value, headers=headers)
+
+
+def verified_value(mlink: MLink, event: Any) -> bytes:
+    """The event's value once its signature checks out (signed topics only); raises
+    :class:`~mlink.topics.signing.SignatureError`, a DecodeError, when it does not."""
+    topic = event.message.topic
+    if mlink.signer.enabled and topic in signed_topics(mlink.names):
+        mlink.signer.verify(topic, event.key, event.value, event.headers or [])
+    return event.value
 
 
 def kafka_client_kwargs(app: faust.App) -> dict[str, Any]:

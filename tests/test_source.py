@@ -15,11 +15,7 @@ from mlink.deploy.config import ConfigError, PipelineConfig, SourceConfig, parse
 from mlink.deploy.examples import digits
 from mlink.deploy.kafka_admin import topic_partitions
 from mlink.deploy.source import FrameProducer, iter_source, produce_frames, produce_source
-from mlink.deploy.topics_setup import (
-    FRAME_TOPIC_MAX_BYTES,
-    create_pipeline_topics,
-    pipeline_topics,
-)
+from mlink.deploy.topics_setup import create_pipeline_topics, pipeline_topics
 from mlink.topics.codec import decode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.records import Frame
@@ -165,10 +161,10 @@ def test_pipeline_topics_layout() -> None:
         "samples": 1,
         "dead-letter": 1,
     }
-    assert specs["p.control"].config == {"cleanup.policy": "compact"}
-    big = str(FRAME_TOPIC_MAX_BYTES)
-    for name in ("p.frames", "p.planned", "p.dead-letter"):
-        assert specs[name].config["max.message.bytes"] == big
+    big = str(config.limits.limits().max_message_bytes)
+    assert specs["p.control"].config == {"cleanup.policy": "compact", "max.message.bytes": big}
+    for spec in specs.values():  # one size limit for every topic, the clients' own
+        assert spec.config["max.message.bytes"] == big
 
 
 # -- with the broker --------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def test_produce_source_needs_a_broker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_pipeline_topics_layout() -> None:
-    specs = {s.name: s for s in pipeline_topics(_pipeline("p", partitions=5))}
+    config = _pipeline("p", partitions=5)
+    specs = {s.name: s for s in pipeline_topics(config)}
     counts = {name.removeprefix("p."): s.partitions for name, s in specs.items()}
     assert counts == {
         "frames": 5,

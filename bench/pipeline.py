@@ -33,7 +33,8 @@ import yaml
 from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.config import PipelineConfig, load_config, with_broker
 from mlink.deploy.kafka_admin import TopicSpec, ensure_topics
-from mlink.deploy.runner import FaustProcess, ResultCollector, WorkerProcess, read_control
+from mlink.deploy.processes import FaustProcess, WorkerProcess
+from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.source import FrameProducer, iter_source
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.topics.codec import decode_record

@@ -176,7 +176,7 @@ def worker(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
     bootstrap = _need_broker(config)
     os.environ["MLINK_CONFIG"] = str(config_path.resolve())
     os.environ["MLINK_BROKER"] = bootstrap
-    from mlink.deploy.runner import worker_argv
+    from mlink.deploy.processes import worker_argv
     from mlink.deploy.topics_setup import create_pipeline_topics
 
     create_pipeline_topics(config, bootstrap)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlink.deploy.security import SecurityConfig, kafka_python_kwargs
 from mlink.linkstore.training import TrainConfig
+from mlink.operators.model_settings import IsolationSettings, ModelFactory
 from mlink.operators.settings import LinkSettings, Model, Settings
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
@@ -64,6 +65,23 @@ class Cost(_Strict):
         return {k: v for k, v in (("ms", self.ms), ("memory_mb", self.memory_mb)) if v is not None}
 
 
+class IsolationConfig(_Strict):
+    """Run the model in child processes: a leak, a hang or a segfault costs a restart of this
+    model (with backoff), not the worker (see ``mlink.operators.model_settings``)."""
+
+    processes: int = Field(1, ge=1, description="child processes serving this model")
+    start_method: Literal["spawn", "forkserver"] = "spawn"
+    max_rss_mb: float | None = Field(None, gt=0, description="restart a child above this RSS")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    backoff_reset_s: float = Field(60.0, ge=0)
+    start_timeout_s: float = Field(120.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1)
+
+    def settings(self) -> IsolationSettings:
+        return IsolationSettings(**self.model_dump())
+
+
 class ModelConfig(_Strict):
     """One black-box model: a factory returning ``callable(frame: np.ndarray) -> output``."""
 
@@ -77,6 +95,9 @@ class ModelConfig(_Strict):
     )
     timeout_s: float = Field(
         60.0, gt=0, description="a call taking longer yields an error output; model unhealthy"
+    )
+    isolation: IsolationConfig | None = Field(
+        None, description="run in child processes (None: on a thread of the worker)"
     )
 
     @field_validator("output")
@@ -97,10 +118,11 @@ class ModelConfig(_Strict):
         return Model(
             name=self.name,
             spec=self.spec,
-            build=self.build,
+            build=ModelFactory(self.factory, dict(self.args)),
             batch=self.batch,
             cost=self.cost.as_dict() if self.cost else {},
             timeout_s=self.timeout_s,
+            isolation=self.isolation.settings() if self.isolation else None,
         )
 
     def build(self) -> Callable[[Any], Any]:
@@ -203,6 +225,9 @@ class LinksConfig(_Strict):
     min_hidden: int = Field(16, ge=0)
     hold_s: float = Field(
         60.0, ge=0, description="after its warm-up frames, wait this long for the first links"
+    )
+    train_in_child: bool = Field(
+        True, description="train in a lower-priority child process (False: on a thread)"
     )
 
     def train_config(self) -> TrainConfig:
@@ -339,6 +364,7 @@ class PipelineConfig(_Strict):
                 selector=links.selector,
                 train=links.train_config(),
                 hold_s=links.hold_s,
+                train_in_child=links.train_in_child,
             ),
             batch_size=rt.batch_size,
             batch_wait_s=rt.batch_wait_s,

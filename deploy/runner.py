@@ -12,9 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlink.deploy.broker import EmbeddedBroker, pdeathsig_preexec
+from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.config import ConfigError, PipelineConfig, with_broker
+from mlink.deploy.processes import WorkerProcess
+from mlink.deploy.supervisor import WorkerSupervisor
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.linkstore.store import LinkStore
 from mlink.operators.state import ControlState
@@ -33,119 +32,6 @@ from mlink.topics.records import ControlMessage, DecodeError, FrameResult
 from mlink.topics.signing import Signer
 
 log = logging.getLogger("mlink.runner")
-READY_LINE = "[^Worker]: Ready"
-
-
-WORKER_APP = "mlink.deploy.worker_app"
-
-
-def worker_argv(app: str = WORKER_APP) -> list[str]:
-    """The command line of one faust worker (the pipeline's, named by ``MLINK_CONFIG``)."""
-    return [sys.executable, "-m", "faust", "-A", app, "worker", "--without-web", "-l", "info"]
-
-
-class FaustProcess:
-    """A faust worker subprocess with its log in a file, in its own process group (and with a
-    death signal, so it cannot outlive its parent)."""
-
-    def __init__(
-        self,
-        app: str,
-        env: Mapping[str, str],
-        log_path: Path,
-        name: str,
-        cwd: Path | None = None,
-    ) -> None:
-        self.app, self.name, self.log_path = app, name, log_path
-        self.ready_seconds: float | None = None
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                worker_argv(app),
-                cwd=cwd,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=pdeathsig_preexec(signal.SIGTERM),
-            )
-        self.started = time.monotonic()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def wait_ready(self, timeout: float = 90.0) -> float:
-        """Block until the worker logs Ready; return the seconds since it was spawned."""
-        while READY_LINE not in self.log():
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"worker {self.name} exited with {self.proc.returncode} before it was "
-                    f"ready; its log {self.log_path} ends with:\n{self.log_tail(30)}"
-                )
-            if time.monotonic() - self.started > timeout:
-                raise TimeoutError(
-                    f"worker {self.name} not ready after {timeout}s; log {self.log_path}:\n"
-                    f"{self.log_tail(30)}"
-                )
-            time.sleep(0.05)
-        if self.ready_seconds is None:
-            self.ready_seconds = time.monotonic() - self.started
-        return self.ready_seconds
-
-    def signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait (faust shuts down cleanly in ~1 s); SIGKILL after ``timeout``."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-        return self.proc.wait()
-
-    def kill(self) -> int:
-        """SIGKILL, as a crash would; return the exit code."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGKILL)
-        return self.proc.wait()
-
-
-class WorkerProcess(FaustProcess):
-    """One worker of a pipeline: the config path and broker travel in the environment, and the
-    worker reports readiness in a health file (:mod:`mlink.deploy.health`)."""
-
-    def __init__(self, config_path: Path, bootstrap: str, log_path: Path, name: str) -> None:
-        self.health_path = log_path.with_suffix(".health.json")
-        env = {
-            "MLINK_CONFIG": str(config_path.resolve()),
-            "MLINK_BROKER": bootstrap,
-            "MLINK_HEALTH": str(self.health_path.resolve()),
-            "F_DATADIR": str(log_path.parent / "faust-data"),  # not "<app id>-data" in the cwd
-        }
-        super().__init__(WORKER_APP, env, log_path, name)
-
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Until the worker says it is ready: control log replayed, every model built."""
-        from mlink.deploy.health import wait_ready
-
-        def gone() -> str | None:
-            code = self.proc.poll()
-            return None if code is None else f"exited with {code}; log:\n{self.log_tail(30)}"
-
-        wait_ready(self.health_path, timeout, pid=self.proc.pid, alive=gone)
-        if self.ready_seconds is None:
-            self.ready_seconds = time.monotonic() - self.started
-        return self.ready_seconds
 
 
 class ResultCollector:
@@ -163,6 +49,7 @@ class ResultCollector:
         self.results: dict[str, FrameResult] = {}
         self.received_at: dict[str, float] = {}
         self.duplicates = 0
+        self.duplicate_ids: Counter[str] = Counter()
         self.undecodable = 0
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(
@@ -190,6 +77,7 @@ class ResultCollector:
                         continue
                     if result.frame_id in self.results:
                         self.duplicates += 1
+                        self.duplicate_ids[result.frame_id] += 1
                     else:
                         self.results[result.frame_id] = result
                         self.received_at[result.frame_id] = now
@@ -356,6 +244,7 @@ class RunReport:
     seconds: float
     duplicates: int = 0
     workers_ready_s: list[float] = field(default_factory=list)
+    worker_restarts: int = 0
 
     def status_counts(self) -> Counter[tuple[str, str]]:
         return Counter((r.model, r.status) for res in self.results.values() for r in res.results)
@@ -396,15 +285,17 @@ def run_pipeline(
     log_dir = log_dir or Path(".mlink-runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with broker_for(config) as (cfg, _):
         create_pipeline_topics(cfg)
-        procs = [
-            WorkerProcess(config_path, cfg.broker, log_dir / f"worker-{i}.log", f"worker-{i}")
-            for i in range(workers or cfg.runtime.workers)
-        ]
+
+        def make(slot: int, generation: int) -> WorkerProcess:
+            name = f"worker-{slot}" + (f".{generation}" if generation else "")
+            return WorkerProcess(config_path, cfg.broker, log_dir / f"{name}.log", name)
+
+        supervisor = WorkerSupervisor(make, workers or cfg.runtime.workers)
         collector = ResultCollector(
             cfg.broker, cfg.topics.names().results, client=cfg.consumer_kwargs()
         )
         try:
-            ready = [p.wait_ready() for p in procs]
+            ready = supervisor.wait_ready()
             if frames is None:
                 frames = list(iter_source(cfg.source))
             start = time.time()
@@ -436,8 +327,8 @@ def run_pipeline(
                 seconds,
                 collector.duplicates,
                 ready,
+                supervisor.restarts,
             )
         finally:
             collector.close()
-            for p in reversed(procs):
-                p.stop()
+            supervisor.stop()

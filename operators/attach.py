@@ -94,6 +94,12 @@ def attach(
     """
     attach_control_replay(app, mlink)
     attach_model_builder(app, mlink)
+
+    @app.on_before_shutdown.connect
+    async def close_mlink(sender: Any, **_: Any) -> None:
+        """Executors, isolated model processes and the training process stop with the app."""
+        mlink.close()
+
     frames = attach_frame_operator(app, mlink, source=source, reader=reader)
     attach_metrics(app, mlink)
     return Attached(

@@ -231,8 +231,9 @@ def _results(mlink: MLink, works: list[FrameWork]) -> list[FrameResult]:
     the same results without it, each inactive model ``missing`` with the reason."""
     versions = [w.plan.link_version if w.plan else None for w in works]
     try:
+        linksets = mlink.linksets(versions)
         return build_results(
-            works, mlink.model_names, mlink.linksets(versions), time.time(), mlink.estimates()
+            works, mlink.model_names, linksets, time.time(), mlink.estimates(), mlink.unusable
         )
     except Exception as exc:
         mlink.metrics["synthesis_failures"] += 1

@@ -61,16 +61,20 @@ def build_results(
     linksets: Mapping[int, LinkSet],
     now: float,
     estimates: Mapping[str, float] | None = None,
+    unusable: Mapping[int, str] | None = None,
 ) -> list[FrameResult]:
     """One result per frame, in order; inactive models synthesized in batches.
 
     ``linksets`` maps link versions to loaded link sets; a frame whose version is absent gets
-    ``missing`` for every model it did not run. ``estimates`` are the agreement estimates
-    attached to synthesized outputs. ``degraded`` is set when a model the plan expected did not
-    produce an output (it failed, timed out or never arrived); that model is then synthesized
-    too when links allow, so the result is as complete as it can be.
+    ``missing`` for every model it did not run, and when ``unusable`` says why that version
+    could not be used (corrupt, or made for other models), the result is degraded with that
+    reason. ``estimates`` are the agreement estimates attached to synthesized outputs.
+    ``degraded`` is also set when a model the plan expected did not produce an output (it
+    failed, timed out or never arrived); that model is then synthesized too when links allow,
+    so the result is as complete as it can be.
     """
     estimates = estimates or {}
+    unusable = unusable or {}
     executed = [{m: o.output for m, o in w.outcomes.items() if o.error is None} for w in frames]
     synthesized: list[dict[str, tuple[np.ndarray, tuple[str, ...]]]] = [{} for _ in frames]
     groups: dict[tuple[int, frozenset[str], str], list[int]] = defaultdict(list)
@@ -94,7 +98,7 @@ def build_results(
         for i, out in zip(rows, outputs, strict=True):
             synthesized[i][target] = (np.asarray(out), ordered)
     return [
-        _result(work, models, executed[i], synthesized[i], now, estimates)
+        _result(work, models, executed[i], synthesized[i], now, estimates, unusable)
         for i, work in enumerate(frames)
     ]
 
@@ -106,15 +110,20 @@ def _result(
     synthesized: Mapping[str, tuple[np.ndarray, tuple[str, ...]]],
     now: float,
     estimates: Mapping[str, float],
+    unusable: Mapping[int, str],
 ) -> FrameResult:
     plan = work.plan
     expected = set(plan.active) if plan else set(models)
+    version = plan.link_version if plan else None
+    broken = unusable.get(version) if version is not None else None
     results = []
     for model in models:
         outcome = work.outcomes.get(model)
         error = None
         if model in expected and model not in executed:
             error = outcome.error if outcome is not None else work.missing_reason or "no output"
+        elif broken is not None and model not in executed and model not in synthesized:
+            error = f"link version {version} unusable: {broken}"
         if model in executed:
             results.append(
                 ModelResult(
@@ -145,7 +154,8 @@ def _result(
         seq=work.seq,
         epoch=plan.epoch if plan else 0,
         results=tuple(results),
-        degraded=any(m not in executed for m in expected),
+        degraded=any(m not in executed for m in expected)
+        or (broken is not None and len(synthesized) + len(executed) < len(models)),
         emitted_at=now,
         timestamp=work.timestamp,
         probe=bool(plan and plan.probe),

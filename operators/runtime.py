@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
@@ -62,9 +62,11 @@ class MLink:
         self.limits = settings.limits
         self.completed = RecentIds()
         self.predicted: dict[str, float] = {}  # the controller's estimate for the active set
+        self.unusable: dict[int, str] = {}  # link versions that cannot be used, and why
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._events: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._closers: list[Callable[[], object]] = []
         links = settings.links
         self.trainer = LinkTrainer(
             self.specs,
@@ -136,6 +138,7 @@ class MLink:
             if not self.metrics[key]:
                 log.error("cannot use link version %s: %s", version, exc)
             self.metrics[key] += 1
+            self.unusable[version] = str(exc)[:500]
             return None
 
     def linksets(self, versions: Sequence[int | None]) -> dict[int, LinkSet]:
@@ -146,6 +149,9 @@ class MLink:
             if loaded is not None and version is not None:
                 if set(loaded.linkset.specs) - set(self.specs):
                     self.metrics[f"bad_link_version:{version}"] += 1
+                    self.unusable[version] = (
+                        f"made for models {sorted(loaded.linkset.specs)}, not this pipeline's"
+                    )
                     continue  # links of another model set: synthesizing would name unknown models
                 out[version] = loaded.linkset
         return out
@@ -158,7 +164,13 @@ class MLink:
     def count(self, counts: Mapping[str, int]) -> None:
         self.metrics.update(counts)
 
+    def on_close(self, close: Callable[[], object]) -> None:
+        """Run ``close`` when the worker stops (training processes, endpoints...)."""
+        self._closers.append(close)
+
     def close(self) -> None:
+        for close in self._closers:
+            close()
         for runner in self.runners.values():
             runner.close()
         for pool in self._executors.values():

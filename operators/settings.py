@@ -145,6 +145,8 @@ class LinkSettings:
     planned its ``warmup_frames`` warm-up frames waits up to ``hold_s`` for the first links
     before it plans more: a backlog then waits in Kafka for the budgeted plan instead of
     running every model on every frame while the links train (0 = never wait).
+    ``train_in_child`` trains in a separate, lower-priority process (one torch thread), so
+    training never starves the models or the heartbeats; False trains on a thread.
     """
 
     store: str = "linkstore-data"
@@ -155,6 +157,7 @@ class LinkSettings:
     selector: Literal["exact", "greedy", "lookahead", "auto"] = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
     hold_s: float = 60.0
+    train_in_child: bool = True
 
     def __post_init__(self) -> None:
         if self.warmup_frames < 4:

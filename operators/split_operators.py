@@ -213,8 +213,9 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
             reason = f"no output within {settings.output_timeout_s:g} s" if timed_out else None
             works.append(pending.work(reason))
         versions = [w.plan.link_version if w.plan else None for w in works]
+        linksets = mlink.linksets(versions)
         results = build_results(
-            works, mlink.model_names, mlink.linksets(versions), time.time(), mlink.estimates()
+            works, mlink.model_names, linksets, time.time(), mlink.estimates(), mlink.unusable
         )
         for result in results:
             await emit(result)

@@ -18,6 +18,7 @@ import faust
 
 from mlink.operators.live import LiveAgreement, probe_agreement
 from mlink.operators.runtime import MLink
+from mlink.operators.training_process import TrainingJob, TrainingProcess
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, FrameResult
@@ -34,6 +35,15 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
     control_t = Outbox(app, mlink, names.control)
     dead = dead_letters(app, mlink)
     live = LiveAgreement()
+    process: list[TrainingProcess] = []
+
+    def training_process() -> TrainingProcess:
+        """One warm training child per worker, started on the first training."""
+        if not process:
+            process.append(TrainingProcess())
+            mlink.on_close(lambda: process[0].close(wait=False))
+        return process[0]
+
     retry = {"added": 0, "at": 0, "backoff": 10}  # after a failure, retry with more data only
 
     async def report_live(result: FrameResult) -> None:
@@ -66,7 +76,13 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         started = time.perf_counter()
         log.info("training links on %d samples", len(trainer.samples))
         try:
-            version = await loop.run_in_executor(mlink.executor("trainer"), trainer.train_and_save)
+            if settings.links.train_in_child:
+                outcome = await training_process().atrain(TrainingJob.from_trainer(trainer))
+                version = trainer.saved(outcome.version)
+            else:
+                version = await loop.run_in_executor(
+                    mlink.executor("trainer"), trainer.train_and_save
+                )
         except Exception:  # e.g. a full disk: never retried on every sample
             retry["at"] = retry["added"] + retry["backoff"]
             retry["backoff"] = min(retry["backoff"] * 2, 1000)

@@ -156,9 +156,11 @@ class TrainingProcess:
         self._ensure_pool().submit(int).result()
         return self
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the child; ``wait=False`` returns at once (a running job is abandoned and the
+        child exits with its parent)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
     def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:

@@ -25,7 +25,7 @@ with warnings.catch_warnings():
 
 from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.kafka_admin import TopicSpec, ensure_topics
-from mlink.deploy.runner import FaustProcess
+from mlink.deploy.processes import FaustProcess
 from tests.s3 import S3Server, s3_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

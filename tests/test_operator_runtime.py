@@ -269,3 +269,18 @@ def test_the_fetch_wait_cap_is_opt_in_per_app() -> None:
     assert not hasattr(plain, "_mlink_fetch_max_wait_ms")
     with pytest.raises(ValueError):
         cap_fetch_wait(plain, -1)
+
+
+def test_an_unusable_link_version_degrades_the_result_with_the_reason() -> None:
+    data = truth(1)
+    plan = Plan(epoch=2, active=("parity",), link_version=4)
+    (result,) = build_results(
+        [work(0, plan, parity=Executed(data["parity"][0], 1.0))],
+        list(SPECS),
+        {},
+        now=1.0,
+        unusable={4: "sha256 of tensors.safetensors does not match"},
+    )
+    digit = next(r for r in result.results if r.model == "digit")
+    assert result.degraded and digit.status == "missing"
+    assert digit.error == "link version 4 unusable: sha256 of tensors.safetensors does not match"

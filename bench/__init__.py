@@ -1,0 +1,1 @@
+"""Benchmark and fault-matrix scripts (run them with ``python bench/NAME.py``)."""

@@ -216,8 +216,11 @@ def worker_killed(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
 
 def broker_restart(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
     """A durable broker (Tansu on an S3-compatible store) stopped and started mid-stream."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -276,13 +279,13 @@ def misbehaving_model(fault: str, isolation: dict | None, note: str) -> Callable
         env = {"PYTHONPATH": str(ROOT)}  # isolated children import tests.misbehaving_models
         with pipeline(broker.bootstrap, tmp, data, env=env) as p:
             ids = p.send(10) + p.send(40, trigger_at={0, 10, 20})
-            row = p.row(f"{fault} model ({note})", ids, 240)
+            p.collector.wait_for(set(ids), 240)
+            time.sleep(5)  # time to restart an isolated model
             tail = p.send(10)
-            p.collector.wait_for(set(tail), 60)
-            healthy_again = not any(
-                p.collector.results[f].degraded for f in tail if f in p.collector.results
-            )
-            row.note = f"later frames {'clean' if healthy_again else 'still degraded'}"
+            row = p.row(f"{fault} model ({note})", ids + tail, 240)
+            results = p.collector.results
+            clean = not any(results[f].degraded for f in tail if f in results)
+            row.note = f"frames after the fault {'clean' if clean else 'still degraded'}"
             return [row]
 
     return scenario

@@ -6,7 +6,9 @@ or Kubernetes would: a worker that exits while it should be running is started a
 delay that doubles with every restart in a row (up to ``backoff_max_s``) and resets once a
 worker has stayed up for ``healthy_after_s``. A slot restarted ``loop_restarts`` times within
 ``loop_window_s`` is reported as a crash loop (and still restarted, at the longest delay), so a
-fault matrix can tell a recovered fault from one that keeps a worker down.
+fault matrix can tell a recovered fault from one that keeps a worker down. Only deaths before
+the worker became ready count towards a crash loop: a worker killed while it was serving (a
+crash, an OOM, a SIGKILL) that comes back and serves again is a recovery, not a loop.
 
 Its frames are not lost meanwhile: they stay un-acked in Kafka and the partition's next owner,
 this worker's replacement or another worker, replays them.
@@ -21,9 +23,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mlink.deploy.health import read_health
 from mlink.deploy.processes import WorkerProcess
 
 __all__ = ["WorkerSupervisor"]
+
+
+def _ready(process: WorkerProcess) -> bool:
+    try:
+        health = read_health(process.health_path)
+    except ValueError:
+        return False
+    return bool(health and health.ready and health.pid == process.proc.pid)
+
 
 log = logging.getLogger("mlink.supervisor")
 
@@ -37,6 +49,7 @@ class _Slot:
     delay: float = 0.0
     restarts: deque[float] = field(default_factory=deque)
     crash_loop: bool = False
+    ever_ready: bool = False
 
 
 class WorkerSupervisor:
@@ -82,6 +95,9 @@ class WorkerSupervisor:
             for slot in self.slots:
                 code = slot.process.proc.poll()
                 if code is None:
+                    if not slot.ever_ready and _ready(slot.process):
+                        slot.ever_ready = True
+                        slot.restarts.clear()  # it serves: earlier deaths were not a loop
                     if time.monotonic() - slot.started > self._healthy_after:
                         slot.delay = 0.0
                     continue
@@ -90,6 +106,8 @@ class WorkerSupervisor:
     def _restart(self, slot: _Slot, code: int) -> None:
         now = time.monotonic()
         slot.delay = self._initial if not slot.delay else min(slot.delay * 2, self._max)
+        if slot.ever_ready or _ready(slot.process):  # it had served: a recovery, not a loop
+            slot.restarts.clear()
         slot.restarts.append(now)
         while slot.restarts and now - slot.restarts[0] > self._loop_window:
             slot.restarts.popleft()
@@ -109,6 +127,7 @@ class WorkerSupervisor:
             slot.generation += 1
             slot.process = self._make(slot.index, slot.generation)
             slot.started = time.monotonic()
+            slot.ever_ready = False
             self.restarts += 1
 
     def stop(self) -> None:

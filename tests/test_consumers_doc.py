@@ -178,3 +178,9 @@ def test_the_node_consumer_reads_every_result(
         values = (json.loads(link_version), json.loads(agreement), array["data"])
         printed.append((frame_id, model, status, *values))
     assert sorted(printed) == expected(sent)
+
+
+def test_the_readme_shows_the_same_consumers() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    for language in ("python", "js"):
+        assert snippet(language) in readme, f"README's {language} consumer differs from the doc"

@@ -344,3 +344,46 @@ def test_tansu_authentication_is_not_a_security_boundary(sasl_broker: EmbeddedBr
     # correlation id, 1 topic, name, error code 0 (NONE): the topic was created
     assert created[4:8] == struct.pack(">i", 1)
     assert created.endswith(topic + b"\x00\x00")
+
+
+def test_the_whole_pipeline_over_tls(tls: str, pki: Pki, faust_worker, tmp_path: Path) -> None:
+    """Workers (faust, the control replay, the trainer and controller), the topic creation, the
+    frame producer, the result collector, `mlink budget` and `mlink status`: every client of a
+    pipeline whose config asks for TLS talks to the broker over TLS only."""
+    from mlink.deploy.config import load_config
+    from mlink.deploy.runner import ResultCollector, read_control, set_budget, status
+    from mlink.deploy.source import FrameProducer
+    from mlink.deploy.topics_setup import create_pipeline_topics
+    from tests.test_pipeline_e2e import APP, FAST_MODELS, send_frames, worker_env, write_config
+
+    path, config = write_config(
+        tmp_path, "tls", FAST_MODELS, partitions=2, warmup_frames=12, output_timeout_s=10.0
+    )
+    data = config.model_dump(mode="json")
+    data["broker"] = tls
+    data["security"] = {"protocol": "SSL", "ca_file": str(pki.ca_cert)}
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    create_pipeline_topics(config)
+    worker = faust_worker(APP, worker_env(path, tls, tmp_path / "faust"), name="tls-pipeline")
+    collector = ResultCollector(tls, config.topics.names().results, client=config.consumer_kwargs())
+    try:
+        worker.wait_ready(timeout=120)
+        with FrameProducer(tls, config.topics.names().frames, **config.producer_kwargs()) as p:
+            ids = send_frames(p, ["a", "b"], range(10))
+        assert collector.wait_for(set(ids), 120), worker.log_tail()
+        deadline = time.monotonic() + 120
+        while read_control(tls, config)[0].epoch < 1:
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.5)
+        set_budget(tls, config, {"fraction": 0.9})
+        while read_control(tls, config)[0].epoch < 2:
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.5)
+        report = status(tls, config)
+        assert report["epoch"] == 2 and report["budget"] == {"fraction": 0.9}
+        assert set(report["lag"]) == {config.topics.names().frames, config.topics.names().samples}
+    finally:
+        collector.close()

@@ -116,12 +116,19 @@ def run(
         bool, typer.Option(help="compare with a full run of every model (cached)")
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="frames/s, overriding source.rate; 0 sends every frame at once"),
+    ] = None,
 ) -> None:
     """Run the whole pipeline over the config's source: broker if needed, topics, workers,
     source; print what it saved and kept."""
     from mlink.deploy.demo import print_summary, run_and_summarize
 
     config = _config(config_path, broker)
+    if rate is not None:  # 0: the whole source at once, as a topic looks after downtime
+        source = config.source.model_copy(update={"rate": rate or None})
+        config = config.model_copy(update={"source": source})
     summary = run_and_summarize(config, config_path, workers, timeout, compare, console)
     if as_json:
         print(json.dumps(summary, default=str))

@@ -185,9 +185,12 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "link_version": state.link_version,
         "budget": state.budget or state.requested_budget,
         "predicted_accuracy": last.extra.get("objective") if last else None,
+        "predicted_agreement": last.extra.get("predicted") if last else None,
         "live_agreement": state.live_agreement,
         "live_probes": state.live_probes,
         "plan_cost": last.extra.get("cost") if last else None,
+        "cost_table": last.extra.get("cost_table") if last else None,
+        "infeasible": last.extra.get("infeasible") if last else None,
         "linkstore": {"root": str(store.root), "current": store.current(), "versions": versions},
         "lag": consumer_lag(bootstrap, config),
     }

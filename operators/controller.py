@@ -46,6 +46,12 @@ def resolve_budget(
     return out
 
 
+def _cost_table(models: Sequence[str], declared: Mapping[str, Mapping[str, float]]) -> str:
+    """Which costs the plan was chosen on: ``declared``, ``measured`` live, or ``mixed``."""
+    n = sum(1 for m in models if "ms" in declared.get(m, {}))
+    return "declared" if n == len(models) else "measured" if n == 0 else "mixed"
+
+
 def decide(
     models: Sequence[str],
     declared: Mapping[str, Mapping[str, float]],
@@ -89,6 +95,6 @@ def decide(
             "objective": plan.objective,
             "cost": dict(plan.cost),
             "predicted": {m: links.oracle(frozenset(plan.active), m) for m in models},
-            "cost_table": "declared" if declared else "measured",
+            "cost_table": _cost_table(models, declared),
         },
     )

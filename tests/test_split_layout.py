@@ -1,0 +1,110 @@
+"""The split layout on the real broker: planner, model operator and link operator attached as
+separate agents. Frames get one result each with provenance, links train and the budgeted plan
+applies, and bad records on the outputs topic (unknown model, NaN, wrong shape, outputs for a
+frame no planner saw) are dead-lettered without disturbing any frame."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from mlink.deploy.runner import ResultCollector, read_control
+from mlink.deploy.source import FrameProducer
+from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.topics.codec import encode_record
+from mlink.topics.records import ModelOutput
+from tests.test_pipeline_e2e import (
+    FAST_MODELS,
+    dead_letters,
+    executed,
+    send_frames,
+    wait_results,
+    wait_until,
+    worker_env,
+    write_config,
+)
+
+pytestmark = pytest.mark.broker
+SPLIT_APP = "tests.faust_apps.split_app"
+
+
+def output(frame_id: str, model: str, value: np.ndarray) -> bytes:
+    stream, seq = frame_id.split(":")
+    record = ModelOutput(
+        frame_id=frame_id,
+        stream_id=stream,
+        seq=int(seq),
+        model=model,
+        output=value,
+        epoch=0,
+        elapsed_ms=1.0,
+        produced_at=time.time(),
+    )
+    return encode_record(record)
+
+
+def test_split_operators_answer_every_frame_and_dead_letter_bad_outputs(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    path, config = write_config(
+        tmp_path, "split", FAST_MODELS, partitions=2, warmup_frames=16, output_timeout_s=5.0
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    worker = faust_worker(SPLIT_APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    collector = ResultCollector(broker.bootstrap, names.results)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, names.frames) as frames:
+            warm = send_frames(frames, ["a", "b"], range(0, 10))
+            wait_until(
+                "links", lambda: read_control(broker.bootstrap, config)[0].epoch >= 1, 120, worker
+            )
+            wait_results(collector, set(warm), 60, [worker])
+            bad = {
+                "unknown model": output(warm[0], "bogus_model", np.ones(2, np.float32)),
+                "NaN": output(warm[1], "parity_logreg", np.array([np.nan, 1.0], np.float32)),
+                "wrong shape": output(warm[2], "ge5_forest", np.full(5, 0.2, np.float32)),
+                "no plan": output("ghost:7", "parity_logreg", np.array([1.0, 0.0], np.float32)),
+            }
+            places = {}
+            for what, value in bad.items():
+                meta = producer.send(names.outputs, key=b"a", value=value).get(10)
+                places[what] = (meta.topic, meta.partition, meta.offset)
+            later = send_frames(frames, ["a", "b"], range(10, 30))
+        wait_results(collector, set(later), 90, [worker])
+        deadline = time.monotonic() + 60
+        while len(dead_letters(broker.bootstrap, config)) < len(bad):
+            assert time.monotonic() < deadline, dead_letters(broker.bootstrap, config)
+            time.sleep(0.5)
+        letters = {
+            (d.topic, d.partition, d.offset): d for d in dead_letters(broker.bootstrap, config)
+        }
+        phrases = {
+            "unknown model": "unknown model 'bogus_model'",
+            "NaN": "NaN",
+            "wrong shape": "expected shape (2,), got (5,)",
+            "no plan": "no plan for frame 'ghost:7'",
+        }
+        for what, place in places.items():
+            assert place in letters and phrases[what] in letters[place].reason, what
+            assert letters[place].stage == "link-operator"
+        assert "ghost:7" not in collector.results  # it never entered: no result
+        assert collector.duplicates == 0
+        state, _ = read_control(broker.bootstrap, config)
+        synthesized = 0
+        for frame_id in later:
+            result = collector.results[frame_id]
+            assert not result.degraded, frame_id
+            if result.epoch >= 1 and not result.probe:
+                assert executed(result) == tuple(sorted(state.active)), frame_id
+                synthesized += sum(r.status == "synthesized" for r in result.results)
+        assert synthesized > 0
+    finally:
+        producer.close()
+        collector.close()

@@ -217,7 +217,7 @@ def record_result(mlink: MLink, result: FrameResult) -> None:
         if r.status != "executed":
             mlink.metrics[f"{r.status}:{r.model}"] += 1
         if r.status == "synthesized":
-            mlink.prom.synthesized.labels(r.model).inc()
+            mlink.prom.synthesized_output(r.model)
         if r.error is not None and reason is None:
             reason = (
                 "timeout" if "timed out" in r.error or "no output" in r.error else "model_error"

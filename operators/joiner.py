@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mlink.linkstore.linkset import LinkSet
+from mlink.topics.ids import clip_text
 from mlink.topics.records import FrameResult, ModelOutput, ModelResult, Plan, PlanNotice
 
 __all__ = [
@@ -124,31 +125,28 @@ def _result(
             error = outcome.error if outcome is not None else work.missing_reason or "no output"
         elif broken is not None and model not in executed and model not in synthesized:
             error = f"link version {version} unusable: {broken}"
+        # Every part was validated (outputs against their specs, ids and plans by their
+        # records) before it got here, so the records are built without checking again.
         if model in executed:
-            results.append(
-                ModelResult(
-                    model=model,
-                    output=executed[model],
-                    status="executed",
-                    elapsed_ms=outcome.elapsed_ms if outcome else None,
-                )
-            )
+            elapsed = outcome.elapsed_ms if outcome else None
+            results.append(_model_result(model, executed[model], "executed", elapsed_ms=elapsed))
         elif model in synthesized:
             output, sources = synthesized[model]
+            estimate = estimates.get(model)
             results.append(
-                ModelResult(
-                    model=model,
-                    output=output,
-                    status="synthesized",
+                _model_result(
+                    model,
+                    output,
+                    "synthesized",
                     link_version=plan.link_version if plan else None,
                     sources=sources,
-                    agreement=estimates.get(model),
+                    agreement=None if estimate is None else float(estimate),
                     error=error,
                 )
             )
         else:
-            results.append(ModelResult(model=model, output=EMPTY, status="missing", error=error))
-    return FrameResult(
+            results.append(_model_result(model, EMPTY, "missing", error=error))
+    return FrameResult.trusted(
         frame_id=work.frame_id,
         stream_id=work.stream_id,
         seq=work.seq,
@@ -156,9 +154,32 @@ def _result(
         results=tuple(results),
         degraded=any(m not in executed for m in expected)
         or (broken is not None and len(synthesized) + len(executed) < len(models)),
-        emitted_at=now,
-        timestamp=work.timestamp,
+        emitted_at=float(now),
+        timestamp=None if work.timestamp is None else float(work.timestamp),
         probe=bool(plan and plan.probe),
+    )
+
+
+def _model_result(
+    model: str,
+    output: np.ndarray,
+    status: str,
+    *,
+    link_version: int | None = None,
+    sources: tuple[str, ...] = (),
+    elapsed_ms: float | None = None,
+    agreement: float | None = None,
+    error: str | None = None,
+) -> ModelResult:
+    return ModelResult.trusted(
+        model=model,
+        output=output,
+        status=status,
+        link_version=link_version,
+        sources=sources,
+        elapsed_ms=None if elapsed_ms is None else float(elapsed_ms),
+        agreement=agreement,
+        error=None if error is None else clip_text(error),
     )
 
 

@@ -117,13 +117,31 @@ class WorkerMetrics:
             self.model_healthy.labels(model).set(1)
         for outcome in ("complete", "degraded"):
             self.results.labels(outcome)
+        self._model_children: dict[str, tuple[Any, Any, Any]] = {}
 
     # -- what the agents call ----------------------------------------------------------------
 
+    def _children(self, model: str) -> tuple[Any, Any, Any]:
+        """The per-model series (executions, latency, synthesized), looked up once: a worker
+        records them for every frame, and ``labels()`` costs a lock and a dict lookup."""
+        children = self._model_children.get(model)
+        if children is None:
+            children = self._model_children[model] = (
+                self.executions.labels(model),
+                self.model_latency.labels(model),
+                self.synthesized.labels(model),
+            )
+        return children
+
     def model_call(self, model: str, seconds: float) -> None:
         """One successful real call of ``model`` that took ``seconds``."""
-        self.executions.labels(model).inc()
-        self.model_latency.labels(model).observe(seconds)
+        executions, latency, _ = self._children(model)
+        executions.inc()
+        latency.observe(seconds)
+
+    def synthesized_output(self, model: str) -> None:
+        """One output of ``model`` synthesized through links instead of run."""
+        self._children(model)[2].inc()
 
     def model_failure(self, model: str, kind: str = "error") -> None:
         """A failed call; ``kind`` is ``error`` or ``timeout``."""

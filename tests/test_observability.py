@@ -1,76 +1,172 @@
-"""A live worker's Prometheus endpoint and health file, scraped over HTTP (real broker)."""
+"""Worker metrics over HTTP, the health file, JSON logs (no broker; the lead's e2e tests scrape a
+live worker)."""
 
 from __future__ import annotations
 
-import time
+import io
+import json
+import logging
+import logging.config
+import os
+import subprocess
+import sys
+import textwrap
 import urllib.request
-from typing import Any
+from pathlib import Path
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlink.deploy.health import wait_ready
-from mlink.deploy.runner import ResultCollector
-from mlink.deploy.source import FrameProducer
-from mlink.deploy.topics_setup import create_pipeline_topics
-from tests.test_pipeline_e2e import APP, FAST_MODELS, send_frames, worker_env, write_config
+from mlink.deploy.health import (
+    HealthFile,
+    json_logging_config,
+    read_health,
+    use_json_logs,
+    wait_ready,
+)
+from mlink.operators.metrics import WorkerMetrics, start_metrics_endpoint
 
-pytestmark = pytest.mark.broker
 
-
-def scrape(port: int) -> dict[str, list[Any]]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``{(sample name, sorted labels): value}`` from a real HTTP GET of the endpoint."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
         text = response.read().decode()
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
-
-
-def total(families: dict[str, list[Any]], name: str, **labels: str) -> float:
-    return sum(
-        s.value
-        for s in families.get(name, [])
-        if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
-def test_a_live_worker_serves_its_metrics_and_health(
-    broker: Any, faust_worker: Any, tmp_path: Any
-) -> None:
-    path, config = write_config(
-        tmp_path, "metrics", FAST_MODELS, partitions=2, warmup_frames=1000, output_timeout_s=10.0
-    )
-    data = config.model_dump(mode="json")
-    data["runtime"]["metrics_port"] = 0
-    path.write_text(yaml.safe_dump(data))
-    create_pipeline_topics(config, broker.bootstrap)
-    health_path = tmp_path / "worker.health.json"
-    env = {
-        **worker_env(path, broker.bootstrap, tmp_path / "faust"),
-        "MLINK_HEALTH": str(health_path),
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
-    worker = faust_worker(APP, env)
-    collector = ResultCollector(broker.bootstrap, config.topics.names().results)
+
+
+def test_metrics_endpoint_is_scraped_over_http() -> None:
+    metrics = WorkerMetrics("worker-0", models=["digits", "parity", "idle"])
+    metrics.frames.inc(3)
+    metrics.model_call("digits", 0.004)
+    metrics.model_call("digits", 0.006)
+    metrics.model_call("parity", 0.2)
+    metrics.model_failure("parity", "timeout")
+    metrics.synthesized.labels("parity").inc(2)
+    metrics.result(latency_s=0.05)
+    metrics.result(degraded_reason="late", latency_s=12.0)
+    metrics.dead_letter("planner", "DecodeError")
+    metrics.live_agreement.labels("parity").set(0.97)
+    metrics.epoch.set(4)
+    metrics.link_version.set(2)
+    metrics.in_flight.set(5)
+    metrics.set_lag("mlink.frames", 1, 17)
+    metrics.model_healthy.labels("parity").set(0)
+
+    endpoint = start_metrics_endpoint(metrics, port=0)
     try:
-        health = wait_ready(health_path, 120, pid=worker.proc.pid)
-        assert health.ready and health.metrics_port
-        with FrameProducer(broker.bootstrap, config.topics.names().frames) as producer:
-            ids = send_frames(producer, ["a", "b"], range(6))
-        assert collector.wait_for(set(ids), 60)
-        deadline = time.monotonic() + 30
-        families = scrape(health.metrics_port)
-        while total(families, "mlink_results", outcome="complete") < len(ids):
-            assert time.monotonic() < deadline, families.get("mlink_results")
-            time.sleep(0.5)
-            families = scrape(health.metrics_port)
-        assert total(families, "mlink_frames") >= len(ids)
-        for model in FAST_MODELS:
-            assert total(families, "mlink_model_executions", model=model) >= len(ids)
-            latency = [
-                s for s in families["mlink_model_latency_seconds"] if s.labels.get("model") == model
-            ]
-            assert any(s.name.endswith("_count") and s.value >= len(ids) for s in latency)
-        assert "mlink_epoch" in families and "mlink_consumer_lag" in families
-        later = wait_ready(health_path, 10, pid=worker.proc.pid)
-        assert later.last_heartbeat >= health.last_heartbeat  # the worker keeps beating
+        assert endpoint.port > 0
+        got = scrape(endpoint.url)
     finally:
-        collector.close()
+        endpoint.stop()
+
+    assert got[("mlink_frames_total", ())] == 3
+    assert got[("mlink_model_executions_total", (("model", "digits"),))] == 2
+    assert got[("mlink_model_executions_total", (("model", "idle"),))] == 0  # pre-created
+    assert got[("mlink_model_latency_seconds_count", (("model", "digits"),))] == 2
+    assert got[("mlink_model_latency_seconds_sum", (("model", "digits"),))] == pytest.approx(0.01)
+    le = (("le", "0.25"), ("model", "parity"))
+    assert got[("mlink_model_latency_seconds_bucket", le)] == 1
+    assert got[("mlink_model_errors_total", (("kind", "timeout"), ("model", "parity")))] == 1
+    assert got[("mlink_synthesized_total", (("model", "parity"),))] == 2
+    assert got[("mlink_results_total", (("outcome", "complete"),))] == 1
+    assert got[("mlink_results_total", (("outcome", "degraded"),))] == 1
+    assert got[("mlink_degraded_total", (("reason", "late"),))] == 1
+    assert got[("mlink_frame_latency_seconds_count", ())] == 2
+    dead = (("reason", "DecodeError"), ("stage", "planner"))
+    assert got[("mlink_dead_letters_total", dead)] == 1
+    assert got[("mlink_live_agreement", (("model", "parity"),))] == pytest.approx(0.97)
+    assert got[("mlink_epoch", ())] == 4
+    assert got[("mlink_link_version", ())] == 2
+    assert got[("mlink_in_flight_frames", ())] == 5
+    assert got[("mlink_consumer_lag", (("partition", "1"), ("topic", "mlink.frames")))] == 17
+    assert got[("mlink_model_healthy", (("model", "parity"),))] == 0
+    assert got[("mlink_model_healthy", (("model", "digits"),))] == 1
+    info = (("pid", str(os.getpid())), ("worker", "worker-0"))
+    assert got[("mlink_worker_info", info)] == 1
+
+
+def test_each_worker_has_its_own_registry() -> None:
+    a, b = WorkerMetrics("a"), WorkerMetrics("b")  # no "Duplicated timeseries" error
+    a.frames.inc()
+    assert a.registry.get_sample_value("mlink_frames_total") == 1
+    assert b.registry.get_sample_value("mlink_frames_total") == 0
+
+
+def test_health_file_round_trips_and_moves_on(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "worker-0.health.json"
+    health = HealthFile(path, "worker-0")
+    first = read_health(path)
+    assert first is not None and not first.ready
+    assert (first.worker, first.pid) == ("worker-0", os.getpid())
+    health.update(ready=True, metrics_port=9123, epoch=2, extra={"partitions": [0, 1]})
+    snap = read_health(path)
+    assert snap.ready and snap.metrics_port == 9123 and snap.epoch == 2
+    assert snap.extra == {"partitions": [0, 1]}
+    assert snap.started_at == first.started_at and snap.last_heartbeat >= first.last_heartbeat
+    assert health.beat().last_heartbeat >= snap.last_heartbeat
+    assert snap.age() >= 0
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp files left
+    assert wait_ready(path, timeout=1, pid=os.getpid()) == read_health(path)
+    assert read_health(tmp_path / "missing.json") is None
+
+
+def test_wait_ready_reports_timeouts_stale_files_and_dead_workers(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    with pytest.raises(TimeoutError, match=r"not ready after 0\.2s.*None"):
+        wait_ready(path, timeout=0.2)
+    HealthFile(path, "w").update(ready=True)
+    with pytest.raises(TimeoutError, match="ready=True"):  # left by another process
+        wait_ready(path, timeout=0.2, pid=os.getpid() + 1)
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        wait_ready(path, timeout=5, pid=os.getpid() + 1, alive=lambda: "exited with 3")
+
+
+def test_wait_ready_follows_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "child.json"
+    code = textwrap.dedent(
+        f"""
+        import time
+        from mlink.deploy.health import HealthFile
+        h = HealthFile({str(path)!r}, "child")
+        time.sleep(0.5)
+        h.update(ready=True, metrics_port=1234)
+        time.sleep(30)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        snap = wait_ready(path, timeout=60, pid=child.pid, alive=lambda: child.poll() and "died")
+        assert snap.pid == child.pid and snap.metrics_port == 1234
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("mlink.test.json")
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        use_json_logs(logger)
+        logger.warning("frame %s degraded", "f-1", extra={"frame_id": "f-1", "model": "ocr"})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue().strip())
+    assert line["message"] == "frame f-1 degraded"
+    assert line["level"] == "WARNING" and line["logger"] == "mlink.test.json"
+    assert line["frame_id"] == "f-1" and line["model"] == "ocr"
+    assert line["process"] == os.getpid()
+
+    config = json_logging_config("DEBUG")
+    assert config["root"]["level"] == "DEBUG"
+    configurator = logging.config.DictConfigurator(dict(config))
+    formatter = configurator.configure_formatter(dict(config["formatters"]["json"]))
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
+    assert json.loads(formatter.format(record))["message"] == "hello"

@@ -334,6 +334,20 @@ class WireRecord:
         return out
 
     @classmethod
+    def trusted(cls, **values: Any) -> Self:
+        """Build a record from values this process already validated, skipping the checks.
+
+        For hot paths that assemble records from parts that passed the same checks moments
+        before (the link operator builds a result per frame from validated outputs). Every
+        field must be given, with exactly the types the record stores (tuples, floats, ...);
+        anything read from outside goes through the constructor or :meth:`from_dict`.
+        """
+        record = object.__new__(cls)
+        for name in cls._FIELDS:
+            object.__setattr__(record, name, values[name])
+        return record
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Self:
         """Rebuild a record from its wire dict.
 

@@ -1,0 +1,76 @@
+"""A live worker's Prometheus endpoint and health file, scraped over HTTP (real broker)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlink.deploy.health import wait_ready
+from mlink.deploy.runner import ResultCollector
+from mlink.deploy.source import FrameProducer
+from mlink.deploy.topics_setup import create_pipeline_topics
+from tests.test_pipeline_e2e import APP, FAST_MODELS, send_frames, worker_env, write_config
+
+pytestmark = pytest.mark.broker
+
+
+def scrape(port: int) -> dict[str, list[Any]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def total(families: dict[str, list[Any]], name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for s in families.get(name, [])
+        if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_a_live_worker_serves_its_metrics_and_health(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    path, config = write_config(
+        tmp_path, "metrics", FAST_MODELS, partitions=2, warmup_frames=1000, output_timeout_s=10.0
+    )
+    data = config.model_dump(mode="json")
+    data["runtime"]["metrics_port"] = 0
+    path.write_text(yaml.safe_dump(data))
+    create_pipeline_topics(config, broker.bootstrap)
+    health_path = tmp_path / "worker.health.json"
+    env = {
+        **worker_env(path, broker.bootstrap, tmp_path / "faust"),
+        "MLINK_HEALTH": str(health_path),
+    }
+    worker = faust_worker(APP, env)
+    collector = ResultCollector(broker.bootstrap, config.topics.names().results)
+    try:
+        health = wait_ready(health_path, 120, pid=worker.proc.pid)
+        assert health.ready and health.metrics_port
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as producer:
+            ids = send_frames(producer, ["a", "b"], range(6))
+        assert collector.wait_for(set(ids), 60)
+        deadline = time.monotonic() + 30
+        families = scrape(health.metrics_port)
+        while total(families, "mlink_results", outcome="complete") < len(ids):
+            assert time.monotonic() < deadline, families.get("mlink_results")
+            time.sleep(0.5)
+            families = scrape(health.metrics_port)
+        assert total(families, "mlink_frames") >= len(ids)
+        for model in FAST_MODELS:
+            assert total(families, "mlink_model_executions", model=model) >= len(ids)
+            latency = [
+                s for s in families["mlink_model_latency_seconds"] if s.labels.get("model") == model
+            ]
+            assert any(s.name.endswith("_count") and s.value >= len(ids) for s in latency)
+        assert "mlink_epoch" in families and "mlink_consumer_lag" in families
+        later = wait_ready(health_path, 10, pid=worker.proc.pid)
+        assert later.last_heartbeat >= health.last_heartbeat  # the worker keeps beating
+    finally:
+        collector.close()

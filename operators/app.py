@@ -52,6 +52,9 @@ def create_app(
         "stream_wait_empty": False,
         "stream_buffer_maxsize": max(64, 4 * mlink.settings.batch_size),
         "broker_max_poll_records": max(16, 4 * mlink.settings.batch_size),
+        # results leave in batches: one produce request per few ms, not one per frame
+        "producer_linger": 0.005,
+        "producer_max_batch_size": 1 << 19,
         **mlink.limits.faust_settings(),
     }
     if credentials is not None:

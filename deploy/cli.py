@@ -64,11 +64,11 @@ def demo(
     """The main job: the streaming pipeline on the embedded broker with the real video workload
     (``--offline``: links and selection on the digits workload, no broker)."""
     if offline:
-        from mlink.deploy.demo import run_demo
+        from mlink.eval.demo import run_demo
 
         run_demo(budget_fraction=budget_fraction)
         return
-    from mlink.deploy.demo import run_streaming_demo
+    from mlink.eval.demo import run_streaming_demo
 
     run_streaming_demo(console=console)
 
@@ -103,7 +103,7 @@ def run(
 ) -> None:
     """Run the whole pipeline over the config's source: broker if needed, topics, workers,
     source; print what it saved and kept."""
-    from mlink.deploy.demo import print_summary, run_and_summarize
+    from mlink.eval.run import print_summary, run_and_summarize
 
     config = _config(config_path, broker)
     summary = run_and_summarize(config, config_path, workers, timeout, compare, console)
@@ -131,8 +131,8 @@ def bench(
 ) -> None:
     """The paper's Table 4 on this config's models and data, offline: Standalone, frame
     filtering, multi-task CNN, the paper's greedy MLink and ours, at several budgets."""
-    from mlink.deploy.bench import DEFAULT_FRACTIONS, plot, run_bench, to_json
-    from mlink.deploy.bench_table import print_report
+    from mlink.eval.bench import DEFAULT_FRACTIONS, plot, run_bench, to_json
+    from mlink.eval.bench_table import print_report
 
     config = _config(config_path)
     if use_config_budget:

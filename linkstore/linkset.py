@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -81,6 +81,11 @@ def prior_row(spec: OutputSpec, encoded: np.ndarray) -> np.ndarray:
             [np.bincount(col.astype(np.int64)).argmax() for col in rounded.T], dtype=np.float32
         )
     return np.median(encoded, axis=0).astype(np.float32)
+
+
+def prior_output(spec: OutputSpec, outputs: Sequence[Any]) -> Any:
+    """The prior of these outputs (:func:`prior_row`) as an output the model could have emitted."""
+    return decode_rows(spec, prior_row(spec, encode_batch(spec, list(outputs)))[None])[0]
 
 
 class LinkSet:
@@ -463,6 +468,3 @@ class AgreementOracle:
     def accuracy(self, active: frozenset[str]) -> float:
         """The paper's objective: mean over models of 1 if active else synthesized agreement."""
         return float(np.mean([self(active, m) for m in self.linkset.models]))
-
-
-AgreementFn = Callable[[frozenset[str], str], float]

@@ -10,7 +10,7 @@ planned with, each marked with its provenance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +161,3 @@ def is_training_sample(result: FrameResult, notice: PlanNotice | None) -> bool:
         and not result.degraded
         and all(r.status == "executed" for r in result.results)
     )
-
-
-LinkSetLoader = Callable[[int], LinkSet | None]

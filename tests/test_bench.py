@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from mlink.deploy.bench import plot, run_bench, to_json
 from mlink.deploy.config import parse_config
+from mlink.eval.bench import plot, run_bench, to_json
 
 METHODS = {
     "Standalone",

@@ -111,11 +111,11 @@ def pipeline_config(store: Path, probe_every: int = 4, fraction: float = 0.5) ->
     return parse_config(
         {
             "name": "unit",
-            "source": {"factory": "mlink.deploy.examples.digits:frames"},
+            "source": {"factory": "mlink.eval.workloads.digits:frames"},
             "models": [
                 {
                     "name": m,
-                    "factory": "mlink.deploy.examples.digits:model",
+                    "factory": "mlink.eval.workloads.digits:model",
                     "output": SPECS[m].to_dict(),
                     "cost": {"ms": COSTS[m]},
                 }

@@ -16,15 +16,13 @@ import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from mlink.deploy.outputs import DEFAULT_CACHE, collect_workload
+from mlink.eval.outputs import DEFAULT_CACHE, collect_workload
+from mlink.eval.workload import Workload
 from mlink.topics.specs import OutputSpec, VectorSpec
-
-if TYPE_CHECKING:
-    from mlink.linkstore.experiment import Workload
 
 #: Bumped whenever a model's definition changes what it outputs, so cached outputs are recomputed.
 VERSION = 2
@@ -144,7 +142,7 @@ class Predictor:
 
 
 def model(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Model factory for pipeline configs: ``factory: mlink.deploy.examples.digits:model``.
+    """Model factory for pipeline configs: ``factory: mlink.eval.workloads.digits:model``.
 
     Returns a black box mapping one 8x8 ``uint8`` frame to its output. It also accepts a batch
     ``(n, 8, 8)`` and then returns ``(n, ...)``, so operators can batch it.
@@ -167,7 +165,7 @@ def specs() -> dict[str, OutputSpec]:
 
 def workload(cache_dir: Path | None = DEFAULT_CACHE, progress: bool = True) -> Workload:
     """Every digits model's outputs on the stream with measured costs (cached; see
-    :func:`mlink.deploy.outputs.collect_workload`)."""
+    :func:`mlink.eval.outputs.collect_workload`)."""
     models = {name: (model(name), m.spec) for name, m in MODELS.items()}
     stream = [("digits", frame) for frame in frames()]
     return collect_workload("digits", models, stream, cache_dir=cache_dir, progress=progress)

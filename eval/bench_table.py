@@ -1,11 +1,11 @@
-"""Terminal rendering of a :class:`mlink.deploy.bench.BenchReport`."""
+"""Terminal rendering of a :class:`mlink.eval.bench.BenchReport`."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
-from mlink.deploy.bench import BenchReport
+from mlink.eval.bench import BenchReport
 
 
 def print_report(report: BenchReport, console: Console) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import RunReport
-from mlink.linkstore.experiment import Workload
+from mlink.eval.workload import Workload
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.store import LinkStore
 from mlink.topics.frames import decode_frame, encode_frame

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from mlink.deploy.config import PipelineConfig
-from mlink.deploy.outputs import DEFAULT_CACHE, collect_workload
-from mlink.deploy.source import iter_source
-from mlink.linkstore import baselines, temporal
-from mlink.linkstore.experiment import (
+from mlink.eval import baselines, temporal
+from mlink.eval.config_workload import SourceFrames, load_workload
+from mlink.eval.experiment import (
     PlanResult,
     TrainedWorkload,
     Workload,
@@ -31,45 +30,12 @@ from mlink.linkstore.experiment import (
     stream_split,
     train_workload,
 )
+from mlink.eval.outputs import DEFAULT_CACHE
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
 
 DEFAULT_FRACTIONS = (0.2, 0.33, 0.5)
 TRAIN_RATIOS = (0.01, 0.05, 0.1, 0.2)
-
-
-class SourceFrames:
-    """The config's source as a re-iterable, so outputs are cached without holding all frames."""
-
-    def __init__(self, config: PipelineConfig) -> None:
-        self.config = config
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        return iter_source(self.config.source)
-
-
-def config_models(config: PipelineConfig) -> tuple[dict[str, Any], dict[str, str]]:
-    """Built models with their output cache keys: the model's own ``model_key`` when it has one
-    (so caches written by the workload modules are shared), else factory path + args."""
-    models, keys = {}, {}
-    for m in config.models:
-        built = m.build()
-        models[m.name] = (built, m.spec)
-        own = getattr(built, "model_key", None)
-        keys[m.name] = (
-            own if isinstance(own, str) and own else f"{m.factory}:{sorted(m.args.items())}"
-        )
-    return models, keys
-
-
-def load_workload(
-    config: PipelineConfig, progress: bool = True, cache_dir: Path | None = DEFAULT_CACHE
-) -> Workload:
-    """Every configured model's real outputs and measured costs on the source (cached)."""
-    models, keys = config_models(config)
-    return collect_workload(
-        config.name, models, SourceFrames(config), cache_dir, model_keys=keys, progress=progress
-    )
 
 
 @dataclass(slots=True)

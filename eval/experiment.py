@@ -1,79 +1,23 @@
 """Offline experiments: train links on the head of each stream, pick an active set under a budget,
 and measure what it saves and keeps on the rest, as the paper's protocol does.
 
-Works on a :class:`Workload` (every model's real outputs on every frame, plus measured costs), so
-it needs no broker and no models at run time: outputs are collected and cached once elsewhere.
+Works on a :class:`~mlink.eval.workload.Workload` (every model's real outputs on every frame, plus
+measured costs), so it needs no broker and no models at run time: outputs are collected and cached
+once elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
+from mlink.eval.workload import Workload, stream_split
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.linkset import AgreementOracle, LinkSet
 from mlink.linkstore.selection import Evaluation, Problem, select, select_paper_greedy
 from mlink.linkstore.training import TrainConfig
-from mlink.topics.specs import OutputSpec
-
-
-@dataclass(slots=True)
-class Workload:
-    """Aligned real outputs of every model on every frame, in stream (time) order."""
-
-    name: str
-    specs: dict[str, OutputSpec]
-    outputs: dict[str, list[Any]]
-    costs: dict[str, dict[str, float]]
-    streams: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        n = {m: len(v) for m, v in self.outputs.items()}
-        if set(n) != set(self.specs):
-            raise ValueError(
-                f"workload {self.name}: outputs cover {sorted(n)}, specs {sorted(self.specs)}"
-            )
-        if len(set(n.values())) > 1:
-            raise ValueError(f"workload {self.name}: models have different frame counts {n}")
-        if not self.streams:
-            self.streams = ["stream"] * self.n_frames
-        if len(self.streams) != self.n_frames:
-            raise ValueError(
-                f"workload {self.name}: {len(self.streams)} stream ids for {self.n_frames} frames"
-            )
-
-    @property
-    def models(self) -> list[str]:
-        return list(self.specs)
-
-    @property
-    def n_frames(self) -> int:
-        return len(next(iter(self.outputs.values()))) if self.outputs else 0
-
-    def subset(self, index: Sequence[int]) -> dict[str, list[Any]]:
-        return {m: [v[i] for i in index] for m, v in self.outputs.items()}
-
-    def total_cost(self, resource: str = "ms") -> float:
-        return float(sum(c.get(resource, 0.0) for c in self.costs.values()))
-
-
-def stream_split(streams: Sequence[str], train_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's protocol: the first ``train_fraction`` of *each* stream (in time order) trains,
-    the rest evaluates. At least two frames per stream train so a validation split exists."""
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    train, test = [], []
-    positions: dict[str, list[int]] = {}
-    for i, s in enumerate(streams):
-        positions.setdefault(s, []).append(i)
-    for idx in positions.values():
-        k = min(len(idx) - 1, max(2, round(len(idx) * train_fraction)))
-        train += idx[:k]
-        test += idx[k:]
-    return np.array(sorted(train)), np.array(sorted(test))
 
 
 @dataclass(slots=True)

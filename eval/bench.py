@@ -1,11 +1,25 @@
 """`mlink bench CONFIG`: the paper's Table 4 on any pipeline config, offline, without a broker.
 
 Protocol (the paper's): every model's real output on every frame is computed once and cached;
-the first ``train_fraction`` (10%) of each stream, in time order, trains links, ensembles and
-every baseline; the rest is evaluated. Accuracy is the mean over all models of agreement with
-the real model's output (1 for executed models); compute saved is 1 - (cost of what ran,
-including links, features or the multi-task CNN) / (cost of running every model), on measured
-ms per frame. Every method sees the same frames, outputs and budgets in the same run.
+the first ``train_fraction`` (10%) of each stream trains links, ensembles and every baseline; the
+rest is evaluated. Every method sees the same frames, outputs, cost table and budgets in the same
+run. What each row reports:
+
+- *accuracy*: mean over all models and evaluation frames of the agreement with the real model's
+  output, executed outputs scoring 1; *synthesized*: the same over only the outputs no real model
+  computed on that frame (:mod:`mlink.eval.figures`);
+- *compute saved*: ``1 - cost / full`` in ms per frame, from ONE cost table for the models
+  (measured when the outputs were computed, or declared in the config: ``report.cost_table``
+  says which), plus what the method itself runs, measured in this run: link and ensemble
+  inference, frame features, the multi-task CNN, change signals;
+- *predicted*: what the method expected from the training part; for MLink rows the selection
+  oracle's objective (cross-fitted by default), to compare with what the plan kept;
+- *feasible*: the method's own verdict (its measured cost fits the budget; for MLink the plan's).
+
+Stream order: sources whose frames are independent samples (``independent_frames`` on the source
+factory, e.g. the digits images) are shuffled within each stream with the seed (``order="auto"``);
+video stays in time order. With ``seeds > 1`` every figure that moves between runs (link training
+seed, the shuffled split, the CNN seed, measured link costs) is reported as mean and spread.
 """
 
 from __future__ import annotations
@@ -13,38 +27,70 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from mlink.deploy.config import PipelineConfig
+from mlink.deploy.config import PipelineConfig, load_object
 from mlink.eval import baselines, temporal
+from mlink.eval.baselines.frames import PreparedFrames
 from mlink.eval.config_workload import SourceFrames, load_workload
-from mlink.eval.experiment import (
-    PlanResult,
-    TrainedWorkload,
-    Workload,
-    compare_selectors,
-    stream_split,
-    train_workload,
-)
+from mlink.eval.experiment import TrainedWorkload, compare_selectors, train_workload
+from mlink.eval.figures import mean_spread
 from mlink.eval.outputs import DEFAULT_CACHE
+from mlink.eval.workload import Workload, shuffled_order, stream_split
+from mlink.linkstore.crossfit import Scheme
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
+from mlink.linkstore.training import TrainConfig
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "METHODS",
+    "BenchReport",
+    "aggregate",
+    "plot",
+    "run_bench",
+    "to_json",
+    "training_ratio_table",
+]
 
 DEFAULT_FRACTIONS = (0.2, 0.33, 0.5)
 TRAIN_RATIOS = (0.01, 0.05, 0.1, 0.2)
+Order = Literal["auto", "file", "shuffled"]
+CostTable = Literal["measured", "declared"]
+
+STANDALONE = "Standalone (knapsack on prior agreement)"
+REDUCTO = "Frame filtering (Reducto)"
+MULTITASK = "Multi-task CNN"
+GREEDY = "MLink (paper greedy)"
+EXACT = "MLink (exact selection)"
+FUSION = "MLink (exact, fusion ensemble)"
+REUSE = "Reuse schedule"
+TEMPORAL = "MLink + temporal links"
+FILTERING = "MLink + frame filtering"
+METHODS = (STANDALONE, REDUCTO, MULTITASK, GREEDY, EXACT, FUSION, REUSE, TEMPORAL, FILTERING)
+#: Rows whose predicted accuracy is the MLink selector's (the issue's within-3-points target).
+SELECTOR_ROWS = (GREEDY, EXACT, FUSION)
+METRICS = ("accuracy", "synthesized_accuracy", "compute_saved", "cost_ms", "predicted_accuracy")
 
 
 @dataclass(slots=True)
 class BenchReport:
+    """Every method at every budget and seed (``rows``), and their mean and spread (``cells``)."""
+
     workload: str
     frames: int
     train_frames: int
     full_cost_ms: float
+    order: str
+    seeds: int
+    scheme: str
+    cost_table: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    cells: list[dict[str, Any]] = field(default_factory=list)
     training_ratios: list[dict[str, Any]] = field(default_factory=list)
     ensembles: dict[str, Any] = field(default_factory=dict)
     link_cost: dict[str, float] = field(default_factory=dict)
@@ -54,45 +100,64 @@ class BenchReport:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
-def _row(method: str, budget_ms: float, full: float, result: Any) -> dict[str, Any]:
-    if isinstance(result, InfeasibleBudget):  # nothing of this method fits: say so, no numbers
-        return {
-            "method": method,
-            "budget": budget_ms,
-            "budget_fraction": budget_ms / full,
-            "feasible": False,
-            "accuracy": None,
-            "compute_saved": None,
-            "cost_ms": None,
-            "active": [],
-            "note": str(result),
-        }
-    return {
+def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "method": method,
         "budget": budget_ms,
         "budget_fraction": budget_ms / full,
+        "seed": seed,
+    }
+    if isinstance(result, InfeasibleBudget):  # nothing of this method fits: say so, no numbers
+        return row | {
+            "feasible": False,
+            **dict.fromkeys(METRICS),
+            "active": [],
+            "note": str(result),
+        }
+    return row | {
+        "feasible": bool(result.feasible),
         "accuracy": float(result.accuracy),
+        "synthesized_accuracy": result.synthesized_accuracy,
         "compute_saved": float(result.compute_saved),
-        "cost_ms": float(
-            result.cost_ms if hasattr(result, "cost_ms") else result.cost.get("ms", 0.0)
-        ),
+        "cost_ms": float(result.cost_ms),
+        "predicted_accuracy": result.predicted_accuracy,
         "active": list(result.active),
         "per_model": {m: float(v) for m, v in result.per_model.items()},
-        "feasible": True,
+        "run_rate": {m: float(v) for m, v in result.run_rate.items()},
     }
 
 
-def _plan_row(
-    method: str, budget_ms: float, full: float, plan: PlanResult | InfeasibleBudget
-) -> dict[str, Any]:
-    row = _row(method, budget_ms, full, plan)
-    if isinstance(plan, PlanResult):
-        row["predicted_accuracy"] = plan.predicted_accuracy
-    return row
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One cell per (method, budget): mean and spread (sample std) of every metric over seeds.
+
+    ``prediction_gap`` is predicted minus realised accuracy per seed, averaged.
+    """
+    cells = []
+    keys = list(dict.fromkeys((r["method"], r["budget"]) for r in rows))
+    for method, budget in keys:
+        group = [r for r in rows if r["method"] == method and r["budget"] == budget]
+        cell: dict[str, Any] = {
+            "method": method,
+            "budget": budget,
+            "budget_fraction": group[0]["budget_fraction"],
+            "runs": len(group),
+            "feasible": all(r["feasible"] for r in group),
+            "infeasible_runs": sum(not r["feasible"] for r in group),
+        }
+        for metric in METRICS:
+            cell[metric], cell[f"{metric}_spread"] = mean_spread(r[metric] for r in group)
+        gaps = [
+            r["predicted_accuracy"] - r["accuracy"]
+            for r in group
+            if r["predicted_accuracy"] is not None and r["accuracy"] is not None
+        ]
+        cell["prediction_gap"], cell["prediction_gap_spread"] = mean_spread(gaps)
+        cells.append(cell)
+    return cells
 
 
 def training_ratio_table(
-    workload: Workload, ratios: Sequence[float], config: Any, test_idx: np.ndarray
+    workload: Workload, ratios: Sequence[float], config: TrainConfig, test_idx: np.ndarray
 ) -> list[dict[str, Any]]:
     """Link agreement vs share of each stream used for training (the paper's link tables).
 
@@ -120,6 +185,39 @@ def training_ratio_table(
     return rows
 
 
+def resolve_order(config: PipelineConfig, order: Order) -> Literal["file", "shuffled"]:
+    """``auto``: shuffled when the source factory says its frames are independent samples."""
+    if order != "auto":
+        return order
+    factory = load_object(config.source.factory) if config.source.factory else None
+    return "shuffled" if getattr(factory, "independent_frames", False) else "file"
+
+
+def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable) -> Workload:
+    """The workload with the chosen model cost table: as measured, or as declared in the config
+    (then every model must declare ``cost.ms``)."""
+    if costs == "measured":
+        return workload
+    declared = config.declared_costs()
+    missing = [m for m in workload.models if "ms" not in declared.get(m, {})]
+    if missing:
+        raise ValueError(
+            f"--costs declared needs cost.ms on every model of {config.name}; missing on "
+            f"{missing}. Declare them in the config or use --costs measured"
+        )
+    table = {m: {**workload.costs[m], **declared[m]} for m in workload.models}
+    return replace(workload, costs=table, cost_source=f"declared in the config of {config.name}")
+
+
+def _reorder_frames(prepared: PreparedFrames, order: np.ndarray) -> PreparedFrames:
+    return replace(
+        prepared,
+        features=prepared.features[order],
+        thumbs=prepared.thumbs[order],
+        streams=[prepared.streams[i] for i in order],
+    )
+
+
 def run_bench(
     config: PipelineConfig,
     fractions: Sequence[float] | None = None,
@@ -128,40 +226,76 @@ def run_bench(
     progress: bool = True,
     log: Callable[[str], None] = print,
     cache_dir: Path | None = DEFAULT_CACHE,
+    order: Order = "auto",
+    seeds: int = 1,
+    costs: CostTable = "measured",
+    scheme: Scheme = "crossfit",
 ) -> BenchReport:
-    """Every method at every budget on the config's models and source."""
+    """Every method at every budget and seed on the config's models and source."""
+    if seeds < 1:
+        raise ValueError(f"seeds = {seeds}; run at least one")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    workload = load_workload(config, progress, cache_dir)
+    base = with_cost_table(load_workload(config, progress, cache_dir), config, costs)
     seconds["outputs"] = time.perf_counter() - start
     start = time.perf_counter()
-    prepared = baselines.prepare_frames(SourceFrames(config))
+    frames = baselines.prepare_frames(SourceFrames(config))
     seconds["frame_features"] = time.perf_counter() - start
-    full = workload.total_cost("ms")
+    full = base.total_cost("ms")
     if fractions:
         budgets = [f * full for f in fractions]
     else:
         budgets = [config.budget.resolve({"ms": full}).get("ms", full)]
+    stream_order = resolve_order(config, order)
     train_config = config.links.train_config()
-    start = time.perf_counter()
-    trained = train_workload(workload, train_fraction, train_config, "weighted", progress)
-    fused = train_workload(workload, train_fraction, train_config, "fusion", progress=False)
-    seconds["links"] = time.perf_counter() - start
-    train_idx, test_idx = trained.train_idx, trained.test_idx
-    report = BenchReport(workload.name, workload.n_frames, len(train_idx), full)
-    link_ms = [c["ms"] for c in trained.link_costs.values()]
-    report.link_cost = {"mean_ms_per_link": float(np.mean(link_ms)), "links": len(link_ms)}
-    for budget in budgets:
-        log(f"budget {budget:.2f} ms/frame ({budget / full:.0%} of {full:.2f})")
-        report.rows += _methods_at(
-            workload, trained, fused, prepared, train_idx, test_idx, budget, full, seconds
-        )
-    start = time.perf_counter()
-    report.training_ratios = training_ratio_table(
-        workload, ratios, train_config, stream_split(workload.streams, max(ratios))[1]
+    report = BenchReport(
+        base.name,
+        base.n_frames,
+        len(stream_split(base.streams, train_fraction)[0]),
+        full,
+        stream_order,
+        seeds,
+        scheme,
     )
-    seconds["training_ratios"] = time.perf_counter() - start
-    report.ensembles = _ensemble_winner(report.rows)
+    report.cost_table = {
+        "models": base.cost_source,
+        "model_ms": {m: base.costs[m].get("ms", 0.0) for m in base.models},
+        "full_ms": full,
+        "measured_in_this_run": "link and ensemble inference (fixed part per synthesized target "
+        "+ part per active source, as the link operator runs it), Reducto features "
+        f"({frames.feature_ms:.3f} ms/frame), CNN thumbnails ({frames.thumb_ms:.3f} ms/frame) and "
+        "the CNN itself, temporal links and change signals",
+    }
+    link_ms: list[float] = []
+    for seed in range(seeds):
+        log(f"seed {seed} ({stream_order} order)")
+        workload, prepared = base, frames
+        if stream_order == "shuffled":
+            perm = shuffled_order(base.streams, seed)
+            workload, prepared = base.reordered(perm), _reorder_frames(frames, perm)
+        seeded = replace(train_config, seed=seed)
+        start = time.perf_counter()
+        trained = train_workload(workload, train_fraction, seeded, "weighted", scheme)
+        fused = train_workload(workload, train_fraction, seeded, "fusion", scheme)
+        seconds["links"] = seconds.get("links", 0.0) + time.perf_counter() - start
+        link_ms += [c["ms"] for c in trained.link_costs.values()]
+        tconfig = temporal.TemporalConfig(
+            links=seeded, temporal_links=TrainConfig(epochs=50, seed=seed)
+        )
+        for budget in budgets:
+            log(f"  budget {budget:.2f} ms/frame ({budget / full:.0%} of {full:.2f})")
+            report.rows += _methods_at(
+                workload, trained, fused, prepared, tconfig, budget, full, seed, seconds
+            )
+        if seed == 0:
+            start = time.perf_counter()
+            report.training_ratios = training_ratio_table(
+                workload, ratios, seeded, stream_split(workload.streams, max(ratios))[1]
+            )
+            seconds["training_ratios"] = time.perf_counter() - start
+    report.cells = aggregate(report.rows)
+    report.link_cost = {"mean_ms_per_source": float(np.mean(link_ms)), "links": len(link_ms)}
+    report.ensembles = _ensemble_winner(report.cells)
     report.seconds = seconds
     return report
 
@@ -170,14 +304,14 @@ def _methods_at(
     workload: Workload,
     trained: TrainedWorkload,
     fused: TrainedWorkload,
-    prepared: baselines.PreparedFrames,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
+    prepared: PreparedFrames,
+    tconfig: temporal.TemporalConfig,
     budget: float,
     full: float,
+    seed: int,
     seconds: dict[str, float],
 ) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+    train_idx, test_idx = trained.train_idx, trained.test_idx
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -188,97 +322,49 @@ def _methods_at(
         finally:
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
+    split = (workload, train_idx, test_idx, budget)
+    results: dict[str, Any] = {
+        STANDALONE: timed("standalone", lambda: baselines.standalone(*split)),
+        REDUCTO: timed(
+            "reducto",
+            lambda: baselines.frame_filtering(
+                workload, prepared.features, train_idx, test_idx, budget, prepared.feature_ms
+            ),
+        ),
+        MULTITASK: timed(
+            "multitask",
+            lambda: baselines.multitask(
+                workload,
+                prepared.thumbs,
+                train_idx,
+                test_idx,
+                budget,
+                seed=seed,
+                thumb_ms=prepared.thumb_ms,
+            ),
+        ),
+    }
     budget_map = {"ms": budget}
-    rows.append(
-        _row(
-            "Standalone",
-            budget,
-            full,
-            timed(
-                "standalone", lambda: baselines.standalone(workload, train_idx, test_idx, budget)
-            ),
-        )
-    )
-    rows.append(
-        _row(
-            "Frame filtering (Reducto)",
-            budget,
-            full,
-            timed(
-                "reducto",
-                lambda: baselines.frame_filtering(
-                    workload, prepared.features, train_idx, test_idx, budget, prepared.feature_ms
-                ),
-            ),
-        )
-    )
-    rows.append(
-        _row(
-            "Multi-task CNN",
-            budget,
-            full,
-            timed(
-                "multitask",
-                lambda: baselines.multitask(
-                    workload,
-                    prepared.thumbs,
-                    train_idx,
-                    test_idx,
-                    budget,
-                    thumb_ms=prepared.thumb_ms,
-                ),
-            ),
-        )
-    )
     plans = timed("mlink", lambda: compare_selectors(trained, budget_map))
-    fusion = timed("mlink", lambda: compare_selectors(fused, budget_map))
-    if isinstance(plans, InfeasibleBudget):
-        plans = (plans, plans)
-    rows.append(_plan_row("MLink (paper greedy)", budget, full, plans[0]))
-    rows.append(_plan_row("MLink (exact selection)", budget, full, plans[1]))
-    fusion = fusion if isinstance(fusion, InfeasibleBudget) else fusion[1]
-    rows.append(_plan_row("MLink (exact, fusion ensemble)", budget, full, fusion))
-    rows.append(
-        _row(
-            "Reuse schedule",
-            budget,
-            full,
-            timed(
-                "temporal", lambda: temporal.reuse_schedule(workload, train_idx, test_idx, budget)
-            ),
-        )
-    )
-    rows.append(
-        _row(
-            "MLink + temporal links",
-            budget,
-            full,
-            timed(
-                "temporal", lambda: temporal.temporal_mlink(workload, train_idx, test_idx, budget)
-            ),
-        )
-    )
-    rows.append(
-        _row(
-            "MLink + frame filtering",
-            budget,
-            full,
-            timed(
-                "temporal",
-                lambda: temporal.mlink_with_filtering(workload, train_idx, test_idx, budget),
-            ),
-        )
-    )
-    return rows
+    fusion = timed("mlink", lambda: compare_selectors(fused, budget_map, ["MLink (exact)"]))
+    results[GREEDY] = plans if isinstance(plans, InfeasibleBudget) else plans[0]
+    results[EXACT] = plans if isinstance(plans, InfeasibleBudget) else plans[1]
+    results[FUSION] = fusion if isinstance(fusion, InfeasibleBudget) else fusion[0]
+    for name, fn in (
+        (REUSE, temporal.reuse_schedule),
+        (TEMPORAL, temporal.temporal_mlink),
+        (FILTERING, temporal.mlink_with_filtering),
+    ):
+        results[name] = timed("temporal", lambda fn=fn: fn(*split, tconfig))
+    return [_row(m, budget, full, seed, results[m]) for m in METHODS]
 
 
-def _ensemble_winner(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    weighted = [r for r in rows if r["method"] == "MLink (exact selection)"]
-    fusion = [r for r in rows if r["method"] == "MLink (exact, fusion ensemble)"]
+def _ensemble_winner(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    weighted = {c["budget"]: c for c in cells if c["method"] == EXACT}
     diffs = [
-        f["accuracy"] - w["accuracy"]
-        for w, f in zip(weighted, fusion, strict=True)
-        if w["feasible"] and f["feasible"]
+        c["accuracy"] - weighted[c["budget"]]["accuracy"]
+        for c in cells
+        if c["method"] == FUSION and c["feasible"] and weighted[c["budget"]]["feasible"]
     ]
     mean = float(np.mean(diffs)) if diffs else 0.0
     return {
@@ -292,31 +378,8 @@ def to_json(report: BenchReport) -> str:
 
 
 def plot(report: BenchReport, path: Path) -> None:
-    """Accuracy vs compute saved, one line per method across the budgets."""
-    import matplotlib
+    """All-models and synthesized-only accuracy vs compute saved (see
+    :func:`mlink.eval.bench_table.plot_report`)."""
+    from mlink.eval.bench_table import plot_report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    methods = list(dict.fromkeys(r["method"] for r in report.rows))
-    markers = "osD^v<>ph*"
-    for i, method in enumerate(methods):
-        rows = sorted(
-            (r for r in report.rows if r["method"] == method and r["feasible"]),
-            key=lambda r: r["compute_saved"],
-        )
-        ax.plot(
-            [r["compute_saved"] for r in rows],
-            [r["accuracy"] for r in rows],
-            marker=markers[i % len(markers)],
-            label=method,
-        )
-    ax.set_xlabel("compute saved (share of running every model)")
-    ax.set_ylabel("accuracy (mean agreement with the real models)")
-    ax.set_title(f"{report.workload}: {report.frames} frames, {report.train_frames} train")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_report(report, path)

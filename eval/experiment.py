@@ -2,27 +2,57 @@
 and measure what it saves and keeps on the rest, as the paper's protocol does.
 
 Works on a :class:`~mlink.eval.workload.Workload` (every model's real outputs on every frame, plus
-measured costs), so it needs no broker and no models at run time: outputs are collected and cached
+a cost table), so it needs no broker and no models at run time: outputs are collected and cached
 once elsewhere.
+
+Selection never sees the evaluation frames: it scores plans with an oracle built on the training
+frames only, by the scheme of :func:`mlink.linkstore.crossfit.fit_and_score` (cross-fitted by
+default, so no plan is scored on samples that fitted its links or ensembles). The evaluation
+oracle only reports. Synthesis is costed as the link operator runs it
+(:meth:`~mlink.linkstore.linkset.LinkSet.measure_synthesis_costs`: a fixed part per synthesized
+target plus a part per active source), measured in this process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from mlink.eval.figures import synthesized_agreement
 from mlink.eval.workload import Workload, stream_split
+from mlink.linkstore.crossfit import (
+    PooledOracle,
+    Scheme,
+    fit_and_score,
+)
 from mlink.linkstore.ensemble import EnsembleKind
-from mlink.linkstore.linkset import AgreementOracle, LinkSet
+from mlink.linkstore.linkset import LinkSet
+from mlink.linkstore.oracle import AgreementOracle
 from mlink.linkstore.selection import Evaluation, Problem, select, select_paper_greedy
 from mlink.linkstore.training import TrainConfig
+
+__all__ = [
+    "SELECTORS",
+    "PlanResult",
+    "TrainedWorkload",
+    "compare_selectors",
+    "measure_plan",
+    "selection_problem",
+    "train_workload",
+]
+
+Costs = dict[str, dict[str, float]]
 
 
 @dataclass(slots=True)
 class PlanResult:
-    """One active set, measured on the evaluation frames."""
+    """One active set, measured on the evaluation frames.
+
+    ``predicted_accuracy`` is what selection expected (its oracle's objective), ``accuracy`` what
+    the plan kept; ``run_rate`` is 1 for active models and 0 for synthesized ones.
+    """
 
     method: str
     budget: dict[str, float]
@@ -32,19 +62,35 @@ class PlanResult:
     cost: dict[str, float]
     per_model: dict[str, float]
     predicted_accuracy: float
+    feasible: bool = True
+
+    @property
+    def run_rate(self) -> dict[str, float]:
+        return {m: 1.0 if m in self.active else 0.0 for m in self.per_model}
+
+    @property
+    def synthesized_accuracy(self) -> float | None:
+        return synthesized_agreement(self.per_model, self.run_rate)
+
+    @property
+    def cost_ms(self) -> float:
+        return float(self.cost.get("ms", 0.0))
 
 
 @dataclass(slots=True)
 class TrainedWorkload:
-    """Links trained on the head of the streams, and oracles on validation and evaluation data."""
+    """Links trained on the head of the streams, the oracle selection scores plans with, the
+    evaluation oracle, and what synthesis costs."""
 
     workload: Workload
     linkset: LinkSet
     train_idx: np.ndarray
     test_idx: np.ndarray
-    val_oracle: AgreementOracle
+    val_oracle: AgreementOracle | PooledOracle
     test_oracle: AgreementOracle
-    link_costs: dict[tuple[str, str], dict[str, float]]
+    link_costs: Costs
+    ensemble_costs: dict[str, dict[str, float]]
+    scheme: Scheme = "crossfit"
 
 
 def train_workload(
@@ -52,30 +98,35 @@ def train_workload(
     train_fraction: float = 0.1,
     config: TrainConfig | None = None,
     ensemble: EnsembleKind = "weighted",
-    progress: bool = True,
+    scheme: Scheme = "crossfit",
+    folds: int = 5,
 ) -> TrainedWorkload:
-    """Train links on the first ``train_fraction`` of each stream; build agreement oracles.
+    """Train links on the first ``train_fraction`` of each stream and build both oracles.
 
-    Selection must not peek at the evaluation frames, so its oracle uses the training frames'
-    held-out validation split; the evaluation oracle is only used to report.
+    ``scheme`` picks the selection oracle (see :func:`mlink.linkstore.crossfit.fit_and_score`);
+    folds are contiguous time blocks of each stream's training frames.
     """
     config = config or TrainConfig()
     train_idx, test_idx = stream_split(workload.streams, train_fraction)
-    train_outputs = workload.subset(train_idx)
-    linkset = LinkSet.train(workload.specs, train_outputs, config, ensemble, progress)
+    outputs = workload.subset(train_idx)
+    groups = [workload.streams[i] for i in train_idx]
+    fit = fit_and_score(workload.specs, outputs, config, ensemble, scheme, folds, groups)
+    link_costs, ensemble_costs = fit.linkset.measure_synthesis_costs()
     return TrainedWorkload(
         workload,
-        linkset,
+        fit.linkset,
         train_idx,
         test_idx,
-        linkset.validation_oracle(train_outputs),
-        linkset.agreement_oracle(workload.subset(test_idx)),
-        linkset.measure_link_costs(),
+        fit.oracle,
+        fit.linkset.agreement_oracle(workload.subset(test_idx)),
+        link_costs,
+        ensemble_costs,
+        scheme,
     )
 
 
 def selection_problem(trained: TrainedWorkload, budget: Mapping[str, float]) -> Problem:
-    """The selection instance: measured model and link costs, validation agreement."""
+    """The selection instance: the workload's cost table, synthesis costs, the honest oracle."""
     wl = trained.workload
     return Problem(
         models=wl.models,
@@ -83,6 +134,7 @@ def selection_problem(trained: TrainedWorkload, budget: Mapping[str, float]) -> 
         budget=dict(budget),
         agreement=trained.val_oracle,
         link_costs=trained.link_costs,
+        ensemble_costs=trained.ensemble_costs,
     )
 
 
@@ -103,6 +155,7 @@ def measure_plan(
         cost=dict(evaluation.cost),
         per_model=per_model,
         predicted_accuracy=evaluation.objective,
+        feasible=evaluation.feasible,
     )
 
 
@@ -112,7 +165,11 @@ SELECTORS = {
 }
 
 
-def compare_selectors(trained: TrainedWorkload, budget: Mapping[str, float]) -> list[PlanResult]:
-    """Run the paper's greedy and our selector on the same links and budget."""
+def compare_selectors(
+    trained: TrainedWorkload, budget: Mapping[str, float], names: Sequence[str] | None = None
+) -> list[PlanResult]:
+    """Run the paper's greedy and our selector (or ``names`` of :data:`SELECTORS`) on the same
+    links and budget."""
     problem = selection_problem(trained, budget)
-    return [measure_plan(trained, name, budget, fn(problem)) for name, fn in SELECTORS.items()]
+    chosen = names or list(SELECTORS)
+    return [measure_plan(trained, name, budget, SELECTORS[name](problem)) for name in chosen]

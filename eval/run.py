@@ -45,20 +45,30 @@ def run_and_summarize(config, config_path: Path, workers, timeout, compare, cons
     return summarize(config, report, full, frame_ids(frames)).as_dict()
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.1%}"
+
+
 def print_summary(summary: dict, console: Console) -> None:
+    """The run summary of :func:`mlink.eval.report.summarize` (as a dict), for people."""
     table = Table(
-        title="per model: how often it ran, was synthesized, and agreed with the full run"
+        title="per model: how often it ran or was synthesized, and how well it agreed with the "
+        "full run (all results / synthesized ones only; steady = after warm-up, no probes)"
     )
-    table.add_column("model")
-    table.add_column("executed", justify="right")
-    table.add_column("synthesized", justify="right")
-    table.add_column("agreement", justify="right")
+    for col in ("model", "executed", "synthesized", "missing"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for col in ("agreement", "synthesized only", "steady", "steady synthesized"):
+        table.add_column(col, justify="right")
     for model, score in summary.get("agreement", {}).items():
         table.add_row(
             model,
             str(summary["executed"].get(model, 0)),
             str(summary["synthesized"].get(model, 0)),
-            f"{score:.1%}",
+            str(summary.get("missing", {}).get(model, 0)),
+            _pct(score),
+            _pct(summary["synthesized_agreement"].get(model)),
+            _pct(summary["steady_agreement"].get(model)),
+            _pct(summary["steady_synthesized_agreement"].get(model)),
         )
     console.print(table)
     console.print(
@@ -66,16 +76,23 @@ def print_summary(summary: dict, console: Console) -> None:
         f"(degraded {summary.get('degraded', 0)}, duplicate results dropped "
         f"{summary.get('duplicates', 0)})"
     )
-    if "compute_saved" in summary:
-        console.print(
-            f"compute saved: {summary['compute_saved']:.1%} overall, "
-            f"{summary['steady_compute_saved']:.1%} after warm-up; "
-            f"accuracy (agreement with a full run): {summary['accuracy']:.1%} overall, "
-            f"{summary['steady_accuracy']:.1%} after warm-up"
-        )
-        s = summary
-        console.print(
-            f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
-            f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms; link versions "
-            f"{s['link_versions']}; final active set {s['final_active']}"
-        )
+    if "compute_saved" not in summary:
+        return
+    s = summary
+    console.print(
+        f"all {s['results']} frames: compute saved {_pct(s['compute_saved'])}, accuracy "
+        f"{_pct(s['accuracy'])} (all models), {_pct(s['synthesized_accuracy'])} (synthesized "
+        "outputs only)"
+    )
+    console.print(
+        f"steady, {s['steady_frames']} frames (excluding {s['warmup_frames']} warm-up and "
+        f"{s['probe_frames']} probe frames): compute saved {_pct(s['steady_compute_saved'])}, "
+        f"accuracy {_pct(s['steady_accuracy'])} (all models), "
+        f"{_pct(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
+    )
+    console.print(f"model costs: {s['cost_source']}; synthesis costs: {s['synthesis_cost_source']}")
+    console.print(
+        f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
+        f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms; link versions "
+        f"{s['link_versions']}; final active set {s['final_active']}"
+    )

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from mlink.eval.figures import synthesized_agreement
 from mlink.eval.workload import Workload
-from mlink.linkstore.linkset import prior_output
 from mlink.linkstore.metrics import agreement
+from mlink.linkstore.rows import prior_output
 
 __all__ = [
     "MethodResult",
@@ -40,9 +41,11 @@ class MethodResult:
     """One baseline at one budget, measured on the evaluation frames.
 
     ``active`` are the models that always run (for frame filtering: none -- every model runs on
-    the frames its filter lets through); ``per_model`` is each model's mean agreement; ``cost_ms``
-    the measured average per-frame cost; ``seconds`` the wall time the method took (fit + plan +
-    evaluation).
+    the frames its filter lets through); ``per_model`` is each model's mean agreement; ``run_rate``
+    the share of evaluation frames on which each model really ran; ``cost_ms`` the measured
+    average per-frame cost; ``predicted_accuracy`` what the method expected from the training part
+    (None when it plans without an estimate); ``seconds`` the wall time the method took (fit +
+    plan + evaluation).
     """
 
     method: str
@@ -52,6 +55,8 @@ class MethodResult:
     cost_ms: float
     active: list[str]
     per_model: dict[str, float]
+    run_rate: dict[str, float] = field(default_factory=dict)
+    predicted_accuracy: float | None = None
     notes: str = ""
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +65,11 @@ class MethodResult:
     def feasible(self) -> bool:
         """Whether the measured average per-frame cost fits the budget."""
         return self.cost_ms <= self.budget_ms * (1 + 1e-9)
+
+    @property
+    def synthesized_accuracy(self) -> float | None:
+        """Agreement of the outputs no real model computed (see :mod:`mlink.eval.figures`)."""
+        return synthesized_agreement(self.per_model, self.run_rate)
 
 
 def check_budget(workload: Workload, budget_ms: float) -> float:
@@ -81,17 +91,25 @@ def method_result(
     notes: str,
     started: float,
     details: Mapping[str, Any] | None = None,
+    run_rate: Mapping[str, float] | None = None,
+    predicted: float | None = None,
 ) -> MethodResult:
+    """The result record; ``run_rate`` defaults to 1 for ``active`` models and 0 for the rest."""
     full = workload.total_cost("ms")
     per_model = {m: float(per_model[m]) for m in workload.models}
+    active = sorted(active)
+    if run_rate is None:
+        run_rate = {m: 1.0 if m in active else 0.0 for m in workload.models}
     return MethodResult(
         method=method,
         budget_ms=float(budget_ms),
         accuracy=float(np.mean(list(per_model.values()))),
         compute_saved=float(np.clip(1.0 - cost_ms / full, 0.0, 1.0)),
         cost_ms=float(cost_ms),
-        active=sorted(active),
+        active=active,
         per_model=per_model,
+        run_rate={m: float(run_rate[m]) for m in workload.models},
+        predicted_accuracy=None if predicted is None else float(predicted),
         notes=notes,
         seconds=time.perf_counter() - started,
         details=dict(details or {}),

@@ -25,8 +25,8 @@ from mlink.eval.baselines.common import (
 )
 from mlink.eval.workload import Workload
 from mlink.linkstore.links import activate
-from mlink.linkstore.linkset import decode_rows
 from mlink.linkstore.losses import vector_loss
+from mlink.linkstore.rows import decode_rows
 from mlink.linkstore.selection import Problem, select
 from mlink.linkstore.training import split_indices, torch_threads
 from mlink.topics.specs import OutputSpec, SequenceSpec, encode_batch
@@ -260,4 +260,5 @@ def multitask(
             "heads_only_accuracy": heads_only,
             "heads_only_per_model": heads_per_model,
         },
+        predicted=val_acc,
     )

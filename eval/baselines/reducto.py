@@ -207,4 +207,6 @@ def frame_filtering(
             "deferred": denied,
             "feature_ms": feature_ms,
         },
+        run_rate=run_rate,
+        predicted=train_acc,
     )

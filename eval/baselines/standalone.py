@@ -62,4 +62,5 @@ def standalone(
         f"inactive models output their prior; training accuracy {plan.objective:.3f}",
         started,
         {"train_accuracy": plan.objective, "prior_train_agreement": train_agree},
+        predicted=plan.objective,
     )

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from mlink.eval.baselines.common import prior_outputs
-from mlink.eval.temporal.blocked import BlockedOracle
 from mlink.eval.temporal.geometry import (
     change_distance,
     is_vector,
@@ -22,8 +21,10 @@ from mlink.eval.temporal.geometry import (
 from mlink.eval.temporal.links import TemporalLinks
 from mlink.eval.temporal.policy import REUSE, SELF, Policy, TemporalConfig
 from mlink.eval.workload import Workload
-from mlink.linkstore.linkset import AgreementOracle, LinkSet
+from mlink.linkstore.crossfit import CrossFit, PooledOracle, contiguous_folds, cross_fit
+from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.metrics import agreement
+from mlink.linkstore.oracle import AgreementOracle
 from mlink.topics.specs import encode_batch
 
 __all__ = ["Context", "context_for"]
@@ -52,10 +53,9 @@ class Context:
         for k, seg in enumerate(self.segments):
             self.seg_of[seg] = k
         self.fold = np.full(workload.n_frames, -1, dtype=np.int64)
-        for seg in self.segments:
-            self.fold[seg] = np.minimum(
-                np.arange(len(seg)) * config.folds // len(seg), config.folds - 1
-            )
+        self.fold[self.train] = contiguous_folds(
+            len(self.train), config.folds, self.seg_of[self.train].tolist()
+        )
         self.pairs, self.pair_lag = lag_pairs(self.segments, config.reuse_max_period - 1)
         # the pairs temporal links and triggers work on: lag <= max_lag
         self.tkeep = self.pair_lag <= config.max_lag
@@ -65,8 +65,7 @@ class Context:
         self.priors = prior_outputs(workload, self.train)
         self.prior_train = {m: self.prior_agreement(m, self.train).mean() for m in self.models}
         self._temporal: TemporalLinks | None = None
-        self._linkset: LinkSet | None = None
-        self._blocked: BlockedOracle | None = None
+        self._plain: CrossFit | None = None
         self._options: dict[tuple[str, str], list[Policy]] = {}
         self._test_oracles: dict[bytes, AgreementOracle] = {}
         self.seconds: dict[str, float] = {}
@@ -135,24 +134,26 @@ class Context:
         return self._temporal
 
     @property
-    def linkset(self) -> LinkSet:
-        if self._linkset is None:
+    def plain(self) -> CrossFit:
+        """MLink's plain links on the training part, cross-fitted over the same time blocks as
+        the temporal links (so both kinds of option are estimated alike), and what they cost."""
+        if self._plain is None:
             start = time.perf_counter()
             outputs = self.wl.subset(self.train)
-            ls = LinkSet.train(self.specs, outputs, self.config.links, progress=False)
-            self.val_oracle = ls.validation_oracle(outputs)
-            self.link_costs = ls.measure_link_costs()
-            self._linkset = ls
-            self.seconds["plain links"] = time.perf_counter() - start
-        return self._linkset
+            fold_of = self.fold[self.train]
+            self._plain = cross_fit(self.specs, outputs, self.config.links, fold_of=fold_of)
+            self.link_costs, self.ensemble_costs = self._plain.linkset.measure_synthesis_costs()
+            self.seconds["plain links, cross-fitted"] = time.perf_counter() - start
+        return self._plain
 
     @property
-    def blocked_oracle(self) -> BlockedOracle:
-        if self._blocked is None:
-            start = time.perf_counter()
-            self._blocked = BlockedOracle(self)
-            self.seconds["plain links, blocked cross-fit"] = time.perf_counter() - start
-        return self._blocked
+    def linkset(self) -> LinkSet:
+        return self.plain.linkset
+
+    @property
+    def plain_oracle(self) -> PooledOracle:
+        """Out-of-fold agreement of the plain links for any active set."""
+        return self.plain.oracle
 
     def test_oracle(self, test: np.ndarray) -> AgreementOracle:
         key = test.tobytes()
@@ -161,8 +162,12 @@ class Context:
         return self._test_oracles[key]
 
     def plain_link_cost(self, active: frozenset[str], t: str) -> float:
-        self.linkset  # noqa: B018 -- trains on first use
-        return sum(self.link_costs.get((s, t), {}).get("ms", 0.0) for s in active)
+        """ms per frame of synthesizing ``t`` from ``active`` (ensemble + one link per source)."""
+        if not active:
+            return 0.0
+        self.plain  # noqa: B018 -- trains on first use
+        links = sum(self.link_costs.get((s, t), {}).get("ms", 0.0) for s in active)
+        return links + self.ensemble_costs.get(t, {}).get("ms", 0.0)
 
     # -- options, independent of the active set (``requires`` says which models must run)
     def options(self, t: str, family: str) -> list[Policy]:

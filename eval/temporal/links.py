@@ -18,8 +18,8 @@ from mlink.eval.temporal.geometry import is_vector
 from mlink.eval.temporal.policy import SELF
 from mlink.linkstore.fast import activate_np
 from mlink.linkstore.links import activate
-from mlink.linkstore.linkset import decode_rows
 from mlink.linkstore.metrics import agreement
+from mlink.linkstore.rows import decode_rows
 from mlink.linkstore.training import StackedVecLinks, split_indices, torch_threads, train_stacked
 from mlink.topics.specs import BoxesSpec, VectorSpec
 

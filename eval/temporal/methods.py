@@ -173,39 +173,37 @@ def plain_mlink(
     test_idx: Sequence[int],
     budget_ms: float,
     config: TemporalConfig | None = None,
-    *,
-    selection: str = "validation",
 ) -> MethodResult:
-    """The paper's MLink on the same split and links: exact selection over plain links
-    (:func:`mlink.eval.experiment.compare_selectors`' exact selector).
-
-    ``selection="validation"`` scores active sets on the plain link set's random validation
-    split, as :func:`~mlink.eval.experiment.train_workload` does; ``"blocked"`` on blocked
-    cross-fitted predictions of every training frame (what the temporal methods use for their
-    plain-link options), which isolates the effect of the estimator from that of the links.
-    """
-    if selection not in ("validation", "blocked"):
-        raise ValueError(f"selection must be 'validation' or 'blocked', got {selection!r}")
+    """The paper's MLink on the same split and links as the temporal methods: exact selection over
+    plain links, scored by the same cross-fitted estimates the temporal methods plan with."""
     started = time.perf_counter()
     ctx = context_for(workload, train_idx, config or TemporalConfig())
-    ls = ctx.linkset
     test = np.sort(np.asarray(test_idx, dtype=np.int64))
-    oracle = ctx.val_oracle if selection == "validation" else ctx.blocked_oracle
     trained = TrainedWorkload(
-        workload, ls, ctx.train, test, oracle, ctx.test_oracle(test), ctx.link_costs
+        workload,
+        ctx.linkset,
+        ctx.train,
+        test,
+        ctx.plain_oracle,
+        ctx.test_oracle(test),
+        ctx.link_costs,
+        ctx.ensemble_costs,
     )
     budget = {"ms": float(budget_ms)}
-    chosen = select(selection_problem(trained, budget))
-    plan = measure_plan(trained, "MLink (exact)", budget, chosen)
+    plan = measure_plan(
+        trained, "MLink (exact)", budget, select(selection_problem(trained, budget))
+    )
     return MethodResult(
-        method="MLink (plain links)" + (", blocked CV" if selection == "blocked" else ""),
+        method="MLink (plain links)",
         budget_ms=float(budget_ms),
         accuracy=plan.accuracy,
         compute_saved=plan.compute_saved,
-        cost_ms=plan.cost.get("ms", 0.0),
+        cost_ms=plan.cost_ms,
         active=plan.active,
         per_model=plan.per_model,
-        notes=f"{selection} accuracy {plan.predicted_accuracy:.3f}",
+        run_rate=plan.run_rate,
+        predicted_accuracy=plan.predicted_accuracy,
+        notes=f"cross-fitted estimate {plan.predicted_accuracy:.3f}",
         seconds=time.perf_counter() - started,
-        details={"train_estimate": plan.predicted_accuracy, "selection": selection},
+        details={"train_estimate": plan.predicted_accuracy},
     )

@@ -57,7 +57,7 @@ def best_plan(ctx: Context, budget: float, families: Sequence[str], plain: bool)
                     by_req.setdefault(p.requires, []).append(p)
         fronts[t] = {req: pareto(opts) for req, opts in by_req.items()}
     if plain:
-        ctx.blocked_oracle  # noqa: B018 -- trains on first use
+        ctx.plain  # noqa: B018 -- trains on first use
 
     def plan_for(active: frozenset[str]) -> Plan | None:
         room = budget - sum(ctx.ms[m] for m in active)
@@ -68,7 +68,7 @@ def best_plan(ctx: Context, budget: float, families: Sequence[str], plain: bool)
         for t in targets:
             opts = [p for req, front in fronts[t].items() if req <= active for p in front]
             if plain and active:
-                est = ctx.blocked_oracle(active, t)
+                est = ctx.plain_oracle(active, t)
                 opts.append(Policy("link", cost=ctx.plain_link_cost(active, t), estimate=est))
             groups.append(pareto(opts))
         chosen = choose_policies(groups, room, ctx.config.grid)

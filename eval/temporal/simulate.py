@@ -14,8 +14,8 @@ from mlink.eval.temporal.context import Context
 from mlink.eval.temporal.geometry import change_distance, stream_segments
 from mlink.eval.temporal.planning import Plan
 from mlink.eval.temporal.policy import REUSE, Policy
-from mlink.linkstore.linkset import decode_rows
 from mlink.linkstore.metrics import agreement
+from mlink.linkstore.rows import decode_rows
 
 __all__ = ["measure"]
 
@@ -155,6 +155,7 @@ def measure(
     cost = total / max(1, len(test))
     active = sorted(plan.active | {m for m, p in plan.policies.items() if p.period == 1})
     accuracy = float(np.mean(list(per_model.values())))
+    run_rate = {m: r / max(1, len(test)) for m, r in runs.items()}
     return MethodResult(
         method=method,
         budget_ms=float(budget),
@@ -163,12 +164,14 @@ def measure(
         cost_ms=float(cost),
         active=active,
         per_model=per_model,
+        run_rate=run_rate,
+        predicted_accuracy=plan.estimate,
         notes="; ".join(notes),
         seconds=time.perf_counter() - started,
         details={
             "train_estimate": plan.estimate,
             "planned_ms": plan.cost,
-            "run_rate": {m: r / max(1, len(test)) for m, r in runs.items()},
+            "run_rate": run_rate,
             "deferred_triggers": deferred,
             "policies": {m: p.describe() for m, p in plan.policies.items()},
             "training_seconds": dict(ctx.seconds),

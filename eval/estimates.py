@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlink.deploy.config import PipelineConfig, load_config
-from mlink.eval.bench import DEFAULT_FRACTIONS, resolve_order
+from mlink.eval.bench import DEFAULT_FRACTIONS, Order, resolve_order
 from mlink.eval.config_workload import load_workload
 from mlink.eval.experiment import compare_selectors, train_workload
 from mlink.eval.figures import mean_spread
@@ -40,10 +40,11 @@ def compare_schemes(
     schemes: Sequence[Scheme] = SCHEMES,
     train_fraction: float = 0.1,
     log: Callable[[str], None] = print,
+    order: Order = "auto",
 ) -> list[dict[str, Any]]:
     """One row per (scheme, seed, budget, selector): predicted and realised accuracy."""
     base = load_workload(config, progress=False)
-    order = resolve_order(config, "auto")
+    order = resolve_order(config, order)
     full = base.total_cost("ms")
     rows = []
     for seed in range(seeds):
@@ -100,17 +101,21 @@ def summarize_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(
     config_path: Annotated[Path, typer.Argument(exists=True, help="pipeline config (YAML)")],
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1")] = 3,
+    order: Annotated[str, typer.Option(help="auto, file or shuffled (as mlink bench)")] = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     console = Console()
     config = load_config(config_path)
     log = (lambda _m: None) if as_json else console.print
-    rows = compare_schemes(config, seeds=seeds, log=log)
+    rows = compare_schemes(config, seeds=seeds, log=log, order=order)  # type: ignore[arg-type]
     summary = summarize_gaps(rows)
     if as_json:
         print(json.dumps({"rows": rows, "summary": summary}, default=float))
         return
-    table = Table(title=f"{config.name}: predicted - realised accuracy, {seeds} seed(s)")
+    table = Table(
+        title=f"{config.name} ({resolve_order(config, order)} order): predicted - realised "  # type: ignore[arg-type]
+        f"accuracy, {seeds} seed(s)"
+    )
     for col in ("scheme", "selector", "budget", "gap (points)", "max |gap|", "realised"):
         table.add_column(col, justify="right")
     for s in summary:

@@ -34,7 +34,7 @@ import torch
 
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.linkset import LinkSet
-from mlink.linkstore.oracle import AgreementOracle
+from mlink.linkstore.oracle import AgreementOracle, SampleOracle
 from mlink.linkstore.training import TrainConfig
 from mlink.topics.specs import BoxesSpec, OutputSpec, SequenceSpec, encode_batch
 
@@ -54,7 +54,7 @@ Scheme = Literal["crossfit", "holdout", "validation"]
 MIN_FIT = 4
 
 
-class PooledOracle:
+class PooledOracle(SampleOracle):
     """Agreement of any active set, pooled over several (link set, held-out samples) pairs.
 
     Each part predicts only samples its link set never trained on; the pooled mean weighs every
@@ -64,9 +64,9 @@ class PooledOracle:
     def __init__(self, parts: Sequence[AgreementOracle]) -> None:
         if not parts:
             raise ValueError("PooledOracle needs at least one part")
+        super().__init__()
         self.parts = list(parts)
         self.models = parts[0].linkset.models
-        self._cache: dict[tuple[frozenset[str], str], float] = {}
 
     @property
     def n_samples(self) -> int:
@@ -74,16 +74,6 @@ class PooledOracle:
 
     def per_sample(self, active: frozenset[str], target: str) -> np.ndarray:
         return np.concatenate([p.per_sample(frozenset(active), target) for p in self.parts])
-
-    def __call__(self, active: frozenset[str], target: str) -> float:
-        key = (frozenset(active), target)
-        if key not in self._cache:
-            self._cache[key] = float(self.per_sample(key[0], target).mean())
-        return self._cache[key]
-
-    def accuracy(self, active: frozenset[str]) -> float:
-        """Mean over models of 1 if active else the pooled synthesized agreement."""
-        return float(np.mean([self(frozenset(active), m) for m in self.models]))
 
 
 @dataclass(slots=True)
@@ -144,16 +134,21 @@ def contiguous_folds(n: int, folds: int, groups: Sequence[Any] | None = None) ->
     """
     if folds < 2:
         raise ValueError(f"folds = {folds}; cross-fitting needs at least 2")
-    groups = list(groups) if groups is not None else [0] * n
-    if len(groups) != n:
-        raise ValueError(f"{len(groups)} group labels for {n} samples")
     fold = np.empty(n, dtype=np.int64)
-    members: dict[Any, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    for idx in members.values():
+    for idx in _members(n, groups):
         fold[idx] = np.minimum(np.arange(len(idx)) * folds // len(idx), folds - 1)
     return fold
+
+
+def _members(n: int, groups: Sequence[Any] | None) -> list[list[int]]:
+    """Sample indices per group, in order of first appearance (one group when None)."""
+    labels = list(groups) if groups is not None else [0] * n
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} group labels for {n} samples")
+    members: dict[Any, list[int]] = {}
+    for i, g in enumerate(labels):
+        members.setdefault(g, []).append(i)
+    return list(members.values())
 
 
 def _subset(outputs: Mapping[str, Sequence[Any]], idx: np.ndarray) -> dict[str, list[Any]]:
@@ -213,12 +208,8 @@ def holdout(
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
     n = _n(outputs)
-    groups = list(groups) if groups is not None else [0] * n
     late = np.zeros(n, dtype=bool)
-    members: dict[Any, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    for idx in members.values():
+    for idx in _members(n, groups):
         k = max(1, round(len(idx) * fraction))
         late[idx[len(idx) - k :]] = True
     hold, fit = np.flatnonzero(late), np.flatnonzero(~late)

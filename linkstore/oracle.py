@@ -18,10 +18,33 @@ from mlink.topics.specs import SequenceSpec, encode_batch
 if TYPE_CHECKING:
     from mlink.linkstore.linkset import LinkSet
 
-__all__ = ["AgreementOracle"]
+__all__ = ["AgreementOracle", "SampleOracle"]
 
 
-class AgreementOracle:
+class SampleOracle:
+    """An oracle built on per-sample agreement: ``oracle(active, target)`` is the mean of
+    :meth:`per_sample`, memoised; subclasses say how samples are scored and which models exist."""
+
+    models: list[str]
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[frozenset[str], str], float] = {}
+
+    def per_sample(self, active: frozenset[str], target: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, active: frozenset[str], target: str) -> float:
+        key = (frozenset(active), target)
+        if key not in self._cache:
+            self._cache[key] = float(self.per_sample(key[0], target).mean())
+        return self._cache[key]
+
+    def accuracy(self, active: frozenset[str]) -> float:
+        """The paper's objective: mean over models of 1 if active else synthesized agreement."""
+        return float(np.mean([self(frozenset(active), m) for m in self.models]))
+
+
+class AgreementOracle(SampleOracle):
     """``oracle(active, target)`` -> mean agreement in [0, 1], memoised.
 
     All link predictions are computed once; each query only re-weights them, so the exact selector
@@ -29,11 +52,12 @@ class AgreementOracle:
     """
 
     def __init__(self, linkset: LinkSet, outputs: Mapping[str, Sequence[Any]]) -> None:
+        super().__init__()
         self.linkset = linkset
+        self.models = linkset.models
         self.outputs = {m: list(outputs[m]) for m in linkset.models}
         self._enc = {m: encode_batch(linkset.specs[m], self.outputs[m]) for m in linkset.models}
         self._preds: dict[str, np.ndarray] = {}
-        self._cache: dict[tuple[frozenset[str], str], float] = {}
 
     def _predictions(self, target: str) -> np.ndarray:
         if target not in self._preds:
@@ -65,13 +89,3 @@ class AgreementOracle:
             return np.ones(len(self.outputs[target]))
         spec = self.linkset.specs[target]
         return agreement(spec, self.synthesized(active, target), self.outputs[target])
-
-    def __call__(self, active: frozenset[str], target: str) -> float:
-        key = (frozenset(active), target)
-        if key not in self._cache:
-            self._cache[key] = float(self.per_sample(key[0], target).mean())
-        return self._cache[key]
-
-    def accuracy(self, active: frozenset[str]) -> float:
-        """The paper's objective: mean over models of 1 if active else synthesized agreement."""
-        return float(np.mean([self(active, m) for m in self.linkset.models]))

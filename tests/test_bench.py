@@ -43,20 +43,26 @@ def tiny_config(tmp_path, delay_ms: float = 2.0):
     return config.model_copy(update={"models": models})
 
 
+def bench(config, tmp_path, fractions, ratios=(0.1,), **options):
+    """``run_bench`` quietly, with the output cache in ``tmp_path``."""
+    return run_bench(
+        config,
+        fractions,
+        ratios=ratios,
+        progress=False,
+        log=lambda _: None,
+        cache_dir=tmp_path / "cache",
+        **options,
+    )
+
+
 @pytest.fixture
 def config(tmp_path):
     return tiny_config(tmp_path)
 
 
 def test_bench_reports_every_method_at_every_budget(config, tmp_path):
-    report = run_bench(
-        config,
-        [0.4, 0.7],
-        ratios=(0.1, 0.2),
-        progress=False,
-        log=lambda _: None,
-        cache_dir=tmp_path / "cache",
-    )
+    report = bench(config, tmp_path, [0.4, 0.7], ratios=(0.1, 0.2))
     assert report.frames == 80
     assert {r["method"] for r in report.rows} == set(METHODS)
     assert len(report.rows) == 2 * len(METHODS)
@@ -92,28 +98,14 @@ def test_bench_reports_every_method_at_every_budget(config, tmp_path):
 
 
 def test_bench_uses_the_config_budget_when_no_sweep_is_given(config, tmp_path):
-    report = run_bench(
-        config,
-        None,
-        ratios=(0.1,),
-        progress=False,
-        log=lambda _: None,
-        cache_dir=tmp_path / "cache",
-    )
+    report = bench(config, tmp_path, None)
     assert all(r["budget_fraction"] == pytest.approx(0.5) for r in report.rows)
 
 
 def test_bench_marks_a_method_that_cannot_fit_the_budget_instead_of_failing(tmp_path):
     # models that cost nothing: links are dearer than the models, so no MLink plan fits
     config = tiny_config(tmp_path, delay_ms=0.0)
-    report = run_bench(
-        config,
-        [0.3],
-        ratios=(0.1,),
-        progress=False,
-        log=lambda _: None,
-        cache_dir=tmp_path / "cache",
-    )
+    report = bench(config, tmp_path, [0.3])
     infeasible = [r for r in report.rows if not r["feasible"]]
     assert infeasible, "expected at least one method with no plan under this budget"
     for row in infeasible:  # no plan at all (says why), or a plan that spent over the budget
@@ -127,16 +119,7 @@ def test_bench_marks_a_method_that_cannot_fit_the_budget_instead_of_failing(tmp_
 
 def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_costed(tmp_path):
     config = tiny_config(tmp_path)
-    report = run_bench(
-        config,
-        [0.5],
-        ratios=(0.1,),
-        progress=False,
-        log=lambda _: None,
-        cache_dir=tmp_path / "cache",
-        order="shuffled",
-        seeds=2,
-    )
+    report = bench(config, tmp_path, [0.5], order="shuffled", seeds=2)
     assert report.order == "shuffled" and report.seeds == 2
     assert {r["seed"] for r in report.rows} == {0, 1}
     assert len(report.cells) == len(METHODS)
@@ -155,12 +138,4 @@ def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_co
 def test_bench_declared_costs_need_every_model_to_declare_them(tmp_path):
     config = tiny_config(tmp_path)
     with pytest.raises(ValueError, match=r"cost\.ms on every model"):
-        run_bench(
-            config,
-            [0.5],
-            ratios=(0.1,),
-            progress=False,
-            log=lambda _: None,
-            cache_dir=tmp_path / "cache",
-            costs="declared",
-        )
+        bench(config, tmp_path, [0.5], costs="declared")

@@ -9,9 +9,10 @@ run. What each row reports:
   output, executed outputs scoring 1; *synthesized*: the same over only the outputs no real model
   computed on that frame (:mod:`mlink.eval.figures`);
 - *compute saved*: ``1 - cost / full`` in ms per frame, from ONE cost table for the models
-  (measured when the outputs were computed, or declared in the config: ``report.cost_table``
-  says which), plus what the method itself runs, measured in this run: link and ensemble
-  inference, frame features, the multi-task CNN, change signals;
+  (by default re-timed in this run, so under the same load as everything else it measures; or
+  as cached when the outputs were computed; or declared in the config: ``report.cost_table``
+  says which and when), plus what the method itself runs, measured in this run: link and
+  ensemble inference, frame features, the multi-task CNN, change signals;
 - *predicted*: what the method expected from the training part; for MLink rows the selection
   oracle's objective (cross-fitted by default), to compare with what the plan kept;
 - *feasible*: the method's own verdict (its measured cost fits the budget; for MLink the plan's).
@@ -36,7 +37,7 @@ import numpy as np
 from mlink.deploy.config import PipelineConfig, load_object
 from mlink.eval import baselines, temporal
 from mlink.eval.baselines.frames import PreparedFrames
-from mlink.eval.config_workload import SourceFrames, load_workload
+from mlink.eval.config_workload import SourceFrames, load_workload, measure_model_ms
 from mlink.eval.experiment import TrainedWorkload, compare_selectors, train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.outputs import DEFAULT_CACHE
@@ -60,7 +61,7 @@ __all__ = [
 DEFAULT_FRACTIONS = (0.2, 0.33, 0.5)
 TRAIN_RATIOS = (0.01, 0.05, 0.1, 0.2)
 Order = Literal["auto", "file", "shuffled"]
-CostTable = Literal["measured", "declared"]
+CostTable = Literal["now", "cached", "declared"]
 
 STANDALONE = "Standalone (knapsack on prior agreement)"
 REDUCTO = "Frame filtering (Reducto)"
@@ -194,16 +195,27 @@ def resolve_order(config: PipelineConfig, order: Order) -> Literal["file", "shuf
 
 
 def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable) -> Workload:
-    """The workload with the chosen model cost table: as measured, or as declared in the config
-    (then every model must declare ``cost.ms``)."""
-    if costs == "measured":
+    """The workload with ONE model cost table: ``now`` (every model re-timed in this run on a
+    sample of frames, under the same load as the links and features this run measures),
+    ``cached`` (as measured when the outputs were computed), or ``declared`` in the config (then
+    every model must declare ``cost.ms``)."""
+    if costs == "cached":
         return workload
+    if costs == "now":
+        sample = 40
+        ms = measure_model_ms(config, workload.n_frames, sample)
+        table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
+        when = time.strftime("%Y-%m-%d %H:%M")
+        source = f"measured in this run ({when}, mean ms per call on {sample} frames, one thread)"
+        return replace(workload, costs=table, cost_source=source)
+    if costs != "declared":
+        raise ValueError(f"costs {costs!r}: choose now, cached or declared")
     declared = config.declared_costs()
     missing = [m for m in workload.models if "ms" not in declared.get(m, {})]
     if missing:
         raise ValueError(
             f"--costs declared needs cost.ms on every model of {config.name}; missing on "
-            f"{missing}. Declare them in the config or use --costs measured"
+            f"{missing}. Declare them in the config or use --costs now"
         )
     table = {m: {**workload.costs[m], **declared[m]} for m in workload.models}
     return replace(workload, costs=table, cost_source=f"declared in the config of {config.name}")
@@ -228,7 +240,7 @@ def run_bench(
     cache_dir: Path | None = DEFAULT_CACHE,
     order: Order = "auto",
     seeds: int = 1,
-    costs: CostTable = "measured",
+    costs: CostTable = "now",
     scheme: Scheme = "crossfit",
 ) -> BenchReport:
     """Every method at every budget and seed on the config's models and source."""

@@ -39,13 +39,17 @@ def bench(
     ] = "auto",
     costs: Annotated[
         str,
-        typer.Option(help="model cost table: measured (when outputs were computed) or declared"),
-    ] = "measured",
+        typer.Option(
+            help="model cost table: now (re-timed in this run on 40 frames), cached (measured "
+            "when the outputs were computed) or declared (in the config)"
+        ),
+    ] = "now",
     selection: Annotated[
         str,
         typer.Option(
-            help="how MLink scores plans: crossfit (default), holdout, or validation (the link "
-            "set's own validation split, which also trained the ensembles)"
+            help="how MLink scores plans: crossfit (default), streams (one fold per stream), "
+            "holdout, or validation (the link set's own validation split, which also trained "
+            "the ensembles)"
         ),
     ] = "crossfit",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -63,8 +67,8 @@ def bench(
     console = Console()
     choices = {
         "order": (order, ("auto", "file", "shuffled")),
-        "costs": (costs, ("measured", "declared")),
-        "selection": (selection, ("crossfit", "holdout", "validation")),
+        "costs": (costs, ("now", "cached", "declared")),
+        "selection": (selection, ("crossfit", "streams", "holdout", "validation")),
     }
     for name, (value, allowed) in choices.items():
         if value not in allowed:

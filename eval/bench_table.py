@@ -6,6 +6,8 @@ synthesized outputs only and, where the method predicts one, its predicted accur
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from rich.table import Table
 
 from mlink.eval.bench import METHODS, SELECTOR_ROWS, BenchReport
 
-__all__ = ["format_cell", "plot_report", "print_report"]
+__all__ = ["format_cell", "from_json", "markdown", "plot_report", "print_report"]
 
 
 def _pct(value: float | None, spread: float | None, seeds: int) -> str:
@@ -40,6 +42,56 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     lines.append(" · ".join(extra))
     if not cell["feasible"]:
         lines.append(f"over budget in {cell['infeasible_runs']}/{cell['runs']} runs")
+    return "\n".join(lines)
+
+
+def from_json(text: str) -> BenchReport:
+    """A report back from ``mlink bench --json`` output."""
+    return BenchReport(**json.loads(text))
+
+
+def markdown(report: BenchReport) -> str:
+    """The main table as Markdown (for BENCHMARKS.md): one row per method, one column per budget,
+    cells as in the terminal table; bold is the most accurate feasible method at that budget."""
+    budgets = sorted({c["budget"] for c in report.cells})
+    head = (
+        "| method | " + " | ".join(f"budget {b / report.full_cost_ms:.0%}" for b in budgets) + " |"
+    )
+    lines = [head, "|---" * (len(budgets) + 1) + "|"]
+    best = {
+        b: max(
+            (c["accuracy"] for c in report.cells if c["budget"] == b and c["feasible"]),
+            default=None,
+        )
+        for b in budgets
+    }
+    for method in METHODS:
+        cells = []
+        for b in budgets:
+            cell = next(c for c in report.cells if c["method"] == method and c["budget"] == b)
+            text = format_cell(cell, report.seeds).replace("\n", "<br>")
+            if cell["feasible"] and cell["accuracy"] == best[b]:
+                first, _, rest = text.partition("<br>")
+                text = f"**{first}**<br>{rest}"
+            cells.append(text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    gaps = [c for c in report.cells if c["method"] in SELECTOR_ROWS]
+    lines += [
+        "",
+        "| MLink row | budget | predicted | realised | gap (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for c in gaps:
+        if c["prediction_gap"] is None:
+            continue
+        spread = c["prediction_gap_spread"]
+        gap = f"{c['prediction_gap'] * 100:+.1f}" + (
+            f" ± {spread * 100:.1f}" if report.seeds > 1 and spread is not None else ""
+        )
+        lines.append(
+            f"| {c['method']} | {c['budget_fraction']:.0%} | {c['predicted_accuracy']:.1%} | "
+            f"{c['accuracy']:.1%} | {gap} |"
+        )
     return "\n".join(lines)
 
 
@@ -181,3 +233,7 @@ def plot_report(report: BenchReport, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+if __name__ == "__main__":  # python -m mlink.eval.bench_table REPORT.json: Markdown tables
+    print(markdown(from_json(Path(sys.argv[1]).read_text())))

@@ -30,7 +30,7 @@ from mlink.linkstore.crossfit import Scheme
 
 __all__ = ["SCHEMES", "compare_schemes", "summarize_gaps"]
 
-SCHEMES: tuple[Scheme, ...] = ("validation", "holdout", "crossfit")
+SCHEMES: tuple[Scheme, ...] = ("validation", "holdout", "crossfit", "streams")
 
 
 def compare_schemes(
@@ -53,6 +53,8 @@ def compare_schemes(
             workload = base.reordered(shuffled_order(base.streams, seed))
         train = replace(config.links.train_config(), seed=seed)
         for scheme in schemes:
+            if scheme == "streams" and len(set(workload.streams)) < 2:
+                continue  # one stream: nothing to hold out
             log(f"seed {seed}, {scheme}")
             trained = train_workload(workload, train_fraction, train, "weighted", scheme)
             for fraction in fractions:

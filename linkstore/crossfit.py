@@ -11,6 +11,9 @@ plan keeps on new frames. Two honest estimators, same interface as
   link set (links *and* ensembles) on the other blocks and predict the block; the oracle pools
   those out-of-fold agreements over every sample. The link set that runs is trained on all
   samples, so it is scored by models trained on ``(K-1)/K`` of its data (slightly pessimistic).
+- ``scheme="streams"`` in :func:`fit_and_score`: cross-fitting with one fold per group (stream):
+  every stream is scored by links that never saw that stream. Harsher: it asks how links carry
+  over to other footage, where the default asks how they carry over to other moments of the same.
 - :func:`holdout`: train on the first ``1 - fraction`` of the samples, score on the rest. The link
   set that runs is exactly the one scored, but it learned from less data.
 
@@ -49,7 +52,7 @@ __all__ = [
     "pooled_oracle_from_bundle",
 ]
 
-Scheme = Literal["crossfit", "holdout", "validation"]
+Scheme = Literal["crossfit", "streams", "holdout", "validation"]
 #: Fewest samples a fold's link set may train on (LinkSet.train then still has a validation row).
 MIN_FIT = 4
 
@@ -230,8 +233,15 @@ def fit_and_score(
     groups: Sequence[Any] | None = None,
 ) -> CrossFit:
     """The link set to run and the oracle to select with, by ``scheme``: ``"crossfit"``
-    (default), ``"holdout"``, or ``"validation"`` (the link set's own validation split, which
-    also trained the ensembles: kept for comparison, it over-promises)."""
+    (default), ``"streams"`` (one fold per group), ``"holdout"``, or ``"validation"`` (the link
+    set's own validation split, which also trained the ensembles: kept for comparison, it
+    over-promises)."""
+    if scheme == "streams":
+        labels = list(groups) if groups is not None else []
+        ids = {g: k for k, g in enumerate(dict.fromkeys(labels))}
+        if len(ids) < 2:
+            raise ValueError("scheme 'streams' needs samples from at least two groups (streams)")
+        return cross_fit(specs, outputs, config, ensemble, fold_of=[ids[g] for g in labels])
     if scheme == "crossfit":
         n = _n(outputs)
         return cross_fit(
@@ -243,4 +253,6 @@ def fit_and_score(
         ls = LinkSet.train(specs, outputs, config, ensemble, progress=False)
         oracle = PooledOracle([ls.validation_oracle(outputs)])
         return CrossFit(ls, oracle, "validation", [ls], [ls.val_index])
-    raise ValueError(f"unknown scheme {scheme!r}; use 'crossfit', 'holdout' or 'validation'")
+    raise ValueError(
+        f"unknown scheme {scheme!r}; use 'crossfit', 'streams', 'holdout' or 'validation'"
+    )

@@ -100,3 +100,12 @@ def test_the_oracle_survives_a_bundle_round_trip():
         for target in SPECS:
             if target not in active:
                 assert again(active, target) == pytest.approx(fit.oracle(active, target))
+
+
+def test_streams_scheme_holds_out_one_stream_per_fold():
+    data = outputs(40)
+    groups = ["a"] * 20 + ["b"] * 20
+    fit = fit_and_score(SPECS, data, FAST, scheme="streams", groups=groups)
+    assert [idx.tolist() for idx in fit.held_out] == [list(range(20)), list(range(20, 40))]
+    with pytest.raises(ValueError, match="at least two groups"):
+        fit_and_score(SPECS, data, FAST, scheme="streams", groups=["a"] * 40)

@@ -241,7 +241,7 @@ def run_bench(
     order: Order = "auto",
     seeds: int = 1,
     costs: CostTable = "now",
-    scheme: Scheme = "crossfit",
+    scheme: Scheme = "mixed",
 ) -> BenchReport:
     """Every method at every budget and seed on the config's models and source."""
     if seeds < 1:

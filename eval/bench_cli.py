@@ -47,11 +47,12 @@ def bench(
     selection: Annotated[
         str,
         typer.Option(
-            help="how MLink scores plans: crossfit (default), streams (one fold per stream), "
-            "holdout, or validation (the link set's own validation split, which also trained "
-            "the ensembles)"
+            help="how MLink scores plans: mixed (default: the mean of crossfit and streams, or "
+            "crossfit with one stream), crossfit (contiguous blocks per stream), streams (one "
+            "fold per stream), holdout, or validation (the link set's own validation split, "
+            "which also trained the ensembles)"
         ),
-    ] = "crossfit",
+    ] = "mixed",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="write accuracy vs compute saved (PNG)")
@@ -63,12 +64,13 @@ def bench(
     from mlink.deploy.config import ConfigError, load_config
     from mlink.eval.bench import DEFAULT_FRACTIONS, plot, run_bench, to_json
     from mlink.eval.bench_table import print_report
+    from mlink.linkstore.crossfit import SCHEMES
 
     console = Console()
     choices = {
         "order": (order, ("auto", "file", "shuffled")),
         "costs": (costs, ("now", "cached", "declared")),
-        "selection": (selection, ("crossfit", "streams", "holdout", "validation")),
+        "selection": (selection, SCHEMES),
     }
     for name, (value, allowed) in choices.items():
         if value not in allowed:

@@ -6,8 +6,9 @@ a cost table), so it needs no broker and no models at run time: outputs are coll
 once elsewhere.
 
 Selection never sees the evaluation frames: it scores plans with an oracle built on the training
-frames only, by the scheme of :func:`mlink.linkstore.crossfit.fit_and_score` (cross-fitted by
-default, so no plan is scored on samples that fitted its links or ensembles). The evaluation
+frames only, by the scheme of :func:`mlink.linkstore.crossfit.fit_and_score` (by default the mean
+of cross-fitting within and across streams, so no plan is scored on samples that fitted its links
+or ensembles). The evaluation
 oracle only reports. Synthesis is costed as the link operator runs it
 (:meth:`~mlink.linkstore.linkset.LinkSet.measure_synthesis_costs`: a fixed part per synthesized
 target plus a part per active source), measured in this process.
@@ -23,13 +24,12 @@ import numpy as np
 from mlink.eval.figures import synthesized_agreement
 from mlink.eval.workload import Workload, stream_split
 from mlink.linkstore.crossfit import (
-    PooledOracle,
     Scheme,
     fit_and_score,
 )
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.linkset import LinkSet
-from mlink.linkstore.oracle import AgreementOracle
+from mlink.linkstore.oracle import AgreementOracle, SampleOracle
 from mlink.linkstore.selection import Evaluation, Problem, select, select_paper_greedy
 from mlink.linkstore.training import TrainConfig
 
@@ -86,11 +86,11 @@ class TrainedWorkload:
     linkset: LinkSet
     train_idx: np.ndarray
     test_idx: np.ndarray
-    val_oracle: AgreementOracle | PooledOracle
+    val_oracle: SampleOracle
     test_oracle: AgreementOracle
     link_costs: Costs
     ensemble_costs: dict[str, dict[str, float]]
-    scheme: Scheme = "crossfit"
+    scheme: Scheme = "mixed"
 
 
 def train_workload(
@@ -98,7 +98,7 @@ def train_workload(
     train_fraction: float = 0.1,
     config: TrainConfig | None = None,
     ensemble: EnsembleKind = "weighted",
-    scheme: Scheme = "crossfit",
+    scheme: Scheme = "mixed",
     folds: int = 5,
 ) -> TrainedWorkload:
     """Train links on the first ``train_fraction`` of each stream and build both oracles.

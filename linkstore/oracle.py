@@ -22,21 +22,21 @@ __all__ = ["AgreementOracle", "SampleOracle"]
 
 
 class SampleOracle:
-    """An oracle built on per-sample agreement: ``oracle(active, target)`` is the mean of
-    :meth:`per_sample`, memoised; subclasses say how samples are scored and which models exist."""
+    """``oracle(active, target)`` -> agreement in [0, 1], memoised per query; subclasses say how
+    a query is scored (:meth:`_score`) and which models exist (``models``)."""
 
     models: list[str]
 
     def __init__(self) -> None:
         self._cache: dict[tuple[frozenset[str], str], float] = {}
 
-    def per_sample(self, active: frozenset[str], target: str) -> np.ndarray:
+    def _score(self, active: frozenset[str], target: str) -> float:
         raise NotImplementedError
 
     def __call__(self, active: frozenset[str], target: str) -> float:
         key = (frozenset(active), target)
         if key not in self._cache:
-            self._cache[key] = float(self.per_sample(key[0], target).mean())
+            self._cache[key] = float(self._score(*key))
         return self._cache[key]
 
     def accuracy(self, active: frozenset[str]) -> float:
@@ -83,6 +83,9 @@ class AgreementOracle(SampleOracle):
             mask = np.tile(np.array([s in active for s in sources]), (n, 1))
             rows = ls.combine(target, self._predictions(target), mask)
         return decode_rows(spec, rows)
+
+    def _score(self, active: frozenset[str], target: str) -> float:
+        return float(self.per_sample(active, target).mean())
 
     def per_sample(self, active: frozenset[str], target: str) -> np.ndarray:
         if target in active:

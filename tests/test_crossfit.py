@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from mlink.linkstore.crossfit import (
+    MixedOracle,
     PooledOracle,
     contiguous_folds,
     cross_fit,
     fit_and_score,
-    holdout,
-    pooled_oracle_from_bundle,
+    oracle_from_bundle,
 )
 from mlink.linkstore.training import TrainConfig
 from mlink.topics.specs import BoxesSpec, VectorSpec
@@ -77,7 +77,7 @@ def test_cross_fit_needs_enough_samples_per_fold():
 
 def test_holdout_scores_the_last_slice_of_each_group_with_the_link_set_that_runs():
     data = outputs(40)
-    fit = holdout(SPECS, data, FAST, fraction=0.25, groups=["a"] * 20 + ["b"] * 20)
+    fit = fit_and_score(SPECS, data, FAST, "weighted", "holdout", 4, ["a"] * 20 + ["b"] * 20)
     assert fit.scheme == "holdout"
     assert fit.held_out[0].tolist() == [15, 16, 17, 18, 19, 35, 36, 37, 38, 39]
     assert fit.linkset is fit.fold_links[0] and fit.linkset.n_train == 30
@@ -95,7 +95,7 @@ def test_the_oracle_survives_a_bundle_round_trip():
     data = outputs(45)
     fit = cross_fit(SPECS, data, FAST, folds=3)
     tensors, meta = fit.bundle_parts(data)
-    again = pooled_oracle_from_bundle(tensors, meta)
+    again = oracle_from_bundle(tensors, meta)
     for active in (frozenset({"digit"}), frozenset({"parity", "boxes"}), frozenset()):
         for target in SPECS:
             if target not in active:
@@ -107,5 +107,23 @@ def test_streams_scheme_holds_out_one_stream_per_fold():
     groups = ["a"] * 20 + ["b"] * 20
     fit = fit_and_score(SPECS, data, FAST, scheme="streams", groups=groups)
     assert [idx.tolist() for idx in fit.held_out] == [list(range(20)), list(range(20, 40))]
-    with pytest.raises(ValueError, match="at least two groups"):
+    with pytest.raises(ValueError, match="at least two streams"):
         fit_and_score(SPECS, data, FAST, scheme="streams", groups=["a"] * 40)
+
+
+def test_mixed_scheme_averages_in_stream_and_cross_stream_estimates_and_round_trips():
+    data = outputs(40)
+    groups = ["a"] * 20 + ["b"] * 20
+    fit = fit_and_score(SPECS, data, FAST, folds=2, groups=groups)  # mixed is the default
+    assert fit.scheme == "mixed" and isinstance(fit.oracle, MixedOracle)
+    assert fit.pools == [[0, 1], [2, 3]]
+    within, across = fit.oracle.estimates
+    active = frozenset({"digit"})
+    for target in ("parity", "noise", "boxes"):
+        expected = (within(active, target) + across(active, target)) / 2
+        assert fit.oracle(active, target) == pytest.approx(expected)
+    tensors, meta = fit.bundle_parts(data)
+    again = oracle_from_bundle(tensors, meta)
+    assert again(active, "boxes") == pytest.approx(fit.oracle(active, "boxes"))
+    # one stream: nothing to hold out across streams, so mixed is plain cross-fitting
+    assert fit_and_score(SPECS, data, FAST, folds=2).scheme == "crossfit"

@@ -21,10 +21,10 @@ from mlink.eval.temporal.geometry import (
 from mlink.eval.temporal.links import TemporalLinks
 from mlink.eval.temporal.policy import REUSE, SELF, Policy, TemporalConfig
 from mlink.eval.workload import Workload
-from mlink.linkstore.crossfit import CrossFit, PooledOracle, contiguous_folds, cross_fit
+from mlink.linkstore.crossfit import CrossFit, contiguous_folds, cross_fit
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.metrics import agreement
-from mlink.linkstore.oracle import AgreementOracle
+from mlink.linkstore.oracle import AgreementOracle, SampleOracle
 from mlink.topics.specs import encode_batch
 
 __all__ = ["Context", "context_for"]
@@ -151,7 +151,7 @@ class Context:
         return self.plain.linkset
 
     @property
-    def plain_oracle(self) -> PooledOracle:
+    def plain_oracle(self) -> SampleOracle:
         """Out-of-fold agreement of the plain links for any active set."""
         return self.plain.oracle
 

@@ -42,7 +42,7 @@ from mlink.topics.frames import encode_frame
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the poison records and misbehaving models live in tests/
     sys.path.insert(0, str(ROOT))
-DIGIT_MODEL = "mlink.deploy.examples.digits:model"
+DIGIT_MODEL = "mlink.eval.workloads.digits:model"
 MISBEHAVING = "tests.misbehaving_models:misbehaving"
 TRIGGER = 201  # frames whose first pixel is this make the misbehaving model misbehave
 FAST = {
@@ -145,7 +145,7 @@ def config_data(tmp: Path, *, models: list[dict[str, Any]], warmup: int, **links
     uid = uuid.uuid4().hex[:8]
     return {
         "name": f"faults-{uid}",
-        "source": {"factory": "mlink.deploy.examples.digits:frames"},
+        "source": {"factory": "mlink.eval.workloads.digits:frames"},
         "models": models,
         "budget": {"fraction": 0.6},
         "links": {

@@ -209,8 +209,8 @@ async def measure_while(
 
 def training(samples: int, repeats: int, only: str | None = None) -> dict[str, Any]:
     from mlink.deploy.config import load_config
-    from mlink.deploy.demo import digits_workload
     from mlink.deploy.examples import digits
+    from mlink.eval.demo import digits_workload
     from mlink.operators.trainer import train_bundle
     from mlink.operators.training_process import TrainingJob, TrainingProcess, TrainingSettings
 

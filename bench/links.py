@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from mlink.deploy.demo import digits_workload
-from mlink.linkstore.experiment import stream_split
+from mlink.eval.demo import digits_workload
+from mlink.eval.workload import stream_split
 from mlink.linkstore.links import VecToVecLink
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.training import TrainConfig, split_indices, torch_threads, train_single
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.workload == "video":
-        from mlink.deploy.examples import video
+        from mlink.eval.workloads import video
 
         workload = video.workload(progress=False)  # cached outputs; computed once (~7 min)
     else:

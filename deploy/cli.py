@@ -16,6 +16,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from mlink.eval.bench_cli import bench as eval_bench
+
 app = typer.Typer(
     help="MLink-stream: run many black-box models cheaper by synthesizing some through links.",
     no_args_is_help=True,
@@ -64,11 +66,11 @@ def demo(
     """The main job: the streaming pipeline on the embedded broker with the real video workload
     (``--offline``: links and selection on the digits workload, no broker)."""
     if offline:
-        from mlink.deploy.demo import run_demo
+        from mlink.eval.demo import run_demo
 
         run_demo(budget_fraction=budget_fraction)
         return
-    from mlink.deploy.demo import run_streaming_demo
+    from mlink.eval.demo import run_streaming_demo
 
     run_streaming_demo(console=console)
 
@@ -123,7 +125,7 @@ def run(
 ) -> None:
     """Run the whole pipeline over the config's source: broker if needed, topics, workers,
     source; print what it saved and kept."""
-    from mlink.deploy.demo import print_summary, run_and_summarize
+    from mlink.eval.run import print_summary, run_and_summarize
 
     config = _config(config_path, broker)
     if rate is not None:  # 0: the whole source at once, as a topic looks after downtime
@@ -136,44 +138,9 @@ def run(
         print_summary(summary, console)
 
 
-@app.command()
-def bench(
-    config_path: ConfigArg,
-    budget_fractions: Annotated[
-        str | None,
-        typer.Option(help="budgets as shares of the full cost, e.g. 0.2,0.33,0.5 (default)"),
-    ] = None,
-    use_config_budget: Annotated[
-        bool, typer.Option("--config-budget", help="only the config's own budget")
-    ] = False,
-    train_fraction: Annotated[float, typer.Option(help="share of each stream that trains")] = 0.1,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    plot_path: Annotated[
-        Path | None, typer.Option("--plot", help="write accuracy vs compute saved (PNG)")
-    ] = None,
-) -> None:
-    """The paper's Table 4 on this config's models and data, offline: Standalone, frame
-    filtering, multi-task CNN, the paper's greedy MLink and ours, at several budgets."""
-    from mlink.deploy.bench import DEFAULT_FRACTIONS, plot, run_bench, to_json
-    from mlink.deploy.bench_table import print_report
-
-    config = _config(config_path)
-    if use_config_budget:
-        fractions = None
-    elif budget_fractions:
-        fractions = [float(f) for f in budget_fractions.split(",")]
-    else:
-        fractions = list(DEFAULT_FRACTIONS)
-    log = (lambda _msg: None) if as_json else console.print
-    report = run_bench(config, fractions, train_fraction, progress=not as_json, log=log)
-    if plot_path is not None:
-        plot(report, plot_path)
-    if as_json:
-        print(to_json(report))
-    else:
-        print_report(report, console)
-        if plot_path is not None:
-            console.print(f"plot written to {plot_path}")
+# `mlink bench` is the evaluation package's command (the CLI is the one place that reaches eval/;
+# the module is light to import, the bench itself loads lazily).
+app.command("bench")(eval_bench)
 
 
 @app.command()

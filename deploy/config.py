@@ -19,14 +19,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlink.deploy.security import SecurityConfig, kafka_python_kwargs
+from mlink.linkstore.budget import resolve_budget
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.model_settings import IsolationSettings, ModelFactory
 from mlink.operators.settings import LinkSettings, Model, Settings
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import OutputSpec, SpecError, spec_from_dict
-
-RESOURCES = ("ms", "memory_mb")
 
 
 class ConfigError(ValueError):
@@ -190,16 +189,14 @@ class BudgetConfig(_Strict):
             raise ValueError("set either ms or fraction, not both")
         return self
 
+    def limits(self) -> dict[str, float]:
+        """The bounds that are set, as :func:`mlink.linkstore.budget.resolve_budget` takes them."""
+        fields = (("ms", self.ms), ("fraction", self.fraction), ("memory_mb", self.memory_mb))
+        return {k: v for k, v in fields if v is not None}
+
     def resolve(self, full_costs: dict[str, float]) -> dict[str, float]:
-        """Concrete limits, turning ``fraction`` into ms of the measured full cost."""
-        out: dict[str, float] = {}
-        if self.ms is not None:
-            out["ms"] = self.ms
-        if self.fraction is not None:
-            out["ms"] = self.fraction * full_costs.get("ms", 0.0)
-        if self.memory_mb is not None:
-            out["memory_mb"] = self.memory_mb
-        return out
+        """Concrete limits, turning ``fraction`` into ms of the full cost ``full_costs["ms"]``."""
+        return resolve_budget(self.limits(), full_costs.get("ms", 0.0))
 
 
 class LinksConfig(_Strict):

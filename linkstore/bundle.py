@@ -1,10 +1,12 @@
 """The link-bundle format: what a linkstore version holds and how it becomes a ready link set.
 
 A version is self-contained so that any worker can plan and synthesize from it alone: the links,
-ensembles and priors (:meth:`LinkSet.to_bundle`), the held-out outputs the controller scores
-active sets on (``val/<model>``), and the model and link costs measured while training. The
-trainer writes it with :func:`save_bundle`; the controller and the link operators read it with
-:func:`load_bundle`, cached per process because a version never changes once written.
+ensembles and priors (:meth:`LinkSet.to_bundle`), the selection oracle the controller scores
+active sets on (cross-fitted: every fold's link set and the outputs it did not see, see
+:mod:`mlink.linkstore.crossfit`; older versions carry held-out validation outputs, ``val/``),
+and the model, link and ensemble costs measured while training. The trainer writes it with
+:func:`make_bundle`; the controller and the link operators read it with :func:`load_bundle`,
+cached per process because a version never changes once written.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 
 import torch
 
+from mlink.linkstore.crossfit import CrossFit, oracle_from_bundle
 from mlink.linkstore.linkset import AgreementOracle, LinkSet, decode_rows
 from mlink.linkstore.store import LinkStore, StoreError
-from mlink.topics.specs import OutputSpec, encode_batch
+from mlink.topics.specs import OutputSpec
 
 __all__ = ["LoadedLinks", "load_bundle", "make_bundle", "save_bundle", "validation_outputs"]
 
@@ -34,30 +37,27 @@ class LoadedLinks:
     model_costs: dict[str, dict[str, float]]
     link_costs: dict[tuple[str, str], dict[str, float]]
     n_samples: int
+    ensemble_costs: dict[str, dict[str, float]]
 
 
 def make_bundle(
-    linkset: LinkSet,
-    held_out: Mapping[str, Sequence[Any]],
+    fit: CrossFit,
+    outputs: Mapping[str, Sequence[Any]],
     model_costs: Mapping[str, Mapping[str, float]],
-    n_samples: int,
-    link_cost_repeats: int = 50,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """The tensors and metadata of a version: ``linkset``, the held-out outputs plans are scored
-    on, and the measured costs.
-
-    ``held_out[m]`` are model ``m``'s real outputs on frames that fitted neither the links nor
-    the ensembles, aligned across models.
-    """
+    """The tensors and metadata of a version: the link set that runs, the oracle plans are
+    scored on (``fit`` was cross-fitted on ``outputs``, the samples it was trained on), and the
+    measured model, link and ensemble costs."""
+    linkset = fit.linkset
     tensors, meta = linkset.to_bundle()
-    for m, spec in linkset.specs.items():
-        tensors[f"val/{m}"] = {"encoded": torch.from_numpy(encode_batch(spec, list(held_out[m])))}
+    parts, oracle_meta = fit.bundle_parts(outputs)
+    tensors.update(parts)
+    meta["selection_oracle"] = oracle_meta
     meta["measured_costs"] = {m: dict(c) for m, c in model_costs.items()}
-    meta["link_costs"] = [
-        {"source": s, "target": t, **cost}
-        for (s, t), cost in linkset.measure_link_costs(repeats=link_cost_repeats).items()
-    ]
-    meta["n_samples"] = int(n_samples)
+    link_costs, ensemble_costs = linkset.measure_synthesis_costs()
+    meta["link_costs"] = [{"source": s, "target": t, **c} for (s, t), c in link_costs.items()]
+    meta["ensemble_costs"] = ensemble_costs
+    meta["n_samples"] = len(next(iter(outputs.values()))) if outputs else 0
     return tensors, meta
 
 
@@ -86,8 +86,12 @@ _CACHED = 8
 def _load(store: LinkStore, version: int) -> LoadedLinks:
     bundle = store.load(version)
     meta = bundle.meta.meta
-    linkset = LinkSet.from_bundle(bundle.tensors, meta)
-    oracle = linkset.agreement_oracle(validation_outputs(linkset.specs, bundle.tensors))
+    own = {n: v for n, v in bundle.tensors.items() if not n.startswith("fold")}
+    linkset = LinkSet.from_bundle(own, meta)
+    if "selection_oracle" in meta:
+        oracle: Any = oracle_from_bundle(bundle.tensors, meta["selection_oracle"])
+    else:  # a version from before cross-fitting: its held-out validation rows
+        oracle = linkset.agreement_oracle(validation_outputs(linkset.specs, bundle.tensors))
     link_costs = {
         (c["source"], c["target"]): {k: v for k, v in c.items() if k not in ("source", "target")}
         for c in meta.get("link_costs", [])
@@ -99,6 +103,7 @@ def _load(store: LinkStore, version: int) -> LoadedLinks:
         meta.get("measured_costs", {}),
         link_costs,
         int(meta.get("n_samples", 0)),
+        {t: dict(c) for t, c in meta.get("ensemble_costs", {}).items()},
     )
 
 

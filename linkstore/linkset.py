@@ -28,7 +28,8 @@ from mlink.linkstore.links import (
     decode_tokens,
     is_sequence_link,
 )
-from mlink.linkstore.metrics import agreement
+from mlink.linkstore.oracle import AgreementOracle
+from mlink.linkstore.rows import decode_rows, prior_row
 from mlink.linkstore.training import (
     TrainConfig,
     split_indices,
@@ -40,10 +41,11 @@ from mlink.topics.specs import (
     BoxesSpec,
     OutputSpec,
     SequenceSpec,
-    VectorSpec,
     encode_batch,
     spec_from_dict,
 )
+
+__all__ = ["AgreementOracle", "LinkSet", "check_model_names", "decode_rows", "prior_row"]
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 Pair = tuple[str, str]
@@ -57,30 +59,6 @@ def check_model_names(names: Sequence[str]) -> None:
             )
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique, got {list(names)}")
-
-
-def decode_rows(spec: OutputSpec, rows: np.ndarray) -> Any:
-    """Link-space rows -> what the real model would emit (an array for vectors, else a list)."""
-    if isinstance(spec, VectorSpec):
-        if spec.task == "count":
-            return np.clip(np.rint(rows), 0, spec.max_count).astype(np.float32)
-        return rows.astype(np.float32)
-    return [spec.decode(row) for row in rows]
-
-
-def prior_row(spec: OutputSpec, encoded: np.ndarray) -> np.ndarray:
-    """The best guess with no active source: class frequencies, the modal count, the median."""
-    if isinstance(spec, SequenceSpec):
-        values, counts = np.unique(encoded, axis=0, return_counts=True)
-        return values[counts.argmax()]
-    if isinstance(spec, VectorSpec) and spec.task in ("softmax", "sigmoid"):
-        return encoded.mean(axis=0).astype(np.float32)
-    if isinstance(spec, VectorSpec) and spec.task == "count":
-        rounded = np.rint(encoded)
-        return np.array(
-            [np.bincount(col.astype(np.int64)).argmax() for col in rounded.T], dtype=np.float32
-        )
-    return np.median(encoded, axis=0).astype(np.float32)
 
 
 class LinkSet:
@@ -335,9 +313,47 @@ class LinkSet:
             for _ in range(repeats):
                 call()
             ms = (time.perf_counter() - start) * 1000 / (repeats * per)
-            mb = sum(p.numel() * p.element_size() for p in link.parameters()) / 1e6
-            costs[(s, t)] = {"ms": ms, "memory_mb": mb}
+            costs[(s, t)] = {"ms": ms, "memory_mb": _params_mb(link)}
         return costs
+
+    def measure_synthesis_costs(
+        self, repeats: int = 100, batches: int = 5
+    ) -> tuple[dict[Pair, dict[str, float]], dict[str, dict[str, float]]]:
+        """What synthesizing one frame costs, as the link operator does it
+        (:meth:`synthesize_encoded`): ``(link_costs, ensemble_costs)`` for
+        :class:`~mlink.linkstore.selection.Problem`.
+
+        Per target, the call is timed with one source and with every source available (median of
+        ``batches`` runs of ``repeats`` calls); the difference per extra source is each link's
+        ``ms``, the rest (ensemble, call overhead) the target's ensemble ``ms``. ``memory_mb`` is
+        the parameter memory of each link and ensemble.
+        """
+        links: dict[Pair, dict[str, float]] = {}
+        ensembles: dict[str, dict[str, float]] = {}
+        rows = {m: spec.encode(_example(spec))[None] for m, spec in self.specs.items()}
+        for t in self.specs:
+            sources = self.sources_of(t)
+            if not sources:
+                continue
+            one = _median_ms(
+                lambda t=t, s=sources: self.synthesize_encoded(t, {s[0]: rows[s[0]]}),
+                repeats,
+                batches,
+            )
+            every = _median_ms(
+                lambda t=t, s=sources: self.synthesize_encoded(t, {m: rows[m] for m in s}),
+                repeats,
+                batches,
+            )
+            per = max(0.0, (every - one) / (len(sources) - 1)) if len(sources) > 1 else 0.0
+            for src in sources:
+                links[(src, t)] = {"ms": per, "memory_mb": _params_mb(self.links[(src, t)])}
+            ens = self.ensembles.get(t)
+            ensembles[t] = {
+                "ms": max(0.0, one - per),
+                "memory_mb": _params_mb(ens) if ens is not None else 0.0,
+            }
+        return links, ensembles
 
     # ------------------------------------------------------------------ storage
     def to_bundle(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
@@ -395,6 +411,22 @@ class LinkSet:
         return result
 
 
+def _params_mb(module: nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
+
+
+def _median_ms(call: Callable[[], Any], repeats: int, batches: int) -> float:
+    """Median over ``batches`` of the mean ms of ``repeats`` calls (after one warm-up call)."""
+    call()
+    times = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        times.append((time.perf_counter() - start) * 1000 / repeats)
+    return float(np.median(times))
+
+
 def _example(spec: OutputSpec) -> Any:
     """A valid output of ``spec``, to time a link on."""
     if isinstance(spec, BoxesSpec):
@@ -420,62 +452,3 @@ def _training_groups(
             stacked = [s for s in sources if not isinstance(specs[s], SequenceSpec)]
             groups[target] = (stacked, [s for s in sources if s not in stacked])
     return groups
-
-
-class AgreementOracle:
-    """``oracle(active, target)`` -> mean agreement in [0, 1], memoised.
-
-    All link predictions are computed once; each query only re-weights them, so the exact selector
-    can ask about thousands of subsets cheaply.
-    """
-
-    def __init__(self, linkset: LinkSet, outputs: Mapping[str, Sequence[Any]]) -> None:
-        self.linkset = linkset
-        self.outputs = {m: list(outputs[m]) for m in linkset.models}
-        self._enc = {m: encode_batch(linkset.specs[m], self.outputs[m]) for m in linkset.models}
-        self._preds: dict[str, np.ndarray] = {}
-        self._cache: dict[tuple[frozenset[str], str], float] = {}
-
-    def _predictions(self, target: str) -> np.ndarray:
-        if target not in self._preds:
-            ls = self.linkset
-            self._preds[target] = np.stack(
-                [ls.link_predict(s, target, self._enc[s]) for s in ls.sources_of(target)]
-            )
-        return self._preds[target]
-
-    def synthesized(self, active: frozenset[str], target: str) -> Any:
-        """Decoded synthesized outputs of ``target`` from ``active`` on every sample."""
-        ls = self.linkset
-        sources = ls.sources_of(target)
-        present = [s for s in sources if s in active]
-        n = len(self.outputs[target])
-        spec = ls.specs[target]
-        if not present:
-            rows = np.repeat(ls.priors[target][None], n, axis=0)
-        elif isinstance(spec, SequenceSpec):
-            best = max(present, key=lambda s: ls.link_scores[(s, target)])
-            rows = self._predictions(target)[sources.index(best)]
-        else:
-            mask = np.tile(np.array([s in active for s in sources]), (n, 1))
-            rows = ls.combine(target, self._predictions(target), mask)
-        return decode_rows(spec, rows)
-
-    def per_sample(self, active: frozenset[str], target: str) -> np.ndarray:
-        if target in active:
-            return np.ones(len(self.outputs[target]))
-        spec = self.linkset.specs[target]
-        return agreement(spec, self.synthesized(active, target), self.outputs[target])
-
-    def __call__(self, active: frozenset[str], target: str) -> float:
-        key = (frozenset(active), target)
-        if key not in self._cache:
-            self._cache[key] = float(self.per_sample(key[0], target).mean())
-        return self._cache[key]
-
-    def accuracy(self, active: frozenset[str]) -> float:
-        """The paper's objective: mean over models of 1 if active else synthesized agreement."""
-        return float(np.mean([self(active, m) for m in self.linkset.models]))
-
-
-AgreementFn = Callable[[frozenset[str], str], float]

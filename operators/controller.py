@@ -12,11 +12,12 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
+from mlink.linkstore.budget import full_cost, resolve_budget
 from mlink.linkstore.bundle import LoadedLinks
 from mlink.linkstore.selection import InfeasibleBudget, Problem, select, select_paper_greedy
 from mlink.topics.records import ControlMessage
 
-__all__ = ["InfeasibleBudget", "decide", "model_costs", "resolve_budget"]
+__all__ = ["InfeasibleBudget", "decide", "model_costs"]
 
 log = logging.getLogger("mlink.controller")
 
@@ -34,16 +35,6 @@ def model_costs(
     for cost in costs.values():
         cost.setdefault("ms", 0.0)
     return costs
-
-
-def resolve_budget(
-    budget: Mapping[str, float], costs: Mapping[str, Mapping[str, float]]
-) -> dict[str, float]:
-    """Concrete resource limits: ``fraction`` becomes ms of running every model."""
-    out = {k: float(v) for k, v in budget.items() if k in ("ms", "memory_mb")}
-    if "fraction" in budget:
-        out["ms"] = float(budget["fraction"]) * sum(c.get("ms", 0.0) for c in costs.values())
-    return out
 
 
 def _cost_table(models: Sequence[str], declared: Mapping[str, Mapping[str, float]]) -> str:
@@ -66,13 +57,14 @@ def decide(
     Raises :class:`InfeasibleBudget` (naming the cheapest feasible budget) if nothing fits.
     """
     costs = model_costs(models, declared, links.model_costs)
-    limits = resolve_budget(budget, costs)
+    limits = resolve_budget(budget, full_cost(costs))
     problem = Problem(
         models=list(models),
         costs=costs,
         budget=limits,
         agreement=links.oracle,
         link_costs=links.link_costs,
+        ensemble_costs=links.ensemble_costs,
     )
     plan = select_paper_greedy(problem) if selector == "greedy" else select(problem, selector)
     log.info(

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from mlink.linkstore.bundle import make_bundle
+from mlink.linkstore.crossfit import fit_and_score
 from mlink.linkstore.ensemble import EnsembleKind
-from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.recent import RecentIds
@@ -44,6 +44,7 @@ class LinkTrainer:
         self.retrain_every = retrain_every
         self.ensemble = ensemble
         self.samples: deque[dict[str, np.ndarray]] = deque(maxlen=window)
+        self.streams: deque[str] = deque(maxlen=window)  # each sample's stream, for cross-fitting
         self.elapsed: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.specs}
         self.seen = RecentIds(4 * window)
         self.new_since_training = 0
@@ -67,6 +68,7 @@ class LinkTrainer:
             return False
         self.seen.add(result.frame_id)
         self.samples.append(sample)
+        self.streams.append(result.stream_id)
         for m, r in by_model.items():
             if r.elapsed_ms is not None:
                 self.elapsed[m].append(r.elapsed_ms)
@@ -85,10 +87,19 @@ class LinkTrainer:
         """Every buffered sample, per model (what :func:`train_bundle` trains on)."""
         return {m: [s[m] for s in self.samples] for m in self.specs}
 
+    def training_groups(self) -> list[str]:
+        """The stream of every buffered sample, aligned with :meth:`training_outputs`."""
+        return list(self.streams)
+
     def train_and_save(self) -> int:
         """Train on every buffered pair and save (and promote) a new linkstore version."""
         tensors, meta = train_bundle(
-            self.specs, self.training_outputs(), self.config, self.ensemble, self.measured_costs()
+            self.specs,
+            self.training_outputs(),
+            self.config,
+            self.ensemble,
+            self.measured_costs(),
+            self.training_groups(),
         )
         return self.saved(self.store.save(tensors, meta))
 
@@ -105,9 +116,9 @@ def train_bundle(
     config: TrainConfig,
     ensemble: EnsembleKind,
     measured_costs: Mapping[str, Mapping[str, float]],
+    groups: Sequence[str] | None = None,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Train links on aligned outputs; the bundle a linkstore version holds (tensors, meta)."""
-    linkset = LinkSet.train(specs, outputs, config, ensemble, progress=False)
-    held_out = {m: [outputs[m][i] for i in linkset.val_index] for m in specs}
-    n = len(next(iter(outputs.values()))) if outputs else 0
-    return make_bundle(linkset, held_out, measured_costs, n)
+    """Train links on aligned outputs and cross-fit the oracle plans are scored on (``groups``:
+    each sample's stream); the bundle a linkstore version holds (tensors, meta)."""
+    fit = fit_and_score(specs, outputs, config, ensemble, groups=groups)
+    return make_bundle(fit, outputs, measured_costs)

@@ -16,16 +16,16 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from mlink.deploy.config import PipelineConfig, load_config
-from mlink.deploy.examples import digits
 from mlink.deploy.kafka_admin import TopicSpec, ensure_topics
 from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.eval.workloads import digits
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter
 from tests.conftest import FaustWorker
 
 # The faust app of a pipeline worker (`mlink worker CONFIG` runs it).
 WORKER_APP = "mlink.deploy.worker_app"
-DIGIT_MODEL = "mlink.deploy.examples.digits:model"
+DIGIT_MODEL = "mlink.eval.workloads.digits:model"
 # Declared costs make the active set predictable: a 0.3 budget fraction (12.6 of 42 ms) fits
 # parity_logreg only, so the other two models are synthesized from it once links exist.
 COSTS = {"ge5_forest": 20.0, "parity_logreg": 2.0, "value_gbr": 20.0}

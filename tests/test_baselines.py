@@ -8,8 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from mlink.linkstore import baselines as B
-from mlink.linkstore.experiment import Workload, stream_split
+from mlink.eval import baselines as B
+from mlink.eval.baselines import frames as frames_mod
+from mlink.eval.baselines.common import prior_agreement
+from mlink.eval.knapsack import choose_options
+from mlink.eval.workload import Workload, stream_split
 from mlink.topics.specs import BoxesSpec, VectorSpec
 
 
@@ -64,7 +67,7 @@ def test_standalone_runs_the_most_valuable_models_that_fit():
 
     # Brute force over every subset on the training part: the plan must be the optimum.
     priors = B.prior_outputs(wl, train)
-    gain = {m: 1.0 - B._prior_agreement(wl, m, priors[m], train) for m in wl.models}
+    gain = {m: 1.0 - prior_agreement(wl, m, priors[m], train) for m in wl.models}
     best = max(
         (
             frozenset(c)
@@ -137,7 +140,7 @@ def test_features_see_pixel_edge_and_lighting_changes():
 
 def test_resize_averages_areas_and_thumbnails_keep_channels():
     img = np.arange(16, dtype=np.float32).reshape(4, 4)
-    np.testing.assert_allclose(B._resize(img, 2, 2), [[2.5, 4.5], [10.5, 12.5]])
+    np.testing.assert_allclose(frames_mod._resize(img, 2, 2), [[2.5, 4.5], [10.5, 12.5]])
     frames = [np.full((480, 640, 3), 255, np.uint8), np.zeros((8, 8), np.uint8)]
     assert B.thumbnails(frames[:1]).shape == (1, 3, 48, 64)
     assert B.thumbnails(frames[1:], 16, 12).shape == (1, 1, 12, 16)
@@ -155,7 +158,7 @@ def test_choose_options_is_an_exact_multiple_choice_knapsack():
         groups = [[(float(costs[g, o]), float(values[g, o])) for o in range(4)] for g in range(3)]
         capacity = int(rng.integers(1, 20))
         # integer costs on a grid of unit 1: no rounding, so the answer must be the optimum
-        chosen = B._choose_options(groups, float(capacity), grid=capacity)
+        chosen = choose_options(groups, float(capacity), grid=capacity)
         feasible = [
             combo
             for combo in itertools.product(range(4), repeat=3)

@@ -4,20 +4,8 @@ import json
 
 import pytest
 
-from mlink.deploy.bench import plot, run_bench, to_json
 from mlink.deploy.config import parse_config
-
-METHODS = {
-    "Standalone",
-    "Frame filtering (Reducto)",
-    "Multi-task CNN",
-    "MLink (paper greedy)",
-    "MLink (exact selection)",
-    "MLink (exact, fusion ensemble)",
-    "Reuse schedule",
-    "MLink + temporal links",
-    "MLink + frame filtering",
-}
+from mlink.eval.bench import METHODS, plot, run_bench, to_json
 
 
 def tiny_config(tmp_path, delay_ms: float = 2.0):
@@ -55,26 +43,43 @@ def tiny_config(tmp_path, delay_ms: float = 2.0):
     return config.model_copy(update={"models": models})
 
 
+def bench(config, tmp_path, fractions, ratios=(0.1,), **options):
+    """``run_bench`` quietly, with the output cache in ``tmp_path``."""
+    return run_bench(
+        config,
+        fractions,
+        ratios=ratios,
+        progress=False,
+        log=lambda _: None,
+        cache_dir=tmp_path / "cache",
+        **options,
+    )
+
+
 @pytest.fixture
 def config(tmp_path):
     return tiny_config(tmp_path)
 
 
 def test_bench_reports_every_method_at_every_budget(config, tmp_path):
-    report = run_bench(
-        config,
-        [0.4, 0.7],
-        ratios=(0.1, 0.2),
-        progress=False,
-        log=lambda _: None,
-        cache_dir=tmp_path / "cache",
-    )
+    report = bench(config, tmp_path, [0.4, 0.7], ratios=(0.1, 0.2))
     assert report.frames == 80
-    assert {r["method"] for r in report.rows} == METHODS
+    assert {r["method"] for r in report.rows} == set(METHODS)
     assert len(report.rows) == 2 * len(METHODS)
     for row in report.rows:
-        assert row["feasible"], row
+        # each method's own verdict, which is whether what it spent fits the budget
+        assert row["feasible"] == (row["cost_ms"] <= row["budget"] * (1 + 1e-6)), row
         assert 0.0 <= row["accuracy"] <= 1.0
+        synthesized = [m for m, rate in row["run_rate"].items() if rate < 1.0]
+        if not synthesized:
+            assert row["synthesized_accuracy"] is None
+        elif all(row["run_rate"][m] == 0.0 for m in synthesized):  # plans: whole models synthesized
+            expected = sum(row["per_model"][m] for m in synthesized) / len(synthesized)
+            assert row["synthesized_accuracy"] == pytest.approx(expected)
+        assert (
+            row["synthesized_accuracy"] is None
+            or row["synthesized_accuracy"] <= row["accuracy"] + 1e-9
+        )
         assert 0.0 <= row["compute_saved"] <= 1.0
         assert row["budget_fraction"] in (pytest.approx(0.4), pytest.approx(0.7))
         # compute saved is what the measured cost says, against running every model
@@ -93,30 +98,44 @@ def test_bench_reports_every_method_at_every_budget(config, tmp_path):
 
 
 def test_bench_uses_the_config_budget_when_no_sweep_is_given(config, tmp_path):
-    report = run_bench(
-        config,
-        None,
-        ratios=(0.1,),
-        progress=False,
-        log=lambda _: None,
-        cache_dir=tmp_path / "cache",
-    )
+    report = bench(config, tmp_path, None)
     assert all(r["budget_fraction"] == pytest.approx(0.5) for r in report.rows)
 
 
 def test_bench_marks_a_method_that_cannot_fit_the_budget_instead_of_failing(tmp_path):
     # models that cost nothing: links are dearer than the models, so no MLink plan fits
     config = tiny_config(tmp_path, delay_ms=0.0)
-    report = run_bench(
-        config,
-        [0.05],
-        ratios=(0.1,),
-        progress=False,
-        log=lambda _: None,
-        cache_dir=tmp_path / "cache",
-    )
+    report = bench(config, tmp_path, [0.05])
     infeasible = [r for r in report.rows if not r["feasible"]]
     assert infeasible, "expected at least one method with no plan under this budget"
-    for row in infeasible:
-        assert row["accuracy"] is None and "raise the budget" in row["note"]
+    for row in infeasible:  # no plan at all (says why), or a plan that spent over the budget
+        if row["accuracy"] is None:
+            assert "raise the budget" in row["note"]
+        else:
+            assert row["cost_ms"] > row["budget"]
+    assert any(r["accuracy"] is None for r in infeasible)
     assert any(r["feasible"] for r in report.rows)  # the baselines that fit still report
+
+
+def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_costed(tmp_path):
+    config = tiny_config(tmp_path)
+    report = bench(config, tmp_path, [0.5], order="shuffled", seeds=2)
+    assert report.order == "shuffled" and report.seeds == 2
+    assert {r["seed"] for r in report.rows} == {0, 1}
+    assert len(report.cells) == len(METHODS)
+    for cell in report.cells:
+        rows = [r for r in report.rows if r["method"] == cell["method"]]
+        accs = [r["accuracy"] for r in rows]
+        assert cell["runs"] == 2
+        assert cell["accuracy"] == pytest.approx(sum(accs) / 2)
+        assert cell["accuracy_spread"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+    exact = next(c for c in report.cells if c["method"] == "MLink (exact selection)")
+    assert exact["prediction_gap"] is not None
+    assert "measured" in report.cost_table["models"]
+    assert report.cost_table["full_ms"] == pytest.approx(report.full_cost_ms)
+
+
+def test_bench_declared_costs_need_every_model_to_declare_them(tmp_path):
+    config = tiny_config(tmp_path)
+    with pytest.raises(ValueError, match=r"cost\.ms on every model"):
+        bench(config, tmp_path, [0.5], costs="declared")

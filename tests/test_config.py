@@ -17,8 +17,8 @@ from mlink.deploy.config import (
     load_object,
     parse_config,
 )
-from mlink.deploy.examples import digits, video
 from mlink.deploy.source import iter_source
+from mlink.eval.workloads import digits, video
 from mlink.topics.frames import decode_frame, encode_frame
 
 CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "configs"
@@ -51,11 +51,11 @@ def test_digits_config_matches_the_workload() -> None:
     config = load_config(CONFIGS / "digits.yaml")
     assert config.model_names == list(digits.MODELS)
     for model in config.models:
-        assert model.factory == "mlink.deploy.examples.digits:model"
+        assert model.factory == "mlink.eval.workloads.digits:model"
         assert model.args == {"name": model.name}
         assert model.output == digits.MODELS[model.name].spec.to_dict()
         assert model.batch
-    assert config.source.factory == "mlink.deploy.examples.digits:frames"
+    assert config.source.factory == "mlink.eval.workloads.digits:frames"
     assert config.source.encoding == "png"
     assert config.budget.fraction == 0.33
     assert (config.links.warmup_frames, config.links.probe_every) == (90, 25)
@@ -67,10 +67,10 @@ def test_video_config_matches_the_workload() -> None:
     config = load_config(CONFIGS / "video.yaml")
     assert config.model_names == list(video.DEFAULT_MODELS)
     for model in config.models:
-        assert model.factory == "mlink.deploy.examples.video:model"
+        assert model.factory == "mlink.eval.workloads.video:model"
         assert model.args == {"name": model.name}
         assert model.output == video.spec(model.name).to_dict()
-    assert config.source.factory == "mlink.deploy.examples.video:frames"
+    assert config.source.factory == "mlink.eval.workloads.video:frames"
     assert config.source.encoding == "jpeg"  # 720p frames are too large as PNG
 
 
@@ -109,17 +109,17 @@ def test_example_models_build_and_answer_a_real_frame(path: Path) -> None:
 def _valid() -> dict[str, Any]:
     return {
         "name": "t",
-        "source": {"factory": "mlink.deploy.examples.digits:frames"},
+        "source": {"factory": "mlink.eval.workloads.digits:frames"},
         "models": [
             {
                 "name": "parity",
-                "factory": "mlink.deploy.examples.digits:model",
+                "factory": "mlink.eval.workloads.digits:model",
                 "args": {"name": "parity_logreg"},
                 "output": {"kind": "vector", "size": 2, "task": "softmax"},
             },
             {
                 "name": "loops",
-                "factory": "mlink.deploy.examples.digits:model",
+                "factory": "mlink.eval.workloads.digits:model",
                 "args": {"name": "loops_knn"},
                 "output": {"kind": "vector", "size": 3, "task": "softmax"},
             },
@@ -227,18 +227,18 @@ def test_load_config_reports_the_file(tmp_path: Path) -> None:
 
 
 def test_load_object_resolves_dotted_attributes() -> None:
-    assert load_object("mlink.deploy.examples.digits:model") is digits.model
-    assert load_object("mlink.deploy.examples.digits:MODELS.get") == digits.MODELS.get
+    assert load_object("mlink.eval.workloads.digits:model") is digits.model
+    assert load_object("mlink.eval.workloads.digits:MODELS.get") == digits.MODELS.get
 
 
 @pytest.mark.parametrize(
     ("path", "match"),
     [
-        ("mlink.deploy.examples.digits.model", "must look like 'package.module:callable'"),
+        ("mlink.eval.workloads.digits.model", "must look like 'package.module:callable'"),
         (":model", "must look like"),
-        ("mlink.deploy.examples.digits:", "must look like"),
+        ("mlink.eval.workloads.digits:", "must look like"),
         ("mlink.no_such_module:f", "cannot import module 'mlink.no_such_module'"),
-        ("mlink.deploy.examples.digits:no_such", "has no attribute 'no_such'"),
+        ("mlink.eval.workloads.digits:no_such", "has no attribute 'no_such'"),
     ],
 )
 def test_load_object_errors(path: str, match: str) -> None:
@@ -248,10 +248,10 @@ def test_load_object_errors(path: str, match: str) -> None:
 
 def test_model_factory_must_return_a_callable() -> None:
     data = _valid()
-    data["models"][0]["factory"] = "mlink.deploy.examples.digits:MODELS"
+    data["models"][0]["factory"] = "mlink.eval.workloads.digits:MODELS"
     with pytest.raises(ConfigError, match="is not callable"):
         parse_config(data).models[0].build()
-    data["models"][0]["factory"] = "mlink.deploy.examples.digits:specs"
+    data["models"][0]["factory"] = "mlink.eval.workloads.digits:specs"
     data["models"][0]["args"] = {}
     with pytest.raises(ConfigError, match="returned dict, not a callable"):
         parse_config(data).models[0].build()

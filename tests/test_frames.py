@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mlink.deploy.examples import digits
+from mlink.eval.workloads import digits
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import (
     DEFAULT_MAX_BYTES,

@@ -138,7 +138,7 @@ def test_node_frame_envelopes_get_one_result_each_with_provenance(
     broker: Any, faust_worker: Callable[..., FaustWorker], node_client: Path, tmp_path: Path
 ) -> None:
     path, config = write_config(
-        tmp_path, "frames", {"factory": "mlink.deploy.examples.digits:frames"}, warmup=8
+        tmp_path, "frames", {"factory": "mlink.eval.workloads.digits:frames"}, warmup=8
     )
     names = config.topics.names()
     worker = start_worker(faust_worker, path, config, broker.bootstrap)

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from mlink.deploy.config import PipelineConfig, parse_config
+from mlink.linkstore.budget import full_cost, resolve_budget
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
-from mlink.operators.controller import decide, model_costs, resolve_budget
+from mlink.operators.controller import decide, model_costs
 from mlink.operators.joiner import (
     JoinBuffer,
     PendingFrame,
@@ -105,11 +106,11 @@ def pipeline_config(store: Path, probe_every: int = 4, fraction: float = 0.5) ->
     return parse_config(
         {
             "name": "unit",
-            "source": {"factory": "mlink.deploy.examples.digits:frames"},
+            "source": {"factory": "mlink.eval.workloads.digits:frames"},
             "models": [
                 {
                     "name": m,
-                    "factory": "mlink.deploy.examples.digits:model",
+                    "factory": "mlink.eval.workloads.digits:model",
                     "output": SPECS[m].to_dict(),
                     "cost": {"ms": COSTS[m]},
                 }
@@ -584,7 +585,7 @@ def test_costs_and_budgets_resolve_declared_over_measured(tmp_path: Path) -> Non
         "value": {"ms": 5.0},
     }
     assert config.budget_dict() == {"fraction": 0.25}
-    assert resolve_budget({"fraction": 0.25, "memory_mb": 4.0}, costs) == {
+    assert resolve_budget({"fraction": 0.25, "memory_mb": 4.0}, full_cost(costs)) == {
         "ms": 4.0,
         "memory_mb": 4.0,
     }

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlink.deploy import outputs
-from mlink.deploy.outputs import OutputValidationError, collect_outputs, collect_workload
+from mlink.eval import outputs
+from mlink.eval.outputs import OutputValidationError, collect_outputs, collect_workload
 from mlink.topics.specs import BoxesSpec, VectorSpec
 
 MEAN = VectorSpec(1, "linear")

@@ -30,10 +30,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
 from mlink.deploy.config import PipelineConfig, load_config
-from mlink.deploy.examples import digits
 from mlink.deploy.runner import ResultCollector, read_control, set_budget, status
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.eval.workloads import digits
 from mlink.linkstore.bundle import load_bundle
 from mlink.linkstore.store import LinkStore
 from mlink.operators.controller import decide
@@ -50,7 +50,7 @@ from tests.conftest import FaustWorker
 pytestmark = pytest.mark.broker
 
 APP = "mlink.deploy.worker_app"
-DIGIT_MODEL = "mlink.deploy.examples.digits:model"
+DIGIT_MODEL = "mlink.eval.workloads.digits:model"
 # Declared costs (they win over measured ones) make the controller's choices predictable: with a
 # budget fraction of 0.2 (16.4 of 82 ms) or 0.1 only parity_logreg (plus its links, well under
 # 1 ms each) fits, so the active set is {parity_logreg}; 0.9 (73.8 ms) admits three models, and
@@ -78,7 +78,7 @@ def write_config(
     uid = uuid.uuid4().hex[:8]
     data = {
         "name": f"e2e-{tag}-{uid}",
-        "source": {"factory": "mlink.deploy.examples.digits:frames"},
+        "source": {"factory": "mlink.eval.workloads.digits:frames"},
         "models": [
             {
                 "name": m,

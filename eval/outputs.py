@@ -1,6 +1,6 @@
 """Collect every model's real outputs on a frame source, with measured costs, cached on disk.
 
-Offline experiments (:mod:`mlink.linkstore.experiment`) need every model's output on every frame
+Offline experiments (:mod:`mlink.eval.experiment`) need every model's output on every frame
 plus what each model costs. Running real detectors over real video takes minutes, so results are
 cached per model under a key of (what the model is, which frames it saw): a rerun takes seconds,
 adding a model computes only that model, and changing a model's arguments or the frames recomputes
@@ -19,13 +19,9 @@ How costs are measured, and why:
   those libraries are loaded; restored afterwards), for every model alike. The machine is shared
   and costs must add up: a model that grabs every core looks cheap alone but is not when several
   models share a worker.
-- ``memory_mb`` is the resident memory a model adds to a **fresh** Python process: its loaded
-  weights plus the peak working memory of one call on the largest frame of the source (Linux
-  ``VmHWM`` - ``VmRSS`` before the model was built). It is measured in a child interpreter, so
-  the figure does not depend on what this process allocated and freed before. That needs the model
-  to be picklable (a class instance, ``functools.partial``...); for any other callable it falls
-  back to the peak RSS growth of one call in this process (weights not included), which can be
-  near zero when the allocator reuses freed memory.
+- ``memory_mb`` is the resident memory a model adds to a fresh process, on the largest frame of
+  the source (:mod:`mlink.eval.memory`).
+- Each entry records when it was measured, so a report can say which cost table it used.
 
 The cache holds one ``.npz`` per (model key, frames digest), written atomically (temp file +
 ``os.replace``), read with ``allow_pickle=False``: a crash never leaves a half-written entry and a
@@ -37,27 +33,33 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import os
-import pickle
 import re
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from mlink.eval.memory import measure_memory_mb, single_threaded
+from mlink.eval.workload import Workload
 from mlink.topics.specs import OutputSpec, SpecError
 
-if TYPE_CHECKING:  # imported lazily: it pulls in torch, which frame sources and probes do not need
-    from mlink.linkstore.experiment import Workload
+__all__ = [
+    "DEFAULT_CACHE",
+    "CacheEntry",
+    "Collection",
+    "OutputValidationError",
+    "collect_outputs",
+    "collect_workload",
+    "default_model_key",
+    "frames_digest",
+]
 
 Model = Callable[[np.ndarray], Any]
 FORMAT = "mlink-outputs-v1"
@@ -205,11 +207,12 @@ def _unpack(values: np.ndarray, shapes: np.ndarray) -> list[np.ndarray]:
 
 @dataclass(slots=True)
 class CacheEntry:
-    """One model's cached outputs on one frame source."""
+    """One model's cached outputs on one frame source; ``measured_at`` is a Unix time."""
 
     outputs: list[np.ndarray]
     times_ms: np.ndarray
     memory_mb: float
+    measured_at: float
 
 
 def write_entry(path: Path, key: str, spec: OutputSpec, digest: str, entry: CacheEntry) -> None:
@@ -225,6 +228,7 @@ def write_entry(path: Path, key: str, spec: OutputSpec, digest: str, entry: Cach
             "shapes": shapes,
             "times_ms": np.asarray(entry.times_ms, dtype=np.float64),
             "memory_mb": np.array(float(entry.memory_mb)),
+            "measured_at": np.array(float(entry.measured_at)),
         },
     )
 
@@ -247,143 +251,12 @@ def read_entry(path: Path, key: str, spec: OutputSpec, digest: str) -> CacheEntr
                 _unpack(data["values"], data["shapes"]),
                 np.array(data["times_ms"], dtype=np.float64),
                 float(data["memory_mb"]),
+                # entries written before this field existed: the file's time is when it was made
+                float(data["measured_at"]) if "measured_at" in data else path.stat().st_mtime,
             )
     except Exception as exc:  # a damaged file must not stop a run: recompute and overwrite it
         warnings.warn(f"output cache {path} is unreadable ({exc}); recomputing it", stacklevel=3)
         return None
-
-
-# ---------------------------------------------------------------------------------- measuring
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run OpenCV and torch (when loaded) on one thread, restoring their settings afterwards."""
-    restore: list[Callable[[], None]] = []
-    cv2 = sys.modules.get("cv2")
-    if cv2 is not None and hasattr(cv2, "setNumThreads"):
-        before = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        restore.append(lambda: cv2.setNumThreads(before))
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch, "set_num_threads"):
-        torch_before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        restore.append(lambda: torch.set_num_threads(torch_before))
-    try:
-        yield
-    finally:
-        for undo in restore:
-            undo()
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-_CHILD = r"""
-import importlib, json, pickle, sys
-payload = sys.stdin.buffer.read()
-header, model_blob, frame_blob = payload.split(b"\0MLINK\0", 2)
-meta = json.loads(header)
-sys.path[:] = meta["path"]
-for module in meta["modules"]:
-    importlib.import_module(module)
-import io, numpy as np
-frame = np.load(io.BytesIO(frame_blob), allow_pickle=False)
-if "cv2" in sys.modules:
-    sys.modules["cv2"].setNumThreads(1)
-if "torch" in sys.modules:
-    sys.modules["torch"].set_num_threads(1)
-def status(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-base = status("VmRSS")
-try:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-except OSError:
-    pass
-model = pickle.loads(model_blob)
-model(frame)
-peak = max(status("VmHWM"), status("VmRSS"))
-print(json.dumps({"kb": peak - base}))
-"""
-_SEP = b"\0MLINK\0"
-
-
-def _memory_in_child(model: Model, frame: np.ndarray, timeout: float) -> float:
-    blob = pickle.dumps(model)
-    modules = sorted({type(model).__module__, getattr(model, "__module__", None) or ""} - {""})
-    modules = [m for m in modules if m not in ("__main__", "builtins", "functools")]
-    if isinstance(model, functools.partial):
-        modules.append(model.func.__module__)
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(frame), allow_pickle=False)
-    header = json.dumps({"path": sys.path, "modules": modules}).encode()
-    result = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        input=header + _SEP + blob + _SEP + buf.getvalue(),
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        tail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"memory probe exited with {result.returncode}: {' | '.join(tail)}")
-    return json.loads(result.stdout.decode().strip().splitlines()[-1])["kb"] / 1024.0
-
-
-def _memory_in_process(model: Model, frame: np.ndarray) -> float:
-    base = _status_kb("VmRSS")
-    if base is None:  # not Linux: no per-call figure; report what the call left resident
-        import resource
-
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        model(frame)
-        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
-    reset = _reset_peak()
-    model(frame)
-    after = _status_kb("VmRSS") or base
-    peak = (_status_kb("VmHWM") or after) if reset else after
-    return max(0, max(peak, after) - base) / 1024.0
-
-
-def measure_memory_mb(model: Model, frame: np.ndarray, timeout: float = 300.0) -> float:
-    """Resident MB ``model`` adds to a fresh process (weights + one call on ``frame``).
-
-    Picklable models are measured in a child interpreter; others (lambdas, closures) fall back to
-    the peak RSS growth of one call here, which excludes weights already loaded.
-    """
-    try:
-        return _memory_in_child(model, frame, timeout)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        pass  # not picklable: measure here
-    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-        warnings.warn(
-            f"memory probe for {default_model_key('model', model)} failed ({exc}); "
-            "measuring one call in this process instead",
-            stacklevel=2,
-        )
-    return _memory_in_process(model, frame)
 
 
 # ---------------------------------------------------------------------------------- collecting
@@ -398,8 +271,6 @@ def collect_outputs(
     progress: bool = True,
 ) -> Collection:
     """Like :func:`collect_workload`, also returning per-frame times and what the cache did."""
-    from mlink.linkstore.experiment import Workload
-
     if not models:
         raise ValueError("collect_outputs: no models given; pass {name: (callable, spec)}")
     model_keys = dict(model_keys or {})
@@ -462,6 +333,7 @@ def collect_outputs(
             for m in models
         },
         streams=streams,
+        cost_source=cost_source([entries[m].measured_at for m in models]),
     )
     return Collection(
         workload=workload,
@@ -484,7 +356,10 @@ def _compute(
 ) -> dict[str, CacheEntry]:
     """Pass 2: run the uncached models frame by frame, timing each call."""
     with single_threaded():
-        memory = {m: measure_memory_mb(fn, largest) for m, (fn, _) in models.items()}
+        memory = {
+            m: measure_memory_mb(fn, largest, label=default_model_key(m, fn))
+            for m, (fn, _) in models.items()
+        }
     outputs: dict[str, list[np.ndarray]] = {m: [] for m in models}
     times = {m: np.zeros(n, dtype=np.float64) for m in models}
     hasher = _FrameHasher()
@@ -522,7 +397,15 @@ def _compute(
             f"pass ({index + 1} frames, expected {n}); pass a deterministic, re-iterable source "
             "or a list"
         )
-    return {m: CacheEntry(outputs[m], times[m], memory[m]) for m in models}
+    now = time.time()
+    return {m: CacheEntry(outputs[m], times[m], memory[m], now) for m in models}
+
+
+def cost_source(measured_at: Iterable[float]) -> str:
+    """How the cost table of a collected workload was made, and when."""
+    days = sorted({time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) for t in measured_at})
+    when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    return f"measured (mean ms per call, one thread, when the outputs were computed: {when})"
 
 
 def _call(fn: Model, frame: np.ndarray, model: str, index: int) -> Any:
@@ -552,9 +435,3 @@ def collect_workload(
     with its output spec and the digest of the frames.
     """
     return collect_outputs(name, models, frames, cache_dir, model_keys, progress).workload
-
-
-def cache_size_bytes(cache_dir: Path = DEFAULT_CACHE) -> int:
-    """Total size of the output cache (for reports and ``make clean`` decisions)."""
-    root = Path(cache_dir) / "outputs"
-    return sum(p.stat().st_size for p in root.rglob("*.npz")) if root.exists() else 0

@@ -1,6 +1,6 @@
 """`mlink demo`: links + budgeted selection on a real workload, offline, in well under a minute.
 
-Seven real classifiers (see :mod:`mlink.deploy.examples.digits`) run on real digit images. Links
+Seven real classifiers (see :mod:`mlink.eval.workloads.digits`) run on real digit images. Links
 train on the first 10% of the stream (the paper's protocol), an active set is chosen under a
 compute budget by the paper's greedy and by our exact selector, and both are measured on the
 remaining 90%: which models ran, how well the synthesized ones agree with the real models, and
@@ -17,15 +17,25 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mlink.deploy.examples import digits
-from mlink.linkstore.experiment import PlanResult, Workload, compare_selectors, train_workload
+from mlink import deploy
+from mlink.eval.experiment import PlanResult, compare_selectors, train_workload
+from mlink.eval.run import print_summary, run_and_summarize
+from mlink.eval.workload import Workload, shuffled_order
+from mlink.eval.workloads import digits
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
 
 
-def digits_workload(progress: bool = False) -> Workload:
-    """Every digits model's real outputs on the stream and its measured per-frame cost."""
-    return digits.workload(progress=progress)
+def digits_workload(progress: bool = False, shuffle_seed: int | None = 0) -> Workload:
+    """Every digits model's real outputs on the stream and its measured per-frame cost.
+
+    Shuffled with ``shuffle_seed`` by default: the images are independent samples, and their
+    file order (labels often counting up) would favour reuse; None keeps the file order.
+    """
+    workload = digits.workload(progress=progress)
+    if shuffle_seed is None:
+        return workload
+    return workload.reordered(shuffled_order(workload.streams, shuffle_seed))
 
 
 def plan_table(workload: Workload, plans: list[PlanResult]) -> Table:
@@ -44,9 +54,23 @@ def plan_table(workload: Workload, plans: list[PlanResult]) -> Table:
         table.add_row(*row)
     table.add_section()
     table.add_row("accuracy (mean agreement)", "", *[f"{p.accuracy:.1%}" for p in plans])
+    table.add_row(
+        "synthesized outputs only",
+        "",
+        *[_pct(p.synthesized_accuracy) for p in plans],
+    )
+    table.add_row(
+        "predicted by selection (cross-fitted)",
+        "",
+        *[f"{p.predicted_accuracy:.1%}" for p in plans],
+    )
     table.add_row("compute saved", "", *[f"{p.compute_saved:.1%}" for p in plans])
     table.add_row("plan cost ms/frame (incl. links)", "", *[f"{p.cost['ms']:.3f}" for p in plans])
     return table
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def run_demo(
@@ -61,8 +85,9 @@ def run_demo(
     workload = digits_workload()
     full = workload.total_cost("ms")
     console.print(
-        f"{len(workload.models)} black-box models on {workload.n_frames} real frames; running all "
-        f"of them costs {full:.3f} ms/frame (measured here, {time.perf_counter() - start:.1f} s)"
+        f"{len(workload.models)} black-box models on {workload.n_frames} real frames (shuffled, "
+        f"seed 0); running all of them costs {full:.3f} ms/frame ({workload.cost_source}; "
+        f"{time.perf_counter() - start:.1f} s)"
     )
     start = time.perf_counter()
     trained = train_workload(workload, train_fraction, TrainConfig())
@@ -92,79 +117,7 @@ def run_demo(
 
 
 # ---------------------------------------------------------------------------- streaming demo
-DEMO_CONFIG = Path(__file__).parent / "configs" / "video-demo.yaml"
-
-
-def full_run(config, frames: list) -> Workload:
-    """Every model on every frame the workers saw (cached): the reference a run is judged by."""
-    from mlink.deploy.bench import config_models
-    from mlink.deploy.outputs import collect_workload
-    from mlink.deploy.report import wire_frames
-
-    models, keys = config_models(config)
-    return collect_workload(
-        f"{config.name}-full", models, wire_frames(config, frames), model_keys=keys
-    )
-
-
-def run_and_summarize(config, config_path: Path, workers, timeout, compare, console) -> dict:
-    from mlink.deploy.report import frame_ids, summarize
-    from mlink.deploy.runner import run_pipeline
-    from mlink.deploy.source import iter_source
-
-    frames = list(iter_source(config.source))
-    full = None
-    if compare:
-        console.print(
-            f"full run of {len(config.models)} models on {len(frames)} frames "
-            "(the reference; cached after the first time)"
-        )
-        full = full_run(config, frames)
-    report = run_pipeline(config, config_path, workers, timeout, frames=frames)
-    if full is None:
-        return {
-            "frames": report.frames,
-            "results": len(report.results),
-            "seconds": report.seconds,
-            "status": dict(report.status_counts()),
-        }
-    return summarize(config, report, full, frame_ids(frames)).as_dict()
-
-
-def print_summary(summary: dict, console: Console) -> None:
-    table = Table(
-        title="per model: how often it ran, was synthesized, and agreed with the full run"
-    )
-    table.add_column("model")
-    table.add_column("executed", justify="right")
-    table.add_column("synthesized", justify="right")
-    table.add_column("agreement", justify="right")
-    for model, score in summary.get("agreement", {}).items():
-        table.add_row(
-            model,
-            str(summary["executed"].get(model, 0)),
-            str(summary["synthesized"].get(model, 0)),
-            f"{score:.1%}",
-        )
-    console.print(table)
-    console.print(
-        f"frames processed: {summary['results']}/{summary['frames']} "
-        f"(degraded {summary.get('degraded', 0)}, duplicate results dropped "
-        f"{summary.get('duplicates', 0)})"
-    )
-    if "compute_saved" in summary:
-        console.print(
-            f"compute saved: {summary['compute_saved']:.1%} overall, "
-            f"{summary['steady_compute_saved']:.1%} after warm-up; "
-            f"accuracy (agreement with a full run): {summary['accuracy']:.1%} overall, "
-            f"{summary['steady_accuracy']:.1%} after warm-up"
-        )
-        s = summary
-        console.print(
-            f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
-            f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms; link versions "
-            f"{s['link_versions']}; final active set {s['final_active']}"
-        )
+DEMO_CONFIG = Path(deploy.__file__).parent / "configs" / "video-demo.yaml"
 
 
 def run_streaming_demo(config_path: Path = DEMO_CONFIG, console: Console | None = None) -> dict:

@@ -44,16 +44,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
-from mlink.deploy.outputs import DEFAULT_CACHE, collect_workload
+from mlink.eval.outputs import DEFAULT_CACHE, collect_workload
+from mlink.eval.workload import Workload
 from mlink.topics.specs import BoxesSpec, OutputSpec, VectorSpec
-
-if TYPE_CHECKING:
-    from mlink.linkstore.experiment import Workload
 
 #: Bumped whenever a model's code changes what it outputs, so cached outputs are recomputed.
 VERSION = 1
@@ -501,7 +499,7 @@ def spec(name: str, count: bool = False) -> OutputSpec:
 
 
 def model(name: str, count: bool = False, **args: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """Model factory for pipeline configs: ``factory: mlink.deploy.examples.video:model``.
+    """Model factory for pipeline configs: ``factory: mlink.eval.workloads.video:model``.
 
     Returns a black box mapping one BGR ``uint8`` frame to its boxes (or, with ``count=True``, to
     ``[number of boxes]``). ``args`` override the registry's parameters, e.g.
@@ -533,7 +531,7 @@ def workload(
     progress: bool = True,
 ) -> Workload:
     """Every model's outputs on the video frames, with measured costs (cached; see
-    :func:`mlink.deploy.outputs.collect_workload`). ``count=True`` makes detectors emit counts."""
+    :func:`mlink.eval.outputs.collect_workload`). ``count=True`` makes detectors emit counts."""
     names = list(names or DEFAULT_MODELS)
     models = {n: (model(n, count=count), spec(n, count)) for n in names}
     label = "video" + (f"-every{every}" if every > 1 else "") + (f"-limit{limit}" if limit else "")

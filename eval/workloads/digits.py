@@ -16,15 +16,13 @@ import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from mlink.deploy.outputs import DEFAULT_CACHE, collect_workload
+from mlink.eval.outputs import DEFAULT_CACHE, collect_workload
+from mlink.eval.workload import Workload
 from mlink.topics.specs import OutputSpec, VectorSpec
-
-if TYPE_CHECKING:
-    from mlink.linkstore.experiment import Workload
 
 #: Bumped whenever a model's definition changes what it outputs, so cached outputs are recomputed.
 VERSION = 2
@@ -144,7 +142,7 @@ class Predictor:
 
 
 def model(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Model factory for pipeline configs: ``factory: mlink.deploy.examples.digits:model``.
+    """Model factory for pipeline configs: ``factory: mlink.eval.workloads.digits:model``.
 
     Returns a black box mapping one 8x8 ``uint8`` frame to its output. It also accepts a batch
     ``(n, 8, 8)`` and then returns ``(n, ...)``, so operators can batch it.
@@ -155,10 +153,20 @@ def model(name: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def frames(limit: int | None = None) -> Iterator[np.ndarray]:
-    """Frame source for pipeline configs: the stream half of the images, in file order."""
+    """Frame source for pipeline configs: the stream half of the images, in file order.
+
+    The images are independent samples, but the file order is not random: 271 of the 898 steps
+    from one image to the next are a label counting up by one (mod 10), which favours methods
+    that reuse the last output. ``independent_frames`` tells ``mlink bench`` so, and it shuffles
+    the stream by default (``--order``).
+    """
     images, _ = _data()
     stream = images[split()[1]]
     yield from stream[:limit] if limit is not None else stream
+
+
+#: Frames are independent samples in storage order, not a time series (see :func:`frames`).
+frames.independent_frames = True  # type: ignore[attr-defined]
 
 
 def specs() -> dict[str, OutputSpec]:
@@ -167,7 +175,7 @@ def specs() -> dict[str, OutputSpec]:
 
 def workload(cache_dir: Path | None = DEFAULT_CACHE, progress: bool = True) -> Workload:
     """Every digits model's outputs on the stream with measured costs (cached; see
-    :func:`mlink.deploy.outputs.collect_workload`)."""
+    :func:`mlink.eval.outputs.collect_workload`)."""
     models = {name: (model(name), m.spec) for name, m in MODELS.items()}
     stream = [("digits", frame) for frame in frames()]
     return collect_workload("digits", models, stream, cache_dir=cache_dir, progress=progress)

@@ -1,1 +1,0 @@
-"""MLink-stream."""

@@ -1,0 +1,238 @@
+"""Terminal and image rendering of a :class:`mlink.eval.bench.BenchReport`.
+
+A cell reads ``accuracy / compute saved`` (mean ± spread over seeds), then the accuracy of the
+synthesized outputs only and, where the method predicts one, its predicted accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mlink.eval.bench import METHODS, SELECTOR_ROWS, BenchReport
+
+__all__ = ["format_cell", "from_json", "markdown", "plot_report", "print_report"]
+
+
+def _pct(value: float | None, spread: float | None, seeds: int) -> str:
+    if value is None:
+        return "-"
+    if seeds > 1 and spread is not None:
+        return f"{value:.1%}±{spread * 100:.1f}"
+    return f"{value:.1%}"
+
+
+def format_cell(cell: dict[str, Any], seeds: int) -> str:
+    """``acc / saved``, then ``synth X · pred Y``; marks cells over budget or infeasible."""
+    if cell["accuracy"] is None:
+        return "infeasible"
+    acc = _pct(cell["accuracy"], cell["accuracy_spread"], seeds)
+    saved = _pct(cell["compute_saved"], cell["compute_saved_spread"], seeds)
+    lines = [f"{acc} / {saved}"]
+    extra = [
+        f"synth {_pct(cell['synthesized_accuracy'], cell['synthesized_accuracy_spread'], seeds)}"
+    ]
+    if cell["predicted_accuracy"] is not None:
+        extra.append(f"pred {cell['predicted_accuracy']:.1%}")
+    lines.append(" · ".join(extra))
+    if not cell["feasible"]:
+        lines.append(f"over budget in {cell['infeasible_runs']}/{cell['runs']} runs")
+    return "\n".join(lines)
+
+
+def _best_accuracy(report: BenchReport, budgets: list[float]) -> dict[float, float | None]:
+    """The highest accuracy of a feasible method at each budget (the bold cell)."""
+    return {
+        b: max(
+            (c["accuracy"] for c in report.cells if c["budget"] == b and c["feasible"]),
+            default=None,
+        )
+        for b in budgets
+    }
+
+
+def from_json(text: str) -> BenchReport:
+    """A report back from ``mlink bench --json`` output."""
+    return BenchReport(**json.loads(text))
+
+
+def markdown(report: BenchReport) -> str:
+    """The main table as Markdown (for BENCHMARKS.md): one row per method, one column per budget,
+    cells as in the terminal table; bold is the most accurate feasible method at that budget."""
+    budgets = sorted({c["budget"] for c in report.cells})
+    head = (
+        "| method | " + " | ".join(f"budget {b / report.full_cost_ms:.0%}" for b in budgets) + " |"
+    )
+    lines = [head, "|---" * (len(budgets) + 1) + "|"]
+    best = _best_accuracy(report, budgets)
+    for method in METHODS:
+        cells = []
+        for b in budgets:
+            cell = next(c for c in report.cells if c["method"] == method and c["budget"] == b)
+            text = format_cell(cell, report.seeds).replace("\n", "<br>")
+            if cell["feasible"] and cell["accuracy"] == best[b]:
+                first, _, rest = text.partition("<br>")
+                text = f"**{first}**<br>{rest}"
+            cells.append(text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    gaps = [c for c in report.cells if c["method"] in SELECTOR_ROWS]
+    lines += [
+        "",
+        "| MLink row | budget | predicted | realised | gap (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for c in gaps:
+        if c["prediction_gap"] is None:
+            continue
+        spread = c["prediction_gap_spread"]
+        gap = f"{c['prediction_gap'] * 100:+.1f}" + (
+            f" ± {spread * 100:.1f}" if report.seeds > 1 and spread is not None else ""
+        )
+        lines.append(
+            f"| {c['method']} | {c['budget_fraction']:.0%} | {c['predicted_accuracy']:.1%} | "
+            f"{c['accuracy']:.1%} | {gap} |"
+        )
+    return "\n".join(lines)
+
+
+def print_report(report: BenchReport, console: Console) -> None:
+    budgets = sorted({c["budget"] for c in report.cells})
+    seeds = report.seeds
+    table = Table(
+        title=f"{report.workload}: {report.frames} frames ({report.order} order, "
+        f"{report.train_frames} train), {seeds} seed(s); running every model costs "
+        f"{report.full_cost_ms:.2f} ms/frame",
+        show_lines=True,
+    )
+    table.add_column("method")
+    for b in budgets:
+        table.add_column(
+            f"budget {b / report.full_cost_ms:.0%}\nacc / saved\nsynthesized only · predicted",
+            justify="right",
+        )
+    best = _best_accuracy(report, budgets)
+    for method in METHODS:
+        cells = []
+        for b in budgets:
+            cell = next(
+                (c for c in report.cells if c["method"] == method and c["budget"] == b), None
+            )
+            if cell is None:
+                cells.append("-")
+                continue
+            text = format_cell(cell, seeds)
+            top = cell["feasible"] and cell["accuracy"] == best[b]
+            cells.append(f"[bold]{text}[/bold]" if top else text)
+        table.add_row(method, *cells)
+    console.print(table)
+    console.print(f"model costs: {report.cost_table.get('models')}")
+    console.print(f"measured in this run: {report.cost_table.get('measured_in_this_run')}")
+    _print_gaps(report, console)
+    _print_ratios(report, console)
+    console.print(
+        f"ensembles: {report.ensembles.get('winner')} wins "
+        f"(fusion - weighted accuracy per budget: "
+        f"{[round(d, 4) for d in report.ensembles.get('fusion_minus_weighted_accuracy', [])]}); "
+        f"synthesis costs {report.link_cost.get('mean_ms_per_source', 0):.4f} ms/frame per active "
+        "source on average, plus a fixed part per target"
+    )
+
+
+def _print_gaps(report: BenchReport, console: Console) -> None:
+    gaps = [
+        c for c in report.cells if c["method"] in SELECTOR_ROWS and c["prediction_gap"] is not None
+    ]
+    if not gaps:
+        return
+    table = Table(title=f"MLink selection: predicted minus realised accuracy ({report.scheme})")
+    table.add_column("method")
+    table.add_column("budget", justify="right")
+    table.add_column("predicted", justify="right")
+    table.add_column("realised", justify="right")
+    table.add_column("gap (points)", justify="right")
+    for c in gaps:
+        spread = c["prediction_gap_spread"]
+        gap = f"{c['prediction_gap'] * 100:+.1f}"
+        if report.seeds > 1 and spread is not None:
+            gap += f" ± {spread * 100:.1f}"
+        table.add_row(
+            c["method"],
+            f"{c['budget_fraction']:.0%}",
+            f"{c['predicted_accuracy']:.1%}",
+            f"{c['accuracy']:.1%}",
+            gap,
+        )
+    console.print(table)
+
+
+def _print_ratios(report: BenchReport, console: Console) -> None:
+    ratios = Table(title="link agreement vs share of each stream used for training (seed 0)")
+    for col in (
+        "train share",
+        "frames",
+        "mean link",
+        "best link",
+        "ensemble (all others)",
+        "prior only",
+    ):
+        ratios.add_column(col, justify="right")
+    for r in report.training_ratios:
+        ratios.add_row(
+            f"{r['ratio']:.0%}",
+            str(r["train_frames"]),
+            f"{r['mean_link_agreement']:.1%}",
+            f"{r['best_link_agreement']:.1%}",
+            f"{r['mean_ensemble_agreement']:.1%}",
+            f"{r['mean_prior_agreement']:.1%}",
+        )
+    console.print(ratios)
+
+
+def plot_report(report: BenchReport, path: Path) -> None:
+    """All-models and synthesized-only accuracy vs compute saved, one line per method across the
+    budgets (means over seeds, bars for the spread)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
+    markers = "osD^v<>ph*"
+    for i, method in enumerate(METHODS):
+        cells = sorted(
+            (c for c in report.cells if c["method"] == method and c["feasible"]),
+            key=lambda c: c["compute_saved"],
+        )
+        for ax, metric in zip(axes, ("accuracy", "synthesized_accuracy"), strict=True):
+            shown = [c for c in cells if c[metric] is not None]
+            ax.errorbar(
+                [c["compute_saved"] for c in shown],
+                [c[metric] for c in shown],
+                xerr=[c["compute_saved_spread"] or 0.0 for c in shown],
+                yerr=[c[f"{metric}_spread"] or 0.0 for c in shown],
+                marker=markers[i % len(markers)],
+                capsize=2,
+                label=method,
+            )
+    axes[0].set_ylabel("accuracy, all models (mean agreement with the real models)")
+    axes[1].set_ylabel("accuracy of synthesized outputs only")
+    for ax in axes:
+        ax.set_xlabel("compute saved (share of running every model)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        f"{report.workload}: {report.frames} frames ({report.order} order), "
+        f"{report.train_frames} train, {report.seeds} seed(s)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # python -m mlink.eval.bench_table REPORT.json: Markdown tables
+    print(markdown(from_json(Path(sys.argv[1]).read_text())))

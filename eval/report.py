@@ -1,0 +1,273 @@
+"""What a pipeline run saved and kept, measured against a full run of every model.
+
+The full run is every model's real output on the very frames the workers saw (after the same
+JPEG/PNG round trip), computed offline and cached, so the comparison is exact. The figures:
+
+- *agreement*, per model and overall: every result of the model scores its agreement with the
+  full run, executed outputs 1 and missing ones 0 (what a consumer of the results gets);
+- *synthesized only*: the same over synthesized results alone (how far a synthesized output can
+  be trusted);
+- *steady*: frames after warm-up (epoch > 0) that were not probes (a probe frame runs every model
+  to train links and measure live agreement, so it would flatter both accuracy and cost);
+- *compute saved*: ``1 - spent / full`` per frame, from ONE cost table for the models -- declared
+  in the config when every model declares ``cost.ms``, else measured offline when the reference
+  outputs were computed (``cost_source`` says which and when) -- plus synthesis: per synthesized
+  result the target's ensemble cost and one link per source, as the trainer measured them for the
+  link version that synthesized it (``synthesis_cost_source``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlink.deploy.config import PipelineConfig
+from mlink.deploy.runner import RunReport
+from mlink.eval.workload import Workload
+from mlink.linkstore.metrics import agreement
+from mlink.linkstore.store import LinkStore
+from mlink.topics.frames import decode_frame, encode_frame
+from mlink.topics.records import FrameResult
+
+__all__ = [
+    "RunSummary",
+    "SynthesisCosts",
+    "frame_ids",
+    "model_cost_table",
+    "stored_synthesis_costs",
+    "summarize",
+    "wire_frames",
+]
+
+
+@dataclass(slots=True)
+class SynthesisCosts:
+    """ms of synthesis for one link version: per (source, target) link and per target ensemble."""
+
+    links: dict[tuple[str, str], float] = field(default_factory=dict)
+    ensembles: dict[str, float] = field(default_factory=dict)
+
+    def of(self, target: str, sources: Iterable[str]) -> float:
+        return self.ensembles.get(target, 0.0) + sum(
+            self.links.get((s, target), 0.0) for s in sources
+        )
+
+
+@dataclass(slots=True)
+class RunSummary:
+    frames: int
+    results: int
+    degraded: int
+    duplicates: int
+    seconds: float
+    throughput_fps: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    executed: dict[str, int]
+    synthesized: dict[str, int]
+    missing: dict[str, int]
+    agreement: dict[str, float]
+    synthesized_agreement: dict[str, float | None]
+    steady_agreement: dict[str, float]
+    steady_synthesized_agreement: dict[str, float | None]
+    accuracy: float
+    synthesized_accuracy: float | None
+    compute_saved: float
+    steady_frames: int
+    warmup_frames: int
+    probe_frames: int
+    steady_accuracy: float
+    steady_synthesized_accuracy: float | None
+    steady_compute_saved: float
+    cost_source: str
+    model_ms: dict[str, float]
+    synthesis_cost_source: str
+    link_versions: list[int]
+    final_active: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def wire_frames(config: PipelineConfig, frames: list[tuple[str, np.ndarray]]) -> list:
+    """The frames as a worker decodes them (after the source's encoding round trip)."""
+    src = config.source
+    return [
+        (stream, decode_frame(encode_frame(img, stream, 0, 0.0, src.encoding, src.jpeg_quality)))
+        for stream, img in frames
+    ]
+
+
+def frame_ids(frames: list[tuple[str, np.ndarray]]) -> list[str]:
+    seqs: dict[str, int] = defaultdict(int)
+    ids = []
+    for stream, _ in frames:
+        ids.append(f"{stream}:{seqs[stream]}")
+        seqs[stream] += 1
+    return ids
+
+
+def model_cost_table(config: PipelineConfig, full: Workload) -> tuple[dict[str, float], str]:
+    """ms per model from one table, and which: declared when every model declares ``cost.ms``,
+    else what the reference run measured (never a mix of the two)."""
+    declared = config.declared_costs()
+    if all("ms" in declared.get(m, {}) for m in config.model_names):
+        return {m: float(declared[m]["ms"]) for m in config.model_names}, "declared in the config"
+    measured = {m: float(full.costs[m]["ms"]) for m in config.model_names}
+    return measured, f"{full.cost_source}, by the offline reference run"
+
+
+def stored_synthesis_costs(config: PipelineConfig) -> dict[int, SynthesisCosts]:
+    """Per link version in the config's store, the synthesis costs its trainer measured."""
+    store = LinkStore(config.links.store)
+    out = {}
+    for v in store.versions():
+        meta = v.meta
+        links = {(c["source"], c["target"]): c.get("ms", 0.0) for c in meta.get("link_costs", [])}
+        ensembles = {t: c.get("ms", 0.0) for t, c in meta.get("ensemble_costs", {}).items()}
+        out[v.version] = SynthesisCosts(links, ensembles)
+    return out
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _mean_or_none(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+@dataclass(slots=True)
+class _Scored:
+    """One frame's results scored against the full run."""
+
+    cost: float
+    scores: dict[str, float]  # model -> agreement (executed 1, missing 0)
+    synthesized: set[str]
+    steady: bool
+
+
+def _score(
+    result: FrameResult,
+    i: int,
+    specs: Mapping[str, Any],
+    full: Workload,
+    model_ms: Mapping[str, float],
+    synthesis: Mapping[int, SynthesisCosts],
+) -> _Scored:
+    cost, scores, synthesized = 0.0, {}, set()
+    for r in result.results:
+        if r.status == "executed":
+            cost += model_ms[r.model]
+            scores[r.model] = 1.0
+        elif r.status == "synthesized":
+            cost += synthesis.get(r.link_version, SynthesisCosts()).of(r.model, r.sources)
+            truth = [full.outputs[r.model][i]]
+            scores[r.model] = float(agreement(specs[r.model], [r.output], truth)[0])
+            synthesized.add(r.model)
+        else:
+            scores[r.model] = 0.0
+    return _Scored(cost, scores, synthesized, result.epoch > 0 and not result.probe)
+
+
+def summarize(
+    config: PipelineConfig,
+    report: RunReport,
+    full: Workload,
+    ids: list[str],
+    synthesis: Mapping[int, SynthesisCosts] | None = None,
+) -> RunSummary:
+    """Compare every result with the full run (see the module docstring for the figures).
+
+    ``synthesis`` gives the synthesis costs per link version (default: what the config's
+    linkstore recorded).
+    """
+    specs = config.specs()
+    index = {f: i for i, f in enumerate(ids)}
+    model_ms, cost_source = model_cost_table(config, full)
+    if synthesis is None:
+        synthesis = stored_synthesis_costs(config)
+        synthesis_source = "measured by the trainer for each link version (linkstore metadata)"
+    else:
+        synthesis_source = "given"
+    total_per_frame = sum(model_ms.values())
+    scored = {
+        fid: _score(result, index[fid], specs, full, model_ms, synthesis)
+        for fid, result in report.results.items()
+        if fid in index
+    }
+    steady = [s for s in scored.values() if s.steady]
+    models = config.model_names
+
+    def per_model(frames: list[_Scored], only_synthesized: bool) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {m: [] for m in models}
+        for s in frames:
+            for m, v in s.scores.items():
+                if not only_synthesized or m in s.synthesized:
+                    out[m].append(v)
+        return out
+
+    def accuracy(frames: list[_Scored]) -> float:
+        return _mean(_mean(s.scores.values()) for s in frames)
+
+    def synthesized_accuracy(frames: list[_Scored]) -> float | None:
+        return _mean_or_none(s.scores[m] for s in frames for m in s.synthesized)
+
+    def saved(frames: list[_Scored]) -> float:
+        return 1 - _mean(s.cost for s in frames) / total_per_frame
+
+    everything = list(scored.values())
+    lat = report.latencies_ms()
+    last = max(report.results.values(), key=lambda r: (r.epoch, r.emitted_at), default=None)
+    statuses = [(r.model, r.status) for res in report.results.values() for r in res.results]
+    return RunSummary(
+        frames=report.frames,
+        results=len(report.results),
+        degraded=sum(r.degraded for r in report.results.values()),
+        duplicates=report.duplicates,
+        seconds=report.seconds,
+        throughput_fps=len(report.results) / report.seconds if report.seconds else 0.0,
+        latency_p50_ms=float(np.percentile(lat, 50)) if lat else float("nan"),
+        latency_p99_ms=float(np.percentile(lat, 99)) if lat else float("nan"),
+        executed=_count(statuses, "executed"),
+        synthesized=_count(statuses, "synthesized"),
+        missing=_count(statuses, "missing"),
+        agreement={m: _mean(v) for m, v in per_model(everything, False).items() if v},
+        synthesized_agreement={m: _mean_or_none(v) for m, v in per_model(everything, True).items()},
+        steady_agreement={m: _mean(v) for m, v in per_model(steady, False).items() if v},
+        steady_synthesized_agreement={
+            m: _mean_or_none(v) for m, v in per_model(steady, True).items()
+        },
+        accuracy=accuracy(everything),
+        synthesized_accuracy=synthesized_accuracy(everything),
+        compute_saved=saved(everything),
+        steady_frames=len(steady),
+        warmup_frames=sum(r.epoch == 0 for f, r in report.results.items() if f in scored),
+        probe_frames=sum(r.probe and r.epoch > 0 for f, r in report.results.items() if f in scored),
+        steady_accuracy=accuracy(steady),
+        steady_synthesized_accuracy=synthesized_accuracy(steady),
+        steady_compute_saved=saved(steady),
+        cost_source=cost_source,
+        model_ms=model_ms,
+        synthesis_cost_source=synthesis_source,
+        link_versions=sorted(
+            {r.link_version for res in report.results.values() for r in res.results} - {None}
+        ),
+        final_active=sorted(r.model for r in last.results if r.status == "executed")
+        if last
+        else [],
+    )
+
+
+def _count(statuses: list[tuple[str, str]], status: str) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for model, s in statuses:
+        if s == status:
+            counts[model] += 1
+    return dict(counts)

@@ -1,0 +1,98 @@
+"""`mlink run`'s summary: run the pipeline, compute the reference full run, compare and print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mlink.deploy.runner import run_pipeline
+from mlink.deploy.source import iter_source
+from mlink.eval.config_workload import config_models
+from mlink.eval.outputs import collect_workload
+from mlink.eval.report import frame_ids, summarize, wire_frames
+from mlink.eval.workload import Workload
+
+__all__ = ["full_run", "print_summary", "run_and_summarize"]
+
+
+def full_run(config, frames: list) -> Workload:
+    """Every model on every frame the workers saw (cached): the reference a run is judged by."""
+    models, keys = config_models(config)
+    return collect_workload(
+        f"{config.name}-full", models, wire_frames(config, frames), model_keys=keys
+    )
+
+
+def run_and_summarize(config, config_path: Path, workers, timeout, compare, console) -> dict:
+    frames = list(iter_source(config.source))
+    full = None
+    if compare:
+        console.print(
+            f"full run of {len(config.models)} models on {len(frames)} frames "
+            "(the reference; cached after the first time)"
+        )
+        full = full_run(config, frames)
+    report = run_pipeline(config, config_path, workers, timeout, frames=frames)
+    if full is None:
+        return {
+            "frames": report.frames,
+            "results": len(report.results),
+            "seconds": report.seconds,
+            "status": dict(report.status_counts()),
+        }
+    return summarize(config, report, full, frame_ids(frames)).as_dict()
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.1%}"
+
+
+def print_summary(summary: dict, console: Console) -> None:
+    """The run summary of :func:`mlink.eval.report.summarize` (as a dict), for people."""
+    table = Table(
+        title="per model: how often it ran or was synthesized, and how well it agreed with the "
+        "full run (all results / synthesized ones only; steady = after warm-up, no probes)"
+    )
+    for col in ("model", "executed", "synthesized", "missing"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for col in ("agreement", "synthesized only", "steady", "steady synthesized"):
+        table.add_column(col, justify="right")
+    for model, score in summary.get("agreement", {}).items():
+        table.add_row(
+            model,
+            str(summary["executed"].get(model, 0)),
+            str(summary["synthesized"].get(model, 0)),
+            str(summary.get("missing", {}).get(model, 0)),
+            _pct(score),
+            _pct(summary["synthesized_agreement"].get(model)),
+            _pct(summary["steady_agreement"].get(model)),
+            _pct(summary["steady_synthesized_agreement"].get(model)),
+        )
+    console.print(table)
+    console.print(
+        f"frames processed: {summary['results']}/{summary['frames']} "
+        f"(degraded {summary.get('degraded', 0)}, duplicate results dropped "
+        f"{summary.get('duplicates', 0)})"
+    )
+    if "compute_saved" not in summary:
+        return
+    s = summary
+    console.print(
+        f"all {s['results']} frames: compute saved {_pct(s['compute_saved'])}, accuracy "
+        f"{_pct(s['accuracy'])} (all models), {_pct(s['synthesized_accuracy'])} (synthesized "
+        "outputs only)"
+    )
+    console.print(
+        f"steady, {s['steady_frames']} frames (excluding {s['warmup_frames']} warm-up and "
+        f"{s['probe_frames']} probe frames): compute saved {_pct(s['steady_compute_saved'])}, "
+        f"accuracy {_pct(s['steady_accuracy'])} (all models), "
+        f"{_pct(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
+    )
+    console.print(f"model costs: {s['cost_source']}; synthesis costs: {s['synthesis_cost_source']}")
+    console.print(
+        f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
+        f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms; link versions "
+        f"{s['link_versions']}; final active set {s['final_active']}"
+    )

@@ -1,0 +1,129 @@
+"""Honest selection oracles: every sample is scored by links and ensembles that never saw it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlink.linkstore.crossfit import (
+    MixedOracle,
+    PooledOracle,
+    contiguous_folds,
+    cross_fit,
+    fit_and_score,
+    oracle_from_bundle,
+)
+from mlink.linkstore.training import TrainConfig
+from mlink.topics.specs import BoxesSpec, VectorSpec
+
+FAST = TrainConfig(epochs=40, ensemble_epochs=40)
+SPECS = {
+    "digit": VectorSpec(10, "softmax"),
+    "parity": VectorSpec(2, "softmax"),
+    "noise": VectorSpec(2, "softmax"),
+    "boxes": BoxesSpec(max_boxes=2),
+}
+
+
+def outputs(n: int, seed: int = 0) -> dict[str, list]:
+    rng = np.random.default_rng(seed)
+    digit = rng.integers(0, 10, n)
+    coin = rng.integers(0, 2, n)
+    box = np.array([[0.1, 0.1, 0.4, 0.5, 0.9]], dtype=np.float32)
+    return {
+        "digit": [np.eye(10, dtype=np.float32)[d] for d in digit],
+        "parity": [np.eye(2, dtype=np.float32)[d % 2] for d in digit],
+        "noise": [np.eye(2, dtype=np.float32)[c] for c in coin],  # unrelated to anything
+        "boxes": [box if d >= 5 else np.zeros((0, 5), np.float32) for d in digit],
+    }
+
+
+def test_contiguous_folds_cut_each_group_into_ordered_blocks():
+    fold = contiguous_folds(10, 2, ["a"] * 6 + ["b"] * 4)
+    assert fold.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 1, 1]
+    assert contiguous_folds(5, 5).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="at least 2"):
+        contiguous_folds(5, 1)
+
+
+def test_cross_fit_scores_each_sample_with_links_that_never_trained_on_it():
+    data = outputs(60)
+    fit = cross_fit(SPECS, data, FAST, folds=3)
+    assert fit.scheme == "crossfit" and fit.linkset.n_train == 60
+    held = np.concatenate(fit.held_out)
+    assert sorted(held.tolist()) == list(range(60))  # every sample scored exactly once
+    for ls, idx in zip(fit.fold_links, fit.held_out, strict=True):
+        assert ls.n_train == 60 - len(idx)
+    assert fit.oracle.n_samples == 60
+    active = frozenset({"digit"})
+    # the pooled score is the sample-weighted mean of the folds' scores
+    parts = [
+        (p(active, "parity"), len(idx))
+        for p, idx in zip(fit.oracle.parts, fit.held_out, strict=True)
+    ]
+    expected = sum(v * n for v, n in parts) / 60
+    assert fit.oracle(active, "parity") == pytest.approx(expected)
+    assert fit.oracle(active, "parity") > 0.8  # parity follows from the digit
+    assert fit.oracle(active, "noise") < 0.7  # a coin flip does not, out of fold
+    assert fit.oracle.accuracy(active) == pytest.approx(
+        np.mean([1.0] + [fit.oracle(active, m) for m in ("parity", "noise", "boxes")])
+    )
+
+
+def test_cross_fit_needs_enough_samples_per_fold():
+    with pytest.raises(ValueError, match="samples to train on"):
+        cross_fit(SPECS, outputs(5), FAST, folds=3)
+
+
+def test_holdout_scores_the_last_slice_of_each_group_with_the_link_set_that_runs():
+    data = outputs(40)
+    fit = fit_and_score(SPECS, data, FAST, "weighted", "holdout", 4, ["a"] * 20 + ["b"] * 20)
+    assert fit.scheme == "holdout"
+    assert fit.held_out[0].tolist() == [15, 16, 17, 18, 19, 35, 36, 37, 38, 39]
+    assert fit.linkset is fit.fold_links[0] and fit.linkset.n_train == 30
+
+
+def test_validation_scheme_is_the_link_sets_own_split():
+    fit = fit_and_score(SPECS, outputs(30), FAST, scheme="validation")
+    assert isinstance(fit.oracle, PooledOracle)
+    assert fit.oracle.n_samples == len(fit.linkset.val_index)
+    with pytest.raises(ValueError, match="unknown scheme"):
+        fit_and_score(SPECS, outputs(30), FAST, scheme="magic")  # type: ignore[arg-type]
+
+
+def test_the_oracle_survives_a_bundle_round_trip():
+    data = outputs(45)
+    fit = cross_fit(SPECS, data, FAST, folds=3)
+    tensors, meta = fit.bundle_parts(data)
+    again = oracle_from_bundle(tensors, meta)
+    for active in (frozenset({"digit"}), frozenset({"parity", "boxes"}), frozenset()):
+        for target in SPECS:
+            if target not in active:
+                assert again(active, target) == pytest.approx(fit.oracle(active, target))
+
+
+def test_streams_scheme_holds_out_one_stream_per_fold():
+    data = outputs(40)
+    groups = ["a"] * 20 + ["b"] * 20
+    fit = fit_and_score(SPECS, data, FAST, scheme="streams", groups=groups)
+    assert [idx.tolist() for idx in fit.held_out] == [list(range(20)), list(range(20, 40))]
+    with pytest.raises(ValueError, match="at least two streams"):
+        fit_and_score(SPECS, data, FAST, scheme="streams", groups=["a"] * 40)
+
+
+def test_mixed_scheme_averages_in_stream_and_cross_stream_estimates_and_round_trips():
+    data = outputs(40)
+    groups = ["a"] * 20 + ["b"] * 20
+    fit = fit_and_score(SPECS, data, FAST, folds=2, groups=groups)  # mixed is the default
+    assert fit.scheme == "mixed" and isinstance(fit.oracle, MixedOracle)
+    assert fit.pools == [[0, 1], [2, 3]]
+    within, across = fit.oracle.estimates
+    active = frozenset({"digit"})
+    for target in ("parity", "noise", "boxes"):
+        expected = (within(active, target) + across(active, target)) / 2
+        assert fit.oracle(active, target) == pytest.approx(expected)
+    tensors, meta = fit.bundle_parts(data)
+    again = oracle_from_bundle(tensors, meta)
+    assert again(active, "boxes") == pytest.approx(fit.oracle(active, "boxes"))
+    # one stream: nothing to hold out across streams, so mixed is plain cross-fitting
+    assert fit_and_score(SPECS, data, FAST, folds=2).scheme == "crossfit"

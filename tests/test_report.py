@@ -1,0 +1,166 @@
+"""The run summary on a constructed run with a known answer: every figure checked exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlink.deploy.config import parse_config
+from mlink.deploy.runner import RunReport
+from mlink.eval.report import SynthesisCosts, summarize
+from mlink.eval.workload import Workload
+from mlink.topics.records import FrameResult, ModelResult
+from mlink.topics.specs import spec_from_dict
+
+MODELS = {
+    "bright": {"kind": "vector", "size": 2, "task": "softmax"},
+    "level": {"kind": "vector", "size": 1, "task": "count", "max_count": 4},
+    "spread": {"kind": "vector", "size": 1, "task": "linear", "tolerance": 0.01},
+}
+MEASURED_MS = {"bright": 10.0, "level": 20.0, "spread": 70.0}  # all three: 100 ms per frame
+SYNTHESIS = {
+    1: SynthesisCosts(
+        links={("bright", "level"): 1.0, ("bright", "spread"): 2.0},
+        ensembles={"level": 0.5, "spread": 0.5},
+    )
+}
+
+
+def config(tmp_path, declared: dict[str, float] | None = None):
+    models = []
+    for name, output in MODELS.items():
+        model = {"name": name, "factory": "tests.bench_models:model", "output": output}
+        if declared:
+            model["cost"] = {"ms": declared[name]}
+        models.append(model)
+    return parse_config(
+        {
+            "name": "constructed",
+            "source": {"factory": "tests.bench_models:frames"},
+            "models": models,
+            "budget": {"fraction": 0.5},
+            "links": {"store": str(tmp_path / "links")},
+        }
+    )
+
+
+def vec(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float32)
+
+
+def reference() -> Workload:
+    """The full run: every model's real output on the four frames."""
+    return Workload(
+        "constructed-full",
+        {n: spec_from_dict(o) for n, o in MODELS.items()},
+        {
+            "bright": [vec(1, 0), vec(0, 1), vec(1, 0), vec(0, 1)],
+            "level": [vec(1), vec(2), vec(3), vec(0)],
+            "spread": [vec(0.1), vec(0.2), vec(0.5), vec(0.4)],
+        },
+        {m: {"ms": ms} for m, ms in MEASURED_MS.items()},
+        ["cam"] * 4,
+        cost_source="measured (test)",
+    )
+
+
+def executed(model: str, output: np.ndarray) -> ModelResult:
+    return ModelResult(model=model, output=output, status="executed")
+
+
+def synthesized(model: str, output: np.ndarray) -> ModelResult:
+    return ModelResult(
+        model=model, output=output, status="synthesized", link_version=1, sources=("bright",)
+    )
+
+
+def frame(seq: int, epoch: int, results: list[ModelResult], probe: bool = False) -> FrameResult:
+    return FrameResult(
+        frame_id=f"cam:{seq}",
+        stream_id="cam",
+        seq=seq,
+        epoch=epoch,
+        results=tuple(results),
+        degraded=False,
+        emitted_at=100.0 + seq,
+        timestamp=float(seq),
+        probe=probe,
+    )
+
+
+def run() -> RunReport:
+    full = reference()
+    everything = [executed(m, full.outputs[m][0]) for m in MODELS]
+    probe = [executed(m, full.outputs[m][1]) for m in MODELS]
+    results = [
+        frame(0, 0, everything),  # warm-up: every model runs
+        frame(1, 1, probe, probe=True),  # a probe: every model runs
+        frame(
+            2,
+            1,
+            [
+                executed("bright", full.outputs["bright"][2]),
+                synthesized("level", vec(3)),  # right
+                synthesized("spread", vec(0.9)),  # wrong
+            ],
+        ),
+        frame(
+            3,
+            1,
+            [
+                executed("bright", full.outputs["bright"][3]),
+                synthesized("level", vec(2)),  # wrong
+                ModelResult(model="spread", output=np.zeros(0, np.float32), status="missing"),
+            ],
+        ),
+    ]
+    return RunReport(
+        frames=4,
+        results={r.frame_id: r for r in results},
+        received_at={r.frame_id: r.timestamp + 0.1 for r in results},
+        seconds=2.0,
+    )
+
+
+IDS = [f"cam:{i}" for i in range(4)]
+
+
+def test_summary_of_a_constructed_run(tmp_path):
+    s = summarize(config(tmp_path), run(), reference(), IDS, synthesis=SYNTHESIS)
+    # per frame: cost 100, 100, 10 + 1.5 + 2.5 = 14, 10 + 1.5 = 11.5 (missing costs nothing);
+    # accuracy 1, 1, 2/3, 1/3
+    assert s.accuracy == pytest.approx(0.75)
+    assert s.compute_saved == pytest.approx(1 - (100 + 100 + 14 + 11.5) / 400)
+    # steady = epoch > 0 and not a probe: frames 2 and 3
+    assert (s.steady_frames, s.warmup_frames, s.probe_frames) == (2, 1, 1)
+    assert s.steady_accuracy == pytest.approx(0.5)
+    assert s.steady_compute_saved == pytest.approx(1 - (14 + 11.5) / 200)
+    # synthesized outputs only: level right, spread wrong, level wrong
+    assert s.synthesized_accuracy == pytest.approx(1 / 3)
+    assert s.steady_synthesized_accuracy == pytest.approx(1 / 3)
+    assert s.agreement == pytest.approx({"bright": 1.0, "level": 0.75, "spread": 0.5})
+    assert s.synthesized_agreement == {"bright": None, "level": 0.5, "spread": 0.0}
+    assert s.steady_agreement == pytest.approx({"bright": 1.0, "level": 0.5, "spread": 0.0})
+    assert s.executed == {"bright": 4, "level": 2, "spread": 2}
+    assert s.synthesized == {"level": 2, "spread": 1}
+    assert s.missing == {"spread": 1}
+    assert s.model_ms == MEASURED_MS
+    assert s.cost_source == "measured (test), by the offline reference run"
+    assert s.link_versions == [1]
+    assert s.final_active == ["bright"]
+    assert s.latency_p50_ms == pytest.approx(100.0)
+
+
+def test_declared_costs_replace_the_measured_table_as_a_whole(tmp_path):
+    declared = {"bright": 50.0, "level": 25.0, "spread": 25.0}
+    s = summarize(config(tmp_path, declared), run(), reference(), IDS, synthesis=SYNTHESIS)
+    assert s.cost_source == "declared in the config"
+    assert s.model_ms == declared
+    # steady frames spend 50 + 4 and 50 + 1.5 of 100
+    assert s.steady_compute_saved == pytest.approx(1 - (54 + 51.5) / 200)
+
+
+def test_frames_missing_from_the_reference_are_left_out(tmp_path):
+    s = summarize(config(tmp_path), run(), reference(), IDS[:2], synthesis=SYNTHESIS)
+    assert s.steady_frames == 0 and s.steady_synthesized_accuracy is None
+    assert s.accuracy == pytest.approx(1.0)

@@ -162,7 +162,9 @@ def read_control(
 
 
 def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
-    """Active set, epoch, budget, link versions with validation agreement, and consumer lag."""
+    """Active set, epoch, budget, link versions, consumer lag, and agreement: predicted per
+    model by the controller and measured live on probe frames, each also as the mean over the
+    synthesized models only (the all-models figure counts executed models as 1)."""
     state, messages = read_control(bootstrap, config)
     last = next((m for m in reversed(messages) if m.kind == "active_set"), None)
     store = LinkStore(config.links.store)
@@ -179,6 +181,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
                 "samples": v.meta.get("n_samples"),
             }
         )
+    predicted = (last.extra.get("predicted") or {}) if last else {}
     return {
         "epoch": state.epoch,
         "active": list(state.active) or "all (warming up)",
@@ -186,7 +189,11 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "budget": state.budget or state.requested_budget,
         "predicted_accuracy": last.extra.get("objective") if last else None,
         "predicted_agreement": last.extra.get("predicted") if last else None,
+        "predicted_synthesized_mean": _mean_of(
+            v for m, v in predicted.items() if m not in state.active
+        ),
         "live_agreement": state.live_agreement,
+        "live_synthesized_mean": _mean_of(state.live_agreement.values()),
         "live_probes": state.live_probes,
         "plan_cost": last.extra.get("cost") if last else None,
         "cost_table": last.extra.get("cost_table") if last else None,
@@ -194,6 +201,11 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "linkstore": {"root": str(store.root), "current": store.current(), "versions": versions},
         "lag": consumer_lag(bootstrap, config),
     }
+
+
+def _mean_of(values: Any) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None
 
 
 def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:

@@ -1,0 +1,1 @@
+"""Real workloads: black-box models and the frames they run on."""

@@ -3,7 +3,7 @@
 Models of different architectures on overlapping tasks, the paper's setting:
 
 - **MTCNN** (P/R/O-Net cascade, facenet-pytorch weights; :mod:`.mtcnn`): face boxes at two input
-  sizes (``mtcnn_faces`` <= 640 px, ``mtcnn_faces_fast`` <= 320 px, about a third of the cost),
+  sizes (``mtcnn_faces`` <= 640 px, ``mtcnn_faces_fast`` <= 320 px, about half the cost),
   and ``mtcnn_eyes``, its eye landmarks as boxes (a face's width * ``eye_size`` square around
   each eye), the DNN counterpart of the Haar eye detector.
 - **YOLOv8n** (NudeNet's detector, one ONNX file run on onnxruntime; :mod:`.yolo`): its two face
@@ -23,9 +23,10 @@ photos (:mod:`.photo_pan`: three portraits, a coffee cup, a cat). The motion of 
 made up; their pixels are real. One stream per clip or photo, each in time order.
 
 What the networks make of this footage, honestly: YOLO's body-part classes come from a nudity
-detector and fire on the cartoon rabbit's fur (as exposed skin) and on the coffee cup; the
-cascades fire on textures. Those are the real models' outputs, and links must predict them as
-they are. Firing rates per model are in BENCHMARKS.md.
+detector and fire on the cartoon rabbit's fur (as exposed skin) and on the coffee cup; its face
+classes fire on the cat; the Haar eye cascade fires on textures. Those are the real models'
+outputs, and links must predict them as they are. Costs and firing rates per model are in
+docs/dnn-workload.md.
 
 Weights ship in wheels; nothing is downloaded. Needs the ``dnn`` extra plus facenet-pytorch
 installed without its dependencies (``make`` does both).
@@ -263,7 +264,7 @@ MODELS: dict[str, DnnModel] = {
     ]
 }  # fmt: skip
 
-#: Models computed when no names are given (see BENCHMARKS.md for their cost).
+#: Models computed when no names are given (see docs/dnn-workload.md for their cost).
 DEFAULT_MODELS: tuple[str, ...] = tuple(n for n, m in MODELS.items() if m.default)
 
 

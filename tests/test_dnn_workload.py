@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import pickle
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,17 @@ from mlink.deploy.config import load_config  # noqa: E402
 from mlink.eval.workloads import dnn, photo_pan  # noqa: E402
 from mlink.eval.workloads.mtcnn import MTCNN, nms  # noqa: E402
 from mlink.eval.workloads.yolo import LABELS, YoloV8  # noqa: E402
+from mlink.linkstore.training import torch_threads  # noqa: E402
 from mlink.topics.specs import BoxesSpec  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "configs" / "dnn.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """As the workload runs them: MTCNN on two threads of a loaded 2-core machine is >10x slower."""
+    with torch_threads(1):
+        yield
 
 
 @functools.cache

@@ -11,7 +11,7 @@ Models of different architectures on overlapping tasks, the paper's setting:
   smaller faces), and its 16 body-part classes at 320 px (``yolo_body``). Each model runs the
   network itself: they are separate black boxes, and their measured costs say so.
 - **OpenCV** Haar cascades and the HOG people detector, taken unchanged from the video workload
-  (:mod:`mlink.deploy.examples.video`): frontal faces at two costs, eyes, upper bodies, people.
+  (:mod:`mlink.eval.workloads.video`): frontal faces at two costs, eyes, upper bodies, people.
 
 Every model emits boxes (:data:`BOXES`: rows ``x1, y1, x2, y2, score`` normalised to the frame;
 the score is the network's face or class probability), or with ``count=True`` the number of boxes.
@@ -43,14 +43,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import cv2
 import numpy as np
 
-from mlink.deploy.examples import video
-from mlink.deploy.outputs import DEFAULT_CACHE, collect_workload  # moves to mlink.eval.outputs
-from mlink.eval.workloads import photo_pan
+from mlink.eval.outputs import DEFAULT_CACHE, collect_workload
+from mlink.eval.workloads import photo_pan, video
 from mlink.eval.workloads.yolo import LABELS
 from mlink.topics.specs import OutputSpec
 
 if TYPE_CHECKING:
-    from mlink.linkstore.experiment import Workload
+    from mlink.eval.workload import Workload
 
 __all__ = [
     "BOXES",
@@ -312,7 +311,7 @@ def workload(
     progress: bool = True,
 ) -> Workload:
     """Every model's outputs on the frames, with measured costs (cached; see
-    :func:`mlink.deploy.outputs.collect_workload`). The cache is shared with ``mlink bench
+    :func:`mlink.eval.outputs.collect_workload`). The cache is shared with ``mlink bench
     deploy/configs/dnn.yaml``: same frames, same model keys."""
     names = list(names or DEFAULT_MODELS)
     models = {n: (model(n, count=count), spec(n, count)) for n in names}

@@ -81,6 +81,13 @@ def test_memory_keeps_each_models_last_real_run_per_stream_and_ignores_older_red
     assert len(mem) == 0
 
 
+def stream_frames(schedule: Schedule, n: int) -> list[StreamFrame]:
+    """Frames ``0 .. n-1`` of stream s0 with the real outputs of the models the schedule runs."""
+    return [
+        StreamFrame("s0", t, {m: frame_outputs(t)[m] for m in schedule.runs(t)}) for t in range(n)
+    ]
+
+
 def links_for(modes: dict[str, Mode], heads=None) -> tuple[StreamLinks, Schedule]:
     priors = {"face": EMPTY, "eyes": EMPTY, "light": np.array([0.5], dtype=np.float32)}
     links = StreamLinks(dict(SPECS), priors, heads or {}, None, max_lag=8)
@@ -89,14 +96,12 @@ def links_for(modes: dict[str, Mode], heads=None) -> tuple[StreamLinks, Schedule
 
 
 def test_synthesis_reuses_follows_or_falls_back_and_says_why():
-    head = fit_box_head(
-        [face_at(t) for t in range(10)], [eyes_of(face_at(t)) for t in range(10)]
-    )
+    head = fit_box_head([face_at(t) for t in range(10)], [eyes_of(face_at(t)) for t in range(10)])
     links, schedule = links_for(
         {"eyes": Mode("follow", "face"), "light": Mode("reuse")}, {("face", "eyes"): head}
     )
     mem = StreamMemory()
-    frames = [StreamFrame("s0", t, {m: frame_outputs(t)[m] for m in schedule.runs(t)}) for t in range(8)]
+    frames = stream_frames(schedule, 8)
     out = links.synthesize_frames(schedule, frames, mem)
     assert out[0].outputs == {}  # every model ran on frame 0
     for t in (1, 2, 3):
@@ -112,7 +117,7 @@ def test_a_probe_frame_returns_what_the_plan_would_have_synthesized_as_its_shado
     links, schedule = links_for({"eyes": Mode("reuse"), "light": Mode("prior")})
     schedule = Schedule(schedule.periods, modes=schedule.modes, probe_every=6)
     mem = StreamMemory()
-    frames = [StreamFrame("s0", t, {m: frame_outputs(t)[m] for m in schedule.runs(t)}) for t in range(7)]
+    frames = stream_frames(schedule, 7)
     out = links.synthesize_frames(schedule, frames, mem)
     assert out[6].outputs == {} and set(out[6].shadow) == {"eyes", "light"}
     np.testing.assert_array_equal(out[6].shadow["eyes"], eyes_of(face_at(4)))  # last run: 4
@@ -153,9 +158,10 @@ def test_probe_context_adds_pairs_at_the_lags_the_schedule_left():
     plain = fit_stream(SPECS, [*base, probe], max_lag=6, folds=2)
     richer = fit_stream(SPECS, [*base, with_context], max_lag=6, folds=2)
     lag3 = {c.mode: c.support[3] for c in richer.curves["eyes"]}
-    assert lag3[Mode("reuse")] == {c.mode: c.support[3] for c in plain.curves["eyes"]}[
-        Mode("reuse")
-    ] + 1
+    assert (
+        lag3[Mode("reuse")]
+        == {c.mode: c.support[3] for c in plain.curves["eyes"]}[Mode("reuse")] + 1
+    )
 
 
 def test_fit_rejects_samples_where_a_model_did_not_run():
@@ -198,7 +204,10 @@ def small_instance():
             curve("b", Mode("prior"), [0.6] * 4),
             curve("b", Mode("follow", "a"), [0.99, 0.97, 0.95, 0.9], ms=0.1),
         ],
-        "c": [curve("c", Mode("reuse"), [0.8, 0.6, 0.5, 0.4]), curve("c", Mode("prior"), [0.7] * 4)],
+        "c": [
+            curve("c", Mode("reuse"), [0.8, 0.6, 0.5, 0.4]),
+            curve("c", Mode("prior"), [0.7] * 4),
+        ],
     }
     return ms, curves
 
@@ -218,9 +227,9 @@ def brute_force(ms, curves, periods, keep):
     for combo in itertools.product(*per_model.values()):
         chosen = dict(zip(ms, combo, strict=True))
         always = {m for m, c in chosen.items() if c.period == 1}
-        if all(c.mode.requires <= always for c in chosen.values() if c.period != 1):
-            if keep(chosen):
-                yield chosen
+        sources_on = all(c.mode.requires <= always for c in chosen.values() if c.period != 1)
+        if sources_on and keep(chosen):
+            yield chosen
 
 
 @pytest.mark.parametrize("budget", [3.0, 6.0, 9.5, 14.0])
@@ -229,10 +238,10 @@ def test_the_budget_plan_is_the_best_assignment_that_fits(budget):
     periods = (0, 2, 3, 4)
     plan = plan_for_budget(curves, ms, budget, periods=periods, grid=20000)
     assert plan.feasible and plan.cost_ms <= budget + 1e-9
-    best = max(
-        sum(c.estimate for c in chosen.values()) / 3
-        for chosen in brute_force(ms, curves, periods, lambda ch: sum(c.cost_ms for c in ch.values()) <= budget)
+    fits = brute_force(
+        ms, curves, periods, lambda ch: sum(c.cost_ms for c in ch.values()) <= budget
     )
+    best = max(sum(c.estimate for c in chosen.values()) / 3 for chosen in fits)
     assert plan.estimate == pytest.approx(best, abs=1e-6)
     for m, c in plan.choices.items():
         assert plan.schedule.periods[m] == c.period

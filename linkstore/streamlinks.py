@@ -35,7 +35,15 @@ from mlink.topics.specs import BoxesSpec, OutputSpec, encode_batch
 if TYPE_CHECKING:
     from mlink.linkstore.linkset import LinkSet
 
-__all__ = ["Refresh", "StreamFrame", "StreamLinks", "StreamMemory", "Synthesized"]
+__all__ = [
+    "Refresh",
+    "StreamFrame",
+    "StreamLinks",
+    "StreamMemory",
+    "Synthesized",
+    "decode_context",
+    "encode_context",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +121,15 @@ class Synthesized:
     On a probe frame every model ran, so ``outputs`` is empty and ``shadow`` holds what the
     schedule would have synthesized there (from the models it runs on that frame anyway and the
     memory before the probe): scored against the probe's real outputs, it is the live
-    agreement of the plan (:class:`~mlink.linkstore.liveguard.LiveAgreement`).
+    agreement of the plan (:class:`~mlink.linkstore.liveguard.LiveAgreement`), and ``context``
+    each model's last real run before the probe, which the trainer scores every mode on
+    (:class:`~mlink.linkstore.streamfit.Sample`; :func:`encode_context` puts it on the wire).
     """
 
     outputs: dict[str, Any] = field(default_factory=dict)
     fallbacks: dict[str, str] = field(default_factory=dict)
     shadow: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Refresh] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -198,6 +209,9 @@ class StreamLinks:
         batched: dict[tuple[str, frozenset[str]], list[tuple[int, bool]]] = {}
         for i, frame in enumerate(frames):
             if schedule.is_probe(frame.seq):  # score the plan: synthesize before observing
+                for m in self.specs:
+                    if (last := memory.last(frame.stream, m)) is not None:
+                        out[i].context[m] = last
                 planned = schedule.runs(frame.seq, probes=False)
                 ran = {m: v for m, v in frame.ran.items() if m in planned}
                 self._frame(schedule, frame, ran, memory, out[i].shadow, {}, batched, i, True)
@@ -272,6 +286,43 @@ class StreamLinks:
         }
         heads = {(h["source"], h["target"]): BoxHead.from_meta(h) for h in meta.get("heads", [])}
         return cls(dict(specs), priors, heads, linkset, int(meta.get("max_lag", 16)))
+
+
+def encode_context(
+    specs: Mapping[str, OutputSpec], context: Mapping[str, Refresh]
+) -> dict[str, Any]:
+    """A probe's context as JSON: the frames the models last ran on (each once, by seq) and
+    which frame each model's last run was."""
+    frames: dict[int, dict[str, list[float]]] = {}
+    for ref in context.values():
+        if ref.seq not in frames:
+            frames[ref.seq] = {m: _wire(specs[m], v) for m, v in ref.frame.items()}
+    return {
+        "last": {m: ref.seq for m, ref in context.items()},
+        "frames": {str(q): f for q, f in frames.items()},
+    }
+
+
+def decode_context(specs: Mapping[str, OutputSpec], raw: Mapping[str, Any]) -> dict[str, Refresh]:
+    """:func:`encode_context` back into :class:`Refresh` records."""
+    frames = {
+        int(q): {m: _unwire(specs[m], v) for m, v in f.items()}
+        for q, f in raw.get("frames", {}).items()
+    }
+    return {m: Refresh(int(q), frames[int(q)][m], frames[int(q)]) for m, q in raw["last"].items()}
+
+
+def _wire(spec: OutputSpec, output: Any) -> list:
+    """An output as JSON, whole (boxes are not cut to the link encoding's top ``max_boxes``)."""
+    if isinstance(spec, BoxesSpec):
+        return as_boxes(output).tolist()
+    return np.asarray(output).reshape(-1).tolist()
+
+
+def _unwire(spec: OutputSpec, value: list) -> Any:
+    if isinstance(spec, BoxesSpec):
+        return as_boxes(value)
+    return spec.validate(value)
 
 
 def _jsonable(spec: OutputSpec, output: Any) -> list[float]:

@@ -14,7 +14,13 @@ from mlink.linkstore.liveguard import LiveAgreement
 from mlink.linkstore.metrics import box_agreement
 from mlink.linkstore.schedule import Mode, Schedule, lag_histogram
 from mlink.linkstore.streamfit import Curve, Sample, StreamFit, fit_stream
-from mlink.linkstore.streamlinks import StreamFrame, StreamLinks, StreamMemory
+from mlink.linkstore.streamlinks import (
+    StreamFrame,
+    StreamLinks,
+    StreamMemory,
+    decode_context,
+    encode_context,
+)
 from mlink.linkstore.streamplan import (
     Choice,
     StreamPlan,
@@ -309,3 +315,16 @@ def test_live_agreement_rejects_scores_outside_zero_one():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         live.add("a", 1.5)
     assert isinstance(live.plan, StreamPlan)
+
+
+def test_a_probes_context_is_the_memory_before_it_and_survives_the_wire():
+    links, schedule = links_for({"eyes": Mode("reuse"), "light": Mode("reuse")})
+    schedule = Schedule(schedule.periods, modes=schedule.modes, probe_every=6)
+    out = links.synthesize_frames(schedule, stream_frames(schedule, 7), StreamMemory())
+    context = out[6].context
+    assert context["eyes"].seq == 4 and context["face"].seq == 5
+    wire = json.loads(json.dumps(encode_context(SPECS, context)))
+    again = decode_context(SPECS, wire)
+    assert {m: r.seq for m, r in again.items()} == {m: r.seq for m, r in context.items()}
+    np.testing.assert_allclose(again["eyes"].output, context["eyes"].output)
+    np.testing.assert_allclose(again["eyes"].frame["face"], context["eyes"].frame["face"])

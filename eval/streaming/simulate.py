@@ -85,11 +85,11 @@ class StreamRun:
     probe: np.ndarray  # bool per evaluation frame
     cost_ms: np.ndarray  # per evaluation frame: real runs + synthesis
     fits: list[StreamFit] = field(default_factory=list)
+    full_ms: float = 0.0
 
     def steady(self) -> dict[str, float | None]:
         """All-models and synthesized-only agreement and compute saved on non-probe frames."""
-        keep = ~self.probe
-        return summarise(self.per_frame, self.ran, self.cost_ms, keep, self.result)
+        return summarise(self.per_frame, self.ran, self.cost_ms, ~self.probe, self.full_ms)
 
 
 def summarise(
@@ -97,17 +97,17 @@ def summarise(
     ran: Mapping[str, np.ndarray],
     cost_ms: np.ndarray,
     keep: np.ndarray,
-    result: MethodResult,
+    full_ms: float,
 ) -> dict[str, float | None]:
+    """All-models and synthesized-only agreement and compute saved on the frames ``keep``."""
     if not keep.any():
         return {"accuracy": None, "synthesized_accuracy": None, "compute_saved": None}
     per_model = {m: float(v[keep].mean()) for m, v in per_frame.items()}
     rate = {m: float(v[keep].mean()) for m, v in ran.items()}
-    full = result.cost_ms / (1.0 - result.compute_saved) if result.compute_saved < 1 else 0.0
     return {
         "accuracy": float(np.mean(list(per_model.values()))),
         "synthesized_accuracy": synthesized_agreement(per_model, rate),
-        "compute_saved": float(1.0 - cost_ms[keep].mean() / full) if full else None,
+        "compute_saved": float(1.0 - cost_ms[keep].mean() / full_ms) if full_ms else None,
         "frames": int(keep.sum()),
     }
 
@@ -204,8 +204,6 @@ def simulate(
         runs = schedule.runs(q)
         probe[col] = schedule.is_probe(q)
         real = {m: workload.outputs[m][i] for m in runs}
-        if probe[col]:  # what the worker's memory held before the probe ran
-            context = {m: r for m in models if (r := memory.last(s, m)) is not None}
         t0 = time.perf_counter()
         out = fit.links.synthesize_frames(schedule, [StreamFrame(s, q, real)], memory)[0]
         cost[col] = sum(ms[m] for m in runs) + (time.perf_counter() - t0) * 1000.0
@@ -219,7 +217,7 @@ def simulate(
             fallbacks[key] = fallbacks.get(key, 0) + 1
         if not probe[col]:
             continue
-        samples.append(Sample(s, q, real, context))
+        samples.append(Sample(s, q, real, out.context))
         new_probes += 1
         for m, value in out.shadow.items():
             live.add(m, float(agreement(specs[m], [value], [real[m]])[0]))
@@ -276,7 +274,7 @@ def simulate(
             "synthesis_ms": float(np.mean(cost - model_ms)) if n else 0.0,
         },
     )
-    return StreamRun(result, plans, per_frame, ran, probe, cost, fits)
+    return StreamRun(result, plans, per_frame, ran, probe, cost, fits, full)
 
 
 def _fit(specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig) -> StreamFit:

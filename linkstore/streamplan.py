@@ -53,7 +53,8 @@ __all__ = [
 TARGET_KEY = "target_agreement"
 TARGET_PREFIX = "target_agreement:"
 DEFAULT_PERIODS = (0, *range(2, 17))
-PSEUDO = 2.0  # 0: never scheduled (probes only); 1 is the active set
+PSEUDO = 2.0  # pseudo-samples of the largest variance (0.25) in every confidence bound
+LINKS_MIN_GAIN = 0.01  # 0: never scheduled (probes only); 1 is the active set
 #: ``links(active, target) -> (mean agreement, samples, ms per synthesized output)`` for the
 #: paper's links (an ensemble over the active set).
 LinksEstimate = Callable[[frozenset[str], str], tuple[float, int, float]]
@@ -209,13 +210,29 @@ class _Options:
                         groups.setdefault(curve.mode.requires, []).append(c)
             self.by_need[t] = groups
         self.max_lag = max((c.max_lag for cs in curves.values() for c in cs), default=16)
+        # the best any constant mode does: links must beat it to be worth asking about
+        self.constant = {
+            t: max((c.agree[1] for c in curves[t] if not c.mode.uses_memory), default=0.0)
+            for t in self.models
+        }
+        self._links_useful: dict[str, bool] = {}
+
+    def links_useful(self, t: str, links: LinksEstimate) -> bool:
+        """Whether the paper's links into ``t`` can beat its best constant mode at all: asked
+        once, with every other model active (an ensemble can ignore a useless source, so more
+        sources do not hurt). On video they rarely can, and skipping them saves thousands of
+        oracle queries per plan."""
+        if t not in self._links_useful:
+            best, _, _ = links(frozenset(self.models) - {t}, t)
+            self._links_useful[t] = best > self.constant[t] + LINKS_MIN_GAIN
+        return self._links_useful[t]
 
     def always(self, t: str) -> Choice:
         return Choice(t, 1, 0, Mode("reuse"), 1.0, 1.0, self.ms[t])
 
     def choices(self, t: str, active: frozenset[str], links: LinksEstimate | None) -> list[Choice]:
         out = [c for need, cs in self.by_need[t].items() if need <= active for c in cs]
-        if links is not None and active:
+        if links is not None and active and self.links_useful(t, links):
             mean, n, ms = links(active, t)
             spread = math.sqrt(max(mean * (1.0 - mean), 1e-6))
             curve = Curve(t, Mode("links"), (1.0,) + (mean,) * self.max_lag,

@@ -44,7 +44,9 @@ from mlink.linkstore.streamplan import (
     plan_for_targets,
 )
 
-__all__ = ["StreamConfig", "StreamRun", "positions", "simulate"]
+__all__ = ["StreamConfig", "StreamRun", "positions", "simulate", "summarise"]
+
+MIN_PROBE_EVERY, MAX_PROBE_EVERY, QUIET_PROBES = 4, 64, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class StreamConfig:
     guard_probes: int = 2
     guard_z: float = 1.0
     guard_tolerance: float = 0.05
+    adaptive_probes: bool = False  # halve probe_every on drift, double it after quiet probes
+    detector_links: bool = True  # False: reuse, prior and the paper's links only (ablation)
 
 
 @dataclass(slots=True)
@@ -156,13 +160,14 @@ def simulate(
     samples = [Sample(streams[i], int(seq[i]), _outputs(workload, i)) for i in train]
 
     corrections: dict[str, float] = {}
+    probe_every, quiet = config.probe_every, 0
 
     def fit_and_plan(refit: bool) -> tuple[StreamFit, StreamPlan]:
         fit = fits[-1] if fits and not refit else _fit(specs, samples, config)
         if config.links and linkset is not None:
             fit.links.linkset = linkset
         common = {
-            "probe_every": config.probe_every,
+            "probe_every": probe_every,
             "probe_stride": config.probe_stride,
             "periods": config.periods,
             "links": links if config.links else None,
@@ -222,6 +227,13 @@ def simulate(
         for m, value in out.shadow.items():
             live.add(m, float(agreement(specs[m], [value], [real[m]])[0]))
         why = _replan_reason(live, targets, config, new_probes)
+        if config.adaptive_probes and config.probe_every:
+            quiet = 0 if why else quiet + 1
+            if why:
+                probe_every = max(MIN_PROBE_EVERY, probe_every // 2)
+            elif quiet >= QUIET_PROBES and probe_every < MAX_PROBE_EVERY:
+                probe_every, quiet = probe_every * 2, 0
+                why = f"{QUIET_PROBES} quiet probes: probe every {probe_every} frames"
         if why is None:
             continue
         reasons.append(f"frame {col}: {why}")
@@ -279,7 +291,12 @@ def simulate(
 
 def _fit(specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig) -> StreamFit:
     return fit_stream(
-        specs, samples, max_lag=config.max_lag, folds=config.folds, thresholds=config.thresholds
+        specs,
+        samples,
+        max_lag=config.max_lag,
+        folds=config.folds,
+        thresholds=config.thresholds,
+        sources=None if config.detector_links else dict.fromkeys(specs, ()),
     )
 
 

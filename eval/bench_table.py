@@ -46,6 +46,17 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     return "\n".join(lines)
 
 
+def _best_accuracy(report: BenchReport, budgets: list[float]) -> dict[float, float | None]:
+    """The highest accuracy of a feasible method at each budget (the bold cell)."""
+    return {
+        b: max(
+            (c["accuracy"] for c in report.cells if c["budget"] == b and c["feasible"]),
+            default=None,
+        )
+        for b in budgets
+    }
+
+
 def from_json(text: str) -> BenchReport:
     """A report back from ``mlink bench --json`` output."""
     return BenchReport(**json.loads(text))
@@ -59,13 +70,7 @@ def markdown(report: BenchReport) -> str:
         "| method | " + " | ".join(f"budget {b / report.full_cost_ms:.0%}" for b in budgets) + " |"
     )
     lines = [head, "|---" * (len(budgets) + 1) + "|"]
-    best = {
-        b: max(
-            (c["accuracy"] for c in report.cells if c["budget"] == b and c["feasible"]),
-            default=None,
-        )
-        for b in budgets
-    }
+    best = _best_accuracy(report, budgets)
     for method in METHODS:
         cells = []
         for b in budgets:
@@ -153,13 +158,7 @@ def print_report(report: BenchReport, console: Console) -> None:
             f"budget {b / report.full_cost_ms:.0%}\nacc / saved\nsynthesized only · predicted",
             justify="right",
         )
-    best = {
-        b: max(
-            (c["accuracy"] for c in report.cells if c["budget"] == b and c["feasible"]),
-            default=None,
-        )
-        for b in budgets
-    }
+    best = _best_accuracy(report, budgets)
     for method in METHODS:
         cells = []
         for b in budgets:

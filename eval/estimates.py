@@ -29,7 +29,7 @@ from mlink.eval.figures import mean_spread
 from mlink.eval.workload import shuffled_order
 from mlink.linkstore.crossfit import Scheme
 
-__all__ = ["SCHEMES", "compare_schemes", "summarize_gaps"]
+__all__ = ["SCHEMES", "compare_schemes", "per_model_gaps", "summarize_gaps"]
 
 SCHEMES: tuple[Scheme, ...] = ("validation", "holdout", "crossfit", "streams", "mixed")
 
@@ -69,6 +69,11 @@ def compare_schemes(
                             "predicted": plan.predicted_accuracy,
                             "realised": plan.accuracy,
                             "active": plan.active,
+                            "per_model": {
+                                m: (plan.predicted_per_model[m], plan.per_model[m])
+                                for m in plan.per_model
+                                if m not in plan.active
+                            },
                         }
                     )
     return rows
@@ -101,6 +106,30 @@ def summarize_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def per_model_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (scheme, synthesized model): mean predicted and realised agreement over every plan
+    that synthesized it (exact selector only, so no plan counts twice)."""
+    out = []
+    for scheme in dict.fromkeys(r["scheme"] for r in rows):
+        pairs: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            if r["scheme"] == scheme and r["selector"] == "MLink (exact)":
+                for m, pair in r["per_model"].items():
+                    pairs.setdefault(m, []).append(pair)
+        for m, values in sorted(pairs.items()):
+            pred, real = np.mean(values, axis=0)
+            out.append(
+                {
+                    "scheme": scheme,
+                    "model": m,
+                    "plans": len(values),
+                    "predicted": pred,
+                    "realised": real,
+                }
+            )
+    return out
+
+
 def main(
     config_path: Annotated[Path, typer.Argument(exists=True, help="pipeline config (YAML)")],
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1")] = 3,
@@ -112,8 +141,9 @@ def main(
     log = (lambda _m: None) if as_json else console.print
     rows = compare_schemes(config, seeds=seeds, log=log, order=order)  # type: ignore[arg-type]
     summary = summarize_gaps(rows)
+    models = per_model_gaps(rows)
     if as_json:
-        print(json.dumps({"rows": rows, "summary": summary}, default=float))
+        print(json.dumps({"rows": rows, "summary": summary, "per_model": models}, default=float))
         return
     table = Table(
         title=f"{config.name} ({resolve_order(config, order)} order): predicted - realised "  # type: ignore[arg-type]
@@ -131,11 +161,26 @@ def main(
             f"{s['realised']:.1%} ± {s['realised_spread'] * 100:.1f}",
         )
     console.print(table)
+    per = Table(title="per synthesized model, exact selector: mean predicted vs realised agreement")
+    for col in ("scheme", "model", "plans", "predicted", "realised", "gap (points)"):
+        per.add_column(col, justify="right")
+    for m in models:
+        gap = (m["predicted"] - m["realised"]) * 100
+        per.add_row(
+            m["scheme"],
+            m["model"],
+            str(m["plans"]),
+            f"{m['predicted']:.1%}",
+            f"{m['realised']:.1%}",
+            f"{gap:+.1f}",
+        )
+    console.print(per)
     for scheme in dict.fromkeys(s["scheme"] for s in summary):
         mine = [abs(r["predicted"] - r["realised"]) for r in rows if r["scheme"] == scheme]
+        signed = [r["predicted"] - r["realised"] for r in rows if r["scheme"] == scheme]
         console.print(
-            f"{scheme}: mean |gap| {np.mean(mine) * 100:.2f} points, "
-            f"max {np.max(mine) * 100:.2f}, within 3 points in "
+            f"{scheme}: mean gap {np.mean(signed) * 100:+.2f}, mean |gap| "
+            f"{np.mean(mine) * 100:.2f} points, max {np.max(mine) * 100:.2f}, within 3 points in "
             f"{sum(g <= 0.03 for g in mine)}/{len(mine)} plans"
         )
 

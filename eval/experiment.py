@@ -17,7 +17,7 @@ target plus a part per active source), measured in this process.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -63,6 +63,7 @@ class PlanResult:
     per_model: dict[str, float]
     predicted_accuracy: float
     feasible: bool = True
+    predicted_per_model: dict[str, float] = field(default_factory=dict)
 
     @property
     def run_rate(self) -> dict[str, float]:
@@ -156,6 +157,7 @@ def measure_plan(
         per_model=per_model,
         predicted_accuracy=evaluation.objective,
         feasible=evaluation.feasible,
+        predicted_per_model=dict(evaluation.per_model),
     )
 
 

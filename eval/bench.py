@@ -41,6 +41,7 @@ from mlink.eval.config_workload import SourceFrames, load_workload, measure_mode
 from mlink.eval.experiment import TrainedWorkload, compare_selectors, train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.outputs import DEFAULT_CACHE
+from mlink.eval.streaming import method as streaming
 from mlink.eval.workload import Workload, shuffled_order, stream_split
 from mlink.linkstore.crossfit import Scheme
 from mlink.linkstore.linkset import LinkSet
@@ -72,9 +73,23 @@ FUSION = "MLink (exact, fusion ensemble)"
 REUSE = "Reuse schedule"
 TEMPORAL = "MLink + temporal links"
 FILTERING = "MLink + frame filtering"
-METHODS = (STANDALONE, REDUCTO, MULTITASK, GREEDY, EXACT, FUSION, REUSE, TEMPORAL, FILTERING)
+STREAM = "MLink stream (offline)"
+STREAM_ONLINE = "MLink stream + probes (online)"
+METHODS = (
+    STANDALONE,
+    REDUCTO,
+    MULTITASK,
+    GREEDY,
+    EXACT,
+    FUSION,
+    REUSE,
+    TEMPORAL,
+    FILTERING,
+    STREAM,
+    STREAM_ONLINE,
+)
 #: Rows whose predicted accuracy is the MLink selector's (the issue's within-3-points target).
-SELECTOR_ROWS = (GREEDY, EXACT, FUSION)
+SELECTOR_ROWS = (GREEDY, EXACT, FUSION, STREAM, STREAM_ONLINE)
 METRICS = ("accuracy", "synthesized_accuracy", "compute_saved", "cost_ms", "predicted_accuracy")
 
 
@@ -92,6 +107,7 @@ class BenchReport:
     cost_table: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     cells: list[dict[str, Any]] = field(default_factory=list)
+    targets: list[dict[str, Any]] = field(default_factory=list)
     training_ratios: list[dict[str, Any]] = field(default_factory=list)
     ensembles: dict[str, Any] = field(default_factory=dict)
     link_cost: dict[str, float] = field(default_factory=dict)
@@ -242,8 +258,10 @@ def run_bench(
     seeds: int = 1,
     costs: CostTable = "now",
     scheme: Scheme = "mixed",
+    stream_targets: Sequence[float] = streaming.TARGETS,
 ) -> BenchReport:
-    """Every method at every budget and seed on the config's models and source."""
+    """Every method at every budget and seed on the config's models and source, and the
+    accuracy-target mode at each of ``stream_targets``."""
     if seeds < 1:
         raise ValueError(f"seeds = {seeds}; run at least one")
     seconds: dict[str, float] = {}
@@ -299,6 +317,11 @@ def run_bench(
             report.rows += _methods_at(
                 workload, trained, fused, prepared, tconfig, budget, full, seed, seconds
             )
+        if stream_targets:
+            start = time.perf_counter()
+            log(f"  accuracy targets {', '.join(f'{t:.2f}' for t in stream_targets)}")
+            report.targets += streaming.target_rows(trained, seed, stream_targets)
+            seconds["targets"] = seconds.get("targets", 0.0) + time.perf_counter() - start
         if seed == 0:
             start = time.perf_counter()
             report.training_ratios = training_ratio_table(
@@ -368,6 +391,12 @@ def _methods_at(
         (FILTERING, temporal.mlink_with_filtering),
     ):
         results[name] = timed("temporal", lambda fn=fn: fn(*split, tconfig))
+    for name, cfg in ((STREAM, streaming.OFFLINE), (STREAM_ONLINE, streaming.ONLINE)):
+        results[name] = timed(
+            "stream", lambda cfg=cfg, name=name: streaming.stream_mlink(trained, budget, cfg, name)
+        )
+        if not isinstance(results[name], InfeasibleBudget):
+            results[name] = results[name].result
     return [_row(m, budget, full, seed, results[m]) for m in METHODS]
 
 

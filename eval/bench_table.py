@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlink.eval.bench import METHODS, SELECTOR_ROWS, BenchReport
+from mlink.eval.figures import mean_spread
 
 __all__ = ["format_cell", "from_json", "markdown", "plot_report", "print_report"]
 
@@ -97,7 +98,49 @@ def markdown(report: BenchReport) -> str:
             f"| {c['method']} | {c['budget_fraction']:.0%} | {c['predicted_accuracy']:.1%} | "
             f"{c['accuracy']:.1%} | {gap} |"
         )
+    if report.targets:
+        lines += ["", "| " + " | ".join(TARGET_COLUMNS) + " |", "|---" * len(TARGET_COLUMNS) + "|"]
+        for cell in target_cells(report):
+            lines.append("| " + " | ".join(_target_line(cell, report.seeds)) + " |")
     return "\n".join(lines)
+
+
+def target_cells(report: BenchReport) -> list[dict[str, Any]]:
+    """One cell per accuracy target: mean and spread over seeds, and every model that missed
+    its target by more than 2 points in some seed."""
+    cells = []
+    for target in sorted({r["target"] for r in report.targets}):
+        group = [r for r in report.targets if r["target"] == target]
+        cell: dict[str, Any] = {"target": target, "runs": len(group)}
+        for metric in ("accuracy", "synthesized_accuracy", "compute_saved", "min_achieved"):
+            cell[metric], cell[f"{metric}_spread"] = mean_spread(r[metric] for r in group)
+        cell["misses"] = sorted({m for r in group for m in r["misses"]})
+        cell["synthesized_models"] = sum(len(r["synthesized_models"]) for r in group) / len(group)
+        cells.append(cell)
+    return cells
+
+
+def _target_line(cell: dict[str, Any], seeds: int) -> list[str]:
+    return [
+        f"{cell['target']:.2f}",
+        _pct(cell["accuracy"], cell["accuracy_spread"], seeds),
+        _pct(cell["synthesized_accuracy"], cell["synthesized_accuracy_spread"], seeds),
+        _pct(cell["min_achieved"], cell["min_achieved_spread"], seeds),
+        f"{cell['synthesized_models']:.1f}",
+        _pct(cell["compute_saved"], cell["compute_saved_spread"], seeds),
+        ", ".join(cell["misses"]) or "none",
+    ]
+
+
+TARGET_COLUMNS = (
+    "target",
+    "all models",
+    "synthesized only",
+    "lowest synthesized model",
+    "models synthesized",
+    "compute saved",
+    "missed by > 2 points",
+)
 
 
 def print_report(report: BenchReport, console: Console) -> None:
@@ -133,6 +176,13 @@ def print_report(report: BenchReport, console: Console) -> None:
     console.print(f"model costs: {report.cost_table.get('models')}")
     console.print(f"measured in this run: {report.cost_table.get('measured_in_this_run')}")
     _print_gaps(report, console)
+    if report.targets:
+        targets = Table(title="accuracy-target mode (MLink stream, probes every 16th frame)")
+        for col in TARGET_COLUMNS:
+            targets.add_column(col, justify="right")
+        for cell in target_cells(report):
+            targets.add_row(*_target_line(cell, seeds))
+        console.print(targets)
     _print_ratios(report, console)
     console.print(
         f"ensembles: {report.ensembles.get('winner')} wins "

@@ -11,8 +11,8 @@ import pytest
 from mlink.eval import baselines as B
 from mlink.eval.baselines import frames as frames_mod
 from mlink.eval.baselines.common import prior_agreement
-from mlink.eval.knapsack import choose_options
 from mlink.eval.workload import Workload, stream_split
+from mlink.linkstore.knapsack import choose_options
 from mlink.topics.specs import BoxesSpec, VectorSpec
 
 

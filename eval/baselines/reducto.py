@@ -18,8 +18,8 @@ from mlink.eval.baselines.common import (
     model_ms,
 )
 from mlink.eval.baselines.frames import FEATURES, feature_diff
-from mlink.eval.knapsack import choose_options
 from mlink.eval.workload import Workload
+from mlink.linkstore.knapsack import choose_options
 
 __all__ = ["frame_filtering"]
 

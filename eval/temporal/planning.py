@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mlink.eval.knapsack import choose_options
 from mlink.eval.temporal.context import Context
 from mlink.eval.temporal.policy import Policy
+from mlink.linkstore.knapsack import choose_options
 
 __all__ = ["Plan", "best_plan", "choose_policies", "pareto", "prior_policy"]
 

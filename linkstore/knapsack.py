@@ -1,10 +1,11 @@
 """The multiple-choice knapsack that plans schedules and filters: one option per group.
 
-Frame filtering picks one filter per model, the temporal methods one policy per target; both want
-the options with the most total value (training accuracy) whose total cost (expected ms per frame)
-fits the budget. Costs are real numbers, so the dynamic programme runs on a grid of
-``capacity / grid`` cost units: first with costs rounded down (which admits plans that fill the
-budget exactly), kept if the plan's real cost fits, else with costs rounded up (always fits).
+Frame filtering picks one filter per model, the temporal methods and the stream planner
+(:mod:`mlink.linkstore.streamplan`) one policy per model; all want the options with the most total
+value (expected accuracy) whose total cost (expected ms per frame) fits the budget. Costs are real
+numbers, so the dynamic programme runs on a grid of ``capacity / grid`` cost units: first with
+costs rounded down (which admits plans that fill the budget exactly), kept if the plan's real cost
+fits, else with costs rounded up (always fits).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Evaluation on top of the runtime: workloads, baselines, the output cache and the bench."""

@@ -1,0 +1,115 @@
+"""Live agreement from probes: drift detection, corrections, and turning models back on.
+
+A plan's estimates come from the warm-up (and earlier probes); the stream may then change. On
+every probe frame the worker synthesizes what the plan would have synthesized there
+(:attr:`~mlink.linkstore.streamlinks.Synthesized.shadow`) and scores it against the real
+outputs; the controller folds those scores into a :class:`LiveAgreement` per plan:
+
+- :meth:`LiveAgreement.failing`: the models whose agreement over the run (real runs count 1) is,
+  with confidence, below their accuracy target. The controller re-plans with
+  :meth:`LiveAgreement.corrections` (which turns such a model back on, or runs it more often,
+  because its options now promise less) and says why on the control topic.
+- :meth:`LiveAgreement.drifted`: in budget mode, the models whose live agreement moved away
+  from the plan's estimate by more than a tolerance: a signal to refit and re-plan (hot swap).
+
+Corrections are multiplicative factors on a model's synthesized agreement, shrunk towards 1 by
+``prior_probes`` pseudo-probes so one unlucky probe does not swing the plan; they compound
+across re-plans, because each plan's estimates already include the previous factors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mlink.linkstore.streamplan import StreamPlan
+
+__all__ = ["LiveAgreement"]
+
+
+@dataclass(slots=True)
+class LiveAgreement:
+    """Probe scores of one plan's synthesized outputs, per model."""
+
+    plan: StreamPlan
+    prior_probes: float = 2.0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, model: str, score: float) -> None:
+        """One probe's agreement of what the plan synthesized for ``model``."""
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"agreement of {model!r} must lie in [0, 1], got {score}")
+        self.sums[model] = self.sums.get(model, 0.0) + float(score)
+        self.counts[model] = self.counts.get(model, 0) + 1
+
+    def add_scores(self, scores: Mapping[str, float]) -> None:
+        for model, score in scores.items():
+            self.add(model, score)
+
+    def mean(self, model: str) -> float | None:
+        n = self.counts.get(model, 0)
+        return self.sums[model] / n if n else None
+
+    def planned(self, model: str) -> float | None:
+        """The plan's expected agreement of ``model`` where it is synthesized."""
+        choice = self.plan.choices.get(model)
+        return None if choice is None else choice.synthesized
+
+    def achieved(self, model: str) -> float | None:
+        """Live estimate of ``model``'s agreement over the run: real runs count 1."""
+        live = self.mean(model)
+        choice = self.plan.choices.get(model)
+        if live is None or choice is None:
+            return None
+        return choice.runs + (1.0 - choice.runs) * live
+
+    def corrections(self, base: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Factors on each model's synthesized agreement for the next plan: live over planned,
+        shrunk towards 1, times the factor this plan was made with (``base``)."""
+        out = dict(base or {})
+        for model, n in self.counts.items():
+            planned = self.planned(model)
+            live = self.mean(model)
+            if not n or not planned or live is None:
+                continue
+            ratio = (n * live / planned + self.prior_probes) / (n + self.prior_probes)
+            out[model] = out.get(model, 1.0) * ratio
+        return out
+
+    def failing(
+        self, targets: Mapping[str, float], z: float = 1.0, min_probes: int = 2
+    ) -> dict[str, str]:
+        """Models whose live agreement over the run is below their target with confidence
+        (upper bound below the target), each with the reason for the control topic."""
+        out = {}
+        for model, target in targets.items():
+            n = self.counts.get(model, 0)
+            achieved = self.achieved(model)
+            if n < min_probes or achieved is None:
+                continue
+            choice = self.plan.choices[model]
+            live = self.mean(model) or 0.0
+            spread = math.sqrt(max(live * (1.0 - live), 0.01) / n)
+            upper = choice.runs + (1.0 - choice.runs) * min(1.0, live + z * spread)
+            if upper < target:
+                out[model] = (
+                    f"{model}: live agreement {achieved:.3f} over {n} probes (upper bound "
+                    f"{upper:.3f}) is below its target {target:.3f}"
+                )
+        return out
+
+    def drifted(self, tolerance: float = 0.05, min_probes: int = 3) -> dict[str, str]:
+        """Models whose live synthesized agreement differs from the plan's by more than
+        ``tolerance`` after at least ``min_probes`` probes, with the reason."""
+        out = {}
+        for model, n in self.counts.items():
+            planned, live = self.planned(model), self.mean(model)
+            if n < min_probes or planned is None or live is None:
+                continue
+            if abs(live - planned) > tolerance:
+                out[model] = (
+                    f"{model}: live agreement {live:.3f} over {n} probes, planned {planned:.3f}"
+                )
+        return out

@@ -1,0 +1,259 @@
+"""Which models run on which frame of a stream: a pure function of the plan and ``(stream, seq)``.
+
+A worker owns whole streams and plans, runs and synthesizes each frame in one step, but every
+worker must plan a frame alike, and a restarted one must plan it as the one before it did. So the
+plan of a frame depends only on the published schedule and the frame's sequence number in its
+stream: model ``m`` runs on the frames with ``seq % period[m] == phase[m]`` (period 1: every
+frame; period 0: never, it is always synthesized), and every model runs on probe frames
+(one per block of ``probe_every``, see :func:`is_probe`), which score the synthesized outputs and
+feed the trainer.
+
+The controller publishes a schedule in ``ControlMessage.extra["schedule"]``
+(:meth:`Schedule.to_extra`); workers read it back with :meth:`Schedule.from_extra`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "EXTRA_KEY",
+    "MODE_KINDS",
+    "Mode",
+    "Schedule",
+    "is_probe",
+    "lag_histogram",
+    "run_share",
+]
+
+EXTRA_KEY = "schedule"
+#: How a model is synthesized on frames it does not run (see :class:`Mode`).
+MODE_KINDS = ("reuse", "prior", "links", "head", "follow", "track", "switch")
+_SOURCED = frozenset({"head", "follow", "track", "switch"})
+_MEMORY = frozenset({"reuse", "follow", "track", "switch"})
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """How one model is synthesized on the frames it does not run.
+
+    - ``reuse``: its output at its last real run;
+    - ``prior``: its constant prior;
+    - ``links``: the paper's links, an ensemble over the models that ran on the frame;
+    - ``head``: a :class:`~mlink.linkstore.boxlinks.BoxHead` from ``source``'s boxes now;
+    - ``follow``: its boxes at its last run, moved as ``source``'s boxes moved since;
+    - ``track``: the head's boxes, drawn as the followed ones where they overlap;
+    - ``switch``: ``follow`` while ``source`` agrees with itself since the last run by at
+      least ``threshold`` (matched IoU), else ``head``.
+
+    The four detector modes need ``source`` to run on the frame (the planner only picks them
+    when it runs on every frame).
+    """
+
+    kind: str
+    source: str | None = None
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODE_KINDS:
+            raise ValueError(f"mode kind {self.kind!r} is unknown; choose one of {MODE_KINDS}")
+        if (self.kind in _SOURCED) != (self.source is not None):
+            need = "needs" if self.kind in _SOURCED else "takes no"
+            raise ValueError(f"mode {self.kind!r} {need} a source model")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"mode threshold must lie in [0, 1], got {self.threshold!r}")
+
+    @property
+    def requires(self) -> frozenset[str]:
+        """Models that must run on the frame for this mode to apply."""
+        return frozenset() if self.source is None else frozenset({self.source})
+
+    @property
+    def uses_memory(self) -> bool:
+        """Whether the mode needs the model's own output at its last real run."""
+        return self.kind in _MEMORY
+
+    def key(self) -> str:
+        """A readable, unique name, e.g. ``switch(face_fast, 0.5)``."""
+        if self.source is None:
+            return self.kind
+        if self.kind == "switch":
+            return f"{self.kind}({self.source}, {self.threshold:g})"
+        return f"{self.kind}({self.source})"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.source is not None:
+            out["source"] = self.source
+        if self.kind == "switch":
+            out["threshold"] = self.threshold
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Mode:
+        if isinstance(raw, str):
+            return cls(raw)
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"a mode is a kind or a dict with 'kind', got {raw!r}")
+        return cls(str(raw.get("kind")), raw.get("source"), float(raw.get("threshold", 0.0)))
+
+
+def is_probe(seq: int, probe_every: int, probe_stride: int = 0) -> bool:
+    """Whether frame ``seq`` of a stream is a probe: one frame in each block of ``probe_every``,
+    at offset ``(block * probe_stride) % probe_every`` in block ``seq // probe_every``.
+
+    Stride 0 probes the first frame of every block (``seq % probe_every == 0``). A stride
+    coprime with ``probe_every`` moves the probe through every offset in turn, so the probes of
+    a model scheduled every ``k`` frames land at every lag since its last run, and their
+    agreement is an unbiased sample of what it synthesizes (with stride 0 and ``k`` dividing
+    ``probe_every`` they always land at the same lag).
+    """
+    if probe_every <= 0:
+        return False
+    return seq % probe_every == (seq // probe_every) * probe_stride % probe_every
+
+
+def _cycle(period: int, probe_every: int, probe_stride: int) -> int:
+    """Frames after which the pattern of runs and probes repeats."""
+    blocks = probe_every // math.gcd(probe_stride, probe_every) if probe_stride else 1
+    probes = probe_every * blocks if probe_every > 0 else 0
+    if period <= 0:
+        return max(probes, 1)
+    return math.lcm(period, probes) if probes else period
+
+
+@lru_cache(maxsize=4096)
+def lag_histogram(
+    period: int, phase: int, probe_every: int, probe_stride: int = 0
+) -> tuple[int, ...]:
+    """How many frames of one steady cycle lie ``d`` frames after the model's last real run
+    (index ``d``; 0 counts the frames where it runs, probes included). A model that never runs
+    (period 0, no probes) has the empty histogram."""
+    n = _cycle(period, probe_every, probe_stride)
+    seq = np.arange(2 * n)  # two cycles: the first one's last run seeds the second
+    runs = np.zeros(2 * n, dtype=bool)
+    if period > 0:
+        runs |= seq % period == phase
+    if probe_every > 0:
+        block = seq // probe_every
+        runs |= seq % probe_every == block * probe_stride % probe_every
+    if not runs.any():
+        return ()
+    last = np.maximum.accumulate(np.where(runs, seq, -1))[n:]
+    return tuple(int(c) for c in np.bincount(seq[n:] - last))
+
+
+def run_share(period: int, phase: int, probe_every: int, probe_stride: int = 0) -> float:
+    """The share of a stream's frames on which a model with this period and phase really runs,
+    probes included (period 0: probes only; never: 0)."""
+    hist = lag_histogram(period, phase, probe_every, probe_stride)
+    return hist[0] / sum(hist) if hist else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Per model: the period and phase of its real runs, and how it is synthesized in between.
+
+    ``modes[m]`` says how ``m`` is synthesized on the frames it does not run (models without
+    one reuse their last output); models with period 1 need none. ``probe_every`` 0 disables
+    probes; ``probe_stride`` places them (:func:`is_probe`).
+    """
+
+    periods: Mapping[str, int]
+    phases: Mapping[str, int] = field(default_factory=dict)
+    modes: Mapping[str, Mode] = field(default_factory=dict)
+    probe_every: int = 0
+    probe_stride: int = 0
+
+    def __post_init__(self) -> None:
+        if type(self.probe_every) is not int or self.probe_every < 0:
+            raise ValueError(f"schedule probe_every must be an int >= 0, got {self.probe_every!r}")
+        if type(self.probe_stride) is not int or self.probe_stride < 0:
+            raise ValueError(
+                f"schedule probe_stride must be an int >= 0, got {self.probe_stride!r}"
+            )
+        for m, k in self.periods.items():
+            if type(k) is not int or k < 0:
+                raise ValueError(f"schedule period of {m!r} must be an int >= 0, got {k!r}")
+            r = self.phases.get(m, 0)
+            if type(r) is not int or not 0 <= r < max(k, 1):
+                raise ValueError(f"schedule phase of {m!r} must be an int in [0, {k}), got {r!r}")
+        unknown = sorted(set(self.phases) - set(self.periods))
+        unknown += sorted(set(self.modes) - set(self.periods))
+        if unknown:
+            raise ValueError(f"schedule phases or modes name models without a period: {unknown}")
+        for m, mode in self.modes.items():
+            missing = sorted(mode.requires - set(self.periods))
+            if missing:
+                raise ValueError(f"schedule mode of {m!r} needs unknown models {missing}")
+
+    def mode(self, model: str) -> Mode:
+        return self.modes.get(model, Mode("reuse"))
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.periods)
+
+    @property
+    def always(self) -> frozenset[str]:
+        """The models that run on every frame (the classic active set)."""
+        return frozenset(m for m, k in self.periods.items() if k == 1)
+
+    def is_probe(self, seq: int) -> bool:
+        return is_probe(seq, self.probe_every, self.probe_stride)
+
+    def runs(self, seq: int, probes: bool = True) -> frozenset[str]:
+        """The models that really run on the frame with sequence number ``seq`` of its stream
+        (``probes=False``: the ones the schedule itself runs there, as if it were no probe)."""
+        if probes and self.is_probe(seq):
+            return frozenset(self.periods)
+        return frozenset(
+            m for m, k in self.periods.items() if k > 0 and seq % k == self.phases.get(m, 0)
+        )
+
+    def share(self, model: str) -> float:
+        """:func:`run_share` of ``model`` under this schedule."""
+        period, phase = self.periods[model], self.phases.get(model, 0)
+        return run_share(period, phase, self.probe_every, self.probe_stride)
+
+    def cost(self, costs: Mapping[str, float]) -> float:
+        """Expected per-frame cost of the real runs (probes included), e.g. in ms."""
+        return float(sum(costs.get(m, 0.0) * self.share(m) for m in self.periods))
+
+    def to_extra(self) -> dict[str, Any]:
+        """JSON-ready value for ``ControlMessage.extra["schedule"]``."""
+        return {
+            "periods": dict(sorted(self.periods.items())),
+            "phases": {m: r for m, r in sorted(self.phases.items()) if r},
+            "modes": {m: mode.to_json() for m, mode in sorted(self.modes.items())},
+            "probe_every": self.probe_every,
+            "probe_stride": self.probe_stride,
+        }
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any], models: Sequence[str] | None = None) -> Schedule:
+        """The schedule a control message carries; with ``models``, it must cover exactly them.
+
+        Raises ``ValueError`` naming what is wrong, so the control replay can reject the message.
+        """
+        raw = extra.get(EXTRA_KEY) if EXTRA_KEY in extra else extra
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("periods"), Mapping):
+            raise ValueError("a schedule needs 'periods': a dict of model name to int")
+        schedule = cls(
+            periods=dict(raw["periods"]),
+            phases=dict(raw.get("phases", {})),
+            modes={m: Mode.from_json(v) for m, v in dict(raw.get("modes", {})).items()},
+            probe_every=raw.get("probe_every", 0),
+            probe_stride=raw.get("probe_stride", 0),
+        )
+        if models is not None and set(models) != set(schedule.periods):
+            raise ValueError(
+                f"schedule covers {schedule.models}, the pipeline's models are {sorted(models)}"
+            )
+        return schedule

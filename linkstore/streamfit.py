@@ -1,0 +1,391 @@
+"""The trainer's side of stream synthesis: fit the detector links and estimate every mode.
+
+The trainer sees frames on which every model ran: the warm-up frames and, afterwards, the probe
+frames (:class:`Sample`: stream, sequence number, every model's output). From them it fits
+:class:`~mlink.linkstore.streamlinks.StreamLinks` (a :class:`~mlink.linkstore.boxlinks.BoxHead`
+per pair of box models, priors) and estimates, per model and per way of synthesizing it
+(:class:`~mlink.linkstore.schedule.Mode`), the expected agreement ``d`` frames after its last
+real run: a :class:`Curve`. The controller plans schedules from those curves
+(:mod:`mlink.linkstore.streamplan`).
+
+Estimates must not flatter: neighbouring frames are near-duplicates, so a head is scored on
+frames of a contiguous time block of each stream that it was not fitted on (cross-fitting over
+``folds`` blocks), and a memory mode on pairs ``(then, now)`` of samples of one stream ``d``
+frames apart, scored at ``now`` by the head of ``now``'s block. Per stream the agreement is
+averaged per lag and made non-increasing in the lag (staleness does not help on average), then
+the streams are averaged weighted by their samples, so one long stream does not decide alone.
+Lags with no pair in a stream carry its last value forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlink.linkstore.boxlinks import BoxHead, as_boxes, fit_box_head, follow, track
+from mlink.linkstore.crossfit import contiguous_folds
+from mlink.linkstore.metrics import agreement, box_agreement
+from mlink.linkstore.rows import prior_output
+from mlink.linkstore.schedule import Mode
+from mlink.linkstore.streamlinks import Refresh, StreamLinks
+from mlink.topics.specs import BoxesSpec, OutputSpec
+
+__all__ = ["Curve", "Sample", "StreamFit", "constant_curve", "fit_stream", "lag_pairs"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A frame on which every model ran (a warm-up or probe frame).
+
+    ``context`` (optional, probes): each model's last real run on the stream before this frame,
+    as the worker's :class:`~mlink.linkstore.streamlinks.StreamMemory` held it.
+    """
+
+    stream: str
+    seq: int
+    outputs: Mapping[str, Any]
+    context: Mapping[str, Refresh] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Curve:
+    """Estimated agreement of synthesizing ``target`` by ``mode``, by frames since its last run.
+
+    ``agree[d]`` for ``d = 0 .. max_lag`` (``agree[0] = 1``: the model ran); modes that use no
+    memory (``head``, ``prior``, ``links``) have the same value at every ``d >= 1``.
+    ``support[d]`` is the number of scored samples behind ``agree[d]``, ``spread`` the standard
+    deviation of per-sample agreement (for a confidence bound), ``synth_ms`` the measured cost of
+    one synthesized output.
+    """
+
+    target: str
+    mode: Mode
+    agree: tuple[float, ...]
+    support: tuple[int, ...]
+    spread: float = 0.5
+    synth_ms: float = 0.0
+
+    @property
+    def max_lag(self) -> int:
+        return len(self.agree) - 1
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "mode": self.mode.to_json(),
+            "agree": [round(a, 6) for a in self.agree],
+            "support": list(self.support),
+            "spread": round(self.spread, 6),
+            "synth_ms": self.synth_ms,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Curve:
+        return cls(
+            str(meta["target"]),
+            Mode.from_json(meta["mode"]),
+            tuple(float(a) for a in meta["agree"]),
+            tuple(int(n) for n in meta["support"]),
+            float(meta.get("spread", 0.5)),
+            float(meta.get("synth_ms", 0.0)),
+        )
+
+
+def constant_curve(
+    target: str, mode: Mode, scores: np.ndarray, max_lag: int, synth_ms: float = 0.0
+) -> Curve:
+    """The curve of a mode that uses no memory, from per-sample agreements."""
+    mean = float(np.mean(scores)) if len(scores) else 0.0
+    spread = float(np.std(scores)) if len(scores) > 1 else 0.5
+    return Curve(
+        target,
+        mode,
+        (1.0,) + (mean,) * max_lag,
+        (0,) + (len(scores),) * max_lag,
+        spread,
+        synth_ms,
+    )
+
+
+@dataclass(slots=True)
+class StreamFit:
+    """What the trainer saves: the synthesis pieces and every model's curves."""
+
+    links: StreamLinks
+    curves: dict[str, list[Curve]]
+    n_samples: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-ready metadata for a link bundle (``meta["stream"]``)."""
+        return {
+            **self.links.to_meta(),
+            "curves": [c.to_meta() for cs in self.curves.values() for c in cs],
+            "n_samples": self.n_samples,
+        }
+
+    @staticmethod
+    def curves_from_meta(meta: Mapping[str, Any]) -> dict[str, list[Curve]]:
+        curves: dict[str, list[Curve]] = {}
+        for raw in meta.get("curves", []):
+            curve = Curve.from_meta(raw)
+            curves.setdefault(curve.target, []).append(curve)
+        return curves
+
+
+def lag_pairs(samples: Sequence[Sample], max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(then, now)`` of samples of one stream with ``1 <= seq gap <= max_lag``,
+    and their gaps."""
+    by_stream: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_stream.setdefault(s.stream, []).append(i)
+    pairs, lags = [], []
+    for idx in by_stream.values():
+        idx.sort(key=lambda i: samples[i].seq)
+        for a_pos, a in enumerate(idx):
+            for b in idx[a_pos + 1 :]:
+                gap = samples[b].seq - samples[a].seq
+                if gap > max_lag:
+                    break
+                if gap >= 1:
+                    pairs.append((a, b))
+                    lags.append(gap)
+    if not pairs:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.asarray(pairs, dtype=np.int64), np.asarray(lags, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class _Pairs:
+    """One target's scored pairs: the frame of its last real run (``then``: every output that ran
+    there, its own included), the sample now, the lag, and the stream."""
+
+    then: list[Mapping[str, Any]] = field(default_factory=list)
+    now: list[int] = field(default_factory=list)
+    lags: list[int] = field(default_factory=list)
+
+    def add(self, then: Mapping[str, Any], now: int, lag: int) -> None:
+        self.then.append(then)
+        self.now.append(now)
+        self.lags.append(lag)
+
+
+def target_pairs(
+    samples: Sequence[Sample], target: str, max_lag: int, consecutive: tuple[np.ndarray, np.ndarray]
+) -> _Pairs:
+    """Pairs of samples of one stream, plus each sample's probe context for ``target`` (its last
+    real run before the sample, when that was no sample itself)."""
+    out = _Pairs()
+    pairs, lags = consecutive
+    for (a, b), d in zip(pairs.tolist(), lags.tolist(), strict=True):
+        out.add(samples[a].outputs, b, d)
+    known = {(x.stream, x.seq) for x in samples}
+    for b, x in enumerate(samples):
+        ref = x.context.get(target)
+        if ref is None or (x.stream, ref.seq) in known or not 1 <= x.seq - ref.seq <= max_lag:
+            continue
+        out.add(ref.frame, b, x.seq - ref.seq)
+    return out
+
+
+class _Estimator:
+    """Per-lag curves from per-pair agreements, stream by stream (see the module docstring).
+    A NaN score means the pair does not apply to the mode (its source did not run then)."""
+
+    def __init__(self, samples: Sequence[Sample], pairs: _Pairs, max_lag: int):
+        self.max_lag = max_lag
+        self.lags = np.asarray(pairs.lags, dtype=np.int64)
+        names = list(dict.fromkeys(s.stream for s in samples))
+        self.weight = {s: sum(x.stream == s for x in samples) for s in names}
+        index = {name: k for k, name in enumerate(names)}
+        self.stream_of = np.array([index[samples[b].stream] for b in pairs.now], dtype=np.int64)
+        self.names = names
+
+    def curve(self, target: str, mode: Mode, scores: np.ndarray, synth_ms: float) -> Curve:
+        total = np.zeros(self.max_lag + 1)
+        support = np.zeros(self.max_lag + 1, dtype=np.int64)
+        weight = 0.0
+        valid = ~np.isnan(scores)
+        for k, name in enumerate(self.names):
+            sel = (self.stream_of == k) & valid
+            if not sel.any():
+                continue
+            per = np.full(self.max_lag + 1, np.nan)
+            for d in range(1, self.max_lag + 1):
+                here = sel & (self.lags == d)
+                support[d] += int(here.sum())
+                if here.any():
+                    per[d] = scores[here].mean()
+                elif d > 1:
+                    per[d] = per[d - 1]
+            first = np.flatnonzero(~np.isnan(per[1:]))
+            if not len(first):
+                continue
+            per[1 : first[0] + 1] = per[first[0] + 1]  # lags shorter than any pair: the first
+            per[0] = 1.0
+            total += np.minimum.accumulate(per) * self.weight[name]
+            weight += self.weight[name]
+        agree = total / weight if weight else np.zeros(self.max_lag + 1)
+        agree[0] = 1.0
+        spread = float(np.nanstd(scores)) if valid.sum() > 1 else 0.5
+        return Curve(
+            target,
+            mode,
+            tuple(float(a) for a in agree),
+            tuple(int(n) for n in support),
+            spread,
+            synth_ms,
+        )
+
+
+def fit_stream(
+    specs: Mapping[str, OutputSpec],
+    samples: Sequence[Sample],
+    *,
+    max_lag: int = 16,
+    folds: int = 3,
+    thresholds: Sequence[float] = (0.5,),
+    sources: Mapping[str, Sequence[str]] | None = None,
+    min_gain: float = 0.01,
+) -> StreamFit:
+    """Fit heads and priors on ``samples`` and estimate a :class:`Curve` per model and mode.
+
+    Modes estimated: ``reuse`` and ``prior`` for every model; for every pair of box models
+    (``sources[target]`` limits the sources) ``head``, ``follow``, ``track`` and ``switch`` at
+    each of ``thresholds``. Samples need not be consecutive: warm-up frames give the short lags;
+    a probe carrying its ``context`` (each model's last real run before it) gives a pair at
+    whatever lag the running schedule left each model.
+
+    A detector mode is kept only if at some lag it beats both reuse and the prior by
+    ``min_gain``: among dozens of sources, one that merely ties them on the training frames is
+    more likely lucky than useful (a spurious count pattern in a short warm-up).
+    """
+    if not samples:
+        raise ValueError("fit_stream needs at least one sample on which every model ran")
+    missing = sorted({m for s in samples for m in specs if m not in s.outputs})
+    if missing:
+        raise ValueError(f"samples lack outputs of {missing}: every model must run on a sample")
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    models = list(specs)
+    outs = {m: [s.outputs[m] for s in samples] for m in models}
+    boxes = [m for m in models if isinstance(specs[m], BoxesSpec)]
+    box_outs = {m: [as_boxes(o) for o in outs[m]] for m in boxes}
+    priors = {m: prior_output(specs[m], outs[m]) for m in models}
+    pairs_of = {
+        t: [s for s in (sources or {}).get(t, boxes) if s != t and s in boxes] for t in boxes
+    }
+    lit = {m for m in boxes if any(len(b) for b in box_outs[m])}  # sources that ever fire
+    heads = {
+        (s, t): fit_box_head(box_outs[s], box_outs[t])
+        for t in boxes
+        for s in pairs_of[t]
+        if s in lit
+    }
+    links = StreamLinks(dict(specs), priors, heads, None, max_lag)
+    seconds["heads"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    n = len(samples)
+    groups = [s.stream for s in samples]
+    k = max(2, min(folds, min(groups.count(g) for g in set(groups))))
+    fold = contiguous_folds(n, k, groups) if n >= 2 * k else np.zeros(n, dtype=np.int64)
+    fold_heads: dict[tuple[str, str, int], BoxHead] = {}
+    for (s, t), head in heads.items():
+        for f in range(int(fold.max()) + 1):
+            fit = np.flatnonzero(fold != f)
+            fold_heads[(s, t, f)] = (
+                fit_box_head([box_outs[s][i] for i in fit], [box_outs[t][i] for i in fit])
+                if len(fit)
+                else head
+            )
+    consecutive = lag_pairs(samples, max_lag)
+    curves: dict[str, list[Curve]] = {}
+    for t in models:
+        spec = specs[t]
+        pairs = target_pairs(samples, t, max_lag, consecutive)
+        est = _Estimator(samples, pairs, max_lag)
+        truth = [outs[t][b] for b in pairs.now]
+        then = [f[t] for f in pairs.then]
+        reuse = agreement(spec, then, truth) if then else np.zeros(0)
+        prior = agreement(spec, [priors[t]] * n, outs[t])
+        curves[t] = [
+            est.curve(t, Mode("reuse"), reuse, 0.0),
+            constant_curve(t, Mode("prior"), prior, max_lag),
+        ]
+        if t in boxes:
+            base = np.maximum(np.asarray(curves[t][0].agree), curves[t][1].agree[1])
+            curves[t] += [
+                c
+                for c in _box_curves(
+                    t, pairs_of[t], box_outs, fold_heads, fold, pairs, est, thresholds
+                )
+                if np.any(np.asarray(c.agree[1:]) >= base[1:] + min_gain)
+            ]
+    seconds["curves"] = time.perf_counter() - start
+    return StreamFit(links, curves, n, seconds)
+
+
+def _box_curves(
+    t: str,
+    sources: Sequence[str],
+    box_outs: Mapping[str, list[np.ndarray]],
+    fold_heads: Mapping[tuple[str, str, int], BoxHead],
+    fold: np.ndarray,
+    pairs: _Pairs,
+    est: _Estimator,
+    thresholds: Sequence[float],
+) -> list[Curve]:
+    """The head, follow, track and switch curves of box target ``t`` from each source. Each
+    curve's ``synth_ms`` is the measured time of the predictions it scores, per output."""
+    target = box_outs[t]
+    now = pairs.now
+    truth = [target[j] for j in now]
+    n, m = len(target), len(now)
+    out = []
+    for s in sources:
+        src = box_outs[s]
+        if (s, t, 0) not in fold_heads:  # the source never fired: its modes equal reuse/prior
+            continue
+        start = time.perf_counter()
+        heads = [fold_heads[(s, t, int(fold[i]))].predict(src[i]) for i in range(n)]
+        head_ms = (time.perf_counter() - start) * 1000.0 / max(n, 1)
+        scores = np.array([box_agreement(p, target[i]) for i, p in enumerate(heads)])
+        out.append(constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms))
+        usable = [i for i, f in enumerate(pairs.then) if s in f]
+        if not usable:
+            continue
+        then_t = [as_boxes(pairs.then[i][t]) for i in usable]
+        then_s = [as_boxes(pairs.then[i][s]) for i in usable]
+        now_u = [now[i] for i in usable]
+        start = time.perf_counter()
+        followed = [follow(a, b, src[j]) for a, b, j in zip(then_t, then_s, now_u, strict=True)]
+        follow_ms = (time.perf_counter() - start) * 1000.0 / len(usable)
+        truth_u = [truth[i] for i in usable]
+
+        def curve(
+            mode: Mode, predicted: list[np.ndarray], ms: float, usable=usable, truth_u=truth_u
+        ) -> Curve:
+            scores = np.full(m, np.nan)
+            scores[usable] = [box_agreement(p, q) for p, q in zip(predicted, truth_u, strict=True)]
+            return est.curve(t, mode, scores, ms)
+
+        out.append(curve(Mode("follow", s), followed, follow_ms))
+        start = time.perf_counter()
+        tracked = [track(heads[j], f) for j, f in zip(now_u, followed, strict=True)]
+        track_ms = (time.perf_counter() - start) * 1000.0 / len(usable) + follow_ms + head_ms
+        out.append(curve(Mode("track", s), tracked, track_ms))
+        start = time.perf_counter()
+        stable = [box_agreement(b, src[j]) for b, j in zip(then_s, now_u, strict=True)]
+        switch_ms = (time.perf_counter() - start) * 1000.0 / len(usable) + follow_ms + head_ms
+        for tau in thresholds:
+            picked = [
+                f if st >= tau else heads[j]
+                for f, st, j in zip(followed, stable, now_u, strict=True)
+            ]
+            out.append(curve(Mode("switch", s, float(tau)), picked, switch_ms))
+    return out

@@ -1,0 +1,438 @@
+"""The controller's side of stream synthesis: a schedule from the trainer's curves.
+
+Two objectives, one plan shape (a :class:`~mlink.linkstore.schedule.Schedule`: the *active set*
+of models that run on every frame, and for every other model a period, a phase and a
+:class:`~mlink.linkstore.schedule.Mode`):
+
+- **budget** (:func:`plan_for_budget`): maximise the expected mean agreement over all models
+  (1 for a real run) with the expected per-frame cost, probes included, within ``budget_ms``;
+- **accuracy target** (:func:`plan_for_targets`): the cheapest plan in which every model's
+  agreement, as a lower confidence bound, meets its target: the budget keys
+  ``target_agreement`` (every model) and ``target_agreement:<model>`` (one model, overrides).
+
+A model's expected agreement under a period ``k``, phase ``r`` and mode is exact over one steady
+cycle of its runs and the probes (:func:`~mlink.linkstore.schedule.lag_histogram`): 1 on frames it
+runs, the mode's :class:`~mlink.linkstore.streamfit.Curve` at the frames since its last run
+otherwise. Detector modes need their source in the active set. The paper's links are one more
+mode when ``links`` is given: ``links(active, target)`` returns their estimated agreement, the
+number of samples behind it and what one synthesized output costs.
+
+Both searches try every active set (the budget search every set whose own cost fits, up to
+``max_sets``, then greedy growth); given the set, the budget search picks one option per other
+model by the multiple-choice knapsack (:mod:`mlink.linkstore.knapsack`), and the target search
+the cheapest option that meets each model's target, which is exact because, given the active
+set, the models' options are independent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from mlink.linkstore.knapsack import choose_options
+from mlink.linkstore.schedule import Mode, Schedule, lag_histogram
+from mlink.linkstore.streamfit import Curve
+
+__all__ = [
+    "DEFAULT_PERIODS",
+    "TARGET_KEY",
+    "TARGET_PREFIX",
+    "Choice",
+    "LinksEstimate",
+    "StreamPlan",
+    "agreement_targets",
+    "option",
+    "plan_for_budget",
+    "plan_for_targets",
+]
+
+TARGET_KEY = "target_agreement"
+TARGET_PREFIX = "target_agreement:"
+DEFAULT_PERIODS = (0, *range(2, 17))
+PSEUDO = 2.0  # pseudo-samples of the largest variance (0.25) in every confidence bound
+LINKS_MIN_GAIN = 0.01  # 0: never scheduled (probes only); 1 is the active set
+#: ``links(active, target) -> (mean agreement, samples, ms per synthesized output)`` for the
+#: paper's links (an ensemble over the active set).
+LinksEstimate = Callable[[frozenset[str], str], tuple[float, int, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What one model does: runs with ``period`` and ``phase`` and is synthesized by ``mode`` in
+    between. ``estimate`` and ``lower`` (a lower confidence bound) are its expected agreement
+    over a steady cycle, runs counting 1; ``cost_ms`` its expected ms per frame (runs, probes
+    included, plus synthesis)."""
+
+    model: str
+    period: int
+    phase: int
+    mode: Mode
+    estimate: float
+    lower: float
+    cost_ms: float
+    runs: float = 1.0  # share of frames on which the model really runs (probes included)
+
+    @property
+    def synthesized(self) -> float | None:
+        """Expected agreement on the frames it is synthesized (None if it always runs)."""
+        return None if self.runs >= 1.0 else (self.estimate - self.runs) / (1.0 - self.runs)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    """A schedule with what the plan expects of every model.
+
+    ``feasible`` is False when nothing meets the budget or the targets; the plan is then the
+    fallback (every model on every frame) and ``reason`` says why.
+    """
+
+    schedule: Schedule
+    choices: Mapping[str, Choice]
+    estimate: float
+    cost_ms: float
+    feasible: bool = True
+    reason: str = ""
+    searched: int = field(default=0, compare=False)
+
+    @property
+    def active(self) -> frozenset[str]:
+        return self.schedule.always
+
+    def per_model(self) -> dict[str, float]:
+        return {m: c.estimate for m, c in self.choices.items()}
+
+    def lower(self) -> dict[str, float]:
+        return {m: c.lower for m, c in self.choices.items()}
+
+
+def agreement_targets(budget: Mapping[str, float], models: Iterable[str]) -> dict[str, float]:
+    """Per-model accuracy targets from budget keys: ``target_agreement`` applies to every model,
+    ``target_agreement:<model>`` to one (and wins over the global one). Models without either
+    get no entry."""
+    models = list(models)
+    out: dict[str, float] = {}
+    if TARGET_KEY in budget:
+        out = dict.fromkeys(models, float(budget[TARGET_KEY]))
+    for key, value in budget.items():
+        if key.startswith(TARGET_PREFIX):
+            model = key[len(TARGET_PREFIX) :]
+            if model not in models:
+                raise ValueError(f"budget key {key!r} names an unknown model; known: {models}")
+            out[model] = float(value)
+    for m, v in out.items():
+        if not 0.0 < v <= 1.0:
+            raise ValueError(f"accuracy target of {m!r} must lie in (0, 1], got {v}")
+    return out
+
+
+def option(
+    curve: Curve,
+    period: int,
+    probe_every: int,
+    model_ms: float,
+    z: float = 1.645,
+    probe_stride: int = 0,
+    corr: float = 1.0,
+    factor: float = 1.0,
+) -> Choice | None:
+    """``curve``'s mode with ``period``, at its best phase; None when the cycle reaches lags the
+    curve does not cover (memory older than it was estimated for). ``factor`` scales the
+    synthesized agreement (a live correction, see :mod:`mlink.linkstore.liveguard`)."""
+    best: Choice | None = None
+    agree = np.minimum(np.asarray(curve.agree) * factor, 1.0)
+    agree[0] = 1.0
+    support = np.asarray(curve.support)
+    for phase in range(max(period, 1)) if probe_every else (0,):
+        hist = np.asarray(lag_histogram(period, phase, probe_every, probe_stride), dtype=float)
+        if not curve.mode.uses_memory:  # the same agreement at every lag
+            hist = np.array([hist[0], hist[1:].sum()]) if len(hist) else np.array([0.0, 1.0])
+        elif len(hist) == 0 or len(hist) > len(agree):
+            return None
+        share = hist[0] / hist.sum()
+        synth = hist[1:].sum()
+        if synth:
+            weights = hist[1:] / synth
+            mean_synth = float(weights @ agree[1 : len(hist)])
+            n_eff = np.maximum(support[1 : len(hist)] / corr, 1.0)
+            var = (curve.spread**2 * n_eff + 0.25 * PSEUDO) / (n_eff + PSEUDO)
+            margin = z * math.sqrt(float(np.sum(weights**2 * var / n_eff)))
+            lower = share + (1.0 - share) * max(0.0, mean_synth - margin)
+            estimate = share + (1.0 - share) * mean_synth
+        else:
+            lower = estimate = 1.0
+        cost = model_ms * share + curve.synth_ms * (1.0 - share)
+        cand = Choice(curve.target, period, phase, curve.mode, estimate, lower, cost, share)
+        if best is None or cand.estimate > best.estimate + 1e-12:
+            best = cand
+    return best
+
+
+class _Options:
+    """Every model's options, computed once per search, grouped by the models they need."""
+
+    def __init__(
+        self,
+        curves: Mapping[str, Sequence[Curve]],
+        costs_ms: Mapping[str, float],
+        probe_every: int,
+        periods: Sequence[int],
+        z: float,
+        probe_stride: int = 0,
+        corr: float = 1.0,
+        corrections: Mapping[str, float] | None = None,
+    ) -> None:
+        self.models = sorted(costs_ms)
+        missing = sorted(set(self.models) - set(curves))
+        if missing:
+            raise ValueError(f"no curves for {missing}: the trainer estimates every model")
+        self.ms = {m: float(costs_ms[m]) for m in self.models}
+        self.probe_every = probe_every
+        self.probe_stride = probe_stride
+        self.corr = corr
+        self.factor = {m: float((corrections or {}).get(m, 1.0)) for m in self.models}
+        self.periods = [p for p in periods if p != 1]
+        self.z = z
+        self.by_need: dict[str, dict[frozenset[str], list[Choice]]] = {}
+        for t in self.models:
+            groups: dict[frozenset[str], list[Choice]] = {}
+            for curve in curves[t]:
+                if curve.mode.kind == "links" or t in curve.mode.requires:
+                    continue
+                for k in self.periods:
+                    c = option(
+                        curve, k, probe_every, self.ms[t], z, probe_stride, corr, self.factor[t]
+                    )
+                    if c is not None:
+                        groups.setdefault(curve.mode.requires, []).append(c)
+            self.by_need[t] = groups
+        self.max_lag = max((c.max_lag for cs in curves.values() for c in cs), default=16)
+        # the best any constant mode does: links must beat it to be worth asking about
+        self.constant = {
+            t: max((c.agree[1] for c in curves[t] if not c.mode.uses_memory), default=0.0)
+            for t in self.models
+        }
+        self._links_useful: dict[str, bool] = {}
+
+    def links_useful(self, t: str, links: LinksEstimate) -> bool:
+        """Whether the paper's links into ``t`` can beat its best constant mode at all: asked
+        once, with every other model active (an ensemble can ignore a useless source, so more
+        sources do not hurt). On video they rarely can, and skipping them saves thousands of
+        oracle queries per plan."""
+        if t not in self._links_useful:
+            best, _, _ = links(frozenset(self.models) - {t}, t)
+            self._links_useful[t] = best > self.constant[t] + LINKS_MIN_GAIN
+        return self._links_useful[t]
+
+    def always(self, t: str) -> Choice:
+        return Choice(t, 1, 0, Mode("reuse"), 1.0, 1.0, self.ms[t])
+
+    def choices(self, t: str, active: frozenset[str], links: LinksEstimate | None) -> list[Choice]:
+        out = [c for need, cs in self.by_need[t].items() if need <= active for c in cs]
+        if links is not None and active and self.links_useful(t, links):
+            mean, n, ms = links(active, t)
+            spread = math.sqrt(max(mean * (1.0 - mean), 1e-6))
+            curve = Curve(t, Mode("links"), (1.0,) + (mean,) * self.max_lag,
+                          (0,) + (n,) * self.max_lag, spread, ms)  # fmt: skip
+            for k in self.periods:
+                c = option(
+                    curve,
+                    k,
+                    self.probe_every,
+                    self.ms[t],
+                    self.z,
+                    self.probe_stride,
+                    self.corr,
+                    self.factor[t],
+                )
+                if c is not None:
+                    out.append(c)
+        return out
+
+
+def _pareto(choices: list[Choice], value: Callable[[Choice], float]) -> list[Choice]:
+    best: list[Choice] = []
+    for c in sorted(choices, key=lambda c: (c.cost_ms, -value(c))):
+        if not best or value(c) > value(best[-1]) + 1e-12:
+            best.append(c)
+    return best
+
+
+def _plan(opts: _Options, chosen: Mapping[str, Choice], searched: int) -> StreamPlan:
+    schedule = Schedule(
+        periods={m: c.period for m, c in chosen.items()},
+        phases={m: c.phase for m, c in chosen.items() if c.phase},
+        modes={m: c.mode for m, c in chosen.items() if c.period != 1},
+        probe_every=opts.probe_every,
+        probe_stride=opts.probe_stride,
+    )
+    estimate = sum(c.estimate for c in chosen.values()) / len(chosen)
+    cost = sum(c.cost_ms for c in chosen.values())
+    return StreamPlan(schedule, dict(chosen), estimate, cost, True, "", searched)
+
+
+def _fallback(opts: _Options, reason: str, searched: int) -> StreamPlan:
+    plan = _plan(opts, {m: opts.always(m) for m in opts.models}, searched)
+    return StreamPlan(plan.schedule, plan.choices, 1.0, plan.cost_ms, False, reason, searched)
+
+
+def _subsets(
+    models: Sequence[str], ms: Mapping[str, float], cap: float, limit: int
+) -> list[frozenset[str]] | None:
+    """Every set of models whose own cost is at most ``cap``, or None if over ``limit``."""
+    order = sorted(models, key=lambda m: ms[m])
+    out: list[frozenset[str]] = []
+
+    def visit(k: int, chosen: list[str], cost: float) -> bool:
+        out.append(frozenset(chosen))
+        if len(out) > limit:
+            return False
+        for j in range(k, len(order)):
+            if cost + ms[order[j]] > cap * (1 + 1e-12):
+                break
+            if not visit(j + 1, [*chosen, order[j]], cost + ms[order[j]]):
+                return False
+        return True
+
+    return out if visit(0, [], 0.0) else None
+
+
+def plan_for_budget(
+    curves: Mapping[str, Sequence[Curve]],
+    costs_ms: Mapping[str, float],
+    budget_ms: float,
+    *,
+    probe_every: int = 0,
+    probe_stride: int = 0,
+    periods: Sequence[int] = DEFAULT_PERIODS,
+    links: LinksEstimate | None = None,
+    z: float = 1.645,
+    max_sets: int = 4096,
+    grid: int = 2000,
+    objective: str = "estimate",
+    corr: float = 1.0,
+    corrections: Mapping[str, float] | None = None,
+) -> StreamPlan:
+    """The schedule with the most expected mean agreement whose expected cost fits
+    ``budget_ms`` (see the module docstring). Infeasible budgets give the fallback plan."""
+    opts = _Options(curves, costs_ms, probe_every, periods, z, probe_stride, corr, corrections)
+    models = opts.models
+
+    def value_of(c: Choice) -> float:
+        return c.lower if objective == "lower" else c.estimate
+
+    def best_for(active: frozenset[str]) -> tuple[float, float, dict[str, Choice]] | None:
+        room = budget_ms - sum(opts.ms[m] for m in active)
+        if room < -1e-9 * budget_ms:
+            return None
+        targets = [t for t in models if t not in active]
+        groups = [_pareto(opts.choices(t, active, links), value_of) for t in targets]
+        picked = choose_options(
+            [[(c.cost_ms, value_of(c)) for c in g] for g in groups], max(room, 0.0), grid
+        )
+        if picked is None:
+            return None
+        chosen = {m: opts.always(m) for m in active}
+        chosen.update({t: g[o] for t, g, o in zip(targets, groups, picked, strict=True)})
+        value = sum(value_of(c) for c in chosen.values())
+        return value, sum(c.cost_ms for c in chosen.values()), chosen
+
+    def better(a, b) -> bool:
+        if b is None:
+            return False
+        if a is None or b[0] > a[0] + 1e-9:
+            return True
+        return b[0] > a[0] - 1e-9 and b[1] < a[1] - 1e-9
+
+    subsets = _subsets(models, opts.ms, budget_ms, max_sets)
+    best, searched = None, 0
+    if subsets is not None:
+        for active in subsets:
+            searched += 1
+            cand = best_for(active)
+            if better(best, cand):
+                best = cand
+    else:  # too many sets: grow the active set greedily
+        best, improved = best_for(frozenset()), True
+        while improved:
+            improved = False
+            base = frozenset(m for m, c in (best[2] if best else {}).items() if c.period == 1)
+            for m in models:
+                if m in base:
+                    continue
+                searched += 1
+                cand = best_for(base | {m})
+                if better(best, cand):
+                    best, improved = cand, True
+    if best is None:
+        return _fallback(opts, f"no schedule fits {budget_ms:g} ms/frame", searched)
+    return _plan(opts, best[2], searched)
+
+
+def plan_for_targets(
+    curves: Mapping[str, Sequence[Curve]],
+    costs_ms: Mapping[str, float],
+    targets: Mapping[str, float],
+    *,
+    probe_every: int = 0,
+    probe_stride: int = 0,
+    periods: Sequence[int] = DEFAULT_PERIODS,
+    links: LinksEstimate | None = None,
+    z: float = 1.645,
+    budget_ms: float | None = None,
+    max_models: int = 16,
+    corr: float = 1.0,
+    corrections: Mapping[str, float] | None = None,
+) -> StreamPlan:
+    """The cheapest schedule in which every model's lower confidence bound meets its target
+    (models without one take their cheapest option), within ``budget_ms`` if given. Every
+    active set is tried (at most ``max_models`` models). When none works the fallback plan runs
+    every model, ``feasible`` False, with the reason."""
+    opts = _Options(curves, costs_ms, probe_every, periods, z, probe_stride, corr, corrections)
+    models = opts.models
+    unknown = sorted(set(targets) - set(models))
+    if unknown:
+        raise ValueError(f"targets name unknown models {unknown}")
+    if len(models) > max_models:
+        raise ValueError(
+            f"{len(models)} models: the exact target search tries 2**{len(models)} active sets; "
+            f"raise max_models (now {max_models}) if you can wait"
+        )
+    cap = budget_ms if budget_ms is not None else sum(opts.ms.values())
+    best: tuple[float, float, dict[str, Choice]] | None = None
+    searched = 0
+    for size in range(len(models) + 1):
+        for combo in combinations(models, size):
+            active = frozenset(combo)
+            base = sum(opts.ms[m] for m in active)
+            if base > cap * (1 + 1e-12) or (best is not None and base >= best[0] + 1e-12):
+                continue
+            searched += 1
+            chosen = {m: opts.always(m) for m in active}
+            cost = base
+            for t in models:
+                if t in active:
+                    continue
+                need = targets.get(t, 0.0)
+                ok = [c for c in opts.choices(t, active, links) if c.lower >= need - 1e-12]
+                if not ok:
+                    break
+                pick = min(ok, key=lambda c: (c.cost_ms, -c.estimate))
+                chosen[t] = pick
+                cost += pick.cost_ms
+            else:
+                if cost > cap * (1 + 1e-12):
+                    continue
+                value = sum(c.estimate for c in chosen.values())
+                if (
+                    best is None
+                    or cost < best[0] - 1e-12
+                    or (cost < best[0] + 1e-12 and value > best[1])
+                ):
+                    best = (cost, value, chosen)
+    if best is None:
+        return _fallback(opts, "no schedule meets the accuracy targets", searched)
+    return _plan(opts, best[2], searched)

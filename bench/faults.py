@@ -350,6 +350,17 @@ def disk_full(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
+def held_backlog(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
+    """A backlog arrives while the worker holds for its first links, again and again (1 s holds,
+    slow training): the frames faust had fetched when a hold paused their partition are
+    re-read, not lost."""
+    models = [model(m, o) for m, o in FAST.items()]
+    data = config_data(tmp, models=models, warmup=8, hold_s=1, epochs=200)
+    with pipeline(broker.bootstrap, tmp, data) as p:
+        ids = p.send(400)
+        return [p.row("backlog during repeated warm-up holds", ids, 240)]
+
+
 def tampered_bundle(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
     """The current link version's tensors are altered on disk, then a worker restarts."""
     data = config_data(
@@ -380,6 +391,7 @@ SCENARIOS: dict[str, Callable[[EmbeddedBroker, Path], list[Row]]] = {
     ),
     "poison-and-forged": poison_and_forged,
     "disk-full": disk_full,
+    "held-backlog": held_backlog,
     "tampered-bundle": tampered_bundle,
 }
 

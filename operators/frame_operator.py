@@ -88,6 +88,31 @@ def _pause(consumer: Any, tps: Sequence[Any]) -> None:
         buffered.difference_update(tps)
 
 
+async def _rewind(consumer: Any, tps: Sequence[Any]) -> None:
+    """Seek ``tps`` back to just after the last record faust handed to the stream.
+
+    faust drops the records of a partition paused while they were fetched but not yet handed
+    over (its ``getmany`` checks the live set of active partitions), and then marks them as a
+    gap that counts as acknowledged, while the fetch position has already moved past them:
+    without this seek, a hold could lose the frames in flight. Called before resuming.
+    """
+    read = getattr(consumer, "_read_offset", {})
+    targets = {}
+    for tp in tps:
+        last = read.get(tp)
+        if last is not None:
+            targets[tp] = last + 1
+            continue
+        thread = consumer._thread  # nothing handed over yet: back to the group's position
+        client = thread._ensure_consumer()
+        committed = await thread.call_thread(client.committed, tp)
+        if committed is None:
+            committed = (await consumer.earliest_offsets(tp))[tp]
+        targets[tp] = committed
+    if targets:
+        await consumer.seek_wait(targets)
+
+
 class FrameBatch:
     """The work of one batch, step by step; each step contains its own failures."""
 
@@ -161,6 +186,10 @@ class FrameBatch:
                     await asyncio.sleep(0.05)
                     _pause(consumer, paused)
             finally:
+                try:
+                    await _rewind(consumer, paused)
+                except Exception:  # a rebalance re-reads from the committed offsets anyway
+                    log.warning("could not rewind %s after the hold", sorted(paused), exc_info=True)
                 consumer.resume_partitions(paused)
                 self.holding = False
                 mlink.metrics["held_for_links_s"] += round(time.monotonic() - started, 3)

@@ -25,11 +25,13 @@ from typing import Any
 import faust
 import numpy as np
 
+from mlink.linkstore.schedule import Schedule
 from mlink.operators.control_operators import attach_control_replay
 from mlink.operators.dead_letters import DeadLetters
 from mlink.operators.dispatch import run_planned
 from mlink.operators.joiner import Executed, FrameWork, build_results, is_training_sample
 from mlink.operators.runtime import MLink
+from mlink.operators.stream_synthesis import synthesize_streams
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
@@ -75,42 +77,25 @@ def source_reader(format: SourceFormat) -> FrameReader:
     return read
 
 
-def _pause(consumer: Any, tps: Sequence[Any]) -> None:
-    """Stop fetching ``tps`` until resumed.
+async def _fetching(consumer: Any, tps: Sequence[Any], on: bool) -> None:
+    """Pause (``on`` False) or resume fetching ``tps`` in the Kafka client itself.
 
-    faust re-activates a partition whose stream buffer drains after it was full
-    (``Consumer.on_buffer_drop``), which would silently undo a pause; dropping the partitions
-    from its buffered set keeps them paused. Re-applied while holding, in case of a rebalance.
+    Not through faust's ``pause_partitions``: faust drops the records of a partition it
+    paused that it had fetched but not yet handed to the stream, and counts them as a gap that
+    is acknowledged, while the fetch position has moved past them, so the frames in flight
+    would be lost. The client's own pause keeps its position and re-fetches them on resume;
+    faust's flow control (which pauses a partition whose stream buffer is full) is untouched.
     """
-    consumer.pause_partitions(tps)
-    buffered = getattr(consumer, "_buffered_partitions", None)
-    if isinstance(buffered, set):
-        buffered.difference_update(tps)
+    from aiokafka.structs import TopicPartition
 
-
-async def _rewind(consumer: Any, tps: Sequence[Any]) -> None:
-    """Seek ``tps`` back to just after the last record faust handed to the stream.
-
-    faust drops the records of a partition paused while they were fetched but not yet handed
-    over (its ``getmany`` checks the live set of active partitions), and then marks them as a
-    gap that counts as acknowledged, while the fetch position has already moved past them:
-    without this seek, a hold could lose the frames in flight. Called before resuming.
-    """
-    read = getattr(consumer, "_read_offset", {})
-    targets = {}
-    for tp in tps:
-        last = read.get(tp)
-        if last is not None:
-            targets[tp] = last + 1
-            continue
-        thread = consumer._thread  # nothing handed over yet: back to the group's position
-        client = thread._ensure_consumer()
-        committed = await thread.call_thread(client.committed, tp)
-        if committed is None:
-            committed = (await consumer.earliest_offsets(tp))[tp]
-        targets[tp] = committed
-    if targets:
-        await consumer.seek_wait(targets)
+    thread = consumer._thread
+    client = thread._ensure_consumer()
+    parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+    for part in parts:  # one by one: a partition revoked meanwhile cannot be paused
+        try:
+            await thread.call_thread(client.resume if on else client.pause, part)
+        except Exception as exc:  # not assigned any more: its next owner fetches it
+            log.debug("could not %s %s: %s", "resume" if on else "pause", part, exc)
 
 
 class FrameBatch:
@@ -171,7 +156,6 @@ class FrameBatch:
             return
         consumer = self.app.consumer
         paused = [tp for tp in consumer.assignment() if tp.topic in self.topics]
-        _pause(consumer, paused)
         self.holding = True
         log.info(
             "planned %d warm-up frames; waiting for the first links (paused %s)",
@@ -183,14 +167,10 @@ class FrameBatch:
             started = time.monotonic()
             try:
                 while mlink.state.warming_up and time.monotonic() - started < links.hold_s:
-                    await asyncio.sleep(0.05)
-                    _pause(consumer, paused)
+                    await _fetching(consumer, paused, on=False)  # again: a rebalance resumes
+                    await asyncio.sleep(0.2)
             finally:
-                try:
-                    await _rewind(consumer, paused)
-                except Exception:  # a rebalance re-reads from the committed offsets anyway
-                    log.warning("could not rewind %s after the hold", sorted(paused), exc_info=True)
-                consumer.resume_partitions(paused)
+                await _fetching(consumer, paused, on=True)
                 self.holding = False
                 mlink.metrics["held_for_links_s"] += round(time.monotonic() - started, 3)
             if mlink.state.warming_up:  # no links yet: more warm-up data, then wait again
@@ -208,6 +188,7 @@ class FrameBatch:
             return []
         warming = mlink.state.warming_up
         plans = [mlink.state.plan(frame.seq) for _, frame in items]  # planned just before running
+        schedule = mlink.state.schedule
         mlink.metrics["frames_planned"] += len(items)
         mlink.prom.frames.inc(len(items))
         mlink.prom.in_flight.set(len(items))
@@ -233,7 +214,7 @@ class FrameBatch:
                     frame.frame_id, frame.stream_id, frame.seq, frame.timestamp, plan, outcomes
                 )
             )
-        results = _results(mlink, works)
+        results = _results(mlink, works, schedule)
         return [(event, result) for (event, _), result in zip(items, results, strict=True)]
 
 
@@ -255,14 +236,28 @@ def record_result(mlink: MLink, result: FrameResult) -> None:
     mlink.prom.result(degraded_reason=reason if result.degraded else None, latency_s=latency)
 
 
-def _results(mlink: MLink, works: list[FrameWork]) -> list[FrameResult]:
-    """Results with synthesis; if synthesis itself fails (a link version that does not fit),
-    the same results without it, each inactive model ``missing`` with the reason."""
+def _results(
+    mlink: MLink, works: list[FrameWork], schedule: Schedule | None = None
+) -> list[FrameResult]:
+    """Results with synthesis (stream synthesis when configured, else the paper's links); if
+    synthesis itself fails (a link version that does not fit), the same results without it,
+    each inactive model ``missing`` with the reason."""
     versions = [w.plan.link_version if w.plan else None for w in works]
     try:
         linksets = mlink.linksets(versions)
+        streamed = None
+        if mlink.settings.links.stream:
+            streamed = synthesize_streams(
+                works, schedule, mlink.stream_links, mlink.memory, mlink.specs
+            )
         return build_results(
-            works, mlink.model_names, linksets, time.time(), mlink.estimates(), mlink.unusable
+            works,
+            mlink.model_names,
+            linksets,
+            time.time(),
+            mlink.estimates(),
+            mlink.unusable,
+            streamed,
         )
     except Exception as exc:
         mlink.metrics["synthesis_failures"] += 1

@@ -23,6 +23,7 @@ from mlink.linkstore.budget import resolve_budget
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.model_settings import IsolationSettings, ModelFactory
 from mlink.operators.settings import LinkSettings, Model, Settings
+from mlink.topics.control import TARGET_PREFIX
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import OutputSpec, SpecError, spec_from_dict
@@ -180,11 +181,30 @@ class BudgetConfig(_Strict):
     fraction: float | None = Field(
         None, gt=0, le=1, description="ms budget as a share of running every model"
     )
+    target_agreement: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="accuracy target: the cheapest plan whose every model is expected to agree "
+        "at least this much with its real output (alone or with a compute bound)",
+    )
+    targets: dict[str, float] = Field(
+        default_factory=dict, description="per-model accuracy targets (override target_agreement)"
+    )
 
     @model_validator(mode="after")
     def _some_bound(self) -> BudgetConfig:
-        if self.ms is None and self.memory_mb is None and self.fraction is None:
-            raise ValueError("set at least one of ms, memory_mb, fraction")
+        if (
+            self.ms is None
+            and self.memory_mb is None
+            and self.fraction is None
+            and self.target_agreement is None
+            and not self.targets
+        ):
+            raise ValueError("set at least one of ms, memory_mb, fraction, target_agreement")
+        for model, target in self.targets.items():
+            if not 0 < target <= 1:
+                raise ValueError(f"targets[{model!r}] = {target}; it must lie in (0, 1]")
         if self.ms is not None and self.fraction is not None:
             raise ValueError("set either ms or fraction, not both")
         return self
@@ -225,6 +245,14 @@ class LinksConfig(_Strict):
     )
     train_in_child: bool = Field(
         True, description="train in a lower-priority child process (False: on a thread)"
+    )
+    stream: bool = Field(
+        False,
+        description="plan per frame of a stream: each model on its own period, synthesized in "
+        "between from its last output, a detector that runs or the links (stream synthesis)",
+    )
+    probe_stride: int = Field(
+        0, ge=0, description="move each block's probe frame by this much per block (0: first)"
     )
 
     def train_config(self) -> TrainConfig:
@@ -323,6 +351,9 @@ class PipelineConfig(_Strict):
                 raise ValueError(
                     f"budget.memory_mb needs cost.memory_mb on every model; missing on {missing}"
                 )
+        unknown = sorted(set(self.budget.targets) - {m.name for m in self.models})
+        if unknown:
+            raise ValueError(f"budget.targets names unknown models {unknown}")
         return self
 
     @property
@@ -343,7 +374,9 @@ class PipelineConfig(_Strict):
 
     def budget_dict(self) -> dict[str, float]:
         """The budget as the operators and the control topic carry it."""
-        return self.budget.model_dump(exclude_none=True)
+        budget = self.budget.model_dump(exclude_none=True, exclude={"targets"})
+        budget.update({f"{TARGET_PREFIX}{m}": t for m, t in self.budget.targets.items()})
+        return budget
 
     def operator_settings(self) -> Settings:
         """The operators' settings for this pipeline (everything but the source and models)."""
@@ -362,6 +395,8 @@ class PipelineConfig(_Strict):
                 train=links.train_config(),
                 hold_s=links.hold_s,
                 train_in_child=links.train_in_child,
+                stream=links.stream,
+                probe_stride=links.probe_stride,
             ),
             batch_size=rt.batch_size,
             batch_wait_s=rt.batch_wait_s,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,8 @@ import torch
 from mlink.linkstore.crossfit import CrossFit, oracle_from_bundle
 from mlink.linkstore.linkset import AgreementOracle, LinkSet, decode_rows
 from mlink.linkstore.store import LinkStore, StoreError
+from mlink.linkstore.streamfit import Curve, StreamFit
+from mlink.linkstore.streamlinks import StreamLinks
 from mlink.topics.specs import OutputSpec
 
 __all__ = ["LoadedLinks", "load_bundle", "make_bundle", "save_bundle", "validation_outputs"]
@@ -38,16 +40,21 @@ class LoadedLinks:
     link_costs: dict[tuple[str, str], dict[str, float]]
     n_samples: int
     ensemble_costs: dict[str, dict[str, float]]
+    stream: StreamLinks | None = None
+    """Stream synthesis (memory, detector links, priors) when the version was fitted for it."""
+    curves: dict[str, list[Curve]] = field(default_factory=dict)
+    """Per model, the estimated agreement of each synthesis mode by frames since its last run."""
 
 
 def make_bundle(
     fit: CrossFit,
     outputs: Mapping[str, Sequence[Any]],
     model_costs: Mapping[str, Mapping[str, float]],
+    stream: StreamFit | None = None,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """The tensors and metadata of a version: the link set that runs, the oracle plans are
-    scored on (``fit`` was cross-fitted on ``outputs``, the samples it was trained on), and the
-    measured model, link and ensemble costs."""
+    scored on (``fit`` was cross-fitted on ``outputs``, the samples it was trained on), the
+    measured model, link and ensemble costs, and ``stream``'s heads, priors and curves."""
     linkset = fit.linkset
     tensors, meta = linkset.to_bundle()
     parts, oracle_meta = fit.bundle_parts(outputs)
@@ -58,6 +65,8 @@ def make_bundle(
     meta["link_costs"] = [{"source": s, "target": t, **c} for (s, t), c in link_costs.items()]
     meta["ensemble_costs"] = ensemble_costs
     meta["n_samples"] = len(next(iter(outputs.values()))) if outputs else 0
+    if stream is not None:
+        meta["stream"] = stream.to_meta()
     return tensors, meta
 
 
@@ -96,6 +105,10 @@ def _load(store: LinkStore, version: int) -> LoadedLinks:
         (c["source"], c["target"]): {k: v for k, v in c.items() if k not in ("source", "target")}
         for c in meta.get("link_costs", [])
     }
+    stream, curves = None, {}
+    if "stream" in meta:
+        stream = StreamLinks.from_meta(linkset.specs, meta["stream"], linkset)
+        curves = StreamFit.curves_from_meta(meta["stream"])
     return LoadedLinks(
         version,
         linkset,
@@ -104,6 +117,8 @@ def _load(store: LinkStore, version: int) -> LoadedLinks:
         link_costs,
         int(meta.get("n_samples", 0)),
         {t: dict(c) for t, c in meta.get("ensemble_costs", {}).items()},
+        stream,
+        curves,
     )
 
 

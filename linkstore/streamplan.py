@@ -108,6 +108,14 @@ class StreamPlan:
     def lower(self) -> dict[str, float]:
         return {m: c.lower for m, c in self.choices.items()}
 
+    def describe(self, model: str) -> str:
+        """One line on what ``model`` does, e.g. ``every 4 (phase 1), follow(face) (est ...)``."""
+        c = self.choices[model]
+        if c.period == 1:
+            return "always runs"
+        when = "probes only" if c.period == 0 else f"every {c.period} (phase {c.phase})"
+        return f"{when}, {c.mode.key()} (est {c.estimate:.3f}, lower {c.lower:.3f})"
+
 
 def agreement_targets(budget: Mapping[str, float], models: Iterable[str]) -> dict[str, float]:
     """Per-model accuracy targets from budget keys: ``target_agreement`` applies to every model,

@@ -78,6 +78,9 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
             prom.live_agreement.labels(model).set(value)
     if changed and message.kind == "active_set":
         predicted = message.extra.get("predicted", {})
+        synthesized = message.extra.get("predicted_synthesized", {})  # stream plans
+        if isinstance(predicted, dict) and isinstance(synthesized, dict):
+            predicted = {**predicted, **synthesized}
         mlink.predicted = {
             m: float(v)
             for m, v in (predicted.items() if isinstance(predicted, dict) else ())
@@ -156,6 +159,23 @@ def _replay_one(mlink: MLink, record: Any) -> str | None:
     return _apply(mlink, message)
 
 
+def _all_models(
+    mlink: MLink, epoch: int, budget: dict[str, float], version: int, why: str
+) -> ControlMessage:
+    """No plan fits while warming up: run every model (said so on the control topic), so
+    workers stop waiting for links that no budget-abiding plan can use."""
+    return ControlMessage(
+        kind="active_set",
+        epoch=epoch,
+        issued_at=time.time(),
+        active=tuple(sorted(mlink.model_names)),
+        budget=budget,
+        link_version=version,
+        probe_every=mlink.settings.links.probe_every,
+        extra={"infeasible": why},
+    )
+
+
 def attach_controller(app: faust.App, mlink: MLink) -> Any:
     """Attach the controller agent: on a new link version or budget, choose the active set."""
     names, settings = mlink.names, mlink.settings
@@ -210,26 +230,21 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                             epoch,
                             settings.links.selector,
                             settings.links.probe_every,
+                            stream=settings.links.stream,
+                            probe_stride=settings.links.probe_stride,
                         ),
                     )
-                except (InfeasibleBudget, StoreError) as exc:
+                except StoreError as exc:
+                    mlink.metrics["controller_refusals"] += 1
+                    log.error("controller keeps the current plan: %s", exc)
+                    continue
+                except ValueError as exc:  # InfeasibleBudget, or targets it cannot plan for
                     mlink.metrics["controller_refusals"] += 1
                     if not (isinstance(exc, InfeasibleBudget) and state.warming_up):
-                        log.error("controller keeps the current plan: %s", exc)
+                        log.error("controller keeps the current plan (budget %s): %s", budget, exc)
                         continue
-                    # No plan yet: run every model (said so on the control topic), so workers
-                    # stop waiting for links that no budget-abiding plan can use.
                     log.error("budget infeasible, every model keeps running: %s", exc)
-                    decision = ControlMessage(
-                        kind="active_set",
-                        epoch=epoch,
-                        issued_at=time.time(),
-                        active=tuple(sorted(mlink.model_names)),
-                        budget=budget,
-                        link_version=version,
-                        probe_every=settings.links.probe_every,
-                        extra={"infeasible": str(exc)},
-                    )
+                    decision = _all_models(mlink, epoch, budget, version, str(exc))
                 issued = epoch
                 await control_out.send(b"active_set", encode_record(decision))
 

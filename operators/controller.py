@@ -12,9 +12,12 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
-from mlink.linkstore.budget import full_cost, resolve_budget
+from mlink.linkstore.budget import BUDGET_KEYS, full_cost, resolve_budget
 from mlink.linkstore.bundle import LoadedLinks
 from mlink.linkstore.selection import InfeasibleBudget, Problem, select, select_paper_greedy
+from mlink.linkstore.streamplan import agreement_targets
+from mlink.linkstore.targets import select_for_targets
+from mlink.operators.stream_decision import stream_decision
 from mlink.topics.records import ControlMessage
 
 __all__ = ["InfeasibleBudget", "decide", "model_costs"]
@@ -51,13 +54,40 @@ def decide(
     epoch: int,
     selector: str = "auto",
     probe_every: int = 0,
+    *,
+    stream: bool = False,
+    probe_stride: int = 0,
+    corrections: Mapping[str, float] | None = None,
 ) -> ControlMessage:
     """Choose the active set for ``budget`` and wrap it as the control message of ``epoch``.
+
+    ``budget`` bounds compute (``ms``, ``fraction``, ``memory_mb``) and/or sets accuracy
+    targets (``target_agreement``, ``target_agreement:<model>``): then the cheapest plan whose
+    every model is expected to reach its target wins. With ``stream`` and a link version fitted
+    for it, the plan is a per-frame schedule (:mod:`mlink.linkstore.streamplan`), published in
+    ``extra["schedule"]``; ``corrections`` are what live probes said of each model's estimate.
 
     Raises :class:`InfeasibleBudget` (naming the cheapest feasible budget) if nothing fits.
     """
     costs = model_costs(models, declared, links.model_costs)
-    limits = resolve_budget(budget, full_cost(costs))
+    targets = agreement_targets(budget, models)
+    bounds = {k: v for k, v in budget.items() if k in BUDGET_KEYS}
+    limits = resolve_budget(bounds, full_cost(costs)) if bounds else {}
+    cost_table = _cost_table(models, declared)
+    if stream and links.stream is not None and links.curves and set(limits) <= {"ms"}:
+        return stream_decision(
+            models,
+            costs,
+            links,
+            budget,
+            limits.get("ms"),
+            targets,
+            epoch,
+            probe_every=probe_every,
+            probe_stride=probe_stride,
+            corrections=corrections,
+            cost_table=cost_table,
+        )
     problem = Problem(
         models=list(models),
         costs=costs,
@@ -66,14 +96,19 @@ def decide(
         link_costs=links.link_costs,
         ensemble_costs=links.ensemble_costs,
     )
-    plan = select_paper_greedy(problem) if selector == "greedy" else select(problem, selector)
+    if targets:
+        plan = select_for_targets(problem, targets)
+    elif selector == "greedy":
+        plan = select_paper_greedy(problem)
+    else:
+        plan = select(problem, selector)
     log.info(
         "epoch %d: active=%s objective=%.3f cost=%s budget=%s",
         epoch,
         sorted(plan.active),
         plan.objective,
         plan.cost,
-        limits,
+        limits or budget,
     )
     return ControlMessage(
         kind="active_set",
@@ -87,6 +122,6 @@ def decide(
             "objective": plan.objective,
             "cost": dict(plan.cost),
             "predicted": {m: links.oracle(frozenset(plan.active), m) for m in models},
-            "cost_table": _cost_table(models, declared),
+            "cost_table": cost_table,
         },
     )

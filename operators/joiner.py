@@ -14,13 +14,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlink.linkstore.linkset import LinkSet
 from mlink.topics.ids import clip_text
 from mlink.topics.records import FrameResult, ModelOutput, ModelResult, Plan, PlanNotice
+
+if TYPE_CHECKING:
+    from mlink.operators.stream_synthesis import StreamOutcome
 
 __all__ = [
     "Executed",
@@ -63,6 +66,7 @@ def build_results(
     now: float,
     estimates: Mapping[str, float] | None = None,
     unusable: Mapping[int, str] | None = None,
+    streamed: Sequence[StreamOutcome | None] | None = None,
 ) -> list[FrameResult]:
     """One result per frame, in order; inactive models synthesized in batches.
 
@@ -72,14 +76,21 @@ def build_results(
     reason. ``estimates`` are the agreement estimates attached to synthesized outputs.
     ``degraded`` is also set when a model the plan expected did not produce an output (it
     failed, timed out or never arrived); that model is then synthesized too when links allow,
-    so the result is as complete as it can be.
+    so the result is as complete as it can be. ``streamed`` (per frame, or None) are the
+    outputs stream synthesis made (:mod:`mlink.operators.stream_synthesis`); those frames take
+    them instead of the paper's links, and on probe frames their shadow agreement.
     """
     estimates = estimates or {}
     unusable = unusable or {}
+    streamed = streamed or [None] * len(frames)
     executed = [{m: o.output for m, o in w.outcomes.items() if o.error is None} for w in frames]
     synthesized: list[dict[str, tuple[np.ndarray, tuple[str, ...]]]] = [{} for _ in frames]
     groups: dict[tuple[int, frozenset[str], str], list[int]] = defaultdict(list)
     for i, work in enumerate(frames):
+        stream = streamed[i]
+        if stream is not None:
+            synthesized[i] = {m: (v, stream.sources[m]) for m, v in stream.outputs.items()}
+            continue
         version = work.plan.link_version if work.plan else None
         linkset = linksets.get(version) if version is not None else None
         if linkset is None:
@@ -99,7 +110,16 @@ def build_results(
         for i, out in zip(rows, outputs, strict=True):
             synthesized[i][target] = (np.asarray(out), ordered)
     return [
-        _result(work, models, executed[i], synthesized[i], now, estimates, unusable)
+        _result(
+            work,
+            models,
+            executed[i],
+            synthesized[i],
+            now,
+            estimates,
+            unusable,
+            streamed[i].scores if streamed[i] is not None else {},  # type: ignore[union-attr]
+        )
         for i, work in enumerate(frames)
     ]
 
@@ -112,6 +132,7 @@ def _result(
     now: float,
     estimates: Mapping[str, float],
     unusable: Mapping[int, str],
+    scores: Mapping[str, float],
 ) -> FrameResult:
     plan = work.plan
     expected = set(plan.active) if plan else set(models)
@@ -129,7 +150,15 @@ def _result(
         # records) before it got here, so the records are built without checking again.
         if model in executed:
             elapsed = outcome.elapsed_ms if outcome else None
-            results.append(_model_result(model, executed[model], "executed", elapsed_ms=elapsed))
+            results.append(
+                _model_result(
+                    model,
+                    executed[model],
+                    "executed",
+                    elapsed_ms=elapsed,
+                    agreement=scores.get(model),  # a probe: what the plan would have made
+                )
+            )
         elif model in synthesized:
             output, sources = synthesized[model]
             estimate = estimates.get(model)

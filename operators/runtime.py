@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore, StoreError
+from mlink.linkstore.streamlinks import StreamLinks, StreamMemory
 from mlink.operators.executor import ModelExecutor, start_executor
 from mlink.operators.metrics import WorkerMetrics
 from mlink.operators.model_settings import ModelFactory
@@ -75,7 +76,9 @@ class MLink:
             links.warmup_frames,
             links.retrain_every,
             links.ensemble,
+            stream=links.stream,
         )
+        self.memory = StreamMemory()  # per stream, each model's last real run (stream mode)
 
     # -- readiness ----------------------------------------------------------------------------
     def event(self, name: str) -> asyncio.Event:
@@ -155,6 +158,13 @@ class MLink:
                     continue  # links of another model set: synthesizing would name unknown models
                 out[version] = loaded.linkset
         return out
+
+    def stream_links(self, version: int | None) -> StreamLinks | None:
+        """The stream synthesis of a link version, if it was fitted for streams."""
+        loaded = self.links(version)
+        if loaded is None or version in self.unusable:
+            return None
+        return loaded.stream
 
     def estimates(self) -> dict[str, float]:
         """Agreement estimates for synthesized outputs: live (probe frames) where measured, else

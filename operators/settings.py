@@ -147,6 +147,10 @@ class LinkSettings:
     running every model on every frame while the links train (0 = never wait).
     ``train_in_child`` trains in a separate, lower-priority process (one torch thread), so
     training never starves the models or the heartbeats; False trains on a thread.
+    ``stream`` plans per frame of a stream (docs/stream-synthesis.md): each model runs on a
+    period of its own and is synthesized in between from its last real output, a detector that
+    runs, or the paper's links, whichever the probes say agrees best for the cost;
+    ``probe_stride`` moves each block's probe through the block, so probes land at every lag.
     """
 
     store: str = "linkstore-data"
@@ -158,14 +162,18 @@ class LinkSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     hold_s: float = 60.0
     train_in_child: bool = True
+    stream: bool = False
+    probe_stride: int = 0
 
     def __post_init__(self) -> None:
         if self.warmup_frames < 4:
             raise SettingsError("LinkSettings.warmup_frames must be >= 4")
         if self.hold_s < 0:
             raise SettingsError("LinkSettings.hold_s must be >= 0 (0: never wait for links)")
-        if self.probe_every < 0 or self.retrain_every < 0:
-            raise SettingsError("LinkSettings.probe_every and retrain_every must be >= 0")
+        if self.probe_every < 0 or self.retrain_every < 0 or self.probe_stride < 0:
+            raise SettingsError(
+                "LinkSettings.probe_every, retrain_every and probe_stride must be >= 0"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

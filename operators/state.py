@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.topics.control import MAX_EPOCH, MAX_EPOCH_STEP, agreement_problem, budget_problem
 from mlink.topics.records import ControlMessage, Plan
 
@@ -71,6 +72,8 @@ class ControlState:
     latest_links: int | None
     live_agreement: dict[str, float]
     live_probes: int
+    schedule: Schedule | None
+    """The stream schedule of the current active set, if the controller published one."""
 
     def __init__(self, models: Sequence[str], probe_every: int = 0) -> None:
         self.models = tuple(sorted(models))
@@ -83,11 +86,12 @@ class ControlState:
         self.latest_links = None
         self.live_agreement = {}
         self.live_probes = 0
+        self.schedule = None
 
     @property
     def warming_up(self) -> bool:
         """No links yet: every model runs on every frame, and every frame trains the links."""
-        return self.link_version is None or not self.active
+        return self.link_version is None or (not self.active and self.schedule is None)
 
     def next_epoch(self) -> int:
         """The epoch the controller gives its next active set: one past the applied one.
@@ -142,7 +146,13 @@ class ControlState:
         return ApplyOutcome("applied")
 
     def _apply_active_set(self, message: ControlMessage) -> ApplyOutcome:
-        if not message.active:
+        schedule = None
+        if EXTRA_KEY in message.extra:
+            try:
+                schedule = Schedule.from_extra(message.extra, self.models)
+            except (ValueError, TypeError) as exc:
+                return _rejected(f"epoch {message.epoch} schedule: {exc}")
+        if not message.active and schedule is None:
             return _rejected("an active set must name at least one model")
         unknown = sorted(set(message.active) - set(self.models))
         if unknown:
@@ -169,6 +179,7 @@ class ControlState:
         self.probe_every = probe_every
         self.budget = dict(message.budget)
         self.live_agreement, self.live_probes = {}, 0
+        self.schedule = schedule
         return ApplyOutcome("applied", plan_changed=True)
 
     def plan(self, seq: int) -> Plan:
@@ -176,9 +187,18 @@ class ControlState:
 
         Probe frames (every ``probe_every``-th, and all frames while warming up) run every
         model: they feed the trainer and measure live agreement of the synthesized outputs.
+        Under a stream schedule the models that run depend on ``seq`` (each on its period).
         """
         if self.warming_up:
             return Plan(epoch=self.epoch, active=self.models, probe=True, link_version=None)
+        if self.schedule is not None:
+            probe = self.schedule.is_probe(seq)
+            return Plan(
+                epoch=self.epoch,
+                active=self.models if probe else tuple(sorted(self.schedule.runs(seq))),
+                probe=probe,
+                link_version=self.link_version,
+            )
         probe = self.probe_every > 0 and seq % self.probe_every == 0
         return Plan(
             epoch=self.epoch,

@@ -18,6 +18,7 @@ from mlink.linkstore.bundle import make_bundle
 from mlink.linkstore.crossfit import fit_and_score
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.store import LinkStore
+from mlink.linkstore.streamfit import Sample, fit_stream
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.recent import RecentIds
 from mlink.topics.records import FrameResult
@@ -36,6 +37,7 @@ class LinkTrainer:
         retrain_every: int = 0,
         ensemble: EnsembleKind = "weighted",
         window: int = 5000,
+        stream: bool = False,
     ) -> None:
         self.specs = dict(specs)
         self.store = store
@@ -45,6 +47,8 @@ class LinkTrainer:
         self.ensemble = ensemble
         self.samples: deque[dict[str, np.ndarray]] = deque(maxlen=window)
         self.streams: deque[str] = deque(maxlen=window)  # each sample's stream, for cross-fitting
+        self.seqs: deque[int] = deque(maxlen=window)  # and its place in it, for stream synthesis
+        self.stream = stream
         self.elapsed: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.specs}
         self.seen = RecentIds(4 * window)
         self.new_since_training = 0
@@ -69,6 +73,7 @@ class LinkTrainer:
         self.seen.add(result.frame_id)
         self.samples.append(sample)
         self.streams.append(result.stream_id)
+        self.seqs.append(result.seq)
         for m, r in by_model.items():
             if r.elapsed_ms is not None:
                 self.elapsed[m].append(r.elapsed_ms)
@@ -91,6 +96,10 @@ class LinkTrainer:
         """The stream of every buffered sample, aligned with :meth:`training_outputs`."""
         return list(self.streams)
 
+    def training_seqs(self) -> list[int] | None:
+        """Each buffered sample's sequence number, when the links are fitted for streams."""
+        return list(self.seqs) if self.stream else None
+
     def train_and_save(self) -> int:
         """Train on every buffered pair and save (and promote) a new linkstore version."""
         tensors, meta = train_bundle(
@@ -100,6 +109,7 @@ class LinkTrainer:
             self.ensemble,
             self.measured_costs(),
             self.training_groups(),
+            self.training_seqs(),
         )
         return self.saved(self.store.save(tensors, meta))
 
@@ -117,8 +127,21 @@ def train_bundle(
     ensemble: EnsembleKind,
     measured_costs: Mapping[str, Mapping[str, float]],
     groups: Sequence[str] | None = None,
+    seqs: Sequence[int] | None = None,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Train links on aligned outputs and cross-fit the oracle plans are scored on (``groups``:
-    each sample's stream); the bundle a linkstore version holds (tensors, meta)."""
+    each sample's stream); the bundle a linkstore version holds (tensors, meta). With ``seqs``
+    (each sample's place in its stream) it also fits stream synthesis: memory and detector
+    modes, scored by frames since a model's last run."""
     fit = fit_and_score(specs, outputs, config, ensemble, groups=groups)
-    return make_bundle(fit, outputs, measured_costs)
+    stream = None
+    if seqs is not None:
+        if groups is None or len(groups) != len(seqs):
+            raise ValueError("stream synthesis needs each sample's stream and seq (groups, seqs)")
+        samples = [
+            Sample(g, int(q), {m: outputs[m][i] for m in specs})
+            for i, (g, q) in enumerate(zip(groups, seqs, strict=True))
+        ]
+        stream = fit_stream(specs, samples)
+        stream.links.linkset = fit.linkset
+    return make_bundle(fit, outputs, measured_costs, stream)

@@ -48,10 +48,14 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
 
     async def report_live(result: FrameResult) -> None:
         state = mlink.state
-        loaded = mlink.links(state.link_version)
-        if loaded is None or not state.active:
-            return
-        scores = probe_agreement(result, loaded.linkset, state.active)
+        shadow = {r.model: r.agreement for r in result.results if r.agreement is not None}
+        if shadow:  # stream synthesis scored the probe where it ran (what the plan would make)
+            scores = {m: float(v) for m, v in shadow.items()}
+        else:
+            loaded = mlink.links(state.link_version)
+            if loaded is None or not state.active:
+                return
+            scores = probe_agreement(result, loaded.linkset, state.active)
         live.add((state.epoch, state.link_version), scores)
         if live.probes % settings.live_report_every:
             return

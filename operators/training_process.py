@@ -71,6 +71,8 @@ class TrainingJob:
     measured_costs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     groups: Sequence[str] | None = None
     """Each sample's stream id (cross-fitting holds out whole streams and stream blocks)."""
+    seqs: Sequence[int] | None = None
+    """Each sample's sequence number in its stream: also fit stream synthesis (None: do not)."""
     store_root: str | None = None
     """Save the bundle there (in the child) and return the version; None returns the bundle."""
 
@@ -84,6 +86,7 @@ class TrainingJob:
             ensemble=trainer.ensemble,  # type: ignore[arg-type]
             measured_costs=trainer.measured_costs(),
             groups=trainer.training_groups(),
+            seqs=trainer.training_seqs(),
             store_root=str(trainer.store.root) if save_in_child else None,
         )
 
@@ -103,7 +106,13 @@ def run_training_job(job: TrainingJob) -> TrainingOutcome:
     """Train (and save, if the job says where); runs in the training process or anywhere else."""
     started = time.perf_counter()
     tensors, meta = train_bundle(
-        job.specs, job.outputs, job.config, job.ensemble, job.measured_costs, job.groups
+        job.specs,
+        job.outputs,
+        job.config,
+        job.ensemble,
+        job.measured_costs,
+        job.groups,
+        job.seqs,
     )
     if job.store_root is not None:
         version = LinkStore(job.store_root).save(tensors, meta)

@@ -538,7 +538,9 @@ def test_saved_version_carries_what_the_controller_needs(
     assert links.version == 1 and set(links.linkset.models) == set(MODELS)
     assert links.model_costs == {m: {"ms": 1.0} for m in MODELS}
     assert set(links.link_costs) == {(s, t) for s in MODELS for t in MODELS if s != t}
-    assert all(c["ms"] > 0 and c["memory_mb"] > 0 for c in links.link_costs.values())
+    # a link's ms is a difference of two timings: noise on a loaded machine can clip it to 0
+    assert all(c["ms"] >= 0 and c["memory_mb"] > 0 for c in links.link_costs.values())
+    assert any(c["ms"] > 0 for c in links.link_costs.values())
     meta = LinkStore(root).load(1).meta.meta
     assert meta["n_samples"] == 40
     assert load_bundle(LinkStore(root), 1) is links  # cached per process

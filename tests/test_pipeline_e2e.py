@@ -73,8 +73,10 @@ def write_config(
     warmup_frames: int,
     output_timeout_s: float,
     fraction: float = 0.3,
+    links: dict[str, Any] | None = None,
 ) -> tuple[Path, PipelineConfig]:
-    """A small digits pipeline config with a unique name and topic prefix, in ``directory``."""
+    """A small digits pipeline config with a unique name and topic prefix, in ``directory``
+    (``links``: more link settings)."""
     uid = uuid.uuid4().hex[:8]
     data = {
         "name": f"e2e-{tag}-{uid}",
@@ -96,6 +98,7 @@ def write_config(
             "warmup_frames": warmup_frames,
             "probe_every": PROBE_EVERY,
             "epochs": 20,
+            **(links or {}),
         },
         "topics": {"prefix": f"e2e.{tag}.{uid}", "partitions": partitions},
         "runtime": {"output_timeout_s": output_timeout_s},

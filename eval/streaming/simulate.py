@@ -268,10 +268,10 @@ def simulate(
         per_model=per_model,
         run_rate=run_rate,
         predicted_accuracy=first.estimate,
-        notes="; ".join(f"{m}: {_describe(first, m)}" for m in models),
+        notes="; ".join(f"{m}: {first.describe(m)}" for m in models),
         seconds=time.perf_counter() - started,
         details={
-            "plan": {m: _describe(first, m) for m in models},
+            "plan": {m: first.describe(m) for m in models},
             "estimates": first.per_model(),
             "lower_bounds": first.lower(),
             "planned_ms": first.cost_ms,
@@ -321,11 +321,3 @@ def _replan_reason(
 
 def _outputs(workload: Workload, i: int) -> dict[str, Any]:
     return {m: workload.outputs[m][i] for m in workload.models}
-
-
-def _describe(plan: StreamPlan, model: str) -> str:
-    c = plan.choices[model]
-    if c.period == 1:
-        return "always runs"
-    when = "probes only" if c.period == 0 else f"every {c.period} (phase {c.phase})"
-    return f"{when}, {c.mode.key()} (est {c.estimate:.3f}, lower {c.lower:.3f})"

@@ -1,0 +1,108 @@
+"""The controller's stream plan: a per-frame schedule from a link version's curves.
+
+Each model runs on a period of its own (1: every frame, 0: probes only) and is synthesized in
+between by the mode the curves say agrees best for its cost (docs/stream-synthesis.md). Plans
+maximise the lower confidence bound of the expected agreement, as the offline bench does: the
+estimates come from a few dozen warm-up frames and over-promise most where data is thinnest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from mlink.linkstore.bundle import LoadedLinks
+from mlink.linkstore.problem import InfeasibleBudget
+from mlink.linkstore.schedule import EXTRA_KEY
+from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
+from mlink.topics.records import ControlMessage
+
+__all__ = ["CORR", "Z", "links_estimate", "stream_decision"]
+
+log = logging.getLogger("mlink.controller")
+
+Z = 1.0  # width of the lower confidence bound, in standard errors
+CORR = 4.0  # how far the per-lag estimates of one model are taken as correlated
+
+
+def links_estimate(links: LoadedLinks) -> LinksEstimate:
+    """The paper's links as one more mode: the cross-fitted oracle and the measured cost of an
+    ensemble over the models that run."""
+
+    def estimate(active: frozenset[str], target: str) -> tuple[float, int, float]:
+        ms = sum(links.link_costs.get((s, target), {}).get("ms", 0.0) for s in active)
+        ms += links.ensemble_costs.get(target, {}).get("ms", 0.0)
+        return float(links.oracle(active, target)), links.n_samples, ms
+
+    return estimate
+
+
+def stream_decision(
+    models: Sequence[str],
+    costs: Mapping[str, Mapping[str, float]],
+    links: LoadedLinks,
+    budget: Mapping[str, float],
+    budget_ms: float | None,
+    targets: Mapping[str, float],
+    epoch: int,
+    *,
+    probe_every: int,
+    probe_stride: int = 0,
+    corrections: Mapping[str, float] | None = None,
+    cost_table: str = "measured",
+) -> ControlMessage:
+    """The control message of a stream plan for ``budget_ms`` or ``targets``."""
+    ms = {m: float(costs[m].get("ms", 0.0)) for m in models}
+    common = {
+        "probe_every": probe_every,
+        "probe_stride": probe_stride,
+        "links": links_estimate(links),
+        "z": Z,
+        "corr": CORR,
+        "corrections": corrections,
+    }
+    plan: StreamPlan
+    if targets:
+        plan = plan_for_targets(links.curves, ms, targets, budget_ms=budget_ms, **common)
+    elif budget_ms is not None:
+        plan = plan_for_budget(links.curves, ms, budget_ms, objective="lower", **common)
+    else:
+        raise ValueError("a stream plan needs a compute budget (ms or fraction) or targets")
+    if not plan.feasible:
+        raise InfeasibleBudget(
+            plan.reason,
+            budget=dict(budget),
+            cheapest_budget={},
+            plan=frozenset(models),
+        )
+    schedule = plan.schedule
+    running = sorted(m for m, k in schedule.periods.items() if k > 0)
+    described = {m: plan.describe(m) for m in models}
+    log.info(
+        "epoch %d: stream plan, expected agreement %.3f at %.2f ms/frame: %s",
+        epoch,
+        plan.estimate,
+        plan.cost_ms,
+        "; ".join(f"{m}: {d}" for m, d in described.items()),
+    )
+    synthesized = {m: c.synthesized for m, c in plan.choices.items() if c.synthesized is not None}
+    return ControlMessage(
+        kind="active_set",
+        epoch=epoch,
+        issued_at=time.time(),
+        active=tuple(running),
+        budget=dict(budget),
+        link_version=links.version,
+        probe_every=probe_every,
+        extra={
+            "objective": plan.estimate,
+            "cost": {"ms": plan.cost_ms},
+            "predicted": {m: c.estimate for m, c in plan.choices.items()},
+            "predicted_synthesized": synthesized,
+            "lower": plan.lower(),
+            "plan": described,
+            "cost_table": cost_table,
+            EXTRA_KEY: schedule.to_extra(),
+        },
+    )

@@ -1,0 +1,90 @@
+"""Stream synthesis on the real broker: a worker with ``links.stream`` trains stream links after
+its warm-up, the controller publishes a schedule, each frame runs the models the schedule gives
+its sequence number (every model on probes), the rest are synthesized, probes report live
+agreement, and a budget of accuracy targets re-plans."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from mlink.deploy.runner import ResultCollector, read_control, set_budget
+from mlink.deploy.source import FrameProducer
+from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.linkstore.schedule import EXTRA_KEY, Schedule
+from tests.test_pipeline_e2e import (
+    APP,
+    FAST_MODELS,
+    dead_letters,
+    executed,
+    send_frames,
+    wait_for_epoch,
+    wait_results,
+    worker_env,
+    write_config,
+)
+
+pytestmark = pytest.mark.broker
+
+
+def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    path, config = write_config(
+        tmp_path,
+        "stream",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=24,
+        output_timeout_s=5.0,
+        fraction=0.5,
+        links={"stream": True, "probe_stride": 3},
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    collector = ResultCollector(broker.bootstrap, names.results)
+    streams = ["a", "b"]
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, names.frames) as frames:
+            warm = send_frames(frames, streams, range(0, 12))
+            wait_for_epoch(worker, 1, 180)
+            wait_results(collector, set(warm), 60, [worker])
+            planned = send_frames(frames, streams, range(12, 52))
+            wait_results(collector, set(planned), 120, [worker])
+            set_budget(broker.bootstrap, config, {"target_agreement": 0.5})
+            wait_for_epoch(worker, 2, 120)
+            targeted = send_frames(frames, streams, range(52, 72))
+            wait_results(collector, set(targeted), 120, [worker])
+        time.sleep(1.0)
+        _, control = read_control(broker.bootstrap, config)
+        sets = {m.epoch: m for m in control if m.kind == "active_set"}
+        schedule = Schedule.from_extra(sets[1].extra, config.model_names)
+        assert sets[1].extra["cost"]["ms"] <= 0.5 * sum(m.cost.ms for m in config.models) + 1e-6
+        synthesized = 0
+        for frame_id in planned:
+            result = collector.results[frame_id]
+            assert not result.degraded, frame_id
+            if result.epoch != 1:
+                continue
+            runs = set(config.model_names) if result.probe else schedule.runs(result.seq)
+            assert set(executed(result)) == runs, frame_id
+            assert result.probe == schedule.is_probe(result.seq)
+            synthesized += sum(r.status == "synthesized" for r in result.results)
+            assert all(r.status != "missing" for r in result.results)
+        assert synthesized > 0
+        assert EXTRA_KEY in sets[2].extra and sets[2].budget == {"target_agreement": 0.5}
+        assert min(sets[2].extra["lower"].values()) >= 0.5 - 1e-9
+        probes = [collector.results[f] for f in planned]
+        probes = [r for r in probes if r.probe and r.epoch == 1]
+        assert probes, "no probe frame under the schedule"
+        for result in probes:  # scored against what the schedule would have synthesized there
+            scored = {r.model for r in result.results if r.agreement is not None}
+            assert scored == set(config.model_names) - schedule.runs(result.seq, probes=False)
+        assert collector.duplicates == 0
+        assert not dead_letters(broker.bootstrap, config)
+    finally:
+        collector.close()

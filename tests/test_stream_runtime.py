@@ -1,0 +1,133 @@
+"""Stream synthesis in the operators, without a broker: the trainer fits it into a link version,
+the controller publishes a schedule (for a budget or for accuracy targets), every worker plans
+frames from it alike, and the frame operator's synthesis fills in the models that did not run
+and scores probes against what the plan would have made."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mlink.linkstore.bundle import load_bundle
+from mlink.linkstore.problem import InfeasibleBudget
+from mlink.linkstore.schedule import EXTRA_KEY
+from mlink.linkstore.store import LinkStore
+from mlink.linkstore.streamlinks import StreamMemory
+from mlink.linkstore.training import TrainConfig
+from mlink.operators.controller import decide
+from mlink.operators.joiner import Executed, FrameWork, build_results
+from mlink.operators.state import ControlState
+from mlink.operators.stream_synthesis import synthesize_streams
+from mlink.operators.trainer import train_bundle
+from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.records import FrameResult
+from tests.test_stream_synthesis import SPECS, frame_outputs
+
+MODELS = sorted(SPECS)
+COSTS = {"face": {"ms": 10.0}, "eyes": {"ms": 30.0}, "light": {"ms": 20.0}}
+
+
+@pytest.fixture(scope="module")
+def links(tmp_path_factory: pytest.TempPathFactory):
+    """A link version trained on 2 streams x 30 consecutive warm-up frames, with seqs."""
+    store = LinkStore(tmp_path_factory.mktemp("links"))
+    frames = [(f"s{k}", t) for k in range(2) for t in range(30)]
+    outputs = {m: [frame_outputs(t, int(s[1]))[m] for s, t in frames] for m in MODELS}
+    tensors, meta = train_bundle(
+        SPECS,
+        outputs,
+        TrainConfig(epochs=5, seed=0),
+        "weighted",
+        COSTS,
+        groups=[s for s, _ in frames],
+        seqs=[t for _, t in frames],
+    )
+    return load_bundle(store, store.save(tensors, meta))
+
+
+def test_a_version_fitted_with_seqs_carries_stream_synthesis_and_curves(links) -> None:
+    assert links.stream is not None and links.stream.linkset is links.linkset
+    assert set(links.curves) == set(MODELS)
+    assert all(c.agree[0] == 1.0 for cs in links.curves.values() for c in cs)
+
+
+def test_the_controller_publishes_a_schedule_that_fits_the_budget(links) -> None:
+    message = decide(MODELS, {}, links, {"fraction": 0.5}, 1, probe_every=8, stream=True)
+    schedule = message.extra[EXTRA_KEY]
+    assert set(schedule["periods"]) == set(MODELS)
+    assert message.extra["cost"]["ms"] <= 0.5 * 60.0 + 1e-9
+    assert set(message.extra["predicted"]) == set(MODELS)
+    state = ControlState(MODELS, 8)
+    assert state.apply(message)
+    assert not state.warming_up and state.schedule is not None
+    plans = [state.plan(seq) for seq in range(32)]
+    assert all(p.active == tuple(MODELS) for p in plans if p.probe)
+    assert {p.probe for p in plans} == {True, False}
+    assert len({p.active for p in plans if not p.probe}) >= 1
+    again = ControlState(MODELS, 8)  # a restarted worker replays the same log and plans alike
+    again.apply(message)
+    assert [again.plan(seq) for seq in range(32)] == plans
+
+
+def test_accuracy_targets_plan_the_cheapest_schedule_and_say_when_none_meets_them(links) -> None:
+    loose = decide(MODELS, {}, links, {"target_agreement": 0.5}, 1, probe_every=8, stream=True)
+    tight = decide(MODELS, {}, links, {"target_agreement": 0.99}, 1, probe_every=8, stream=True)
+    assert loose.extra["cost"]["ms"] <= tight.extra["cost"]["ms"]
+    assert min(loose.extra["lower"].values()) >= 0.5 - 1e-9
+    with pytest.raises(InfeasibleBudget):
+        decide(
+            MODELS, {}, links, {"target_agreement": 0.999, "ms": 1.0}, 1, probe_every=8, stream=True
+        )
+
+
+def test_targets_without_stream_synthesis_pick_the_cheapest_active_set_that_meets_them(
+    links,
+) -> None:
+    message = decide(MODELS, {}, links, {"target_agreement:light": 0.5}, 1)
+    assert EXTRA_KEY not in message.extra
+    assert message.extra["predicted"]["light"] >= 0.5
+    everything = decide(MODELS, {}, links, {"target_agreement": 1.0}, 1)
+    assert all(v >= 1.0 for v in everything.extra["predicted"].values())
+    assert "light" not in everything.active  # constant: its links agree on every frame
+
+
+def test_a_malformed_schedule_is_rejected_and_changes_nothing(links) -> None:
+    message = decide(MODELS, {}, links, {"fraction": 0.5}, 1, probe_every=8, stream=True)
+    bad = dict(message.extra)
+    bad[EXTRA_KEY] = {**bad[EXTRA_KEY], "periods": {"face": -1}}
+    forged = dataclasses.replace(message, extra=bad)
+    state = ControlState(MODELS, 8)
+    outcome = state.apply(forged)
+    assert outcome.rejected and "schedule" in outcome.reason
+    assert state.warming_up and state.schedule is None
+
+
+def test_the_frame_operator_synthesizes_what_did_not_run_and_scores_probes(links) -> None:
+    message = decide(MODELS, {}, links, {"fraction": 0.4}, 1, probe_every=4, stream=True)
+    state = ControlState(MODELS, 4)
+    state.apply(message)
+    memory = StreamMemory()
+    warm = ControlState(MODELS, 4)  # warm-up frames seed the memory
+    works = [_work(warm, "s0", t) for t in range(4)]
+    assert synthesize_streams(works, None, lambda v: links.stream, memory, SPECS) == [None] * 4
+    works = [_work(state, "s0", t) for t in range(4, 16)]
+    streamed = synthesize_streams(works, state.schedule, lambda v: links.stream, memory, SPECS)
+    results = build_results(works, MODELS, {}, 0.0, streamed=streamed)
+    for work, result in zip(works, results, strict=True):
+        assert decode_record(encode_record(result), FrameResult) is not None  # what consumers read
+        statuses = {r.model: r.status for r in result.results}
+        assert {m for m, s in statuses.items() if s == "executed"} == set(work.plan.active)
+        assert "missing" not in statuses.values() and not result.degraded
+        if result.probe:
+            scored = {r.model: r.agreement for r in result.results}
+            synthesized_somewhere = set(MODELS) - set(state.schedule.always)
+            assert all(0.0 <= scored[m] <= 1.0 for m in synthesized_somewhere), scored
+
+
+def _work(state: ControlState, stream: str, seq: int) -> FrameWork:
+    plan = state.plan(seq)
+    real = frame_outputs(seq, int(stream[1]))
+    outcomes = {m: Executed(np.asarray(real[m]), 1.0) for m in plan.active}
+    return FrameWork(f"{stream}:{seq}", stream, seq, None, plan, outcomes)

@@ -10,8 +10,9 @@ JPEG/PNG round trip), computed offline and cached, so the comparison is exact. T
 - *steady*: frames after warm-up (epoch > 0) that were not probes (a probe frame runs every model
   to train links and measure live agreement, so it would flatter both accuracy and cost);
 - *compute saved*: ``1 - spent / full`` per frame, from ONE cost table for the models -- declared
-  in the config when every model declares ``cost.ms``, else measured offline when the reference
-  outputs were computed (``cost_source`` says which and when) -- plus synthesis: per synthesized
+  in the config when every model declares ``cost.ms``, else measured live in the run (the median
+  of each model's executions, what the controller plans on; the offline reference run's timings
+  only if a model never ran) -- ``cost_source`` says which -- plus synthesis: per synthesized
   result the target's ensemble cost and one link per source, as the trainer measured them for the
   link version that synthesized it (``synthesis_cost_source``).
 """
@@ -111,12 +112,25 @@ def frame_ids(frames: list[tuple[str, np.ndarray]]) -> list[str]:
     return ids
 
 
-def model_cost_table(config: PipelineConfig, full: Workload) -> tuple[dict[str, float], str]:
-    """ms per model from one table, and which: declared when every model declares ``cost.ms``,
-    else what the reference run measured (never a mix of the two)."""
+def model_cost_table(
+    config: PipelineConfig, full: Workload, results: Iterable[FrameResult] = ()
+) -> tuple[dict[str, float], str]:
+    """ms per model from one table, and which: declared when every model declares ``cost.ms``;
+    else measured live, the median ms per frame of each model's executed results in this run
+    (as the workers ran them: batched, on threads, next to each other), which is also what the
+    controller plans on; else (a model that never ran) what the offline reference run measured.
+    Never a mix."""
     declared = config.declared_costs()
     if all("ms" in declared.get(m, {}) for m in config.model_names):
         return {m: float(declared[m]["ms"]) for m in config.model_names}, "declared in the config"
+    live: dict[str, list[float]] = defaultdict(list)
+    for result in results:
+        for r in result.results:
+            if r.status == "executed" and r.elapsed_ms is not None:
+                live[r.model].append(r.elapsed_ms)
+    if all(live.get(m) for m in config.model_names):
+        table = {m: float(np.median(live[m])) for m in config.model_names}
+        return table, "measured live in this run (median ms per frame of each model's executions)"
     measured = {m: float(full.costs[m]["ms"]) for m in config.model_names}
     return measured, f"{full.cost_source}, by the offline reference run"
 
@@ -190,7 +204,7 @@ def summarize(
     """
     specs = config.specs()
     index = {f: i for i, f in enumerate(ids)}
-    model_ms, cost_source = model_cost_table(config, full)
+    model_ms, cost_source = model_cost_table(config, full, report.results.values())
     if synthesis is None:
         synthesis = stored_synthesis_costs(config)
         synthesis_source = "measured by the trainer for each link version (linkstore metadata)"
@@ -259,9 +273,7 @@ def summarize(
         link_versions=sorted(
             {r.link_version for res in report.results.values() for r in res.results} - {None}
         ),
-        final_active=sorted(r.model for r in last.results if r.status == "executed")
-        if last
-        else [],
+        final_active=_ran_on_every_steady_frame(report.results.values(), last),
     )
 
 
@@ -271,3 +283,16 @@ def _count(statuses: list[tuple[str, str]], status: str) -> dict[str, int]:
         if s == status:
             counts[model] += 1
     return dict(counts)
+
+
+def _ran_on_every_steady_frame(
+    results: Iterable[FrameResult], last: FrameResult | None
+) -> list[str]:
+    """The models that ran on every steady frame of the last epoch (a stream schedule runs the
+    others on some frames only), or on the last frame when the last epoch had no steady frame."""
+    if last is None:
+        return []
+    steady = [r for r in results if r.epoch == last.epoch and r.epoch > 0 and not r.probe]
+    frames = steady or [last]
+    ran = [{m.model for m in r.results if m.status == "executed"} for r in frames]
+    return sorted(set.intersection(*ran))

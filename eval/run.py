@@ -94,5 +94,5 @@ def print_summary(summary: dict, console: Console) -> None:
     console.print(
         f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
         f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms; link versions "
-        f"{s['link_versions']}; final active set {s['final_active']}"
+        f"{s['link_versions']}; ran on every steady frame of the last plan: {s['final_active']}"
     )

@@ -221,12 +221,41 @@ def budget(
     fraction: Annotated[
         float | None, typer.Option(help="ms budget as a share of running every model")
     ] = None,
+    target: Annotated[
+        float | None,
+        typer.Option(help="accuracy target: the cheapest plan whose models all reach it"),
+    ] = None,
+    target_for: Annotated[
+        list[str] | None,
+        typer.Option("--target-for", help="a per-model target, MODEL=VALUE (repeatable)"),
+    ] = None,
 ) -> None:
     """Change the budget of a running pipeline; workers switch without a restart."""
     from mlink.deploy.runner import set_budget
+    from mlink.topics.control import TARGET_PREFIX, budget_problem
 
     config = _config(config_path, broker)
-    limits = {k: v for k, v in (("ms", ms), ("memory_mb", memory_mb), ("fraction", fraction)) if v}
+    limits = {
+        k: v
+        for k, v in (
+            ("ms", ms),
+            ("memory_mb", memory_mb),
+            ("fraction", fraction),
+            ("target_agreement", target),
+        )
+        if v
+    }
+    for item in target_for or ():
+        model, _, value = item.partition("=")
+        try:
+            limits[f"{TARGET_PREFIX}{model}"] = float(value)
+        except ValueError:
+            raise typer.BadParameter(
+                f"--target-for {item!r}: give MODEL=VALUE, e.g. eyes=0.9"
+            ) from None
+    problem = budget_problem(limits, config.model_names)
+    if problem or not limits:
+        raise typer.BadParameter(problem or "give at least one of the budget options")
     set_budget(_need_broker(config), config, limits)
     console.print(f"budget {limits} published to {config.topics.names().control}")
 

@@ -1,0 +1,29 @@
+"""`mlink budget` checks what it is asked before publishing anything (no broker needed to fail)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mlink.deploy.cli import app
+from tests.test_pipeline_e2e import FAST_MODELS, write_config
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--target-for", "nope=0.9"], "nope"),
+        (["--target-for", "ge5_forest"], "MODEL=VALUE"),
+        (["--target", "1.5"], "target_agreement"),
+        ([], "at least one"),
+    ],
+)
+def test_bad_budgets_are_refused_with_the_reason(tmp_path: Path, args: list[str], says: str):
+    path, _ = write_config(
+        tmp_path, "cli", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    result = CliRunner().invoke(app, ["budget", str(path), "--broker", "127.0.0.1:1", *args])
+    assert result.exit_code != 0
+    assert says in result.output, result.output

@@ -190,8 +190,12 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "predicted_accuracy": last.extra.get("objective") if last else None,
         "predicted_agreement": last.extra.get("predicted") if last else None,
         "predicted_synthesized_mean": _mean_of(
-            v for m, v in predicted.items() if m not in state.active
+            (last.extra.get("predicted_synthesized") or {}).values()
+            if last and state.schedule is not None
+            else (v for m, v in predicted.items() if m not in state.active)
         ),
+        "schedule": last.extra.get("plan") if last and state.schedule is not None else None,
+        "replan_reason": last.extra.get("replan_reason") if last else None,
         "live_agreement": state.live_agreement,
         "live_synthesized_mean": _mean_of(state.live_agreement.values()),
         "live_probes": state.live_probes,

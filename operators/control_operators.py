@@ -12,6 +12,7 @@ never from variables of its own, so a controller that fails over decides as the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
@@ -24,8 +25,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mlink.linkstore.selection import InfeasibleBudget
 from mlink.linkstore.store import StoreError
+from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.controller import decide
 from mlink.operators.runtime import MLink
+from mlink.operators.stream_decision import live_corrections, target_misses
 from mlink.operators.wiring import (
     Outbox,
     dead_letters,
@@ -159,6 +162,25 @@ def _replay_one(mlink: MLink, record: Any) -> str | None:
     return _apply(mlink, message)
 
 
+def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
+    """Why the current stream plan must change, and the corrections to plan with, when live
+    probes show a model below its accuracy target with confidence; else None."""
+    state = mlink.state
+    if not mlink.settings.links.stream or state.schedule is None or not state.live_agreement:
+        return None
+    try:
+        targets = agreement_targets(state.budget, mlink.model_names)
+    except ValueError:
+        return None
+    misses = target_misses(state.schedule, state.live_agreement, state.live_probes, targets)
+    if not misses:
+        return None
+    corrections = live_corrections(
+        state.plan_extra, state.live_agreement, state.live_probes, sorted(state.live_agreement)
+    )
+    return "; ".join(misses[m] for m in sorted(misses)), corrections
+
+
 def _all_models(
     mlink: MLink, epoch: int, budget: dict[str, float], version: int, why: str
 ) -> ControlMessage:
@@ -204,7 +226,14 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                 if rejected is not None:  # dead-lettered once here; skipped by every replay
                     await dead.send(event, "controller", f"rejected control message: {rejected}")
                     continue
-                if message.kind not in ("budget", "link_version"):
+                reason, corrections = None, None
+                if message.kind == "agreement":  # a model below its target: run it more
+                    replan = _target_replan(mlink)
+                    if replan is None:
+                        continue
+                    reason, corrections = replan
+                    log.warning("re-planning: %s", reason)
+                elif message.kind not in ("budget", "link_version"):
                     continue
                 state = mlink.state
                 version = state.latest_links
@@ -232,8 +261,13 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                             settings.links.probe_every,
                             stream=settings.links.stream,
                             probe_stride=settings.links.probe_stride,
+                            corrections=corrections,
                         ),
                     )
+                    if reason is not None:
+                        decision = dataclasses.replace(
+                            decision, extra={**decision.extra, "replan_reason": reason}
+                        )
                 except StoreError as exc:
                     mlink.metrics["controller_refusals"] += 1
                     log.error("controller keeps the current plan: %s", exc)

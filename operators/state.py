@@ -74,6 +74,8 @@ class ControlState:
     live_probes: int
     schedule: Schedule | None
     """The stream schedule of the current active set, if the controller published one."""
+    plan_extra: dict[str, Any]
+    """What the controller said of the current active set (predictions, corrections...)."""
 
     def __init__(self, models: Sequence[str], probe_every: int = 0) -> None:
         self.models = tuple(sorted(models))
@@ -87,6 +89,7 @@ class ControlState:
         self.live_agreement = {}
         self.live_probes = 0
         self.schedule = None
+        self.plan_extra = {}
 
     @property
     def warming_up(self) -> bool:
@@ -180,6 +183,7 @@ class ControlState:
         self.budget = dict(message.budget)
         self.live_agreement, self.live_probes = {}, 0
         self.schedule = schedule
+        self.plan_extra = dict(message.extra)
         return ApplyOutcome("applied", plan_changed=True)
 
     def plan(self, seq: int) -> Plan:

@@ -9,12 +9,14 @@ estimates come from a few dozen warm-up frames and over-promise most where data 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks
 from mlink.linkstore.problem import InfeasibleBudget
-from mlink.linkstore.schedule import EXTRA_KEY
+from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
 from mlink.topics.records import ControlMessage
 
@@ -103,6 +105,59 @@ def stream_decision(
             "lower": plan.lower(),
             "plan": described,
             "cost_table": cost_table,
+            "corrections": dict(corrections or {}),
             EXTRA_KEY: schedule.to_extra(),
         },
     )
+
+
+def target_misses(
+    schedule: Schedule,
+    live: Mapping[str, float],
+    probes: int,
+    targets: Mapping[str, float],
+    *,
+    z: float = Z,
+    min_probes: int = 2,
+) -> dict[str, str]:
+    """The models whose agreement over the run (real runs count 1, synthesized frames at their
+    live probe agreement) is below their target even at the upper confidence bound, each with
+    the reason the controller publishes when it turns them back on."""
+    out = {}
+    for model, target in targets.items():
+        if model not in live or probes < min_probes or model not in schedule.periods:
+            continue
+        runs = schedule.share(model)
+        mean = float(live[model])
+        spread = math.sqrt(max(mean * (1.0 - mean), 0.01) / probes)
+        upper = runs + (1.0 - runs) * min(1.0, mean + z * spread)
+        if upper < target:
+            achieved = runs + (1.0 - runs) * mean
+            out[model] = (
+                f"{model}: live agreement {achieved:.3f} over {probes} probes (upper bound "
+                f"{upper:.3f}) is below its target {target:.3f}"
+            )
+    return out
+
+
+def live_corrections(
+    extra: Mapping[str, Any],
+    live: Mapping[str, float],
+    probes: int,
+    models: Sequence[str],
+    prior_probes: float = 2.0,
+) -> dict[str, float]:
+    """Factors on each listed model's synthesized agreement for the next plan: live over
+    planned, shrunk towards 1 by ``prior_probes``, times the factor the current plan was made
+    with (``extra["corrections"]``), so they compound across re-plans and fail-overs."""
+    base = extra.get("corrections") or {}
+    planned = extra.get("predicted_synthesized") or {}
+    out = {m: float(v) for m, v in base.items() if isinstance(v, int | float)}
+    for model in models:
+        p, mean = planned.get(model), live.get(model)
+        if not p or mean is None or probes < 1:
+            continue
+        ratio = (probes * float(mean) / float(p) + prior_probes) / (probes + prior_probes)
+        out[model] = out.get(model, 1.0) * ratio
+    return out
+

@@ -12,13 +12,14 @@ import pytest
 
 from mlink.linkstore.bundle import load_bundle
 from mlink.linkstore.problem import InfeasibleBudget
-from mlink.linkstore.schedule import EXTRA_KEY
+from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.streamlinks import StreamMemory
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.controller import decide
 from mlink.operators.joiner import Executed, FrameWork, build_results
 from mlink.operators.state import ControlState
+from mlink.operators.stream_decision import live_corrections, target_misses
 from mlink.operators.stream_synthesis import synthesize_streams
 from mlink.operators.trainer import train_bundle
 from mlink.topics.codec import decode_record, encode_record
@@ -131,3 +132,35 @@ def _work(state: ControlState, stream: str, seq: int) -> FrameWork:
     real = frame_outputs(seq, int(stream[1]))
     outcomes = {m: Executed(np.asarray(real[m]), 1.0) for m in plan.active}
     return FrameWork(f"{stream}:{seq}", stream, seq, None, plan, outcomes)
+
+
+def test_a_model_below_its_target_on_live_probes_is_named_and_corrected(links) -> None:
+    message = decide(MODELS, {}, links, {"target_agreement": 0.6}, 1, probe_every=8, stream=True)
+    state = ControlState(MODELS, 8)
+    state.apply(message)
+    schedule = state.schedule
+    synthesized = [m for m in MODELS if schedule.share(m) < 1.0]
+    assert synthesized, schedule
+    model = synthesized[0]
+    bad = target_misses(schedule, {model: 0.0}, 20, {model: 0.95})
+    assert set(bad) == {model} and "below its target 0.950" in bad[model]
+    assert target_misses(schedule, {model: 0.0}, 1, {model: 0.95}) == {}  # too few probes
+    assert target_misses(schedule, {model: 1.0}, 20, {model: 0.95}) == {}
+    planned = state.plan_extra["predicted_synthesized"][model]
+    first = live_corrections(state.plan_extra, {model: planned / 2}, 8, [model])
+    assert 0.5 < first[model] < 1.0  # shrunk towards 1 by the pseudo-probes
+    again = live_corrections(
+        {**state.plan_extra, "corrections": first}, {model: planned / 2}, 8, [model]
+    )
+    assert again[model] < first[model]  # compounds across re-plans
+    replanned = decide(
+        MODELS,
+        {},
+        links,
+        {"target_agreement": 0.6},
+        2,
+        probe_every=8,
+        stream=True,
+        corrections={model: 0.01},
+    )
+    assert Schedule.from_extra(replanned.extra).share(model) > schedule.share(model)

@@ -160,4 +160,3 @@ def live_corrections(
         ratio = (probes * float(mean) / float(p) + prior_probes) / (probes + prior_probes)
         out[model] = out.get(model, 1.0) * ratio
     return out
-

@@ -26,7 +26,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlink.linkstore import store as store_mod
+from mlink.linkstore import store_format
 from mlink.linkstore.store import (
     Bundle,
     BundleMeta,
@@ -136,9 +136,9 @@ def test_saved_bytes_are_decoupled_from_caller_tensors(tmp_path: Path) -> None:
 
 @given(st.text(max_size=12), st.text(max_size=12))
 def test_key_flattening_round_trips_any_names(name: str, param: str) -> None:
-    key = store_mod._join_key(name, param)
+    key = store_format._join_key(name, param)
     assert key.count("/") == 1
-    assert store_mod._split_key(key) == (name, param)
+    assert store_format._split_key(key) == (name, param)
 
 
 def test_versions_metadata(tmp_path: Path) -> None:

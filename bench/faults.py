@@ -92,6 +92,20 @@ class Pipeline:
     bootstrap: str
     sent: list[str] = field(default_factory=list)
     seq: int = 0
+    dead_seen: int = 0
+
+    def dead_letters(self) -> int:
+        """Dead letters on the pipeline's topic so far (its end offsets)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","))
+        try:
+            topic = self.names.dead_letter
+            parts = consumer.partitions_for_topic(topic) or set()
+            ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            return int(sum(ends.values()))
+        finally:
+            consumer.close()
 
     @property
     def names(self) -> Any:
@@ -116,6 +130,7 @@ class Pipeline:
     def row(self, fault: str, ids: list[str], timeout: float = 120.0, note: str = "") -> Row:
         self.collector.wait_for(set(ids), timeout)
         got = [f for f in ids if f in self.collector.results]
+        dead, self.dead_seen = self.dead_letters() - self.dead_seen, self.dead_letters()
         return Row(
             fault=fault,
             sent=len(ids),
@@ -125,6 +140,7 @@ class Pipeline:
             degraded=sum(self.collector.results[f].degraded for f in got),
             worker_restarts=self.supervisor.restarts,
             crash_loops=self.supervisor.crash_loops,
+            dead_letters=dead,
             note=note,
         )
 

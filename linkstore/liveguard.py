@@ -25,7 +25,20 @@ from dataclasses import dataclass, field
 
 from mlink.linkstore.streamplan import StreamPlan
 
-__all__ = ["LiveAgreement"]
+__all__ = ["LiveAgreement", "correction", "upper_bound"]
+
+
+def upper_bound(runs: float, live: float, probes: int, z: float) -> float:
+    """Upper confidence bound of a model's agreement over the run: real runs (a ``runs``
+    share of frames) count 1, synthesized frames the ``live`` mean of ``probes`` probe scores."""
+    spread = math.sqrt(max(live * (1.0 - live), 0.01) / probes)
+    return runs + (1.0 - runs) * min(1.0, live + z * spread)
+
+
+def correction(live: float, planned: float, probes: int, prior_probes: float) -> float:
+    """Factor on a model's synthesized agreement: live over planned, shrunk towards 1 by
+    ``prior_probes`` pseudo-probes."""
+    return (probes * live / planned + prior_probes) / (probes + prior_probes)
 
 
 @dataclass(slots=True)
@@ -74,8 +87,7 @@ class LiveAgreement:
             live = self.mean(model)
             if not n or not planned or live is None:
                 continue
-            ratio = (n * live / planned + self.prior_probes) / (n + self.prior_probes)
-            out[model] = out.get(model, 1.0) * ratio
+            out[model] = out.get(model, 1.0) * correction(live, planned, n, self.prior_probes)
         return out
 
     def failing(
@@ -90,9 +102,7 @@ class LiveAgreement:
             if n < min_probes or achieved is None:
                 continue
             choice = self.plan.choices[model]
-            live = self.mean(model) or 0.0
-            spread = math.sqrt(max(live * (1.0 - live), 0.01) / n)
-            upper = choice.runs + (1.0 - choice.runs) * min(1.0, live + z * spread)
+            upper = upper_bound(choice.runs, self.mean(model) or 0.0, n, z)
             if upper < target:
                 out[model] = (
                     f"{model}: live agreement {achieved:.3f} over {n} probes (upper bound "

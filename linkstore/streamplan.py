@@ -44,6 +44,7 @@ __all__ = [
     "Choice",
     "LinksEstimate",
     "StreamPlan",
+    "affordable_subsets",
     "agreement_targets",
     "option",
     "plan_for_budget",
@@ -287,10 +288,11 @@ def _fallback(opts: _Options, reason: str, searched: int) -> StreamPlan:
     return StreamPlan(plan.schedule, plan.choices, 1.0, plan.cost_ms, False, reason, searched)
 
 
-def _subsets(
+def affordable_subsets(
     models: Sequence[str], ms: Mapping[str, float], cap: float, limit: int
 ) -> list[frozenset[str]] | None:
-    """Every set of models whose own cost is at most ``cap``, or None if over ``limit``."""
+    """Every set of models whose own cost is at most ``cap``, or None if there are over
+    ``limit`` (the candidate active sets of a plan search)."""
     order = sorted(models, key=lambda m: ms[m])
     out: list[frozenset[str]] = []
 
@@ -355,7 +357,7 @@ def plan_for_budget(
             return True
         return b[0] > a[0] - 1e-9 and b[1] < a[1] - 1e-9
 
-    subsets = _subsets(models, opts.ms, budget_ms, max_sets)
+    subsets = affordable_subsets(models, opts.ms, budget_ms, max_sets)
     best, searched = None, 0
     if subsets is not None:
         for active in subsets:

@@ -9,12 +9,12 @@ estimates come from a few dozen warm-up frames and over-promise most where data 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks
+from mlink.linkstore.liveguard import correction, upper_bound
 from mlink.linkstore.problem import InfeasibleBudget
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
@@ -129,8 +129,7 @@ def target_misses(
             continue
         runs = schedule.share(model)
         mean = float(live[model])
-        spread = math.sqrt(max(mean * (1.0 - mean), 0.01) / probes)
-        upper = runs + (1.0 - runs) * min(1.0, mean + z * spread)
+        upper = upper_bound(runs, mean, probes, z)
         if upper < target:
             achieved = runs + (1.0 - runs) * mean
             out[model] = (
@@ -157,6 +156,5 @@ def live_corrections(
         p, mean = planned.get(model), live.get(model)
         if not p or mean is None or probes < 1:
             continue
-        ratio = (probes * float(mean) / float(p) + prior_probes) / (probes + prior_probes)
-        out[model] = out.get(model, 1.0) * ratio
+        out[model] = out.get(model, 1.0) * correction(float(mean), float(p), probes, prior_probes)
     return out

@@ -7,12 +7,13 @@ the shared multiple-choice knapsack (:mod:`mlink.eval.knapsack`) picks one per t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlink.eval.temporal.context import Context
 from mlink.eval.temporal.policy import Policy
 from mlink.linkstore.knapsack import choose_options
+from mlink.linkstore.streamplan import affordable_subsets
 
 __all__ = ["Plan", "best_plan", "choose_policies", "pareto", "prior_policy"]
 
@@ -88,7 +89,7 @@ def best_plan(ctx: Context, budget: float, families: Sequence[str], plain: bool)
             return True
         return b.estimate > a.estimate - 1e-9 and b.cost < a.cost - 1e-9
 
-    subsets = _subsets(models, ctx.ms, budget, ctx.config.max_subsets)
+    subsets = affordable_subsets(models, ctx.ms, budget + 1e-9, ctx.config.max_subsets)
     best: Plan | None = None
     if subsets is not None:
         for active in subsets:
@@ -109,25 +110,3 @@ def best_plan(ctx: Context, budget: float, families: Sequence[str], plain: bool)
     if best is None:
         raise ValueError(f"no plan fits a budget of {budget:g} ms/frame")
     return best
-
-
-def _subsets(
-    models: Sequence[str], ms: Mapping[str, float], budget: float, limit: int
-) -> list[frozenset[str]] | None:
-    """Every set of models whose own cost fits the budget, or None if there are over ``limit``."""
-    order = sorted(models, key=lambda m: ms[m])
-    out: list[frozenset[str]] = []
-
-    def visit(k: int, chosen: list[str], cost: float) -> bool:
-        out.append(frozenset(chosen))
-        if len(out) > limit:
-            return False
-        for j in range(k, len(order)):
-            m = order[j]
-            if cost + ms[m] > budget + 1e-9:
-                break  # sorted by cost: no later model fits either
-            if not visit(j + 1, [*chosen, m], cost + ms[m]):
-                return False
-        return True
-
-    return out if visit(0, [], 0.0) else None

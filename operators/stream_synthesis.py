@@ -47,16 +47,18 @@ def synthesize_streams(
     (its real outputs still go into ``memory``). ``works`` are in stream order."""
     out: list[StreamOutcome | None] = [None] * len(works)
     groups: dict[int, list[int]] = {}
+    loaded: dict[int, StreamLinks | None] = {}  # looked up once per version, not per frame
     executed = [{m: o.output for m, o in w.outcomes.items() if o.error is None} for w in works]
     for i, work in enumerate(works):
         version = work.plan.link_version if work.plan else None
-        links = stream_links(version) if schedule is not None and version is not None else None
-        if links is None:
+        if schedule is not None and version is not None and version not in loaded:
+            loaded[version] = stream_links(version)
+        if version is None or loaded.get(version) is None:
             memory.observe(work.stream_id, work.seq, executed[i])
             continue
-        groups.setdefault(version, []).append(i)  # type: ignore[arg-type]
+        groups.setdefault(version, []).append(i)
     for version, rows in groups.items():
-        links = stream_links(version)
+        links = loaded[version]
         assert links is not None and schedule is not None
         frames = [StreamFrame(works[i].stream_id, works[i].seq, executed[i]) for i in rows]
         for i, synth in zip(rows, links.synthesize_frames(schedule, frames, memory), strict=True):

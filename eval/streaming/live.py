@@ -112,12 +112,21 @@ def main(
     costs: Annotated[str, typer.Option(help="cost table: now, cached or declared")] = "now",
     repeats: Annotated[int, typer.Option(help="re-time the costs this many times")] = 1,
     probe_stride: Annotated[int, typer.Option(help="probe stride (0: seq % every == 0)")] = 0,
+    guard: Annotated[
+        bool,
+        typer.Option(
+            help="re-plan when probes drift from the plan (the live controller "
+            "does not in budget mode: --no-guard replays what it does)"
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Replay CONFIG with the live protocol and stream synthesis; print what it keeps."""
     config = load_config(config_path)
     base = load_workload(config, progress=not as_json, cache_dir=DEFAULT_CACHE)
-    stream = replace(ONLINE, probe_every=config.links.probe_every, probe_stride=probe_stride)
+    stream = replace(
+        ONLINE, probe_every=config.links.probe_every, probe_stride=probe_stride, guard=guard
+    )
     warmup = min(config.links.warmup_frames, base.n_frames - 1)
     runs = []
     for _ in range(repeats):

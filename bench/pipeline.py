@@ -14,6 +14,13 @@ pipeline, all in the same run on the same embedded broker and frames.
    could do if the pipeline cost nothing.
 3. Naive: ``bench/naive_app.py``, one faust agent running every model on every frame, on the
    same burst of frames.
+
+Compute saved is given on two tables. ``compute_saved`` uses the models' own timings in the
+worker, where the models of a frame run concurrently: a call's wall time then includes waiting for
+the CPU, most on warm-up and probe frames where every model runs at once, so it overstates what a
+budgeted frame saves. ``compute_saved_solo`` prices the same executed models on the naive
+pipeline's timings of the same frames in the same run (each model alone, one after another): what
+the work costs without contention, the table the throughput target is checked on.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +57,18 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
 
 
+def numbered(frames: list) -> list[tuple[str, int, Any]]:
+    """``(stream, seq, image)`` with each stream's own sequence numbers, as a camera numbers its
+    frames (a schedule plans by them: a global index would give an interleaved stream only every
+    fourth seq)."""
+    seqs: dict[str, int] = defaultdict(int)
+    out = []
+    for stream, image in frames:
+        out.append((stream, seqs[stream], image))
+        seqs[stream] += 1
+    return out
+
+
 def raw_broker(bootstrap: str, frames: list, encoding: str, partitions: int) -> dict[str, Any]:
     from kafka import KafkaConsumer
 
@@ -65,8 +85,8 @@ def raw_broker(bootstrap: str, frames: list, encoding: str, partitions: int) -> 
     consumer.poll(timeout_ms=6000)  # join the group before timing
     start = time.time()
     with FrameProducer(bootstrap, topic, encoding=encoding) as producer:
-        for i, (stream, image) in enumerate(frames):
-            producer.send(stream, i, image)
+        for stream, seq, image in numbered(frames):
+            producer.send(stream, seq, image)
     seen, deadline = 0, time.time() + 120
     while seen < len(frames) and time.time() < deadline:
         for records in consumer.poll(timeout_ms=200).values():
@@ -106,7 +126,7 @@ def burst(
     names = config.topics.names()
     start = time.time()
     with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
-        ids = {producer.send(f"{tag}{s}", i, img).frame_id for i, (s, img) in enumerate(frames)}
+        ids = {producer.send(f"{tag}{s}", seq, img).frame_id for s, seq, img in numbered(frames)}
     complete = collector.wait_for(ids, 600)
     done = {f: collector.received_at[f] for f in ids if f in collector.received_at}
     results = [collector.results[f] for f in done]
@@ -118,8 +138,25 @@ def burst(
         "per_s": len(done) / elapsed if done else 0.0,
         "latency_ms": percentiles([(done[r.frame_id] - r.timestamp) * 1000 for r in results]),
         "degraded": sum(r.degraded for r in results),
+        "executed_frames": executed_frames(results),
         **costs(results, full_ms),
     }
+
+
+def executed_frames(results: list[FrameResult]) -> dict[str, int]:
+    """Per model, on how many of these frames it really ran."""
+    counts: dict[str, int] = defaultdict(int)
+    for res in results:
+        for r in res.results:
+            if r.status == "executed":
+                counts[r.model] += 1
+    return dict(counts)
+
+
+def solo_saved(run: dict[str, Any], solo_ms: dict[str, float]) -> float:
+    """Compute saved by ``run``'s burst priced on ``solo_ms`` (each model's ms alone)."""
+    spent = sum(n * solo_ms.get(m, 0.0) for m, n in run["executed_frames"].items())
+    return 1.0 - spent / (run["results"] * sum(solo_ms.values()))
 
 
 def model_ms(result: FrameResult) -> float:
@@ -154,11 +191,11 @@ def paced(
     with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
         ids = set()
         start = time.monotonic()
-        for i, (stream, image) in enumerate(frames):
+        for i, (stream, seq, image) in enumerate(numbered(frames)):
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            ids.add(producer.send(f"paced-{stream}", i, image).frame_id)
+            ids.add(producer.send(f"paced-{stream}", seq, image).frame_id)
     collector.wait_for(ids, 180)
     lat = [
         (collector.received_at[f] - collector.results[f].timestamp) * 1000
@@ -195,8 +232,8 @@ def mlink_pipeline(
         ready = [p.wait_ready(300) for p in procs]
         names = config.topics.names()
         with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
-            for i, (stream, image) in enumerate(warmup):
-                producer.send(f"warm-{stream}", i, image)
+            for stream, seq, image in numbered(warmup):
+                producer.send(f"warm-{stream}", seq, image)
                 time.sleep(1 / 30)
         deadline = time.time() + 300
         while read_control(bootstrap, config)[0].epoch < 1 and time.time() < deadline:
@@ -229,7 +266,13 @@ def naive_pipeline(config_path: Path, bootstrap: str, tmp: Path, frames: list) -
     collector = ResultCollector(bootstrap, config.topics.names().results)
     try:
         proc.wait_ready(300)
-        return burst(bootstrap, config, frames, collector, "n")
+        report = burst(bootstrap, config, frames, collector, "n")
+        timings: dict[str, list[float]] = defaultdict(list)
+        for result in collector.results.values():
+            for r in result.results:
+                timings[r.model].append(r.elapsed_ms or 0.0)
+        report["model_ms"] = {m: float(np.mean(t)) for m, t in timings.items()}
+        return report
     finally:
         collector.close()
         proc.stop()
@@ -271,6 +314,8 @@ def main() -> None:
         ]
         if not args.no_naive:
             report["naive"] = naive_pipeline(args.config, broker.bootstrap, tmp, frames)
+            for run in report["mlink"]:
+                run["compute_saved_solo"] = solo_saved(run, report["naive"]["model_ms"])
     if args.json:
         print(json.dumps(report, indent=2, default=float))
         return
@@ -303,11 +348,12 @@ def print_report(report: dict[str, Any]) -> None:
     if "naive" in report:
         naive = report["naive"]
         first = report["mlink"][0]
-        saved = first.get("compute_saved", float("nan"))
+        saved = first["compute_saved_solo"]
         print(
             f"naive faust pipeline (every model on every frame, one agent): "
             f"{naive['per_s']:.1f} frames/s at {naive['model_ms_per_frame']:.2f} ms of models "
-            f"per frame; MLink/naive = {first['per_s'] / naive['per_s']:.2f}x "
+            f"per frame; MLink/naive = {first['per_s'] / naive['per_s']:.2f}x; MLink's burst "
+            f"saved {saved:.1%} priced on the naive run's timings of each model alone "
             f"(target 0.8 / (1 - saved) = {0.8 / (1 - saved):.2f}x)"
         )
 

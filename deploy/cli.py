@@ -131,7 +131,8 @@ def run(
     if rate is not None:  # 0: the whole source at once, as a topic looks after downtime
         source = config.source.model_copy(update={"rate": rate or None})
         config = config.model_copy(update={"source": source})
-    summary = run_and_summarize(config, config_path, workers, timeout, compare, console)
+    progress = Console(stderr=True) if as_json else console  # stdout stays one JSON object
+    summary = run_and_summarize(config, config_path, workers, timeout, compare, progress)
     if as_json:
         print(json.dumps(summary, default=str))
     else:

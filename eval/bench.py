@@ -37,7 +37,8 @@ import numpy as np
 from mlink.deploy.config import PipelineConfig, load_object
 from mlink.eval import baselines, temporal
 from mlink.eval.baselines.frames import PreparedFrames
-from mlink.eval.config_workload import SourceFrames, load_workload, measure_model_ms
+from mlink.eval.config_workload import SourceFrames, load_workload
+from mlink.eval.cost_tables import CostTable, with_cost_table
 from mlink.eval.experiment import TrainedWorkload, compare_selectors, train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.outputs import DEFAULT_CACHE
@@ -62,7 +63,6 @@ __all__ = [
 DEFAULT_FRACTIONS = (0.2, 0.33, 0.5)
 TRAIN_RATIOS = (0.01, 0.05, 0.1, 0.2)
 Order = Literal["auto", "file", "shuffled"]
-CostTable = Literal["now", "cached", "declared"]
 
 STANDALONE = "Standalone (knapsack on prior agreement)"
 REDUCTO = "Frame filtering (Reducto)"
@@ -208,33 +208,6 @@ def resolve_order(config: PipelineConfig, order: Order) -> Literal["file", "shuf
         return order
     factory = load_object(config.source.factory) if config.source.factory else None
     return "shuffled" if getattr(factory, "independent_frames", False) else "file"
-
-
-def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable) -> Workload:
-    """The workload with ONE model cost table: ``now`` (every model re-timed in this run on a
-    sample of frames, under the same load as the links and features this run measures),
-    ``cached`` (as measured when the outputs were computed), or ``declared`` in the config (then
-    every model must declare ``cost.ms``)."""
-    if costs == "cached":
-        return workload
-    if costs == "now":
-        sample = 40
-        ms = measure_model_ms(config, workload.n_frames, sample)
-        table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
-        when = time.strftime("%Y-%m-%d %H:%M")
-        source = f"measured in this run ({when}, mean ms per call on {sample} frames, one thread)"
-        return replace(workload, costs=table, cost_source=source)
-    if costs != "declared":
-        raise ValueError(f"costs {costs!r}: choose now, cached or declared")
-    declared = config.declared_costs()
-    missing = [m for m in workload.models if "ms" not in declared.get(m, {})]
-    if missing:
-        raise ValueError(
-            f"--costs declared needs cost.ms on every model of {config.name}; missing on "
-            f"{missing}. Declare them in the config or use --costs now"
-        )
-    table = {m: {**workload.costs[m], **declared[m]} for m in workload.models}
-    return replace(workload, costs=table, cost_source=f"declared in the config of {config.name}")
 
 
 def _reorder_frames(prepared: PreparedFrames, order: np.ndarray) -> PreparedFrames:

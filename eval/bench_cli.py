@@ -41,7 +41,8 @@ def bench(
         str,
         typer.Option(
             help="model cost table: now (re-timed in this run on 40 frames), cached (measured "
-            "when the outputs were computed) or declared (in the config)"
+            "when the outputs were computed), declared (in the config), or a JSON file: a "
+            "`mlink run --json` summary (the costs that live run measured) or {model: ms}"
         ),
     ] = "now",
     selection: Annotated[
@@ -69,9 +70,10 @@ def bench(
     console = Console()
     choices = {
         "order": (order, ("auto", "file", "shuffled")),
-        "costs": (costs, ("now", "cached", "declared")),
         "selection": (selection, SCHEMES),
     }
+    if costs not in ("now", "cached", "declared") and not Path(costs).is_file():
+        raise typer.BadParameter(f"--costs {costs!r}: choose now, cached, declared or a JSON file")
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise typer.BadParameter(f"--{name} {value!r}: choose one of {', '.join(allowed)}")

@@ -14,7 +14,11 @@ JPEG/PNG round trip), computed offline and cached, so the comparison is exact. T
   of each model's executions, what the controller plans on; the offline reference run's timings
   only if a model never ran) -- ``cost_source`` says which -- plus synthesis: per synthesized
   result the target's ensemble cost and one link per source, as the trainer measured them for the
-  link version that synthesized it (``synthesis_cost_source``).
+  link version that synthesized it (``synthesis_cost_source``);
+- *compute saved, solo*: the same priced on the offline reference run's timings (each model
+  alone, one call after another). Live timings are wall times of models that run concurrently,
+  so a call also waits for the CPU, most on warm-up and probe frames where every model runs at
+  once; that overstates what a budgeted frame saves, and the solo table does not.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class RunSummary:
     steady_accuracy: float
     steady_synthesized_accuracy: float | None
     steady_compute_saved: float
+    steady_compute_saved_solo: float
     cost_source: str
     model_ms: dict[str, float]
     synthesis_cost_source: str
@@ -162,6 +167,7 @@ class _Scored:
     """One frame's results scored against the full run."""
 
     cost: float
+    solo_cost: float
     scores: dict[str, float]  # model -> agreement (executed 1, missing 0)
     synthesized: set[str]
     steady: bool
@@ -174,20 +180,23 @@ def _score(
     full: Workload,
     model_ms: Mapping[str, float],
     synthesis: Mapping[int, SynthesisCosts],
+    solo_ms: Mapping[str, float],
 ) -> _Scored:
-    cost, scores, synthesized = 0.0, {}, set()
+    cost, solo, scores, synthesized = 0.0, 0.0, {}, set()
     for r in result.results:
         if r.status == "executed":
             cost += model_ms[r.model]
+            solo += solo_ms[r.model]
             scores[r.model] = 1.0
         elif r.status == "synthesized":
-            cost += synthesis.get(r.link_version, SynthesisCosts()).of(r.model, r.sources)
+            synth = synthesis.get(r.link_version, SynthesisCosts()).of(r.model, r.sources)
+            cost, solo = cost + synth, solo + synth
             truth = [full.outputs[r.model][i]]
             scores[r.model] = float(agreement(specs[r.model], [r.output], truth)[0])
             synthesized.add(r.model)
         else:
             scores[r.model] = 0.0
-    return _Scored(cost, scores, synthesized, result.epoch > 0 and not result.probe)
+    return _Scored(cost, solo, scores, synthesized, result.epoch > 0 and not result.probe)
 
 
 def summarize(
@@ -211,8 +220,9 @@ def summarize(
     else:
         synthesis_source = "given"
     total_per_frame = sum(model_ms.values())
+    solo_ms = {m: float(full.costs[m]["ms"]) for m in config.model_names}
     scored = {
-        fid: _score(result, index[fid], specs, full, model_ms, synthesis)
+        fid: _score(result, index[fid], specs, full, model_ms, synthesis, solo_ms)
         for fid, result in report.results.items()
         if fid in index
     }
@@ -235,6 +245,9 @@ def summarize(
 
     def saved(frames: list[_Scored]) -> float:
         return 1 - _mean(s.cost for s in frames) / total_per_frame
+
+    def saved_solo(frames: list[_Scored]) -> float:
+        return 1 - _mean(s.solo_cost for s in frames) / sum(solo_ms.values())
 
     everything = list(scored.values())
     lat = report.latencies_ms()
@@ -267,6 +280,7 @@ def summarize(
         steady_accuracy=accuracy(steady),
         steady_synthesized_accuracy=synthesized_accuracy(steady),
         steady_compute_saved=saved(steady),
+        steady_compute_saved_solo=saved_solo(steady),
         cost_source=cost_source,
         model_ms=model_ms,
         synthesis_cost_source=synthesis_source,

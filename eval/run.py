@@ -92,6 +92,10 @@ def print_summary(summary: dict, console: Console) -> None:
     )
     console.print(f"model costs: {s['cost_source']}; synthesis costs: {s['synthesis_cost_source']}")
     console.print(
+        f"steady compute saved on the reference run's solo timings (each model alone, no "
+        f"contention): {_pct(s['steady_compute_saved_solo'])}"
+    )
+    console.print(
         f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
         f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms; link versions "
         f"{s['link_versions']}; ran on every steady frame of the last plan: {s['final_active']}"

@@ -135,6 +135,7 @@ def test_summary_of_a_constructed_run(tmp_path):
     assert (s.steady_frames, s.warmup_frames, s.probe_frames) == (2, 1, 1)
     assert s.steady_accuracy == pytest.approx(0.5)
     assert s.steady_compute_saved == pytest.approx(1 - (14 + 11.5) / 200)
+    assert s.steady_compute_saved_solo == pytest.approx(s.steady_compute_saved)  # one table
     # synthesized outputs only: level right, spread wrong, level wrong
     assert s.synthesized_accuracy == pytest.approx(1 / 3)
     assert s.steady_synthesized_accuracy == pytest.approx(1 / 3)
@@ -158,6 +159,8 @@ def test_declared_costs_replace_the_measured_table_as_a_whole(tmp_path):
     assert s.model_ms == declared
     # steady frames spend 50 + 4 and 50 + 1.5 of 100
     assert s.steady_compute_saved == pytest.approx(1 - (54 + 51.5) / 200)
+    # the solo figure stays on the reference run's timings, whatever the config declares
+    assert s.steady_compute_saved_solo == pytest.approx(1 - (14 + 11.5) / 200)
 
 
 def test_frames_missing_from_the_reference_are_left_out(tmp_path):

@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import typer
 
 from mlink.deploy.config import load_config
-from mlink.eval.bench import with_cost_table
 from mlink.eval.config_workload import load_workload
+from mlink.eval.cost_tables import with_cost_table
 from mlink.eval.experiment import train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink

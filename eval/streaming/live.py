@@ -27,8 +27,8 @@ import numpy as np
 import typer
 
 from mlink.deploy.config import PipelineConfig, load_config
-from mlink.eval.bench import with_cost_table
 from mlink.eval.config_workload import load_workload
+from mlink.eval.cost_tables import with_cost_table
 from mlink.eval.experiment import TrainedWorkload
 from mlink.eval.figures import mean_spread
 from mlink.eval.outputs import DEFAULT_CACHE

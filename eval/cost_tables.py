@@ -1,0 +1,67 @@
+"""The one model cost table a bench run prices compute on, and where it comes from."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+from mlink.deploy.config import PipelineConfig
+from mlink.eval.config_workload import measure_model_ms
+from mlink.eval.workload import Workload
+
+__all__ = ["CostTable", "read_cost_table", "with_cost_table"]
+
+CostTable = Literal["now", "cached", "declared"] | str
+"""``now``, ``cached``, ``declared``, or the path of a JSON table (:func:`read_cost_table`)."""
+
+
+def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable) -> Workload:
+    """The workload with ONE model cost table: ``now`` (every model re-timed in this run on a
+    sample of frames, under the same load as the links and features this run measures),
+    ``cached`` (as measured when the outputs were computed), or ``declared`` in the config (then
+    every model must declare ``cost.ms``)."""
+    if costs == "cached":
+        return workload
+    if costs == "now":
+        sample = 40
+        ms = measure_model_ms(config, workload.n_frames, sample)
+        table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
+        when = time.strftime("%Y-%m-%d %H:%M")
+        source = f"measured in this run ({when}, mean ms per call on {sample} frames, one thread)"
+        return replace(workload, costs=table, cost_source=source)
+    if costs not in ("now", "cached", "declared"):
+        ms = read_cost_table(Path(costs), workload.models)
+        table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
+        return replace(workload, costs=table, cost_source=f"read from {costs}")
+    declared = config.declared_costs()
+    missing = [m for m in workload.models if "ms" not in declared.get(m, {})]
+    if missing:
+        raise ValueError(
+            f"--costs declared needs cost.ms on every model of {config.name}; missing on "
+            f"{missing}. Declare them in the config or use --costs now"
+        )
+    table = {m: {**workload.costs[m], **declared[m]} for m in workload.models}
+    return replace(workload, costs=table, cost_source=f"declared in the config of {config.name}")
+
+
+def read_cost_table(path: Path, models: Sequence[str]) -> dict[str, float]:
+    """ms per frame of each model from a JSON file: a ``mlink run --json`` summary (its
+    ``model_ms``, the costs the live pipeline measured and planned on) or ``{model: ms}``.
+    Pricing the bench on a live run's table compares the two on the same costs."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--costs {path}: not now, cached, declared or a readable JSON cost table ({exc})"
+        ) from None
+    table = data.get("model_ms", data) if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise ValueError(f"--costs {path}: expected a JSON object of ms per model")
+    missing = [m for m in models if not isinstance(table.get(m), int | float)]
+    if missing:
+        raise ValueError(f"--costs {path}: no ms for {missing}; give every model of the config")
+    return {m: float(table[m]) for m in models}

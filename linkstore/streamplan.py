@@ -168,7 +168,10 @@ def option(
             mean_synth = float(weights @ agree[1 : len(hist)])
             n_eff = np.maximum(support[1 : len(hist)] / corr, 1.0)
             var = (curve.spread**2 * n_eff + 0.25 * PSEUDO) / (n_eff + PSEUDO)
-            margin = z * math.sqrt(float(np.sum(weights**2 * var / n_eff)))
+            # the lags' estimates come from the same frames, so their errors move together:
+            # the margin of their mix is the mix of their margins (treating them as independent
+            # shrank it by up to sqrt(period) and made long periods look safe)
+            margin = z * float(weights @ np.sqrt(var / n_eff))
             lower = share + (1.0 - share) * max(0.0, mean_synth - margin)
             estimate = share + (1.0 - share) * mean_synth
         else:

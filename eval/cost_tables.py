@@ -22,30 +22,31 @@ CostTable = Literal["now", "cached", "declared"] | str
 def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable) -> Workload:
     """The workload with ONE model cost table: ``now`` (every model re-timed in this run on a
     sample of frames, under the same load as the links and features this run measures),
-    ``cached`` (as measured when the outputs were computed), or ``declared`` in the config (then
-    every model must declare ``cost.ms``)."""
+    ``cached`` (as measured when the outputs were computed), ``declared`` in the config (then
+    every model must declare ``cost.ms``), or a JSON file (:func:`read_cost_table`)."""
     if costs == "cached":
         return workload
     if costs == "now":
         sample = 40
         ms = measure_model_ms(config, workload.n_frames, sample)
-        table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
         when = time.strftime("%Y-%m-%d %H:%M")
         source = f"measured in this run ({when}, mean ms per call on {sample} frames, one thread)"
+    elif costs == "declared":
+        declared = config.declared_costs()
+        missing = [m for m in workload.models if "ms" not in declared.get(m, {})]
+        if missing:
+            raise ValueError(
+                f"--costs declared needs cost.ms on every model of {config.name}; missing on "
+                f"{missing}. Declare them in the config or use --costs now"
+            )
+        table = {m: {**workload.costs[m], **declared[m]} for m in workload.models}
+        source = f"declared in the config of {config.name}"
         return replace(workload, costs=table, cost_source=source)
-    if costs not in ("now", "cached", "declared"):
+    else:
         ms = read_cost_table(Path(costs), workload.models)
-        table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
-        return replace(workload, costs=table, cost_source=f"read from {costs}")
-    declared = config.declared_costs()
-    missing = [m for m in workload.models if "ms" not in declared.get(m, {})]
-    if missing:
-        raise ValueError(
-            f"--costs declared needs cost.ms on every model of {config.name}; missing on "
-            f"{missing}. Declare them in the config or use --costs now"
-        )
-    table = {m: {**workload.costs[m], **declared[m]} for m in workload.models}
-    return replace(workload, costs=table, cost_source=f"declared in the config of {config.name}")
+        source = f"read from {costs}"
+    table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
+    return replace(workload, costs=table, cost_source=source)
 
 
 def read_cost_table(path: Path, models: Sequence[str]) -> dict[str, float]:

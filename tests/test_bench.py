@@ -139,3 +139,23 @@ def test_bench_declared_costs_need_every_model_to_declare_them(tmp_path):
     config = tiny_config(tmp_path)
     with pytest.raises(ValueError, match=r"cost\.ms on every model"):
         bench(config, tmp_path, [0.5], costs="declared")
+
+
+def test_bench_prices_on_a_live_runs_cost_table(tmp_path):
+    from mlink.eval.config_workload import load_workload
+    from mlink.eval.cost_tables import with_cost_table
+
+    config = tiny_config(tmp_path)
+    summary = tmp_path / "run.json"
+    summary.write_text(
+        json.dumps({"frames": 80, "model_ms": {"bright": 1, "level": 2, "spread": 7}})
+    )
+    base = load_workload(config, False, tmp_path / "cache")
+    priced = with_cost_table(base, config, str(summary))
+    assert {m: priced.costs[m]["ms"] for m in priced.models} == {
+        "bright": 1,
+        "level": 2,
+        "spread": 7,
+    }
+    assert priced.total_cost("ms") == 10.0
+    assert priced.cost_source == f"read from {summary}"

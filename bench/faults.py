@@ -130,7 +130,8 @@ class Pipeline:
     def row(self, fault: str, ids: list[str], timeout: float = 120.0, note: str = "") -> Row:
         self.collector.wait_for(set(ids), timeout)
         got = [f for f in ids if f in self.collector.results]
-        dead, self.dead_seen = self.dead_letters() - self.dead_seen, self.dead_letters()
+        total = self.dead_letters()  # read once: a second read could count a letter twice
+        dead, self.dead_seen = total - self.dead_seen, total
         return Row(
             fault=fault,
             sent=len(ids),

@@ -136,8 +136,12 @@ def model_cost_table(
     if all(live.get(m) for m in config.model_names):
         table = {m: float(np.median(live[m])) for m in config.model_names}
         return table, "measured live in this run (median ms per frame of each model's executions)"
-    measured = {m: float(full.costs[m]["ms"]) for m in config.model_names}
-    return measured, f"{full.cost_source}, by the offline reference run"
+    return _reference_ms(config, full), f"{full.cost_source}, by the offline reference run"
+
+
+def _reference_ms(config: PipelineConfig, full: Workload) -> dict[str, float]:
+    """ms per model as the offline reference run timed it (each model alone)."""
+    return {m: float(full.costs[m]["ms"]) for m in config.model_names}
 
 
 def stored_synthesis_costs(config: PipelineConfig) -> dict[int, SynthesisCosts]:
@@ -220,7 +224,7 @@ def summarize(
     else:
         synthesis_source = "given"
     total_per_frame = sum(model_ms.values())
-    solo_ms = {m: float(full.costs[m]["ms"]) for m in config.model_names}
+    solo_ms = _reference_ms(config, full)
     scored = {
         fid: _score(result, index[fid], specs, full, model_ms, synthesis, solo_ms)
         for fid, result in report.results.items()

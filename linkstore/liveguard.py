@@ -13,8 +13,12 @@ outputs; the controller folds those scores into a :class:`LiveAgreement` per pla
   from the plan's estimate by more than a tolerance: a signal to refit and re-plan (hot swap).
 
 Corrections are multiplicative factors on a model's synthesized agreement, shrunk towards 1 by
-``prior_probes`` pseudo-probes so one unlucky probe does not swing the plan; they compound
-across re-plans, because each plan's estimates already include the previous factors.
+``prior_probes`` pseudo-probes so one unlucky probe does not swing the plan. A model whose option
+(period and mode) survives a re-plan keeps its probe evidence (:meth:`LiveAgreement.next_plan`):
+otherwise every re-plan caused by another model would start its count from zero, and a model a
+little below its target could stay there for a whole run. Its correction is then recomputed from
+all that evidence on top of the factor in force when the option was first chosen, so no probe is
+counted twice.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mlink.linkstore.streamplan import StreamPlan
+from mlink.linkstore.streamplan import Choice, StreamPlan
 
-__all__ = ["LiveAgreement", "correction", "upper_bound"]
+__all__ = ["LiveAgreement", "correction", "same_option", "upper_bound"]
 
 
-def upper_bound(runs: float, live: float, probes: int, z: float) -> float:
+def upper_bound(runs: float, live: float, probes: float, z: float) -> float:
     """Upper confidence bound of a model's agreement over the run: real runs (a ``runs``
     share of frames) count 1, synthesized frames the ``live`` mean of ``probes`` probe scores."""
     spread = math.sqrt(max(live * (1.0 - live), 0.01) / probes)
@@ -41,21 +45,46 @@ def correction(live: float, planned: float, probes: int, prior_probes: float) ->
     return (probes * live / planned + prior_probes) / (probes + prior_probes)
 
 
+def same_option(a: Choice | None, b: Choice | None) -> bool:
+    """Whether two plans synthesize a model the same way (period and mode; the phase may move),
+    so probe scores of one are evidence about the other."""
+    if a is None or b is None or a.period == 1 or b.period == 1:
+        return False
+    return a.period == b.period and a.mode.key() == b.mode.key()
+
+
 @dataclass(slots=True)
 class LiveAgreement:
-    """Probe scores of one plan's synthesized outputs, per model."""
+    """Probe scores of one plan's synthesized outputs, per model (carried over from earlier plans
+    for the models whose option did not change). ``factors`` are the corrections the plan was
+    made with; ``started`` each carried model's factor when its option was first chosen.
+    ``decay`` < 1 weighs each earlier probe by that much less (counts are then effective
+    probes), so the tally follows a stream whose content changes instead of averaging it away."""
 
     plan: StreamPlan
     prior_probes: float = 2.0
+    factors: dict[str, float] = field(default_factory=dict)
     sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    decay: float = 1.0
+
+    def next_plan(self, plan: StreamPlan, factors: Mapping[str, float]) -> LiveAgreement:
+        """The tally for the plan that replaces this one (made with ``factors``): models whose
+        option is unchanged keep their evidence and the factor they started with."""
+        nxt = LiveAgreement(plan, self.prior_probes, dict(factors), decay=self.decay)
+        for model, n in self.counts.items():
+            if n and same_option(self.plan.choices.get(model), plan.choices.get(model)):
+                nxt.sums[model], nxt.counts[model] = self.sums[model], n
+                nxt.started[model] = self.started.get(model, self.factors.get(model, 1.0))
+        return nxt
 
     def add(self, model: str, score: float) -> None:
         """One probe's agreement of what the plan synthesized for ``model``."""
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"agreement of {model!r} must lie in [0, 1], got {score}")
-        self.sums[model] = self.sums.get(model, 0.0) + float(score)
-        self.counts[model] = self.counts.get(model, 0) + 1
+        self.sums[model] = self.sums.get(model, 0.0) * self.decay + float(score)
+        self.counts[model] = self.counts.get(model, 0.0) * self.decay + 1.0
 
     def add_scores(self, scores: Mapping[str, float]) -> None:
         for model, score in scores.items():
@@ -80,18 +109,25 @@ class LiveAgreement:
 
     def corrections(self, base: Mapping[str, float] | None = None) -> dict[str, float]:
         """Factors on each model's synthesized agreement for the next plan: live over planned,
-        shrunk towards 1, times the factor this plan was made with (``base``)."""
-        out = dict(base or {})
+        shrunk towards 1, times the factor the model's option started with. ``base`` (default:
+        :attr:`factors`) are the factors this plan was made with."""
+        base = self.factors if base is None else base
+        out = dict(base)
         for model, n in self.counts.items():
             planned = self.planned(model)
             live = self.mean(model)
             if not n or not planned or live is None:
                 continue
-            out[model] = out.get(model, 1.0) * correction(live, planned, n, self.prior_probes)
+            now = base.get(model, 1.0)
+            start = self.started.get(model, now)
+            # the plan's estimate without the factor it was made with, then with the start one:
+            # the evidence behind ``now`` is part of this tally, so it must not count twice
+            planned = planned / now * start
+            out[model] = start * correction(live, planned, n, self.prior_probes)
         return out
 
     def failing(
-        self, targets: Mapping[str, float], z: float = 1.0, min_probes: int = 2
+        self, targets: Mapping[str, float], z: float = 1.0, min_probes: float = 2
     ) -> dict[str, str]:
         """Models whose live agreement over the run is below their target with confidence
         (upper bound below the target), each with the reason for the control topic."""
@@ -105,7 +141,7 @@ class LiveAgreement:
             upper = upper_bound(choice.runs, self.mean(model) or 0.0, n, z)
             if upper < target:
                 out[model] = (
-                    f"{model}: live agreement {achieved:.3f} over {n} probes (upper bound "
+                    f"{model}: live agreement {achieved:.3f} over {n:.3g} probes (upper bound "
                     f"{upper:.3f}) is below its target {target:.3f}"
                 )
         return out
@@ -120,6 +156,6 @@ class LiveAgreement:
                 continue
             if abs(live - planned) > tolerance:
                 out[model] = (
-                    f"{model}: live agreement {live:.3f} over {n} probes, planned {planned:.3f}"
+                    f"{model}: live agreement {live:.3f} over {n:.3g} probes, planned {planned:.3f}"
                 )
         return out

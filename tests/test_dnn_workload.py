@@ -71,6 +71,17 @@ def test_pan_is_reproducible_and_reads_the_photo_from_its_wheel() -> None:
         photo_pan.photo_path("nope")
 
 
+def test_the_pan_source_is_one_stream_per_photo_in_order() -> None:
+    """deploy/configs/pan.yaml's source: each photo's pan in turn, frames of 480x360."""
+    got = list(photo_pan.frames(photo_frames=3, photos=["coffee", "chelsea"]))
+    assert [s for s, _ in got] == ["pan_coffee"] * 3 + ["pan_chelsea"] * 3
+    assert all(f.shape == (360, 480, 3) for _, f in got)
+    assert np.array_equal(got[0][1], next(photo_pan.pan("coffee", 3)))
+    config = load_config(CONFIG.parent / "pan.yaml")
+    assert config.source.factory == "mlink.eval.workloads.photo_pan:frames"
+    assert len(config.models) == 8 and config.topics.partitions == len(photo_pan.PHOTOS)
+
+
 def test_default_set_mixes_architectures_on_overlapping_tasks() -> None:
     builds = {dnn.MODELS[n].build for n in dnn.DEFAULT_MODELS}
     assert {dnn.MtcnnFaces, dnn.MtcnnEyes, dnn.YoloBoxes, dnn.video.model} <= builds

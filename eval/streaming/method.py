@@ -15,7 +15,10 @@ cross-fitted selection oracle) as one more mode besides reuse and the detector l
 - :data:`TARGET` -- accuracy-target mode: the cheapest plan whose every model's lower bound
   meets the target, with the probes and the guard of :data:`ONLINE`, which turns a model that
   misses its target back on (it re-plans with that model's options corrected by what the probes
-  saw).
+  saw). A model keeps its probe evidence across re-plans that keep its option, and earlier probes
+  weigh 0.8 of the next one: the evidence follows the stream, and a re-plan caused by another
+  model does not reset it (before both, a model 6 points under its target went unnoticed for a
+  whole DNN run).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ __all__ = [
 
 OFFLINE = StreamConfig(objective="lower", z=1.0, corr=4.0, links=True)
 ONLINE = replace(OFFLINE, probe_every=16, probe_stride=7, guard=True)
-TARGET = replace(ONLINE, z=1.0, guard_probes=2, guard_z=1.0)
+TARGET = replace(ONLINE, guard_probes=2, guard_z=1.0, guard_carry=True, guard_decay=0.8)
 TARGETS = (0.90, 0.95)
 
 

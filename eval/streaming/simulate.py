@@ -74,6 +74,8 @@ class StreamConfig:
     guard_probes: int = 2
     guard_z: float = 1.0
     guard_tolerance: float = 0.05
+    guard_carry: bool = False  # keep a model's probe evidence across re-plans that keep its option
+    guard_decay: float = 1.0  # weight of each earlier probe relative to the next (1: plain mean)
     adaptive_probes: bool = False  # halve probe_every on drift, double it after quiet probes
     detector_links: bool = True  # False: reuse, prior and the paper's links only (ablation)
 
@@ -190,7 +192,7 @@ def simulate(
     train_seconds = time.perf_counter() - fit_start
     fits.append(fit)
     plans.append(plan)
-    live = LiveAgreement(plan)
+    live = LiveAgreement(plan, factors=dict(corrections), decay=config.guard_decay)
     memory = StreamMemory()
     for i in train:
         memory.observe(streams[i], int(seq[i]), _outputs(workload, i))
@@ -246,7 +248,11 @@ def simulate(
         if refit:
             fits.append(fit)
         plans.append(plan)
-        live = LiveAgreement(plan)
+        live = (
+            live.next_plan(plan, corrections)
+            if config.guard_carry
+            else LiveAgreement(plan, factors=dict(corrections), decay=config.guard_decay)
+        )
         schedule = plan.schedule
     per_frame = {m: np.ones(n) for m in models}
     for m in models:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["PHOTOS", "pan", "photo", "photo_path"]
+__all__ = ["PHOTOS", "frames", "pan", "photo", "photo_path"]
 
 #: name -> (package, path inside the package). Faces in the first three; none in the others.
 PHOTOS: dict[str, tuple[str, str]] = {
@@ -80,3 +80,15 @@ def pan(name: str, frames: int = 60, size: tuple[int, int] = (480, 360)) -> Iter
         yield cv2.warpAffine(
             image, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
         )
+
+
+def frames(
+    photo_frames: int = 120,
+    photos: Sequence[str] | None = None,
+    size: tuple[int, int] = (480, 360),
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(stream_id, BGR frame)``: each photo's pan in turn, stream ``pan_<photo>``. Source
+    factory for configs: ``mlink.eval.workloads.photo_pan:frames`` (deploy/configs/pan.yaml)."""
+    for name in photos if photos is not None else PHOTOS:
+        for frame in pan(name, photo_frames, tuple(size)):
+            yield f"pan_{name}", frame

@@ -1,0 +1,86 @@
+"""The target guard's probe tally: evidence carried across re-plans, decay, no double counting."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mlink.linkstore.liveguard import LiveAgreement, correction, same_option
+from mlink.linkstore.streamplan import StreamPlan, plan_for_targets
+from tests.test_stream_synthesis import small_instance
+
+TARGETS = {"a": 0.8, "b": 0.8, "c": 0.0}
+
+
+def target_plan() -> tuple[StreamPlan, str]:
+    ms, curves = small_instance()
+    plan = plan_for_targets(curves, ms, TARGETS, periods=(0, 2, 3, 4))
+    synthesized = [m for m, c in plan.choices.items() if c.period != 1 and TARGETS[m] > 0]
+    assert synthesized
+    return plan, synthesized[0]
+
+
+def with_synthesized(plan: StreamPlan, model: str, value: float) -> StreamPlan:
+    """``plan`` with ``model``'s option unchanged but its synthesized estimate ``value``."""
+    c = plan.choices[model]
+    choice = replace(c, estimate=c.runs + (1.0 - c.runs) * value)
+    return replace(plan, choices={**plan.choices, model: choice})
+
+
+def test_a_model_whose_option_survives_a_replan_keeps_its_evidence():
+    plan, m = target_plan()
+    live = LiveAgreement(plan)
+    for _ in range(4):
+        live.add(m, 0.5)
+    kept = live.next_plan(plan, {})
+    assert kept.counts[m] == 4 and kept.mean(m) == pytest.approx(0.5)
+    always = replace(plan.choices[m], period=1, phase=0, runs=1.0)
+    moved = live.next_plan(replace(plan, choices={**plan.choices, m: always}), {})
+    assert m not in moved.counts  # a model that now always runs starts over
+    assert not same_option(plan.choices[m], always)
+
+
+def test_carried_evidence_is_not_counted_twice_in_the_corrections():
+    plan, m = target_plan()
+    planned = plan.choices[m].synthesized
+    live = LiveAgreement(plan)
+    for _ in range(5):
+        live.add(m, 0.5)
+    first = live.corrections()[m]
+    assert first == pytest.approx(correction(0.5, planned, 5, 2.0))
+    # the re-plan made with ``first`` keeps the option; its estimate carries the factor
+    again = live.next_plan(with_synthesized(plan, m, planned * first), {m: first})
+    for _ in range(3):
+        again.add(m, 0.5)
+    # all eight probes once, on the factor the option started with (1), not first * (...)
+    assert again.corrections()[m] == pytest.approx(correction(0.5, planned, 8, 2.0))
+
+
+def test_decay_weighs_recent_probes_more_and_counts_effective_probes():
+    plan, m = target_plan()
+    live = LiveAgreement(plan, decay=0.5)
+    for score in (1.0, 1.0, 1.0, 0.0, 0.0):
+        live.add(m, score)
+    weights = [0.0625, 0.125, 0.25, 0.5, 1.0]
+    assert live.counts[m] == pytest.approx(sum(weights))
+    assert live.mean(m) == pytest.approx(sum(weights[:3]) / sum(weights))
+    plain = LiveAgreement(plan)
+    for score in (1.0, 1.0, 1.0, 0.0, 0.0):
+        plain.add(m, score)
+    assert live.mean(m) < plain.mean(m)  # the recent misses dominate
+
+
+def test_a_model_that_falls_below_its_target_late_is_caught_despite_a_good_start():
+    """The DNN run's miss: a good start, then a long slump. The plain mean over all probes stays
+    above the bound; with decay the slump shows."""
+    plan, m = target_plan()
+    scores = [1.0] * 12 + [0.3] * 6
+    plain, decayed = LiveAgreement(plan), LiveAgreement(plan, decay=0.8)
+    for score in scores:
+        plain.add(m, score)
+        decayed.add(m, score)
+    targets = {m: 0.8}
+    assert m not in plain.failing(targets)
+    assert m in decayed.failing(targets)
+    assert "below its target 0.800" in decayed.failing(targets)[m]

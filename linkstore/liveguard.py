@@ -27,9 +27,24 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mlink.linkstore.schedule import Mode, Schedule
 from mlink.linkstore.streamplan import Choice, StreamPlan
 
-__all__ = ["LiveAgreement", "correction", "same_option", "upper_bound"]
+__all__ = [
+    "DECAY",
+    "LiveAgreement",
+    "corrected",
+    "correction",
+    "miss_reason",
+    "option_key",
+    "option_keys",
+    "same_option",
+    "upper_bound",
+]
+
+#: Weight of each earlier probe relative to the next in the guard's tally: about the last five
+#: probes count, so a model that slumps after a good start is noticed (docs/stream-synthesis.md).
+DECAY = 0.8
 
 
 def upper_bound(runs: float, live: float, probes: float, z: float) -> float:
@@ -39,18 +54,53 @@ def upper_bound(runs: float, live: float, probes: float, z: float) -> float:
     return runs + (1.0 - runs) * min(1.0, live + z * spread)
 
 
-def correction(live: float, planned: float, probes: int, prior_probes: float) -> float:
+def correction(live: float, planned: float, probes: float, prior_probes: float) -> float:
     """Factor on a model's synthesized agreement: live over planned, shrunk towards 1 by
     ``prior_probes`` pseudo-probes."""
     return (probes * live / planned + prior_probes) / (probes + prior_probes)
 
 
+def miss_reason(
+    model: str, runs: float, live: float, probes: float, target: float, z: float
+) -> str | None:
+    """Why ``model`` is below its ``target`` with confidence (the upper bound of its agreement
+    over the run is below it), or None: the reason the controller publishes."""
+    upper = upper_bound(runs, live, probes, z)
+    if upper >= target:
+        return None
+    achieved = runs + (1.0 - runs) * live
+    return (
+        f"{model}: live agreement {achieved:.3f} over {probes:.3g} probes (upper bound "
+        f"{upper:.3f}) is below its target {target:.3f}"
+    )
+
+
+def corrected(
+    live: float, planned: float, probes: float, prior_probes: float, now: float, start: float
+) -> float:
+    """The next factor of a model whose plan (made with factor ``now``) expected ``planned``
+    and whose probes saw ``live``, on top of the factor its option started with (``start``):
+    the evidence behind ``now`` is part of the tally, so it must not count twice."""
+    return start * correction(live, planned / now * start, probes, prior_probes)
+
+
+def option_key(period: int, mode: Mode) -> str:
+    """How a plan synthesizes a model (period and mode; the phase may move): probe scores carry
+    over a re-plan that keeps it."""
+    return f"{period}:{mode.key()}"
+
+
+def option_keys(schedule: Schedule) -> dict[str, str]:
+    """:func:`option_key` of every model the schedule synthesizes somewhere."""
+    return {m: option_key(k, schedule.mode(m)) for m, k in schedule.periods.items() if k != 1}
+
+
 def same_option(a: Choice | None, b: Choice | None) -> bool:
-    """Whether two plans synthesize a model the same way (period and mode; the phase may move),
-    so probe scores of one are evidence about the other."""
+    """Whether two plans synthesize a model the same way, so probe scores of one are evidence
+    about the other."""
     if a is None or b is None or a.period == 1 or b.period == 1:
         return False
-    return a.period == b.period and a.mode.key() == b.mode.key()
+    return option_key(a.period, a.mode) == option_key(b.period, b.mode)
 
 
 @dataclass(slots=True)
@@ -120,10 +170,7 @@ class LiveAgreement:
                 continue
             now = base.get(model, 1.0)
             start = self.started.get(model, now)
-            # the plan's estimate without the factor it was made with, then with the start one:
-            # the evidence behind ``now`` is part of this tally, so it must not count twice
-            planned = planned / now * start
-            out[model] = start * correction(live, planned, n, self.prior_probes)
+            out[model] = corrected(live, planned, n, self.prior_probes, now, start)
         return out
 
     def failing(
@@ -134,16 +181,12 @@ class LiveAgreement:
         out = {}
         for model, target in targets.items():
             n = self.counts.get(model, 0)
-            achieved = self.achieved(model)
-            if n < min_probes or achieved is None:
+            live = self.mean(model)
+            if n < min_probes or live is None or model not in self.plan.choices:
                 continue
-            choice = self.plan.choices[model]
-            upper = upper_bound(choice.runs, self.mean(model) or 0.0, n, z)
-            if upper < target:
-                out[model] = (
-                    f"{model}: live agreement {achieved:.3f} over {n:.3g} probes (upper bound "
-                    f"{upper:.3f}) is below its target {target:.3f}"
-                )
+            why = miss_reason(model, self.plan.choices[model].runs, live, n, target, z)
+            if why:
+                out[model] = why
         return out
 
     def drifted(self, tolerance: float = 0.05, min_probes: int = 3) -> dict[str, str]:

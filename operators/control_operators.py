@@ -172,11 +172,18 @@ def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
         targets = agreement_targets(state.budget, mlink.model_names)
     except ValueError:
         return None
-    misses = target_misses(state.schedule, state.live_agreement, state.live_probes, targets)
+    misses = target_misses(
+        state.schedule, state.live_agreement, state.live_probes, targets, counts=state.live_counts
+    )
     if not misses:
         return None
     corrections = live_corrections(
-        state.plan_extra, state.live_agreement, state.live_probes, sorted(state.live_agreement)
+        state.plan_extra,
+        state.live_agreement,
+        state.live_probes,
+        sorted(state.live_agreement),
+        counts=state.live_counts,
+        started=state.live_started,
     )
     return "; ".join(misses[m] for m in sorted(misses)), corrections
 

@@ -10,7 +10,8 @@ runtime signal of link quality (and of drift): the trainer publishes it on the c
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.metrics import agreement
@@ -35,23 +36,67 @@ def probe_agreement(
 
 
 class LiveAgreement:
-    """Running mean of probe agreement per model, for one (epoch, link version) at a time."""
+    """Probe agreement per model for the current plan (epoch, link version).
 
-    def __init__(self) -> None:
+    Under stream synthesis (``decay`` < 1, ``options`` given) it is the target guard's tally
+    (:mod:`mlink.linkstore.liveguard`): earlier probes weigh ``decay`` of the next, and a model
+    whose option (period and mode) survives a new plan keeps its evidence and the correction
+    factor its option started with; ``counts`` are then effective probes. Otherwise a new plan
+    starts a plain mean over again.
+    """
+
+    def __init__(self, decay: float = 1.0) -> None:
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay must lie in (0, 1], got {decay}")
+        self.decay = decay
         self.key: tuple[int, int | None] | None = None
+        self.options: dict[str, str] = {}
         self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
+        self.counts: dict[str, float] = defaultdict(float)
+        self.started: dict[str, float] = {}
         self.probes = 0
 
-    def add(self, key: tuple[int, int | None], scores: dict[str, float]) -> None:
-        if key != self.key:  # a new plan: its links and active set differ, start over
-            self.key, self.probes = key, 0
-            self.sums.clear()
-            self.counts.clear()
+    def add(
+        self,
+        key: tuple[int, int | None],
+        scores: Mapping[str, float],
+        options: Mapping[str, str] | None = None,
+        factors: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One probe's scores under the plan ``key``, whose schedule synthesizes each model by
+        ``options`` (:func:`~mlink.linkstore.liveguard.option_keys`) with correction
+        ``factors``."""
+        if key != self.key:  # a new plan: keep only what it synthesizes the same way
+            options = dict(options or {})
+            factors = factors if isinstance(factors, Mapping) else {}
+            keep = {m for m, o in options.items() if self.options.get(m) == o}
+            for m in set(self.counts) - keep:
+                del self.sums[m], self.counts[m]
+                self.started.pop(m, None)
+            for m in set(options) - keep:
+                self.started[m] = _factor(factors.get(m))
+            self.key, self.options, self.probes = key, options, 0
         self.probes += 1
         for model, score in scores.items():
-            self.sums[model] += score
-            self.counts[model] += 1
+            self.sums[model] = self.sums[model] * self.decay + score
+            self.counts[model] = self.counts[model] * self.decay + 1.0
 
     def means(self) -> dict[str, float]:
         return {m: self.sums[m] / self.counts[m] for m in sorted(self.counts)}
+
+    def report(self) -> dict[str, Any]:
+        """The ``extra`` of an ``agreement`` control message."""
+        extra: dict[str, Any] = {"live_agreement": self.means(), "probes": self.probes}
+        if self.options:
+            extra["live_counts"] = {m: round(self.counts[m], 6) for m in sorted(self.counts)}
+            extra["live_started"] = {
+                m: self.started[m] for m in sorted(self.counts) if m in self.started
+            }
+        return extra
+
+
+def _factor(value: Any) -> float:
+    """A correction factor from a control message, or 1 when it is not a positive number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 1.0
+    return float(value) if 0.0 < value < float("inf") else 1.0

@@ -72,6 +72,11 @@ class ControlState:
     latest_links: int | None
     live_agreement: dict[str, float]
     live_probes: int
+    live_counts: dict[str, float]
+    """Effective probes behind each model's live agreement (carried across plans that keep the
+    model's option); models without an entry count ``live_probes``."""
+    live_started: dict[str, float]
+    """The correction factor each carried model's option started with."""
     schedule: Schedule | None
     """The stream schedule of the current active set, if the controller published one."""
     plan_extra: dict[str, Any]
@@ -88,6 +93,7 @@ class ControlState:
         self.latest_links = None
         self.live_agreement = {}
         self.live_probes = 0
+        self.live_counts, self.live_started = {}, {}
         self.schedule = None
         self.plan_extra = {}
 
@@ -146,6 +152,10 @@ class ControlState:
         scores = message.extra.get("live_agreement", {})
         self.live_agreement = {model: float(score) for model, score in scores.items()}
         self.live_probes = int(message.extra.get("probes", 0))
+        counts = message.extra.get("live_counts", {})
+        self.live_counts = {model: float(n) for model, n in counts.items()}
+        started = message.extra.get("live_started", {})
+        self.live_started = {model: float(f) for model, f in started.items()}
         return ApplyOutcome("applied")
 
     def _apply_active_set(self, message: ControlMessage) -> ApplyOutcome:
@@ -182,6 +192,7 @@ class ControlState:
         self.probe_every = probe_every
         self.budget = dict(message.budget)
         self.live_agreement, self.live_probes = {}, 0
+        self.live_counts, self.live_started = {}, {}
         self.schedule = schedule
         self.plan_extra = dict(message.extra)
         return ApplyOutcome("applied", plan_changed=True)

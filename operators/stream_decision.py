@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks
-from mlink.linkstore.liveguard import correction, upper_bound
+from mlink.linkstore.liveguard import corrected, miss_reason
 from mlink.linkstore.problem import InfeasibleBudget
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
@@ -117,25 +117,22 @@ def target_misses(
     probes: int,
     targets: Mapping[str, float],
     *,
+    counts: Mapping[str, float] | None = None,
     z: float = Z,
-    min_probes: int = 2,
+    min_probes: float = 2,
 ) -> dict[str, str]:
     """The models whose agreement over the run (real runs count 1, synthesized frames at their
     live probe agreement) is below their target even at the upper confidence bound, each with
-    the reason the controller publishes when it turns them back on."""
+    the reason the controller publishes when it turns them back on. ``counts``: effective probes
+    per model (default ``probes`` for every model)."""
     out = {}
     for model, target in targets.items():
-        if model not in live or probes < min_probes or model not in schedule.periods:
+        n = (counts or {}).get(model, probes)
+        if model not in live or n < min_probes or model not in schedule.periods:
             continue
-        runs = schedule.share(model)
-        mean = float(live[model])
-        upper = upper_bound(runs, mean, probes, z)
-        if upper < target:
-            achieved = runs + (1.0 - runs) * mean
-            out[model] = (
-                f"{model}: live agreement {achieved:.3f} over {probes} probes (upper bound "
-                f"{upper:.3f}) is below its target {target:.3f}"
-            )
+        why = miss_reason(model, schedule.share(model), float(live[model]), n, target, z)
+        if why:
+            out[model] = why
     return out
 
 
@@ -145,16 +142,24 @@ def live_corrections(
     probes: int,
     models: Sequence[str],
     prior_probes: float = 2.0,
+    *,
+    counts: Mapping[str, float] | None = None,
+    started: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Factors on each listed model's synthesized agreement for the next plan: live over
-    planned, shrunk towards 1 by ``prior_probes``, times the factor the current plan was made
-    with (``extra["corrections"]``), so they compound across re-plans and fail-overs."""
+    planned, shrunk towards 1 by ``prior_probes``, on top of the factor the model's option
+    started with (``started``; default the factor the current plan was made with,
+    ``extra["corrections"]``), so they compound across re-plans and fail-overs and no probe
+    counts twice."""
     base = extra.get("corrections") or {}
     planned = extra.get("predicted_synthesized") or {}
     out = {m: float(v) for m, v in base.items() if isinstance(v, int | float)}
     for model in models:
         p, mean = planned.get(model), live.get(model)
-        if not p or mean is None or probes < 1:
+        n = (counts or {}).get(model, probes)
+        if not p or mean is None or n <= 0:
             continue
-        out[model] = out.get(model, 1.0) * correction(float(mean), float(p), probes, prior_probes)
+        now = out.get(model, 1.0)
+        start = (started or {}).get(model, now)
+        out[model] = corrected(float(mean), float(p), n, prior_probes, now, start)
     return out

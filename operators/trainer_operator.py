@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 
+from mlink.linkstore.liveguard import DECAY, option_keys
 from mlink.operators.live import LiveAgreement, probe_agreement
 from mlink.operators.runtime import MLink
 from mlink.operators.training_process import TrainingJob, TrainingProcess
@@ -34,7 +35,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
     samples_t = raw_topic(app, names.samples)
     control_t = Outbox(app, mlink, names.control)
     dead = dead_letters(app, mlink)
-    live = LiveAgreement()
+    live = LiveAgreement(DECAY if settings.links.stream else 1.0)
     process: list[TrainingProcess] = []
 
     def training_process() -> TrainingProcess:
@@ -56,7 +57,9 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             if loaded is None or not state.active:
                 return
             scores = probe_agreement(result, loaded.linkset, state.active)
-        live.add((state.epoch, state.link_version), scores)
+        options = option_keys(state.schedule) if state.schedule is not None else None
+        factors = state.plan_extra.get("corrections")
+        live.add((state.epoch, state.link_version), scores, options, factors)
         if live.probes % settings.live_report_every:
             return
         message = ControlMessage(
@@ -64,7 +67,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             epoch=state.epoch,
             issued_at=time.time(),
             link_version=state.link_version,
-            extra={"live_agreement": live.means(), "probes": live.probes},
+            extra=live.report(),
         )
         log.info(
             "live agreement at epoch %d over %d probes: %s",

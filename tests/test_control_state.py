@@ -53,6 +53,10 @@ def test_the_agreement_message_that_crashed_every_worker_is_rejected() -> None:
     good = control("agreement", 1, extra={"live_agreement": {"value": 0.9}, "probes": 5})
     assert state.apply(good).status == "applied"
     assert state.live_agreement == {"value": 0.9} and state.live_probes == 5
+    carried = {"live_agreement": {"value": 0.9}, "probes": 2, "live_counts": {"value": 4.2}}
+    carried["live_started"] = {"value": 0.8}
+    assert state.apply(control("agreement", 1, extra=carried)).status == "applied"
+    assert state.live_counts == {"value": 4.2} and state.live_started == {"value": 0.8}
 
 
 @pytest.mark.parametrize(
@@ -69,6 +73,11 @@ def test_the_agreement_message_that_crashed_every_worker_is_rejected() -> None:
         ({"probes": 1.5}, r"extra\.probes must be an int"),
         ({"probes": True}, r"extra\.probes must be an int"),
         ({"probes": 2**60}, r"extra\.probes must be an int"),
+        ({"live_counts": {"value": -1.0}}, r"live_counts\['value'\] must be a float in \[0, "),
+        ({"live_counts": {"value": float("inf")}}, r"live_counts"),
+        ({"live_counts": 3}, r"live_counts must be a dict"),
+        ({"live_started": {"value": 0.0}}, r"live_started\['value'\] must be a float in \(0, "),
+        ({"live_started": {"ghost": 1.0}}, r"unknown model 'ghost'"),
     ],
 )
 def test_malformed_agreement_messages_are_rejected(extra: dict, reason: str) -> None:

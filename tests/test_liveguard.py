@@ -84,3 +84,22 @@ def test_a_model_that_falls_below_its_target_late_is_caught_despite_a_good_start
     assert m not in plain.failing(targets)
     assert m in decayed.failing(targets)
     assert "below its target 0.800" in decayed.failing(targets)[m]
+
+
+def test_the_trainers_tally_carries_a_kept_option_and_reports_it() -> None:
+    """operators.live.LiveAgreement: what the trainer publishes on the control topic."""
+    from mlink.operators.live import LiveAgreement as TrainerTally
+
+    tally = TrainerTally(decay=0.5)
+    options = {"eyes": "4:reuse", "body": "0:prior"}
+    tally.add((1, 1), {"eyes": 1.0, "body": 0.0}, options, {"eyes": 0.9})
+    tally.add((1, 1), {"eyes": 0.0, "body": 0.0}, options, {"eyes": 0.9})
+    assert tally.means()["eyes"] == pytest.approx(0.5 / 1.5)
+    # a new plan keeps eyes' option (and the factor it started with), moves body's
+    tally.add((2, 1), {"eyes": 1.0}, {"eyes": "4:reuse", "body": "2:reuse"}, {"eyes": 0.7})
+    report = tally.report()
+    assert report["probes"] == 1 and "body" not in report["live_agreement"]
+    assert report["live_counts"]["eyes"] == pytest.approx(1.75)
+    assert report["live_started"] == {"eyes": 0.9}
+    tally.add((3, 1), {"eyes": 1.0}, None, {"eyes": "bad"})  # no schedule: start over
+    assert tally.report() == {"live_agreement": {"eyes": 1.0}, "probes": 1}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mlink.linkstore.bundle import load_bundle
+from mlink.linkstore.liveguard import correction
 from mlink.linkstore.problem import InfeasibleBudget
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.store import LinkStore
@@ -153,6 +154,18 @@ def test_a_model_below_its_target_on_live_probes_is_named_and_corrected(links) -
         {**state.plan_extra, "corrections": first}, {model: planned / 2}, 8, [model]
     )
     assert again[model] < first[model]  # compounds across re-plans
+    # evidence carried over a re-plan that kept the option: counted once, on the start factor
+    carried = live_corrections(
+        {**state.plan_extra, "corrections": first},
+        {model: planned / 2},
+        3,
+        [model],
+        counts={model: 12.0},
+        started={model: 1.0},
+    )
+    unfactored = planned / first[model]  # what the plan expected before the factor
+    assert carried[model] == pytest.approx(correction(planned / 2, unfactored, 12, 2))
+    assert target_misses(schedule, {model: 0.0}, 1, {model: 0.95}, counts={model: 9.0})
     replanned = decide(
         MODELS,
         {},

@@ -101,22 +101,44 @@ def agreement_problem(extra: Any, models: Collection[str] | None = None) -> str 
     """Why the ``extra`` of an ``agreement`` message is malformed, or None.
 
     ``live_agreement`` (optional) maps models to floats in [0, 1]; ``probes`` (optional) is a
-    non-negative int.
+    non-negative int; ``live_counts`` (optional) maps models to their effective probes (floats
+    in [0, 2**53]) and ``live_started`` to the positive correction factor each model's option
+    started with (floats up to 1e6).
     """
     if not isinstance(extra, Mapping):
         return f"extra must be a dict, got {type(extra).__name__}"
-    scores = extra.get("live_agreement", {})
-    if not isinstance(scores, Mapping):
-        return f"extra.live_agreement must be a dict of model to float, got {scores!r}"
-    for model, score in scores.items():
-        if not isinstance(model, str) or id_problem(model):
-            return f"extra.live_agreement: bad model name {model!r}"
-        if models is not None and model not in models:
-            return f"extra.live_agreement names an unknown model {model!r}; known: {sorted(models)}"
-        number = _number(score)
-        if number is None or not 0.0 <= number <= 1.0:
-            return f"extra.live_agreement[{model!r}] must be a float in [0, 1], got {score!r}"
+    for key, low, high, open_low in (
+        ("live_agreement", 0.0, 1.0, False),
+        ("live_counts", 0.0, float(MAX_EPOCH), False),
+        ("live_started", 0.0, 1e6, True),
+    ):
+        problem = _per_model_floats(extra, key, low, high, open_low, models)
+        if problem:
+            return problem
     probes = extra.get("probes", 0)
     if type(probes) is not int or not 0 <= probes <= MAX_EPOCH:
         return f"extra.probes must be an int in [0, 2**53], got {probes!r}"
+    return None
+
+
+def _per_model_floats(
+    extra: Mapping[str, Any],
+    key: str,
+    low: float,
+    high: float,
+    open_low: bool,
+    models: Collection[str] | None,
+) -> str | None:
+    values = extra.get(key, {})
+    if not isinstance(values, Mapping):
+        return f"extra.{key} must be a dict of model to float, got {values!r}"
+    span = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
+    for model, value in values.items():
+        if not isinstance(model, str) or id_problem(model):
+            return f"extra.{key}: bad model name {model!r}"
+        if models is not None and model not in models:
+            return f"extra.{key} names an unknown model {model!r}; known: {sorted(models)}"
+        number = _number(value)
+        if number is None or not low <= number <= high or (open_low and number == low):
+            return f"extra.{key}[{model!r}] must be a float in {span}, got {value!r}"
     return None

@@ -29,6 +29,7 @@ from typing import Any
 
 from mlink.eval.experiment import TrainedWorkload
 from mlink.eval.streaming.simulate import StreamConfig, StreamRun, simulate
+from mlink.linkstore.liveguard import DECAY
 from mlink.linkstore.streamplan import LinksEstimate
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 
 OFFLINE = StreamConfig(objective="lower", z=1.0, corr=4.0, links=True)
 ONLINE = replace(OFFLINE, probe_every=16, probe_stride=7, guard=True)
-TARGET = replace(ONLINE, guard_probes=2, guard_z=1.0, guard_carry=True, guard_decay=0.8)
+TARGET = replace(ONLINE, guard_probes=2, guard_z=1.0, guard_carry=True, guard_decay=DECAY)
 TARGETS = (0.90, 0.95)
 
 

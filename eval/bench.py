@@ -90,7 +90,14 @@ METHODS = (
 )
 #: Rows whose predicted accuracy is the MLink selector's (the issue's within-3-points target).
 SELECTOR_ROWS = (GREEDY, EXACT, FUSION, STREAM, STREAM_ONLINE)
-METRICS = ("accuracy", "synthesized_accuracy", "compute_saved", "cost_ms", "predicted_accuracy")
+METRICS = (
+    "accuracy",
+    "synthesized_accuracy",
+    "compute_saved",
+    "cost_ms",
+    "predicted_accuracy",
+    "predicted_lower",  # the stream plans' lower confidence bound
+)
 
 
 @dataclass(slots=True)
@@ -138,6 +145,7 @@ def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> 
         "compute_saved": float(result.compute_saved),
         "cost_ms": float(result.cost_ms),
         "predicted_accuracy": result.predicted_accuracy,
+        "predicted_lower": getattr(result, "predicted_lower", None),
         "active": list(result.active),
         "per_model": {m: float(v) for m, v in result.per_model.items()},
         "run_rate": {m: float(v) for m, v in result.run_rate.items()},
@@ -147,7 +155,8 @@ def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One cell per (method, budget): mean and spread (sample std) of every metric over seeds.
 
-    ``prediction_gap`` is predicted minus realised accuracy per seed, averaged.
+    ``prediction_gap`` is predicted minus realised accuracy per seed, averaged; ``lower_gap`` the
+    same for the prediction's lower confidence bound.
     """
     cells = []
     keys = list(dict.fromkeys((r["method"], r["budget"]) for r in rows))
@@ -163,12 +172,14 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for metric in METRICS:
             cell[metric], cell[f"{metric}_spread"] = mean_spread(r[metric] for r in group)
-        gaps = [
-            r["predicted_accuracy"] - r["accuracy"]
-            for r in group
-            if r["predicted_accuracy"] is not None and r["accuracy"] is not None
-        ]
-        cell["prediction_gap"], cell["prediction_gap_spread"] = mean_spread(gaps)
+        for key, gap in (("predicted_accuracy", "prediction"), ("predicted_lower", "lower")):
+            gap += "_gap"
+            gaps = [
+                r[key] - r["accuracy"]
+                for r in group
+                if r.get(key) is not None and r["accuracy"] is not None
+            ]
+            cell[gap], cell[f"{gap}_spread"] = mean_spread(gaps)
         cells.append(cell)
     return cells
 

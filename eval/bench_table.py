@@ -40,6 +40,8 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     ]
     if cell["predicted_accuracy"] is not None:
         extra.append(f"pred {cell['predicted_accuracy']:.1%}")
+    if cell.get("predicted_lower") is not None:
+        extra[-1] += f" (lower {cell['predicted_lower']:.1%})"
     lines.append(" · ".join(extra))
     if not cell["feasible"]:
         lines.append(f"over budget in {cell['infeasible_runs']}/{cell['runs']} runs")
@@ -84,25 +86,30 @@ def markdown(report: BenchReport) -> str:
     gaps = [c for c in report.cells if c["method"] in SELECTOR_ROWS]
     lines += [
         "",
-        "| MLink row | budget | predicted | realised | gap (points) |",
-        "|---|---|---|---|---|",
+        "| MLink row | budget | predicted | realised | gap (points) | lower bound | gap (points) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in gaps:
         if c["prediction_gap"] is None:
             continue
-        spread = c["prediction_gap_spread"]
-        gap = f"{c['prediction_gap'] * 100:+.1f}" + (
-            f" ± {spread * 100:.1f}" if report.seeds > 1 and spread is not None else ""
-        )
+        lower = "- | -"
+        if c.get("lower_gap") is not None:
+            lower = f"{c['predicted_lower']:.1%} | {_gap(c, 'lower_gap', report.seeds)}"
         lines.append(
             f"| {c['method']} | {c['budget_fraction']:.0%} | {c['predicted_accuracy']:.1%} | "
-            f"{c['accuracy']:.1%} | {gap} |"
+            f"{c['accuracy']:.1%} | {_gap(c, 'prediction_gap', report.seeds)} | {lower} |"
         )
     if report.targets:
         lines += ["", "| " + " | ".join(TARGET_COLUMNS) + " |", "|---" * len(TARGET_COLUMNS) + "|"]
         for cell in target_cells(report):
             lines.append("| " + " | ".join(_target_line(cell, report.seeds)) + " |")
     return "\n".join(lines)
+
+
+def _gap(cell: dict[str, Any], key: str, seeds: int) -> str:
+    spread = cell[f"{key}_spread"]
+    tail = f" ± {spread * 100:.1f}" if seeds > 1 and spread is not None else ""
+    return f"{cell[key] * 100:+.1f}{tail}"
 
 
 def target_cells(report: BenchReport) -> list[dict[str, Any]]:
@@ -205,17 +212,18 @@ def _print_gaps(report: BenchReport, console: Console) -> None:
     table.add_column("predicted", justify="right")
     table.add_column("realised", justify="right")
     table.add_column("gap (points)", justify="right")
+    table.add_column("lower bound", justify="right")
+    table.add_column("gap (points)", justify="right")
     for c in gaps:
-        spread = c["prediction_gap_spread"]
-        gap = f"{c['prediction_gap'] * 100:+.1f}"
-        if report.seeds > 1 and spread is not None:
-            gap += f" ± {spread * 100:.1f}"
+        lower = c.get("lower_gap") is not None
         table.add_row(
             c["method"],
             f"{c['budget_fraction']:.0%}",
             f"{c['predicted_accuracy']:.1%}",
             f"{c['accuracy']:.1%}",
-            gap,
+            _gap(c, "prediction_gap", report.seeds),
+            f"{c['predicted_lower']:.1%}" if lower else "-",
+            _gap(c, "lower_gap", report.seeds) if lower else "-",
         )
     console.print(table)
 

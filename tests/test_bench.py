@@ -6,6 +6,7 @@ import pytest
 
 from mlink.deploy.config import parse_config
 from mlink.eval.bench import METHODS, plot, run_bench, to_json
+from mlink.eval.bench_table import markdown
 
 
 def tiny_config(tmp_path, delay_ms: float = 2.0):
@@ -130,7 +131,11 @@ def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_co
         assert cell["accuracy"] == pytest.approx(sum(accs) / 2)
         assert cell["accuracy_spread"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
     exact = next(c for c in report.cells if c["method"] == "MLink (exact selection)")
-    assert exact["prediction_gap"] is not None
+    assert exact["prediction_gap"] is not None and exact["lower_gap"] is None
+    stream = next(c for c in report.cells if c["method"] == "MLink stream (offline)")
+    assert stream["predicted_lower"] <= stream["predicted_accuracy"]  # the bound, beside it
+    assert stream["lower_gap"] == pytest.approx(stream["predicted_lower"] - stream["accuracy"])
+    assert "(lower " in markdown(report) and "lower bound" in markdown(report)
     assert "measured" in report.cost_table["models"]
     assert report.cost_table["full_ms"] == pytest.approx(report.full_cost_ms)
 

@@ -44,8 +44,9 @@ class MethodResult:
     the frames its filter lets through); ``per_model`` is each model's mean agreement; ``run_rate``
     the share of evaluation frames on which each model really ran; ``cost_ms`` the measured
     average per-frame cost; ``predicted_accuracy`` what the method expected from the training part
-    (None when it plans without an estimate); ``seconds`` the wall time the method took (fit +
-    plan + evaluation).
+    (None when it plans without an estimate), ``predicted_lower`` its lower confidence bound where
+    the method has one (stream synthesis); ``seconds`` the wall time the method took (fit + plan
+    + evaluation).
     """
 
     method: str
@@ -58,6 +59,7 @@ class MethodResult:
     run_rate: dict[str, float] = field(default_factory=dict)
     predicted_accuracy: float | None = None
     notes: str = ""
+    predicted_lower: float | None = None
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 

@@ -274,6 +274,7 @@ def simulate(
         per_model=per_model,
         run_rate=run_rate,
         predicted_accuracy=first.estimate,
+        predicted_lower=float(np.mean(list(first.lower().values()))),
         notes="; ".join(f"{m}: {first.describe(m)}" for m in models),
         seconds=time.perf_counter() - started,
         details={

@@ -96,7 +96,8 @@ class LiveAgreement:
 
 
 def _factor(value: Any) -> float:
-    """A correction factor from a control message, or 1 when it is not a positive number."""
+    """A correction factor from a control message, or 1 when it is not a positive number;
+    capped at what an ``agreement`` message may carry (topics.control)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 1.0
-    return float(value) if 0.0 < value < float("inf") else 1.0
+    return min(float(value), 1e6) if 0.0 < value < float("inf") else 1.0

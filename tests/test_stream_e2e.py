@@ -13,6 +13,7 @@ import pytest
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.linkstore.liveguard import DECAY
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from tests.test_pipeline_e2e import (
     APP,
@@ -59,8 +60,13 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
             wait_for_epoch(worker, 2, 120)
             targeted = send_frames(frames, streams, range(52, 72))
             wait_results(collector, set(targeted), 120, [worker])
-        time.sleep(1.0)
-        _, control = read_control(broker.bootstrap, config)
+        deadline = time.monotonic() + 120  # the trainer scores probes on its own schedule
+        while True:
+            time.sleep(1.0)
+            _, control = read_control(broker.bootstrap, config)
+            reports = [m for m in control if m.kind == "agreement" and m.epoch >= 1]
+            if reports or time.monotonic() > deadline:
+                break
         sets = {m.epoch: m for m in control if m.kind == "active_set"}
         schedule = Schedule.from_extra(sets[1].extra, config.model_names)
         assert sets[1].extra["cost"]["ms"] <= 0.5 * sum(m.cost.ms for m in config.models) + 1e-6
@@ -84,6 +90,11 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
         for result in probes:  # scored against what the schedule would have synthesized there
             scored = {r.model for r in result.results if r.agreement is not None}
             assert scored == set(config.model_names) - schedule.runs(result.seq, probes=False)
+        assert reports, "the trainer reported no live agreement under the schedule"
+        for report in reports:  # the guard's tally: effective probes per model, decayed
+            counts = report.extra["live_counts"]
+            assert set(counts) == set(report.extra["live_agreement"])
+            assert all(0 < n < 1 / (1 - DECAY) for n in counts.values()), report.extra
         assert collector.duplicates == 0
         assert not dead_letters(broker.bootstrap, config)
     finally:

@@ -274,6 +274,7 @@ def plot_report(report: BenchReport, path: Path) -> None:
                 xerr=[c["compute_saved_spread"] or 0.0 for c in shown],
                 yerr=[c[f"{metric}_spread"] or 0.0 for c in shown],
                 marker=markers[i % len(markers)],
+                color=f"C{i}" if i < 10 else "black",  # the colour cycle has ten
                 capsize=2,
                 label=method,
             )

@@ -199,6 +199,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "live_agreement": state.live_agreement,
         "live_synthesized_mean": _mean_of(state.live_agreement.values()),
         "live_probes": state.live_probes,
+        "live_counts": state.live_counts,  # effective probes per model (stream synthesis)
         "plan_cost": last.extra.get("cost") if last else None,
         "cost_table": last.extra.get("cost_table") if last else None,
         "infeasible": last.extra.get("infeasible") if last else None,

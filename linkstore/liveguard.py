@@ -149,26 +149,17 @@ class LiveAgreement:
         choice = self.plan.choices.get(model)
         return None if choice is None else choice.synthesized
 
-    def achieved(self, model: str) -> float | None:
-        """Live estimate of ``model``'s agreement over the run: real runs count 1."""
-        live = self.mean(model)
-        choice = self.plan.choices.get(model)
-        if live is None or choice is None:
-            return None
-        return choice.runs + (1.0 - choice.runs) * live
-
-    def corrections(self, base: Mapping[str, float] | None = None) -> dict[str, float]:
+    def corrections(self) -> dict[str, float]:
         """Factors on each model's synthesized agreement for the next plan: live over planned,
-        shrunk towards 1, times the factor the model's option started with. ``base`` (default:
-        :attr:`factors`) are the factors this plan was made with."""
-        base = self.factors if base is None else base
-        out = dict(base)
+        shrunk towards 1, times the factor the model's option started with (the plan itself was
+        made with :attr:`factors`)."""
+        out = dict(self.factors)
         for model, n in self.counts.items():
             planned = self.planned(model)
             live = self.mean(model)
             if not n or not planned or live is None:
                 continue
-            now = base.get(model, 1.0)
+            now = self.factors.get(model, 1.0)
             start = self.started.get(model, now)
             out[model] = corrected(live, planned, n, self.prior_probes, now, start)
         return out

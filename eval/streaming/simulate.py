@@ -239,7 +239,7 @@ def simulate(
         if why is None:
             continue
         reasons.append(f"frame {col}: {why}")
-        corrections = live.corrections(corrections) if config.guard else corrections
+        corrections = live.corrections() if config.guard else corrections
         refit = new_probes > 0  # new probes since the last fit: retrain, then swap
         new_probes = 0
         fit_start = time.perf_counter()

@@ -24,7 +24,7 @@ counted twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mlink.linkstore.schedule import Mode, Schedule
@@ -33,6 +33,7 @@ from mlink.linkstore.streamplan import Choice, StreamPlan
 __all__ = [
     "DECAY",
     "LiveAgreement",
+    "ProbeTally",
     "corrected",
     "correction",
     "miss_reason",
@@ -103,6 +104,37 @@ def same_option(a: Choice | None, b: Choice | None) -> bool:
     return option_key(a.period, a.mode) == option_key(b.period, b.mode)
 
 
+class ProbeTally:
+    """Probe scores per model as a running mean in which each earlier probe weighs ``decay`` of
+    the next (1: a plain mean); ``counts`` are then effective probes. The controller's guard and
+    the trainer's published figures keep the same tally, so they agree on what the probes saw."""
+
+    __slots__ = ("counts", "decay", "sums")
+
+    def __init__(self, decay: float = 1.0) -> None:
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay must lie in (0, 1], got {decay}")
+        self.decay = decay
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, model: str, score: float) -> None:
+        self.sums[model] = self.sums.get(model, 0.0) * self.decay + float(score)
+        self.counts[model] = self.counts.get(model, 0.0) * self.decay + 1.0
+
+    def mean(self, model: str) -> float | None:
+        n = self.counts.get(model, 0.0)
+        return self.sums[model] / n if n else None
+
+    def means(self) -> dict[str, float]:
+        return {m: self.sums[m] / n for m, n in sorted(self.counts.items()) if n}
+
+    def keep(self, models: Iterable[str]) -> None:
+        """Forget every model but ``models``."""
+        for m in set(self.counts) - set(models):
+            del self.sums[m], self.counts[m]
+
+
 @dataclass(slots=True)
 class LiveAgreement:
     """Probe scores of one plan's synthesized outputs, per model (carried over from earlier plans
@@ -114,10 +146,17 @@ class LiveAgreement:
     plan: StreamPlan
     prior_probes: float = 2.0
     factors: dict[str, float] = field(default_factory=dict)
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, float] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)
     decay: float = 1.0
+    tally: ProbeTally = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tally = ProbeTally(self.decay)
+
+    @property
+    def counts(self) -> dict[str, float]:
+        """Effective probes per model."""
+        return self.tally.counts
 
     def next_plan(self, plan: StreamPlan, factors: Mapping[str, float]) -> LiveAgreement:
         """The tally for the plan that replaces this one (made with ``factors``): models whose
@@ -125,7 +164,7 @@ class LiveAgreement:
         nxt = LiveAgreement(plan, self.prior_probes, dict(factors), decay=self.decay)
         for model, n in self.counts.items():
             if n and same_option(self.plan.choices.get(model), plan.choices.get(model)):
-                nxt.sums[model], nxt.counts[model] = self.sums[model], n
+                nxt.tally.sums[model], nxt.tally.counts[model] = self.tally.sums[model], n
                 nxt.started[model] = self.started.get(model, self.factors.get(model, 1.0))
         return nxt
 
@@ -133,16 +172,14 @@ class LiveAgreement:
         """One probe's agreement of what the plan synthesized for ``model``."""
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"agreement of {model!r} must lie in [0, 1], got {score}")
-        self.sums[model] = self.sums.get(model, 0.0) * self.decay + float(score)
-        self.counts[model] = self.counts.get(model, 0.0) * self.decay + 1.0
+        self.tally.add(model, score)
 
     def add_scores(self, scores: Mapping[str, float]) -> None:
         for model, score in scores.items():
             self.add(model, score)
 
     def mean(self, model: str) -> float | None:
-        n = self.counts.get(model, 0)
-        return self.sums[model] / n if n else None
+        return self.tally.mean(model)
 
     def planned(self, model: str) -> float | None:
         """The plan's expected agreement of ``model`` where it is synthesized."""

@@ -9,11 +9,11 @@ runtime signal of link quality (and of drift): the trainer publishes it on the c
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlink.linkstore.linkset import LinkSet
+from mlink.linkstore.liveguard import ProbeTally
 from mlink.linkstore.metrics import agreement
 from mlink.topics.records import FrameResult
 
@@ -46,13 +46,9 @@ class LiveAgreement:
     """
 
     def __init__(self, decay: float = 1.0) -> None:
-        if not 0.0 < decay <= 1.0:
-            raise ValueError(f"decay must lie in (0, 1], got {decay}")
-        self.decay = decay
+        self.tally = ProbeTally(decay)
         self.key: tuple[int, int | None] | None = None
         self.options: dict[str, str] = {}
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, float] = defaultdict(float)
         self.started: dict[str, float] = {}
         self.probes = 0
 
@@ -70,27 +66,26 @@ class LiveAgreement:
             options = dict(options or {})
             factors = factors if isinstance(factors, Mapping) else {}
             keep = {m for m, o in options.items() if self.options.get(m) == o}
-            for m in set(self.counts) - keep:
-                del self.sums[m], self.counts[m]
-                self.started.pop(m, None)
+            self.tally.keep(keep)
+            self.started = {m: f for m, f in self.started.items() if m in keep}
             for m in set(options) - keep:
                 self.started[m] = _factor(factors.get(m))
             self.key, self.options, self.probes = key, options, 0
         self.probes += 1
         for model, score in scores.items():
-            self.sums[model] = self.sums[model] * self.decay + score
-            self.counts[model] = self.counts[model] * self.decay + 1.0
+            self.tally.add(model, score)
 
     def means(self) -> dict[str, float]:
-        return {m: self.sums[m] / self.counts[m] for m in sorted(self.counts)}
+        return self.tally.means()
 
     def report(self) -> dict[str, Any]:
         """The ``extra`` of an ``agreement`` control message."""
         extra: dict[str, Any] = {"live_agreement": self.means(), "probes": self.probes}
         if self.options:
-            extra["live_counts"] = {m: round(self.counts[m], 6) for m in sorted(self.counts)}
+            counts = self.tally.counts
+            extra["live_counts"] = {m: round(counts[m], 6) for m in sorted(counts)}
             extra["live_started"] = {
-                m: self.started[m] for m in sorted(self.counts) if m in self.started
+                m: self.started[m] for m in sorted(counts) if m in self.started
             }
         return extra
 

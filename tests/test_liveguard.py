@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from mlink.linkstore.liveguard import LiveAgreement, correction, same_option
+from mlink.linkstore.liveguard import LiveAgreement, ProbeTally, correction, same_option
 from mlink.linkstore.streamplan import StreamPlan, plan_for_targets
 from tests.test_stream_synthesis import small_instance
 
@@ -103,3 +103,18 @@ def test_the_trainers_tally_carries_a_kept_option_and_reports_it() -> None:
     assert report["live_started"] == {"eyes": 0.9}
     tally.add((3, 1), {"eyes": 1.0}, None, {"eyes": "bad"})  # no schedule: start over
     assert tally.report() == {"live_agreement": {"eyes": 1.0}, "probes": 1}
+
+
+def test_the_probe_tally_is_a_decayed_mean_and_forgets_what_it_is_told() -> None:
+    tally = ProbeTally(0.5)
+    for score in (1.0, 0.0, 1.0):
+        tally.add("a", score)
+    tally.add("b", 0.25)
+    # weights 0.25, 0.5, 1 on the scores 1, 0, 1
+    assert tally.counts["a"] == pytest.approx(1.75)
+    assert tally.mean("a") == pytest.approx(1.25 / 1.75)
+    assert tally.means() == {"a": pytest.approx(1.25 / 1.75), "b": 0.25}
+    tally.keep({"b"})
+    assert tally.mean("a") is None and tally.means() == {"b": 0.25}
+    with pytest.raises(ValueError, match="decay"):
+        ProbeTally(0.0)

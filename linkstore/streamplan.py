@@ -10,8 +10,8 @@ of models that run on every frame, and for every other model a period, a phase a
   agreement, as a lower confidence bound, meets its target: the budget keys
   ``target_agreement`` (every model) and ``target_agreement:<model>`` (one model, overrides).
 
-A model's expected agreement under a period ``k``, phase ``r`` and mode is exact over one steady
-cycle of its runs and the probes (:func:`~mlink.linkstore.schedule.lag_histogram`): 1 on frames it
+A model's expected agreement under a period ``k``, phase ``r`` and mode
+(:func:`~mlink.linkstore.streamoptions.option`) is exact over one steady cycle of its runs and the probes (:func:`~mlink.linkstore.schedule.lag_histogram`): 1 on frames it
 runs, the mode's :class:`~mlink.linkstore.streamfit.Curve` at the frames since its last run
 otherwise. Detector modes need their source in the active set. The paper's links are one more
 mode when ``links`` is given: ``links(active, target)`` returns their estimated agreement, the
@@ -26,16 +26,14 @@ set, the models' options are independent.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
-import numpy as np
-
 from mlink.linkstore.knapsack import choose_options
-from mlink.linkstore.schedule import Mode, Schedule, lag_histogram
+from mlink.linkstore.schedule import Schedule
 from mlink.linkstore.streamfit import Curve
+from mlink.linkstore.streamoptions import Choice, LinksEstimate, Options, option
 
 __all__ = [
     "DEFAULT_PERIODS",
@@ -54,33 +52,6 @@ __all__ = [
 TARGET_KEY = "target_agreement"
 TARGET_PREFIX = "target_agreement:"
 DEFAULT_PERIODS = (0, *range(2, 17))
-PSEUDO = 2.0  # pseudo-samples of the largest variance (0.25) in every confidence bound
-LINKS_MIN_GAIN = 0.01  # 0: never scheduled (probes only); 1 is the active set
-#: ``links(active, target) -> (mean agreement, samples, ms per synthesized output)`` for the
-#: paper's links (an ensemble over the active set).
-LinksEstimate = Callable[[frozenset[str], str], tuple[float, int, float]]
-
-
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """What one model does: runs with ``period`` and ``phase`` and is synthesized by ``mode`` in
-    between. ``estimate`` and ``lower`` (a lower confidence bound) are its expected agreement
-    over a steady cycle, runs counting 1; ``cost_ms`` its expected ms per frame (runs, probes
-    included, plus synthesis)."""
-
-    model: str
-    period: int
-    phase: int
-    mode: Mode
-    estimate: float
-    lower: float
-    cost_ms: float
-    runs: float = 1.0  # share of frames on which the model really runs (probes included)
-
-    @property
-    def synthesized(self) -> float | None:
-        """Expected agreement on the frames it is synthesized (None if it always runs)."""
-        return None if self.runs >= 1.0 else (self.estimate - self.runs) / (1.0 - self.runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,133 +109,6 @@ def agreement_targets(budget: Mapping[str, float], models: Iterable[str]) -> dic
     return out
 
 
-def option(
-    curve: Curve,
-    period: int,
-    probe_every: int,
-    model_ms: float,
-    z: float = 1.645,
-    probe_stride: int = 0,
-    corr: float = 1.0,
-    factor: float = 1.0,
-) -> Choice | None:
-    """``curve``'s mode with ``period``, at its best phase; None when the cycle reaches lags the
-    curve does not cover (memory older than it was estimated for). ``factor`` scales the
-    synthesized agreement (a live correction, see :mod:`mlink.linkstore.liveguard`)."""
-    best: Choice | None = None
-    agree = np.minimum(np.asarray(curve.agree) * factor, 1.0)
-    agree[0] = 1.0
-    support = np.asarray(curve.support)
-    for phase in range(max(period, 1)) if probe_every else (0,):
-        hist = np.asarray(lag_histogram(period, phase, probe_every, probe_stride), dtype=float)
-        if not curve.mode.uses_memory:  # the same agreement at every lag
-            hist = np.array([hist[0], hist[1:].sum()]) if len(hist) else np.array([0.0, 1.0])
-        elif len(hist) == 0 or len(hist) > len(agree):
-            return None
-        share = hist[0] / hist.sum()
-        synth = hist[1:].sum()
-        if synth:
-            weights = hist[1:] / synth
-            mean_synth = float(weights @ agree[1 : len(hist)])
-            n_eff = np.maximum(support[1 : len(hist)] / corr, 1.0)
-            var = (curve.spread**2 * n_eff + 0.25 * PSEUDO) / (n_eff + PSEUDO)
-            # the lags' estimates come from the same frames, so their errors move together:
-            # the margin of their mix is the mix of their margins (treating them as independent
-            # shrank it by up to sqrt(period) and made long periods look safe)
-            margin = z * float(weights @ np.sqrt(var / n_eff))
-            lower = share + (1.0 - share) * max(0.0, mean_synth - margin)
-            estimate = share + (1.0 - share) * mean_synth
-        else:
-            lower = estimate = 1.0
-        cost = model_ms * share + curve.synth_ms * (1.0 - share)
-        cand = Choice(curve.target, period, phase, curve.mode, estimate, lower, cost, share)
-        if best is None or cand.estimate > best.estimate + 1e-12:
-            best = cand
-    return best
-
-
-class _Options:
-    """Every model's options, computed once per search, grouped by the models they need."""
-
-    def __init__(
-        self,
-        curves: Mapping[str, Sequence[Curve]],
-        costs_ms: Mapping[str, float],
-        probe_every: int,
-        periods: Sequence[int],
-        z: float,
-        probe_stride: int = 0,
-        corr: float = 1.0,
-        corrections: Mapping[str, float] | None = None,
-    ) -> None:
-        self.models = sorted(costs_ms)
-        missing = sorted(set(self.models) - set(curves))
-        if missing:
-            raise ValueError(f"no curves for {missing}: the trainer estimates every model")
-        self.ms = {m: float(costs_ms[m]) for m in self.models}
-        self.probe_every = probe_every
-        self.probe_stride = probe_stride
-        self.corr = corr
-        self.factor = {m: float((corrections or {}).get(m, 1.0)) for m in self.models}
-        self.periods = [p for p in periods if p != 1]
-        self.z = z
-        self.by_need: dict[str, dict[frozenset[str], list[Choice]]] = {}
-        for t in self.models:
-            groups: dict[frozenset[str], list[Choice]] = {}
-            for curve in curves[t]:
-                if curve.mode.kind == "links" or t in curve.mode.requires:
-                    continue
-                for k in self.periods:
-                    c = option(
-                        curve, k, probe_every, self.ms[t], z, probe_stride, corr, self.factor[t]
-                    )
-                    if c is not None:
-                        groups.setdefault(curve.mode.requires, []).append(c)
-            self.by_need[t] = groups
-        self.max_lag = max((c.max_lag for cs in curves.values() for c in cs), default=16)
-        # the best any constant mode does: links must beat it to be worth asking about
-        self.constant = {
-            t: max((c.agree[1] for c in curves[t] if not c.mode.uses_memory), default=0.0)
-            for t in self.models
-        }
-        self._links_useful: dict[str, bool] = {}
-
-    def links_useful(self, t: str, links: LinksEstimate) -> bool:
-        """Whether the paper's links into ``t`` can beat its best constant mode at all: asked
-        once, with every other model active (an ensemble can ignore a useless source, so more
-        sources do not hurt). On video they rarely can, and skipping them saves thousands of
-        oracle queries per plan."""
-        if t not in self._links_useful:
-            best, _, _ = links(frozenset(self.models) - {t}, t)
-            self._links_useful[t] = best > self.constant[t] + LINKS_MIN_GAIN
-        return self._links_useful[t]
-
-    def always(self, t: str) -> Choice:
-        return Choice(t, 1, 0, Mode("reuse"), 1.0, 1.0, self.ms[t])
-
-    def choices(self, t: str, active: frozenset[str], links: LinksEstimate | None) -> list[Choice]:
-        out = [c for need, cs in self.by_need[t].items() if need <= active for c in cs]
-        if links is not None and active and self.links_useful(t, links):
-            mean, n, ms = links(active, t)
-            spread = math.sqrt(max(mean * (1.0 - mean), 1e-6))
-            curve = Curve(t, Mode("links"), (1.0,) + (mean,) * self.max_lag,
-                          (0,) + (n,) * self.max_lag, spread, ms)  # fmt: skip
-            for k in self.periods:
-                c = option(
-                    curve,
-                    k,
-                    self.probe_every,
-                    self.ms[t],
-                    self.z,
-                    self.probe_stride,
-                    self.corr,
-                    self.factor[t],
-                )
-                if c is not None:
-                    out.append(c)
-        return out
-
-
 def _pareto(choices: list[Choice], value: Callable[[Choice], float]) -> list[Choice]:
     best: list[Choice] = []
     for c in sorted(choices, key=lambda c: (c.cost_ms, -value(c))):
@@ -273,7 +117,7 @@ def _pareto(choices: list[Choice], value: Callable[[Choice], float]) -> list[Cho
     return best
 
 
-def _plan(opts: _Options, chosen: Mapping[str, Choice], searched: int) -> StreamPlan:
+def _plan(opts: Options, chosen: Mapping[str, Choice], searched: int) -> StreamPlan:
     schedule = Schedule(
         periods={m: c.period for m, c in chosen.items()},
         phases={m: c.phase for m, c in chosen.items() if c.phase},
@@ -286,7 +130,7 @@ def _plan(opts: _Options, chosen: Mapping[str, Choice], searched: int) -> Stream
     return StreamPlan(schedule, dict(chosen), estimate, cost, True, "", searched)
 
 
-def _fallback(opts: _Options, reason: str, searched: int) -> StreamPlan:
+def _fallback(opts: Options, reason: str, searched: int) -> StreamPlan:
     plan = _plan(opts, {m: opts.always(m) for m in opts.models}, searched)
     return StreamPlan(plan.schedule, plan.choices, 1.0, plan.cost_ms, False, reason, searched)
 
@@ -331,7 +175,7 @@ def plan_for_budget(
 ) -> StreamPlan:
     """The schedule with the most expected mean agreement whose expected cost fits
     ``budget_ms`` (see the module docstring). Infeasible budgets give the fallback plan."""
-    opts = _Options(curves, costs_ms, probe_every, periods, z, probe_stride, corr, corrections)
+    opts = Options(curves, costs_ms, probe_every, periods, z, probe_stride, corr, corrections)
     models = opts.models
 
     def value_of(c: Choice) -> float:
@@ -404,7 +248,7 @@ def plan_for_targets(
     (models without one take their cheapest option), within ``budget_ms`` if given. Every
     active set is tried (at most ``max_models`` models). When none works the fallback plan runs
     every model, ``feasible`` False, with the reason."""
-    opts = _Options(curves, costs_ms, probe_every, periods, z, probe_stride, corr, corrections)
+    opts = Options(curves, costs_ms, probe_every, periods, z, probe_stride, corr, corrections)
     models = opts.models
     unknown = sorted(set(targets) - set(models))
     if unknown:

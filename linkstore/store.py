@@ -1,6 +1,6 @@
 """Versioned, crash-safe storage of trained links and ensembles.
 
-``LinkStore(path)`` keeps versions in a local (or shared) directory, as described below;
+``LinkStore(path)`` keeps versions in a local (or shared) directory;
 ``LinkStore("s3://bucket/prefix")`` (any fsspec URL but ``file://``) keeps them in an object
 store with the same API and checks, for workers that share no directory
 (:mod:`mlink.linkstore.objectstore` says how it does without rename and locks). Both keep the
@@ -13,30 +13,7 @@ A *bundle* is one version of the whole link set of a pipeline: a mapping
 user's JSON metadata. Bundles are stored as whole versions rather than per link so that
 an operator always swaps in a set of links that were trained and validated together.
 
-On-disk layout (``root`` is the directory given to :class:`LinkStore`)::
-
-    root/
-      .lock                  flock target; held by writers only, readers never take it
-      SEQUENCE.json          {"last": 7}: highest version number ever allocated
-      CURRENT.json           {"current": 7, "history": [3, 5, 7], "promoted_at": <unix s>}
-      v000007/               one complete version; only ever appears via os.rename
-        tensors.safetensors  all state dicts, flattened to "<name>/<param>" keys
-        meta.json            {"version", "created_at", "names", "meta": <user dict>}
-        MANIFEST.json        sha256 of the two files above, checked on every load
-      .tmp-*                 debris of an interrupted write; ignored, removed by next save
-      .trash-*               debris of an interrupted delete; ignored, removed by next save
-
-Why it is crash safe: a version is written completely into a ``.tmp-`` directory inside
-the store (same filesystem), every file and the directory are fsynced, and only then is
-it renamed to ``vNNNNNN``; a rename is atomic, so a version is either absent or complete.
-Small JSON files (pointer, sequence) are replaced with write-temp + fsync + ``os.replace``.
-The sequence counter is advanced *before* the temp directory is created, so a number
-handed to a write that later crashed is never handed out again.
-
-Why writers hold the lock for the whole save (not just allocation and rename): it makes
-every ``.tmp-`` entry seen by a lock holder provably stale, so cleanup can never delete a
-concurrent writer's half-built version. Saves of small link models take milliseconds;
-serialisation to bytes happens before the lock is taken.
+The on-disk layout and why writes are crash safe: docs/link-store.md.
 """
 
 from __future__ import annotations
@@ -44,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import os
 import re
 import secrets
@@ -58,21 +34,37 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as _st_load
 
+from mlink.linkstore.store_files import (
+    _as_int,
+    _check_version_arg,
+    _collapse,
+    _fsync_dir,
+    _next_stamp,
+    _read_json,
+    _remote_url,
+    _write_durable,
+)
 from mlink.linkstore.store_format import (
+    FORMAT,
+    MANIFEST_FILE,
+    META_FILE,
+    TENSORS_FILE,
     IntegrityError,
     StoreError,
     _check_tensors,
     _digest,
     _json_bytes,
     _serialize,
-    _split_key,
     _to_json,
 )
+from mlink.linkstore.store_reads import Bundle, BundleMeta, VersionReads, _MissingVersionError
 
 __all__ = [
     "FORMAT",
+    "MANIFEST_FILE",
+    "META_FILE",
+    "TENSORS_FILE",
     "Bundle",
     "BundleMeta",
     "IntegrityError",
@@ -80,12 +72,6 @@ __all__ = [
     "StoreError",
 ]
 
-FORMAT = 1
-"""On-disk format written by this module; newer formats are refused rather than misread."""
-
-TENSORS_FILE = "tensors.safetensors"
-META_FILE = "meta.json"
-MANIFEST_FILE = "MANIFEST.json"
 POINTER_FILE = "CURRENT.json"
 SEQUENCE_FILE = "SEQUENCE.json"
 LOCK_FILE = ".lock"
@@ -97,36 +83,6 @@ _TMP_VERSION_DIR = re.compile(r"^\.tmp-v(\d+)-")
 _HISTORY_LIMIT = 256
 
 
-class _MissingVersionError(StoreError):
-    """Internal: the version directory is absent (lets load(None) retry after a race)."""
-
-
-@dataclass(frozen=True)
-class BundleMeta:
-    """What is known about one stored version without reading its tensors.
-
-    ``sha256`` is the digest of the tensor payload file, so two versions with equal
-    ``sha256`` hold bit-identical weights. ``meta`` is the user's JSON dict as saved
-    (tuples come back as lists, as with any JSON round trip).
-    """
-
-    version: int
-    created_at: str
-    sha256: str
-    meta: dict[str, Any]
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """One loaded version: ``tensors[name][param]`` are CPU tensors, verified against the
-    manifest."""
-
-    version: int
-    tensors: dict[str, dict[str, torch.Tensor]]
-    meta: BundleMeta
-
-
 @dataclass(frozen=True)
 class _Pointer:
     current: int | None
@@ -134,7 +90,7 @@ class _Pointer:
     promoted_at: float
 
 
-class LinkStore:
+class LinkStore(VersionReads):
     """A directory of versioned link bundles with an atomically switched "current" version.
 
     Writers (``save``, ``promote``, ``rollback``, ``delete``, ``prune``) serialise on an
@@ -363,13 +319,6 @@ class LinkStore:
                 numbers.append(int(match.group(1)))
         return sorted(numbers)
 
-    def _missing(self, version: int) -> _MissingVersionError:
-        available = self._version_numbers()
-        return _MissingVersionError(
-            f"version {version} does not exist in {self.root}; "
-            f"available versions: {available if available else 'none (save one first)'}"
-        )
-
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         lock_path = self.root / LOCK_FILE
@@ -524,190 +473,3 @@ class LinkStore:
             ) from None
         with os.fdopen(fd, "rb") as fh:
             return fh.read()
-
-    def _read_manifest(self, version: int, read: Callable[[str], bytes]) -> dict[str, str]:
-        raw = read(MANIFEST_FILE)
-        manifest = self._parse(version, MANIFEST_FILE, raw)
-        files = manifest.get("files")
-        if (
-            manifest.get("version") != version
-            or not isinstance(files, dict)
-            or set(files) != {TENSORS_FILE, META_FILE}
-        ):
-            raise self._corrupt(version, MANIFEST_FILE, "has unexpected content")
-        return files
-
-    def _checked(
-        self, version: int, read: Callable[[str], bytes], files: dict[str, str], name: str
-    ) -> bytes:
-        data = read(name)
-        actual = _digest(data)
-        if actual != files[name]:
-            raise self._corrupt(
-                version,
-                name,
-                f"has sha256 {actual[:16]}... but the manifest records {str(files[name])[:16]}...",
-            )
-        return data
-
-    def _parse(self, version: int, name: str, raw: bytes) -> dict[str, Any]:
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._corrupt(version, name, f"is not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise self._corrupt(version, name, "is not a JSON object")
-        fmt = data.get("format")
-        if isinstance(fmt, int) and fmt > FORMAT:
-            raise StoreError(
-                f"version {version} in {self.root} uses store format {fmt}, newer than this "
-                f"code understands ({FORMAT}); upgrade mlink-stream to read it"
-            )
-        return data
-
-    def _corrupt(self, version: int, name: str, problem: str) -> IntegrityError:
-        return IntegrityError(
-            f"version {version} in {self.root} is corrupt: {name} {problem}. Do not use it: "
-            f"rollback() or promote(v) another version, then delete({version})"
-        )
-
-    def _meta_from(self, version: int, meta_raw: bytes, files: dict[str, str]) -> BundleMeta:
-        data = self._parse(version, META_FILE, meta_raw)
-        names = data.get("names")
-        if (
-            data.get("version") != version
-            or not isinstance(data.get("meta"), dict)
-            or not isinstance(names, list)
-            or not all(isinstance(n, str) for n in names)
-        ):
-            raise self._corrupt(version, META_FILE, "has unexpected content")
-        return BundleMeta(
-            version=version,
-            created_at=str(data.get("created_at")),
-            sha256=files[TENSORS_FILE],
-            meta=data["meta"],
-            names=tuple(names),
-        )
-
-    def _read_meta(self, version: int) -> BundleMeta:
-        with self._version_reader(version) as read:
-            files = self._read_manifest(version, read)
-            return self._meta_from(version, self._checked(version, read, files, META_FILE), files)
-
-    def _verify(self, version: int) -> None:
-        with self._version_reader(version) as read:
-            files = self._read_manifest(version, read)
-            for name in files:
-                self._checked(version, read, files, name)
-
-    def _load_version(self, version: int) -> Bundle:
-        """Load through the per-instance cache: a version is immutable, so it is read and
-        hashed once; a corrupt one is remembered and its error re-raised without re-reading."""
-        bad = self._bad.get(version)
-        if bad is not None:
-            raise bad
-        cached = self._good.get(version)
-        if cached is not None:
-            self._good.move_to_end(version)
-            return cached
-        try:
-            bundle = self._read_bundle(version)
-        except IntegrityError as exc:
-            self._bad[version] = exc
-            raise
-        if self.cache_size:
-            self._good[version] = bundle
-            while len(self._good) > self.cache_size:
-                self._good.popitem(last=False)
-        return bundle
-
-    def _forget(self, version: int) -> None:
-        self._good.pop(version, None)
-        self._bad.pop(version, None)
-
-    def _read_bundle(self, version: int) -> Bundle:
-        with self._version_reader(version) as read:
-            files = self._read_manifest(version, read)
-            meta = self._meta_from(version, self._checked(version, read, files, META_FILE), files)
-            payload = self._checked(version, read, files, TENSORS_FILE)
-        try:
-            flat = _st_load(payload)
-        except Exception as exc:  # hash matched, so this is a writer bug or format change
-            raise self._corrupt(version, TENSORS_FILE, f"cannot be decoded ({exc})") from exc
-        tensors: dict[str, dict[str, torch.Tensor]] = {name: {} for name in meta.names}
-        for key, tensor in flat.items():
-            name, param = _split_key(key)
-            if name not in tensors:
-                raise self._corrupt(version, TENSORS_FILE, f"holds unlisted link {name!r}")
-            tensors[name][param] = tensor
-        return Bundle(version=version, tensors=tensors, meta=meta)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _remote_url(root: object) -> bool:
-    """True for an fsspec URL other than file:// (those are stored by ObjectLinkStore)."""
-    if not isinstance(root, str):
-        return False
-    scheme, sep, _ = root.partition("://")
-    return bool(sep) and scheme != "file"
-
-
-def _check_version_arg(version: object) -> None:
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version numbers are ints >= 1, got {version!r}")
-
-
-def _read_json(path: Path, *, what: str) -> dict[str, Any]:
-    raw = path.read_bytes()
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreError(
-            f"the {what} {path} is not valid JSON ({exc}); it is only ever replaced "
-            "atomically, so it was edited or damaged by hand: restore or remove it"
-        ) from None
-    if not isinstance(data, dict):
-        raise StoreError(f"the {what} {path} is not a JSON object; restore or remove it")
-    return data
-
-
-def _as_int(value: object, path: Path | str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise StoreError(f"{path} holds {value!r} where a version number belongs; restore it")
-    return value
-
-
-def _collapse(history: list[int]) -> list[int]:
-    """Drop consecutive repeats left behind when versions between them were deleted."""
-    out: list[int] = []
-    for v in history:
-        if not out or out[-1] != v:
-            out.append(v)
-    return out
-
-
-def _next_stamp(previous: float) -> float:
-    """Strictly increasing, so two promotions within one clock tick still change the token."""
-    return max(time.time(), previous + 1e-6)
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

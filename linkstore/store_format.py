@@ -17,6 +17,13 @@ from safetensors.torch import save as _st_save
 
 __all__ = ["IntegrityError", "StoreError"]
 
+FORMAT = 1
+"""On-disk format written by this code; newer formats are refused rather than misread."""
+
+TENSORS_FILE = "tensors.safetensors"
+META_FILE = "meta.json"
+MANIFEST_FILE = "MANIFEST.json"
+
 _KEY_SEP = "/"
 _ESCAPES = {"%": "%25", "/": "%2F"}
 _UNESCAPES = {"25": "%", "2F": "/"}

@@ -11,9 +11,10 @@ of models that run on every frame, and for every other model a period, a phase a
   ``target_agreement`` (every model) and ``target_agreement:<model>`` (one model, overrides).
 
 A model's expected agreement under a period ``k``, phase ``r`` and mode
-(:func:`~mlink.linkstore.streamoptions.option`) is exact over one steady cycle of its runs and the probes (:func:`~mlink.linkstore.schedule.lag_histogram`): 1 on frames it
-runs, the mode's :class:`~mlink.linkstore.streamfit.Curve` at the frames since its last run
-otherwise. Detector modes need their source in the active set. The paper's links are one more
+(:func:`~mlink.linkstore.streamoptions.option`) is exact over one steady cycle of its runs and
+the probes (:func:`~mlink.linkstore.schedule.lag_histogram`): 1 on frames it runs, the mode's
+:class:`~mlink.linkstore.streamfit.Curve` at the frames since its last run otherwise.
+Detector modes need their source in the active set. The paper's links are one more
 mode when ``links`` is given: ``links(active, target)`` returns their estimated agreement, the
 number of samples behind it and what one synthesized output costs.
 

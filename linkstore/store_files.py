@@ -1,0 +1,80 @@
+"""Small durable-file helpers of the directory store: strict JSON reads, fsynced writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlink.linkstore.store_format import StoreError
+
+__all__: list[str] = []
+
+
+def _remote_url(root: object) -> bool:
+    """True for an fsspec URL other than file:// (those are stored by ObjectLinkStore)."""
+    if not isinstance(root, str):
+        return False
+    scheme, sep, _ = root.partition("://")
+    return bool(sep) and scheme != "file"
+
+
+def _check_version_arg(version: object) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version numbers are ints >= 1, got {version!r}")
+
+
+def _read_json(path: Path, *, what: str) -> dict[str, Any]:
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(
+            f"the {what} {path} is not valid JSON ({exc}); it is only ever replaced "
+            "atomically, so it was edited or damaged by hand: restore or remove it"
+        ) from None
+    if not isinstance(data, dict):
+        raise StoreError(f"the {what} {path} is not a JSON object; restore or remove it")
+    return data
+
+
+def _as_int(value: object, path: Path | str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StoreError(f"{path} holds {value!r} where a version number belongs; restore it")
+    return value
+
+
+def _collapse(history: list[int]) -> list[int]:
+    """Drop consecutive repeats left behind when versions between them were deleted."""
+    out: list[int] = []
+    for v in history:
+        if not out or out[-1] != v:
+            out.append(v)
+    return out
+
+
+def _next_stamp(previous: float) -> float:
+    """Strictly increasing, so two promotions within one clock tick still change the token."""
+    return max(time.time(), previous + 1e-6)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -97,6 +97,7 @@ METRICS = (
     "cost_ms",
     "predicted_accuracy",
     "predicted_lower",  # the stream plans' lower confidence bound
+    "predicted_in_force",  # the estimate of the plan in force, per frame (re-plans included)
 )
 
 
@@ -146,6 +147,7 @@ def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> 
         "cost_ms": float(result.cost_ms),
         "predicted_accuracy": result.predicted_accuracy,
         "predicted_lower": getattr(result, "predicted_lower", None),
+        "predicted_in_force": getattr(result, "predicted_in_force", None),
         "active": list(result.active),
         "per_model": {m: float(v) for m, v in result.per_model.items()},
         "run_rate": {m: float(v) for m, v in result.run_rate.items()},
@@ -156,7 +158,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One cell per (method, budget): mean and spread (sample std) of every metric over seeds.
 
     ``prediction_gap`` is predicted minus realised accuracy per seed, averaged; ``lower_gap`` the
-    same for the prediction's lower confidence bound.
+    same for the prediction's lower confidence bound, ``in_force_gap`` for the estimate of the
+    plan in force on each frame.
     """
     cells = []
     keys = list(dict.fromkeys((r["method"], r["budget"]) for r in rows))
@@ -172,7 +175,11 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for metric in METRICS:
             cell[metric], cell[f"{metric}_spread"] = mean_spread(r[metric] for r in group)
-        for key, gap in (("predicted_accuracy", "prediction"), ("predicted_lower", "lower")):
+        for key, gap in (
+            ("predicted_accuracy", "prediction"),
+            ("predicted_lower", "lower"),
+            ("predicted_in_force", "in_force"),
+        ):
             gap += "_gap"
             gaps = [
                 r[key] - r["accuracy"]

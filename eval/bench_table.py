@@ -86,18 +86,25 @@ def markdown(report: BenchReport) -> str:
     gaps = [c for c in report.cells if c["method"] in SELECTOR_ROWS]
     lines += [
         "",
-        "| MLink row | budget | predicted | realised | gap (points) | lower bound | gap (points) |",
-        "|---|---|---|---|---|---|---|",
+        "| MLink row | budget | predicted | realised | gap (points) | lower bound | gap (points) "
+        "| plan in force | gap (points) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in gaps:
         if c["prediction_gap"] is None:
             continue
-        lower = "- | -"
-        if c.get("lower_gap") is not None:
-            lower = f"{c['predicted_lower']:.1%} | {_gap(c, 'lower_gap', report.seeds)}"
+        extra = [
+            f"{c[key]:.1%} | {_gap(c, gap, report.seeds)}" if c.get(gap) is not None else "- | -"
+            for key, gap in (
+                ("predicted_lower", "lower_gap"),
+                ("predicted_in_force", "in_force_gap"),
+            )
+        ]
         lines.append(
             f"| {c['method']} | {c['budget_fraction']:.0%} | {c['predicted_accuracy']:.1%} | "
-            f"{c['accuracy']:.1%} | {_gap(c, 'prediction_gap', report.seeds)} | {lower} |"
+            f"{c['accuracy']:.1%} | {_gap(c, 'prediction_gap', report.seeds)} | "
+            + " | ".join(extra)
+            + " |"
         )
     if report.targets:
         lines += ["", "| " + " | ".join(TARGET_COLUMNS) + " |", "|---" * len(TARGET_COLUMNS) + "|"]
@@ -212,18 +219,20 @@ def _print_gaps(report: BenchReport, console: Console) -> None:
     table.add_column("predicted", justify="right")
     table.add_column("realised", justify="right")
     table.add_column("gap (points)", justify="right")
-    table.add_column("lower bound", justify="right")
-    table.add_column("gap (points)", justify="right")
+    for head in ("lower bound", "gap (points)", "plan in force", "gap (points)"):
+        table.add_column(head, justify="right")
     for c in gaps:
-        lower = c.get("lower_gap") is not None
+        extra = []
+        for key, gap in (("predicted_lower", "lower_gap"), ("predicted_in_force", "in_force_gap")):
+            known = c.get(gap) is not None
+            extra += [f"{c[key]:.1%}", _gap(c, gap, report.seeds)] if known else ["-", "-"]
         table.add_row(
             c["method"],
             f"{c['budget_fraction']:.0%}",
             f"{c['predicted_accuracy']:.1%}",
             f"{c['accuracy']:.1%}",
             _gap(c, "prediction_gap", report.seeds),
-            f"{c['predicted_lower']:.1%}" if lower else "-",
-            _gap(c, "lower_gap", report.seeds) if lower else "-",
+            *extra,
         )
     console.print(table)
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from mlink.deploy.config import parse_config
@@ -136,6 +137,8 @@ def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_co
     assert stream["predicted_lower"] <= stream["predicted_accuracy"]  # the bound, beside it
     assert stream["lower_gap"] == pytest.approx(stream["predicted_lower"] - stream["accuracy"])
     assert "(lower " in markdown(report) and "lower bound" in markdown(report)
+    assert "plan in force" in markdown(report) and exact["in_force_gap"] is None
+    assert stream["predicted_in_force"] == pytest.approx(stream["predicted_accuracy"])
     assert "measured" in report.cost_table["models"]
     assert report.cost_table["full_ms"] == pytest.approx(report.full_cost_ms)
 
@@ -164,3 +167,46 @@ def test_bench_prices_on_a_live_runs_cost_table(tmp_path):
     }
     assert priced.total_cost("ms") == 10.0
     assert priced.cost_source == f"read from {summary}"
+
+
+def test_a_stream_run_that_replans_predicts_each_frame_by_the_plan_it_ran_under(tmp_path):
+    from dataclasses import replace
+
+    from mlink.eval.config_workload import load_workload
+    from mlink.eval.experiment import train_workload
+    from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink
+    from mlink.linkstore.training import TrainConfig
+
+    workload = load_workload(tiny_config(tmp_path), False, tmp_path / "cache")
+    trained = train_workload(workload, 0.2, TrainConfig(epochs=5, seed=0))
+    budget = 0.5 * workload.total_cost()
+    once = stream_mlink(trained, budget, OFFLINE)
+    assert len(once.plans) == 1 and not once.in_force.any()
+    assert once.result.predicted_in_force == pytest.approx(once.result.predicted_accuracy)
+    # a refit after every probe: the plan changes during the run
+    run = stream_mlink(trained, budget, replace(ONLINE, probe_every=4, refit_every=1))
+    assert len(run.plans) > 1 and len(run.in_force) == len(trained.test_idx)
+    assert run.in_force[0] == 0 and 1 <= run.in_force[-1] <= len(run.plans) - 1
+    assert (np.diff(run.in_force) >= 0).all()
+    held = np.mean([run.plans[k].estimate for k in run.in_force])
+    assert run.result.predicted_in_force == pytest.approx(held)
+    assert run.result.predicted_accuracy == run.plans[0].estimate  # the up-front figure stays
+
+
+def test_the_oracle_stream_plan_is_fitted_on_every_frame_and_scores_links_on_the_rest(tmp_path):
+    from mlink.eval.config_workload import load_workload
+    from mlink.eval.experiment import train_workload
+    from mlink.eval.streaming.method import OFFLINE, links_estimate, stream_mlink
+    from mlink.linkstore.training import TrainConfig
+
+    workload = load_workload(tiny_config(tmp_path), False, tmp_path / "cache")
+    trained = train_workload(workload, 0.2, TrainConfig(epochs=5, seed=0))
+    run = stream_mlink(trained, 0.5 * workload.total_cost(), OFFLINE, oracle=True)
+    assert run.fits[0].n_samples == len(workload.streams)  # bench rows: the training part only
+    assert stream_mlink(trained, 0.5 * workload.total_cost()).fits[0].n_samples == len(
+        trained.train_idx
+    )
+    active, target = frozenset(workload.models[:1]), workload.models[-1]
+    seen = links_estimate(trained, evaluated=True)(active, target)
+    assert seen[0] == pytest.approx(trained.test_oracle(active, target))
+    assert seen[1] == len(trained.test_idx)

@@ -45,8 +45,9 @@ class MethodResult:
     the share of evaluation frames on which each model really ran; ``cost_ms`` the measured
     average per-frame cost; ``predicted_accuracy`` what the method expected from the training part
     (None when it plans without an estimate), ``predicted_lower`` its lower confidence bound where
-    the method has one (stream synthesis); ``seconds`` the wall time the method took (fit + plan
-    + evaluation).
+    the method has one (stream synthesis), ``predicted_in_force`` the mean over the frames of
+    the estimate of the plan each ran under, for methods that re-plan as they go (stream
+    synthesis); ``seconds`` the wall time the method took (fit + plan + evaluation).
     """
 
     method: str
@@ -60,6 +61,7 @@ class MethodResult:
     predicted_accuracy: float | None = None
     notes: str = ""
     predicted_lower: float | None = None
+    predicted_in_force: float | None = None
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 

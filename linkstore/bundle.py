@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mlink.linkstore.crossfit import CrossFit, oracle_from_bundle
+from mlink.linkstore.linkcosts import synthesis_costs
 from mlink.linkstore.linkset import AgreementOracle, LinkSet, decode_rows
 from mlink.linkstore.store import LinkStore, StoreError
 from mlink.linkstore.streamfit import Curve, StreamFit
@@ -61,7 +62,7 @@ def make_bundle(
     tensors.update(parts)
     meta["selection_oracle"] = oracle_meta
     meta["measured_costs"] = {m: dict(c) for m, c in model_costs.items()}
-    link_costs, ensemble_costs = linkset.measure_synthesis_costs()
+    link_costs, ensemble_costs = synthesis_costs(linkset)
     meta["link_costs"] = [{"source": s, "target": t, **c} for (s, t), c in link_costs.items()]
     meta["ensemble_costs"] = ensemble_costs
     meta["n_samples"] = len(next(iter(outputs.values()))) if outputs else 0

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -38,7 +37,6 @@ from mlink.linkstore.training import (
     train_stacked,
 )
 from mlink.topics.specs import (
-    BoxesSpec,
     OutputSpec,
     SequenceSpec,
     encode_batch,
@@ -287,74 +285,6 @@ class LinkSet:
             {m: [v[i] for i in self.val_index] for m, v in trained_on.items()}
         )
 
-    # ------------------------------------------------------------------ costs
-    @torch.no_grad()
-    def measure_link_costs(
-        self, repeats: int = 200, batch: int = 8
-    ) -> dict[Pair, dict[str, float]]:
-        """Per-link latency (ms per frame) and parameter memory (MB), measured here.
-
-        Timed the way the link operator runs it: through the numpy fast path (with the
-        target's ensemble) on ``batch`` rows at a time, divided by ``batch``; links without a
-        fast path are timed through torch one row at a time.
-        """
-        costs: dict[Pair, dict[str, float]] = {}
-        for (s, t), link in self.links.items():
-            spec = self.specs[s]
-            row = spec.encode(_example(spec))[None]
-            fast = self.fast_target(t)
-            if fast is not None:
-                rows = {s: np.repeat(row, batch, axis=0)}
-                call, per = (lambda f=fast, r=rows: f(r)), batch
-            else:
-                call, per = (lambda s=s, t=t, r=row: self.link_predict(s, t, r)), 1
-            call()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                call()
-            ms = (time.perf_counter() - start) * 1000 / (repeats * per)
-            costs[(s, t)] = {"ms": ms, "memory_mb": _params_mb(link)}
-        return costs
-
-    def measure_synthesis_costs(
-        self, repeats: int = 100, batches: int = 5
-    ) -> tuple[dict[Pair, dict[str, float]], dict[str, dict[str, float]]]:
-        """What synthesizing one frame costs, as the link operator does it
-        (:meth:`synthesize_encoded`): ``(link_costs, ensemble_costs)`` for
-        :class:`~mlink.linkstore.selection.Problem`.
-
-        Per target, the call is timed with one source and with every source available (median of
-        ``batches`` runs of ``repeats`` calls); the difference per extra source is each link's
-        ``ms``, the rest (ensemble, call overhead) the target's ensemble ``ms``. ``memory_mb`` is
-        the parameter memory of each link and ensemble.
-        """
-        links: dict[Pair, dict[str, float]] = {}
-        ensembles: dict[str, dict[str, float]] = {}
-        rows = {m: spec.encode(_example(spec))[None] for m, spec in self.specs.items()}
-        for t in self.specs:
-            sources = self.sources_of(t)
-            if not sources:
-                continue
-            one = _median_ms(
-                lambda t=t, s=sources: self.synthesize_encoded(t, {s[0]: rows[s[0]]}),
-                repeats,
-                batches,
-            )
-            every = _median_ms(
-                lambda t=t, s=sources: self.synthesize_encoded(t, {m: rows[m] for m in s}),
-                repeats,
-                batches,
-            )
-            per = max(0.0, (every - one) / (len(sources) - 1)) if len(sources) > 1 else 0.0
-            for src in sources:
-                links[(src, t)] = {"ms": per, "memory_mb": _params_mb(self.links[(src, t)])}
-            ens = self.ensembles.get(t)
-            ensembles[t] = {
-                "ms": max(0.0, one - per),
-                "memory_mb": _params_mb(ens) if ens is not None else 0.0,
-            }
-        return links, ensembles
-
     # ------------------------------------------------------------------ storage
     def to_bundle(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
         """Tensors and JSON metadata for :class:`mlink.linkstore.store.LinkStore`."""
@@ -409,33 +339,6 @@ class LinkSet:
             ens.load_state_dict(tensors[f"ensemble/{t}"])
             result.ensembles[t] = ens.eval()
         return result
-
-
-def _params_mb(module: nn.Module) -> float:
-    return sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
-
-
-def _median_ms(call: Callable[[], Any], repeats: int, batches: int) -> float:
-    """Median over ``batches`` of the mean ms of ``repeats`` calls (after one warm-up call)."""
-    call()
-    times = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            call()
-        times.append((time.perf_counter() - start) * 1000 / repeats)
-    return float(np.median(times))
-
-
-def _example(spec: OutputSpec) -> Any:
-    """A valid output of ``spec``, to time a link on."""
-    if isinstance(spec, BoxesSpec):
-        return np.zeros((0, 5), dtype=np.float32)
-    if isinstance(spec, SequenceSpec):
-        return np.zeros(min(3, spec.max_length), dtype=np.int64)
-    if spec.task == "softmax":
-        return np.eye(spec.size, dtype=np.float32)[0]
-    return np.zeros(spec.size, dtype=np.float32)
 
 
 def _training_groups(

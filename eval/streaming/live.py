@@ -36,6 +36,7 @@ from mlink.eval.streaming.method import ONLINE
 from mlink.eval.streaming.simulate import StreamConfig, StreamRun, summarise
 from mlink.eval.workload import Workload
 from mlink.linkstore.crossfit import fit_and_score
+from mlink.linkstore.linkcosts import synthesis_costs
 
 __all__ = ["live_figures", "replay_live"]
 
@@ -48,7 +49,7 @@ def _trained(workload: Workload, warmup: np.ndarray, config: PipelineConfig) -> 
         workload.specs, outputs, config.links.train_config(), "weighted", "mixed", 5, groups
     )
     rest = np.setdiff1d(np.arange(workload.n_frames), warmup)
-    link_costs, ensemble_costs = fit.linkset.measure_synthesis_costs()
+    link_costs, ensemble_costs = synthesis_costs(fit.linkset)
     return TrainedWorkload(
         workload, fit.linkset, warmup, rest, fit.oracle, fit.oracle, link_costs, ensemble_costs
     )

@@ -22,6 +22,7 @@ from mlink.eval.temporal.links import TemporalLinks
 from mlink.eval.temporal.policy import REUSE, SELF, Policy, TemporalConfig
 from mlink.eval.workload import Workload
 from mlink.linkstore.crossfit import CrossFit, contiguous_folds, cross_fit
+from mlink.linkstore.linkcosts import synthesis_costs
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.oracle import AgreementOracle, SampleOracle
@@ -142,7 +143,7 @@ class Context:
             outputs = self.wl.subset(self.train)
             fold_of = self.fold[self.train]
             self._plain = cross_fit(self.specs, outputs, self.config.links, fold_of=fold_of)
-            self.link_costs, self.ensemble_costs = self._plain.linkset.measure_synthesis_costs()
+            self.link_costs, self.ensemble_costs = synthesis_costs(self._plain.linkset)
             self.seconds["plain links, cross-fitted"] = time.perf_counter() - start
         return self._plain
 

@@ -1,0 +1,82 @@
+"""What synthesizing one frame costs, measured on this machine, for the selector's cost model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from mlink.linkstore.linkset import LinkSet, Pair
+from mlink.topics.specs import BoxesSpec, OutputSpec, SequenceSpec
+
+__all__ = ["synthesis_costs"]
+
+
+def synthesis_costs(
+    linkset: LinkSet, repeats: int = 100, batches: int = 5
+) -> tuple[dict[Pair, dict[str, float]], dict[str, dict[str, float]]]:
+    """What synthesizing one frame costs, as the link operator does it
+    (:meth:`~mlink.linkstore.linkset.LinkSet.synthesize_encoded`): ``(link_costs,
+    ensemble_costs)`` for :class:`~mlink.linkstore.selection.Problem`.
+
+    Per target, the call is timed with one source and with every source available (median of
+    ``batches`` runs of ``repeats`` calls); the difference per extra source is each link's
+    ``ms``, the rest (ensemble, call overhead) the target's ensemble ``ms``. ``memory_mb`` is
+    the parameter memory of each link and ensemble.
+    """
+    links: dict[Pair, dict[str, float]] = {}
+    ensembles: dict[str, dict[str, float]] = {}
+    rows = {m: spec.encode(_example(spec))[None] for m, spec in linkset.specs.items()}
+    for t in linkset.specs:
+        sources = linkset.sources_of(t)
+        if not sources:
+            continue
+        one = _median_ms(
+            lambda t=t, s=sources: linkset.synthesize_encoded(t, {s[0]: rows[s[0]]}),
+            repeats,
+            batches,
+        )
+        every = _median_ms(
+            lambda t=t, s=sources: linkset.synthesize_encoded(t, {m: rows[m] for m in s}),
+            repeats,
+            batches,
+        )
+        per = max(0.0, (every - one) / (len(sources) - 1)) if len(sources) > 1 else 0.0
+        for src in sources:
+            links[(src, t)] = {"ms": per, "memory_mb": _params_mb(linkset.links[(src, t)])}
+        ens = linkset.ensembles.get(t)
+        ensembles[t] = {
+            "ms": max(0.0, one - per),
+            "memory_mb": _params_mb(ens) if ens is not None else 0.0,
+        }
+    return links, ensembles
+
+
+def _params_mb(module: nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
+
+
+def _median_ms(call: Callable[[], Any], repeats: int, batches: int) -> float:
+    """Median over ``batches`` of the mean ms of ``repeats`` calls (after one warm-up call)."""
+    call()
+    times = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        times.append((time.perf_counter() - start) * 1000 / repeats)
+    return float(np.median(times))
+
+
+def _example(spec: OutputSpec) -> Any:
+    """A valid output of ``spec``, to time a link on."""
+    if isinstance(spec, BoxesSpec):
+        return np.zeros((0, 5), dtype=np.float32)
+    if isinstance(spec, SequenceSpec):
+        return np.zeros(min(3, spec.max_length), dtype=np.int64)
+    if spec.task == "softmax":
+        return np.eye(spec.size, dtype=np.float32)[0]
+    return np.zeros(spec.size, dtype=np.float32)

@@ -23,22 +23,14 @@ How costs are measured, and why:
   the source (:mod:`mlink.eval.memory`).
 - Each entry records when it was measured, so a report can say which cost table it used.
 
-The cache holds one ``.npz`` per (model key, frames digest), written atomically (temp file +
-``os.replace``), read with ``allow_pickle=False``: a crash never leaves a half-written entry and a
-cache file cannot execute code.
+The cache holds one ``.npz`` per (model key, frames digest) (:mod:`mlink.eval.output_cache`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import json
-import os
-import re
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from mlink.eval.memory import measure_memory_mb, single_threaded
+from mlink.eval.output_cache import FORMAT, CacheEntry, entry_path, read_entry, write_entry
 from mlink.eval.workload import Workload
 from mlink.topics.specs import OutputSpec, SpecError
 
@@ -62,7 +55,6 @@ __all__ = [
 ]
 
 Model = Callable[[np.ndarray], Any]
-FORMAT = "mlink-outputs-v1"
 DEFAULT_CACHE = Path(".mlink-cache")
 
 
@@ -154,111 +146,6 @@ def default_model_key(name: str, model: Model) -> str:
     return f"{name}|{getattr(target, '__module__', '?')}.{target.__qualname__}{args}"
 
 
-def _entry_path(cache_dir: Path, name: str, key: str, spec: OutputSpec, digest: str) -> Path:
-    ident = hashlib.sha256(
-        json.dumps([FORMAT, key, spec.to_dict(), digest], sort_keys=True).encode()
-    ).hexdigest()
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
-    return cache_dir / "outputs" / digest[:16] / f"{slug}-{ident[:16]}.npz"
-
-
-# ---------------------------------------------------------------------------------- cache files
-
-
-def _atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``path`` so that it either appears complete or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared like any build output
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _pack(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    ndims = {o.ndim for o in outputs}
-    if len(ndims) > 1:
-        raise ValueError(f"outputs of one model have different ranks {sorted(ndims)}")
-    shapes = np.array([o.shape for o in outputs], dtype=np.int64).reshape(len(outputs), -1)
-    values = (
-        np.concatenate([o.reshape(-1) for o in outputs])
-        if outputs
-        else np.zeros(0, dtype=np.float32)
-    )
-    return values, shapes
-
-
-def _unpack(values: np.ndarray, shapes: np.ndarray) -> list[np.ndarray]:
-    sizes = np.prod(shapes, axis=1, dtype=np.int64) if shapes.shape[1] else np.ones(len(shapes))
-    ends = np.cumsum(sizes).astype(np.int64)
-    starts = ends - sizes.astype(np.int64)
-    return [
-        values[s:e].reshape(tuple(int(d) for d in shape)).copy()
-        for s, e, shape in zip(starts, ends, shapes, strict=True)
-    ]
-
-
-@dataclass(slots=True)
-class CacheEntry:
-    """One model's cached outputs on one frame source; ``measured_at`` is a Unix time."""
-
-    outputs: list[np.ndarray]
-    times_ms: np.ndarray
-    memory_mb: float
-    measured_at: float
-
-
-def write_entry(path: Path, key: str, spec: OutputSpec, digest: str, entry: CacheEntry) -> None:
-    values, shapes = _pack(entry.outputs)
-    _atomic_write_npz(
-        path,
-        {
-            "format": np.array(FORMAT),
-            "model_key": np.array(key),
-            "spec": np.array(json.dumps(spec.to_dict(), sort_keys=True)),
-            "frames_digest": np.array(digest),
-            "values": values,
-            "shapes": shapes,
-            "times_ms": np.asarray(entry.times_ms, dtype=np.float64),
-            "memory_mb": np.array(float(entry.memory_mb)),
-            "measured_at": np.array(float(entry.measured_at)),
-        },
-    )
-
-
-def read_entry(path: Path, key: str, spec: OutputSpec, digest: str) -> CacheEntry | None:
-    """The cached entry, or ``None`` when absent, unreadable or not for this key and frames."""
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            same = (
-                str(data["format"]) == FORMAT
-                and str(data["model_key"]) == key
-                and str(data["frames_digest"]) == digest
-                and str(data["spec"]) == json.dumps(spec.to_dict(), sort_keys=True)
-            )
-            if not same:
-                return None
-            return CacheEntry(
-                _unpack(data["values"], data["shapes"]),
-                np.array(data["times_ms"], dtype=np.float64),
-                float(data["memory_mb"]),
-                # entries written before this field existed: the file's time is when it was made
-                float(data["measured_at"]) if "measured_at" in data else path.stat().st_mtime,
-            )
-    except Exception as exc:  # a damaged file must not stop a run: recompute and overwrite it
-        warnings.warn(f"output cache {path} is unreadable ({exc}); recomputing it", stacklevel=3)
-        return None
-
-
 # ---------------------------------------------------------------------------------- collecting
 
 
@@ -302,7 +189,7 @@ def collect_outputs(
     paths: dict[str, Path] = {}
     for m, (_, spec) in models.items():
         if cache_dir is not None:
-            paths[m] = _entry_path(Path(cache_dir), m, keys[m], spec, digest)
+            paths[m] = entry_path(Path(cache_dir), m, keys[m], spec, digest)
             entry = read_entry(paths[m], keys[m], spec, digest)
             if entry is not None and len(entry.outputs) == n:
                 entries[m] = entry

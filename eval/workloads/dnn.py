@@ -45,6 +45,7 @@ import numpy as np
 
 from mlink.eval.outputs import DEFAULT_CACHE, collect_workload
 from mlink.eval.workloads import photo_pan, video
+from mlink.eval.workloads.opencv_models import BlackBox
 from mlink.eval.workloads.yolo import LABELS
 from mlink.topics.specs import OutputSpec
 
@@ -144,7 +145,7 @@ def _normalised(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return out[np.argsort(-out[:, 4], kind="stable")][:MAX_COUNT]
 
 
-class _Network(video._Model):  # the video workload's picklable black-box base
+class _Network(BlackBox):  # the video workload's picklable black-box base
     """A black box built on a network: the cache key names the versions of the libraries that
     run it (``LIBS``), since a new runtime can change outputs in the last digits."""
 

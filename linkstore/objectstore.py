@@ -37,7 +37,6 @@ same per-instance cache as the local store.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
@@ -63,6 +62,7 @@ from mlink.linkstore.store import (
     _serialize,
     _to_json,
 )
+from mlink.linkstore.store_files import _json_object
 
 __all__ = ["ObjectLinkStore"]
 
@@ -227,17 +227,9 @@ class ObjectLinkStore(LinkStore):
         yield  # no locks on object stores: one writer per store (module docstring)
 
     def _read_small_json(self, name: str, *, what: str) -> dict[str, Any]:
-        raw = self.fs.cat_file(f"{self._path}/{name}")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreError(
-                f"the {what} {self.root}/{name} is not valid JSON ({exc}); it is only ever "
-                "replaced whole, so it was edited or damaged by hand: restore or remove it"
-            ) from None
-        if not isinstance(data, dict):
-            raise StoreError(f"the {what} {self.root}/{name} is not a JSON object; restore it")
-        return data
+        return _json_object(
+            self.fs.cat_file(f"{self._path}/{name}"), f"the {what} {self.root}/{name}"
+        )
 
     def _write_json_atomic(self, name: str, obj: Any) -> None:
         self.fs.pipe_file(f"{self._path}/{name}", _json_bytes(obj))  # one PUT: atomic

@@ -27,16 +27,20 @@ def _check_version_arg(version: object) -> None:
 
 
 def _read_json(path: Path, *, what: str) -> dict[str, Any]:
-    raw = path.read_bytes()
+    return _json_object(path.read_bytes(), f"the {what} {path}")
+
+
+def _json_object(raw: bytes, label: str) -> dict[str, Any]:
+    """A small JSON file of the store's root (the pointer, the sequence): ``label`` names it."""
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(
-            f"the {what} {path} is not valid JSON ({exc}); it is only ever replaced "
-            "atomically, so it was edited or damaged by hand: restore or remove it"
+            f"{label} is not valid JSON ({exc}); it is only ever replaced whole, so it was "
+            "edited or damaged by hand: restore or remove it"
         ) from None
     if not isinstance(data, dict):
-        raise StoreError(f"the {what} {path} is not a JSON object; restore or remove it")
+        raise StoreError(f"{label} is not a JSON object; restore or remove it")
     return data
 
 

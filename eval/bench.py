@@ -96,8 +96,16 @@ METRICS = (
     "compute_saved",
     "cost_ms",
     "predicted_accuracy",
-    "predicted_lower",  # the stream plans' lower confidence bound
-    "predicted_in_force",  # the estimate of the plan in force, per frame (re-plans included)
+    "predicted_lower",
+    "predicted_in_force",
+)
+#: Each forecast a row may carry, with the key of its gap to realised accuracy in a cell: the
+#: method's prediction, the stream plans' lower confidence bound, and the estimate of the plan in
+#: force on each frame (re-plans included).
+FORECASTS = (
+    ("predicted_accuracy", "prediction_gap"),
+    ("predicted_lower", "lower_gap"),
+    ("predicted_in_force", "in_force_gap"),
 )
 
 
@@ -175,12 +183,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for metric in METRICS:
             cell[metric], cell[f"{metric}_spread"] = mean_spread(r[metric] for r in group)
-        for key, gap in (
-            ("predicted_accuracy", "prediction"),
-            ("predicted_lower", "lower"),
-            ("predicted_in_force", "in_force"),
-        ):
-            gap += "_gap"
+        for key, gap in FORECASTS:
             gaps = [
                 r[key] - r["accuracy"]
                 for r in group

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mlink.eval.bench import METHODS, SELECTOR_ROWS, BenchReport
+from mlink.eval.bench import FORECASTS, METHODS, SELECTOR_ROWS, BenchReport
 from mlink.eval.figures import mean_spread
 
 __all__ = ["format_cell", "from_json", "markdown", "plot_report", "print_report"]
@@ -93,17 +93,10 @@ def markdown(report: BenchReport) -> str:
     for c in gaps:
         if c["prediction_gap"] is None:
             continue
-        extra = [
-            f"{c[key]:.1%} | {_gap(c, gap, report.seeds)}" if c.get(gap) is not None else "- | -"
-            for key, gap in (
-                ("predicted_lower", "lower_gap"),
-                ("predicted_in_force", "in_force_gap"),
-            )
-        ]
         lines.append(
             f"| {c['method']} | {c['budget_fraction']:.0%} | {c['predicted_accuracy']:.1%} | "
             f"{c['accuracy']:.1%} | {_gap(c, 'prediction_gap', report.seeds)} | "
-            + " | ".join(extra)
+            + " | ".join(_other_forecasts(c, report.seeds))
             + " |"
         )
     if report.targets:
@@ -117,6 +110,15 @@ def _gap(cell: dict[str, Any], key: str, seeds: int) -> str:
     spread = cell[f"{key}_spread"]
     tail = f" ± {spread * 100:.1f}" if seeds > 1 and spread is not None else ""
     return f"{cell[key] * 100:+.1f}{tail}"
+
+
+def _other_forecasts(cell: dict[str, Any], seeds: int) -> list[str]:
+    """Value and gap of every forecast after the prediction (``-`` where the row has none)."""
+    out = []
+    for key, gap in FORECASTS[1:]:
+        known = cell.get(gap) is not None
+        out += [f"{cell[key]:.1%}", _gap(cell, gap, seeds)] if known else ["-", "-"]
+    return out
 
 
 def target_cells(report: BenchReport) -> list[dict[str, Any]]:
@@ -222,17 +224,13 @@ def _print_gaps(report: BenchReport, console: Console) -> None:
     for head in ("lower bound", "gap (points)", "plan in force", "gap (points)"):
         table.add_column(head, justify="right")
     for c in gaps:
-        extra = []
-        for key, gap in (("predicted_lower", "lower_gap"), ("predicted_in_force", "in_force_gap")):
-            known = c.get(gap) is not None
-            extra += [f"{c[key]:.1%}", _gap(c, gap, report.seeds)] if known else ["-", "-"]
         table.add_row(
             c["method"],
             f"{c['budget_fraction']:.0%}",
             f"{c['predicted_accuracy']:.1%}",
             f"{c['accuracy']:.1%}",
             _gap(c, "prediction_gap", report.seeds),
-            *extra,
+            *_other_forecasts(c, report.seeds),
         )
     console.print(table)
 

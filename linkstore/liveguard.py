@@ -129,6 +129,10 @@ class ProbeTally:
     def means(self) -> dict[str, float]:
         return {m: self.sums[m] / n for m, n in sorted(self.counts.items()) if n}
 
+    def carry(self, source: ProbeTally, model: str) -> None:
+        """Take ``model``'s evidence from ``source`` (a re-plan that keeps its option)."""
+        self.sums[model], self.counts[model] = source.sums[model], source.counts[model]
+
     def keep(self, models: Iterable[str]) -> None:
         """Forget every model but ``models``."""
         for m in set(self.counts) - set(models):
@@ -164,7 +168,7 @@ class LiveAgreement:
         nxt = LiveAgreement(plan, self.prior_probes, dict(factors), decay=self.decay)
         for model, n in self.counts.items():
             if n and same_option(self.plan.choices.get(model), plan.choices.get(model)):
-                nxt.tally.sums[model], nxt.tally.counts[model] = self.tally.sums[model], n
+                nxt.tally.carry(self.tally, model)
                 nxt.started[model] = self.started.get(model, self.factors.get(model, 1.0))
         return nxt
 

@@ -169,17 +169,25 @@ def test_bench_prices_on_a_live_runs_cost_table(tmp_path):
     assert priced.cost_source == f"read from {summary}"
 
 
-def test_a_stream_run_that_replans_predicts_each_frame_by_the_plan_it_ran_under(tmp_path):
-    from dataclasses import replace
-
+@pytest.fixture(scope="module")
+def tiny_trained(tmp_path_factory):
+    """The tiny workload with its links trained on the first 20% of the stream."""
     from mlink.eval.config_workload import load_workload
     from mlink.eval.experiment import train_workload
-    from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink
     from mlink.linkstore.training import TrainConfig
 
+    tmp_path = tmp_path_factory.mktemp("tiny")
     workload = load_workload(tiny_config(tmp_path), False, tmp_path / "cache")
-    trained = train_workload(workload, 0.2, TrainConfig(epochs=5, seed=0))
-    budget = 0.5 * workload.total_cost()
+    return train_workload(workload, 0.2, TrainConfig(epochs=5, seed=0))
+
+
+def test_a_stream_run_that_replans_predicts_each_frame_by_the_plan_it_ran_under(tiny_trained):
+    from dataclasses import replace
+
+    from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink
+
+    trained = tiny_trained
+    budget = 0.5 * trained.workload.total_cost()
     once = stream_mlink(trained, budget, OFFLINE)
     assert len(once.plans) == 1 and not once.in_force.any()
     assert once.result.predicted_in_force == pytest.approx(once.result.predicted_accuracy)
@@ -193,14 +201,13 @@ def test_a_stream_run_that_replans_predicts_each_frame_by_the_plan_it_ran_under(
     assert run.result.predicted_accuracy == run.plans[0].estimate  # the up-front figure stays
 
 
-def test_the_oracle_stream_plan_is_fitted_on_every_frame_and_scores_links_on_the_rest(tmp_path):
-    from mlink.eval.config_workload import load_workload
-    from mlink.eval.experiment import train_workload
+def test_the_oracle_stream_plan_is_fitted_on_every_frame_and_scores_links_on_the_rest(
+    tiny_trained,
+):
     from mlink.eval.streaming.method import OFFLINE, links_estimate, stream_mlink
-    from mlink.linkstore.training import TrainConfig
 
-    workload = load_workload(tiny_config(tmp_path), False, tmp_path / "cache")
-    trained = train_workload(workload, 0.2, TrainConfig(epochs=5, seed=0))
+    trained = tiny_trained
+    workload = trained.workload
     run = stream_mlink(trained, 0.5 * workload.total_cost(), OFFLINE, oracle=True)
     assert run.fits[0].n_samples == len(workload.streams)  # bench rows: the training part only
     assert stream_mlink(trained, 0.5 * workload.total_cost()).fits[0].n_samples == len(

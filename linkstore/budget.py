@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-__all__ = ["BUDGET_KEYS", "full_cost", "resolve_budget"]
+__all__ = ["BUDGET_KEYS", "full_cost", "next_plan_budget", "resolve_budget"]
 
 BUDGET_KEYS = ("ms", "memory_mb", "fraction")
 
@@ -43,3 +43,19 @@ def resolve_budget(budget: Mapping[str, float], full_ms: float) -> dict[str, flo
     if "fraction" in budget:
         out["ms"] = float(budget["fraction"]) * float(full_ms)
     return out
+
+
+def next_plan_budget(budget_ms: float, overrun_ms: float, frames: int) -> float:
+    """The per-frame budget to plan the next schedule for, when the run so far cost
+    ``overrun_ms`` more than its budget in total: plan under by enough to pay it back over the
+    next ``frames`` frames (as many as the last plan was in force, say).
+
+    A plan's cost is its long-run mean; over the few dozen frames a plan is in force before
+    the next re-plan, its periodic runs and probes land unevenly and the realised cost moves
+    around it (on the bench's video replays by up to 4% per plan). Paying each overrun back
+    keeps the run's mean on the budget rather than above it. An underrun is not spent later:
+    the budget caps every stretch of the run, not only its mean.
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    return max(0.0, budget_ms - max(0.0, overrun_ms) / frames)

@@ -57,21 +57,26 @@ class Refresh:
 
 
 class StreamMemory:
-    """Per stream, every model's last real run: the per-stream state of the frame operator.
+    """Per stream, every model's last real runs: the per-stream state of the frame operator.
 
     Bounded to ``max_streams`` streams, least recently seen dropped first (a stream that comes
-    back starts without memory, as after a rebalance).
+    back starts without memory, as after a rebalance), and to the last ``history`` runs of each
+    model: the split layout's link operator sees frames finish out of order (a frame on which
+    only cheap models ran overtakes one that waits for an expensive model), and a frame must be
+    synthesized from the runs before it, not from a later one.
     """
 
-    def __init__(self, max_streams: int = 4096) -> None:
+    def __init__(self, max_streams: int = 4096, history: int = 4) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
-        self.max_streams = max_streams
-        self._streams: OrderedDict[str, dict[str, Refresh]] = OrderedDict()
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.max_streams, self.history = max_streams, history
+        self._streams: OrderedDict[str, dict[str, list[Refresh]]] = OrderedDict()
 
     def observe(self, stream: str, seq: int, outputs: Mapping[str, Any]) -> None:
-        """Remember what really ran on frame ``seq`` of ``stream`` (a redelivered older frame
-        does not overwrite a newer run)."""
+        """Remember what really ran on frame ``seq`` of ``stream``, in sequence order among the
+        model's recent runs (a redelivered frame replaces its earlier copy)."""
         entry = self._streams.get(stream)
         if entry is None:
             entry = self._streams[stream] = {}
@@ -82,13 +87,20 @@ class StreamMemory:
             return
         frame = dict(outputs)
         for model, output in frame.items():
-            prev = entry.get(model)
-            if prev is None or seq >= prev.seq:
-                entry[model] = Refresh(seq, output, frame)
+            runs = entry.setdefault(model, [])
+            runs[:] = [r for r in runs if r.seq != seq]
+            runs.append(Refresh(seq, output, frame))
+            runs.sort(key=lambda r: r.seq)
+            del runs[: -self.history]
 
-    def last(self, stream: str, model: str) -> Refresh | None:
+    def last(self, stream: str, model: str, at: int | None = None) -> Refresh | None:
+        """``model``'s latest run on ``stream``, or its latest at or before frame ``at``."""
         entry = self._streams.get(stream)
-        return None if entry is None else entry.get(model)
+        runs = entry.get(model, ()) if entry is not None else ()
+        for run in reversed(runs):
+            if at is None or run.seq <= at:
+                return run
+        return None
 
     def forget(self, streams: Sequence[str] | None = None) -> None:
         """Drop the memory of ``streams`` (all when None), e.g. of partitions revoked."""
@@ -210,7 +222,7 @@ class StreamLinks:
         for i, frame in enumerate(frames):
             if schedule.is_probe(frame.seq):  # score the plan: synthesize before observing
                 for m in self.specs:
-                    if (last := memory.last(frame.stream, m)) is not None:
+                    if (last := memory.last(frame.stream, m, frame.seq - 1)) is not None:
                         out[i].context[m] = last
                 planned = schedule.runs(frame.seq, probes=False)
                 ran = {m: v for m, v in frame.ran.items() if m in planned}
@@ -246,7 +258,7 @@ class StreamLinks:
                 continue
             if mode.kind == "links":
                 mode = Mode("reuse")  # no link set in this version, or nothing ran
-            last = memory.last(frame.stream, target)
+            last = memory.last(frame.stream, target, frame.seq)
             value, why = self.synthesize(target, mode, ran, last, frame.seq)
             into[target] = value
             if why is not None:

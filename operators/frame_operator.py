@@ -25,13 +25,12 @@ from typing import Any
 import faust
 import numpy as np
 
-from mlink.linkstore.schedule import Schedule
 from mlink.operators.control_operators import attach_control_replay
 from mlink.operators.dead_letters import DeadLetters
 from mlink.operators.dispatch import run_planned
-from mlink.operators.joiner import Executed, FrameWork, build_results, is_training_sample
+from mlink.operators.joiner import Executed, FrameWork, is_training_sample
+from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
-from mlink.operators.stream_synthesis import synthesize_streams
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
@@ -214,57 +213,8 @@ class FrameBatch:
                     frame.frame_id, frame.stream_id, frame.seq, frame.timestamp, plan, outcomes
                 )
             )
-        results = _results(mlink, works, schedule)
+        results = frame_results(mlink, works, schedule)
         return [(event, result) for (event, _), result in zip(items, results, strict=True)]
-
-
-def record_result(mlink: MLink, result: FrameResult) -> None:
-    """Count one emitted result in the worker's counters and Prometheus metrics."""
-    mlink.metrics["results"] += 1
-    mlink.metrics["degraded"] += int(result.degraded)
-    reason = None
-    for r in result.results:
-        if r.status != "executed":
-            mlink.metrics[f"{r.status}:{r.model}"] += 1
-        if r.status == "synthesized":
-            mlink.prom.synthesized_output(r.model)
-        if r.error is not None and reason is None:
-            reason = (
-                "timeout" if "timed out" in r.error or "no output" in r.error else "model_error"
-            )
-    latency = time.time() - result.timestamp if result.timestamp is not None else None
-    mlink.prom.result(degraded_reason=reason if result.degraded else None, latency_s=latency)
-
-
-def _results(
-    mlink: MLink, works: list[FrameWork], schedule: Schedule | None = None
-) -> list[FrameResult]:
-    """Results with synthesis (stream synthesis when configured, else the paper's links); if
-    synthesis itself fails (a link version that does not fit), the same results without it,
-    each inactive model ``missing`` with the reason."""
-    versions = [w.plan.link_version if w.plan else None for w in works]
-    try:
-        linksets = mlink.linksets(versions)
-        streamed = None
-        if mlink.settings.links.stream:
-            streamed = synthesize_streams(
-                works, schedule, mlink.stream_links, mlink.memory, mlink.specs
-            )
-        return build_results(
-            works,
-            mlink.model_names,
-            linksets,
-            time.time(),
-            mlink.estimates(),
-            mlink.unusable,
-            streamed,
-        )
-    except Exception as exc:
-        mlink.metrics["synthesis_failures"] += 1
-        log.exception("synthesis failed for a batch of %d frames", len(works))
-        for work in works:
-            work.missing_reason = f"synthesis failed: {type(exc).__name__}: {exc}"
-        return build_results(works, mlink.model_names, {}, time.time())
 
 
 def attach_frame_operator(

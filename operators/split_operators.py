@@ -29,8 +29,9 @@ import faust
 import numpy as np
 
 from mlink.operators.dispatch import run_planned
-from mlink.operators.frame_operator import FrameReader, read_frame_record, record_result
-from mlink.operators.joiner import JoinBuffer, build_results, is_training_sample
+from mlink.operators.frame_operator import FrameReader, read_frame_record
+from mlink.operators.joiner import FrameWork, JoinBuffer, is_training_sample
+from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_any_record, decode_record, encode_record
@@ -186,7 +187,11 @@ def attach_model_operator(
 
 
 def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
-    """Join each frame's notice and outputs, synthesize the rest, emit one result per frame."""
+    """Join each frame's notice and outputs, synthesize the rest, emit one result per frame.
+
+    With ``links.stream`` the rest are synthesized by the stream schedule the frame was planned
+    under, from this worker's memory of each stream's real runs (every topic is keyed by stream,
+    so one worker sees all of a stream's outputs), as the frame operator does."""
     names, settings = mlink.names, mlink.settings
     outputs_t = raw_topic(app, names.outputs)
     results_t, samples_t = Outbox(app, mlink, names.results), Outbox(app, mlink, names.samples)
@@ -212,11 +217,14 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
             pending = joins.frames[frame_id]
             reason = f"no output within {settings.output_timeout_s:g} s" if timed_out else None
             works.append(pending.work(reason))
-        versions = [w.plan.link_version if w.plan else None for w in works]
-        linksets = mlink.linksets(versions)
-        results = build_results(
-            works, mlink.model_names, linksets, time.time(), mlink.estimates(), mlink.unusable
-        )
+        epochs: dict[int, list[FrameWork]] = {}
+        for work in sorted(works, key=lambda w: (w.stream_id, w.seq)):
+            epochs.setdefault(work.plan.epoch if work.plan else -1, []).append(work)
+        results = [
+            result
+            for epoch, group in epochs.items()
+            for result in frame_results(mlink, group, mlink.state.schedule_of(epoch))
+        ]
         for result in results:
             await emit(result)
         await credits.give_back(frame_ids)

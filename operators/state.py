@@ -17,6 +17,7 @@ reason, for the one consumer that dead-letters it). A rejected message changes n
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,6 +54,9 @@ class ApplyOutcome:
 _STALE_EPOCH = "an active set no newer than the current epoch"
 
 
+KEPT_SCHEDULES = 16
+
+
 @dataclass(slots=True, init=False)
 class ControlState:
     """Latest decisions seen on the control topic, and the plan they imply for a frame.
@@ -79,6 +83,9 @@ class ControlState:
     """The correction factor each carried model's option started with."""
     schedule: Schedule | None
     """The stream schedule of the current active set, if the controller published one."""
+    schedules: OrderedDict[int, Schedule | None]
+    """The schedules of the last :data:`KEPT_SCHEDULES` epochs: a frame planned under one is
+    synthesized by it, however late its outputs arrive (the split layout)."""
     plan_extra: dict[str, Any]
     """What the controller said of the current active set (predictions, corrections...)."""
 
@@ -95,6 +102,7 @@ class ControlState:
         self.live_probes = 0
         self.live_counts, self.live_started = {}, {}
         self.schedule = None
+        self.schedules = OrderedDict()
         self.plan_extra = {}
 
     @property
@@ -194,8 +202,16 @@ class ControlState:
         self.live_agreement, self.live_probes = {}, 0
         self.live_counts, self.live_started = {}, {}
         self.schedule = schedule
+        self.schedules[message.epoch] = schedule
+        while len(self.schedules) > KEPT_SCHEDULES:
+            self.schedules.popitem(last=False)
         self.plan_extra = dict(message.extra)
         return ApplyOutcome("applied", plan_changed=True)
+
+    def schedule_of(self, epoch: int) -> Schedule | None:
+        """The schedule frames of ``epoch`` were planned by; None if there was none, or if the
+        epoch is too old to be held (its frames then get the paper's links)."""
+        return self.schedules.get(epoch)
 
     def plan(self, seq: int) -> Plan:
         """The plan for the frame with sequence number ``seq`` in its stream.

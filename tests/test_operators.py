@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mlink.deploy.config import PipelineConfig, parse_config
-from mlink.linkstore.budget import full_cost, resolve_budget
+from mlink.linkstore.budget import full_cost, next_plan_budget, resolve_budget
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
@@ -596,6 +596,14 @@ def test_costs_and_budgets_resolve_declared_over_measured(tmp_path: Path) -> Non
         "parity": {"ms": 0.0},
         "value": {"ms": 0.0},
     }
+
+
+def test_a_re_plan_pays_back_the_overrun_of_the_run_so_far() -> None:
+    assert next_plan_budget(100.0, 300.0, 30) == 90.0  # 300 ms over: 10 ms a frame for 30
+    assert next_plan_budget(100.0, -500.0, 10) == 100.0  # an underrun is not spent later
+    assert next_plan_budget(100.0, 1e6, 1) == 0.0
+    with pytest.raises(ValueError, match="frames must be >= 1"):
+        next_plan_budget(100.0, 1.0, 0)
 
 
 def test_live_agreement_scores_the_plan_on_probe_frames() -> None:

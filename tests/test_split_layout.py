@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.linkstore.schedule import Schedule
 from mlink.topics.codec import encode_record
 from mlink.topics.records import ModelOutput
 from tests.test_pipeline_e2e import (
@@ -22,6 +23,7 @@ from tests.test_pipeline_e2e import (
     dead_letters,
     executed,
     send_frames,
+    wait_for_epoch,
     wait_results,
     wait_until,
     worker_env,
@@ -119,4 +121,62 @@ def test_split_operators_answer_every_frame_and_dead_letter_bad_outputs(
         assert synthesized > 0
     finally:
         producer.close()
+        collector.close()
+
+
+def test_the_link_operator_synthesizes_by_the_stream_schedule_each_frame_was_planned_under(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """With ``links.stream`` the split layout plans by the schedule (the planner) and now also
+    synthesizes by it (the link operator, from its own per-stream memory): each synthesized
+    output names the models its mode used, not the paper's links over whatever ran."""
+    path, config = write_config(
+        tmp_path,
+        "split-stream",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=24,
+        output_timeout_s=5.0,
+        fraction=0.5,
+        links={"stream": True, "probe_stride": 3},
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    worker = faust_worker(SPLIT_APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    collector = ResultCollector(broker.bootstrap, names.results)
+    streams = ["a", "b"]
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, names.frames) as frames:
+            warm = send_frames(frames, streams, range(0, 12))
+            wait_for_epoch(worker, 1, 180)
+            wait_results(collector, set(warm), 60, [worker])
+            planned = send_frames(frames, streams, range(12, 52))
+            wait_results(collector, set(planned), 120, [worker])
+        _, control = read_control(broker.bootstrap, config)
+        sets = {m.epoch: m for m in control if m.kind == "active_set"}
+        schedule = Schedule.from_extra(sets[1].extra, config.model_names)
+        by_mode: dict[str, int] = {}
+        for frame_id in planned:
+            result = collector.results[frame_id]
+            assert not result.degraded, frame_id
+            assert all(r.status != "missing" for r in result.results), frame_id
+            if result.epoch != 1:
+                continue
+            ran = set(executed(result))
+            assert ran == (set(config.model_names) if result.probe else schedule.runs(result.seq))
+            for r in result.results:
+                if r.status != "synthesized":
+                    continue
+                mode = schedule.mode(r.model)
+                expected = ran if mode.kind == "links" else {r.model} | {mode.source} - {None}
+                assert set(r.sources) == expected, (frame_id, r.model, mode, r.sources)
+                by_mode[mode.kind] = by_mode.get(mode.kind, 0) + 1
+            if result.probe:  # scored against what the schedule would have synthesized there
+                scored = {r.model for r in result.results if r.agreement is not None}
+                assert scored == set(config.model_names) - schedule.runs(result.seq, probes=False)
+        assert by_mode, "no frame under the schedule had a synthesized output"
+        assert collector.duplicates == 0
+        assert not dead_letters(broker.bootstrap, config)
+    finally:
         collector.close()

@@ -19,7 +19,7 @@ from mlink.linkstore.streamlinks import StreamMemory
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.controller import decide
 from mlink.operators.joiner import Executed, FrameWork, build_results
-from mlink.operators.state import ControlState
+from mlink.operators.state import KEPT_SCHEDULES, ControlState
 from mlink.operators.stream_decision import live_corrections, target_misses
 from mlink.operators.stream_synthesis import synthesize_streams
 from mlink.operators.trainer import train_bundle
@@ -104,6 +104,20 @@ def test_a_malformed_schedule_is_rejected_and_changes_nothing(links) -> None:
     outcome = state.apply(forged)
     assert outcome.rejected and "schedule" in outcome.reason
     assert state.warming_up and state.schedule is None
+
+
+def test_frames_keep_the_schedule_of_the_epoch_they_were_planned_under(links) -> None:
+    """The split layout's link operator synthesizes a frame after later epochs may have
+    applied; the state holds the recent epochs' schedules for it, and forgets old ones."""
+    message = decide(MODELS, {}, links, {"fraction": 0.5}, 1, probe_every=8, stream=True)
+    state = ControlState(MODELS, 8)
+    last = KEPT_SCHEDULES + 3
+    for epoch in range(1, last + 1):
+        assert state.apply(dataclasses.replace(message, epoch=epoch)).plan_changed
+    assert state.schedule_of(last) is state.schedule is not None
+    assert state.schedule_of(last - KEPT_SCHEDULES + 1) is not None
+    assert state.schedule_of(last - KEPT_SCHEDULES) is None  # too old: the paper's links
+    assert len(state.schedules) == KEPT_SCHEDULES
 
 
 def test_the_frame_operator_synthesizes_what_did_not_run_and_scores_probes(links) -> None:

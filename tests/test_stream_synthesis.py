@@ -87,6 +87,18 @@ def test_memory_keeps_each_models_last_real_run_per_stream_and_ignores_older_red
     assert len(mem) == 0
 
 
+def test_memory_answers_frames_that_finish_out_of_order_from_the_runs_before_them():
+    mem = StreamMemory(history=3)
+    for seq in (2, 8, 4, 6):  # frame 8 overtook 4 and 6
+        mem.observe("a", seq, {"face": seq})
+    assert [mem.last("a", "face", at).seq for at in (9, 7, 5)] == [8, 6, 4]
+    assert mem.last("a", "face", 3) is None  # run 2 fell out of the history of 3
+    mem.observe("a", 6, {"face": 60})  # a redelivery replaces its earlier copy
+    assert mem.last("a", "face", 6).output == 60 and mem.last("a", "face", 5).seq == 4
+    with pytest.raises(ValueError, match="history must be >= 1"):
+        StreamMemory(history=0)
+
+
 def stream_frames(schedule: Schedule, n: int) -> list[StreamFrame]:
     """Frames ``0 .. n-1`` of stream s0 with the real outputs of the models the schedule runs."""
     return [

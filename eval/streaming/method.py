@@ -11,7 +11,8 @@ cross-fitted selection oracle) as one more mode besides reuse and the detector l
 - :data:`ONLINE` -- the live protocol: probes every 16th frame of each stream (their cost
   counted), scored against what the plan would have synthesized there; a model whose live
   agreement drifts from its estimate triggers a refit on every frame seen so far and a new plan
-  (a hot swap).
+  (a hot swap), planned under the budget by whatever the run so far overran it
+  (:func:`~mlink.linkstore.budget.next_plan_budget`).
 - :data:`TARGET` -- accuracy-target mode: the cheapest plan whose every model's lower bound
   meets the target, with the probes and the guard of :data:`ONLINE`, which turns a model that
   misses its target back on (it re-plans with that model's options corrected by what the probes

@@ -31,6 +31,7 @@ import numpy as np
 from mlink.eval.baselines.common import MethodResult
 from mlink.eval.figures import synthesized_agreement
 from mlink.eval.workload import Workload
+from mlink.linkstore.budget import next_plan_budget
 from mlink.linkstore.liveguard import LiveAgreement
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.schedule import Schedule
@@ -169,6 +170,8 @@ def simulate(
 
     corrections: dict[str, float] = {}
     probe_every, quiet = config.probe_every, 0
+    plan_budget = float(budget_ms) if budget_ms is not None else 0.0
+    plan_start = 0  # the first evaluation frame of the plan in force
 
     def fit_and_plan(refit: bool) -> tuple[StreamFit, StreamPlan]:
         fit = fits[-1] if fits and not refit else _fit(specs, samples, config)
@@ -187,7 +190,7 @@ def simulate(
             plan = plan_for_targets(fit.curves, ms, targets, **common)
         else:
             plan = plan_for_budget(
-                fit.curves, ms, float(budget_ms), objective=config.objective, **common
+                fit.curves, ms, plan_budget, objective=config.objective, **common
             )
         return fit, plan
 
@@ -248,6 +251,10 @@ def simulate(
             continue
         reasons.append(f"frame {col}: {why}")
         corrections = live.corrections() if config.guard else corrections
+        if budget_ms is not None:
+            overrun = float(cost[: col + 1].sum()) - float(budget_ms) * (col + 1)
+            plan_budget = next_plan_budget(float(budget_ms), overrun, col + 1 - plan_start)
+            plan_start = col + 1
         refit = new_probes > 0  # new probes since the last fit: retrain, then swap
         new_probes = 0
         fit_start = time.perf_counter()

@@ -42,27 +42,22 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
 
 from mlink.linkstore.store import (
     _VERSION_DIR,
-    FORMAT,
     MANIFEST_FILE,
     META_FILE,
     TENSORS_FILE,
     IntegrityError,
     LinkStore,
     StoreError,
-    _check_tensors,
-    _digest,
     _json_bytes,
-    _serialize,
-    _to_json,
 )
 from mlink.linkstore.store_files import _json_object
+from mlink.linkstore.store_format import _payload
 
 __all__ = ["ObjectLinkStore"]
 
@@ -121,34 +116,13 @@ class ObjectLinkStore(LinkStore):
     ) -> int:
         """Store a new version (files, then manifest) and return its number; see
         :meth:`LinkStore.save`."""
-        names = _check_tensors(tensors)
-        if not isinstance(meta, Mapping):
-            raise StoreError(
-                f"meta must be a JSON object (a dict with str keys), got {type(meta).__name__}"
-            )
-        plain_meta = _to_json(meta, "meta")
-        payload = _serialize(tensors)
+        payload = _payload(tensors, meta)
         version = self._claim()
-        meta_bytes = _json_bytes(
-            {
-                "format": FORMAT,
-                "version": version,
-                "created_at": datetime.now(UTC).isoformat(),
-                "names": list(names),
-                "meta": plain_meta,
-            }
-        )
-        manifest = _json_bytes(
-            {
-                "format": FORMAT,
-                "version": version,
-                "files": {TENSORS_FILE: _digest(payload), META_FILE: _digest(meta_bytes)},
-            }
-        )
+        files = payload.files(version)
         try:
-            self.fs.pipe_file(self._file(version, TENSORS_FILE), payload)
-            self.fs.pipe_file(self._file(version, META_FILE), meta_bytes)
-            self._create(self._file(version, MANIFEST_FILE), manifest)
+            self.fs.pipe_file(self._file(version, TENSORS_FILE), files[TENSORS_FILE])
+            self.fs.pipe_file(self._file(version, META_FILE), files[META_FILE])
+            self._create(self._file(version, MANIFEST_FILE), files[MANIFEST_FILE])
         except FileExistsError as exc:
             raise StoreError(
                 f"version {version} of {self.root} was completed by another writer although "

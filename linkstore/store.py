@@ -19,17 +19,14 @@ The on-disk layout and why writes are crash safe: docs/link-store.md.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 import re
 import secrets
 import shutil
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,9 @@ from mlink.linkstore.store_files import (
     _next_stamp,
     _read_json,
     _remote_url,
+    _remove_entries,
     _write_durable,
+    _writer_lock,
 )
 from mlink.linkstore.store_format import (
     FORMAT,
@@ -52,11 +51,8 @@ from mlink.linkstore.store_format import (
     TENSORS_FILE,
     IntegrityError,
     StoreError,
-    _check_tensors,
-    _digest,
     _json_bytes,
-    _serialize,
-    _to_json,
+    _payload,
 )
 from mlink.linkstore.store_reads import Bundle, BundleMeta, VersionReads, _MissingVersionError
 
@@ -150,42 +146,15 @@ class LinkStore(VersionReads):
         Promotes it by default because the common flow is train -> validate -> save and
         serve; pass ``promote=False`` to stage a version for a later ``promote``.
         """
-        names = _check_tensors(tensors)
-        if not isinstance(meta, Mapping):
-            raise StoreError(
-                f"meta must be a JSON object (a dict with str keys), got {type(meta).__name__}"
-            )
-        plain_meta = _to_json(meta, "meta")
-        payload = _serialize(tensors)
+        payload = _payload(tensors, meta)
         with self._locked():
             self._clean_debris()
             version = self._allocate_locked()
-            created_at = datetime.now(UTC).isoformat()
-            meta_bytes = _json_bytes(
-                {
-                    "format": FORMAT,
-                    "version": version,
-                    "created_at": created_at,
-                    "names": list(names),
-                    "meta": plain_meta,
-                }
-            )
-            manifest_bytes = _json_bytes(
-                {
-                    "format": FORMAT,
-                    "version": version,
-                    "files": {
-                        TENSORS_FILE: _digest(payload),
-                        META_FILE: _digest(meta_bytes),
-                    },
-                }
-            )
             tmp = self.root / f"{_TMP_PREFIX}v{version:06d}-{secrets.token_hex(4)}"
             try:
                 os.mkdir(tmp)
-                _write_durable(tmp / TENSORS_FILE, payload)
-                _write_durable(tmp / META_FILE, meta_bytes)
-                _write_durable(tmp / MANIFEST_FILE, manifest_bytes)
+                for name, data in payload.files(version).items():
+                    _write_durable(tmp / name, data)
                 _fsync_dir(tmp)
                 os.rename(tmp, self._dir(version))
                 _fsync_dir(self.root)
@@ -319,41 +288,12 @@ class LinkStore(VersionReads):
                 numbers.append(int(match.group(1)))
         return sorted(numbers)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        lock_path = self.root / LOCK_FILE
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            if self.lock_timeout is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                deadline = time.monotonic() + self.lock_timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise StoreError(
-                                f"timed out after {self.lock_timeout}s waiting for the writer "
-                                f"lock {lock_path}; another process is writing to this store. "
-                                "Retry, or raise LinkStore(..., lock_timeout=...)"
-                            ) from None
-                        time.sleep(0.005)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return _writer_lock(self.root / LOCK_FILE, self.lock_timeout)
 
     def _clean_debris(self) -> None:
         """Remove leftovers of crashed writes; only safe while holding the lock."""
-        for entry in os.listdir(self.root):
-            if entry.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                path = self.root / entry
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+        _remove_entries(self.root, (_TMP_PREFIX, _TRASH_PREFIX))
 
     def _allocate_locked(self) -> int:
         last = 0

@@ -1,10 +1,15 @@
-"""Small durable-file helpers of the directory store: strict JSON reads, fsynced writes."""
+"""Small durable-file helpers of the directory store: strict JSON reads, fsynced writes, the
+writers' lock and the removal of what crashed writes left."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +87,42 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _writer_lock(lock_path: Path, timeout: float | None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path``, waiting at most ``timeout`` seconds (None:
+    forever). A crashed writer never blocks others: the kernel drops its lock."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"timed out after {timeout}s waiting for the writer "
+                            f"lock {lock_path}; another process is writing to this store. "
+                            "Retry, or raise LinkStore(..., lock_timeout=...)"
+                        ) from None
+                    time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _remove_entries(root: Path, prefixes: tuple[str, ...]) -> None:
+    """Remove the files and directories of ``root`` whose names start with ``prefixes``."""
+    for entry in os.listdir(root):
+        if entry.startswith(prefixes):
+            path = root / entry
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()

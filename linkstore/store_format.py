@@ -10,6 +10,8 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -133,3 +135,45 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """A bundle checked and serialized before any store is touched (and before a writer
+    takes a lock or a version number): bad input fails with nothing to clean up."""
+
+    names: tuple[str, ...]
+    meta: Any
+    tensors: bytes
+
+    def files(self, version: int) -> dict[str, bytes]:
+        """The three files of ``version``, in the order they must be written: the manifest
+        last, since a version counts as complete once its manifest exists."""
+        meta = _json_bytes(
+            {
+                "format": FORMAT,
+                "version": version,
+                "created_at": datetime.now(UTC).isoformat(),
+                "names": list(self.names),
+                "meta": self.meta,
+            }
+        )
+        manifest = _json_bytes(
+            {
+                "format": FORMAT,
+                "version": version,
+                "files": {TENSORS_FILE: _digest(self.tensors), META_FILE: _digest(meta)},
+            }
+        )
+        return {TENSORS_FILE: self.tensors, META_FILE: meta, MANIFEST_FILE: manifest}
+
+
+def _payload(
+    tensors: Mapping[str, Mapping[str, torch.Tensor]], meta: Mapping[str, Any]
+) -> _Payload:
+    names = _check_tensors(tensors)
+    if not isinstance(meta, Mapping):
+        raise StoreError(
+            f"meta must be a JSON object (a dict with str keys), got {type(meta).__name__}"
+        )
+    return _Payload(names, _to_json(meta, "meta"), _serialize(tensors))

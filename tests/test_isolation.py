@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlink.operators.child_supervisor import restart_delay
 from mlink.operators.executor import make_executor
 from mlink.operators.health import HealthSettings
-from mlink.operators.isolation import ModelStartError, ProcessExecutor, restart_delay
+from mlink.operators.isolation import ModelStartError, ProcessExecutor
 from mlink.operators.model_process import (
     SHARED_MIN_BYTES,
     FrameBuffer,

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from mlink.deploy.config import PipelineConfig, parse_config
-from mlink.linkstore.budget import full_cost, next_plan_budget, resolve_budget
+from mlink.linkstore.budget import (
+    full_cost,
+    next_plan_budget,
+    non_probe_overrun,
+    resolve_budget,
+)
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
@@ -604,6 +609,13 @@ def test_a_re_plan_pays_back_the_overrun_of_the_run_so_far() -> None:
     assert next_plan_budget(100.0, 1e6, 1) == 0.0
     with pytest.raises(ValueError, match="frames must be >= 1"):
         next_plan_budget(100.0, 1.0, 0)
+
+
+def test_the_overrun_leaves_out_probes_which_follow_the_stream_not_the_plan() -> None:
+    cost, probe = [100.0, 1000.0, 100.0, 160.0], [False, True, False, False]
+    # budget 200 a frame with one probe (1000 ms) in 10: 1000/9 ms for the other frames
+    assert non_probe_overrun(cost, probe, 200.0, 1000.0, 10) == pytest.approx(360 - 1000 / 3)
+    assert non_probe_overrun(cost, [False] * 4, 200.0, 1000.0, 0) == pytest.approx(560.0)
 
 
 def test_live_agreement_scores_the_plan_on_probe_frames() -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from mlink.eval.baselines.common import MethodResult
 from mlink.eval.figures import synthesized_agreement
 from mlink.eval.workload import Workload
-from mlink.linkstore.budget import next_plan_budget
+from mlink.linkstore.budget import next_plan_budget, non_probe_overrun
 from mlink.linkstore.liveguard import LiveAgreement
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.schedule import Schedule
@@ -252,7 +252,9 @@ def simulate(
         reasons.append(f"frame {col}: {why}")
         corrections = live.corrections() if config.guard else corrections
         if budget_ms is not None:
-            overrun = float(cost[: col + 1].sum()) - float(budget_ms) * (col + 1)
+            overrun = non_probe_overrun(
+                cost[: col + 1], probe[: col + 1], float(budget_ms), full, probe_every
+            )
             plan_budget = next_plan_budget(float(budget_ms), overrun, col + 1 - plan_start)
             plan_start = col + 1
         refit = new_probes > 0  # new probes since the last fit: retrain, then swap

@@ -23,12 +23,12 @@ from tests.test_pipeline_e2e import (
     dead_letters,
     executed,
     send_frames,
-    wait_for_epoch,
     wait_results,
     wait_until,
     worker_env,
     write_config,
 )
+from tests.test_stream_e2e import start_stream_worker, warm_up_then_plan
 
 pytestmark = pytest.mark.broker
 SPLIT_APP = "tests.faust_apps.split_app"
@@ -130,29 +130,13 @@ def test_the_link_operator_synthesizes_by_the_stream_schedule_each_frame_was_pla
     """With ``links.stream`` the split layout plans by the schedule (the planner) and now also
     synthesizes by it (the link operator, from its own per-stream memory): each synthesized
     output names the models its mode used, not the paper's links over whatever ran."""
-    path, config = write_config(
-        tmp_path,
-        "split-stream",
-        FAST_MODELS,
-        partitions=2,
-        warmup_frames=24,
-        output_timeout_s=5.0,
-        fraction=0.5,
-        links={"stream": True, "probe_stride": 3},
+    config, worker, collector = start_stream_worker(
+        SPLIT_APP, "split-stream", broker, faust_worker, tmp_path
     )
-    names = config.topics.names()
-    create_pipeline_topics(config, broker.bootstrap)
-    worker = faust_worker(SPLIT_APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
-    collector = ResultCollector(broker.bootstrap, names.results)
-    streams = ["a", "b"]
     try:
         worker.wait_ready()
-        with FrameProducer(broker.bootstrap, names.frames) as frames:
-            warm = send_frames(frames, streams, range(0, 12))
-            wait_for_epoch(worker, 1, 180)
-            wait_results(collector, set(warm), 60, [worker])
-            planned = send_frames(frames, streams, range(12, 52))
-            wait_results(collector, set(planned), 120, [worker])
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
+            planned = warm_up_then_plan(worker, collector, frames)
         _, control = read_control(broker.bootstrap, config)
         sets = {m.epoch: m for m in control if m.kind == "active_set"}
         schedule = Schedule.from_extra(sets[1].extra, config.model_names)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
@@ -30,12 +31,17 @@ from tests.test_pipeline_e2e import (
 pytestmark = pytest.mark.broker
 
 
-def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
-    broker: Any, faust_worker: Any, tmp_path: Any
-) -> None:
+STREAMS = ["a", "b"]
+
+
+def start_stream_worker(
+    app: str, tag: str, broker: Any, faust_worker: Any, tmp_path: Any
+) -> tuple[PipelineConfig, Any, ResultCollector]:
+    """A worker of ``app`` on the small digits config with stream synthesis at half the full
+    cost, its topics, and a collector of its results (close it)."""
     path, config = write_config(
         tmp_path,
-        "stream",
+        tag,
         FAST_MODELS,
         partitions=2,
         warmup_frames=24,
@@ -43,22 +49,34 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
         fraction=0.5,
         links={"stream": True, "probe_stride": 3},
     )
-    names = config.topics.names()
     create_pipeline_topics(config, broker.bootstrap)
-    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
-    collector = ResultCollector(broker.bootstrap, names.results)
-    streams = ["a", "b"]
+    worker = faust_worker(app, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    return config, worker, ResultCollector(broker.bootstrap, config.topics.names().results)
+
+
+def warm_up_then_plan(worker: Any, collector: ResultCollector, frames: FrameProducer) -> list[str]:
+    """12 frames of each stream to warm up on, then, once the first schedule is out, 40 more of
+    each planned by it; returns the planned frames' ids (all answered)."""
+    warm = send_frames(frames, STREAMS, range(0, 12))
+    wait_for_epoch(worker, 1, 180)
+    wait_results(collector, set(warm), 60, [worker])
+    planned = send_frames(frames, STREAMS, range(12, 52))
+    wait_results(collector, set(planned), 120, [worker])
+    return planned
+
+
+def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    config, worker, collector = start_stream_worker(APP, "stream", broker, faust_worker, tmp_path)
+    names = config.topics.names()
     try:
         worker.wait_ready()
         with FrameProducer(broker.bootstrap, names.frames) as frames:
-            warm = send_frames(frames, streams, range(0, 12))
-            wait_for_epoch(worker, 1, 180)
-            wait_results(collector, set(warm), 60, [worker])
-            planned = send_frames(frames, streams, range(12, 52))
-            wait_results(collector, set(planned), 120, [worker])
+            planned = warm_up_then_plan(worker, collector, frames)
             set_budget(broker.bootstrap, config, {"target_agreement": 0.5})
             wait_for_epoch(worker, 2, 120)
-            targeted = send_frames(frames, streams, range(52, 72))
+            targeted = send_frames(frames, STREAMS, range(52, 72))
             wait_results(collector, set(targeted), 120, [worker])
         deadline = time.monotonic() + 120  # the trainer scores probes on its own schedule
         while True:

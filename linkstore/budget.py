@@ -75,7 +75,7 @@ def non_probe_overrun(
     Probes are left out because they follow the stream's sequence numbers, not the plan, and a
     re-plan comes right after one: counted, the probe just seen would read as an overrun worth
     most of a frame's full cost and the next plan would under-spend for it (on the demo config's
-    replay with the guard, 68.5% saved at a 40% budget instead of 63.8%).
+    replay with the guard at commit c1553a3, 68.5% saved at a 40% budget instead of 63.8%).
     """
     share = 1.0 / probe_every if probe_every > 0 else 0.0
     per_frame = (budget_ms - share * full_ms) / (1.0 - share) if share < 1.0 else budget_ms

@@ -87,6 +87,7 @@ class Pipeline:
     sent: list[str] = field(default_factory=list)
     seq: int = 0
     dead_seen: int = 0
+    stream_seqs: dict[str, int] = field(default_factory=dict)
 
     def dead_letters(self) -> int:
         """Dead letters on the pipeline's topic so far (its end offsets)."""
@@ -105,12 +106,24 @@ class Pipeline:
     def names(self) -> Any:
         return self.config.topics.names()
 
-    def send(self, n: int, streams: int = 4, trigger_at: set[int] | None = None) -> list[str]:
-        """``n`` good frames round-robin over ``streams`` cameras (so every partition works)."""
+    def send(
+        self,
+        n: int,
+        streams: int = 4,
+        trigger_at: set[int] | None = None,
+        per_stream: bool = False,
+    ) -> list[str]:
+        """``n`` good frames round-robin over ``streams`` cameras (so every partition works).
+
+        ``per_stream``: number each camera's frames 0, 1, 2... as a real camera does (a stream
+        schedule runs a model on ``seq % period``); else every frame carries the global count."""
         ids = []
         for image in images(n, self.seq, trigger_at and {self.seq + i for i in trigger_at}):
             stream = f"cam{self.seq % streams}"
-            frame = encode_frame(image, stream, self.seq)
+            seq = self.seq
+            if per_stream:
+                seq = self.stream_seqs[stream] = self.stream_seqs.get(stream, -1) + 1
+            frame = encode_frame(image, stream, seq)
             self.producer.send(self.names.frames, key=stream.encode(), value=encode_record(frame))
             ids.append(frame.frame_id)
             self.seq += 1

@@ -68,6 +68,32 @@ def worker_killed(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
         return [p.row("worker SIGKILLed 3 times (2 workers)", ids, 180)]
 
 
+def stream_worker_killed(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
+    """Stream synthesis (per-frame schedules, each worker's memory of its streams' last runs)
+    with a worker SIGKILLed twice: the streams it held move to the other worker, which has no
+    memory of them and falls back to heads or priors until their next real runs."""
+    models = [model(m, o) for m, o in FAST.items()]
+    data = config_data(tmp, models=models, warmup=24, stream=True, probe_stride=3)
+    with pipeline(broker.bootstrap, tmp, data, workers=2) as p:
+        ids = p.send(32, per_stream=True)
+        p.collector.wait_for(set(ids), 120)
+        planned = wait_epoch(p, 1)
+        ids += p.send(40, per_stream=True)
+        for _ in range(2):
+            p.supervisor.workers[1].signal(signal.SIGKILL)
+            ids += p.send(40, per_stream=True)
+            time.sleep(4)
+            p.supervisor.wait_ready()
+        ids += p.send(40, per_stream=True)
+        row = p.row("worker SIGKILLed twice under stream synthesis (2 workers)", ids, 180)
+        results = p.collector.results
+        synthesized = sum(
+            r.status == "synthesized" for f in ids if f in results for r in results[f].results
+        )
+        row.note = f"{synthesized} outputs synthesized" if planned else "no schedule in time"
+        return [row]
+
+
 def broker_restart(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
     """A durable broker (Tansu on an S3-compatible store) stopped and started mid-stream."""
     import logging
@@ -237,6 +263,7 @@ def tampered_bundle(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
 
 SCENARIOS: dict[str, Callable[[EmbeddedBroker, Path], list[Row]]] = {
     "worker-killed": worker_killed,
+    "stream-worker-killed": stream_worker_killed,
     "broker-restart": broker_restart,
     "hung-isolated": misbehaving_model("hang", {"backoff_initial_s": 0.2}, "isolated, 2 s timeout"),
     "hung-thread": misbehaving_model("hang", None, "on a thread, 2 s timeout"),

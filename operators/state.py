@@ -81,8 +81,6 @@ class ControlState:
     model's option); models without an entry count ``live_probes``."""
     live_started: dict[str, float]
     """The correction factor each carried model's option started with."""
-    schedule: Schedule | None
-    """The stream schedule of the current active set, if the controller published one."""
     schedules: OrderedDict[int, Schedule | None]
     """The schedules of the last :data:`KEPT_SCHEDULES` epochs: a frame planned under one is
     synthesized by it, however late its outputs arrive (the split layout)."""
@@ -101,7 +99,6 @@ class ControlState:
         self.live_agreement = {}
         self.live_probes = 0
         self.live_counts, self.live_started = {}, {}
-        self.schedule = None
         self.schedules = OrderedDict()
         self.plan_extra = {}
 
@@ -201,12 +198,16 @@ class ControlState:
         self.budget = dict(message.budget)
         self.live_agreement, self.live_probes = {}, 0
         self.live_counts, self.live_started = {}, {}
-        self.schedule = schedule
         self.schedules[message.epoch] = schedule
         while len(self.schedules) > KEPT_SCHEDULES:
             self.schedules.popitem(last=False)
         self.plan_extra = dict(message.extra)
         return ApplyOutcome("applied", plan_changed=True)
+
+    @property
+    def schedule(self) -> Schedule | None:
+        """The stream schedule of the current active set, if the controller published one."""
+        return self.schedules.get(self.epoch)
 
     def schedule_of(self, epoch: int) -> Schedule | None:
         """The schedule frames of ``epoch`` were planned by; None if there was none, or if the

@@ -74,9 +74,10 @@ def write_config(
     output_timeout_s: float,
     fraction: float = 0.3,
     links: dict[str, Any] | None = None,
+    extra_models: list[dict[str, Any]] | None = None,
 ) -> tuple[Path, PipelineConfig]:
     """A small digits pipeline config with a unique name and topic prefix, in ``directory``
-    (``links``: more link settings)."""
+    (``links``: more link settings; ``extra_models``: more model entries, as written)."""
     uid = uuid.uuid4().hex[:8]
     data = {
         "name": f"e2e-{tag}-{uid}",
@@ -91,7 +92,8 @@ def write_config(
                 "cost": {"ms": COSTS[m]},
             }
             for m in models
-        ],
+        ]
+        + list(extra_models or ()),
         "budget": {"fraction": fraction},
         "links": {
             "store": str(directory / "links"),

@@ -35,10 +35,15 @@ STREAMS = ["a", "b"]
 
 
 def start_stream_worker(
-    app: str, tag: str, broker: Any, faust_worker: Any, tmp_path: Any
+    app: str,
+    tag: str,
+    broker: Any,
+    faust_worker: Any,
+    tmp_path: Any,
+    extra_models: list[dict[str, Any]] | None = None,
 ) -> tuple[PipelineConfig, Any, ResultCollector]:
-    """A worker of ``app`` on the small digits config with stream synthesis at half the full
-    cost, its topics, and a collector of its results (close it)."""
+    """A worker of ``app`` on the small digits config (plus ``extra_models``) with stream
+    synthesis at half the full cost, its topics, and a collector of its results (close it)."""
     path, config = write_config(
         tmp_path,
         tag,
@@ -48,6 +53,7 @@ def start_stream_worker(
         output_timeout_s=5.0,
         fraction=0.5,
         links={"stream": True, "probe_stride": 3},
+        extra_models=extra_models,
     )
     create_pipeline_topics(config, broker.bootstrap)
     worker = faust_worker(app, worker_env(path, broker.bootstrap, tmp_path / "faust"))

@@ -1,0 +1,114 @@
+"""Stream synthesis under faults, in the split and the fused layout, on the real broker and a
+real faust worker: a model that raises on some frames, bad records on the outputs topic (split
+layout), and a backlog sent all at once after the first schedule. Every frame that entered gets
+exactly one result; a frame whose planned model failed is degraded with the model's error and
+that model synthesized by its mode; bad records become dead letters; the worker carries on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from bench.fault_harness import TRIGGER
+from mlink.deploy.runner import read_control
+from mlink.deploy.source import FrameProducer
+from mlink.linkstore.schedule import EXTRA_KEY, Schedule
+from tests.test_pipeline_e2e import APP, IMAGES, dead_letters, wait_results, wait_until
+from tests.test_split_layout import SPLIT_APP, output
+from tests.test_stream_e2e import STREAMS, start_stream_worker, warm_up_then_plan
+
+pytestmark = pytest.mark.broker
+
+FLAKY = {
+    "name": "flaky",
+    "factory": "tests.misbehaving_models:misbehaving",
+    "args": {"fault": "raise", "trigger": TRIGGER},
+    "output": {"kind": "vector", "size": 2, "task": "softmax"},
+    "cost": {"ms": 40.0},  # dear enough that the schedule runs it on some frames only
+}
+BACKLOG = range(52, 112)  # 60 frames per stream, sent at once
+TRIGGERED = set(range(52, 112, 3))  # flaky raises on these
+
+
+def send_backlog(frames: FrameProducer) -> list[str]:
+    ids = []
+    for seq in BACKLOG:
+        for i, stream in enumerate(STREAMS):
+            image = IMAGES[(seq * len(STREAMS) + i) % len(IMAGES)].copy()
+            if seq in TRIGGERED:
+                image.flat[0] = TRIGGER
+            ids.append(frames.send(stream, seq, image).frame_id)
+    frames.flush()
+    return ids
+
+
+@pytest.mark.parametrize("app", [SPLIT_APP, APP], ids=["split", "fused"])
+def test_stream_synthesis_keeps_every_frame_through_a_failing_model_bad_records_and_a_backlog(
+    app: str, broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    config, worker, collector = start_stream_worker(
+        app, "stream-faults", broker, faust_worker, tmp_path, extra_models=[FLAKY]
+    )
+    names = config.topics.names()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, names.frames) as frames:
+            planned = warm_up_then_plan(worker, collector, frames)
+            bad = {  # the outputs topic: only the split layout reads it
+                "unknown model": output(planned[0], "bogus_model", np.ones(2, np.float32)),
+                "NaN": output(planned[1], "flaky", np.array([np.nan, 1.0], np.float32)),
+                "no plan": output("ghost:3", "flaky", np.array([1.0, 0.0], np.float32)),
+            }
+            bad = bad if app == SPLIT_APP else {}
+            for value in bad.values():
+                producer.send(names.outputs, key=b"a", value=value).get(10)
+            backlog = send_backlog(frames)
+            wait_results(collector, set(backlog), 240, [worker])
+        wait_until(
+            "dead letters",
+            lambda: len(dead_letters(broker.bootstrap, config)) >= len(bad),
+            60,
+            worker,
+        )
+        assert worker.proc.poll() is None, "the worker died"
+        assert collector.duplicates == 0
+        assert "ghost:3" not in collector.results  # it never entered: no result
+        reasons = [d.reason for d in dead_letters(broker.bootstrap, config)]
+        phrases = ("unknown model 'bogus_model'", "NaN", "no plan for frame 'ghost:3'")
+        for phrase in phrases if bad else ():
+            assert any(phrase in r for r in reasons), (phrase, reasons)
+
+        _, control = read_control(broker.bootstrap, config)
+        sets = {m.epoch: m for m in control if m.kind == "active_set"}
+        failed, ran_after_failure = 0, 0
+        for frame_id in backlog:
+            result = collector.results[frame_id]
+            flaky = next(r for r in result.results if r.model == "flaky")
+            assert all(r.status != "missing" for r in result.results), frame_id
+            if result.epoch not in sets or EXTRA_KEY not in sets[result.epoch].extra:
+                continue
+            schedule = Schedule.from_extra(sets[result.epoch].extra, config.model_names)
+            planned_to_run = result.probe or "flaky" in schedule.runs(result.seq)
+            if result.seq in TRIGGERED and planned_to_run:
+                failed += 1
+                assert result.degraded, frame_id
+                assert flaky.status == "synthesized" and "cannot handle frame" in (
+                    flaky.error or ""
+                ), (frame_id, flaky)
+                continue
+            if failed and flaky.status == "executed":
+                ran_after_failure += 1  # one bad call does not disable the model
+            if result.degraded:  # only a loaded machine's join timeout may degrade the rest
+                assert any("no output within" in (r.error or "") for r in result.results), (
+                    frame_id,
+                    [(r.model, r.status, r.error) for r in result.results],
+                )
+        assert failed > 0, "flaky was never planned on a frame it fails on"
+        assert ran_after_failure > 0, "flaky never ran again after its first failure"
+    finally:
+        producer.close()
+        collector.close()

@@ -98,6 +98,7 @@ METRICS = (
     "predicted_accuracy",
     "predicted_lower",
     "predicted_in_force",
+    "probe_share",
 )
 #: Each forecast a row may carry, with the key of its gap to realised accuracy in a cell: the
 #: method's prediction, the stream plans' lower confidence bound, and the estimate of the plan in
@@ -156,6 +157,7 @@ def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> 
         "predicted_accuracy": result.predicted_accuracy,
         "predicted_lower": getattr(result, "predicted_lower", None),
         "predicted_in_force": getattr(result, "predicted_in_force", None),
+        "probe_share": (getattr(result, "details", None) or {}).get("probe_share"),
         "active": list(result.active),
         "per_model": {m: float(v) for m, v in result.per_model.items()},
         "run_rate": {m: float(v) for m, v in result.run_rate.items()},

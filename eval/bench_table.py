@@ -44,7 +44,10 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
         extra[-1] += f" (lower {cell['predicted_lower']:.1%})"
     lines.append(" · ".join(extra))
     if not cell["feasible"]:
-        lines.append(f"over budget in {cell['infeasible_runs']}/{cell['runs']} runs")
+        over = f"over budget in {cell['infeasible_runs']}/{cell['runs']} runs"
+        if cell.get("probe_share"):  # probes run every model: more of them than planned cost more
+            over += f" (probes {cell['probe_share']:.2%} of frames)"
+        lines.append(over)
     return "\n".join(lines)
 
 

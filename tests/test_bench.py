@@ -201,6 +201,31 @@ def test_a_stream_run_that_replans_predicts_each_frame_by_the_plan_it_ran_under(
     assert run.result.predicted_accuracy == run.plans[0].estimate  # the up-front figure stays
 
 
+def test_a_stream_row_reports_its_probe_share_and_an_over_budget_cell_names_it(tiny_trained):
+    """Probes run every model, so a finite stream holding more of them than 1 in ``probe_every``
+    (a probe in a partial block at either end) costs more than its plan counted: the row says
+    how many frames were probes, and a cell over budget shows it."""
+    from dataclasses import replace
+
+    from mlink.eval.bench import _row, aggregate
+    from mlink.eval.bench_table import format_cell
+    from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink
+
+    full = tiny_trained.workload.total_cost()
+    run = stream_mlink(tiny_trained, 0.5 * full, replace(ONLINE, probe_every=4))
+    assert run.result.details["probe_share"] == pytest.approx(run.probe.mean())
+    assert run.probe.any()
+    row = _row("online", 0.5 * full, full, 0, run.result)
+    assert row["probe_share"] == pytest.approx(run.probe.mean())
+    offline_run = stream_mlink(tiny_trained, 0.5 * full, OFFLINE)
+    offline = _row("offline", 0.5 * full, full, 0, offline_run.result)
+    assert offline["probe_share"] == 0.0
+    cell = aggregate([row | {"feasible": False}])[0]
+    assert f"over budget in 1/1 runs (probes {run.probe.mean():.2%} of frames)" in format_cell(
+        cell, 1
+    )
+
+
 def test_the_oracle_stream_plan_is_fitted_on_every_frame_and_scores_links_on_the_rest(
     tiny_trained,
 ):

@@ -306,6 +306,7 @@ def simulate(
             "replan_reasons": reasons,
             "corrections": corrections,
             "probes": int(probe.sum()),
+            "probe_share": float(probe.mean()) if n else None,
             "fallbacks": fallbacks,
             "train_seconds": train_seconds,
             "synthesis_ms": float(np.mean(cost - model_ms)) if n else 0.0,

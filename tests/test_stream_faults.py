@@ -17,7 +17,7 @@ from mlink.deploy.runner import read_control
 from mlink.deploy.source import FrameProducer
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from tests.test_pipeline_e2e import APP, IMAGES, dead_letters, wait_results, wait_until
-from tests.test_split_layout import SPLIT_APP, output
+from tests.test_split_layout import SPLIT_APP, output, timed_out
 from tests.test_stream_e2e import STREAMS, start_stream_worker, warm_up_then_plan
 
 pytestmark = pytest.mark.broker
@@ -102,11 +102,7 @@ def test_stream_synthesis_keeps_every_frame_through_a_failing_model_bad_records_
                 continue
             if failed and flaky.status == "executed":
                 ran_after_failure += 1  # one bad call does not disable the model
-            if result.degraded:  # only a loaded machine's join timeout may degrade the rest
-                assert any("no output within" in (r.error or "") for r in result.results), (
-                    frame_id,
-                    [(r.model, r.status, r.error) for r in result.results],
-                )
+            timed_out(result)  # only a loaded machine's join timeout may degrade the rest
         assert failed > 0, "flaky was never planned on a frame it fails on"
         assert ran_after_failure > 0, "flaky never ran again after its first failure"
     finally:

@@ -1,0 +1,111 @@
+"""Two ways past the stream modes' ceiling that were measured and not built.
+
+    python bench/synthesis_limits.py deploy/configs/dnn.yaml [--train 0.1] [--pairs SRC:TGT ...]
+
+1. **Runs gated on a cheap detector.** A target detector runs only when a source detector's
+   boxes changed since the target's last run (matched IoU below ``t``), and between runs its
+   boxes follow the source's (``follow``). Per target, source and threshold: agreement over every
+   frame, the share of frames it runs on, and what that costs per frame. Compare with the
+   periodic options of the stream plans (BENCHMARKS.md).
+2. **Re-weighting heads by how often the source fires.** A head's agreement on the warm-up (the
+   first ``--train`` of each stream) and on the rest, split by whether the source found
+   anything. If only the share of frames with objects changed after the warm-up, re-weighting
+   the warm-up's two figures by the live share would forecast the rest; if the figures
+   themselves change, it cannot.
+
+Uses the cached outputs and costs; nothing is trained but the heads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mlink.deploy.config import load_config
+from mlink.eval.config_workload import load_workload
+from mlink.eval.workload import Workload, stream_split
+from mlink.linkstore.boxlinks import as_boxes, fit_box_head, follow
+from mlink.linkstore.metrics import box_agreement
+
+THRESHOLDS = (0.3, 0.5, 0.7, 0.85)
+
+
+def _agree(predicted: Any, actual: Any) -> float:
+    p, a = as_boxes(predicted), as_boxes(actual)
+    return 1.0 if not len(p) and not len(a) else box_agreement(p, a)
+
+
+def gated(wl: Workload, source: str, target: str, threshold: float) -> tuple[float, float]:
+    """Agreement and run share of ``target`` run when ``source`` changed, followed otherwise."""
+    out, agree, runs = wl.outputs, [], 0
+    by_stream: dict[str, list[int]] = {}
+    for i, s in enumerate(wl.streams):
+        by_stream.setdefault(s, []).append(i)
+    for frames in by_stream.values():
+        then_t = then_s = None
+        for i in frames:
+            now_s = as_boxes(out[source][i])
+            changed = then_s is None or (
+                (len(then_s) or len(now_s)) and box_agreement(then_s, now_s) < threshold
+            )
+            if changed:
+                then_t, then_s = as_boxes(out[target][i]), now_s
+                runs += 1
+                agree.append(1.0)
+            else:
+                agree.append(_agree(follow(then_t, then_s, now_s), out[target][i]))
+    return float(np.mean(agree)), runs / len(agree)
+
+
+def head_split(
+    wl: Workload, source: str, target: str, train: Sequence[int], rest: Sequence[int]
+) -> list[str]:
+    """Rows: the warm-up head's agreement where the source fires and where it does not."""
+    out = wl.outputs
+    head = fit_box_head([out[source][i] for i in train], [out[target][i] for i in train])
+    rows = []
+    for name, frames in (("warm-up", train), ("rest", rest)):
+        scores = np.array([_agree(head.predict(out[source][i]), out[target][i]) for i in frames])
+        fires = np.array([len(as_boxes(out[source][i])) > 0 for i in frames])
+        rows.append(
+            f"| {source} -> {target} | {name} | {fires.mean():.0%} | {scores[fires].mean():.3f} "
+            f"| {scores[~fires].mean():.3f} | {scores.mean():.3f} |"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="a pipeline config with box models, e.g. dnn.yaml")
+    parser.add_argument("--train", type=float, default=0.1, help="warm-up share of each stream")
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        default=["mtcnn_faces_fast:mtcnn_eyes", "mtcnn_faces_fast:yolo_faces_640"],
+        help="SOURCE:TARGET detector pairs",
+    )
+    args = parser.parse_args()
+    wl = load_workload(load_config(args.config), progress=False)
+    pairs = [tuple(p.split(":", 1)) for p in args.pairs]
+    print(f"## {wl.name}: runs gated on a cheap detector (every frame scored)\n")
+    print("| target | source | change threshold | agreement | runs on | cost per frame |")
+    print("|---|---|---|---|---|---|")
+    for source, target in pairs:
+        ms = float(wl.costs[target].get("ms", 0.0))
+        for t in THRESHOLDS:
+            agree, share = gated(wl, source, target, t)
+            cost = f"{share * ms:.0f} ms"
+            print(f"| {target} | {source} | {t} | {agree:.3f} | {share:.0%} | {cost} |")
+    train, rest = stream_split(wl.streams, args.train)
+    print(f"\n## {wl.name}: a head fitted on the warm-up, split by whether its source fires\n")
+    print("| head | frames | source fires on | agreement there | where it does not | all |")
+    print("|---|---|---|---|---|---|")
+    for source, target in pairs:
+        print("\n".join(head_split(wl, source, target, train.tolist(), rest.tolist())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""``bench/synthesis_limits.py``'s gated runs on a constructed stream with a known answer."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bench.synthesis_limits import gated
+
+LEFT = np.array([[0.1, 0.1, 0.3, 0.3, 0.9]], np.float32)
+RIGHT = np.array([[0.6, 0.6, 0.8, 0.8, 0.9]], np.float32)
+EMPTY = np.zeros((0, 5), np.float32)
+
+
+def test_a_gated_target_runs_when_its_source_changes_and_follows_it_in_between() -> None:
+    wl = SimpleNamespace(
+        streams=["a", "a", "a", "a", "b"],
+        outputs={
+            "src": [LEFT, LEFT, RIGHT, RIGHT, EMPTY],
+            "tgt": [LEFT, LEFT, RIGHT, LEFT, EMPTY],
+        },
+    )
+    agree, share = gated(wl, "src", "tgt", 0.5)  # type: ignore[arg-type]
+    # runs: a:0 (first), a:2 (source moved), b:0 (first); a:1 follows exactly, a:3 follows the
+    # source to RIGHT where the target drew LEFT (no overlap)
+    assert share == pytest.approx(3 / 5)
+    assert agree == pytest.approx((1 + 1 + 1 + 0 + 1) / 5)

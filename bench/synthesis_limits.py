@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -33,11 +32,6 @@ from mlink.linkstore.metrics import box_agreement
 THRESHOLDS = (0.3, 0.5, 0.7, 0.85)
 
 
-def _agree(predicted: Any, actual: Any) -> float:
-    p, a = as_boxes(predicted), as_boxes(actual)
-    return 1.0 if not len(p) and not len(a) else box_agreement(p, a)
-
-
 def gated(wl: Workload, source: str, target: str, threshold: float) -> tuple[float, float]:
     """Agreement and run share of ``target`` run when ``source`` changed, followed otherwise."""
     out, agree, runs = wl.outputs, [], 0
@@ -48,15 +42,13 @@ def gated(wl: Workload, source: str, target: str, threshold: float) -> tuple[flo
         then_t = then_s = None
         for i in frames:
             now_s = as_boxes(out[source][i])
-            changed = then_s is None or (
-                (len(then_s) or len(now_s)) and box_agreement(then_s, now_s) < threshold
-            )
+            changed = then_s is None or box_agreement(then_s, now_s) < threshold
             if changed:
                 then_t, then_s = as_boxes(out[target][i]), now_s
                 runs += 1
                 agree.append(1.0)
             else:
-                agree.append(_agree(follow(then_t, then_s, now_s), out[target][i]))
+                agree.append(box_agreement(follow(then_t, then_s, now_s), out[target][i]))
     return float(np.mean(agree)), runs / len(agree)
 
 
@@ -68,7 +60,9 @@ def head_split(
     head = fit_box_head([out[source][i] for i in train], [out[target][i] for i in train])
     rows = []
     for name, frames in (("warm-up", train), ("rest", rest)):
-        scores = np.array([_agree(head.predict(out[source][i]), out[target][i]) for i in frames])
+        scores = np.array(
+            [box_agreement(head.predict(out[source][i]), out[target][i]) for i in frames]
+        )
         fires = np.array([len(as_boxes(out[source][i])) > 0 for i in frames])
         rows.append(
             f"| {source} -> {target} | {name} | {fires.mean():.0%} | {scores[fires].mean():.3f} "

@@ -242,3 +242,43 @@ def test_the_oracle_stream_plan_is_fitted_on_every_frame_and_scores_links_on_the
     seen = links_estimate(trained, evaluated=True)(active, target)
     assert seen[0] == pytest.approx(trained.test_oracle(active, target))
     assert seen[1] == len(trained.test_idx)
+
+
+def test_the_ablation_runs_every_variant_at_every_budget_and_shows_steady_figures_for_probes(
+    tiny_trained,
+):
+    from dataclasses import replace
+
+    from mlink.eval.streaming.ablation import VARIANTS, ablation_rows, markdown
+    from mlink.eval.streaming.method import OFFLINE, ONLINE
+
+    variants = {"offline": OFFLINE, "probes": replace(ONLINE, probe_every=4)}
+    rows = ablation_rows(tiny_trained, [0.3, 0.6], variants)
+    assert [(r["variant"], r["fraction"]) for r in rows] == [
+        ("offline", 0.3),
+        ("offline", 0.6),
+        ("probes", 0.3),
+        ("probes", 0.6),
+    ]
+    assert all(r["probes"] == 0 for r in rows[:2]) and all(r["probes"] > 0 for r in rows[2:])
+    lines = markdown(rows).splitlines()
+    assert lines[0] == "| variant | budget 30% | budget 60% |"
+    offline_line, probes_line = lines[2], lines[3]
+    assert offline_line.startswith("| offline | ") and "steady" not in offline_line
+    assert probes_line.startswith("| probes | ") and probes_line.count("steady") == 2
+    assert "default (offline, lower-bound selection)" in VARIANTS
+
+
+def test_an_adaptive_probe_rate_never_probes_more_often_than_configured(tiny_trained):
+    """Halving the probe interval on drift below the configured one made probes overrun the
+    budget on every video workload, and the plans fell back to running every model."""
+    from dataclasses import replace
+
+    from mlink.eval.streaming.method import ONLINE, stream_mlink
+
+    full = tiny_trained.workload.total_cost()
+    config = replace(ONLINE, probe_every=8, guard_tolerance=0.0, adaptive_probes=True)
+    run = stream_mlink(tiny_trained, 0.5 * full, config)
+    assert run.result.details["replans"] >= 1
+    assert run.probe.mean() <= 1 / 8 + 1 / len(run.probe)
+    assert all(p.feasible for p in run.plans)

@@ -47,7 +47,7 @@ from mlink.linkstore.streamplan import (
 
 __all__ = ["StreamConfig", "StreamRun", "positions", "simulate", "summarise"]
 
-MIN_PROBE_EVERY, MAX_PROBE_EVERY, QUIET_PROBES = 4, 64, 4
+MAX_PROBE_EVERY, QUIET_PROBES = 64, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,10 @@ class StreamConfig:
     guard_tolerance: float = 0.05
     guard_carry: bool = False  # keep a model's probe evidence across re-plans that keep its option
     guard_decay: float = 1.0  # weight of each earlier probe relative to the next (1: plain mean)
-    adaptive_probes: bool = False  # halve probe_every on drift, double it after quiet probes
+    # double probe_every after QUIET_PROBES quiet probes, halve it on drift, never below the
+    # configured rate (probing more often than the plan paid for starved it: at 20-50% budgets
+    # the probes alone overran, and every model ran on every frame)
+    adaptive_probes: bool = False
     detector_links: bool = True  # False: reuse, prior and the paper's links only (ablation)
 
 
@@ -243,7 +246,7 @@ def simulate(
         if config.adaptive_probes and config.probe_every:
             quiet = 0 if why else quiet + 1
             if why:
-                probe_every = max(MIN_PROBE_EVERY, probe_every // 2)
+                probe_every = max(config.probe_every, probe_every // 2)
             elif quiet >= QUIET_PROBES and probe_every < MAX_PROBE_EVERY:
                 probe_every, quiet = probe_every * 2, 0
                 why = f"{QUIET_PROBES} quiet probes: probe every {probe_every} frames"

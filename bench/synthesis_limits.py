@@ -25,6 +25,7 @@ import numpy as np
 
 from mlink.deploy.config import load_config
 from mlink.eval.config_workload import load_workload
+from mlink.eval.temporal.geometry import positions, stream_segments
 from mlink.eval.workload import Workload, stream_split
 from mlink.linkstore.boxlinks import as_boxes, fit_box_head, follow
 from mlink.linkstore.metrics import box_agreement
@@ -35,10 +36,8 @@ THRESHOLDS = (0.3, 0.5, 0.7, 0.85)
 def gated(wl: Workload, source: str, target: str, threshold: float) -> tuple[float, float]:
     """Agreement and run share of ``target`` run when ``source`` changed, followed otherwise."""
     out, agree, runs = wl.outputs, [], 0
-    by_stream: dict[str, list[int]] = {}
-    for i, s in enumerate(wl.streams):
-        by_stream.setdefault(s, []).append(i)
-    for frames in by_stream.values():
+    every = range(len(wl.streams))
+    for frames in stream_segments(wl.streams, positions(wl.streams), every):
         then_t = then_s = None
         for i in frames:
             now_s = as_boxes(out[source][i])

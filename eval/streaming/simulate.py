@@ -30,6 +30,7 @@ import numpy as np
 
 from mlink.eval.baselines.common import MethodResult
 from mlink.eval.figures import synthesized_agreement
+from mlink.eval.temporal.geometry import positions
 from mlink.eval.workload import Workload
 from mlink.linkstore.budget import next_plan_budget, non_probe_overrun
 from mlink.linkstore.liveguard import LiveAgreement
@@ -45,7 +46,7 @@ from mlink.linkstore.streamplan import (
     plan_for_targets,
 )
 
-__all__ = ["StreamConfig", "StreamRun", "positions", "simulate", "summarise"]
+__all__ = ["StreamConfig", "StreamRun", "simulate", "summarise"]
 
 MAX_PROBE_EVERY, QUIET_PROBES = 64, 4
 
@@ -121,16 +122,6 @@ def summarise(
         "compute_saved": float(1.0 - cost_ms[keep].mean() / full_ms) if full_ms else None,
         "frames": int(keep.sum()),
     }
-
-
-def positions(streams: Sequence[str]) -> np.ndarray:
-    """Each frame's sequence number in its own stream."""
-    seen: dict[str, int] = {}
-    pos = np.empty(len(streams), dtype=np.int64)
-    for i, s in enumerate(streams):
-        pos[i] = seen.get(s, 0)
-        seen[s] = int(pos[i]) + 1
-    return pos
 
 
 Planner = Callable[[StreamFit], StreamPlan]

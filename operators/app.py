@@ -36,7 +36,10 @@ def create_app(
     ``session_timeout_s`` is short because Tansu holds every JoinGroup for half of it (see
     :mod:`mlink.deploy.broker`); ``stream_buffer_maxsize`` and ``broker_max_poll_records`` are
     small so that a backlog waits in Kafka rather than in the worker, and a paused frames topic
-    (the warm-up hold) stops quickly; the fetch wait is capped (:mod:`.fetch_wait`).
+    (the warm-up hold) stops quickly: every frame already fetched when the hold starts still
+    runs every model, so the buffer is what a backlog's warm-up overshoots by. Two batches keep
+    the agent busy (a batch takes far longer than a fetch). The fetch wait is capped
+    (:mod:`.fetch_wait`).
     ``source_topic`` (default: the pipeline's frames topic) is where frames are read, in
     ``source_format``. ``faust_settings`` override any faust setting.
     """
@@ -50,8 +53,8 @@ def create_app(
         "topic_partitions": partitions,
         "consumer_auto_offset_reset": "earliest",
         "stream_wait_empty": False,
-        "stream_buffer_maxsize": max(64, 4 * mlink.settings.batch_size),
-        "broker_max_poll_records": max(16, 4 * mlink.settings.batch_size),
+        "stream_buffer_maxsize": max(4, 2 * mlink.settings.batch_size),
+        "broker_max_poll_records": mlink.settings.batch_size,
         # results leave in batches: one produce request per few ms, not one per frame
         "producer_linger": 0.005,
         "producer_max_batch_size": 1 << 19,

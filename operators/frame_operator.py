@@ -97,6 +97,12 @@ async def _fetching(consumer: Any, tps: Sequence[Any], on: bool) -> None:
             log.debug("could not %s %s: %s", "resume" if on else "pause", part, exc)
 
 
+def _buffered(stream: faust.StreamT) -> int:
+    """Frames faust fetched for ``stream`` that its agent has not taken yet (0 if unknown)."""
+    queue = getattr(stream.channel, "_queue", None)
+    return queue.qsize() if queue is not None else 0
+
+
 class FrameBatch:
     """The work of one batch, step by step; each step contains its own failures."""
 
@@ -106,6 +112,7 @@ class FrameBatch:
         self.hold_at = mlink.settings.links.warmup_frames
         self.holding = False
         self.releaser: asyncio.Future[None] | None = None
+        self.queued: Callable[[], int] = lambda: 0  # frames fetched, not yet taken by the agent
 
     async def frames(self, events: Sequence[Any], reader: FrameReader) -> list[tuple[Any, Frame]]:
         limits = self.mlink.limits
@@ -140,39 +147,49 @@ class FrameBatch:
         return decoded
 
     def hold_for_links(self) -> None:
-        """Once this worker planned its warm-up frames, stop fetching frames (bounded by
-        ``hold_s``) until the first links arrive: a backlog then waits in Kafka for the budgeted
-        plan instead of running every model while the links train. Fetching is paused rather
-        than the agent blocked, because faust delivers every topic through one conductor and a
-        blocked agent would also starve the trainer of the samples it needs."""
+        """Once the frames this worker planned and the ones already fetched for it make up its
+        warm-up, stop fetching frames (bounded by ``hold_s``) until the first links arrive: a
+        backlog then waits in Kafka for the budgeted plan instead of running every model while
+        the links train. Fetching is paused rather than the agent blocked, because faust
+        delivers every topic through one conductor and a blocked agent would also starve the
+        trainer of the samples it needs. Frames fetched before the pause still run as warm-up,
+        hence counting them; if they fall short (redeliveries, bad records), fetching resumes."""
         mlink, links = self.mlink, self.mlink.settings.links
         if (
             self.holding
             or not links.hold_s
             or not mlink.state.warming_up
-            or self.warmup_planned < self.hold_at
+            or self.warmup_planned + self.queued() < self.hold_at
         ):
             return
         consumer = self.app.consumer
         paused = [tp for tp in consumer.assignment() if tp.topic in self.topics]
         self.holding = True
         log.info(
-            "planned %d warm-up frames; waiting for the first links (paused %s)",
+            "planned %d warm-up frames, %d more fetched; waiting for the first links (paused %s)",
             self.warmup_planned,
+            self.queued(),
             sorted(paused),
         )
 
         async def release() -> None:
-            started = time.monotonic()
+            started, idle = time.monotonic(), 0
             try:
                 while mlink.state.warming_up and time.monotonic() - started < links.hold_s:
                     await _fetching(consumer, paused, on=False)  # again: a rebalance resumes
+                    planned = self.warmup_planned
                     await asyncio.sleep(0.2)
+                    starved = self.warmup_planned < self.hold_at and not self.queued()
+                    idle = idle + 1 if starved and planned == self.warmup_planned else 0
+                    if idle >= 2:  # the fetched frames did not complete the warm-up
+                        log.info("%d warm-up frames planned; fetching more", planned)
+                        break
             finally:
                 await _fetching(consumer, paused, on=True)
                 self.holding = False
                 mlink.metrics["held_for_links_s"] += round(time.monotonic() - started, 3)
-            if mlink.state.warming_up:  # no links yet: more warm-up data, then wait again
+            if mlink.state.warming_up and self.warmup_planned >= self.hold_at:
+                # no links yet: more warm-up data, then wait again
                 log.warning("no links after %.0f s; planning more warm-up frames", links.hold_s)
                 self.hold_at = self.warmup_planned + max(1, links.warmup_frames // 4)
 
@@ -241,6 +258,7 @@ def attach_frame_operator(
         attach_control_replay(app, mlink)
 
     async def frame_operator(stream: faust.StreamT) -> None:
+        batch.queued = lambda: _buffered(stream)
         if not mlink.event("models").is_set():
             await mlink.build_models()
         await mlink.ready()

@@ -141,10 +141,10 @@ class LinkSettings:
     ``store`` is a directory or an fsspec URL that every worker reaches. The first links train
     after ``warmup_frames`` frames on which every model ran; afterwards every ``probe_every``-th
     frame of a stream runs every model (training data and live agreement), and
-    ``retrain_every`` new probe frames trigger a retrain (0 = train once). A worker that has
-    planned its ``warmup_frames`` warm-up frames waits up to ``hold_s`` for the first links
-    before it plans more: a backlog then waits in Kafka for the budgeted plan instead of
-    running every model on every frame while the links train (0 = never wait).
+    ``retrain_every`` new probe frames trigger a retrain (0 = train once). A worker whose
+    planned and already fetched frames make up its ``warmup_frames`` stops fetching for up to
+    ``hold_s`` until the first links arrive: a backlog then waits in Kafka for the budgeted plan
+    instead of running every model on every frame while the links train (0 = never wait).
     ``train_in_child`` trains in a separate, lower-priority process (one torch thread), so
     training never starves the models or the heartbeats; False trains on a thread.
     ``stream`` plans per frame of a stream (docs/stream-synthesis.md): each model runs on a

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
@@ -24,6 +25,7 @@ from tests.test_pipeline_e2e import (
     send_frames,
     wait_for_epoch,
     wait_results,
+    wait_until,
     worker_env,
     write_config,
 )
@@ -122,4 +124,83 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
         assert collector.duplicates == 0
         assert not dead_letters(broker.bootstrap, config)
     finally:
+        collector.close()
+
+
+def test_a_backlog_from_the_start_overshoots_the_warm_up_by_at_most_a_few_batches(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """The hold counts the frames already fetched for the agent, so a backlog's warm-up is what
+    the config asks for, plus the rest of the batch that reaches it and what was in flight
+    (before: every frame in faust's 64-frame buffer, 63-64 warm-up frames here). The hold is
+    long so that a loaded machine's slow training cannot end it and plan more warm-up."""
+    warmup, batch = 24, 8  # batch: the runtime's default batch_size
+    path, config = write_config(
+        tmp_path,
+        "overshoot",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=warmup,
+        output_timeout_s=5.0,
+        fraction=0.5,
+        links={"stream": True, "probe_stride": 3, "hold_s": 600.0},
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    collector = ResultCollector(broker.bootstrap, config.topics.names().results)
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
+            sent = send_frames(frames, STREAMS, range(0, 80))
+        wait_results(collector, set(sent), 300, [worker])
+        warm = sum(collector.results[f].epoch == 0 for f in sent)
+        assert warmup <= warm <= warmup + 3 * batch, warm
+        assert collector.duplicates == 0
+        assert not dead_letters(broker.bootstrap, config)
+    finally:
+        collector.close()
+
+
+def test_a_warm_up_hold_on_fetched_records_that_are_not_frames_fetches_more(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """The hold counts records already fetched towards the warm-up; when some of them turn out
+    not to be frames, the worker must fetch more rather than wait for links that cannot train.
+    8 frames and 8 bad records are in Kafka before the worker starts, so the hold begins on the
+    first batch (8 planned + 8 fetched >= 12); the rest of the frames come once the bad records
+    are dead letters, and only a worker that fetches again answers them."""
+    path, config = write_config(
+        tmp_path,
+        "starved",
+        FAST_MODELS,
+        partitions=1,
+        warmup_frames=12,
+        output_timeout_s=5.0,
+        fraction=0.5,
+        links={"stream": True, "probe_stride": 3, "hold_s": 600.0},
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    names = config.topics.names()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    collector = ResultCollector(broker.bootstrap, names.results)
+    try:
+        with FrameProducer(broker.bootstrap, names.frames) as frames:
+            sent = send_frames(frames, STREAMS, range(0, 4))
+            for _ in range(8):
+                producer.send(names.frames, key=b"a", value=b"\xc1 is never valid msgpack")
+            producer.flush()
+            worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+            worker.wait_ready()
+            wait_until(
+                "dead letters",
+                lambda: len(dead_letters(broker.bootstrap, config)) == 8,
+                120,
+                worker,
+            )
+            sent += send_frames(frames, STREAMS, range(4, 30))
+        wait_results(collector, set(sent), 300, [worker])
+        assert sum(collector.results[f].epoch == 0 for f in sent) >= 12
+        assert collector.duplicates == 0
+    finally:
+        producer.close()
         collector.close()

@@ -127,25 +127,33 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
         collector.close()
 
 
-def test_a_backlog_from_the_start_overshoots_the_warm_up_by_at_most_a_few_batches(
-    broker: Any, faust_worker: Any, tmp_path: Any
-) -> None:
-    """The hold counts the frames already fetched for the agent, so a backlog's warm-up is what
-    the config asks for, plus the rest of the batch that reaches it and what was in flight
-    (before: every frame in faust's 64-frame buffer, 63-64 warm-up frames here). The hold is
-    long so that a loaded machine's slow training cannot end it and plan more warm-up."""
-    warmup, batch = 24, 8  # batch: the runtime's default batch_size
+def held_config(
+    tmp_path: Any, tag: str, broker: Any, warmup: int, partitions: int
+) -> tuple[Any, PipelineConfig]:
+    """A stream config (and its topics) whose warm-up hold outlasts any test: a loaded
+    machine's slow training cannot end it and plan more warm-up; only the links do."""
     path, config = write_config(
         tmp_path,
-        "overshoot",
+        tag,
         FAST_MODELS,
-        partitions=2,
+        partitions=partitions,
         warmup_frames=warmup,
         output_timeout_s=5.0,
         fraction=0.5,
         links={"stream": True, "probe_stride": 3, "hold_s": 600.0},
     )
     create_pipeline_topics(config, broker.bootstrap)
+    return path, config
+
+
+def test_a_backlog_from_the_start_overshoots_the_warm_up_by_at_most_a_few_batches(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """The hold counts the frames already fetched for the agent, so a backlog's warm-up is what
+    the config asks for, plus the rest of the batch that reaches it and what was in flight
+    (before: every frame in faust's 64-frame buffer, 63-64 warm-up frames here)."""
+    warmup, batch = 24, 8  # batch: the runtime's default batch_size
+    path, config = held_config(tmp_path, "overshoot", broker, warmup, partitions=2)
     worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
     collector = ResultCollector(broker.bootstrap, config.topics.names().results)
     try:
@@ -169,17 +177,7 @@ def test_a_warm_up_hold_on_fetched_records_that_are_not_frames_fetches_more(
     8 frames and 8 bad records are in Kafka before the worker starts, so the hold begins on the
     first batch (8 planned + 8 fetched >= 12); the rest of the frames come once the bad records
     are dead letters, and only a worker that fetches again answers them."""
-    path, config = write_config(
-        tmp_path,
-        "starved",
-        FAST_MODELS,
-        partitions=1,
-        warmup_frames=12,
-        output_timeout_s=5.0,
-        fraction=0.5,
-        links={"stream": True, "probe_stride": 3, "hold_s": 600.0},
-    )
-    create_pipeline_topics(config, broker.bootstrap)
+    path, config = held_config(tmp_path, "starved", broker, 12, partitions=1)
     names = config.topics.names()
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     collector = ResultCollector(broker.bootstrap, names.results)

@@ -10,9 +10,10 @@ JPEG/PNG round trip), computed offline and cached, so the comparison is exact. T
 - *steady*: frames after warm-up (epoch > 0) that were not probes (a probe frame runs every model
   to train links and measure live agreement, so it would flatter both accuracy and cost);
 - *compute saved*: ``1 - spent / full`` per frame, from ONE cost table for the models -- declared
-  in the config when every model declares ``cost.ms``, else measured live in the run (the median
-  of each model's executions, what the controller plans on; the offline reference run's timings
-  only if a model never ran) -- ``cost_source`` says which -- plus synthesis: per synthesized
+  in the config when every model declares ``cost.ms``, else measured live in the run (on the
+  frames where every model ran, as the controller plans: see :func:`model_cost_table`; the
+  offline reference run's timings only if a model never ran) -- ``cost_source`` says which --
+  plus synthesis: per synthesized
   result the target's ensemble cost and one link per source, as the trainer measured them for the
   link version that synthesized it (``synthesis_cost_source``);
 - *compute saved, solo*: the same priced on the offline reference run's timings (each model
@@ -33,6 +34,7 @@ import numpy as np
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import RunReport
 from mlink.eval.workload import Workload
+from mlink.linkstore.budget import typical_ms
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.store import LinkStore
 from mlink.topics.frames import decode_frame, encode_frame
@@ -121,21 +123,33 @@ def model_cost_table(
     config: PipelineConfig, full: Workload, results: Iterable[FrameResult] = ()
 ) -> tuple[dict[str, float], str]:
     """ms per model from one table, and which: declared when every model declares ``cost.ms``;
-    else measured live, the median ms per frame of each model's executed results in this run
-    (as the workers ran them: batched, on threads, next to each other), which is also what the
-    controller plans on; else (a model that never ran) what the offline reference run measured.
-    Never a mix."""
+    else measured live in this run (as the workers ran them: batched, on threads, next to each
+    other), on the frames where every model ran (warm-up and probes), which is what the
+    controller plans on: the same frames for every model, because frames of different cameras
+    differ in cost up to tenfold, and a model timed mostly on cheap ones would look cheap. Each
+    model's ms is :func:`~mlink.linkstore.budget.typical_ms` of its timings. If no frame ran
+    every model, each model's own executions; else (a model that never ran) what the offline
+    reference run measured. Never a mix."""
     declared = config.declared_costs()
-    if all("ms" in declared.get(m, {}) for m in config.model_names):
-        return {m: float(declared[m]["ms"]) for m in config.model_names}, "declared in the config"
-    live: dict[str, list[float]] = defaultdict(list)
+    names = config.model_names
+    if all("ms" in declared.get(m, {}) for m in names):
+        return {m: float(declared[m]["ms"]) for m in names}, "declared in the config"
+    everywhere: dict[str, list[float]] = defaultdict(list)
+    own: dict[str, list[float]] = defaultdict(list)
     for result in results:
-        for r in result.results:
-            if r.status == "executed" and r.elapsed_ms is not None:
-                live[r.model].append(r.elapsed_ms)
-    if all(live.get(m) for m in config.model_names):
-        table = {m: float(np.median(live[m])) for m in config.model_names}
-        return table, "measured live in this run (median ms per frame of each model's executions)"
+        timed = {
+            r.model: r.elapsed_ms
+            for r in result.results
+            if r.status == "executed" and r.elapsed_ms is not None
+        }
+        for m, ms in timed.items():
+            own[m].append(ms)
+            if len(timed) == len(names):
+                everywhere[m].append(ms)
+    for live, where in ((everywhere, "the frames where every model ran"), (own, "its executions")):
+        if all(live.get(m) for m in names):
+            table = {m: typical_ms(live[m]) for m in names}
+            return table, f"measured live in this run (trimmed mean ms of each model on {where})"
     return _reference_ms(config, full), f"{full.cost_source}, by the offline reference run"
 
 

@@ -11,7 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-__all__ = ["BUDGET_KEYS", "full_cost", "next_plan_budget", "non_probe_overrun", "resolve_budget"]
+import numpy as np
+
+__all__ = [
+    "BUDGET_KEYS",
+    "full_cost",
+    "next_plan_budget",
+    "non_probe_overrun",
+    "resolve_budget",
+    "typical_ms",
+]
 
 BUDGET_KEYS = ("ms", "memory_mb", "fraction")
 
@@ -19,6 +28,19 @@ BUDGET_KEYS = ("ms", "memory_mb", "fraction")
 def full_cost(costs: Mapping[str, Mapping[str, float]], resource: str = "ms") -> float:
     """What running every model once costs in ``resource`` (models without it count 0)."""
     return float(sum(c.get(resource, 0.0) for c in costs.values()))
+
+
+def typical_ms(timings: Sequence[float], trim: float = 0.1) -> float:
+    """A model's cost per frame from its timings: the mean without the fastest and slowest
+    ``trim`` share (first calls, pauses). Not the median: cameras of different resolutions
+    make timings cluster (a 176x144 frame costs a tenth of a 720p one), and with about half the
+    frames in each cluster a median jumps between them, so models timed on the same frames can
+    get costs from different clusters. A budget bounds the mean cost per frame anyway."""
+    if not timings:
+        raise ValueError("typical_ms needs at least one timing")
+    ordered = np.sort(np.asarray(timings, dtype=np.float64))
+    cut = int(len(ordered) * trim)
+    return float(ordered[cut : len(ordered) - cut].mean())
 
 
 def resolve_budget(budget: Mapping[str, float], full_ms: float) -> dict[str, float]:

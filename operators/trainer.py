@@ -6,7 +6,6 @@ controller needs to score any active set, and the model and link costs measured 
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlink.linkstore.budget import typical_ms
 from mlink.linkstore.bundle import make_bundle
 from mlink.linkstore.crossfit import fit_and_score
 from mlink.linkstore.ensemble import EnsembleKind
@@ -86,7 +86,7 @@ class LinkTrainer:
         return self.retrain_every > 0 and self.new_since_training >= self.retrain_every
 
     def measured_costs(self) -> dict[str, dict[str, float]]:
-        return {m: {"ms": statistics.median(v)} for m, v in self.elapsed.items() if v}
+        return {m: {"ms": typical_ms(v)} for m, v in self.elapsed.items() if v}
 
     def training_outputs(self) -> dict[str, list[np.ndarray]]:
         """Every buffered sample, per model (what :func:`train_bundle` trains on)."""

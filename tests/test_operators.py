@@ -18,6 +18,7 @@ from mlink.linkstore.budget import (
     next_plan_budget,
     non_probe_overrun,
     resolve_budget,
+    typical_ms,
 )
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
@@ -601,6 +602,17 @@ def test_costs_and_budgets_resolve_declared_over_measured(tmp_path: Path) -> Non
         "parity": {"ms": 0.0},
         "value": {"ms": 0.0},
     }
+
+
+def test_a_models_typical_cost_does_not_jump_between_cameras_of_different_sizes() -> None:
+    small, large = [5.0] * 10, [50.0] * 10  # a 176x144 camera's frames and a 720p camera's
+    assert typical_ms(small + large) == pytest.approx(27.5)
+    # one frame more from either camera: a median would be 5 or 50, this barely moves
+    assert typical_ms(small + large + [5.0]) == pytest.approx((9 * 5 + 8 * 50) / 17)
+    assert typical_ms(small + large + [50.0]) == pytest.approx((8 * 5 + 9 * 50) / 17)
+    assert typical_ms([10.0] * 9 + [1000.0]) == 10.0  # a first call or a pause is cut
+    with pytest.raises(ValueError, match="at least one timing"):
+        typical_ms([])
 
 
 def test_a_re_plan_pays_back_the_overrun_of_the_run_so_far() -> None:

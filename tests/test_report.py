@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,27 @@ def test_frames_missing_from_the_reference_are_left_out(tmp_path):
     s = summarize(config(tmp_path), run(), reference(), IDS[:2], synthesis=SYNTHESIS)
     assert s.steady_frames == 0 and s.steady_synthesized_accuracy is None
     assert s.accuracy == pytest.approx(1.0)
+
+
+def test_the_live_table_times_every_model_on_the_same_frames(tmp_path):
+    """Frames where every model ran (warm-up, probes) price the models, so a model that runs
+    on other frames too is not priced on a different mix of cameras."""
+    report = run()
+    timed = {
+        "cam:0": {"bright": 10.0, "level": 2.0, "spread": 4.0},
+        "cam:1": {"bright": 30.0, "level": 6.0, "spread": 8.0},
+        "cam:2": {"bright": 1000.0},
+        "cam:3": {"bright": 1000.0},
+    }
+    for frame_id, result in report.results.items():
+        results = tuple(
+            replace(r, elapsed_ms=timed[frame_id].get(r.model)) if r.status == "executed" else r
+            for r in result.results
+        )
+        report.results[frame_id] = replace(result, results=results)
+    s = summarize(config(tmp_path), report, reference(), IDS, synthesis=SYNTHESIS)
+    assert s.model_ms == {"bright": 20.0, "level": 4.0, "spread": 6.0}
+    assert s.cost_source == (
+        "measured live in this run (trimmed mean ms of each model on the frames where every "
+        "model ran)"
+    )

@@ -25,25 +25,20 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import importlib.resources
 import os
 import re
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from mlink.deploy.kafka_wait import (
     HOST,
@@ -53,13 +48,13 @@ from mlink.deploy.kafka_wait import (
     port_free,
     wait_for_kafka,
 )
+from mlink.deploy.orphans import pdeathsig_preexec, signal_group
 
 __all__ = [
     "BrokerError",
     "EmbeddedBroker",
     "TansuNotFoundError",
     "free_port",
-    "pdeathsig_preexec",
     "tansu_binary",
     "wait_for_kafka",
 ]
@@ -113,7 +108,6 @@ def tansu_binary() -> Path:
 
 _LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
-_PR_SET_PDEATHSIG = 1
 
 
 def _stop_all_at_exit() -> None:
@@ -125,39 +119,6 @@ def _stop_all_at_exit() -> None:
 
 
 atexit.register(_stop_all_at_exit)
-
-
-@functools.cache
-def _prctl() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def pdeathsig_preexec(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that sends ``sig`` to a child process when this one dies (Linux only).
-
-    The death signal fires when the *thread* that forked exits, so None (no death signal) is
-    returned outside the main thread. Usable for any child: ``Popen(..., preexec_fn=...)``.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-    signum = int(sig)
-
-    def preexec() -> None:  # runs in the child between fork and exec: keep it minimal
-        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 # -- the broker -------------------------------------------------------------------------------
@@ -376,11 +337,11 @@ class EmbeddedBroker:
         if proc is None:
             return None
         if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
         return proc.returncode
 
@@ -400,14 +361,9 @@ class EmbeddedBroker:
     def __del__(self) -> None:
         proc = getattr(self, "_proc", None)
         if proc is not None and proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         where = f"{self.host}:{self.port}" if self.port is not None else "unstarted"
         return f"<EmbeddedBroker {where} {state} pid={self.pid}>"
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)

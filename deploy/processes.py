@@ -6,7 +6,6 @@ parent; a pipeline worker reports readiness in a health file (:mod:`mlink.deploy
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from mlink.deploy.broker import pdeathsig_preexec
+from mlink.deploy.orphans import pdeathsig_preexec, signal_group
 
 __all__ = ["READY_LINE", "WORKER_APP", "FaustProcess", "WorkerProcess", "worker_argv"]
 
@@ -86,8 +85,7 @@ class FaustProcess:
         return self.ready_seconds
 
     def signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        signal_group(self.proc.pid, sig)
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait (faust shuts down cleanly in ~1 s); SIGKILL after ``timeout``."""

@@ -39,13 +39,17 @@ from mlink.eval import baselines, temporal
 from mlink.eval.baselines.frames import PreparedFrames
 from mlink.eval.config_workload import SourceFrames, load_workload
 from mlink.eval.cost_tables import CostTable, with_cost_table
-from mlink.eval.experiment import TrainedWorkload, compare_selectors, train_workload
+from mlink.eval.experiment import (
+    TrainedWorkload,
+    compare_selectors,
+    train_workload,
+    training_ratio_table,
+)
 from mlink.eval.figures import mean_spread
 from mlink.eval.outputs import DEFAULT_CACHE
 from mlink.eval.streaming import method as streaming
 from mlink.eval.workload import Workload, shuffled_order, stream_split
 from mlink.linkstore.crossfit import Scheme
-from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
 from mlink.linkstore.training import TrainConfig
 
@@ -194,35 +198,6 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             cell[gap], cell[f"{gap}_spread"] = mean_spread(gaps)
         cells.append(cell)
     return cells
-
-
-def training_ratio_table(
-    workload: Workload, ratios: Sequence[float], config: TrainConfig, test_idx: np.ndarray
-) -> list[dict[str, Any]]:
-    """Link agreement vs share of each stream used for training (the paper's link tables).
-
-    Always evaluated on the same frames (those after the largest training share), so the rows
-    compare like with like.
-    """
-    rows = []
-    for ratio in ratios:
-        train_idx, _ = stream_split(workload.streams, ratio)
-        linkset = LinkSet.train(workload.specs, workload.subset(train_idx), config, progress=False)
-        oracle = linkset.agreement_oracle(workload.subset(test_idx))
-        singles = [oracle(frozenset({s}), t) for (s, t) in linkset.links]
-        ensembles = [oracle(frozenset(workload.models) - {t}, t) for t in workload.models]
-        priors = [oracle(frozenset(), t) for t in workload.models]
-        rows.append(
-            {
-                "ratio": ratio,
-                "train_frames": len(train_idx),
-                "mean_link_agreement": float(np.mean(singles)),
-                "best_link_agreement": float(np.max(singles)),
-                "mean_ensemble_agreement": float(np.mean(ensembles)),
-                "mean_prior_agreement": float(np.mean(priors)),
-            }
-        )
-    return rows
 
 
 def resolve_order(config: PipelineConfig, order: Order) -> Literal["file", "shuffled"]:

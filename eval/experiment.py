@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ __all__ = [
     "measure_plan",
     "selection_problem",
     "train_workload",
+    "training_ratio_table",
 ]
 
 Costs = dict[str, dict[str, float]]
@@ -176,3 +178,32 @@ def compare_selectors(
     problem = selection_problem(trained, budget)
     chosen = names or list(SELECTORS)
     return [measure_plan(trained, name, budget, SELECTORS[name](problem)) for name in chosen]
+
+
+def training_ratio_table(
+    workload: Workload, ratios: Sequence[float], config: TrainConfig, test_idx: np.ndarray
+) -> list[dict[str, Any]]:
+    """Link agreement vs share of each stream used for training (the paper's link tables).
+
+    Always evaluated on the same frames (those after the largest training share), so the rows
+    compare like with like.
+    """
+    rows = []
+    for ratio in ratios:
+        train_idx, _ = stream_split(workload.streams, ratio)
+        linkset = LinkSet.train(workload.specs, workload.subset(train_idx), config, progress=False)
+        oracle = linkset.agreement_oracle(workload.subset(test_idx))
+        singles = [oracle(frozenset({s}), t) for (s, t) in linkset.links]
+        ensembles = [oracle(frozenset(workload.models) - {t}, t) for t in workload.models]
+        priors = [oracle(frozenset(), t) for t in workload.models]
+        rows.append(
+            {
+                "ratio": ratio,
+                "train_frames": len(train_idx),
+                "mean_link_agreement": float(np.mean(singles)),
+                "best_link_agreement": float(np.max(singles)),
+                "mean_ensemble_agreement": float(np.mean(ensembles)),
+                "mean_prior_agreement": float(np.mean(priors)),
+            }
+        )
+    return rows

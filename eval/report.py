@@ -13,9 +13,8 @@ JPEG/PNG round trip), computed offline and cached, so the comparison is exact. T
   in the config when every model declares ``cost.ms``, else measured live in the run (on the
   frames where every model ran, as the controller plans: see :func:`model_cost_table`; the
   offline reference run's timings only if a model never ran) -- ``cost_source`` says which --
-  plus synthesis: per synthesized
-  result the target's ensemble cost and one link per source, as the trainer measured them for the
-  link version that synthesized it (``synthesis_cost_source``);
+  plus synthesis: per synthesized result the target's ensemble cost and one link per source, as
+  the trainer measured them for the link version that synthesized it (``synthesis_cost_source``);
 - *compute saved, solo*: the same priced on the offline reference run's timings (each model
   alone, one call after another). Live timings are wall times of models that run concurrently,
   so a call also waits for the CPU, most on warm-up and probe frames where every model runs at

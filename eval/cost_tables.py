@@ -1,4 +1,12 @@
-"""The one model cost table a bench run prices compute on, and where it comes from."""
+"""The one model cost table a bench run prices compute on, and where it comes from.
+
+A cached table lives with the output cache and is re-measured whenever the cache is rebuilt, on
+whatever machine and load that happens: the plans, and every figure priced on them, then move
+with it. Benchmarks that must be reproducible from a clean clone read a committed table instead,
+written from the cache by this module's command::
+
+    python -m mlink.eval.cost_tables deploy/configs/dnn.yaml > deploy/costs/dnn.json
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from mlink.deploy.config import PipelineConfig
 from mlink.eval.config_workload import measure_model_ms
 from mlink.eval.workload import Workload
 
-__all__ = ["CostTable", "read_cost_table", "with_cost_table"]
+__all__ = ["CostTable", "cost_table_json", "read_cost_table", "with_cost_table"]
 
 CostTable = Literal["now", "cached", "declared"] | str
 """``now``, ``cached``, ``declared``, or the path of a JSON table (:func:`read_cost_table`)."""
@@ -44,7 +52,8 @@ def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable
         return replace(workload, costs=table, cost_source=source)
     else:
         ms = read_cost_table(Path(costs), workload.models)
-        source = f"read from {costs}"
+        note = _table_source(Path(costs))
+        source = f"read from {costs}" + (f" ({note})" if note else "")
     table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
     return replace(workload, costs=table, cost_source=source)
 
@@ -66,3 +75,31 @@ def read_cost_table(path: Path, models: Sequence[str]) -> dict[str, float]:
     if missing:
         raise ValueError(f"--costs {path}: no ms for {missing}; give every model of the config")
     return {m: float(table[m]) for m in models}
+
+
+def _table_source(path: Path) -> str:
+    data = json.loads(path.read_text())
+    return str(data.get("source", "")) if isinstance(data, dict) else ""
+
+
+def cost_table_json(workload: Workload) -> str:
+    """``workload``'s cost table as a JSON file :func:`read_cost_table` reads back, saying where
+    it came from."""
+    table = {m: round(float(workload.costs[m]["ms"]), 3) for m in workload.models}
+    return json.dumps({"source": workload.cost_source, "model_ms": table}, indent=2) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    from mlink.deploy.config import load_config
+    from mlink.eval.config_workload import load_workload
+
+    parser = argparse.ArgumentParser(description="Print a config's cached cost table as JSON.")
+    parser.add_argument("config", help="a pipeline config, e.g. deploy/configs/dnn.yaml")
+    args = parser.parse_args(argv)
+    print(cost_table_json(load_workload(load_config(args.config))), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,7 @@ from mlink.linkstore.crossfit import contiguous_folds
 from mlink.linkstore.metrics import agreement, box_agreement
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.schedule import Mode
+from mlink.linkstore.streamerror import between_streams
 from mlink.linkstore.streamlinks import Refresh, StreamLinks
 from mlink.topics.specs import BoxesSpec, OutputSpec
 
@@ -59,7 +60,9 @@ class Curve:
     memory (``head``, ``prior``, ``links``) have the same value at every ``d >= 1``.
     ``support[d]`` is the number of scored samples behind ``agree[d]``, ``spread`` the standard
     deviation of per-sample agreement (for a confidence bound), ``synth_ms`` the measured cost of
-    one synthesized output.
+    one synthesized output, ``between`` the standard error of the mean from how it differs
+    between streams (:func:`~mlink.linkstore.streamerror.between_streams`; a floor under the
+    confidence margin, 0 for one stream).
     """
 
     target: str
@@ -68,6 +71,7 @@ class Curve:
     support: tuple[int, ...]
     spread: float = 0.5
     synth_ms: float = 0.0
+    between: float = 0.0
 
     @property
     def max_lag(self) -> int:
@@ -81,6 +85,7 @@ class Curve:
             "support": list(self.support),
             "spread": round(self.spread, 6),
             "synth_ms": self.synth_ms,
+            "between": round(self.between, 6),
         }
 
     @classmethod
@@ -92,15 +97,23 @@ class Curve:
             tuple(int(n) for n in meta["support"]),
             float(meta.get("spread", 0.5)),
             float(meta.get("synth_ms", 0.0)),
+            float(meta.get("between", 0.0)),
         )
 
 
 def constant_curve(
-    target: str, mode: Mode, scores: np.ndarray, max_lag: int, synth_ms: float = 0.0
+    target: str,
+    mode: Mode,
+    scores: np.ndarray,
+    max_lag: int,
+    synth_ms: float = 0.0,
+    streams: Sequence[str] | None = None,
 ) -> Curve:
-    """The curve of a mode that uses no memory, from per-sample agreements."""
+    """The curve of a mode that uses no memory, from per-sample agreements (``streams``: each
+    sample's stream, for the between-stream error)."""
     mean = float(np.mean(scores)) if len(scores) else 0.0
     spread = float(np.std(scores)) if len(scores) > 1 else 0.5
+    between = between_streams(scores, streams) if streams is not None and len(scores) else 0.0
     return Curve(
         target,
         mode,
@@ -108,6 +121,7 @@ def constant_curve(
         (0,) + (len(scores),) * max_lag,
         spread,
         synth_ms,
+        between,
     )
 
 
@@ -232,6 +246,7 @@ class _Estimator:
         agree = total / weight if weight else np.zeros(self.max_lag + 1)
         agree[0] = 1.0
         spread = float(np.nanstd(scores)) if valid.sum() > 1 else 0.5
+        between = between_streams(scores, self.stream_of) if len(scores) else 0.0
         return Curve(
             target,
             mode,
@@ -239,6 +254,7 @@ class _Estimator:
             tuple(int(n) for n in support),
             spread,
             synth_ms,
+            between,
         )
 
 
@@ -315,14 +331,14 @@ def fit_stream(
         prior = agreement(spec, [priors[t]] * n, outs[t])
         curves[t] = [
             est.curve(t, Mode("reuse"), reuse, 0.0),
-            constant_curve(t, Mode("prior"), prior, max_lag),
+            constant_curve(t, Mode("prior"), prior, max_lag, streams=groups),
         ]
         if t in boxes:
             base = np.maximum(np.asarray(curves[t][0].agree), curves[t][1].agree[1])
             curves[t] += [
                 c
                 for c in _box_curves(
-                    t, pairs_of[t], box_outs, fold_heads, fold, pairs, est, thresholds
+                    t, pairs_of[t], box_outs, fold_heads, fold, pairs, est, thresholds, groups
                 )
                 if np.any(np.asarray(c.agree[1:]) >= base[1:] + min_gain)
             ]
@@ -339,6 +355,7 @@ def _box_curves(
     pairs: _Pairs,
     est: _Estimator,
     thresholds: Sequence[float],
+    groups: Sequence[str],
 ) -> list[Curve]:
     """The head, follow, track and switch curves of box target ``t`` from each source. Each
     curve's ``synth_ms`` is the measured time of the predictions it scores, per output."""
@@ -355,7 +372,7 @@ def _box_curves(
         heads = [fold_heads[(s, t, int(fold[i]))].predict(src[i]) for i in range(n)]
         head_ms = (time.perf_counter() - start) * 1000.0 / max(n, 1)
         scores = np.array([box_agreement(p, target[i]) for i, p in enumerate(heads)])
-        out.append(constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms))
+        out.append(constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms, groups))
         usable = [i for i, f in enumerate(pairs.then) if s in f]
         if not usable:
             continue

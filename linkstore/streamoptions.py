@@ -81,8 +81,9 @@ def option(
             var = (curve.spread**2 * n_eff + 0.25 * PSEUDO) / (n_eff + PSEUDO)
             # the lags' estimates come from the same frames, so their errors move together:
             # the margin of their mix is the mix of their margins (treating them as independent
-            # shrank it by up to sqrt(period) and made long periods look safe)
-            margin = z * float(weights @ np.sqrt(var / n_eff))
+            # shrank it by up to sqrt(period) and made long periods look safe); and it is never
+            # narrower than the streams' disagreement allows (mlink.linkstore.streamerror)
+            margin = z * max(float(weights @ np.sqrt(var / n_eff)), curve.between)
             lower = share + (1.0 - share) * max(0.0, mean_synth - margin)
             estimate = share + (1.0 - share) * mean_synth
         else:

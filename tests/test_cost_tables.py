@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
-from mlink.eval.cost_tables import read_cost_table
+from mlink.eval.cost_tables import cost_table_json, read_cost_table, with_cost_table
+from mlink.eval.workload import Workload
+from mlink.topics.specs import VectorSpec
 
 
 def test_reads_a_run_summary_and_a_plain_mapping(tmp_path):
@@ -31,3 +35,22 @@ def test_names_what_is_missing_or_unreadable(tmp_path):
     listed.write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         read_cost_table(listed, ["a"])
+
+
+def test_a_committed_table_reads_back_and_says_where_it_came_from(tmp_path):
+    spec = VectorSpec(1, "linear")
+    workload = Workload(
+        "w",
+        {"a": spec, "b": spec},
+        {"a": [np.zeros(1)], "b": [np.zeros(1)]},
+        {"a": {"ms": 12.34567, "memory_mb": 5.0}, "b": {"ms": 2.0}},
+        cost_source="measured on a quiet machine",
+    )
+    table = tmp_path / "w.json"
+    table.write_text(cost_table_json(workload))
+    assert read_cost_table(table, ["a", "b"]) == {"a": 12.346, "b": 2.0}
+    priced = with_cost_table(
+        replace(workload, costs={"a": {"ms": 1.0}, "b": {"ms": 1.0}}), None, str(table)
+    )  # type: ignore[arg-type]
+    assert priced.costs["a"] == {"ms": 12.346}
+    assert priced.cost_source == f"read from {table} (measured on a quiet machine)"

@@ -1,6 +1,6 @@
 """How much of stream synthesis's shortfall is estimation, and how much is the modes themselves.
 
-    python bench/stream_ceiling.py deploy/configs/dnn.yaml [--budgets 0.2 0.33 0.5] [--train 0.1]
+    python bench/stream_ceiling.py deploy/configs/dnn.yaml --costs deploy/costs/dnn.json
 
 The bench's offline stream row plans from curves estimated on the warm-up (the first ``--train``
 of each stream) and is scored on the rest. Here the same planner, at the same budgets, is also
@@ -10,8 +10,9 @@ keep at that budget when the estimates are right; its prediction gap shows wheth
 estimator is biased when its data is representative. Per model, the warm-up's prior scored on
 the warm-up and on the rest shows how far the content moves after the warm-up.
 
-Uses the cached outputs and costs (``--costs cached`` in ``mlink bench``); seed 0 trains the
-paper's links, as the bench's first seed does.
+Uses the cached outputs and the cost table ``--costs`` names (as ``mlink bench`` does; the
+benchmarks pass the committed ``deploy/costs/<workload>.json``); seed 0 trains the paper's
+links, as the bench's first seed does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from mlink.deploy.config import load_config
 from mlink.eval.config_workload import load_workload
+from mlink.eval.cost_tables import COSTS_HELP, with_cost_table
 from mlink.eval.experiment import TrainedWorkload, train_workload
 from mlink.eval.streaming.method import OFFLINE, stream_mlink
 from mlink.linkstore.metrics import agreement
@@ -63,8 +65,10 @@ def main() -> None:
     parser.add_argument("config", help="a pipeline config, e.g. deploy/configs/dnn.yaml")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.33, 0.5])
     parser.add_argument("--train", type=float, default=0.1, help="warm-up share of each stream")
+    parser.add_argument("--costs", default="cached", help=COSTS_HELP)
     args = parser.parse_args()
-    workload = load_workload(load_config(args.config), progress=False)
+    config = load_config(args.config)
+    workload = with_cost_table(load_workload(config, progress=False), config, args.costs)
     trained = train_workload(workload, args.train, TrainConfig(seed=0))
     print(f"## {workload.name}: warm-up {args.train:.0%} of each stream, offline stream plans\n")
     print("| budget | warm-up plan: predicted | realised | gap | saved "

@@ -1,6 +1,6 @@
 """Two ways past the stream modes' ceiling that were measured and not built.
 
-    python bench/synthesis_limits.py deploy/configs/dnn.yaml [--train 0.1] [--pairs SRC:TGT ...]
+    python bench/synthesis_limits.py deploy/configs/dnn.yaml --costs deploy/costs/dnn.json
 
 1. **Runs gated on a cheap detector.** A target detector runs only when a source detector's
    boxes changed since the target's last run (matched IoU below ``t``), and between runs its
@@ -13,7 +13,7 @@
    the warm-up's two figures by the live share would forecast the rest; if the figures
    themselves change, it cannot.
 
-Uses the cached outputs and costs; nothing is trained but the heads.
+Uses the cached outputs and the cost table ``--costs`` names; nothing is trained but the heads.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from mlink.deploy.config import load_config
 from mlink.eval.config_workload import load_workload
+from mlink.eval.cost_tables import COSTS_HELP, with_cost_table
 from mlink.eval.temporal.geometry import positions, stream_segments
 from mlink.eval.workload import Workload, stream_split
 from mlink.linkstore.boxlinks import as_boxes, fit_box_head, follow
@@ -74,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="a pipeline config with box models, e.g. dnn.yaml")
     parser.add_argument("--train", type=float, default=0.1, help="warm-up share of each stream")
+    parser.add_argument("--costs", default="cached", help=COSTS_HELP)
     parser.add_argument(
         "--pairs",
         nargs="+",
@@ -81,7 +83,8 @@ def main() -> None:
         help="SOURCE:TARGET detector pairs",
     )
     args = parser.parse_args()
-    wl = load_workload(load_config(args.config), progress=False)
+    config = load_config(args.config)
+    wl = with_cost_table(load_workload(config, progress=False), config, args.costs)
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
     print(f"## {wl.name}: runs gated on a cheap detector (every frame scored)\n")
     print("| target | source | change threshold | agreement | runs on | cost per frame |")

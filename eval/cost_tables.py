@@ -21,10 +21,11 @@ from mlink.deploy.config import PipelineConfig
 from mlink.eval.config_workload import measure_model_ms
 from mlink.eval.workload import Workload
 
-__all__ = ["CostTable", "cost_table_json", "read_cost_table", "with_cost_table"]
+__all__ = ["COSTS_HELP", "CostTable", "cost_table_json", "read_cost_table", "with_cost_table"]
 
 CostTable = Literal["now", "cached", "declared"] | str
 """``now``, ``cached``, ``declared``, or the path of a JSON table (:func:`read_cost_table`)."""
+COSTS_HELP = "now, cached, declared, or a JSON cost table (e.g. deploy/costs/dnn.json)"
 
 
 def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable) -> Workload:

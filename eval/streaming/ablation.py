@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from mlink.deploy.config import load_config
 from mlink.eval.config_workload import load_workload
-from mlink.eval.cost_tables import with_cost_table
+from mlink.eval.cost_tables import COSTS_HELP, with_cost_table
 from mlink.eval.experiment import TrainedWorkload, train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink
@@ -33,6 +33,7 @@ _PROBES = replace(OFFLINE, probe_every=16, probe_stride=7)
 VARIANTS: dict[str, StreamConfig] = {
     "default (offline, lower-bound selection)": OFFLINE,
     "selection by the estimate": replace(OFFLINE, objective="estimate"),
+    "margins from frame counts only": replace(OFFLINE, between_streams=False),
     "without detector links": replace(OFFLINE, detector_links=False),
     "without the paper's links": replace(OFFLINE, links=False),
     "probes every 16, no learning": _PROBES,
@@ -130,7 +131,7 @@ def main(
     config_path: Annotated[Path, typer.Argument(exists=True)],
     budget_fractions: Annotated[str, typer.Option()] = "0.2,0.33,0.5",
     seeds: Annotated[int, typer.Option()] = 1,
-    costs: Annotated[str, typer.Option(help="now, cached or declared")] = "cached",
+    costs: Annotated[str, typer.Option(help=COSTS_HELP)] = "cached",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Every variant of stream synthesis at every budget (accuracy / saved, synthesized only)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,7 @@ class StreamConfig:
     # the probes alone overran, and every model ran on every frame)
     adaptive_probes: bool = False
     detector_links: bool = True  # False: reuse, prior and the paper's links only (ablation)
+    between_streams: bool = True  # False: margins from frame counts alone (ablation)
 
 
 @dataclass(slots=True)
@@ -310,7 +311,7 @@ def simulate(
 
 
 def _fit(specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig) -> StreamFit:
-    return fit_stream(
+    fit = fit_stream(
         specs,
         samples,
         max_lag=config.max_lag,
@@ -318,6 +319,9 @@ def _fit(specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig) 
         thresholds=config.thresholds,
         sources=None if config.detector_links else dict.fromkeys(specs, ()),
     )
+    if not config.between_streams:
+        fit.curves = {t: [replace(c, between=0.0) for c in cs] for t, cs in fit.curves.items()}
+    return fit
 
 
 def _in_force(plans: Sequence[StreamPlan], in_force: np.ndarray) -> float | None:

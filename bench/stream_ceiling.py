@@ -26,23 +26,42 @@ from mlink.eval.config_workload import load_workload
 from mlink.eval.cost_tables import COSTS_HELP, with_cost_table
 from mlink.eval.experiment import TrainedWorkload, train_workload
 from mlink.eval.streaming.method import OFFLINE, stream_mlink
+from mlink.eval.streaming.simulate import StreamRun
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.training import TrainConfig
 
 
-def plan_rows(trained: TrainedWorkload, budgets: list[float]) -> list[str]:
+def plan_rows(
+    trained: TrainedWorkload, budgets: list[float]
+) -> tuple[list[str], dict[float, list[StreamRun]]]:
+    """The summary row per budget, and the two replays (warm-up, oracle) behind it."""
     full = trained.workload.total_cost()
-    rows = []
+    rows, runs = [], {}
     for fraction in budgets:
         cells = []
-        for oracle in (False, True):
-            run = stream_mlink(trained, fraction * full, OFFLINE, oracle=oracle)
+        runs[fraction] = [
+            stream_mlink(trained, fraction * full, OFFLINE, oracle=oracle)
+            for oracle in (False, True)
+        ]
+        for run in runs[fraction]:
             steady = run.steady()
             pred, real = run.plans[0].estimate, float(steady["accuracy"] or 0.0)
             saved = float(steady["compute_saved"] or 0.0)
             cells.append(f"{pred:.1%} | {real:.1%} | {pred - real:+.1%} | {saved:.1%}")
         rows.append(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
+    return rows, runs
+
+
+def model_rows(models: list[str], pair: list[StreamRun]) -> list[str]:
+    """Per model: what each plan does with it and what that kept on the scored frames."""
+    rows = []
+    for m in models:
+        cells = []
+        for run in pair:
+            kept = float(run.per_frame[m][~run.probe].mean())
+            cells.append(f"{run.plans[0].describe(m)} | {kept:.1%}")
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -66,6 +85,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.33, 0.5])
     parser.add_argument("--train", type=float, default=0.1, help="warm-up share of each stream")
     parser.add_argument("--costs", default="cached", help=COSTS_HELP)
+    parser.add_argument("--plans", action="store_true", help="each model's option in both plans")
     args = parser.parse_args()
     config = load_config(args.config)
     workload = with_cost_table(load_workload(config, progress=False), config, args.costs)
@@ -74,7 +94,12 @@ def main() -> None:
     print("| budget | warm-up plan: predicted | realised | gap | saved "
           "| oracle plan: predicted | realised | gap | saved |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(plan_rows(trained, args.budgets)), flush=True)
+    rows, runs = plan_rows(trained, args.budgets)
+    print("\n".join(rows), flush=True)
+    for fraction, pair in runs.items() if args.plans else ():
+        print(f"\n| model at {fraction:.0%} | warm-up plan | realised | oracle plan | realised |")
+        print("|---|---|---|---|---|")
+        print("\n".join(model_rows(trained.workload.models, pair)))
     print("\n| model | warm-up prior on the warm-up | on the rest | change |")
     print("|---|---|---|---|")
     print("\n".join(drift_rows(trained)))

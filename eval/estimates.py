@@ -24,6 +24,7 @@ from rich.table import Table
 from mlink.deploy.config import PipelineConfig, load_config
 from mlink.eval.bench import DEFAULT_FRACTIONS, Order, resolve_order
 from mlink.eval.config_workload import load_workload
+from mlink.eval.cost_tables import COSTS_HELP, CostTable, with_cost_table
 from mlink.eval.experiment import compare_selectors, train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.workload import shuffled_order
@@ -42,9 +43,11 @@ def compare_schemes(
     train_fraction: float = 0.1,
     log: Callable[[str], None] = print,
     order: Order = "auto",
+    costs: CostTable = "cached",
 ) -> list[dict[str, Any]]:
-    """One row per (scheme, seed, budget, selector): predicted and realised accuracy."""
-    base = load_workload(config, progress=False)
+    """One row per (scheme, seed, budget, selector): predicted and realised accuracy, with
+    compute priced on ``costs`` (:func:`~mlink.eval.cost_tables.with_cost_table`)."""
+    base = with_cost_table(load_workload(config, progress=False), config, costs)
     order = resolve_order(config, order)
     full = base.total_cost("ms")
     rows = []
@@ -135,11 +138,12 @@ def main(
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1")] = 3,
     order: Annotated[str, typer.Option(help="auto, file or shuffled (as mlink bench)")] = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    costs: Annotated[str, typer.Option(help=COSTS_HELP)] = "cached",
 ) -> None:
     console = Console()
     config = load_config(config_path)
     log = (lambda _m: None) if as_json else console.print
-    rows = compare_schemes(config, seeds=seeds, log=log, order=order)  # type: ignore[arg-type]
+    rows = compare_schemes(config, seeds=seeds, log=log, order=order, costs=costs)  # type: ignore[arg-type]
     summary = summarize_gaps(rows)
     models = per_model_gaps(rows)
     if as_json:

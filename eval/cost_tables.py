@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mlink.deploy.config import PipelineConfig
 from mlink.eval.config_workload import measure_model_ms
@@ -52,8 +52,9 @@ def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable
         source = f"declared in the config of {config.name}"
         return replace(workload, costs=table, cost_source=source)
     else:
-        ms = read_cost_table(Path(costs), workload.models)
-        note = _table_source(Path(costs))
+        data = _read_json(Path(costs))
+        ms = _table_from(data, Path(costs), workload.models)
+        note = data.get("source") if isinstance(data, dict) else None
         source = f"read from {costs}" + (f" ({note})" if note else "")
     table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
     return replace(workload, costs=table, cost_source=source)
@@ -63,12 +64,19 @@ def read_cost_table(path: Path, models: Sequence[str]) -> dict[str, float]:
     """ms per frame of each model from a JSON file: a ``mlink run --json`` summary (its
     ``model_ms``, the costs the live pipeline measured and planned on) or ``{model: ms}``.
     Pricing the bench on a live run's table compares the two on the same costs."""
+    return _table_from(_read_json(path), path, models)
+
+
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"--costs {path}: not now, cached, declared or a readable JSON cost table ({exc})"
         ) from None
+
+
+def _table_from(data: Any, path: Path, models: Sequence[str]) -> dict[str, float]:
     table = data.get("model_ms", data) if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise ValueError(f"--costs {path}: expected a JSON object of ms per model")
@@ -76,11 +84,6 @@ def read_cost_table(path: Path, models: Sequence[str]) -> dict[str, float]:
     if missing:
         raise ValueError(f"--costs {path}: no ms for {missing}; give every model of the config")
     return {m: float(table[m]) for m in models}
-
-
-def _table_source(path: Path) -> str:
-    data = json.loads(path.read_text())
-    return str(data.get("source", "")) if isinstance(data, dict) else ""
 
 
 def cost_table_json(workload: Workload) -> str:

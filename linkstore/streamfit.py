@@ -113,7 +113,7 @@ def constant_curve(
     sample's stream, for the between-stream error)."""
     mean = float(np.mean(scores)) if len(scores) else 0.0
     spread = float(np.std(scores)) if len(scores) > 1 else 0.5
-    between = between_streams(scores, streams) if streams is not None and len(scores) else 0.0
+    between = between_streams(scores, streams) if streams is not None else 0.0
     return Curve(
         target,
         mode,
@@ -246,7 +246,6 @@ class _Estimator:
         agree = total / weight if weight else np.zeros(self.max_lag + 1)
         agree[0] = 1.0
         spread = float(np.nanstd(scores)) if valid.sum() > 1 else 0.5
-        between = between_streams(scores, self.stream_of) if len(scores) else 0.0
         return Curve(
             target,
             mode,
@@ -254,7 +253,7 @@ class _Estimator:
             tuple(int(n) for n in support),
             spread,
             synth_ms,
-            between,
+            between_streams(scores, self.stream_of),
         )
 
 

@@ -22,8 +22,7 @@ import argparse
 import numpy as np
 
 from mlink.deploy.config import load_config
-from mlink.eval.config_workload import load_workload
-from mlink.eval.cost_tables import COSTS_HELP, with_cost_table
+from mlink.eval.cost_tables import COSTS_HELP, priced_workload
 from mlink.eval.experiment import TrainedWorkload, train_workload
 from mlink.eval.streaming.method import OFFLINE, stream_mlink
 from mlink.eval.streaming.simulate import StreamRun
@@ -88,7 +87,7 @@ def main() -> None:
     parser.add_argument("--plans", action="store_true", help="each model's option in both plans")
     args = parser.parse_args()
     config = load_config(args.config)
-    workload = with_cost_table(load_workload(config, progress=False), config, args.costs)
+    workload = priced_workload(config, args.costs)
     trained = train_workload(workload, args.train, TrainConfig(seed=0))
     print(f"## {workload.name}: warm-up {args.train:.0%} of each stream, offline stream plans\n")
     print("| budget | warm-up plan: predicted | realised | gap | saved "

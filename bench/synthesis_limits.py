@@ -24,8 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mlink.deploy.config import load_config
-from mlink.eval.config_workload import load_workload
-from mlink.eval.cost_tables import COSTS_HELP, with_cost_table
+from mlink.eval.cost_tables import COSTS_HELP, priced_workload
 from mlink.eval.temporal.geometry import positions, stream_segments
 from mlink.eval.workload import Workload, stream_split
 from mlink.linkstore.boxlinks import as_boxes, fit_box_head, follow
@@ -84,7 +83,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     config = load_config(args.config)
-    wl = with_cost_table(load_workload(config, progress=False), config, args.costs)
+    wl = priced_workload(config, args.costs)
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
     print(f"## {wl.name}: runs gated on a cheap detector (every frame scored)\n")
     print("| target | source | change threshold | agreement | runs on | cost per frame |")

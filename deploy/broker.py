@@ -48,7 +48,7 @@ from mlink.deploy.kafka_wait import (
     port_free,
     wait_for_kafka,
 )
-from mlink.deploy.orphans import pdeathsig_preexec, signal_group
+from mlink.operators.orphans import pdeathsig_preexec, signal_group
 
 __all__ = [
     "BrokerError",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from mlink.deploy.orphans import pdeathsig_preexec, signal_group
+from mlink.operators.orphans import pdeathsig_preexec, signal_group
 
 __all__ = ["READY_LINE", "WORKER_APP", "FaustProcess", "WorkerProcess", "worker_argv"]
 

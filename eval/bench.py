@@ -37,8 +37,8 @@ import numpy as np
 from mlink.deploy.config import PipelineConfig, load_object
 from mlink.eval import baselines, temporal
 from mlink.eval.baselines.frames import PreparedFrames
-from mlink.eval.config_workload import SourceFrames, load_workload
-from mlink.eval.cost_tables import CostTable, with_cost_table
+from mlink.eval.config_workload import SourceFrames
+from mlink.eval.cost_tables import CostTable, priced_workload
 from mlink.eval.experiment import (
     TrainedWorkload,
     compare_selectors,
@@ -237,7 +237,7 @@ def run_bench(
         raise ValueError(f"seeds = {seeds}; run at least one")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    base = with_cost_table(load_workload(config, progress, cache_dir), config, costs)
+    base = priced_workload(config, costs, progress, cache_dir)
     seconds["outputs"] = time.perf_counter() - start
     start = time.perf_counter()
     frames = baselines.prepare_frames(SourceFrames(config))

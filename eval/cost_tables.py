@@ -18,10 +18,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlink.deploy.config import PipelineConfig
-from mlink.eval.config_workload import measure_model_ms
+from mlink.eval.config_workload import load_workload, measure_model_ms
+from mlink.eval.outputs import DEFAULT_CACHE
 from mlink.eval.workload import Workload
 
-__all__ = ["COSTS_HELP", "CostTable", "cost_table_json", "read_cost_table", "with_cost_table"]
+__all__ = [
+    "COSTS_HELP",
+    "CostTable",
+    "cost_table_json",
+    "priced_workload",
+    "read_cost_table",
+    "with_cost_table",
+]
 
 CostTable = Literal["now", "cached", "declared"] | str
 """``now``, ``cached``, ``declared``, or the path of a JSON table (:func:`read_cost_table`)."""
@@ -58,6 +66,16 @@ def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable
         source = f"read from {costs}" + (f" ({note})" if note else "")
     table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
     return replace(workload, costs=table, cost_source=source)
+
+
+def priced_workload(
+    config: PipelineConfig,
+    costs: CostTable,
+    progress: bool = False,
+    cache_dir: Path | None = DEFAULT_CACHE,
+) -> Workload:
+    """The config's cached outputs priced on ``costs``: what every bench script starts from."""
+    return with_cost_table(load_workload(config, progress, cache_dir), config, costs)
 
 
 def read_cost_table(path: Path, models: Sequence[str]) -> dict[str, float]:

@@ -23,8 +23,7 @@ from rich.table import Table
 
 from mlink.deploy.config import PipelineConfig, load_config
 from mlink.eval.bench import DEFAULT_FRACTIONS, Order, resolve_order
-from mlink.eval.config_workload import load_workload
-from mlink.eval.cost_tables import COSTS_HELP, CostTable, with_cost_table
+from mlink.eval.cost_tables import COSTS_HELP, CostTable, priced_workload
 from mlink.eval.experiment import compare_selectors, train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.workload import shuffled_order
@@ -47,7 +46,7 @@ def compare_schemes(
 ) -> list[dict[str, Any]]:
     """One row per (scheme, seed, budget, selector): predicted and realised accuracy, with
     compute priced on ``costs`` (:func:`~mlink.eval.cost_tables.with_cost_table`)."""
-    base = with_cost_table(load_workload(config, progress=False), config, costs)
+    base = priced_workload(config, costs)
     order = resolve_order(config, order)
     full = base.total_cost("ms")
     rows = []

@@ -21,10 +21,7 @@ import ctypes.util
 import mmap
 import os
 import pickle
-import signal
 import sys
-import threading
-import time
 import traceback
 from collections.abc import Sequence
 from multiprocessing import reduction
@@ -35,6 +32,7 @@ import numpy as np
 
 from mlink.operators.model_runner import ModelRunner
 from mlink.operators.model_settings import IsolationSettings, ModelFactory
+from mlink.operators.orphans import die_with_parent
 from mlink.topics.specs import OutputSpec
 
 __all__ = [
@@ -42,7 +40,6 @@ __all__ = [
     "FrameBuffer",
     "child_main",
     "decode_frames",
-    "die_with_parent",
     "encode_frames",
     "receive_frames",
     "rss_mb",
@@ -52,7 +49,6 @@ __all__ = [
 SHARED_MIN_BYTES = 256 * 1024
 """Calls with at least this many bytes of pixels go through the shared memory file."""
 _ALIGN = 64
-_PR_SET_PDEATHSIG = 1
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
@@ -169,30 +165,6 @@ def rss_mb(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-def die_with_parent(expected_parent: int | None, *, death_signal: bool = True) -> None:
-    """Make this (child) process end when its parent does: ``PR_SET_PDEATHSIG`` SIGKILL on
-    Linux (only valid if the thread that started this process lives as long as the parent), and
-    a watchdog thread that exits once the parent pid changes (also catches what prctl misses,
-    but needs the GIL, so a model holding it in C code relies on the death signal)."""
-    if death_signal and sys.platform.startswith("linux"):
-        libc_name = ctypes.util.find_library("c")
-        if libc_name:
-            with contextlib.suppress(OSError, AttributeError):
-                libc = ctypes.CDLL(libc_name, use_errno=True)
-                libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    parent = os.getppid()
-    if expected_parent is not None and parent != expected_parent:
-        os._exit(1)  # the worker died before the death signal was armed
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="mlink-parent-watch", daemon=True).start()
 
 
 def _keep_freed_frames() -> None:

@@ -30,7 +30,7 @@ import torch
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
-from mlink.operators.model_process import die_with_parent
+from mlink.operators.orphans import die_with_parent
 from mlink.operators.trainer import LinkTrainer, train_bundle
 from mlink.topics.specs import OutputSpec
 

@@ -20,8 +20,7 @@ import typer
 from tqdm.auto import tqdm
 
 from mlink.deploy.config import load_config
-from mlink.eval.config_workload import load_workload
-from mlink.eval.cost_tables import COSTS_HELP, with_cost_table
+from mlink.eval.cost_tables import COSTS_HELP, priced_workload
 from mlink.eval.experiment import TrainedWorkload, train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink
@@ -53,7 +52,7 @@ def run_ablation(
     variants: dict[str, StreamConfig] | None = None,
 ) -> list[dict[str, Any]]:
     config = load_config(config_path)
-    workload = with_cost_table(load_workload(config, progress=False), config, costs)  # type: ignore[arg-type]
+    workload = priced_workload(config, costs)
     rows = []
     for seed in range(seeds):
         trained = train_workload(workload, 0.1, replace(config.links.train_config(), seed=seed))

@@ -1,7 +1,9 @@
 """Child processes that cannot outlive their parent, and signals to a child's process group.
 
-Used for the embedded broker and the worker processes: both start their child in its own
-session (process group), so signalling the group also ends whatever the child spawned.
+Two sides of one Linux mechanism (``PR_SET_PDEATHSIG``): a parent arms it for a child it execs
+(:func:`pdeathsig_preexec`: the embedded broker, worker processes), and a child arms it for
+itself (:func:`die_with_parent`: model and training processes). Parents start their children in
+their own session (process group), so signalling the group also ends whatever a child spawned.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["pdeathsig_preexec", "signal_group"]
+__all__ = ["die_with_parent", "pdeathsig_preexec", "signal_group"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -59,3 +62,24 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
     """Send ``sig`` to the process group led by ``pid``; a group already gone is not an error."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def die_with_parent(expected_parent: int | None, *, death_signal: bool = True) -> None:
+    """Make this (child) process end when its parent does: ``PR_SET_PDEATHSIG`` SIGKILL on
+    Linux (only valid if the thread that started this process lives as long as the parent), and
+    a watchdog thread that exits once the parent pid changes (also catches what prctl misses,
+    but needs the GIL, so a model holding it in C code relies on the death signal)."""
+    prctl = _prctl() if death_signal and sys.platform.startswith("linux") else None
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    parent = os.getppid()
+    if expected_parent is not None and parent != expected_parent:
+        os._exit(1)  # the worker died before the death signal was armed
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mlink-parent-watch", daemon=True).start()

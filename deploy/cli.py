@@ -23,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",  # docstrings wrap lines; markdown joins them, rich keeps them
 )
 console = Console()
 STATUS_MARK = {"executed": "run", "synthesized": "link", "missing": "?"}
@@ -60,7 +61,10 @@ def demo(
         bool, typer.Option(help="the offline digits demo of links and selection only")
     ] = False,
     budget_fraction: Annotated[
-        float, typer.Option(help="offline demo: budget as a share of running every model")
+        float,
+        typer.Option(
+            help="offline demo: budget as a share of running every model", show_default="1/3"
+        ),
     ] = 1 / 3,
 ) -> None:
     """The main job: the streaming pipeline on the embedded broker with the real video workload
@@ -205,12 +209,22 @@ def tail(
 
 
 @app.command()
-def status(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
-    """Active set, epoch, agreement, link versions and consumer lag of a running pipeline."""
+def status(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print every field as JSON")] = False,
+) -> None:
+    """Each model's plan, predicted and live agreement, link versions and consumer lag of a
+    running pipeline."""
     from mlink.deploy.runner import status as pipeline_status
+    from mlink.deploy.status_view import render_status
 
     config = _config(config_path, broker)
-    console.print_json(json.dumps(pipeline_status(_need_broker(config), config), default=str))
+    report = pipeline_status(_need_broker(config), config)
+    if as_json:
+        print(json.dumps(report, default=str))
+    else:
+        render_status(report, console)
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -52,12 +53,22 @@ def _pct(value: float | None) -> str:
 def print_summary(summary: dict, console: Console) -> None:
     """The run summary of :func:`mlink.eval.report.summarize` (as a dict), for people."""
     table = Table(
-        title="per model: how often it ran or was synthesized, and how well it agreed with the "
-        "full run (all results / synthesized ones only; steady = after warm-up, no probes)"
+        title="per model: frames it ran on or was synthesized, and its agreement with the full run"
+        " (all results / synthesized only; steady = after warm-up, no probes)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
-    for col in ("model", "executed", "synthesized", "missing"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for col in ("agreement", "synthesized only", "steady", "steady synthesized"):
+    # short headers and an unwrapped model name, so the table stays whole in an 80-column log
+    table.add_column("model", no_wrap=True)
+    for col in (
+        "ran",
+        "synth.",
+        "missing",
+        "all",
+        "synth.\nonly",
+        "steady\nall",
+        "steady\nsynth.",
+    ):
         table.add_column(col, justify="right")
     for model, score in summary.get("agreement", {}).items():
         table.add_row(

@@ -28,10 +28,12 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
+from rich.console import Console
 
 from mlink.deploy.config import PipelineConfig, load_config
 from mlink.deploy.runner import ResultCollector, read_control, set_budget, status
 from mlink.deploy.source import FrameProducer
+from mlink.deploy.status_view import render_status
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.eval.workloads import digits
 from mlink.linkstore.bundle import load_bundle
@@ -333,6 +335,11 @@ def test_status_reports_the_live_plan_links_and_lag(digits_run: DigitsRun) -> No
     names = digits_run.config.topics.names()
     assert set(report["lag"]) == {names.frames, names.samples}
     assert all(lag >= 0 for lag in report["lag"].values())
+    console = Console(width=100, record=True)  # what `mlink status` prints without --json
+    render_status(report, console)
+    text = console.export_text()
+    assert f"epoch 3 · link version {last.link_version}" in text
+    assert all(m in text for m in digits_run.config.model_names)
 
 
 def test_synthesized_outputs_equal_offline_synthesis(digits_run: DigitsRun) -> None:

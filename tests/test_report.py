@@ -6,10 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from mlink.deploy.config import parse_config
 from mlink.deploy.runner import RunReport
 from mlink.eval.report import SynthesisCosts, summarize
+from mlink.eval.run import print_summary
 from mlink.eval.workload import Workload
 from mlink.topics.records import FrameResult, ModelResult
 from mlink.topics.specs import spec_from_dict
@@ -152,6 +154,22 @@ def test_summary_of_a_constructed_run(tmp_path):
     assert s.link_versions == [1]
     assert s.final_active == ["bright"]
     assert s.latency_p50_ms == pytest.approx(100.0)
+
+
+def test_the_printed_summary_fits_an_80_column_log(tmp_path):
+    """CI logs and piped output are 80 columns: every model name and figure must stay whole."""
+    s = summarize(config(tmp_path), run(), reference(), IDS, synthesis=SYNTHESIS).as_dict()
+    long = "hog_people_fast"  # the longest model name of the shipped configs
+    s = {
+        k: ({long: v["spread"]} if isinstance(v, dict) and "spread" in v else v)
+        for k, v in s.items()
+    }
+    console = Console(width=80, record=True)
+    print_summary(s, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    assert long in text and "steady" in text and "synth." in text
 
 
 def test_declared_costs_replace_the_measured_table_as_a_whole(tmp_path):

@@ -1,0 +1,100 @@
+"""``mlink status`` for people: each model's plan, what the controller predicts for it and what
+the probes measured, and the few lines an operator acts on (a re-plan, a refused target, lag).
+
+The dict it reads is :func:`mlink.deploy.runner.status` (``mlink status --json`` prints it
+whole); this module only lays it out, so it is tested on constructed dicts without a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["render_status"]
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1%}"
+
+
+def _plan_of(model: str, status: Mapping[str, Any], active: set[str] | None) -> str:
+    schedule = status.get("schedule") or {}
+    if model in schedule:
+        return str(schedule[model])
+    if active is None:
+        return "runs (warm-up)"
+    return "runs on every frame" if model in active else "synthesized by links"
+
+
+def _models(status: Mapping[str, Any]) -> list[str]:
+    names: set[str] = set()
+    for key in ("predicted_agreement", "live_agreement", "schedule"):
+        names.update(status.get(key) or {})
+    if isinstance(status.get("active"), list):
+        names.update(status["active"])
+    return sorted(names)
+
+
+def render_status(status: Mapping[str, Any], console: Console) -> None:
+    """Print a status dict: a header, one row per model, then re-plans, versions and lag."""
+    active = set(status["active"]) if isinstance(status.get("active"), list) else None
+    cost = (status.get("plan_cost") or {}).get("ms")
+    header = [f"epoch {status.get('epoch')}", f"link version {status.get('link_version')}"]
+    header.append(f"budget {status.get('budget') or 'none'}")
+    if cost is not None:
+        header.append(f"plan {cost:.1f} ms/frame")
+    console.print(" · ".join(header))
+    if status.get("cost_table"):
+        console.print(f"model costs: {status['cost_table']}")
+    if active is None:
+        console.print("warming up: every model runs until the first links are trained")
+    if status.get("infeasible"):
+        console.print(f"[red]no plan meets the budget or targets: {status['infeasible']}[/red]")
+    if status.get("replan_reason"):
+        console.print(f"[yellow]re-planned: {status['replan_reason']}[/yellow]")
+
+    counts = status.get("live_counts") or {}
+    live = status.get("live_agreement") or {}
+    predicted = status.get("predicted_agreement") or {}
+    table = Table(
+        title="per model: plan, predicted agreement (runs count 1) and agreement on probe frames",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("model", no_wrap=True)
+    table.add_column("plan")
+    for col in ("predicted", "live\n(probes)", "probes"):
+        table.add_column(col, justify="right")
+    for model in _models(status):
+        probes = counts.get(model, status.get("live_probes") if model in live else None)
+        table.add_row(
+            model,
+            _plan_of(model, status, active),
+            _pct(predicted.get(model)),
+            _pct(live.get(model)),
+            "-" if probes is None else f"{float(probes):.4g}",
+        )
+    console.print(table)
+    console.print(
+        f"predicted: {_pct(status.get('predicted_accuracy'))} all models, "
+        f"{_pct(status.get('predicted_synthesized_mean'))} synthesized only"
+    )
+    console.print(
+        f"live on probes: {_pct(status.get('live_synthesized_mean'))} synthesized only "
+        f"({status.get('live_probes') or 0} probes)"
+    )
+    store = status.get("linkstore") or {}
+    versions = ", ".join(
+        f"v{v['version']} ({v['links']} links, {v.get('samples') or '?'} samples)"
+        for v in store.get("versions", [])
+    )
+    console.print(
+        f"link store {store.get('root')}: current {store.get('current')}; {versions or 'empty'}"
+    )
+    lag = status.get("lag") or {}
+    console.print("consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))

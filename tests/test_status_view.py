@@ -1,0 +1,100 @@
+"""`mlink status` for people, on constructed status dicts (no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from mlink.deploy.status_view import render_status
+
+
+def rendered(status: dict[str, Any], width: int = 100) -> str:
+    console = Console(width=width, record=True)
+    render_status(status, console)
+    return console.export_text()
+
+
+def stream_status(**changes: Any) -> dict[str, Any]:
+    status = {
+        "epoch": 4,
+        "active": ["face_alt2_fast", "eyes", "yolo_faces_640"],
+        "link_version": 2,
+        "budget": {"fraction": 0.33},
+        "predicted_accuracy": 0.932,
+        "predicted_agreement": {
+            "face_alt2_fast": 1.0,
+            "eyes": 1.0,
+            "yolo_faces_640": 0.931,
+            "hog_people_fast": 0.944,
+        },
+        "predicted_synthesized_mean": 0.87,
+        "schedule": {
+            "face_alt2_fast": "always runs",
+            "eyes": "always runs",
+            "yolo_faces_640": "every 4 (phase 0), follow(yolo_faces) (est 0.931, lower 0.859)",
+            "hog_people_fast": "probes only, prior (est 0.944, lower 0.880)",
+        },
+        "replan_reason": None,
+        "live_agreement": {"yolo_faces_640": 0.85, "hog_people_fast": 0.9},
+        "live_synthesized_mean": 0.875,
+        "live_probes": 9,
+        "live_counts": {"yolo_faces_640": 4.2, "hog_people_fast": 9.0},
+        "plan_cost": {"ms": 203.7},
+        "cost_table": "measured live (trimmed mean ms)",
+        "infeasible": None,
+        "linkstore": {
+            "root": "/tmp/links",
+            "current": 2,
+            "versions": [{"version": 1, "links": 12, "samples": 40}, {"version": 2, "links": 12}],
+        },
+        "lag": {"mlink.demo.frames": 3, "mlink.demo.samples": 0},
+    }
+    status.update(changes)
+    return status
+
+
+def test_a_stream_plan_shows_each_model_predicted_and_live() -> None:
+    text = rendered(stream_status())
+    assert "epoch 4 · link version 2 · budget {'fraction': 0.33} · plan 203.7 ms/frame" in text
+    row = next(line for line in text.splitlines() if line.startswith("hog_people_fast"))
+    assert "probes only, prior" in row and "94.4%" in row and "90.0%" in row and " 9" in row
+    row = next(line for line in text.splitlines() if line.startswith("yolo_faces_640"))
+    assert "every 4 (phase 0), follow(yolo_faces)" in text and "85.0%" in row and "4.2" in row
+    assert "predicted: 93.2% all models, 87.0% synthesized only" in text
+    assert "live on probes: 87.5% synthesized only (9 probes)" in text
+    assert "current 2; v1 (12 links, 40 samples), v2 (12 links, ? samples)" in text
+    assert "mlink.demo.frames 3" in text
+    assert "re-planned" not in text and "no plan" not in text
+
+
+def test_what_an_operator_acts_on_is_said_plainly() -> None:
+    text = rendered(
+        stream_status(
+            replan_reason="hog_people_fast: live 71.0% over 6 probes is below its target 90%",
+            infeasible="no schedule meets the accuracy targets",
+        )
+    )
+    assert "re-planned: hog_people_fast: live 71.0% over 6 probes" in text
+    assert "no plan meets the budget or targets: no schedule meets the accuracy targets" in text
+
+
+def test_warm_up_and_the_papers_links_have_no_schedule() -> None:
+    warming = rendered(
+        {"epoch": 0, "active": "all (warming up)", "link_version": None, "budget": None}
+    )
+    assert "warming up: every model runs until the first links are trained" in warming
+    assert "consumer lag: none" in warming and "empty" in warming
+    links = rendered(
+        stream_status(
+            schedule=None, active=["eyes"], predicted_agreement={"eyes": 1.0, "face": 0.8}
+        )
+    )
+    assert next(x for x in links.splitlines() if x.startswith("face ")).count("synthesized by")
+    assert "runs on every frame" in links
+
+
+def test_it_fits_an_80_column_terminal_without_cutting_names() -> None:
+    text = rendered(stream_status(), width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "hog_people_fast" in text and "yolo_faces_640" in text

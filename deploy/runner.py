@@ -189,6 +189,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "budget": state.budget or state.requested_budget,
         "predicted_accuracy": last.extra.get("objective") if last else None,
         "predicted_agreement": last.extra.get("predicted") if last else None,
+        "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
         "predicted_synthesized_mean": _mean_of(
             (last.extra.get("predicted_synthesized") or {}).values()
             if last and state.schedule is not None

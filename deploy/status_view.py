@@ -7,6 +7,7 @@ whole); this module only lays it out, so it is tested on constructed dicts witho
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,13 @@ from rich.table import Table
 
 __all__ = ["render_status"]
 
+_COST_TABLES = {  # the controller's one-word cost_table, for people
+    "measured": "measured live (each model's trimmed mean ms on frames where every model ran)",
+    "declared": "declared in the config (cost.ms of every model)",
+    "mixed": "declared in the config for some models, measured live for the rest",
+}
+_ESTIMATES = re.compile(r"\s*\(est [^)]*\)$")  # the plan text's own figures: columns here
+
 
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1%}"
@@ -24,7 +32,7 @@ def _pct(value: Any) -> str:
 def _plan_of(model: str, status: Mapping[str, Any], active: set[str] | None) -> str:
     schedule = status.get("schedule") or {}
     if model in schedule:
-        return str(schedule[model])
+        return _ESTIMATES.sub("", str(schedule[model]))
     if active is None:
         return "runs (warm-up)"
     return "runs on every frame" if model in active else "synthesized by links"
@@ -49,7 +57,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         header.append(f"plan {cost:.1f} ms/frame")
     console.print(" · ".join(header))
     if status.get("cost_table"):
-        console.print(f"model costs: {status['cost_table']}")
+        table = status["cost_table"]
+        console.print(f"model costs: {_COST_TABLES.get(table, table)}")
     if active is None:
         console.print("warming up: every model runs until the first links are trained")
     if status.get("infeasible"):
@@ -60,15 +69,17 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     counts = status.get("live_counts") or {}
     live = status.get("live_agreement") or {}
     predicted = status.get("predicted_agreement") or {}
+    lower = status.get("predicted_lower") or {}
     table = Table(
-        title="per model: plan, predicted agreement (runs count 1) and agreement on probe frames",
+        title="per model: plan, predicted agreement (runs count 1) with its lower confidence "
+        "bound, and agreement on probe frames",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
     )
     table.add_column("model", no_wrap=True)
     table.add_column("plan")
-    for col in ("predicted", "live\n(probes)", "probes"):
+    for col in ("predicted", "lower\nbound", "live\n(probes)", "probes\n(eff.)"):
         table.add_column(col, justify="right")
     for model in _models(status):
         probes = counts.get(model, status.get("live_probes") if model in live else None)
@@ -76,8 +87,9 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             model,
             _plan_of(model, status, active),
             _pct(predicted.get(model)),
+            _pct(lower.get(model)),
             _pct(live.get(model)),
-            "-" if probes is None else f"{float(probes):.4g}",
+            "-" if probes is None else f"{float(probes):.1f}",
         )
     console.print(table)
     console.print(

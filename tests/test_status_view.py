@@ -29,6 +29,7 @@ def stream_status(**changes: Any) -> dict[str, Any]:
             "hog_people_fast": 0.944,
         },
         "predicted_synthesized_mean": 0.87,
+        "predicted_lower": {"yolo_faces_640": 0.859, "hog_people_fast": 0.88},
         "schedule": {
             "face_alt2_fast": "always runs",
             "eyes": "always runs",
@@ -41,7 +42,7 @@ def stream_status(**changes: Any) -> dict[str, Any]:
         "live_probes": 9,
         "live_counts": {"yolo_faces_640": 4.2, "hog_people_fast": 9.0},
         "plan_cost": {"ms": 203.7},
-        "cost_table": "measured live (trimmed mean ms)",
+        "cost_table": "measured",
         "infeasible": None,
         "linkstore": {
             "root": "/tmp/links",
@@ -58,13 +59,15 @@ def test_a_stream_plan_shows_each_model_predicted_and_live() -> None:
     text = rendered(stream_status())
     assert "epoch 4 · link version 2 · budget {'fraction': 0.33} · plan 203.7 ms/frame" in text
     row = next(line for line in text.splitlines() if line.startswith("hog_people_fast"))
-    assert "probes only, prior" in row and "94.4%" in row and "90.0%" in row and " 9" in row
+    assert "probes only, prior" in row and "94.4%" in row and "90.0%" in row and "9.0" in row
+    assert "88.0%" in row and "est 0.944" not in text  # the plan's figures are columns
     row = next(line for line in text.splitlines() if line.startswith("yolo_faces_640"))
     assert "every 4 (phase 0), follow(yolo_faces)" in text and "85.0%" in row and "4.2" in row
     assert "predicted: 93.2% all models, 87.0% synthesized only" in text
     assert "live on probes: 87.5% synthesized only (9 probes)" in text
     assert "current 2; v1 (12 links, 40 samples), v2 (12 links, ? samples)" in text
     assert "mlink.demo.frames 3" in text
+    assert "model costs: measured live" in text
     assert "re-planned" not in text and "no plan" not in text
 
 

@@ -167,20 +167,6 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     synthesized models only (the all-models figure counts executed models as 1)."""
     state, messages = read_control(bootstrap, config)
     last = next((m for m in reversed(messages) if m.kind == "active_set"), None)
-    store = LinkStore(config.links.store)
-    versions = []
-    for v in store.versions():
-        links = v.meta.get("links", [])
-        mean = sum(x["val_score"] for x in links) / len(links) if links else None
-        versions.append(
-            {
-                "version": v.version,
-                "created_at": v.created_at,
-                "links": len(links),
-                "mean_val_score": mean,
-                "samples": v.meta.get("n_samples"),
-            }
-        )
     predicted = (last.extra.get("predicted") or {}) if last else {}
     return {
         "epoch": state.epoch,
@@ -204,9 +190,34 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "plan_cost": last.extra.get("cost") if last else None,
         "cost_table": last.extra.get("cost_table") if last else None,
         "infeasible": last.extra.get("infeasible") if last else None,
-        "linkstore": {"root": str(store.root), "current": store.current(), "versions": versions},
+        "linkstore": store_report(config.links.store),
         "lag": consumer_lag(bootstrap, config),
     }
+
+
+def store_report(root: str) -> dict[str, Any]:
+    """The link store's current version and versions. A local store that does not exist is
+    reported as missing and not created: a status read from another directory than the
+    workers' (a relative ``links.store`` resolves against the current one) must not leave an
+    empty store behind or look like a pipeline without links."""
+    local = Path(str(root).removeprefix("file://"))
+    if "://" not in str(root).removeprefix("file://") and not local.is_dir():
+        return {"root": str(local.absolute()), "current": None, "versions": [], "missing": True}
+    store = LinkStore(root)
+    versions = []
+    for v in store.versions():
+        links = v.meta.get("links", [])
+        mean = sum(x["val_score"] for x in links) / len(links) if links else None
+        versions.append(
+            {
+                "version": v.version,
+                "created_at": v.created_at,
+                "links": len(links),
+                "mean_val_score": mean,
+                "samples": v.meta.get("n_samples"),
+            }
+        )
+    return {"root": str(store.root), "current": store.current(), "versions": versions}
 
 
 def _mean_of(values: Any) -> float | None:

@@ -105,8 +105,15 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         f"v{v['version']} ({v['links']} links, {v.get('samples') or '?'} samples)"
         for v in store.get("versions", [])
     )
-    console.print(
-        f"link store {store.get('root')}: current {store.get('current')}; {versions or 'empty'}"
-    )
+    if store.get("missing"):
+        console.print(
+            f"[yellow]link store {store.get('root')} does not exist: a relative links.store "
+            "resolves against the directory mlink runs in; run status where the workers run, "
+            "or give links.store as an absolute path or URL[/yellow]"
+        )
+    else:
+        console.print(
+            f"link store {store.get('root')}: current {store.get('current')}; {versions or 'empty'}"
+        )
     lag = status.get("lag") or {}
     console.print("consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))

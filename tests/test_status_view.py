@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
+from mlink.deploy.runner import store_report
 from mlink.deploy.status_view import render_status
 
 
@@ -101,3 +102,18 @@ def test_it_fits_an_80_column_terminal_without_cutting_names() -> None:
     text = rendered(stream_status(), width=80)
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "hog_people_fast" in text and "yolo_faces_640" in text
+
+
+def test_a_store_missing_here_is_reported_and_not_created(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    report = store_report("linkstore-data/demo")  # relative, as in the shipped configs
+    assert report["missing"] and report["root"] == str(tmp_path / "linkstore-data/demo")
+    assert not (tmp_path / "linkstore-data").exists()
+    text = rendered(stream_status(linkstore=report))
+    assert "does not exist" in text and "absolute path or URL" in text
+    (tmp_path / "linkstore-data/demo").mkdir(parents=True)
+    assert store_report("linkstore-data/demo") == {
+        "root": "linkstore-data/demo",
+        "current": None,
+        "versions": [],
+    }

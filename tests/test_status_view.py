@@ -109,7 +109,7 @@ def test_a_store_missing_here_is_reported_and_not_created(tmp_path, monkeypatch)
     report = store_report("linkstore-data/demo")  # relative, as in the shipped configs
     assert report["missing"] and report["root"] == str(tmp_path / "linkstore-data/demo")
     assert not (tmp_path / "linkstore-data").exists()
-    text = rendered(stream_status(linkstore=report))
+    text = rendered(stream_status(linkstore=report), width=400)  # a long tmp path
     assert "does not exist" in text and "absolute path or URL" in text
     (tmp_path / "linkstore-data/demo").mkdir(parents=True)
     assert store_report("linkstore-data/demo") == {

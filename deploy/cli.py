@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +25,6 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # docstrings wrap lines; markdown joins them, rich keeps them
 )
 console = Console()
-STATUS_MARK = {"executed": "run", "synthesized": "link", "missing": "?"}
 
 ConfigArg = Annotated[Path, typer.Argument(help="pipeline config (YAML)", exists=True)]
 BrokerOpt = Annotated[
@@ -183,29 +181,33 @@ def tail(
     config_path: ConfigArg,
     broker: BrokerOpt = None,
     count: Annotated[int | None, typer.Option(help="stop after this many results")] = None,
+    from_beginning: Annotated[
+        bool,
+        typer.Option("--from-beginning", help="replay the results topic from its start"),
+    ] = False,
 ) -> None:
-    """Print results as they arrive, one line per frame."""
-    from mlink.deploy.runner import ResultCollector
+    """Print results as they arrive, one line per frame (new ones only, like tail -f, unless
+    --from-beginning). Ctrl-C stops."""
+    from mlink.deploy.tail import ResultTail, result_line
 
     config = _config(config_path, broker)
-    collector = ResultCollector(
-        _need_broker(config), config.topics.names().results, client=config.consumer_kwargs()
+    follower = ResultTail(
+        _need_broker(config),
+        config.topics.names().results,
+        from_beginning=from_beginning,
+        client=config.consumer_kwargs(),
     )
-    shown: set[str] = set()
+    shown = 0
     try:
-        while count is None or len(shown) < count:
-            for fid, result in list(collector.results.items()):
-                if fid in shown:
-                    continue
-                shown.add(fid)
-                parts = [f"{r.model}={STATUS_MARK[r.status]}" for r in result.results]
-                flag = " DEGRADED" if result.degraded else ""
-                console.print(f"{fid} epoch={result.epoch}{flag} " + " ".join(parts))
-            time.sleep(0.2)
+        for result in follower.follow():
+            console.print(result_line(result), highlight=False)
+            shown += 1
+            if count is not None and shown >= count:
+                break
     except KeyboardInterrupt:
         pass
     finally:
-        collector.close()
+        follower.close()
 
 
 @app.command()

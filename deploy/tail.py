@@ -1,0 +1,110 @@
+"""``mlink tail``: results as they arrive, for as long as someone watches.
+
+Unlike :class:`mlink.deploy.runner.ResultCollector`, which keeps every result of a bounded run
+to score it, a tail may run for days on a production topic: it keeps nothing but a bounded set
+of recently seen frame ids (to drop the duplicates a worker restart re-delivers), and by default
+starts at the end of the topic, as ``tail -f`` does, instead of replaying its whole history.
+(On Tansu the end is right only after one-record batches, which is how the pipeline's faust
+producers write results; docs/broker.md.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from mlink.topics.codec import decode_record
+from mlink.topics.records import DecodeError, FrameResult
+
+__all__ = ["REMEMBER", "ResultTail", "result_line"]
+
+REMEMBER = 65_536
+"""Frame ids a tail remembers to drop duplicates: a re-delivery comes within a worker's
+uncommitted batch, far fewer records than this, and the memory stays a few MB."""
+
+_MARK = {"executed": "run", "synthesized": "link", "missing": "?"}
+
+
+def result_line(result: FrameResult) -> str:
+    """One line per frame: id, epoch, each model and whether it ran or was synthesized."""
+    parts = [f"{r.model}={_MARK.get(r.status, r.status)}" for r in result.results]
+    flags = (" PROBE" if result.probe else "") + (" DEGRADED" if result.degraded else "")
+    return f"{result.frame_id} epoch={result.epoch}{flags} " + " ".join(parts)
+
+
+class ResultTail:
+    """Follows a results topic: new results in arrival order, each frame once."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        from_beginning: bool = False,
+        client: Mapping[str, Any] | None = None,
+        remember: int = REMEMBER,
+    ) -> None:
+        from kafka import KafkaConsumer
+
+        self.duplicates = 0
+        self.undecodable = 0
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._pending: list[Any] = []  # records a ready() poll fetched, followed first
+        self._remember = max(1, remember)
+        self._consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap.split(","),
+            group_id=f"mlink-tail-{time.time_ns()}",  # its own group: never steals partitions
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            enable_auto_commit=False,
+            session_timeout_ms=10_000,
+            **dict(client or {}),
+        )
+
+    def ready(self, timeout: float = 30.0) -> bool:
+        """Wait until the tail has its partitions and knows where it starts in each, so that
+        what is produced from now on is followed (with ``latest``, a record produced before the
+        start position is looked up would be skipped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in self._consumer.poll(timeout_ms=100).values():
+                self._pending.extend(records)
+            assigned = self._consumer.assignment()
+            if assigned:
+                for tp in assigned:
+                    self._consumer.position(tp)
+                return True
+        return False
+
+    def follow(
+        self, stop: threading.Event | None = None, poll_ms: int = 200
+    ) -> Iterator[FrameResult]:
+        """Results until ``stop`` is set (or forever); bad records and duplicates are counted."""
+        while stop is None or not stop.is_set():
+            records, self._pending = self._pending, []
+            for batch in self._consumer.poll(timeout_ms=poll_ms).values():
+                records.extend(batch)
+            for record in records:
+                result = self._new_result(record.value)
+                if result is not None:
+                    yield result
+
+    def _new_result(self, value: bytes | None) -> FrameResult | None:
+        try:
+            result = decode_record(value, FrameResult)
+        except DecodeError:
+            self.undecodable += 1
+            return None
+        if result.frame_id in self._seen:
+            self.duplicates += 1
+            return None
+        self._seen[result.frame_id] = None
+        if len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+        return result
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -7,7 +7,6 @@ synthesized outputs only and, where the method predicts one, its predicted accur
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -273,9 +272,10 @@ def plot_report(report: BenchReport, path: Path) -> None:
     markers = "osD^v<>ph*"
     for i, method in enumerate(METHODS):
         cells = sorted(
-            (c for c in report.cells if c["method"] == method and c["feasible"]),
+            (c for c in report.cells if c["method"] == method and c["compute_saved"] is not None),
             key=lambda c: c["compute_saved"],
         )
+        color, marker = (f"C{i}" if i < 10 else "black"), markers[i % len(markers)]
         for ax, metric in zip(axes, ("accuracy", "synthesized_accuracy"), strict=True):
             shown = [c for c in cells if c[metric] is not None]
             ax.errorbar(
@@ -283,17 +283,27 @@ def plot_report(report: BenchReport, path: Path) -> None:
                 [c[metric] for c in shown],
                 xerr=[c["compute_saved_spread"] or 0.0 for c in shown],
                 yerr=[c[f"{metric}_spread"] or 0.0 for c in shown],
-                marker=markers[i % len(markers)],
-                color=f"C{i}" if i < 10 else "black",  # the colour cycle has ten
+                marker=marker,
+                color=color,  # the colour cycle has ten
                 capsize=2,
                 label=method,
+            )
+            over = [c for c in shown if not c["feasible"]]  # drawn, but hollow: over budget
+            ax.plot(
+                [c["compute_saved"] for c in over],
+                [c[metric] for c in over],
+                linestyle="none",
+                marker=marker,
+                markerfacecolor="white",
+                markeredgecolor=color,
+                markersize=7,
             )
     axes[0].set_ylabel("accuracy, all models (mean agreement with the real models)")
     axes[1].set_ylabel("accuracy of synthesized outputs only")
     for ax in axes:
         ax.set_xlabel("compute saved (share of running every model)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, title="hollow marker: over its budget", title_fontsize=7)
     fig.suptitle(
         f"{report.workload}: {report.frames} frames ({report.order} order), "
         f"{report.train_frames} train, {report.seeds} seed(s)"
@@ -303,5 +313,20 @@ def plot_report(report: BenchReport, path: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m mlink.eval.bench_table REPORT.json: Markdown tables
-    print(markdown(from_json(Path(sys.argv[1]).read_text())))
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mlink.eval.bench_table REPORT.json [--plot PNG]``: the Markdown tables of a
+    saved ``mlink bench --json`` report, and its plot, without running the bench again."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("report", type=Path, help="a `mlink bench --json` report")
+    parser.add_argument("--plot", type=Path, help="also write the accuracy/saved plot (PNG)")
+    args = parser.parse_args(argv)
+    report = from_json(args.report.read_text())
+    print(markdown(report))
+    if args.plot:
+        plot_report(report, args.plot)
+
+
+if __name__ == "__main__":
+    main()

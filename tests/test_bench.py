@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlink.deploy.config import parse_config
+from mlink.eval import bench_table
 from mlink.eval.bench import METHODS, plot, run_bench, to_json
 from mlink.eval.bench_table import markdown
 
@@ -98,6 +99,11 @@ def test_bench_reports_every_method_at_every_budget(config, tmp_path):
     plot(report, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    saved, again = tmp_path / "report.json", tmp_path / "again.png"  # tables and plot, no rerun
+    saved.write_text(to_json(report))
+    bench_table.main([str(saved), "--plot", str(again)])
+    assert again.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 def test_bench_uses_the_config_budget_when_no_sweep_is_given(config, tmp_path):
     report = bench(config, tmp_path, None)
@@ -117,6 +123,9 @@ def test_bench_marks_a_method_that_cannot_fit_the_budget_instead_of_failing(tmp_
             assert row["cost_ms"] > row["budget"]
     assert any(r["accuracy"] is None for r in infeasible)
     assert any(r["feasible"] for r in report.rows)  # the baselines that fit still report
+    png = tmp_path / "over.png"  # cells over budget are drawn hollow, cells without a plan not
+    plot(report, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_costed(tmp_path):

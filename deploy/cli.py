@@ -218,7 +218,7 @@ def status(
 ) -> None:
     """Each model's plan, predicted and live agreement, link versions and consumer lag of a
     running pipeline."""
-    from mlink.deploy.runner import status as pipeline_status
+    from mlink.deploy.pipeline_status import status as pipeline_status
     from mlink.deploy.status_view import render_status
 
     config = _config(config_path, broker)

@@ -1,5 +1,5 @@
 """Running a pipeline: worker processes, results, control commands, status. The Python API
-behind ``mlink run / worker / tail / status / budget``.
+behind ``mlink run / worker / budget`` (``status``: :mod:`mlink.deploy.pipeline_status`).
 
 Start order (stop in reverse): broker, topics, workers (each replays the control topic before
 it plans), result collector, source. Workers are separate processes (``python -m faust -A
@@ -25,7 +25,6 @@ from mlink.deploy.config import ConfigError, PipelineConfig, with_broker
 from mlink.deploy.processes import WorkerProcess
 from mlink.deploy.supervisor import WorkerSupervisor
 from mlink.deploy.topics_setup import create_pipeline_topics
-from mlink.linkstore.store import LinkStore
 from mlink.operators.state import ControlState
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError, FrameResult
@@ -159,100 +158,6 @@ def read_control(
     finally:
         consumer.close()
     return state, messages
-
-
-def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
-    """Active set, epoch, budget, link versions, consumer lag, and agreement: predicted per
-    model by the controller and measured live on probe frames, each also as the mean over the
-    synthesized models only (the all-models figure counts executed models as 1)."""
-    state, messages = read_control(bootstrap, config)
-    last = next((m for m in reversed(messages) if m.kind == "active_set"), None)
-    predicted = (last.extra.get("predicted") or {}) if last else {}
-    return {
-        "epoch": state.epoch,
-        "active": list(state.active) or "all (warming up)",
-        "link_version": state.link_version,
-        "budget": state.budget or state.requested_budget,
-        "predicted_accuracy": last.extra.get("objective") if last else None,
-        "predicted_agreement": last.extra.get("predicted") if last else None,
-        "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
-        "predicted_synthesized_mean": _mean_of(
-            (last.extra.get("predicted_synthesized") or {}).values()
-            if last and state.schedule is not None
-            else (v for m, v in predicted.items() if m not in state.active)
-        ),
-        "schedule": last.extra.get("plan") if last and state.schedule is not None else None,
-        "replan_reason": last.extra.get("replan_reason") if last else None,
-        "live_agreement": state.live_agreement,
-        "live_synthesized_mean": _mean_of(state.live_agreement.values()),
-        "live_probes": state.live_probes,
-        "live_counts": state.live_counts,  # effective probes per model (stream synthesis)
-        "plan_cost": last.extra.get("cost") if last else None,
-        "cost_table": last.extra.get("cost_table") if last else None,
-        "infeasible": last.extra.get("infeasible") if last else None,
-        "linkstore": store_report(config.links.store),
-        "lag": consumer_lag(bootstrap, config),
-    }
-
-
-def store_report(root: str) -> dict[str, Any]:
-    """The link store's current version and versions. A local store that does not exist is
-    reported as missing and not created: a status read from another directory than the
-    workers' (a relative ``links.store`` resolves against the current one) must not leave an
-    empty store behind or look like a pipeline without links."""
-    local = Path(str(root).removeprefix("file://"))
-    if "://" not in str(root).removeprefix("file://") and not local.is_dir():
-        return {"root": str(local.absolute()), "current": None, "versions": [], "missing": True}
-    store = LinkStore(root)
-    versions = []
-    for v in store.versions():
-        links = v.meta.get("links", [])
-        mean = sum(x["val_score"] for x in links) / len(links) if links else None
-        versions.append(
-            {
-                "version": v.version,
-                "created_at": v.created_at,
-                "links": len(links),
-                "mean_val_score": mean,
-                "samples": v.meta.get("n_samples"),
-            }
-        )
-    return {"root": str(store.root), "current": store.current(), "versions": versions}
-
-
-def _mean_of(values: Any) -> float | None:
-    values = [float(v) for v in values]
-    return sum(values) / len(values) if values else None
-
-
-def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
-    """Messages not yet consumed by the pipeline's group, per input topic."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-
-    names = config.topics.names()
-    client = config.client_kwargs()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), **client)
-    try:
-        if hasattr(admin, "list_group_offsets"):  # kafka-python 3
-            committed = admin.list_group_offsets(config.name).get(config.name, {})
-        else:  # kafka-python 2
-            committed = admin.list_consumer_group_offsets(config.name)
-        lag: dict[str, int] = {}
-        for topic in (config.source.topic or names.frames, names.samples):
-            parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            ends = consumer.end_offsets(tps) if tps else {}
-            lag[topic] = sum(
-                max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps
-            )
-        return lag
-    except Exception as exc:  # lag is advisory: a broker without group APIs must not break status
-        log.warning("consumer lag unavailable: %s", exc)
-        return {}
-    finally:
-        consumer.close()
-        admin.close()
 
 
 @contextlib.contextmanager

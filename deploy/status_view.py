@@ -14,6 +14,7 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["render_status"]
 
@@ -38,6 +39,12 @@ def _plan_of(model: str, status: Mapping[str, Any], active: set[str] | None) -> 
     return "runs on every frame" if model in active else "synthesized by links"
 
 
+def _say(console: Console, text: str, style: str = "") -> None:
+    """Print as plain text: reasons, model names and budget keys come from records and configs,
+    and rich would read ``[...]`` as markup and ``:eyes:`` as an emoji."""
+    console.print(Text(text, style=style))
+
+
 def _models(status: Mapping[str, Any]) -> list[str]:
     names: set[str] = set()
     for key in ("predicted_agreement", "live_agreement", "schedule"):
@@ -55,16 +62,16 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     header.append(f"budget {status.get('budget') or 'none'}")
     if cost is not None:
         header.append(f"plan {cost:.1f} ms/frame")
-    console.print(" · ".join(header))
+    _say(console, " · ".join(header))
     if status.get("cost_table"):
         table = status["cost_table"]
-        console.print(f"model costs: {_COST_TABLES.get(table, table)}")
+        _say(console, f"model costs: {_COST_TABLES.get(table, table)}")
     if active is None:
-        console.print("warming up: every model runs until the first links are trained")
+        _say(console, "warming up: every model runs until the first links are trained")
     if status.get("infeasible"):
-        console.print(f"[red]no plan meets the budget or targets: {status['infeasible']}[/red]")
+        _say(console, f"no plan meets the budget or targets: {status['infeasible']}", "red")
     if status.get("replan_reason"):
-        console.print(f"[yellow]re-planned: {status['replan_reason']}[/yellow]")
+        _say(console, f"re-planned: {status['replan_reason']}", "yellow")
 
     counts = status.get("live_counts") or {}
     live = status.get("live_agreement") or {}
@@ -84,21 +91,23 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     for model in _models(status):
         probes = counts.get(model, status.get("live_probes") if model in live else None)
         table.add_row(
-            model,
-            _plan_of(model, status, active),
+            Text(model),
+            Text(_plan_of(model, status, active)),
             _pct(predicted.get(model)),
             _pct(lower.get(model)),
             _pct(live.get(model)),
             "-" if probes is None else f"{float(probes):.1f}",
         )
     console.print(table)
-    console.print(
+    _say(
+        console,
         f"predicted: {_pct(status.get('predicted_accuracy'))} all models, "
-        f"{_pct(status.get('predicted_synthesized_mean'))} synthesized only"
+        f"{_pct(status.get('predicted_synthesized_mean'))} synthesized only",
     )
-    console.print(
+    _say(
+        console,
         f"live on probes: {_pct(status.get('live_synthesized_mean'))} synthesized only "
-        f"({status.get('live_probes') or 0} probes)"
+        f"({status.get('live_probes') or 0} probes)",
     )
     store = status.get("linkstore") or {}
     versions = ", ".join(
@@ -106,14 +115,34 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         for v in store.get("versions", [])
     )
     if store.get("missing"):
-        console.print(
-            f"[yellow]link store {store.get('root')} does not exist: a relative links.store "
-            "resolves against the directory mlink runs in; run status where the workers run, "
-            "or give links.store as an absolute path or URL[/yellow]"
+        _say(
+            console,
+            f"link store {store.get('root')} does not exist: a relative links.store resolves "
+            "against the directory mlink runs in; run status where the workers run, or give "
+            "links.store as an absolute path or URL",
+            "yellow",
         )
     else:
-        console.print(
-            f"link store {store.get('root')}: current {store.get('current')}; {versions or 'empty'}"
+        _say(
+            console,
+            f"link store {store.get('root')}: current {store.get('current')}; "
+            f"{versions or 'empty'}",
         )
     lag = status.get("lag") or {}
-    console.print("consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))
+    _say(console, "consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))
+    _dead_letters(status.get("dead_letters") or {}, console)
+
+
+def _dead_letters(report: Mapping[str, Any], console: Console) -> None:
+    count = report.get("count")
+    if count is None:
+        _say(console, "dead letters: unknown")
+        return
+    if not count:
+        _say(console, "dead letters: none")
+        return
+    _say(console, f"dead letters: {count} in {report.get('topic')}; the latest:", "red")
+    for letter in reversed(report.get("recent") or []):
+        reason = str(letter.get("reason", ""))
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        _say(console, f"  {letter.get('stage')}: {reason}")

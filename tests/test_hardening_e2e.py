@@ -19,6 +19,7 @@ import msgpack
 import pytest
 from kafka import KafkaProducer
 
+from mlink.deploy.pipeline_status import dead_letter_report
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.topics.codec import encode, encode_record
@@ -198,6 +199,12 @@ def test_poison_records_and_forged_control_never_crash_a_worker(
         for what, place in sent.items():
             assert place in letters, f"no dead letter for {what!r} at {place}"
             assert "\n" not in letters[place].reason, "a reason must not forge log lines"
+        report = dead_letter_report(broker.bootstrap, config)  # what `mlink status` shows
+        assert report["count"] == len(letters)
+        newest = sorted(letters.values(), key=lambda d: d.at)[-len(report["recent"]) :]
+        assert [(d["stage"], d["reason"]) for d in report["recent"]] == [
+            (d.stage, d.reason) for d in newest
+        ]
         for what, frame_id in UNDECODABLE.items():
             result = collector.results.get(frame_id)
             assert result is not None and result.degraded, what

@@ -31,7 +31,8 @@ from kafka.partitioner.default import murmur2
 from rich.console import Console
 
 from mlink.deploy.config import PipelineConfig, load_config
-from mlink.deploy.runner import ResultCollector, read_control, set_budget, status
+from mlink.deploy.pipeline_status import status
+from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.status_view import render_status
 from mlink.deploy.topics_setup import create_pipeline_topics
@@ -335,6 +336,7 @@ def test_status_reports_the_live_plan_links_and_lag(digits_run: DigitsRun) -> No
     names = digits_run.config.topics.names()
     assert set(report["lag"]) == {names.frames, names.samples}
     assert all(lag >= 0 for lag in report["lag"].values())
+    assert report["dead_letters"]["count"] == len(digits_run.dead_letters) == 0
     console = Console(width=100, record=True)  # what `mlink status` prints without --json
     render_status(report, console)
     text = console.export_text()

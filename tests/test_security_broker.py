@@ -351,7 +351,8 @@ def test_the_whole_pipeline_over_tls(tls: str, pki: Pki, faust_worker, tmp_path:
     frame producer, the result collector, `mlink budget` and `mlink status`: every client of a
     pipeline whose config asks for TLS talks to the broker over TLS only."""
     from mlink.deploy.config import load_config
-    from mlink.deploy.runner import ResultCollector, read_control, set_budget, status
+    from mlink.deploy.pipeline_status import status
+    from mlink.deploy.runner import ResultCollector, read_control, set_budget
     from mlink.deploy.source import FrameProducer
     from mlink.deploy.topics_setup import create_pipeline_topics
     from tests.test_pipeline_e2e import APP, FAST_MODELS, send_frames, worker_env, write_config

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from mlink.deploy.runner import store_report
+from mlink.deploy.pipeline_status import store_report
 from mlink.deploy.status_view import render_status
 
 
@@ -51,6 +51,7 @@ def stream_status(**changes: Any) -> dict[str, Any]:
             "versions": [{"version": 1, "links": 12, "samples": 40}, {"version": 2, "links": 12}],
         },
         "lag": {"mlink.demo.frames": 3, "mlink.demo.samples": 0},
+        "dead_letters": {"topic": "mlink.demo.dead-letter", "count": 0, "recent": []},
     }
     status.update(changes)
     return status
@@ -81,6 +82,20 @@ def test_what_an_operator_acts_on_is_said_plainly() -> None:
     )
     assert "re-planned: hog_people_fast: live 71.0% over 6 probes" in text
     assert "no plan meets the budget or targets: no schedule meets the accuracy targets" in text
+    assert "dead letters: none" in text
+    letters = {
+        "topic": "mlink.demo.dead-letter",
+        "count": 12,
+        "recent": [
+            {"at": 1.0, "stage": "ingest", "reason": "frame of 2**32 x 2**32 pixels [over limit]"},
+            {"at": 2.0, "stage": "model:eyes", "reason": "x" * 400},
+        ],
+    }
+    lines = rendered(stream_status(dead_letters=letters), width=400).splitlines()
+    at = lines.index("dead letters: 12 in mlink.demo.dead-letter; the latest:")
+    assert lines[at + 1] == "  model:eyes: " + "x" * 157 + "..."  # newest first, long ones cut
+    # as written: neither markup ([over limit]) nor emoji (:eyes:) codes are rendered
+    assert lines[at + 2] == "  ingest: frame of 2**32 x 2**32 pixels [over limit]"
 
 
 def test_warm_up_and_the_papers_links_have_no_schedule() -> None:

@@ -1,0 +1,173 @@
+"""What ``mlink status`` reads from a running pipeline: the control log's plan and live
+agreement, the link store, consumer lag and the dead letters. :mod:`mlink.deploy.status_view`
+lays it out for people; ``mlink status --json`` prints it as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from mlink.deploy.config import PipelineConfig
+from mlink.deploy.runner import read_control
+from mlink.linkstore.store import LinkStore
+from mlink.topics.codec import decode_record
+from mlink.topics.records import DeadLetter, DecodeError
+
+__all__ = ["consumer_lag", "dead_letter_report", "status", "store_report"]
+
+log = logging.getLogger("mlink.status")
+RECENT_DEAD_LETTERS = 5
+READ_FOR_S = 5.0  # at most this long reading dead letters a busy pipeline keeps writing
+
+
+def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
+    """Active set, epoch, budget, link versions, consumer lag, and agreement: predicted per
+    model by the controller and measured live on probe frames, each also as the mean over the
+    synthesized models only (the all-models figure counts executed models as 1)."""
+    state, messages = read_control(bootstrap, config)
+    last = next((m for m in reversed(messages) if m.kind == "active_set"), None)
+    predicted = (last.extra.get("predicted") or {}) if last else {}
+    return {
+        "epoch": state.epoch,
+        "active": list(state.active) or "all (warming up)",
+        "link_version": state.link_version,
+        "budget": state.budget or state.requested_budget,
+        "predicted_accuracy": last.extra.get("objective") if last else None,
+        "predicted_agreement": last.extra.get("predicted") if last else None,
+        "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
+        "predicted_synthesized_mean": _mean_of(
+            (last.extra.get("predicted_synthesized") or {}).values()
+            if last and state.schedule is not None
+            else (v for m, v in predicted.items() if m not in state.active)
+        ),
+        "schedule": last.extra.get("plan") if last and state.schedule is not None else None,
+        "replan_reason": last.extra.get("replan_reason") if last else None,
+        "live_agreement": state.live_agreement,
+        "live_synthesized_mean": _mean_of(state.live_agreement.values()),
+        "live_probes": state.live_probes,
+        "live_counts": state.live_counts,  # effective probes per model (stream synthesis)
+        "plan_cost": last.extra.get("cost") if last else None,
+        "cost_table": last.extra.get("cost_table") if last else None,
+        "infeasible": last.extra.get("infeasible") if last else None,
+        "linkstore": store_report(config.links.store),
+        "lag": consumer_lag(bootstrap, config),
+        "dead_letters": dead_letter_report(bootstrap, config),
+    }
+
+
+def store_report(root: str) -> dict[str, Any]:
+    """The link store's current version and versions. A local store that does not exist is
+    reported as missing and not created: a status read from another directory than the
+    workers' (a relative ``links.store`` resolves against the current one) must not leave an
+    empty store behind or look like a pipeline without links."""
+    local = Path(str(root).removeprefix("file://"))
+    if "://" not in str(root).removeprefix("file://") and not local.is_dir():
+        return {"root": str(local.absolute()), "current": None, "versions": [], "missing": True}
+    store = LinkStore(root)
+    versions = []
+    for v in store.versions():
+        links = v.meta.get("links", [])
+        mean = sum(x["val_score"] for x in links) / len(links) if links else None
+        versions.append(
+            {
+                "version": v.version,
+                "created_at": v.created_at,
+                "links": len(links),
+                "mean_val_score": mean,
+                "samples": v.meta.get("n_samples"),
+            }
+        )
+    return {"root": str(store.root), "current": store.current(), "versions": versions}
+
+
+def _mean_of(values: Any) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None
+
+
+def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
+    """Messages not yet consumed by the pipeline's group, per input topic."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    names = config.topics.names()
+    client = config.client_kwargs()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), **client)
+    try:
+        if hasattr(admin, "list_group_offsets"):  # kafka-python 3
+            committed = admin.list_group_offsets(config.name).get(config.name, {})
+        else:  # kafka-python 2
+            committed = admin.list_consumer_group_offsets(config.name)
+        lag: dict[str, int] = {}
+        for topic in (config.source.topic or names.frames, names.samples):
+            parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = consumer.end_offsets(tps) if tps else {}
+            lag[topic] = sum(
+                max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps
+            )
+        return lag
+    except Exception as exc:  # lag is advisory: a broker without group APIs must not break status
+        log.warning("consumer lag unavailable: %s", exc)
+        return {}
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def dead_letter_report(
+    bootstrap: str, config: PipelineConfig, recent: int = RECENT_DEAD_LETTERS
+) -> dict[str, Any]:
+    """How many dead letters the topic holds, and the stage and reason of the last few: what
+    an operator asks first when frames come back degraded.
+
+    The count comes from the last offset read, not from the broker's end offset alone: Tansu
+    reports the end of a multi-record batch as its first offset plus one (docs/broker.md), and
+    the workers write dead letters in batches. Reading from just before that end finds the
+    rest of the batch."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = config.topics.names().dead_letter
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        enable_auto_commit=False,
+        **config.consumer_kwargs(),
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not tps:
+            return {"topic": topic, "count": 0, "recent": []}
+        begins, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begins[tp], ends[tp] - recent))
+        last = {tp: ends[tp] - 1 for tp in tps}
+        letters: deque[DeadLetter] = deque(maxlen=recent)
+        deadline = time.monotonic() + READ_FOR_S
+        while time.monotonic() < deadline:
+            batches = consumer.poll(timeout_ms=500)
+            if not batches:
+                break
+            for tp, records in batches.items():
+                for record in records:
+                    last[tp] = max(last[tp], record.offset)
+                    with contextlib.suppress(DecodeError):
+                        letters.append(decode_record(record.value, DeadLetter))
+        return {
+            "topic": topic,
+            "count": sum(last[tp] + 1 - begins[tp] for tp in tps),
+            "recent": [
+                {"at": d.at, "stage": d.stage, "reason": d.reason}
+                for d in sorted(letters, key=lambda d: d.at)
+            ],
+        }
+    except Exception as exc:  # advisory, like the lag: a status must not fail on it
+        log.warning("dead letters unavailable: %s", exc)
+        return {"topic": topic, "count": None, "recent": []}
+    finally:
+        consumer.close()

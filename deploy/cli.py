@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from mlink.eval.bench_cli import bench as eval_bench
 
@@ -200,7 +201,7 @@ def tail(
     shown = 0
     try:
         for result in follower.follow():
-            console.print(result_line(result), highlight=False)
+            console.print(Text(result_line(result)))  # ids are data: no markup, no emoji
             shown += 1
             if count is not None and shown >= count:
                 break

@@ -32,6 +32,13 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     state, messages = read_control(bootstrap, config)
     last = next((m for m in reversed(messages) if m.kind == "active_set"), None)
     predicted = (last.extra.get("predicted") or {}) if last else {}
+    # on synthesized frames only, the basis the probes measure: the paper's links synthesize a
+    # model on every frame it does not run, so there it is the model's prediction itself
+    predicted_synth = (
+        (last.extra.get("predicted_synthesized") or {})
+        if last and state.schedule is not None
+        else {m: v for m, v in predicted.items() if m not in state.active}
+    )
     return {
         "epoch": state.epoch,
         "active": list(state.active) or "all (warming up)",
@@ -40,11 +47,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "predicted_accuracy": last.extra.get("objective") if last else None,
         "predicted_agreement": last.extra.get("predicted") if last else None,
         "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
-        "predicted_synthesized_mean": _mean_of(
-            (last.extra.get("predicted_synthesized") or {}).values()
-            if last and state.schedule is not None
-            else (v for m, v in predicted.items() if m not in state.active)
-        ),
+        "predicted_synthesized": predicted_synth,
+        "predicted_synthesized_mean": _mean_of(predicted_synth.values()),
         "schedule": last.extra.get("plan") if last and state.schedule is not None else None,
         "replan_reason": last.extra.get("replan_reason") if last else None,
         "live_agreement": state.live_agreement,

@@ -16,6 +16,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mlink.linkstore.liveguard import upper_bound
+from mlink.operators.stream_decision import Z
+
 __all__ = ["render_status"]
 
 _COST_TABLES = {  # the controller's one-word cost_table, for people
@@ -43,6 +46,14 @@ def _say(console: Console, text: str, style: str = "") -> None:
     """Print as plain text: reasons, model names and budget keys come from records and configs,
     and rich would read ``[...]`` as markup and ``:eyes:`` as an emoji."""
     console.print(Text(text, style=style))
+
+
+def _clearly_below(live: Any, probes: Any, predicted: Any, min_probes: float = 2) -> bool:
+    """Whether the probes' agreement is below the prediction even at its upper confidence
+    bound (the controller's test for an accuracy target, here against the forecast)."""
+    if live is None or probes is None or predicted is None or float(probes) < min_probes:
+        return False
+    return upper_bound(0.0, float(live), float(probes), Z) < float(predicted)
 
 
 def _models(status: Mapping[str, Any]) -> list[str]:
@@ -76,29 +87,40 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     counts = status.get("live_counts") or {}
     live = status.get("live_agreement") or {}
     predicted = status.get("predicted_agreement") or {}
-    lower = status.get("predicted_lower") or {}
+    synth = status.get("predicted_synthesized") or {}
     table = Table(
-        title="per model: plan, predicted agreement (runs count 1) with its lower confidence "
-        "bound, and agreement on probe frames",
+        title="per model: its plan; predicted agreement over all frames (runs count 1) and on "
+        "synthesized frames, against what the probes measure there",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
     )
     table.add_column("model", no_wrap=True)
     table.add_column("plan")
-    for col in ("predicted", "lower\nbound", "live\n(probes)", "probes\n(eff.)"):
+    for col in ("predicted\nall", "predicted\nsynth.", "live\nsynth.", "probes\n(eff.)"):
         table.add_column(col, justify="right")
+    below = []
     for model in _models(status):
         probes = counts.get(model, status.get("live_probes") if model in live else None)
+        low = _clearly_below(live.get(model), probes, synth.get(model))
+        if low:
+            below.append(model)
         table.add_row(
             Text(model),
             Text(_plan_of(model, status, active)),
             _pct(predicted.get(model)),
-            _pct(lower.get(model)),
-            _pct(live.get(model)),
+            _pct(synth.get(model)),
+            Text(_pct(live.get(model)) + (" !" if low else ""), style="yellow" if low else ""),
             "-" if probes is None else f"{float(probes):.1f}",
         )
     console.print(table)
+    if below:
+        _say(
+            console,
+            f"! below its prediction beyond probe noise (upper bound at z={Z:g}, the guard's): "
+            + ", ".join(below),
+            "yellow",
+        )
     _say(
         console,
         f"predicted: {_pct(status.get('predicted_accuracy'))} all models, "

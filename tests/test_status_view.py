@@ -31,6 +31,7 @@ def stream_status(**changes: Any) -> dict[str, Any]:
         },
         "predicted_synthesized_mean": 0.87,
         "predicted_lower": {"yolo_faces_640": 0.859, "hog_people_fast": 0.88},
+        "predicted_synthesized": {"yolo_faces_640": 0.908, "hog_people_fast": 0.94},
         "schedule": {
             "face_alt2_fast": "always runs",
             "eyes": "always runs",
@@ -61,16 +62,29 @@ def test_a_stream_plan_shows_each_model_predicted_and_live() -> None:
     text = rendered(stream_status())
     assert "epoch 4 · link version 2 · budget {'fraction': 0.33} · plan 203.7 ms/frame" in text
     row = next(line for line in text.splitlines() if line.startswith("hog_people_fast"))
-    assert "probes only, prior" in row and "94.4%" in row and "90.0%" in row and "9.0" in row
-    assert "88.0%" in row and "est 0.944" not in text  # the plan's figures are columns
+    # all frames, synthesized frames, live on synthesized frames, effective probes
+    assert row.split()[-4:] == ["94.4%", "94.0%", "90.0%", "9.0"]
+    assert "probes only, prior" in row and "est 0.944" not in text  # figures are columns
     row = next(line for line in text.splitlines() if line.startswith("yolo_faces_640"))
-    assert "every 4 (phase 0), follow(yolo_faces)" in text and "85.0%" in row and "4.2" in row
+    assert "every 4 (phase 0), follow(yolo_faces)" in text
+    assert row.split()[-4:] == ["93.1%", "90.8%", "85.0%", "4.2"]
+    assert "!" not in text  # 85.0% over 4.2 probes is within the noise of 90.8%
     assert "predicted: 93.2% all models, 87.0% synthesized only" in text
     assert "live on probes: 87.5% synthesized only (9 probes)" in text
     assert "current 2; v1 (12 links, 40 samples), v2 (12 links, ? samples)" in text
     assert "mlink.demo.frames 3" in text
     assert "model costs: measured live" in text
     assert "re-planned" not in text and "no plan" not in text
+
+
+def test_live_agreement_clearly_below_its_prediction_is_flagged() -> None:
+    status = stream_status(live_agreement={"yolo_faces_640": 0.6, "hog_people_fast": 0.9})
+    text = rendered(status)
+    row = next(line for line in text.splitlines() if line.startswith("yolo_faces_640"))
+    assert "60.0% !" in row
+    assert "! below its prediction beyond probe noise" in text and "yolo_faces_640" in text
+    few = stream_status(live_agreement={"yolo_faces_640": 0.6}, live_counts={"yolo_faces_640": 1})
+    assert "!" not in rendered(few)  # one probe says nothing yet
 
 
 def test_what_an_operator_acts_on_is_said_plainly() -> None:

@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 from kafka import KafkaProducer
+from rich.console import Console
 
 from mlink.deploy.config import PipelineConfig
+from mlink.deploy.pipeline_status import status
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.source import FrameProducer
+from mlink.deploy.status_view import render_status
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.linkstore.liveguard import DECAY
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
@@ -123,6 +126,18 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
             assert all(0 < n < 1 / (1 - DECAY) for n in counts.values()), report.extra
         assert collector.duplicates == 0
         assert not dead_letters(broker.bootstrap, config)
+        report = status(broker.bootstrap, config)  # what `mlink status` shows of the plan
+        _, control = read_control(broker.bootstrap, config)
+        last = [m for m in control if m.kind == "active_set"][-1]
+        assert report["predicted_synthesized"] == last.extra["predicted_synthesized"]
+        assert report["schedule"] == last.extra["plan"]
+        console = Console(width=120, record=True)
+        render_status(report, console)
+        text = console.export_text()
+        for model, plan in last.extra["plan"].items():
+            row = next(line for line in text.splitlines() if line.startswith(model + " "))
+            assert plan.split(" (est")[0] in row, (row, plan)
+        assert "dead letters: none" in text
     finally:
         collector.close()
 

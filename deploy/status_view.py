@@ -1,7 +1,7 @@
 """``mlink status`` for people: each model's plan, what the controller predicts for it and what
 the probes measured, and the few lines an operator acts on (a re-plan, a refused target, lag).
 
-The dict it reads is :func:`mlink.deploy.runner.status` (``mlink status --json`` prints it
+The dict it reads is :func:`mlink.deploy.pipeline_status.status` (``mlink status --json`` prints it
 whole); this module only lays it out, so it is tested on constructed dicts without a broker.
 """
 

@@ -4,8 +4,9 @@ Unlike :class:`mlink.deploy.runner.ResultCollector`, which keeps every result of
 to score it, a tail may run for days on a production topic: it keeps nothing but a bounded set
 of recently seen frame ids (to drop the duplicates a worker restart re-delivers), and by default
 starts at the end of the topic, as ``tail -f`` does, instead of replaying its whole history.
-(On Tansu the end is right only after one-record batches, which is how the pipeline's faust
-producers write results; docs/broker.md.)
+(Tansu reports the end of a multi-record batch too early, and workers write results in
+batches, so there a tail may start inside the last batch and show a few results from just
+before it; docs/broker.md.)
 """
 
 from __future__ import annotations

@@ -35,9 +35,9 @@ def result(seq: int, degraded: bool = False, probe: bool = False) -> FrameResult
 
 
 def send(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    """One record per batch, as the pipeline's faust producers send results: Tansu reports a
-    wrong end offset after a batch of several records (docs/broker.md), and a tail that starts
-    at the end would start inside such a batch."""
+    """One record per batch: Tansu reports a wrong end offset after a batch of several records
+    (docs/broker.md), and a tail that starts at the end would start inside such a batch. This
+    test checks where the tail starts, not that quirk."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     for value in values:
         producer.send(topic, value).get(timeout=30)

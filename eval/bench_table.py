@@ -275,7 +275,8 @@ def plot_report(report: BenchReport, path: Path) -> None:
             (c for c in report.cells if c["method"] == method and c["compute_saved"] is not None),
             key=lambda c: c["compute_saved"],
         )
-        color, marker = (f"C{i}" if i < 10 else "black"), markers[i % len(markers)]
+        color = f"C{i}" if i < 10 else "black"  # the colour cycle has ten
+        marker = markers[i % len(markers)]
         for ax, metric in zip(axes, ("accuracy", "synthesized_accuracy"), strict=True):
             shown = [c for c in cells if c[metric] is not None]
             ax.errorbar(
@@ -284,7 +285,7 @@ def plot_report(report: BenchReport, path: Path) -> None:
                 xerr=[c["compute_saved_spread"] or 0.0 for c in shown],
                 yerr=[c[f"{metric}_spread"] or 0.0 for c in shown],
                 marker=marker,
-                color=color,  # the colour cycle has ten
+                color=color,
                 capsize=2,
                 label=method,
             )

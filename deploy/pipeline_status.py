@@ -41,6 +41,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     )
     return {
         "epoch": state.epoch,
+        "models": sorted(config.model_names),
         "active": list(state.active) or "all (warming up)",
         "link_version": state.link_version,
         "budget": state.budget or state.requested_budget,

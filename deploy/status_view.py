@@ -57,7 +57,7 @@ def _clearly_below(live: Any, probes: Any, predicted: Any, min_probes: float = 2
 
 
 def _models(status: Mapping[str, Any]) -> list[str]:
-    names: set[str] = set()
+    names: set[str] = set(status.get("models") or ())
     for key in ("predicted_agreement", "live_agreement", "schedule"):
         names.update(status.get(key) or {})
     if isinstance(status.get("active"), list):

@@ -114,9 +114,19 @@ def test_what_an_operator_acts_on_is_said_plainly() -> None:
 
 def test_warm_up_and_the_papers_links_have_no_schedule() -> None:
     warming = rendered(
-        {"epoch": 0, "active": "all (warming up)", "link_version": None, "budget": None}
+        {
+            "epoch": 0,
+            "models": ["eyes", "faces"],
+            "active": "all (warming up)",
+            "link_version": None,
+            "budget": None,
+        }
     )
     assert "warming up: every model runs until the first links are trained" in warming
+    assert [x.split()[:4] for x in warming.splitlines() if x.startswith(("eyes", "faces"))] == [
+        ["eyes", "runs", "(warm-up)", "-"],
+        ["faces", "runs", "(warm-up)", "-"],
+    ]
     assert "consumer lag: none" in warming and "empty" in warming
     links = rendered(
         stream_status(

@@ -298,6 +298,7 @@ def plot_report(report: BenchReport, path: Path) -> None:
                 markerfacecolor="white",
                 markeredgecolor=color,
                 markersize=7,
+                zorder=3,  # above the errorbar's own filled marker
             )
     axes[0].set_ylabel("accuracy, all models (mean agreement with the real models)")
     axes[1].set_ylabel("accuracy of synthesized outputs only")

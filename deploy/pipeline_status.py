@@ -18,11 +18,11 @@ from mlink.linkstore.store import LinkStore
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError
 
-__all__ = ["consumer_lag", "dead_letter_report", "status", "store_report"]
+__all__ = ["consumer_lag", "dead_letter_report", "read_to_end", "status", "store_report"]
 
 log = logging.getLogger("mlink.status")
 RECENT_DEAD_LETTERS = 5
-READ_FOR_S = 5.0  # at most this long reading dead letters a busy pipeline keeps writing
+READ_FOR_S = 5.0  # at most this long reading a topic that a busy pipeline keeps writing
 
 
 def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
@@ -95,14 +95,43 @@ def _mean_of(values: Any) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def read_to_end(
+    consumer: Any, tps: list[Any], back: int, keep: int = 0
+) -> tuple[dict[Any, int], dict[Any, int], list[Any]]:
+    """Each partition's first offset and real end, read from ``back`` records before the end
+    the broker reports, and the last ``keep`` records read. Reading is what finds the real end:
+    Tansu reports the end of a multi-record batch as its first offset plus one (docs/broker.md),
+    and the pipeline writes in batches. Bounded by ``READ_FOR_S`` on a topic that keeps
+    growing, and by ``keep`` in memory."""
+    begins, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, max(begins[tp], ends[tp] - back))
+    records: deque[Any] = deque(maxlen=max(keep, 0))
+    deadline = time.monotonic() + READ_FOR_S
+    while time.monotonic() < deadline:
+        batches = consumer.poll(timeout_ms=500)
+        if not batches:
+            break
+        for tp, batch in batches.items():
+            ends[tp] = max(ends[tp], batch[-1].offset + 1)
+            records.extend(batch[-keep:] if keep else ())
+    return begins, ends, list(records)
+
+
 def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
-    """Messages not yet consumed by the pipeline's group, per input topic."""
+    """Messages not yet consumed by the pipeline's group, per input topic (to each partition's
+    real end: :func:`read_to_end`)."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     names = config.topics.names()
     client = config.client_kwargs()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), **client)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        enable_auto_commit=False,
+        **config.consumer_kwargs(),
+    )
     try:
         if hasattr(admin, "list_group_offsets"):  # kafka-python 3
             committed = admin.list_group_offsets(config.name).get(config.name, {})
@@ -112,7 +141,7 @@ def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
         for topic in (config.source.topic or names.frames, names.samples):
             parts = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in parts]
-            ends = consumer.end_offsets(tps) if tps else {}
+            _, ends, _ = read_to_end(consumer, tps, back=1) if tps else ({}, {}, [])
             lag[topic] = sum(
                 max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps
             )
@@ -129,12 +158,8 @@ def dead_letter_report(
     bootstrap: str, config: PipelineConfig, recent: int = RECENT_DEAD_LETTERS
 ) -> dict[str, Any]:
     """How many dead letters the topic holds, and the stage and reason of the last few: what
-    an operator asks first when frames come back degraded.
-
-    The count comes from the last offset read, not from the broker's end offset alone: Tansu
-    reports the end of a multi-record batch as its first offset plus one (docs/broker.md), and
-    the workers write dead letters in batches. Reading from just before that end finds the
-    rest of the batch."""
+    an operator asks first when frames come back degraded. Counted to the real end
+    (:func:`read_to_end`): a burst of 15 poison records read as 10 from the end offset alone."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = config.topics.names().dead_letter
@@ -147,25 +172,14 @@ def dead_letter_report(
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not tps:
             return {"topic": topic, "count": 0, "recent": []}
-        begins, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, max(begins[tp], ends[tp] - recent))
-        last = {tp: ends[tp] - 1 for tp in tps}
+        begins, ends, records = read_to_end(consumer, tps, back=recent, keep=recent)
         letters: deque[DeadLetter] = deque(maxlen=recent)
-        deadline = time.monotonic() + READ_FOR_S
-        while time.monotonic() < deadline:
-            batches = consumer.poll(timeout_ms=500)
-            if not batches:
-                break
-            for tp, records in batches.items():
-                for record in records:
-                    last[tp] = max(last[tp], record.offset)
-                    with contextlib.suppress(DecodeError):
-                        letters.append(decode_record(record.value, DeadLetter))
+        for record in records:
+            with contextlib.suppress(DecodeError):
+                letters.append(decode_record(record.value, DeadLetter))
         return {
             "topic": topic,
-            "count": sum(last[tp] + 1 - begins[tp] for tp in tps),
+            "count": sum(ends[tp] - begins[tp] for tp in tps),
             "recent": [
                 {"at": d.at, "stage": d.stage, "reason": d.reason}
                 for d in sorted(letters, key=lambda d: d.at)

@@ -58,6 +58,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "live_counts": state.live_counts,  # effective probes per model (stream synthesis)
         "plan_cost": last.extra.get("cost") if last else None,
         "cost_table": last.extra.get("cost_table") if last else None,
+        "model_ms": last.extra.get("model_ms") if last else None,  # what the plan was priced on
+        "budget_ms": last.extra.get("budget_ms") if last else None,
         "infeasible": last.extra.get("infeasible") if last else None,
         "linkstore": store_report(config.links.store),
         "lag": consumer_lag(bootstrap, config),

@@ -70,13 +70,20 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     active = set(status["active"]) if isinstance(status.get("active"), list) else None
     cost = (status.get("plan_cost") or {}).get("ms")
     header = [f"epoch {status.get('epoch')}", f"link version {status.get('link_version')}"]
-    header.append(f"budget {status.get('budget') or 'none'}")
+    budget_ms = status.get("budget_ms")
+    header.append(
+        f"budget {status.get('budget') or 'none'}"
+        + ("" if budget_ms is None else f" = {float(budget_ms):.1f} ms/frame")
+    )
     if cost is not None:
         header.append(f"plan {cost:.1f} ms/frame")
     _say(console, " · ".join(header))
     if status.get("cost_table"):
         table = status["cost_table"]
         _say(console, f"model costs: {_COST_TABLES.get(table, table)}")
+    if status.get("model_ms"):
+        priced = ", ".join(f"{m} {float(v):.1f}" for m, v in sorted(status["model_ms"].items()))
+        _say(console, f"ms per call the plan was priced on: {priced}")
     if active is None:
         _say(console, "warming up: every model runs until the first links are trained")
     if status.get("infeasible"):

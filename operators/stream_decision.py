@@ -82,10 +82,13 @@ def stream_decision(
     running = sorted(m for m, k in schedule.periods.items() if k > 0)
     described = {m: plan.describe(m) for m in models}
     log.info(
-        "epoch %d: stream plan, expected agreement %.3f at %.2f ms/frame: %s",
+        "epoch %d: stream plan, expected agreement %.3f at %.2f ms/frame (budget %s ms) on "
+        "model costs %s: %s",
         epoch,
         plan.estimate,
         plan.cost_ms,
+        "none" if budget_ms is None else f"{budget_ms:.2f}",
+        {m: round(v, 1) for m, v in ms.items()},
         "; ".join(f"{m}: {d}" for m, d in described.items()),
     )
     synthesized = {m: c.synthesized for m, c in plan.choices.items() if c.synthesized is not None}
@@ -105,6 +108,9 @@ def stream_decision(
             "lower": plan.lower(),
             "plan": described,
             "cost_table": cost_table,
+            # the costs and budget the plan was chosen on: plans flip when relative costs move
+            "model_ms": ms,
+            "budget_ms": budget_ms,
             "corrections": dict(corrections or {}),
             EXTRA_KEY: schedule.to_extra(),
         },

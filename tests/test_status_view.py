@@ -45,6 +45,8 @@ def stream_status(**changes: Any) -> dict[str, Any]:
         "live_counts": {"yolo_faces_640": 4.2, "hog_people_fast": 9.0},
         "plan_cost": {"ms": 203.7},
         "cost_table": "measured",
+        "model_ms": {"eyes": 70.25, "face_alt2_fast": 30.4},
+        "budget_ms": 204.0,
         "infeasible": None,
         "linkstore": {
             "root": "/tmp/links",
@@ -60,7 +62,11 @@ def stream_status(**changes: Any) -> dict[str, Any]:
 
 def test_a_stream_plan_shows_each_model_predicted_and_live() -> None:
     text = rendered(stream_status())
-    assert "epoch 4 · link version 2 · budget {'fraction': 0.33} · plan 203.7 ms/frame" in text
+    assert (
+        "epoch 4 · link version 2 · budget {'fraction': 0.33} = 204.0 ms/frame · plan 203.7 "
+        "ms/frame" in text
+    )
+    assert "ms per call the plan was priced on: eyes 70.2, face_alt2_fast 30.4" in text
     row = next(line for line in text.splitlines() if line.startswith("hog_people_fast"))
     # all frames, synthesized frames, live on synthesized frames, effective probes
     assert row.split()[-4:] == ["94.4%", "94.0%", "90.0%", "9.0"]

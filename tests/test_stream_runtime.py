@@ -61,6 +61,9 @@ def test_the_controller_publishes_a_schedule_that_fits_the_budget(links) -> None
     assert set(schedule["periods"]) == set(MODELS)
     assert message.extra["cost"]["ms"] <= 0.5 * 60.0 + 1e-9
     assert set(message.extra["predicted"]) == set(MODELS)
+    # what the plan was chosen on, so that a plan that flips between runs can be explained
+    assert message.extra["budget_ms"] == pytest.approx(0.5 * 60.0)
+    assert message.extra["model_ms"] == pytest.approx({m: COSTS[m]["ms"] for m in MODELS})
     state = ControlState(MODELS, 8)
     assert state.apply(message)
     assert not state.warming_up and state.schedule is not None

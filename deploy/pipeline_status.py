@@ -9,12 +9,12 @@ import contextlib
 import logging
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
+from mlink.linkstore.store_files import local_store_path
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError
 
@@ -72,8 +72,8 @@ def store_report(root: str) -> dict[str, Any]:
     reported as missing and not created: a status read from another directory than the
     workers' (a relative ``links.store`` resolves against the current one) must not leave an
     empty store behind or look like a pipeline without links."""
-    local = Path(str(root).removeprefix("file://"))
-    if "://" not in str(root).removeprefix("file://") and not local.is_dir():
+    local = local_store_path(root)
+    if local is not None and not local.is_dir():
         return {"root": str(local.absolute()), "current": None, "versions": [], "missing": True}
     store = LinkStore(root)
     versions = []

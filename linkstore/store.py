@@ -43,6 +43,7 @@ from mlink.linkstore.store_files import (
     _remove_entries,
     _write_durable,
     _writer_lock,
+    local_store_path,
 )
 from mlink.linkstore.store_format import (
     FORMAT,
@@ -115,9 +116,7 @@ class LinkStore(VersionReads):
         """``lock_timeout`` bounds how long a writer waits for another writer (None = forever);
         a crashed writer never blocks others because the kernel drops its flock.
         ``cache_size`` verified versions are kept in memory (0 = read and hash on every load)."""
-        if isinstance(root, str) and root.startswith("file://"):
-            root = root.removeprefix("file://")
-        self.root: Any = Path(root)
+        self.root: Any = local_store_path(root)
         self.lock_timeout = lock_timeout
         self.cache_size = cache_size
         self._good: OrderedDict[int, Bundle] = OrderedDict()

@@ -15,7 +15,7 @@ from typing import Any
 
 from mlink.linkstore.store_format import StoreError
 
-__all__: list[str] = []
+__all__ = ["local_store_path"]
 
 
 def _remote_url(root: object) -> bool:
@@ -24,6 +24,16 @@ def _remote_url(root: object) -> bool:
         return False
     scheme, sep, _ = root.partition("://")
     return bool(sep) and scheme != "file"
+
+
+def local_store_path(root: str | os.PathLike[str]) -> Path | None:
+    """The directory of a local link store (a path or a ``file://`` URL), or None for an fsspec
+    URL that :class:`~mlink.linkstore.objectstore.ObjectLinkStore` stores."""
+    if _remote_url(root):
+        return None
+    if isinstance(root, str):
+        root = root.removeprefix("file://")
+    return Path(root)
 
 
 def _check_version_arg(version: object) -> None:

@@ -1,4 +1,4 @@
-"""Two ways past the stream modes' ceiling that were measured and not built.
+"""Three ways past the stream modes' ceiling that were measured and not built.
 
     python bench/synthesis_limits.py deploy/configs/dnn.yaml --costs deploy/costs/dnn.json
 
@@ -7,7 +7,11 @@
    boxes follow the source's (``follow``). Per target, source and threshold: agreement over every
    frame, the share of frames it runs on, and what that costs per frame. Compare with the
    periodic options of the stream plans (BENCHMARKS.md).
-2. **Re-weighting heads by how often the source fires.** A head's agreement on the warm-up (the
+2. **Runs gated on a cheap detector's presence** (a cascade). The target runs on the frames
+   where the source finds anything; elsewhere a head fitted on the warm-up draws it from the
+   source (mostly: nothing). Per pair, on the warm-up and on the rest: the share of frames the
+   target runs on, its agreement over every frame, and what that costs per frame.
+3. **Re-weighting heads by how often the source fires.** A head's agreement on the warm-up (the
    first ``--train`` of each stream) and on the rest, split by whether the source found
    anything. If only the share of frames with objects changed after the warm-up, re-weighting
    the warm-up's two figures by the live share would forecast the rest; if the figures
@@ -27,7 +31,7 @@ from mlink.deploy.config import load_config
 from mlink.eval.cost_tables import COSTS_HELP, priced_workload
 from mlink.eval.temporal.geometry import positions, stream_segments
 from mlink.eval.workload import Workload, stream_split
-from mlink.linkstore.boxlinks import as_boxes, fit_box_head, follow
+from mlink.linkstore.boxlinks import BoxHead, as_boxes, fit_box_head, follow
 from mlink.linkstore.metrics import box_agreement
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.85)
@@ -48,6 +52,20 @@ def gated(wl: Workload, source: str, target: str, threshold: float) -> tuple[flo
                 agree.append(1.0)
             else:
                 agree.append(box_agreement(follow(then_t, then_s, now_s), out[target][i]))
+    return float(np.mean(agree)), runs / len(agree)
+
+
+def presence_gated(
+    wl: Workload, source: str, target: str, head: BoxHead, frames: Sequence[int]
+) -> tuple[float, float]:
+    """Agreement and run share of ``target`` run where ``source`` fires, the head elsewhere."""
+    out, agree, runs = wl.outputs, [], 0
+    for i in frames:
+        if len(as_boxes(out[source][i])):
+            runs += 1
+            agree.append(1.0)
+        else:
+            agree.append(box_agreement(head.predict(out[source][i]), out[target][i]))
     return float(np.mean(agree)), runs / len(agree)
 
 
@@ -78,7 +96,11 @@ def main() -> None:
     parser.add_argument(
         "--pairs",
         nargs="+",
-        default=["mtcnn_faces_fast:mtcnn_eyes", "mtcnn_faces_fast:yolo_faces_640"],
+        default=[
+            "mtcnn_faces_fast:mtcnn_eyes",
+            "mtcnn_faces_fast:yolo_faces_640",
+            "yolo_faces:yolo_faces_640",
+        ],
         help="SOURCE:TARGET detector pairs",
     )
     args = parser.parse_args()
@@ -95,6 +117,18 @@ def main() -> None:
             cost = f"{share * ms:.0f} ms"
             print(f"| {target} | {source} | {t} | {agree:.3f} | {share:.0%} | {cost} |")
     train, rest = stream_split(wl.streams, args.train)
+    print(f"\n## {wl.name}: runs gated on the source's presence, the warm-up's head elsewhere\n")
+    print("| target | source | frames | runs on | agreement | cost per frame |")
+    print("|---|---|---|---|---|---|")
+    for source, target in pairs:
+        ms = float(wl.costs[target].get("ms", 0.0))
+        head = fit_box_head(
+            [wl.outputs[source][i] for i in train], [wl.outputs[target][i] for i in train]
+        )
+        for name, frames in (("warm-up", train), ("rest", rest)):
+            agree, share = presence_gated(wl, source, target, head, frames.tolist())
+            cost = f"{share * ms:.0f} ms"
+            print(f"| {target} | {source} | {name} | {share:.0%} | {agree:.3f} | {cost} |")
     print(f"\n## {wl.name}: a head fitted on the warm-up, split by whether its source fires\n")
     print("| head | frames | source fires on | agreement there | where it does not | all |")
     print("|---|---|---|---|---|---|")

@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mlink.linkstore.liveguard import upper_bound
+from mlink.linkstore.liveguard import below_forecast
 from mlink.operators.stream_decision import Z
 
-__all__ = ["render_status"]
+__all__ = ["percent", "render_status"]
 
 _COST_TABLES = {  # the controller's one-word cost_table, for people
     "measured": "measured live (each model's trimmed mean ms on frames where every model ran)",
@@ -29,8 +29,11 @@ _COST_TABLES = {  # the controller's one-word cost_table, for people
 _ESTIMATES = re.compile(r"\s*\(est [^)]*\)$")  # the plan text's own figures: columns here
 
 
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.1%}"
+def percent(value: Any) -> str:
+    """A share as people read it in every summary we print: ``-`` when there is none."""
+    if value is None or value != value:  # None or NaN: no frames to measure on
+        return "-"
+    return f"{float(value):.1%}"
 
 
 def _plan_of(model: str, status: Mapping[str, Any], active: set[str] | None) -> str:
@@ -51,9 +54,9 @@ def _say(console: Console, text: str, style: str = "") -> None:
 def _clearly_below(live: Any, probes: Any, predicted: Any, min_probes: float = 2) -> bool:
     """Whether the probes' agreement is below the prediction even at its upper confidence
     bound (the controller's test for an accuracy target, here against the forecast)."""
-    if live is None or probes is None or predicted is None or float(probes) < min_probes:
+    if live is None or probes is None or predicted is None:
         return False
-    return upper_bound(0.0, float(live), float(probes), Z) < float(predicted)
+    return below_forecast(float(live), float(probes), float(predicted), Z, min_probes)
 
 
 def _models(status: Mapping[str, Any]) -> list[str]:
@@ -115,9 +118,9 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         table.add_row(
             Text(model),
             Text(_plan_of(model, status, active)),
-            _pct(predicted.get(model)),
-            _pct(synth.get(model)),
-            Text(_pct(live.get(model)) + (" !" if low else ""), style="yellow" if low else ""),
+            percent(predicted.get(model)),
+            percent(synth.get(model)),
+            Text(percent(live.get(model)) + (" !" if low else ""), style="yellow" if low else ""),
             "-" if probes is None else f"{float(probes):.1f}",
         )
     console.print(table)
@@ -130,12 +133,12 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         )
     _say(
         console,
-        f"predicted: {_pct(status.get('predicted_accuracy'))} all models, "
-        f"{_pct(status.get('predicted_synthesized_mean'))} synthesized only",
+        f"predicted: {percent(status.get('predicted_accuracy'))} all models, "
+        f"{percent(status.get('predicted_synthesized_mean'))} synthesized only",
     )
     _say(
         console,
-        f"live on probes: {_pct(status.get('live_synthesized_mean'))} synthesized only "
+        f"live on probes: {percent(status.get('live_synthesized_mean'))} synthesized only "
         f"({status.get('live_probes') or 0} probes)",
     )
     store = status.get("linkstore") or {}

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from mlink.deploy.config import PipelineConfig
 from mlink.eval.config_workload import load_workload, measure_model_ms
 from mlink.eval.outputs import DEFAULT_CACHE
@@ -26,6 +28,7 @@ __all__ = [
     "COSTS_HELP",
     "CostTable",
     "cost_table_json",
+    "jittered",
     "priced_workload",
     "read_cost_table",
     "with_cost_table",
@@ -65,6 +68,23 @@ def with_cost_table(workload: Workload, config: PipelineConfig, costs: CostTable
         note = data.get("source") if isinstance(data, dict) else None
         source = f"read from {costs}" + (f" ({note})" if note else "")
     table = {m: {**workload.costs[m], "ms": ms[m]} for m in workload.models}
+    return replace(workload, costs=table, cost_source=source)
+
+
+def jittered(workload: Workload, sigma: float, seed: int) -> Workload:
+    """The workload with each model's ms multiplied by its own log-normal factor (``sigma`` the
+    standard deviation of its log): live timings move between runs by several percent a model
+    (contention, caches), and a plan near its budget flips with them. Replays on jittered
+    tables show how far that moves what a config keeps."""
+    if sigma < 0:
+        raise ValueError(f"cost noise must be >= 0, got {sigma}")
+    rng = np.random.default_rng(seed)
+    factors = np.exp(rng.normal(0.0, sigma, len(workload.models)))
+    table = {
+        m: {**workload.costs[m], "ms": workload.costs[m]["ms"] * float(f)}
+        for m, f in zip(workload.models, factors, strict=True)
+    }
+    source = f"{workload.cost_source}, each model's ms times exp(N(0, {sigma:g})), seed {seed}"
     return replace(workload, costs=table, cost_source=source)
 
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlink import deploy
+from mlink.deploy.status_view import percent
 from mlink.eval.experiment import PlanResult, compare_selectors, train_workload
 from mlink.eval.run import print_summary, run_and_summarize
 from mlink.eval.workload import Workload, shuffled_order
@@ -57,7 +58,7 @@ def plan_table(workload: Workload, plans: list[PlanResult]) -> Table:
     table.add_row(
         "synthesized outputs only",
         "",
-        *[_pct(p.synthesized_accuracy) for p in plans],
+        *[percent(p.synthesized_accuracy) for p in plans],
     )
     table.add_row(
         "predicted by selection (cross-fitted)",
@@ -67,10 +68,6 @@ def plan_table(workload: Workload, plans: list[PlanResult]) -> Table:
     table.add_row("compute saved", "", *[f"{p.compute_saved:.1%}" for p in plans])
     table.add_row("plan cost ms/frame (incl. links)", "", *[f"{p.cost['ms']:.3f}" for p in plans])
     return table
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def run_demo(

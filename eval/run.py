@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mlink.deploy.runner import run_pipeline
 from mlink.deploy.source import iter_source
+from mlink.deploy.status_view import percent
 from mlink.eval.config_workload import config_models
 from mlink.eval.outputs import collect_workload
 from mlink.eval.report import frame_ids, summarize, wire_frames
@@ -46,10 +47,6 @@ def run_and_summarize(config, config_path: Path, workers, timeout, compare, cons
     return summarize(config, report, full, frame_ids(frames)).as_dict()
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.1%}"
-
-
 def print_summary(summary: dict, console: Console) -> None:
     """The run summary of :func:`mlink.eval.report.summarize` (as a dict), for people."""
     table = Table(
@@ -76,10 +73,10 @@ def print_summary(summary: dict, console: Console) -> None:
             str(summary["executed"].get(model, 0)),
             str(summary["synthesized"].get(model, 0)),
             str(summary.get("missing", {}).get(model, 0)),
-            _pct(score),
-            _pct(summary["synthesized_agreement"].get(model)),
-            _pct(summary["steady_agreement"].get(model)),
-            _pct(summary["steady_synthesized_agreement"].get(model)),
+            percent(score),
+            percent(summary["synthesized_agreement"].get(model)),
+            percent(summary["steady_agreement"].get(model)),
+            percent(summary["steady_synthesized_agreement"].get(model)),
         )
     console.print(table)
     console.print(
@@ -91,20 +88,20 @@ def print_summary(summary: dict, console: Console) -> None:
         return
     s = summary
     console.print(
-        f"all {s['results']} frames: compute saved {_pct(s['compute_saved'])}, accuracy "
-        f"{_pct(s['accuracy'])} (all models), {_pct(s['synthesized_accuracy'])} (synthesized "
+        f"all {s['results']} frames: compute saved {percent(s['compute_saved'])}, accuracy "
+        f"{percent(s['accuracy'])} (all models), {percent(s['synthesized_accuracy'])} (synthesized "
         "outputs only)"
     )
     console.print(
         f"steady, {s['steady_frames']} frames (excluding {s['warmup_frames']} warm-up and "
-        f"{s['probe_frames']} probe frames): compute saved {_pct(s['steady_compute_saved'])}, "
-        f"accuracy {_pct(s['steady_accuracy'])} (all models), "
-        f"{_pct(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
+        f"{s['probe_frames']} probe frames): compute saved {percent(s['steady_compute_saved'])}, "
+        f"accuracy {percent(s['steady_accuracy'])} (all models), "
+        f"{percent(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
     )
     console.print(f"model costs: {s['cost_source']}; synthesis costs: {s['synthesis_cost_source']}")
     console.print(
         f"steady compute saved on the reference run's solo timings (each model alone, no "
-        f"contention): {_pct(s['steady_compute_saved_solo'])}"
+        f"contention): {percent(s['steady_compute_saved_solo'])}"
     )
     console.print(
         f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "

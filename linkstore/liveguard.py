@@ -11,6 +11,9 @@ outputs; the controller folds those scores into a :class:`LiveAgreement` per pla
   because its options now promise less) and says why on the control topic.
 - :meth:`LiveAgreement.drifted`: in budget mode, the models whose live agreement moved away
   from the plan's estimate by more than a tolerance: a signal to refit and re-plan (hot swap).
+- :meth:`LiveAgreement.below_forecast`: the models whose synthesized outputs agree less than the
+  plan forecast for them even at the upper confidence bound (:func:`below_forecast`, the flag of
+  ``mlink status``).
 
 Corrections are multiplicative factors on a model's synthesized agreement, shrunk towards 1 by
 ``prior_probes`` pseudo-probes so one unlucky probe does not swing the plan. A model whose option
@@ -34,6 +37,7 @@ __all__ = [
     "DECAY",
     "LiveAgreement",
     "ProbeTally",
+    "below_forecast",
     "corrected",
     "correction",
     "miss_reason",
@@ -53,6 +57,15 @@ def upper_bound(runs: float, live: float, probes: float, z: float) -> float:
     share of frames) count 1, synthesized frames the ``live`` mean of ``probes`` probe scores."""
     spread = math.sqrt(max(live * (1.0 - live), 0.01) / probes)
     return runs + (1.0 - runs) * min(1.0, live + z * spread)
+
+
+def below_forecast(
+    live: float, probes: float, forecast: float, z: float, min_probes: float = 2
+) -> bool:
+    """Whether probes that saw ``live`` on a model's synthesized frames say, with confidence,
+    that it keeps less than the ``forecast`` for those frames: the upper bound is below it, after
+    at least ``min_probes`` (effective) probes."""
+    return probes >= min_probes and upper_bound(0.0, live, probes, z) < forecast
 
 
 def correction(live: float, planned: float, probes: float, prior_probes: float) -> float:
@@ -219,6 +232,24 @@ class LiveAgreement:
             why = miss_reason(model, self.plan.choices[model].runs, live, n, target, z)
             if why:
                 out[model] = why
+        return out
+
+    def below_forecast(self, z: float = 1.0, min_probes: float = 2) -> dict[str, str]:
+        """Models whose synthesized outputs agree less than the plan forecast even at the upper
+        confidence bound, with the reason."""
+        out = {}
+        for model, n in self.counts.items():
+            planned, live = self.planned(model), self.mean(model)
+            if (
+                planned is None
+                or live is None
+                or not below_forecast(live, n, planned, z, min_probes)
+            ):
+                continue
+            out[model] = (
+                f"{model}: synthesized outputs agree {live:.3f} over {n:.3g} probes (upper bound "
+                f"{upper_bound(0.0, live, n, z):.3f}), forecast {planned:.3f}"
+            )
         return out
 
     def drifted(self, tolerance: float = 0.05, min_probes: int = 3) -> dict[str, str]:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mlink.eval.cost_tables import cost_table_json, read_cost_table, with_cost_table
+from mlink.eval.cost_tables import cost_table_json, jittered, read_cost_table, with_cost_table
 from mlink.eval.workload import Workload
 from mlink.topics.specs import VectorSpec
 
@@ -54,3 +54,23 @@ def test_a_committed_table_reads_back_and_says_where_it_came_from(tmp_path):
     )  # type: ignore[arg-type]
     assert priced.costs["a"] == {"ms": 12.346}
     assert priced.cost_source == f"read from {table} (measured on a quiet machine)"
+
+
+def test_a_jittered_table_moves_each_model_by_its_own_seeded_factor():
+    spec = VectorSpec(1, "linear")
+    workload = Workload(
+        "w",
+        {"a": spec, "b": spec},
+        {"a": [np.zeros(1)], "b": [np.zeros(1)]},
+        {"a": {"ms": 10.0, "memory_mb": 5.0}, "b": {"ms": 20.0}},
+        cost_source="declared",
+    )
+    one, again, other = (jittered(workload, 0.1, seed) for seed in (3, 3, 4))
+    assert one.costs == again.costs and one.costs != other.costs  # a draw per seed, repeatable
+    assert one.costs["a"]["memory_mb"] == 5.0  # only ms moves
+    ratios = [one.costs[m]["ms"] / workload.costs[m]["ms"] for m in ("a", "b")]
+    assert ratios[0] != pytest.approx(ratios[1]) and all(0.5 < r < 2.0 for r in ratios)
+    assert "exp(N(0, 0.1)), seed 3" in one.cost_source
+    assert jittered(workload, 0.0, 1).costs == workload.costs
+    with pytest.raises(ValueError, match="cost noise"):
+        jittered(workload, -0.1, 0)

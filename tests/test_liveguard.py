@@ -6,7 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from mlink.linkstore.liveguard import LiveAgreement, ProbeTally, correction, same_option
+from mlink.linkstore.liveguard import (
+    LiveAgreement,
+    ProbeTally,
+    below_forecast,
+    correction,
+    same_option,
+)
 from mlink.linkstore.streamplan import StreamPlan, plan_for_targets
 from tests.test_stream_synthesis import small_instance
 
@@ -118,3 +124,23 @@ def test_the_probe_tally_is_a_decayed_mean_and_forgets_what_it_is_told() -> None
     assert tally.mean("a") is None and tally.means() == {"b": 0.25}
     with pytest.raises(ValueError, match="decay"):
         ProbeTally(0.0)
+
+
+def test_a_model_is_below_its_forecast_only_when_the_upper_bound_is():
+    # run 21's eyes: 0.41 against 0.65; the bound 0.41 + sqrt(0.41 * 0.59 / n) is 0.656 at n = 4
+    assert below_forecast(0.41, 5, 0.65, z=1.0) and not below_forecast(0.41, 4, 0.65, z=1.0)
+    assert not below_forecast(0.0, 1, 0.65, z=1.0)  # one probe is not evidence
+    assert not below_forecast(0.60, 4, 0.65, z=1.0)  # within the noise of four probes
+    assert below_forecast(0.60, 400, 0.65, z=1.0)
+
+
+def test_the_plan_names_the_models_its_probes_put_below_their_forecast():
+    plan, m = target_plan()
+    live = LiveAgreement(with_synthesized(plan, m, 0.9))
+    for _ in range(3):
+        live.add(m, 0.9)
+    assert live.below_forecast() == {}
+    for _ in range(5):
+        live.add(m, 0.2)
+    why = live.below_forecast()
+    assert list(why) == [m] and "forecast 0.900" in why[m]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.synthesis_limits import gated
+from bench.synthesis_limits import gated, presence_gated
 
 LEFT = np.array([[0.1, 0.1, 0.3, 0.3, 0.9]], np.float32)
 RIGHT = np.array([[0.6, 0.6, 0.8, 0.8, 0.9]], np.float32)
@@ -27,3 +27,16 @@ def test_a_gated_target_runs_when_its_source_changes_and_follows_it_in_between()
     # source to RIGHT where the target drew LEFT (no overlap)
     assert share == pytest.approx(3 / 5)
     assert agree == pytest.approx((1 + 1 + 1 + 0 + 1) / 5)
+
+
+def test_a_presence_gated_target_runs_where_its_source_fires_and_uses_the_head_elsewhere() -> None:
+    wl = SimpleNamespace(
+        streams=["a"] * 4,
+        outputs={"src": [LEFT, EMPTY, EMPTY, RIGHT], "tgt": [RIGHT, EMPTY, LEFT, LEFT]},
+    )
+    nothing = SimpleNamespace(predict=lambda boxes: EMPTY)  # a head that draws no boxes
+    agree, share = presence_gated(wl, "src", "tgt", nothing, [0, 1, 2, 3])  # type: ignore[arg-type]
+    # runs on frames 0 and 3 (whatever the target drew there); frame 1 agrees (both empty),
+    # frame 2 does not (the target found a face the source missed)
+    assert share == pytest.approx(2 / 4)
+    assert agree == pytest.approx((1 + 1 + 0 + 1) / 4)

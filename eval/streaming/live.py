@@ -12,7 +12,9 @@ more mode.
 Figures, as ``make demo`` reports them: *overall*, *after warm-up*, and *steady* (after
 warm-up, probe frames left out), each as all-models agreement, synthesized-only agreement and
 compute saved, on ONE cost table (re-timed in this run by default). Everything but the timings
-is deterministic, so ``--repeats`` re-times the costs and gives the spread that comes from them.
+is deterministic, so ``--repeats`` re-times the costs and gives the spread that comes from them;
+with ``--cost-noise`` each repeat instead multiplies every model's ms by its own log-normal draw,
+to see whether a plan near its budget flips with the few percent that live timings move.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import typer
 
 from mlink.deploy.config import PipelineConfig, load_config
 from mlink.eval.config_workload import load_workload
-from mlink.eval.cost_tables import with_cost_table
+from mlink.eval.cost_tables import jittered, with_cost_table
 from mlink.eval.experiment import TrainedWorkload
 from mlink.eval.figures import mean_spread
 from mlink.eval.outputs import DEFAULT_CACHE
@@ -37,6 +39,7 @@ from mlink.eval.streaming.simulate import StreamConfig, StreamRun, summarise
 from mlink.eval.workload import Workload
 from mlink.linkstore.crossfit import fit_and_score
 from mlink.linkstore.linkcosts import synthesis_costs
+from mlink.linkstore.liveguard import DECAY
 
 __all__ = ["live_figures", "replay_live"]
 
@@ -111,7 +114,11 @@ def main(
         float | None, typer.Option(help="budget as a share of the full cost (default: config)")
     ] = None,
     costs: Annotated[str, typer.Option(help="cost table: now, cached or declared")] = "now",
-    repeats: Annotated[int, typer.Option(help="re-time the costs this many times")] = 1,
+    repeats: Annotated[int, typer.Option(help="re-time or re-draw the costs this many times")] = 1,
+    cost_noise: Annotated[
+        float,
+        typer.Option(help="multiply each model's ms by exp(N(0, this)), a new draw per repeat"),
+    ] = 0.0,
     probe_stride: Annotated[int, typer.Option(help="probe stride (0: seq % every == 0)")] = 0,
     guard: Annotated[
         bool,
@@ -120,19 +127,34 @@ def main(
             "does not in budget mode: --no-guard replays what it does)"
         ),
     ] = True,
+    guard_trigger: Annotated[
+        str,
+        typer.Option(
+            help="drift: live moved from the forecast either way; miss: live below the "
+            "forecast at the upper confidence bound (mlink status's flag)"
+        ),
+    ] = "drift",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Replay CONFIG with the live protocol and stream synthesis; print what it keeps."""
     config = load_config(config_path)
     base = load_workload(config, progress=not as_json, cache_dir=DEFAULT_CACHE)
     stream = replace(
-        ONLINE, probe_every=config.links.probe_every, probe_stride=probe_stride, guard=guard
+        ONLINE,
+        probe_every=config.links.probe_every,
+        probe_stride=probe_stride,
+        guard=guard,
+        guard_trigger=guard_trigger,
     )
+    if guard_trigger == "miss":  # the live controller's tally: carried evidence, recent probes
+        stream = replace(stream, guard_carry=True, guard_decay=DECAY)
     warmup = min(config.links.warmup_frames, base.n_frames - 1)
     runs = []
-    for _ in range(repeats):
+    for draw in range(repeats):
         started = time.perf_counter()
         wl = with_cost_table(base, config, costs)  # type: ignore[arg-type]
+        if cost_noise:
+            wl = jittered(wl, cost_noise, seed=draw)
         run = replay_live(config, wl, budget_fraction=budget_fraction, stream=stream)
         figures = live_figures(run, wl, warmup)
         figures["cost_table"] = wl.cost_source
@@ -156,6 +178,15 @@ def main(
             if v[0] is not None
         )
         print(f"{part}: {cells}")
+    if repeats > 1:
+        for draw, r in enumerate(runs):
+            always = [m for m, what in r["plan"].items() if what.startswith("always")]
+            steady = r["steady"]
+            print(
+                f"  run {draw}: steady {steady['accuracy']:.1%} all, "
+                f"{steady['synthesized_accuracy']:.1%} synth., {steady['compute_saved']:.1%} "
+                f"saved; always runs {', '.join(always)}"
+            )
     last = runs[-1]
     print(f"probes: {last['probes']}, re-plans: {last['replans']}")
     print(f"cost table: {last['cost_table']}")

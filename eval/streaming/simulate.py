@@ -76,6 +76,9 @@ class StreamConfig:
     guard_probes: int = 2
     guard_z: float = 1.0
     guard_tolerance: float = 0.05
+    # budget mode: re-plan on "drift" (live moved more than guard_tolerance either way) or on a
+    # "miss" (live below the plan's forecast even at the upper bound, mlink status's flag)
+    guard_trigger: str = "drift"
     guard_carry: bool = False  # keep a model's probe evidence across re-plans that keep its option
     guard_decay: float = 1.0  # weight of each earlier probe relative to the next (1: plain mean)
     # double probe_every after QUIET_PROBES quiet probes, halve it on drift, never below the
@@ -348,6 +351,11 @@ def _replan_reason(
     if targets is not None:
         failing = live.failing(targets, z=config.guard_z, min_probes=config.guard_probes)
         return "; ".join(failing.values()) if failing else None
+    if config.guard_trigger not in ("drift", "miss"):
+        raise ValueError(f"guard_trigger must be 'drift' or 'miss', got {config.guard_trigger!r}")
+    if config.guard_trigger == "miss":
+        below = live.below_forecast(config.guard_z, config.guard_probes)
+        return "below forecast: " + "; ".join(below.values()) if below else None
     drifted = live.drifted(config.guard_tolerance, config.guard_probes)
     return "drift: " + "; ".join(drifted.values()) if drifted else None
 

@@ -50,7 +50,11 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
         "predicted_synthesized": predicted_synth,
         "predicted_synthesized_mean": _mean_of(predicted_synth.values()),
-        "schedule": last.extra.get("plan") if last and state.schedule is not None else None,
+        "schedule": (
+            {m: state.schedule.describe(m) for m in state.schedule.models}
+            if state.schedule is not None
+            else None
+        ),
         "replan_reason": last.extra.get("replan_reason") if last else None,
         "live_agreement": state.live_agreement,
         "live_synthesized_mean": _mean_of(state.live_agreement.values()),

@@ -7,7 +7,6 @@ whole); this module only lays it out, so it is tested on constructed dicts witho
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +25,6 @@ _COST_TABLES = {  # the controller's one-word cost_table, for people
     "declared": "declared in the config (cost.ms of every model)",
     "mixed": "declared in the config for some models, measured live for the rest",
 }
-_ESTIMATES = re.compile(r"\s*\(est [^)]*\)$")  # the plan text's own figures: columns here
 
 
 def percent(value: Any) -> str:
@@ -39,7 +37,7 @@ def percent(value: Any) -> str:
 def _plan_of(model: str, status: Mapping[str, Any], active: set[str] | None) -> str:
     schedule = status.get("schedule") or {}
     if model in schedule:
-        return _ESTIMATES.sub("", str(schedule[model]))
+        return str(schedule[model])
     if active is None:
         return "runs (warm-up)"
     return "runs on every frame" if model in active else "synthesized by links"

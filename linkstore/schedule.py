@@ -217,6 +217,17 @@ class Schedule:
             m for m, k in self.periods.items() if k > 0 and seq % k == self.phases.get(m, 0)
         )
 
+    def describe(self, model: str) -> str:
+        """What ``model`` does, in words: ``always runs``, ``probes only, prior`` or
+        ``every 4 (phase 1), follow(face)``."""
+        period = self.periods[model]
+        if period == 1:
+            return "always runs"
+        when = (
+            "probes only" if period == 0 else f"every {period} (phase {self.phases.get(model, 0)})"
+        )
+        return f"{when}, {self.mode(model).key()}"
+
     def share(self, model: str) -> float:
         """:func:`run_share` of ``model`` under this schedule."""
         period, phase = self.periods[model], self.phases.get(model, 0)

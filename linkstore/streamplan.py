@@ -83,11 +83,8 @@ class StreamPlan:
 
     def describe(self, model: str) -> str:
         """One line on what ``model`` does, e.g. ``every 4 (phase 1), follow(face) (est ...)``."""
-        c = self.choices[model]
-        if c.period == 1:
-            return "always runs"
-        when = "probes only" if c.period == 0 else f"every {c.period} (phase {c.phase})"
-        return f"{when}, {c.mode.key()} (est {c.estimate:.3f}, lower {c.lower:.3f})"
+        c, what = self.choices[model], self.schedule.describe(model)
+        return what if c.period == 1 else f"{what} (est {c.estimate:.3f}, lower {c.lower:.3f})"
 
 
 def agreement_targets(budget: Mapping[str, float], models: Iterable[str]) -> dict[str, float]:

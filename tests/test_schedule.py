@@ -64,6 +64,12 @@ def test_a_schedule_round_trips_through_a_control_message_extra():
     extra = json.loads(json.dumps({"schedule": s.to_extra()}))
     assert Schedule.from_extra(extra, models=["a", "b", "c"]) == s
     assert s.mode("a") == Mode("reuse")
+    # in words, as mlink status shows the schedule in force
+    assert [s.describe(m) for m in s.models] == [
+        "always runs",
+        "every 4 (phase 3), track(a)",
+        "probes only, switch(a, 0.5)",
+    ]
 
 
 def test_bad_schedules_are_rejected_with_the_reason():

@@ -64,6 +64,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "cost_table": last.extra.get("cost_table") if last else None,
         "model_ms": last.extra.get("model_ms") if last else None,  # what the plan was priced on
         "budget_ms": last.extra.get("budget_ms") if last else None,
+        # the plan would switch if model costs rose a little (linkstore.cost_headroom)
+        "fragile": last.extra.get("fragile") if last else None,
         "infeasible": last.extra.get("infeasible") if last else None,
         "linkstore": store_report(config.links.store),
         "lag": consumer_lag(bootstrap, config),

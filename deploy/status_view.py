@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mlink.linkstore.liveguard import below_forecast
-from mlink.operators.stream_decision import Z
+from mlink.operators.stream_decision import Z, fragile_reason
 
 __all__ = ["percent", "render_status"]
 
@@ -91,6 +91,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         _say(console, f"no plan meets the budget or targets: {status['infeasible']}", "red")
     if status.get("replan_reason"):
         _say(console, f"re-planned: {status['replan_reason']}", "yellow")
+    if isinstance(status.get("fragile"), Mapping):
+        _say(console, f"no room in the budget: {fragile_reason(status['fragile'])}", "yellow")
 
     counts = status.get("live_counts") or {}
     live = status.get("live_agreement") or {}

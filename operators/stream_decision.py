@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks
+from mlink.linkstore.cost_headroom import Fragile, cost_headroom
 from mlink.linkstore.liveguard import corrected, miss_reason
 from mlink.linkstore.problem import InfeasibleBudget
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
 from mlink.topics.records import ControlMessage
 
-__all__ = ["CORR", "Z", "links_estimate", "stream_decision"]
+__all__ = ["CORR", "Z", "fragile_reason", "links_estimate", "stream_decision"]
 
 log = logging.getLogger("mlink.controller")
 
@@ -91,7 +92,16 @@ def stream_decision(
         {m: round(v, 1) for m, v in ms.items()},
         "; ".join(f"{m}: {d}" for m, d in described.items()),
     )
+    fragile = None
+    if not targets and budget_ms is not None:
+        try:
+            fragile = cost_headroom(plan, links.curves, ms, budget_ms, objective="lower", **common)
+        except Exception:  # advisory: the plan above stands whatever this check does
+            log.exception("epoch %d: checking the plan's room for a cost rise failed", epoch)
+        if fragile is not None:
+            log.warning("epoch %d: %s", epoch, fragile_reason(fragile))
     synthesized = {m: c.synthesized for m, c in plan.choices.items() if c.synthesized is not None}
+    extra_fragile = {"fragile": fragile.to_extra()} if fragile is not None else {}
     return ControlMessage(
         kind="active_set",
         epoch=epoch,
@@ -113,7 +123,23 @@ def stream_decision(
             "budget_ms": budget_ms,
             "corrections": dict(corrections or {}),
             EXTRA_KEY: schedule.to_extra(),
+            **extra_fragile,
         },
+    )
+
+
+def fragile_reason(fragile: Fragile | Mapping[str, Any]) -> str:
+    """What an operator reads when the plan has no room for a small rise in model costs (a
+    :class:`~mlink.linkstore.cost_headroom.Fragile` or its ``extra["fragile"]`` form)."""
+    f = fragile.to_extra() if isinstance(fragile, Fragile) else fragile
+    rise = f"{float(f.get('cost_rise') or 0):.0%}"
+    if f.get("lower_then") is None:
+        return f"model costs {rise} higher would fit no plan in this budget"
+    changes = "; ".join(f"{m}: {what}" for m, what in sorted((f.get("changes") or {}).items()))
+    return (
+        f"model costs {rise} higher would switch to a plan with mean lower bound "
+        f"{float(f['lower_then']):.3f} (now {float(f.get('lower_now') or 0):.3f}): {changes}. "
+        "A budget with more room keeps this plan when live timings move"
     )
 
 

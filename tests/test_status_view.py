@@ -103,6 +103,19 @@ def test_what_an_operator_acts_on_is_said_plainly() -> None:
     assert "re-planned: hog_people_fast: live 71.0% over 6 probes" in text
     assert "no plan meets the budget or targets: no schedule meets the accuracy targets" in text
     assert "dead letters: none" in text
+    assert "no room in the budget" not in text
+    fragile = {
+        "cost_rise": 0.05,
+        "lower_now": 0.920,
+        "lower_then": 0.900,
+        "estimate_then": 0.948,
+        "changes": {"eyes": "every 2 (phase 0), head(face_alt2_fast)"},
+    }
+    text = " ".join(rendered(stream_status(fragile=fragile), width=400).split())
+    assert (
+        "no room in the budget: model costs 5% higher would switch to a plan with mean lower "
+        "bound 0.900 (now 0.920): eyes: every 2 (phase 0), head(face_alt2_fast)." in text
+    )
     letters = {
         "topic": "mlink.demo.dead-letter",
         "count": 12,

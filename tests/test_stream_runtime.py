@@ -76,6 +76,17 @@ def test_the_controller_publishes_a_schedule_that_fits_the_budget(links) -> None
     assert [again.plan(seq) for seq in range(32)] == plans
 
 
+def test_a_plan_without_room_for_a_cost_rise_says_which_plan_would_follow(links) -> None:
+    tight = decide(MODELS, {}, links, {"fraction": 0.25}, 1, probe_every=8, stream=True)
+    fragile = tight.extra["fragile"]  # 5% dearer, eyes would run every 15th frame
+    assert fragile["cost_rise"] == 0.05 and fragile["lower_then"] < fragile["lower_now"] - 0.01
+    assert set(fragile["changes"]) <= set(MODELS) and fragile["changes"]
+    roomy = decide(MODELS, {}, links, {"fraction": 0.5}, 1, probe_every=8, stream=True)
+    assert "fragile" not in roomy.extra
+    targets = decide(MODELS, {}, links, {"target_agreement": 0.5}, 1, probe_every=8, stream=True)
+    assert "fragile" not in targets.extra  # a target plan is the cheapest: no budget edge
+
+
 def test_accuracy_targets_plan_the_cheapest_schedule_and_say_when_none_meets_them(links) -> None:
     loose = decide(MODELS, {}, links, {"target_agreement": 0.5}, 1, probe_every=8, stream=True)
     tight = decide(MODELS, {}, links, {"target_agreement": 0.99}, 1, probe_every=8, stream=True)

@@ -223,9 +223,8 @@ class Schedule:
         period = self.periods[model]
         if period == 1:
             return "always runs"
-        when = (
-            "probes only" if period == 0 else f"every {period} (phase {self.phases.get(model, 0)})"
-        )
+        phase = self.phases.get(model, 0)
+        when = "probes only" if period == 0 else f"every {period} (phase {phase})"
         return f"{when}, {self.mode(model).key()}"
 
     def share(self, model: str) -> float:

@@ -212,6 +212,19 @@ def paced(
     }
 
 
+def warm_up(bootstrap: str, config: PipelineConfig, frames: list, timeout: float = 300) -> None:
+    """Stream ``frames`` at 30 per second as the warm-up, then wait (up to ``timeout`` s) until
+    the controller's first plan is live: what a benchmark measures starts after it."""
+    names = config.topics.names()
+    with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
+        for stream, seq, image in numbered(frames):
+            producer.send(f"warm-{stream}", seq, image)
+            time.sleep(1 / 30)
+    deadline = time.time() + timeout
+    while read_control(bootstrap, config)[0].epoch < 1 and time.time() < deadline:
+        time.sleep(1)
+
+
 def mlink_pipeline(
     config_path: Path,
     bootstrap: str,
@@ -230,14 +243,7 @@ def mlink_pipeline(
     collector = ResultCollector(bootstrap, config.topics.names().results)
     try:
         ready = [p.wait_ready(300) for p in procs]
-        names = config.topics.names()
-        with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
-            for stream, seq, image in numbered(warmup):
-                producer.send(f"warm-{stream}", seq, image)
-                time.sleep(1 / 30)
-        deadline = time.time() + 300
-        while read_control(bootstrap, config)[0].epoch < 1 and time.time() < deadline:
-            time.sleep(1)
+        warm_up(bootstrap, config, warmup)
         state = read_control(bootstrap, config)[0]
         warm = [r for r in collector.results.values() if r.epoch == 0]
         full_ms = float(np.mean([model_ms(r) for r in warm])) if warm else None

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.pipeline import RUNS, fresh_config, numbered, percentiles
+from bench.pipeline import RUNS, fresh_config, percentiles, warm_up
 from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.config import load_config
 from mlink.deploy.processes import WorkerProcess
@@ -79,17 +79,20 @@ def soak(args: argparse.Namespace, bootstrap: str, tmp: Path) -> dict[str, Any]:
     collector = ResultCollector(bootstrap, names.results)
     try:
         worker.wait_ready(300)
-        with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
-            for stream, seq, image in numbered(source[: args.warmup]):
-                producer.send(f"warm-{stream}", seq, image)
-                time.sleep(1 / 30)
-        deadline = time.time() + 300
-        while read_control(bootstrap, config)[0].epoch < 1 and time.time() < deadline:
-            time.sleep(1)
+        warm_up(bootstrap, config, source[: args.warmup])
         seqs: dict[str, int] = defaultdict(int)
         sent: dict[str, float] = {}
-        samples: list[dict[str, float]] = []
         start = time.monotonic()
+
+        def sample() -> dict[str, float]:
+            return {
+                "t": time.monotonic() - start,
+                "rss_mb": tree_rss_mb(worker.proc.pid),
+                "produced": len(sent),
+                "results": sum(f in collector.results for f in sent),
+            }
+
+        samples: list[dict[str, float]] = []
         end = start + args.minutes * 60
         next_sample = start
         with FrameProducer(bootstrap, names.frames, encoding=config.source.encoding) as producer:
@@ -105,24 +108,10 @@ def soak(args: argparse.Namespace, bootstrap: str, tmp: Path) -> dict[str, Any]:
                 sent[frame.frame_id] = time.monotonic() - start
                 i += 1
                 if time.monotonic() >= next_sample:
-                    samples.append(
-                        {
-                            "t": time.monotonic() - start,
-                            "rss_mb": tree_rss_mb(worker.proc.pid),
-                            "produced": len(sent),
-                            "results": sum(f in collector.results for f in sent),
-                        }
-                    )
+                    samples.append(sample())
                     next_sample += args.every
         complete = collector.wait_for(set(sent), DRAIN_S)
-        samples.append(
-            {
-                "t": time.monotonic() - start,
-                "rss_mb": tree_rss_mb(worker.proc.pid),
-                "produced": len(sent),
-                "results": sum(f in collector.results for f in sent),
-            }
-        )
+        samples.append(sample())
         back = [f for f in sent if f in collector.results]
         windows: dict[int, list[float]] = defaultdict(list)
         for f in back:

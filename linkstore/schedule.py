@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mlink.linkstore.boxlinks import as_boxes
+
 __all__ = [
     "EXTRA_KEY",
     "MODE_KINDS",
@@ -34,8 +36,8 @@ __all__ = [
 
 EXTRA_KEY = "schedule"
 #: How a model is synthesized on frames it does not run (see :class:`Mode`).
-MODE_KINDS = ("reuse", "prior", "links", "head", "follow", "track", "switch")
-_SOURCED = frozenset({"head", "follow", "track", "switch"})
+MODE_KINDS = ("reuse", "prior", "links", "head", "follow", "track", "switch", "gate")
+_SOURCED = frozenset({"head", "follow", "track", "switch", "gate"})
 _MEMORY = frozenset({"reuse", "follow", "track", "switch"})
 
 
@@ -50,9 +52,11 @@ class Mode:
     - ``follow``: its boxes at its last run, moved as ``source``'s boxes moved since;
     - ``track``: the head's boxes, drawn as the followed ones where they overlap;
     - ``switch``: ``follow`` while ``source`` agrees with itself since the last run by at
-      least ``threshold`` (matched IoU), else ``head``.
+      least ``threshold`` (matched IoU), else ``head``;
+    - ``gate`` (a cascade): the model also runs on every frame where ``source`` finds
+      anything, and is ``head`` where it finds nothing (:meth:`Schedule.gated`).
 
-    The four detector modes need ``source`` to run on the frame (the planner only picks them
+    The detector modes need ``source`` to run on the frame (the planner only picks them
     when it runs on every frame).
     """
 
@@ -210,12 +214,32 @@ class Schedule:
 
     def runs(self, seq: int, probes: bool = True) -> frozenset[str]:
         """The models that really run on the frame with sequence number ``seq`` of its stream
-        (``probes=False``: the ones the schedule itself runs there, as if it were no probe)."""
+        (``probes=False``: the ones the schedule itself runs there, as if it were no probe),
+        before a ``gate`` mode adds its own (:meth:`gated`)."""
         if probes and self.is_probe(seq):
             return frozenset(self.periods)
         return frozenset(
             m for m, k in self.periods.items() if k > 0 and seq % k == self.phases.get(m, 0)
         )
+
+    def gated(self, ran: Mapping[str, Any]) -> frozenset[str]:
+        """The models a ``gate`` mode runs on a frame besides the scheduled ones: those whose
+        source is among the frame's outputs ``ran`` and found at least one box there. The
+        frame operator runs them after the scheduled models, on the same frame."""
+        return frozenset(
+            m
+            for m, mode in self.modes.items()
+            if mode.kind == "gate"
+            and m not in ran
+            and mode.source in ran
+            and as_boxes(ran[mode.source]).size > 0
+        )
+
+    @property
+    def cascaded(self) -> frozenset[str]:
+        """The models with a ``gate`` mode (a layout that plans a frame before any model has run
+        on it cannot know where they run, and runs them on every frame)."""
+        return frozenset(m for m, mode in self.modes.items() if mode.kind == "gate")
 
     def describe(self, model: str) -> str:
         """What ``model`` does, in words: ``always runs``, ``probes only, prior`` or
@@ -225,7 +249,10 @@ class Schedule:
             return "always runs"
         phase = self.phases.get(model, 0)
         when = "probes only" if period == 0 else f"every {period} (phase {phase})"
-        return f"{when}, {self.mode(model).key()}"
+        mode = self.mode(model)
+        if mode.kind == "gate":
+            return f"{when} and where {mode.source} finds anything, head({mode.source})"
+        return f"{when}, {mode.key()}"
 
     def share(self, model: str) -> float:
         """:func:`run_share` of ``model`` under this schedule."""
@@ -233,7 +260,8 @@ class Schedule:
         return run_share(period, phase, self.probe_every, self.probe_stride)
 
     def cost(self, costs: Mapping[str, float]) -> float:
-        """Expected per-frame cost of the real runs (probes included), e.g. in ms."""
+        """Expected per-frame cost of the scheduled runs (probes included), e.g. in ms; a
+        ``gate`` mode's runs follow the content and are not in it."""
         return float(sum(costs.get(m, 0.0) * self.share(m) for m in self.periods))
 
     def to_extra(self) -> dict[str, Any]:

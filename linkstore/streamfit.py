@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,9 @@ class Curve:
     deviation of per-sample agreement (for a confidence bound), ``synth_ms`` the measured cost of
     one synthesized output, ``between`` the standard error of the mean from how it differs
     between streams (:func:`~mlink.linkstore.streamerror.between_streams`; a floor under the
-    confidence margin, 0 for one stream).
+    confidence margin, 0 for one stream). ``runs`` is the share of the frames the schedule does
+    not run the model on where the mode runs it anyway (a ``gate``: how often its source fires;
+    those frames count 1 in ``agree``).
     """
 
     target: str
@@ -72,6 +74,7 @@ class Curve:
     spread: float = 0.5
     synth_ms: float = 0.0
     between: float = 0.0
+    runs: float = 0.0
 
     @property
     def max_lag(self) -> int:
@@ -86,6 +89,7 @@ class Curve:
             "spread": round(self.spread, 6),
             "synth_ms": self.synth_ms,
             "between": round(self.between, 6),
+            "runs": round(self.runs, 6),
         }
 
     @classmethod
@@ -98,6 +102,7 @@ class Curve:
             float(meta.get("spread", 0.5)),
             float(meta.get("synth_ms", 0.0)),
             float(meta.get("between", 0.0)),
+            float(meta.get("runs", 0.0)),
         )
 
 
@@ -266,12 +271,14 @@ def fit_stream(
     thresholds: Sequence[float] = (0.5,),
     sources: Mapping[str, Sequence[str]] | None = None,
     min_gain: float = 0.01,
+    gates: bool = False,
 ) -> StreamFit:
     """Fit heads and priors on ``samples`` and estimate a :class:`Curve` per model and mode.
 
     Modes estimated: ``reuse`` and ``prior`` for every model; for every pair of box models
     (``sources[target]`` limits the sources) ``head``, ``follow``, ``track`` and ``switch`` at
-    each of ``thresholds``. Samples need not be consecutive: warm-up frames give the short lags;
+    each of ``thresholds``, and with ``gates`` the cascade ``gate`` (when the source fires on
+    some samples but not all). Samples need not be consecutive: warm-up frames give the short lags;
     a probe carrying its ``context`` (each model's last real run before it) gives a pair at
     whatever lag the running schedule left each model.
 
@@ -337,7 +344,16 @@ def fit_stream(
             curves[t] += [
                 c
                 for c in _box_curves(
-                    t, pairs_of[t], box_outs, fold_heads, fold, pairs, est, thresholds, groups
+                    t,
+                    pairs_of[t],
+                    box_outs,
+                    fold_heads,
+                    fold,
+                    pairs,
+                    est,
+                    thresholds,
+                    groups,
+                    gates,
                 )
                 if np.any(np.asarray(c.agree[1:]) >= base[1:] + min_gain)
             ]
@@ -355,9 +371,10 @@ def _box_curves(
     est: _Estimator,
     thresholds: Sequence[float],
     groups: Sequence[str],
+    gates: bool = True,
 ) -> list[Curve]:
-    """The head, follow, track and switch curves of box target ``t`` from each source. Each
-    curve's ``synth_ms`` is the measured time of the predictions it scores, per output."""
+    """The head, follow, track, switch and gate curves of box target ``t`` from each source.
+    Each curve's ``synth_ms`` is the measured time of the predictions it scores, per output."""
     target = box_outs[t]
     now = pairs.now
     truth = [target[j] for j in now]
@@ -372,6 +389,17 @@ def _box_curves(
         head_ms = (time.perf_counter() - start) * 1000.0 / max(n, 1)
         scores = np.array([box_agreement(p, target[i]) for i, p in enumerate(heads)])
         out.append(constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms, groups))
+        fires = np.array([len(b) > 0 for b in src])
+        if gates and 0.0 < fires.mean() < 1.0:  # a cascade: run where the source fires
+            import os
+
+            zf = float(os.environ.get("ZF", "0"))
+            rate = min(1.0, float(fires.mean()) + zf * between_streams(fires.astype(float), groups))
+            gate_scores = np.where(fires, 1.0, scores)
+            gate = constant_curve(t, Mode("gate", s), gate_scores, est.max_lag, head_ms, groups)
+            h = float(scores[~fires].mean())
+            agree = (1.0,) + (rate + (1 - rate) * h,) * est.max_lag
+            out.append(replace(gate, runs=rate, agree=agree))
         usable = [i for i, f in enumerate(pairs.then) if s in f]
         if not usable:
             continue

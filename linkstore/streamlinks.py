@@ -185,7 +185,7 @@ class StreamLinks:
             return (last.output, why) if fresh else self._fallback(target, None, ran, why)
         head = self.heads.get((src, target))
         now = ran[src]
-        if mode.kind == "head":
+        if mode.kind in ("head", "gate"):  # a gate's model did not run: its source found nothing
             if head is None:
                 return self._fallback(target, None, ran, f"no head {src}->{target}")
             return head.predict(now), None
@@ -226,6 +226,7 @@ class StreamLinks:
                         out[i].context[m] = last
                 planned = schedule.runs(frame.seq, probes=False)
                 ran = {m: v for m, v in frame.ran.items() if m in planned}
+                ran |= {m: frame.ran[m] for m in schedule.gated(ran) if m in frame.ran}
                 self._frame(schedule, frame, ran, memory, out[i].shadow, {}, batched, i, True)
             memory.observe(frame.stream, frame.seq, frame.ran)
             self._frame(

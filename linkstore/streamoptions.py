@@ -63,7 +63,11 @@ def option(
     curve does not cover (memory older than it was estimated for). ``factor`` scales the
     synthesized agreement (a live correction, see :mod:`mlink.linkstore.liveguard`)."""
     best: Choice | None = None
-    agree = np.minimum(np.asarray(curve.agree) * factor, 1.0)
+    # the factor corrects what is synthesized, not a gate's runs (which count 1)
+    fired = curve.runs
+    agree = fired + (1.0 - fired) * np.minimum(
+        (np.asarray(curve.agree) - fired) / max(1.0 - fired, 1e-9) * factor, 1.0
+    )
     agree[0] = 1.0
     support = np.asarray(curve.support)
     for phase in range(max(period, 1)) if probe_every else (0,):
@@ -72,7 +76,9 @@ def option(
             hist = np.array([hist[0], hist[1:].sum()]) if len(hist) else np.array([0.0, 1.0])
         elif len(hist) == 0 or len(hist) > len(agree):
             return None
-        share = hist[0] / hist.sum()
+        scheduled = hist[0] / hist.sum()
+        # a gate also runs the model on a share of the other frames (those count 1 in agree)
+        share = scheduled + (1.0 - scheduled) * curve.runs
         synth = hist[1:].sum()
         if synth:
             weights = hist[1:] / synth
@@ -84,8 +90,8 @@ def option(
             # shrank it by up to sqrt(period) and made long periods look safe); and it is never
             # narrower than the streams' disagreement allows (mlink.linkstore.streamerror)
             margin = z * max(float(weights @ np.sqrt(var / n_eff)), curve.between)
-            lower = share + (1.0 - share) * max(0.0, mean_synth - margin)
-            estimate = share + (1.0 - share) * mean_synth
+            lower = scheduled + (1.0 - scheduled) * max(0.0, mean_synth - margin)
+            estimate = scheduled + (1.0 - scheduled) * mean_synth
         else:
             lower = estimate = 1.0
         cost = model_ms * share + curve.synth_ms * (1.0 - share)

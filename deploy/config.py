@@ -125,6 +125,7 @@ class PipelineConfig(StrictSection):
                 train_in_child=links.train_in_child,
                 stream=links.stream,
                 probe_stride=links.probe_stride,
+                cascades=links.cascades,
             ),
             batch_size=rt.batch_size,
             batch_wait_s=rt.batch_wait_s,

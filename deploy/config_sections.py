@@ -263,6 +263,11 @@ class LinksConfig(StrictSection):
     probe_stride: int = Field(
         0, ge=0, description="move each block's probe frame by this much per block (0: first)"
     )
+    cascades: bool = Field(
+        False,
+        description="stream synthesis: also let a box model run only where another box model "
+        "that runs finds anything (a cascade)",
+    )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(

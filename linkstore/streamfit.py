@@ -31,11 +31,22 @@ from mlink.linkstore.crossfit import contiguous_folds
 from mlink.linkstore.metrics import agreement, box_agreement
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.schedule import Mode
+from mlink.linkstore.streamcurve import Curve, constant_curve
 from mlink.linkstore.streamerror import between_streams
 from mlink.linkstore.streamlinks import Refresh, StreamLinks
 from mlink.topics.specs import BoxesSpec, OutputSpec
 
-__all__ = ["Curve", "Sample", "StreamFit", "constant_curve", "fit_stream", "lag_pairs"]
+__all__ = [
+    "GATE_Z",
+    "Curve",
+    "Sample",
+    "StreamFit",
+    "constant_curve",
+    "fit_stream",
+    "lag_pairs",
+]
+
+GATE_Z = 1.0  # a cascade's run share is priced this many standard errors high (the planner's z)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,84 +61,6 @@ class Sample:
     seq: int
     outputs: Mapping[str, Any]
     context: Mapping[str, Refresh] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Curve:
-    """Estimated agreement of synthesizing ``target`` by ``mode``, by frames since its last run.
-
-    ``agree[d]`` for ``d = 0 .. max_lag`` (``agree[0] = 1``: the model ran); modes that use no
-    memory (``head``, ``prior``, ``links``) have the same value at every ``d >= 1``.
-    ``support[d]`` is the number of scored samples behind ``agree[d]``, ``spread`` the standard
-    deviation of per-sample agreement (for a confidence bound), ``synth_ms`` the measured cost of
-    one synthesized output, ``between`` the standard error of the mean from how it differs
-    between streams (:func:`~mlink.linkstore.streamerror.between_streams`; a floor under the
-    confidence margin, 0 for one stream). ``runs`` is the share of the frames the schedule does
-    not run the model on where the mode runs it anyway (a ``gate``: how often its source fires;
-    those frames count 1 in ``agree``).
-    """
-
-    target: str
-    mode: Mode
-    agree: tuple[float, ...]
-    support: tuple[int, ...]
-    spread: float = 0.5
-    synth_ms: float = 0.0
-    between: float = 0.0
-    runs: float = 0.0
-
-    @property
-    def max_lag(self) -> int:
-        return len(self.agree) - 1
-
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "mode": self.mode.to_json(),
-            "agree": [round(a, 6) for a in self.agree],
-            "support": list(self.support),
-            "spread": round(self.spread, 6),
-            "synth_ms": self.synth_ms,
-            "between": round(self.between, 6),
-            "runs": round(self.runs, 6),
-        }
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Curve:
-        return cls(
-            str(meta["target"]),
-            Mode.from_json(meta["mode"]),
-            tuple(float(a) for a in meta["agree"]),
-            tuple(int(n) for n in meta["support"]),
-            float(meta.get("spread", 0.5)),
-            float(meta.get("synth_ms", 0.0)),
-            float(meta.get("between", 0.0)),
-            float(meta.get("runs", 0.0)),
-        )
-
-
-def constant_curve(
-    target: str,
-    mode: Mode,
-    scores: np.ndarray,
-    max_lag: int,
-    synth_ms: float = 0.0,
-    streams: Sequence[str] | None = None,
-) -> Curve:
-    """The curve of a mode that uses no memory, from per-sample agreements (``streams``: each
-    sample's stream, for the between-stream error)."""
-    mean = float(np.mean(scores)) if len(scores) else 0.0
-    spread = float(np.std(scores)) if len(scores) > 1 else 0.5
-    between = between_streams(scores, streams) if streams is not None else 0.0
-    return Curve(
-        target,
-        mode,
-        (1.0,) + (mean,) * max_lag,
-        (0,) + (len(scores),) * max_lag,
-        spread,
-        synth_ms,
-        between,
-    )
 
 
 @dataclass(slots=True)
@@ -361,6 +294,27 @@ def fit_stream(
     return StreamFit(links, curves, n, seconds)
 
 
+def _gate_curve(
+    t: str,
+    s: str,
+    head: np.ndarray,
+    fires: np.ndarray,
+    head_ms: float,
+    max_lag: int,
+    groups: Sequence[str],
+) -> Curve:
+    """The cascade of ``t`` on ``s``: it runs where ``s`` fires, its head elsewhere. The share it
+    runs on is priced at ``GATE_Z`` between-stream standard errors above the samples' share:
+    what a cascade costs follows the content, and priced on the warm-up's share alone it
+    overran its budget by up to 7 points of compute (BENCHMARKS.md, "Cascades")."""
+    share = float(fires.mean())
+    runs = min(1.0, share + GATE_Z * between_streams(fires.astype(float), groups))
+    elsewhere = float(head[~fires].mean())
+    curve = constant_curve(t, Mode("gate", s), np.where(fires, 1.0, head), max_lag, head_ms, groups)
+    agree = (1.0,) + (runs + (1.0 - runs) * elsewhere,) * max_lag
+    return replace(curve, agree=agree, runs=runs)
+
+
 def _box_curves(
     t: str,
     sources: Sequence[str],
@@ -391,15 +345,7 @@ def _box_curves(
         out.append(constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms, groups))
         fires = np.array([len(b) > 0 for b in src])
         if gates and 0.0 < fires.mean() < 1.0:  # a cascade: run where the source fires
-            import os
-
-            zf = float(os.environ.get("ZF", "0"))
-            rate = min(1.0, float(fires.mean()) + zf * between_streams(fires.astype(float), groups))
-            gate_scores = np.where(fires, 1.0, scores)
-            gate = constant_curve(t, Mode("gate", s), gate_scores, est.max_lag, head_ms, groups)
-            h = float(scores[~fires].mean())
-            agree = (1.0,) + (rate + (1 - rate) * h,) * est.max_lag
-            out.append(replace(gate, runs=rate, agree=agree))
+            out.append(_gate_curve(t, s, scores, fires, head_ms, est.max_lag, groups))
         usable = [i for i, f in enumerate(pairs.then) if s in f]
         if not usable:
             continue

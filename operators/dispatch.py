@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mlink.linkstore.schedule import Schedule
 from mlink.operators.joiner import Executed
 from mlink.operators.runtime import MLink
 
-__all__ = ["run_planned"]
+__all__ = ["run_cascades", "run_planned"]
 
 log = logging.getLogger("mlink.worker")
 
@@ -59,3 +60,27 @@ async def run_planned(
 
     await asyncio.gather(*(run(m, rows) for m, rows in rows_of.items()))
     return outcomes
+
+
+async def run_cascades(
+    mlink: MLink,
+    schedule: Schedule | None,
+    jobs: Sequence[tuple[np.ndarray, Sequence[str]]],
+    outcomes: list[dict[str, Executed]],
+) -> list[frozenset[str]]:
+    """After :func:`run_planned`: run each cascade's model on the frames where its source found
+    anything (:meth:`~mlink.linkstore.schedule.Schedule.gated`), adding their outcomes to
+    ``outcomes``; returns the models each job ran this way. A source that failed gates nothing.
+    """
+    if schedule is None or not schedule.cascaded:
+        return [frozenset()] * len(jobs)
+    gated = [
+        schedule.gated({m: o.output for m, o in done.items() if o.error is None})
+        for done in outcomes
+    ]
+    more = await run_planned(
+        mlink, [(image, sorted(g)) for (image, _), g in zip(jobs, gated, strict=True)]
+    )
+    for done, extra in zip(outcomes, more, strict=True):
+        done.update(extra)
+    return gated

@@ -17,6 +17,7 @@ queues between planning and execution.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 
 from mlink.operators.control_operators import attach_control_replay
 from mlink.operators.dead_letters import DeadLetters
-from mlink.operators.dispatch import run_planned
+from mlink.operators.dispatch import run_cascades, run_planned
 from mlink.operators.joiner import Executed, FrameWork, is_training_sample
 from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
@@ -217,14 +218,17 @@ class FrameBatch:
             for (image, _), plan in zip(decoded, plans, strict=True)
             if image is not None
         ]
-        ran = iter(await run_planned(mlink, jobs))
+        done = await run_planned(mlink, jobs)
+        gated = iter(await run_cascades(mlink, schedule, jobs, done))
+        ran = iter(done)
         works = []
         for (_, frame), plan, (image, problem) in zip(items, plans, decoded, strict=True):
-            outcomes = (
-                next(ran)
-                if image is not None
-                else {m: Executed(None, 0.0, problem) for m in plan.active}
-            )
+            if image is None:
+                outcomes = {m: Executed(None, 0.0, problem) for m in plan.active}
+            else:
+                outcomes = next(ran)
+                if extra := next(gated):  # a cascade ran them: they are expected like the rest
+                    plan = dataclasses.replace(plan, active=tuple(sorted({*plan.active, *extra})))
             works.append(
                 FrameWork(
                     frame.frame_id, frame.stream_id, frame.seq, frame.timestamp, plan, outcomes

@@ -77,6 +77,7 @@ class MLink:
             links.retrain_every,
             links.ensemble,
             stream=links.stream,
+            cascades=links.cascades,
         )
         self.memory = StreamMemory()  # per stream, each model's last real run (stream mode)
 

@@ -151,6 +151,11 @@ class LinkSettings:
     period of its own and is synthesized in between from its last real output, a detector that
     runs, or the paper's links, whichever the probes say agrees best for the cost;
     ``probe_stride`` moves each block's probe through the block, so probes land at every lag.
+    ``cascades`` (with ``stream``) also lets a box model run only on the frames where another
+    box model that runs finds anything (a ``gate`` mode; the fused frame operator runs the source
+    first; the split layout runs such a model on every frame). It keeps 0.2-1.1 points more on
+    the OpenCV video bench and about as much as without on the DNN one (BENCHMARKS.md,
+    "Cascades").
     """
 
     store: str = "linkstore-data"
@@ -164,6 +169,7 @@ class LinkSettings:
     train_in_child: bool = True
     stream: bool = False
     probe_stride: int = 0
+    cascades: bool = False
 
     def __post_init__(self) -> None:
         if self.warmup_frames < 4:

@@ -100,7 +100,9 @@ def attach_planner(
             async with dead.guard(event, "planner"):
                 frame = reader(event, mlink.limits)
                 await credits.take(frame.frame_id)
-                plan = mlink.state.plan(frame.seq)  # planned when a credit frees: close to running
+                # planned when a credit frees, close to running; before any model has run, so
+                # a cascade's model runs on every frame
+                plan = mlink.state.plan(frame.seq, cascades=False)
                 notice = PlanNotice(
                     frame_id=frame.frame_id,
                     stream_id=frame.stream_id,

@@ -214,20 +214,24 @@ class ControlState:
         epoch is too old to be held (its frames then get the paper's links)."""
         return self.schedules.get(epoch)
 
-    def plan(self, seq: int) -> Plan:
+    def plan(self, seq: int, cascades: bool = True) -> Plan:
         """The plan for the frame with sequence number ``seq`` in its stream.
 
         Probe frames (every ``probe_every``-th, and all frames while warming up) run every
         model: they feed the trainer and measure live agreement of the synthesized outputs.
-        Under a stream schedule the models that run depend on ``seq`` (each on its period).
+        Under a stream schedule the models that run depend on ``seq`` (each on its period);
+        a cascade's model runs where its source fires, which the frame operator learns after
+        running the plan (``cascades=False``, for a layout that plans before any model runs:
+        they run on every frame).
         """
         if self.warming_up:
             return Plan(epoch=self.epoch, active=self.models, probe=True, link_version=None)
         if self.schedule is not None:
             probe = self.schedule.is_probe(seq)
+            runs = self.schedule.runs(seq) | (frozenset() if cascades else self.schedule.cascaded)
             return Plan(
                 epoch=self.epoch,
-                active=self.models if probe else tuple(sorted(self.schedule.runs(seq))),
+                active=self.models if probe else tuple(sorted(runs)),
                 probe=probe,
                 link_version=self.link_version,
             )

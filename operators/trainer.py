@@ -38,6 +38,7 @@ class LinkTrainer:
         ensemble: EnsembleKind = "weighted",
         window: int = 5000,
         stream: bool = False,
+        cascades: bool = False,
     ) -> None:
         self.specs = dict(specs)
         self.store = store
@@ -49,6 +50,7 @@ class LinkTrainer:
         self.streams: deque[str] = deque(maxlen=window)  # each sample's stream, for cross-fitting
         self.seqs: deque[int] = deque(maxlen=window)  # and its place in it, for stream synthesis
         self.stream = stream
+        self.cascades = cascades
         self.elapsed: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.specs}
         self.seen = RecentIds(4 * window)
         self.new_since_training = 0
@@ -110,6 +112,7 @@ class LinkTrainer:
             self.measured_costs(),
             self.training_groups(),
             self.training_seqs(),
+            cascades=self.cascades,
         )
         return self.saved(self.store.save(tensors, meta))
 
@@ -128,11 +131,13 @@ def train_bundle(
     measured_costs: Mapping[str, Mapping[str, float]],
     groups: Sequence[str] | None = None,
     seqs: Sequence[int] | None = None,
+    *,
+    cascades: bool = False,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Train links on aligned outputs and cross-fit the oracle plans are scored on (``groups``:
     each sample's stream); the bundle a linkstore version holds (tensors, meta). With ``seqs``
     (each sample's place in its stream) it also fits stream synthesis: memory and detector
-    modes, scored by frames since a model's last run."""
+    modes, scored by frames since a model's last run, and with ``cascades`` the ``gate`` mode."""
     fit = fit_and_score(specs, outputs, config, ensemble, groups=groups)
     stream = None
     if seqs is not None:
@@ -142,6 +147,6 @@ def train_bundle(
             Sample(g, int(q), {m: outputs[m][i] for m in specs})
             for i, (g, q) in enumerate(zip(groups, seqs, strict=True))
         ]
-        stream = fit_stream(specs, samples)
+        stream = fit_stream(specs, samples, gates=cascades)
         stream.links.linkset = fit.linkset
     return make_bundle(fit, outputs, measured_costs, stream)

@@ -73,6 +73,8 @@ class TrainingJob:
     """Each sample's stream id (cross-fitting holds out whole streams and stream blocks)."""
     seqs: Sequence[int] | None = None
     """Each sample's sequence number in its stream: also fit stream synthesis (None: do not)."""
+    cascades: bool = False
+    """Fit the ``gate`` mode too (``LinkSettings.cascades``)."""
     store_root: str | None = None
     """Save the bundle there (in the child) and return the version; None returns the bundle."""
 
@@ -87,6 +89,7 @@ class TrainingJob:
             measured_costs=trainer.measured_costs(),
             groups=trainer.training_groups(),
             seqs=trainer.training_seqs(),
+            cascades=trainer.cascades,
             store_root=str(trainer.store.root) if save_in_child else None,
         )
 
@@ -113,6 +116,7 @@ def run_training_job(job: TrainingJob) -> TrainingOutcome:
         job.measured_costs,
         job.groups,
         job.seqs,
+        cascades=job.cascades,
     )
     if job.store_root is not None:
         version = LinkStore(job.store_root).save(tensors, meta)

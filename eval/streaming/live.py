@@ -73,7 +73,12 @@ def replay_live(
     fraction = budget_fraction if budget_fraction is not None else config.budget.fraction
     if fraction is None:
         raise ValueError(f"{config.name}: give a budget fraction (the config has none)")
-    stream = stream or replace(ONLINE, probe_every=config.links.probe_every, probe_stride=0)
+    stream = stream or replace(
+        ONLINE,
+        probe_every=config.links.probe_every,
+        probe_stride=0,
+        gates=config.links.cascades,
+    )
     budget = fraction * workload.total_cost("ms")
     return stream_mlink(trained, budget, stream, "MLink stream (live)")
 
@@ -145,6 +150,7 @@ def main(
         probe_stride=probe_stride,
         guard=guard,
         guard_trigger=guard_trigger,
+        gates=config.links.cascades,
     )
     if guard_trigger == "miss":  # the live controller's tally: carried evidence, recent probes
         stream = replace(stream, guard_carry=True, guard_decay=DECAY)

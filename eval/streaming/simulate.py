@@ -33,11 +33,10 @@ from mlink.eval.figures import synthesized_agreement
 from mlink.eval.temporal.geometry import positions
 from mlink.eval.workload import Workload
 from mlink.linkstore.budget import next_plan_budget, non_probe_overrun
-from mlink.linkstore.cascade import FireRates, assumed_rates, fire_drift, retarget
 from mlink.linkstore.liveguard import LiveAgreement
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.schedule import Schedule
-from mlink.linkstore.streamfit import Curve, Sample, StreamFit, fit_stream
+from mlink.linkstore.streamfit import Sample, StreamFit, fit_stream
 from mlink.linkstore.streamlinks import StreamFrame, StreamMemory
 from mlink.linkstore.streamplan import (
     DEFAULT_PERIODS,
@@ -46,7 +45,6 @@ from mlink.linkstore.streamplan import (
     plan_for_budget,
     plan_for_targets,
 )
-from mlink.topics.specs import BoxesSpec
 
 __all__ = ["StreamConfig", "StreamRun", "simulate", "summarise"]
 
@@ -88,7 +86,7 @@ class StreamConfig:
     # the probes alone overran, and every model ran on every frame)
     adaptive_probes: bool = False
     detector_links: bool = True  # False: reuse, prior and the paper's links only (ablation)
-    gates: bool = False  # True: cascades (a model run where its source fires; experiment)
+    gates: bool = False  # cascades: a model also runs where its source fires (links.cascades)
     between_streams: bool = True  # False: margins from frame counts alone (ablation)
 
 
@@ -173,23 +171,11 @@ def simulate(
     probe_every, quiet = config.probe_every, 0
     plan_budget = float(budget_ms) if budget_ms is not None else 0.0
     plan_start = 0  # the first evaluation frame of the plan in force
-    # a cascade's cost follows its source (mlink.linkstore.cascade): watch it, re-price on drift
-    import os
-
-    fires = FireRates(
-        (m for m in models if isinstance(specs[m], BoxesSpec)), int(os.environ.get("WIN", "64"))
-    )
-    priced: dict[str, float] = {}
-    plan_curves: dict[str, list[Curve]] = {}
-    fires_at_plan: dict[str, int] = {}
 
     def fit_and_plan(refit: bool) -> tuple[StreamFit, StreamPlan]:
-        nonlocal plan_curves, fires_at_plan
         fit = fits[-1] if fits and not refit else _fit(specs, samples, config)
         if config.links and linkset is not None:
             fit.links.linkset = linkset
-        plan_curves = retarget(fit.curves, priced) if priced else fit.curves
-        fires_at_plan = dict(fires.seen)
         common = {
             "probe_every": probe_every,
             "probe_stride": config.probe_stride,
@@ -200,10 +186,10 @@ def simulate(
             "corrections": corrections,
         }
         if targets is not None:
-            plan = plan_for_targets(plan_curves, ms, targets, **common)
+            plan = plan_for_targets(fit.curves, ms, targets, **common)
         else:
             plan = plan_for_budget(
-                plan_curves, ms, plan_budget, objective=config.objective, **common
+                fit.curves, ms, plan_budget, objective=config.objective, **common
             )
         return fit, plan
 
@@ -248,40 +234,29 @@ def simulate(
         for m, why in out.fallbacks.items():
             key = f"{m}: {why}"
             fallbacks[key] = fallbacks.get(key, 0) + 1
-        fires.observe(real)
-        why = None
-        if probe[col]:
-            samples.append(Sample(s, q, real, out.context))
-            new_probes += 1
-            for m, value in out.shadow.items():
-                live.add(m, float(agreement(specs[m], [value], [real[m]])[0]))
-            why = _replan_reason(live, targets, config, new_probes)
-            if config.adaptive_probes and config.probe_every:
-                quiet = 0 if why else quiet + 1
-                if why:
-                    probe_every = max(config.probe_every, probe_every // 2)
-                elif quiet >= QUIET_PROBES and probe_every < MAX_PROBE_EVERY:
-                    probe_every, quiet = probe_every * 2, 0
-                    why = f"{QUIET_PROBES} quiet probes: probe every {probe_every} frames"
-        if why is None and config.gates and schedule.cascaded and os.environ.get("FR") == "1":
-            why = fire_drift(schedule, assumed_rates(plan_curves), fires, fires_at_plan)
-            if why is not None:
-                priced = fires.rates()  # re-price every gate on what its source fires on now
+        if not probe[col]:
+            continue
+        samples.append(Sample(s, q, real, out.context))
+        new_probes += 1
+        for m, value in out.shadow.items():
+            live.add(m, float(agreement(specs[m], [value], [real[m]])[0]))
+        why = _replan_reason(live, targets, config, new_probes)
+        if config.adaptive_probes and config.probe_every:
+            quiet = 0 if why else quiet + 1
+            if why:
+                probe_every = max(config.probe_every, probe_every // 2)
+            elif quiet >= QUIET_PROBES and probe_every < MAX_PROBE_EVERY:
+                probe_every, quiet = probe_every * 2, 0
+                why = f"{QUIET_PROBES} quiet probes: probe every {probe_every} frames"
         if why is None:
             continue
         reasons.append(f"frame {col}: {why}")
         corrections = live.corrections() if config.guard else corrections
-        import os
-
-        if budget_ms is not None and (os.environ.get("NOPAY") != "1" or probe[col]):
+        if budget_ms is not None:
             overrun = non_probe_overrun(
                 cost[: col + 1], probe[: col + 1], float(budget_ms), full, probe_every
             )
-            plan_budget = next_plan_budget(
-                float(budget_ms),
-                overrun,
-                max(col + 1 - plan_start, int(os.environ.get("HOR", "0"))),
-            )
+            plan_budget = next_plan_budget(float(budget_ms), overrun, col + 1 - plan_start)
             plan_start = col + 1
         refit = new_probes > 0  # new probes since the last fit: retrain, then swap
         new_probes = 0

@@ -1,0 +1,94 @@
+"""A mode's expected agreement by frames since its model last ran: what the trainer estimates
+(:mod:`mlink.linkstore.streamfit`) and the controller plans from
+(:mod:`mlink.linkstore.streamplan`), saved in a link version's metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlink.linkstore.schedule import Mode
+from mlink.linkstore.streamerror import between_streams
+
+__all__ = ["Curve", "constant_curve"]
+
+
+@dataclass(frozen=True, slots=True)
+class Curve:
+    """Estimated agreement of synthesizing ``target`` by ``mode``, by frames since its last run.
+
+    ``agree[d]`` for ``d = 0 .. max_lag`` (``agree[0] = 1``: the model ran); modes that use no
+    memory (``head``, ``prior``, ``links``) have the same value at every ``d >= 1``.
+    ``support[d]`` is the number of scored samples behind ``agree[d]``, ``spread`` the standard
+    deviation of per-sample agreement (for a confidence bound), ``synth_ms`` the measured cost of
+    one synthesized output, ``between`` the standard error of the mean from how it differs
+    between streams (:func:`~mlink.linkstore.streamerror.between_streams`; a floor under the
+    confidence margin, 0 for one stream). ``runs`` is the share of the frames the schedule does
+    not run the model on where the mode runs it anyway (a ``gate``: how often its source fires;
+    those frames count 1 in ``agree``).
+    """
+
+    target: str
+    mode: Mode
+    agree: tuple[float, ...]
+    support: tuple[int, ...]
+    spread: float = 0.5
+    synth_ms: float = 0.0
+    between: float = 0.0
+    runs: float = 0.0
+
+    @property
+    def max_lag(self) -> int:
+        return len(self.agree) - 1
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "mode": self.mode.to_json(),
+            "agree": [round(a, 6) for a in self.agree],
+            "support": list(self.support),
+            "spread": round(self.spread, 6),
+            "synth_ms": self.synth_ms,
+            "between": round(self.between, 6),
+            "runs": round(self.runs, 6),
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Curve:
+        return cls(
+            str(meta["target"]),
+            Mode.from_json(meta["mode"]),
+            tuple(float(a) for a in meta["agree"]),
+            tuple(int(n) for n in meta["support"]),
+            float(meta.get("spread", 0.5)),
+            float(meta.get("synth_ms", 0.0)),
+            float(meta.get("between", 0.0)),
+            float(meta.get("runs", 0.0)),
+        )
+
+
+def constant_curve(
+    target: str,
+    mode: Mode,
+    scores: np.ndarray,
+    max_lag: int,
+    synth_ms: float = 0.0,
+    streams: Sequence[str] | None = None,
+) -> Curve:
+    """The curve of a mode that uses no memory, from per-sample agreements (``streams``: each
+    sample's stream, for the between-stream error)."""
+    mean = float(np.mean(scores)) if len(scores) else 0.0
+    spread = float(np.std(scores)) if len(scores) > 1 else 0.5
+    between = between_streams(scores, streams) if streams is not None else 0.0
+    return Curve(
+        target,
+        mode,
+        (1.0,) + (mean,) * max_lag,
+        (0,) + (len(scores),) * max_lag,
+        spread,
+        synth_ms,
+        between,
+    )

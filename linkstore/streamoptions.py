@@ -140,9 +140,13 @@ class Options:
                         groups.setdefault(curve.mode.requires, []).append(c)
             self.by_need[t] = groups
         self.max_lag = max((c.max_lag for cs in curves.values() for c in cs), default=16)
-        # the best any constant mode does: links must beat it to be worth asking about
+        # the best any constant mode does without running the model (a gate runs it on some
+        # frames): links must beat it to be worth asking about
         self.constant = {
-            t: max((c.agree[1] for c in curves[t] if not c.mode.uses_memory), default=0.0)
+            t: max(
+                (c.agree[1] for c in curves[t] if not c.mode.uses_memory and not c.runs),
+                default=0.0,
+            )
             for t in self.models
         }
         self._links_useful: dict[str, bool] = {}

@@ -153,9 +153,9 @@ class LinkSettings:
     ``probe_stride`` moves each block's probe through the block, so probes land at every lag.
     ``cascades`` (with ``stream``) also lets a box model run only on the frames where another
     box model that runs finds anything (a ``gate`` mode; the fused frame operator runs the source
-    first; the split layout runs such a model on every frame). It keeps 0.2-1.1 points more on
-    the OpenCV video bench and about as much as without on the DNN one (BENCHMARKS.md,
-    "Cascades").
+    first; the split layout runs such a model on every frame). Off by default: it keeps 0.2-1.1
+    points more on the OpenCV video bench, but -0.4 to +0.3 on the DNN one, where it overruns
+    tight budgets by up to 0.6 points of compute (BENCHMARKS.md, "Cascades").
     """
 
     store: str = "linkstore-data"

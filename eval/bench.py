@@ -249,6 +249,7 @@ def run_bench(
         budgets = [config.budget.resolve({"ms": full}).get("ms", full)]
     stream_order = resolve_order(config, order)
     train_config = config.links.train_config()
+    cascades = config.links.cascades  # the stream rows plan as the config's workers would
     report = BenchReport(
         base.name,
         base.n_frames,
@@ -286,12 +287,12 @@ def run_bench(
         for budget in budgets:
             log(f"  budget {budget:.2f} ms/frame ({budget / full:.0%} of {full:.2f})")
             report.rows += _methods_at(
-                workload, trained, fused, prepared, tconfig, budget, full, seed, seconds
+                workload, trained, fused, prepared, tconfig, budget, full, seed, seconds, cascades
             )
         if stream_targets:
             start = time.perf_counter()
             log(f"  accuracy targets {', '.join(f'{t:.2f}' for t in stream_targets)}")
-            report.targets += streaming.target_rows(trained, seed, stream_targets)
+            report.targets += streaming.target_rows(trained, seed, stream_targets, cascades)
             seconds["targets"] = seconds.get("targets", 0.0) + time.perf_counter() - start
         if seed == 0:
             start = time.perf_counter()
@@ -316,6 +317,7 @@ def _methods_at(
     full: float,
     seed: int,
     seconds: dict[str, float],
+    cascades: bool = False,
 ) -> list[dict[str, Any]]:
     train_idx, test_idx = trained.train_idx, trained.test_idx
 
@@ -363,6 +365,7 @@ def _methods_at(
     ):
         results[name] = timed("temporal", lambda fn=fn: fn(*split, tconfig))
     for name, cfg in ((STREAM, streaming.OFFLINE), (STREAM_ONLINE, streaming.ONLINE)):
+        cfg = replace(cfg, gates=cascades)
         results[name] = timed(
             "stream", lambda cfg=cfg, name=name: streaming.stream_mlink(trained, budget, cfg, name)
         )

@@ -127,6 +127,10 @@ def stream_target(
 
 
 def target_rows(
-    trained: TrainedWorkload, seed: int, targets: Sequence[float] = TARGETS
+    trained: TrainedWorkload,
+    seed: int,
+    targets: Sequence[float] = TARGETS,
+    cascades: bool = False,
 ) -> list[dict[str, Any]]:
-    return [{"seed": seed, **stream_target(trained, t)} for t in targets]
+    config = replace(TARGET, gates=cascades)
+    return [{"seed": seed, **stream_target(trained, t, config)} for t in targets]

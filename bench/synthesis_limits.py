@@ -31,7 +31,7 @@ from mlink.deploy.config import load_config
 from mlink.eval.cost_tables import COSTS_HELP, priced_workload
 from mlink.eval.temporal.geometry import positions, stream_segments
 from mlink.eval.workload import Workload, stream_split
-from mlink.linkstore.boxlinks import BoxHead, as_boxes, fit_box_head, follow
+from mlink.linkstore.boxlinks import BoxHead, as_boxes, finds_anything, fit_box_head, follow
 from mlink.linkstore.metrics import box_agreement
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.85)
@@ -61,7 +61,7 @@ def presence_gated(
     """Agreement and run share of ``target`` run where ``source`` fires, the head elsewhere."""
     out, agree, runs = wl.outputs, [], 0
     for i in frames:
-        if len(as_boxes(out[source][i])):
+        if finds_anything(out[source][i]):
             runs += 1
             agree.append(1.0)
         else:
@@ -80,7 +80,7 @@ def head_split(
         scores = np.array(
             [box_agreement(head.predict(out[source][i]), out[target][i]) for i in frames]
         )
-        fires = np.array([len(as_boxes(out[source][i])) > 0 for i in frames])
+        fires = np.array([finds_anything(out[source][i]) for i in frames])
         rows.append(
             f"| {source} -> {target} | {name} | {fires.mean():.0%} | {scores[fires].mean():.3f} "
             f"| {scores[~fires].mean():.3f} | {scores.mean():.3f} |"

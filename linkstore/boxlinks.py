@@ -33,6 +33,7 @@ __all__ = [
     "EMPTY",
     "BoxHead",
     "as_boxes",
+    "finds_anything",
     "fit_box_head",
     "follow",
     "place",
@@ -51,6 +52,12 @@ def as_boxes(output: Any) -> np.ndarray:
     """Any detector output as ``(n, 5)`` float32 rows."""
     arr = np.asarray(output, dtype=np.float32)
     return EMPTY if arr.size == 0 else arr.reshape(-1, 5)
+
+
+def finds_anything(output: Any) -> bool:
+    """Whether a detector's output holds at least one box: where a cascade runs its model
+    (:meth:`~mlink.linkstore.schedule.Schedule.gated`), and so what its price is counted on."""
+    return as_boxes(output).size > 0
 
 
 def _centre_size(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

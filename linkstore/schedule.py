@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mlink.linkstore.boxlinks import as_boxes
+from mlink.linkstore.boxlinks import finds_anything
 
 __all__ = [
     "EXTRA_KEY",
@@ -232,7 +232,7 @@ class Schedule:
             if mode.kind == "gate"
             and m not in ran
             and mode.source in ran
-            and as_boxes(ran[mode.source]).size > 0
+            and finds_anything(ran[mode.source])
         )
 
     @property

@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from mlink.linkstore.boxlinks import BoxHead, as_boxes, fit_box_head, follow, track
+from mlink.linkstore.boxlinks import (
+    BoxHead,
+    as_boxes,
+    finds_anything,
+    fit_box_head,
+    follow,
+    track,
+)
 from mlink.linkstore.crossfit import contiguous_folds
 from mlink.linkstore.metrics import agreement, box_agreement
 from mlink.linkstore.rows import prior_output
@@ -325,7 +332,7 @@ def _box_curves(
     est: _Estimator,
     thresholds: Sequence[float],
     groups: Sequence[str],
-    gates: bool = True,
+    gates: bool,
 ) -> list[Curve]:
     """The head, follow, track, switch and gate curves of box target ``t`` from each source.
     Each curve's ``synth_ms`` is the measured time of the predictions it scores, per output."""
@@ -343,7 +350,7 @@ def _box_curves(
         head_ms = (time.perf_counter() - start) * 1000.0 / max(n, 1)
         scores = np.array([box_agreement(p, target[i]) for i, p in enumerate(heads)])
         out.append(constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms, groups))
-        fires = np.array([len(b) > 0 for b in src])
+        fires = np.array([finds_anything(b) for b in src])
         if gates and 0.0 < fires.mean() < 1.0:  # a cascade: run where the source fires
             out.append(_gate_curve(t, s, scores, fires, head_ms, est.max_lag, groups))
         usable = [i for i, f in enumerate(pairs.then) if s in f]

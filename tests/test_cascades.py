@@ -158,3 +158,37 @@ def test_the_split_layout_runs_a_cascades_model_on_every_frame():
     state.schedules[1] = GATED
     assert state.plan(3).active == ("face", "light")
     assert state.plan(3, cascades=False).active == ("eyes", "face", "light")
+
+
+def test_a_cascade_model_that_fails_leaves_an_error_outcome_and_the_source_failing_gates_nothing(
+    tmp_path,
+):
+    def broken(frame: np.ndarray) -> np.ndarray:
+        raise RuntimeError("detector crashed")
+
+    calls: list[str] = []
+    models = [
+        Model(name="face", fn=broken, spec=BoxesSpec()),
+        Model(name="eyes", fn=broken, spec=BoxesSpec()),
+        _box_model("light", True, calls),
+    ]
+    settings = Settings(name="f", budget={"fraction": 1}, links=LinkSettings(store=str(tmp_path)))
+    mlink = MLink(settings, models)
+    image = np.zeros((2, 2), np.uint8)
+    gate_on_light = Schedule(
+        {"face": 1, "eyes": 0, "light": 1}, modes={"eyes": Mode("gate", "light")}
+    )
+
+    async def run() -> tuple[list, list, list]:
+        await mlink.build_models()
+        first = await run_planned(mlink, [(image, ["face", "light"])])
+        by_face = await run_cascades(mlink, GATED, [(image, ["face", "light"])], first)
+        second = await run_planned(mlink, [(image, ["face", "light"])])
+        by_light = await run_cascades(mlink, gate_on_light, [(image, ["face", "light"])], second)
+        return by_face, by_light, second
+
+    by_face, by_light, second = asyncio.run(run())
+    mlink.close()
+    assert by_face == [frozenset()]  # its source failed: nothing to gate on
+    assert by_light == [frozenset({"eyes"})]
+    assert "detector crashed" in (second[0]["eyes"].error or "")  # an error, not a missing run

@@ -22,10 +22,14 @@ def synthesis_costs(
     (:meth:`~mlink.linkstore.linkset.LinkSet.synthesize_encoded`): ``(link_costs,
     ensemble_costs)`` for :class:`~mlink.linkstore.selection.Problem`.
 
-    Per target, the call is timed with one source and with every source available (median of
-    ``batches`` runs of ``repeats`` calls); the difference per extra source is each link's
-    ``ms``, the rest (ensemble, call overhead) the target's ensemble ``ms``. ``memory_mb`` is
-    the parameter memory of each link and ensemble.
+    Per target, the call is timed with one source and with every source available (the fastest
+    of ``batches`` runs of ``repeats`` calls, the two interleaved); the difference per extra
+    source is each link's ``ms``, the rest (ensemble, call overhead) the target's ensemble
+    ``ms``. ``memory_mb`` is the parameter memory of each link and ensemble.
+
+    The fastest run, not the median: other load on the machine only ever adds time, so the
+    fastest run is the one closest to the call's own cost, and a difference of two medians
+    taken at different moments of a loaded machine could come out zero or negative.
     """
     links: dict[Pair, dict[str, float]] = {}
     ensembles: dict[str, dict[str, float]] = {}
@@ -34,13 +38,11 @@ def synthesis_costs(
         sources = linkset.sources_of(t)
         if not sources:
             continue
-        one = _median_ms(
-            lambda t=t, s=sources: linkset.synthesize_encoded(t, {s[0]: rows[s[0]]}),
-            repeats,
-            batches,
-        )
-        every = _median_ms(
-            lambda t=t, s=sources: linkset.synthesize_encoded(t, {m: rows[m] for m in s}),
+        one, every = _fastest_ms(
+            (
+                lambda t=t, s=sources: linkset.synthesize_encoded(t, {s[0]: rows[s[0]]}),
+                lambda t=t, s=sources: linkset.synthesize_encoded(t, {m: rows[m] for m in s}),
+            ),
             repeats,
             batches,
         )
@@ -59,16 +61,21 @@ def _params_mb(module: nn.Module) -> float:
     return sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
 
 
-def _median_ms(call: Callable[[], Any], repeats: int, batches: int) -> float:
-    """Median over ``batches`` of the mean ms of ``repeats`` calls (after one warm-up call)."""
-    call()
-    times = []
+def _fastest_ms(
+    calls: tuple[Callable[[], Any], ...], repeats: int, batches: int
+) -> tuple[float, ...]:
+    """Per call, the lowest over ``batches`` of the mean ms of ``repeats`` calls (after one
+    warm-up call); the calls take turns, so each sees the same spells of load."""
+    for call in calls:
+        call()
+    best = [float("inf")] * len(calls)
     for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            call()
-        times.append((time.perf_counter() - start) * 1000 / repeats)
-    return float(np.median(times))
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            best[i] = min(best[i], (time.perf_counter() - start) * 1000 / repeats)
+    return tuple(best)
 
 
 def _example(spec: OutputSpec) -> Any:

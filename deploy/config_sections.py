@@ -250,7 +250,10 @@ class LinksConfig(StrictSection):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     min_hidden: int = Field(16, ge=0)
     hold_s: float = Field(
-        60.0, ge=0, description="after its warm-up frames, wait this long for the first links"
+        60.0,
+        ge=0,
+        description="after its warm-up frames, wait this long for the first links (and for "
+        "this worker's own training of them, up to 5x as long)",
     )
     train_in_child: bool = Field(
         True, description="train in a lower-priority child process (False: on a thread)"

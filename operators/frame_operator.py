@@ -32,6 +32,7 @@ from mlink.operators.dispatch import run_cascades, run_planned
 from mlink.operators.joiner import Executed, FrameWork, is_training_sample
 from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
+from mlink.operators.warmup_hold import hold_over
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
@@ -174,9 +175,15 @@ class FrameBatch:
         )
 
         async def release() -> None:
-            started, idle = time.monotonic(), 0
+            started, idle, told = time.monotonic(), 0, False
             try:
-                while mlink.state.warming_up and time.monotonic() - started < links.hold_s:
+                while mlink.state.warming_up and not hold_over(
+                    time.monotonic(), started, links.hold_s, mlink.training
+                ):
+                    training = mlink.training.since is not None
+                    if training and not told and time.monotonic() - started >= links.hold_s:
+                        told = True
+                        log.info("still training the first links here; holding until they come")
                     await _fetching(consumer, paused, on=False)  # again: a rebalance resumes
                     planned = self.warmup_planned
                     await asyncio.sleep(0.2)
@@ -191,7 +198,10 @@ class FrameBatch:
                 mlink.metrics["held_for_links_s"] += round(time.monotonic() - started, 3)
             if mlink.state.warming_up and self.warmup_planned >= self.hold_at:
                 # no links yet: more warm-up data, then wait again
-                log.warning("no links after %.0f s; planning more warm-up frames", links.hold_s)
+                log.warning(
+                    "no links after %.0f s; planning more warm-up frames",
+                    time.monotonic() - started,
+                )
                 self.hold_at = self.warmup_planned + max(1, links.warmup_frames // 4)
 
         self.releaser = asyncio.ensure_future(release())

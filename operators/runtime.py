@@ -26,6 +26,7 @@ from mlink.operators.recent import RecentIds
 from mlink.operators.settings import Model, Settings, SettingsError
 from mlink.operators.state import ControlState
 from mlink.operators.trainer import LinkTrainer
+from mlink.operators.warmup_hold import TrainingClock
 from mlink.topics.signing import Signer
 from mlink.topics.specs import OutputSpec
 
@@ -80,6 +81,7 @@ class MLink:
             cascades=links.cascades,
         )
         self.memory = StreamMemory()  # per stream, each model's last real run (stream mode)
+        self.training = TrainingClock()  # this worker's own link training, for the warm-up hold
 
     # -- readiness ----------------------------------------------------------------------------
     def event(self, name: str) -> asyncio.Event:

@@ -82,6 +82,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         log.info("training links on %d samples", len(trainer.samples))
+        mlink.training.start(time.monotonic())  # a warm-up hold on this worker waits for it
+        version = None
         try:
             if settings.links.train_in_child:
                 outcome = await training_process().atrain(TrainingJob.from_trainer(trainer))
@@ -96,6 +98,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             mlink.metrics["training_failures"] += 1
             log.exception("link training failed; retrying after new samples arrive")
             return
+        finally:
+            mlink.training.stop(time.monotonic(), saved=version is not None)
         retry["backoff"] = 10
         log.info(
             "trained links v%d on %d samples in %.1f s",

@@ -5,6 +5,7 @@ agreement, and a budget of accuracy targets re-plans."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -145,10 +146,15 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
 
 
 def held_config(
-    tmp_path: Any, tag: str, broker: Any, warmup: int, partitions: int
+    tmp_path: Any,
+    tag: str,
+    broker: Any,
+    warmup: int,
+    partitions: int,
+    links: dict[str, Any] | None = None,
 ) -> tuple[Any, PipelineConfig]:
-    """A stream config (and its topics) whose warm-up hold outlasts any test: a loaded
-    machine's slow training cannot end it and plan more warm-up; only the links do."""
+    """A stream config (and its topics) whose warm-up hold outlasts any test unless ``links``
+    says otherwise: a loaded machine's slow training cannot end it; only the links do."""
     path, config = write_config(
         tmp_path,
         tag,
@@ -157,7 +163,7 @@ def held_config(
         warmup_frames=warmup,
         output_timeout_s=5.0,
         fraction=0.5,
-        links={"stream": True, "probe_stride": 3, "hold_s": 600.0},
+        links={"stream": True, "probe_stride": 3, "hold_s": 600.0, **(links or {})},
     )
     create_pipeline_topics(config, broker.bootstrap)
     return path, config
@@ -178,6 +184,39 @@ def test_a_backlog_from_the_start_overshoots_the_warm_up_by_at_most_a_few_batche
         with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
             sent = send_frames(frames, STREAMS, range(0, 80))
         wait_results(collector, set(sent), 300, [worker])
+        warm = sum(collector.results[f].epoch == 0 for f in sent)
+        assert warmup <= warm <= warmup + 3 * batch, warm
+        assert collector.duplicates == 0
+        assert not dead_letters(broker.bootstrap, config)
+    finally:
+        collector.close()
+
+
+def test_a_hold_shorter_than_the_training_on_its_own_worker_waits_for_the_links(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """``hold_s`` 10 s, and links that take longer to train (1000 epochs: about 15 s on an idle
+    machine, the training process's start included). The worker trains them itself, so its
+    hold waits for the training instead of planning more warm-up frames with every model, and
+    says so in its log. The hold's cap (5 x ``hold_s``) leaves room for a machine three times
+    slower."""
+    warmup, batch = 24, 8
+    path, config = held_config(
+        tmp_path, "slowtrain", broker, warmup, 2, links={"hold_s": 10.0, "epochs": 1000}
+    )
+    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    collector = ResultCollector(broker.bootstrap, config.topics.names().results)
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
+            sent = send_frames(frames, STREAMS, range(0, 60))
+        wait_results(collector, set(sent), 300, [worker])
+        log = worker.log()
+        assert "no links after" not in log, worker.log_tail()
+        trained = re.search(r"trained links v1 on \d+ samples in ([\d.]+) s", log)
+        assert trained, worker.log_tail()
+        if float(trained.group(1)) > 10.0:  # it outlasted hold_s: the hold must have waited
+            assert "still training the first links here" in log, worker.log_tail()
         warm = sum(collector.results[f].epoch == 0 for f in sent)
         assert warmup <= warm <= warmup + 3 * batch, warm
         assert collector.duplicates == 0

@@ -150,12 +150,13 @@ class FrameBatch:
 
     def hold_for_links(self) -> None:
         """Once the frames this worker planned and the ones already fetched for it make up its
-        warm-up, stop fetching frames (bounded by ``hold_s``) until the first links arrive: a
-        backlog then waits in Kafka for the budgeted plan instead of running every model while
-        the links train. Fetching is paused rather than the agent blocked, because faust
-        delivers every topic through one conductor and a blocked agent would also starve the
-        trainer of the samples it needs. Frames fetched before the pause still run as warm-up,
-        hence counting them; if they fall short (redeliveries, bad records), fetching resumes."""
+        warm-up, stop fetching frames until the first links arrive (for as long as
+        :func:`~mlink.operators.warmup_hold.hold_over` allows): a backlog then waits in Kafka
+        for the budgeted plan instead of running every model while the links train. Fetching
+        is paused rather than the agent blocked, because faust delivers every topic through one
+        conductor and a blocked agent would also starve the trainer of the samples it needs.
+        Frames fetched before the pause still run as warm-up, hence counting them; if they fall
+        short (redeliveries, bad records), fetching resumes."""
         mlink, links = self.mlink, self.mlink.settings.links
         if (
             self.holding

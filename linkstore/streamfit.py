@@ -350,9 +350,10 @@ def _box_curves(
         head_ms = (time.perf_counter() - start) * 1000.0 / max(n, 1)
         scores = np.array([box_agreement(p, target[i]) for i, p in enumerate(heads)])
         out.append(constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms, groups))
-        fires = np.array([finds_anything(b) for b in src])
-        if gates and 0.0 < fires.mean() < 1.0:  # a cascade: run where the source fires
-            out.append(_gate_curve(t, s, scores, fires, head_ms, est.max_lag, groups))
+        if gates:  # a cascade: run where the source fires (when it fires on some samples)
+            fires = np.array([finds_anything(b) for b in src])
+            if 0.0 < fires.mean() < 1.0:
+                out.append(_gate_curve(t, s, scores, fires, head_ms, est.max_lag, groups))
         usable = [i for i, f in enumerate(pairs.then) if s in f]
         if not usable:
             continue

@@ -28,6 +28,9 @@ from mlink.eval.streaming.method import OFFLINE, stream_mlink
 from mlink.eval.streaming.simulate import StreamRun
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.rows import prior_output
+from mlink.linkstore.streamfit import Curve
+from mlink.linkstore.streamoptions import option
+from mlink.linkstore.streamplan import StreamPlan
 from mlink.linkstore.training import TrainConfig
 
 
@@ -50,6 +53,36 @@ def plan_rows(
             cells.append(f"{pred:.1%} | {real:.1%} | {pred - real:+.1%} | {saved:.1%}")
         rows.append(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
     return rows, runs
+
+
+def bound_at(
+    plan: StreamPlan, curves: dict[str, list[Curve]], z: float, corr: float = OFFLINE.corr
+) -> float:
+    """The mean over models of ``plan``'s lower bounds (no probes) at width ``z``: the same
+    options, a different confidence. The paper's links keep the bound they were planned with."""
+    bounds = []
+    for m, c in plan.choices.items():
+        if c.period == 1 or c.mode.kind == "links":
+            bounds.append(c.lower)
+            continue
+        curve = next(cv for cv in curves[m] if cv.mode == c.mode)
+        chosen = option(curve, c.period, 0, 0.0, z, 0, corr)
+        if chosen is None:
+            raise ValueError(f"{m}'s curve no longer covers period {c.period}")
+        bounds.append(chosen.lower)
+    return float(np.mean(bounds))
+
+
+def bound_rows(runs: dict[float, list[StreamRun]], zs: list[float]) -> list[str]:
+    """Per budget: the warm-up plan's bound at each width in ``zs`` minus what it kept."""
+    rows = []
+    for fraction, (warm, _) in runs.items():
+        real = float(warm.steady()["accuracy"] or 0.0)
+        gaps = [bound_at(warm.plans[0], warm.fits[0].curves, z) - real for z in zs]
+        rows.append(
+            f"| {fraction:.0%} | {real:.1%} | " + " | ".join(f"{g:+.1%}" for g in gaps) + " |"
+        )
+    return rows
 
 
 def model_rows(models: list[str], pair: list[StreamRun]) -> list[str]:
@@ -85,6 +118,10 @@ def main() -> None:
     parser.add_argument("--train", type=float, default=0.1, help="warm-up share of each stream")
     parser.add_argument("--costs", default="cached", help=COSTS_HELP)
     parser.add_argument("--plans", action="store_true", help="each model's option in both plans")
+    parser.add_argument(
+        "--bounds", type=float, nargs="+", default=[], metavar="Z",
+        help="also print the warm-up plan's lower bound at these widths (standard errors)",
+    )  # fmt: skip
     args = parser.parse_args()
     config = load_config(args.config)
     workload = priced_workload(config, args.costs)
@@ -95,6 +132,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     rows, runs = plan_rows(trained, args.budgets)
     print("\n".join(rows), flush=True)
+    if args.bounds:
+        print("\n| budget | warm-up plan kept | " + " | ".join(
+            f"bound at z = {z:g} minus kept" for z in args.bounds) + " |")  # fmt: skip
+        print("|---|---|" + "---|" * len(args.bounds))
+        print("\n".join(bound_rows(runs, args.bounds)))
     for fraction, pair in runs.items() if args.plans else ():
         print(f"\n| model at {fraction:.0%} | warm-up plan | realised | oracle plan | realised |")
         print("|---|---|---|---|---|")

@@ -10,6 +10,7 @@ from functools import cache
 
 import numpy as np
 
+from bench.fault_harness import TRIGGER
 from mlink.eval.workloads import digits
 
 EMPTY = np.zeros((0, 5), dtype=np.float32)
@@ -34,3 +35,16 @@ def ink(name: str = "ink") -> Callable[[np.ndarray], np.ndarray]:
         return np.array([[x, 0.2, x + 0.3, 0.5, 0.8]], np.float32)
 
     return detect
+
+
+def flaky_ink(name: str = "ink_detail") -> Callable[[np.ndarray], np.ndarray]:
+    """``ink``'s model that crashes on the frames the fault harness marks (first pixel
+    ``TRIGGER``): a cascade's model failing in a live worker."""
+    detect = ink(name)
+
+    def flaky(frame: np.ndarray) -> np.ndarray:
+        if int(np.asarray(frame).flat[0]) == TRIGGER:
+            raise RuntimeError(f"{name} crashed on this frame")
+        return detect(frame)
+
+    return flaky

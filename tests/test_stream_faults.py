@@ -6,6 +6,7 @@ that model synthesized by its mode; bad records become dead letters; the worker 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,16 +34,36 @@ BACKLOG = range(52, 112)  # 60 frames per stream, sent at once
 TRIGGERED = set(range(52, 112, 3))  # flaky raises on these
 
 
-def send_backlog(frames: FrameProducer) -> list[str]:
+def send_backlog(
+    frames: FrameProducer,
+    seqs: range = BACKLOG,
+    triggered: set[int] = TRIGGERED,
+    before: Callable[[int], None] = lambda seq: None,
+) -> list[str]:
+    """Every stream's frames ``seqs`` at once, the ``triggered`` ones marked for the
+    misbehaving models; ``before(seq)`` runs before each seq's frames (to slip in bad records)."""
     ids = []
-    for seq in BACKLOG:
+    for seq in seqs:
+        before(seq)
         for i, stream in enumerate(STREAMS):
             image = IMAGES[(seq * len(STREAMS) + i) % len(IMAGES)].copy()
-            if seq in TRIGGERED:
+            if seq in triggered:
                 image.flat[0] = TRIGGER
             ids.append(frames.send(stream, seq, image).frame_id)
     frames.flush()
     return ids
+
+
+def settle(broker: Any, config: Any, worker: Any, collector: Any, letters: int) -> None:
+    """Wait for ``letters`` dead letters; then the worker must be up and no result twice."""
+    wait_until(
+        "dead letters",
+        lambda: len(dead_letters(broker.bootstrap, config)) >= letters,
+        60,
+        worker,
+    )
+    assert worker.proc.poll() is None, "the worker died"
+    assert collector.duplicates == 0
 
 
 @pytest.mark.parametrize("app", [SPLIT_APP, APP], ids=["split", "fused"])
@@ -68,14 +89,7 @@ def test_stream_synthesis_keeps_every_frame_through_a_failing_model_bad_records_
                 producer.send(names.outputs, key=b"a", value=value).get(10)
             backlog = send_backlog(frames)
             wait_results(collector, set(backlog), 240, [worker])
-        wait_until(
-            "dead letters",
-            lambda: len(dead_letters(broker.bootstrap, config)) >= len(bad),
-            60,
-            worker,
-        )
-        assert worker.proc.poll() is None, "the worker died"
-        assert collector.duplicates == 0
+        settle(broker, config, worker, collector, len(bad))
         assert "ghost:3" not in collector.results  # it never entered: no result
         reasons = [d.reason for d in dead_letters(broker.bootstrap, config)]
         phrases = ("unknown model 'bogus_model'", "NaN", "no plan for frame 'ghost:3'")

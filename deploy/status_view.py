@@ -141,6 +141,12 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         f"live on probes: {percent(status.get('live_synthesized_mean'))} synthesized only "
         f"({status.get('live_probes') or 0} probes)",
     )
+    if status.get("forecast_with_probes") is not None:
+        _say(
+            console,
+            f"forecast with probes: {percent(status['forecast_with_probes'])} all models "
+            "(the plan's estimate, each synthesized model rescaled by what its probes saw)",
+        )
     store = status.get("linkstore") or {}
     versions = ", ".join(
         f"v{v['version']} ({v['links']} links, {v.get('samples') or '?'} samples)"

@@ -11,6 +11,8 @@ outputs; the controller folds those scores into a :class:`LiveAgreement` per pla
   because its options now promise less) and says why on the control topic.
 - :meth:`LiveAgreement.drifted`: in budget mode, the models whose live agreement moved away
   from the plan's estimate by more than a tolerance: a signal to refit and re-plan (hot swap).
+- :meth:`LiveAgreement.forecast`: the plan's expected agreement with each synthesized model
+  rescaled by what its probes saw (:func:`forecast`), a forecast that needs no re-plan.
 - :meth:`LiveAgreement.below_forecast`: the models whose synthesized outputs agree less than the
   plan forecast for them even at the upper confidence bound (:func:`below_forecast`, the flag of
   ``mlink status``).
@@ -40,6 +42,7 @@ __all__ = [
     "below_forecast",
     "corrected",
     "correction",
+    "forecast",
     "miss_reason",
     "option_key",
     "option_keys",
@@ -96,6 +99,31 @@ def corrected(
     and whose probes saw ``live``, on top of the factor its option started with (``start``):
     the evidence behind ``now`` is part of the tally, so it must not count twice."""
     return start * correction(live, planned / now * start, probes, prior_probes)
+
+
+def forecast(
+    estimates: Mapping[str, float],
+    runs: Mapping[str, float],
+    synthesized: Mapping[str, float],
+    scale: Mapping[str, float],
+) -> float:
+    """A plan's expected agreement over all models (runs count 1) after probes: each model in
+    ``synthesized`` keeps its run share ``runs`` and has its synthesized agreement multiplied by
+    ``scale`` (what its probes saw over what the plan expected, capped at 1); the others keep
+    their estimate. The up-front estimate comes from the warm-up and over-promises where the
+    content changes after it; this follows the probes without changing the plan
+    (BENCHMARKS.md, "A forecast that follows the probes")."""
+    if not estimates:
+        raise ValueError("a forecast needs the plan's estimates of at least one model")
+    total = 0.0
+    for model, estimate in estimates.items():
+        synth = synthesized.get(model)
+        if synth is None:
+            total += estimate
+            continue
+        share = runs[model]
+        total += share + (1.0 - share) * min(1.0, synth * scale.get(model, 1.0))
+    return total / len(estimates)
 
 
 def option_key(period: int, mode: Mode) -> str:
@@ -217,6 +245,18 @@ class LiveAgreement:
             start = self.started.get(model, now)
             out[model] = corrected(live, planned, n, self.prior_probes, now, start)
         return out
+
+    def forecast(self) -> float:
+        """The plan's expected agreement with each synthesized model rescaled by what its probes
+        saw (:func:`forecast`): for the frames still to come, without a re-plan."""
+        factors = self.corrections()
+        choices = self.plan.choices
+        return forecast(
+            {m: c.estimate for m, c in choices.items()},
+            {m: c.runs for m, c in choices.items()},
+            {m: c.synthesized for m, c in choices.items() if c.synthesized is not None},
+            {m: factors.get(m, 1.0) / self.factors.get(m, 1.0) for m in choices},
+        )
 
     def failing(
         self, targets: Mapping[str, float], z: float = 1.0, min_probes: float = 2

@@ -17,6 +17,8 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
     mlink_synthesized_total{model}          outputs synthesized by links instead of run
     mlink_frame_latency_seconds             histogram, frame timestamp -> result emitted
     mlink_live_agreement{model}             probe agreement of synthesized vs real outputs
+    mlink_forecast{basis}                   the plan's expected agreement, all models:
+                                            plan (up-front) | probes (rescaled by the probes)
     mlink_model_healthy{model}              1 healthy, 0 reported unhealthy (e.g. hung)
     mlink_epoch / mlink_link_version        control-plane state this worker runs
     mlink_in_flight_frames                  planned, not yet answered (the flow-control window)
@@ -90,6 +92,12 @@ class WorkerMetrics:
         )
         self.live_agreement = Gauge(
             "mlink_live_agreement", "probe agreement of synthesized outputs", ["model"], registry=r
+        )
+        self.forecast = Gauge(
+            "mlink_forecast",
+            "expected agreement over all models: the plan's, and the plan's after probes",
+            ["basis"],
+            registry=r,
         )
         self.model_healthy = Gauge(
             "mlink_model_healthy",

@@ -15,13 +15,22 @@ from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks
 from mlink.linkstore.cost_headroom import Fragile, cost_headroom
-from mlink.linkstore.liveguard import corrected, miss_reason
+from mlink.linkstore.liveguard import corrected, forecast, miss_reason
 from mlink.linkstore.problem import InfeasibleBudget
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
 from mlink.topics.records import ControlMessage
 
-__all__ = ["CORR", "Z", "fragile_reason", "links_estimate", "stream_decision"]
+__all__ = [
+    "CORR",
+    "Z",
+    "fragile_reason",
+    "links_estimate",
+    "live_corrections",
+    "live_forecast",
+    "stream_decision",
+    "target_misses",
+]
 
 log = logging.getLogger("mlink.controller")
 
@@ -115,6 +124,9 @@ def stream_decision(
             "cost": {"ms": plan.cost_ms},
             "predicted": {m: c.estimate for m, c in plan.choices.items()},
             "predicted_synthesized": synthesized,
+            # each synthesized model's run share (probes and a cascade's runs included), which
+            # a forecast from probes keeps (liveguard.forecast)
+            "runs": {m: c.runs for m, c in plan.choices.items() if c.synthesized is not None},
             "lower": plan.lower(),
             "plan": described,
             "cost_table": cost_table,
@@ -166,6 +178,31 @@ def target_misses(
         if why:
             out[model] = why
     return out
+
+
+def live_forecast(
+    extra: Mapping[str, Any],
+    live: Mapping[str, float],
+    probes: int,
+    *,
+    counts: Mapping[str, float] | None = None,
+    started: Mapping[str, float] | None = None,
+) -> float | None:
+    """The stream plan's expected agreement (all models) with each synthesized model rescaled
+    by its probes (:func:`~mlink.linkstore.liveguard.forecast`, the corrections of
+    :func:`live_corrections`); None for a plan without per-model estimates or run shares (the
+    paper's links, or a plan published before run shares were)."""
+    estimates, runs = extra.get("predicted") or {}, extra.get("runs")
+    if not estimates or runs is None:
+        return None
+    base = extra.get("corrections") or {}
+    factors = live_corrections(extra, live, probes, sorted(live), counts=counts, started=started)
+    return forecast(
+        {m: float(v) for m, v in estimates.items()},
+        {m: float(v) for m, v in runs.items()},
+        {m: float(v) for m, v in (extra.get("predicted_synthesized") or {}).items()},
+        {m: f / float(base.get(m, 1.0)) for m, f in factors.items()},
+    )
 
 
 def live_corrections(

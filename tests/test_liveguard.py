@@ -11,6 +11,7 @@ from mlink.linkstore.liveguard import (
     ProbeTally,
     below_forecast,
     correction,
+    forecast,
     same_option,
 )
 from mlink.linkstore.streamplan import StreamPlan, plan_for_targets
@@ -144,3 +145,26 @@ def test_the_plan_names_the_models_its_probes_put_below_their_forecast():
         live.add(m, 0.2)
     why = live.below_forecast()
     assert list(why) == [m] and "forecast 0.900" in why[m]
+
+
+def test_the_forecast_rescales_only_the_synthesized_share_and_caps_it_at_one():
+    # a runs half the frames and is synthesized at 0.8; b always runs
+    estimates, runs, synth = {"a": 0.9, "b": 1.0}, {"a": 0.5, "b": 1.0}, {"a": 0.8}
+    assert forecast(estimates, runs, synth, {}) == pytest.approx(0.95)  # no probes: the plan
+    assert forecast(estimates, runs, synth, {"a": 0.5}) == pytest.approx((0.5 + 0.2 + 1) / 2)
+    assert forecast(estimates, runs, synth, {"a": 2.0}) == pytest.approx(1.0)  # never above 1
+    with pytest.raises(ValueError, match="at least one model"):
+        forecast({}, {}, {}, {})
+
+
+def test_the_plans_forecast_follows_its_probes_through_the_corrections():
+    plan, m = target_plan()
+    live = LiveAgreement(plan)
+    assert live.forecast() == pytest.approx(plan.estimate)  # nothing seen yet
+    c = plan.choices[m]
+    for _ in range(6):
+        live.add(m, 0.5 * c.synthesized)  # probes see half of what the plan expects
+    factor = live.corrections()[m]  # shrunk towards 1 by the prior's pseudo-probes
+    assert 0.5 < factor < 1.0
+    lower = (c.runs + (1 - c.runs) * c.synthesized * factor - c.estimate) / len(plan.choices)
+    assert live.forecast() == pytest.approx(plan.estimate + lower)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,12 @@ from mlink.deploy.health import (
     use_json_logs,
     wait_ready,
 )
+from mlink.operators import LinkSettings, MLink, Model, Settings
+from mlink.operators.control_operators import _apply
 from mlink.operators.metrics import WorkerMetrics, start_metrics_endpoint
+from mlink.topics.records import ControlMessage
+from mlink.topics.specs import VectorSpec
+from tests.test_report import plan_and_probe_report
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -170,3 +176,37 @@ def test_json_logs_are_one_object_per_line() -> None:
     formatter = configurator.configure_formatter(dict(config["formatters"]["json"]))
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
     assert json.loads(formatter.format(record))["message"] == "hello"
+
+
+def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probes(tmp_path):
+    """``mlink_forecast{basis}``: a new plan sets both to its estimate; a probe report moves the
+    probes' one as ``mlink status`` computes it; a malformed plan moves neither."""
+    models = [
+        Model(name=n, fn=lambda frame: frame, spec=VectorSpec(size=1, task="linear"))
+        for n in ("bright", "level", "spread")
+    ]
+    settings = Settings(name="f", budget={"fraction": 1}, links=LinkSettings(store=str(tmp_path)))
+    mlink = MLink(settings, models)
+    plan, probes = plan_and_probe_report()
+
+    def gauge(basis: str) -> float:
+        return mlink.prom.forecast.labels(basis)._value.get()
+
+    try:
+        assert _apply(mlink, plan) is None
+        assert (gauge("plan"), gauge("probes")) == (0.9, 0.9)
+        assert _apply(mlink, probes) is None
+        assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx((1 + 2 * 0.67) / 3)
+        broken = ControlMessage(
+            kind="active_set",
+            epoch=2,
+            issued_at=3.0,
+            active=("bright",),
+            budget={"fraction": 0.5},
+            extra={"objective": "high", "predicted": {"level": "x"}, "runs": {"level": None}},
+        )
+        assert _apply(mlink, broken) is None  # applied (the plan is valid), figures ignored
+        assert _apply(mlink, replace(probes, epoch=2)) is None
+        assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx((1 + 2 * 0.67) / 3)
+    finally:
+        mlink.close()

@@ -43,6 +43,7 @@ def stream_status(**changes: Any) -> dict[str, Any]:
         "live_synthesized_mean": 0.875,
         "live_probes": 9,
         "live_counts": {"yolo_faces_640": 4.2, "hog_people_fast": 9.0},
+        "forecast_with_probes": 0.917,
         "plan_cost": {"ms": 203.7},
         "cost_table": "measured",
         "model_ms": {"eyes": 70.25, "face_alt2_fast": 30.4},
@@ -77,6 +78,8 @@ def test_a_stream_plan_shows_each_model_predicted_and_live() -> None:
     assert "!" not in text  # 85.0% over 4.2 probes is within the noise of 90.8%
     assert "predicted: 93.2% all models, 87.0% synthesized only" in text
     assert "live on probes: 87.5% synthesized only (9 probes)" in text
+    assert "forecast with probes: 91.7% all models" in text
+    assert "forecast with probes" not in rendered(stream_status(forecast_with_probes=None))
     assert "current 2; v1 (12 links, 40 samples), v2 (12 links, ? samples)" in text
     assert "mlink.demo.frames 3" in text
     assert "model costs: measured live" in text

@@ -20,7 +20,7 @@ from mlink.linkstore.training import TrainConfig
 from mlink.operators.controller import decide
 from mlink.operators.joiner import Executed, FrameWork, build_results
 from mlink.operators.state import KEPT_SCHEDULES, ControlState
-from mlink.operators.stream_decision import live_corrections, target_misses
+from mlink.operators.stream_decision import live_corrections, live_forecast, target_misses
 from mlink.operators.stream_synthesis import synthesize_streams
 from mlink.operators.trainer import train_bundle
 from mlink.topics.codec import decode_record, encode_record
@@ -205,3 +205,20 @@ def test_a_model_below_its_target_on_live_probes_is_named_and_corrected(links) -
         corrections={model: 0.01},
     )
     assert Schedule.from_extra(replanned.extra).share(model) > schedule.share(model)
+
+
+def test_the_forecast_with_probes_starts_at_the_plan_and_follows_what_probes_saw(links) -> None:
+    message = decide(MODELS, {}, links, {"fraction": 0.5}, 1, probe_every=8, stream=True)
+    extra = message.extra
+    synthesized = sorted(extra["predicted_synthesized"])
+    assert synthesized and set(extra["runs"]) == set(synthesized)
+    assert live_forecast(extra, {}, 0) == pytest.approx(extra["objective"])
+    model = synthesized[0]
+    planned, runs = extra["predicted_synthesized"][model], extra["runs"][model]
+    live = {model: planned / 2}
+    factor = live_corrections(extra, live, 8, [model])[model]
+    expected = extra["objective"] + (1 - runs) * planned * (factor - 1) / len(MODELS)
+    assert live_forecast(extra, live, 8) == pytest.approx(expected)
+    assert live_forecast(extra, live, 8) < extra["objective"]
+    older = {k: v for k, v in extra.items() if k != "runs"}  # a plan from before run shares
+    assert live_forecast(older, live, 8) is None

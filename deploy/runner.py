@@ -182,6 +182,7 @@ class RunReport:
     duplicates: int = 0
     workers_ready_s: list[float] = field(default_factory=list)
     worker_restarts: int = 0
+    control: list[ControlMessage] = field(default_factory=list)  # the control log at the end
 
     def status_counts(self) -> Counter[tuple[str, str]]:
         return Counter((r.model, r.status) for res in self.results.values() for r in res.results)
@@ -257,6 +258,11 @@ def run_pipeline(
                     log_dir,
                 )
             seconds = max(collector.received_at.values(), default=start) - start
+            try:  # the plans and probe reports the run's forecasts are checked against
+                control = read_control(cfg.broker, cfg)[1]
+            except Exception:
+                log.exception("could not read the control log; the summary has no forecasts")
+                control = []
             return RunReport(
                 len(ids),
                 dict(collector.results),
@@ -265,6 +271,7 @@ def run_pipeline(
                 collector.duplicates,
                 ready,
                 supervisor.restarts,
+                control,
             )
         finally:
             collector.close()

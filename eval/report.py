@@ -32,6 +32,7 @@ import numpy as np
 
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import RunReport
+from mlink.eval.live_forecasts import forecasts_in_force
 from mlink.eval.workload import Workload
 from mlink.linkstore.budget import typical_ms
 from mlink.linkstore.metrics import agreement
@@ -95,6 +96,12 @@ class RunSummary:
     synthesis_cost_source: str
     link_versions: list[int]
     final_active: list[str]
+    # the controller's forecasts for the frames planned under a plan with an estimate (probes
+    # count every model as 1, as the plan's estimate does), beside what those frames kept
+    forecast_frames: int = 0
+    forecast_kept: float | None = None
+    forecast_up_front: float | None = None
+    forecast_with_probes: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -267,6 +274,10 @@ def summarize(
         return 1 - _mean(s.solo_cost for s in frames) / sum(solo_ms.values())
 
     everything = list(scored.values())
+    forecasts = forecasts_in_force(
+        models, report.control, {f: r for f, r in report.results.items() if f in scored}
+    )
+    forecast = sorted(forecasts.up_front)
     lat = report.latencies_ms()
     last = max(report.results.values(), key=lambda r: (r.epoch, r.emitted_at), default=None)
     statuses = [(r.model, r.status) for res in report.results.values() for r in res.results]
@@ -305,6 +316,10 @@ def summarize(
             {r.link_version for res in report.results.values() for r in res.results} - {None}
         ),
         final_active=_ran_on_every_steady_frame(report.results.values(), last),
+        forecast_frames=len(forecast),
+        forecast_kept=_mean_or_none(_mean(scored[f].scores.values()) for f in forecast),
+        forecast_up_front=_mean_or_none(forecasts.up_front[f] for f in forecast),
+        forecast_with_probes=_mean_or_none(forecasts.with_probes[f] for f in forecast),
     )
 
 

@@ -98,6 +98,13 @@ def print_summary(summary: dict, console: Console) -> None:
         f"accuracy {percent(s['steady_accuracy'])} (all models), "
         f"{percent(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
     )
+    if s.get("forecast_frames"):
+        console.print(
+            f"forecast for the {s['forecast_frames']} planned frames (each made before the frame; "
+            f"probes count every model as kept, as plans do): up-front "
+            f"{percent(s['forecast_up_front'])}, with probes {percent(s['forecast_with_probes'])}; "
+            f"kept {percent(s['forecast_kept'])}"
+        )
     console.print(f"model costs: {s['cost_source']}; synthesis costs: {s['synthesis_cost_source']}")
     console.print(
         f"steady compute saved on the reference run's solo timings (each model alone, no "

@@ -13,7 +13,7 @@ from mlink.deploy.runner import RunReport
 from mlink.eval.report import SynthesisCosts, summarize
 from mlink.eval.run import print_summary
 from mlink.eval.workload import Workload
-from mlink.topics.records import FrameResult, ModelResult
+from mlink.topics.records import ControlMessage, FrameResult, ModelResult
 from mlink.topics.specs import spec_from_dict
 
 MODELS = {
@@ -211,3 +211,53 @@ def test_the_live_table_times_every_model_on_the_same_frames(tmp_path):
         "measured live in this run (trimmed mean ms of each model on the frames where every "
         "model ran)"
     )
+
+
+def plan_and_probe_report(epoch: int = 1) -> tuple[ControlMessage, ControlMessage]:
+    """A stream plan that runs bright and synthesizes level and spread, each run on a quarter of
+    the frames and expected at 0.8 elsewhere (0.25 + 0.75 * 0.8 = 0.85 each, (1 + 2 * 0.85) / 3
+    = 0.9 in all), issued at 100.5; and a report at 102.5 of three probes that saw half of that.
+    Their correction is (3 * 0.5 + 2) / (3 + 2) = 0.7, so each model 0.25 + 0.75 * 0.56 = 0.67
+    and the plan (1 + 2 * 0.67) / 3 after them."""
+    plan = ControlMessage(
+        kind="active_set",
+        epoch=epoch,
+        issued_at=100.5,
+        active=("bright",),
+        budget={"fraction": 0.5},
+        extra={
+            "objective": 0.9,
+            "predicted": {"bright": 1.0, "level": 0.85, "spread": 0.85},
+            "predicted_synthesized": {"level": 0.8, "spread": 0.8},
+            "runs": {"level": 0.25, "spread": 0.25},
+        },
+    )
+    report = ControlMessage(
+        kind="agreement",
+        epoch=epoch,
+        issued_at=102.5,
+        extra={"live_agreement": {"level": 0.4, "spread": 0.4}, "probes": 3},
+    )
+    return plan, report
+
+
+def test_each_planned_frame_is_forecast_by_the_plan_and_by_the_probe_reports_before_it(tmp_path):
+    # the report comes between frames 2 and 3 (emitted at 102 and 103)
+    s = summarize(
+        config(tmp_path),
+        replace(run(), control=list(plan_and_probe_report())),
+        reference(),
+        IDS,
+        SYNTHESIS,
+    )
+    assert s.forecast_frames == 3  # frames 1-3; the warm-up frame has no plan
+    assert s.forecast_up_front == pytest.approx(0.9)
+    assert s.forecast_with_probes == pytest.approx((0.9 + 0.9 + (1 + 2 * 0.67) / 3) / 3)
+    assert s.forecast_kept == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)  # the probe counts 1
+    console = Console(width=80, record=True)
+    print_summary(s.as_dict(), console)
+    assert "up-front 90.0%, with probes 86.0%; kept 66.7%" in " ".join(
+        console.export_text().split()
+    )
+    plain = summarize(config(tmp_path), run(), reference(), IDS, synthesis=SYNTHESIS)
+    assert plain.forecast_frames == 0 and plain.forecast_up_front is None  # no control log

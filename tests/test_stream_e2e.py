@@ -19,6 +19,7 @@ from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.status_view import render_status
 from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.eval.live_forecasts import forecasts_in_force
 from mlink.linkstore.liveguard import DECAY
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from tests.test_pipeline_e2e import (
@@ -141,6 +142,16 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
             row = next(line for line in text.splitlines() if line.startswith(model + " "))
             assert report["schedule"][model] in row, (row, plan)
         assert "dead letters: none" in text
+        if report["live_agreement"]:  # the plan's forecast, corrected by the probes so far
+            assert 0.0 <= report["forecast_with_probes"] <= 1.0
+            assert "forecast with probes" in text
+        # each planned frame's forecasts as `mlink run` checks them (eval.live_forecasts)
+        forecasts = forecasts_in_force(
+            config.model_names, control, {f: collector.results[f] for f in planned}
+        )
+        assert set(forecasts.up_front) == {f for f in planned if collector.results[f].epoch == 1}
+        assert set(forecasts.up_front.values()) == {sets[1].extra["objective"]}
+        assert all(0.0 <= v <= 1.0 for v in forecasts.with_probes.values())
     finally:
         collector.close()
 

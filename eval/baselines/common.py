@@ -47,7 +47,9 @@ class MethodResult:
     (None when it plans without an estimate), ``predicted_lower`` its lower confidence bound where
     the method has one (stream synthesis), ``predicted_in_force`` the mean over the frames of
     the estimate of the plan each ran under, for methods that re-plan as they go (stream
-    synthesis); ``seconds`` the wall time the method took (fit + plan + evaluation).
+    synthesis); ``predicted_live`` the mean over the frames of the forecast in force before each,
+    the plan's estimate corrected by the probes seen so far (stream synthesis with probes);
+    ``seconds`` the wall time the method took (fit + plan + evaluation).
     """
 
     method: str
@@ -62,6 +64,7 @@ class MethodResult:
     notes: str = ""
     predicted_lower: float | None = None
     predicted_in_force: float | None = None
+    predicted_live: float | None = None
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 

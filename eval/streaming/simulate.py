@@ -215,8 +215,10 @@ def simulate(
     new_probes = 0
     schedule: Schedule = plan.schedule
     in_force = np.zeros(n, dtype=np.int64)  # index into plans of the plan each frame ran under
+    forecast = np.zeros(n)  # the probe-corrected forecast in force before each frame
     for col, i in enumerate(test.tolist()):
         in_force[col] = len(plans) - 1
+        forecast[col] = live.forecast()
         s, q = streams[i], int(seq[i])
         runs = schedule.runs(q)
         probe[col] = schedule.is_probe(q)
@@ -294,6 +296,7 @@ def simulate(
         predicted_accuracy=first.estimate,
         predicted_lower=float(np.mean(list(first.lower().values()))),
         predicted_in_force=_in_force(plans, in_force),
+        predicted_live=float(forecast.mean()) if n else None,
         notes="; ".join(f"{m}: {first.describe(m)}" for m in models),
         seconds=time.perf_counter() - started,
         details={

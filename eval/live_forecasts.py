@@ -1,0 +1,71 @@
+"""The controller's forecasts of a live run, frame by frame, beside what the frames kept.
+
+A stream plan's up-front estimate comes from the warm-up; ``mlink status`` also shows a forecast
+that follows the probes (:func:`~mlink.operators.stream_decision.live_forecast`). To check both
+on a finished run, :func:`forecasts_in_force` replays the control log the workers obeyed and
+gives each planned frame the two forecasts in force when its result was emitted: its epoch's
+estimate, and that estimate corrected by the newest probe report of the epoch issued before. A
+frame's own probe can count in the report only if the report was issued before the frame's
+result, i.e. never for the frame itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from mlink.operators.state import ControlState
+from mlink.operators.stream_decision import live_forecast
+from mlink.topics.records import ControlMessage, FrameResult
+
+__all__ = ["Forecasts", "forecasts_in_force"]
+
+
+@dataclass(frozen=True, slots=True)
+class Forecasts:
+    """Per planned frame (frame id -> forecast) the plan's estimate and the one with probes."""
+
+    up_front: dict[str, float]
+    with_probes: dict[str, float]
+
+
+def forecasts_in_force(
+    models: Iterable[str],
+    control: Sequence[ControlMessage],
+    results: Mapping[str, FrameResult],
+) -> Forecasts:
+    """The forecasts each frame planned under a plan with an estimate ran with (see the module
+    docstring); frames of the warm-up (epoch 0) and of plans without an estimate get none."""
+    state = ControlState(tuple(sorted(models)))
+    objective: dict[int, float] = {}
+    timeline: dict[int, tuple[list[float], list[float]]] = {}  # epoch -> (issued_at, forecast)
+    for message in control:
+        if state.apply(message).status != "applied":
+            continue
+        extra = state.plan_extra
+        if message.kind == "active_set" and isinstance(extra.get("objective"), int | float):
+            objective[state.epoch] = float(extra["objective"])
+        if message.kind != "agreement" or state.epoch not in objective:
+            continue
+        value = live_forecast(
+            extra,
+            state.live_agreement,
+            state.live_probes,
+            counts=state.live_counts,
+            started=state.live_started,
+        )
+        if value is not None:
+            times, values = timeline.setdefault(state.epoch, ([], []))
+            times.append(max(message.issued_at, times[-1] if times else 0.0))  # log order
+            values.append(value)
+    up_front, with_probes = {}, {}
+    for frame_id, result in results.items():
+        if result.epoch not in objective:
+            continue
+        up_front[frame_id] = with_probes[frame_id] = objective[result.epoch]
+        times, values = timeline.get(result.epoch, ([], []))
+        k = bisect.bisect_left(times, result.emitted_at)  # reports issued before the result
+        if k:
+            with_probes[frame_id] = values[k - 1]
+    return Forecasts(up_front, with_probes)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -26,12 +27,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.pipeline import RUNS, fresh_config, percentiles, warm_up
 from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.config import load_config
 from mlink.deploy.processes import WorkerProcess
 from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.source import FrameProducer, iter_source
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/soak.py` from anywhere: bench/ is not installed
+    sys.path.insert(0, str(ROOT))
+
+from bench.pipeline import RUNS, fresh_config, percentiles, warm_up  # noqa: E402
 
 DRAIN_S = 120.0
 

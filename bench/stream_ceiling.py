@@ -17,21 +17,17 @@ links, as the bench's first seed does.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from mlink.deploy.config import load_config
-from mlink.eval.cost_tables import COSTS_HELP, priced_workload
-from mlink.eval.experiment import TrainedWorkload, train_workload
+from mlink.eval.experiment import TrainedWorkload
 from mlink.eval.streaming.method import OFFLINE, stream_mlink
+from mlink.eval.streaming.replay_args import replay_parser, replay_split
 from mlink.eval.streaming.simulate import StreamRun
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.streamfit import Curve
 from mlink.linkstore.streamoptions import option
 from mlink.linkstore.streamplan import StreamPlan
-from mlink.linkstore.training import TrainConfig
 
 
 def plan_rows(
@@ -112,20 +108,15 @@ def drift_rows(trained: TrainedWorkload) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="a pipeline config, e.g. deploy/configs/dnn.yaml")
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.33, 0.5])
-    parser.add_argument("--train", type=float, default=0.1, help="warm-up share of each stream")
-    parser.add_argument("--costs", default="cached", help=COSTS_HELP)
+    parser = replay_parser(__doc__)
     parser.add_argument("--plans", action="store_true", help="each model's option in both plans")
     parser.add_argument(
         "--bounds", type=float, nargs="+", default=[], metavar="Z",
         help="also print the warm-up plan's lower bound at these widths (standard errors)",
     )  # fmt: skip
     args = parser.parse_args()
-    config = load_config(args.config)
-    workload = priced_workload(config, args.costs)
-    trained = train_workload(workload, args.train, TrainConfig(seed=0))
+    trained = replay_split(args)
+    workload = trained.workload
     print(f"## {workload.name}: warm-up {args.train:.0%} of each stream, offline stream plans\n")
     print("| budget | warm-up plan: predicted | realised | gap | saved "
           "| oracle plan: predicted | realised | gap | saved |")  # fmt: skip

@@ -44,8 +44,9 @@ def forecasts_in_force(
         if state.apply(message).status != "applied":
             continue
         extra = state.plan_extra
-        if message.kind == "active_set" and isinstance(extra.get("objective"), int | float):
-            objective[state.epoch] = float(extra["objective"])
+        estimate = extra.get("objective")
+        if message.kind == "active_set" and type(estimate) in (int, float) and 0 <= estimate <= 1:
+            objective[state.epoch] = float(estimate)
         if message.kind != "agreement" or state.epoch not in objective:
             continue
         value = live_forecast(

@@ -169,20 +169,15 @@ def _replay_one(mlink: MLink, record: Any) -> str | None:
 
 
 def _forecast_with_probes(mlink: MLink) -> float | None:
-    """The plan's forecast rescaled by the probes so far (a malformed plan gives none: the
-    control replay must go on whatever a message says)."""
+    """The plan's forecast rescaled by the probes so far (None for a plan without one)."""
     state = mlink.state
-    try:
-        value = live_forecast(
-            state.plan_extra,
-            state.live_agreement,
-            state.live_probes,
-            counts=state.live_counts,
-            started=state.live_started,
-        )
-    except (ValueError, TypeError, KeyError, ZeroDivisionError):
-        return None
-    return value if value is not None and 0.0 <= value <= 1.0 else None
+    return live_forecast(
+        state.plan_extra,
+        state.live_agreement,
+        state.live_probes,
+        counts=state.live_counts,
+        started=state.live_started,
+    )
 
 
 def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:

@@ -9,6 +9,7 @@ estimates come from a few dozen warm-up frames and over-promise most where data 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -191,18 +192,24 @@ def live_forecast(
     """The stream plan's expected agreement (all models) with each synthesized model rescaled
     by its probes (:func:`~mlink.linkstore.liveguard.forecast`, the corrections of
     :func:`live_corrections`); None for a plan without per-model estimates or run shares (the
-    paper's links, or a plan published before run shares were)."""
+    paper's links, or a plan published before run shares were) or with malformed ones."""
     estimates, runs = extra.get("predicted") or {}, extra.get("runs")
     if not estimates or runs is None:
         return None
-    base = extra.get("corrections") or {}
-    factors = live_corrections(extra, live, probes, sorted(live), counts=counts, started=started)
-    return forecast(
-        {m: float(v) for m, v in estimates.items()},
-        {m: float(v) for m, v in runs.items()},
-        {m: float(v) for m, v in (extra.get("predicted_synthesized") or {}).items()},
-        {m: f / float(base.get(m, 1.0)) for m, f in factors.items()},
-    )
+    try:  # whatever a control message says, a status read or the replay carries on
+        base = extra.get("corrections") or {}
+        factors = live_corrections(
+            extra, live, probes, sorted(live), counts=counts, started=started
+        )
+        value = forecast(
+            {m: float(v) for m, v in estimates.items()},
+            {m: float(v) for m, v in runs.items()},
+            {m: float(v) for m, v in (extra.get("predicted_synthesized") or {}).items()},
+            {m: f / float(base.get(m, 1.0)) for m, f in factors.items()},
+        )
+    except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError):
+        return None
+    return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
 
 
 def live_corrections(

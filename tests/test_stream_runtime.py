@@ -222,3 +222,5 @@ def test_the_forecast_with_probes_starts_at_the_plan_and_follows_what_probes_saw
     assert live_forecast(extra, live, 8) < extra["objective"]
     older = {k: v for k, v in extra.items() if k != "runs"}  # a plan from before run shares
     assert live_forecast(older, live, 8) is None
+    for forged in ({"predicted": {model: "x"}}, {"runs": {model: None}}, {"runs": {}}):
+        assert live_forecast({**extra, **forged}, live, 8) is None  # a status read carries on

@@ -102,15 +102,17 @@ METRICS = (
     "predicted_accuracy",
     "predicted_lower",
     "predicted_in_force",
+    "predicted_live",
     "probe_share",
 )
 #: Each forecast a row may carry, with the key of its gap to realised accuracy in a cell: the
-#: method's prediction, the stream plans' lower confidence bound, and the estimate of the plan in
-#: force on each frame (re-plans included).
+#: method's prediction, the stream plans' lower confidence bound, the estimate of the plan in
+#: force on each frame (re-plans included), and that estimate rescaled by the probes so far.
 FORECASTS = (
     ("predicted_accuracy", "prediction_gap"),
     ("predicted_lower", "lower_gap"),
     ("predicted_in_force", "in_force_gap"),
+    ("predicted_live", "live_gap"),
 )
 
 
@@ -161,6 +163,7 @@ def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> 
         "predicted_accuracy": result.predicted_accuracy,
         "predicted_lower": getattr(result, "predicted_lower", None),
         "predicted_in_force": getattr(result, "predicted_in_force", None),
+        "predicted_live": getattr(result, "predicted_live", None),
         "probe_share": (getattr(result, "details", None) or {}).get("probe_share"),
         "active": list(result.active),
         "per_model": {m: float(v) for m, v in result.per_model.items()},
@@ -173,7 +176,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     ``prediction_gap`` is predicted minus realised accuracy per seed, averaged; ``lower_gap`` the
     same for the prediction's lower confidence bound, ``in_force_gap`` for the estimate of the
-    plan in force on each frame.
+    plan in force on each frame, ``live_gap`` for that estimate rescaled by the probes so far.
     """
     cells = []
     keys = list(dict.fromkeys((r["method"], r["budget"]) for r in rows))

@@ -89,8 +89,8 @@ def markdown(report: BenchReport) -> str:
     lines += [
         "",
         "| MLink row | budget | predicted | realised | gap (points) | lower bound | gap (points) "
-        "| plan in force | gap (points) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| plan in force | gap (points) | with probes | gap (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in gaps:
         if c["prediction_gap"] is None:
@@ -223,8 +223,9 @@ def _print_gaps(report: BenchReport, console: Console) -> None:
     table.add_column("predicted", justify="right")
     table.add_column("realised", justify="right")
     table.add_column("gap (points)", justify="right")
-    for head in ("lower bound", "gap (points)", "plan in force", "gap (points)"):
-        table.add_column(head, justify="right")
+    for forecast in ("lower bound", "plan in force", "with probes"):
+        table.add_column(forecast, justify="right")
+        table.add_column("gap (points)", justify="right")
     for c in gaps:
         table.add_row(
             c["method"],

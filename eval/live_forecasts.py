@@ -24,10 +24,13 @@ __all__ = ["Forecasts", "forecasts_in_force"]
 
 @dataclass(frozen=True, slots=True)
 class Forecasts:
-    """Per planned frame (frame id -> forecast) the plan's estimate and the one with probes."""
+    """Per planned frame (frame id -> forecast) the plan's estimate and the one with probes
+    (the plan's estimate until a probe report; ``reports`` counts the reports that gave one:
+    none for the paper's links, whose plans carry no run shares)."""
 
     up_front: dict[str, float]
     with_probes: dict[str, float]
+    reports: int = 0
 
 
 def forecasts_in_force(
@@ -69,4 +72,4 @@ def forecasts_in_force(
         k = bisect.bisect_left(times, result.emitted_at)  # reports issued before the result
         if k:
             with_probes[frame_id] = values[k - 1]
-    return Forecasts(up_front, with_probes)
+    return Forecasts(up_front, with_probes, sum(len(t) for t, _ in timeline.values()))

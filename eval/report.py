@@ -319,7 +319,9 @@ def summarize(
         forecast_frames=len(forecast),
         forecast_kept=_mean_or_none(_mean(scored[f].scores.values()) for f in forecast),
         forecast_up_front=_mean_or_none(forecasts.up_front[f] for f in forecast),
-        forecast_with_probes=_mean_or_none(forecasts.with_probes[f] for f in forecast),
+        forecast_with_probes=(
+            _mean_or_none(forecasts.with_probes[f] for f in forecast) if forecasts.reports else None
+        ),
     )
 
 

@@ -99,11 +99,13 @@ def print_summary(summary: dict, console: Console) -> None:
         f"{percent(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
     )
     if s.get("forecast_frames"):
+        probes = s.get("forecast_with_probes")
         console.print(
             f"forecast for the {s['forecast_frames']} planned frames (each made before the frame; "
             f"probes count every model as kept, as plans do): up-front "
-            f"{percent(s['forecast_up_front'])}, with probes {percent(s['forecast_with_probes'])}; "
-            f"kept {percent(s['forecast_kept'])}"
+            f"{percent(s['forecast_up_front'])}"
+            + (f", with probes {percent(probes)}" if probes is not None else "")
+            + f"; kept {percent(s['forecast_kept'])}"
         )
     console.print(f"model costs: {s['cost_source']}; synthesis costs: {s['synthesis_cost_source']}")
     console.print(

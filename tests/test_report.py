@@ -261,3 +261,11 @@ def test_each_planned_frame_is_forecast_by_the_plan_and_by_the_probe_reports_bef
     )
     plain = summarize(config(tmp_path), run(), reference(), IDS, synthesis=SYNTHESIS)
     assert plain.forecast_frames == 0 and plain.forecast_up_front is None  # no control log
+    plan, _ = plan_and_probe_report()
+    links = replace(plan, extra={"objective": 0.9})  # the paper's links: no run shares
+    once = summarize(config(tmp_path), replace(run(), control=[links]), reference(), IDS, SYNTHESIS)
+    assert once.forecast_up_front == pytest.approx(0.9) and once.forecast_with_probes is None
+    console = Console(width=80, record=True)
+    print_summary(once.as_dict(), console)
+    line = " ".join(console.export_text().split())
+    assert "up-front 90.0%; kept 66.7%" in line and "with probes" not in line

@@ -9,7 +9,7 @@ after it (BENCHMARKS.md, "Where the stream forecasts go wrong"). This replays th
 (the first ``--train`` of each stream trains, seed 0, the committed cost table) with probes and
 scores three forecasts of each frame's agreement, made before the frame, against what was kept:
 
-- **up-front**: the first plan's estimate (what ``mlink status`` showed until now);
+- **up-front**: the first plan's estimate (all ``mlink status`` showed before this forecast);
 - **plan in force**: the estimate of the plan each frame ran under (differs only with re-plans);
 - **with probes**: the plan in force with each synthesized model's estimate rescaled by what its
   probes saw so far (:meth:`~mlink.linkstore.liveguard.LiveAgreement.forecast`, what ``mlink

@@ -15,7 +15,7 @@ from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
-from mlink.operators.stream_decision import live_forecast
+from mlink.operators.stream_decision import state_forecast
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError
 
@@ -62,17 +62,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "live_probes": state.live_probes,
         "live_counts": state.live_counts,  # effective probes per model (stream synthesis)
         # the plan's estimate with each synthesized model rescaled by its probes (stream plans)
-        "forecast_with_probes": (
-            live_forecast(
-                last.extra,
-                state.live_agreement,
-                state.live_probes,
-                counts=state.live_counts,
-                started=state.live_started,
-            )
-            if last and state.live_agreement
-            else None
-        ),
+        "forecast_with_probes": state_forecast(state) if state.live_agreement else None,
         "plan_cost": last.extra.get("cost") if last else None,
         "cost_table": last.extra.get("cost_table") if last else None,
         "model_ms": last.extra.get("model_ms") if last else None,  # what the plan was priced on

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mlink.operators.state import ControlState
-from mlink.operators.stream_decision import live_forecast
+from mlink.operators.stream_decision import plan_estimate, state_forecast
 from mlink.topics.records import ControlMessage, FrameResult
 
 __all__ = ["Forecasts", "forecasts_in_force"]
@@ -46,20 +46,12 @@ def forecasts_in_force(
     for message in control:
         if state.apply(message).status != "applied":
             continue
-        extra = state.plan_extra
-        estimate = extra.get("objective")
-        if message.kind == "active_set" and type(estimate) in (int, float) and 0 <= estimate <= 1:
-            objective[state.epoch] = float(estimate)
+        estimate = plan_estimate(state.plan_extra)
+        if message.kind == "active_set" and estimate is not None:
+            objective[state.epoch] = estimate
         if message.kind != "agreement" or state.epoch not in objective:
             continue
-        value = live_forecast(
-            extra,
-            state.live_agreement,
-            state.live_probes,
-            counts=state.live_counts,
-            started=state.live_started,
-        )
-        if value is not None:
+        if (value := state_forecast(state)) is not None:
             times, values = timeline.setdefault(state.epoch, ([], []))
             times.append(max(message.issued_at, times[-1] if times else 0.0))  # log order
             values.append(value)

@@ -28,7 +28,12 @@ from mlink.linkstore.store import StoreError
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.controller import decide
 from mlink.operators.runtime import MLink
-from mlink.operators.stream_decision import live_corrections, live_forecast, target_misses
+from mlink.operators.stream_decision import (
+    live_corrections,
+    plan_estimate,
+    state_forecast,
+    target_misses,
+)
 from mlink.operators.wiring import (
     Outbox,
     dead_letters,
@@ -79,13 +84,12 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
     if message.kind == "agreement":
         for model, value in mlink.state.live_agreement.items():
             prom.live_agreement.labels(model).set(value)
-        if (forecast := _forecast_with_probes(mlink)) is not None:
+        if (forecast := state_forecast(mlink.state)) is not None:
             prom.forecast.labels("probes").set(forecast)
     if changed and message.kind == "active_set":
-        objective = message.extra.get("objective")
-        if type(objective) in (int, float) and 0.0 <= objective <= 1.0:
+        if (estimate := plan_estimate(message.extra)) is not None:
             for basis in ("plan", "probes"):  # no probes under this plan yet
-                prom.forecast.labels(basis).set(objective)
+                prom.forecast.labels(basis).set(estimate)
         predicted = message.extra.get("predicted", {})
         synthesized = message.extra.get("predicted_synthesized", {})  # stream plans
         if isinstance(predicted, dict) and isinstance(synthesized, dict):
@@ -166,18 +170,6 @@ def _replay_one(mlink: MLink, record: Any) -> str | None:
     except Exception as exc:
         return f"undecodable: {exc}"
     return _apply(mlink, message)
-
-
-def _forecast_with_probes(mlink: MLink) -> float | None:
-    """The plan's forecast rescaled by the probes so far (None for a plan without one)."""
-    state = mlink.state
-    return live_forecast(
-        state.plan_extra,
-        state.live_agreement,
-        state.live_probes,
-        counts=state.live_counts,
-        started=state.live_started,
-    )
 
 
 def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:

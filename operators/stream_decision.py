@@ -20,6 +20,7 @@ from mlink.linkstore.liveguard import corrected, forecast, miss_reason
 from mlink.linkstore.problem import InfeasibleBudget
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
+from mlink.operators.state import ControlState
 from mlink.topics.records import ControlMessage
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "links_estimate",
     "live_corrections",
     "live_forecast",
+    "plan_estimate",
+    "state_forecast",
     "stream_decision",
     "target_misses",
 ]
@@ -210,6 +213,25 @@ def live_forecast(
     except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
+def state_forecast(state: ControlState) -> float | None:
+    """:func:`live_forecast` of the plan and the probe report ``state`` holds (what ``mlink
+    status``, the worker's gauge and the run summary show)."""
+    return live_forecast(
+        state.plan_extra,
+        state.live_agreement,
+        state.live_probes,
+        counts=state.live_counts,
+        started=state.live_started,
+    )
+
+
+def plan_estimate(extra: Mapping[str, Any]) -> float | None:
+    """A plan's expected agreement over all models (``objective`` of its ``active_set``), or
+    None when it carries none or not a number in [0, 1]."""
+    value = extra.get("objective")
+    return float(value) if type(value) in (int, float) and 0.0 <= value <= 1.0 else None
 
 
 def live_corrections(

@@ -216,9 +216,10 @@ def simulate(
     schedule: Schedule = plan.schedule
     in_force = np.zeros(n, dtype=np.int64)  # index into plans of the plan each frame ran under
     forecast = np.zeros(n)  # the probe-corrected forecast in force before each frame
+    forecast_now = live.forecast()  # changes only with a probe or a new plan
     for col, i in enumerate(test.tolist()):
         in_force[col] = len(plans) - 1
-        forecast[col] = live.forecast()
+        forecast[col] = forecast_now
         s, q = streams[i], int(seq[i])
         runs = schedule.runs(q)
         probe[col] = schedule.is_probe(q)
@@ -242,6 +243,7 @@ def simulate(
         new_probes += 1
         for m, value in out.shadow.items():
             live.add(m, float(agreement(specs[m], [value], [real[m]])[0]))
+        forecast_now = live.forecast()
         why = _replan_reason(live, targets, config, new_probes)
         if config.adaptive_probes and config.probe_every:
             quiet = 0 if why else quiet + 1
@@ -274,6 +276,7 @@ def simulate(
             else LiveAgreement(plan, factors=dict(corrections), decay=config.guard_decay)
         )
         schedule = plan.schedule
+        forecast_now = live.forecast()
     per_frame = {m: np.ones(n) for m in models}
     for m in models:
         if where[m]:

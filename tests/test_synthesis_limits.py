@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.synthesis_limits import gated, presence_gated
+from bench.synthesis_limits import gated, head_split, presence_gated
 
 LEFT = np.array([[0.1, 0.1, 0.3, 0.3, 0.9]], np.float32)
 RIGHT = np.array([[0.6, 0.6, 0.8, 0.8, 0.9]], np.float32)
@@ -40,3 +40,20 @@ def test_a_presence_gated_target_runs_where_its_source_fires_and_uses_the_head_e
     # frame 2 does not (the target found a face the source missed)
     assert share == pytest.approx(2 / 4)
     assert agree == pytest.approx((1 + 1 + 0 + 1) / 4)
+
+
+def test_the_head_split_scores_the_warm_up_head_and_a_head_fitted_on_the_scored_frames() -> None:
+    # warm-up (frames 0-1): the target draws the source's box; later (2-4): the box beside it
+    beside = np.array([[0.3, 0.1, 0.5, 0.3, 0.9]], np.float32)
+    wl = SimpleNamespace(
+        outputs={
+            "src": [LEFT, EMPTY, LEFT, LEFT, EMPTY],
+            "tgt": [LEFT, EMPTY, beside, beside, EMPTY],
+        }
+    )
+    rows = head_split(wl, "src", "tgt", [0, 1], [2, 3, 4])  # type: ignore[arg-type]
+    warm, rest = ([cell.strip() for cell in row.strip("|").split("|")] for row in rows)
+    assert warm[1:] == ["warm-up", "50%", "1.000", "1.000", "1.000", "1.000"]
+    # the warm-up's head draws LEFT where the target drew the box beside it (no overlap); a
+    # head fitted on frames 2-4 learns the offset and agrees exactly
+    assert rest[1:] == ["rest", "67%", "0.000", "1.000", "0.333", "1.000"]

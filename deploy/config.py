@@ -131,6 +131,7 @@ class PipelineConfig(StrictSection):
             batch_wait_s=rt.batch_wait_s,
             output_timeout_s=rt.output_timeout_s,
             max_in_flight=rt.max_in_flight,
+            live_report_every=links.report_every,
             metrics_port=rt.metrics_port,
             metrics_host=rt.metrics_host,
             limits=self.limits.limits(),

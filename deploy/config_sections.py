@@ -266,6 +266,12 @@ class LinksConfig(StrictSection):
     probe_stride: int = Field(
         0, ge=0, description="move each block's probe frame by this much per block (0: first)"
     )
+    report_every: int = Field(
+        5,
+        ge=1,
+        description="probe frames per live-agreement report on the control topic (what "
+        "`mlink status` and the forecast with probes see, and when a missed target re-plans)",
+    )
     cascades: bool = Field(
         False,
         description="stream synthesis: also let a box model run only where another box model "

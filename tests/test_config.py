@@ -183,6 +183,15 @@ def test_unknown_and_out_of_range_keys_are_named() -> None:
     assert _names_key(message, "source.jpeg_quality", "greater than or equal to 1")
 
 
+def test_how_often_probes_are_reported_is_a_links_setting() -> None:
+    assert parse_config(_valid()).operator_settings().live_report_every == 5
+    data = _valid()
+    data["links"] = {"report_every": 2}
+    assert parse_config(data).operator_settings().live_report_every == 2
+    data["links"] = {"report_every": 0}
+    assert _names_key(_error(data), "links.report_every", "greater than or equal to 1")
+
+
 def test_model_names_must_be_unique_and_at_least_two() -> None:
     data = _valid()
     data["models"][1]["name"] = "parity"

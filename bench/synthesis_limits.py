@@ -16,7 +16,8 @@
    anything. If only the share of frames with objects changed after the warm-up, re-weighting
    the warm-up's two figures by the live share would forecast the rest; if the figures
    themselves change, it cannot. The last column fits the same head on the frames it scores: the
-   most any head of this form could keep there, whatever the warm-up showed.
+   most any head of this form could keep there, whatever the warm-up showed. Last, how often each
+   source fires per stream on the warm-up and after it.
 
 Uses the cached outputs and the cost table ``--costs`` names; nothing is trained but the heads.
 """
@@ -34,6 +35,7 @@ from mlink.eval.temporal.geometry import positions, stream_segments
 from mlink.eval.workload import Workload, stream_split
 from mlink.linkstore.boxlinks import BoxHead, as_boxes, finds_anything, fit_box_head, follow
 from mlink.linkstore.metrics import box_agreement
+from mlink.linkstore.streamerror import between_streams
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.85)
 
@@ -92,6 +94,26 @@ def head_split(
     return rows
 
 
+def firing_rows(wl: Workload, source: str, train: Sequence[int], rest: Sequence[int]) -> list[str]:
+    """Rows: per stream, how often ``source`` fires on its warm-up and on the rest; then all
+    streams, with the warm-up share's standard error counting each stream as one draw."""
+    fires = np.array([finds_anything(o) for o in wl.outputs[source]], dtype=float)
+    names = list(dict.fromkeys(wl.streams))
+    stream_of = np.array([names.index(s) for s in wl.streams])
+    warm, later = np.asarray(train, dtype=np.int64), np.asarray(rest, dtype=np.int64)
+    rows = []
+    for k, name in enumerate(names):
+        w, r = warm[stream_of[warm] == k], later[stream_of[later] == k]
+        share = [f"{fires[x].mean():.0%}" if len(x) else "-" for x in (w, r)]
+        rows.append(f"| {source} | {name} | {share[0]} | {share[1]} |")
+    se = between_streams(fires[warm], stream_of[warm])
+    rows.append(
+        f"| {source} | all | {fires[warm].mean():.0%} (± {se:.0%} between streams) "
+        f"| {fires[later].mean():.0%} |"
+    )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="a pipeline config with box models, e.g. dnn.yaml")
@@ -142,6 +164,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for source, target in pairs:
         print("\n".join(head_split(wl, source, target, train.tolist(), rest.tolist())))
+    print(f"\n## {wl.name}: how often each source fires, per stream, on the warm-up and after\n")
+    print("| source | stream | warm-up | rest |")
+    print("|---|---|---|---|")
+    for source in dict.fromkeys(source for source, _ in pairs):
+        print("\n".join(firing_rows(wl, source, train.tolist(), rest.tolist())))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.synthesis_limits import gated, head_split, presence_gated
+from bench.synthesis_limits import firing_rows, gated, head_split, presence_gated
 
 LEFT = np.array([[0.1, 0.1, 0.3, 0.3, 0.9]], np.float32)
 RIGHT = np.array([[0.6, 0.6, 0.8, 0.8, 0.9]], np.float32)
@@ -57,3 +57,14 @@ def test_the_head_split_scores_the_warm_up_head_and_a_head_fitted_on_the_scored_
     # the warm-up's head draws LEFT where the target drew the box beside it (no overlap); a
     # head fitted on frames 2-4 learns the offset and agrees exactly
     assert rest[1:] == ["rest", "67%", "0.000", "1.000", "0.333", "1.000"]
+
+
+def test_the_firing_rows_give_each_streams_share_on_the_warm_up_and_after() -> None:
+    wl = SimpleNamespace(
+        streams=["a", "a", "a", "b", "b", "b"],
+        outputs={"src": [EMPTY, LEFT, LEFT, LEFT, EMPTY, EMPTY]},
+    )
+    rows = firing_rows(wl, "src", [0, 3], [1, 2, 4, 5])  # type: ignore[arg-type]
+    assert rows[:2] == ["| src | a | 0% | 100% |", "| src | b | 100% | 0% |"]
+    # the warm-up's two streams disagree completely: one draw each, standard error 0.5
+    assert rows[2] == "| src | all | 50% (± 50% between streams) | 50% |"

@@ -27,7 +27,7 @@ from mlink.linkstore.metrics import agreement
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.streamfit import Curve
 from mlink.linkstore.streamoptions import option
-from mlink.linkstore.streamplan import StreamPlan
+from mlink.linkstore.streamplan import DEFAULT_PERIODS, StreamPlan
 
 
 def plan_rows(
@@ -93,6 +93,26 @@ def model_rows(models: list[str], pair: list[StreamRun]) -> list[str]:
     return rows
 
 
+def option_rows(pair: list[StreamRun], model: str, model_ms: float) -> list[str]:
+    """Per mode and period of ``model`` (0: probes only): the warm-up curves' estimate and lower
+    bound, and the estimate of the same option from curves fitted on every frame."""
+    warm, oracle = (run.fits[0].curves[model] for run in pair)
+    rows = []
+    for curve in warm:
+        best = next((c for c in oracle if c.mode == curve.mode), None)
+        for period in DEFAULT_PERIODS:
+            here = option(curve, period, 0, model_ms, OFFLINE.z, 0, OFFLINE.corr)
+            there = option(best, period, 0, model_ms, OFFLINE.z, 0, OFFLINE.corr) if best else None
+            if here is None:
+                continue
+            every = f"{there.estimate:.1%}" if there is not None else "-"
+            rows.append(
+                f"| {model} | {curve.mode.key()} | {period or 'probes only'} "
+                f"| {here.estimate:.1%} | {here.lower:.1%} | {every} | {here.cost_ms:.1f} |"
+            )
+    return rows
+
+
 def drift_rows(trained: TrainedWorkload) -> list[str]:
     wl = trained.workload
     rows = []
@@ -110,6 +130,10 @@ def drift_rows(trained: TrainedWorkload) -> list[str]:
 def main() -> None:
     parser = replay_parser(__doc__)
     parser.add_argument("--plans", action="store_true", help="each model's option in both plans")
+    parser.add_argument(
+        "--options", nargs="+", default=[], metavar="MODEL",
+        help="every option of these models: warm-up estimate and bound, estimate from every frame",
+    )  # fmt: skip
     parser.add_argument(
         "--bounds", type=float, nargs="+", default=[], metavar="Z",
         help="also print the warm-up plan's lower bound at these widths (standard errors)",
@@ -132,6 +156,13 @@ def main() -> None:
         print(f"\n| model at {fraction:.0%} | warm-up plan | realised | oracle plan | realised |")
         print("|---|---|---|---|---|")
         print("\n".join(model_rows(trained.workload.models, pair)))
+    if args.options:
+        print("\n| model | mode | period | warm-up estimate | lower bound "
+              "| estimate from every frame | ms per frame |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+    for m in args.options:
+        first = runs[args.budgets[0]]
+        print("\n".join(option_rows(first, m, float(workload.costs[m]["ms"]))))
     print("\n| model | warm-up prior on the warm-up | on the rest | change |")
     print("|---|---|---|---|")
     print("\n".join(drift_rows(trained)))

@@ -1,12 +1,18 @@
-"""``bench/stream_ceiling.py --bounds``: a chosen plan's lower bound at another width."""
+"""``bench/stream_ceiling.py``: a chosen plan's lower bound at another width (``--bounds``) and a
+model's every option from the warm-up and from every frame (``--options``)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from bench.stream_ceiling import bound_at
-from mlink.linkstore.streamplan import plan_for_budget
+from bench.stream_ceiling import bound_at, option_rows
+from mlink.eval.streaming.method import OFFLINE
+from mlink.linkstore.streamoptions import option
+from mlink.linkstore.streamplan import DEFAULT_PERIODS, plan_for_budget
 from tests.test_stream_synthesis import small_instance
 
 
@@ -22,3 +28,23 @@ def test_the_bound_at_the_planners_own_width_is_the_plans_and_wider_bounds_are_l
     wider, narrower = bound_at(plan, curves, 1.645, corr=4.0), bound_at(plan, curves, 0.0)
     assert wider < own < narrower
     assert narrower == pytest.approx(plan.estimate)  # no width: the estimate itself
+
+
+def test_the_option_rows_set_each_warm_up_option_beside_the_same_option_from_every_frame() -> None:
+    _, curves = small_instance()
+    better = {m: [replace(c, agree=(1.0,) * len(c.agree)) for c in cs] for m, cs in curves.items()}
+    pair = [SimpleNamespace(fits=[SimpleNamespace(curves=c)]) for c in (curves, better)]
+    rows = option_rows(pair, "a", 10.0)  # type: ignore[arg-type]
+    cells = [[x.strip() for x in row.strip("|").split("|")] for row in rows]
+    # one row per mode and period the warm-up curve covers (reuse's reaches lag 3 only)
+    covered = [
+        (c.mode.key(), k)
+        for c in curves["a"]
+        for k in DEFAULT_PERIODS
+        if option(c, k, 0, 10.0, OFFLINE.z, 0, OFFLINE.corr) is not None
+    ]
+    assert [(c[1], c[2]) for c in cells] == [(m, str(k or "probes only")) for m, k in covered]
+    head = next(c for c in cells if c[1] == "head(c)" and c[2] == "probes only")
+    want = option(curves["a"][2], 0, 0, 10.0, OFFLINE.z, 0, OFFLINE.corr)
+    assert want is not None
+    assert head[3:] == [f"{want.estimate:.1%}", f"{want.lower:.1%}", "100.0%", "0.1"]

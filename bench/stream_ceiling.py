@@ -8,7 +8,9 @@ given curves and detector heads fitted on every frame, and the paper's links' ag
 scored frames: an oracle no deployment has. Its realised agreement is what the synthesis modes
 keep at that budget when the estimates are right; its prediction gap shows whether the
 estimator is biased when its data is representative. Per model, the warm-up's prior scored on
-the warm-up and on the rest shows how far the content moves after the warm-up.
+the warm-up and on the rest shows how far the content moves after the warm-up; ``--options
+MODEL`` lists every option of a model (mode and period) as the warm-up and every frame price it,
+to see which options the warm-up over-promises and so makes the planner prefer.
 
 Uses the cached outputs and the cost table ``--costs`` names (as ``mlink bench`` does; the
 benchmarks pass the committed ``deploy/costs/<workload>.json``); seed 0 trains the paper's
@@ -160,9 +162,8 @@ def main() -> None:
         print("\n| model | mode | period | warm-up estimate | lower bound "
               "| estimate from every frame | ms per frame |")  # fmt: skip
         print("|---|---|---|---|---|---|---|")
-    for m in args.options:
-        first = runs[args.budgets[0]]
-        print("\n".join(option_rows(first, m, float(workload.costs[m]["ms"]))))
+    for m in args.options:  # the curves do not depend on the budget: the first budget's fits
+        print("\n".join(option_rows(runs[args.budgets[0]], m, float(workload.costs[m]["ms"]))))
     print("\n| model | warm-up prior on the warm-up | on the rest | change |")
     print("|---|---|---|---|")
     print("\n".join(drift_rows(trained)))

@@ -1,4 +1,5 @@
-"""``bench/synthesis_limits.py``'s gated runs on a constructed stream with a known answer."""
+"""``bench/synthesis_limits.py``'s gated runs, head split and firing shares on constructed
+streams with known answers."""
 
 from __future__ import annotations
 

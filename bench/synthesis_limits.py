@@ -81,7 +81,12 @@ def head_split(
     rows = []
     for name, frames in (("warm-up", train), ("rest", rest)):
         # the same head form fitted on the frames it is scored on: what no warm-up can beat
-        best = fit_box_head([out[source][i] for i in frames], [out[target][i] for i in frames])
+        # (on the warm-up that is the warm-up's own head)
+        best = (
+            head
+            if frames is train
+            else fit_box_head([out[source][i] for i in frames], [out[target][i] for i in frames])
+        )
         scores, ceiling = (
             np.array([box_agreement(h.predict(out[source][i]), out[target][i]) for i in frames])
             for h in (head, best)

@@ -281,6 +281,26 @@ def test_the_ablation_runs_every_variant_at_every_budget_and_shows_steady_figure
     assert offline_line.startswith("| offline | ") and "steady" not in offline_line
     assert probes_line.startswith("| probes | ") and probes_line.count("steady") == 2
     assert "default (offline, lower-bound selection)" in VARIANTS
+    assert all(r["plans_budget"] == r["fraction"] for r in rows)
+
+
+def test_free_probe_variants_give_the_plans_the_probes_share_on_top_of_the_budget(tiny_trained):
+    """Their steady figures then spend what the static plan spends: what probes would gain if
+    they cost nothing."""
+    from dataclasses import replace
+
+    from mlink.eval.streaming.ablation import VARIANTS, FreeProbes, ablation_rows
+    from mlink.eval.streaming.method import OFFLINE, ONLINE
+
+    probes = replace(ONLINE, probe_every=4, guard=False)
+    rows = ablation_rows(tiny_trained, [0.3], {"paid": probes, "free": FreeProbes(probes)})
+    paid, free = rows
+    assert paid["plans_budget"] == pytest.approx(0.3)
+    assert free["plans_budget"] == pytest.approx(0.3 + 1 / 4)
+    assert free["probes"] > 0 and free["compute_saved"] <= paid["compute_saved"]
+    assert any(isinstance(v, FreeProbes) for v in VARIANTS.values())
+    with pytest.raises(ValueError, match="probe_every"):
+        FreeProbes(OFFLINE)
 
 
 def test_an_adaptive_probe_rate_never_probes_more_often_than_configured(tiny_trained):

@@ -6,13 +6,16 @@ a time: selection by the estimate instead of its lower bound, no detector links,
 links, probes without refits, periodic refits from probes (online link learning), the drift
 guard (refit and hot swap), an adaptive probe rate, half the probe rate, probes without a
 stride. Probe rows count the probes' cost and also show *steady* figures (probe frames left
-out).
+out). The *free probes* rows give the plans the probes' share of the full cost on top of the
+budget, so their steady figures show what learning and re-planning from probes do at the
+spending of the static plan: whether cheaper probes would make the probe rows pay.
+``--only TEXT`` runs the variants whose name contains it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,10 +29,25 @@ from mlink.eval.figures import mean_spread
 from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink
 from mlink.eval.streaming.simulate import StreamConfig
 
-__all__ = ["VARIANTS", "ablation_rows", "markdown", "run_ablation"]
+__all__ = ["VARIANTS", "FreeProbes", "ablation_rows", "markdown", "run_ablation"]
 
+
+@dataclass(frozen=True, slots=True)
+class FreeProbes:
+    """A variant whose plans get ``1 / probe_every`` of the full cost on top of the budget: what
+    its probes cost, so that its steady figures (probe frames out) spend what the static plan
+    spends and show the learning and re-planning alone."""
+
+    config: StreamConfig
+
+    def __post_init__(self) -> None:
+        if self.config.probe_every <= 0:
+            raise ValueError("FreeProbes needs a config with probes (probe_every > 0)")
+
+
+Variant = StreamConfig | FreeProbes
 _PROBES = replace(OFFLINE, probe_every=16, probe_stride=7)
-VARIANTS: dict[str, StreamConfig] = {
+VARIANTS: dict[str, Variant] = {
     "default (offline, lower-bound selection)": OFFLINE,
     "selection by the estimate": replace(OFFLINE, objective="estimate"),
     "margins from frame counts only": replace(OFFLINE, between_streams=False),
@@ -41,6 +59,9 @@ VARIANTS: dict[str, StreamConfig] = {
     "probes + guard + adaptive rate": replace(ONLINE, adaptive_probes=True),
     "probes every 32 + guard": replace(ONLINE, probe_every=32),
     "probes at seq % 16 == 0 + guard": replace(ONLINE, probe_stride=0),
+    "free probes, no learning": FreeProbes(_PROBES),
+    "free probes + refit every 4 probes": FreeProbes(replace(_PROBES, refit_every=4)),
+    "free probes + drift guard": FreeProbes(ONLINE),
 }
 
 
@@ -49,7 +70,7 @@ def run_ablation(
     fractions: list[float],
     seeds: int = 1,
     costs: str = "cached",
-    variants: dict[str, StreamConfig] | None = None,
+    variants: dict[str, Variant] | None = None,
 ) -> list[dict[str, Any]]:
     config = load_config(config_path)
     workload = priced_workload(config, costs)
@@ -63,7 +84,7 @@ def run_ablation(
 def ablation_rows(
     trained: TrainedWorkload,
     fractions: list[float],
-    variants: dict[str, StreamConfig],
+    variants: dict[str, Variant],
     seed: int = 0,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -72,14 +93,20 @@ def ablation_rows(
     full = trained.workload.total_cost("ms")
     cells = [(name, cfg, f) for name, cfg in variants.items() for f in fractions]
     rows = []
-    for name, cfg, f in tqdm(cells, desc=f"seed {seed}", unit="replay", disable=not progress):
-        run = stream_mlink(trained, f * full, cfg)
+    for name, variant, f in tqdm(cells, desc=f"seed {seed}", unit="replay", disable=not progress):
+        cfg, extra = (
+            (variant.config, full / variant.config.probe_every)
+            if isinstance(variant, FreeProbes)
+            else (variant, 0.0)
+        )
+        run = stream_mlink(trained, f * full + extra, cfg)
         r = run.result
         steady = run.steady()
         rows.append(
             {
                 "variant": name,
                 "fraction": f,
+                "plans_budget": (f * full + extra) / full,  # the share the plans were given
                 "seed": seed,
                 "accuracy": r.accuracy,
                 "synthesized_accuracy": r.synthesized_accuracy,
@@ -132,10 +159,14 @@ def main(
     seeds: Annotated[int, typer.Option()] = 1,
     costs: Annotated[str, typer.Option(help=COSTS_HELP)] = "cached",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    only: Annotated[str, typer.Option(help="run the variants whose name contains this")] = "",
 ) -> None:
     """Every variant of stream synthesis at every budget (accuracy / saved, synthesized only)."""
     fractions = [float(f) for f in budget_fractions.split(",")]
-    rows = run_ablation(config_path, fractions, seeds, costs)
+    variants = {name: v for name, v in VARIANTS.items() if only in name}
+    if not variants:
+        raise typer.BadParameter(f"no variant name contains {only!r}; names: {list(VARIANTS)}")
+    rows = run_ablation(config_path, fractions, seeds, costs, variants)
     print(json.dumps(rows) if as_json else markdown(rows))
 
 

@@ -6,9 +6,9 @@ a time: selection by the estimate instead of its lower bound, no detector links,
 links, probes without refits, periodic refits from probes (online link learning), the drift
 guard (refit and hot swap), an adaptive probe rate, half the probe rate, probes without a
 stride. Probe rows count the probes' cost and also show *steady* figures (probe frames left
-out). The *free probes* rows give the plans the probes' share of the full cost on top of the
-budget, so their steady figures show what learning and re-planning from probes do at the
-spending of the static plan: whether cheaper probes would make the probe rows pay.
+out). The *free probes* rows give the plans what their probes cost on top of the budget, so
+their steady figures show what learning and re-planning from probes do at the offline plan's
+spending: whether cheaper probes would make the probe rows pay.
 ``--only TEXT`` runs the variants whose name contains it.
 """
 
@@ -34,9 +34,10 @@ __all__ = ["VARIANTS", "FreeProbes", "ablation_rows", "markdown", "run_ablation"
 
 @dataclass(frozen=True, slots=True)
 class FreeProbes:
-    """A variant whose plans get ``1 / probe_every`` of the full cost on top of the budget: what
-    its probes cost, so that its steady figures (probe frames out) spend what the static plan
-    spends and show the learning and re-planning alone."""
+    """A variant whose plans get what its probes cost on top of the budget: a probe runs every
+    model where the plan would have spent the budget, so ``(1 - budget) / probe_every`` of the
+    full cost. Its frames between probes then spend the budget, as the offline plan's do, and
+    its steady figures (probe frames out) show what learning and re-planning alone gain."""
 
     config: StreamConfig
 
@@ -95,7 +96,7 @@ def ablation_rows(
     rows = []
     for name, variant, f in tqdm(cells, desc=f"seed {seed}", unit="replay", disable=not progress):
         cfg, extra = (
-            (variant.config, full / variant.config.probe_every)
+            (variant.config, full * (1.0 - f) / variant.config.probe_every)
             if isinstance(variant, FreeProbes)
             else (variant, 0.0)
         )

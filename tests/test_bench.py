@@ -298,6 +298,7 @@ def test_free_probe_variants_give_the_plans_the_probes_share_on_top_of_the_budge
     assert paid["plans_budget"] == pytest.approx(0.3)
     assert free["plans_budget"] == pytest.approx(0.3 + 0.7 / 4)  # probes run 1 - 0.3 more
     assert free["probes"] > 0 and free["compute_saved"] <= paid["compute_saved"]
+    assert set(free["plan"]) == set(tiny_trained.workload.specs)  # each model's mode, in words
     assert any(isinstance(v, FreeProbes) for v in VARIANTS.values())
     with pytest.raises(ValueError, match="probe_every"):
         FreeProbes(OFFLINE)

@@ -117,6 +117,7 @@ def ablation_rows(
                 "replans": r.details["replans"],
                 "probes": r.details["probes"],
                 "feasible": r.feasible,
+                "plan": r.details["plan"],  # the plan in force at the end of the stream
             }
         )
     return rows

@@ -304,6 +304,19 @@ def test_free_probe_variants_give_the_plans_the_probes_share_on_top_of_the_budge
         FreeProbes(OFFLINE)
 
 
+def test_the_ablation_refuses_an_only_that_matches_no_variant_and_names_them(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlink.eval.streaming.ablation import app
+
+    config = tmp_path / "any.yaml"
+    config.write_text("name: any\n")
+    result = CliRunner().invoke(app, [str(config), "--only", "no such variant"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())  # the error panel wraps lines
+    assert "no such variant" in text and "free probes + drift guard" in text
+
+
 def test_an_adaptive_probe_rate_never_probes_more_often_than_configured(tiny_trained):
     """Halving the probe interval on drift below the configured one made probes overrun the
     budget on every video workload, and the plans fell back to running every model."""

@@ -72,6 +72,13 @@ def presence_gated(
     return float(np.mean(agree)), runs / len(agree)
 
 
+def _agreements(
+    wl: Workload, source: str, target: str, head: BoxHead, frames: Sequence[int]
+) -> np.ndarray:
+    out = wl.outputs
+    return np.array([box_agreement(head.predict(out[source][i]), out[target][i]) for i in frames])
+
+
 def head_split(
     wl: Workload, source: str, target: str, train: Sequence[int], rest: Sequence[int]
 ) -> list[str]:
@@ -80,17 +87,14 @@ def head_split(
     head = fit_box_head([out[source][i] for i in train], [out[target][i] for i in train])
     rows = []
     for name, frames in (("warm-up", train), ("rest", rest)):
+        scores = _agreements(wl, source, target, head, frames)
         # the same head form fitted on the frames it is scored on: what no warm-up can beat
-        # (on the warm-up that is the warm-up's own head)
-        best = (
-            head
-            if frames is train
-            else fit_box_head([out[source][i] for i in frames], [out[target][i] for i in frames])
-        )
-        scores, ceiling = (
-            np.array([box_agreement(h.predict(out[source][i]), out[target][i]) for i in frames])
-            for h in (head, best)
-        )
+        # (on the warm-up that is the warm-up's own head, already scored)
+        if frames is train:
+            ceiling = scores
+        else:
+            best = fit_box_head([out[source][i] for i in frames], [out[target][i] for i in frames])
+            ceiling = _agreements(wl, source, target, best, frames)
         fires = np.array([finds_anything(out[source][i]) for i in frames])
         rows.append(
             f"| {source} -> {target} | {name} | {fires.mean():.0%} | {scores[fires].mean():.3f} "

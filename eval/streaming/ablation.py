@@ -100,14 +100,15 @@ def ablation_rows(
             if isinstance(variant, FreeProbes)
             else (variant, 0.0)
         )
-        run = stream_mlink(trained, f * full + extra, cfg)
+        budget = f * full + extra
+        run = stream_mlink(trained, budget, cfg)
         r = run.result
         steady = run.steady()
         rows.append(
             {
                 "variant": name,
                 "fraction": f,
-                "plans_budget": (f * full + extra) / full,  # the share the plans were given
+                "plans_budget": budget / full,  # the share the plans were given
                 "seed": seed,
                 "accuracy": r.accuracy,
                 "synthesized_accuracy": r.synthesized_accuracy,

@@ -12,8 +12,9 @@ scores three forecasts of each frame's agreement, made before the frame, against
 - **up-front**: the first plan's estimate (all ``mlink status`` showed before this forecast);
 - **plan in force**: the estimate of the plan each frame ran under (differs only with re-plans);
 - **with probes**: the plan in force with each synthesized model's estimate rescaled by what its
-  probes saw so far (:meth:`~mlink.linkstore.liveguard.LiveAgreement.forecast`, what ``mlink
-  status`` now shows as the forecast with probes).
+  probes saw so far, what still rests on the warm-up taken at the plan's lower bound
+  (:meth:`~mlink.linkstore.liveguard.LiveAgreement.forecast`, what ``mlink status`` shows as
+  the forecast with probes).
 
 Two replays per budget: the live budget mode (probes, no re-plan) and the bench's online row
 (probes and the drift guard, which re-plans).

@@ -61,8 +61,9 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "live_synthesized_mean": _mean_of(state.live_agreement.values()),
         "live_probes": state.live_probes,
         "live_counts": state.live_counts,  # effective probes per model (stream synthesis)
-        # the plan's estimate with each synthesized model rescaled by its probes (stream plans)
-        "forecast_with_probes": state_forecast(state) if state.live_agreement else None,
+        # stream plans: the plan's lower bound until probes come in, then its estimate with
+        # each synthesized model rescaled by what its probes saw (liveguard.forecast)
+        "forecast_with_probes": state_forecast(state),
         "plan_cost": last.extra.get("cost") if last else None,
         "cost_table": last.extra.get("cost_table") if last else None,
         "model_ms": last.extra.get("model_ms") if last else None,  # what the plan was priced on

@@ -145,7 +145,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         _say(
             console,
             f"forecast with probes: {percent(status['forecast_with_probes'])} all models "
-            "(the plan's estimate, each synthesized model rescaled by what its probes saw)",
+            "(the plan's lower bound until probes come in, then its estimate with each "
+            "synthesized model rescaled by what its probes saw)",
         )
     store = status.get("linkstore") or {}
     versions = ", ".join(

@@ -4,9 +4,9 @@ A stream plan's up-front estimate comes from the warm-up; ``mlink status`` also 
 that follows the probes (:func:`~mlink.operators.stream_decision.live_forecast`). To check both
 on a finished run, :func:`forecasts_in_force` replays the control log the workers obeyed and
 gives each planned frame the two forecasts in force when its result was emitted: its epoch's
-estimate, and that estimate corrected by the newest probe report of the epoch issued before. A
-frame's own probe can count in the report only if the report was issued before the frame's
-result, i.e. never for the frame itself.
+estimate, and the forecast from the newest probe report of the epoch issued before (the plan's
+lower bound before the first). A frame's own probe can count in the report only if the report
+was issued before the frame's result, i.e. never for the frame itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mlink.operators.state import ControlState
-from mlink.operators.stream_decision import plan_estimate, state_forecast
+from mlink.operators.stream_decision import live_forecast, plan_estimate, state_forecast
 from mlink.topics.records import ControlMessage, FrameResult
 
 __all__ = ["Forecasts", "forecasts_in_force"]
@@ -25,8 +25,9 @@ __all__ = ["Forecasts", "forecasts_in_force"]
 @dataclass(frozen=True, slots=True)
 class Forecasts:
     """Per planned frame (frame id -> forecast) the plan's estimate and the one with probes
-    (the plan's estimate until a probe report; ``reports`` counts the reports that gave one:
-    none for the paper's links, whose plans carry no run shares)."""
+    (the plan's lower bound until a probe report, or its estimate for a plan that carries no
+    bound; ``reports`` counts the reports that gave one: none for the paper's links, whose
+    plans carry no run shares)."""
 
     up_front: dict[str, float]
     with_probes: dict[str, float]
@@ -42,6 +43,7 @@ def forecasts_in_force(
     docstring); frames of the warm-up (epoch 0) and of plans without an estimate get none."""
     state = ControlState(tuple(sorted(models)))
     objective: dict[int, float] = {}
+    unprobed: dict[int, float] = {}  # epoch -> its forecast before any probe report
     timeline: dict[int, tuple[list[float], list[float]]] = {}  # epoch -> (issued_at, forecast)
     for message in control:
         if state.apply(message).status != "applied":
@@ -49,6 +51,8 @@ def forecasts_in_force(
         estimate = plan_estimate(state.plan_extra)
         if message.kind == "active_set" and estimate is not None:
             objective[state.epoch] = estimate
+            bound = live_forecast(state.plan_extra, {}, 0)
+            unprobed[state.epoch] = estimate if bound is None else bound
         if message.kind != "agreement" or state.epoch not in objective:
             continue
         if (value := state_forecast(state)) is not None:
@@ -59,7 +63,8 @@ def forecasts_in_force(
     for frame_id, result in results.items():
         if result.epoch not in objective:
             continue
-        up_front[frame_id] = with_probes[frame_id] = objective[result.epoch]
+        up_front[frame_id] = objective[result.epoch]
+        with_probes[frame_id] = unprobed[result.epoch]
         times, values = timeline.get(result.epoch, ([], []))
         k = bisect.bisect_left(times, result.emitted_at)  # reports issued before the result
         if k:

@@ -37,6 +37,7 @@ from mlink.linkstore.streamplan import Choice, StreamPlan
 
 __all__ = [
     "DECAY",
+    "PRIOR_PROBES",
     "LiveAgreement",
     "ProbeTally",
     "below_forecast",
@@ -47,12 +48,16 @@ __all__ = [
     "option_key",
     "option_keys",
     "same_option",
+    "unseen_share",
     "upper_bound",
 ]
 
 #: Weight of each earlier probe relative to the next in the guard's tally: about the last five
 #: probes count, so a model that slumps after a good start is noticed (docs/stream-synthesis.md).
 DECAY = 0.8
+#: Pseudo-probes at the plan's own estimate behind every correction: one unlucky probe does not
+#: swing a plan.
+PRIOR_PROBES = 2.0
 
 
 def upper_bound(runs: float, live: float, probes: float, z: float) -> float:
@@ -106,13 +111,21 @@ def forecast(
     runs: Mapping[str, float],
     synthesized: Mapping[str, float],
     scale: Mapping[str, float],
+    lower: Mapping[str, float] | None = None,
+    unseen: Mapping[str, float] | None = None,
 ) -> float:
     """A plan's expected agreement over all models (runs count 1) after probes: each model in
     ``synthesized`` keeps its run share ``runs`` and has its synthesized agreement multiplied by
-    ``scale`` (what its probes saw over what the plan expected, capped at 1); the others keep
-    their estimate. The up-front estimate comes from the warm-up and over-promises where the
-    content changes after it; this follows the probes without changing the plan
-    (BENCHMARKS.md, "A forecast that follows the probes")."""
+    ``scale`` (what its probes saw over what the plan expected, shrunk towards 1 by
+    pseudo-probes, capped at 1); the others keep their estimate.
+
+    The up-front estimate comes from the warm-up and over-promises where the content changes
+    after it, so the part of a model's forecast that still rests on the warm-up (``unseen``: the
+    pseudo-probes' share of its evidence, 1 before its first probe; 0 for an estimate a re-plan
+    already corrected from probes) is taken at the plan's lower bound (``lower``, runs counting
+    1) rather than at its estimate; without ``lower`` it counts at the estimate. This follows
+    the probes without changing the plan (BENCHMARKS.md, "A forecast that follows the probes"
+    and "A forecast that starts from the lower bound")."""
     if not estimates:
         raise ValueError("a forecast needs the plan's estimates of at least one model")
     total = 0.0
@@ -122,8 +135,18 @@ def forecast(
             total += estimate
             continue
         share = runs[model]
-        total += share + (1.0 - share) * min(1.0, synth * scale.get(model, 1.0))
+        value = synth * scale.get(model, 1.0)
+        if lower is not None and model in lower and share < 1.0:
+            floor = max(0.0, (lower[model] - share) / (1.0 - share))
+            value -= (unseen or {}).get(model, 1.0) * max(0.0, synth - floor)
+        total += share + (1.0 - share) * min(1.0, max(0.0, value))
     return total / len(estimates)
+
+
+def unseen_share(probes: float, prior_probes: float) -> float:
+    """The share of a forecast's evidence that is the warm-up's: ``prior_probes`` pseudo-probes
+    against ``probes`` (effective) probes seen."""
+    return prior_probes / (max(probes, 0.0) + prior_probes) if prior_probes > 0 else 0.0
 
 
 def option_key(period: int, mode: Mode) -> str:
@@ -189,7 +212,7 @@ class LiveAgreement:
     probes), so the tally follows a stream whose content changes instead of averaging it away."""
 
     plan: StreamPlan
-    prior_probes: float = 2.0
+    prior_probes: float = PRIOR_PROBES
     factors: dict[str, float] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)
     decay: float = 1.0
@@ -248,7 +271,8 @@ class LiveAgreement:
 
     def forecast(self) -> float:
         """The plan's expected agreement with each synthesized model rescaled by what its probes
-        saw (:func:`forecast`): for the frames still to come, without a re-plan."""
+        saw, the warm-up's part at the plan's lower bound (:func:`forecast`): for the frames
+        still to come, without a re-plan."""
         factors = self.corrections()
         choices = self.plan.choices
         return forecast(
@@ -256,7 +280,16 @@ class LiveAgreement:
             {m: c.runs for m, c in choices.items()},
             {m: c.synthesized for m, c in choices.items() if c.synthesized is not None},
             {m: factors.get(m, 1.0) / self.factors.get(m, 1.0) for m in choices},
+            {m: c.lower for m, c in choices.items()},
+            {m: self._unseen(m) for m in choices},
         )
+
+    def _unseen(self, model: str) -> float:
+        """The warm-up's share of ``model``'s forecast: none once a plan was made with a
+        correction from its probes (that estimate already follows them)."""
+        if model in self.factors:
+            return 0.0
+        return unseen_share(self.counts.get(model, 0.0), self.prior_probes)
 
     def failing(
         self, targets: Mapping[str, float], z: float = 1.0, min_probes: float = 2

@@ -30,6 +30,7 @@ from mlink.operators.controller import decide
 from mlink.operators.runtime import MLink
 from mlink.operators.stream_decision import (
     live_corrections,
+    live_forecast,
     plan_estimate,
     state_forecast,
     target_misses,
@@ -88,8 +89,10 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
             prom.forecast.labels("probes").set(forecast)
     if changed and message.kind == "active_set":
         if (estimate := plan_estimate(message.extra)) is not None:
-            for basis in ("plan", "probes"):  # no probes under this plan yet
-                prom.forecast.labels(basis).set(estimate)
+            prom.forecast.labels("plan").set(estimate)
+            # no probes under this plan yet: its lower bound, where the plan carries one
+            unprobed = live_forecast(message.extra, {}, 0)
+            prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)
         predicted = message.extra.get("predicted", {})
         synthesized = message.extra.get("predicted_synthesized", {})  # stream plans
         if isinstance(predicted, dict) and isinstance(synthesized, dict):

@@ -16,7 +16,13 @@ from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks
 from mlink.linkstore.cost_headroom import Fragile, cost_headroom
-from mlink.linkstore.liveguard import corrected, forecast, miss_reason
+from mlink.linkstore.liveguard import (
+    PRIOR_PROBES,
+    corrected,
+    forecast,
+    miss_reason,
+    unseen_share,
+)
 from mlink.linkstore.problem import InfeasibleBudget
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
@@ -204,15 +210,33 @@ def live_forecast(
         factors = live_corrections(
             extra, live, probes, sorted(live), counts=counts, started=started
         )
+        lower = extra.get("lower")  # absent from plans published before it was
         value = forecast(
             {m: float(v) for m, v in estimates.items()},
             {m: float(v) for m, v in runs.items()},
             {m: float(v) for m, v in (extra.get("predicted_synthesized") or {}).items()},
             {m: f / float(base.get(m, 1.0)) for m, f in factors.items()},
+            None if lower is None else {m: float(v) for m, v in lower.items()},
+            {m: _unseen(m, base, live, probes, counts) for m in estimates},
         )
     except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
+def _unseen(
+    model: str,
+    base: Mapping[str, Any],
+    live: Mapping[str, float],
+    probes: int,
+    counts: Mapping[str, float] | None,
+) -> float:
+    """The warm-up's share of ``model``'s forecast (:func:`~mlink.linkstore.liveguard.
+    unseen_share`): none when the plan was made with a correction from its probes."""
+    if model in base:
+        return 0.0
+    seen = float((counts or {}).get(model, probes)) if model in live else 0.0
+    return unseen_share(seen, PRIOR_PROBES)
 
 
 def state_forecast(state: ControlState) -> float | None:
@@ -239,7 +263,7 @@ def live_corrections(
     live: Mapping[str, float],
     probes: int,
     models: Sequence[str],
-    prior_probes: float = 2.0,
+    prior_probes: float = PRIOR_PROBES,
     *,
     counts: Mapping[str, float] | None = None,
     started: Mapping[str, float] | None = None,

@@ -13,6 +13,7 @@ from mlink.linkstore.liveguard import (
     correction,
     forecast,
     same_option,
+    unseen_share,
 )
 from mlink.linkstore.streamplan import StreamPlan, plan_for_targets
 from tests.test_stream_synthesis import small_instance
@@ -157,14 +158,41 @@ def test_the_forecast_rescales_only_the_synthesized_share_and_caps_it_at_one():
         forecast({}, {}, {}, {})
 
 
-def test_the_plans_forecast_follows_its_probes_through_the_corrections():
+def test_the_forecast_takes_what_rests_on_the_warm_up_at_the_plans_lower_bound():
+    # a's lower bound 0.8 over all frames: 0.6 where it is synthesized (runs 0.5)
+    estimates, runs, synth = {"a": 0.9, "b": 1.0}, {"a": 0.5, "b": 1.0}, {"a": 0.8}
+    lower = {"a": 0.8, "b": 1.0}
+    assert forecast(estimates, runs, synth, {}, lower) == pytest.approx(0.9)  # no probe yet
+    assert forecast(estimates, runs, synth, {}, lower, {"a": 0.0}) == pytest.approx(0.95)
+    # half the evidence is the warm-up's: that half moves from 0.8 to the bound's 0.6
+    half = forecast(estimates, runs, synth, {}, lower, {"a": 0.5})
+    assert half == pytest.approx((0.5 + 0.5 * (0.8 - 0.5 * 0.2) + 1) / 2)
+    assert unseen_share(0, 2) == 1.0 and unseen_share(6, 2) == pytest.approx(0.25)
+    assert unseen_share(3, 0) == 0.0
+
+
+def test_the_plans_forecast_follows_its_probes_from_the_lower_bound():
     plan, m = target_plan()
     live = LiveAgreement(plan)
-    assert live.forecast() == pytest.approx(plan.estimate)  # nothing seen yet
+    lowers = plan.lower()
+    assert live.forecast() == pytest.approx(sum(lowers.values()) / len(lowers))  # nothing seen
     c = plan.choices[m]
     for _ in range(6):
         live.add(m, 0.5 * c.synthesized)  # probes see half of what the plan expects
     factor = live.corrections()[m]  # shrunk towards 1 by the prior's pseudo-probes
     assert 0.5 < factor < 1.0
-    lower = (c.runs + (1 - c.runs) * c.synthesized * factor - c.estimate) / len(plan.choices)
-    assert live.forecast() == pytest.approx(plan.estimate + lower)
+    floor = (c.lower - c.runs) / (1 - c.runs)
+    synth = c.synthesized * factor - 2 / (6 + 2) * (c.synthesized - floor)
+    others = sum(v for k, v in lowers.items() if k != m)
+    expected = (others + c.runs + (1 - c.runs) * synth) / len(plan.choices)
+    assert live.forecast() == pytest.approx(expected)
+
+
+def test_a_forecast_corrected_by_a_replan_is_not_taken_down_to_the_bound_again():
+    plan, m = target_plan()
+    c = plan.choices[m]
+    corrected_plan = LiveAgreement(plan, factors={m: 0.9})  # planned with m's probes in
+    fresh = LiveAgreement(plan)
+    assert corrected_plan.forecast() > fresh.forecast()
+    others = sum(v for k, v in plan.lower().items() if k != m)
+    assert corrected_plan.forecast() == pytest.approx((others + c.estimate) / len(plan.choices))

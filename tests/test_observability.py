@@ -179,8 +179,9 @@ def test_json_logs_are_one_object_per_line() -> None:
 
 
 def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probes(tmp_path):
-    """``mlink_forecast{basis}``: a new plan sets both to its estimate; a probe report moves the
-    probes' one as ``mlink status`` computes it; a malformed plan moves neither."""
+    """``mlink_forecast{basis}``: a new plan sets the plan's to its estimate and the probes' to
+    its lower bound; a probe report moves the probes' one as ``mlink status`` computes it; a
+    malformed plan moves neither."""
     models = [
         Model(name=n, fn=lambda frame: frame, spec=VectorSpec(size=1, task="linear"))
         for n in ("bright", "level", "spread")
@@ -194,9 +195,9 @@ def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probe
 
     try:
         assert _apply(mlink, plan) is None
-        assert (gauge("plan"), gauge("probes")) == (0.9, 0.9)
+        assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx(0.8)
         assert _apply(mlink, probes) is None
-        assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx((1 + 2 * 0.67) / 3)
+        assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx(0.74)
         broken = ControlMessage(
             kind="active_set",
             epoch=2,
@@ -207,6 +208,6 @@ def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probe
         )
         assert _apply(mlink, broken) is None  # applied (the plan is valid), figures ignored
         assert _apply(mlink, replace(probes, epoch=2)) is None
-        assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx((1 + 2 * 0.67) / 3)
+        assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx(0.74)
     finally:
         mlink.close()

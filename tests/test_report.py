@@ -216,9 +216,11 @@ def test_the_live_table_times_every_model_on_the_same_frames(tmp_path):
 def plan_and_probe_report(epoch: int = 1) -> tuple[ControlMessage, ControlMessage]:
     """A stream plan that runs bright and synthesizes level and spread, each run on a quarter of
     the frames and expected at 0.8 elsewhere (0.25 + 0.75 * 0.8 = 0.85 each, (1 + 2 * 0.85) / 3
-    = 0.9 in all), issued at 100.5; and a report at 102.5 of three probes that saw half of that.
-    Their correction is (3 * 0.5 + 2) / (3 + 2) = 0.7, so each model 0.25 + 0.75 * 0.56 = 0.67
-    and the plan (1 + 2 * 0.67) / 3 after them."""
+    = 0.9 in all), with a lower bound of 0.7 each (0.6 where synthesized; (1 + 2 * 0.7) / 3 =
+    0.8 in all), issued at 100.5; and a report at 102.5 of three probes that saw half of 0.8.
+    The forecast then weighs them against two pseudo-probes at the bound: (3 * 0.4 + 2 * 0.6) /
+    5 = 0.48 where synthesized, so each model 0.25 + 0.75 * 0.48 = 0.61 and the plan
+    (1 + 2 * 0.61) / 3 = 0.74 after them."""
     plan = ControlMessage(
         kind="active_set",
         epoch=epoch,
@@ -230,6 +232,7 @@ def plan_and_probe_report(epoch: int = 1) -> tuple[ControlMessage, ControlMessag
             "predicted": {"bright": 1.0, "level": 0.85, "spread": 0.85},
             "predicted_synthesized": {"level": 0.8, "spread": 0.8},
             "runs": {"level": 0.25, "spread": 0.25},
+            "lower": {"bright": 1.0, "level": 0.7, "spread": 0.7},
         },
     )
     report = ControlMessage(
@@ -252,11 +255,11 @@ def test_each_planned_frame_is_forecast_by_the_plan_and_by_the_probe_reports_bef
     )
     assert s.forecast_frames == 3  # frames 1-3; the warm-up frame has no plan
     assert s.forecast_up_front == pytest.approx(0.9)
-    assert s.forecast_with_probes == pytest.approx((0.9 + 0.9 + (1 + 2 * 0.67) / 3) / 3)
+    assert s.forecast_with_probes == pytest.approx((0.8 + 0.8 + 0.74) / 3)  # bound, then probes
     assert s.forecast_kept == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)  # the probe counts 1
     console = Console(width=80, record=True)
     print_summary(s.as_dict(), console)
-    assert "up-front 90.0%, with probes 86.0%; kept 66.7%" in " ".join(
+    assert "up-front 90.0%, with probes 78.0%; kept 66.7%" in " ".join(
         console.export_text().split()
     )
     plain = summarize(config(tmp_path), run(), reference(), IDS, synthesis=SYNTHESIS)

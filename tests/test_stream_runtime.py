@@ -207,19 +207,25 @@ def test_a_model_below_its_target_on_live_probes_is_named_and_corrected(links) -
     assert Schedule.from_extra(replanned.extra).share(model) > schedule.share(model)
 
 
-def test_the_forecast_with_probes_starts_at_the_plan_and_follows_what_probes_saw(links) -> None:
+def test_the_forecast_with_probes_starts_at_the_lower_bound_and_follows_probes(links) -> None:
     message = decide(MODELS, {}, links, {"fraction": 0.5}, 1, probe_every=8, stream=True)
     extra = message.extra
     synthesized = sorted(extra["predicted_synthesized"])
     assert synthesized and set(extra["runs"]) == set(synthesized)
-    assert live_forecast(extra, {}, 0) == pytest.approx(extra["objective"])
+    lower = extra["lower"]
+    assert live_forecast(extra, {}, 0) == pytest.approx(sum(lower.values()) / len(MODELS))
     model = synthesized[0]
     planned, runs = extra["predicted_synthesized"][model], extra["runs"][model]
     live = {model: planned / 2}
     factor = live_corrections(extra, live, 8, [model])[model]
-    expected = extra["objective"] + (1 - runs) * planned * (factor - 1) / len(MODELS)
+    floor = (lower[model] - runs) / (1 - runs)
+    synth = planned * factor - 2 / (8 + 2) * (planned - floor)
+    others = sum(v for m, v in lower.items() if m != model)
+    expected = (others + runs + (1 - runs) * synth) / len(MODELS)
     assert live_forecast(extra, live, 8) == pytest.approx(expected)
     assert live_forecast(extra, live, 8) < extra["objective"]
+    before_bounds = {k: v for k, v in extra.items() if k != "lower"}  # the estimate stands in
+    assert live_forecast(before_bounds, {}, 0) == pytest.approx(extra["objective"])
     older = {k: v for k, v in extra.items() if k != "runs"}  # a plan from before run shares
     assert live_forecast(older, live, 8) is None
     for forged in ({"predicted": {model: "x"}}, {"runs": {model: None}}, {"runs": {}}):

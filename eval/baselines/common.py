@@ -48,7 +48,8 @@ class MethodResult:
     the method has one (stream synthesis), ``predicted_in_force`` the mean over the frames of
     the estimate of the plan each ran under, for methods that re-plan as they go (stream
     synthesis); ``predicted_live`` the mean over the frames of the forecast in force before each,
-    the plan's estimate corrected by the probes seen so far (stream synthesis with probes);
+    the plan's estimate corrected by the probes seen so far, starting from its lower bound
+    (stream synthesis; :func:`~mlink.linkstore.liveguard.forecast`);
     ``seconds`` the wall time the method took (fit + plan + evaluation).
     """
 

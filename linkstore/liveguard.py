@@ -12,7 +12,8 @@ outputs; the controller folds those scores into a :class:`LiveAgreement` per pla
 - :meth:`LiveAgreement.drifted`: in budget mode, the models whose live agreement moved away
   from the plan's estimate by more than a tolerance: a signal to refit and re-plan (hot swap).
 - :meth:`LiveAgreement.forecast`: the plan's expected agreement with each synthesized model
-  rescaled by what its probes saw (:func:`forecast`), a forecast that needs no re-plan.
+  rescaled by what its probes saw, starting from the plan's lower bound (:func:`forecast`), a
+  forecast that needs no re-plan.
 - :meth:`LiveAgreement.below_forecast`: the models whose synthesized outputs agree less than the
   plan forecast for them even at the upper confidence bound (:func:`below_forecast`, the flag of
   ``mlink status``).
@@ -55,8 +56,8 @@ __all__ = [
 #: Weight of each earlier probe relative to the next in the guard's tally: about the last five
 #: probes count, so a model that slumps after a good start is noticed (docs/stream-synthesis.md).
 DECAY = 0.8
-#: Pseudo-probes at the plan's own estimate behind every correction: one unlucky probe does not
-#: swing a plan.
+#: Pseudo-probes behind every correction (at the plan's estimate: one unlucky probe does not
+#: swing a plan) and every forecast (at its lower bound, :func:`unseen_share`).
 PRIOR_PROBES = 2.0
 
 

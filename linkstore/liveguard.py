@@ -144,10 +144,13 @@ def forecast(
     return total / len(estimates)
 
 
-def unseen_share(probes: float, prior_probes: float) -> float:
+def unseen_share(probes: float, prior_probes: float, corrected: bool = False) -> float:
     """The share of a forecast's evidence that is the warm-up's: ``prior_probes`` pseudo-probes
-    against ``probes`` (effective) probes seen."""
-    return prior_probes / (max(probes, 0.0) + prior_probes) if prior_probes > 0 else 0.0
+    against ``probes`` (effective) probes seen; none when the plan was ``corrected`` from the
+    model's probes (its estimate already follows them)."""
+    if corrected or prior_probes <= 0:
+        return 0.0
+    return prior_probes / (max(probes, 0.0) + prior_probes)
 
 
 def option_key(period: int, mode: Mode) -> str:
@@ -282,15 +285,11 @@ class LiveAgreement:
             {m: c.synthesized for m, c in choices.items() if c.synthesized is not None},
             {m: factors.get(m, 1.0) / self.factors.get(m, 1.0) for m in choices},
             {m: c.lower for m, c in choices.items()},
-            {m: self._unseen(m) for m in choices},
+            {
+                m: unseen_share(self.counts.get(m, 0.0), self.prior_probes, m in self.factors)
+                for m in choices
+            },
         )
-
-    def _unseen(self, model: str) -> float:
-        """The warm-up's share of ``model``'s forecast: none once a plan was made with a
-        correction from its probes (that estimate already follows them)."""
-        if model in self.factors:
-            return 0.0
-        return unseen_share(self.counts.get(model, 0.0), self.prior_probes)
 
     def failing(
         self, targets: Mapping[str, float], z: float = 1.0, min_probes: float = 2

@@ -217,26 +217,18 @@ def live_forecast(
             {m: float(v) for m, v in (extra.get("predicted_synthesized") or {}).items()},
             {m: f / float(base.get(m, 1.0)) for m, f in factors.items()},
             None if lower is None else {m: float(v) for m, v in lower.items()},
-            {m: _unseen(m, base, live, probes, counts) for m in estimates},
+            {
+                m: unseen_share(
+                    float((counts or {}).get(m, probes)) if m in live else 0.0,
+                    PRIOR_PROBES,
+                    m in base,
+                )
+                for m in estimates
+            },
         )
     except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
-
-
-def _unseen(
-    model: str,
-    base: Mapping[str, Any],
-    live: Mapping[str, float],
-    probes: int,
-    counts: Mapping[str, float] | None,
-) -> float:
-    """The warm-up's share of ``model``'s forecast (:func:`~mlink.linkstore.liveguard.
-    unseen_share`): none when the plan was made with a correction from its probes."""
-    if model in base:
-        return 0.0
-    seen = float((counts or {}).get(model, probes)) if model in live else 0.0
-    return unseen_share(seen, PRIOR_PROBES)
 
 
 def state_forecast(state: ControlState) -> float | None:

@@ -168,7 +168,7 @@ def test_the_forecast_takes_what_rests_on_the_warm_up_at_the_plans_lower_bound()
     half = forecast(estimates, runs, synth, {}, lower, {"a": 0.5})
     assert half == pytest.approx((0.5 + 0.5 * (0.8 - 0.5 * 0.2) + 1) / 2)
     assert unseen_share(0, 2) == 1.0 and unseen_share(6, 2) == pytest.approx(0.25)
-    assert unseen_share(3, 0) == 0.0
+    assert unseen_share(3, 0) == 0.0 and unseen_share(0, 2, corrected=True) == 0.0
 
 
 def test_the_plans_forecast_follows_its_probes_from_the_lower_bound():

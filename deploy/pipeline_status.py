@@ -49,6 +49,10 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "predicted_accuracy": last.extra.get("objective") if last else None,
         "predicted_agreement": last.extra.get("predicted") if last else None,
         "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
+        # what a stream plan promises per model (older plans: their lower bound)
+        "predicted_forecast": (last.extra.get("forecast") or last.extra.get("lower"))
+        if last
+        else None,
         "predicted_synthesized": predicted_synth,
         "predicted_synthesized_mean": _mean_of(predicted_synth.values()),
         "schedule": (
@@ -61,7 +65,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "live_synthesized_mean": _mean_of(state.live_agreement.values()),
         "live_probes": state.live_probes,
         "live_counts": state.live_counts,  # effective probes per model (stream synthesis)
-        # stream plans: the plan's lower bound until probes come in, then its estimate with
+        # stream plans: the plan's forecast bound until probes come in, then its estimate with
         # each synthesized model rescaled by what its probes saw (liveguard.forecast)
         "forecast_with_probes": state_forecast(state),
         "plan_cost": last.extra.get("cost") if last else None,

@@ -145,7 +145,7 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         _say(
             console,
             f"forecast with probes: {percent(status['forecast_with_probes'])} all models "
-            "(the plan's lower bound until probes come in, then its estimate with each "
+            "(the plan's forecast bound until probes come in, then its estimate with each "
             "synthesized model rescaled by what its probes saw)",
         )
     store = status.get("linkstore") or {}

@@ -101,15 +101,18 @@ METRICS = (
     "cost_ms",
     "predicted_accuracy",
     "predicted_lower",
+    "predicted_forecast",
     "predicted_in_force",
     "predicted_live",
     "probe_share",
 )
 #: Each forecast a row may carry, with the key of its gap to realised accuracy in a cell: the
-#: method's prediction, the stream plans' lower confidence bound, the estimate of the plan in
-#: force on each frame (re-plans included), and that estimate rescaled by the probes so far.
+#: method's prediction, the stream plans' forecast bound (what they promise; the lower bound
+#: they were chosen on is in the cells too), the estimate of the plan in force on each frame
+#: (re-plans included), and that estimate rescaled by the probes so far.
 FORECASTS = (
     ("predicted_accuracy", "prediction_gap"),
+    ("predicted_forecast", "forecast_gap"),
     ("predicted_lower", "lower_gap"),
     ("predicted_in_force", "in_force_gap"),
     ("predicted_live", "live_gap"),
@@ -162,6 +165,7 @@ def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> 
         "cost_ms": float(result.cost_ms),
         "predicted_accuracy": result.predicted_accuracy,
         "predicted_lower": getattr(result, "predicted_lower", None),
+        "predicted_forecast": getattr(result, "predicted_forecast", None),
         "predicted_in_force": getattr(result, "predicted_in_force", None),
         "predicted_live": getattr(result, "predicted_live", None),
         "probe_share": (getattr(result, "details", None) or {}).get("probe_share"),
@@ -174,9 +178,10 @@ def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One cell per (method, budget): mean and spread (sample std) of every metric over seeds.
 
-    ``prediction_gap`` is predicted minus realised accuracy per seed, averaged; ``lower_gap`` the
-    same for the prediction's lower confidence bound, ``in_force_gap`` for the estimate of the
-    plan in force on each frame, ``live_gap`` for that estimate rescaled by the probes so far.
+    ``prediction_gap`` is predicted minus realised accuracy per seed, averaged; ``forecast_gap``
+    and ``lower_gap`` the same for the plan's forecast bound and lower bound, ``in_force_gap``
+    for the estimate of the plan in force on each frame, ``live_gap`` for that estimate
+    rescaled by the probes so far.
     """
     cells = []
     keys = list(dict.fromkeys((r["method"], r["budget"]) for r in rows))

@@ -39,8 +39,8 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     ]
     if cell["predicted_accuracy"] is not None:
         extra.append(f"pred {cell['predicted_accuracy']:.1%}")
-    if cell.get("predicted_lower") is not None:
-        extra[-1] += f" (lower {cell['predicted_lower']:.1%})"
+    if cell.get("predicted_forecast") is not None:  # stream plans: what the plan promises
+        extra[-1] += f" (forecast {cell['predicted_forecast']:.1%})"
     lines.append(" · ".join(extra))
     if not cell["feasible"]:
         over = f"over budget in {cell['infeasible_runs']}/{cell['runs']} runs"
@@ -88,9 +88,10 @@ def markdown(report: BenchReport) -> str:
     gaps = [c for c in report.cells if c["method"] in SELECTOR_ROWS]
     lines += [
         "",
-        "| MLink row | budget | predicted | realised | gap (points) | lower bound | gap (points) "
-        "| plan in force | gap (points) | with probes | gap (points) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| MLink row | budget | predicted | realised | gap (points) | forecast bound "
+        "| gap (points) | lower bound | gap (points) | plan in force | gap (points) | with probes "
+        "| gap (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in gaps:
         if c["prediction_gap"] is None:
@@ -223,7 +224,7 @@ def _print_gaps(report: BenchReport, console: Console) -> None:
     table.add_column("predicted", justify="right")
     table.add_column("realised", justify="right")
     table.add_column("gap (points)", justify="right")
-    for forecast in ("lower bound", "plan in force", "with probes"):
+    for forecast in ("forecast bound", "lower bound", "plan in force", "with probes"):
         table.add_column(forecast, justify="right")
         table.add_column("gap (points)", justify="right")
     for c in gaps:

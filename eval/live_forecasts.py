@@ -5,7 +5,7 @@ that follows the probes (:func:`~mlink.operators.stream_decision.live_forecast`)
 on a finished run, :func:`forecasts_in_force` replays the control log the workers obeyed and
 gives each planned frame the two forecasts in force when its result was emitted: its epoch's
 estimate, and the forecast from the newest probe report of the epoch issued before (the plan's
-lower bound before the first). A frame's own probe can count in the report only if the report
+forecast bound before the first). A frame's own probe can count in the report only if the report
 was issued before the frame's result, i.e. never for the frame itself.
 """
 
@@ -25,7 +25,7 @@ __all__ = ["Forecasts", "forecasts_in_force"]
 @dataclass(frozen=True, slots=True)
 class Forecasts:
     """Per planned frame (frame id -> forecast) the plan's estimate and the one with probes
-    (the plan's lower bound until a probe report, or its estimate for a plan that carries no
+    (the plan's forecast bound until a probe report, or its estimate for a plan that carries no
     bound; ``reports`` counts the reports that gave one: none for the paper's links, whose
     plans carry no run shares)."""
 

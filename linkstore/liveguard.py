@@ -12,7 +12,7 @@ outputs; the controller folds those scores into a :class:`LiveAgreement` per pla
 - :meth:`LiveAgreement.drifted`: in budget mode, the models whose live agreement moved away
   from the plan's estimate by more than a tolerance: a signal to refit and re-plan (hot swap).
 - :meth:`LiveAgreement.forecast`: the plan's expected agreement with each synthesized model
-  rescaled by what its probes saw, starting from the plan's lower bound (:func:`forecast`), a
+  rescaled by what its probes saw, starting from the plan's forecast bound (:func:`forecast`), a
   forecast that needs no re-plan.
 - :meth:`LiveAgreement.below_forecast`: the models whose synthesized outputs agree less than the
   plan forecast for them even at the upper confidence bound (:func:`below_forecast`, the flag of
@@ -57,7 +57,7 @@ __all__ = [
 #: probes count, so a model that slumps after a good start is noticed (docs/stream-synthesis.md).
 DECAY = 0.8
 #: Pseudo-probes behind every correction (at the plan's estimate: one unlucky probe does not
-#: swing a plan) and every forecast (at its lower bound, :func:`unseen_share`).
+#: swing a plan) and every forecast (at its forecast bound, :func:`unseen_share`).
 PRIOR_PROBES = 2.0
 
 
@@ -123,10 +123,11 @@ def forecast(
     The up-front estimate comes from the warm-up and over-promises where the content changes
     after it, so the part of a model's forecast that still rests on the warm-up (``unseen``: the
     pseudo-probes' share of its evidence, 1 before its first probe; 0 for an estimate a re-plan
-    already corrected from probes) is taken at the plan's lower bound (``lower``, runs counting
-    1) rather than at its estimate; without ``lower`` it counts at the estimate. This follows
-    the probes without changing the plan (BENCHMARKS.md, "A forecast that follows the probes"
-    and "A forecast that starts from the lower bound")."""
+    already corrected from probes) is taken at the plan's forecast bound (``lower``, runs
+    counting 1; :attr:`~mlink.linkstore.streamoptions.Choice.bound`) rather than at its
+    estimate; without ``lower`` it counts at the estimate. This follows the probes without
+    changing the plan (BENCHMARKS.md, "A forecast that follows the probes", "A forecast that
+    starts from the lower bound" and "A forecast bound for content the warm-up did not show")."""
     if not estimates:
         raise ValueError("a forecast needs the plan's estimates of at least one model")
     total = 0.0
@@ -275,7 +276,7 @@ class LiveAgreement:
 
     def forecast(self) -> float:
         """The plan's expected agreement with each synthesized model rescaled by what its probes
-        saw, the warm-up's part at the plan's lower bound (:func:`forecast`): for the frames
+        saw, the warm-up's part at the plan's forecast bound (:func:`forecast`): for the frames
         still to come, without a re-plan."""
         factors = self.corrections()
         choices = self.plan.choices
@@ -284,7 +285,7 @@ class LiveAgreement:
             {m: c.runs for m, c in choices.items()},
             {m: c.synthesized for m, c in choices.items() if c.synthesized is not None},
             {m: factors.get(m, 1.0) / self.factors.get(m, 1.0) for m in choices},
-            {m: c.lower for m, c in choices.items()},
+            {m: c.bound for m, c in choices.items()},
             {
                 m: unseen_share(self.counts.get(m, 0.0), self.prior_probes, m in self.factors)
                 for m in choices

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mlink.linkstore.schedule import Mode
-from mlink.linkstore.streamerror import between_streams
+from mlink.linkstore.streamerror import PSEUDO_STREAMS, between_streams
 
 __all__ = ["Curve", "constant_curve"]
 
@@ -28,7 +28,9 @@ class Curve:
     between streams (:func:`~mlink.linkstore.streamerror.between_streams`; a floor under the
     confidence margin, 0 for one stream). ``runs`` is the share of the frames the schedule does
     not run the model on where the mode runs it anyway (a ``gate``: how often its source fires;
-    those frames count 1 in ``agree``).
+    those frames count 1 in ``agree``). ``predictive`` is ``between`` for a forecast rather
+    than a plan's choice: with :data:`~mlink.linkstore.streamerror.PSEUDO_STREAMS` more streams
+    of the largest variance (None in curves saved before it: ``between``).
     """
 
     target: str
@@ -39,6 +41,11 @@ class Curve:
     synth_ms: float = 0.0
     between: float = 0.0
     runs: float = 0.0
+    predictive: float | None = None
+
+    @property
+    def forecast_between(self) -> float:
+        return self.between if self.predictive is None else self.predictive
 
     @property
     def max_lag(self) -> int:
@@ -54,6 +61,7 @@ class Curve:
             "synth_ms": self.synth_ms,
             "between": round(self.between, 6),
             "runs": round(self.runs, 6),
+            **({} if self.predictive is None else {"predictive": round(self.predictive, 6)}),
         }
 
     @classmethod
@@ -67,6 +75,7 @@ class Curve:
             float(meta.get("synth_ms", 0.0)),
             float(meta.get("between", 0.0)),
             float(meta.get("runs", 0.0)),
+            None if meta.get("predictive") is None else float(meta["predictive"]),
         )
 
 
@@ -83,6 +92,7 @@ def constant_curve(
     mean = float(np.mean(scores)) if len(scores) else 0.0
     spread = float(np.std(scores)) if len(scores) > 1 else 0.5
     between = between_streams(scores, streams) if streams is not None else 0.0
+    ahead = between_streams(scores, streams, PSEUDO_STREAMS) if streams is not None else 0.0
     return Curve(
         target,
         mode,
@@ -91,4 +101,5 @@ def constant_curve(
         spread,
         synth_ms,
         between,
+        predictive=ahead,
     )

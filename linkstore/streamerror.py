@@ -7,6 +7,13 @@ matters: an option whose agreement differs from stream to stream promises, on th
 of each stream, about as little as it keeps on its worst ones. The cluster-robust standard
 error treats each stream as one draw (its sample-weighted mean agreement), so an option that is
 good everywhere keeps a narrow margin and one that is good on some streams only does not.
+
+A *forecast* of what a plan keeps on the rest of its streams needs more than that: the streams'
+warm-ups can all agree (no camera pan shows a face in its first frames) and the standard error
+then reads as certainty. ``pseudo`` adds that many streams of the largest variance (0.25) to the
+between-stream variance, as :data:`~mlink.linkstore.streamoptions.PSEUDO` does for frames, so
+``k`` streams that agree still leave room for the next stretch of each to be unlike them all
+(docs/stream-synthesis.md, "The forecast").
 """
 
 from __future__ import annotations
@@ -16,13 +23,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["between_streams"]
+__all__ = ["PSEUDO_STREAMS", "between_streams"]
+
+#: streams of the largest variance added to a forecast's between-stream error (``pseudo``)
+PSEUDO_STREAMS = 1.0
 
 
-def between_streams(scores: Sequence[float] | np.ndarray, streams: Sequence[Any]) -> float:
+def between_streams(
+    scores: Sequence[float] | np.ndarray, streams: Sequence[Any], pseudo: float = 0.0
+) -> float:
     """The standard error of the sample-weighted mean of ``scores`` with each stream one cluster
     (0.0 with fewer than two streams: one stream has no between-stream spread to measure).
-    NaN scores (pairs a mode does not apply to) are left out."""
+    NaN scores (pairs a mode does not apply to) are left out. ``pseudo``: that many more
+    streams of variance 0.25 in the per-stream variance (a forecast's error, see above)."""
     values = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(streams)
     if values.shape != labels.shape:
@@ -37,4 +50,7 @@ def between_streams(scores: Sequence[float] | np.ndarray, streams: Sequence[Any]
     means = np.bincount(which, weights=values, minlength=k) / weight
     share = weight / weight.sum()
     overall = float(share @ means)
-    return float(np.sqrt(k / (k - 1) * float((share**2) @ (means - overall) ** 2)))
+    squared = k / (k - 1) * float((share**2) @ (means - overall) ** 2)
+    if pseudo > 0:  # per-stream variance k * squared, shrunk towards 0.25 by ``pseudo`` streams
+        squared = (k * k * squared + 0.25 * pseudo) / ((k + pseudo) * k)
+    return float(np.sqrt(squared))

@@ -39,7 +39,7 @@ from mlink.linkstore.metrics import agreement, box_agreement
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.schedule import Mode
 from mlink.linkstore.streamcurve import Curve, constant_curve
-from mlink.linkstore.streamerror import between_streams
+from mlink.linkstore.streamerror import PSEUDO_STREAMS, between_streams
 from mlink.linkstore.streamlinks import Refresh, StreamLinks
 from mlink.topics.specs import BoxesSpec, OutputSpec
 
@@ -199,6 +199,7 @@ class _Estimator:
             spread,
             synth_ms,
             between_streams(scores, self.stream_of),
+            predictive=between_streams(scores, self.stream_of, PSEUDO_STREAMS),
         )
 
 

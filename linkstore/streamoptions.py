@@ -32,7 +32,10 @@ class Choice:
     """What one model does: runs with ``period`` and ``phase`` and is synthesized by ``mode`` in
     between. ``estimate`` and ``lower`` (a lower confidence bound) are its expected agreement
     over a steady cycle, runs counting 1; ``cost_ms`` its expected ms per frame (runs, probes
-    included, plus synthesis)."""
+    included, plus synthesis). ``forecast`` is the lower bound a forecast of the option gives
+    (the curve's :attr:`~mlink.linkstore.streamcurve.Curve.forecast_between` in place of its
+    between-stream error; never above ``lower``): plans choose on ``lower``, and what they
+    promise is ``forecast`` (docs/stream-synthesis.md, "The forecast")."""
 
     model: str
     period: int
@@ -42,6 +45,12 @@ class Choice:
     lower: float
     cost_ms: float
     runs: float = 1.0  # share of frames on which the model really runs (probes included)
+    forecast: float | None = None  # None: ``lower``
+
+    @property
+    def bound(self) -> float:
+        """The lower bound to forecast with: ``forecast`` where there is one, else ``lower``."""
+        return self.lower if self.forecast is None else self.forecast
 
     @property
     def synthesized(self) -> float | None:
@@ -89,13 +98,18 @@ def option(
             # the margin of their mix is the mix of their margins (treating them as independent
             # shrank it by up to sqrt(period) and made long periods look safe); and it is never
             # narrower than the streams' disagreement allows (mlink.linkstore.streamerror)
-            margin = z * max(float(weights @ np.sqrt(var / n_eff)), curve.between)
+            frames = float(weights @ np.sqrt(var / n_eff))
+            margin = z * max(frames, curve.between)
+            ahead = z * max(frames, curve.between, curve.forecast_between)
             lower = scheduled + (1.0 - scheduled) * max(0.0, mean_synth - margin)
+            forecast = scheduled + (1.0 - scheduled) * max(0.0, mean_synth - ahead)
             estimate = scheduled + (1.0 - scheduled) * mean_synth
         else:
-            lower = estimate = 1.0
+            lower = estimate = forecast = 1.0
         cost = model_ms * share + curve.synth_ms * (1.0 - share)
-        cand = Choice(curve.target, period, phase, curve.mode, estimate, lower, cost, share)
+        cand = Choice(
+            curve.target, period, phase, curve.mode, estimate, lower, cost, share, forecast
+        )
         if best is None or cand.estimate > best.estimate + 1e-12:
             best = cand
     return best

@@ -81,6 +81,10 @@ class StreamPlan:
     def lower(self) -> dict[str, float]:
         return {m: c.lower for m, c in self.choices.items()}
 
+    def forecast(self) -> dict[str, float]:
+        """Each model's forecast bound (:attr:`Choice.bound`): what the plan promises."""
+        return {m: c.bound for m, c in self.choices.items()}
+
     def describe(self, model: str) -> str:
         """One line on what ``model`` does, e.g. ``every 4 (phase 1), follow(face) (est ...)``."""
         c, what = self.choices[model], self.schedule.describe(model)

@@ -90,7 +90,7 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
     if changed and message.kind == "active_set":
         if (estimate := plan_estimate(message.extra)) is not None:
             prom.forecast.labels("plan").set(estimate)
-            # no probes under this plan yet: its lower bound, where the plan carries one
+            # no probes under this plan yet: its forecast bound, where the plan carries one
             unprobed = live_forecast(message.extra, {}, 0)
             prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)
         predicted = message.extra.get("predicted", {})

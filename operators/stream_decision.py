@@ -138,6 +138,8 @@ def stream_decision(
             # a forecast from probes keeps (liveguard.forecast)
             "runs": {m: c.runs for m, c in plan.choices.items() if c.synthesized is not None},
             "lower": plan.lower(),
+            # what the plan promises, each model at its forecast bound (Choice.bound)
+            "forecast": plan.forecast(),
             "plan": described,
             "cost_table": cost_table,
             # the costs and budget the plan was chosen on: plans flip when relative costs move
@@ -210,7 +212,8 @@ def live_forecast(
         factors = live_corrections(
             extra, live, probes, sorted(live), counts=counts, started=started
         )
-        lower = extra.get("lower")  # absent from plans published before it was
+        # the forecast bound; plans published before it carry their lower bound, or neither
+        lower = extra.get("forecast") or extra.get("lower")
         value = forecast(
             {m: float(v) for m, v in estimates.items()},
             {m: float(v) for m, v in runs.items()},

@@ -145,11 +145,17 @@ def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_co
     stream = next(c for c in report.cells if c["method"] == "MLink stream (offline)")
     assert stream["predicted_lower"] <= stream["predicted_accuracy"]  # the bound, beside it
     assert stream["lower_gap"] == pytest.approx(stream["predicted_lower"] - stream["accuracy"])
-    assert "(lower " in markdown(report) and "lower bound" in markdown(report)
+    # what the plan promises: the forecast bound, never above the bound it was chosen on
+    assert stream["predicted_forecast"] <= stream["predicted_lower"] + 1e-12
+    assert stream["forecast_gap"] == pytest.approx(
+        stream["predicted_forecast"] - stream["accuracy"]
+    )
+    assert "(forecast " in markdown(report) and "forecast bound" in markdown(report)
+    assert "lower bound" in markdown(report)
     assert "plan in force" in markdown(report) and exact["in_force_gap"] is None
     assert stream["predicted_in_force"] == pytest.approx(stream["predicted_accuracy"])
-    # no probes offline: the forecast with probes stays the plan's lower bound
-    assert stream["predicted_live"] == pytest.approx(stream["predicted_lower"])
+    # no probes offline: the forecast with probes stays the plan's forecast bound
+    assert stream["predicted_live"] == pytest.approx(stream["predicted_forecast"])
     assert "with probes" in markdown(report) and exact["live_gap"] is None
     assert "measured" in report.cost_table["models"]
     assert report.cost_table["full_ms"] == pytest.approx(report.full_cost_ms)
@@ -211,7 +217,7 @@ def test_a_stream_run_that_replans_predicts_each_frame_by_the_plan_it_ran_under(
     held = np.mean([run.plans[k].estimate for k in run.in_force])
     assert run.result.predicted_in_force == pytest.approx(held)
     assert run.result.predicted_accuracy == run.plans[0].estimate  # the up-front figure stays
-    assert once.result.predicted_live == pytest.approx(once.result.predicted_lower)  # no probes
+    assert once.result.predicted_live == pytest.approx(once.result.predicted_forecast)  # no probe
     assert run.result.predicted_live is not None and 0.0 <= run.result.predicted_live <= 1.0
 
 

@@ -207,12 +207,14 @@ def test_a_model_below_its_target_on_live_probes_is_named_and_corrected(links) -
     assert Schedule.from_extra(replanned.extra).share(model) > schedule.share(model)
 
 
-def test_the_forecast_with_probes_starts_at_the_lower_bound_and_follows_probes(links) -> None:
+def test_the_forecast_with_probes_starts_at_the_forecast_bound_and_follows_probes(links) -> None:
     message = decide(MODELS, {}, links, {"fraction": 0.5}, 1, probe_every=8, stream=True)
     extra = message.extra
     synthesized = sorted(extra["predicted_synthesized"])
     assert synthesized and set(extra["runs"]) == set(synthesized)
-    lower = extra["lower"]
+    lower = extra["forecast"]  # what the plan promises: never above the bound it chose on
+    assert all(lower[m] <= extra["lower"][m] + 1e-12 for m in MODELS)
+    assert any(lower[m] < extra["lower"][m] for m in synthesized)  # the pseudo-stream widens it
     assert live_forecast(extra, {}, 0) == pytest.approx(sum(lower.values()) / len(MODELS))
     model = synthesized[0]
     planned, runs = extra["predicted_synthesized"][model], extra["runs"][model]
@@ -224,7 +226,11 @@ def test_the_forecast_with_probes_starts_at_the_lower_bound_and_follows_probes(l
     expected = (others + runs + (1 - runs) * synth) / len(MODELS)
     assert live_forecast(extra, live, 8) == pytest.approx(expected)
     assert live_forecast(extra, live, 8) < extra["objective"]
-    before_bounds = {k: v for k, v in extra.items() if k != "lower"}  # the estimate stands in
+    before_forecast = {k: v for k, v in extra.items() if k != "forecast"}  # the lower bound
+    assert live_forecast(before_forecast, {}, 0) == pytest.approx(
+        sum(extra["lower"].values()) / len(MODELS)
+    )
+    before_bounds = {k: v for k, v in before_forecast.items() if k != "lower"}  # the estimate
     assert live_forecast(before_bounds, {}, 0) == pytest.approx(extra["objective"])
     older = {k: v for k, v in extra.items() if k != "runs"}  # a plan from before run shares
     assert live_forecast(older, live, 8) is None

@@ -45,11 +45,13 @@ class MethodResult:
     the share of evaluation frames on which each model really ran; ``cost_ms`` the measured
     average per-frame cost; ``predicted_accuracy`` what the method expected from the training part
     (None when it plans without an estimate), ``predicted_lower`` its lower confidence bound where
-    the method has one (stream synthesis), ``predicted_in_force`` the mean over the frames of
-    the estimate of the plan each ran under, for methods that re-plan as they go (stream
-    synthesis); ``predicted_live`` the mean over the frames of the forecast in force before each,
-    the plan's estimate corrected by the probes seen so far, starting from its lower bound
-    (stream synthesis; :func:`~mlink.linkstore.liveguard.forecast`);
+    the method has one (stream synthesis; what its plan was chosen on), ``predicted_forecast``
+    its forecast bound (what the plan promises,
+    :attr:`~mlink.linkstore.streamoptions.Choice.bound`), ``predicted_in_force`` the mean over
+    the frames of the estimate of the plan each ran under, for methods that re-plan as they go
+    (stream synthesis); ``predicted_live`` the mean over the frames of the forecast in force
+    before each, the plan's estimate corrected by the probes seen so far, starting from its
+    forecast bound (stream synthesis; :func:`~mlink.linkstore.liveguard.forecast`);
     ``seconds`` the wall time the method took (fit + plan + evaluation).
     """
 
@@ -64,6 +66,7 @@ class MethodResult:
     predicted_accuracy: float | None = None
     notes: str = ""
     predicted_lower: float | None = None
+    predicted_forecast: float | None = None
     predicted_in_force: float | None = None
     predicted_live: float | None = None
     seconds: float = 0.0

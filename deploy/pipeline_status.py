@@ -15,7 +15,7 @@ from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
-from mlink.operators.stream_decision import state_forecast
+from mlink.operators.stream_decision import forecast_bounds, state_forecast
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError
 
@@ -49,10 +49,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "predicted_accuracy": last.extra.get("objective") if last else None,
         "predicted_agreement": last.extra.get("predicted") if last else None,
         "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
-        # what a stream plan promises per model (older plans: their lower bound)
-        "predicted_forecast": (last.extra.get("forecast") or last.extra.get("lower"))
-        if last
-        else None,
+        "predicted_forecast": forecast_bounds(last.extra) if last else None,  # stream plans
         "predicted_synthesized": predicted_synth,
         "predicted_synthesized_mean": _mean_of(predicted_synth.values()),
         "schedule": (

@@ -32,6 +32,7 @@ from mlink.topics.records import ControlMessage
 __all__ = [
     "CORR",
     "Z",
+    "forecast_bounds",
     "fragile_reason",
     "links_estimate",
     "live_corrections",
@@ -212,8 +213,7 @@ def live_forecast(
         factors = live_corrections(
             extra, live, probes, sorted(live), counts=counts, started=started
         )
-        # the forecast bound; plans published before it carry their lower bound, or neither
-        lower = extra.get("forecast") or extra.get("lower")
+        lower = forecast_bounds(extra)
         value = forecast(
             {m: float(v) for m, v in estimates.items()},
             {m: float(v) for m, v in runs.items()},
@@ -244,6 +244,12 @@ def state_forecast(state: ControlState) -> float | None:
         counts=state.live_counts,
         started=state.live_started,
     )
+
+
+def forecast_bounds(extra: Mapping[str, Any]) -> Any:
+    """What an ``active_set`` message's plan promises per model: its forecast bounds; plans
+    published before them carry their lower bounds, older ones neither (None)."""
+    return extra.get("forecast") or extra.get("lower")
 
 
 def plan_estimate(extra: Mapping[str, Any]) -> float | None:

@@ -15,7 +15,7 @@ from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
-from mlink.operators.stream_decision import forecast_bounds, state_forecast
+from mlink.operators.stream_decision import forecast_bounds, plan_promise, state_forecast
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError
 
@@ -50,6 +50,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "predicted_agreement": last.extra.get("predicted") if last else None,
         "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
         "predicted_forecast": forecast_bounds(last.extra) if last else None,  # stream plans
+        "predicted_promise": plan_promise(last.extra) if last else None,  # their mean, all models
         "predicted_synthesized": predicted_synth,
         "predicted_synthesized_mean": _mean_of(predicted_synth.values()),
         "schedule": (

@@ -136,6 +136,12 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         f"predicted: {percent(status.get('predicted_accuracy'))} all models, "
         f"{percent(status.get('predicted_synthesized_mean'))} synthesized only",
     )
+    if status.get("predicted_promise") is not None:
+        _say(
+            console,
+            f"promised: {percent(status['predicted_promise'])} all models (the plan's forecast "
+            "bound: below its estimate, with room for content the warm-up did not show)",
+        )
     _say(
         console,
         f"live on probes: {percent(status.get('live_synthesized_mean'))} synthesized only "

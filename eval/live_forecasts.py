@@ -3,20 +3,26 @@
 A stream plan's up-front estimate comes from the warm-up; ``mlink status`` also shows a forecast
 that follows the probes (:func:`~mlink.operators.stream_decision.live_forecast`). To check both
 on a finished run, :func:`forecasts_in_force` replays the control log the workers obeyed and
-gives each planned frame the two forecasts in force when its result was emitted: its epoch's
-estimate, and the forecast from the newest probe report of the epoch issued before (the plan's
-forecast bound before the first). A frame's own probe can count in the report only if the report
-was issued before the frame's result, i.e. never for the frame itself.
+gives each planned frame the forecasts in force when its result was emitted: its epoch's
+estimate and forecast bound (what the plan promised), and the forecast from the newest probe
+report of the epoch issued before (the plan's forecast bound before the first). A frame's own
+probe can count in the report only if the report was issued before the frame's result, i.e.
+never for the frame itself.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlink.operators.state import ControlState
-from mlink.operators.stream_decision import live_forecast, plan_estimate, state_forecast
+from mlink.operators.stream_decision import (
+    live_forecast,
+    plan_estimate,
+    plan_promise,
+    state_forecast,
+)
 from mlink.topics.records import ControlMessage, FrameResult
 
 __all__ = ["Forecasts", "forecasts_in_force"]
@@ -24,14 +30,16 @@ __all__ = ["Forecasts", "forecasts_in_force"]
 
 @dataclass(frozen=True, slots=True)
 class Forecasts:
-    """Per planned frame (frame id -> forecast) the plan's estimate and the one with probes
-    (the plan's forecast bound until a probe report, or its estimate for a plan that carries no
+    """Per planned frame (frame id -> forecast) the plan's estimate, the one with probes (the
+    plan's forecast bound until a probe report, or its estimate for a plan that carries no
     bound; ``reports`` counts the reports that gave one: none for the paper's links, whose
-    plans carry no run shares)."""
+    plans carry no run shares), and what the plan promised (``bound``: its forecast bound,
+    only for frames whose plan carries one)."""
 
     up_front: dict[str, float]
     with_probes: dict[str, float]
     reports: int = 0
+    bound: dict[str, float] = field(default_factory=dict)
 
 
 def forecasts_in_force(
@@ -44,6 +52,7 @@ def forecasts_in_force(
     state = ControlState(tuple(sorted(models)))
     objective: dict[int, float] = {}
     unprobed: dict[int, float] = {}  # epoch -> its forecast before any probe report
+    promised: dict[int, float] = {}  # epoch -> its forecast bound (plans that carry one)
     timeline: dict[int, tuple[list[float], list[float]]] = {}  # epoch -> (issued_at, forecast)
     for message in control:
         if state.apply(message).status != "applied":
@@ -53,20 +62,25 @@ def forecasts_in_force(
             objective[state.epoch] = estimate
             bound = live_forecast(state.plan_extra, {}, 0)
             unprobed[state.epoch] = estimate if bound is None else bound
+            if (promise := plan_promise(state.plan_extra)) is not None:
+                promised[state.epoch] = promise
         if message.kind != "agreement" or state.epoch not in objective:
             continue
         if (value := state_forecast(state)) is not None:
             times, values = timeline.setdefault(state.epoch, ([], []))
             times.append(max(message.issued_at, times[-1] if times else 0.0))  # log order
             values.append(value)
-    up_front, with_probes = {}, {}
+    up_front, with_probes, bounds = {}, {}, {}
     for frame_id, result in results.items():
         if result.epoch not in objective:
             continue
         up_front[frame_id] = objective[result.epoch]
         with_probes[frame_id] = unprobed[result.epoch]
+        if result.epoch in promised:
+            bounds[frame_id] = promised[result.epoch]
         times, values = timeline.get(result.epoch, ([], []))
         k = bisect.bisect_left(times, result.emitted_at)  # reports issued before the result
         if k:
             with_probes[frame_id] = values[k - 1]
-    return Forecasts(up_front, with_probes, sum(len(t) for t, _ in timeline.values()))
+    reports = sum(len(t) for t, _ in timeline.values())
+    return Forecasts(up_front, with_probes, reports, bounds)

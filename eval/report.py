@@ -102,6 +102,7 @@ class RunSummary:
     forecast_kept: float | None = None
     forecast_up_front: float | None = None
     forecast_with_probes: float | None = None
+    forecast_bound: float | None = None  # what the plans promised (stream plans' bounds)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -321,6 +322,12 @@ def summarize(
         forecast_up_front=_mean_or_none(forecasts.up_front[f] for f in forecast),
         forecast_with_probes=(
             _mean_or_none(forecasts.with_probes[f] for f in forecast) if forecasts.reports else None
+        ),
+        # only when every planned frame's plan promised one: else the means cover other frames
+        forecast_bound=(
+            _mean_or_none(forecasts.bound[f] for f in forecast)
+            if forecast and set(forecast) <= set(forecasts.bound)
+            else None
         ),
     )
 

@@ -99,11 +99,12 @@ def print_summary(summary: dict, console: Console) -> None:
         f"{percent(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
     )
     if s.get("forecast_frames"):
-        probes = s.get("forecast_with_probes")
+        probes, bound = s.get("forecast_with_probes"), s.get("forecast_bound")
         console.print(
             f"forecast for the {s['forecast_frames']} planned frames (each made before the frame; "
-            f"probes count every model as kept, as plans do): up-front "
+            f"probes count every model as kept, as plans do): up-front estimate "
             f"{percent(s['forecast_up_front'])}"
+            + (f", promised (forecast bound) {percent(bound)}" if bound is not None else "")
             + (f", with probes {percent(probes)}" if probes is not None else "")
             + f"; kept {percent(s['forecast_kept'])}"
         )

@@ -32,6 +32,7 @@ from mlink.operators.stream_decision import (
     live_corrections,
     live_forecast,
     plan_estimate,
+    plan_promise,
     state_forecast,
     target_misses,
 )
@@ -90,6 +91,8 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
     if changed and message.kind == "active_set":
         if (estimate := plan_estimate(message.extra)) is not None:
             prom.forecast.labels("plan").set(estimate)
+            if (promise := plan_promise(message.extra)) is not None:
+                prom.forecast.labels("bound").set(promise)
             # no probes under this plan yet: its forecast bound, where the plan carries one
             unprobed = live_forecast(message.extra, {}, 0)
             prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)

@@ -18,7 +18,8 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
     mlink_frame_latency_seconds             histogram, frame timestamp -> result emitted
     mlink_live_agreement{model}             probe agreement of synthesized vs real outputs
     mlink_forecast{basis}                   the plan's expected agreement, all models:
-                                            plan (up-front) | probes (rescaled by the probes)
+                                            plan (its estimate) | bound (what it promises,
+                                            stream plans) | probes (rescaled by the probes)
     mlink_model_healthy{model}              1 healthy, 0 reported unhealthy (e.g. hung)
     mlink_epoch / mlink_link_version        control-plane state this worker runs
     mlink_in_flight_frames                  planned, not yet answered (the flow-control window)
@@ -95,7 +96,8 @@ class WorkerMetrics:
         )
         self.forecast = Gauge(
             "mlink_forecast",
-            "expected agreement over all models: the plan's, and the plan's after probes",
+            "expected agreement over all models: the plan's estimate, its forecast bound "
+            "(stream plans), and the estimate after probes",
             ["basis"],
             registry=r,
         )

@@ -38,6 +38,7 @@ __all__ = [
     "live_corrections",
     "live_forecast",
     "plan_estimate",
+    "plan_promise",
     "state_forecast",
     "stream_decision",
     "target_misses",
@@ -250,6 +251,14 @@ def forecast_bounds(extra: Mapping[str, Any]) -> Any:
     """What an ``active_set`` message's plan promises per model: its forecast bounds; plans
     published before them carry their lower bounds, older ones neither (None)."""
     return extra.get("forecast") or extra.get("lower")
+
+
+def plan_promise(extra: Mapping[str, Any]) -> float | None:
+    """What a stream plan promises over all models before any probe: its forecast bounds
+    (:func:`forecast_bounds`) where synthesized, 1 where it runs, as :func:`live_forecast` weighs
+    them; None for a plan that carries no bounds (the paper's links, older plans). Its estimate
+    (:func:`plan_estimate`) over-promises where the content moves after the warm-up."""
+    return None if forecast_bounds(extra) is None else live_forecast(extra, {}, 0)
 
 
 def plan_estimate(extra: Mapping[str, Any]) -> float | None:

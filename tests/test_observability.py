@@ -179,9 +179,9 @@ def test_json_logs_are_one_object_per_line() -> None:
 
 
 def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probes(tmp_path):
-    """``mlink_forecast{basis}``: a new plan sets the plan's to its estimate and the probes' to
-    its lower bound; a probe report moves the probes' one as ``mlink status`` computes it; a
-    malformed plan moves neither."""
+    """``mlink_forecast{basis}``: a new plan sets the plan's to its estimate, the bound's to what
+    it promises and the probes' to its lower bound; a probe report moves the probes' one as
+    ``mlink status`` computes it; a malformed plan moves none."""
     models = [
         Model(name=n, fn=lambda frame: frame, spec=VectorSpec(size=1, task="linear"))
         for n in ("bright", "level", "spread")
@@ -196,8 +196,10 @@ def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probe
     try:
         assert _apply(mlink, plan) is None
         assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx(0.8)
+        assert gauge("bound") == pytest.approx(0.8)  # what the plan promises
         assert _apply(mlink, probes) is None
         assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx(0.74)
+        assert gauge("bound") == pytest.approx(0.8)  # probes move the forecast, not the promise
         broken = ControlMessage(
             kind="active_set",
             epoch=2,
@@ -209,5 +211,6 @@ def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probe
         assert _apply(mlink, broken) is None  # applied (the plan is valid), figures ignored
         assert _apply(mlink, replace(probes, epoch=2)) is None
         assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx(0.74)
+        assert gauge("bound") == pytest.approx(0.8)
     finally:
         mlink.close()

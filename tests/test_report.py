@@ -257,10 +257,12 @@ def test_each_planned_frame_is_forecast_by_the_plan_and_by_the_probe_reports_bef
     assert s.forecast_up_front == pytest.approx(0.9)
     assert s.forecast_with_probes == pytest.approx((0.8 + 0.8 + 0.74) / 3)  # bound, then probes
     assert s.forecast_kept == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)  # the probe counts 1
+    assert s.forecast_bound == pytest.approx(0.8)  # what the plan promised: its bounds' mean
     console = Console(width=80, record=True)
     print_summary(s.as_dict(), console)
-    assert "up-front 90.0%, with probes 78.0%; kept 66.7%" in " ".join(
-        console.export_text().split()
+    assert (
+        "up-front estimate 90.0%, promised (forecast bound) 80.0%, with probes 78.0%; kept 66.7%"
+        in " ".join(console.export_text().split())
     )
     plain = summarize(config(tmp_path), run(), reference(), IDS, synthesis=SYNTHESIS)
     assert plain.forecast_frames == 0 and plain.forecast_up_front is None  # no control log
@@ -268,7 +270,13 @@ def test_each_planned_frame_is_forecast_by_the_plan_and_by_the_probe_reports_bef
     links = replace(plan, extra={"objective": 0.9})  # the paper's links: no run shares
     once = summarize(config(tmp_path), replace(run(), control=[links]), reference(), IDS, SYNTHESIS)
     assert once.forecast_up_front == pytest.approx(0.9) and once.forecast_with_probes is None
+    assert once.forecast_bound is None  # the paper's links promise no bound
     console = Console(width=80, record=True)
     print_summary(once.as_dict(), console)
     line = " ".join(console.export_text().split())
-    assert "up-front 90.0%; kept 66.7%" in line and "with probes" not in line
+    assert "up-front estimate 90.0%; kept 66.7%" in line and "with probes" not in line
+    assert "promised" not in line
+    mixed = replace(run(), control=[links, replace(plan, epoch=2, issued_at=102.7)])
+    mixed.results["cam:3"] = replace(mixed.results["cam:3"], epoch=2)  # under the plan with bounds
+    partly = summarize(config(tmp_path), mixed, reference(), IDS, SYNTHESIS)
+    assert partly.forecast_frames == 3 and partly.forecast_bound is None  # not a third of them

@@ -30,6 +30,7 @@ def stream_status(**changes: Any) -> dict[str, Any]:
             "hog_people_fast": 0.944,
         },
         "predicted_synthesized_mean": 0.87,
+        "predicted_promise": 0.901,
         "predicted_lower": {"yolo_faces_640": 0.859, "hog_people_fast": 0.88},
         "predicted_synthesized": {"yolo_faces_640": 0.908, "hog_people_fast": 0.94},
         "schedule": {
@@ -80,6 +81,8 @@ def test_a_stream_plan_shows_each_model_predicted_and_live() -> None:
     assert "live on probes: 87.5% synthesized only (9 probes)" in text
     assert "forecast with probes: 91.7% all models" in text
     assert "forecast with probes" not in rendered(stream_status(forecast_with_probes=None))
+    assert "promised: 90.1% all models (the plan's forecast bound" in text
+    assert "promised" not in rendered(stream_status(predicted_promise=None))
     assert "current 2; v1 (12 links, 40 samples), v2 (12 links, ? samples)" in text
     assert "mlink.demo.frames 3" in text
     assert "model costs: measured live" in text

@@ -17,7 +17,7 @@ from mlink.deploy.config import PipelineConfig
 from mlink.deploy.pipeline_status import status
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.source import FrameProducer
-from mlink.deploy.status_view import render_status
+from mlink.deploy.status_view import percent, render_status
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.eval.live_forecasts import forecasts_in_force
 from mlink.linkstore.liveguard import DECAY
@@ -142,6 +142,9 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
             row = next(line for line in text.splitlines() if line.startswith(model + " "))
             assert report["schedule"][model] in row, (row, plan)
         assert "dead letters: none" in text
+        # what the plan in force promises: its forecast bound, under its estimate
+        assert report["predicted_promise"] <= report["predicted_accuracy"] + 1e-12
+        assert f"promised: {percent(report['predicted_promise'])} all models" in text
         if report["live_agreement"]:  # the plan's forecast, corrected by the probes so far
             assert 0.0 <= report["forecast_with_probes"] <= 1.0
             assert "forecast with probes" in text
@@ -152,6 +155,8 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
         assert set(forecasts.up_front) == {f for f in planned if collector.results[f].epoch == 1}
         assert set(forecasts.up_front.values()) == {sets[1].extra["objective"]}
         assert all(0.0 <= v <= 1.0 for v in forecasts.with_probes.values())
+        assert set(forecasts.bound) == set(forecasts.up_front)  # every stream plan promises
+        assert all(forecasts.bound[f] <= forecasts.up_front[f] + 1e-12 for f in forecasts.bound)
     finally:
         collector.close()
 

@@ -20,7 +20,12 @@ from mlink.linkstore.training import TrainConfig
 from mlink.operators.controller import decide
 from mlink.operators.joiner import Executed, FrameWork, build_results
 from mlink.operators.state import KEPT_SCHEDULES, ControlState
-from mlink.operators.stream_decision import live_corrections, live_forecast, target_misses
+from mlink.operators.stream_decision import (
+    live_corrections,
+    live_forecast,
+    plan_promise,
+    target_misses,
+)
 from mlink.operators.stream_synthesis import synthesize_streams
 from mlink.operators.trainer import train_bundle
 from mlink.topics.codec import decode_record, encode_record
@@ -232,6 +237,12 @@ def test_the_forecast_with_probes_starts_at_the_forecast_bound_and_follows_probe
     )
     before_bounds = {k: v for k, v in before_forecast.items() if k != "lower"}  # the estimate
     assert live_forecast(before_bounds, {}, 0) == pytest.approx(extra["objective"])
+    # what the plan promises (`mlink status`, the `bound` gauge, the run summary): the bounds'
+    # mean, under its estimate; a plan without bounds promises nothing beyond its estimate
+    assert plan_promise(extra) == pytest.approx(sum(lower.values()) / len(MODELS))
+    assert plan_promise(extra) < extra["objective"]
+    assert plan_promise(before_forecast) == pytest.approx(live_forecast(before_forecast, {}, 0))
+    assert plan_promise(before_bounds) is None
     older = {k: v for k, v in extra.items() if k != "runs"}  # a plan from before run shares
     assert live_forecast(older, live, 8) is None
     for forged in ({"predicted": {model: "x"}}, {"runs": {model: None}}, {"runs": {}}):

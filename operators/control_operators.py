@@ -12,6 +12,7 @@ never from variables of its own, so a controller that fails over decides as the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -93,6 +94,9 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
             prom.forecast.labels("plan").set(estimate)
             if (promise := plan_promise(message.extra)) is not None:
                 prom.forecast.labels("bound").set(promise)
+            else:  # a plan that promises no bound: none left over from the plan before
+                with contextlib.suppress(KeyError):
+                    prom.forecast.remove("bound")
             # no probes under this plan yet: its forecast bound, where the plan carries one
             unprobed = live_forecast(message.extra, {}, 0)
             prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)

@@ -212,5 +212,9 @@ def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probe
         assert _apply(mlink, replace(probes, epoch=2)) is None
         assert gauge("plan") == 0.9 and gauge("probes") == pytest.approx(0.74)
         assert gauge("bound") == pytest.approx(0.8)
+        links = replace(plan, epoch=3, issued_at=4.0, extra={"objective": 0.85})  # paper's links
+        assert _apply(mlink, links) is None
+        assert gauge("plan") == 0.85  # and no bound left over from the plan before
+        assert mlink.prom.registry.get_sample_value("mlink_forecast", {"basis": "bound"}) is None
     finally:
         mlink.close()

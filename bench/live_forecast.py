@@ -10,6 +10,8 @@ after it (BENCHMARKS.md, "Where the stream forecasts go wrong"). This replays th
 scores three forecasts of each frame's agreement, made before the frame, against what was kept:
 
 - **up-front**: the first plan's estimate (all ``mlink status`` showed before this forecast);
+- **promised**: the first plan's forecast bound (what it promises, ``mlink status``'s
+  "promised");
 - **plan in force**: the estimate of the plan each frame ran under (differs only with re-plans);
 - **with probes**: the plan in force with each synthesized model's estimate rescaled by what its
   probes saw so far, what still rests on the warm-up taken at the plan's lower bound
@@ -39,15 +41,21 @@ def main() -> None:
     workload = trained.workload
     full = workload.total_cost()
     print(f"## {workload.name}: forecasts minus kept (points), warm-up {args.train:.0%}\n")
-    print("| replay | budget | kept | saved | re-plans | up-front | plan in force | with probes |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| replay | budget | kept | saved | re-plans | up-front | promised | plan in force "
+        "| with probes |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, config in REPLAYS.items():
         for fraction in args.budgets:
             r = stream_mlink(trained, fraction * full, config).result
-            gaps = [
-                (p or 0.0) - r.accuracy
-                for p in (r.predicted_accuracy, r.predicted_in_force, r.predicted_live)
-            ]
+            forecasts = (
+                r.predicted_accuracy,
+                r.predicted_forecast,
+                r.predicted_in_force,
+                r.predicted_live,
+            )
+            gaps = [(p or 0.0) - r.accuracy for p in forecasts]
             print(
                 f"| {name} | {fraction:.0%} | {r.accuracy:.1%} | {r.compute_saved:.1%} | "
                 f"{r.details['replans']} | " + " | ".join(f"{100 * g:+.1f}" for g in gaps) + " |",

@@ -60,10 +60,11 @@ def forecasts_in_force(
         estimate = plan_estimate(state.plan_extra)
         if message.kind == "active_set" and estimate is not None:
             objective[state.epoch] = estimate
-            bound = live_forecast(state.plan_extra, {}, 0)
-            unprobed[state.epoch] = estimate if bound is None else bound
-            if (promise := plan_promise(state.plan_extra)) is not None:
+            promise = plan_promise(state.plan_extra)
+            if promise is not None:
                 promised[state.epoch] = promise
+            bound = promise if promise is not None else live_forecast(state.plan_extra, {}, 0)
+            unprobed[state.epoch] = estimate if bound is None else bound
         if message.kind != "agreement" or state.epoch not in objective:
             continue
         if (value := state_forecast(state)) is not None:

@@ -92,13 +92,14 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
     if changed and message.kind == "active_set":
         if (estimate := plan_estimate(message.extra)) is not None:
             prom.forecast.labels("plan").set(estimate)
-            if (promise := plan_promise(message.extra)) is not None:
+            promise = plan_promise(message.extra)
+            if promise is not None:
                 prom.forecast.labels("bound").set(promise)
             else:  # a plan that promises no bound: none left over from the plan before
                 with contextlib.suppress(KeyError):
                     prom.forecast.remove("bound")
             # no probes under this plan yet: its forecast bound, where the plan carries one
-            unprobed = live_forecast(message.extra, {}, 0)
+            unprobed = promise if promise is not None else live_forecast(message.extra, {}, 0)
             prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)
         predicted = message.extra.get("predicted", {})
         synthesized = message.extra.get("predicted_synthesized", {})  # stream plans

@@ -104,18 +104,21 @@ METRICS = (
     "predicted_forecast",
     "predicted_in_force",
     "predicted_live",
+    "predicted_content",
     "probe_share",
 )
 #: Each forecast a row may carry, with the key of its gap to realised accuracy in a cell: the
 #: method's prediction, the stream plans' forecast bound (what they promise; the lower bound
 #: they were chosen on is in the cells too), the estimate of the plan in force on each frame
-#: (re-plans included), and that estimate rescaled by the probes so far.
+#: (re-plans included), that estimate rescaled by the probes so far, and the paper rows' estimate
+#: re-weighted to the content their active models saw (no labels).
 FORECASTS = (
     ("predicted_accuracy", "prediction_gap"),
     ("predicted_forecast", "forecast_gap"),
     ("predicted_lower", "lower_gap"),
     ("predicted_in_force", "in_force_gap"),
     ("predicted_live", "live_gap"),
+    ("predicted_content", "content_gap"),
 )
 
 
@@ -168,6 +171,7 @@ def _row(method: str, budget_ms: float, full: float, seed: int, result: Any) -> 
         "predicted_forecast": getattr(result, "predicted_forecast", None),
         "predicted_in_force": getattr(result, "predicted_in_force", None),
         "predicted_live": getattr(result, "predicted_live", None),
+        "predicted_content": getattr(result, "predicted_content", None),
         "probe_share": (getattr(result, "details", None) or {}).get("probe_share"),
         "active": list(result.active),
         "per_model": {m: float(v) for m, v in result.per_model.items()},
@@ -181,7 +185,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ``prediction_gap`` is predicted minus realised accuracy per seed, averaged; ``forecast_gap``
     and ``lower_gap`` the same for the plan's forecast bound and lower bound, ``in_force_gap``
     for the estimate of the plan in force on each frame, ``live_gap`` for that estimate
-    rescaled by the probes so far.
+    rescaled by the probes so far, ``content_gap`` for the paper rows' estimate re-weighted to
+    the content their active models saw.
     """
     cells = []
     keys = list(dict.fromkeys((r["method"], r["budget"]) for r in rows))

@@ -90,8 +90,8 @@ def markdown(report: BenchReport) -> str:
         "",
         "| MLink row | budget | predicted | realised | gap (points) | forecast bound "
         "| gap (points) | lower bound | gap (points) | plan in force | gap (points) | with probes "
-        "| gap (points) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gap (points) | content-weighted | gap (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in gaps:
         if c["prediction_gap"] is None:
@@ -224,7 +224,7 @@ def _print_gaps(report: BenchReport, console: Console) -> None:
     table.add_column("predicted", justify="right")
     table.add_column("realised", justify="right")
     table.add_column("gap (points)", justify="right")
-    for forecast in ("forecast bound", "lower bound", "plan in force", "with probes"):
+    for forecast in ("forecast bound", "lower bound", "plan in force", "with probes", "content"):
         table.add_column(forecast, justify="right")
         table.add_column("gap (points)", justify="right")
     for c in gaps:

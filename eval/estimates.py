@@ -27,6 +27,7 @@ from mlink.eval.cost_tables import COSTS_HELP, CostTable, priced_workload
 from mlink.eval.experiment import compare_selectors, train_workload
 from mlink.eval.figures import mean_spread
 from mlink.eval.workload import shuffled_order
+from mlink.linkstore.content_forecast import ContentForecast
 from mlink.linkstore.crossfit import Scheme
 
 __all__ = ["SCHEMES", "compare_schemes", "per_model_gaps", "summarize_gaps"]
@@ -62,6 +63,8 @@ def compare_schemes(
             trained = train_workload(workload, train_fraction, train, "weighted", scheme)
             for fraction in fractions:
                 for plan in compare_selectors(trained, {"ms": fraction * full}):
+                    estimate = plan.predicted_accuracy
+                    content = plan.content or ContentForecast(estimate, 0.0, estimate)
                     rows.append(
                         {
                             "scheme": scheme,
@@ -70,6 +73,9 @@ def compare_schemes(
                             "selector": plan.method,
                             "predicted": plan.predicted_accuracy,
                             "realised": plan.accuracy,
+                            "content": content.value,
+                            "unseen": content.unseen,
+                            "floor": content.floor,
                             "active": plan.active,
                             "per_model": {
                                 m: (plan.predicted_per_model[m], plan.per_model[m])
@@ -92,6 +98,7 @@ def summarize_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if (r["scheme"], r["selector"], r["budget_fraction"]) == (scheme, selector, fraction)
         ]
         gap, spread = mean_spread(r["predicted"] - r["realised"] for r in group)
+        content_gap, content_spread = mean_spread(r["content"] - r["realised"] for r in group)
         realised, realised_spread = mean_spread(r["realised"] for r in group)
         out.append(
             {
@@ -101,6 +108,11 @@ def summarize_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "gap": gap,
                 "gap_spread": spread,
                 "max_abs_gap": max(abs(r["predicted"] - r["realised"]) for r in group),
+                "content_gap": content_gap,
+                "content_gap_spread": content_spread,
+                "max_abs_content_gap": max(abs(r["content"] - r["realised"]) for r in group),
+                "unseen": float(np.mean([r["unseen"] for r in group])),
+                "floor_gap": float(np.mean([r["floor"] - r["realised"] for r in group])),
                 "realised": realised,
                 "realised_spread": realised_spread,
             }
@@ -138,11 +150,24 @@ def main(
     order: Annotated[str, typer.Option(help="auto, file or shuffled (as mlink bench)")] = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
     costs: Annotated[str, typer.Option(help=COSTS_HELP)] = "cached",
+    scheme: Annotated[
+        list[str] | None, typer.Option(help="only these schemes (repeat); default all five")
+    ] = None,
 ) -> None:
     console = Console()
     config = load_config(config_path)
+    unknown = sorted(set(scheme or ()) - set(SCHEMES))
+    if unknown:
+        raise typer.BadParameter(f"unknown scheme(s) {unknown}; use any of {list(SCHEMES)}")
     log = (lambda _m: None) if as_json else console.print
-    rows = compare_schemes(config, seeds=seeds, log=log, order=order, costs=costs)  # type: ignore[arg-type]
+    rows = compare_schemes(
+        config,
+        seeds=seeds,
+        schemes=tuple(scheme or SCHEMES),  # type: ignore[arg-type]
+        log=log,
+        order=order,  # type: ignore[arg-type]
+        costs=costs,
+    )
     summary = summarize_gaps(rows)
     models = per_model_gaps(rows)
     if as_json:
@@ -152,7 +177,8 @@ def main(
         title=f"{config.name} ({resolve_order(config, order)} order): predicted - realised "  # type: ignore[arg-type]
         f"accuracy, {seeds} seed(s)"
     )
-    for col in ("scheme", "selector", "budget", "gap (points)", "max |gap|", "realised"):
+    columns = ("scheme", "selector", "budget", "gap (points)", "max |gap|", "content-weighted gap")
+    for col in (*columns, "max |gap|", "unseen content", "floor gap", "realised"):
         table.add_column(col, justify="right")
     for s in summary:
         table.add_row(
@@ -161,6 +187,10 @@ def main(
             f"{s['budget_fraction']:.0%}",
             f"{s['gap'] * 100:+.1f} ± {s['gap_spread'] * 100:.1f}",
             f"{s['max_abs_gap'] * 100:.1f}",
+            f"{s['content_gap'] * 100:+.1f} ± {s['content_gap_spread'] * 100:.1f}",
+            f"{s['max_abs_content_gap'] * 100:.1f}",
+            f"{s['unseen']:.1%}",
+            f"{s['floor_gap'] * 100:+.1f}",
             f"{s['realised']:.1%} ± {s['realised_spread'] * 100:.1f}",
         )
     console.print(table)
@@ -185,6 +215,15 @@ def main(
             f"{scheme}: mean gap {np.mean(signed) * 100:+.2f}, mean |gap| "
             f"{np.mean(mine) * 100:.2f} points, max {np.max(mine) * 100:.2f}, within 3 points in "
             f"{sum(g <= 0.03 for g in mine)}/{len(mine)} plans"
+        )
+        mine_rows = [r for r in rows if r["scheme"] == scheme]
+        weighted = [r["content"] - r["realised"] for r in mine_rows]
+        console.print(
+            f"{scheme}, content-weighted: mean gap {np.mean(weighted) * 100:+.2f}, mean |gap| "
+            f"{np.mean(np.abs(weighted)) * 100:.2f} points, max "
+            f"{np.max(np.abs(weighted)) * 100:.2f}, within 3 points in "
+            f"{sum(abs(g) <= 0.03 for g in weighted)}/{len(weighted)} plans; floor at or under "
+            f"realised in {sum(r['floor'] <= r['realised'] for r in mine_rows)}/{len(mine_rows)}"
         )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from mlink.eval.figures import synthesized_agreement
 from mlink.eval.workload import Workload, stream_split
+from mlink.linkstore.content_forecast import ContentForecast, plan_content_forecast
 from mlink.linkstore.crossfit import (
     Scheme,
     fit_and_score,
@@ -54,7 +55,9 @@ class PlanResult:
     """One active set, measured on the evaluation frames.
 
     ``predicted_accuracy`` is what selection expected (its oracle's objective), ``accuracy`` what
-    the plan kept; ``run_rate`` is 1 for active models and 0 for synthesized ones.
+    the plan kept; ``run_rate`` is 1 for active models and 0 for synthesized ones. ``content``
+    is the expectation re-weighted to what the active models saw on the evaluation frames
+    (:mod:`mlink.linkstore.content_forecast`): a forecast a running plan can make without labels.
     """
 
     method: str
@@ -67,6 +70,11 @@ class PlanResult:
     predicted_accuracy: float
     feasible: bool = True
     predicted_per_model: dict[str, float] = field(default_factory=dict)
+    content: ContentForecast | None = None
+
+    @property
+    def predicted_content(self) -> float | None:
+        return None if self.content is None else self.content.value
 
     @property
     def run_rate(self) -> dict[str, float]:
@@ -161,6 +169,9 @@ def measure_plan(
         predicted_accuracy=evaluation.objective,
         feasible=evaluation.feasible,
         predicted_per_model=dict(evaluation.per_model),
+        content=plan_content_forecast(
+            trained.val_oracle, active, trained.test_oracle.outputs, wl.specs
+        ),
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from mlink.linkstore.budget import BUDGET_KEYS, full_cost, resolve_budget
 from mlink.linkstore.bundle import LoadedLinks
+from mlink.linkstore.content_forecast import content_table
 from mlink.linkstore.selection import InfeasibleBudget, Problem, select, select_paper_greedy
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.linkstore.targets import select_for_targets
@@ -110,6 +111,16 @@ def decide(
         plan.cost,
         limits or budget,
     )
+    extra = {
+        "objective": plan.objective,
+        "cost": dict(plan.cost),
+        "predicted": {m: links.oracle(frozenset(plan.active), m) for m in models},
+        "cost_table": cost_table,
+    }
+    try:  # what each synthesized model keeps per content signature, for the workers to weigh
+        extra["content"] = content_table(links.oracle, plan.active, links.linkset.specs).to_meta()
+    except (TypeError, ValueError) as exc:  # an oracle without per-frame scores
+        log.info("epoch %d: no content table (%s)", epoch, exc)
     return ControlMessage(
         kind="active_set",
         epoch=epoch,
@@ -118,10 +129,5 @@ def decide(
         budget=dict(budget),
         link_version=links.version,
         probe_every=probe_every,
-        extra={
-            "objective": plan.objective,
-            "cost": dict(plan.cost),
-            "predicted": {m: links.oracle(frozenset(plan.active), m) for m in models},
-            "cost_table": cost_table,
-        },
+        extra=extra,
     )

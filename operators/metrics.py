@@ -19,7 +19,11 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
     mlink_live_agreement{model}             probe agreement of synthesized vs real outputs
     mlink_forecast{basis}                   the plan's expected agreement, all models:
                                             plan (its estimate) | bound (what it promises,
-                                            stream plans) | probes (rescaled by the probes)
+                                            stream plans) | probes (rescaled by the probes) |
+                                            content (re-weighted to what the active detectors
+                                            found on this worker's frames; paper-link plans)
+    mlink_unseen_content                    share of those frames whose content no estimate
+                                            scored (their forecast is the plan's estimate)
     mlink_model_healthy{model}              1 healthy, 0 reported unhealthy (e.g. hung)
     mlink_epoch / mlink_link_version        control-plane state this worker runs
     mlink_in_flight_frames                  planned, not yet answered (the flow-control window)
@@ -29,6 +33,7 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable
@@ -36,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from mlink.linkstore.content_forecast import ContentForecast
 
 __all__ = ["MetricsEndpoint", "WorkerMetrics", "start_metrics_endpoint"]
 
@@ -97,8 +104,14 @@ class WorkerMetrics:
         self.forecast = Gauge(
             "mlink_forecast",
             "expected agreement over all models: the plan's estimate, its forecast bound "
-            "(stream plans), and the estimate after probes",
+            "(stream plans), the estimate after probes, and the estimate re-weighted to the "
+            "content the active detectors found (paper-link plans)",
             ["basis"],
+            registry=r,
+        )
+        self.unseen_content = Gauge(
+            "mlink_unseen_content",
+            "share of this worker's frames under the plan whose content no estimate scored",
             registry=r,
         )
         self.model_healthy = Gauge(
@@ -166,6 +179,17 @@ class WorkerMetrics:
             self.degraded.labels(degraded_reason).inc()
         if latency_s is not None and latency_s >= 0:
             self.frame_latency.observe(latency_s)
+
+    def content_forecast(self, forecast: ContentForecast | None) -> None:
+        """The plan's content-weighted forecast; None (a plan without a content table) removes
+        the series, so no stale forecast outlives its plan."""
+        if forecast is None:
+            with contextlib.suppress(KeyError):
+                self.forecast.remove("content")
+            self.unseen_content.set(0.0)
+            return
+        self.forecast.labels("content").set(forecast.value)
+        self.unseen_content.set(forecast.unseen)
 
     def dead_letter(self, stage: str, reason: str) -> None:
         self.dead_letters.labels(stage, reason).inc()

@@ -34,6 +34,8 @@ def record_result(mlink: MLink, result: FrameResult) -> None:
             )
     latency = time.time() - result.timestamp if result.timestamp is not None else None
     mlink.prom.result(degraded_reason=reason if result.degraded else None, latency_s=latency)
+    if (forecast := mlink.content.add(result)) is not None:
+        mlink.prom.content_forecast(forecast)
 
 
 def frame_results(

@@ -19,6 +19,7 @@ from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore, StoreError
 from mlink.linkstore.streamlinks import StreamLinks, StreamMemory
+from mlink.operators.content_tally import ContentTally
 from mlink.operators.executor import ModelExecutor, start_executor
 from mlink.operators.metrics import WorkerMetrics
 from mlink.operators.model_settings import ModelFactory
@@ -64,6 +65,7 @@ class MLink:
         self.limits = settings.limits
         self.completed = RecentIds()
         self.predicted: dict[str, float] = {}  # the controller's estimate for the active set
+        self.content = ContentTally()  # the plan's estimate weighed by what the frames showed
         self.unusable: dict[int, str] = {}  # link versions that cannot be used, and why
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._events: dict[str, asyncio.Event] = {}

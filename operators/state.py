@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mlink.linkstore.content_forecast import ContentTable
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.topics.control import MAX_EPOCH, MAX_EPOCH_STEP, agreement_problem, budget_problem
 from mlink.topics.records import ControlMessage, Plan
@@ -170,6 +171,11 @@ class ControlState:
                 schedule = Schedule.from_extra(message.extra, self.models)
             except (ValueError, TypeError) as exc:
                 return _rejected(f"epoch {message.epoch} schedule: {exc}")
+        if "content" in message.extra:
+            try:
+                ContentTable.from_meta(message.extra["content"], self.models)
+            except ValueError as exc:
+                return _rejected(f"epoch {message.epoch} content table: {exc}")
         if not message.active and schedule is None:
             return _rejected("an active set must name at least one model")
         unknown = sorted(set(message.active) - set(self.models))

@@ -157,6 +157,11 @@ def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_co
     # no probes offline: the forecast with probes stays the plan's forecast bound
     assert stream["predicted_live"] == pytest.approx(stream["predicted_forecast"])
     assert "with probes" in markdown(report) and exact["live_gap"] is None
+    # the paper rows' estimate re-weighted to the content their active models saw; stream
+    # plans have probes for that and carry none
+    assert exact["content_gap"] == pytest.approx(exact["predicted_content"] - exact["accuracy"])
+    assert 0.0 <= exact["predicted_content"] <= 1.0 and stream["content_gap"] is None
+    assert "content-weighted" in markdown(report)
     assert "measured" in report.cost_table["models"]
     assert report.cost_table["full_ms"] == pytest.approx(report.full_cost_ms)
 

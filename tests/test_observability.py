@@ -218,3 +218,74 @@ def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probe
         assert mlink.prom.registry.get_sample_value("mlink_forecast", {"basis": "bound"}) is None
     finally:
         mlink.close()
+
+
+def test_a_paper_link_plan_forecasts_from_what_its_detectors_find(tmp_path):
+    """``mlink_forecast{basis="content"}``: the plan's estimate per content signature, weighed
+    by how many of its active detectors found anything on the results this worker emitted."""
+    import numpy as np
+
+    from mlink.linkstore.content_forecast import ContentTable
+    from mlink.operators.results import record_result
+    from mlink.topics.records import FrameResult, ModelResult
+    from mlink.topics.specs import BoxesSpec
+
+    models = [Model(name="det", fn=lambda f: f, spec=BoxesSpec(max_boxes=2))] + [
+        Model(name=n, fn=lambda f: f, spec=VectorSpec(size=1, task="linear")) for n in "ab"
+    ]
+    settings = Settings(name="c", budget={"fraction": 1}, links=LinkSettings(store=str(tmp_path)))
+    mlink = MLink(settings, models)
+    table = ContentTable(
+        ("det",),
+        1,
+        {"a": 0.6, "b": 0.8},
+        {"a": (1.0, 0.4, 0.6, 0.6), "b": (0.8, 0.8, 0.8, 0.8)},
+        (True, True, False, False),
+    )
+    plan = ControlMessage(
+        kind="active_set",
+        epoch=1,
+        issued_at=1.0,
+        active=("det",),
+        budget={"fraction": 0.5},
+        extra={"objective": 0.8, "content": table.to_meta()},
+    )
+    box, none = np.array([[0.1, 0.1, 0.3, 0.3, 0.9]], np.float32), np.zeros((0, 5), np.float32)
+
+    def result(epoch: int, found: np.ndarray) -> FrameResult:
+        ran = ModelResult(model="det", output=found, status="executed")
+        synth = [
+            ModelResult(model=m, output=np.zeros(1), status="synthesized", sources=("det",))
+            for m in "ab"
+        ]
+        return FrameResult(
+            frame_id=f"f{epoch}",
+            stream_id="s",
+            seq=0,
+            epoch=epoch,
+            results=(ran, *synth),
+            degraded=False,
+            emitted_at=2.0,
+        )
+
+    def sample(name: str, **labels: str) -> float | None:
+        return mlink.prom.registry.get_sample_value(name, labels)
+
+    try:
+        assert _apply(mlink, plan) is None
+        assert sample("mlink_forecast", basis="content") == pytest.approx((1 + 1.4) / 3)
+        for _ in range(3):
+            record_result(mlink, result(1, box))  # signature 1: a at 0.4
+        assert sample("mlink_forecast", basis="content") == pytest.approx((1 + 0.4 + 0.8) / 3)
+        assert sample("mlink_unseen_content") == 0.0
+        record_result(mlink, result(0, none))  # planned under the plan before: not counted
+        assert sample("mlink_forecast", basis="content") == pytest.approx((1 + 0.4 + 0.8) / 3)
+        forged = replace(plan, epoch=2, extra={"content": {**table.to_meta(), "runs": 99}})
+        assert "content table" in (_apply(mlink, forged) or "")  # rejected, plan unchanged
+        assert sample("mlink_forecast", basis="content") == pytest.approx((1 + 0.4 + 0.8) / 3)
+        stream = replace(plan, epoch=2, extra={"objective": 0.9})  # no table: series removed
+        assert _apply(mlink, stream) is None
+        assert sample("mlink_forecast", basis="content") is None
+        assert sample("mlink_unseen_content") == 0.0
+    finally:
+        mlink.close()

@@ -38,6 +38,7 @@ from mlink.deploy.status_view import render_status
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.eval.workloads import digits
 from mlink.linkstore.bundle import load_bundle
+from mlink.linkstore.content_forecast import ContentTable
 from mlink.linkstore.store import LinkStore
 from mlink.operators.controller import decide
 from mlink.topics.codec import decode_record, encode, encode_record
@@ -385,6 +386,12 @@ def test_budget_change_moves_the_active_set(digits_run: DigitsRun) -> None:
         offline = decide(config.model_names, config.declared_costs(), links, message.budget, epoch)
         assert offline.active == message.active, epoch
         assert message.extra["cost"]["ms"] <= message.budget["fraction"] * sum(COSTS.values())
+        # each plan carries what its synthesized models keep per content signature; these
+        # classifiers are no detectors, so there is one signature and it is the estimate
+        table = ContentTable.from_meta(message.extra["content"], config.model_names)
+        assert table.detectors == () and table.seen[0]
+        estimate = np.mean(list(message.extra["predicted"].values()))
+        assert table.forecast([5, 0, 0, 0]).value == pytest.approx(estimate, abs=1e-5)
     for phase, epoch in (("epoch1", 1), ("budget-0.9", 2), ("budget-0.1", 3)):
         for frame_id in run.phases[phase]:
             result = run.results[frame_id]

@@ -247,3 +247,24 @@ def test_the_forecast_with_probes_starts_at_the_forecast_bound_and_follows_probe
     assert live_forecast(older, live, 8) is None
     for forged in ({"predicted": {model: "x"}}, {"runs": {model: None}}, {"runs": {}}):
         assert live_forecast({**extra, **forged}, live, 8) is None  # a status read carries on
+
+
+def test_a_paper_link_plan_carries_its_content_table_and_a_worker_accepts_it(links) -> None:
+    """Without stream synthesis the controller sends each synthesized model's estimate per
+    content signature; with nothing counted yet its forecast is the plan's estimate."""
+    from mlink.linkstore.content_forecast import ContentTable
+
+    message = decide(MODELS, {}, links, {"fraction": 0.4}, 1)
+    table = ContentTable.from_meta(message.extra["content"], MODELS)
+    active = set(message.active)
+    assert set(table.detectors) == active & {"face", "eyes"} and table.runs == len(active)
+    predicted = message.extra["predicted"]
+    synthesized = {m: predicted[m] for m in MODELS if m not in active}
+    assert table.overall == pytest.approx(synthesized, abs=1e-6)  # rounded on the wire
+    forecast = table.forecast([0, 0, 0, 0]).value
+    assert forecast == pytest.approx(np.mean(list(predicted.values())), abs=1e-6)
+    state = ControlState(MODELS, 8)
+    assert not state.apply(message).rejected
+    # stream plans have probes for this and carry none
+    streamed = decide(MODELS, {}, links, {"fraction": 0.4}, 1, probe_every=8, stream=True)
+    assert "content" not in streamed.extra

@@ -7,7 +7,10 @@ gives each planned frame the forecasts in force when its result was emitted: its
 estimate and forecast bound (what the plan promised), and the forecast from the newest probe
 report of the epoch issued before (the plan's forecast bound before the first). A frame's own
 probe can count in the report only if the report was issued before the frame's result, i.e.
-never for the frame itself.
+never for the frame itself. Plans of the paper's links also get their content-weighted forecast
+(:mod:`mlink.linkstore.content_forecast`) over the results of their epoch emitted before the
+frame's, all workers' together: what each worker's ``mlink_forecast{basis="content"}`` shows
+for its own frames.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from mlink.operators.content_tally import ContentTally
 from mlink.operators.state import ControlState
 from mlink.operators.stream_decision import (
     live_forecast,
@@ -33,13 +37,15 @@ class Forecasts:
     """Per planned frame (frame id -> forecast) the plan's estimate, the one with probes (the
     plan's forecast bound until a probe report, or its estimate for a plan that carries no
     bound; ``reports`` counts the reports that gave one: none for the paper's links, whose
-    plans carry no run shares), and what the plan promised (``bound``: its forecast bound,
-    only for frames whose plan carries one)."""
+    plans carry no run shares), what the plan promised (``bound``: its forecast bound, only for
+    frames whose plan carries one), and the content-weighted forecast (``content``, only for
+    frames whose plan carries a content table)."""
 
     up_front: dict[str, float]
     with_probes: dict[str, float]
     reports: int = 0
     bound: dict[str, float] = field(default_factory=dict)
+    content: dict[str, float] = field(default_factory=dict)
 
 
 def forecasts_in_force(
@@ -54,10 +60,15 @@ def forecasts_in_force(
     unprobed: dict[int, float] = {}  # epoch -> its forecast before any probe report
     promised: dict[int, float] = {}  # epoch -> its forecast bound (plans that carry one)
     timeline: dict[int, tuple[list[float], list[float]]] = {}  # epoch -> (issued_at, forecast)
+    tallies: dict[int, ContentTally] = {}  # epoch -> its plan's content count (paper's links)
     for message in control:
         if state.apply(message).status != "applied":
             continue
         estimate = plan_estimate(state.plan_extra)
+        if message.kind == "active_set":
+            tally = ContentTally()
+            if tally.plan(state.plan_extra, state.models, state.epoch) is not None:
+                tallies[state.epoch] = tally
         if message.kind == "active_set" and estimate is not None:
             objective[state.epoch] = estimate
             promise = plan_promise(state.plan_extra)
@@ -84,4 +95,15 @@ def forecasts_in_force(
         if k:
             with_probes[frame_id] = values[k - 1]
     reports = sum(len(t) for t, _ in timeline.values())
-    return Forecasts(up_front, with_probes, reports, bounds)
+    return Forecasts(up_front, with_probes, reports, bounds, _content(tallies, results))
+
+
+def _content(tallies: Mapping[int, ContentTally], results: Mapping[str, FrameResult]) -> dict:
+    """Each frame's content-weighted forecast over its epoch's results emitted before it."""
+    content = {}
+    for frame_id, result in sorted(results.items(), key=lambda kv: kv[1].emitted_at):
+        if (tally := tallies.get(result.epoch)) is None or tally.table is None:
+            continue
+        content[frame_id] = tally.table.forecast(tally.counts).value
+        tally.add(result)
+    return content

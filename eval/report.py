@@ -103,6 +103,8 @@ class RunSummary:
     forecast_up_front: float | None = None
     forecast_with_probes: float | None = None
     forecast_bound: float | None = None  # what the plans promised (stream plans' bounds)
+    # the paper's links: the estimate re-weighted to what the active detectors found before
+    forecast_content: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -327,6 +329,11 @@ def summarize(
         forecast_bound=(
             _mean_or_none(forecasts.bound[f] for f in forecast)
             if forecast and set(forecast) <= set(forecasts.bound)
+            else None
+        ),
+        forecast_content=(
+            _mean_or_none(forecasts.content[f] for f in forecast)
+            if forecast and set(forecast) <= set(forecasts.content)
             else None
         ),
     )

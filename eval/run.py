@@ -100,12 +100,14 @@ def print_summary(summary: dict, console: Console) -> None:
     )
     if s.get("forecast_frames"):
         probes, bound = s.get("forecast_with_probes"), s.get("forecast_bound")
+        content = s.get("forecast_content")
         console.print(
             f"forecast for the {s['forecast_frames']} planned frames (each made before the frame; "
             f"probes count every model as kept, as plans do): up-front estimate "
             f"{percent(s['forecast_up_front'])}"
             + (f", promised (forecast bound) {percent(bound)}" if bound is not None else "")
             + (f", with probes {percent(probes)}" if probes is not None else "")
+            + (f", content-weighted {percent(content)}" if content is not None else "")
             + f"; kept {percent(s['forecast_kept'])}"
         )
     console.print(f"model costs: {s['cost_source']}; synthesis costs: {s['synthesis_cost_source']}")

@@ -38,11 +38,12 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from mlink.linkstore.content_forecast import ContentForecast
+if TYPE_CHECKING:  # the metrics stay importable without torch (health checks, dashboards)
+    from mlink.linkstore.content_forecast import ContentForecast
 
 __all__ = ["MetricsEndpoint", "WorkerMetrics", "start_metrics_endpoint"]
 

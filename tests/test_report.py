@@ -10,9 +10,11 @@ from rich.console import Console
 
 from mlink.deploy.config import parse_config
 from mlink.deploy.runner import RunReport
+from mlink.eval.live_forecasts import forecasts_in_force
 from mlink.eval.report import SynthesisCosts, summarize
 from mlink.eval.run import print_summary
 from mlink.eval.workload import Workload
+from mlink.linkstore.content_forecast import ContentTable
 from mlink.topics.records import ControlMessage, FrameResult, ModelResult
 from mlink.topics.specs import spec_from_dict
 
@@ -280,3 +282,53 @@ def test_each_planned_frame_is_forecast_by_the_plan_and_by_the_probe_reports_bef
     mixed.results["cam:3"] = replace(mixed.results["cam:3"], epoch=2)  # under the plan with bounds
     partly = summarize(config(tmp_path), mixed, reference(), IDS, SYNTHESIS)
     assert partly.forecast_frames == 3 and partly.forecast_bound is None  # not a third of them
+
+
+def test_a_paper_link_plan_is_forecast_from_what_its_detectors_found_before_each_frame():
+    """Each frame gets the plan's content table weighed by the signatures of the results of its
+    epoch emitted before it, all workers' together (the live gauge is per worker)."""
+    table = ContentTable(
+        ("det",), 1, {"a": 0.5}, {"a": (1.0, 0.0, 0.5, 0.5)}, (True,) * 2 + (False,) * 2
+    )
+    plan = ControlMessage(
+        kind="active_set",
+        epoch=1,
+        issued_at=100.5,
+        active=("det",),
+        budget={"fraction": 0.5},
+        extra={"objective": 0.75, "content": table.to_meta()},
+    )
+    box = np.array([[0.1, 0.1, 0.3, 0.3, 0.9]], np.float32)
+    none = np.zeros((0, 5), np.float32)
+
+    def result(seq: int, epoch: int, found: np.ndarray) -> FrameResult:
+        a = ModelResult(
+            model="a", output=vec(0), status="synthesized", link_version=1, sources=("det",)
+        )
+        return replace(frame(seq, epoch, [executed("det", found), a]), frame_id=f"f{seq}")
+
+    results = {r.frame_id: r for r in (result(0, 0, box), result(1, 1, box), result(2, 1, none))}
+    results["f3"] = result(3, 1, box)
+    got = forecasts_in_force(["a", "det"], [plan], results)
+    # f1: nothing counted yet, the estimate; f2: one frame where det fired (a at 0.0 there);
+    # f3: one of each (a at 0.5); the warm-up frame has no plan
+    assert got.content == pytest.approx({"f1": 0.75, "f2": 0.5, "f3": 0.75})
+    assert got.up_front == pytest.approx({"f1": 0.75, "f2": 0.75, "f3": 0.75})
+
+
+def test_the_summary_prints_the_content_weighted_forecast_of_paper_link_plans(tmp_path):
+    plan, _ = plan_and_probe_report()
+    table = ContentTable(
+        (),
+        1,
+        {"level": 0.9, "spread": 0.6},
+        {"level": (0.9,) * 4, "spread": (0.6,) * 4},
+        (True,) + (False,) * 3,
+    )
+    links = replace(plan, extra={"objective": 0.9, "content": table.to_meta()})
+    s = summarize(config(tmp_path), replace(run(), control=[links]), reference(), IDS, SYNTHESIS)
+    assert s.forecast_content == pytest.approx((1 + 0.9 + 0.6) / 3)  # no detector: one signature
+    console = Console(width=80, record=True)
+    print_summary(s.as_dict(), console)
+    line = " ".join(console.export_text().split())
+    assert "up-front estimate 90.0%, content-weighted 83.3%; kept 66.7%" in line

@@ -61,9 +61,18 @@ class ContentForecast:
 
 def frame_signature(outputs: Mapping[str, Any], detectors: Iterable[str]) -> int:
     """How many of ``detectors`` found anything in one frame's ``outputs`` (a detector that
-    did not run or failed finds nothing), capped at :data:`MAX_FIRING`."""
-    fired = sum(1 for m in detectors if outputs.get(m) is not None and finds_anything(outputs[m]))
-    return min(fired, MAX_FIRING)
+    did not run, failed or returned something that is not boxes finds nothing), capped at
+    :data:`MAX_FIRING`."""
+    return min(sum(_fired(outputs.get(m)) for m in detectors), MAX_FIRING)
+
+
+def _fired(output: Any) -> bool:
+    if output is None:
+        return False
+    try:
+        return finds_anything(output)
+    except (ValueError, TypeError):  # not (n, 5) boxes: a count is never worth a crash
+        return False
 
 
 def _detectors(active: Iterable[str], specs: Mapping[str, OutputSpec]) -> tuple[str, ...]:

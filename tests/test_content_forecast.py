@@ -80,6 +80,7 @@ def test_signatures_count_active_detectors_that_find_anything():
     assert signatures(outs, {"v"}, specs).tolist() == [0, 0, 0]
     # one frame in a worker: a detector that did not run or failed finds nothing
     assert frame_signature({"d0": BOX, "d1": None, "d4": NONE}, ["d0", "d1", "d2", "d4"]) == 1
+    assert frame_signature({"d0": np.ones(7), "d1": "x", "d2": BOX}, ["d0", "d1", "d2"]) == 1
 
 
 def test_a_table_splits_the_pooled_out_of_fold_scores_by_signature():

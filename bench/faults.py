@@ -294,7 +294,10 @@ def main() -> None:
     parser.add_argument("--only", help=f"comma-separated scenarios of {sorted(SCENARIOS)}")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = run(args.only.split(",") if args.only else list(SCENARIOS))
+    names = args.only.split(",") if args.only else list(SCENARIOS)
+    if unknown := sorted(set(names) - set(SCENARIOS)):
+        parser.error(f"unknown scenario(s) {unknown}; --only takes any of {sorted(SCENARIOS)}")
+    rows = run(names)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return
@@ -305,16 +308,17 @@ def main() -> None:
         "lost",
         "duplicated",
         "degraded",
+        "dead letters",
         "worker restarts",
         "crash loops",
         "note",
     )
     print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * 9)
+    print("|" + "---|" * len(columns))
     for r in rows:
         print(
             f"| {r.fault} | {r.sent} | {r.results} | {r.lost} | {r.duplicated} | {r.degraded} "
-            f"| {r.worker_restarts} | {r.crash_loops} | {r.note} |"
+            f"| {r.dead_letters} | {r.worker_restarts} | {r.crash_loops} | {r.note} |"
         )
 
 

@@ -131,6 +131,22 @@ def forged_control(epoch_now: int) -> dict[str, dict[str, Any]]:
             "active": ["parity_logreg"],
             "link_version": 1,
         },
+        "content table with an agreement of 5": {
+            **base,
+            "kind": "active_set",
+            "epoch": epoch_now + 1,
+            "active": ["parity_logreg"],
+            "link_version": 1,
+            "extra": {
+                "content": {
+                    "detectors": [],
+                    "runs": 1,
+                    "overall": {"parity_logreg": 5.0},
+                    "by_signature": {"parity_logreg": [5.0, 5.0, 5.0, 5.0]},
+                    "seen": [True, False, False, False],
+                }
+            },
+        },
         "negative budget": {**base, "kind": "budget", "epoch": 0, "budget": {"ms": -5.0}},
         "unknown budget key": {**base, "kind": "budget", "epoch": 0, "budget": {"gpus": 2.0}},
     }

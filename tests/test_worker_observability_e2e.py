@@ -6,15 +6,24 @@ import time
 import urllib.request
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlink.deploy.health import wait_ready
-from mlink.deploy.runner import ResultCollector
+from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
-from tests.test_pipeline_e2e import APP, FAST_MODELS, send_frames, worker_env, write_config
+from mlink.linkstore.content_forecast import ContentTable, frame_signature
+from tests.test_pipeline_e2e import (
+    APP,
+    FAST_MODELS,
+    send_frames,
+    wait_for_epoch,
+    worker_env,
+    write_config,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -72,5 +81,76 @@ def test_a_live_worker_serves_its_metrics_and_health(
         assert "mlink_epoch" in families and "mlink_consumer_lag" in families
         later = wait_ready(health_path, 10, pid=worker.proc.pid)
         assert later.last_heartbeat >= health.last_heartbeat  # the worker keeps beating
+    finally:
+        collector.close()
+
+
+def test_a_live_worker_forecasts_a_paper_link_plan_from_what_its_detectors_find(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """The worker's ``mlink_forecast{basis="content"}`` is its plan's content table weighed by
+    the signatures of the results it emitted under that plan: the same figure the run summary
+    replays from the control log and the results."""
+    boxes = {"kind": "boxes", "max_boxes": 8}
+    detectors = [
+        {"name": n, "factory": "tests.cascade_models:ink", "args": {"name": n}, "output": boxes,
+         "cost": {"ms": ms}}
+        for n, ms in (("ink", 1.0), ("ink_detail", 400.0))
+    ]  # fmt: skip
+    path, config = write_config(
+        tmp_path,
+        "content",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=24,
+        output_timeout_s=10.0,
+        fraction=0.1,  # 44 of 443 ms: ink_detail (400 ms) is synthesized, from ink among others
+        extra_models=detectors,
+    )
+    data = config.model_dump(mode="json")
+    data["runtime"]["metrics_port"] = 0
+    path.write_text(yaml.safe_dump(data))
+    create_pipeline_topics(config, broker.bootstrap)
+    health_path = tmp_path / "worker.health.json"
+    env = {
+        **worker_env(path, broker.bootstrap, tmp_path / "faust"),
+        "MLINK_HEALTH": str(health_path),
+    }
+    worker = faust_worker(APP, env)
+    collector = ResultCollector(broker.bootstrap, config.topics.names().results)
+    try:
+        health = wait_ready(health_path, 120, pid=worker.proc.pid)
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as producer:
+            warm = send_frames(producer, ["a", "b"], range(0, 12))
+            wait_for_epoch(worker, 1, 180)
+            assert collector.wait_for(set(warm), 60)
+            planned = send_frames(producer, ["a", "b"], range(12, 52))
+        assert collector.wait_for(set(planned), 120)
+        deadline = time.monotonic() + 30
+        while True:  # the gauge follows the results the worker emitted; settle on its epoch
+            families = scrape(health.metrics_port)
+            _, control = read_control(broker.bootstrap, config)
+            epoch = int(next(s.value for s in families["mlink_epoch"]))
+            counted = [r for r in collector.results.values() if r.epoch == epoch]
+            plan = next(m for m in control if m.kind == "active_set" and m.epoch == epoch)
+            table = ContentTable.from_meta(plan.extra["content"], config.model_names)
+            counts = np.zeros(4, dtype=int)
+            for r in counted:
+                outputs = {x.model: x.output for x in r.results if x.status == "executed"}
+                counts[frame_signature(outputs, table.detectors)] += 1
+            expected = table.forecast(counts)
+            live = {
+                s.labels["basis"]: s.value
+                for s in families["mlink_forecast"]
+                if s.name == "mlink_forecast"
+            }
+            if live.get("content") == pytest.approx(expected.value, abs=1e-9):
+                break
+            assert time.monotonic() < deadline, (live, expected, epoch, len(counted))
+            time.sleep(0.5)
+        assert "ink" in plan.active and table.detectors == ("ink",), plan.active
+        assert counts[1] and counts[0], counts  # ink found something on some frames, not all
+        unseen = next(s.value for s in families["mlink_unseen_content"])
+        assert unseen == pytest.approx(expected.unseen)
     finally:
         collector.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlink.deploy.config import PipelineConfig
 from mlink.deploy.health import wait_ready
 from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.source import FrameProducer
@@ -42,12 +44,12 @@ def total(families: dict[str, list[Any]], name: str, **labels: str) -> float:
     )
 
 
-def test_a_live_worker_serves_its_metrics_and_health(
-    broker: Any, faust_worker: Any, tmp_path: Any
-) -> None:
-    path, config = write_config(
-        tmp_path, "metrics", FAST_MODELS, partitions=2, warmup_frames=1000, output_timeout_s=10.0
-    )
+def metrics_worker(
+    broker: Any, faust_worker: Any, tmp_path: Any, tag: str, **settings: Any
+) -> tuple[PipelineConfig, Any, Path, ResultCollector]:
+    """A digits pipeline (``settings`` as :func:`write_config` takes them) with one worker that
+    serves its metrics on a free port and keeps a health file; its results are collected."""
+    path, config = write_config(tmp_path, tag, FAST_MODELS, partitions=2, **settings)
     data = config.model_dump(mode="json")
     data["runtime"]["metrics_port"] = 0
     path.write_text(yaml.safe_dump(data))
@@ -57,8 +59,16 @@ def test_a_live_worker_serves_its_metrics_and_health(
         **worker_env(path, broker.bootstrap, tmp_path / "faust"),
         "MLINK_HEALTH": str(health_path),
     }
-    worker = faust_worker(APP, env)
     collector = ResultCollector(broker.bootstrap, config.topics.names().results)
+    return config, faust_worker(APP, env), health_path, collector
+
+
+def test_a_live_worker_serves_its_metrics_and_health(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    config, worker, health_path, collector = metrics_worker(
+        broker, faust_worker, tmp_path, "metrics", warmup_frames=1000, output_timeout_s=10.0
+    )
     try:
         health = wait_ready(health_path, 120, pid=worker.proc.pid)
         assert health.ready and health.metrics_port
@@ -97,27 +107,16 @@ def test_a_live_worker_forecasts_a_paper_link_plan_from_what_its_detectors_find(
          "cost": {"ms": ms}}
         for n, ms in (("ink", 1.0), ("ink_detail", 400.0))
     ]  # fmt: skip
-    path, config = write_config(
+    config, worker, health_path, collector = metrics_worker(
+        broker,
+        faust_worker,
         tmp_path,
         "content",
-        FAST_MODELS,
-        partitions=2,
         warmup_frames=24,
         output_timeout_s=10.0,
         fraction=0.1,  # 44 of 443 ms: ink_detail (400 ms) is synthesized, from ink among others
         extra_models=detectors,
     )
-    data = config.model_dump(mode="json")
-    data["runtime"]["metrics_port"] = 0
-    path.write_text(yaml.safe_dump(data))
-    create_pipeline_topics(config, broker.bootstrap)
-    health_path = tmp_path / "worker.health.json"
-    env = {
-        **worker_env(path, broker.bootstrap, tmp_path / "faust"),
-        "MLINK_HEALTH": str(health_path),
-    }
-    worker = faust_worker(APP, env)
-    collector = ResultCollector(broker.bootstrap, config.topics.names().results)
     try:
         health = wait_ready(health_path, 120, pid=worker.proc.pid)
         with FrameProducer(broker.bootstrap, config.topics.names().frames) as producer:

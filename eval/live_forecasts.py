@@ -65,10 +65,9 @@ def forecasts_in_force(
         if state.apply(message).status != "applied":
             continue
         estimate = plan_estimate(state.plan_extra)
-        if message.kind == "active_set":
-            tally = ContentTally()
-            if tally.plan(state.plan_extra, state.models, state.epoch) is not None:
-                tallies[state.epoch] = tally
+        if message.kind == "active_set" and state.content is not None:
+            tallies[state.epoch] = tally = ContentTally()
+            tally.plan(state.content, state.epoch)
         if message.kind == "active_set" and estimate is not None:
             objective[state.epoch] = estimate
             promise = plan_promise(state.plan_extra)
@@ -98,12 +97,14 @@ def forecasts_in_force(
     return Forecasts(up_front, with_probes, reports, bounds, _content(tallies, results))
 
 
-def _content(tallies: Mapping[int, ContentTally], results: Mapping[str, FrameResult]) -> dict:
+def _content(
+    tallies: Mapping[int, ContentTally], results: Mapping[str, FrameResult]
+) -> dict[str, float]:
     """Each frame's content-weighted forecast over its epoch's results emitted before it."""
     content = {}
     for frame_id, result in sorted(results.items(), key=lambda kv: kv[1].emitted_at):
-        if (tally := tallies.get(result.epoch)) is None or tally.table is None:
-            continue
-        content[frame_id] = tally.table.forecast(tally.counts).value
-        tally.add(result)
+        tally = tallies.get(result.epoch)
+        if tally is not None and (forecast := tally.forecast()) is not None:
+            content[frame_id] = forecast.value
+            tally.add(result)
     return content

@@ -1,17 +1,14 @@
 """What a worker's frames showed under the plan in force, weighed by the plan's content table.
 
 The controller puts a :class:`~mlink.linkstore.content_forecast.ContentTable` in each
-``active_set`` message of the paper's links (stream plans have probes for this and carry none).
+``active_set`` message of the paper's links (stream plans have probes for this and carry none);
+:class:`~mlink.operators.state.ControlState` validates and keeps it (``state.content``).
 Each worker counts the content signature of the results it emits (how many of the plan's active
 detectors found anything) and turns the counts into the plan's content-weighted forecast:
 ``mlink_forecast{basis="content"}`` and ``mlink_unseen_content``, without labels.
 """
 
 from __future__ import annotations
-
-import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
 
 import numpy as np
 
@@ -25,8 +22,6 @@ from mlink.topics.records import FrameResult
 
 __all__ = ["ContentTally"]
 
-log = logging.getLogger("mlink.worker")
-
 
 class ContentTally:
     """Signature counts of the results planned under ``epoch``, and that plan's table (None: no
@@ -37,23 +32,17 @@ class ContentTally:
         self.epoch = -1
         self.counts = np.zeros(MAX_FIRING + 1, dtype=np.int64)
 
-    def plan(
-        self, extra: Mapping[str, Any], models: Iterable[str], epoch: int
-    ) -> ContentForecast | None:
-        """Start over with the table of the plan of ``epoch``; its forecast before any frame (its
-        estimate), or None when it carries no table or a malformed one (logged, never raised)."""
+    def plan(self, table: ContentTable | None, epoch: int) -> ContentForecast | None:
+        """Start over with the plan of ``epoch`` and its table (None: a plan without one);
+        its forecast before any frame, the plan's estimate."""
         self.counts[:] = 0
-        self.table = None
+        self.table = table
         self.epoch = epoch
-        meta = extra.get("content")
-        if meta is None:
-            return None
-        try:
-            self.table = ContentTable.from_meta(meta, models)
-        except ValueError as exc:
-            log.warning("ignoring the plan's content table: %s", exc)
-            return None
-        return self.table.forecast(self.counts)
+        return self.forecast()
+
+    def forecast(self) -> ContentForecast | None:
+        """The plan's forecast over every frame counted so far (None without a table)."""
+        return None if self.table is None else self.table.forecast(self.counts)
 
     def add(self, result: FrameResult) -> ContentForecast | None:
         """Count one emitted result of this plan's epoch (a result planned under the plan before
@@ -62,4 +51,4 @@ class ContentTally:
             return None
         outputs = {r.model: r.output for r in result.results if r.status == "executed"}
         self.counts[frame_signature(outputs, self.table.detectors)] += 1
-        return self.table.forecast(self.counts)
+        return self.forecast()

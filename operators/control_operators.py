@@ -101,7 +101,7 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
             # no probes under this plan yet: its forecast bound, where the plan carries one
             unprobed = promise if promise is not None else live_forecast(message.extra, {}, 0)
             prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)
-        prom.content_forecast(mlink.content.plan(message.extra, mlink.specs, message.epoch))
+        prom.content_forecast(mlink.content.plan(mlink.state.content, mlink.state.epoch))
         predicted = message.extra.get("predicted", {})
         synthesized = message.extra.get("predicted_synthesized", {})  # stream plans
         if isinstance(predicted, dict) and isinstance(synthesized, dict):

@@ -87,6 +87,8 @@ class ControlState:
     synthesized by it, however late its outputs arrive (the split layout)."""
     plan_extra: dict[str, Any]
     """What the controller said of the current active set (predictions, corrections...)."""
+    content: ContentTable | None
+    """The current plan's estimate per content signature (plans of the paper's links)."""
 
     def __init__(self, models: Sequence[str], probe_every: int = 0) -> None:
         self.models = tuple(sorted(models))
@@ -102,6 +104,7 @@ class ControlState:
         self.live_counts, self.live_started = {}, {}
         self.schedules = OrderedDict()
         self.plan_extra = {}
+        self.content = None
 
     @property
     def warming_up(self) -> bool:
@@ -171,9 +174,10 @@ class ControlState:
                 schedule = Schedule.from_extra(message.extra, self.models)
             except (ValueError, TypeError) as exc:
                 return _rejected(f"epoch {message.epoch} schedule: {exc}")
+        content = None
         if "content" in message.extra:
             try:
-                ContentTable.from_meta(message.extra["content"], self.models)
+                content = ContentTable.from_meta(message.extra["content"], self.models)
             except ValueError as exc:
                 return _rejected(f"epoch {message.epoch} content table: {exc}")
         if not message.active and schedule is None:
@@ -208,6 +212,7 @@ class ControlState:
         while len(self.schedules) > KEPT_SCHEDULES:
             self.schedules.popitem(last=False)
         self.plan_extra = dict(message.extra)
+        self.content = content
         return ApplyOutcome("applied", plan_changed=True)
 
     @property

@@ -21,6 +21,7 @@ import numpy as np
 
 from mlink.deploy.config import PipelineConfig
 from mlink.eval.config_workload import load_workload, measure_model_ms
+from mlink.eval.motion_poses import source_poses
 from mlink.eval.outputs import DEFAULT_CACHE
 from mlink.eval.workload import Workload
 
@@ -94,8 +95,13 @@ def priced_workload(
     progress: bool = False,
     cache_dir: Path | None = DEFAULT_CACHE,
 ) -> Workload:
-    """The config's cached outputs priced on ``costs``: what every bench script starts from."""
-    return with_cost_table(load_workload(config, progress, cache_dir), config, costs)
+    """The config's cached outputs priced on ``costs``: what every bench script starts from.
+    A stream config's workload also carries every frame's motion (the ``flow`` mode)."""
+    workload = with_cost_table(load_workload(config, progress, cache_dir), config, costs)
+    if not config.links.stream:
+        return workload
+    motion = source_poses(config, cache_dir, progress=progress)
+    return replace(workload, poses=motion.poses, motion_ms=motion.ms)
 
 
 def read_cost_table(path: Path, models: Sequence[str]) -> dict[str, float]:

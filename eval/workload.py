@@ -23,7 +23,8 @@ class Workload:
 
     ``costs[m]`` is what running ``m`` once costs (``ms``, ``memory_mb``); ``cost_source`` says
     where that table comes from (declared, or measured when and how), because every compute-saved
-    figure is only as good as it.
+    figure is only as good as it. ``poses``: each frame's motion pose where it was measured
+    (:mod:`mlink.eval.motion_poses`; the ``flow`` mode), ``motion_ms`` what that cost a frame.
     """
 
     name: str
@@ -32,6 +33,8 @@ class Workload:
     costs: dict[str, dict[str, float]]
     streams: list[str] = field(default_factory=list)
     cost_source: str = "given"
+    poses: list[Any] | None = None
+    motion_ms: float = 0.0
 
     def __post_init__(self) -> None:
         n = {m: len(v) for m, v in self.outputs.items()}
@@ -46,6 +49,10 @@ class Workload:
         if len(self.streams) != self.n_frames:
             raise ValueError(
                 f"workload {self.name}: {len(self.streams)} stream ids for {self.n_frames} frames"
+            )
+        if self.poses is not None and len(self.poses) != self.n_frames:
+            raise ValueError(
+                f"workload {self.name}: {len(self.poses)} poses for {self.n_frames} frames"
             )
 
     @property
@@ -72,6 +79,7 @@ class Workload:
             outputs=self.subset(order),
             streams=[self.streams[i] for i in order],
             costs={m: dict(c) for m, c in self.costs.items()},
+            poses=None,  # a pose chains onto the frame before it: a new order breaks them
         )
 
 

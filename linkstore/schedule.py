@@ -36,9 +36,9 @@ __all__ = [
 
 EXTRA_KEY = "schedule"
 #: How a model is synthesized on frames it does not run (see :class:`Mode`).
-MODE_KINDS = ("reuse", "prior", "links", "head", "follow", "track", "switch", "gate")
+MODE_KINDS = ("reuse", "prior", "links", "head", "follow", "track", "switch", "gate", "flow")
 _SOURCED = frozenset({"head", "follow", "track", "switch", "gate"})
-_MEMORY = frozenset({"reuse", "follow", "track", "switch"})
+_MEMORY = frozenset({"reuse", "follow", "track", "switch", "flow"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,10 @@ class Mode:
     - ``switch``: ``follow`` while ``source`` agrees with itself since the last run by at
       least ``threshold`` (matched IoU), else ``head``;
     - ``gate`` (a cascade): the model also runs on every frame where ``source`` finds
-      anything, and is ``head`` where it finds nothing (:meth:`Schedule.gated`).
+      anything, and is ``head`` where it finds nothing (:meth:`Schedule.gated`);
+    - ``flow``: its boxes at its last run, moved as the picture moved since
+      (:mod:`mlink.linkstore.motion`; the frame operator measures the motion of every frame
+      while a schedule has such a mode).
 
     The detector modes need ``source`` to run on the frame (the planner only picks them
     when it runs on every frame).
@@ -233,6 +236,14 @@ class Schedule:
             and m not in ran
             and mode.source in ran
             and finds_anything(ran[mode.source])
+        )
+
+    @property
+    def uses_motion(self) -> bool:
+        """Whether some model is synthesized by ``flow``: the frame operator then measures
+        every frame's motion (:class:`~mlink.linkstore.motion.MotionTracker`)."""
+        return any(
+            mode.kind == "flow" and self.periods.get(m) != 1 for m, mode in self.modes.items()
         )
 
     @property

@@ -30,7 +30,9 @@ class Curve:
     not run the model on where the mode runs it anyway (a ``gate``: how often its source fires;
     those frames count 1 in ``agree``). ``predictive`` is ``between`` for a forecast rather
     than a plan's choice: with :data:`~mlink.linkstore.streamerror.PSEUDO_STREAMS` more streams
-    of the largest variance (None in curves saved before it: ``between``).
+    of the largest variance (None in curves saved before it: ``between``). ``frame_ms`` is a
+    per-frame cost the mode adds once however many models use it (``flow``: measuring every
+    frame's motion), which the planner charges once per plan.
     """
 
     target: str
@@ -42,6 +44,7 @@ class Curve:
     between: float = 0.0
     runs: float = 0.0
     predictive: float | None = None
+    frame_ms: float = 0.0
 
     @property
     def forecast_between(self) -> float:
@@ -62,6 +65,7 @@ class Curve:
             "between": round(self.between, 6),
             "runs": round(self.runs, 6),
             **({} if self.predictive is None else {"predictive": round(self.predictive, 6)}),
+            **({"frame_ms": self.frame_ms} if self.frame_ms else {}),
         }
 
     @classmethod
@@ -76,6 +80,7 @@ class Curve:
             float(meta.get("between", 0.0)),
             float(meta.get("runs", 0.0)),
             None if meta.get("predictive") is None else float(meta["predictive"]),
+            float(meta.get("frame_ms", 0.0)),
         )
 
 

@@ -36,6 +36,7 @@ from mlink.linkstore.boxlinks import (
 )
 from mlink.linkstore.crossfit import contiguous_folds
 from mlink.linkstore.metrics import agreement, box_agreement
+from mlink.linkstore.motion import Pose, between, move_boxes
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.schedule import Mode
 from mlink.linkstore.streamcurve import Curve, constant_curve
@@ -61,13 +62,15 @@ class Sample:
     """A frame on which every model ran (a warm-up or probe frame).
 
     ``context`` (optional, probes): each model's last real run on the stream before this frame,
-    as the worker's :class:`~mlink.linkstore.streamlinks.StreamMemory` held it.
+    as the worker's :class:`~mlink.linkstore.streamlinks.StreamMemory` held it. ``pose``: the
+    frame's :class:`~mlink.linkstore.motion.Pose` when the worker measured motion.
     """
 
     stream: str
     seq: int
     outputs: Mapping[str, Any]
     context: Mapping[str, Refresh] = field(default_factory=dict)
+    pose: Pose | None = None
 
 
 @dataclass(slots=True)
@@ -126,11 +129,13 @@ class _Pairs:
     then: list[Mapping[str, Any]] = field(default_factory=list)
     now: list[int] = field(default_factory=list)
     lags: list[int] = field(default_factory=list)
+    poses: list[Pose | None] = field(default_factory=list)  # the pose of ``then``
 
-    def add(self, then: Mapping[str, Any], now: int, lag: int) -> None:
+    def add(self, then: Mapping[str, Any], now: int, lag: int, pose: Pose | None = None) -> None:
         self.then.append(then)
         self.now.append(now)
         self.lags.append(lag)
+        self.poses.append(pose)
 
 
 def target_pairs(
@@ -141,13 +146,13 @@ def target_pairs(
     out = _Pairs()
     pairs, lags = consecutive
     for (a, b), d in zip(pairs.tolist(), lags.tolist(), strict=True):
-        out.add(samples[a].outputs, b, d)
+        out.add(samples[a].outputs, b, d, samples[a].pose)
     known = {(x.stream, x.seq) for x in samples}
     for b, x in enumerate(samples):
         ref = x.context.get(target)
         if ref is None or (x.stream, ref.seq) in known or not 1 <= x.seq - ref.seq <= max_lag:
             continue
-        out.add(ref.frame, b, x.seq - ref.seq)
+        out.add(ref.frame, b, x.seq - ref.seq, ref.pose)
     return out
 
 
@@ -213,15 +218,18 @@ def fit_stream(
     sources: Mapping[str, Sequence[str]] | None = None,
     min_gain: float = 0.01,
     gates: bool = False,
+    motion_ms: float = 0.0,
 ) -> StreamFit:
     """Fit heads and priors on ``samples`` and estimate a :class:`Curve` per model and mode.
 
     Modes estimated: ``reuse`` and ``prior`` for every model; for every pair of box models
     (``sources[target]`` limits the sources) ``head``, ``follow``, ``track`` and ``switch`` at
     each of ``thresholds``, and with ``gates`` the cascade ``gate`` (when the source fires on
-    some samples but not all). Samples need not be consecutive: warm-up frames give the short lags;
-    a probe carrying its ``context`` (each model's last real run before it) gives a pair at
-    whatever lag the running schedule left each model.
+    some samples but not all), and ``flow`` when the samples carry poses (``motion_ms``: what
+    measuring a frame's motion costs, charged once per frame). Samples need not be
+    consecutive: warm-up frames give the short lags; a probe carrying its ``context`` (each
+    model's last real run before it) gives a pair at whatever lag the running schedule left
+    each model.
 
     A detector mode is kept only if at some lag it beats both reuse and the prior by
     ``min_gain``: among dozens of sources, one that merely ties them on the training frames is
@@ -282,24 +290,51 @@ def fit_stream(
         ]
         if t in boxes:
             base = np.maximum(np.asarray(curves[t][0].agree), curves[t][1].agree[1])
+            flow = _flow_curve(t, pairs, samples, truth, est, motion_ms)
             curves[t] += [
                 c
-                for c in _box_curves(
-                    t,
-                    pairs_of[t],
-                    box_outs,
-                    fold_heads,
-                    fold,
-                    pairs,
-                    est,
-                    thresholds,
-                    groups,
-                    gates,
-                )
+                for c in [
+                    *flow,
+                    *_box_curves(
+                        t,
+                        pairs_of[t],
+                        box_outs,
+                        fold_heads,
+                        fold,
+                        pairs,
+                        est,
+                        thresholds,
+                        groups,
+                        gates,
+                    ),
+                ]
                 if np.any(np.asarray(c.agree[1:]) >= base[1:] + min_gain)
             ]
     seconds["curves"] = time.perf_counter() - start
     return StreamFit(links, curves, n, seconds)
+
+
+def _flow_curve(
+    t: str,
+    pairs: _Pairs,
+    samples: Sequence[Sample],
+    truth: list[Any],
+    est: _Estimator,
+    motion_ms: float,
+) -> list[Curve]:
+    """``t``'s ``flow`` curve when the pairs carry poses: its boxes at ``then`` moved as the
+    picture moved to ``now``, or left as they were where the motion is unknown (what the frame
+    operator does then)."""
+    if not any(p is not None for p in pairs.poses):
+        return []
+    start = time.perf_counter()
+    moved = []
+    for f, pose, b in zip(pairs.then, pairs.poses, pairs.now, strict=True):
+        transform = between(pose, samples[b].pose)
+        moved.append(as_boxes(f[t]) if transform is None else move_boxes(f[t], transform))
+    ms = (time.perf_counter() - start) * 1000.0 / max(len(moved), 1)
+    scores = np.array([box_agreement(p, q) for p, q in zip(moved, truth, strict=True)])
+    return [replace(est.curve(t, Mode("flow"), scores, ms), frame_ms=float(motion_ms))]
 
 
 def _gate_curve(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlink.linkstore.boxlinks import BoxHead, as_boxes, follow, switch, track
+from mlink.linkstore.motion import Pose, between, move_boxes
 from mlink.linkstore.rows import decode_rows
 from mlink.linkstore.schedule import Mode, Schedule
 from mlink.topics.specs import BoxesSpec, OutputSpec, encode_batch
@@ -48,12 +49,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Refresh:
-    """A model's last real run on a stream: its sequence number, its output, and the outputs of
-    every model that ran on that frame (``frame``, shared by the models that ran together)."""
+    """A model's last real run on a stream: its sequence number, its output, the outputs of
+    every model that ran on that frame (``frame``, shared by the models that ran together), and
+    the frame's :class:`~mlink.linkstore.motion.Pose` when motion was measured."""
 
     seq: int
     output: Any
     frame: Mapping[str, Any]
+    pose: Pose | None = None
 
 
 class StreamMemory:
@@ -74,9 +77,12 @@ class StreamMemory:
         self.max_streams, self.history = max_streams, history
         self._streams: OrderedDict[str, dict[str, list[Refresh]]] = OrderedDict()
 
-    def observe(self, stream: str, seq: int, outputs: Mapping[str, Any]) -> None:
-        """Remember what really ran on frame ``seq`` of ``stream``, in sequence order among the
-        model's recent runs (a redelivered frame replaces its earlier copy)."""
+    def observe(
+        self, stream: str, seq: int, outputs: Mapping[str, Any], pose: Pose | None = None
+    ) -> None:
+        """Remember what really ran on frame ``seq`` of ``stream`` (and the frame's pose), in
+        sequence order among the model's recent runs (a redelivered frame replaces its earlier
+        copy)."""
         entry = self._streams.get(stream)
         if entry is None:
             entry = self._streams[stream] = {}
@@ -89,7 +95,7 @@ class StreamMemory:
         for model, output in frame.items():
             runs = entry.setdefault(model, [])
             runs[:] = [r for r in runs if r.seq != seq]
-            runs.append(Refresh(seq, output, frame))
+            runs.append(Refresh(seq, output, frame, pose))
             runs.sort(key=lambda r: r.seq)
             del runs[: -self.history]
 
@@ -118,12 +124,13 @@ class StreamMemory:
 
 @dataclass(frozen=True, slots=True)
 class StreamFrame:
-    """One frame to synthesize: its stream, its sequence number in the stream, and the outputs
-    of the models that really ran on it."""
+    """One frame to synthesize: its stream, its sequence number in the stream, the outputs of
+    the models that really ran on it, and its pose when motion is measured (``flow`` mode)."""
 
     stream: str
     seq: int
     ran: Mapping[str, Any]
+    pose: Pose | None = None
 
 
 @dataclass(slots=True)
@@ -170,15 +177,27 @@ class StreamLinks:
 
     # ----------------------------------------------------------------- one output
     def synthesize(
-        self, target: str, mode: Mode, ran: Mapping[str, Any], last: Refresh | None, seq: int
+        self,
+        target: str,
+        mode: Mode,
+        ran: Mapping[str, Any],
+        last: Refresh | None,
+        seq: int,
+        pose: Pose | None = None,
     ) -> tuple[Any, str | None]:
         """``target``'s output on a frame where it did not run, and the fallback reason (None
-        when ``mode`` applied). ``links`` is batched in :meth:`synthesize_frames` instead."""
+        when ``mode`` applied). ``links`` is batched in :meth:`synthesize_frames` instead;
+        ``pose`` is the frame's (``flow``: with the pose of the last run, how far it moved)."""
         fresh = last is not None and 0 <= seq - last.seq <= self.max_lag
         src = mode.source
         if mode.kind == "prior":
             return self.priors[target], None
-        if mode.kind == "reuse":
+        if mode.kind == "flow" and fresh:
+            moved = between(last.pose, pose)
+            if moved is None:  # motion unknown (a new track, no pose): as it was
+                return last.output, "no motion: reuse"
+            return move_boxes(last.output, moved), None
+        if mode.kind in ("reuse", "flow"):
             return (last.output, None) if fresh else self._fallback(target, None, ran, "memory")
         if src not in ran:
             why = f"{src} did not run"
@@ -228,7 +247,7 @@ class StreamLinks:
                 ran = {m: v for m, v in frame.ran.items() if m in planned}
                 ran |= {m: frame.ran[m] for m in schedule.gated(ran) if m in frame.ran}
                 self._frame(schedule, frame, ran, memory, out[i].shadow, {}, batched, i, True)
-            memory.observe(frame.stream, frame.seq, frame.ran)
+            memory.observe(frame.stream, frame.seq, frame.ran, frame.pose)
             self._frame(
                 schedule, frame, frame.ran, memory, out[i].outputs, out[i].fallbacks, batched, i
             )
@@ -260,7 +279,7 @@ class StreamLinks:
             if mode.kind == "links":
                 mode = Mode("reuse")  # no link set in this version, or nothing ran
             last = memory.last(frame.stream, target, frame.seq)
-            value, why = self.synthesize(target, mode, ran, last, frame.seq)
+            value, why = self.synthesize(target, mode, ran, last, frame.seq, frame.pose)
             into[target] = value
             if why is not None:
                 fallbacks[target] = why
@@ -304,16 +323,22 @@ class StreamLinks:
 def encode_context(
     specs: Mapping[str, OutputSpec], context: Mapping[str, Refresh]
 ) -> dict[str, Any]:
-    """A probe's context as JSON: the frames the models last ran on (each once, by seq) and
-    which frame each model's last run was."""
+    """A probe's context as JSON: the frames the models last ran on (each once, by seq), which
+    frame each model's last run was, and those frames' poses where motion was measured."""
     frames: dict[int, dict[str, list[float]]] = {}
+    poses: dict[str, Any] = {}
     for ref in context.values():
         if ref.seq not in frames:
             frames[ref.seq] = {m: _wire(specs[m], v) for m, v in ref.frame.items()}
-    return {
+            if ref.pose is not None:
+                poses[str(ref.seq)] = ref.pose.to_json()
+    out: dict[str, Any] = {
         "last": {m: ref.seq for m, ref in context.items()},
         "frames": {str(q): f for q, f in frames.items()},
     }
+    if poses:
+        out["poses"] = poses
+    return out
 
 
 def decode_context(specs: Mapping[str, OutputSpec], raw: Mapping[str, Any]) -> dict[str, Refresh]:
@@ -322,7 +347,11 @@ def decode_context(specs: Mapping[str, OutputSpec], raw: Mapping[str, Any]) -> d
         int(q): {m: _unwire(specs[m], v) for m, v in f.items()}
         for q, f in raw.get("frames", {}).items()
     }
-    return {m: Refresh(int(q), frames[int(q)][m], frames[int(q)]) for m, q in raw["last"].items()}
+    poses = {int(q): Pose.from_json(p) for q, p in dict(raw.get("poses", {})).items()}
+    return {
+        m: Refresh(int(q), frames[int(q)][m], frames[int(q)], poses.get(int(q)))
+        for m, q in raw["last"].items()
+    }
 
 
 def _wire(spec: OutputSpec, output: Any) -> list:

@@ -28,8 +28,9 @@ set, the models' options are independent.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
+from typing import Any
 
 from mlink.linkstore.knapsack import choose_options
 from mlink.linkstore.schedule import Schedule
@@ -45,9 +46,11 @@ __all__ = [
     "StreamPlan",
     "affordable_subsets",
     "agreement_targets",
+    "budget_search",
     "option",
     "plan_for_budget",
     "plan_for_targets",
+    "target_search",
 ]
 
 TARGET_KEY = "target_agreement"
@@ -159,7 +162,52 @@ def affordable_subsets(
     return out if visit(0, [], 0.0) else None
 
 
+def _motion_ms(curves: Mapping[str, Sequence[Curve]]) -> float | None:
+    """What measuring motion costs a frame, when some model can be synthesized by ``flow``."""
+    flows = [c.frame_ms for cs in curves.values() for c in cs if c.mode.kind == "flow"]
+    return max(flows) if flows else None
+
+
+def _still(curves: Mapping[str, Sequence[Curve]]) -> dict[str, list[Curve]]:
+    return {t: [c for c in cs if c.mode.kind != "flow"] for t, cs in curves.items()}
+
+
+def _charged(plan: StreamPlan, motion_ms: float) -> StreamPlan:
+    """``plan`` with the per-frame motion cost in its cost, when it synthesizes by ``flow``."""
+    if not plan.schedule.uses_motion:
+        return plan
+    return replace(plan, cost_ms=plan.cost_ms + motion_ms)
+
+
+def _plan_value(plan: StreamPlan, objective: str) -> float:
+    return float(sum(plan.lower().values())) if objective == "lower" else plan.estimate
+
+
 def plan_for_budget(
+    curves: Mapping[str, Sequence[Curve]],
+    costs_ms: Mapping[str, float],
+    budget_ms: float,
+    **search: Any,
+) -> StreamPlan:
+    """The schedule with the most expected mean agreement whose expected cost fits
+    ``budget_ms`` (see the module docstring; ``search``: :func:`budget_search`'s keywords).
+    Measuring motion costs every frame once, whichever models use it, so with ``flow`` curves
+    the best plan without them is set against the best with them in a budget less that cost."""
+    motion_ms = _motion_ms(curves)
+    if motion_ms is None:
+        return budget_search(curves, costs_ms, budget_ms, **search)
+    still = budget_search(_still(curves), costs_ms, budget_ms, **search)
+    moving = _charged(budget_search(curves, costs_ms, budget_ms - motion_ms, **search), motion_ms)
+    if not moving.feasible or not moving.schedule.uses_motion:
+        return still
+    objective = search.get("objective", "estimate")
+    gain = _plan_value(moving, objective) - _plan_value(still, objective)
+    if not still.feasible or gain > 1e-9 or (gain > -1e-9 and moving.cost_ms < still.cost_ms):
+        return moving
+    return still
+
+
+def budget_search(
     curves: Mapping[str, Sequence[Curve]],
     costs_ms: Mapping[str, float],
     budget_ms: float,
@@ -176,7 +224,8 @@ def plan_for_budget(
     corrections: Mapping[str, float] | None = None,
 ) -> StreamPlan:
     """The schedule with the most expected mean agreement whose expected cost fits
-    ``budget_ms`` (see the module docstring). Infeasible budgets give the fallback plan."""
+    ``budget_ms``, every curve's per-frame cost aside (see the module docstring). Infeasible
+    budgets give the fallback plan."""
     opts = Options(curves, costs_ms, probe_every, periods, z, probe_stride, corr, corrections)
     models = opts.models
 
@@ -232,6 +281,28 @@ def plan_for_budget(
 
 
 def plan_for_targets(
+    curves: Mapping[str, Sequence[Curve]],
+    costs_ms: Mapping[str, float],
+    targets: Mapping[str, float],
+    **search: Any,
+) -> StreamPlan:
+    """The cheapest schedule in which every model's lower confidence bound meets its target
+    (:func:`target_search`), the cost of measuring motion counted once when it uses ``flow``."""
+    motion_ms = _motion_ms(curves)
+    if motion_ms is None:
+        return target_search(curves, costs_ms, targets, **search)
+    still = target_search(_still(curves), costs_ms, targets, **search)
+    cap = search.get("budget_ms")
+    tighter = {**search, "budget_ms": None if cap is None else cap - motion_ms}
+    moving = _charged(target_search(curves, costs_ms, targets, **tighter), motion_ms)
+    if not moving.feasible or not moving.schedule.uses_motion:
+        return still
+    if not still.feasible or moving.cost_ms < still.cost_ms - 1e-9:
+        return moving
+    return still
+
+
+def target_search(
     curves: Mapping[str, Sequence[Curve]],
     costs_ms: Mapping[str, float],
     targets: Mapping[str, float],

@@ -5,10 +5,12 @@
 a time: selection by the estimate instead of its lower bound, no detector links, no paper
 links, probes without refits, periodic refits from probes (online link learning), the drift
 guard (refit and hot swap), an adaptive probe rate, half the probe rate, probes without a
-stride. Probe rows count the probes' cost and also show *steady* figures (probe frames left
-out). The *free probes* rows give the plans what their probes cost on top of the budget, so
-their steady figures show what learning and re-planning from probes do at the offline plan's
-spending: whether cheaper probes would make the probe rows pay.
+stride, boxes moved with the measured motion of the picture (the ``flow`` mode, its motion
+measured on every frame and priced once per frame), offline and with the probes' guard.
+Probe rows count the probes' cost and also show *steady* figures (probe frames left out). The
+*free probes* rows give the plans what their probes cost on top of the budget, so their steady
+figures show what learning and re-planning from probes do at the offline plan's spending:
+whether cheaper probes would make the probe rows pay.
 ``--only TEXT`` runs the variants whose name contains it.
 """
 
@@ -63,6 +65,8 @@ VARIANTS: dict[str, Variant] = {
     "free probes, no learning": FreeProbes(_PROBES),
     "free probes + refit every 4 probes": FreeProbes(replace(_PROBES, refit_every=4)),
     "free probes + drift guard": FreeProbes(ONLINE),
+    "flow mode (boxes moved with the picture)": replace(OFFLINE, motion=True),
+    "flow mode + probes + drift guard": replace(ONLINE, motion=True),
 }
 
 

@@ -88,6 +88,7 @@ class StreamConfig:
     detector_links: bool = True  # False: reuse, prior and the paper's links only (ablation)
     gates: bool = False  # cascades: a model also runs where its source fires (links.cascades)
     between_streams: bool = True  # False: margins from frame counts alone (ablation)
+    motion: bool = False  # the flow mode, from the workload's poses (when it carries them)
 
 
 @dataclass(slots=True)
@@ -165,7 +166,13 @@ def simulate(
     train = sorted(int(i) for i in train_idx)
     test = np.sort(np.asarray(test_idx, dtype=np.int64))
     fit_on = train if fit_idx is None else sorted(int(i) for i in fit_idx)
-    samples = [Sample(streams[i], int(seq[i]), _outputs(workload, i)) for i in fit_on]
+    poses = workload.poses if config.motion and workload.poses is not None else None
+
+    def pose(i: int) -> Any:
+        return None if poses is None else poses[i]
+
+    motion_ms = float(workload.motion_ms) if poses is not None else 0.0
+    samples = [Sample(streams[i], int(seq[i]), _outputs(workload, i), pose=pose(i)) for i in fit_on]
 
     corrections: dict[str, float] = {}
     probe_every, quiet = config.probe_every, 0
@@ -173,7 +180,7 @@ def simulate(
     plan_start = 0  # the first evaluation frame of the plan in force
 
     def fit_and_plan(refit: bool) -> tuple[StreamFit, StreamPlan]:
-        fit = fits[-1] if fits and not refit else _fit(specs, samples, config)
+        fit = fits[-1] if fits and not refit else _fit(specs, samples, config, motion_ms)
         if config.links and linkset is not None:
             fit.links.linkset = linkset
         common = {
@@ -203,7 +210,7 @@ def simulate(
     live = LiveAgreement(plan, factors=dict(corrections), decay=config.guard_decay)
     memory = StreamMemory()
     for i in train:
-        memory.observe(streams[i], int(seq[i]), _outputs(workload, i))
+        memory.observe(streams[i], int(seq[i]), _outputs(workload, i), pose(i))
     n = len(test)
     predicted: dict[str, list[Any]] = {m: [] for m in models}
     where: dict[str, list[int]] = {m: [] for m in models}
@@ -227,8 +234,11 @@ def simulate(
         runs |= schedule.gated(real)  # a cascade runs its model where its source fired
         real |= {m: workload.outputs[m][i] for m in runs - real.keys()}
         t0 = time.perf_counter()
-        out = fit.links.synthesize_frames(schedule, [StreamFrame(s, q, real)], memory)[0]
+        frame = StreamFrame(s, q, real, pose(i))
+        out = fit.links.synthesize_frames(schedule, [frame], memory)[0]
         cost[col] = sum(ms[m] for m in runs) + (time.perf_counter() - t0) * 1000.0
+        if schedule.uses_motion:  # the frame operator measures every frame's motion
+            cost[col] += motion_ms
         for m in runs:
             ran[m][col] = True
         for m, value in out.outputs.items():
@@ -239,7 +249,7 @@ def simulate(
             fallbacks[key] = fallbacks.get(key, 0) + 1
         if not probe[col]:
             continue
-        samples.append(Sample(s, q, real, out.context))
+        samples.append(Sample(s, q, real, out.context, pose(i)))
         new_probes += 1
         for m, value in out.shadow.items():
             live.add(m, float(agreement(specs[m], [value], [real[m]])[0]))
@@ -324,7 +334,9 @@ def simulate(
     return StreamRun(result, plans, per_frame, ran, probe, cost, fits, full, in_force)
 
 
-def _fit(specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig) -> StreamFit:
+def _fit(
+    specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig, motion_ms: float
+) -> StreamFit:
     fit = fit_stream(
         specs,
         samples,
@@ -333,6 +345,7 @@ def _fit(specs: Mapping[str, Any], samples: list[Sample], config: StreamConfig) 
         thresholds=config.thresholds,
         sources=None if config.detector_links else dict.fromkeys(specs, ()),
         gates=config.gates,
+        motion_ms=motion_ms,
     )
     if not config.between_streams:
         fit.curves = {t: [replace(c, between=0.0) for c in cs] for t, cs in fit.curves.items()}

@@ -192,12 +192,12 @@ class StreamLinks:
         src = mode.source
         if mode.kind == "prior":
             return self.priors[target], None
-        if mode.kind == "flow" and fresh:
+        if mode.kind == "flow" and fresh and isinstance(self.specs[target], BoxesSpec):
             moved = between(last.pose, pose)
             if moved is None:  # motion unknown (a new track, no pose): as it was
                 return last.output, "no motion: reuse"
             return move_boxes(last.output, moved), None
-        if mode.kind in ("reuse", "flow"):
+        if mode.kind in ("reuse", "flow"):  # flow on a non-box model: nothing to move
             return (last.output, None) if fresh else self._fallback(target, None, ran, "memory")
         if src not in ran:
             why = f"{src} did not run"

@@ -20,7 +20,7 @@ from mlink.linkstore.streamlinks import (
     encode_context,
 )
 from mlink.linkstore.streamplan import plan_for_budget, plan_for_targets
-from mlink.topics.specs import BoxesSpec
+from mlink.topics.specs import BoxesSpec, VectorSpec
 
 BOXES = BoxesSpec()
 W, H = 480, 360
@@ -111,6 +111,11 @@ def test_flow_moves_the_last_run_with_the_frame_and_reuses_it_when_motion_is_unk
     assert box_agreement(out[2].outputs["face"], box(0.4)) > 0.99
     assert box_agreement(out[3].outputs["face"], box(0.5)) > 0.99  # a new track: as it was
     assert out[3].fallbacks["face"] == "no motion: reuse" and not out[2].fallbacks
+    light = StreamLinks({"light": VectorSpec(1, "linear")}, {"light": np.zeros(1, np.float32)})
+    value, why = light.synthesize(
+        "light", Mode("flow"), {}, Refresh(0, np.ones(1), {}, pose_at(0.0)), 1, pose_at(0.1)
+    )
+    assert why is None and value.tolist() == [1.0]  # nothing to move: reused as it was
 
 
 def panning_samples(n: int = 12, streams: int = 3) -> list[Sample]:

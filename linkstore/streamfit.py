@@ -36,12 +36,13 @@ from mlink.linkstore.boxlinks import (
 )
 from mlink.linkstore.crossfit import contiguous_folds
 from mlink.linkstore.metrics import agreement, box_agreement
-from mlink.linkstore.motion import Pose, between, move_boxes
+from mlink.linkstore.motion import between, move_boxes
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.schedule import Mode
 from mlink.linkstore.streamcurve import Curve, constant_curve
-from mlink.linkstore.streamerror import PSEUDO_STREAMS, between_streams
-from mlink.linkstore.streamlinks import Refresh, StreamLinks
+from mlink.linkstore.streamerror import between_streams
+from mlink.linkstore.streamlinks import StreamLinks
+from mlink.linkstore.streampairs import LagEstimator, Pairs, Sample, lag_pairs, target_pairs
 from mlink.topics.specs import BoxesSpec, OutputSpec
 
 __all__ = [
@@ -55,22 +56,6 @@ __all__ = [
 ]
 
 GATE_Z = 1.0  # a cascade's run share is priced this many standard errors high (the planner's z)
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """A frame on which every model ran (a warm-up or probe frame).
-
-    ``context`` (optional, probes): each model's last real run on the stream before this frame,
-    as the worker's :class:`~mlink.linkstore.streamlinks.StreamMemory` held it. ``pose``: the
-    frame's :class:`~mlink.linkstore.motion.Pose` when the worker measured motion.
-    """
-
-    stream: str
-    seq: int
-    outputs: Mapping[str, Any]
-    context: Mapping[str, Refresh] = field(default_factory=dict)
-    pose: Pose | None = None
 
 
 @dataclass(slots=True)
@@ -97,115 +82,6 @@ class StreamFit:
             curve = Curve.from_meta(raw)
             curves.setdefault(curve.target, []).append(curve)
         return curves
-
-
-def lag_pairs(samples: Sequence[Sample], max_lag: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs ``(then, now)`` of samples of one stream with ``1 <= seq gap <= max_lag``,
-    and their gaps."""
-    by_stream: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_stream.setdefault(s.stream, []).append(i)
-    pairs, lags = [], []
-    for idx in by_stream.values():
-        idx.sort(key=lambda i: samples[i].seq)
-        for a_pos, a in enumerate(idx):
-            for b in idx[a_pos + 1 :]:
-                gap = samples[b].seq - samples[a].seq
-                if gap > max_lag:
-                    break
-                if gap >= 1:
-                    pairs.append((a, b))
-                    lags.append(gap)
-    if not pairs:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.asarray(pairs, dtype=np.int64), np.asarray(lags, dtype=np.int64)
-
-
-@dataclass(slots=True)
-class _Pairs:
-    """One target's scored pairs: the frame of its last real run (``then``: every output that ran
-    there, its own included), the sample now, the lag, and the stream."""
-
-    then: list[Mapping[str, Any]] = field(default_factory=list)
-    now: list[int] = field(default_factory=list)
-    lags: list[int] = field(default_factory=list)
-    poses: list[Pose | None] = field(default_factory=list)  # the pose of ``then``
-
-    def add(self, then: Mapping[str, Any], now: int, lag: int, pose: Pose | None = None) -> None:
-        self.then.append(then)
-        self.now.append(now)
-        self.lags.append(lag)
-        self.poses.append(pose)
-
-
-def target_pairs(
-    samples: Sequence[Sample], target: str, max_lag: int, consecutive: tuple[np.ndarray, np.ndarray]
-) -> _Pairs:
-    """Pairs of samples of one stream, plus each sample's probe context for ``target`` (its last
-    real run before the sample, when that was no sample itself)."""
-    out = _Pairs()
-    pairs, lags = consecutive
-    for (a, b), d in zip(pairs.tolist(), lags.tolist(), strict=True):
-        out.add(samples[a].outputs, b, d, samples[a].pose)
-    known = {(x.stream, x.seq) for x in samples}
-    for b, x in enumerate(samples):
-        ref = x.context.get(target)
-        if ref is None or (x.stream, ref.seq) in known or not 1 <= x.seq - ref.seq <= max_lag:
-            continue
-        out.add(ref.frame, b, x.seq - ref.seq, ref.pose)
-    return out
-
-
-class _Estimator:
-    """Per-lag curves from per-pair agreements, stream by stream (see the module docstring).
-    A NaN score means the pair does not apply to the mode (its source did not run then)."""
-
-    def __init__(self, samples: Sequence[Sample], pairs: _Pairs, max_lag: int):
-        self.max_lag = max_lag
-        self.lags = np.asarray(pairs.lags, dtype=np.int64)
-        names = list(dict.fromkeys(s.stream for s in samples))
-        self.weight = {s: sum(x.stream == s for x in samples) for s in names}
-        index = {name: k for k, name in enumerate(names)}
-        self.stream_of = np.array([index[samples[b].stream] for b in pairs.now], dtype=np.int64)
-        self.names = names
-
-    def curve(self, target: str, mode: Mode, scores: np.ndarray, synth_ms: float) -> Curve:
-        total = np.zeros(self.max_lag + 1)
-        support = np.zeros(self.max_lag + 1, dtype=np.int64)
-        weight = 0.0
-        valid = ~np.isnan(scores)
-        for k, name in enumerate(self.names):
-            sel = (self.stream_of == k) & valid
-            if not sel.any():
-                continue
-            per = np.full(self.max_lag + 1, np.nan)
-            for d in range(1, self.max_lag + 1):
-                here = sel & (self.lags == d)
-                support[d] += int(here.sum())
-                if here.any():
-                    per[d] = scores[here].mean()
-                elif d > 1:
-                    per[d] = per[d - 1]
-            first = np.flatnonzero(~np.isnan(per[1:]))
-            if not len(first):
-                continue
-            per[1 : first[0] + 1] = per[first[0] + 1]  # lags shorter than any pair: the first
-            per[0] = 1.0
-            total += np.minimum.accumulate(per) * self.weight[name]
-            weight += self.weight[name]
-        agree = total / weight if weight else np.zeros(self.max_lag + 1)
-        agree[0] = 1.0
-        spread = float(np.nanstd(scores)) if valid.sum() > 1 else 0.5
-        return Curve(
-            target,
-            mode,
-            tuple(float(a) for a in agree),
-            tuple(int(n) for n in support),
-            spread,
-            synth_ms,
-            between_streams(scores, self.stream_of),
-            predictive=between_streams(scores, self.stream_of, PSEUDO_STREAMS),
-        )
 
 
 def fit_stream(
@@ -279,7 +155,7 @@ def fit_stream(
     for t in models:
         spec = specs[t]
         pairs = target_pairs(samples, t, max_lag, consecutive)
-        est = _Estimator(samples, pairs, max_lag)
+        est = LagEstimator(samples, pairs, max_lag)
         truth = [outs[t][b] for b in pairs.now]
         then = [f[t] for f in pairs.then]
         reuse = agreement(spec, then, truth) if then else np.zeros(0)
@@ -316,10 +192,10 @@ def fit_stream(
 
 def _flow_curve(
     t: str,
-    pairs: _Pairs,
+    pairs: Pairs,
     samples: Sequence[Sample],
     truth: list[Any],
-    est: _Estimator,
+    est: LagEstimator,
     motion_ms: float,
 ) -> list[Curve]:
     """``t``'s ``flow`` curve when the pairs carry poses: its boxes at ``then`` moved as the
@@ -364,8 +240,8 @@ def _box_curves(
     box_outs: Mapping[str, list[np.ndarray]],
     fold_heads: Mapping[tuple[str, str, int], BoxHead],
     fold: np.ndarray,
-    pairs: _Pairs,
-    est: _Estimator,
+    pairs: Pairs,
+    est: LagEstimator,
     thresholds: Sequence[float],
     groups: Sequence[str],
     gates: bool,

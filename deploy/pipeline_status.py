@@ -15,14 +15,24 @@ from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
+from mlink.operators.content_tally import ContentTally
+from mlink.operators.state import ControlState
 from mlink.operators.stream_decision import forecast_bounds, plan_promise, state_forecast
 from mlink.topics.codec import decode_record
-from mlink.topics.records import DeadLetter, DecodeError
+from mlink.topics.records import DeadLetter, DecodeError, FrameResult
 
-__all__ = ["consumer_lag", "dead_letter_report", "read_to_end", "status", "store_report"]
+__all__ = [
+    "consumer_lag",
+    "content_report",
+    "dead_letter_report",
+    "read_to_end",
+    "status",
+    "store_report",
+]
 
 log = logging.getLogger("mlink.status")
 RECENT_DEAD_LETTERS = 5
+RECENT_RESULTS = 2000  # the content-weighted forecast weighs at most this many latest results
 READ_FOR_S = 5.0  # at most this long reading a topic that a busy pipeline keeps writing
 
 
@@ -76,6 +86,9 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "linkstore": store_report(config.links.store),
         "lag": consumer_lag(bootstrap, config),
         "dead_letters": dead_letter_report(bootstrap, config),
+        # the paper's links: the plan's estimate re-weighted to what its active detectors found
+        # in the latest results (each worker exports the same for its own frames)
+        "content_forecast": content_report(bootstrap, config, state),
     }
 
 
@@ -166,6 +179,47 @@ def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
     finally:
         consumer.close()
         admin.close()
+
+
+def content_report(
+    bootstrap: str, config: PipelineConfig, state: ControlState, recent: int = RECENT_RESULTS
+) -> dict[str, Any] | None:
+    """The plan's content-weighted forecast (docs/content-forecast.md) over the latest results
+    planned under it, or None for a plan without a content table (stream plans, warm-up).
+    A plan's estimate comes from the warm-up; these results say what the active detectors have
+    found since, so this is the figure to hold a paper-link plan to."""
+    if state.content is None:
+        return None
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = config.topics.names().results
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        enable_auto_commit=False,
+        **config.consumer_kwargs(),
+    )
+    tally = ContentTally()
+    tally.plan(state.content, state.epoch)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        back = recent // max(len(tps), 1) + 1
+        _, _, records = read_to_end(consumer, tps, back=back, keep=recent) if tps else ({}, {}, [])
+        for record in records:
+            with contextlib.suppress(DecodeError):
+                tally.add(decode_record(record.value, FrameResult))
+    except Exception as exc:  # advisory, like the lag: a status must not fail on it
+        log.warning("content-weighted forecast unavailable: %s", exc)
+    finally:
+        consumer.close()
+    forecast = tally.forecast()
+    assert forecast is not None  # the tally has the plan's table
+    return {
+        "value": forecast.value,
+        "unseen": forecast.unseen,
+        "floor": forecast.floor,
+        "results": int(tally.counts.sum()),
+        "epoch": state.epoch,
+    }
 
 
 def dead_letter_report(

@@ -142,6 +142,15 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             f"promised: {percent(status['predicted_promise'])} all models (the plan's forecast "
             "bound: below its estimate, with room for content the warm-up did not show)",
         )
+    content = status.get("content_forecast")
+    if content is not None:
+        unseen = f", {percent(content['unseen'])} of them with content no estimate scored"
+        _say(
+            console,
+            f"content-weighted: {percent(content['value'])} all models, over the latest "
+            f"{content['results']} results of this plan (its estimate re-weighted to what the "
+            f"active detectors found{unseen if content['unseen'] else ''})",
+        )
     _say(
         console,
         f"live on probes: {percent(status.get('live_synthesized_mean'))} synthesized only "

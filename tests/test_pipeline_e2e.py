@@ -338,6 +338,11 @@ def test_status_reports_the_live_plan_links_and_lag(digits_run: DigitsRun) -> No
     assert set(report["lag"]) == {names.frames, names.samples}
     assert all(lag >= 0 for lag in report["lag"].values())
     assert report["dead_letters"]["count"] == len(digits_run.dead_letters) == 0
+    # the plan's estimate weighed by what its results showed: classifiers, one signature
+    content = report["content_forecast"]
+    assert content["epoch"] == 3 and content["results"] >= len(digits_run.phases["budget-0.1"]) - 5
+    estimate = np.mean(list(last.extra["predicted"].values()))
+    assert content["value"] == pytest.approx(estimate, abs=1e-5) and content["unseen"] == 0.0
     console = Console(width=100, record=True)  # what `mlink status` prints without --json
     render_status(report, console)
     text = console.export_text()

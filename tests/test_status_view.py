@@ -160,6 +160,11 @@ def test_warm_up_and_the_papers_links_have_no_schedule() -> None:
     )
     assert next(x for x in links.splitlines() if x.startswith("face ")).count("synthesized by")
     assert "runs on every frame" in links
+    assert "content-weighted" not in links
+    content = {"value": 0.861, "unseen": 0.07, "floor": 0.84, "results": 412, "epoch": 4}
+    weighed = " ".join(rendered(stream_status(schedule=None, content_forecast=content)).split())
+    assert "content-weighted: 86.1% all models, over the latest 412 results of this plan" in weighed
+    assert "7.0% of them with content no estimate scored" in weighed
 
 
 def test_it_fits_an_80_column_terminal_without_cutting_names() -> None:

@@ -164,3 +164,53 @@ def test_a_plan_pays_for_motion_once_and_only_where_it_pays_off():
     assert target.schedule.uses_motion and target.cost_ms == pytest.approx(
         sum(c.cost_ms for c in target.choices.values()) + 1.0
     )
+
+
+def test_measured_poses_follow_each_stream_and_are_cached(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mlink.eval import motion_poses
+
+    picture = scene(1)
+    frames = [(s, view(picture, 5 * q)) for q in range(4) for s in ("a", "b")]  # interleaved
+    motion = motion_poses.measure_poses(frames)
+    assert [p.track for p in motion.poses] == ["a@0", "b@0"] * 4 and motion.ms > 0
+    moved = between(motion.poses[0], motion.poses[6])
+    assert moved is not None and moved[0, 2] == pytest.approx(-15 / W, abs=2e-3)
+    monkeypatch.setattr(motion_poses, "iter_source", lambda source: iter(frames))
+    source = SimpleNamespace(model_dump=lambda mode: {"factory": "x:y"})
+    config = SimpleNamespace(name="pans", source=source)
+    first = motion_poses.source_poses(config, tmp_path)  # type: ignore[arg-type]
+    monkeypatch.setattr(motion_poses, "iter_source", lambda source: iter(()))
+    again = motion_poses.source_poses(config, tmp_path)  # type: ignore[arg-type]
+    assert again == first and len(list((tmp_path / "motion").iterdir())) == 1
+
+
+def test_a_replay_with_motion_moves_what_the_camera_moved_and_pays_for_it():
+    from dataclasses import replace
+
+    from mlink.eval.streaming.simulate import StreamConfig, simulate
+    from mlink.eval.workload import Workload
+
+    n, streams = 40, 3
+    rows = [(k, t) for k in range(streams) for t in range(n)]
+    outputs = {"face": [box(0.7 - 0.012 * t) for _, t in rows]}
+    workload = Workload(
+        "pan",
+        {"face": BOXES},
+        outputs,
+        {"face": {"ms": 10.0}},
+        streams=[f"s{k}" for k, _ in rows],
+        poses=[pose_at(0.012 * t, f"s{k}@0") for k, t in rows],
+        motion_ms=0.5,
+    )
+    train = [i for i, (_, t) in enumerate(rows) if t < 12]
+    test = [i for i, (_, t) in enumerate(rows) if t >= 12]
+    config = StreamConfig(objective="lower", z=1.0, periods=(0, 4, 8))
+    still = simulate(workload, train, test, budget_ms=3.0, config=config)
+    moving = simulate(workload, train, test, budget_ms=3.0, config=replace(config, motion=True))
+    assert moving.plans[0].schedule.uses_motion and not still.plans[0].schedule.uses_motion
+    assert moving.result.accuracy > still.result.accuracy + 0.05
+    plan = moving.plans[0]  # the motion once a frame, besides the runs and each move
+    assert plan.cost_ms >= 10.0 * plan.schedule.share("face") + 0.5 - 1e-9
+    assert moving.result.cost_ms <= 3.0 + 1e-6

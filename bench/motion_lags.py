@@ -19,7 +19,7 @@ from mlink.eval.config_workload import load_workload
 from mlink.eval.motion_poses import source_poses
 from mlink.eval.outputs import DEFAULT_CACHE
 from mlink.linkstore.metrics import box_agreement
-from mlink.linkstore.motion import between, move_boxes
+from mlink.linkstore.motion import moved_since
 from mlink.topics.specs import BoxesSpec
 
 
@@ -49,10 +49,8 @@ def main() -> None:
                 if streams[j] != streams[i]:
                     continue
                 reuse.append(box_agreement(out[j], out[i]))
-                moved = between(motion.poses[j], motion.poses[i])
-                flow.append(
-                    box_agreement(out[j] if moved is None else move_boxes(out[j], moved), out[i])
-                )
+                moved = moved_since(out[j], motion.poses[j], motion.poses[i])
+                flow.append(box_agreement(out[j] if moved is None else moved, out[i]))
             cells.append(f"{np.mean(reuse):.1%} / {np.mean(flow):.1%}")
         print(f"| {m} | " + " | ".join(cells) + " |")
 

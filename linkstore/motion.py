@@ -32,6 +32,7 @@ __all__ = [
     "between",
     "frame_step",
     "move_boxes",
+    "moved_since",
     "small_gray",
 ]
 
@@ -105,6 +106,13 @@ def move_boxes(boxes: Any, transform: np.ndarray) -> np.ndarray:
     out[:, 4] = b[:, 4]
     keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
     return out[keep]
+
+
+def moved_since(boxes: Any, then: Pose | None, now: Pose | None) -> np.ndarray | None:
+    """``boxes`` seen at pose ``then`` moved to pose ``now``, or None when the motion between
+    them is unknown (``flow`` then reuses them as they were)."""
+    transform = between(then, now)
+    return None if transform is None else move_boxes(boxes, transform)
 
 
 def small_gray(frame: np.ndarray, width: int = WIDTH) -> np.ndarray:

@@ -36,7 +36,7 @@ from mlink.linkstore.boxlinks import (
 )
 from mlink.linkstore.crossfit import contiguous_folds
 from mlink.linkstore.metrics import agreement, box_agreement
-from mlink.linkstore.motion import between, move_boxes
+from mlink.linkstore.motion import moved_since
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.schedule import Mode
 from mlink.linkstore.streamcurve import Curve, constant_curve
@@ -206,8 +206,8 @@ def _flow_curve(
     start = time.perf_counter()
     moved = []
     for f, pose, b in zip(pairs.then, pairs.poses, pairs.now, strict=True):
-        transform = between(pose, samples[b].pose)
-        moved.append(as_boxes(f[t]) if transform is None else move_boxes(f[t], transform))
+        flowed = moved_since(f[t], pose, samples[b].pose)
+        moved.append(as_boxes(f[t]) if flowed is None else flowed)
     ms = (time.perf_counter() - start) * 1000.0 / max(len(moved), 1)
     scores = np.array([box_agreement(p, q) for p, q in zip(moved, truth, strict=True)])
     return [replace(est.curve(t, Mode("flow"), scores, ms), frame_ms=float(motion_ms))]

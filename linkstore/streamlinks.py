@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlink.linkstore.boxlinks import BoxHead, as_boxes, follow, switch, track
-from mlink.linkstore.motion import Pose, between, move_boxes
+from mlink.linkstore.motion import Pose, moved_since
 from mlink.linkstore.rows import decode_rows
 from mlink.linkstore.schedule import Mode, Schedule
 from mlink.topics.specs import BoxesSpec, OutputSpec, encode_batch
@@ -193,10 +193,10 @@ class StreamLinks:
         if mode.kind == "prior":
             return self.priors[target], None
         if mode.kind == "flow" and fresh and isinstance(self.specs[target], BoxesSpec):
-            moved = between(last.pose, pose)
+            moved = moved_since(last.output, last.pose, pose)
             if moved is None:  # motion unknown (a new track, no pose): as it was
                 return last.output, "no motion: reuse"
-            return move_boxes(last.output, moved), None
+            return moved, None
         if mode.kind in ("reuse", "flow"):  # flow on a non-box model: nothing to move
             return (last.output, None) if fresh else self._fallback(target, None, ran, "memory")
         if src not in ran:

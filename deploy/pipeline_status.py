@@ -146,19 +146,24 @@ def read_to_end(
     return begins, ends, list(records)
 
 
+def _reader(bootstrap: str, config: PipelineConfig) -> Any:
+    """A consumer outside the pipeline's group that commits nothing: status only looks."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, **config.consumer_kwargs()
+    )
+
+
 def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
     """Messages not yet consumed by the pipeline's group, per input topic (to each partition's
     real end: :func:`read_to_end`)."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import KafkaAdminClient, TopicPartition
 
     names = config.topics.names()
     client = config.client_kwargs()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        enable_auto_commit=False,
-        **config.consumer_kwargs(),
-    )
+    consumer = _reader(bootstrap, config)
     try:
         if hasattr(admin, "list_group_offsets"):  # kafka-python 3
             committed = admin.list_group_offsets(config.name).get(config.name, {})
@@ -190,14 +195,10 @@ def content_report(
     found since, so this is the figure to hold a paper-link plan to."""
     if state.content is None:
         return None
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     topic = config.topics.names().results
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        enable_auto_commit=False,
-        **config.consumer_kwargs(),
-    )
+    consumer = _reader(bootstrap, config)
     tally = ContentTally()
     tally.plan(state.content, state.epoch)
     try:
@@ -228,14 +229,10 @@ def dead_letter_report(
     """How many dead letters the topic holds, and the stage and reason of the last few: what
     an operator asks first when frames come back degraded. Counted to the real end
     (:func:`read_to_end`): a burst of 15 poison records read as 10 from the end offset alone."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     topic = config.topics.names().dead_letter
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        enable_auto_commit=False,
-        **config.consumer_kwargs(),
-    )
+    consumer = _reader(bootstrap, config)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not tps:

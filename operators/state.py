@@ -135,6 +135,8 @@ class ControlState:
         problem = budget_problem(message.budget, self.models)
         if problem:
             return _rejected(f"budget: {problem}")
+        if not isinstance(message.extra, dict):
+            return _rejected(f"extra must be a dict, got {type(message.extra).__name__}")
         if message.kind == "budget":
             if not message.budget:
                 return _rejected("a budget message needs at least one budget key")

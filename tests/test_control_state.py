@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mlink.operators.state import ApplyOutcome, ControlState
@@ -222,6 +222,7 @@ forged_messages = st.builds(
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.lists(forged_messages | json, max_size=8))
+@example([forge(active_set(1), link_version=None, probe_every=0, extra=[None])])  # found by CI
 def test_apply_never_raises_and_keeps_the_state_valid(messages: list[Any]) -> None:
     state = ControlState(MODELS, probe_every=3)
     for message in messages:

@@ -94,11 +94,13 @@ def priced_workload(
     costs: CostTable,
     progress: bool = False,
     cache_dir: Path | None = DEFAULT_CACHE,
+    motion: bool = False,
 ) -> Workload:
     """The config's cached outputs priced on ``costs``: what every bench script starts from.
-    A stream config's workload also carries every frame's motion (the ``flow`` mode)."""
+    ``motion``: also every frame's motion pose (the ``flow`` mode; measured once per source
+    and cached, about 20 s for a video workload), for replays that use it."""
     workload = with_cost_table(load_workload(config, progress, cache_dir), config, costs)
-    if not config.links.stream:
+    if not motion:
         return workload
     motion = source_poses(config, cache_dir, progress=progress)
     return replace(workload, poses=motion.poses, motion_ms=motion.ms)

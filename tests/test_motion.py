@@ -214,3 +214,6 @@ def test_a_replay_with_motion_moves_what_the_camera_moved_and_pays_for_it():
     plan = moving.plans[0]  # the motion once a frame, besides the runs and each move
     assert plan.cost_ms >= 10.0 * plan.schedule.share("face") + 0.5 - 1e-9
     assert moving.result.cost_ms <= 3.0 + 1e-6
+    unmeasured = replace(workload, poses=None, motion_ms=0.0)
+    with pytest.raises(ValueError, match="motion=True"):  # not a silent replay without flow
+        simulate(unmeasured, train, test, budget_ms=3.0, config=replace(config, motion=True))

@@ -78,12 +78,18 @@ def run_ablation(
     variants: dict[str, Variant] | None = None,
 ) -> list[dict[str, Any]]:
     config = load_config(config_path)
-    workload = priced_workload(config, costs)
+    chosen = variants or VARIANTS
+    motion = any(_config_of(v).motion for v in chosen.values())
+    workload = priced_workload(config, costs, motion=motion)
     rows = []
     for seed in range(seeds):
         trained = train_workload(workload, 0.1, replace(config.links.train_config(), seed=seed))
-        rows += ablation_rows(trained, fractions, variants or VARIANTS, seed, progress=True)
+        rows += ablation_rows(trained, fractions, chosen, seed, progress=True)
     return rows
+
+
+def _config_of(variant: Variant) -> StreamConfig:
+    return variant.config if isinstance(variant, FreeProbes) else variant
 
 
 def ablation_rows(

@@ -166,7 +166,12 @@ def simulate(
     train = sorted(int(i) for i in train_idx)
     test = np.sort(np.asarray(test_idx, dtype=np.int64))
     fit_on = train if fit_idx is None else sorted(int(i) for i in fit_idx)
-    poses = workload.poses if config.motion and workload.poses is not None else None
+    if config.motion and workload.poses is None:
+        raise ValueError(
+            f"the flow mode needs every frame's motion, and workload {workload.name} carries "
+            "none: price it with priced_workload(..., motion=True) (a shuffled workload has none)"
+        )
+    poses = workload.poses if config.motion else None
 
     def pose(i: int) -> Any:
         return None if poses is None else poses[i]

@@ -133,9 +133,11 @@ def model_cost_table(
 ) -> tuple[dict[str, float], str]:
     """ms per model from one table, and which: declared when every model declares ``cost.ms``;
     else measured live in this run (as the workers ran them: batched, on threads, next to each
-    other), on the frames where every model ran (warm-up and probes), which is what the
-    controller plans on: the same frames for every model, because frames of different cameras
-    differ in cost up to tenfold, and a model timed mostly on cheap ones would look cheap. Each
+    other; the CPU time of each call's thread where the workers measured it,
+    :attr:`~mlink.topics.records.ModelResult.cost_ms`), on the frames where every model ran
+    (warm-up and probes), which is what the controller plans on: the same frames for every
+    model, because frames of different cameras differ in cost up to tenfold, and a model timed
+    mostly on cheap ones would look cheap. Each
     model's ms is :func:`~mlink.linkstore.budget.typical_ms` of its timings. If no frame ran
     every model, each model's own executions; else (a model that never ran) what the offline
     reference run measured. Never a mix."""
@@ -145,12 +147,11 @@ def model_cost_table(
         return {m: float(declared[m]["ms"]) for m in names}, "declared in the config"
     everywhere: dict[str, list[float]] = defaultdict(list)
     own: dict[str, list[float]] = defaultdict(list)
+    clocks: set[str] = set()  # CPU time where the workers measured it, else wall time
     for result in results:
-        timed = {
-            r.model: r.elapsed_ms
-            for r in result.results
-            if r.status == "executed" and r.elapsed_ms is not None
-        }
+        ran = [r for r in result.results if r.status == "executed"]
+        clocks |= {"CPU" if r.cpu_ms is not None else "wall" for r in ran}
+        timed = {r.model: r.cost_ms for r in ran if r.cost_ms is not None}
         for m, ms in timed.items():
             own[m].append(ms)
             if len(timed) == len(names):
@@ -158,7 +159,11 @@ def model_cost_table(
     for live, where in ((everywhere, "the frames where every model ran"), (own, "its executions")):
         if all(live.get(m) for m in names):
             table = {m: typical_ms(live[m]) for m in names}
-            return table, f"measured live in this run (trimmed mean ms of each model on {where})"
+            clock = " and ".join(sorted(clocks))
+            return table, (
+                f"measured live in this run (trimmed mean {clock} ms of each model's calls on "
+                f"{where})"
+            )
     return _reference_ms(config, full), f"{full.cost_source}, by the offline reference run"
 
 

@@ -40,7 +40,7 @@ async def run_planned(
         try:
             executor = mlink.runners[model]
             done = await executor.arun(images)  # bounded by the model's timeout_s
-            results = [Executed(o.output, o.elapsed_ms, o.error) for o in done]
+            results = [Executed(o.output, o.elapsed_ms, o.error, o.cpu_ms) for o in done]
             mlink.prom.model_healthy.labels(model).set(executor.health().state == "healthy")
         except Exception as exc:  # executors contain model errors; this is a bug or no build
             error = f"model {model} could not run: {type(exc).__name__}: {exc}"
@@ -49,7 +49,8 @@ async def run_planned(
         mlink.metrics[f"executed:{model}"] += len(rows) - failed
         for r in results:
             if r.error is None:
-                mlink.prom.model_call(model, r.elapsed_ms / 1000.0)
+                cpu_s = None if r.cpu_ms is None else r.cpu_ms / 1000.0
+                mlink.prom.model_call(model, r.elapsed_ms / 1000.0, cpu_s)
             else:
                 mlink.prom.model_failure(model, "timeout" if "timed out" in r.error else "error")
         if failed:

@@ -44,6 +44,7 @@ class Executed:
     output: np.ndarray | None
     elapsed_ms: float
     error: str | None = None
+    cpu_ms: float | None = None
 
 
 @dataclass(slots=True)
@@ -149,13 +150,13 @@ def _result(
         # Every part was validated (outputs against their specs, ids and plans by their
         # records) before it got here, so the records are built without checking again.
         if model in executed:
-            elapsed = outcome.elapsed_ms if outcome else None
             results.append(
                 _model_result(
                     model,
                     executed[model],
                     "executed",
-                    elapsed_ms=elapsed,
+                    elapsed_ms=outcome.elapsed_ms if outcome else None,
+                    cpu_ms=outcome.cpu_ms if outcome else None,
                     agreement=scores.get(model),  # a probe: what the plan would have made
                 )
             )
@@ -197,6 +198,7 @@ def _model_result(
     link_version: int | None = None,
     sources: tuple[str, ...] = (),
     elapsed_ms: float | None = None,
+    cpu_ms: float | None = None,
     agreement: float | None = None,
     error: str | None = None,
 ) -> ModelResult:
@@ -207,6 +209,7 @@ def _model_result(
         link_version=link_version,
         sources=sources,
         elapsed_ms=None if elapsed_ms is None else float(elapsed_ms),
+        cpu_ms=None if cpu_ms is None else float(cpu_ms),
         agreement=agreement,
         error=None if error is None else clip_text(error),
     )
@@ -255,7 +258,7 @@ class PendingFrame:
             timestamp=self.notice.timestamp if self.notice else None,
             plan=self.notice.plan if self.notice else None,
             outcomes={
-                m: Executed(o.output if o.error is None else None, o.elapsed_ms, o.error)
+                m: Executed(o.output if o.error is None else None, o.elapsed_ms, o.error, o.cpu_ms)
                 for m, o in self.outputs.items()
             },
             missing_reason=missing_reason,

@@ -13,7 +13,8 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
     mlink_dead_letters_total{stage,reason}  records sent to the dead-letter topic
     mlink_model_executions_total{model}     real model calls
     mlink_model_errors_total{model,kind}    failed calls: error | timeout
-    mlink_model_latency_seconds{model}      histogram of one call
+    mlink_model_latency_seconds{model}      histogram of one call (wall time)
+    mlink_model_cpu_seconds_total{model}    CPU time of the calls' threads (what plans price)
     mlink_synthesized_total{model}          outputs synthesized by links instead of run
     mlink_frame_latency_seconds             histogram, frame timestamp -> result emitted
     mlink_live_agreement{model}             probe agreement of synthesized vs real outputs
@@ -90,6 +91,12 @@ class WorkerMetrics:
             buckets=MODEL_BUCKETS,
             registry=r,
         )
+        self.model_cpu = Counter(
+            "mlink_model_cpu_seconds",
+            "CPU time of the threads that ran the model's calls",
+            ["model"],
+            registry=r,
+        )
         self.synthesized = Counter(
             "mlink_synthesized", "outputs synthesized by links", ["model"], registry=r
         )
@@ -138,30 +145,35 @@ class WorkerMetrics:
             self.executions.labels(model)
             self.synthesized.labels(model)
             self.model_latency.labels(model)
+            self.model_cpu.labels(model)
             self.model_healthy.labels(model).set(1)
         for outcome in ("complete", "degraded"):
             self.results.labels(outcome)
-        self._model_children: dict[str, tuple[Any, Any, Any]] = {}
+        self._model_children: dict[str, tuple[Any, Any, Any, Any]] = {}
 
     # -- what the agents call ----------------------------------------------------------------
 
-    def _children(self, model: str) -> tuple[Any, Any, Any]:
-        """The per-model series (executions, latency, synthesized), looked up once: a worker
-        records them for every frame, and ``labels()`` costs a lock and a dict lookup."""
+    def _children(self, model: str) -> tuple[Any, Any, Any, Any]:
+        """The per-model series (executions, latency, synthesized, CPU), looked up once: a
+        worker records them for every frame, and ``labels()`` costs a lock and a dict lookup."""
         children = self._model_children.get(model)
         if children is None:
             children = self._model_children[model] = (
                 self.executions.labels(model),
                 self.model_latency.labels(model),
                 self.synthesized.labels(model),
+                self.model_cpu.labels(model),
             )
         return children
 
-    def model_call(self, model: str, seconds: float) -> None:
-        """One successful real call of ``model`` that took ``seconds``."""
-        executions, latency, _ = self._children(model)
+    def model_call(self, model: str, seconds: float, cpu_seconds: float | None = None) -> None:
+        """One successful real call of ``model`` that took ``seconds`` (wall) and
+        ``cpu_seconds`` of its thread's CPU time (where measured)."""
+        executions, latency, _, cpu = self._children(model)
         executions.inc()
         latency.observe(seconds)
+        if cpu_seconds is not None and cpu_seconds >= 0:
+            cpu.inc(cpu_seconds)
 
     def synthesized_output(self, model: str) -> None:
         """One output of ``model`` synthesized through links instead of run."""

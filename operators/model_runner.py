@@ -3,6 +3,12 @@
 The model operator's pure core. A model that raises, or returns something its spec rejects, does
 not stop the operator: the frame gets an error in place of an output, so the link operator can
 finish the frame (synthesizing the failed model if links allow) instead of waiting for it.
+
+Each call is timed twice: wall time (what a frame waits, for latency metrics) and the CPU time
+of the thread that ran it (what the call costs, for plans). A worker runs its models side by
+side on two cores, and there wall time counts the other models' turns too: a cheap model's wall
+time grew up to 9x and an expensive one's 3x, which flattens the relative costs that plans are
+made on (docs/model-execution.md, "What a call costs").
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from mlink.topics.specs import OutputSpec, SpecError
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    """One frame's output (validated) or the error that replaced it, and the time it took."""
+    """One frame's output (validated) or the error that replaced it, the wall time it took and
+    the CPU time of its thread (None where the call did not run on a thread here)."""
 
     output: np.ndarray | None
     elapsed_ms: float
     error: str | None = None
+    cpu_ms: float | None = None
 
 
 class ModelRunner:
@@ -37,31 +45,41 @@ class ModelRunner:
     def run(self, frames: Sequence[np.ndarray]) -> list[RunOutcome]:
         same_shape = len({f.shape for f in frames}) == 1
         if self.batch and len(frames) > 1 and same_shape:
-            start = time.perf_counter()
+            clock = _Clock()
             try:
                 outputs = list(self.model(np.stack(frames)))
             except Exception:  # fall back to one by one, which attributes the error to a frame
                 return [self._one(f) for f in frames]
-            per_frame = (time.perf_counter() - start) * 1000 / len(frames)
+            wall, cpu = clock.read(len(frames))
             if len(outputs) != len(frames):
                 error = f"batch of {len(frames)} frames returned {len(outputs)} outputs"
-                return [RunOutcome(None, per_frame, error) for _ in frames]
-            return [self._validated(out, per_frame) for out in outputs]
+                return [RunOutcome(None, wall, error, cpu) for _ in frames]
+            return [self._validated(out, wall, cpu) for out in outputs]
         return [self._one(f) for f in frames]
 
     def _one(self, frame: np.ndarray) -> RunOutcome:
-        start = time.perf_counter()
+        clock = _Clock()
         try:
             output = self.model(frame)
         except Exception as exc:
-            elapsed = (time.perf_counter() - start) * 1000
-            return RunOutcome(
-                None, elapsed, f"model {self.name} raised {type(exc).__name__}: {exc}"
-            )
-        return self._validated(output, (time.perf_counter() - start) * 1000)
+            wall, cpu = clock.read()
+            error = f"model {self.name} raised {type(exc).__name__}: {exc}"
+            return RunOutcome(None, wall, error, cpu)
+        return self._validated(output, *clock.read())
 
-    def _validated(self, output: Any, elapsed_ms: float) -> RunOutcome:
+    def _validated(self, output: Any, elapsed_ms: float, cpu_ms: float) -> RunOutcome:
         try:
-            return RunOutcome(self.spec.validate(output, model=self.name), elapsed_ms)
+            return RunOutcome(self.spec.validate(output, model=self.name), elapsed_ms, None, cpu_ms)
         except SpecError as exc:
-            return RunOutcome(None, elapsed_ms, f"invalid output: {exc}")
+            return RunOutcome(None, elapsed_ms, f"invalid output: {exc}", cpu_ms)
+
+
+class _Clock:
+    """Wall and thread CPU time since it was made, in ms per frame."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def read(self, frames: int = 1) -> tuple[float, float]:
+        wall = (time.perf_counter() - self.wall) * 1000 / frames
+        return wall, (time.thread_time() - self.cpu) * 1000 / frames

@@ -6,6 +6,7 @@ controller needs to score any active set, and the model and link costs measured 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -77,8 +78,9 @@ class LinkTrainer:
         self.streams.append(result.stream_id)
         self.seqs.append(result.seq)
         for m, r in by_model.items():
-            if r.elapsed_ms is not None:
-                self.elapsed[m].append(r.elapsed_ms)
+            cost = r.cost_ms
+            if cost is not None and 0.0 <= cost < math.inf:
+                self.elapsed[m].append(cost)
         self.new_since_training += 1
         return True
 

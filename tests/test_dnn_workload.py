@@ -64,6 +64,18 @@ def test_frames_are_the_clips_then_the_photo_pans() -> None:
     assert not np.array_equal(pans[0], pans[1])  # the camera moves
 
 
+def test_interleaved_frames_are_every_stream_in_turn_with_the_same_frames() -> None:
+    """Nine cameras at once: a live warm-up of the first frames sees every one of them."""
+    together = list(dnn.frames(limit=2, interleave=True))
+    streams = [*dnn.video.VIDEOS, *(f"pan_{p}" for p in dnn.PHOTOS)]
+    assert [s for s, _ in together] == streams * 2
+    apart = list(dnn.frames(limit=2))
+    for name in streams:
+        mine, theirs = ([f for s, f in got if s == name] for got in (together, apart))
+        assert all(np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    assert list(dnn.video.round_robin([iter("ab"), iter(""), iter("xyz")])) == list("axbyz")
+
+
 def test_pan_is_reproducible_and_reads_the_photo_from_its_wheel() -> None:
     a, b = list(photo_pan.pan("coffee", 3)), list(photo_pan.pan("coffee", 3))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
@@ -192,3 +204,11 @@ def test_config_matches_the_workload() -> None:
     defaults = dnn.DnnFrames()
     assert config.source.args == {"every": defaults.every, "photo_frames": defaults.photo_frames}
     assert config.topics.partitions == len(dnn.video.VIDEOS) + len(dnn.PHOTOS)
+
+
+def test_the_live_config_is_the_bench_config_with_cameras_interleaved() -> None:
+    bench, live = load_config(CONFIG), load_config(CONFIG.with_name("dnn-live.yaml"))
+    assert live.models == bench.models and live.budget == bench.budget
+    assert live.source.args == {**bench.source.args, "interleave": True}
+    assert live.links.store != bench.links.store and live.topics.prefix != bench.topics.prefix
+    assert live.topics.partitions == bench.topics.partitions

@@ -48,8 +48,8 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_metrics_endpoint_is_scraped_over_http() -> None:
     metrics = WorkerMetrics("worker-0", models=["digits", "parity", "idle"])
     metrics.frames.inc(3)
-    metrics.model_call("digits", 0.004)
-    metrics.model_call("digits", 0.006)
+    metrics.model_call("digits", 0.004, 0.003)
+    metrics.model_call("digits", 0.006, 0.002)
     metrics.model_call("parity", 0.2)
     metrics.model_failure("parity", "timeout")
     metrics.synthesized.labels("parity").inc(2)
@@ -75,6 +75,8 @@ def test_metrics_endpoint_is_scraped_over_http() -> None:
     assert got[("mlink_model_executions_total", (("model", "idle"),))] == 0  # pre-created
     assert got[("mlink_model_latency_seconds_count", (("model", "digits"),))] == 2
     assert got[("mlink_model_latency_seconds_sum", (("model", "digits"),))] == pytest.approx(0.01)
+    assert got[("mlink_model_cpu_seconds_total", (("model", "digits"),))] == pytest.approx(0.005)
+    assert got[("mlink_model_cpu_seconds_total", (("model", "parity"),))] == 0  # not measured
     le = (("le", "0.25"), ("model", "parity"))
     assert got[("mlink_model_latency_seconds_bucket", le)] == 1
     assert got[("mlink_model_errors_total", (("kind", "timeout"), ("model", "parity")))] == 1

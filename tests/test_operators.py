@@ -427,6 +427,33 @@ def test_batch_model_is_called_once_per_batch() -> None:
     assert all(o.output.dtype == np.float32 and o.elapsed_ms >= 0 for o in outcomes)
 
 
+def test_a_call_is_priced_on_its_threads_cpu_time_not_on_waiting() -> None:
+    """Wall time counts the turns other models take on a shared core; plans price CPU time."""
+
+    def waits(frame: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)  # the thread waits, as it does while other models hold the cores
+        return np.array([0.5, 0.5], np.float32)
+
+    def works(frame: np.ndarray) -> np.ndarray:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.02:
+            pass
+        return np.array([0.5, 0.5], np.float32)
+
+    (waited,) = ModelRunner("parity", waits, SPECS["parity"]).run(frames(1))
+    assert waited.elapsed_ms >= 50.0 and waited.cpu_ms < waited.elapsed_ms / 2
+    (worked,) = ModelRunner("parity", works, SPECS["parity"]).run(frames(1))
+    assert worked.cpu_ms >= 20.0 and worked.elapsed_ms >= worked.cpu_ms * 0.99
+
+    def works_on_batches(batch: np.ndarray) -> np.ndarray:
+        return np.stack([works(f) for f in batch])
+
+    batch = ModelRunner("parity", works_on_batches, SPECS["parity"], batch=True).run(frames(1, 2))
+    assert all(o.cpu_ms >= 20.0 for o in batch)  # the batch's time shared between its frames
+    (failed,) = ModelRunner("parity", Parity(fail_on=1), SPECS["parity"]).run(frames(1))
+    assert failed.error and failed.cpu_ms is not None
+
+
 def test_single_model_and_mixed_shapes_run_frame_by_frame() -> None:
     model = Parity()
     ModelRunner("parity", model, SPECS["parity"], batch=False).run(frames(1, 2))
@@ -499,6 +526,11 @@ def test_trainer_is_ready_after_warm_up_and_ignores_duplicates(tmp_path: Path) -
     assert not trainer.add(synthesized)
     assert trainer.add(probe_result("s:2", samples[2], ms=6.0))
     assert trainer.ready() and trainer.new_since_training == 3
+    assert trainer.measured_costs() == {m: {"ms": 4.0} for m in MODELS}
+    # a worker that measured its calls' CPU time is priced on it rather than on wall time
+    timed = probe_result("s:3", samples[3], ms=100.0)
+    cpu = tuple(dataclasses.replace(r, cpu_ms=4.0) for r in timed.results)
+    assert trainer.add(dataclasses.replace(timed, results=cpu))
     assert trainer.measured_costs() == {m: {"ms": 4.0} for m in MODELS}
 
 

@@ -97,6 +97,7 @@ model_outputs = st.builds(
     elapsed_ms=numbers,
     produced_at=numbers,
     error=st.none() | st.text(max_size=20),
+    cpu_ms=st.none() | st.floats(0, 1e9),
 )
 
 plan_notices = st.builds(
@@ -122,6 +123,7 @@ def model_results(draw: st.DrawFn, model: str | None = None) -> ModelResult:
         status=status,
         link_version=draw(versions),
         sources=sources,
+        cpu_ms=draw(st.none() | st.floats(0, 1e9)) if status == "executed" else None,
     )
 
 
@@ -463,6 +465,14 @@ def test_nested_result_errors_say_which_entry() -> None:
         (
             lambda: ModelResult(model="a", output=np.ones(1), status="executed", sources=("b",)),
             r"ModelResult\.sources: must be empty when status is 'executed'",
+        ),
+        (
+            lambda: ModelResult(model="a", output=np.ones(1), status="executed", cpu_ms=-1.0),
+            r"ModelResult\.cpu_ms: expected a finite float >= 0 or None, got",
+        ),
+        (
+            lambda: ModelResult(model="a", output=np.ones(1), status="executed", cpu_ms=np.inf),
+            r"ModelResult\.cpu_ms: expected a finite float >= 0 or None, got",
         ),
         (
             lambda: ModelResult(model="a", output=np.ones(1), status="synthesized"),

@@ -18,6 +18,7 @@ and dicts).
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Final, Literal, get_args
 
@@ -149,6 +150,7 @@ class ModelOutput(WireRecord):
     elapsed_ms: float
     produced_at: float
     error: str | None = None
+    cpu_ms: float | None = None  # the CPU time of the call's thread: what plans price
 
     def __post_init__(self) -> None:
         f = _Fields(self)
@@ -161,6 +163,7 @@ class ModelOutput(WireRecord):
         f.number("elapsed_ms")
         f.number("produced_at")
         f.free_text("error", optional=True)
+        _cpu_ms(f, self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -214,6 +217,7 @@ class ModelResult(WireRecord):
     elapsed_ms: float | None = None
     agreement: float | None = None
     error: str | None = None
+    cpu_ms: float | None = None
 
     def __post_init__(self) -> None:
         f = _Fields(self)
@@ -224,6 +228,7 @@ class ModelResult(WireRecord):
         f.names("sources")
         if self.elapsed_ms is not None:
             f.number("elapsed_ms")
+        _cpu_ms(f, self)
         if self.agreement is not None:
             f.number("agreement")
             if not 0.0 <= self.agreement <= 1.0:
@@ -233,6 +238,12 @@ class ModelResult(WireRecord):
             f.invalid("sources", "a synthesized output must name the models it came from")
         if self.status != "synthesized" and self.sources:
             f.invalid("sources", f"must be empty when status is {self.status!r}")
+
+    @property
+    def cost_ms(self) -> float | None:
+        """What the call cost, as plans price it: its thread's CPU time where the worker
+        measured it, else its wall time (results from workers before ``cpu_ms``)."""
+        return self.cpu_ms if self.cpu_ms is not None else self.elapsed_ms
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -376,3 +387,12 @@ for _cls in RECORD_TYPES.values():
         if f.default is MISSING and f.default_factory is MISSING
     )
 del _cls
+
+
+def _cpu_ms(f: _Fields, record: ModelOutput | ModelResult) -> None:
+    """``cpu_ms`` (optional) is a finite, non-negative number: a plan prices models on it."""
+    if record.cpu_ms is None:
+        return
+    f.number("cpu_ms")
+    if not 0.0 <= record.cpu_ms < math.inf:
+        f.expected("cpu_ms", "a finite float >= 0 or None", record.cpu_ms)

@@ -35,6 +35,7 @@ installed without its dependencies (``make`` does both).
 from __future__ import annotations
 
 import importlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,18 +92,24 @@ def frames(
     videos: Sequence[str] | None = None,
     photos: Sequence[str] | None = None,
     limit: int | None = None,
+    interleave: bool = False,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """``(stream_id, BGR uint8 frame)``: each clip's frames (every ``every``-th), then each
     photo's synthetic pan (``photo_frames`` frames, stream ``pan_<photo>``). ``limit`` caps the
-    frames of each stream. Source factory for configs: ``mlink.eval.workloads.dnn:frames``."""
+    frames of each stream; ``interleave`` yields the nine streams round-robin, as cameras that
+    stream at once arrive. Source factory for configs: ``mlink.eval.workloads.dnn:frames``."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
-    yield from video.frames(videos or video.VIDEOS, every=every, limit=limit)
+    clips = [video.frames((stem,), every=every, limit=limit) for stem in videos or video.VIDEOS]
     count = photo_frames if limit is None else min(photo_frames, limit)
-    for name in photos if photos is not None else PHOTOS:
-        if count:
-            for frame in photo_pan.pan(name, count):
-                yield f"pan_{name}", frame
+    pans = [_pan(name, count) for name in (photos if photos is not None else PHOTOS) if count]
+    streams = clips + pans
+    yield from video.round_robin(streams) if interleave else itertools.chain.from_iterable(streams)
+
+
+def _pan(name: str, count: int) -> Iterator[tuple[str, np.ndarray]]:
+    for frame in photo_pan.pan(name, count):
+        yield f"pan_{name}", frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +121,12 @@ class DnnFrames:
     videos: tuple[str, ...] | None = None
     photos: tuple[str, ...] | None = None
     limit: int | None = None
+    interleave: bool = False
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        return frames(self.every, self.photo_frames, self.videos, self.photos, self.limit)
+        return frames(
+            self.every, self.photo_frames, self.videos, self.photos, self.limit, self.interleave
+        )
 
 
 # ---------------------------------------------------------------------------------- models

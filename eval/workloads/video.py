@@ -38,10 +38,11 @@ the workload takes seconds (decoding and hashing the frames).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -63,6 +64,7 @@ from mlink.topics.specs import BoxesSpec, OutputSpec, VectorSpec
 VIDEOS: tuple[str, ...] = ("bigbuckbunny", "bikes", "carphone_distorted", "carphone_pristine")
 BOXES = BoxesSpec(max_boxes=8, max_count=MAX_COUNT)
 COUNT = VectorSpec(1, "count", max_count=MAX_COUNT)
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------- frames
@@ -103,18 +105,21 @@ def frames(
         raise ValueError(f"every must be >= 1, got {every}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
-    if interleave:
-        streams = [_video_frames(stem, every, limit) for stem in videos or VIDEOS]
-        while streams:
-            for stream in list(streams):
-                item = next(stream, None)
-                if item is None:
-                    streams.remove(stream)
-                else:
-                    yield item
-        return
-    for stem in videos or VIDEOS:
-        yield from _video_frames(stem, every, limit)
+    streams = [_video_frames(stem, every, limit) for stem in videos or VIDEOS]
+    yield from round_robin(streams) if interleave else itertools.chain.from_iterable(streams)
+
+
+def round_robin(streams: Iterable[Iterator[T]]) -> Iterator[T]:
+    """One item of each stream in turn until all are done: cameras that stream at once arrive
+    interleaved, and a pipeline's warm-up then sees every camera, not the first one or two."""
+    pending = list(streams)
+    while pending:
+        for stream in list(pending):
+            item = next(stream, None)
+            if item is None:
+                pending.remove(stream)
+            else:
+                yield item
 
 
 def _video_frames(stem: str, every: int, limit: int | None) -> Iterator[tuple[str, np.ndarray]]:

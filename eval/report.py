@@ -137,10 +137,10 @@ def model_cost_table(
     :attr:`~mlink.topics.records.ModelResult.cost_ms`), on the frames where every model ran
     (warm-up and probes), which is what the controller plans on: the same frames for every
     model, because frames of different cameras differ in cost up to tenfold, and a model timed
-    mostly on cheap ones would look cheap. Each
-    model's ms is :func:`~mlink.linkstore.budget.typical_ms` of its timings. If no frame ran
-    every model, each model's own executions; else (a model that never ran) what the offline
-    reference run measured. Never a mix."""
+    mostly on cheap ones would look cheap. Each model's ms is
+    :func:`~mlink.linkstore.budget.typical_ms` of its timings. If no frame ran every model, each
+    model's own executions; else (a model that never ran) what the offline reference run
+    measured. Never a mix."""
     declared = config.declared_costs()
     names = config.model_names
     if all("ms" in declared.get(m, {}) for m in names):

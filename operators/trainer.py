@@ -52,7 +52,7 @@ class LinkTrainer:
         self.seqs: deque[int] = deque(maxlen=window)  # and its place in it, for stream synthesis
         self.stream = stream
         self.cascades = cascades
-        self.elapsed: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.specs}
+        self.call_ms: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.specs}
         self.seen = RecentIds(4 * window)
         self.new_since_training = 0
         self.trained_versions: list[int] = []
@@ -80,7 +80,7 @@ class LinkTrainer:
         for m, r in by_model.items():
             cost = r.cost_ms
             if cost is not None and 0.0 <= cost < math.inf:
-                self.elapsed[m].append(cost)
+                self.call_ms[m].append(cost)
         self.new_since_training += 1
         return True
 
@@ -90,7 +90,7 @@ class LinkTrainer:
         return self.retrain_every > 0 and self.new_since_training >= self.retrain_every
 
     def measured_costs(self) -> dict[str, dict[str, float]]:
-        return {m: {"ms": typical_ms(v)} for m, v in self.elapsed.items() if v}
+        return {m: {"ms": typical_ms(v)} for m, v in self.call_ms.items() if v}
 
     def training_outputs(self) -> dict[str, list[np.ndarray]]:
         """Every buffered sample, per model (what :func:`train_bundle` trains on)."""

@@ -203,17 +203,24 @@ class ControlState:
                 f"epoch {message.epoch} jumps more than {MAX_EPOCH_STEP:,} past the current "
                 f"epoch {self.epoch}"
             )
+        # Everything that can still raise is built before the first field changes: apply()
+        # reports an exception as a rejection, and a rejection must leave the state as it was.
+        active, budget, extra = (
+            tuple(sorted(message.active)),
+            dict(message.budget),
+            dict(message.extra),
+        )
         self.epoch = message.epoch
-        self.active = tuple(sorted(message.active))
+        self.active = active
         self.link_version = version
         self.probe_every = probe_every
-        self.budget = dict(message.budget)
+        self.budget = budget
         self.live_agreement, self.live_probes = {}, 0
         self.live_counts, self.live_started = {}, {}
         self.schedules[message.epoch] = schedule
         while len(self.schedules) > KEPT_SCHEDULES:
             self.schedules.popitem(last=False)
-        self.plan_extra = dict(message.extra)
+        self.plan_extra = extra
         self.content = content
         return ApplyOutcome("applied", plan_changed=True)
 

@@ -278,7 +278,15 @@ def budget(
     console.print(f"budget {limits} published to {config.topics.names().control}")
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (``kill``, ``timeout``, a container stop) unwinds like Ctrl-C: the run's
+    ``finally`` blocks stop its workers and its embedded broker. Python's default would end the
+    process on the spot and leave them to their death signals."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `mlink broker` sets its own
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python warns about its own loop
     app()

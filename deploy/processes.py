@@ -1,7 +1,9 @@
 """Worker processes: a faust worker in a subprocess, with its log in a file.
 
-Each process runs in its own process group with a death signal, so it can never outlive its
-parent; a pipeline worker reports readiness in a health file (:mod:`mlink.deploy.health`).
+Each process runs in its own process group with a death signal (SIGTERM, for a graceful
+shutdown), and a pipeline worker ends itself :data:`ORPHAN_GRACE_S` after its parent is gone,
+so it cannot outlive its parent even when that shutdown hangs; a pipeline worker reports
+readiness in a health file (:mod:`mlink.deploy.health`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,22 @@ from pathlib import Path
 
 from mlink.operators.orphans import pdeathsig_preexec, signal_group
 
-__all__ = ["READY_LINE", "WORKER_APP", "FaustProcess", "WorkerProcess", "worker_argv"]
+__all__ = [
+    "ORPHAN_GRACE_S",
+    "PARENT_ENV",
+    "READY_LINE",
+    "WORKER_APP",
+    "FaustProcess",
+    "WorkerProcess",
+    "worker_argv",
+]
 
 READY_LINE = "[^Worker]: Ready"
+#: the environment variable that tells a worker its parent's pid (see ``worker_app``)
+PARENT_ENV = "MLINK_PARENT_PID"
+#: how long a worker whose parent died may take to shut down before it ends itself; as long as
+#: :meth:`FaustProcess.stop` waits before SIGKILL
+ORPHAN_GRACE_S = 20.0
 
 
 WORKER_APP = "mlink.deploy.worker_app"
@@ -48,7 +63,7 @@ class FaustProcess:
             self.proc = subprocess.Popen(
                 worker_argv(app),
                 cwd=cwd,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -87,7 +102,7 @@ class FaustProcess:
     def signal(self, sig: signal.Signals) -> None:
         signal_group(self.proc.pid, sig)
 
-    def stop(self, timeout: float = 20.0) -> int:
+    def stop(self, timeout: float = ORPHAN_GRACE_S) -> int:
         """SIGTERM and wait (faust shuts down cleanly in ~1 s); SIGKILL after ``timeout``."""
         if self.proc.poll() is None:
             self.signal(signal.SIGTERM)

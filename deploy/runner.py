@@ -187,13 +187,17 @@ class RunReport:
     def status_counts(self) -> Counter[tuple[str, str]]:
         return Counter((r.model, r.status) for res in self.results.values() for r in res.results)
 
-    def latencies_ms(self) -> list[float]:
-        """Frame capture (its timestamp) to result received, per frame, sorted."""
-        return sorted(
-            (self.received_at[f] - r.timestamp) * 1000
+    def latency_ms(self) -> dict[str, float]:
+        """Frame capture (its timestamp) to result received, per frame id."""
+        return {
+            f: (self.received_at[f] - r.timestamp) * 1000
             for f, r in self.results.items()
             if r.timestamp is not None and f in self.received_at
-        )
+        }
+
+    def latencies_ms(self) -> list[float]:
+        """:meth:`latency_ms` of every frame, sorted."""
+        return sorted(self.latency_ms().values())
 
 
 def run_pipeline(

@@ -15,11 +15,16 @@ import os
 
 from mlink.deploy.config import ConfigError, load_config
 from mlink.deploy.health import HealthFile, json_logging_config
+from mlink.deploy.processes import ORPHAN_GRACE_S, PARENT_ENV
 from mlink.deploy.security import faust_settings
 from mlink.operators import MLink, create_app
+from mlink.operators.orphans import exit_when_orphaned
 from mlink.topics.signing import Signer
 
 HEARTBEAT_S = 2.0
+
+if os.environ.get(PARENT_ENV, "").isdigit():  # started by `mlink run`, a supervisor or a test
+    exit_when_orphaned(int(os.environ[PARENT_ENV]), ORPHAN_GRACE_S)
 
 _path = os.environ.get("MLINK_CONFIG")
 if not _path:

@@ -74,6 +74,10 @@ class RunSummary:
     throughput_fps: float
     latency_p50_ms: float
     latency_p99_ms: float
+    # steady frames only: with a paced source, what a camera sees once the warm-up's backlog is
+    # worked off (warm-up frames wait for the first links; probes run every model)
+    steady_latency_p50_ms: float
+    steady_latency_p99_ms: float
     executed: dict[str, int]
     synthesized: dict[str, int]
     missing: dict[str, int]
@@ -194,6 +198,10 @@ def _mean_or_none(values: Iterable[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
 @dataclass(slots=True)
 class _Scored:
     """One frame's results scored against the full run."""
@@ -286,7 +294,9 @@ def summarize(
         models, report.control, {f: r for f, r in report.results.items() if f in scored}
     )
     forecast = sorted(forecasts.up_front)
-    lat = report.latencies_ms()
+    by_frame = report.latency_ms()
+    lat = sorted(by_frame.values())
+    steady_lat = [by_frame[f] for f, s in scored.items() if s.steady and f in by_frame]
     last = max(report.results.values(), key=lambda r: (r.epoch, r.emitted_at), default=None)
     statuses = [(r.model, r.status) for res in report.results.values() for r in res.results]
     return RunSummary(
@@ -296,8 +306,10 @@ def summarize(
         duplicates=report.duplicates,
         seconds=report.seconds,
         throughput_fps=len(report.results) / report.seconds if report.seconds else 0.0,
-        latency_p50_ms=float(np.percentile(lat, 50)) if lat else float("nan"),
-        latency_p99_ms=float(np.percentile(lat, 99)) if lat else float("nan"),
+        latency_p50_ms=_percentile(lat, 50),
+        latency_p99_ms=_percentile(lat, 99),
+        steady_latency_p50_ms=_percentile(steady_lat, 50),
+        steady_latency_p99_ms=_percentile(steady_lat, 99),
         executed=_count(statuses, "executed"),
         synthesized=_count(statuses, "synthesized"),
         missing=_count(statuses, "missing"),

@@ -117,6 +117,8 @@ def print_summary(summary: dict, console: Console) -> None:
     )
     console.print(
         f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
-        f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms; link versions "
+        f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms (steady frames: "
+        f"p50 {s['steady_latency_p50_ms']:.0f} ms, p99 {s['steady_latency_p99_ms']:.0f} ms); "
+        f"link versions "
         f"{s['link_versions']}; ran on every steady frame of the last plan: {s['final_active']}"
     )

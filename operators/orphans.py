@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["die_with_parent", "pdeathsig_preexec", "signal_group"]
+__all__ = ["die_with_parent", "exit_when_orphaned", "pdeathsig_preexec", "signal_group"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -75,11 +75,28 @@ def die_with_parent(expected_parent: int | None, *, death_signal: bool = True) -
     parent = os.getppid()
     if expected_parent is not None and parent != expected_parent:
         os._exit(1)  # the worker died before the death signal was armed
+    _watch_parent(parent, grace_s=0.0)
 
+
+def exit_when_orphaned(parent: int, grace_s: float) -> None:
+    """End this process ``grace_s`` seconds after ``parent`` is gone (it may be gone already).
+
+    For children whose death signal asks for a graceful shutdown (a faust worker gets SIGTERM,
+    :func:`pdeathsig_preexec`): the parent that would escalate to SIGKILL when that shutdown
+    hangs is the process that died. A worker whose ``mlink run`` was killed had lost its
+    embedded broker too, and its shutdown spun on the dead broker at 90% of a core until killed
+    by hand. With this it gets ``grace_s`` to finish and is then ended; frames it had not
+    answered are delivered again (at least once, deduplicated by frame id)."""
+    if grace_s < 0:
+        raise ValueError(f"grace_s must be >= 0, got {grace_s}")
+    _watch_parent(parent, grace_s)
+
+
+def _watch_parent(parent: int, grace_s: float) -> None:
     def watch() -> None:
-        while True:
+        while os.getppid() == parent:
             time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
+        time.sleep(grace_s)
+        os._exit(1)
 
     threading.Thread(target=watch, name="mlink-parent-watch", daemon=True).start()

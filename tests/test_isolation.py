@@ -31,28 +31,11 @@ from mlink.operators.model_process import (
 )
 from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
 from tests.misbehaving_models import LEAK_MB, SPEC, frames
+from tests.procs import alive, wait_until
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAST_BACKOFF = {"backoff_initial_s": 0.2, "backoff_max_s": 1.0}
-
-
-def alive(pid: int) -> bool:
-    """A running (not zombie) process with this pid exists."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 Isolate = Callable[..., ProcessExecutor]

@@ -123,7 +123,12 @@ def run() -> RunReport:
     return RunReport(
         frames=4,
         results={r.frame_id: r for r in results},
-        received_at={r.frame_id: r.timestamp + 0.1 for r in results},
+        # latency 5 s on the warm-up frame (it waits for the first links), 0.1 s on the probe,
+        # 0.2 and 0.3 s on the steady frames
+        received_at={
+            r.frame_id: r.timestamp + latency
+            for r, latency in zip(results, (5.0, 0.1, 0.2, 0.3), strict=True)
+        },
         seconds=2.0,
     )
 
@@ -155,7 +160,10 @@ def test_summary_of_a_constructed_run(tmp_path):
     assert s.cost_source == "measured (test), by the offline reference run"
     assert s.link_versions == [1]
     assert s.final_active == ["bright"]
-    assert s.latency_p50_ms == pytest.approx(100.0)
+    assert s.latency_p50_ms == pytest.approx(250.0)  # of 100, 200, 300 and 5000 ms
+    assert s.latency_p99_ms > 4000.0
+    assert s.steady_latency_p50_ms == pytest.approx(250.0)
+    assert s.steady_latency_p99_ms == pytest.approx(299.0)  # the warm-up's wait left out
 
 
 def test_the_printed_summary_fits_an_80_column_log(tmp_path):

@@ -26,6 +26,7 @@ from mlink.operators.training_process import (
 )
 from mlink.topics.records import FrameResult, ModelResult
 from mlink.topics.specs import VectorSpec
+from tests.procs import alive
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 SPECS = {"digit": VectorSpec(10, "softmax"), "parity": VectorSpec(2, "softmax")}
@@ -48,14 +49,6 @@ def job(store_root: Path | None = None) -> TrainingJob:
         measured_costs={"digit": {"ms": 2.0}, "parity": {"ms": 1.0}},
         store_root=str(store_root) if store_root else None,
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def child_pid(process: TrainingProcess) -> int:

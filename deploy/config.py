@@ -135,6 +135,7 @@ class PipelineConfig(StrictSection):
             metrics_port=rt.metrics_port,
             metrics_host=rt.metrics_host,
             limits=self.limits.limits(),
+            model_threads=rt.model_threads,
         )
 
     def client_kwargs(self) -> dict[str, Any]:

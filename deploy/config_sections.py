@@ -318,6 +318,12 @@ class RuntimeConfig(StrictSection):
     )
     metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
     json_logs: bool = Field(False, description="worker logs as one JSON object per line")
+    model_threads: int | None = Field(
+        1,
+        ge=1,
+        description="OpenCV's and torch's intra-op threads in a worker, whose models run side "
+        "by side (1: each model's cost is its own thread's CPU time; None: library defaults)",
+    )
 
 
 class LimitsConfig(StrictSection):

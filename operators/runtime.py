@@ -21,6 +21,7 @@ from mlink.linkstore.store import LinkStore, StoreError
 from mlink.linkstore.streamlinks import StreamLinks, StreamMemory
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.executor import ModelExecutor, start_executor
+from mlink.operators.library_threads import limit_library_threads
 from mlink.operators.metrics import WorkerMetrics
 from mlink.operators.model_settings import ModelFactory
 from mlink.operators.recent import RecentIds
@@ -122,6 +123,9 @@ class MLink:
                 started = time.perf_counter()
                 await asyncio.gather(*(self._start(m) for m in todo))
                 log.info("built %d models in %.1f s", len(todo), time.perf_counter() - started)
+                pinned = limit_library_threads(self.settings.model_threads)
+                if pinned:
+                    log.info("intra-op threads per model call: %s", pinned)
         if all(m in self.runners for m in self.model_names):
             self.event("models").set()
 

@@ -196,7 +196,9 @@ class Settings:
     bounds the join); ``max_in_flight`` bounds the frames a planner has planned but not yet seen
     answered in that layout. ``metrics_port`` serves Prometheus metrics on
     ``metrics_host`` (None: off; 0: a free port, logged). ``limits`` bound every record, image
-    and id the operators accept (:mod:`mlink.topics.limits`).
+    and id the operators accept (:mod:`mlink.topics.limits`). ``model_threads`` are OpenCV's
+    and torch's intra-op threads once the models are built (None: the libraries' defaults;
+    :func:`~mlink.operators.library_threads.limit_library_threads` says why 1).
     """
 
     name: str
@@ -212,6 +214,7 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     limits: Limits = DEFAULT_LIMITS
+    model_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -227,3 +230,5 @@ class Settings:
             raise SettingsError("Settings: batch_size, max_in_flight, live_report_every >= 1")
         if self.batch_wait_s < 0 or self.output_timeout_s <= 0 or self.metrics_every_s <= 0:
             raise SettingsError("Settings: batch_wait_s >= 0, timeouts and intervals > 0")
+        if self.model_threads is not None and self.model_threads < 1:
+            raise SettingsError(f"Settings.model_threads {self.model_threads}: use >= 1 or None")

@@ -192,6 +192,15 @@ def test_how_often_probes_are_reported_is_a_links_setting() -> None:
     assert _names_key(_error(data), "links.report_every", "greater than or equal to 1")
 
 
+def test_model_threads_reach_the_operators_one_by_default() -> None:
+    assert parse_config(_valid()).operator_settings().model_threads == 1
+    data = _valid()
+    data["runtime"] = {"model_threads": None}
+    assert parse_config(data).operator_settings().model_threads is None
+    data["runtime"] = {"model_threads": 0}
+    assert _names_key(_error(data), "runtime.model_threads", "greater than or equal to 1")
+
+
 def test_model_names_must_be_unique_and_at_least_two() -> None:
     data = _valid()
     data["models"][1]["name"] = "parity"

@@ -21,6 +21,7 @@ from mlink.operators.dead_letters import DeadLetters
 from mlink.operators.dispatch import run_planned
 from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.joiner import Executed, FrameWork, build_results
+from mlink.operators.library_threads import limit_library_threads
 from mlink.operators.recent import RecentIds
 from mlink.operators.split_operators import Credits
 from mlink.topics.codec import decode_record
@@ -284,3 +285,34 @@ def test_an_unusable_link_version_degrades_the_result_with_the_reason() -> None:
     digit = next(r for r in result.results if r.model == "digit")
     assert result.degraded and digit.status == "missing"
     assert digit.error == "link version 4 unusable: sha256 of tensors.safetensors does not match"
+
+
+def test_a_worker_gives_opencv_and_torch_one_thread_once_its_models_are_built(tmp_path) -> None:
+    """A model's price is its calling thread's CPU time: a library pool working on other cores
+    would go uncounted (docs/model-execution.md). ``model_threads=None`` keeps the defaults."""
+    import cv2
+
+    before = (cv2.getNumThreads(), torch.get_num_threads())
+    cv2.setNumThreads(2)
+    torch.set_num_threads(2)
+    try:
+        for threads, expect in ((None, 2), (1, 1)):
+            settings = Settings(
+                name="t",
+                budget={"fraction": 1},
+                links=LinkSettings(store=str(tmp_path)),
+                model_threads=threads,
+            )
+            models = [Model(name=m, fn=lambda f: f, spec=spec) for m, spec in SPECS.items()]
+            mlink = MLink(settings, models)
+            asyncio.run(mlink.build_models())
+            mlink.close()
+            assert (cv2.getNumThreads(), torch.get_num_threads()) == (expect, expect)
+        assert limit_library_threads(None) == {}
+        with pytest.raises(ValueError, match="int >= 1"):
+            limit_library_threads(0)
+        with pytest.raises(SettingsError, match="model_threads"):
+            Settings(name="t", budget={"fraction": 1}, model_threads=0)
+    finally:
+        cv2.setNumThreads(before[0])
+        torch.set_num_threads(before[1])

@@ -195,10 +195,6 @@ class RunReport:
             if r.timestamp is not None and f in self.received_at
         }
 
-    def latencies_ms(self) -> list[float]:
-        """:meth:`latency_ms` of every frame, sorted."""
-        return sorted(self.latency_ms().values())
-
 
 def run_pipeline(
     config: PipelineConfig,

@@ -14,13 +14,16 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
+def _running(fields: list[str]) -> bool:
+    return fields[0] not in ("Z", "X")  # not a zombie
+
+
 def alive(pid: int) -> bool:
     """A running (not zombie) process with this pid exists."""
     try:
-        state = _stat(pid)[0]
+        return _running(_stat(pid))
     except (OSError, IndexError):
         return False
-    return state not in ("Z", "X")
 
 
 def children(pid: int) -> list[int]:
@@ -30,7 +33,8 @@ def children(pid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if int(_stat(int(entry.name))[1]) == pid and alive(int(entry.name)):
+            fields = _stat(int(entry.name))
+            if int(fields[1]) == pid and _running(fields):
                 found.append(int(entry.name))
         except (OSError, IndexError, ValueError):
             continue

@@ -5,11 +5,12 @@
 A worker runs each model on its own thread, all of a frame's models at once (warm-up and probe
 frames run every model), on however many cores the machine has. This does the same with the
 config's models on every ``--every``-th frame of its source (OpenCV and torch with their default
-threads, as in a worker) and prints, per model, the mean wall time and the mean CPU time of the
-calling thread (``time.thread_time``), each with its share of the total, beside each model
-timed alone on the same frames (one model at a time, one thread: how the output cache measures
-costs). Plans use the shares: a clock whose shares stay near the models' own prices them as
-they would cost alone.
+threads, as workers ran them before ``runtime.model_threads``; bench/library_threads.py shows
+what those pools hide from the calling thread's clock) and prints, per model, the mean wall
+time and the mean CPU time of the calling thread (``time.thread_time``), each with its share of
+the total, beside each model timed alone on the same frames (one model at a time, one thread:
+how the output cache measures costs). Plans use the shares: a clock whose shares stay near the
+models' own prices them as they would cost alone.
 """
 
 from __future__ import annotations

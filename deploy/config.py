@@ -126,6 +126,7 @@ class PipelineConfig(StrictSection):
                 stream=links.stream,
                 probe_stride=links.probe_stride,
                 cascades=links.cascades,
+                balance_streams=links.balance_streams,
             ),
             batch_size=rt.batch_size,
             batch_wait_s=rt.batch_wait_s,

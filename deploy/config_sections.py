@@ -277,6 +277,12 @@ class LinksConfig(StrictSection):
         description="stream synthesis: also let a box model run only where another box model "
         "that runs finds anything (a cascade)",
     )
+    balance_streams: bool = Field(
+        True,
+        description="stream synthesis: weigh every stream the same in the trainer's estimates, "
+        "however many warm-up frames it sent (false: every frame, for cameras at very "
+        "different frame rates)",
+    )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(

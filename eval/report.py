@@ -23,7 +23,7 @@ JPEG/PNG round trip), computed offline and cached, so the comparison is exact. T
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +90,8 @@ class RunSummary:
     compute_saved: float
     steady_frames: int
     warmup_frames: int
+    # per stream: a backlog's warm-up is not the cameras in turn (docs/stream-synthesis.md)
+    warmup_streams: dict[str, int]
     probe_frames: int
     steady_accuracy: float
     steady_synthesized_accuracy: float | None
@@ -324,6 +326,13 @@ def summarize(
         compute_saved=saved(everything),
         steady_frames=len(steady),
         warmup_frames=sum(r.epoch == 0 for f, r in report.results.items() if f in scored),
+        warmup_streams=dict(
+            sorted(
+                Counter(
+                    r.stream_id for f, r in report.results.items() if f in scored and r.epoch == 0
+                ).items()
+            )
+        ),
         probe_frames=sum(r.probe and r.epoch > 0 for f, r in report.results.items() if f in scored),
         steady_accuracy=accuracy(steady),
         steady_synthesized_accuracy=synthesized_accuracy(steady),

@@ -98,6 +98,12 @@ def print_summary(summary: dict, console: Console) -> None:
         f"accuracy {percent(s['steady_accuracy'])} (all models), "
         f"{percent(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
     )
+    if per_stream := s.get("warmup_streams"):
+        counts = sorted(per_stream.values())
+        console.print(
+            f"warm-up: {s['warmup_frames']} frames from {len(counts)} streams, {counts[0]}-"
+            f"{counts[-1]} each (the trainer weighs every stream alike)"
+        )
     if s.get("forecast_frames"):
         probes, bound = s.get("forecast_with_probes"), s.get("forecast_bound")
         content = s.get("forecast_content")

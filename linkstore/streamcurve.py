@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mlink.linkstore.schedule import Mode
-from mlink.linkstore.streamerror import PSEUDO_STREAMS, between_streams
+from mlink.linkstore.streamerror import PSEUDO_STREAMS, between_streams, stream_mean
 
 __all__ = ["Curve", "constant_curve"]
 
@@ -91,13 +91,19 @@ def constant_curve(
     max_lag: int,
     synth_ms: float = 0.0,
     streams: Sequence[str] | None = None,
+    balanced: bool = False,
 ) -> Curve:
     """The curve of a mode that uses no memory, from per-sample agreements (``streams``: each
-    sample's stream, for the between-stream error)."""
-    mean = float(np.mean(scores)) if len(scores) else 0.0
+    sample's stream, for the between-stream error; ``balanced``: every stream weighs the same,
+    :func:`~mlink.linkstore.streamerror.stream_weights`)."""
+    balanced = balanced and streams is not None
+    groups = streams if streams is not None else [0] * len(scores)
+    mean = stream_mean(scores, groups, balanced) if len(scores) else 0.0
     spread = float(np.std(scores)) if len(scores) > 1 else 0.5
-    between = between_streams(scores, streams) if streams is not None else 0.0
-    ahead = between_streams(scores, streams, PSEUDO_STREAMS) if streams is not None else 0.0
+    between = between_streams(scores, groups, balanced=balanced) if streams is not None else 0.0
+    ahead = (
+        between_streams(scores, groups, PSEUDO_STREAMS, balanced) if streams is not None else 0.0
+    )
     return Curve(
         target,
         mode,

@@ -23,19 +23,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PSEUDO_STREAMS", "between_streams"]
+__all__ = ["PSEUDO_STREAMS", "between_streams", "stream_mean", "stream_weights"]
 
 #: streams of the largest variance added to a forecast's between-stream error (``pseudo``)
 PSEUDO_STREAMS = 1.0
 
 
 def between_streams(
-    scores: Sequence[float] | np.ndarray, streams: Sequence[Any], pseudo: float = 0.0
+    scores: Sequence[float] | np.ndarray,
+    streams: Sequence[Any],
+    pseudo: float = 0.0,
+    balanced: bool = False,
 ) -> float:
     """The standard error of the sample-weighted mean of ``scores`` with each stream one cluster
     (0.0 with fewer than two streams: one stream has no between-stream spread to measure).
     NaN scores (pairs a mode does not apply to) are left out. ``pseudo``: that many more
-    streams of variance 0.25 in the per-stream variance (a forecast's error, see above)."""
+    streams of variance 0.25 in the per-stream variance (a forecast's error, see above).
+    ``balanced``: of the mean of the per-stream means instead (:func:`stream_mean`)."""
     values = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(streams)
     if values.shape != labels.shape:
@@ -48,9 +52,39 @@ def between_streams(
         return 0.0
     weight = np.bincount(which, minlength=k).astype(np.float64)
     means = np.bincount(which, weights=values, minlength=k) / weight
-    share = weight / weight.sum()
+    share = np.full(k, 1.0 / k) if balanced else weight / weight.sum()
     overall = float(share @ means)
     squared = k / (k - 1) * float((share**2) @ (means - overall) ** 2)
     if pseudo > 0:  # per-stream variance k * squared, shrunk towards 0.25 by ``pseudo`` streams
         squared = (k * k * squared + 0.25 * pseudo) / ((k + pseudo) * k)
     return float(np.sqrt(squared))
+
+
+def stream_weights(streams: Sequence[Any], balanced: bool) -> np.ndarray:
+    """Each sample's weight in an estimate: 1, or with ``balanced`` 1 / (its stream's samples),
+    so every stream weighs the same whatever share of the samples it happened to get.
+
+    Which one is right depends on how the samples were drawn. The bench's warm-up is the first
+    10% of each stream, so a stream's share of samples is its share of the frames to come, and
+    sample weights are unbiased. A live warm-up is the first frames a worker fetched: paced
+    cameras arrive in turn, but a backlog arrives as the broker's fetches deliver it, a batch
+    per partition, and cameras with small frames fill it (docs/stream-synthesis.md, "A warm-up
+    from a backlog").
+    """
+    labels = np.asarray(streams)
+    if not balanced or labels.size == 0:
+        return np.ones(labels.shape[0], dtype=np.float64)
+    _, which, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return 1.0 / counts[which].astype(np.float64)
+
+
+def stream_mean(
+    scores: Sequence[float] | np.ndarray, streams: Sequence[Any], balanced: bool
+) -> float:
+    """The mean of ``scores`` (NaN left out) under :func:`stream_weights`."""
+    values = np.asarray(scores, dtype=np.float64)
+    valid = ~np.isnan(values)
+    if not valid.any():
+        return 0.0
+    weights = stream_weights(np.asarray(streams)[valid], balanced)
+    return float(np.average(values[valid], weights=weights))

@@ -40,7 +40,7 @@ from mlink.linkstore.motion import moved_since
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.schedule import Mode
 from mlink.linkstore.streamcurve import Curve, constant_curve
-from mlink.linkstore.streamerror import between_streams
+from mlink.linkstore.streamerror import between_streams, stream_mean
 from mlink.linkstore.streamlinks import StreamLinks
 from mlink.linkstore.streampairs import LagEstimator, Pairs, Sample, lag_pairs, target_pairs
 from mlink.topics.specs import BoxesSpec, OutputSpec
@@ -95,6 +95,7 @@ def fit_stream(
     min_gain: float = 0.01,
     gates: bool = False,
     motion_ms: float = 0.0,
+    balanced: bool = False,
 ) -> StreamFit:
     """Fit heads and priors on ``samples`` and estimate a :class:`Curve` per model and mode.
 
@@ -106,6 +107,10 @@ def fit_stream(
     consecutive: warm-up frames give the short lags; a probe carrying its ``context`` (each
     model's last real run before it) gives a pair at whatever lag the running schedule left
     each model.
+
+    ``balanced``: every stream weighs the same in the estimates, whatever share of the samples
+    it has (the live trainer: a warm-up fetched from a backlog is not the cameras in turn;
+    :func:`~mlink.linkstore.streamerror.stream_weights`); else every sample does.
 
     A detector mode is kept only if at some lag it beats both reuse and the prior by
     ``min_gain``: among dozens of sources, one that merely ties them on the training frames is
@@ -155,14 +160,14 @@ def fit_stream(
     for t in models:
         spec = specs[t]
         pairs = target_pairs(samples, t, max_lag, consecutive)
-        est = LagEstimator(samples, pairs, max_lag)
+        est = LagEstimator(samples, pairs, max_lag, balanced)
         truth = [outs[t][b] for b in pairs.now]
         then = [f[t] for f in pairs.then]
         reuse = agreement(spec, then, truth) if then else np.zeros(0)
         prior = agreement(spec, [priors[t]] * n, outs[t])
         curves[t] = [
             est.curve(t, Mode("reuse"), reuse, 0.0),
-            constant_curve(t, Mode("prior"), prior, max_lag, streams=groups),
+            constant_curve(t, Mode("prior"), prior, max_lag, streams=groups, balanced=balanced),
         ]
         if t in boxes:
             base = np.maximum(np.asarray(curves[t][0].agree), curves[t][1].agree[1])
@@ -182,6 +187,7 @@ def fit_stream(
                         thresholds,
                         groups,
                         gates,
+                        balanced,
                     ),
                 ]
                 if np.any(np.asarray(c.agree[1:]) >= base[1:] + min_gain)
@@ -221,15 +227,18 @@ def _gate_curve(
     head_ms: float,
     max_lag: int,
     groups: Sequence[str],
+    balanced: bool = False,
 ) -> Curve:
     """The cascade of ``t`` on ``s``: it runs where ``s`` fires, its head elsewhere. The share it
     runs on is priced at ``GATE_Z`` between-stream standard errors above the samples' share:
     what a cascade costs follows the content, and priced on the warm-up's share alone it
     overran its budget by up to 7 points of compute (BENCHMARKS.md, "Cascades")."""
-    share = float(fires.mean())
-    runs = min(1.0, share + GATE_Z * between_streams(fires.astype(float), groups))
-    elsewhere = float(head[~fires].mean())
-    curve = constant_curve(t, Mode("gate", s), np.where(fires, 1.0, head), max_lag, head_ms, groups)
+    share = stream_mean(fires.astype(float), groups, balanced)
+    runs = min(1.0, share + GATE_Z * between_streams(fires.astype(float), groups, 0.0, balanced))
+    elsewhere = stream_mean(np.where(fires, np.nan, head), groups, balanced)
+    curve = constant_curve(
+        t, Mode("gate", s), np.where(fires, 1.0, head), max_lag, head_ms, groups, balanced
+    )
     agree = (1.0,) + (runs + (1.0 - runs) * elsewhere,) * max_lag
     return replace(curve, agree=agree, runs=runs)
 
@@ -245,6 +254,7 @@ def _box_curves(
     thresholds: Sequence[float],
     groups: Sequence[str],
     gates: bool,
+    balanced: bool = False,
 ) -> list[Curve]:
     """The head, follow, track, switch and gate curves of box target ``t`` from each source.
     Each curve's ``synth_ms`` is the measured time of the predictions it scores, per output."""
@@ -261,11 +271,13 @@ def _box_curves(
         heads = [fold_heads[(s, t, int(fold[i]))].predict(src[i]) for i in range(n)]
         head_ms = (time.perf_counter() - start) * 1000.0 / max(n, 1)
         scores = np.array([box_agreement(p, target[i]) for i, p in enumerate(heads)])
-        out.append(constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms, groups))
+        out.append(
+            constant_curve(t, Mode("head", s), scores, est.max_lag, head_ms, groups, balanced)
+        )
         if gates:  # a cascade: run where the source fires (when it fires on some samples)
             fires = np.array([finds_anything(b) for b in src])
             if 0.0 < fires.mean() < 1.0:
-                out.append(_gate_curve(t, s, scores, fires, head_ms, est.max_lag, groups))
+                out.append(_gate_curve(t, s, scores, fires, head_ms, est.max_lag, groups, balanced))
         usable = [i for i, f in enumerate(pairs.then) if s in f]
         if not usable:
             continue

@@ -101,11 +101,14 @@ class LagEstimator:
     """Per-lag curves from per-pair agreements, stream by stream (see the module docstring).
     A NaN score means the pair does not apply to the mode (its source did not run then)."""
 
-    def __init__(self, samples: Sequence[Sample], pairs: Pairs, max_lag: int):
+    def __init__(
+        self, samples: Sequence[Sample], pairs: Pairs, max_lag: int, balanced: bool = False
+    ):
         self.max_lag = max_lag
+        self.balanced = balanced
         self.lags = np.asarray(pairs.lags, dtype=np.int64)
         names = list(dict.fromkeys(s.stream for s in samples))
-        self.weight = {s: sum(x.stream == s for x in samples) for s in names}
+        self.weight = {s: 1 if balanced else sum(x.stream == s for x in samples) for s in names}
         index = {name: k for k, name in enumerate(names)}
         self.stream_of = np.array([index[samples[b].stream] for b in pairs.now], dtype=np.int64)
         self.names = names
@@ -144,6 +147,6 @@ class LagEstimator:
             tuple(int(n) for n in support),
             spread,
             synth_ms,
-            between_streams(scores, self.stream_of),
-            predictive=between_streams(scores, self.stream_of, PSEUDO_STREAMS),
+            between_streams(scores, self.stream_of, balanced=self.balanced),
+            predictive=between_streams(scores, self.stream_of, PSEUDO_STREAMS, self.balanced),
         )

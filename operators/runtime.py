@@ -82,6 +82,7 @@ class MLink:
             links.ensemble,
             stream=links.stream,
             cascades=links.cascades,
+            balance_streams=links.balance_streams,
         )
         self.memory = StreamMemory()  # per stream, each model's last real run (stream mode)
         self.training = TrainingClock()  # this worker's own link training, for the warm-up hold

@@ -158,6 +158,10 @@ class LinkSettings:
     first; the split layout runs such a model on every frame). Off by default: it keeps 0.2-1.1
     points more on the OpenCV video bench, but -0.4 to +0.3 on the DNN one, where it overruns
     tight budgets by up to 0.6 points of compute (BENCHMARKS.md, "Cascades").
+    ``balance_streams`` (with ``stream``): the trainer's estimates weigh every stream the same,
+    however many warm-up or probe frames it sent (a backlog's warm-up is whatever the fetches
+    delivered); False weighs every sample, right for cameras at very different frame rates
+    (docs/stream-synthesis.md, "A warm-up from a backlog").
     """
 
     store: str = "linkstore-data"
@@ -172,6 +176,7 @@ class LinkSettings:
     stream: bool = False
     probe_stride: int = 0
     cascades: bool = False
+    balance_streams: bool = True
 
     def __post_init__(self) -> None:
         if self.warmup_frames < 4:

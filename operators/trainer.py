@@ -40,6 +40,7 @@ class LinkTrainer:
         window: int = 5000,
         stream: bool = False,
         cascades: bool = False,
+        balance_streams: bool = True,
     ) -> None:
         self.specs = dict(specs)
         self.store = store
@@ -52,6 +53,7 @@ class LinkTrainer:
         self.seqs: deque[int] = deque(maxlen=window)  # and its place in it, for stream synthesis
         self.stream = stream
         self.cascades = cascades
+        self.balance_streams = balance_streams
         self.call_ms: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.specs}
         self.seen = RecentIds(4 * window)
         self.new_since_training = 0
@@ -115,6 +117,7 @@ class LinkTrainer:
             self.training_groups(),
             self.training_seqs(),
             cascades=self.cascades,
+            balance_streams=self.balance_streams,
         )
         return self.saved(self.store.save(tensors, meta))
 
@@ -135,11 +138,13 @@ def train_bundle(
     seqs: Sequence[int] | None = None,
     *,
     cascades: bool = False,
+    balance_streams: bool = True,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Train links on aligned outputs and cross-fit the oracle plans are scored on (``groups``:
     each sample's stream); the bundle a linkstore version holds (tensors, meta). With ``seqs``
     (each sample's place in its stream) it also fits stream synthesis: memory and detector
-    modes, scored by frames since a model's last run, and with ``cascades`` the ``gate`` mode."""
+    modes, scored by frames since a model's last run, and with ``cascades`` the ``gate`` mode;
+    ``balance_streams`` weighs every stream the same in its estimates (``LinkSettings``)."""
     fit = fit_and_score(specs, outputs, config, ensemble, groups=groups)
     stream = None
     if seqs is not None:
@@ -149,6 +154,6 @@ def train_bundle(
             Sample(g, int(q), {m: outputs[m][i] for m in specs})
             for i, (g, q) in enumerate(zip(groups, seqs, strict=True))
         ]
-        stream = fit_stream(specs, samples, gates=cascades)
+        stream = fit_stream(specs, samples, gates=cascades, balanced=balance_streams)
         stream.links.linkset = fit.linkset
     return make_bundle(fit, outputs, measured_costs, stream)

@@ -75,6 +75,8 @@ class TrainingJob:
     """Each sample's sequence number in its stream: also fit stream synthesis (None: do not)."""
     cascades: bool = False
     """Fit the ``gate`` mode too (``LinkSettings.cascades``)."""
+    balance_streams: bool = True
+    """Weigh every stream the same in the estimates (``LinkSettings.balance_streams``)."""
     store_root: str | None = None
     """Save the bundle there (in the child) and return the version; None returns the bundle."""
 
@@ -90,6 +92,7 @@ class TrainingJob:
             groups=trainer.training_groups(),
             seqs=trainer.training_seqs(),
             cascades=trainer.cascades,
+            balance_streams=trainer.balance_streams,
             store_root=str(trainer.store.root) if save_in_child else None,
         )
 
@@ -117,6 +120,7 @@ def run_training_job(job: TrainingJob) -> TrainingOutcome:
         job.groups,
         job.seqs,
         cascades=job.cascades,
+        balance_streams=job.balance_streams,
     )
     if job.store_root is not None:
         version = LinkStore(job.store_root).save(tensors, meta)

@@ -201,6 +201,13 @@ def test_model_threads_reach_the_operators_one_by_default() -> None:
     assert _names_key(_error(data), "runtime.model_threads", "greater than or equal to 1")
 
 
+def test_weighing_streams_alike_is_a_links_setting_on_by_default() -> None:
+    assert parse_config(_valid()).operator_settings().links.balance_streams is True
+    data = _valid()
+    data["links"] = {"balance_streams": False}
+    assert parse_config(data).operator_settings().links.balance_streams is False
+
+
 def test_model_names_must_be_unique_and_at_least_two() -> None:
     data = _valid()
     data["models"][1]["name"] = "parity"

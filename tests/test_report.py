@@ -144,6 +144,7 @@ def test_summary_of_a_constructed_run(tmp_path):
     assert s.compute_saved == pytest.approx(1 - (100 + 100 + 14 + 11.5) / 400)
     # steady = epoch > 0 and not a probe: frames 2 and 3
     assert (s.steady_frames, s.warmup_frames, s.probe_frames) == (2, 1, 1)
+    assert s.warmup_streams == {"cam": 1}  # how many warm-up frames each stream gave
     assert s.steady_accuracy == pytest.approx(0.5)
     assert s.steady_compute_saved == pytest.approx(1 - (14 + 11.5) / 200)
     assert s.steady_compute_saved_solo == pytest.approx(s.steady_compute_saved)  # one table
@@ -180,6 +181,7 @@ def test_the_printed_summary_fits_an_80_column_log(tmp_path):
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text
     assert long in text and "steady" in text and "synth." in text
+    assert "warm-up: 1 frames from 1 streams, 1-1 each" in " ".join(text.split())
 
 
 def test_declared_costs_replace_the_measured_table_as_a_whole(tmp_path):

@@ -10,9 +10,19 @@ import numpy as np
 import pytest
 
 from mlink.linkstore.schedule import Mode
-from mlink.linkstore.streamerror import PSEUDO_STREAMS, between_streams
+from mlink.linkstore.store import LinkStore
+from mlink.linkstore.streamerror import (
+    PSEUDO_STREAMS,
+    between_streams,
+    stream_mean,
+    stream_weights,
+)
 from mlink.linkstore.streamfit import Curve, Sample, StreamFit, fit_stream
 from mlink.linkstore.streamplan import option
+from mlink.linkstore.training import TrainConfig
+from mlink.operators.trainer import LinkTrainer, train_bundle
+from mlink.operators.training_process import TrainingJob, run_training_job
+from mlink.topics.records import FrameResult, ModelResult
 from mlink.topics.specs import BoxesSpec
 
 
@@ -94,3 +104,148 @@ def test_the_fit_measures_it_and_bundles_carry_it():
     assert quiet.between == 0.0 and quiet.predictive == pytest.approx(np.sqrt(0.25 / 6))
     reuse = next(c for c in fit.curves["other"] if c.mode == Mode("reuse"))
     assert reuse.predictive == pytest.approx(np.sqrt(0.25 / 6))  # memory modes carry it too
+
+
+def test_balanced_weights_count_every_stream_once_whatever_its_samples():
+    # a backlog gave stream a 8 warm-up frames and stream b 2: by sample a decides 0.8 of the
+    # mean, balanced each stream half
+    scores, streams = [1.0] * 8 + [0.0] * 2, ["a"] * 8 + ["b"] * 2
+    assert stream_mean(scores, streams, balanced=False) == pytest.approx(0.8)
+    assert stream_mean(scores, streams, balanced=True) == pytest.approx(0.5)
+    assert stream_weights(streams, True).tolist() == [0.125] * 8 + [0.5] * 2
+    assert stream_weights(streams, False).tolist() == [1.0] * 10
+    # NaN pairs are left out before weighing: b's one valid pair still weighs half
+    assert stream_mean([1.0, 1.0, np.nan, 0.0], ["a", "a", "b", "b"], True) == pytest.approx(0.5)
+    # the error of the balanced mean: stream means 1 and 0, shares 1/2 each, as equal counts give
+    assert between_streams(scores, streams, balanced=True) == pytest.approx(0.5)
+    assert between_streams(scores, streams) < 0.5
+
+
+def _skewed_samples() -> list[Sample]:
+    """Stream a fires a face on every frame (8 samples), stream b never (2 samples)."""
+    face = np.array([[0.2, 0.2, 0.4, 0.5, 0.9]], dtype=np.float32)
+    empty = np.zeros((0, 5), dtype=np.float32)
+    return [
+        Sample(s, t, {"face": face if s == "a" else empty, "other": empty})
+        for s, n in (("a", 8), ("b", 2))
+        for t in range(n)
+    ]
+
+
+def test_a_balanced_fit_estimates_as_if_every_stream_had_sent_alike():
+    box = BoxesSpec()
+    plain = fit_stream({"face": box, "other": box}, _skewed_samples(), max_lag=4, folds=2)
+    fair = fit_stream(
+        {"face": box, "other": box}, _skewed_samples(), max_lag=4, folds=2, balanced=True
+    )
+
+    def prior(fit: StreamFit) -> Curve:
+        return next(c for c in fit.curves["face"] if c.mode == Mode("prior"))
+
+    # the prior (a face: a fires on 8 of 10 samples) is right on a, wrong on b
+    assert prior(plain).agree[1] == pytest.approx(0.8)
+    assert prior(fair).agree[1] == pytest.approx(0.5)
+    assert prior(fair).between == pytest.approx(0.5)
+    # memory modes too: reuse is right on both streams, so both ways give 1
+    reuse = [next(c for c in f.curves["face"] if c.mode == Mode("reuse")) for f in (plain, fair)]
+    assert reuse[0].agree[1] == reuse[1].agree[1] == pytest.approx(1.0)
+
+
+def test_with_as_many_samples_per_stream_balancing_changes_nothing():
+    box = BoxesSpec()
+    face = np.array([[0.2, 0.2, 0.4, 0.5, 0.9]], dtype=np.float32)
+    empty = np.zeros((0, 5), dtype=np.float32)
+    samples = [
+        Sample(s, t, {"face": face if (s == "a") == (t % 3 == 0) else empty, "other": face})
+        for s in ("a", "b", "c")
+        for t in range(6)
+    ]
+    specs = {"face": box, "other": box}
+    plain = fit_stream(specs, samples, max_lag=4, folds=2)
+    fair = fit_stream(specs, samples, max_lag=4, folds=2, balanced=True)
+    for t in specs:
+        for a, b in zip(plain.curves[t], fair.curves[t], strict=True):
+            assert a.mode == b.mode
+            assert a.agree == pytest.approx(b.agree)
+            assert a.between == pytest.approx(b.between)
+            assert a.predictive == pytest.approx(b.predictive)
+
+
+def test_a_cascade_is_priced_on_the_balanced_share_its_source_fires_on():
+    box = BoxesSpec()
+    face = np.array([[0.2, 0.2, 0.4, 0.5, 0.9]], dtype=np.float32)
+    empty = np.zeros((0, 5), dtype=np.float32)
+    # the source fires on every frame of a (8 samples) and on none of b..e (2 samples each); the
+    # target is on every other frame of a
+    samples = [
+        Sample(s, t, {"face": face if s == "a" else empty, "other": face if on else empty})
+        for s, n in (("a", 8), ("b", 2), ("c", 2), ("d", 2), ("e", 2))
+        for t in range(n)
+        for on in [s == "a" and t % 2 == 0]  # every other frame: reuse and the prior miss it
+    ]
+
+    def runs(balanced: bool) -> float:
+        fit = fit_stream(
+            {"face": box, "other": box}, samples, max_lag=4, folds=2, gates=True, balanced=balanced
+        )
+        return next(c.runs for c in fit.curves["other"] if c.mode == Mode("gate", "face"))
+
+    # by sample it fires on half the frames; by stream on one in five (+ one standard error)
+    assert runs(False) == pytest.approx(0.5 + 0.3125)
+    assert runs(True) == pytest.approx(0.2 + 0.2)
+
+
+def _result(sample: Sample) -> FrameResult:
+    """A probe-like result: every model executed on the sample's frame."""
+    return FrameResult(
+        frame_id=f"{sample.stream}:{sample.seq}",
+        stream_id=sample.stream,
+        seq=sample.seq,
+        epoch=0,
+        results=tuple(
+            ModelResult(model=m, output=o, status="executed") for m, o in sample.outputs.items()
+        ),
+        degraded=False,
+        emitted_at=0.0,
+    )
+
+
+def test_the_live_trainer_weighs_every_stream_the_same_unless_told_not_to(tmp_path):
+    face = np.array([[0.2, 0.2, 0.4, 0.5, 0.9]], dtype=np.float32)
+    empty = np.zeros((0, 5), dtype=np.float32)
+    samples = [
+        Sample(s, t, {"face": face if s == "a" else empty, "other": empty})
+        for s, n in (("a", 8), ("b", 3), ("c", 3))
+        for t in range(n)
+    ]
+    specs = {"face": BoxesSpec(), "other": BoxesSpec()}
+    _, meta = train_bundle(
+        specs,
+        {m: [x.outputs[m] for x in samples] for m in specs},
+        TrainConfig(epochs=2, seed=0),
+        "weighted",
+        {"face": {"ms": 10.0}, "other": {"ms": 10.0}},
+        groups=[x.stream for x in samples],
+        seqs=[x.seq for x in samples],
+    )
+    curves = StreamFit.curves_from_meta(meta["stream"])
+
+    def prior(fitted: dict[str, list[Curve]]) -> Curve:
+        return next(c for c in fitted["face"] if c.mode == Mode("prior"))
+
+    fair = fit_stream(specs, samples, balanced=True).curves
+    plain = fit_stream(specs, samples).curves
+    assert prior(curves).agree == pytest.approx(prior(fair).agree)
+    assert prior(curves).agree[1] != pytest.approx(prior(plain).agree[1])
+    # the setting reaches the trainer and its training jobs (LinkSettings.balance_streams)
+    trainer = LinkTrainer(
+        specs, LinkStore(tmp_path), TrainConfig(epochs=2), 4, stream=True, balance_streams=False
+    )
+    for x in samples:
+        trainer.add(_result(x))
+    job = TrainingJob.from_trainer(trainer, save_in_child=False)
+    assert job.balance_streams is False
+    meta = run_training_job(job).meta
+    assert meta is not None
+    by_sample = StreamFit.curves_from_meta(meta["stream"])
+    assert prior(by_sample).agree == pytest.approx(prior(plain).agree)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,10 +42,10 @@ from mlink.linkstore.crossfit import fit_and_score
 from mlink.linkstore.linkcosts import synthesis_costs
 from mlink.linkstore.liveguard import DECAY
 
-__all__ = ["live_figures", "replay_live"]
+__all__ = ["backlog_warmup", "live_figures", "replay_live", "warmup_links"]
 
 
-def _trained(workload: Workload, warmup: np.ndarray, config: PipelineConfig) -> TrainedWorkload:
+def warmup_links(workload: Workload, warmup: np.ndarray, config: PipelineConfig) -> TrainedWorkload:
     """The paper's links on the warm-up frames, with a cross-fitted selection oracle."""
     outputs = workload.subset(warmup)
     groups = [workload.streams[i] for i in warmup]
@@ -58,18 +59,38 @@ def _trained(workload: Workload, warmup: np.ndarray, config: PipelineConfig) -> 
     )
 
 
+def backlog_warmup(workload: Workload, counts: Mapping[str, int]) -> np.ndarray:
+    """The warm-up a backlog's fetches gave a worker: the first ``counts[stream]`` frames of each
+    stream (as a live run's epoch-0 results show them), instead of the first frames in source
+    order that paced cameras give."""
+    streams = np.asarray(workload.streams)
+    unknown = sorted(set(counts) - set(streams.tolist()))
+    if unknown:
+        raise ValueError(f"warm-up counts name streams the source does not have: {unknown}")
+    picked = [np.flatnonzero(streams == name)[: max(0, int(k))] for name, k in counts.items()]
+    warmup = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+    if len(warmup) < 2 or len(warmup) >= workload.n_frames:
+        raise ValueError(f"a warm-up of {len(warmup)} of {workload.n_frames} frames leaves no plan")
+    return warmup
+
+
 def replay_live(
     config: PipelineConfig,
     workload: Workload,
     *,
     budget_fraction: float | None = None,
     stream: StreamConfig | None = None,
+    warmup: np.ndarray | None = None,
+    trained: TrainedWorkload | None = None,
 ) -> StreamRun:
-    """Warm-up, then the budgeted schedule with probes, on the config's frames in source order."""
+    """Warm-up, then the budgeted schedule with probes, on the config's frames in source order
+    (``warmup``: the warm-up's frame indices, else the first ``links.warmup_frames``;
+    ``trained``: :func:`warmup_links` of that warm-up, for a caller that replays it twice)."""
     from mlink.eval.streaming.method import stream_mlink
 
-    warmup = np.arange(min(config.links.warmup_frames, workload.n_frames - 1))
-    trained = _trained(workload, warmup, config)
+    if warmup is None:
+        warmup = np.arange(min(config.links.warmup_frames, workload.n_frames - 1))
+    trained = trained or warmup_links(workload, warmup, config)
     fraction = budget_fraction if budget_fraction is not None else config.budget.fraction
     if fraction is None:
         raise ValueError(f"{config.name}: give a budget fraction (the config has none)")
@@ -78,6 +99,7 @@ def replay_live(
         probe_every=config.links.probe_every,
         probe_stride=0,
         gates=config.links.cascades,
+        balanced=True,  # as the live trainer weighs streams
     )
     budget = fraction * workload.total_cost("ms")
     return stream_mlink(trained, budget, stream, "MLink stream (live)")
@@ -139,6 +161,21 @@ def main(
             "forecast at the upper confidence bound (mlink status's flag)"
         ),
     ] = "drift",
+    warmup_counts: Annotated[
+        str | None,
+        typer.Option(
+            help='JSON {"stream": frames, ...}: the warm-up is each stream\'s first frames in '
+            "these numbers (a backlog's, from a live run's epoch-0 results), not the first "
+            "links.warmup_frames in source order"
+        ),
+    ] = None,
+    balanced: Annotated[
+        bool,
+        typer.Option(
+            help="weigh every stream the same in the estimates, as the live trainer does "
+            "(--no-balanced: every sample, as before stop 34)"
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Replay CONFIG with the live protocol and stream synthesis; print what it keeps."""
@@ -151,17 +188,19 @@ def main(
         guard=guard,
         guard_trigger=guard_trigger,
         gates=config.links.cascades,
+        balanced=balanced,
     )
     if guard_trigger == "miss":  # the live controller's tally: carried evidence, recent probes
         stream = replace(stream, guard_carry=True, guard_decay=DECAY)
-    warmup = min(config.links.warmup_frames, base.n_frames - 1)
+    picked = None if warmup_counts is None else backlog_warmup(base, json.loads(warmup_counts))
+    warmup = min(config.links.warmup_frames, base.n_frames - 1) if picked is None else len(picked)
     runs = []
     for draw in range(repeats):
         started = time.perf_counter()
         wl = with_cost_table(base, config, costs)  # type: ignore[arg-type]
         if cost_noise:
             wl = jittered(wl, cost_noise, seed=draw)
-        run = replay_live(config, wl, budget_fraction=budget_fraction, stream=stream)
+        run = replay_live(config, wl, budget_fraction=budget_fraction, stream=stream, warmup=picked)
         figures = live_figures(run, wl, warmup)
         figures["cost_table"] = wl.cost_source
         figures["model_ms"] = {m: wl.costs[m]["ms"] for m in wl.models}

@@ -89,6 +89,7 @@ class StreamConfig:
     gates: bool = False  # cascades: a model also runs where its source fires (links.cascades)
     between_streams: bool = True  # False: margins from frame counts alone (ablation)
     motion: bool = False  # the flow mode, from the workload's poses (when it carries them)
+    balanced: bool = False  # every stream weighs the same in the estimates (the live trainer)
 
 
 @dataclass(slots=True)
@@ -351,6 +352,7 @@ def _fit(
         sources=None if config.detector_links else dict.fromkeys(specs, ()),
         gates=config.gates,
         motion_ms=motion_ms,
+        balanced=config.balanced,
     )
     if not config.between_streams:
         fit.curves = {t: [replace(c, between=0.0) for c in cs] for t, cs in fit.curves.items()}

@@ -102,7 +102,7 @@ def print_summary(summary: dict, console: Console) -> None:
         counts = sorted(per_stream.values())
         console.print(
             f"warm-up: {s['warmup_frames']} frames from {len(counts)} streams, {counts[0]}-"
-            f"{counts[-1]} each (the trainer weighs every stream alike)"
+            f"{counts[-1]} each"
         )
     if s.get("forecast_frames"):
         probes, bound = s.get("forecast_with_probes"), s.get("forecast_bound")

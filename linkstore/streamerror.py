@@ -68,8 +68,8 @@ def stream_weights(streams: Sequence[Any], balanced: bool) -> np.ndarray:
     10% of each stream, so a stream's share of samples is its share of the frames to come, and
     sample weights are unbiased. A live warm-up is the first frames a worker fetched: paced
     cameras arrive in turn, but a backlog arrives as the broker's fetches deliver it, a batch
-    per partition, and cameras with small frames fill it (docs/stream-synthesis.md, "A warm-up
-    from a backlog").
+    per partition, and the cameras whose batches hold many frames fill it (docs/stream-synthesis.md,
+    "A warm-up from a backlog").
     """
     labels = np.asarray(streams)
     if not balanced or labels.size == 0:

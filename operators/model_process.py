@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mlink.operators.library_threads import limit_library_threads
 from mlink.operators.model_runner import ModelRunner
 from mlink.operators.model_settings import IsolationSettings, ModelFactory
 from mlink.operators.orphans import die_with_parent
@@ -199,6 +200,11 @@ def child_main(
 
             torch.set_num_threads(isolation.torch_threads)
         runner = ModelRunner(name, factory.build(), spec, batch)
+        limit_library_threads(isolation.library_threads)  # after the build loaded them
+        if isolation.torch_threads is not None:  # an explicit torch setting still wins
+            import torch
+
+            torch.set_num_threads(isolation.torch_threads)
     except BaseException:
         conn.send_bytes(pickle.dumps(("failed", traceback.format_exc(limit=-4))))
         return

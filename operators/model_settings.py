@@ -92,7 +92,12 @@ class IsolationSettings:
     backoff_reset_s: float = 60.0
     """A child that served this long without dying resets the backoff to its initial value."""
     torch_threads: int | None = None
-    """Set ``torch.set_num_threads`` in the child before building (if torch is installed)."""
+    """Set ``torch.set_num_threads`` in the child before building (if torch is installed), and
+    keep it after ``library_threads``."""
+    library_threads: int | None = 1
+    """OpenCV's and torch's intra-op threads in the child once the model is built (None: the
+    libraries' defaults). A worker sets it to its own ``Settings.model_threads``, so an isolated
+    model is priced like one on a thread (:mod:`mlink.operators.library_threads`)."""
 
     def __post_init__(self) -> None:
         if self.processes < 1:

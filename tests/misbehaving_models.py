@@ -86,3 +86,11 @@ def slow_factory(seconds: float) -> Callable[[np.ndarray], object]:
 
 def frames(*values: int, shape: tuple[int, ...] = (2, 2)) -> list[np.ndarray]:
     return [np.full(shape, v, np.uint8) for v in values]
+
+
+def library_threads() -> Callable[[np.ndarray], object]:
+    """Reports the intra-op threads OpenCV and torch have in the process it runs in."""
+    import cv2
+    import torch
+
+    return lambda frame: np.array([cv2.getNumThreads(), torch.get_num_threads()], np.float32)

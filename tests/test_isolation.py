@@ -30,6 +30,9 @@ from mlink.operators.model_process import (
     rss_mb,
 )
 from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
+from mlink.operators.runtime import MLink
+from mlink.operators.settings import LinkSettings, Model, Settings
+from mlink.topics.specs import VectorSpec
 from tests.misbehaving_models import LEAK_MB, SPEC, frames
 from tests.procs import alive, wait_until
 
@@ -255,6 +258,52 @@ def test_a_child_that_served_long_enough_restarts_without_backoff(
         assert "exited with code 3" in executor.run(frames(7))[0].error
     delays = [r.getMessage().rsplit("restart in ", 1)[1] for r in caplog.records]
     assert delays == ["0.3 s", "0.6 s", "0.3 s"]
+
+
+def test_an_isolated_models_libraries_get_the_workers_threads() -> None:
+    """Priced by the CPU time of its child's calling thread, like a model on a thread of the
+    worker, so OpenCV and torch must not hand its work to pools of their own."""
+    counts = VectorSpec(2, "linear")
+    factory = ModelFactory("tests.misbehaving_models:library_threads")
+
+    def reported(**isolation: object) -> list[int]:
+        settings = ExecutorSettings(isolation=IsolationSettings(**isolation))  # type: ignore[arg-type]
+        with ProcessExecutor("threads", factory, counts, settings=settings).start() as executor:
+            return [int(x) for x in executor.run(frames(1))[0].output]
+
+    assert reported() == [1, 1]  # the default, as workers' runtime.model_threads
+    assert reported(library_threads=2, torch_threads=3) == [2, 3]  # explicit torch wins
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import cv2; print(cv2.getNumThreads())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert reported(library_threads=None)[0] == int(fresh.stdout)  # OpenCV's own default
+
+
+def test_a_worker_hands_its_model_threads_to_its_isolated_models(tmp_path) -> None:
+    counts = VectorSpec(2, "linear")
+    for threads in (None, 2):
+        settings = Settings(
+            name="t",
+            budget={"fraction": 1},
+            links=LinkSettings(store=str(tmp_path)),
+            model_threads=threads,
+        )
+        model = Model(
+            name="threads",
+            spec=counts,
+            build=ModelFactory("tests.misbehaving_models:library_threads"),
+            isolation=IsolationSettings(library_threads=1),
+        )
+        mlink = MLink(settings, [model, Model(name="other", spec=counts, fn=lambda f: [0, 0])])
+        try:
+            asyncio.run(mlink.build_models())
+            runner = mlink.runners["threads"]
+            assert runner.settings.isolation.library_threads == threads  # the worker's, not 1
+        finally:
+            mlink.close()
 
 
 def test_a_model_that_cannot_be_built_fails_at_start() -> None:

@@ -18,10 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 
 from mlink.deploy.config import load_config
+from mlink.deploy.processes import ORPHAN_GRACE_S, PARENT_ENV
+from mlink.operators.orphans import exit_when_orphaned
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.records import Frame, FrameResult, ModelResult
 
+if os.environ.get(PARENT_ENV, "").isdigit():  # started by bench/pipeline.py: end with it
+    exit_when_orphaned(int(os.environ[PARENT_ENV]), ORPHAN_GRACE_S)
 config = load_config(os.environ["MLINK_CONFIG"])
 names = config.topics.names()
 app = faust.App(

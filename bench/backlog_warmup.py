@@ -27,8 +27,7 @@ from mlink.deploy.config import load_config
 from mlink.eval.config_workload import load_workload
 from mlink.eval.cost_tables import with_cost_table
 from mlink.eval.outputs import DEFAULT_CACHE
-from mlink.eval.streaming.live import backlog_warmup, replay_live, warmup_links
-from mlink.eval.streaming.method import ONLINE
+from mlink.eval.streaming.live import backlog_warmup, live_protocol, replay_live, warmup_links
 
 
 def shuffled(counts: dict[str, int], seed: int) -> dict[str, int]:
@@ -45,7 +44,7 @@ def replay_pair(job: tuple[str, str, str, dict[str, int], int]) -> dict:
     wl = with_cost_table(load_workload(config, False, DEFAULT_CACHE), config, costs)  # type: ignore[arg-type]
     warm = backlog_warmup(wl, counts)
     trained = warmup_links(wl, warm, config)
-    stream = replace(ONLINE, probe_every=config.links.probe_every, probe_stride=stride, guard=False)
+    stream = live_protocol(config, probe_stride=stride, guard=False)
     row: dict = {"warmup": name, "counts": counts}
     for label, balanced in (("by sample", False), ("streams alike", True)):
         run = replay_live(

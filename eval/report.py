@@ -292,6 +292,7 @@ def summarize(
         return 1 - _mean(s.solo_cost for s in frames) / sum(solo_ms.values())
 
     everything = list(scored.values())
+    warmup = Counter(r.stream_id for f, r in report.results.items() if f in scored and r.epoch == 0)
     forecasts = forecasts_in_force(
         models, report.control, {f: r for f, r in report.results.items() if f in scored}
     )
@@ -325,14 +326,8 @@ def summarize(
         synthesized_accuracy=synthesized_accuracy(everything),
         compute_saved=saved(everything),
         steady_frames=len(steady),
-        warmup_frames=sum(r.epoch == 0 for f, r in report.results.items() if f in scored),
-        warmup_streams=dict(
-            sorted(
-                Counter(
-                    r.stream_id for f, r in report.results.items() if f in scored and r.epoch == 0
-                ).items()
-            )
-        ),
+        warmup_frames=sum(warmup.values()),
+        warmup_streams=dict(sorted(warmup.items())),
         probe_frames=sum(r.probe and r.epoch > 0 for f, r in report.results.items() if f in scored),
         steady_accuracy=accuracy(steady),
         steady_synthesized_accuracy=synthesized_accuracy(steady),

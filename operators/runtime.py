@@ -9,7 +9,6 @@ the attach functions of :mod:`mlink.operators` read and update it from their age
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import Counter
@@ -112,11 +111,7 @@ class MLink:
         model = self.models[name]
         # in a thread: built here, off the event loop; isolated: rebuilt in each child process
         target = model.factory() if model.isolation is not None else ModelFactory(model.make)
-        settings = model.executor_settings()
-        if settings.isolation is not None:  # its children limit their threads as this worker does
-            threads = self.settings.model_threads
-            isolation = dataclasses.replace(settings.isolation, library_threads=threads)
-            settings = dataclasses.replace(settings, isolation=isolation)
+        settings = model.executor_settings(self.settings.model_threads)
         self.runners[name] = await start_executor(
             name, target, model.spec, batch=model.batch, settings=settings
         )

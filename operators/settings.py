@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -107,8 +107,13 @@ class Model:
         if not (isinstance(self.timeout_s, int | float) and self.timeout_s > 0):
             raise SettingsError(f"Model {self.name!r}: timeout_s must be > 0")
 
-    def executor_settings(self) -> ExecutorSettings:
-        return ExecutorSettings(timeout_s=self.timeout_s, isolation=self.isolation)
+    def executor_settings(self, library_threads: int | None = 1) -> ExecutorSettings:
+        """How to run it; an isolated model's children get ``library_threads`` (the worker's
+        ``Settings.model_threads``), as the worker's own model threads do."""
+        isolation = self.isolation
+        if isolation is not None:
+            isolation = replace(isolation, library_threads=library_threads)
+        return ExecutorSettings(timeout_s=self.timeout_s, isolation=isolation)
 
     def factory(self) -> ModelFactory:
         """How a child process rebuilds this model (process isolation)."""

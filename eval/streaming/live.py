@@ -42,7 +42,7 @@ from mlink.linkstore.crossfit import fit_and_score
 from mlink.linkstore.linkcosts import synthesis_costs
 from mlink.linkstore.liveguard import DECAY
 
-__all__ = ["backlog_warmup", "live_figures", "replay_live", "warmup_links"]
+__all__ = ["backlog_warmup", "live_figures", "live_protocol", "replay_live", "warmup_links"]
 
 
 def warmup_links(workload: Workload, warmup: np.ndarray, config: PipelineConfig) -> TrainedWorkload:
@@ -74,6 +74,31 @@ def backlog_warmup(workload: Workload, counts: Mapping[str, int]) -> np.ndarray:
     return warmup
 
 
+def live_protocol(
+    config: PipelineConfig,
+    *,
+    probe_stride: int = 0,
+    guard: bool = True,
+    guard_trigger: str = "drift",
+    balanced: bool = True,
+) -> StreamConfig:
+    """The live pipeline's protocol for a replay: the config's probe rate and cascades, the drift
+    guard (the live controller re-plans on a ``miss`` only, with its carried, decaying tally),
+    and every stream weighed alike, as the live trainer weighs them (``links.balance_streams``)."""
+    stream = replace(
+        ONLINE,
+        probe_every=config.links.probe_every,
+        probe_stride=probe_stride,
+        guard=guard,
+        guard_trigger=guard_trigger,
+        gates=config.links.cascades,
+        balanced=balanced,
+    )
+    if guard_trigger == "miss":  # the live controller's tally: carried evidence, recent probes
+        stream = replace(stream, guard_carry=True, guard_decay=DECAY)
+    return stream
+
+
 def replay_live(
     config: PipelineConfig,
     workload: Workload,
@@ -94,13 +119,7 @@ def replay_live(
     fraction = budget_fraction if budget_fraction is not None else config.budget.fraction
     if fraction is None:
         raise ValueError(f"{config.name}: give a budget fraction (the config has none)")
-    stream = stream or replace(
-        ONLINE,
-        probe_every=config.links.probe_every,
-        probe_stride=0,
-        gates=config.links.cascades,
-        balanced=True,  # as the live trainer weighs streams
-    )
+    stream = stream or live_protocol(config)
     budget = fraction * workload.total_cost("ms")
     return stream_mlink(trained, budget, stream, "MLink stream (live)")
 
@@ -181,17 +200,13 @@ def main(
     """Replay CONFIG with the live protocol and stream synthesis; print what it keeps."""
     config = load_config(config_path)
     base = load_workload(config, progress=not as_json, cache_dir=DEFAULT_CACHE)
-    stream = replace(
-        ONLINE,
-        probe_every=config.links.probe_every,
+    stream = live_protocol(
+        config,
         probe_stride=probe_stride,
         guard=guard,
         guard_trigger=guard_trigger,
-        gates=config.links.cascades,
         balanced=balanced,
     )
-    if guard_trigger == "miss":  # the live controller's tally: carried evidence, recent probes
-        stream = replace(stream, guard_carry=True, guard_decay=DECAY)
     picked = None if warmup_counts is None else backlog_warmup(base, json.loads(warmup_counts))
     warmup = min(config.links.warmup_frames, base.n_frames - 1) if picked is None else len(picked)
     runs = []

@@ -100,9 +100,11 @@ def print_summary(summary: dict, console: Console) -> None:
     )
     if per_stream := s.get("warmup_streams"):
         counts = sorted(per_stream.values())
+        frames, streams = s["warmup_frames"], len(counts)
+        spread = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
         console.print(
-            f"warm-up: {s['warmup_frames']} frames from {len(counts)} streams, {counts[0]}-"
-            f"{counts[-1]} each"
+            f"warm-up: {frames} frame{'s' * (frames != 1)} from {streams} "
+            f"stream{'s' * (streams != 1)}, {spread} each"
         )
     if s.get("forecast_frames"):
         probes, bound = s.get("forecast_with_probes"), s.get("forecast_bound")

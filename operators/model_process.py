@@ -195,16 +195,10 @@ def child_main(
     die_with_parent(worker_pid if isolation.start_method == "spawn" else None)
     _keep_freed_frames()
     try:
-        if isolation.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(isolation.torch_threads)
+        _torch_threads(isolation.torch_threads)  # before the build: it may run the model
         runner = ModelRunner(name, factory.build(), spec, batch)
         limit_library_threads(isolation.library_threads)  # after the build loaded them
-        if isolation.torch_threads is not None:  # an explicit torch setting still wins
-            import torch
-
-            torch.set_num_threads(isolation.torch_threads)
+        _torch_threads(isolation.torch_threads)  # an explicit torch setting still wins
     except BaseException:
         conn.send_bytes(pickle.dumps(("failed", traceback.format_exc(limit=-4))))
         return
@@ -222,3 +216,10 @@ def child_main(
         conn.send_bytes(pickle.dumps(("ok", call_id, outcomes, over), protocol=5))
         if over:
             return
+
+
+def _torch_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -181,7 +181,11 @@ def test_the_printed_summary_fits_an_80_column_log(tmp_path):
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text
     assert long in text and "steady" in text and "synth." in text
-    assert "warm-up: 1 frames from 1 streams, 1-1 each" in " ".join(text.split())
+    assert "warm-up: 1 frame from 1 stream, 1 each" in " ".join(text.split())
+    uneven = dict(s, warmup_frames=7, warmup_streams={"a": 5, "b": 2})
+    console = Console(width=80, record=True)
+    print_summary(uneven, console)
+    assert "warm-up: 7 frames from 2 streams, 2-5 each" in " ".join(console.export_text().split())
 
 
 def test_declared_costs_replace_the_measured_table_as_a_whole(tmp_path):

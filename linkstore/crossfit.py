@@ -42,6 +42,7 @@ import torch
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.oracle import AgreementOracle, SampleOracle
+from mlink.linkstore.streamerror import stream_weights
 from mlink.linkstore.training import TrainConfig
 from mlink.topics.specs import BoxesSpec, OutputSpec, SequenceSpec, encode_batch
 
@@ -69,15 +70,25 @@ class PooledOracle(SampleOracle):
     """Agreement of any active set, pooled over several (link set, held-out samples) parts.
 
     Each part predicts only samples its link set never trained on; the pooled mean weighs every
-    sample once.
+    sample once, or by ``weights`` (one array per part, a weight per held-out sample).
     """
 
-    def __init__(self, parts: Sequence[AgreementOracle]) -> None:
+    def __init__(
+        self, parts: Sequence[AgreementOracle], weights: Sequence[np.ndarray] | None = None
+    ) -> None:
         if not parts:
             raise ValueError("PooledOracle needs at least one part")
         super().__init__()
         self.parts = list(parts)
         self.models = parts[0].linkset.models
+        self.weights: np.ndarray | None = None
+        if weights is not None:
+            sizes = [len(p.outputs[self.models[0]]) for p in self.parts]
+            if [len(w) for w in weights] != sizes:
+                raise ValueError(
+                    f"weights of {[len(w) for w in weights]} samples for parts of {sizes}"
+                )
+            self.weights = np.concatenate([np.asarray(w, dtype=np.float64) for w in weights])
 
     @property
     def n_samples(self) -> int:
@@ -87,7 +98,7 @@ class PooledOracle(SampleOracle):
         return np.concatenate([p.per_sample(active, target) for p in self.parts])
 
     def _score(self, active: frozenset[str], target: str) -> float:
-        return float(self.per_sample(active, target).mean())
+        return float(np.average(self.per_sample(active, target), weights=self.weights))
 
 
 class MixedOracle(SampleOracle):
@@ -154,8 +165,17 @@ def oracle_from_bundle(
     return _combine(parts, meta["pools"])
 
 
-def _combine(parts: Sequence[AgreementOracle], pools: Sequence[Sequence[int]]) -> SampleOracle:
-    pooled = [PooledOracle([parts[k] for k in pool]) for pool in pools]
+def _combine(
+    parts: Sequence[AgreementOracle],
+    pools: Sequence[Sequence[int]],
+    weights: Sequence[np.ndarray] | None = None,
+) -> SampleOracle:
+    pooled = [
+        PooledOracle(
+            [parts[k] for k in pool], None if weights is None else [weights[k] for k in pool]
+        )
+        for pool in pools
+    ]
     return pooled[0] if len(pooled) == 1 else MixedOracle(pooled)
 
 
@@ -250,13 +270,15 @@ def cross_fit(
     folds: int = 5,
     fold_of: Sequence[int] | None = None,
     also: Sequence[Sequence[int]] = (),
+    weights: np.ndarray | None = None,
 ) -> CrossFit:
     """Train the link set on all samples and score it out of fold.
 
     ``fold_of`` gives each sample's fold (default: :func:`contiguous_folds` in the order given).
     Each of ``also`` is another fold assignment; the oracle is then the mean of the pooled
-    estimates of every assignment (the ``"mixed"`` scheme). Raises ValueError when a fold would
-    leave fewer than 4 samples to train on.
+    estimates of every assignment (the ``"mixed"`` scheme). ``weights``: each sample's weight in
+    the pooled means (None: all alike; not kept by :meth:`CrossFit.bundle_parts`). Raises
+    ValueError when a fold would leave fewer than 4 samples to train on.
     """
     config = config or TrainConfig()
     n = _n(outputs)
@@ -267,9 +289,12 @@ def cross_fit(
         links += more[0]
         held += more[1]
         parts += more[2]
+    if weights is not None and len(weights) != n:
+        raise ValueError(f"{len(weights)} weights for {n} samples")
     full = _train(specs, outputs, config, ensemble)
     scheme: Scheme = "mixed" if also else "crossfit"
-    return CrossFit(full, _combine(parts, pools), scheme, links, held, pools)
+    held_weights = None if weights is None else [np.asarray(weights)[idx] for idx in held]
+    return CrossFit(full, _combine(parts, pools, held_weights), scheme, links, held, pools)
 
 
 def fit_and_score(
@@ -280,18 +305,28 @@ def fit_and_score(
     scheme: Scheme = "mixed",
     folds: int = 5,
     groups: Sequence[Any] | None = None,
+    balanced: bool = False,
 ) -> CrossFit:
     """The link set to run and the oracle to select with, by ``scheme`` (see the module
-    docstring). ``groups`` are the samples' stream ids, in time order within each stream."""
+    docstring). ``groups`` are the samples' stream ids, in time order within each stream.
+
+    ``balanced`` (crossfit and mixed, with ``groups``): the oracle weighs every stream the same
+    however many samples it has, as stream synthesis's estimates do for a backlog's warm-up
+    (:func:`~mlink.linkstore.streamerror.stream_weights`). Replays only: on backlog warm-ups it
+    chose worse plans than sample weights (BENCHMARKS.md, "The paper's links under a backlog"),
+    so the live trainer does not use it."""
     config = config or TrainConfig()
     n = _n(outputs)
     streams = len(_members(n, groups))
+    weights = stream_weights(list(groups), True) if balanced and groups is not None else None
     if scheme == "mixed" and streams < 2:
         scheme = "crossfit"
     if scheme in ("crossfit", "mixed"):
         within = contiguous_folds(n, folds, groups)
         across = [group_folds(n, groups)] if scheme == "mixed" else []
-        return cross_fit(specs, outputs, config, ensemble, fold_of=within, also=across)
+        return cross_fit(
+            specs, outputs, config, ensemble, fold_of=within, also=across, weights=weights
+        )
     if scheme == "streams":
         fit = cross_fit(specs, outputs, config, ensemble, fold_of=group_folds(n, groups))
         fit.scheme = "streams"

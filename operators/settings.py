@@ -166,7 +166,8 @@ class LinkSettings:
     ``balance_streams`` (with ``stream``): the trainer's estimates weigh every stream the same,
     however many warm-up or probe frames it sent (a backlog's warm-up is whatever the fetches
     delivered); False weighs every sample, right for cameras at very different frame rates
-    (docs/stream-synthesis.md, "A warm-up from a backlog").
+    (docs/stream-synthesis.md, "A warm-up from a backlog"). The paper's links' selection oracle
+    weighs samples alike either way: weighing streams alike there lost on replayed backlogs.
     """
 
     store: str = "linkstore-data"

@@ -127,3 +127,30 @@ def test_mixed_scheme_averages_in_stream_and_cross_stream_estimates_and_round_tr
     assert again(active, "boxes") == pytest.approx(fit.oracle(active, "boxes"))
     # one stream: nothing to hold out across streams, so mixed is plain cross-fitting
     assert fit_and_score(SPECS, data, FAST, folds=2).scheme == "crossfit"
+
+
+def test_a_balanced_oracle_weighs_every_stream_alike():
+    """Replays compare it with the live trainer's sample weights on a backlog's warm-up."""
+    data = outputs(48, seed=3)
+    groups = ["a"] * 36 + ["b"] * 12  # one camera sent three times the other's frames
+    plain = fit_and_score(SPECS, data, FAST, "weighted", "crossfit", 3, groups)
+    fair = fit_and_score(SPECS, data, FAST, "weighted", "crossfit", 3, groups, balanced=True)
+    assert isinstance(fair.oracle, PooledOracle) and isinstance(plain.oracle, PooledOracle)
+    stream = np.asarray(groups)[np.concatenate(fair.held_out)]
+    active = frozenset({"digit"})
+    for target in ("parity", "noise", "boxes"):
+        scores = fair.oracle.per_sample(active, target)  # the same links either way
+        assert scores == pytest.approx(plain.oracle.per_sample(active, target))
+        per_stream = [scores[stream == s].mean() for s in ("a", "b")]
+        assert fair.oracle(active, target) == pytest.approx(np.mean(per_stream))
+        assert plain.oracle(active, target) == pytest.approx(scores.mean())
+    assert any(
+        fair.oracle(active, t) != pytest.approx(plain.oracle(active, t), abs=1e-3)
+        for t in ("parity", "noise", "boxes")
+    )
+    mixed = fit_and_score(SPECS, data, FAST, folds=3, groups=groups, balanced=True)
+    assert all(e.weights is not None for e in mixed.oracle.estimates)
+    with pytest.raises(ValueError, match="weights of"):
+        PooledOracle(fair.oracle.parts, [np.ones(2)] * len(fair.oracle.parts))
+    with pytest.raises(ValueError, match="weights for"):
+        cross_fit(SPECS, data, FAST, folds=3, weights=np.ones(5))

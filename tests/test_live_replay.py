@@ -83,3 +83,16 @@ def test_links_trained_once_replay_as_links_trained_per_replay():
     fresh = replay_live(config, wl, budget_fraction=0.5, stream=stream, warmup=warm)
     assert again.steady()["accuracy"] == pytest.approx(fresh.steady()["accuracy"])
     assert again.result.details["plan"] == fresh.result.details["plan"]
+
+
+def test_the_paper_links_of_a_warmup_score_the_rest_and_may_weigh_streams_alike():
+    config = load_config("deploy/configs/video-demo.yaml")
+    wl = _cameras()
+    warm = backlog_warmup(wl, {"a": 12, "b": 3, "c": 3})
+    plain = warmup_links(wl, warm, config)
+    fair = warmup_links(wl, warm, config, balanced=True)
+    assert len(plain.test_oracle.outputs["dear"]) == wl.n_frames - len(warm)  # the rest
+    # from nothing the face on camera a is 12 of 18 warm-up frames, 1 of 3 cameras
+    empty = frozenset()
+    assert plain.val_oracle(empty, "dear") != pytest.approx(fair.val_oracle(empty, "dear"))
+    assert plain.test_oracle(empty, "dear") == pytest.approx(fair.test_oracle(empty, "dear"))

@@ -45,17 +45,29 @@ from mlink.linkstore.liveguard import DECAY
 __all__ = ["backlog_warmup", "live_figures", "live_protocol", "replay_live", "warmup_links"]
 
 
-def warmup_links(workload: Workload, warmup: np.ndarray, config: PipelineConfig) -> TrainedWorkload:
-    """The paper's links on the warm-up frames, with a cross-fitted selection oracle."""
+def warmup_links(
+    workload: Workload, warmup: np.ndarray, config: PipelineConfig, balanced: bool = False
+) -> TrainedWorkload:
+    """The paper's links on the warm-up frames, with a cross-fitted selection oracle (as the live
+    trainer: samples alike; ``balanced``: every stream alike, a replay's alternative). Its
+    evaluation oracle scores the frames after the warm-up."""
     outputs = workload.subset(warmup)
     groups = [workload.streams[i] for i in warmup]
     fit = fit_and_score(
-        workload.specs, outputs, config.links.train_config(), "weighted", "mixed", 5, groups
+        workload.specs,
+        outputs,
+        config.links.train_config(),
+        "weighted",
+        "mixed",
+        5,
+        groups,
+        balanced=balanced,
     )
     rest = np.setdiff1d(np.arange(workload.n_frames), warmup)
     link_costs, ensemble_costs = synthesis_costs(fit.linkset)
+    test = fit.linkset.agreement_oracle(workload.subset(rest))
     return TrainedWorkload(
-        workload, fit.linkset, warmup, rest, fit.oracle, fit.oracle, link_costs, ensemble_costs
+        workload, fit.linkset, warmup, rest, fit.oracle, test, link_costs, ensemble_costs
     )
 
 

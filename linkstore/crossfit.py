@@ -312,9 +312,9 @@ def fit_and_score(
 
     ``balanced`` (crossfit and mixed, with ``groups``): the oracle weighs every stream the same
     however many samples it has, as stream synthesis's estimates do for a backlog's warm-up
-    (:func:`~mlink.linkstore.streamerror.stream_weights`). Replays only: on backlog warm-ups it
-    chose worse plans than sample weights (BENCHMARKS.md, "The paper's links under a backlog"),
-    so the live trainer does not use it."""
+    (:func:`~mlink.linkstore.streamerror.stream_weights`). Replays only: on backlog warm-ups its
+    plans kept no more than sample weights' and its forecasts were no closer (BENCHMARKS.md,
+    "The paper's links under a backlog"), so the live trainer does not use it."""
     config = config or TrainConfig()
     n = _n(outputs)
     streams = len(_members(n, groups))

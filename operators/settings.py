@@ -167,7 +167,8 @@ class LinkSettings:
     however many warm-up or probe frames it sent (a backlog's warm-up is whatever the fetches
     delivered); False weighs every sample, right for cameras at very different frame rates
     (docs/stream-synthesis.md, "A warm-up from a backlog"). The paper's links' selection oracle
-    weighs samples alike either way: weighing streams alike there lost on replayed backlogs.
+    weighs samples alike either way: weighing streams alike there did no better on replayed
+    backlogs (BENCHMARKS.md, "The paper's links under a backlog").
     """
 
     store: str = "linkstore-data"

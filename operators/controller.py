@@ -15,10 +15,12 @@ from collections.abc import Mapping, Sequence
 from mlink.linkstore.budget import BUDGET_KEYS, full_cost, resolve_budget
 from mlink.linkstore.bundle import LoadedLinks
 from mlink.linkstore.content_forecast import content_table
+from mlink.linkstore.cost_headroom import active_set_headroom
+from mlink.linkstore.problem import Evaluation
 from mlink.linkstore.selection import InfeasibleBudget, Problem, select, select_paper_greedy
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.linkstore.targets import select_for_targets
-from mlink.operators.stream_decision import stream_decision
+from mlink.operators.stream_decision import fragile_reason, stream_decision
 from mlink.topics.records import ControlMessage
 
 __all__ = ["InfeasibleBudget", "decide", "model_costs"]
@@ -45,6 +47,10 @@ def _cost_table(models: Sequence[str], declared: Mapping[str, Mapping[str, float
     """Which costs the plan was chosen on: ``declared``, ``measured`` live, or ``mixed``."""
     n = sum(1 for m in models if "ms" in declared.get(m, {}))
     return "declared" if n == len(models) else "measured" if n == 0 else "mixed"
+
+
+def _choose(problem: Problem, selector: str) -> Evaluation:
+    return select_paper_greedy(problem) if selector == "greedy" else select(problem, selector)
 
 
 def decide(
@@ -97,12 +103,7 @@ def decide(
         link_costs=links.link_costs,
         ensemble_costs=links.ensemble_costs,
     )
-    if targets:
-        plan = select_for_targets(problem, targets)
-    elif selector == "greedy":
-        plan = select_paper_greedy(problem)
-    else:
-        plan = select(problem, selector)
+    plan = select_for_targets(problem, targets) if targets else _choose(problem, selector)
     log.info(
         "epoch %d: active=%s objective=%.3f cost=%s budget=%s",
         epoch,
@@ -121,6 +122,15 @@ def decide(
         extra["content"] = content_table(links.oracle, plan.active, links.linkset.specs).to_meta()
     except (TypeError, ValueError) as exc:  # an oracle without per-frame scores
         log.info("epoch %d: no content table (%s)", epoch, exc)
+    if not targets:  # a target plan is the cheapest that meets them: no budget edge
+        try:
+            fragile = active_set_headroom(problem, plan, lambda p: _choose(p, selector))
+        except Exception:  # advisory: the plan above stands whatever this check does
+            log.exception("epoch %d: checking the plan's room for a cost rise failed", epoch)
+            fragile = None
+        if fragile is not None:
+            log.warning("epoch %d: %s", epoch, fragile_reason(fragile))
+            extra["fragile"] = fragile.to_extra()
     return ControlMessage(
         kind="active_set",
         epoch=epoch,

@@ -162,8 +162,9 @@ def fragile_reason(fragile: Fragile | Mapping[str, Any]) -> str:
     if f.get("lower_then") is None:
         return f"model costs {rise} higher would fit no plan in this budget"
     changes = "; ".join(f"{m}: {what}" for m, what in sorted((f.get("changes") or {}).items()))
+    basis = f.get("basis") or "lower bound"
     return (
-        f"model costs {rise} higher would switch to a plan with mean lower bound "
+        f"model costs {rise} higher would switch to a plan with mean {basis} "
         f"{float(f['lower_then']):.3f} (now {float(f.get('lower_now') or 0):.3f}): {changes}. "
         "A budget with more room keeps this plan when live timings move"
     )

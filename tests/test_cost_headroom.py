@@ -5,9 +5,11 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from mlink.linkstore.cost_headroom import Fragile, cost_headroom
+from mlink.linkstore.cost_headroom import Fragile, active_set_headroom, cost_headroom
+from mlink.linkstore.selection import select
 from mlink.linkstore.streamplan import plan_for_budget
 from mlink.operators.stream_decision import fragile_reason
+from tests.test_selection import simple_problem
 from tests.test_stream_synthesis import small_instance
 
 SEARCH = {"periods": (0, 2, 3, 4), "objective": "lower"}
@@ -48,3 +50,31 @@ def test_a_budget_that_a_rise_leaves_nothing_to_fit_says_so():
     assert fragile_reason(fragile) == "model costs 5% higher would fit no plan in this budget"
     with pytest.raises(ValueError, match="cost rise"):
         cost_headroom(cheapest, curves, ms, 4.75, rise=0.0, **probing)
+
+
+def exact(problem):
+    return select(problem, "exact")
+
+
+def test_an_active_set_at_the_edge_of_its_budget_names_the_set_a_cost_rise_would_switch_to():
+    edge = simple_problem(budget={"ms": 22.0})  # face and car, 20.5 ms, and 1.5 ms of links
+    plan = exact(edge)
+    assert plan.active == {"face", "car"}
+    fragile = active_set_headroom(edge, plan, exact)  # 5% dearer: face alone, 13.5 ms
+    assert fragile is not None and fragile.changes == {"car": "synthesized"}
+    assert fragile.lower_now == pytest.approx(2.9 / 3) and fragile.lower_then == pytest.approx(0.8)
+    why = fragile_reason(msgpack.unpackb(msgpack.packb(fragile.to_extra())))
+    assert why.startswith(
+        "model costs 5% higher would switch to a plan with mean expected agreement 0.800 "
+        "(now 0.967): car: synthesized."
+    )
+    roomy = simple_problem(budget={"ms": 24.0})
+    assert active_set_headroom(roomy, exact(roomy), exact) is None
+    memory = simple_problem()  # a memory budget alone: timings do not move it
+    assert active_set_headroom(memory, exact(memory), exact) is None
+    last = simple_problem(budget={"ms": 8.5})  # car alone fits; 5% dearer, nothing does
+    fragile = active_set_headroom(last, exact(last), exact)
+    assert fragile is not None and fragile.lower_then is None
+    assert fragile_reason(fragile) == "model costs 5% higher would fit no plan in this budget"
+    with pytest.raises(ValueError, match="cost rise"):
+        active_set_headroom(last, exact(last), exact, rise=0.0)

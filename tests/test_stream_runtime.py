@@ -268,3 +268,16 @@ def test_a_paper_link_plan_carries_its_content_table_and_a_worker_accepts_it(lin
     # stream plans have probes for this and carry none
     streamed = decide(MODELS, {}, links, {"fraction": 0.4}, 1, probe_every=8, stream=True)
     assert "content" not in streamed.extra
+
+
+def test_a_paper_link_plan_without_room_for_a_cost_rise_says_which_set_would_follow(links) -> None:
+    roomy = decide(MODELS, {}, links, {"fraction": 0.5}, 1)  # face alone: 10 of 30 ms
+    assert roomy.active == ("face",) and "fragile" not in roomy.extra
+    tight = decide(MODELS, {}, links, {"fraction": 0.7}, 1)  # eyes and face: 40 of 42 ms
+    fragile = tight.extra["fragile"]
+    assert fragile["basis"] == "expected agreement" and fragile["changes"] == {
+        "face": "synthesized"
+    }
+    assert fragile["lower_then"] < fragile["lower_now"] == pytest.approx(tight.extra["objective"])
+    targets = decide(MODELS, {}, links, {"target_agreement": 0.5}, 1)
+    assert "fragile" not in targets.extra  # the cheapest plan that meets them: no budget edge

@@ -134,6 +134,10 @@ def main() -> None:
         f"{len(gains)} warm-up{'s' * (len(gains) != 1)} "
         f"(counts in the order of: {', '.join(counts)})"
     )
+    if args.paper:  # which models each plan runs on every frame
+        for row in rows:
+            plans = [", ".join(row[label]["active"]) for label in ("by sample", "streams alike")]
+            print(f"- {row['warmup']}: by sample {plans[0]}; streams alike {plans[1]}")
 
 
 if __name__ == "__main__":

@@ -271,9 +271,13 @@ def test_a_paper_link_plan_carries_its_content_table_and_a_worker_accepts_it(lin
 
 
 def test_a_paper_link_plan_without_room_for_a_cost_rise_says_which_set_would_follow(links) -> None:
-    roomy = decide(MODELS, {}, links, {"fraction": 0.5}, 1)  # face alone: 10 of 30 ms
-    assert roomy.active == ("face",) and "fragile" not in roomy.extra
-    tight = decide(MODELS, {}, links, {"fraction": 0.7}, 1)  # eyes and face: 40 of 42 ms
+    best = decide(MODELS, {}, links, {"fraction": 1.0}, 1)  # eyes and face: 40 ms and links
+    assert best.active == ("eyes", "face")
+    cost = best.extra["cost"]["ms"]  # the links' ms are timed: budgets relative to the plan
+    roomy = decide(MODELS, {}, links, {"ms": cost * 1.2}, 1)
+    assert roomy.active == best.active and "fragile" not in roomy.extra
+    tight = decide(MODELS, {}, links, {"ms": cost * 1.02}, 1)
+    assert tight.active == best.active
     fragile = tight.extra["fragile"]
     assert fragile["basis"] == "expected agreement" and fragile["changes"] == {
         "face": "synthesized"

@@ -112,10 +112,10 @@ def active_set_headroom(
     tighter = replace(problem, budget={**problem.budget, "ms": ms / (1.0 + rise)})
     basis = "expected agreement"
     try:
-        then = choose(tighter)
+        then: Evaluation | None = choose(tighter)
     except InfeasibleBudget:
-        return Fragile(rise, plan.objective, None, None, {}, basis)
-    if not then.feasible:
+        then = None
+    if then is None or not then.feasible:
         return Fragile(rise, plan.objective, None, None, {}, basis)
     if plan.objective - then.objective <= max_loss:
         return None

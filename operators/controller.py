@@ -8,6 +8,7 @@ decides exactly as the old one would have.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from mlink.linkstore.problem import Evaluation
 from mlink.linkstore.selection import InfeasibleBudget, Problem, select, select_paper_greedy
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.linkstore.targets import select_for_targets
-from mlink.operators.stream_decision import fragile_reason, stream_decision
+from mlink.operators.stream_decision import headroom_extra, stream_decision
 from mlink.topics.records import ControlMessage
 
 __all__ = ["InfeasibleBudget", "decide", "model_costs"]
@@ -123,14 +124,8 @@ def decide(
     except (TypeError, ValueError) as exc:  # an oracle without per-frame scores
         log.info("epoch %d: no content table (%s)", epoch, exc)
     if not targets:  # a target plan is the cheapest that meets them: no budget edge
-        try:
-            fragile = active_set_headroom(problem, plan, lambda p: _choose(p, selector))
-        except Exception:  # advisory: the plan above stands whatever this check does
-            log.exception("epoch %d: checking the plan's room for a cost rise failed", epoch)
-            fragile = None
-        if fragile is not None:
-            log.warning("epoch %d: %s", epoch, fragile_reason(fragile))
-            extra["fragile"] = fragile.to_extra()
+        again = functools.partial(_choose, selector=selector)
+        extra.update(headroom_extra(epoch, lambda: active_set_headroom(problem, plan, again)))
     return ControlMessage(
         kind="active_set",
         epoch=epoch,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks
@@ -34,6 +34,7 @@ __all__ = [
     "Z",
     "forecast_bounds",
     "fragile_reason",
+    "headroom_extra",
     "links_estimate",
     "live_corrections",
     "live_forecast",
@@ -113,16 +114,13 @@ def stream_decision(
         {m: round(v, 1) for m, v in ms.items()},
         "; ".join(f"{m}: {d}" for m, d in described.items()),
     )
-    fragile = None
+    extra_fragile = {}
     if not targets and budget_ms is not None:
-        try:
-            fragile = cost_headroom(plan, links.curves, ms, budget_ms, objective="lower", **common)
-        except Exception:  # advisory: the plan above stands whatever this check does
-            log.exception("epoch %d: checking the plan's room for a cost rise failed", epoch)
-        if fragile is not None:
-            log.warning("epoch %d: %s", epoch, fragile_reason(fragile))
+        extra_fragile = headroom_extra(
+            epoch,
+            lambda: cost_headroom(plan, links.curves, ms, budget_ms, objective="lower", **common),
+        )
     synthesized = {m: c.synthesized for m, c in plan.choices.items() if c.synthesized is not None}
-    extra_fragile = {"fragile": fragile.to_extra()} if fragile is not None else {}
     return ControlMessage(
         kind="active_set",
         epoch=epoch,
@@ -152,6 +150,21 @@ def stream_decision(
             **extra_fragile,
         },
     )
+
+
+def headroom_extra(epoch: int, check: Callable[[], Fragile | None]) -> dict[str, Any]:
+    """Run a plan's cost headroom ``check`` and return the ``active_set`` extra it adds
+    (``{"fragile": ...}``, or nothing when the plan has room), logging a warning when it has
+    none. Advisory: whatever the check does, even raise, the plan stands."""
+    try:
+        fragile = check()
+    except Exception:
+        log.exception("epoch %d: checking the plan's room for a cost rise failed", epoch)
+        return {}
+    if fragile is None:
+        return {}
+    log.warning("epoch %d: %s", epoch, fragile_reason(fragile))
+    return {"fragile": fragile.to_extra()}
 
 
 def fragile_reason(fragile: Fragile | Mapping[str, Any]) -> str:

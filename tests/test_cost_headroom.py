@@ -78,3 +78,15 @@ def test_an_active_set_at_the_edge_of_its_budget_names_the_set_a_cost_rise_would
     assert fragile_reason(fragile) == "model costs 5% higher would fit no plan in this budget"
     with pytest.raises(ValueError, match="cost rise"):
         active_set_headroom(last, exact(last), exact, rise=0.0)
+
+
+def test_the_headroom_check_is_advisory_and_adds_the_fragile_extra_only_when_there_is_no_room():
+    from mlink.operators.stream_decision import headroom_extra
+
+    def broken() -> Fragile | None:
+        raise RuntimeError("a bug in the check")
+
+    assert headroom_extra(1, broken) == {}  # the plan stands, the failure is logged
+    assert headroom_extra(1, lambda: None) == {}
+    fragile = Fragile(0.05, 0.9, None, None, {}, "expected agreement")
+    assert headroom_extra(1, lambda: fragile) == {"fragile": fragile.to_extra()}

@@ -12,6 +12,7 @@ cached per process because a version never changes once written.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,8 +90,14 @@ def validation_outputs(
 
 _lock = threading.Lock()
 _loaded: OrderedDict[tuple[str, int], LoadedLinks] = OrderedDict()
-_bad: dict[tuple[str, int], StoreError] = {}
+_bad: OrderedDict[tuple[str, int], tuple[float, StoreError]] = OrderedDict()
 _CACHED = 8
+#: Failed versions remembered, most recent first out of mind: a frame's ``link_version`` is
+#: whatever its record says, so distinct bad versions must not pile up without bound.
+_BAD_KEPT = 256
+#: After this long a failed version is read again: "missing" can mean "not visible yet" (a
+#: worker that hears of a version before its files reach the shared store).
+BAD_RETRY_S = 30.0
 
 
 def _load(store: LinkStore, version: int) -> LoadedLinks:
@@ -127,28 +134,38 @@ def load_bundle(store: LinkStore, version: int) -> LoadedLinks:
     """Load a version (verified by the store), cached per process: versions are immutable.
 
     Raises :class:`~mlink.linkstore.store.StoreError` when the version is missing, corrupt or
-    does not form a link set. A version that failed is remembered: it is not re-read and
-    re-hashed for every frame that names it.
+    does not form a link set. A version that failed is remembered for ``BAD_RETRY_S``: it is
+    not re-read and re-hashed for every frame that names it, and one that was only missing
+    becomes usable once its files are there.
     """
     key = (str(store.root), int(version))
     with _lock:  # one load per version even when the controller and an agent race for it
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
-        if key in _bad:
-            raise _bad[key]
+        failed = _bad.get(key)
+        if failed is not None and time.monotonic() - failed[0] < BAD_RETRY_S:
+            raise failed[1]
         try:
             links = _load(store, version)
         except StoreError as exc:
-            _bad[key] = exc
+            _remember_bad(key, exc)
             raise
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             error = StoreError(
                 f"link version {version} in {store.root} is not a usable link set: {exc!r}"
             )
-            _bad[key] = error
+            _remember_bad(key, error)
             raise error from exc
+        _bad.pop(key, None)
         _loaded[key] = links
         while len(_loaded) > _CACHED:
             _loaded.popitem(last=False)
         return links
+
+
+def _remember_bad(key: tuple[str, int], error: StoreError) -> None:
+    _bad[key] = (time.monotonic(), error)
+    _bad.move_to_end(key)
+    while len(_bad) > _BAD_KEPT:
+        _bad.popitem(last=False)

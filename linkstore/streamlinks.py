@@ -63,10 +63,13 @@ class StreamMemory:
     """Per stream, every model's last real runs: the per-stream state of the frame operator.
 
     Bounded to ``max_streams`` streams, least recently seen dropped first (a stream that comes
-    back starts without memory, as after a rebalance), and to the last ``history`` runs of each
-    model: the split layout's link operator sees frames finish out of order (a frame on which
-    only cheap models ran overtakes one that waits for an expensive model), and a frame must be
-    synthesized from the runs before it, not from a later one.
+    back starts without memory, as after a rebalance), and to the ``history`` runs of each
+    model that arrived last: the split layout's link operator sees frames finish out of order
+    (a frame on which only cheap models ran overtakes one that waits for an expensive model),
+    and a frame must be synthesized from the runs before it, not from a later one. Kept by
+    arrival rather than by the largest sequence numbers: a camera that restarts its numbering,
+    or one record with a huge ``seq``, would otherwise hold the history for good and every
+    later run would be dropped on arrival.
     """
 
     def __init__(self, max_streams: int = 4096, history: int = 4) -> None:
@@ -80,9 +83,8 @@ class StreamMemory:
     def observe(
         self, stream: str, seq: int, outputs: Mapping[str, Any], pose: Pose | None = None
     ) -> None:
-        """Remember what really ran on frame ``seq`` of ``stream`` (and the frame's pose), in
-        sequence order among the model's recent runs (a redelivered frame replaces its earlier
-        copy)."""
+        """Remember what really ran on frame ``seq`` of ``stream`` (and the frame's pose) as
+        the model's latest arrival (a redelivered frame replaces its earlier copy)."""
         entry = self._streams.get(stream)
         if entry is None:
             entry = self._streams[stream] = {}
@@ -96,17 +98,15 @@ class StreamMemory:
             runs = entry.setdefault(model, [])
             runs[:] = [r for r in runs if r.seq != seq]
             runs.append(Refresh(seq, output, frame, pose))
-            runs.sort(key=lambda r: r.seq)
             del runs[: -self.history]
 
     def last(self, stream: str, model: str, at: int | None = None) -> Refresh | None:
-        """``model``'s latest run on ``stream``, or its latest at or before frame ``at``."""
+        """``model``'s run on ``stream`` with the highest sequence number, or the highest at or
+        before frame ``at``, among its remembered runs."""
         entry = self._streams.get(stream)
         runs = entry.get(model, ()) if entry is not None else ()
-        for run in reversed(runs):
-            if at is None or run.seq <= at:
-                return run
-        return None
+        before = [r for r in runs if at is None or r.seq <= at]
+        return max(before, key=lambda r: r.seq) if before else None
 
     def forget(self, streams: Sequence[str] | None = None) -> None:
         """Drop the memory of ``streams`` (all when None), e.g. of partitions revoked."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +35,9 @@ from mlink.topics.specs import OutputSpec
 __all__ = ["MLink"]
 
 log = logging.getLogger("mlink.worker")
+
+#: Unusable link versions a worker remembers (with why, for degraded results' errors).
+UNUSABLE_KEPT = 64
 
 
 class MLink:
@@ -67,7 +70,9 @@ class MLink:
         self.completed = RecentIds()
         self.predicted: dict[str, float] = {}  # the controller's estimate for the active set
         self.content = ContentTally()  # the plan's estimate weighed by what the frames showed
-        self.unusable: dict[int, str] = {}  # link versions that cannot be used, and why
+        # link versions that cannot be used, and why: the newest UNUSABLE_KEPT (frames name
+        # whatever version their records say, so distinct bad versions must not pile up)
+        self.unusable: OrderedDict[int, str] = OrderedDict()
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._events: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -142,18 +147,33 @@ class MLink:
 
     # -- links --------------------------------------------------------------------------------
     def links(self, version: int | None) -> LoadedLinks | None:
-        """A link version, loaded once per process; None (logged once) when it cannot be."""
+        """A usable link version, loaded once per process; None (logged once per version) when
+        it cannot be loaded or was made for another model set (synthesizing from it would
+        name unknown models). A version that failed only because it was missing is tried again
+        later (:data:`~mlink.linkstore.bundle.BAD_RETRY_S`) and used once it loads."""
         if version is None:
             return None
         try:
-            return load_bundle(self.store, version)
+            loaded = load_bundle(self.store, version)
         except StoreError as exc:
-            key = f"bad_link_version:{version}"
-            if not self.metrics[key]:
-                log.error("cannot use link version %s: %s", version, exc)
-            self.metrics[key] += 1
-            self.unusable[version] = str(exc)[:500]
+            self._unusable(version, str(exc)[:500])
             return None
+        if set(loaded.linkset.specs) - set(self.specs):
+            self._unusable(
+                version, f"made for models {sorted(loaded.linkset.specs)}, not this pipeline's"
+            )
+            return None
+        self.unusable.pop(version, None)
+        return loaded
+
+    def _unusable(self, version: int, reason: str) -> None:
+        self.metrics["bad_link_versions"] += 1
+        if self.unusable.get(version) != reason:
+            log.error("cannot use link version %s: %s", version, reason)
+        self.unusable[version] = reason
+        self.unusable.move_to_end(version)
+        while len(self.unusable) > UNUSABLE_KEPT:
+            self.unusable.popitem(last=False)
 
     def linksets(self, versions: Sequence[int | None]) -> dict[int, LinkSet]:
         """The usable link sets among ``versions`` (a batch's frames may name several)."""
@@ -161,21 +181,13 @@ class MLink:
         for version in set(versions):
             loaded = self.links(version)
             if loaded is not None and version is not None:
-                if set(loaded.linkset.specs) - set(self.specs):
-                    self.metrics[f"bad_link_version:{version}"] += 1
-                    self.unusable[version] = (
-                        f"made for models {sorted(loaded.linkset.specs)}, not this pipeline's"
-                    )
-                    continue  # links of another model set: synthesizing would name unknown models
                 out[version] = loaded.linkset
         return out
 
     def stream_links(self, version: int | None) -> StreamLinks | None:
         """The stream synthesis of a link version, if it was fitted for streams."""
         loaded = self.links(version)
-        if loaded is None or version in self.unusable:
-            return None
-        return loaded.stream
+        return None if loaded is None else loaded.stream
 
     def estimates(self) -> dict[str, float]:
         """Agreement estimates for synthesized outputs: live (probe frames) where measured, else

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mlink.deploy.config import PipelineConfig, parse_config
+from mlink.linkstore import bundle
 from mlink.linkstore.budget import (
     full_cost,
     next_plan_budget,
@@ -23,8 +24,9 @@ from mlink.linkstore.budget import (
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.selection import InfeasibleBudget
-from mlink.linkstore.store import LinkStore
+from mlink.linkstore.store import LinkStore, StoreError
 from mlink.linkstore.training import TrainConfig
+from mlink.operators import LinkSettings, MLink, Model, Settings, runtime
 from mlink.operators.controller import decide, model_costs
 from mlink.operators.joiner import (
     JoinBuffer,
@@ -588,6 +590,38 @@ def test_saved_version_carries_what_the_controller_needs(
     real = truth(3, seed=5)
     out = links.linkset.synthesize("digit", {"parity": real["parity"], "value": real["value"]})
     assert np.asarray(out).shape == (3, 5)
+
+
+def test_a_link_version_that_was_missing_loads_once_it_is_there(
+    saved_links: tuple[Path, LoadedLinks], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = saved_links
+    saved = LinkStore(root).load(1)
+    store = LinkStore(tmp_path / "late")
+    with pytest.raises(StoreError):
+        load_bundle(store, 1)  # a worker hears of version 1 before its files are there
+    store.save(saved.tensors, saved.meta.meta)
+    with pytest.raises(StoreError):
+        load_bundle(store, 1)  # remembered for a while: not re-read for every frame
+    monkeypatch.setattr(bundle, "BAD_RETRY_S", 0.0)
+    assert load_bundle(store, 1).version == 1
+
+
+def test_failed_link_versions_named_by_records_do_not_pile_up(
+    saved_links: tuple[Path, LoadedLinks], tmp_path: Path
+) -> None:
+    root, _ = saved_links
+    settings = Settings(name="p", budget={"fraction": 0.5}, links=LinkSettings(store=str(root)))
+    mlink = MLink(settings, [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS])
+    for version in range(2, 2 + runtime.UNUSABLE_KEPT + 500):  # a record can name any version
+        assert mlink.links(version) is None
+    assert len(mlink.unusable) == runtime.UNUSABLE_KEPT
+    assert len(bundle._bad) <= bundle._BAD_KEPT
+    assert set(mlink.metrics) == {"bad_link_versions"}
+    assert mlink.links(1) is not None and mlink.stream_links(1) is None  # not fitted for streams
+    other = MLink(settings, [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS[:2]])
+    assert other.links(1) is None and other.linksets([1]) == {}
+    assert other.unusable[1].startswith("made for models")
 
 
 def test_decide_picks_the_best_active_set_within_the_budget(

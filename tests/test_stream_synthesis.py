@@ -99,6 +99,16 @@ def test_memory_answers_frames_that_finish_out_of_order_from_the_runs_before_the
         StreamMemory(history=0)
 
 
+def test_memory_follows_a_camera_that_restarts_its_numbering_or_a_forged_huge_seq():
+    mem = StreamMemory(history=4)
+    for seq in (500, 501, 502, 503, 2**62):  # the last one forged
+        mem.observe("cam", seq, {"face": seq})
+    for seq in range(50):  # the camera restarts at 0
+        mem.observe("cam", seq, {"face": seq})
+        assert mem.last("cam", "face", seq).seq == seq
+    assert mem.last("cam", "face").seq == 49  # the old and forged runs have gone
+
+
 def stream_frames(schedule: Schedule, n: int) -> list[StreamFrame]:
     """Frames ``0 .. n-1`` of stream s0 with the real outputs of the models the schedule runs."""
     return [

@@ -8,6 +8,9 @@ anything but DecodeError.
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 from typing import Any
 
 import msgpack
@@ -358,6 +361,11 @@ def test_plausible_array_headers_only_ever_raise_decode_error(
         (["<f8", [2], bytes(8)], r"data is 8 bytes but dtype <f8 and shape \(2,\) need 16"),
         (["<f8", [], bytes(7)], r"data is 7 bytes but dtype <f8 and shape \(\) need 8"),
         (["<f8", [0, 2**62, 2**62], b""], r"cannot build shape"),
+        (
+            ["<f8", [1], msgpack.ExtType(ARRAY_EXT_CODE, encode(np.zeros(1))[3:])],
+            r"payload: holds a nested msgpack extension \(type 42, .*arrays cannot nest",
+        ),
+        (["<f8", [msgpack.ExtType(7, b"")], bytes(8)], r"nested msgpack extension \(type 7, 0"),
     ],
 )
 def test_bad_array_payloads_say_what_is_wrong(payload: Any, message: str) -> None:
@@ -417,6 +425,78 @@ def test_trailing_bytes_are_a_decode_error() -> None:
 def test_malformed_msgpack_is_a_decode_error(data: bytes, message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         decode(data)
+
+
+def frame_with_data(value: bytes) -> bytes:
+    """A Frame message whose ``data`` field is the msgpack ``value``, however deeply it nests
+    (msgpack.packb itself refuses to pack more than 511 levels)."""
+    fields = {key: item for key, item in SAMPLES[0].to_dict().items() if key != "data"}
+    head = encode(fields)
+    assert head[0] == 0x80 | len(fields), "a fixmap: one more entry bumps its first byte"
+    return bytes([head[0] + 1]) + head[1:] + encode("data") + value
+
+
+def nested_array_extensions(depth: int) -> bytes:
+    """An array extension whose payload is an array extension, ``depth`` times over."""
+    value = encode(np.zeros(1))
+    for _ in range(depth):
+        value = msgpack.packb(msgpack.ExtType(ARRAY_EXT_CODE, value))
+    return value
+
+
+# Decodes stdin as the frame, control and results readers do, printing each outcome: a decoder
+# that overflows the C stack kills this child, not pytest.
+DECODE_IN_CHILD = """
+import sys
+from mlink.topics.codec import DecodeError, decode_any_record, decode_record
+from mlink.topics.records import ControlMessage, Frame
+data = sys.stdin.buffer.read()
+for cls in (Frame, ControlMessage, None):
+    try:
+        decode_any_record(data) if cls is None else decode_record(data, cls)
+        print("decoded")
+    except DecodeError as exc:
+        print(exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (nested_array_extensions(200), r"arrays cannot nest"),
+        (nested_array_extensions(5000), r"arrays cannot nest"),
+        # Under 100,000 bytes, so msgpack's own nesting limit refuses these, not the item count.
+        (b"\x91" * 99_000 + b"\xc0", r"not valid msgpack \(StackError"),
+        (b"\x81\xa1k" * 33_000 + b"\xc0", r"not valid msgpack \(StackError"),
+        (
+            msgpack.packb(msgpack.ExtType(ARRAY_EXT_CODE, b"\x91" * 99_000 + b"\xc0")),
+            r"bad numpy array extension: payload is not msgpack \(",
+        ),
+    ],
+    ids=[
+        "array-ext-200-deep",
+        "array-ext-5000-deep",
+        "lists-99000-deep",
+        "maps-33000-deep",
+        "lists-99000-deep-in-array-payload",
+    ],
+)
+def test_deep_nesting_is_a_decode_error_not_a_crash(value: bytes, message: str) -> None:
+    """Each nested array extension used to recurse through msgpack's C code: 200 levels, a
+    record under 1 KB, overflowed the C stack and killed the worker with a segfault."""
+    child = subprocess.run(
+        [sys.executable, "-c", DECODE_IN_CHILD],
+        input=frame_with_data(value),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    stderr = child.stderr.decode(errors="replace")[-2000:]
+    assert child.returncode == 0, f"the decoder crashed (exit {child.returncode}): {stderr}"
+    outcomes = child.stdout.decode().splitlines()
+    assert len(outcomes) == 3, outcomes
+    for outcome in outcomes:
+        assert re.search(message, outcome), outcome
 
 
 @pytest.mark.parametrize("value", [None, "a str", 12])

@@ -24,6 +24,10 @@ Decoding is bounded, since a worker decodes untrusted bytes on its event loop:
   runs only on messages (and array payloads) longer than MAX_ITEMS bytes, which for good
   records means a few objects beside a large bytes value. Nesting is bounded by msgpack itself
   (1024 levels);
+- an array extension's payload may hold no extension: its header is ``[dtype, shape, bytes]``,
+  and each nested extension would cost another msgpack unpacker on the C stack, so a record
+  of under 1 KB, array extensions nested 200 deep, would crash the worker with a segfault
+  before Python's recursion limit could raise;
 - map keys must be str (``strict_map_key``): records never use other keys, and int keys that
   collide in a dict would make decoding quadratic;
 - an array extension never allocates more than the bytes it carries.
@@ -32,7 +36,8 @@ Decoding is bounded, since a worker decodes untrusted bytes on its event loop:
 from __future__ import annotations
 
 import math
-from typing import Any, Final, TypeVar
+from collections.abc import Callable
+from typing import Any, Final, NoReturn, TypeVar
 
 import msgpack
 import numpy as np
@@ -189,8 +194,14 @@ def count_objects(data: bytes | bytearray | memoryview, limit: int = MAX_ITEMS) 
             remaining = count
 
 
-def _unpack(data: bytes | bytearray | memoryview, max_bytes: int) -> Any:
-    """msgpack.unpackb with every bound of this module; errors are left to the caller."""
+def _unpack(
+    data: bytes | bytearray | memoryview, max_bytes: int, *, ext_hook: Callable[[int, bytes], Any]
+) -> Any:
+    """msgpack.unpackb with every bound of this module; errors are left to the caller.
+
+    ``ext_hook`` is explicit so each caller states which extensions it accepts: a hook that
+    decodes arrays must not be reachable from inside an array (see :func:`_no_nested_ext`).
+    """
     if len(data) > max_bytes:
         raise DecodeError(
             f"message is {len(data):,} bytes, over the record size limit of {max_bytes:,} "
@@ -203,7 +214,7 @@ def _unpack(data: bytes | bytearray | memoryview, max_bytes: int) -> Any:
         data,
         raw=False,
         strict_map_key=True,
-        ext_hook=_ext_hook,
+        ext_hook=ext_hook,
         max_str_len=max_bytes,
         max_bin_len=max_bytes,
         max_ext_len=max_bytes,
@@ -216,9 +227,23 @@ def _fail_array(message: str) -> DecodeError:
     return DecodeError(f"bad numpy array extension: {message}")
 
 
+def _no_nested_ext(code: int, payload: bytes) -> NoReturn:
+    """The ext hook inside an array payload, which writers never fill with extensions.
+
+    Refusing them, rather than decoding them with :func:`_ext_hook`, keeps decoding to two
+    unpackers deep: every nested level would recurse through msgpack's C code, whose stack
+    overflows (a segfault, not an exception) long before Python's recursion limit.
+    """
+    raise DecodeError(
+        f"holds a nested msgpack extension (type {code}, {len(payload)} bytes); it must be "
+        "[dtype str, shape list, data bytes] with no extension inside, so arrays cannot nest: "
+        "send arrays of arrays as one stacked array or as a list of arrays"
+    )
+
+
 def _unpack_array(payload: bytes) -> np.ndarray:
     try:
-        header = _unpack(payload, len(payload))
+        header = _unpack(payload, len(payload), ext_hook=_no_nested_ext)
     except DecodeError as exc:
         raise _fail_array(f"payload: {exc}") from exc
     except Exception as exc:  # untrusted bytes: any failure is a decode failure
@@ -280,7 +305,7 @@ def decode(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Any:
         tombstone = " (a Kafka tombstone?)" if data is None else ""
         raise DecodeError(f"expected bytes to decode, got {type(data).__name__}{tombstone}")
     try:
-        return _unpack(data, limits.max_record_bytes)
+        return _unpack(data, limits.max_record_bytes, ext_hook=_ext_hook)
     except DecodeError:
         raise
     except msgpack.ExtraData as exc:

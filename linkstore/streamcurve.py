@@ -28,7 +28,9 @@ class Curve:
     between streams (:func:`~mlink.linkstore.streamerror.between_streams`; a floor under the
     confidence margin, 0 for one stream). ``runs`` is the share of the frames the schedule does
     not run the model on where the mode runs it anyway (a ``gate``: how often its source fires;
-    those frames count 1 in ``agree``). ``predictive`` is ``between`` for a forecast rather
+    those frames count 1 in ``agree``); ``priced_runs`` is the share its cost is priced at,
+    higher than ``runs`` by a margin because what a cascade costs follows the content (None:
+    ``runs``). ``predictive`` is ``between`` for a forecast rather
     than a plan's choice: with :data:`~mlink.linkstore.streamerror.PSEUDO_STREAMS` more streams
     of the largest variance (None in curves saved before it: ``between``). ``frame_ms`` is a
     per-frame cost the mode adds once however many models use it (``flow``: measuring every
@@ -45,6 +47,11 @@ class Curve:
     runs: float = 0.0
     predictive: float | None = None
     frame_ms: float = 0.0
+    priced_runs: float | None = None
+
+    @property
+    def cost_runs(self) -> float:
+        return self.runs if self.priced_runs is None else self.priced_runs
 
     @property
     def forecast_between(self) -> float:
@@ -66,6 +73,7 @@ class Curve:
             "runs": round(self.runs, 6),
             **({} if self.predictive is None else {"predictive": round(self.predictive, 6)}),
             **({"frame_ms": self.frame_ms} if self.frame_ms else {}),
+            **({} if self.priced_runs is None else {"priced_runs": round(self.priced_runs, 6)}),
         }
 
     @classmethod
@@ -81,6 +89,7 @@ class Curve:
             float(meta.get("runs", 0.0)),
             None if meta.get("predictive") is None else float(meta["predictive"]),
             float(meta.get("frame_ms", 0.0)),
+            None if meta.get("priced_runs") is None else float(meta["priced_runs"]),
         )
 
 

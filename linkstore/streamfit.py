@@ -232,15 +232,17 @@ def _gate_curve(
     """The cascade of ``t`` on ``s``: it runs where ``s`` fires, its head elsewhere. The share it
     runs on is priced at ``GATE_Z`` between-stream standard errors above the samples' share:
     what a cascade costs follows the content, and priced on the warm-up's share alone it
-    overran its budget by up to 7 points of compute (BENCHMARKS.md, "Cascades")."""
+    overran its budget by up to 7 points of compute (BENCHMARKS.md, "Cascades"). Its agreement
+    stays at the share seen: the margin that makes the cost cautious would make the agreement
+    bold (more real runs, more frames that count 1)."""
     share = stream_mean(fires.astype(float), groups, balanced)
-    runs = min(1.0, share + GATE_Z * between_streams(fires.astype(float), groups, 0.0, balanced))
+    priced = min(1.0, share + GATE_Z * between_streams(fires.astype(float), groups, 0.0, balanced))
     elsewhere = stream_mean(np.where(fires, np.nan, head), groups, balanced)
     curve = constant_curve(
         t, Mode("gate", s), np.where(fires, 1.0, head), max_lag, head_ms, groups, balanced
     )
-    agree = (1.0,) + (runs + (1.0 - runs) * elsewhere,) * max_lag
-    return replace(curve, agree=agree, runs=runs)
+    agree = (1.0,) + (share + (1.0 - share) * elsewhere,) * max_lag
+    return replace(curve, agree=agree, runs=share, priced_runs=priced)
 
 
 def _box_curves(

@@ -86,8 +86,10 @@ def option(
         elif len(hist) == 0 or len(hist) > len(agree):
             return None
         scheduled = hist[0] / hist.sum()
-        # a gate also runs the model on a share of the other frames (those count 1 in agree)
+        # a gate also runs the model on a share of the other frames (those count 1 in agree),
+        # and is priced at a higher share than it was seen to run (Curve.priced_runs)
         share = scheduled + (1.0 - scheduled) * curve.runs
+        priced = scheduled + (1.0 - scheduled) * curve.cost_runs
         synth = hist[1:].sum()
         if synth:
             weights = hist[1:] / synth
@@ -106,7 +108,7 @@ def option(
             estimate = scheduled + (1.0 - scheduled) * mean_synth
         else:
             lower = estimate = forecast = 1.0
-        cost = model_ms * share + curve.synth_ms * (1.0 - share)
+        cost = model_ms * priced + curve.synth_ms * (1.0 - priced)
         cand = Choice(
             curve.target, period, phase, curve.mode, estimate, lower, cost, share, forecast
         )
@@ -158,7 +160,7 @@ class Options:
         # frames): links must beat it to be worth asking about
         self.constant = {
             t: max(
-                (c.agree[1] for c in curves[t] if not c.mode.uses_memory and not c.runs),
+                (c.agree[1] for c in curves[t] if not c.mode.uses_memory and c.mode.kind != "gate"),
                 default=0.0,
             )
             for t in self.models

@@ -14,7 +14,7 @@ from mlink.eval.streaming.simulate import StreamConfig, simulate
 from mlink.eval.workload import Workload
 from mlink.linkstore.boxlinks import EMPTY
 from mlink.linkstore.schedule import Mode, Schedule
-from mlink.linkstore.streamfit import GATE_Z, Curve, Sample, fit_stream
+from mlink.linkstore.streamfit import GATE_Z, Curve, Sample, _gate_curve, fit_stream
 from mlink.linkstore.streamlinks import StreamFrame, StreamMemory
 from mlink.linkstore.streamoptions import option
 from mlink.operators import LinkSettings, MLink, Model, Settings
@@ -59,11 +59,26 @@ def test_the_fit_prices_a_gate_above_the_samples_share_when_streams_differ():
         c for c in fit_stream(SPECS, samples, gates=True).curves["eyes"] if c.mode.kind == "gate"
     ]
     gate = next(c for c in gates if c.mode.source == "face")
-    assert GATE_Z > 0 and fires < gate.runs < 1.0  # priced high: the share varies by stream
+    # priced high, as the share varies by stream; its agreement counts the share seen
+    assert GATE_Z > 0 and gate.runs == pytest.approx(fires) and fires < gate.cost_runs < 1.0
     # where the face detector finds nothing the head draws no eyes, as the real model does
     assert gate.agree[1] == pytest.approx(1.0)
     back = Curve.from_meta(gate.to_meta())  # the bundle keeps the price
     assert back.mode == gate.mode and back.runs == pytest.approx(gate.runs, abs=1e-6)
+    assert back.cost_runs == pytest.approx(gate.cost_runs, abs=1e-6)
+
+
+def test_a_gates_agreement_is_not_raised_by_the_margin_its_cost_is_priced_with():
+    # the source fires on 0%, 50% and 100% of three streams' frames; the head agrees 0.5
+    fires = np.array([0] * 10 + [1, 0] * 5 + [1] * 10, bool)
+    streams = ["a"] * 10 + ["b"] * 10 + ["c"] * 10
+    curve = _gate_curve("eyes", "face", np.full(30, 0.5), fires, 1.0, 4, streams)
+    assert curve.agree[1] == pytest.approx(0.5 + 0.5 * 0.5)  # the share seen, not the priced one
+    assert curve.runs == pytest.approx(0.5) and curve.cost_runs > 0.5
+    choice = option(curve, 0, 0, 100.0, z=1.645)
+    assert choice is not None and choice.estimate == pytest.approx(0.75)
+    assert choice.cost_ms == pytest.approx(curve.cost_runs * 100.0 + (1 - curve.cost_runs) * 1.0)
+    assert choice.synthesized == pytest.approx(0.5)  # what the live guard expects of the head
 
 
 def test_a_gates_option_pays_for_the_runs_and_counts_them_as_kept():

@@ -188,11 +188,13 @@ def test_a_cascade_is_priced_on_the_balanced_share_its_source_fires_on():
         fit = fit_stream(
             {"face": box, "other": box}, samples, max_lag=4, folds=2, gates=True, balanced=balanced
         )
-        return next(c.runs for c in fit.curves["other"] if c.mode == Mode("gate", "face"))
+        gate = next(c for c in fit.curves["other"] if c.mode == Mode("gate", "face"))
+        return gate.runs, gate.cost_runs
 
-    # by sample it fires on half the frames; by stream on one in five (+ one standard error)
-    assert runs(False) == pytest.approx(0.5 + 0.3125)
-    assert runs(True) == pytest.approx(0.2 + 0.2)
+    # by sample it fires on half the frames; by stream on one in five (priced + one standard
+    # error)
+    assert runs(False) == pytest.approx((0.5, 0.5 + 0.3125))
+    assert runs(True) == pytest.approx((0.2, 0.2 + 0.2))
 
 
 def _result(sample: Sample) -> FrameResult:

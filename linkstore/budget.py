@@ -18,6 +18,7 @@ __all__ = [
     "full_cost",
     "next_plan_budget",
     "non_probe_overrun",
+    "payback_frames",
     "resolve_budget",
     "typical_ms",
 ]
@@ -70,17 +71,29 @@ def resolve_budget(budget: Mapping[str, float], full_ms: float) -> dict[str, flo
 def next_plan_budget(budget_ms: float, overrun_ms: float, frames: int) -> float:
     """The per-frame budget to plan the next schedule for, when the run so far cost
     ``overrun_ms`` more than its budget in total: plan under by enough to pay it back over the
-    next ``frames`` frames (as many as the last plan was in force, say).
+    next ``frames`` frames (as many as it took to build up, say).
 
     A plan's cost is its long-run mean; over the few dozen frames a plan is in force before
     the next re-plan, its periodic runs land unevenly and the realised cost moves around it (on
     the bench's video replays by up to 4% a plan). Paying each overrun back (measured by
     :func:`non_probe_overrun`) keeps the run's mean on the budget rather than above it. An
     underrun is not spent later: the budget caps every stretch of the run, not only its mean.
+    ``overrun_ms`` is the whole run's, so a re-plan before the payback is done must keep its
+    deadline: spread over the last plan's frames only, a long plan's small overrun followed by
+    a short plan asked the next plan to save more per frame than the run ever overspent, down
+    to budgets that fit nothing (:func:`payback_frames`).
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     return max(0.0, budget_ms - max(0.0, overrun_ms) / frames)
+
+
+def payback_frames(now: int, plan_start: int, payback_end: int) -> int:
+    """Over how many frames a re-plan at frame ``now`` pays the run's overrun back: as many as
+    the last plan was in force (since ``plan_start``), or as many as an earlier payback had left
+    (until ``payback_end``), whichever is more. A short plan that the guard cut off must not
+    bring the deadline forward: the overrun is the whole run's, mostly built up before it."""
+    return max(payback_end - now, now + 1 - plan_start, 1)
 
 
 def non_probe_overrun(

@@ -18,6 +18,7 @@ from mlink.linkstore.budget import (
     full_cost,
     next_plan_budget,
     non_probe_overrun,
+    payback_frames,
     resolve_budget,
     typical_ms,
 )
@@ -689,6 +690,26 @@ def test_a_re_plan_pays_back_the_overrun_of_the_run_so_far() -> None:
     assert next_plan_budget(100.0, 1e6, 1) == 0.0
     with pytest.raises(ValueError, match="frames must be >= 1"):
         next_plan_budget(100.0, 1.0, 0)
+
+
+def test_a_short_plan_after_a_long_one_keeps_the_paybacks_deadline() -> None:
+    full, budget, every = 50.0, 10.0, 8  # probes alone cost full / every = 6.25 ms a frame
+    allowance = (budget - full / every) / (1 - 1 / every)
+    probe = [i % every == 0 for i in range(408)]
+    cost = [full if p else allowance * 1.04 for p in probe[:400]]  # plan 1: 4% over, 400 frames
+    frames = payback_frames(399, 0, 0)
+    first = next_plan_budget(
+        budget, non_probe_overrun(cost, probe[:400], budget, full, every), frames
+    )
+    assert frames == 400 and first == pytest.approx(budget - 0.04 * allowance * 350 / 400)
+    spend = (first - full / every) / (1 - 1 / every)
+    cost += [full if p else spend for p in probe[400:]]  # plan 2: cut off by the guard at 408
+    frames = payback_frames(407, 400, 399 + 400)
+    overrun = non_probe_overrun(cost, probe, budget, full, every)
+    second = next_plan_budget(budget, overrun, frames)
+    assert frames == 392 and full / every < first - 0.01 < second < budget
+    # over plan 2's 8 frames alone the run's overrun asked for less than the probes cost
+    assert next_plan_budget(budget, overrun, 8) < full / every
 
 
 def test_the_overrun_leaves_out_probes_which_follow_the_stream_not_the_plan() -> None:

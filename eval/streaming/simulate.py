@@ -32,7 +32,7 @@ from mlink.eval.baselines.common import MethodResult
 from mlink.eval.figures import synthesized_agreement
 from mlink.eval.temporal.geometry import positions
 from mlink.eval.workload import Workload
-from mlink.linkstore.budget import next_plan_budget, non_probe_overrun
+from mlink.linkstore.budget import next_plan_budget, non_probe_overrun, payback_frames
 from mlink.linkstore.liveguard import LiveAgreement
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.schedule import Schedule
@@ -184,6 +184,7 @@ def simulate(
     probe_every, quiet = config.probe_every, 0
     plan_budget = float(budget_ms) if budget_ms is not None else 0.0
     plan_start = 0  # the first evaluation frame of the plan in force
+    payback_end = 0  # the frame by which the run's overrun is to be paid back
 
     def fit_and_plan(refit: bool) -> tuple[StreamFit, StreamPlan]:
         fit = fits[-1] if fits and not refit else _fit(specs, samples, config, motion_ms)
@@ -204,6 +205,12 @@ def simulate(
             plan = plan_for_budget(
                 fit.curves, ms, plan_budget, objective=config.objective, **common
             )
+            if not plan.feasible and plan_budget < budget_ms:
+                # paying an overrun back must not fall to the fallback of every model on every
+                # frame: that plan synthesizes nothing, so no probe could end it
+                plan = plan_for_budget(
+                    fit.curves, ms, float(budget_ms), objective=config.objective, **common
+                )
         return fit, plan
 
     fits: list[StreamFit] = []
@@ -276,8 +283,9 @@ def simulate(
             overrun = non_probe_overrun(
                 cost[: col + 1], probe[: col + 1], float(budget_ms), full, probe_every
             )
-            plan_budget = next_plan_budget(float(budget_ms), overrun, col + 1 - plan_start)
-            plan_start = col + 1
+            frames = payback_frames(col, plan_start, payback_end)
+            plan_budget = next_plan_budget(float(budget_ms), overrun, frames)
+            plan_start, payback_end = col + 1, col + frames
         refit = new_probes > 0  # new probes since the last fit: retrain, then swap
         new_probes = 0
         fit_start = time.perf_counter()

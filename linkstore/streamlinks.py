@@ -273,8 +273,11 @@ class StreamLinks:
             if target in ran:
                 continue
             mode = schedule.mode(target)
-            if mode.kind == "links" and self.linkset is not None and ran:
-                batched.setdefault((target, frozenset(ran)), []).append((index, shadow))
+            # the paper's links from the models that run on every frame, as the plan priced and
+            # estimated them, not also from a periodic model that happens to run on this one
+            sources = frozenset(ran) & schedule.always
+            if mode.kind == "links" and self.linkset is not None and sources:
+                batched.setdefault((target, sources), []).append((index, shadow))
                 continue
             if mode.kind == "links":
                 mode = Mode("reuse")  # no link set in this version, or nothing ran

@@ -123,6 +123,31 @@ def links_for(modes: dict[str, Mode], heads=None) -> tuple[StreamLinks, Schedule
     return links, Schedule(periods, modes=modes)
 
 
+class RecordingLinks:
+    """A link set stand-in that records the sources each ensemble call is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def synthesize_encoded(self, target: str, encoded: dict) -> np.ndarray:
+        self.calls.append((target, sorted(encoded)))
+        return np.full((len(next(iter(encoded.values()))), 1), 0.5, dtype=np.float32)
+
+
+def test_the_papers_links_draw_on_the_models_run_on_every_frame_as_the_plan_priced_them():
+    recorder = RecordingLinks()
+    priors = {"face": EMPTY, "eyes": EMPTY, "light": np.array([0.5], dtype=np.float32)}
+    links = StreamLinks(dict(SPECS), priors, {}, recorder, max_lag=8)  # type: ignore[arg-type]
+    schedule = Schedule({"face": 1, "eyes": 2, "light": 0}, modes={"light": Mode("links")})
+    frames = [
+        StreamFrame("s0", t, {m: frame_outputs(t)[m] for m in schedule.runs(t)}) for t in range(4)
+    ]
+    assert "eyes" in frames[2].ran  # the periodic model runs on frames 0 and 2
+    out = links.synthesize_frames(schedule, frames, StreamMemory())
+    assert recorder.calls == [("light", ["face"])]  # one batch, from the always-on face only
+    assert all(o.outputs["light"] == pytest.approx([0.5]) for o in out)
+
+
 def test_synthesis_reuses_follows_or_falls_back_and_says_why():
     head = fit_box_head([face_at(t) for t in range(10)], [eyes_of(face_at(t)) for t in range(10)])
     links, schedule = links_for(

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlink.linkstore.budget import resolve_budget
+from mlink.linkstore.schedule import MAX_PROBE_EVERY
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.model_settings import IsolationSettings, ModelFactory
 from mlink.operators.settings import Model
@@ -236,7 +237,10 @@ class LinksConfig(StrictSection):
         60, ge=4, description="frames on which every model runs before the first links"
     )
     probe_every: int = Field(
-        20, ge=0, description="every Nth frame runs all models (link data, live agreement); 0=off"
+        20,
+        ge=0,
+        le=MAX_PROBE_EVERY,
+        description="every Nth frame runs all models (link data, live agreement); 0=off",
     )
     retrain_every: int = Field(
         0, ge=0, description="retrain after this many new probe frames; 0 = train once"
@@ -264,7 +268,10 @@ class LinksConfig(StrictSection):
         "between from its last output, a detector that runs or the links (stream synthesis)",
     )
     probe_stride: int = Field(
-        0, ge=0, description="move each block's probe frame by this much per block (0: first)"
+        0,
+        ge=0,
+        le=MAX_PROBE_EVERY,
+        description="move each block's probe frame by this much per block (0: first)",
     )
     report_every: int = Field(
         5,

@@ -110,10 +110,23 @@ class ContentTable:
     seen: tuple[bool, ...]
 
     def __post_init__(self) -> None:
-        if len(self.seen) != _SIGNATURES:
-            raise ValueError(f"a content table needs {_SIGNATURES} signatures, got {self.seen}")
-        if self.runs < 0 or set(self.overall) != set(self.by_signature):
-            raise ValueError("a content table needs runs >= 0 and one row per synthesized model")
+        """Refuse any table :meth:`forecast` could not divide by or would turn into NaN: it
+        travels in control messages, and a table that raises there would crash every worker
+        replaying it."""
+        if len(self.seen) != _SIGNATURES or not all(type(s) is bool for s in self.seen):
+            raise ValueError(f"a content table needs {_SIGNATURES} seen flags, got {self.seen}")
+        if type(self.runs) is not int or self.runs < 0:
+            raise ValueError(f"a content table needs runs: an int >= 0, got {self.runs!r}")
+        if self.runs + len(self.overall) == 0:
+            raise ValueError(
+                "a content table with runs 0 and no synthesized model forecasts nothing; "
+                "a plan with no models carries no table"
+            )
+        if set(self.overall) != set(self.by_signature):
+            raise ValueError(
+                f"a content table needs one by_signature row per synthesized model: overall "
+                f"has {sorted(self.overall)}, by_signature {sorted(self.by_signature)}"
+            )
         for m, row in self.by_signature.items():
             values = (self.overall[m], *row)
             if len(row) != _SIGNATURES or not all(
@@ -160,11 +173,18 @@ class ContentTable:
             overall = {str(m): float(v) for m, v in meta["overall"].items()}
             rows = {str(m): tuple(float(v) for v in r) for m, r in meta["by_signature"].items()}
             seen = tuple(bool(s) for s in meta["seen"][: _SIGNATURES + 1])
-            runs = int(meta["runs"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            runs = meta["runs"]
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ValueError(f"malformed content table: {exc!r}") from exc
-        if not {*detectors, *overall} <= known or runs > len(known):
+        if type(runs) is not int:  # 2.5 or True would pass int() and count models wrongly
+            raise ValueError(f"content table runs must be an int, got {runs!r}")
+        if not {*detectors, *overall} <= known:
             raise ValueError("content table names models this pipeline does not have")
+        if runs + len(overall) > len(known):  # the run and the synthesized models are disjoint
+            raise ValueError(
+                f"content table counts {runs} run and {len(overall)} synthesized models; this "
+                f"pipeline has {len(known)}"
+            )
         return cls(detectors, runs, overall, rows, seen)
 
 

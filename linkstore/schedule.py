@@ -26,6 +26,8 @@ from mlink.linkstore.boxlinks import finds_anything
 
 __all__ = [
     "EXTRA_KEY",
+    "MAX_PERIOD",
+    "MAX_PROBE_EVERY",
     "MODE_KINDS",
     "Mode",
     "Schedule",
@@ -39,6 +41,15 @@ EXTRA_KEY = "schedule"
 MODE_KINDS = ("reuse", "prior", "links", "head", "follow", "track", "switch", "gate", "flow")
 _SOURCED = frozenset({"head", "follow", "track", "switch", "gate"})
 _MEMORY = frozenset({"reuse", "follow", "track", "switch", "flow"})
+#: Longest period a schedule may give a model: 16 times the planner's longest
+#: (:data:`~mlink.linkstore.streamplan.DEFAULT_PERIODS`), about 8 s of 30 fps video, past the
+#: lags any warm-up measures. It bounds :func:`lag_histogram`'s ``O(period**2)`` work; a
+#: control message with more (a record may say anything) is refused.
+MAX_PERIOD = 256
+#: Largest ``probe_every`` (and ``probe_stride``, which only counts modulo it): 500 times the
+#: default 20, a probe every 5 minutes of 30 fps video. It bounds :func:`run_share`'s
+#: ``O(probe_every)`` work on what a control message says.
+MAX_PROBE_EVERY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +137,17 @@ def is_probe(seq: int, probe_every: int, probe_stride: int = 0) -> bool:
     return seq % probe_every == (seq // probe_every) * probe_stride % probe_every
 
 
-def _cycle(period: int, probe_every: int, probe_stride: int) -> int:
-    """Frames after which the pattern of runs and probes repeats."""
+def _probes(probe_every: int, probe_stride: int) -> np.ndarray:
+    """The probe frames of one cycle of the probe pattern, which repeats after
+    ``probe_every * len(result)`` frames (one probe per block, ``probe_every`` > 0)."""
     blocks = probe_every // math.gcd(probe_stride, probe_every) if probe_stride else 1
-    probes = probe_every * blocks if probe_every > 0 else 0
-    if period <= 0:
-        return max(probes, 1)
-    return math.lcm(period, probes) if probes else period
+    block = np.arange(blocks, dtype=np.int64)
+    return block * probe_every + block * probe_stride % probe_every
+
+
+def _gaps(probes: np.ndarray, probe_every: int) -> np.ndarray:
+    """Frames from each probe to the next one, the last wrapping round to the next cycle."""
+    return np.diff(np.append(probes, probes[0] + probe_every * len(probes)))
 
 
 @lru_cache(maxsize=4096)
@@ -141,26 +156,81 @@ def lag_histogram(
 ) -> tuple[int, ...]:
     """How many frames of one steady cycle lie ``d`` frames after the model's last real run
     (index ``d``; 0 counts the frames where it runs, probes included). A model that never runs
-    (period 0, no probes) has the empty histogram."""
-    n = _cycle(period, probe_every, probe_stride)
-    seq = np.arange(2 * n)  # two cycles: the first one's last run seeds the second
-    runs = np.zeros(2 * n, dtype=bool)
-    if period > 0:
-        runs |= seq % period == phase
-    if probe_every > 0:
-        block = seq // probe_every
-        runs |= seq % probe_every == block * probe_stride % probe_every
-    if not runs.any():
-        return ()
-    last = np.maximum.accumulate(np.where(runs, seq, -1))[n:]
-    return tuple(int(c) for c in np.bincount(seq[n:] - last))
+    (period 0, no probes) has the empty histogram.
+
+    The cycle repeats after ``lcm(period, probe cycle)`` frames, up to ``period *
+    probe_every**2``: far too many to lay out for a schedule at the caps. Counted instead from
+    the probe gaps per residue (:func:`_lags_with_probes`): memory ``O(period**2)``, time
+    ``O(period**2 + probe_every)``.
+    """
+    if probe_every <= 0:
+        return (1,) * period if period > 0 else ()  # each lag once per period
+    probes = _probes(probe_every, probe_stride)
+    gaps = _gaps(probes, probe_every)
+    if period <= 0:  # lag d follows every probe whose gap is longer than d
+        longer = np.cumsum(np.bincount(gaps)[::-1])[::-1]
+        return tuple(int(c) for c in longer[1:])
+    hist = _lags_with_probes(period, phase, probes, gaps, probe_every * len(probes))
+    return tuple(int(c) for c in np.trim_zeros(hist, "b"))
+
+
+def _lags_with_probes(
+    period: int, phase: int, probes: np.ndarray, gaps: np.ndarray, cycle: int
+) -> np.ndarray:
+    """:func:`lag_histogram` of a model with ``period`` > 0 and probes (a pattern of ``cycle``
+    frames), without laying out the ``lcm(period, cycle)`` frames of the joint cycle.
+
+    By the Chinese remainder theorem, the joint cycle's frames are exactly the pairs (``a``
+    mod ``period``, ``b`` mod ``cycle``) with ``a = b`` mod ``g = gcd(period, cycle)``, once
+    each; a frame's lag is the smaller of its lag behind the period's run (from ``a``) and
+    behind the last probe (from ``b``). So per residue ``r`` mod ``g``, count the ``a`` and
+    the ``b`` whose lag is at least ``d``; their products summed over ``r`` count the frames
+    whose lag is at least ``d``. Lags stay below ``period``, so only those are counted.
+    """
+    g = math.gcd(period, cycle)
+    lag = np.arange(period)
+    residue = np.arange(g)[:, None]
+    # probes at each residue whose gap outlasts each lag, then the b behind them by that lag
+    starts = np.zeros((g, period + 1), dtype=np.int64)
+    np.add.at(starts, (probes % g, np.minimum(gaps, period)), 1)
+    outlast = np.cumsum(starts[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    probe_lags = outlast[(residue - lag) % g, lag]
+    b_at_least = cycle // g - np.cumsum(probe_lags, axis=1) + probe_lags
+    # a = phase + lag (mod period), at residue r where (phase + lag - r) % g == 0
+    a_lags = ((phase + lag - residue) % g == 0).astype(np.int64)
+    a_at_least = np.cumsum(a_lags[:, ::-1], axis=1)[:, ::-1]
+    at_least = np.append((a_at_least * b_at_least).sum(axis=0), 0)
+    return at_least[:-1] - at_least[1:]
 
 
 def run_share(period: int, phase: int, probe_every: int, probe_stride: int = 0) -> float:
     """The share of a stream's frames on which a model with this period and phase really runs,
-    probes included (period 0: probes only; never: 0)."""
-    hist = lag_histogram(period, phase, probe_every, probe_stride)
-    return hist[0] / sum(hist) if hist else 0.0
+    probes included (period 0: probes only; never: 0).
+
+    Counted over the joint cycle as in :func:`_lags_with_probes` (the period's runs, plus the
+    probes, less the probes that fall on a run), in ``O(probe_every)``: what a control message
+    says is priced here, so it must not cost the cycle's length.
+    """
+    if probe_every <= 0:
+        return 1.0 / period if period > 0 else 0.0
+    probes = _probes(probe_every, probe_stride)
+    if period <= 0:
+        return 1.0 / probe_every
+    cycle = probe_every * len(probes)
+    g = math.gcd(period, cycle)
+    both = int(np.count_nonzero(probes % g == phase % g))
+    runs = cycle // g + len(probes) * (period // g) - both
+    return runs / (period * (cycle // g))
+
+
+def _check_count(what: str, value: Any, cap: int) -> None:
+    """ValueError naming ``what`` unless ``value`` is an int in ``[0, cap]``: the caps keep
+    what a schedule costs to price bounded, whoever wrote it."""
+    if type(value) is not int or not 0 <= value <= cap:
+        raise ValueError(
+            f"schedule {what} must be an int in [0, {cap}], got {value!r}: past the cap a "
+            "schedule costs too much to price; plan with a smaller one"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,15 +249,10 @@ class Schedule:
     probe_stride: int = 0
 
     def __post_init__(self) -> None:
-        if type(self.probe_every) is not int or self.probe_every < 0:
-            raise ValueError(f"schedule probe_every must be an int >= 0, got {self.probe_every!r}")
-        if type(self.probe_stride) is not int or self.probe_stride < 0:
-            raise ValueError(
-                f"schedule probe_stride must be an int >= 0, got {self.probe_stride!r}"
-            )
+        _check_count("probe_every", self.probe_every, MAX_PROBE_EVERY)
+        _check_count("probe_stride", self.probe_stride, MAX_PROBE_EVERY)
         for m, k in self.periods.items():
-            if type(k) is not int or k < 0:
-                raise ValueError(f"schedule period of {m!r} must be an int >= 0, got {k!r}")
+            _check_count(f"period of {m!r}", k, MAX_PERIOD)
             r = self.phases.get(m, 0)
             if type(r) is not int or not 0 <= r < max(k, 1):
                 raise ValueError(f"schedule phase of {m!r} must be an int in [0, {k}), got {r!r}")

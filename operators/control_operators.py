@@ -73,14 +73,37 @@ class ControlLog:
 
 
 def _apply(mlink: MLink, message: ControlMessage) -> str | None:
-    """Fold one message into the state; the reason it was rejected, or None."""
+    """Fold one message into the state; the reason it was rejected, or None.
+
+    Only :meth:`ControlState.apply` decides whether a message is refused, and it refuses one
+    whole. What follows an applied message refreshes this worker's own views of the state
+    (gauges, the content tally, the predicted estimates): a failure there does not un-apply a
+    message every worker applied alike, so it is logged and counted, the views are cleared
+    (:func:`_clear_views`) and the replay carries on, as faust would kill the worker for an
+    exception out of it.
+    """
     try:
         outcome = mlink.state.apply(message)
     except Exception as exc:  # apply never raises; if it ever did, the replay must go on
         return f"{type(exc).__name__}: {exc}"
     if outcome.rejected:
         return outcome.reason
-    changed = outcome.plan_changed
+    try:
+        _refresh_views(mlink, message, outcome.plan_changed)
+    except Exception:
+        mlink.metrics["control_view_failures"] += 1
+        log.exception(
+            "control message %r of epoch %s is applied, but this worker's views of it failed; "
+            "they are cleared until the next plan",
+            message.kind,
+            message.epoch,
+        )
+        _clear_views(mlink)
+    return None
+
+
+def _refresh_views(mlink: MLink, message: ControlMessage, changed: bool) -> None:
+    """Bring the gauges, the content tally and ``mlink.predicted`` up to an applied message."""
     prom = mlink.prom
     prom.epoch.set(mlink.state.epoch)
     prom.link_version.set(mlink.state.link_version or 0)
@@ -90,38 +113,56 @@ def _apply(mlink: MLink, message: ControlMessage) -> str | None:
         if (forecast := state_forecast(mlink.state)) is not None:
             prom.forecast.labels("probes").set(forecast)
     if changed and message.kind == "active_set":
-        if (estimate := plan_estimate(message.extra)) is not None:
-            prom.forecast.labels("plan").set(estimate)
-            promise = plan_promise(message.extra)
-            if promise is not None:
-                prom.forecast.labels("bound").set(promise)
-            else:  # a plan that promises no bound: none left over from the plan before
-                with contextlib.suppress(KeyError):
-                    prom.forecast.remove("bound")
-            # no probes under this plan yet: its forecast bound, where the plan carries one
-            unprobed = promise if promise is not None else live_forecast(message.extra, {}, 0)
-            prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)
-        prom.content_forecast(mlink.content.plan(mlink.state.content, mlink.state.epoch))
-        predicted = message.extra.get("predicted", {})
-        synthesized = message.extra.get("predicted_synthesized", {})  # stream plans
-        if isinstance(predicted, dict) and isinstance(synthesized, dict):
-            predicted = {**predicted, **synthesized}
-        mlink.predicted = {
-            m: float(v)
-            for m, v in (predicted.items() if isinstance(predicted, dict) else ())
-            if m in mlink.specs
-            and isinstance(v, int | float)
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-            and 0.0 <= v <= 1.0
-        }
-        log.info(
-            "now at epoch %d: active=%s links=v%s",
-            mlink.state.epoch,
-            list(mlink.state.active),
-            mlink.state.link_version,
-        )
-    return None
+        _refresh_plan_views(mlink, message)
+
+
+def _refresh_plan_views(mlink: MLink, message: ControlMessage) -> None:
+    """The views of a new plan: its forecasts, its content tally and its predicted estimates."""
+    prom = mlink.prom
+    if (estimate := plan_estimate(message.extra)) is not None:
+        prom.forecast.labels("plan").set(estimate)
+        promise = plan_promise(message.extra)
+        if promise is not None:
+            prom.forecast.labels("bound").set(promise)
+        else:  # a plan that promises no bound: none left over from the plan before
+            with contextlib.suppress(KeyError):
+                prom.forecast.remove("bound")
+        # no probes under this plan yet: its forecast bound, where the plan carries one
+        unprobed = promise if promise is not None else live_forecast(message.extra, {}, 0)
+        prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)
+    prom.content_forecast(mlink.content.plan(mlink.state.content, mlink.state.epoch))
+    predicted = message.extra.get("predicted", {})
+    synthesized = message.extra.get("predicted_synthesized", {})  # stream plans
+    if isinstance(predicted, dict) and isinstance(synthesized, dict):
+        predicted = {**predicted, **synthesized}
+    mlink.predicted = {
+        m: float(v)
+        for m, v in (predicted.items() if isinstance(predicted, dict) else ())
+        if m in mlink.specs
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and 0.0 <= v <= 1.0
+    }
+    log.info(
+        "now at epoch %d: active=%s links=v%s",
+        mlink.state.epoch,
+        list(mlink.state.active),
+        mlink.state.link_version,
+    )
+
+
+def _clear_views(mlink: MLink) -> None:
+    """Views that failed to refresh say nothing rather than something half-replaced: no
+    content tally or predicted estimates (results carry only live agreement) and no forecast
+    gauges, until the next plan refreshes them. Never raises: it runs in the replay's handler."""
+    mlink.predicted = {}
+    mlink.content.plan(None, mlink.state.epoch)  # no table: nothing left to divide
+    with contextlib.suppress(Exception):  # gauges that fail to clear stay as they are
+        mlink.prom.content_forecast(None)
+        for basis in ("plan", "bound", "probes"):
+            with contextlib.suppress(KeyError):
+                mlink.prom.forecast.remove(basis)
 
 
 def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:

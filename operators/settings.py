@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlink.linkstore.schedule import MAX_PROBE_EVERY
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
@@ -193,6 +194,12 @@ class LinkSettings:
         if self.probe_every < 0 or self.retrain_every < 0 or self.probe_stride < 0:
             raise SettingsError(
                 "LinkSettings.probe_every, retrain_every and probe_stride must be >= 0"
+            )
+        if max(self.probe_every, self.probe_stride) > MAX_PROBE_EVERY:
+            raise SettingsError(
+                f"LinkSettings.probe_every and probe_stride must be <= {MAX_PROBE_EVERY} "
+                f"(got {self.probe_every} and {self.probe_stride}): a plan's schedule past it "
+                "is refused"
             )
 
 

@@ -19,6 +19,7 @@ from mlink.deploy.config import (
 )
 from mlink.deploy.source import iter_source
 from mlink.eval.workloads import digits, video
+from mlink.operators import LinkSettings, SettingsError
 from mlink.topics.frames import decode_frame, encode_frame
 
 CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "configs"
@@ -181,6 +182,16 @@ def test_unknown_and_out_of_range_keys_are_named() -> None:
     message = _error(data)
     assert _names_key(message, "links.warmup", "Extra inputs")
     assert _names_key(message, "source.jpeg_quality", "greater than or equal to 1")
+
+
+def test_probe_settings_past_what_a_schedule_may_carry_are_named() -> None:
+    data = _valid()
+    data["links"] = {"probe_every": 10_001, "probe_stride": 10_001}
+    message = _error(data)
+    assert _names_key(message, "links.probe_every", "less than or equal to 10000")
+    assert _names_key(message, "links.probe_stride", "less than or equal to 10000")
+    with pytest.raises(SettingsError, match="must be <= 10000"):
+        LinkSettings(probe_every=20_000)
 
 
 def test_how_often_probes_are_reported_is_a_links_setting() -> None:

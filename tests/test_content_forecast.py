@@ -150,3 +150,54 @@ def test_the_readmes_link_core_example_runs(tmp_path, monkeypatch):
     exec(compile(example, "README.md", "exec"), scope)
     assert scope["version"] == 1 and (tmp_path / "linkstore-data").is_dir()
     assert 0.0 <= scope["forecast"].value <= 1.0
+
+
+def test_the_table_that_divided_by_zero_on_every_replay_is_refused():
+    """Review: runs 0 and no synthesized model passed every check, and the tally's first
+    forecast divided by ``runs + len(overall)`` == 0 in the control replay of every worker."""
+    models = ["d", "a"]
+    empty = {"detectors": [], "runs": 0, "overall": {}, "by_signature": {}, "seen": [True] * 4}
+    with pytest.raises(ValueError, match="runs 0 and no synthesized model"):
+        ContentTable.from_meta(empty, models)
+    with pytest.raises(ValueError, match="runs 0 and no synthesized model"):
+        ContentTable((), 0, {}, {}, (True,) * 4)
+
+
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        ({"runs": -1}, "runs"),
+        ({"runs": 2.5}, "runs must be an int"),
+        ({"runs": True}, "runs must be an int"),
+        ({"runs": float("inf")}, "runs must be an int"),
+        ({"runs": "1"}, "runs must be an int"),
+        ({"runs": 3}, "this pipeline has 4"),  # 3 run + 2 synthesized of 4 models
+        ({"overall": {"a": float("nan"), "b": 0.8}}, "numbers in"),
+        ({"overall": {"a": "nan", "b": 0.8}}, "numbers in"),
+        ({"by_signature": {"a": [0.5, 0.5, float("inf"), 0.5], "b": [0.8] * 4}}, "numbers in"),
+        ({"by_signature": {"a": [0.5] * 3, "b": [0.8] * 4}}, "numbers in"),
+        ({"by_signature": {"a": [0.5] * 4}}, "one by_signature row"),
+        ({"seen": [True, True, False]}, "seen flags"),
+        ({"overall": {"a": 1e400, "b": 0.8}}, "numbers in"),
+    ],
+)
+def test_a_table_that_could_divide_by_zero_or_yield_nan_is_refused_whole(change, why):
+    t = table(a=(0.6, 1.0, 0.4, 0.6, 0.6), b=(0.8, 0.8, 0.8, 0.8, 0.8))
+    with pytest.raises(ValueError, match=why):
+        ContentTable.from_meta({**t.to_meta(), **change}, ["d", "a", "b", "r"])
+
+
+@pytest.mark.parametrize("runs,synthesized", [(1, 0), (0, 1), (3, 1)])
+def test_every_table_a_record_can_carry_forecasts_finite_numbers(runs, synthesized):
+    rows = {f"m{i}": [0.5] * (MAX_FIRING + 1) for i in range(synthesized)}
+    meta = {
+        "detectors": [],
+        "runs": runs,
+        "overall": {m: 0.5 for m in rows},
+        "by_signature": rows,
+        "seen": [True, False, True, False],
+    }
+    t = ContentTable.from_meta(meta, [f"m{i}" for i in range(4)])
+    for counts in ([0, 0, 0, 0], [1, 0, 0, 0], [0, 5, 0, 2]):
+        got = t.forecast(counts)
+        assert all(0.0 <= v <= 1.0 for v in (got.value, got.unseen, got.floor))

@@ -22,10 +22,11 @@ from kafka import KafkaProducer
 from mlink.deploy.pipeline_status import dead_letter_report
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.topics_setup import create_pipeline_topics
-from mlink.topics.codec import encode, encode_record
+from mlink.topics.codec import ARRAY_EXT_CODE, encode, encode_record
 from mlink.topics.frames import encode_frame
 from mlink.topics.records import ControlMessage
 from mlink.topics.signing import SIGNING_KEY_ENV, Signer
+from tests.test_codec import nested_array_extensions
 from tests.test_pipeline_e2e import (
     APP,
     FAST_MODELS,
@@ -88,6 +89,13 @@ def poison_records() -> dict[str, bytes]:
         ),
         "colliding int map keys": msgpack.packb({i: i for i in range(50_000)}),
         "newline in an id": encode(frame_dict(frame_id="poison:6\nINFO forged log line")),
+        # segfaulted the worker before the codec refused extensions inside array payloads
+        "array extensions nested 200 deep": encode(
+            frame_dict(
+                frame_id="poison:7",
+                data=msgpack.ExtType(ARRAY_EXT_CODE, nested_array_extensions(199)),
+            )
+        ),
     }
 
 
@@ -144,6 +152,38 @@ def forged_control(epoch_now: int) -> dict[str, dict[str, Any]]:
                     "overall": {"parity_logreg": 5.0},
                     "by_signature": {"parity_logreg": [5.0, 5.0, 5.0, 5.0]},
                     "seen": [True, False, False, False],
+                }
+            },
+        },
+        # divided by zero after it was applied, in every worker's replay, before stop 36
+        "content table without runs or models": {
+            **base,
+            "kind": "active_set",
+            "epoch": epoch_now + 1,
+            "active": ["parity_logreg"],
+            "link_version": 1,
+            "extra": {
+                "content": {
+                    "detectors": [],
+                    "runs": 0,
+                    "overall": {},
+                    "by_signature": {},
+                    "seen": [True, False, False, False],
+                }
+            },
+        },
+        # laid out a cycle of lcm(10**6, 49**2) frames to price it (GBs) before stop 36
+        "schedule with a period of 10**6": {
+            **base,
+            "kind": "active_set",
+            "epoch": epoch_now + 1,
+            "active": ["parity_logreg", "value_gbr"],
+            "link_version": 1,
+            "extra": {
+                "schedule": {
+                    "periods": {"ge5_forest": 10**6, "parity_logreg": 1, "value_gbr": 1},
+                    "probe_every": 49,
+                    "probe_stride": 3,
                 }
             },
         },

@@ -49,6 +49,9 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
 
     async def report_live(result: FrameResult) -> None:
         state = mlink.state
+        if result.epoch != state.epoch:  # planned under another plan: its scores are not ours
+            mlink.metrics["probes_of_another_plan"] += 1
+            return
         shadow = {r.model: r.agreement for r in result.results if r.agreement is not None}
         if shadow:  # stream synthesis scored the probe where it ran (what the plan would make)
             scores = {m: float(v) for m, v in shadow.items()}

@@ -214,7 +214,19 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
             return f"invalid output: {exc}"
         return None
 
+    finishing: set[str] = set()  # frames whose results are being sent (across awaits)
+
     async def finish(frame_ids: Sequence[str], timed_out: bool) -> None:
+        # claimed before the first await: the timer and the agent interleave at each send, and
+        # a frame finished by both would get two results that disagree (one timed out)
+        frame_ids = [f for f in frame_ids if f in joins.frames and f not in finishing]
+        finishing.update(frame_ids)
+        try:
+            await _finish(frame_ids, timed_out)
+        finally:
+            finishing.difference_update(frame_ids)
+
+    async def _finish(frame_ids: Sequence[str], timed_out: bool) -> None:
         works = []
         for frame_id in frame_ids:
             pending = joins.frames[frame_id]
@@ -253,7 +265,8 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
                 if not isinstance(record, PlanNotice | ModelOutput):
                     raise DecodeError(f"unexpected {type(record).__name__} on the outputs topic")
                 problem = check(record) if isinstance(record, ModelOutput) else None
-                if problem or record.frame_id in mlink.completed:
+                done = record.frame_id in mlink.completed or record.frame_id in finishing
+                if problem or done:
                     if problem:  # never joined: a stray bad record must not take a model's slot
                         await dead.send(event, "link-operator", problem)
                     else:
@@ -267,9 +280,14 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
             await manual.ack(event)  # dead-lettered by the guard: acked, never replayed
 
     async def expire_pending() -> None:
-        overdue = joins.overdue(time.time(), settings.output_timeout_s)
+        overdue = [
+            f for f in joins.overdue(time.time(), settings.output_timeout_s) if f not in finishing
+        ]
         orphans = [f for f in overdue if joins.frames[f].notice is None]
         for frame_id in orphans:  # outputs for a frame no planner saw: not a frame that entered
+            pending = joins.frames.get(frame_id)
+            if pending is None or pending.notice is not None:  # its plan came during an await
+                continue
             for event in joins.pop(frame_id):
                 await dead.send(event, "link-operator", f"no plan for frame {frame_id!r}")
                 await acker["stream"].ack(event)

@@ -5,7 +5,8 @@ Frame filtering picks one filter per model, the temporal methods and the stream 
 value (expected accuracy) whose total cost (expected ms per frame) fits the budget. Costs are real
 numbers, so the dynamic programme runs on a grid of ``capacity / grid`` cost units: first with
 costs rounded down (which admits plans that fill the budget exactly), kept if the plan's real cost
-fits, else with costs rounded up (always fits).
+fits, else again within the budget less the overshoot, and last with costs rounded up (always
+fits).
 """
 
 from __future__ import annotations
@@ -30,14 +31,36 @@ def choose_options(
     """
     if capacity < 0:
         return None
-    for rounding in (math.floor, math.ceil):
-        chosen = _dp(groups, capacity, grid, rounding)
-        if chosen is None:
-            return None
-        cost = sum(g[o][0] for g, o in zip(groups, chosen, strict=True))
-        if cost <= capacity * (1 + 1e-12) + 1e-12:
-            return chosen
-    return None
+    fits = capacity * (1 + 1e-12) + 1e-12
+    chosen = _dp(groups, capacity, grid, math.floor)
+    if chosen is None:
+        return None
+    if _cost(groups, chosen) <= fits:  # rounded down it may fill the budget exactly
+        return chosen
+    # it overshot by under a grid step: rounded up always fits what it returns, but can miss
+    # every plan within a step of the budget, so also plan within the budget less the overshoot
+    candidates = [_dp(groups, capacity, grid, math.ceil)]
+    within = capacity
+    for _ in range(_SHRINKS):
+        within -= _cost(groups, chosen) - capacity
+        chosen = _dp(groups, within, grid, math.floor) if within > 0 else None
+        if chosen is None or _cost(groups, chosen) <= fits:
+            candidates.append(chosen)
+            break
+    feasible = [c for c in candidates if c is not None and _cost(groups, c) <= fits]
+    return max(feasible, key=lambda c: _value(groups, c), default=None)
+
+
+#: Floor-rounded passes, each within the budget less the last one's overshoot.
+_SHRINKS = 3
+
+
+def _cost(groups: Sequence[Sequence[Option]], chosen: list[int]) -> float:
+    return sum(g[o][0] for g, o in zip(groups, chosen, strict=True))
+
+
+def _value(groups: Sequence[Sequence[Option]], chosen: list[int]) -> float:
+    return sum(g[o][1] for g, o in zip(groups, chosen, strict=True))
 
 
 def _dp(

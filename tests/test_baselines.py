@@ -173,6 +173,14 @@ def test_choose_options_is_an_exact_multiple_choice_knapsack():
         assert sum(values[g, o] for g, o in enumerate(chosen)) == pytest.approx(best)
 
 
+def test_a_plan_within_a_grid_step_of_the_budget_is_found_when_a_better_one_overshoots():
+    # rounded down, the better option of the first group fits and the plan overshoots by a
+    # hair; rounded up, the exact fit (0.50001 + 0.49999 = 1.0) takes 2001 steps of 2000
+    groups = [[(0.50001, 0.5), (0.5004, 0.9)], [(0.49999, 0.5)]]
+    assert choose_options(groups, 1.0) == [0, 0]
+    assert choose_options([[(0.6, 1.0)], [(0.6, 1.0)]], 1.0) is None  # nothing fits
+
+
 # ---------------------------------------------------------------------------- frame filtering
 
 

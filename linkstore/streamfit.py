@@ -52,6 +52,7 @@ __all__ = [
     "StreamFit",
     "constant_curve",
     "fit_stream",
+    "head_folds",
     "lag_pairs",
 ]
 
@@ -144,8 +145,7 @@ def fit_stream(
     start = time.perf_counter()
     n = len(samples)
     groups = [s.stream for s in samples]
-    k = max(2, min(folds, min(groups.count(g) for g in set(groups))))
-    fold = contiguous_folds(n, k, groups) if n >= 2 * k else np.zeros(n, dtype=np.int64)
+    fold = head_folds(groups, folds)
     fold_heads: dict[tuple[str, str, int], BoxHead] = {}
     for (s, t), head in heads.items():
         for f in range(int(fold.max()) + 1):
@@ -217,6 +217,20 @@ def _flow_curve(
     ms = (time.perf_counter() - start) * 1000.0 / max(len(moved), 1)
     scores = np.array([box_agreement(p, q) for p, q in zip(moved, truth, strict=True)])
     return [replace(est.curve(t, Mode("flow"), scores, ms), frame_ms=float(motion_ms))]
+
+
+def head_folds(groups: Sequence[str], folds: int) -> np.ndarray:
+    """Fold id per sample for scoring detector heads on samples that did not fit them:
+    contiguous blocks of each stream (up to ``folds``, no more than its fewest samples allow).
+    When that leaves one fold (every stream has one sample, or there are fewer than four), the
+    pooled samples are split in contiguous halves instead: one fold would score the head fitted
+    on every sample on those same samples."""
+    n = len(groups)
+    k = max(2, min(folds, min((groups.count(g) for g in set(groups)), default=0)))
+    fold = contiguous_folds(n, k, groups) if n >= 2 * k else np.zeros(n, dtype=np.int64)
+    if fold.max(initial=0) == 0 and n >= 2:
+        fold = contiguous_folds(n, 2)
+    return fold
 
 
 def _gate_curve(

@@ -17,7 +17,7 @@ from mlink.linkstore.streamerror import (
     stream_mean,
     stream_weights,
 )
-from mlink.linkstore.streamfit import Curve, Sample, StreamFit, fit_stream
+from mlink.linkstore.streamfit import Curve, Sample, StreamFit, fit_stream, head_folds
 from mlink.linkstore.streamplan import option
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.trainer import LinkTrainer, train_bundle
@@ -251,3 +251,11 @@ def test_the_live_trainer_weighs_every_stream_the_same_unless_told_not_to(tmp_pa
     assert meta is not None
     by_sample = StreamFit.curves_from_meta(meta["stream"])
     assert prior(by_sample).agree == pytest.approx(prior(plain).agree)
+
+
+def test_detector_heads_are_scored_out_of_fold_even_when_streams_have_one_sample_each():
+    one_each = head_folds([f"s{i}" for i in range(8)], 3)
+    assert one_each.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # the pooled samples in halves
+    assert head_folds(["a"] * 5, 3).tolist() == [0, 0, 0, 1, 1]  # too few for 2 x 3 folds
+    assert head_folds(["a"] * 6 + ["b"] * 6, 3).tolist() == [0, 0, 1, 1, 2, 2] * 2  # per stream
+    assert head_folds(["a"], 3).tolist() == [0]  # one sample: nothing to hold out

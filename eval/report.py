@@ -238,6 +238,9 @@ def _score(
             synthesized.add(r.model)
         else:
             scores[r.model] = 0.0
+        if r.status != "executed" and r.cost_ms is not None:  # a call that failed still ran
+            cost += model_ms[r.model]
+            solo += solo_ms[r.model]
     return _Scored(cost, solo, scores, synthesized, result.epoch > 0 and not result.probe)
 
 

@@ -44,13 +44,13 @@ async def run_planned(
             mlink.prom.model_healthy.labels(model).set(executor.health().state == "healthy")
         except Exception as exc:  # executors contain model errors; this is a bug or no build
             error = f"model {model} could not run: {type(exc).__name__}: {exc}"
-            results = [Executed(None, 0.0, error)] * len(rows)
+            results = [Executed(None, None, error)] * len(rows)
         failed = sum(r.error is not None for r in results)
         mlink.metrics[f"executed:{model}"] += len(rows) - failed
         for r in results:
             if r.error is None:
                 cpu_s = None if r.cpu_ms is None else r.cpu_ms / 1000.0
-                mlink.prom.model_call(model, r.elapsed_ms / 1000.0, cpu_s)
+                mlink.prom.model_call(model, (r.elapsed_ms or 0.0) / 1000.0, cpu_s)
             else:
                 mlink.prom.model_failure(model, "timeout" if "timed out" in r.error else "error")
         if failed:

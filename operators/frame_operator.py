@@ -235,7 +235,7 @@ class FrameBatch:
         works = []
         for (_, frame), plan, (image, problem) in zip(items, plans, decoded, strict=True):
             if image is None:
-                outcomes = {m: Executed(None, 0.0, problem) for m in plan.active}
+                outcomes = {m: Executed(None, None, problem) for m in plan.active}
             else:
                 outcomes = next(ran)
                 if extra := next(gated):  # a cascade ran them: they are expected like the rest

@@ -39,10 +39,12 @@ EMPTY = np.zeros(0, dtype=np.float32)
 
 @dataclass(frozen=True, slots=True)
 class Executed:
-    """One model's outcome on one frame: a validated output, or the error that replaced it."""
+    """One model's outcome on one frame: a validated output, or the error that replaced it.
+    ``elapsed_ms`` is None when the model never ran (its frame could not be decoded, or it
+    could not be called): then it cost nothing."""
 
     output: np.ndarray | None
-    elapsed_ms: float
+    elapsed_ms: float | None
     error: str | None = None
     cpu_ms: float | None = None
 
@@ -142,6 +144,8 @@ def _result(
     results = []
     for model in models:
         outcome = work.outcomes.get(model)
+        # a call that failed still took its time: results say so, so a summary can charge it
+        failed = outcome if outcome is not None and model not in executed else None
         error = None
         if model in expected and model not in executed:
             error = outcome.error if outcome is not None else work.missing_reason or "no output"
@@ -170,12 +174,23 @@ def _result(
                     "synthesized",
                     link_version=plan.link_version if plan else None,
                     sources=sources,
+                    elapsed_ms=failed.elapsed_ms if failed else None,
+                    cpu_ms=failed.cpu_ms if failed else None,
                     agreement=None if estimate is None else float(estimate),
                     error=error,
                 )
             )
         else:
-            results.append(_model_result(model, EMPTY, "missing", error=error))
+            results.append(
+                _model_result(
+                    model,
+                    EMPTY,
+                    "missing",
+                    elapsed_ms=failed.elapsed_ms if failed else None,
+                    cpu_ms=failed.cpu_ms if failed else None,
+                    error=error,
+                )
+            )
     return FrameResult.trusted(
         frame_id=work.frame_id,
         stream_id=work.stream_id,
@@ -212,6 +227,19 @@ def _model_result(
         cpu_ms=None if cpu_ms is None else float(cpu_ms),
         agreement=agreement,
         error=None if error is None else clip_text(error),
+    )
+
+
+def _outcome(record: ModelOutput) -> Executed:
+    """A model operator's output record as an outcome. The record's ``elapsed_ms`` is required
+    on the wire, so a model that never ran (its frame could not be decoded) sends 0 with its
+    error and no CPU time: that is no call, and costs nothing."""
+    never_ran = record.error is not None and not record.elapsed_ms and record.cpu_ms is None
+    return Executed(
+        record.output if record.error is None else None,
+        None if never_ran else record.elapsed_ms,
+        record.error,
+        record.cpu_ms,
     )
 
 
@@ -257,10 +285,7 @@ class PendingFrame:
             seq=first.seq,
             timestamp=self.notice.timestamp if self.notice else None,
             plan=self.notice.plan if self.notice else None,
-            outcomes={
-                m: Executed(o.output if o.error is None else None, o.elapsed_ms, o.error, o.cpu_ms)
-                for m, o in self.outputs.items()
-            },
+            outcomes={m: _outcome(o) for m, o in self.outputs.items()},
             missing_reason=missing_reason,
         )
 

@@ -178,7 +178,7 @@ def attach_model_operator(
                 model=model,
                 output=output if output is not None else _EMPTY,
                 epoch=frame.plan.epoch if frame.plan else 0,
-                elapsed_ms=outcome.elapsed_ms if outcome is not None else 0.0,
+                elapsed_ms=(outcome.elapsed_ms if outcome is not None else None) or 0.0,
                 cpu_ms=outcome.cpu_ms if outcome is not None else None,
                 produced_at=time.time(),
                 error=failed if output is None else None,

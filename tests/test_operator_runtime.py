@@ -138,10 +138,19 @@ def test_a_missing_link_version_leaves_inactive_models_missing(linkset: LinkSet)
 
 def test_a_frame_that_could_not_run_names_the_reason(linkset: LinkSet) -> None:
     plan = Plan(epoch=0, active=("digit", "parity"), probe=True)
-    failed = Executed(None, 0.0, "frame decode failed: junk")
+    failed = Executed(None, None, "frame decode failed: junk")
     (result,) = build_results([work(0, plan, digit=failed, parity=failed)], list(SPECS), {}, 1.0)
     assert result.degraded and result.probe
     assert all(r.status == "missing" and "junk" in r.error for r in result.results)
+    assert all(r.cost_ms is None for r in result.results)  # never ran: it cost nothing
+
+
+def test_a_model_call_that_failed_says_what_it_took() -> None:
+    plan = Plan(epoch=1, active=("digit",))
+    slow = Executed(None, 2000.0, "timed out after 2 s", cpu_ms=1900.0)
+    (result,) = build_results([work(0, plan, digit=slow)], list(SPECS), {}, 1.0)
+    digit = next(r for r in result.results if r.model == "digit")
+    assert digit.status == "missing" and digit.cost_ms == 1900.0 and result.degraded
 
 
 # -- dead letters ----------------------------------------------------------------------------

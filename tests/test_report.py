@@ -167,6 +167,23 @@ def test_summary_of_a_constructed_run(tmp_path):
     assert s.steady_latency_p99_ms == pytest.approx(299.0)  # the warm-up's wait left out
 
 
+def test_a_model_call_that_failed_is_charged_as_a_run(tmp_path):
+    report = run()
+    third = report.results["cam:3"]
+    timed_out = ModelResult(
+        model="spread",
+        output=np.zeros(0, np.float32),
+        status="missing",
+        error="timed out after 2 s",
+        elapsed_ms=2000.0,
+    )
+    report.results["cam:3"] = replace(third, results=(*third.results[:2], timed_out))
+    s = summarize(config(tmp_path), report, reference(), IDS, synthesis=SYNTHESIS)
+    # the call took its time: frame 3 costs 11.5 + spread's 70 ms, not 11.5 (no saving claimed)
+    assert s.steady_compute_saved == pytest.approx(1 - (14 + 11.5 + 70) / 200)
+    assert s.steady_accuracy == pytest.approx(0.5)  # scored as before: missing agrees 0
+
+
 def test_the_printed_summary_fits_an_80_column_log(tmp_path):
     """CI logs and piped output are 80 columns: every model name and figure must stay whole."""
     s = summarize(config(tmp_path), run(), reference(), IDS, synthesis=SYNTHESIS).as_dict()

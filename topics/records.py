@@ -205,7 +205,8 @@ class ModelResult(WireRecord):
     every entry has the same shape of record. ``agreement`` is the pipeline's current estimate
     (from probe frames, else validation) of how often a synthesized output agrees with the
     real model; ``error`` says why a model that should have run did not (it raised, timed out,
-    or its output was invalid).
+    or its output was invalid). ``elapsed_ms``/``cpu_ms`` are what the model's call took: on an
+    executed output, and on a synthesized or missing one whose call failed (it still cost).
     """
 
     TYPE: ClassVar[str] = "model_result"

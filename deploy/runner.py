@@ -34,7 +34,13 @@ log = logging.getLogger("mlink.runner")
 
 
 class ResultCollector:
-    """Reads the results topic in a background thread, keeping the first result per frame."""
+    """Reads the results topic in a background thread, keeping the first result per frame.
+
+    ``only_new``: read only results written after it starts. Frame ids are ``stream:seq``, the
+    same in every run of a source, so on a broker that outlives a run (a Kafka cluster named in
+    the config) the previous run's results would otherwise come first and be kept, and this
+    run's counted as duplicates.
+    """
 
     def __init__(
         self,
@@ -42,6 +48,7 @@ class ResultCollector:
         topic: str,
         group: str | None = None,
         client: Mapping[str, Any] | None = None,
+        only_new: bool = False,
     ) -> None:
         from kafka import KafkaConsumer
 
@@ -51,15 +58,22 @@ class ResultCollector:
         self.duplicate_ids: Counter[str] = Counter()
         self.undecodable = 0
         self._stop = threading.Event()
-        self._consumer = KafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap.split(","),
-            group_id=group or f"mlink-collector-{os.getpid()}-{time.time_ns()}",
-            auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
-            enable_auto_commit=True,
+        options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap.split(","),
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": 10_000,
             **dict(client or {}),
-        )
+        }
+        if only_new:  # no group: this reader's own partitions, from their ends now
+            self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **options)
+            _from_the_end(self._consumer, topic)
+        else:
+            self._consumer = KafkaConsumer(
+                topic,
+                group_id=group or f"mlink-collector-{os.getpid()}-{time.time_ns()}",
+                enable_auto_commit=True,
+                **options,
+            )
         self._thread = threading.Thread(target=self._run, name="mlink-results", daemon=True)
         self._thread.start()
 
@@ -98,6 +112,25 @@ class ResultCollector:
         self._stop.set()
         self._thread.join(5)
         self._consumer.close()
+
+
+def _from_the_end(consumer: Any, topic: str, wait_s: float = 30.0) -> None:
+    """Assign every partition of ``topic`` to ``consumer`` at its current end, resolved now
+    (``seek_to_end`` alone is lazy: resolved at the first poll, it would skip what was written
+    in between)."""
+    from kafka import TopicPartition
+
+    deadline = time.monotonic() + wait_s
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic!r} has no partitions on the broker after {wait_s} s")
+        consumer.topics()  # refresh the metadata
+        time.sleep(0.2)
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    consumer.seek_to_end(*assigned)
+    for tp in assigned:
+        consumer.position(tp)
 
 
 def publish_control(bootstrap: str, config: PipelineConfig, message: ControlMessage) -> None:
@@ -230,7 +263,7 @@ def run_pipeline(
 
         supervisor = WorkerSupervisor(make, workers or cfg.runtime.workers)
         collector = ResultCollector(
-            cfg.broker, cfg.topics.names().results, client=cfg.consumer_kwargs()
+            cfg.broker, cfg.topics.names().results, client=cfg.consumer_kwargs(), only_new=True
         )
         try:
             ready = supervisor.wait_ready()

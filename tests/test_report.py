@@ -184,6 +184,14 @@ def test_a_model_call_that_failed_is_charged_as_a_run(tmp_path):
     assert s.steady_accuracy == pytest.approx(0.5)  # scored as before: missing agrees 0
 
 
+def test_a_link_version_without_recorded_costs_is_named_in_the_cost_source(tmp_path):
+    s = summarize(config(tmp_path), run(), reference(), IDS, synthesis={})
+    assert s.synthesis_cost_source == (
+        "given; none recorded for link versions [1], whose synthesis is counted as 0 ms"
+    )
+    assert s.steady_compute_saved == pytest.approx(1 - (10 + 10) / 200)  # the models alone
+
+
 def test_the_printed_summary_fits_an_80_column_log(tmp_path):
     """CI logs and piped output are 80 columns: every model name and figure must stay whole."""
     s = summarize(config(tmp_path), run(), reference(), IDS, synthesis=SYNTHESIS).as_dict()

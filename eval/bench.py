@@ -199,6 +199,9 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "runs": len(group),
             "feasible": all(r["feasible"] for r in group),
             "infeasible_runs": sum(not r["feasible"] for r in group),
+            # a run with figures that went over its budget, and one where nothing fitted at all
+            "over_budget_runs": sum(not r["feasible"] and r["accuracy"] is not None for r in group),
+            "nothing_fits_runs": sum(r["accuracy"] is None for r in group),
         }
         for metric in METRICS:
             cell[metric], cell[f"{metric}_spread"] = mean_spread(r[metric] for r in group)

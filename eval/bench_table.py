@@ -31,6 +31,8 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     """``acc / saved``, then ``synth X · pred Y``; marks cells over budget or infeasible."""
     if cell["accuracy"] is None:
         return "infeasible"
+    # a spread only over the runs that have figures: a seed where nothing fitted has none
+    seeds = min(seeds, cell["runs"] - cell.get("nothing_fits_runs", 0))
     acc = _pct(cell["accuracy"], cell["accuracy_spread"], seeds)
     saved = _pct(cell["compute_saved"], cell["compute_saved_spread"], seeds)
     lines = [f"{acc} / {saved}"]
@@ -42,11 +44,14 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     if cell.get("predicted_forecast") is not None:  # stream plans: what the plan promises
         extra[-1] += f" (forecast {cell['predicted_forecast']:.1%})"
     lines.append(" · ".join(extra))
-    if not cell["feasible"]:
-        over = f"over budget in {cell['infeasible_runs']}/{cell['runs']} runs"
+    over_runs = cell.get("over_budget_runs", cell["infeasible_runs"])
+    if over_runs:
+        over = f"over budget in {over_runs}/{cell['runs']} runs"
         if cell.get("probe_share"):  # probes run every model: more of them than planned cost more
             over += f" (probes {cell['probe_share']:.2%} of frames)"
         lines.append(over)
+    if cell.get("nothing_fits_runs"):
+        lines.append(f"nothing fits in {cell['nothing_fits_runs']}/{cell['runs']} runs")
     return "\n".join(lines)
 
 

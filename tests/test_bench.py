@@ -232,7 +232,7 @@ def test_a_stream_row_reports_its_probe_share_and_an_over_budget_cell_names_it(t
     how many frames were probes, and a cell over budget shows it."""
     from dataclasses import replace
 
-    from mlink.eval.bench import _row, aggregate
+    from mlink.eval.bench import METRICS, _row, aggregate
     from mlink.eval.bench_table import format_cell
     from mlink.eval.streaming.method import OFFLINE, ONLINE, stream_mlink
 
@@ -249,6 +249,12 @@ def test_a_stream_row_reports_its_probe_share_and_an_over_budget_cell_names_it(t
     assert f"over budget in 1/1 runs (probes {run.probe.mean():.2%} of frames)" in format_cell(
         cell, 1
     )
+    # two seeds where nothing fitted: no spread from the one measured run, and not "over budget"
+    nothing = {**row, "feasible": False, **dict.fromkeys(METRICS)}
+    fits = row | {"feasible": True}
+    mixed = format_cell(aggregate([fits, nothing | {"seed": 1}, nothing | {"seed": 2}])[0], 3)
+    assert "±" not in mixed and "over budget" not in mixed
+    assert "nothing fits in 2/3 runs" in mixed
 
 
 def test_the_oracle_stream_plan_is_fitted_on_every_frame_and_scores_links_on_the_rest(

@@ -261,7 +261,7 @@ def budget(
             ("fraction", fraction),
             ("target_agreement", target),
         )
-        if v
+        if v is not None  # a 0 is a value to refuse with its reason, not an option left out
     }
     for item in target_for or ():
         model, _, value = item.partition("=")
@@ -286,10 +286,23 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
+    from kafka.errors import KafkaError
+
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `mlink broker` sets its own
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python warns about its own loop
-    app()
+    try:
+        app()
+    except KafkaError as exc:  # an unreachable broker, mostly: say so instead of a traceback
+        console.print(
+            Text(
+                f"Kafka error: {exc}. Is the broker up and reachable at the address given by "
+                "--broker, MLINK_BROKER or the config's `broker:`? (Leave them all out and "
+                "`mlink run` starts an embedded broker.)",
+                style="red",
+            )
+        )
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

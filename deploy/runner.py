@@ -262,10 +262,11 @@ def run_pipeline(
             return WorkerProcess(config_path, cfg.broker, log_dir / f"{name}.log", name)
 
         supervisor = WorkerSupervisor(make, workers or cfg.runtime.workers)
-        collector = ResultCollector(
-            cfg.broker, cfg.topics.names().results, client=cfg.consumer_kwargs(), only_new=True
-        )
-        try:
+        collector: ResultCollector | None = None
+        try:  # the workers are stopped whatever fails from here, the collector's start too
+            collector = ResultCollector(
+                cfg.broker, cfg.topics.names().results, client=cfg.consumer_kwargs(), only_new=True
+            )
             ready = supervisor.wait_ready()
             if frames is None:
                 frames = list(iter_source(cfg.source))
@@ -307,5 +308,6 @@ def run_pipeline(
                 control,
             )
         finally:
-            collector.close()
+            if collector is not None:
+                collector.close()
             supervisor.stop()

@@ -17,6 +17,7 @@ from tests.test_pipeline_e2e import FAST_MODELS, write_config
         (["--target-for", "nope=0.9"], "nope"),
         (["--target-for", "ge5_forest"], "MODEL=VALUE"),
         (["--target", "1.5"], "target_agreement"),
+        (["--ms", "0"], "must be a finite number > 0, got 0"),  # not "at least one"
         ([], "at least one"),
     ],
 )
@@ -27,3 +28,18 @@ def test_bad_budgets_are_refused_with_the_reason(tmp_path: Path, args: list[str]
     result = CliRunner().invoke(app, ["budget", str(path), "--broker", "127.0.0.1:1", *args])
     assert result.exit_code != 0
     assert says in result.output, result.output
+
+
+def test_an_unreachable_broker_is_named_not_a_traceback(monkeypatch, capsys) -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    from mlink.deploy import cli
+
+    def down() -> None:
+        raise KafkaTimeoutError("Unable to bootstrap from [127.0.0.1:1]")
+
+    monkeypatch.setattr(cli, "app", down)
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 2
+    assert "Is the broker up and reachable" in " ".join(capsys.readouterr().out.split())

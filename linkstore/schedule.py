@@ -205,22 +205,11 @@ def _lags_with_probes(
 
 def run_share(period: int, phase: int, probe_every: int, probe_stride: int = 0) -> float:
     """The share of a stream's frames on which a model with this period and phase really runs,
-    probes included (period 0: probes only; never: 0).
-
-    Counted over the joint cycle as in :func:`_lags_with_probes` (the period's runs, plus the
-    probes, less the probes that fall on a run), in ``O(probe_every)``: what a control message
-    says is priced here, so it must not cost the cycle's length.
-    """
-    if probe_every <= 0:
-        return 1.0 / period if period > 0 else 0.0
-    probes = _probes(probe_every, probe_stride)
-    if period <= 0:
-        return 1.0 / probe_every
-    cycle = probe_every * len(probes)
-    g = math.gcd(period, cycle)
-    both = int(np.count_nonzero(probes % g == phase % g))
-    runs = cycle // g + len(probes) * (period // g) - both
-    return runs / (period * (cycle // g))
+    probes included (period 0: probes only; never: 0): lag 0 of :func:`lag_histogram`, which
+    counts the joint cycle without laying it out, so a schedule a control message carries is
+    priced in bounded work."""
+    hist = lag_histogram(period, phase, probe_every, probe_stride)
+    return hist[0] / sum(hist) if hist else 0.0
 
 
 def _check_count(what: str, value: Any, cap: int) -> None:

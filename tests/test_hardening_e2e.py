@@ -111,6 +111,15 @@ UNDECODABLE = {
 
 def forged_control(epoch_now: int) -> dict[str, dict[str, Any]]:
     base = {"v": 1, "type": "control", "issued_at": time.time()}
+
+    def active_set(epoch: int, active: list[str], extra: dict[str, Any] | None = None) -> dict:
+        plan = {**base, "kind": "active_set", "epoch": epoch, "active": active, "link_version": 1}
+        return plan if extra is None else {**plan, "extra": extra}
+
+    def content(runs: int, overall: dict[str, float], rows: dict[str, list[float]]) -> dict:
+        table = {"detectors": [], "runs": runs, "overall": overall, "by_signature": rows}
+        return {"content": {**table, "seen": [True, False, False, False]}}
+
     return {
         "agreement of 5": {
             **base,
@@ -118,75 +127,30 @@ def forged_control(epoch_now: int) -> dict[str, dict[str, Any]]:
             "epoch": epoch_now,
             "extra": {"live_agreement": 5, "probes": 5},
         },
-        "epoch 2**64-1": {
-            **base,
-            "kind": "active_set",
-            "epoch": 2**64 - 1,
-            "active": ["parity_logreg"],
-            "link_version": 1,
-        },
-        "unknown model": {
-            **base,
-            "kind": "active_set",
-            "epoch": epoch_now + 1,
-            "active": ["not_a_model"],
-            "link_version": 1,
-        },
-        "epoch jump": {
-            **base,
-            "kind": "active_set",
-            "epoch": epoch_now + 10**7,
-            "active": ["parity_logreg"],
-            "link_version": 1,
-        },
-        "content table with an agreement of 5": {
-            **base,
-            "kind": "active_set",
-            "epoch": epoch_now + 1,
-            "active": ["parity_logreg"],
-            "link_version": 1,
-            "extra": {
-                "content": {
-                    "detectors": [],
-                    "runs": 1,
-                    "overall": {"parity_logreg": 5.0},
-                    "by_signature": {"parity_logreg": [5.0, 5.0, 5.0, 5.0]},
-                    "seen": [True, False, False, False],
-                }
-            },
-        },
+        "epoch 2**64-1": active_set(2**64 - 1, ["parity_logreg"]),
+        "unknown model": active_set(epoch_now + 1, ["not_a_model"]),
+        "epoch jump": active_set(epoch_now + 10**7, ["parity_logreg"]),
+        "content table with an agreement of 5": active_set(
+            epoch_now + 1,
+            ["parity_logreg"],
+            content(1, {"parity_logreg": 5.0}, {"parity_logreg": [5.0, 5.0, 5.0, 5.0]}),
+        ),
         # divided by zero after it was applied, in every worker's replay, before stop 36
-        "content table without runs or models": {
-            **base,
-            "kind": "active_set",
-            "epoch": epoch_now + 1,
-            "active": ["parity_logreg"],
-            "link_version": 1,
-            "extra": {
-                "content": {
-                    "detectors": [],
-                    "runs": 0,
-                    "overall": {},
-                    "by_signature": {},
-                    "seen": [True, False, False, False],
-                }
-            },
-        },
+        "content table without runs or models": active_set(
+            epoch_now + 1, ["parity_logreg"], content(0, {}, {})
+        ),
         # laid out a cycle of lcm(10**6, 49**2) frames to price it (GBs) before stop 36
-        "schedule with a period of 10**6": {
-            **base,
-            "kind": "active_set",
-            "epoch": epoch_now + 1,
-            "active": ["parity_logreg", "value_gbr"],
-            "link_version": 1,
-            "extra": {
+        "schedule with a period of 10**6": active_set(
+            epoch_now + 1,
+            ["parity_logreg", "value_gbr"],
+            {
                 "schedule": {
                     "periods": {"ge5_forest": 10**6, "parity_logreg": 1, "value_gbr": 1},
                     "probe_every": 49,
                     "probe_stride": 3,
                 }
             },
-        },
+        ),
         "negative budget": {**base, "kind": "budget", "epoch": 0, "budget": {"ms": -5.0}},
         "unknown budget key": {**base, "kind": "budget", "epoch": 0, "budget": {"gpus": 2.0}},
     }

@@ -24,6 +24,7 @@ from mlink.deploy.processes import WorkerProcess
 from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.supervisor import WorkerSupervisor
 from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import encode_record
 from mlink.topics.frames import encode_frame
 
@@ -93,7 +94,7 @@ class Pipeline:
         """Dead letters on the pipeline's topic so far (its end offsets)."""
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","))
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(self.bootstrap))
         try:
             topic = self.names.dead_letter
             parts = consumer.partitions_for_topic(topic) or set()

@@ -30,6 +30,7 @@ from mlink.deploy.config_sections import (
 )
 from mlink.deploy.security import SecurityConfig, kafka_python_kwargs
 from mlink.operators.settings import LinkSettings, Model, Settings
+from mlink.topics.bootstrap import normalize_bootstrap
 from mlink.topics.control import TARGET_PREFIX
 from mlink.topics.specs import OutputSpec
 
@@ -59,6 +60,13 @@ class PipelineConfig(StrictSection):
     security: SecurityConfig = Field(
         SecurityConfig(), description="TLS/SASL of every Kafka client (mlink.deploy.security)"
     )
+
+    @field_validator("broker")
+    @classmethod
+    def _one_spelling(cls, broker: str | None) -> str | None:
+        """Every client reads the address the same way: kafka://, spaces and a missing port are
+        settled here, and an address no client could use fails at load, not in a worker."""
+        return None if broker is None else normalize_bootstrap(broker)
 
     @field_validator("models")
     @classmethod
@@ -189,4 +197,8 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
 
 
 def with_broker(config: PipelineConfig, broker: str) -> PipelineConfig:
-    return config.model_copy(update={"broker": broker})
+    """``config`` on ``broker`` (``--broker``, an embedded broker), checked like ``broker:``."""
+    try:
+        return config.model_copy(update={"broker": normalize_bootstrap(broker)})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

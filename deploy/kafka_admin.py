@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlink.topics.bootstrap import bootstrap_servers
+
 __all__ = [
     "TopicPartitionsError",
     "TopicSpec",
@@ -66,14 +68,6 @@ class TopicSpec:
             raise ValueError(f"topic {self.name!r}: config values must be strings, got {bad}")
 
 
-def _bootstrap_servers(bootstrap: str) -> list[str]:
-    servers = [s.strip().removeprefix("kafka://") for s in bootstrap.split(",")]
-    servers = [s for s in servers if s]
-    if not servers:
-        raise ValueError(f"empty bootstrap {bootstrap!r}")
-    return servers
-
-
 @contextlib.contextmanager
 def admin_client(bootstrap: str, *, request_timeout: float = 30.0, **kwargs: Any) -> Iterator[Any]:
     """A kafka-python ``KafkaAdminClient`` for ``bootstrap``, closed on exit.
@@ -88,7 +82,7 @@ def admin_client(bootstrap: str, *, request_timeout: float = 30.0, **kwargs: Any
         if key in KafkaAdminClient.DEFAULT_CONFIG:
             kwargs.setdefault(key, timeout_ms)
     admin = KafkaAdminClient(
-        bootstrap_servers=_bootstrap_servers(bootstrap),
+        bootstrap_servers=bootstrap_servers(bootstrap),
         request_timeout_ms=timeout_ms,
         **kwargs,
     )

@@ -11,6 +11,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from mlink.topics.bootstrap import bootstrap_servers
+
 __all__ = ["HOST", "BrokerError", "free_port", "port_accepts", "port_free", "wait_for_kafka"]
 
 HOST = "127.0.0.1"
@@ -49,18 +51,10 @@ def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
 
 
 def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in bootstrap.split(","):
-        item = item.strip().removeprefix("kafka://").removeprefix("tcp://")
-        if not item:
-            continue
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"bootstrap entry {item!r} is not host:port")
-        hosts.append((host, int(port)))
-    if not hosts:
-        raise ValueError(f"empty bootstrap {bootstrap!r}")
-    return hosts
+    return [
+        (host, int(port))
+        for host, _, port in (s.rpartition(":") for s in bootstrap_servers(bootstrap))
+    ]
 
 
 def wait_for_kafka(

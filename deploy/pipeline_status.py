@@ -18,6 +18,7 @@ from mlink.linkstore.store_files import local_store_path
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.state import ControlState
 from mlink.operators.stream_decision import forecast_bounds, plan_promise, state_forecast
+from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError, FrameResult
 
@@ -151,7 +152,9 @@ def _reader(bootstrap: str, config: PipelineConfig) -> Any:
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, **config.consumer_kwargs()
+        bootstrap_servers=bootstrap_servers(bootstrap),
+        enable_auto_commit=False,
+        **config.consumer_kwargs(),
     )
 
 
@@ -162,7 +165,7 @@ def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
 
     names = config.topics.names()
     client = config.client_kwargs()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(bootstrap), **client)
     consumer = _reader(bootstrap, config)
     try:
         if hasattr(admin, "list_group_offsets"):  # kafka-python 3

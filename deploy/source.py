@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from mlink.deploy.config import ConfigError, PipelineConfig, SourceConfig, load_object
+from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import encode_record
 from mlink.topics.frames import DEFAULT_MAX_BYTES, encode_frame
 from mlink.topics.records import Frame
@@ -152,13 +153,6 @@ def iter_source(config: SourceConfig) -> Iterator[tuple[str, np.ndarray]]:
 # -- producing --------------------------------------------------------------------------------
 
 
-def _servers(bootstrap: str) -> list[str]:
-    servers = [s.strip().removeprefix("kafka://") for s in bootstrap.split(",") if s.strip()]
-    if not servers:
-        raise ValueError(f"empty bootstrap {bootstrap!r}; pass 'host:port[,host:port]'")
-    return servers
-
-
 class FrameProducer:
     """Sends images to one topic as :class:`Frame` records keyed by stream id.
 
@@ -195,7 +189,7 @@ class FrameProducer:
 
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=_servers(bootstrap),
+                bootstrap_servers=bootstrap_servers(bootstrap),
                 acks="all",
                 linger_ms=linger_ms,
                 **producer_kwargs,

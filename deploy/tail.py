@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DecodeError, FrameResult
 
@@ -57,7 +58,7 @@ class ResultTail:
         self._remember = max(1, remember)
         self._consumer = KafkaConsumer(
             topic,
-            bootstrap_servers=bootstrap.split(","),
+            bootstrap_servers=bootstrap_servers(bootstrap),
             group_id=f"mlink-tail-{time.time_ns()}",  # its own group: never steals partitions
             auto_offset_reset="earliest" if from_beginning else "latest",
             enable_auto_commit=False,

@@ -15,6 +15,7 @@ from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.frame_operator import source_reader
 from mlink.operators.runtime import MLink
 from mlink.operators.wiring import raw_topic
+from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.ingest import SourceFormat
 
 __all__ = ["create_app"]
@@ -43,7 +44,7 @@ def create_app(
     ``source_topic`` (default: the pipeline's frames topic) is where frames are read, in
     ``source_format``. ``faust_settings`` override any faust setting.
     """
-    servers = ";".join(f"kafka://{s.strip()}" for s in bootstrap.split(",") if s.strip())
+    servers = ";".join(f"kafka://{s}" for s in bootstrap_servers(bootstrap))
     settings: dict[str, Any] = {
         "broker": servers,
         "broker_session_timeout": session_timeout_s,

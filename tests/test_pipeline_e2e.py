@@ -231,35 +231,34 @@ def _digits_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         tmp, "run", models, partitions=2, warmup_frames=32, output_timeout_s=5.0, fraction=0.2
     )
     names = config.topics.names()
-    create_pipeline_topics(config, broker.bootstrap)
+    address = f" kafka://{broker.bootstrap} , "  # as users copy it; every client must read it
+    create_pipeline_topics(config, address)
     started = time.monotonic()
-    worker = FaustWorker(
-        APP, worker_env(path, broker.bootstrap, tmp / "faust"), tmp / "worker.log", "w0"
-    )
-    collector = ResultCollector(broker.bootstrap, names.results)
+    worker = FaustWorker(APP, worker_env(path, address, tmp / "faust"), tmp / "worker.log", "w0")
+    collector = ResultCollector(address, names.results)
     streams = ["cam-a", "cam-b", "cam-c", "cam-d"]
     phases: dict[str, list[str]] = {}
     try:
         worker.wait_ready()
-        with FrameProducer(broker.bootstrap, names.frames) as producer:
+        with FrameProducer(address, names.frames) as producer:
             # warm-up: every frame is a probe running every model; links train after 32 of them
             phases["warmup"] = send_frames(producer, streams, range(0, 10))
             wait_for_epoch(worker, 1)
             phases["epoch1"] = send_frames(producer, streams, range(10, 25))
             wait_results(collector, set(phases["epoch1"]), 60, [worker])
-            set_budget(broker.bootstrap, config, {"fraction": 0.9})
+            set_budget(address, config, {"fraction": 0.9})
             wait_for_epoch(worker, 2)
             phases["budget-0.9"] = send_frames(producer, streams, range(25, 35))
             wait_results(collector, set(phases["budget-0.9"]), 60, [worker])
-            set_budget(broker.bootstrap, config, {"fraction": 0.1})
+            set_budget(address, config, {"fraction": 0.1})
             wait_for_epoch(worker, 3)
             phases["budget-0.1"] = send_frames(producer, streams, range(35, 45))
         all_ids = {f for ids in phases.values() for f in ids}
         wait_results(collector, all_ids, 60, [worker])
         time.sleep(1.0)  # let any duplicate result arrive before counting
-        _, control = read_control(broker.bootstrap, config)
+        _, control = read_control(address, config)
         dead = dead_letters(broker.bootstrap, config)
-        pipeline_status = status(broker.bootstrap, config)  # `mlink status`, worker still up
+        pipeline_status = status(address, config)  # `mlink status`, worker still up
         run = DigitsRun(
             config=config,
             workers=[worker],

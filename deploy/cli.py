@@ -38,10 +38,10 @@ def _config(path: Path, broker: str | None = None):
 
     try:
         config = load_config(path)
+        return with_broker(config, broker) if broker else config
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(Text(str(exc), style="red"))
         raise typer.Exit(2) from None
-    return with_broker(config, broker) if broker else config
 
 
 def _need_broker(config) -> str:
@@ -288,6 +288,8 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 def main() -> None:
     from kafka.errors import KafkaError
 
+    from mlink.deploy.config import ConfigError
+
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `mlink broker` sets its own
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python warns about its own loop
@@ -302,6 +304,9 @@ def main() -> None:
                 style="red",
             )
         )
+        raise SystemExit(2) from None
+    except (ConfigError, FileNotFoundError) as exc:  # a config or source the user can fix
+        console.print(Text(str(exc), style="red"))
         raise SystemExit(2) from None
 
 

@@ -26,9 +26,21 @@ from mlink.deploy.processes import WorkerProcess
 from mlink.deploy.supervisor import WorkerSupervisor
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.operators.state import ControlState
+from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError, FrameResult
 from mlink.topics.signing import Signer
+
+__all__ = [
+    "ResultCollector",
+    "RunReport",
+    "broker_for",
+    "publish_control",
+    "read_control",
+    "require_sendable_source",
+    "run_pipeline",
+    "set_budget",
+]
 
 log = logging.getLogger("mlink.runner")
 
@@ -59,7 +71,7 @@ class ResultCollector:
         self.undecodable = 0
         self._stop = threading.Event()
         options: dict[str, Any] = {
-            "bootstrap_servers": bootstrap.split(","),
+            "bootstrap_servers": bootstrap_servers(bootstrap),
             "auto_offset_reset": "earliest",
             "session_timeout_ms": 10_000,
             **dict(client or {}),
@@ -138,7 +150,7 @@ def publish_control(bootstrap: str, config: PipelineConfig, message: ControlMess
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap.split(","), acks="all", **config.producer_kwargs()
+        bootstrap_servers=bootstrap_servers(bootstrap), acks="all", **config.producer_kwargs()
     )
     try:
         key, value, topic = (
@@ -169,7 +181,7 @@ def read_control(
 
     state = ControlState(config.model_names, config.links.probe_every)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
+        bootstrap_servers=bootstrap_servers(bootstrap),
         enable_auto_commit=False,
         **config.consumer_kwargs(),
     )
@@ -229,6 +241,16 @@ class RunReport:
         }
 
 
+def require_sendable_source(config: PipelineConfig) -> None:
+    """``mlink run`` sends the source itself; a ``topic`` source has nothing to send."""
+    if config.source.topic:
+        raise ConfigError(
+            f"source.topic {config.source.topic!r}: the frames come from Kafka, so there is "
+            "nothing for `mlink run` to send; start workers with `mlink worker CONFIG` (one per "
+            "process or machine) and read results with `mlink tail CONFIG`"
+        )
+
+
 def run_pipeline(
     config: PipelineConfig,
     config_path: Path,
@@ -247,12 +269,8 @@ def run_pipeline(
 
     from mlink.deploy.source import FrameProducer, _send_all, iter_source
 
-    if config.source.topic and frames is None:
-        raise ConfigError(
-            f"source.topic {config.source.topic!r}: the frames come from Kafka, so there is "
-            "nothing for `mlink run` to send; start workers with `mlink worker CONFIG` (one per "
-            "process or machine) and read results with `mlink tail CONFIG`"
-        )
+    if frames is None:
+        require_sendable_source(config)
     log_dir = log_dir or Path(".mlink-runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with broker_for(config) as (cfg, _):
         create_pipeline_topics(cfg)

@@ -8,7 +8,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from mlink.deploy.runner import run_pipeline
+from mlink.deploy.runner import require_sendable_source, run_pipeline
 from mlink.deploy.source import iter_source
 from mlink.deploy.status_view import percent
 from mlink.eval.config_workload import config_models
@@ -28,6 +28,7 @@ def full_run(config, frames: list) -> Workload:
 
 
 def run_and_summarize(config, config_path: Path, workers, timeout, compare, console) -> dict:
+    require_sendable_source(config)
     frames = list(iter_source(config.source))
     full = None
     if compare:

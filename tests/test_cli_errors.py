@@ -1,0 +1,53 @@
+"""What a user can fix in a config or on the command line ends `mlink` with the reason and exit
+code 2, not a traceback (no broker needed: each fails before anything starts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_pipeline_e2e import FAST_MODELS, write_config
+
+
+def _config(tmp_path: Path, **source) -> Path:
+    path, _ = write_config(
+        tmp_path, "cli", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    data = yaml.safe_load(path.read_text())
+    data["source"] = source
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _mlink(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlink.deploy.cli", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "argv", "says"),
+    [
+        ({"images": "nowhere/*.png"}, [], "matches no files"),
+        ({"videos": ["missing.mp4"]}, [], "missing.mp4"),
+        ({"topic": "cameras"}, [], "nothing for `mlink run` to send"),
+        ({"images": "nowhere/*.png"}, ["--broker", "ssl://a:9093"], "security"),
+        ({"images": "nowhere/*.png"}, ["--broker", "a:port"], "1..65535"),
+    ],
+)
+def test_mlink_run_names_what_to_fix_instead_of_a_traceback(
+    tmp_path: Path, source: dict, argv: list[str], says: str
+) -> None:
+    done = _mlink("run", str(_config(tmp_path, **source)), *argv, cwd=tmp_path)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, said
+    assert says in said
+    assert "Traceback" not in said

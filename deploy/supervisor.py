@@ -88,7 +88,33 @@ class WorkerSupervisor:
         return sum(slot.crash_loop for slot in self.slots)
 
     def wait_ready(self, timeout: float = 300.0) -> list[float]:
-        return [w.wait_ready(timeout) for w in self.workers]
+        """Until every slot's worker is ready; each one's seconds from its spawn to ready.
+
+        A worker that dies before it is ready (a broker not yet answering, a model that failed
+        to load once) is this supervisor's to restart, so its death does not end the wait; a
+        crash loop or the timeout does, with the worker's log tail.
+        """
+        deadline = time.monotonic() + timeout
+        return [self._wait_slot(slot, deadline) for slot in self.slots]
+
+    def _wait_slot(self, slot: _Slot, deadline: float) -> float:
+        while True:
+            with self._lock:
+                process, looping = slot.process, slot.crash_loop
+            if _ready(process):
+                return process.wait_ready(max(deadline - process.started, 0.0))
+            if looping:
+                raise RuntimeError(
+                    f"worker {slot.index} is in a crash loop and never became ready; its log "
+                    f"{process.log_path} ends with:\n{process.log_tail(30)}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"worker {slot.index} not ready in time; its log {process.log_path} ends "
+                    f"with:\n{process.log_tail(30)}"
+                )
+            if self._stop.wait(self._poll):
+                raise RuntimeError("the supervisor was stopped before every worker was ready")
 
     def _watch(self) -> None:
         while not self._stop.wait(self._poll):

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from mlink.deploy.supervisor import WorkerSupervisor
 
 
@@ -21,6 +23,10 @@ class Stand:
         self.health_path = path
         self.log_path = path.with_suffix(".log")
         self.proc = subprocess.Popen([sys.executable, "-c", code])
+        self.started = time.monotonic()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return f"stand-in {self.proc.pid}"
 
     def ready(self) -> None:
         state = {
@@ -83,5 +89,46 @@ def test_a_worker_killed_while_serving_is_a_recovery_not_a_loop(tmp_path) -> Non
             os.kill(made[-1].proc.pid, 9)
             assert wait(lambda n=n: supervisor.restarts == n)
         assert supervisor.crash_loops == 0
+    finally:
+        supervisor.stop()
+
+
+def test_waiting_for_ready_outlasts_a_worker_that_dies_once_while_starting(tmp_path) -> None:
+    def make(slot: int, generation: int) -> Stand:
+        if generation == 0:  # a broker not yet answering, a model that failed to load once
+            return Stand(tmp_path / f"w{slot}.0.json", "raise SystemExit(1)")
+        worker = Stand(tmp_path / f"w{slot}.{generation}.json", "import time; time.sleep(60)")
+        worker.ready()
+        return worker
+
+    supervisor = WorkerSupervisor(make, 2, backoff_initial_s=0.05, poll_s=0.02)
+    try:
+        assert supervisor.wait_ready(timeout=30) == [0.0, 0.0]
+        assert supervisor.restarts == 2
+        assert supervisor.crash_loops == 0
+    finally:
+        supervisor.stop()
+
+
+def test_waiting_for_ready_ends_on_a_crash_loop_with_the_workers_log(tmp_path) -> None:
+    def make(slot: int, generation: int) -> Stand:
+        return Stand(tmp_path / f"w{slot}.{generation}.json", "raise SystemExit(3)")
+
+    supervisor = WorkerSupervisor(make, 1, backoff_initial_s=0.05, backoff_max_s=0.1, poll_s=0.02)
+    try:
+        with pytest.raises(RuntimeError, match=r"worker 0 is in a crash loop[\s\S]*stand-in"):
+            supervisor.wait_ready(timeout=60)
+    finally:
+        supervisor.stop()
+
+
+def test_waiting_for_ready_times_out_on_a_worker_that_never_says_so(tmp_path) -> None:
+    def make(slot: int, generation: int) -> Stand:
+        return Stand(tmp_path / f"w{slot}.{generation}.json", "import time; time.sleep(60)")
+
+    supervisor = WorkerSupervisor(make, 1, poll_s=0.02)
+    try:
+        with pytest.raises(TimeoutError, match="worker 0 not ready"):
+            supervisor.wait_ready(timeout=0.5)
     finally:
         supervisor.stop()

@@ -74,7 +74,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    # A zero-area box (a point, a box clipped to a frame edge) has no IoU with anything; the same
+    # box from both models is still full agreement, not a miss.
+    same = np.all(a[:, None, :] == b[None, :, :], axis=2).astype(np.float64)
+    return np.divide(inter, union, out=same, where=union > 0)
 
 
 def box_agreement(predicted: np.ndarray, actual: np.ndarray) -> float:

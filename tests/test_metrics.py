@@ -52,6 +52,15 @@ def test_box_iou_and_matched_agreement():
     assert box_agreement(a, np.zeros((0, 5))) == 0.0
 
 
+def test_the_same_zero_area_box_from_both_models_agrees_and_a_different_one_does_not():
+    point = np.array([[0.2, 0.3, 0.2, 0.3, 1.0]])  # a landmark, or a box clipped to nothing
+    edge = np.array([[1.0, 0.1, 1.0, 0.4, 0.9]])
+    assert box_agreement(point, point) == 1.0
+    assert box_agreement(np.vstack([point, edge]), np.vstack([edge, point])) == 1.0
+    assert box_agreement(point, edge) == 0.0
+    assert box_agreement(point, np.array([[0.2, 0.3, 0.21, 0.3, 1.0]])) == 0.0
+
+
 def test_word_error_rate_counts_edits_over_reference_length():
     assert word_error_rate([1, 2, 3], [1, 2, 3]) == 0.0
     assert word_error_rate([1, 3], [1, 2, 3]) == pytest.approx(1 / 3)

@@ -13,8 +13,9 @@ JPEG/PNG round trip), computed offline and cached, so the comparison is exact. T
   in the config when every model declares ``cost.ms``, else measured live in the run (on the
   frames where every model ran, as the controller plans: see :func:`model_cost_table`; the
   offline reference run's timings only if a model never ran) -- ``cost_source`` says which --
-  plus synthesis: per synthesized result the target's ensemble cost and one link per source, as
-  the trainer measured them for the link version that synthesized it (``synthesis_cost_source``);
+  plus synthesis as the trainer measured it for the link version that synthesized each result
+  (``synthesis_cost_source``): the target's ensemble and one link per source for the paper's
+  links, the mode's own cost for a stream mode (:mod:`mlink.eval.synthesis_costs`);
 - *compute saved, solo*: the same priced on the offline reference run's timings (each model
   alone, one call after another). Live timings are wall times of models that run concurrently,
   so a call also waits for the CPU, most on warm-up and probe frames where every model runs at
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,35 +34,21 @@ import numpy as np
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import RunReport
 from mlink.eval.live_forecasts import forecasts_in_force
+from mlink.eval.synthesis_costs import SynthesisCosts, schedules_by_epoch, stored_synthesis_costs
 from mlink.eval.workload import Workload
 from mlink.linkstore.budget import typical_ms
 from mlink.linkstore.metrics import agreement
-from mlink.linkstore.store import LinkStore
+from mlink.linkstore.schedule import Schedule
 from mlink.topics.frames import decode_frame, encode_frame
 from mlink.topics.records import FrameResult
 
 __all__ = [
     "RunSummary",
-    "SynthesisCosts",
     "frame_ids",
     "model_cost_table",
-    "stored_synthesis_costs",
     "summarize",
     "wire_frames",
 ]
-
-
-@dataclass(slots=True)
-class SynthesisCosts:
-    """ms of synthesis for one link version: per (source, target) link and per target ensemble."""
-
-    links: dict[tuple[str, str], float] = field(default_factory=dict)
-    ensembles: dict[str, float] = field(default_factory=dict)
-
-    def of(self, target: str, sources: Iterable[str]) -> float:
-        return self.ensembles.get(target, 0.0) + sum(
-            self.links.get((s, target), 0.0) for s in sources
-        )
 
 
 @dataclass(slots=True)
@@ -178,18 +165,6 @@ def _reference_ms(config: PipelineConfig, full: Workload) -> dict[str, float]:
     return {m: float(full.costs[m]["ms"]) for m in config.model_names}
 
 
-def stored_synthesis_costs(config: PipelineConfig) -> dict[int, SynthesisCosts]:
-    """Per link version in the config's store, the synthesis costs its trainer measured."""
-    store = LinkStore(config.links.store)
-    out = {}
-    for v in store.versions():
-        meta = v.meta
-        links = {(c["source"], c["target"]): c.get("ms", 0.0) for c in meta.get("link_costs", [])}
-        ensembles = {t: c.get("ms", 0.0) for t, c in meta.get("ensemble_costs", {}).items()}
-        out[v.version] = SynthesisCosts(links, ensembles)
-    return out
-
-
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return float(np.mean(values)) if values else float("nan")
@@ -223,6 +198,7 @@ def _score(
     model_ms: Mapping[str, float],
     synthesis: Mapping[int, SynthesisCosts],
     solo_ms: Mapping[str, float],
+    schedule: Schedule | None,
 ) -> _Scored:
     cost, solo, scores, synthesized = 0.0, 0.0, {}, set()
     for r in result.results:
@@ -231,7 +207,8 @@ def _score(
             solo += solo_ms[r.model]
             scores[r.model] = 1.0
         elif r.status == "synthesized":
-            synth = synthesis.get(r.link_version, SynthesisCosts()).of(r.model, r.sources)
+            mode = schedule.mode(r.model) if schedule is not None else None
+            synth = synthesis.get(r.link_version, SynthesisCosts()).of(r.model, r.sources, mode)
             cost, solo = cost + synth, solo + synth
             truth = [full.outputs[r.model][i]]
             scores[r.model] = float(agreement(specs[r.model], [r.output], truth)[0])
@@ -260,14 +237,24 @@ def summarize(
     index = {f: i for i, f in enumerate(ids)}
     model_ms, cost_source = model_cost_table(config, full, report.results.values())
     if synthesis is None:
-        synthesis = stored_synthesis_costs(config)
+        synthesis = stored_synthesis_costs(config.links.store)
         synthesis_source = "measured by the trainer for each link version (linkstore metadata)"
     else:
         synthesis_source = "given"
     total_per_frame = sum(model_ms.values())
     solo_ms = _reference_ms(config, full)
+    schedules = schedules_by_epoch(config.model_names, report.control)
     scored = {
-        fid: _score(result, index[fid], specs, full, model_ms, synthesis, solo_ms)
+        fid: _score(
+            result,
+            index[fid],
+            specs,
+            full,
+            model_ms,
+            synthesis,
+            solo_ms,
+            schedules.get(result.epoch),
+        )
         for fid, result in report.results.items()
         if fid in index
     }

@@ -11,10 +11,12 @@ from rich.console import Console
 from mlink.deploy.config import parse_config
 from mlink.deploy.runner import RunReport
 from mlink.eval.live_forecasts import forecasts_in_force
-from mlink.eval.report import SynthesisCosts, summarize
+from mlink.eval.report import summarize
 from mlink.eval.run import print_summary
+from mlink.eval.synthesis_costs import SynthesisCosts
 from mlink.eval.workload import Workload
 from mlink.linkstore.content_forecast import ContentTable
+from mlink.linkstore.schedule import EXTRA_KEY, Mode, Schedule
 from mlink.topics.records import ControlMessage, FrameResult, ModelResult
 from mlink.topics.specs import spec_from_dict
 
@@ -165,6 +167,35 @@ def test_summary_of_a_constructed_run(tmp_path):
     assert s.latency_p99_ms > 4000.0
     assert s.steady_latency_p50_ms == pytest.approx(250.0)
     assert s.steady_latency_p99_ms == pytest.approx(299.0)  # the warm-up's wait left out
+
+
+def test_a_stream_modes_output_is_priced_by_its_mode_and_the_papers_by_its_ensemble(tmp_path):
+    """Frame 2 and 3 ran under a schedule that reuses ``level`` (0.25 ms, the trainer's
+    measurement of the mode) and draws ``spread`` from the paper's links (ensemble 0.5 + link
+    2.0): 10 + 0.25 + 2.5 and 10 + 0.25, not the ensemble prices of the run above."""
+    schedule = Schedule(
+        {"bright": 1, "level": 4, "spread": 4},
+        modes={"level": Mode("reuse"), "spread": Mode("links")},
+    )
+    report = replace(
+        run(),
+        control=[
+            ControlMessage(
+                kind="active_set",
+                epoch=1,
+                issued_at=100.5,
+                active=("bright", "level", "spread"),
+                budget={"fraction": 0.5},
+                extra={EXTRA_KEY: schedule.to_extra()},
+            )
+        ],
+    )
+    costs = {1: replace(SYNTHESIS[1], modes={("level", "reuse"): 0.25})}
+    s = summarize(config(tmp_path), report, reference(), IDS, synthesis=costs)
+    assert s.steady_compute_saved == pytest.approx(1 - (12.75 + 10.25) / 200)
+    # the same frames without the schedule in the log: every output priced as the paper's links
+    plain = summarize(config(tmp_path), run(), reference(), IDS, synthesis=costs)
+    assert plain.steady_compute_saved == pytest.approx(1 - (14 + 11.5) / 200)
 
 
 def test_a_model_call_that_failed_is_charged_as_a_run(tmp_path):

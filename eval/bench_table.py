@@ -40,9 +40,9 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
         f"synth {_pct(cell['synthesized_accuracy'], cell['synthesized_accuracy_spread'], seeds)}"
     ]
     if cell["predicted_accuracy"] is not None:
-        extra.append(f"pred {cell['predicted_accuracy']:.1%}")
+        extra.append(f"pred {_spread_of(cell, 'predicted_accuracy', seeds)}")
     if cell.get("predicted_forecast") is not None:  # stream plans: what the plan promises
-        extra[-1] += f" (forecast {cell['predicted_forecast']:.1%})"
+        extra[-1] += f" (forecast {_spread_of(cell, 'predicted_forecast', seeds)})"
     lines.append(" · ".join(extra))
     over_runs = cell.get("over_budget_runs", cell["infeasible_runs"])
     if over_runs:
@@ -53,6 +53,11 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     if cell.get("nothing_fits_runs"):
         lines.append(f"nothing fits in {cell['nothing_fits_runs']}/{cell['runs']} runs")
     return "\n".join(lines)
+
+
+def _spread_of(cell: dict[str, Any], key: str, seeds: int) -> str:
+    """``cell[key]`` with its spread over seeds (reports before spreads were kept: none)."""
+    return _pct(cell[key], cell.get(f"{key}_spread"), seeds)
 
 
 def _best_accuracy(report: BenchReport, budgets: list[float]) -> dict[float, float | None]:
@@ -102,8 +107,10 @@ def markdown(report: BenchReport) -> str:
         if c["prediction_gap"] is None:
             continue
         lines.append(
-            f"| {c['method']} | {c['budget_fraction']:.0%} | {c['predicted_accuracy']:.1%} | "
-            f"{c['accuracy']:.1%} | {_gap(c, 'prediction_gap', report.seeds)} | "
+            f"| {c['method']} | {c['budget_fraction']:.0%} | "
+            f"{_spread_of(c, 'predicted_accuracy', report.seeds)} | "
+            f"{_spread_of(c, 'accuracy', report.seeds)} | "
+            f"{_gap(c, 'prediction_gap', report.seeds)} | "
             + " | ".join(_other_forecasts(c, report.seeds))
             + " |"
         )
@@ -125,7 +132,7 @@ def _other_forecasts(cell: dict[str, Any], seeds: int) -> list[str]:
     out = []
     for key, gap in FORECASTS[1:]:
         known = cell.get(gap) is not None
-        out += [f"{cell[key]:.1%}", _gap(cell, gap, seeds)] if known else ["-", "-"]
+        out += [_spread_of(cell, key, seeds), _gap(cell, gap, seeds)] if known else ["-", "-"]
     return out
 
 
@@ -236,8 +243,8 @@ def _print_gaps(report: BenchReport, console: Console) -> None:
         table.add_row(
             c["method"],
             f"{c['budget_fraction']:.0%}",
-            f"{c['predicted_accuracy']:.1%}",
-            f"{c['accuracy']:.1%}",
+            _spread_of(c, "predicted_accuracy", report.seeds),
+            _spread_of(c, "accuracy", report.seeds),
             _gap(c, "prediction_gap", report.seeds),
             *_other_forecasts(c, report.seeds),
         )

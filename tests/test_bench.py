@@ -162,6 +162,10 @@ def test_bench_reports_mean_and_spread_over_seeds_and_says_how_it_ordered_and_co
     assert exact["content_gap"] == pytest.approx(exact["predicted_content"] - exact["accuracy"])
     assert 0.0 <= exact["predicted_content"] <= 1.0 and stream["content_gap"] is None
     assert "content-weighted" in markdown(report)
+    # predictions move between seeds too, and say by how much
+    spread = f"{exact['predicted_accuracy']:.1%}±{exact['predicted_accuracy_spread'] * 100:.1f}"
+    assert f"pred {spread}" in markdown(report)
+    assert f"| {spread} |" in markdown(report)  # the predicted-against-realised table
     assert "measured" in report.cost_table["models"]
     assert report.cost_table["full_ms"] == pytest.approx(report.full_cost_ms)
 

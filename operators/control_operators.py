@@ -30,6 +30,7 @@ from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.controller import decide
 from mlink.operators.runtime import MLink
 from mlink.operators.stream_decision import (
+    carried_corrections,
     live_corrections,
     live_forecast,
     plan_estimate,
@@ -117,8 +118,11 @@ def _refresh_views(mlink: MLink, message: ControlMessage, changed: bool) -> None
 
 
 def _refresh_plan_views(mlink: MLink, message: ControlMessage) -> None:
-    """The views of a new plan: its forecasts, its content tally and its predicted estimates."""
+    """The views of a new plan: its forecasts, its content tally and its predicted estimates.
+    No probe has reported on it yet, so no model's live agreement is shown (an earlier plan's
+    would keep an alert firing on a model this plan runs on every frame)."""
     prom = mlink.prom
+    prom.live_agreement.clear()
     if (estimate := plan_estimate(message.extra)) is not None:
         prom.forecast.labels("plan").set(estimate)
         promise = plan_promise(message.extra)
@@ -160,6 +164,7 @@ def _clear_views(mlink: MLink) -> None:
     mlink.content.plan(None, mlink.state.epoch)  # no table: nothing left to divide
     with contextlib.suppress(Exception):  # gauges that fail to clear stay as they are
         mlink.prom.content_forecast(None)
+        mlink.prom.live_agreement.clear()
         for basis in ("plan", "bound", "probes"):
             with contextlib.suppress(KeyError):
                 mlink.prom.forecast.remove(basis)
@@ -305,6 +310,8 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                     log.warning("re-planning: %s", reason)
                 elif message.kind not in ("budget", "link_version"):
                     continue
+                else:  # new links or a new budget: the guard's evidence on the models stands
+                    corrections = carried_corrections(mlink.state.plan_extra)
                 state = mlink.state
                 version = state.latest_links
                 if version is None:

@@ -15,6 +15,7 @@ from typing import Any
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.liveguard import ProbeTally
 from mlink.linkstore.metrics import agreement
+from mlink.topics.control import MAX_FACTOR
 from mlink.topics.records import FrameResult
 
 
@@ -95,4 +96,4 @@ def _factor(value: Any) -> float:
     capped at what an ``agreement`` message may carry (topics.control)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 1.0
-    return min(float(value), 1e6) if 0.0 < value < float("inf") else 1.0
+    return min(float(value), MAX_FACTOR) if 0.0 < value < float("inf") else 1.0

@@ -27,11 +27,13 @@ from mlink.linkstore.problem import InfeasibleBudget
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.streamplan import LinksEstimate, StreamPlan, plan_for_budget, plan_for_targets
 from mlink.operators.state import ControlState
+from mlink.topics.control import MAX_FACTOR
 from mlink.topics.records import ControlMessage
 
 __all__ = [
     "CORR",
     "Z",
+    "carried_corrections",
     "forecast_bounds",
     "fragile_reason",
     "headroom_extra",
@@ -282,6 +284,20 @@ def plan_estimate(extra: Mapping[str, Any]) -> float | None:
     return float(value) if type(value) in (int, float) and 0.0 <= value <= 1.0 else None
 
 
+def carried_corrections(extra: Mapping[str, Any]) -> dict[str, float]:
+    """The guard's factors the current plan was made with (``extra["corrections"]``), for a
+    re-plan that brings no new probe evidence (new links, a new budget): dropping them would
+    synthesize again a model the guard had turned back on, and it would flap."""
+    base = extra.get("corrections")
+    if not isinstance(base, Mapping):
+        return {}
+    return {
+        str(m): float(v)
+        for m, v in base.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= MAX_FACTOR
+    }
+
+
 def live_corrections(
     extra: Mapping[str, Any],
     live: Mapping[str, float],
@@ -297,9 +313,8 @@ def live_corrections(
     started with (``started``; default the factor the current plan was made with,
     ``extra["corrections"]``), so they compound across re-plans and fail-overs and no probe
     counts twice."""
-    base = extra.get("corrections") or {}
     planned = extra.get("predicted_synthesized") or {}
-    out = {m: float(v) for m, v in base.items() if isinstance(v, int | float)}
+    out = carried_corrections(extra)
     for model in models:
         p, mean = planned.get(model), live.get(model)
         n = (counts or {}).get(model, probes)

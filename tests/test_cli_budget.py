@@ -19,6 +19,7 @@ from tests.test_pipeline_e2e import FAST_MODELS, write_config
         (["--target", "1.5"], "target_agreement"),
         (["--ms", "0"], "must be a finite number > 0, got 0"),  # not "at least one"
         ([], "at least one"),
+        (["--ms", "5", "--fraction", "0.5"], "both 'ms' and 'fraction'"),
     ],
 )
 def test_bad_budgets_are_refused_with_the_reason(tmp_path: Path, args: list[str], says: str):

@@ -113,3 +113,18 @@ def test_a_failure_after_a_message_is_applied_is_logged_and_the_replay_carries_o
     assert _apply(mlink, plan(3, content=TABLE.to_meta())) is None
     assert mlink.content.table == TABLE and mlink.predicted == {"a": 0.6, "b": 0.8}
     assert sample("mlink_forecast", {"basis": "content"}) == pytest.approx((1 + 1.4) / 3)
+
+
+def test_a_new_plan_clears_the_live_agreement_an_earlier_plan_was_shown_with(mlink):
+    """Review: the gauge kept the last plan's probe agreement, so an alert on a model the new
+    plan runs on every frame kept firing; no probe has reported on the new plan yet."""
+    sample = mlink.prom.registry.get_sample_value
+    assert _apply(mlink, plan(1)) is None
+    report = ControlMessage(
+        kind="agreement", epoch=1, issued_at=1.5, extra={"live_agreement": {"a": 0.2}, "probes": 3}
+    )
+    assert _apply(mlink, report) is None
+    assert sample("mlink_live_agreement", {"model": "a"}) == pytest.approx(0.2)
+    assert _apply(mlink, plan(2)) is None
+    assert sample("mlink_live_agreement", {"model": "a"}) is None
+    assert mlink.state.live_agreement == {}  # the gauge says what the state says

@@ -238,3 +238,23 @@ def test_apply_never_raises_and_keeps_the_state_valid(messages: list[Any]) -> No
             assert (state.epoch, state.active) == (epoch, active)
         assert all(0.0 <= v <= 1.0 for v in state.live_agreement.values())
         state.plan(7)  # always plannable
+
+
+def test_a_budget_with_two_compute_limits_is_refused_where_it_is_published_and_replayed():
+    """Review: ``ms`` with ``fraction`` passed the CLI and the replay, then every re-plan failed
+    on it and a pipeline in warm-up ran every model for good."""
+    from mlink.topics.control import budget_problem
+
+    assert "both 'ms' and 'fraction'" in budget_problem({"ms": 5.0, "fraction": 0.5})
+    assert budget_problem({"ms": 5.0, "target_agreement": 0.9}) is None
+
+
+def test_a_replan_without_new_probes_keeps_the_guards_corrections_and_drops_junk():
+    """Review: a new link version or budget re-planned with no corrections, so a model the
+    guard had turned back on was synthesized again after every retrain, and flapped."""
+    from mlink.operators.stream_decision import carried_corrections
+
+    extra = {"corrections": {"eyes": 0.09, "face": 1.2, "bad": "x", "neg": -1.0, "flag": True}}
+    assert carried_corrections(extra) == {"eyes": 0.09, "face": 1.2}
+    assert carried_corrections({"corrections": [0.5]}) == {}
+    assert carried_corrections({}) == {}

@@ -154,7 +154,7 @@ budgets = st.fixed_dictionaries(
         "target_agreement": shares,
         "target_agreement:pose": shares,
     },
-)
+).filter(lambda b: not {"ms", "fraction"} <= set(b))  # one compute limit (budget_problem)
 
 control_messages = st.builds(
     ControlMessage,

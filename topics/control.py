@@ -28,6 +28,7 @@ __all__ = [
     "BUDGET_KEYS",
     "MAX_EPOCH",
     "MAX_EPOCH_STEP",
+    "MAX_FACTOR",
     "TARGET_PREFIX",
     "UNIT_BUDGET_KEYS",
     "agreement_problem",
@@ -41,6 +42,10 @@ MAX_EPOCH: Final = 2**53
 MAX_EPOCH_STEP: Final = 10**6
 """Largest step from the current epoch to the next active set's: controllers step by 1, so a
 larger jump is a forgery or a bug, and would burn the epoch space."""
+
+MAX_FACTOR: Final = 1e6
+"""Largest correction factor on a model's synthesized agreement a control message may carry
+(``live_started``, ``corrections``); the guard's factors are ratios near 1, far below it."""
 
 BUDGET_KEYS: Final = frozenset({"ms", "memory_mb", "fraction", "target_agreement"})
 """Budget keys: per-frame compute in ms, memory in MB, ms as a share of running every model,
@@ -94,6 +99,8 @@ def budget_problem(budget: Any, models: Collection[str] | None = None) -> str | 
             return f"budget {key!r} must be a finite number > 0, got {value!r}"
         if (model is not None or key in UNIT_BUDGET_KEYS) and number > 1:
             return f"budget {key!r} is a share and must lie in (0, 1], got {value!r}"
+    if "ms" in budget and "fraction" in budget:  # two compute limits: no plan can be made
+        return "budget sets both 'ms' and 'fraction'; give one compute limit"
     return None
 
 
@@ -103,14 +110,14 @@ def agreement_problem(extra: Any, models: Collection[str] | None = None) -> str 
     ``live_agreement`` (optional) maps models to floats in [0, 1]; ``probes`` (optional) is a
     non-negative int; ``live_counts`` (optional) maps models to their effective probes (floats
     in [0, 2**53]) and ``live_started`` to the positive correction factor each model's option
-    started with (floats up to 1e6).
+    started with (floats up to :data:`MAX_FACTOR`).
     """
     if not isinstance(extra, Mapping):
         return f"extra must be a dict, got {type(extra).__name__}"
     for key, low, high, open_low in (
         ("live_agreement", 0.0, 1.0, False),
         ("live_counts", 0.0, float(MAX_EPOCH), False),
-        ("live_started", 0.0, 1e6, True),
+        ("live_started", 0.0, MAX_FACTOR, True),
     ):
         problem = _per_model_floats(extra, key, low, high, open_low, models)
         if problem:

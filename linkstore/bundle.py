@@ -88,7 +88,8 @@ def validation_outputs(
     }
 
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards the dicts below only: a load runs outside it
+_loading: dict[tuple[str, int], threading.Lock] = {}  # one load per version in flight
 _loaded: OrderedDict[tuple[str, int], LoadedLinks] = OrderedDict()
 _bad: OrderedDict[tuple[str, int], tuple[float, StoreError]] = OrderedDict()
 _CACHED = 8
@@ -139,29 +140,53 @@ def load_bundle(store: LinkStore, version: int) -> LoadedLinks:
     becomes usable once its files are there.
     """
     key = (str(store.root), int(version))
-    with _lock:  # one load per version even when the controller and an agent race for it
-        if key in _loaded:
-            _loaded.move_to_end(key)
-            return _loaded[key]
-        failed = _bad.get(key)
-        if failed is not None and time.monotonic() - failed[0] < BAD_RETRY_S:
-            raise failed[1]
+    with _lock:
+        cached = _cached(key)
+        if cached is not None:
+            return cached
+        gate = _loading.setdefault(key, threading.Lock())
+    # One load per version even when the controller and an agent race for it, and a slow read
+    # of one version never holds up a lookup of another (the frame path looks up on its loop).
+    with gate:
+        with _lock:
+            cached = _cached(key)
+        if cached is not None:
+            return cached
         try:
             links = _load(store, version)
-        except StoreError as exc:
-            _remember_bad(key, exc)
-            raise
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            error = StoreError(
-                f"link version {version} in {store.root} is not a usable link set: {exc!r}"
+        except Exception as exc:  # whatever a read or a decode raises: the version is unusable
+            error = (
+                exc
+                if isinstance(exc, StoreError)
+                else StoreError(
+                    f"link version {version} in {store.root} is not a usable link set: {exc!r}"
+                )
             )
-            _remember_bad(key, error)
+            with _lock:
+                _remember_bad(key, error)
+                _loading.pop(key, None)
+            if error is exc:
+                raise
             raise error from exc
-        _bad.pop(key, None)
-        _loaded[key] = links
-        while len(_loaded) > _CACHED:
-            _loaded.popitem(last=False)
+        with _lock:
+            _bad.pop(key, None)
+            _loaded[key] = links
+            while len(_loaded) > _CACHED:
+                _loaded.popitem(last=False)
+            _loading.pop(key, None)
         return links
+
+
+def _cached(key: tuple[str, int]) -> LoadedLinks | None:
+    """The loaded version, or None to load it; raises a failure younger than BAD_RETRY_S.
+    Call with ``_lock`` held."""
+    if key in _loaded:
+        _loaded.move_to_end(key)
+        return _loaded[key]
+    failed = _bad.get(key)
+    if failed is not None and time.monotonic() - failed[0] < BAD_RETRY_S:
+        raise failed[1]
+    return None
 
 
 def _remember_bad(key: tuple[str, int], error: StoreError) -> None:

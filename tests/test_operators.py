@@ -4,6 +4,7 @@ results, running models, the trainer and the controller's decision on a small tr
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -611,6 +612,70 @@ def test_a_link_version_that_was_missing_loads_once_it_is_there(
         load_bundle(store, 1)  # remembered for a while: not re-read for every frame
     monkeypatch.setattr(bundle, "BAD_RETRY_S", 0.0)
     assert load_bundle(store, 1).version == 1
+
+
+def test_a_version_that_fails_to_read_in_any_way_is_unusable_not_an_escaping_error(
+    saved_links: tuple[Path, LoadedLinks], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: an OSError (an NFS or object-store hiccup) or an AttributeError from oddly
+    shaped metadata escaped the loader, and dead-lettered the controller's control messages."""
+    root, _ = saved_links
+    saved = LinkStore(root).load(1)
+    store = LinkStore(tmp_path / "flaky")
+    store.save(saved.tensors, saved.meta.meta)
+
+    def eio(self, version):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(LinkStore, "load", eio)
+    with pytest.raises(StoreError, match="Input/output error"):
+        load_bundle(store, 1)
+    settings = Settings(
+        name="p", budget={"fraction": 0.5}, links=LinkSettings(store=str(store.root))
+    )
+    mlink = MLink(settings, [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS])
+    assert mlink.links(1) is None and "Input/output error" in mlink.unusable[1]
+    monkeypatch.undo()
+    monkeypatch.setattr(bundle, "BAD_RETRY_S", 0.0)
+    assert mlink.links(1) is not None  # read again once the store answers
+
+
+def test_a_slow_read_of_one_version_does_not_hold_up_a_cached_one(
+    saved_links: tuple[Path, LoadedLinks], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: one global lock covered the whole read, so the frame path's lookup of a cached
+    version waited for the controller's read of a new one."""
+    root, _ = saved_links
+    store = LinkStore(root)
+    load_bundle(store, 1)
+    reading, release = threading.Event(), threading.Event()
+    real = bundle._load
+
+    def slow(store_, version):
+        reading.set()
+        release.wait(30)
+        return real(store_, version)
+
+    monkeypatch.setattr(bundle, "_load", slow)
+    failed: list[BaseException] = []
+
+    def read_two() -> None:
+        try:
+            load_bundle(store, 2)
+        except StoreError as exc:  # no version 2: what matters is that it was slow
+            failed.append(exc)
+
+    reader = threading.Thread(target=read_two)
+    reader.start()
+    try:
+        assert reading.wait(10)
+        started = time.monotonic()
+        assert load_bundle(store, 1).version == 1
+        assert time.monotonic() - started < 5.0  # not the 30 s the other read waits
+    finally:
+        release.set()
+        reader.join(30)
+    assert failed and not bundle._loading
 
 
 def test_failed_link_versions_named_by_records_do_not_pile_up(

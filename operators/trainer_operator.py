@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -24,9 +25,28 @@ from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_val
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, FrameResult
 
-__all__ = ["attach_trainer"]
+__all__ = ["announce_pending", "attach_trainer"]
 
 log = logging.getLogger("mlink.trainer")
+
+
+async def announce_pending(pending: list[int], send: Callable[[int], Awaitable[None]]) -> bool:
+    """Announce the saved link versions in ``pending``, oldest first, removing each one sent;
+    False when a send failed (the rest stay pending). The trainer counts a version as trained
+    once it is saved, so an announcement lost to a broker hiccup would leave every worker
+    waiting for links that exist: the trainer sends it again with its next sample."""
+    while pending:
+        try:
+            await send(pending[0])
+        except Exception:
+            log.exception(
+                "link version %d is saved but its announcement failed; sending it again with "
+                "the next sample",
+                pending[0],
+            )
+            return False
+        pending.pop(0)
+    return True
 
 
 def attach_trainer(app: faust.App, mlink: MLink) -> Any:
@@ -46,6 +66,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         return process[0]
 
     retry = {"added": 0, "at": 0, "backoff": 10}  # after a failure, retry with more data only
+    unannounced: list[int] = []  # saved, but the announcement failed: sent again, never lost
 
     async def report_live(result: FrameResult) -> None:
         state = mlink.state
@@ -110,13 +131,21 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             len(trainer.samples),
             time.perf_counter() - started,
         )
-        announce = ControlMessage(
+        unannounced.append(version)
+        await announce()
+
+    async def send_announcement(version: int) -> None:
+        message = ControlMessage(
             kind="link_version",
             epoch=mlink.state.epoch,
             issued_at=time.time(),
             link_version=version,
         )
-        await control_t.send(b"link_version", encode_record(announce))
+        await control_t.send(b"link_version", encode_record(message))
+
+    async def announce() -> None:
+        if not await announce_pending(unannounced, send_announcement):
+            mlink.metrics["announce_failures"] += 1
 
     async def trainer_agent(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()
@@ -125,6 +154,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             trainer.trained_versions.append(mlink.state.latest_links)  # trained before failover
         async for event in stream.events():
             async with dead.guard(event, "trainer"):
+                await announce()  # one that failed before: before anything else
                 value = verified_value(mlink, event)
                 result = decode_record(value, FrameResult, limits=mlink.limits)
                 mlink.metrics["samples_received"] += 1

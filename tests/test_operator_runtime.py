@@ -325,3 +325,27 @@ def test_a_worker_gives_opencv_and_torch_one_thread_once_its_models_are_built(tm
     finally:
         cv2.setNumThreads(before[0])
         torch.set_num_threads(before[1])
+
+
+def test_a_saved_link_version_whose_announcement_fails_is_announced_later_in_order():
+    """Review: the trainer counted a version as trained once saved and sent its announcement
+    only once; when that send failed, no worker ever heard of the links."""
+    import asyncio
+
+    from mlink.operators.trainer_operator import announce_pending
+
+    sent: list[int] = []
+    down = {"sends": 1}
+
+    async def send(version: int) -> None:
+        if down["sends"]:
+            down["sends"] -= 1
+            raise ConnectionError("broker not reachable")
+        sent.append(version)
+
+    pending = [3]
+    assert asyncio.run(announce_pending(pending, send)) is False
+    assert pending == [3] and sent == []
+    pending.append(4)  # trained again meanwhile
+    assert asyncio.run(announce_pending(pending, send)) is True
+    assert pending == [] and sent == [3, 4]

@@ -20,7 +20,8 @@ trainer, the controller and the control replay.
 
 from mlink.operators.app import create_app
 from mlink.operators.attach import Attached, attach, attach_metrics, attach_model_builder
-from mlink.operators.control_operators import attach_control_replay, attach_controller
+from mlink.operators.control_operators import attach_control_replay
+from mlink.operators.controller_agent import attach_controller
 from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.frame_operator import (
     FrameReader,

@@ -20,7 +20,8 @@ from typing import Any
 
 import faust
 
-from mlink.operators.control_operators import attach_control_replay, attach_controller
+from mlink.operators.control_operators import attach_control_replay
+from mlink.operators.controller_agent import attach_controller
 from mlink.operators.frame_operator import FrameReader, attach_frame_operator, read_frame_record
 from mlink.operators.metrics import start_metrics_endpoint
 from mlink.operators.runtime import MLink

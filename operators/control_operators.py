@@ -1,4 +1,4 @@
-"""The control plane's agents: every worker's control replay, and the one controller.
+"""Every worker's control replay (the one controller that decides: :mod:`.controller_agent`).
 
 The control topic (one partition) is the single source of truth: active sets with their epoch,
 link versions, budget commands and live agreement. Every worker replays it from the beginning
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import functools
 import logging
 import math
 import time
@@ -24,31 +22,20 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mlink.linkstore.selection import InfeasibleBudget
-from mlink.linkstore.store import StoreError
-from mlink.linkstore.streamplan import agreement_targets
-from mlink.operators.controller import decide
 from mlink.operators.runtime import MLink
 from mlink.operators.stream_decision import (
-    carried_corrections,
-    live_corrections,
     live_forecast,
     plan_estimate,
     plan_promise,
     state_forecast,
-    target_misses,
 )
 from mlink.operators.wiring import (
-    Outbox,
-    dead_letters,
     kafka_client_kwargs,
-    raw_topic,
-    verified_value,
 )
-from mlink.topics.codec import decode_record, encode_record
-from mlink.topics.records import ControlMessage, DecodeError
+from mlink.topics.codec import decode_record
+from mlink.topics.records import ControlMessage
 
-__all__ = ["ControlLog", "attach_control_replay", "attach_controller"]
+__all__ = ["ControlLog", "attach_control_replay"]
 
 log = logging.getLogger("mlink.control")
 REPLAY_GIVE_UP_S = 10.0  # a broker's end offset can overshoot (Tansu); never wait for ever
@@ -228,136 +215,3 @@ def _replay_one(mlink: MLink, record: Any) -> str | None:
     except Exception as exc:
         return f"undecodable: {exc}"
     return _apply(mlink, message)
-
-
-def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
-    """Why the current stream plan must change, and the corrections to plan with, when live
-    probes show a model below its accuracy target with confidence; else None."""
-    state = mlink.state
-    if not mlink.settings.links.stream or state.schedule is None or not state.live_agreement:
-        return None
-    try:
-        targets = agreement_targets(state.budget, mlink.model_names)
-    except ValueError:
-        return None
-    misses = target_misses(
-        state.schedule, state.live_agreement, state.live_probes, targets, counts=state.live_counts
-    )
-    if not misses:
-        return None
-    corrections = live_corrections(
-        state.plan_extra,
-        state.live_agreement,
-        state.live_probes,
-        sorted(state.live_agreement),
-        counts=state.live_counts,
-        started=state.live_started,
-    )
-    return "; ".join(misses[m] for m in sorted(misses)), corrections
-
-
-def _all_models(
-    mlink: MLink, epoch: int, budget: dict[str, float], version: int, why: str
-) -> ControlMessage:
-    """No plan fits while warming up: run every model (said so on the control topic), so
-    workers stop waiting for links that no budget-abiding plan can use."""
-    return ControlMessage(
-        kind="active_set",
-        epoch=epoch,
-        issued_at=time.time(),
-        active=tuple(sorted(mlink.model_names)),
-        budget=budget,
-        link_version=version,
-        probe_every=mlink.settings.links.probe_every,
-        extra={"infeasible": why},
-    )
-
-
-def attach_controller(app: faust.App, mlink: MLink) -> Any:
-    """Attach the controller agent: on a new link version or budget, choose the active set."""
-    names, settings = mlink.names, mlink.settings
-    control_t = raw_topic(app, names.control)
-    control_out = Outbox(app, mlink, names.control)
-    dead = dead_letters(app, mlink)
-    issued = 0
-
-    async def controller(stream: faust.StreamT) -> None:
-        nonlocal issued
-        loop = asyncio.get_running_loop()
-        await mlink.event("control").wait()
-        control_log: ControlLog = mlink.control_log  # type: ignore[attr-defined]
-        async for event in stream.events():
-            async with dead.guard(event, "controller"):
-                rejected = None
-                try:
-                    message = decode_record(
-                        verified_value(mlink, event), ControlMessage, limits=mlink.limits
-                    )
-                except DecodeError as exc:
-                    rejected = str(exc)
-                if not await control_log.wait_past(event.message.offset):
-                    log.warning("control replay is behind offset %s", event.message.offset)
-                rejected = rejected or control_log.rejected.get(event.message.offset)
-                if rejected is not None:  # dead-lettered once here; skipped by every replay
-                    await dead.send(event, "controller", f"rejected control message: {rejected}")
-                    continue
-                reason, corrections = None, None
-                if message.kind == "agreement":  # a model below its target: run it more
-                    replan = _target_replan(mlink)
-                    if replan is None:
-                        continue
-                    reason, corrections = replan
-                    log.warning("re-planning: %s", reason)
-                elif message.kind not in ("budget", "link_version"):
-                    continue
-                else:  # new links or a new budget: the guard's evidence on the models stands
-                    corrections = carried_corrections(mlink.state.plan_extra)
-                state = mlink.state
-                version = state.latest_links
-                if version is None:
-                    log.info("budget noted; waiting for the first links")
-                    continue
-                budget = state.requested_budget or dict(settings.budget)
-                epoch = max(issued + 1, state.next_epoch())
-                try:
-                    links = await loop.run_in_executor(
-                        mlink.executor("controller"), mlink.links, version
-                    )
-                    if links is None:
-                        raise StoreError(f"link version {version} cannot be loaded")
-                    decision = await loop.run_in_executor(
-                        mlink.executor("controller"),
-                        functools.partial(
-                            decide,
-                            mlink.model_names,
-                            mlink.declared_costs(),
-                            links,
-                            budget,
-                            epoch,
-                            settings.links.selector,
-                            settings.links.probe_every,
-                            stream=settings.links.stream,
-                            probe_stride=settings.links.probe_stride,
-                            corrections=corrections,
-                        ),
-                    )
-                    if reason is not None:
-                        decision = dataclasses.replace(
-                            decision, extra={**decision.extra, "replan_reason": reason}
-                        )
-                except StoreError as exc:
-                    mlink.metrics["controller_refusals"] += 1
-                    log.error("controller keeps the current plan: %s", exc)
-                    continue
-                except ValueError as exc:  # InfeasibleBudget, or targets it cannot plan for
-                    mlink.metrics["controller_refusals"] += 1
-                    if not (isinstance(exc, InfeasibleBudget) and state.warming_up):
-                        log.error("controller keeps the current plan (budget %s): %s", budget, exc)
-                        continue
-                    log.error("budget infeasible, every model keeps running: %s", exc)
-                    decision = _all_models(mlink, epoch, budget, version, str(exc))
-                issued = epoch
-                await control_out.send(b"active_set", encode_record(decision))
-
-    controller.__name__ = "controller"
-    return app.agent(control_t, name=f"{settings.name}-controller")(controller)

@@ -1,0 +1,212 @@
+"""The controller agent: the one worker that decides the active set.
+
+It is a group-managed agent on the control topic (one partition), so exactly one worker runs it;
+it decides from the replayed state (:mod:`.control_operators`: the budget, the latest link
+version, the epoch), never from variables of its own, so a controller that fails over decides
+as the old one would. It plans on a new link version, a new budget, and a live agreement report
+that shows a model below its accuracy target; a link version that cannot be loaded yet is tried
+again with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+from typing import Any
+
+import faust
+
+from mlink.linkstore.bundle import BAD_RETRY_S
+from mlink.linkstore.selection import InfeasibleBudget
+from mlink.linkstore.store import StoreError
+from mlink.linkstore.streamplan import agreement_targets
+from mlink.operators.control_operators import ControlLog
+from mlink.operators.controller import decide
+from mlink.operators.runtime import MLink
+from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
+from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
+from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.records import ControlMessage, DecodeError
+
+__all__ = ["attach_controller"]
+
+log = logging.getLogger("mlink.control")
+#: A link version that failed to load is planned from again after this long (the loader
+#: remembers a failure for BAD_RETRY_S), then after twice as long, up to RETRY_LINKS_MAX_S.
+RETRY_LINKS_S = BAD_RETRY_S + 1.0
+RETRY_LINKS_MAX_S = 300.0
+
+
+def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
+    """Why the current stream plan must change, and the corrections to plan with, when live
+    probes show a model below its accuracy target with confidence; else None."""
+    state = mlink.state
+    if not mlink.settings.links.stream or state.schedule is None or not state.live_agreement:
+        return None
+    try:
+        targets = agreement_targets(state.budget, mlink.model_names)
+    except ValueError:
+        return None
+    misses = target_misses(
+        state.schedule, state.live_agreement, state.live_probes, targets, counts=state.live_counts
+    )
+    if not misses:
+        return None
+    corrections = live_corrections(
+        state.plan_extra,
+        state.live_agreement,
+        state.live_probes,
+        sorted(state.live_agreement),
+        counts=state.live_counts,
+        started=state.live_started,
+    )
+    return "; ".join(misses[m] for m in sorted(misses)), corrections
+
+
+def _all_models(
+    mlink: MLink, epoch: int, budget: dict[str, float], version: int, why: str
+) -> ControlMessage:
+    """No plan fits while warming up: run every model (said so on the control topic), so
+    workers stop waiting for links that no budget-abiding plan can use."""
+    return ControlMessage(
+        kind="active_set",
+        epoch=epoch,
+        issued_at=time.time(),
+        active=tuple(sorted(mlink.model_names)),
+        budget=budget,
+        link_version=version,
+        probe_every=mlink.settings.links.probe_every,
+        extra={"infeasible": why},
+    )
+
+
+def attach_controller(app: faust.App, mlink: MLink) -> Any:
+    """Attach the controller agent: on a new link version or budget, choose the active set."""
+    names, settings = mlink.names, mlink.settings
+    control_t = raw_topic(app, names.control)
+    control_out = Outbox(app, mlink, names.control)
+    dead = dead_letters(app, mlink)
+    issued = 0
+
+    lock = asyncio.Lock()  # one decision at a time: an event's, or a retry's
+    retrying: dict[int, asyncio.Task[None]] = {}  # link version -> its retry
+
+    async def plan(reason: str | None, corrections: dict[str, float] | None) -> bool:
+        """Decide and publish an active set from the replayed state; False when the link
+        version could not be loaded (a shared store that is not visible yet, a read error)."""
+        nonlocal issued
+        loop = asyncio.get_running_loop()
+        async with lock:
+            state = mlink.state
+            version = state.latest_links
+            if version is None:
+                log.info("budget noted; waiting for the first links")
+                return True
+            budget = state.requested_budget or dict(settings.budget)
+            epoch = max(issued + 1, state.next_epoch())
+            try:
+                links = await loop.run_in_executor(
+                    mlink.executor("controller"), mlink.links, version
+                )
+                if links is None:
+                    raise StoreError(f"link version {version} cannot be loaded")
+                decision = await loop.run_in_executor(
+                    mlink.executor("controller"),
+                    functools.partial(
+                        decide,
+                        mlink.model_names,
+                        mlink.declared_costs(),
+                        links,
+                        budget,
+                        epoch,
+                        settings.links.selector,
+                        settings.links.probe_every,
+                        stream=settings.links.stream,
+                        probe_stride=settings.links.probe_stride,
+                        corrections=corrections,
+                    ),
+                )
+                if reason is not None:
+                    decision = dataclasses.replace(
+                        decision, extra={**decision.extra, "replan_reason": reason}
+                    )
+            except StoreError as exc:
+                mlink.metrics["controller_refusals"] += 1
+                log.error("controller keeps the current plan: %s", exc)
+                return False
+            except ValueError as exc:  # InfeasibleBudget, or targets it cannot plan for
+                mlink.metrics["controller_refusals"] += 1
+                if not (isinstance(exc, InfeasibleBudget) and state.warming_up):
+                    log.error("controller keeps the current plan (budget %s): %s", budget, exc)
+                    return True
+                log.error("budget infeasible, every model keeps running: %s", exc)
+                decision = _all_models(mlink, epoch, budget, version, str(exc))
+            issued = epoch
+            await control_out.send(b"active_set", encode_record(decision))
+            return True
+
+    async def retry_links(version: int) -> None:
+        """Plan again from ``version`` until it loads, with backoff, while it is still the
+        newest and no plan uses it: no other event may come to ask (with ``retrain_every`` 0 no
+        further version is trained), and a pipeline in warm-up would wait for good."""
+        delay = RETRY_LINKS_S
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                state = mlink.state
+                if state.latest_links != version or state.link_version == version:
+                    return
+                log.info("trying link version %d again", version)
+                if await plan(None, carried_corrections(state.plan_extra)):
+                    return
+                delay = min(delay * 2, RETRY_LINKS_MAX_S)
+        except Exception:  # a task's error would go unseen: say it, and leave it to events
+            log.exception("retrying link version %d failed", version)
+        finally:
+            retrying.pop(version, None)
+
+    async def controller(stream: faust.StreamT) -> None:
+        await mlink.event("control").wait()
+        control_log: ControlLog = mlink.control_log  # type: ignore[attr-defined]
+        try:
+            async for event in stream.events():
+                async with dead.guard(event, "controller"):
+                    rejected = None
+                    try:
+                        message = decode_record(
+                            verified_value(mlink, event), ControlMessage, limits=mlink.limits
+                        )
+                    except DecodeError as exc:
+                        rejected = str(exc)
+                    if not await control_log.wait_past(event.message.offset):
+                        log.warning("control replay is behind offset %s", event.message.offset)
+                    rejected = rejected or control_log.rejected.get(event.message.offset)
+                    if rejected is not None:  # dead-lettered once here; skipped by every replay
+                        await dead.send(
+                            event, "controller", f"rejected control message: {rejected}"
+                        )
+                        continue
+                    if message.kind == "agreement":  # a model below its target: run it more
+                        replan = _target_replan(mlink)
+                        if replan is None:
+                            continue
+                        reason, corrections = replan
+                        log.warning("re-planning: %s", reason)
+                    elif message.kind in ("budget", "link_version"):
+                        # the guard's evidence on the models stands: no model flaps back
+                        reason, corrections = None, carried_corrections(mlink.state.plan_extra)
+                    else:
+                        continue
+                    version = mlink.state.latest_links
+                    planned = await plan(reason, corrections)
+                    if not planned and version is not None and version not in retrying:
+                        retrying[version] = asyncio.ensure_future(retry_links(version))
+        finally:
+            for task in list(retrying.values()):
+                task.cancel()
+
+    controller.__name__ = "controller"
+    return app.agent(control_t, name=f"{settings.name}-controller")(controller)

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -31,13 +32,33 @@ from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_val
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError
 
-__all__ = ["attach_controller"]
+__all__ = ["attach_controller", "retry_with_backoff"]
 
 log = logging.getLogger("mlink.control")
 #: A link version that failed to load is planned from again after this long (the loader
 #: remembers a failure for BAD_RETRY_S), then after twice as long, up to RETRY_LINKS_MAX_S.
 RETRY_LINKS_S = BAD_RETRY_S + 1.0
 RETRY_LINKS_MAX_S = 300.0
+
+
+async def retry_with_backoff(
+    attempt: Callable[[], Awaitable[bool]],
+    wanted: Callable[[], bool],
+    first_s: float,
+    most_s: float,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> bool:
+    """Wait ``first_s``, then ``attempt()`` until it returns True, the wait doubling up to
+    ``most_s``, for as long as ``wanted()`` (asked before each attempt). True once an attempt
+    succeeded, False when it was no longer wanted."""
+    delay = first_s
+    while True:
+        await sleep(delay)
+        if not wanted():
+            return False
+        if await attempt():
+            return True
+        delay = min(delay * 2, most_s)
 
 
 def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
@@ -149,20 +170,20 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             return True
 
     async def retry_links(version: int) -> None:
-        """Plan again from ``version`` until it loads, with backoff, while it is still the
-        newest and no plan uses it: no other event may come to ask (with ``retrain_every`` 0 no
-        further version is trained), and a pipeline in warm-up would wait for good."""
-        delay = RETRY_LINKS_S
+        """Plan again from ``version`` until it loads, while it is still the newest and no
+        plan uses it: no other event may come to ask (with ``retrain_every`` 0 no further
+        version is trained), and a pipeline in warm-up would wait for good."""
+
+        def wanted() -> bool:
+            state = mlink.state
+            return state.latest_links == version and state.link_version != version
+
+        async def attempt() -> bool:
+            log.info("trying link version %d again", version)
+            return await plan(None, carried_corrections(mlink.state.plan_extra))
+
         try:
-            while True:
-                await asyncio.sleep(delay)
-                state = mlink.state
-                if state.latest_links != version or state.link_version == version:
-                    return
-                log.info("trying link version %d again", version)
-                if await plan(None, carried_corrections(state.plan_extra)):
-                    return
-                delay = min(delay * 2, RETRY_LINKS_MAX_S)
+            await retry_with_backoff(attempt, wanted, RETRY_LINKS_S, RETRY_LINKS_MAX_S)
         except Exception:  # a task's error would go unseen: say it, and leave it to events
             log.exception("retrying link version %d failed", version)
         finally:

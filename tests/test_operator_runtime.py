@@ -349,3 +349,26 @@ def test_a_saved_link_version_whose_announcement_fails_is_announced_later_in_ord
     pending.append(4)  # trained again meanwhile
     assert asyncio.run(announce_pending(pending, send)) is True
     assert pending == [] and sent == [3, 4]
+
+
+def test_the_controller_tries_a_link_version_again_with_backoff_while_it_is_wanted():
+    """Review: a version that failed to load once (a shared store not visible yet) was never
+    planned from: nothing else asks the controller again, and the pipeline stayed in warm-up."""
+    import asyncio
+
+    from mlink.operators.controller_agent import retry_with_backoff
+
+    waits: list[float] = []
+    outcomes = iter([False, False, False, True])
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def attempt() -> bool:
+        return next(outcomes)
+
+    assert asyncio.run(retry_with_backoff(attempt, lambda: True, 31.0, 100.0, sleep)) is True
+    assert waits == [31.0, 62.0, 100.0, 100.0]
+    waits.clear()  # a newer version, or a plan that uses it: stop asking
+    assert asyncio.run(retry_with_backoff(attempt, lambda: False, 31.0, 100.0, sleep)) is False
+    assert waits == [31.0]

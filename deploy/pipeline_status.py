@@ -17,7 +17,13 @@ from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.state import ControlState
-from mlink.operators.stream_decision import forecast_bounds, plan_promise, state_forecast
+from mlink.operators.stream_decision import (
+    forecast_bounds,
+    model_shares,
+    plan_estimate,
+    plan_promise,
+    state_forecast,
+)
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError, FrameResult
@@ -41,14 +47,16 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     """Active set, epoch, budget, link versions, consumer lag, and agreement: predicted per
     model by the controller and measured live on probe frames, each also as the mean over the
     synthesized models only (the all-models figure counts executed models as 1)."""
-    state, messages = read_control(bootstrap, config)
-    last = next((m for m in reversed(messages) if m.kind == "active_set"), None)
-    predicted = (last.extra.get("predicted") or {}) if last else {}
+    state, _ = read_control(bootstrap, config)
+    # the plan in force, as the workers applied it (a later message of the same epoch, from a
+    # controller that failed over, was skipped by them and is not shown either)
+    extra = state.plan_extra if state.epoch > 0 else {}
+    predicted = model_shares(extra.get("predicted"))
     # on synthesized frames only, the basis the probes measure: the paper's links synthesize a
     # model on every frame it does not run, so there it is the model's prediction itself
     predicted_synth = (
-        (last.extra.get("predicted_synthesized") or {})
-        if last and state.schedule is not None
+        model_shares(extra.get("predicted_synthesized"))
+        if state.schedule is not None
         else {m: v for m, v in predicted.items() if m not in state.active}
     )
     return {
@@ -57,11 +65,11 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "active": list(state.active) or "all (warming up)",
         "link_version": state.link_version,
         "budget": state.budget or state.requested_budget,
-        "predicted_accuracy": last.extra.get("objective") if last else None,
-        "predicted_agreement": last.extra.get("predicted") if last else None,
-        "predicted_lower": last.extra.get("lower") if last else None,  # stream plans only
-        "predicted_forecast": forecast_bounds(last.extra) if last else None,  # stream plans
-        "predicted_promise": plan_promise(last.extra) if last else None,  # their mean, all models
+        "predicted_accuracy": plan_estimate(extra),
+        "predicted_agreement": predicted or None,
+        "predicted_lower": model_shares(extra.get("lower")) or None,  # stream plans only
+        "predicted_forecast": model_shares(forecast_bounds(extra)) or None,  # stream plans
+        "predicted_promise": plan_promise(extra),  # their mean, all models
         "predicted_synthesized": predicted_synth,
         "predicted_synthesized_mean": _mean_of(predicted_synth.values()),
         "schedule": (
@@ -69,7 +77,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
             if state.schedule is not None
             else None
         ),
-        "replan_reason": last.extra.get("replan_reason") if last else None,
+        "replan_reason": extra.get("replan_reason"),
         "live_agreement": state.live_agreement,
         "live_synthesized_mean": _mean_of(state.live_agreement.values()),
         "live_probes": state.live_probes,
@@ -77,13 +85,13 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         # stream plans: the plan's forecast bound until probes come in, then its estimate with
         # each synthesized model rescaled by what its probes saw (liveguard.forecast)
         "forecast_with_probes": state_forecast(state),
-        "plan_cost": last.extra.get("cost") if last else None,
-        "cost_table": last.extra.get("cost_table") if last else None,
-        "model_ms": last.extra.get("model_ms") if last else None,  # what the plan was priced on
-        "budget_ms": last.extra.get("budget_ms") if last else None,
+        "plan_cost": extra.get("cost"),
+        "cost_table": extra.get("cost_table"),
+        "model_ms": extra.get("model_ms"),  # what the plan was priced on
+        "budget_ms": extra.get("budget_ms"),
         # the plan would switch if model costs rose a little (linkstore.cost_headroom)
-        "fragile": last.extra.get("fragile") if last else None,
-        "infeasible": last.extra.get("infeasible") if last else None,
+        "fragile": extra.get("fragile"),
+        "infeasible": extra.get("infeasible"),
         "linkstore": store_report(config.links.store),
         "lag": consumer_lag(bootstrap, config),
         "dead_letters": dead_letter_report(bootstrap, config),

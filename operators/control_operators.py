@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import OrderedDict
 from typing import Any
@@ -25,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from mlink.operators.runtime import MLink
 from mlink.operators.stream_decision import (
     live_forecast,
+    model_shares,
     plan_estimate,
     plan_promise,
     state_forecast,
@@ -126,15 +126,7 @@ def _refresh_plan_views(mlink: MLink, message: ControlMessage) -> None:
     synthesized = message.extra.get("predicted_synthesized", {})  # stream plans
     if isinstance(predicted, dict) and isinstance(synthesized, dict):
         predicted = {**predicted, **synthesized}
-    mlink.predicted = {
-        m: float(v)
-        for m, v in (predicted.items() if isinstance(predicted, dict) else ())
-        if m in mlink.specs
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and math.isfinite(v)
-        and 0.0 <= v <= 1.0
-    }
+    mlink.predicted = model_shares(predicted, mlink.specs)
     log.info(
         "now at epoch %d: active=%s links=v%s",
         mlink.state.epoch,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks
@@ -40,6 +40,7 @@ __all__ = [
     "links_estimate",
     "live_corrections",
     "live_forecast",
+    "model_shares",
     "plan_estimate",
     "plan_promise",
     "state_forecast",
@@ -282,6 +283,23 @@ def plan_estimate(extra: Mapping[str, Any]) -> float | None:
     None when it carries none or not a number in [0, 1]."""
     value = extra.get("objective")
     return float(value) if type(value) in (int, float) and 0.0 <= value <= 1.0 else None
+
+
+def model_shares(value: Any, models: Collection[str] | None = None) -> dict[str, float]:
+    """The ``{model: share in [0, 1]}`` entries of a control message's per-model field (of
+    ``models`` only, when given); anything else in it is left out, never raised on: workers and
+    ``mlink status`` read the same fields of the same messages and must agree on them."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(m): float(v)
+        for m, v in value.items()
+        if (models is None or m in models)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and 0.0 <= v <= 1.0
+    }
 
 
 def carried_corrections(extra: Mapping[str, Any]) -> dict[str, float]:

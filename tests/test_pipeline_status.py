@@ -3,7 +3,10 @@ offset after a batch of several records (docs/broker.md)."""
 
 from __future__ import annotations
 
+import io
+
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from rich.console import Console
 
 from mlink.deploy.pipeline_status import read_to_end
 
@@ -28,3 +31,44 @@ def test_read_to_end_finds_the_last_record_of_a_batch(broker, topic_factory):
     values = [r.value for r in records]
     everything = [b"alone", b"r0", b"r1", b"r2", b"r3"]
     assert 2 <= len(values) <= 3 and values == everything[-len(values) :]
+
+
+def test_status_shows_the_plan_the_workers_applied_and_survives_odd_fields(broker, tmp_path):
+    """Review: status showed the last ``active_set`` in the log, also one the workers skipped
+    (a second controller's message of the same epoch), mixed with the applied plan's active
+    set; and a ``predicted`` the workers ignore (not a mapping) crashed it."""
+    from mlink.deploy.pipeline_status import status
+    from mlink.deploy.runner import publish_control
+    from mlink.deploy.status_view import render_status
+    from mlink.deploy.topics_setup import create_pipeline_topics
+    from mlink.topics.records import ControlMessage
+    from tests.test_pipeline_e2e import FAST_MODELS, write_config
+
+    _, config = write_config(
+        tmp_path, "status", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    a, b = FAST_MODELS[:2]
+
+    def plan(epoch: int, active: tuple[str, ...], **extra: object) -> ControlMessage:
+        return ControlMessage(
+            kind="active_set",
+            epoch=epoch,
+            issued_at=float(epoch),
+            active=active,
+            budget={"fraction": 0.3},
+            extra={"objective": 0.9, **extra},
+        )
+
+    publish_control(broker.bootstrap, config, plan(1, (a,), predicted={a: 1.0, b: 0.8}))
+    publish_control(broker.bootstrap, config, plan(1, (b,), predicted={a: 0.5, b: 1.0}))
+    seen = status(broker.bootstrap, config)
+    assert seen["epoch"] == 1 and seen["active"] == [a]
+    assert seen["predicted_agreement"] == {a: 1.0, b: 0.8}  # not the skipped message's
+    assert seen["predicted_synthesized"] == {b: 0.8}
+
+    publish_control(broker.bootstrap, config, plan(2, (a, b), predicted=[0.5, 1.0], lower="x"))
+    seen = status(broker.bootstrap, config)
+    assert seen["epoch"] == 2 and seen["predicted_agreement"] is None
+    assert seen["predicted_lower"] is None and seen["predicted_synthesized_mean"] is None
+    render_status(seen, Console(file=io.StringIO()))  # and `mlink status` prints it

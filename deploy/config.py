@@ -126,6 +126,7 @@ class PipelineConfig(StrictSection):
                 warmup_frames=links.warmup_frames,
                 probe_every=links.probe_every,
                 retrain_every=links.retrain_every,
+                keep_versions=links.keep_versions,
                 ensemble=links.ensemble,
                 selector=links.selector,
                 train=links.train_config(),

@@ -245,6 +245,9 @@ class LinksConfig(StrictSection):
     retrain_every: int = Field(
         0, ge=0, description="retrain after this many new probe frames; 0 = train once"
     )
+    keep_versions: int = Field(
+        32, ge=0, description="link versions kept in the store after each retrain; 0 = all"
+    )
     ensemble: Literal["weighted", "fusion"] = "weighted"
     selector: Literal["exact", "greedy", "lookahead", "auto"] = "auto"
     epochs: int = Field(100, ge=1)

@@ -147,7 +147,9 @@ class LinkSettings:
     ``store`` is a directory or an fsspec URL that every worker reaches. The first links train
     after ``warmup_frames`` frames on which every model ran; afterwards every ``probe_every``-th
     frame of a stream runs every model (training data and live agreement), and
-    ``retrain_every`` new probe frames trigger a retrain (0 = train once). A worker whose
+    ``retrain_every`` new probe frames trigger a retrain (0 = train once); after each new version
+    is announced the trainer deletes all but the ``keep_versions`` newest (0 = keep every one;
+    frames in flight name versions of the last few plans only). A worker whose
     planned and already fetched frames make up its ``warmup_frames`` stops fetching for up to
     ``hold_s`` until the first links arrive: a backlog then waits in Kafka for the budgeted plan
     instead of running every model on every frame while the links train (0 = never wait). While
@@ -176,6 +178,7 @@ class LinkSettings:
     warmup_frames: int = 60
     probe_every: int = 20
     retrain_every: int = 0
+    keep_versions: int = 32
     ensemble: Literal["weighted", "fusion"] = "weighted"
     selector: Literal["exact", "greedy", "lookahead", "auto"] = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -191,9 +194,10 @@ class LinkSettings:
             raise SettingsError("LinkSettings.warmup_frames must be >= 4")
         if self.hold_s < 0:
             raise SettingsError("LinkSettings.hold_s must be >= 0 (0: never wait for links)")
-        if self.probe_every < 0 or self.retrain_every < 0 or self.probe_stride < 0:
+        if min(self.probe_every, self.retrain_every, self.probe_stride, self.keep_versions) < 0:
             raise SettingsError(
-                "LinkSettings.probe_every, retrain_every and probe_stride must be >= 0"
+                "LinkSettings.probe_every, retrain_every, probe_stride and keep_versions must "
+                "be >= 0"
             )
         if max(self.probe_every, self.probe_stride) > MAX_PROBE_EVERY:
             raise SettingsError(

@@ -144,8 +144,22 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         await control_t.send(b"link_version", encode_record(message))
 
     async def announce() -> None:
+        if not unannounced:
+            return
         if not await announce_pending(unannounced, send_announcement):
             mlink.metrics["announce_failures"] += 1
+            return
+        keep = settings.links.keep_versions
+        if keep:  # every version is announced: the old ones can go (the store's lock is held)
+            try:
+                gone = await asyncio.get_running_loop().run_in_executor(
+                    mlink.executor("trainer"), mlink.store.prune, keep
+                )
+            except Exception:  # a store that cannot delete keeps its versions; links still work
+                log.exception("could not delete old link versions (keeping %d)", keep)
+                return
+            if gone:
+                log.info("deleted link versions %s (keeping the %d newest)", gone, keep)
 
     async def trainer_agent(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()

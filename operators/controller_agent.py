@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -27,18 +27,52 @@ from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.control_operators import ControlLog
 from mlink.operators.controller import decide
 from mlink.operators.runtime import MLink
+from mlink.operators.state import BUDGET_ORIGIN, ControlState
 from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError
 
-__all__ = ["attach_controller", "retry_with_backoff"]
+__all__ = ["attach_controller", "config_budget_message", "retry_with_backoff"]
 
 log = logging.getLogger("mlink.control")
 #: A link version that failed to load is planned from again after this long (the loader
 #: remembers a failure for BAD_RETRY_S), then after twice as long, up to RETRY_LINKS_MAX_S.
 RETRY_LINKS_S = BAD_RETRY_S + 1.0
 RETRY_LINKS_MAX_S = 300.0
+
+
+def config_budget_message(
+    state: ControlState, budget: Mapping[str, float]
+) -> tuple[ControlMessage | None, str | None]:
+    """What a starting worker publishes so that an edited config's ``budget`` takes effect, and
+    why it publishes nothing when the budget in force is a run-time one.
+
+    A plan was made (epoch > 0) for another budget than the config's, and no ``mlink budget``
+    command set the budget in force: the config was edited, so the worker restates its budget
+    on the control topic (marked as the config's), and the controller plans for it. A budget
+    set with ``mlink budget`` stays in force until the next command: the operator's call wins
+    over a file. Every starting worker does the same; the controller plans once per budget.
+    """
+    if state.epoch == 0:  # nothing planned yet: the first plan takes the config's budget
+        return None, None
+    budget = dict(budget)
+    in_force = state.requested_budget or state.budget
+    if in_force == budget:
+        return None, None
+    if state.requested_budget and not state.budget_from_config:
+        return None, (
+            f"the config's budget {budget} is not the one in force, {in_force}, which was set "
+            "with `mlink budget`; that one stays until the next `mlink budget`"
+        )
+    message = ControlMessage(
+        kind="budget",
+        epoch=state.epoch,
+        issued_at=time.time(),
+        budget=budget,
+        extra={BUDGET_ORIGIN: "config"},
+    )
+    return message, None
 
 
 async def retry_with_backoff(
@@ -59,6 +93,15 @@ async def retry_with_backoff(
         if await attempt():
             return True
         delay = min(delay * 2, most_s)
+
+
+def _planned_for_requested(state: ControlState) -> bool:
+    """Whether the plan in force was made for the requested budget from the newest links."""
+    return (
+        state.epoch > 0
+        and state.budget == state.requested_budget
+        and state.link_version == state.latest_links
+    )
 
 
 def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
@@ -189,8 +232,22 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         finally:
             retrying.pop(version, None)
 
+    async def restate_config_budget() -> None:
+        """An edited config's budget takes effect on restart (:func:`config_budget_message`)."""
+        message, why = config_budget_message(mlink.state, settings.budget)
+        if why is not None:
+            log.warning(why)
+        if message is None:
+            return
+        log.info("the config's budget %s is not the one in force: restating it", message.budget)
+        try:
+            await control_out.send(b"budget", encode_record(message))
+        except Exception:  # the worker still serves; `mlink budget` sets it by hand
+            log.exception("could not restate the config's budget %s", message.budget)
+
     async def controller(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()
+        await restate_config_budget()
         control_log: ControlLog = mlink.control_log  # type: ignore[attr-defined]
         try:
             async for event in stream.events():
@@ -216,6 +273,8 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                             continue
                         reason, corrections = replan
                         log.warning("re-planning: %s", reason)
+                    elif message.kind == "budget" and _planned_for_requested(mlink.state):
+                        continue  # the plan in force has it (a worker restated it again)
                     elif message.kind in ("budget", "link_version"):
                         # the guard's evidence on the models stands: no model flaps back
                         reason, corrections = None, carried_corrections(mlink.state.plan_extra)

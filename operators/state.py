@@ -27,7 +27,11 @@ from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.topics.control import MAX_EPOCH, MAX_EPOCH_STEP, agreement_problem, budget_problem
 from mlink.topics.records import ControlMessage, Plan
 
-__all__ = ["ApplyOutcome", "ApplyStatus", "ControlState"]
+__all__ = ["BUDGET_ORIGIN", "ApplyOutcome", "ApplyStatus", "ControlState"]
+
+#: ``extra`` key of a ``budget`` message that says where it came from: ``"config"`` when a
+#: starting worker restates its config's budget (operators.controller_agent).
+BUDGET_ORIGIN = "origin"
 
 ApplyStatus = Literal["applied", "stale", "rejected"]
 
@@ -64,7 +68,8 @@ class ControlState:
 
     ``requested_budget`` is the budget of the latest ``budget`` message in log order (empty
     until one arrives): the controller decides from it, so a budget set at run time survives a
-    controller fail-over. ``budget`` is the budget the current active set was chosen for.
+    controller fail-over and a restart. ``budget`` is the budget the current active set was
+    chosen for.
     """
 
     models: tuple[str, ...]
@@ -74,6 +79,9 @@ class ControlState:
     probe_every: int
     budget: dict[str, float]
     requested_budget: dict[str, float]
+    budget_from_config: bool
+    """Whether ``requested_budget`` restates a worker's config (:data:`BUDGET_ORIGIN`) rather
+    than a run-time command (``mlink budget``): an edited config replaces the one, not the other."""
     latest_links: int | None
     live_agreement: dict[str, float]
     live_probes: int
@@ -98,6 +106,7 @@ class ControlState:
         self.probe_every = probe_every
         self.budget = {}
         self.requested_budget = {}
+        self.budget_from_config = False
         self.latest_links = None
         self.live_agreement = {}
         self.live_probes = 0
@@ -141,6 +150,7 @@ class ControlState:
             if not message.budget:
                 return _rejected("a budget message needs at least one budget key")
             self.requested_budget = dict(message.budget)
+            self.budget_from_config = message.extra.get(BUDGET_ORIGIN) == "config"
             return ApplyOutcome("applied")
         if message.kind == "agreement":
             return self._apply_agreement(message)

@@ -258,3 +258,30 @@ def test_a_replan_without_new_probes_keeps_the_guards_corrections_and_drops_junk
     assert carried_corrections(extra) == {"eyes": 0.09, "face": 1.2}
     assert carried_corrections({"corrections": [0.5]}) == {}
     assert carried_corrections({}) == {}
+
+
+def test_a_starting_worker_restates_an_edited_configs_budget_but_not_over_a_command():
+    """Review: an edited config's budget did nothing on restart; the plan in force stayed."""
+    from mlink.operators.controller_agent import config_budget_message
+    from mlink.operators.state import BUDGET_ORIGIN
+
+    state = ControlState(("a", "b"))
+    assert config_budget_message(state, {"fraction": 0.9}) == (None, None)  # nothing planned
+    state.apply(
+        ControlMessage(
+            kind="active_set", epoch=1, issued_at=1.0, active=("a",), budget={"fraction": 0.3}
+        )
+    )
+    assert config_budget_message(state, {"fraction": 0.3}) == (None, None)  # a plain restart
+    message, why = config_budget_message(state, {"fraction": 0.9})  # the config was edited
+    assert why is None and message.kind == "budget" and message.budget == {"fraction": 0.9}
+    assert message.extra == {BUDGET_ORIGIN: "config"}
+    state.apply(message)
+    assert state.requested_budget == {"fraction": 0.9} and state.budget_from_config
+    message, _ = config_budget_message(state, {"fraction": 0.5})  # edited again: replaced
+    assert message is not None and message.budget == {"fraction": 0.5}
+    command = ControlMessage(kind="budget", epoch=1, issued_at=2.0, budget={"ms": 20.0})
+    state.apply(command)  # `mlink budget --ms 20`: the operator's call wins over the file
+    assert not state.budget_from_config
+    message, why = config_budget_message(state, {"fraction": 0.5})
+    assert message is None and "`mlink budget`" in why

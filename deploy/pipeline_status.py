@@ -65,6 +65,10 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "active": list(state.active) or "all (warming up)",
         "link_version": state.link_version,
         "budget": state.budget or state.requested_budget,
+        # a budget set with `mlink budget` stays in force over an edited config's
+        "budget_set_by": (
+            "mlink budget" if state.requested_budget and not state.budget_from_config else "config"
+        ),
         "predicted_accuracy": plan_estimate(extra),
         "predicted_agreement": predicted or None,
         "predicted_lower": model_shares(extra.get("lower")) or None,  # stream plans only

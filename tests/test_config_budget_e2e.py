@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from mlink.deploy.pipeline_status import status
 from mlink.deploy.runner import read_control
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
@@ -55,6 +56,7 @@ def test_an_edited_config_budget_takes_effect_on_restart(broker, tmp_path) -> No
         worker.stop()
     state, _ = read_control(broker.bootstrap, config)
     assert state.budget == {"fraction": 0.9} and state.budget_from_config
+    assert status(broker.bootstrap, config)["budget_set_by"] == "config"
     assert "restating it" in worker.log()
 
     again = start("plain-restart")  # the same config: nothing to restate

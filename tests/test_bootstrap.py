@@ -25,6 +25,7 @@ CONFIG = {
     [
         ("localhost:9092", ["localhost:9092"]),
         ("kafka://a:1, b:2", ["a:1", "b:2"]),
+        ("kafka://a:1;kafka://b:2", ["a:1", "b:2"]),  # faust's own list
         (" KAFKA://a:1/ ,, ", ["a:1"]),
         ("broker", ["broker:9092"]),
         ("a:1,a:1,b:01", ["a:1", "b:1"]),

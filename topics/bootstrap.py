@@ -59,12 +59,13 @@ def _server(entry: str, whole: str) -> str:
 def bootstrap_servers(bootstrap: str) -> list[str]:
     """``['host:port', ...]`` of a broker address; a missing port is Kafka's 9092.
 
-    Accepts a comma-separated list with or without spaces and faust's ``kafka://`` prefix on
-    any entry; anything else raises :class:`ValueError` naming the entry.
+    Accepts a list separated by commas (Kafka's clients) or semicolons (faust's), with or
+    without spaces, and faust's ``kafka://`` prefix on any entry; anything else raises
+    :class:`ValueError` naming the entry.
     """
     if not isinstance(bootstrap, str):
         raise ValueError(f"broker must be a string 'host:port', got {type(bootstrap).__name__}")
-    entries = [e for e in bootstrap.split(",") if e.strip()]
+    entries = [e for e in re.split(r"[,;]", bootstrap) if e.strip()]
     if not entries:
         raise ValueError(f"empty broker {bootstrap!r}; write 'host:port[,host:port...]'")
     servers = [_server(e, bootstrap) for e in entries]

@@ -105,6 +105,14 @@ def _buffered(stream: faust.StreamT) -> int:
     return queue.qsize() if queue is not None else 0
 
 
+def record_position(event: Any) -> str:
+    """Where a frame record sits in Kafka: what a redelivery repeats. Not its frame id: a source
+    run again (``mlink produce``, a camera that restarts its counter) sends the same ids in new
+    records, and those are new frames that need results."""
+    message = event.message
+    return f"{message.topic}/{message.partition}/{message.offset}"
+
+
 class FrameBatch:
     """The work of one batch, step by step; each step contains its own failures."""
 
@@ -121,7 +129,7 @@ class FrameBatch:
         good = await self.dead.decode(events, lambda e: reader(e, limits), STAGE)
         fresh = []
         for event, frame in good:
-            if frame.frame_id in self.mlink.completed:
+            if record_position(event) in self.mlink.completed:
                 self.mlink.metrics["redelivered_frames"] += 1
                 continue  # answered already by this worker: a redelivery, not a new frame
             fresh.append((event, frame))
@@ -289,7 +297,7 @@ def attach_frame_operator(
             await results_t.send(key, value)
             if is_training_sample(result):
                 await samples_t.send(key, value)
-            mlink.completed.add(result.frame_id)
+            mlink.completed.add(record_position(event))
             record_result(mlink, result)
 
     frame_operator.__name__ = "frame_operator"

@@ -35,7 +35,7 @@ import numpy as np
 
 from mlink.operators.health import HealthReport, ModelHealth
 from mlink.operators.isolation import ProcessExecutor
-from mlink.operators.model_runner import ModelRunner, RunOutcome
+from mlink.operators.model_runner import ModelRunner, RunOutcome, describe_exception, model_calls
 from mlink.operators.model_settings import ExecutorSettings, ModelFactory
 from mlink.topics.specs import OutputSpec
 
@@ -167,10 +167,11 @@ class ThreadExecutor:
             if blocked is not None:
                 return blocked
             future = self._thread.submit(self.runner.run, list(frames))
+            limit = self._limit(frames)
             try:
-                outcomes = future.result(timeout=self.settings.timeout_s)
+                outcomes = future.result(timeout=limit)
             except FutureTimeout:
-                return self._abandon(future, len(frames))
+                return self._abandon(future, len(frames), limit)
             except BaseException as exc:  # ModelRunner catches Exception: this is SystemExit & co
                 return self._raised(exc, len(frames))
         self._health.observe(o.error for o in outcomes)
@@ -187,9 +188,10 @@ class ThreadExecutor:
                 return blocked
             future = self._thread.submit(self.runner.run, list(frames))
             waiter = asyncio.wrap_future(future)
-            done, _ = await asyncio.wait([waiter], timeout=self.settings.timeout_s)
+            limit = self._limit(frames)
+            done, _ = await asyncio.wait([waiter], timeout=limit)
             if not done:
-                return self._abandon(future, len(frames))
+                return self._abandon(future, len(frames), limit)
             try:
                 outcomes = waiter.result()
             except BaseException as exc:
@@ -223,8 +225,11 @@ class ThreadExecutor:
         self._health.failure("unavailable", error, n)
         return [RunOutcome(None, 0.0, error) for _ in range(n)]
 
-    def _abandon(self, future: Future[Any], n: int) -> list[RunOutcome]:
-        timeout = self.settings.timeout_s
+    def _limit(self, frames: Sequence[np.ndarray]) -> float:
+        """``timeout_s`` per call of the model (:func:`model_calls`)."""
+        return self.settings.timeout_s * model_calls(frames, self.runner.batch)
+
+    def _abandon(self, future: Future[Any], n: int, timeout: float) -> list[RunOutcome]:
         error = f"model {self.name} timed out after {timeout:.1f} s"
         self._stuck, self._stuck_since = future, time.monotonic()
         self._health.failure("timeout", error, n)
@@ -232,6 +237,6 @@ class ThreadExecutor:
         return [RunOutcome(None, timeout * 1000, error) for _ in range(n)]
 
     def _raised(self, exc: BaseException, n: int) -> list[RunOutcome]:
-        error = f"model {self.name} raised {type(exc).__name__}: {exc}"
+        error = f"model {self.name} raised {describe_exception(exc)}"
         self._health.failure("error", error, n)
         return [RunOutcome(None, 0.0, error) for _ in range(n)]

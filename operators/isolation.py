@@ -27,7 +27,7 @@ import numpy as np
 from mlink.operators.child_supervisor import ChildSupervisor, Slot, describe_exit
 from mlink.operators.health import HealthReport, ModelHealth
 from mlink.operators.model_process import send_frames
-from mlink.operators.model_runner import RunOutcome
+from mlink.operators.model_runner import RunOutcome, model_calls
 from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
 from mlink.topics.specs import OutputSpec
 
@@ -156,7 +156,8 @@ class ProcessExecutor:
         return f"model {self.name} is unavailable: restart in {wait:.1f} s{after}"
 
     def _call(self, slot: Slot, frames: Sequence[np.ndarray]) -> list[RunOutcome]:
-        n, timeout = len(frames), self.settings.timeout_s
+        n = len(frames)
+        timeout = self.settings.timeout_s * model_calls(frames, self.batch)
         conn = slot.conn
         assert conn is not None
         call_id = next(self._call_ids)

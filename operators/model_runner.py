@@ -23,6 +23,8 @@ import numpy as np
 
 from mlink.topics.specs import OutputSpec, SpecError
 
+__all__ = ["MAX_ERROR_CHARS", "ModelRunner", "RunOutcome", "describe_exception", "model_calls"]
+
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
@@ -35,6 +37,16 @@ class RunOutcome:
     cpu_ms: float | None = None
 
 
+def model_calls(frames: Sequence[np.ndarray], batch: bool) -> int:
+    """How many calls of the model :meth:`ModelRunner.run` makes for ``frames``: one for a batch
+    model whose frames have one shape, else one per frame. A call's time limit covers that
+    many calls (``timeout_s`` is per call), so a model that takes frames one at a time is not
+    timed out for a batch it was never asked to run at once."""
+    if batch and len({f.shape for f in frames}) == 1:
+        return 1
+    return max(len(frames), 1)
+
+
 class ModelRunner:
     """Calls a model on frames, one at a time or as a batch when the model supports it."""
 
@@ -44,8 +56,7 @@ class ModelRunner:
         self.name, self.model, self.spec, self.batch = name, model, spec, batch
 
     def run(self, frames: Sequence[np.ndarray]) -> list[RunOutcome]:
-        same_shape = len({f.shape for f in frames}) == 1
-        if self.batch and len(frames) > 1 and same_shape:
+        if model_calls(frames, self.batch) == 1 and len(frames) > 1:
             clock = _Clock()
             try:
                 outputs = list(self.model(np.stack(frames)))
@@ -64,7 +75,7 @@ class ModelRunner:
             output = self.model(frame)
         except Exception as exc:
             wall, cpu = clock.read()
-            error = f"model {self.name} raised {type(exc).__name__}: {exc}"
+            error = f"model {self.name} raised {describe_exception(exc)}"
             return RunOutcome(None, wall, error, cpu)
         return self._validated(output, *clock.read())
 
@@ -72,7 +83,30 @@ class ModelRunner:
         try:
             return RunOutcome(self.spec.validate(output, model=self.name), elapsed_ms, None, cpu_ms)
         except SpecError as exc:
-            return RunOutcome(None, elapsed_ms, f"invalid output: {exc}", cpu_ms)
+            return RunOutcome(None, elapsed_ms, f"invalid output: {_bounded(str(exc))}", cpu_ms)
+        except Exception as exc:  # an output the spec's checks choke on (strings for boxes)
+            error = f"invalid output: {describe_exception(exc)}"
+            return RunOutcome(None, elapsed_ms, error, cpu_ms)
+
+
+#: Longest error text a frame's result carries: a model's exception message can be any size,
+#: and it travels to Kafka in the result and across the pipe from an isolated model's process.
+MAX_ERROR_CHARS = 2000
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return f"{text[:MAX_ERROR_CHARS]}... ({len(text):,} characters)"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message``, bounded; an exception whose ``str`` itself raises still says its type."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<its message could not be read>"
+    return f"{type(exc).__name__}: {_bounded(message)}"
 
 
 class _Clock:

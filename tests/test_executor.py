@@ -134,9 +134,9 @@ def test_a_hung_call_times_out_and_the_model_fails_fast_until_it_returns() -> No
     hung = ThreadExecutor("hung", gate, SPEC, settings=settings)
     other = ThreadExecutor("other", parity, SPEC, settings=settings)
 
-    outcomes = hung.run(frames(7, 1))
-    assert [o.error for o in outcomes] == ["model hung timed out after 0.5 s"] * 2
-    assert all(o.output is None and o.elapsed_ms == 500.0 for o in outcomes)
+    outcomes = hung.run(frames(7, 1))  # two calls of a one-frame model: 0.5 s each
+    assert [o.error for o in outcomes] == ["model hung timed out after 1.0 s"] * 2
+    assert all(o.output is None and o.elapsed_ms == 1000.0 for o in outcomes)
     report = hung.health()
     assert (report.state, report.timeouts) == ("unhealthy", 1)
 
@@ -155,6 +155,41 @@ def test_a_hung_call_times_out_and_the_model_fails_fast_until_it_returns() -> No
     assert (report.state, report.successes) == ("healthy", 2)
     hung.close()
     other.close()
+
+
+def test_a_one_frame_model_has_its_time_limit_per_frame_not_per_batch() -> None:
+    """Review: a model taking frames one at a time ran a worker's batch under one call's limit,
+    so a model well within its per-frame limit lost every frame of a batch."""
+
+    def slow(frame: np.ndarray) -> np.ndarray:
+        time.sleep(0.2)
+        return parity(frame)
+
+    settings = ExecutorSettings(timeout_s=0.5)
+    executor = ThreadExecutor("slow", slow, SPEC, settings=settings)
+    outcomes = executor.run(frames(1, 2, 3, 4, 5))  # 1.0 s in all, 0.2 s a call
+    assert [o.error for o in outcomes] == [None] * 5
+    executor.close()
+
+
+def test_an_output_the_spec_chokes_on_or_a_huge_message_is_one_frames_bounded_error() -> None:
+    """Review: string boxes made the spec's check raise a ValueError that escaped validation
+    (and killed an isolated model's process), and a 30 MB exception message went to Kafka."""
+    from mlink.operators.model_runner import MAX_ERROR_CHARS, ModelRunner
+    from mlink.topics.specs import BoxesSpec
+
+    def odd(frame: np.ndarray) -> object:
+        if int(frame.flat[0]) == 7:
+            return [["a", "b", "c", "d", "e"]]
+        if int(frame.flat[0]) == 8:
+            raise RuntimeError("x" * 1_000_000)
+        return np.zeros((0, 5), np.float32)
+
+    outcomes = ModelRunner("odd", odd, BoxesSpec(max_boxes=4)).run(frames(1, 7, 8, 2))
+    assert [o.error is None for o in outcomes] == [True, False, False, True]
+    assert outcomes[1].error.startswith("invalid output: ValueError")
+    assert outcomes[2].error.startswith("model odd raised RuntimeError: xxx")
+    assert len(outcomes[2].error) < MAX_ERROR_CHARS + 100
 
 
 def test_arun_waits_without_blocking_the_event_loop() -> None:

@@ -43,6 +43,8 @@ from mlink.topics.specs import OutputSpec
 __all__ = ["ChildSupervisor", "Slot", "SlotState", "describe_exit", "restart_delay"]
 
 log = logging.getLogger("mlink.models")
+SUPERVISOR_PAUSE_S = 0.5  # after an error of the supervisor loop itself, doubling up to:
+SUPERVISOR_PAUSE_MAX_S = 30.0
 SlotState = Literal["dead", "starting", "idle", "busy"]
 
 
@@ -176,25 +178,35 @@ class ChildSupervisor:
 
     # -- supervisor ----------------------------------------------------------------------------
     def _supervise(self) -> None:
-        try:
-            while True:
-                with self.cond:
-                    if self.closing:
-                        return
-                    self._start_due()
-                    watched, timeout = self._watch_list()
-                ready = multiprocessing.connection.wait([*watched, self._wake_r], timeout)
-                with self.cond:
-                    if self.closing:
-                        return
-                    self._drain_wake(ready)
-                    for obj in ready:
-                        if obj in watched:
-                            self._on_ready(watched[obj], obj)
-                    self._check_start_timeouts()
-                    self._poll_rss()
-        except Exception:  # a supervisor bug must not go silent: the model would never restart
-            log.exception("supervisor of model %s stopped", self.name)
+        """The loop outlives its own errors: the children die with this thread (their parent
+        death signal), so a supervisor that stopped on one error would take every healthy child
+        of the model with it and restart none."""
+        pause = SUPERVISOR_PAUSE_S
+        while not self.closing:
+            try:
+                self._supervise_once()
+                pause = SUPERVISOR_PAUSE_S
+            except Exception:  # said every time, tried again after a growing pause
+                log.exception("supervisor of model %s failed; going on in %.1f s", self.name, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, SUPERVISOR_PAUSE_MAX_S)
+
+    def _supervise_once(self) -> None:
+        with self.cond:
+            if self.closing:
+                return
+            self._start_due()
+            watched, timeout = self._watch_list()
+        ready = multiprocessing.connection.wait([*watched, self._wake_r], timeout)
+        with self.cond:
+            if self.closing:
+                return
+            self._drain_wake(ready)
+            for obj in ready:
+                if obj in watched:
+                    self._on_ready(watched[obj], obj)
+            self._check_start_timeouts()
+            self._poll_rss()
 
     def _start_due(self) -> None:
         now = time.monotonic()
@@ -203,8 +215,18 @@ class ChildSupervisor:
                 self._spawn(slot)
 
     def _spawn(self, slot: Slot) -> None:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        shared = FrameBuffer.create()
+        try:  # out of file descriptors or memory for a moment: a failed start, retried later
+            parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        except Exception as exc:
+            self.dead(slot, f"could not start a process: {exc}", "crash")
+            return
+        try:
+            shared = FrameBuffer.create()
+        except Exception as exc:
+            parent_conn.close()
+            child_conn.close()
+            self.dead(slot, f"could not start a process: {exc}", "crash")
+            return
         process = self._ctx.Process(
             target=child_main,
             args=(

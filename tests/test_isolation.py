@@ -379,3 +379,30 @@ def test_children_die_with_their_parent() -> None:
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
     assert wait_until(lambda: not any(alive(pid) for pid in children), timeout=10)
+
+
+def test_a_moment_without_file_descriptors_is_a_failed_start_not_the_end_of_the_model(
+    isolated: Isolate,
+) -> None:
+    """Review: ``Pipe()`` ran outside the failure handling of a start, so running out of file
+    descriptors for a moment stopped the supervisor thread, and with it (the children's parent
+    death signal) the model's healthy children; nothing restarted them."""
+    executor = isolated("segfault", processes=2)
+    healthy = set(executor.pids())
+    supervisor = executor._children
+    real_pipe, failures = supervisor._ctx.Pipe, {"left": 1}
+
+    def pipe(*args: object, **kwargs: object) -> object:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(24, "Too many open files")
+        return real_pipe(*args, **kwargs)
+
+    supervisor._ctx.Pipe = pipe  # type: ignore[method-assign]
+    crashed = executor.run(frames(7))  # one child dies; its restart cannot get a pipe once
+    assert crashed[0].output is None
+    assert wait_until(lambda: executor.health().restarts >= 1, timeout=30)
+    assert failures["left"] == 0
+    assert len(executor.pids()) == 2 and len(healthy & set(executor.pids())) == 1
+    assert supervisor._thread is not None and supervisor._thread.is_alive()
+    assert parity_of(executor.run(frames(1, 2))) == [1, 0]

@@ -8,17 +8,49 @@ built inside its child process from a :class:`ModelFactory`.
 from __future__ import annotations
 
 import pkgutil
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from mlink.operators.health import HealthSettings
 
-__all__ = ["ExecutorSettings", "IsolationSettings", "ModelFactory", "ModelFactoryError"]
+__all__ = [
+    "ExecutorSettings",
+    "IsolationSettings",
+    "ModelFactory",
+    "ModelFactoryError",
+    "frame_callable",
+]
 
 
 class ModelFactoryError(ValueError):
     """A model factory cannot be imported or does not return a callable model."""
+
+
+def frame_callable(model: Any) -> Any:
+    """``model`` as a frame -> output callable: a ``torch.nn.Module`` is wrapped (eval mode, no
+    grad, numpy in and out), anything else is returned as it is. Both a worker's thread and an
+    isolated model's child build through here, so a module behaves the same in either.
+
+    The module receives the frame as a tensor of the frame's dtype (uint8 pixels); scaling and
+    layout belong in its ``forward``, where the user can see them. torch is only looked up, not
+    imported: a model that is a module has loaded it already.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(model, torch.nn.Module):
+        return model
+    model.eval()
+
+    def call(frame: Any) -> Any:
+        with torch.no_grad():
+            out = model(torch.from_numpy(np.ascontiguousarray(frame)))
+        return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
+
+    call.__name__ = f"{type(model).__name__}_callable"
+    return call
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +73,7 @@ class ModelFactory:
 
     def build(self) -> Callable[[Any], Any]:
         factory = self.resolve()
-        model = factory(**dict(self.args))
+        model = frame_callable(factory(**dict(self.args)))
         if not callable(model):
             raise ModelFactoryError(
                 f"factory {self.describe()} returned {type(model).__name__}, not a callable "

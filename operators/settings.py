@@ -15,13 +15,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
-import numpy as np
-import torch
 from torch import nn
 
 from mlink.linkstore.schedule import MAX_PROBE_EVERY
 from mlink.linkstore.training import TrainConfig
-from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
+from mlink.operators.model_settings import (
+    ExecutorSettings,
+    IsolationSettings,
+    ModelFactory,
+    frame_callable,
+)
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import BoxesSpec, SequenceSpec, VectorSpec
@@ -36,23 +39,6 @@ agreement target (the cheapest plan whose estimated agreement meets it)."""
 
 class SettingsError(ValueError):
     """An operator setting is invalid; the message names it and what is allowed."""
-
-
-def _module_callable(module: nn.Module) -> Callable[[Any], Any]:
-    """A ``torch.nn.Module`` as a frame -> output callable: eval mode, no grad, numpy in/out.
-
-    The module receives the frame as a tensor of the frame's dtype (uint8 pixels); scaling and
-    layout belong in its ``forward``, where the user can see them.
-    """
-    module.eval()
-
-    def call(frame: Any) -> Any:
-        with torch.no_grad():
-            out = module(torch.from_numpy(np.ascontiguousarray(frame)))
-        return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
-
-    call.__name__ = f"{type(module).__name__}_callable"
-    return call
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,8 +116,7 @@ class Model:
             made: Any = self.build.build()
         else:
             made = self.fn if self.fn is not None else self.build()  # type: ignore[misc]
-        if isinstance(made, nn.Module):
-            return _module_callable(made)
+        made = frame_callable(made)
         if not callable(made):
             raise SettingsError(
                 f"Model {self.name!r}: build() returned {type(made).__name__}, not a callable "

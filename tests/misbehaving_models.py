@@ -94,3 +94,15 @@ def library_threads() -> Callable[[np.ndarray], object]:
     import torch
 
     return lambda frame: np.array([cv2.getNumThreads(), torch.get_num_threads()], np.float32)
+
+
+def parity_module() -> object:
+    """Parity as a ``torch.nn.Module`` (built here, so a child process can import it)."""
+    import torch
+    from torch import nn
+
+    class ParityHead(nn.Module):
+        def forward(self, frame: torch.Tensor) -> torch.Tensor:
+            return torch.eye(2)[int(frame.flatten()[0]) % 2]
+
+    return ParityHead()

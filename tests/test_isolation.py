@@ -406,3 +406,18 @@ def test_a_moment_without_file_descriptors_is_a_failed_start_not_the_end_of_the_
     assert len(executor.pids()) == 2 and len(healthy & set(executor.pids())) == 1
     assert supervisor._thread is not None and supervisor._thread.is_alive()
     assert parity_of(executor.run(frames(1, 2))) == [1, 0]
+
+
+def test_a_torch_module_runs_alike_on_a_thread_and_in_a_child_process() -> None:
+    """Review: a worker's thread wrapped an ``nn.Module`` (eval, no grad, numpy in and out) but
+    an isolated model's child called it on the raw array, and every frame failed."""
+    factory = ModelFactory("tests.misbehaving_models:parity_module")
+    isolation = IsolationSettings(**FAST_BACKOFF)  # type: ignore[arg-type]
+    for settings in (ExecutorSettings(), ExecutorSettings(isolation=isolation)):
+        executor = make_executor("head", factory, SPEC, settings=settings)
+        try:
+            outcomes = executor.run(frames(1, 2))
+            assert [o.error for o in outcomes] == [None, None]
+            assert parity_of(outcomes) == [1, 0]
+        finally:
+            executor.close()

@@ -267,7 +267,7 @@ def run_pipeline(
     """
     from tqdm import tqdm
 
-    from mlink.deploy.source import FrameProducer, _send_all, iter_source
+    from mlink.deploy.source import FrameProducer, iter_source, send_all
 
     if frames is None:
         require_sendable_source(config)
@@ -289,15 +289,9 @@ def run_pipeline(
             if frames is None:
                 frames = list(iter_source(cfg.source))
             start = time.time()
-            with FrameProducer(
-                cfg.broker,
-                cfg.topics.names().frames,
-                encoding=cfg.source.encoding,
-                jpeg_quality=cfg.source.jpeg_quality,
-                max_bytes=cfg.limits.limits().max_frame_data_bytes,
-                **cfg.producer_kwargs(),
-            ) as producer:
-                ids = _send_all(producer, frames, cfg.source.rate)
+            ids: list[str] = []
+            with FrameProducer.for_pipeline(cfg, cfg.broker) as producer:
+                send_all(producer, frames, cfg.source.rate, lambda f: ids.append(f.frame_id))
             with tqdm(total=len(ids), desc="results", unit="frame", disable=not progress) as bar:
                 complete = collector.wait_for(set(ids), timeout, bar)
             if not complete:

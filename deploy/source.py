@@ -33,6 +33,7 @@ from mlink.deploy.config import ConfigError, PipelineConfig, SourceConfig, load_
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import encode_record
 from mlink.topics.frames import DEFAULT_MAX_BYTES, encode_frame
+from mlink.topics.limits import DEFAULT_LIMITS
 from mlink.topics.records import Frame
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "iter_source",
     "produce_frames",
     "produce_source",
+    "send_all",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,7 @@ class FrameProducer:
         encoding: Literal["png", "jpeg", "raw"] = "png",
         jpeg_quality: int = 90,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
+        max_pixels: int | None = DEFAULT_LIMITS.max_pixels,
         linger_ms: int = 5,
         **producer_kwargs: Any,
     ) -> None:
@@ -179,7 +182,7 @@ class FrameProducer:
         self.topic = topic
         self.encoding = encoding
         self.jpeg_quality = jpeg_quality
-        self.max_bytes = max_bytes
+        self.max_bytes, self.max_pixels = max_bytes, max_pixels
         self.sent = 0
         self._errors: list[tuple[str, BaseException]] = []
         self._lock = threading.Lock()
@@ -236,8 +239,24 @@ class FrameProducer:
             encoding=self.encoding,
             jpeg_quality=self.jpeg_quality,
             max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
         )
         return self.send_frame(frame)
+
+    @classmethod
+    def for_pipeline(cls, config: PipelineConfig, bootstrap: str) -> FrameProducer:
+        """A producer of ``config``'s frames topic that encodes as its source says and refuses
+        exactly what its workers refuse (``limits``), with its Kafka client settings."""
+        limits = config.limits.limits()
+        return cls(
+            bootstrap,
+            config.topics.names().frames,
+            encoding=config.source.encoding,
+            jpeg_quality=config.source.jpeg_quality,
+            max_bytes=limits.max_frame_data_bytes,
+            max_pixels=limits.max_pixels,
+            **config.producer_kwargs(),
+        )
 
     def flush(self, timeout: float | None = 30.0) -> None:
         """Block until every frame sent so far is acknowledged; raise if any was not."""
@@ -269,27 +288,29 @@ class FrameProducer:
                 log.exception("closing the frame producer after an error failed")
 
 
-def _send_all(
+def send_all(
     producer: FrameProducer,
     pairs: Iterable[tuple[str, np.ndarray]],
     rate: float | None = None,
-    on_sent: Callable[[], object] | None = None,
-) -> list[str]:
-    """Number each stream's frames from 0, pace them at ``rate`` per second, send them."""
+    on_sent: Callable[[Frame], object] | None = None,
+) -> int:
+    """Number each stream's frames from 0, pace them at ``rate`` per second, send them; return
+    how many. ``on_sent`` sees each record (a caller that waits for results keeps their ids;
+    a never-ending source keeps nothing)."""
     seqs: dict[str, int] = {}
-    ids: list[str] = []
     start = time.monotonic()
-    for i, (stream_id, image) in enumerate(pairs):
+    sent = 0
+    for sent, (stream_id, image) in enumerate(pairs, start=1):
         if rate is not None:
-            delay = start + i / rate - time.monotonic()
+            delay = start + (sent - 1) / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
         seq = seqs.get(stream_id, 0)
         seqs[stream_id] = seq + 1
-        ids.append(producer.send(stream_id, seq, image).frame_id)
+        frame = producer.send(stream_id, seq, image)
         if on_sent is not None:
-            on_sent()
-    return ids
+            on_sent(frame)
+    return sent
 
 
 def produce_frames(
@@ -303,8 +324,10 @@ def produce_frames(
 
     Each stream's frames are numbered from 0. Returns once every frame is acknowledged.
     """
+    ids: list[str] = []
     with FrameProducer(bootstrap, topic, encoding=encoding, jpeg_quality=jpeg_quality) as p:
-        return _send_all(p, frames)
+        send_all(p, frames, on_sent=lambda frame: ids.append(frame.frame_id))
+    return ids
 
 
 def produce_source(
@@ -349,15 +372,8 @@ def produce_source(
             unit="frame",
             disable=not progress,
         ) as bar,
-        FrameProducer(
-            bootstrap,
-            topic,
-            encoding=source.encoding,
-            jpeg_quality=source.jpeg_quality,
-            max_bytes=config.limits.limits().max_frame_data_bytes,
-            **config.producer_kwargs(),
-        ) as producer,
+        FrameProducer.for_pipeline(config, bootstrap) as producer,
     ):
-        ids = _send_all(producer, pairs, source.rate, on_sent=lambda: bar.update(1))
-    log.info("produced %d frames to %s", len(ids), topic)
-    return len(ids)
+        sent = send_all(producer, pairs, source.rate, on_sent=lambda _: bar.update(1))
+    log.info("produced %d frames to %s", sent, topic)
+    return sent

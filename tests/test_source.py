@@ -249,3 +249,20 @@ def test_frame_producer_sends_records_and_counts(broker, topic_factory) -> None:
         assert producer.sent == 1
     [(key, got)] = _read_all(broker.bootstrap, topic, 1, group=None)
     assert key == b"s" and got == frame
+
+
+def test_the_producer_refuses_exactly_what_the_configs_workers_refuse(broker) -> None:
+    """Review: the producer used the default pixel limit whatever the config's ``limits`` said,
+    so it refused frames the workers accept, or sent frames every worker dead-letters."""
+    from mlink.deploy.source import FrameProducer
+    from mlink.topics.frames import FrameTooLargeError
+
+    config = _pipeline(f"t{uuid.uuid4().hex[:8]}", partitions=1)
+    tight = config.model_copy(
+        update={"limits": config.limits.model_copy(update={"max_pixels": 100})}
+    )
+    create_pipeline_topics(tight, broker.bootstrap)
+    with FrameProducer.for_pipeline(tight, broker.bootstrap) as producer:
+        assert producer.send("s", 0, np.zeros((10, 10), np.uint8)).frame_id == "s:0"
+        with pytest.raises(FrameTooLargeError, match="100"):
+            producer.send("s", 1, np.zeros((10, 11), np.uint8))

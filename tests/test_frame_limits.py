@@ -291,3 +291,15 @@ def test_image_cache_stays_within_budget_under_threads() -> None:
         t.join()
     assert cache.nbytes <= 1000
     assert cache.nbytes == sum(cache.get(k).nbytes for k in list(cache._images))  # type: ignore[union-attr]
+
+
+def test_a_ref_is_read_as_far_as_the_limits_allow_and_no_further(ref_root: Path) -> None:
+    """Review: every ref frame read ``2 * max_image_bytes + 1`` bytes up front (128 MiB for a
+    675-byte JPEG), and a big file whose header declares too many pixels was read whole."""
+    limits = Limits(ref_root=str(ref_root))
+    error, peak = decode_peak(frame("ref", b"sub/in.png"), limits)
+    assert error is None and peak < 1_000_000
+    (ref_root / "bomb.png").write_bytes(bomb_png(12000, 12000) + bytes(5_000_000))
+    error, peak = decode_peak(frame("ref", b"bomb.png"), limits)
+    assert isinstance(error, FrameDecodeError) and "nothing more was read" in str(error)
+    assert peak < 1_000_000

@@ -27,6 +27,7 @@ is imported and applies to the whole process, so it is left to the application.)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -225,12 +226,31 @@ def _ref_path(frame: Frame, root: str | None, fail: Fail) -> str:
     return real
 
 
+REF_HEAD_BYTES: Final = 64 * 1024  # enough for a PNG's or JPEG's size field after EXIF
+
+
 def _read_ref(frame: Frame, limits: Limits, fail: Fail) -> bytes:
+    """The referenced file's bytes, read only as far as the limits allow: its size is checked
+    before anything is read, and a header that declares too many pixels before the rest (a
+    read of ``n`` bytes allocates ``n`` up front, so "read the cap and see" costs the cap on
+    every frame)."""
     path = _ref_path(frame, limits.ref_root, fail)
     cap = 2 * limits.max_image_bytes  # an encoded image is not much larger than its pixels
     try:
         with open(path, "rb") as fh:
-            data = fh.read(cap + 1)
+            size = os.fstat(fh.fileno()).st_size
+            if size > cap:
+                raise fail(f"referenced file {path!r} is over {cap:,} bytes")
+            head = fh.read(min(size, REF_HEAD_BYTES) + 1)
+            with contextlib.suppress(ImageHeaderError):  # the full decode says what is wrong
+                header = read_header(head)
+                if header.pixels > limits.max_pixels:
+                    raise fail(
+                        f"the {header.format} header of {path!r} declares {header.width}x"
+                        f"{header.height} pixels, over the limit of {limits.max_pixels:,}; "
+                        "nothing more was read"
+                    )
+            data = head + fh.read(size - len(head) + 1) if len(head) < size else head
     except OSError as exc:
         raise fail(f"cannot read referenced file {path!r}: {exc.strerror}") from exc
     if len(data) > cap:

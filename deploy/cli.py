@@ -278,6 +278,25 @@ def budget(
     console.print(f"budget {limits} published to {config.topics.names().control}")
 
 
+@app.command()
+def resign(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
+    """Publish the control state in force again, signed with the first key of
+    MLINK_SIGNING_KEY: run it after deploying `new,old` and before deploying `new`, so that
+    workers that restart later still find the plan, the links and the budget."""
+    from mlink.deploy.key_rotation import restate_control
+
+    config = _config(config_path, broker)
+    try:
+        messages = restate_control(_need_broker(config), config)
+    except ValueError as exc:
+        console.print(Text(str(exc), style="red"))
+        raise typer.Exit(2) from None
+    for message in messages:
+        console.print(f"restated {message.kind} (epoch {message.epoch})")
+    if not messages:
+        console.print("nothing to restate: the control topic holds no plan, links or budget")
+
+
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
     """SIGTERM (``kill``, ``timeout``, a container stop) unwinds like Ctrl-C: the run's
     ``finally`` blocks stop its workers and its embedded broker. Python's default would end the

@@ -249,3 +249,46 @@ def test_a_faust_agent_verifies_and_signs_records_near_the_size_limit(
         signer.verify(sink, r.key, r.value, r.headers)
     assert out[1].value == big
     assert b"unsigned record" in out[2].value and b"bad signature" in out[3].value
+
+
+def test_restating_the_control_state_survives_retiring_the_old_key(broker, tmp_path, monkeypatch):
+    """Review: after ``new,old`` then ``new``, a restarting worker skipped the whole control
+    history signed with the old key and warmed up again from nothing; ``mlink resign`` between
+    the two steps publishes the state in force again under the new key."""
+    from mlink.deploy.key_rotation import restate_control
+    from mlink.deploy.runner import publish_control, read_control
+    from mlink.deploy.topics_setup import create_pipeline_topics
+    from mlink.topics.records import ControlMessage
+    from tests.test_pipeline_e2e import FAST_MODELS, write_config
+
+    old, new = "o" * 32, "n" * 32
+    _, config = write_config(
+        tmp_path, "resign", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    monkeypatch.setenv("MLINK_SIGNING_KEY", old)
+    a = FAST_MODELS[0]
+    for message in (
+        ControlMessage(kind="link_version", epoch=0, issued_at=1.0, link_version=3),
+        ControlMessage(
+            kind="active_set",
+            epoch=1,
+            issued_at=2.0,
+            active=(a,),
+            budget={"fraction": 0.3},
+            link_version=3,
+            extra={"objective": 0.9},
+        ),
+        ControlMessage(kind="budget", epoch=1, issued_at=3.0, budget={"fraction": 0.2}),
+    ):
+        publish_control(broker.bootstrap, config, message)
+
+    monkeypatch.setenv("MLINK_SIGNING_KEY", f"{new},{old}")  # step 1: both keys everywhere
+    kinds = [m.kind for m in restate_control(broker.bootstrap, config)]
+    assert kinds == ["budget", "link_version", "active_set"]
+
+    monkeypatch.setenv("MLINK_SIGNING_KEY", new)  # step 2: the old key retired
+    state, _ = read_control(broker.bootstrap, config)
+    assert (state.epoch, state.active, state.link_version, state.latest_links) == (2, (a,), 3, 3)
+    assert state.requested_budget == {"fraction": 0.2} and not state.budget_from_config
+    assert state.plan_extra == {"objective": 0.9}

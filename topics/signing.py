@@ -8,7 +8,9 @@ badly signed.
 
 - The secret comes from the environment, :data:`SIGNING_KEY_ENV` (``MLINK_SIGNING_KEY``): one
   key, or several separated by commas for rotation. The first signs; any of them verifies. Roll
-  a key by deploying ``new,old`` everywhere, then ``new``. Keys are at least
+  a key by deploying ``new,old`` everywhere, running ``mlink resign CONFIG`` (the control state
+  in force, signed again with the new key: :mod:`mlink.deploy.key_rotation`), then deploying
+  ``new``. Keys are at least
   :data:`MIN_KEY_BYTES` bytes; make one with ``python -c "import secrets;
   print(secrets.token_urlsafe(32))"``.
 - The signature is HMAC-SHA256 over the topic name, the key and the value, each length-prefixed,

@@ -1,0 +1,71 @@
+"""Rolling the signing key without losing what the control topic says.
+
+Workers replay the control topic from its start and skip every record whose signature no key
+they hold verifies (:mod:`mlink.topics.signing`). Once the old key is retired, a restarting
+worker would skip the whole history signed with it: the plan in force, the link version and a
+budget set with ``mlink budget``, and it would warm up again from nothing. So between deploying
+``new,old`` and deploying ``new``, :func:`restate_control` (``mlink resign``) publishes the
+state in force again, signed with the new key: the run-time budget, the newest link version,
+and the plan in force as the next epoch (the same plan; workers switch to it as to any plan).
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlink.deploy.config import PipelineConfig
+from mlink.deploy.runner import publish_control, read_control
+from mlink.operators.state import BUDGET_ORIGIN
+from mlink.topics.records import ControlMessage
+from mlink.topics.signing import Signer
+
+__all__ = ["restate_control"]
+
+
+def restate_control(bootstrap: str, config: PipelineConfig) -> list[ControlMessage]:
+    """Publish the control state in force again, signed with the first key of
+    ``MLINK_SIGNING_KEY``; return what was published (nothing for a pipeline with no state)."""
+    if not Signer.from_env().enabled:
+        raise ValueError(
+            "MLINK_SIGNING_KEY is not set: there is no new key to sign with (restating is for "
+            "rolling a key: deploy 'new,old', run this, then deploy 'new')"
+        )
+    state, _ = read_control(bootstrap, config)
+    now = time.time()
+    messages = []
+    if state.requested_budget:
+        origin = {BUDGET_ORIGIN: "config"} if state.budget_from_config else {}
+        messages.append(
+            ControlMessage(
+                kind="budget",
+                epoch=state.epoch,
+                issued_at=now,
+                budget=dict(state.requested_budget),
+                extra=origin,
+            )
+        )
+    if state.latest_links is not None:
+        messages.append(
+            ControlMessage(
+                kind="link_version",
+                epoch=state.epoch,
+                issued_at=now,
+                link_version=state.latest_links,
+            )
+        )
+    if state.epoch > 0:
+        messages.append(
+            ControlMessage(
+                kind="active_set",
+                epoch=state.epoch + 1,
+                issued_at=now,
+                active=state.active,
+                budget=dict(state.budget),
+                link_version=state.link_version,
+                probe_every=state.probe_every,
+                extra=dict(state.plan_extra),
+            )
+        )
+    for message in messages:
+        publish_control(bootstrap, config, message)
+    return messages

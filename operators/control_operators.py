@@ -35,7 +35,7 @@ from mlink.operators.wiring import (
 from mlink.topics.codec import decode_record
 from mlink.topics.records import ControlMessage
 
-__all__ = ["ControlLog", "attach_control_replay"]
+__all__ = ["ControlLog", "attach_control_replay", "prefetch_links"]
 
 log = logging.getLogger("mlink.control")
 REPLAY_GIVE_UP_S = 10.0  # a broker's end offset can overshoot (Tansu); never wait for ever
@@ -170,6 +170,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
             await consumer.seek_to_beginning(tp)
             end = (await consumer.end_offsets([tp]))[tp]
             give_up = time.monotonic() + REPLAY_GIVE_UP_S
+            prefetched: int | None = None
             if end == 0:
                 ready.set()
             while True:
@@ -192,11 +193,24 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
                         if not caught_up:
                             log.warning("control replay stopped short of offset %d", end)
                         ready.set()
+                version = mlink.state.link_version
+                if ready.is_set() and version is not None and version != prefetched:
+                    prefetched = version
+                    prefetch_links(mlink, version)
         finally:
             await consumer.stop()
 
     app.task(replay_control)
     return control_log
+
+
+def prefetch_links(mlink: MLink, version: int) -> asyncio.Future[Any]:
+    """Load the plan's link version off the event loop as soon as the plan is known; else the
+    first frame that names it loads it on the loop (reading, hashing and decoding a version
+    there stalls every agent and the heartbeats). A version that fails is logged by the loader
+    and remembered; frames then fall back as they would have."""
+    loop = asyncio.get_running_loop()
+    return loop.run_in_executor(mlink.executor("links"), mlink.links, version)
 
 
 def _replay_one(mlink: MLink, record: Any) -> str | None:

@@ -827,3 +827,24 @@ def test_live_agreement_scores_the_plan_on_probe_frames() -> None:
     assert live.means() == {"parity": 0.5} and live.probes == 2
     live.add((2, 1), {"parity": 1.0})  # a new plan starts a new mean
     assert live.means() == {"parity": 1.0} and live.probes == 1
+
+
+def test_a_plans_link_version_is_loaded_off_the_event_loop_before_frames_name_it(
+    saved_links: tuple[Path, LoadedLinks],
+) -> None:
+    """Review: the first frame naming a new version loaded it on the event loop."""
+    import asyncio
+
+    from mlink.operators.control_operators import prefetch_links
+
+    root, _ = saved_links
+    settings = Settings(name="p", budget={"fraction": 0.5}, links=LinkSettings(store=str(root)))
+    mlink = MLink(settings, [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS])
+    bundle._loaded.pop((str(LinkStore(root).root), 1), None)  # as a worker that never loaded it
+
+    async def on_the_loop() -> LoadedLinks | None:
+        return await prefetch_links(mlink, 1)
+
+    assert asyncio.run(on_the_loop()) is not None
+    assert (str(LinkStore(root).root), 1) in bundle._loaded  # frames now find it cached
+    mlink.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,6 +262,29 @@ def tampered_bundle(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
         return [p.row("tampered link bundle (worker restarted)", ids, 180)]
 
 
+def store_wiped(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
+    """The link store's directory deleted mid-stream (a container restarted without its volume)
+    and a worker restarted, so one worker has no copy of the links in memory: the controller
+    gives the version up after ``relearn_after_s``, every model runs, and links are learned
+    again above the lost version."""
+    models = [model(m, o) for m, o in FAST.items()]
+    data = config_data(tmp, models=models, warmup=12, relearn_after_s=5)
+    with pipeline(broker.bootstrap, tmp, data, workers=2) as p:
+        ids = p.send(16)
+        p.collector.wait_for(set(ids), 120)
+        wait_epoch(p, 1)
+        shutil.rmtree(tmp / "links")
+        p.supervisor.workers[1].signal(signal.SIGKILL)
+        time.sleep(2)
+        p.supervisor.wait_ready()
+        ids += p.send(40)
+        relearned = wait_epoch(p, 3, 120)  # 2: every model runs; 3: planned from new links
+        ids += p.send(20)
+        version = read_control(p.bootstrap, p.config)[0].link_version
+        note = f"planned from v{version} again" if relearned else "not relearned in time"
+        return [p.row("link store wiped (a worker restarted)", ids, 180, note=note)]
+
+
 SCENARIOS: dict[str, Callable[[EmbeddedBroker, Path], list[Row]]] = {
     "worker-killed": worker_killed,
     "stream-worker-killed": stream_worker_killed,
@@ -274,6 +298,7 @@ SCENARIOS: dict[str, Callable[[EmbeddedBroker, Path], list[Row]]] = {
     "disk-full": disk_full,
     "held-backlog": held_backlog,
     "tampered-bundle": tampered_bundle,
+    "store-wiped": store_wiped,
 }
 
 

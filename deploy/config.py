@@ -136,6 +136,7 @@ class PipelineConfig(StrictSection):
                 probe_stride=links.probe_stride,
                 cascades=links.cascades,
                 balance_streams=links.balance_streams,
+                relearn_after_s=links.relearn_after_s,
             ),
             batch_size=rt.batch_size,
             batch_wait_s=rt.batch_wait_s,

@@ -293,6 +293,12 @@ class LinksConfig(StrictSection):
         "however many warm-up frames it sent (false: every frame, for cameras at very "
         "different frame rates)",
     )
+    relearn_after_s: float = Field(
+        60.0,
+        ge=0,
+        description="when the store has not held the link version in force for this long "
+        "(lost or replaced), run every model and train new links (0: never)",
+    )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(

@@ -56,7 +56,7 @@ from mlink.linkstore.store import (
     StoreError,
     _json_bytes,
 )
-from mlink.linkstore.store_files import _json_object
+from mlink.linkstore.store_files import _check_after, _json_object
 from mlink.linkstore.store_format import _payload
 
 __all__ = ["ObjectLinkStore"]
@@ -113,11 +113,12 @@ class ObjectLinkStore(LinkStore):
         meta: Mapping[str, Any],
         *,
         promote: bool = True,
+        after: int = 0,
     ) -> int:
-        """Store a new version (files, then manifest) and return its number; see
-        :meth:`LinkStore.save`."""
+        """Store a new version (files, then manifest) and return its number, above ``after``;
+        see :meth:`LinkStore.save`."""
         payload = _payload(tensors, meta)
-        version = self._claim()
+        version = self._claim(after)
         files = payload.files(version)
         try:
             self.fs.pipe_file(self._file(version, TENSORS_FILE), files[TENSORS_FILE])
@@ -135,10 +136,10 @@ class ObjectLinkStore(LinkStore):
             self._promote_locked(version, verify=False)
         return version
 
-    def _claim(self) -> int:
+    def _claim(self, after: int = 0) -> int:
         """Take the next version number with an exclusive create; skip numbers taken."""
         self._refresh()
-        numbers = self._claimed_numbers() + self._version_numbers()
+        numbers = [_check_after(after), *self._claimed_numbers(), *self._version_numbers()]
         version = max(numbers, default=0) + 1
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
         for _ in range(_MAX_CLAIM_ATTEMPTS):
@@ -226,9 +227,6 @@ class ObjectLinkStore(LinkStore):
             except FileNotFoundError:
                 if not self._has_version(version):
                     raise self._missing(version) from None
-                raise IntegrityError(
-                    f"version {version} in {self.root} is missing {name}; the version is "
-                    f"corrupt: rollback()/promote(v) away from it and delete({version})"
-                ) from None
+                raise self._missing_file(version, name) from None
 
         yield read

@@ -19,13 +19,12 @@ The on-disk layout and why writes are crash safe: docs/link-store.md.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import secrets
 import shutil
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,9 @@ from typing import Any
 import torch
 
 from mlink.linkstore.store_files import (
+    Reader,
     _as_int,
+    _check_after,
     _check_version_arg,
     _collapse,
     _fsync_dir,
@@ -41,6 +42,7 @@ from mlink.linkstore.store_files import (
     _read_json,
     _remote_url,
     _remove_entries,
+    _version_files,
     _write_durable,
     _writer_lock,
     local_store_path,
@@ -139,16 +141,20 @@ class LinkStore(VersionReads):
         meta: Mapping[str, Any],
         *,
         promote: bool = True,
+        after: int = 0,
     ) -> int:
         """Store a new version and return its number (1, 2, ...; never reused).
 
         Promotes it by default because the common flow is train -> validate -> save and
-        serve; pass ``promote=False`` to stage a version for a later ``promote``.
+        serve; pass ``promote=False`` to stage a version for a later ``promote``. The number
+        is above ``after`` too: a pipeline whose control log names versions of a store that
+        was lost or replaced gives the numbers it has used, so a new version is never taken
+        for one of them.
         """
         payload = _payload(tensors, meta)
         with self._locked():
             self._clean_debris()
-            version = self._allocate_locked()
+            version = self._allocate_locked(after)
             tmp = self.root / f"{_TMP_PREFIX}v{version:06d}-{secrets.token_hex(4)}"
             try:
                 os.mkdir(tmp)
@@ -288,14 +294,15 @@ class LinkStore(VersionReads):
         return sorted(numbers)
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
+        self.root.mkdir(parents=True, exist_ok=True)  # a store wiped under a running pipeline
         return _writer_lock(self.root / LOCK_FILE, self.lock_timeout)
 
     def _clean_debris(self) -> None:
         """Remove leftovers of crashed writes; only safe while holding the lock."""
         _remove_entries(self.root, (_TMP_PREFIX, _TRASH_PREFIX))
 
-    def _allocate_locked(self) -> int:
-        last = 0
+    def _allocate_locked(self, after: int = 0) -> int:
+        last = _check_after(after)
         with contextlib.suppress(FileNotFoundError):
             state = _read_json(self.root / SEQUENCE_FILE, what="sequence file")
             last = _as_int(state.get("last"), self.root / SEQUENCE_FILE)
@@ -383,32 +390,9 @@ class LinkStore(VersionReads):
             raise
         _fsync_dir(self.root)
 
-    @contextlib.contextmanager
-    def _version_reader(self, version: int) -> Iterator[Callable[[str], bytes]]:
-        """``read(name)`` for the files of one version, all from the same version even if it
-        is deleted meanwhile (reads go through one directory fd)."""
-        dir_fd = self._open_dir(version)
-        try:
-            yield functools.partial(self._read_file, version, dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def _open_dir(self, version: int) -> int:
-        try:
-            return os.open(self._dir(version), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise self._missing(version) from None
-
-    def _read_file(self, version: int, dir_fd: int, name: str) -> bytes:
-        """Read through the directory fd so a concurrent rename cannot mix two versions."""
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:
-            if not self._dir(version).is_dir():
-                raise self._missing(version) from None
-            raise IntegrityError(
-                f"version {version} in {self.root} is missing {name}; the version is "
-                f"corrupt: rollback()/promote(v) away from it and delete({version})"
-            ) from None
-        with os.fdopen(fd, "rb") as fh:
-            return fh.read()
+    def _version_reader(self, version: int) -> contextlib.AbstractContextManager[Reader]:
+        return _version_files(
+            self._dir(version),
+            missing=lambda: self._missing(version),
+            corrupt=lambda name: self._missing_file(version, name),
+        )

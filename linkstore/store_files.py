@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,42 @@ def local_store_path(root: str | os.PathLike[str]) -> Path | None:
 def _check_version_arg(version: object) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"version numbers are ints >= 1, got {version!r}")
+
+
+Reader = Callable[[str], bytes]
+
+
+@contextlib.contextmanager
+def _version_files(
+    directory: Path, missing: Callable[[], Exception], corrupt: Callable[[str], Exception]
+) -> Iterator[Reader]:
+    """``read(name)`` for the files of one version directory, all from the same version even if
+    it is deleted meanwhile: reads go through one directory fd, so a concurrent rename cannot
+    mix two versions. ``missing()``: the version is gone; ``corrupt(name)``: one file is."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise missing() from None
+
+    def read(name: str) -> bytes:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise (missing() if not directory.is_dir() else corrupt(name)) from None
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+
+    try:
+        yield read
+    finally:
+        os.close(dir_fd)
+
+
+def _check_after(after: object) -> int:
+    """``after`` of a save: the highest version number the new one must be above."""
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise ValueError(f"after is a version number >= 0 to number above, got {after!r}")
+    return after
 
 
 def _read_json(path: Path, *, what: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as _st_load
 
+from mlink.linkstore.store_files import _check_version_arg
 from mlink.linkstore.store_format import (
     FORMAT,
     MANIFEST_FILE,
@@ -76,11 +77,31 @@ class VersionReads:
     def _version_numbers(self) -> list[int]:
         raise NotImplementedError
 
+    def _has_version(self, version: int) -> bool:
+        raise NotImplementedError
+
+    def holds(self, version: int) -> bool:
+        """Whether the store holds ``version`` now, asked of the store itself: a loaded version
+        stays in memory after its files are gone, and a pipeline notices a store that was lost
+        or replaced under it by asking this. StoreError when the store cannot be read."""
+        _check_version_arg(version)
+        try:
+            return bool(self._has_version(version))
+        except OSError as exc:
+            raise StoreError(f"cannot read the link store {self.root}: {exc}") from exc
+
     def _missing(self, version: int) -> _MissingVersionError:
         available = self._version_numbers()
         return _MissingVersionError(
             f"version {version} does not exist in {self.root}; "
             f"available versions: {available if available else 'none (save one first)'}"
+        )
+
+    def _missing_file(self, version: int, name: str) -> IntegrityError:
+        """A file of a version that exists is gone: the version is corrupt."""
+        return IntegrityError(
+            f"version {version} in {self.root} is missing {name}; the version is "
+            f"corrupt: rollback()/promote(v) away from it and delete({version})"
         )
 
     def _read_manifest(self, version: int, read: Callable[[str], bytes]) -> dict[str, str]:

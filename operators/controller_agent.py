@@ -5,7 +5,7 @@ it decides from the replayed state (:mod:`.control_operators`: the budget, the l
 version, the epoch), never from variables of its own, so a controller that fails over decides
 as the old one would. It plans on a new link version, a new budget, and a live agreement report
 that shows a model below its accuracy target; a link version that cannot be loaded yet is tried
-again with backoff.
+again with backoff, and one the store has lost is learned again (:mod:`.relearn`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mlink.linkstore.store import StoreError
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.control_operators import ControlLog
 from mlink.operators.controller import decide
+from mlink.operators.relearn import LostLinks, relearn_message
 from mlink.operators.runtime import MLink
 from mlink.operators.state import BUDGET_ORIGIN, ControlState
 from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
@@ -232,6 +233,55 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         finally:
             retrying.pop(version, None)
 
+    async def relearn_if_lost(watch: LostLinks) -> None:
+        """Ask the store whether it still holds the link version in force; once it has been
+        gone for ``relearn_after_s``, run every model until new links are trained
+        (:mod:`mlink.operators.relearn`)."""
+        nonlocal issued
+        version = mlink.state.link_version
+        held: bool | None = None
+        if version is not None:
+            try:
+                held = await asyncio.get_running_loop().run_in_executor(
+                    mlink.executor("controller"), mlink.store.holds, version
+                )
+            except StoreError as exc:  # no evidence either way: keep the plan, ask again
+                log.warning("cannot ask the link store about version %d: %s", version, exc)
+        now = time.monotonic()
+        if not watch.lost(version, held, now):
+            return
+        async with lock:
+            state = mlink.state
+            if state.link_version != version or version is None:
+                return  # a plan was made in the meantime
+            lost = max(version, state.latest_links or 0)
+            why = (
+                f"link version {version} has not been in the link store {mlink.store.root} "
+                f"for {watch.missing_for(now):.0f} s (lost or replaced): every model runs "
+                f"until links above v{lost} are trained"
+            )
+            epoch = max(issued + 1, state.next_epoch())
+            budget = state.requested_budget or dict(settings.budget)
+            message = relearn_message(
+                mlink.model_names, epoch, budget, lost, settings.links.probe_every, why
+            )
+            log.error("learning the links again: %s", why)
+            mlink.metrics["relearns"] += 1
+            issued = epoch
+            await control_out.send(b"active_set", encode_record(message))
+
+    async def watch_store() -> None:
+        after_s = settings.links.relearn_after_s
+        if not after_s:
+            return
+        watch = LostLinks(after_s)
+        while True:
+            await asyncio.sleep(min(15.0, after_s / 3))
+            try:
+                await relearn_if_lost(watch)
+            except Exception:  # the next look may work; frames never wait for this one
+                log.exception("checking the link store for the version in force failed")
+
     async def restate_config_budget() -> None:
         """An edited config's budget takes effect on restart (:func:`config_budget_message`)."""
         message, why = config_budget_message(mlink.state, settings.budget)
@@ -249,6 +299,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         await mlink.event("control").wait()
         await restate_config_budget()
         control_log: ControlLog = mlink.control_log  # type: ignore[attr-defined]
+        watcher = asyncio.ensure_future(watch_store())
         try:
             async for event in stream.events():
                 async with dead.guard(event, "controller"):
@@ -285,6 +336,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                     if not planned and version is not None and version not in retrying:
                         retrying[version] = asyncio.ensure_future(retry_links(version))
         finally:
+            watcher.cancel()
             for task in list(retrying.values()):
                 task.cancel()
 

@@ -120,6 +120,7 @@ class FrameBatch:
         self.mlink, self.dead, self.app, self.topics = mlink, dead, app, topics
         self.warmup_planned = 0
         self.hold_at = mlink.settings.links.warmup_frames
+        self.warmup_epoch = 0  # the plan whose warm-up is being counted (0: the first one)
         self.holding = False
         self.releaser: asyncio.Future[None] | None = None
         self.queued: Callable[[], int] = lambda: 0  # frames fetched, not yet taken by the agent
@@ -229,6 +230,9 @@ class FrameBatch:
         mlink.prom.frames.inc(len(items))
         mlink.prom.in_flight.set(len(items))
         if warming:
+            if mlink.state.epoch != self.warmup_epoch:  # links lost: a new warm-up (relearn)
+                self.warmup_epoch = mlink.state.epoch
+                self.hold_at = self.warmup_planned + mlink.settings.links.warmup_frames
             self.warmup_planned += len(items)
             self.hold_for_links()
         decoded = await self.images(items)

@@ -157,6 +157,9 @@ class LinkSettings:
     (docs/stream-synthesis.md, "A warm-up from a backlog"). The paper's links' selection oracle
     weighs samples alike either way: weighing streams alike there did no better on replayed
     backlogs (BENCHMARKS.md, "The paper's links under a backlog").
+    ``relearn_after_s``: once the store has not held the link version in force for this long
+    (a store lost or replaced under the pipeline), the controller runs every model again and the
+    trainer trains new links (:mod:`mlink.operators.relearn`; 0: never).
     """
 
     store: str = "linkstore-data"
@@ -173,10 +176,13 @@ class LinkSettings:
     probe_stride: int = 0
     cascades: bool = False
     balance_streams: bool = True
+    relearn_after_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.warmup_frames < 4:
             raise SettingsError("LinkSettings.warmup_frames must be >= 4")
+        if self.relearn_after_s < 0:
+            raise SettingsError("LinkSettings.relearn_after_s must be >= 0 (0: never relearn)")
         if self.hold_s < 0:
             raise SettingsError("LinkSettings.hold_s must be >= 0 (0: never wait for links)")
         if min(self.probe_every, self.retrain_every, self.probe_stride, self.keep_versions) < 0:

@@ -59,6 +59,9 @@ class LinkTrainer:
         self.new_since_training = 0
         self.trained_versions: list[int] = []
         self.rejected = 0
+        # the highest version the control log has named: a new one is numbered above it, also
+        # by a store that was lost or replaced and numbers from 1 again
+        self.number_after = 0
 
     def add(self, result: FrameResult) -> bool:
         """Add one probe result (all models executed); duplicates (redelivery) are ignored, and
@@ -86,7 +89,13 @@ class LinkTrainer:
         self.new_since_training += 1
         return True
 
-    def ready(self) -> bool:
+    def ready(self, relearn: int | None = None) -> bool:
+        """Whether to train now. ``relearn``: the links in force, up to this version, were
+        lost with their store and the pipeline runs every model again: train once from the
+        buffer, as at the first warm-up, unless a version above it is already trained."""
+        if relearn is not None:
+            newest = max(self.trained_versions, default=0)
+            return newest <= relearn and len(self.samples) >= self.warmup_frames
         if not self.trained_versions:
             return len(self.samples) >= self.warmup_frames
         return self.retrain_every > 0 and self.new_since_training >= self.retrain_every
@@ -119,7 +128,7 @@ class LinkTrainer:
             cascades=self.cascades,
             balance_streams=self.balance_streams,
         )
-        return self.saved(self.store.save(tensors, meta))
+        return self.saved(self.store.save(tensors, meta, after=self.number_after))
 
     def saved(self, version: int) -> int:
         """Note a version trained from this buffer (here, or in a training process)."""

@@ -19,6 +19,7 @@ import faust
 
 from mlink.linkstore.liveguard import DECAY, option_keys
 from mlink.operators.live import LiveAgreement, probe_agreement
+from mlink.operators.relearn import relearning
 from mlink.operators.runtime import MLink
 from mlink.operators.training_process import TrainingJob, TrainingProcess
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
@@ -107,6 +108,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         started = time.perf_counter()
         log.info("training links on %d samples", len(trainer.samples))
         mlink.training.start(time.monotonic())  # a warm-up hold on this worker waits for it
+        # above every version the control log named, even in a store that starts from 1 again
+        trainer.number_after = max(trainer.number_after, mlink.state.latest_links or 0)
         version = None
         try:
             if settings.links.train_in_child:
@@ -175,7 +178,9 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
                 if trainer.add(result):
                     retry["added"] += 1
                     await report_live(result)
-                if trainer.ready() and retry["added"] >= retry["at"]:
+                state = mlink.state
+                relearn = relearning(state.plan_extra, state.link_version, state.latest_links)
+                if trainer.ready(relearn) and retry["added"] >= retry["at"]:
                     await train()
 
     trainer_agent.__name__ = "trainer"

@@ -79,6 +79,8 @@ class TrainingJob:
     """Weigh every stream the same in the estimates (``LinkSettings.balance_streams``)."""
     store_root: str | None = None
     """Save the bundle there (in the child) and return the version; None returns the bundle."""
+    number_after: int = 0
+    """The saved version is numbered above this one (``LinkTrainer.number_after``)."""
 
     @classmethod
     def from_trainer(cls, trainer: LinkTrainer, *, save_in_child: bool = True) -> TrainingJob:
@@ -94,6 +96,7 @@ class TrainingJob:
             cascades=trainer.cascades,
             balance_streams=trainer.balance_streams,
             store_root=str(trainer.store.root) if save_in_child else None,
+            number_after=trainer.number_after,
         )
 
 
@@ -123,7 +126,7 @@ def run_training_job(job: TrainingJob) -> TrainingOutcome:
         balance_streams=job.balance_streams,
     )
     if job.store_root is not None:
-        version = LinkStore(job.store_root).save(tensors, meta)
+        version = LinkStore(job.store_root).save(tensors, meta, after=job.number_after)
         return TrainingOutcome(version, None, None, time.perf_counter() - started)
     return TrainingOutcome(None, tensors, meta, time.perf_counter() - started)
 

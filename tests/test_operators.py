@@ -538,6 +538,22 @@ def test_trainer_is_ready_after_warm_up_and_ignores_duplicates(tmp_path: Path) -
     assert trainer.measured_costs() == {m: {"ms": 4.0} for m in MODELS}
 
 
+def test_trainer_relearns_once_above_the_lost_versions(tmp_path: Path) -> None:
+    """The store lost v1-v4 (the control log named them): with ``retrain_every`` 0 the trainer
+    trains once more, numbered above them, and not again while the new version is announced."""
+    data = truth(20)
+    trainer = LinkTrainer(SPECS, LinkStore(tmp_path), FAST, warmup_frames=20)
+    trainer.trained_versions.append(4)  # what a restarted trainer takes from the control log
+    for i in range(19):
+        trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}))
+    assert not trainer.ready() and not trainer.ready(relearn=4)  # its buffer is short
+    trainer.add(probe_result("s:19", {m: data[m][19] for m in MODELS}))
+    assert not trainer.ready() and trainer.ready(relearn=4)
+    trainer.number_after = 4
+    assert trainer.train_and_save() == 5
+    assert not trainer.ready(relearn=4)  # v5 trained: no second one before it is planned
+
+
 def test_trainer_retrains_only_when_asked(tmp_path: Path) -> None:
     data = truth(40)
     rows = [{m: data[m][i] for m in MODELS} for i in range(40)]

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -554,3 +555,22 @@ def test_failed_save_in_process_leaves_no_trace(tmp_path: Path, monkeypatch: Any
     assert store.save(make_tensors(3), make_meta(3)) == 3  # 2 was allocated, never reused
     with pytest.raises(StoreError, match=r"available versions: \[1, 3\]"):
         store.load(2)
+
+
+def test_a_store_wiped_under_a_pipeline_numbers_above_what_it_was_told(tmp_path: Path) -> None:
+    """A pipeline whose store was lost still names its old versions: a new version is numbered
+    above them, and the store asks the disk, not its cache, whether it holds a version."""
+    root = tmp_path / "links"
+    store = LinkStore(root)
+    assert store.save(make_tensors(1), make_meta(1)) == 1
+    store.load(1)  # cached in memory from here on
+    assert store.holds(1) and not store.holds(2)
+    shutil.rmtree(root)
+    assert not store.holds(1)  # gone, though the loaded copy is still in memory
+    assert store.save(make_tensors(2), make_meta(2), after=7) == 8  # the root is made again
+    assert store.holds(8) and [v.version for v in store.versions()] == [8]
+    assert store.save(make_tensors(3), make_meta(3), after=2) == 9  # never below its own
+    with pytest.raises(ValueError, match="after is a version number"):
+        store.save(make_tensors(4), {}, after=-1)
+    with pytest.raises(ValueError, match="version numbers are ints"):
+        store.holds(0)

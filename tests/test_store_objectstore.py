@@ -202,3 +202,13 @@ def test_a_missing_bucket_is_named_and_never_created(s3: S3Server) -> None:
         store.save(make_tensors(1), {})
     names = [b["Name"] for b in s3.client().list_buckets()["Buckets"]]
     assert "no-such-bucket-mlink" not in names
+
+
+def test_a_replaced_bucket_numbers_above_what_it_was_told(s3: S3Server) -> None:
+    """A new, empty bucket under a pipeline that has named version 5: the next is 6."""
+    old = open_store(s3, f"s3://{s3.new_bucket('old')}/p")
+    assert old.save(make_tensors(1), make_meta(1)) == 1 and old.holds(1)
+    new = open_store(s3, f"s3://{s3.new_bucket('new')}/p")
+    assert not new.holds(1)
+    assert new.save(make_tensors(2), make_meta(2), after=5) == 6
+    assert new.holds(6) and new.load(6).meta.meta == make_meta(2)

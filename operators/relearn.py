@@ -1,0 +1,89 @@
+"""Learning the links again when the store that held them was lost or replaced.
+
+A link store can vanish under a running pipeline: a container restarted without its volume, a
+bucket emptied by a lifecycle rule, a config pointed at a new store. The control log still names
+the old versions. Workers that loaded them keep them in memory; every other worker cannot load
+them and leaves the synthesized models' outputs missing, and with ``retrain_every`` 0 nothing
+would ever train again. So the controller asks the store itself whether it still holds the
+version in force (:meth:`~mlink.linkstore.store_reads.VersionReads.holds`, not the loader's
+cache); once it has been gone for ``LinkSettings.relearn_after_s``, the controller publishes a
+plan that runs every model with no links (a warm-up again, said why on the control topic and in
+``mlink status``), and the trainer trains from its buffer, or from the new warm-up frames, a
+version numbered above every one the log has named. The controller plans from it as from any
+new version. docs/link-store.md, "A lost or replaced store".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from mlink.topics.records import ControlMessage
+
+__all__ = ["RELEARN_KEY", "LostLinks", "relearn_message", "relearning"]
+
+RELEARN_KEY = "relearn"
+"""The key of a warm-up-again plan's ``extra``: the newest version the log named when the
+store lost the links; the trainer trains above it, once."""
+
+
+class LostLinks:
+    """Since when the store has not held the link version in force: a version missing for a
+    moment may be a shared store that is slow to show it, or a store moved by hand."""
+
+    def __init__(self, after_s: float) -> None:
+        if after_s <= 0:
+            raise ValueError(f"after_s must be > 0, got {after_s!r}")
+        self.after_s = after_s
+        self._missing: tuple[int, float] | None = None  # (version, first seen missing)
+
+    def lost(self, version: int | None, held: bool | None, now: float) -> bool:
+        """Whether ``version`` (in force) has been missing for ``after_s`` by ``now``.
+        ``held``: what the store said (None: it could not be asked, which is no evidence
+        either way and keeps the count as it is)."""
+        if version is None or held:
+            self._missing = None
+            return False
+        if held is None:
+            return False
+        if self._missing is None or self._missing[0] != version:
+            self._missing = (version, now)
+        return now - self._missing[1] >= self.after_s
+
+    def missing_for(self, now: float) -> float:
+        """Seconds the version in force has been seen missing (0: it has not)."""
+        return 0.0 if self._missing is None else now - self._missing[1]
+
+
+def relearning(
+    plan_extra: dict[str, Any], link_version: int | None, latest: int | None
+) -> int | None:
+    """The version the trainer must train above while the pipeline learns its links again,
+    or None. Over once a newer version is announced (``latest`` moves past it) or a plan with
+    links is in force."""
+    lost = plan_extra.get(RELEARN_KEY)
+    if link_version is not None or type(lost) is not int or lost != latest:
+        return None
+    return lost
+
+
+def relearn_message(
+    models: Sequence[str],
+    epoch: int,
+    budget: dict[str, float],
+    lost: int,
+    probe_every: int,
+    why: str,
+) -> ControlMessage:
+    """The warm-up-again plan: every model runs on every frame, no links, and why."""
+    return ControlMessage(
+        kind="active_set",
+        epoch=epoch,
+        issued_at=time.time(),
+        active=tuple(sorted(models)),
+        budget=budget,
+        link_version=None,
+        probe_every=probe_every,
+        extra={RELEARN_KEY: lost, "replan_reason": why},
+    )

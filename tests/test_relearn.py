@@ -1,0 +1,50 @@
+"""Learning the links again after the store lost them: when the controller gives the version
+in force up, the plan it publishes, and when the trainer trains above the lost versions."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlink.operators.relearn import RELEARN_KEY, LostLinks, relearn_message, relearning
+from mlink.operators.state import ControlState
+from mlink.topics.records import ControlMessage
+
+MODELS = ("digit", "parity", "value")
+
+
+def test_a_version_is_lost_only_after_missing_for_the_whole_wait() -> None:
+    watch = LostLinks(after_s=60.0)
+    assert not watch.lost(3, False, now=0.0)
+    assert not watch.lost(3, None, now=59.0)  # the store could not be asked: no evidence
+    assert watch.missing_for(59.0) == 59.0
+    assert watch.lost(3, False, now=60.0)
+    assert not watch.lost(3, True, now=61.0)  # back (a slow shared store): the count restarts
+    assert watch.missing_for(61.0) == 0.0
+    assert not watch.lost(3, False, now=62.0) and watch.lost(3, False, now=122.0)
+    assert not watch.lost(4, False, now=130.0)  # another version in force: counted afresh
+    assert not watch.lost(None, None, now=500.0)  # no links in force: nothing to lose
+    with pytest.raises(ValueError, match="after_s must be > 0"):
+        LostLinks(0.0)
+
+
+def test_the_relearn_plan_runs_every_model_and_the_trainer_trains_above_it_once() -> None:
+    state = ControlState(MODELS, probe_every=8)
+    # the pipeline planned from v3, then the store lost it
+    announced = ControlMessage(kind="link_version", epoch=0, issued_at=1.0, link_version=3)
+    planned = ControlMessage(
+        kind="active_set", epoch=1, issued_at=2.0, active=("digit",), link_version=3
+    )
+    assert state.apply(announced).status == "applied" and state.apply(planned).plan_changed
+    assert not state.warming_up
+    why = "link version 3 has not been in the link store for 61 s"
+    assert state.apply(relearn_message(MODELS, 2, {"fraction": 0.5}, 3, 8, why)).plan_changed
+    assert state.warming_up and state.link_version is None
+    plan = state.plan(seq=5)
+    assert plan.probe and set(plan.active) == set(MODELS)  # every model, every frame
+    assert state.plan_extra["replan_reason"] == why and state.plan_extra[RELEARN_KEY] == 3
+    assert relearning(state.plan_extra, state.link_version, state.latest_links) == 3
+    # v4 announced: relearning is over, and the controller plans from it as from any version
+    assert relearning(state.plan_extra, None, 4) is None
+    assert relearning(state.plan_extra, 4, 4) is None  # a plan with links in force
+    assert relearning({RELEARN_KEY: "3"}, None, 3) is None  # a forged marker trains nothing
+    assert relearning({}, None, 3) is None

@@ -1,0 +1,82 @@
+"""A link store wiped under a running pipeline: the controller notices the version in force is
+gone, runs every model, and the trainer learns links again, numbered above the lost ones; the
+controller plans from them and no frame goes unanswered. Real worker, real broker."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from mlink.deploy.runner import ResultCollector, read_control
+from mlink.deploy.source import FrameProducer
+from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.linkstore.store import LinkStore
+from mlink.operators.relearn import RELEARN_KEY
+from tests.conftest import FaustWorker
+from tests.test_pipeline_e2e import (
+    APP,
+    FAST_MODELS,
+    active_sets,
+    send_frames,
+    wait_for_epoch,
+    wait_results,
+    worker_env,
+    write_config,
+)
+
+pytestmark = pytest.mark.broker
+
+STREAMS = ["cam-a", "cam-b"]
+
+
+def test_a_wiped_store_is_learned_again_above_the_lost_versions(broker, tmp_path) -> None:
+    path, config = write_config(
+        tmp_path,
+        "relearn",
+        FAST_MODELS,
+        partitions=1,
+        warmup_frames=8,
+        output_timeout_s=5.0,
+        links={"relearn_after_s": 3.0, "probe_every": 2, "epochs": 5},
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    worker = FaustWorker(
+        APP, worker_env(path, broker.bootstrap, tmp_path / "faust"), tmp_path / "w.log", "w0"
+    )
+    collector = ResultCollector(broker.bootstrap, names.results)
+    sent: list[str] = []
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, names.frames) as producer:
+            sent += send_frames(producer, STREAMS, range(0, 4))  # the warm-up
+            wait_for_epoch(worker, 1, timeout=120)  # planned from v1
+            shutil.rmtree(config.links.store)  # e.g. a container restarted without its volume
+            deadline, seq = time.monotonic() + 150, 4
+            while "trained links v2 " not in worker.log() and time.monotonic() < deadline:
+                sent += send_frames(producer, STREAMS, range(seq, seq + 2))
+                seq += 2
+                time.sleep(0.5)
+            wait_for_epoch(worker, 3, timeout=90)  # 2: every model runs; 3: planned from v2
+            sent += send_frames(producer, STREAMS, range(seq, seq + 6))
+        wait_results(collector, set(sent), 90, [worker])
+    finally:
+        collector.close()
+        worker.stop()
+    state, messages = read_control(broker.bootstrap, config)
+    plans = active_sets(messages)
+    relearn = plans[2]
+    assert relearn.link_version is None and relearn.extra[RELEARN_KEY] == 1
+    assert set(relearn.active) == set(config.model_names)
+    assert "link version 1 has not been in the link store" in relearn.extra["replan_reason"]
+    assert plans[3].link_version == 2 and state.link_version == 2
+    assert LinkStore(config.links.store).holds(2)
+    assert len(collector.results) == len(set(sent))  # every frame answered, once
+    under_relearn = [r for r in collector.results.values() if r.epoch == 2]
+    assert under_relearn and all(
+        {x.model for x in r.results if x.status == "executed"} == set(config.model_names)
+        for r in under_relearn
+    )
+    assert "learning the links again" in worker.log()

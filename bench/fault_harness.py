@@ -220,3 +220,17 @@ def wait_epoch(p: Pipeline, epoch: int, timeout: float = 120.0) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def send_until_epoch(p: Pipeline, epoch: int, timeout: float = 120.0) -> tuple[list[str], bool]:
+    """Keep frames coming (4 every half second, as a camera would) until the control state is
+    at ``epoch``: a plan that waits for training data gets it. The ids sent, and whether it got
+    there."""
+    ids: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read_control(p.bootstrap, p.config)[0].epoch >= epoch:
+            return ids, True
+        ids += p.send(4)
+        time.sleep(0.5)
+    return ids, False

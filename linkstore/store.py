@@ -287,6 +287,8 @@ class LinkStore(VersionReads):
 
     def _version_numbers(self) -> list[int]:
         numbers = []
+        if not self.root.is_dir():  # wiped under a running pipeline: it holds nothing
+            return numbers
         for entry in os.listdir(self.root):
             match = _VERSION_DIR.match(entry)
             if match:

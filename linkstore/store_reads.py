@@ -97,6 +97,20 @@ class VersionReads:
             f"available versions: {available if available else 'none (save one first)'}"
         )
 
+    def intact(self, version: int) -> bool:
+        """Whether the store holds ``version`` whole: present, and every file matching its
+        manifest, read afresh rather than from the cache (a version damaged after it was loaded
+        fails only for the processes that load it next). StoreError when the store cannot be
+        read at all, or the version is of a newer format: neither says it is damaged."""
+        _check_version_arg(version)
+        try:
+            self._verify(version)
+        except (IntegrityError, _MissingVersionError):
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot read the link store {self.root}: {exc}") from exc
+        return True
+
     def _missing_file(self, version: int, name: str) -> IntegrityError:
         """A file of a version that exists is gone: the version is corrupt."""
         return IntegrityError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,7 +27,7 @@ from mlink.linkstore.store import StoreError
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.control_operators import ControlLog
 from mlink.operators.controller import decide
-from mlink.operators.relearn import LostLinks, relearn_message
+from mlink.operators.relearn import LostLinks, relearn_message, relearning
 from mlink.operators.runtime import MLink
 from mlink.operators.state import BUDGET_ORIGIN, ControlState
 from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
@@ -170,6 +171,10 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             if version is None:
                 log.info("budget noted; waiting for the first links")
                 return True
+            if relearning(state.plan_extra, state.link_version, version) is not None:
+                # its files are gone or damaged, though this process may hold a copy
+                log.info("links are being learned again; not planning from lost v%d", version)
+                return True
             budget = state.requested_budget or dict(settings.budget)
             epoch = max(issued + 1, state.next_epoch())
             try:
@@ -233,20 +238,24 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         finally:
             retrying.pop(version, None)
 
-    async def relearn_if_lost(watch: LostLinks) -> None:
-        """Ask the store whether it still holds the link version in force; once it has been
-        gone for ``relearn_after_s``, run every model until new links are trained
+    async def relearn_if_lost(watch: LostLinks, verify: bool) -> None:
+        """Ask the store whether it still holds the link version in force (``verify``: whole,
+        every file read and hashed); once it has been gone or damaged for
+        ``relearn_after_s``, run every model until new links are trained
         (:mod:`mlink.operators.relearn`)."""
         nonlocal issued
         version = mlink.state.link_version
         held: bool | None = None
         if version is not None:
+            store = mlink.store
             try:
                 held = await asyncio.get_running_loop().run_in_executor(
-                    mlink.executor("controller"), mlink.store.holds, version
+                    mlink.executor("controller"), store.intact if verify else store.holds, version
                 )
             except StoreError as exc:  # no evidence either way: keep the plan, ask again
                 log.warning("cannot ask the link store about version %d: %s", version, exc)
+            if held is False:
+                log.warning("link version %d is missing or damaged in %s", version, store.root)
         now = time.monotonic()
         if not watch.lost(version, held, now):
             return
@@ -256,9 +265,9 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                 return  # a plan was made in the meantime
             lost = max(version, state.latest_links or 0)
             why = (
-                f"link version {version} has not been in the link store {mlink.store.root} "
-                f"for {watch.missing_for(now):.0f} s (lost or replaced): every model runs "
-                f"until links above v{lost} are trained"
+                f"link version {version} has been missing or damaged in the link store "
+                f"{mlink.store.root} for {watch.missing_for(now):.0f} s (lost, replaced or "
+                f"corrupt): every model runs until links above v{lost} are trained"
             )
             epoch = max(issued + 1, state.next_epoch())
             budget = state.requested_budget or dict(settings.budget)
@@ -275,10 +284,10 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         if not after_s:
             return
         watch = LostLinks(after_s)
-        while True:
+        for look in itertools.count():
             await asyncio.sleep(min(15.0, after_s / 3))
-            try:
-                await relearn_if_lost(watch)
+            try:  # reading a whole version is dearer (an object store's GET): 1 look in 4
+                await relearn_if_lost(watch, verify=look % 4 == 0 or watch.counting)
             except Exception:  # the next look may work; frames never wait for this one
                 log.exception("checking the link store for the version in force failed")
 

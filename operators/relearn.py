@@ -6,7 +6,10 @@ the old versions. Workers that loaded them keep them in memory; every other work
 them and leaves the synthesized models' outputs missing, and with ``retrain_every`` 0 nothing
 would ever train again. So the controller asks the store itself whether it still holds the
 version in force (:meth:`~mlink.linkstore.store_reads.VersionReads.holds`, not the loader's
-cache); once it has been gone for ``LinkSettings.relearn_after_s``, the controller publishes a
+cache), and one look in four whether it holds it whole
+(:meth:`~mlink.linkstore.store_reads.VersionReads.intact`: a file damaged on disk fails every
+worker that loads it next); once it has been gone or damaged for
+``LinkSettings.relearn_after_s``, the controller publishes a
 plan that runs every model with no links (a warm-up again, said why on the control topic and in
 ``mlink status``), and the trainer trains from its buffer, or from the new warm-up frames, a
 version numbered above every one the log has named. The controller plans from it as from any
@@ -50,6 +53,13 @@ class LostLinks:
         if self._missing is None or self._missing[0] != version:
             self._missing = (version, now)
         return now - self._missing[1] >= self.after_s
+
+    @property
+    def counting(self) -> bool:
+        """Whether the version in force was seen missing and has not been seen since: look
+        closely every time until it is (a damaged version is present, so only a full read
+        tells it from a good one)."""
+        return self._missing is not None
 
     def missing_for(self, now: float) -> float:
         """Seconds the version in force has been seen missing (0: it has not)."""

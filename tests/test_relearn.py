@@ -14,7 +14,7 @@ MODELS = ("digit", "parity", "value")
 
 def test_a_version_is_lost_only_after_missing_for_the_whole_wait() -> None:
     watch = LostLinks(after_s=60.0)
-    assert not watch.lost(3, False, now=0.0)
+    assert not watch.counting and not watch.lost(3, False, now=0.0) and watch.counting
     assert not watch.lost(3, None, now=59.0)  # the store could not be asked: no evidence
     assert watch.missing_for(59.0) == 59.0
     assert watch.lost(3, False, now=60.0)
@@ -36,7 +36,7 @@ def test_the_relearn_plan_runs_every_model_and_the_trainer_trains_above_it_once(
     )
     assert state.apply(announced).status == "applied" and state.apply(planned).plan_changed
     assert not state.warming_up
-    why = "link version 3 has not been in the link store for 61 s"
+    why = "link version 3 has been missing or damaged in the link store for 61 s"
     assert state.apply(relearn_message(MODELS, 2, {"fraction": 0.5}, 3, 8, why)).plan_changed
     assert state.warming_up and state.link_version is None
     plan = state.plan(seq=5)

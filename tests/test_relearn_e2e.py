@@ -70,7 +70,8 @@ def test_a_wiped_store_is_learned_again_above_the_lost_versions(broker, tmp_path
     relearn = plans[2]
     assert relearn.link_version is None and relearn.extra[RELEARN_KEY] == 1
     assert set(relearn.active) == set(config.model_names)
-    assert "link version 1 has not been in the link store" in relearn.extra["replan_reason"]
+    reason = relearn.extra["replan_reason"]
+    assert "link version 1 has been missing or damaged in the link store" in reason
     assert plans[3].link_version == 2 and state.link_version == 2
     assert LinkStore(config.links.store).holds(2)
     assert len(collector.results) == len(set(sent))  # every frame answered, once

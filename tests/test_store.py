@@ -566,7 +566,8 @@ def test_a_store_wiped_under_a_pipeline_numbers_above_what_it_was_told(tmp_path:
     store.load(1)  # cached in memory from here on
     assert store.holds(1) and not store.holds(2)
     shutil.rmtree(root)
-    assert not store.holds(1)  # gone, though the loaded copy is still in memory
+    assert not store.holds(1) and not store.intact(1)  # gone, though loaded into memory
+    assert store.versions() == [] and store.latest() is None
     assert store.save(make_tensors(2), make_meta(2), after=7) == 8  # the root is made again
     assert store.holds(8) and [v.version for v in store.versions()] == [8]
     assert store.save(make_tensors(3), make_meta(3), after=2) == 9  # never below its own
@@ -574,3 +575,15 @@ def test_a_store_wiped_under_a_pipeline_numbers_above_what_it_was_told(tmp_path:
         store.save(make_tensors(4), {}, after=-1)
     with pytest.raises(ValueError, match="version numbers are ints"):
         store.holds(0)
+
+
+def test_intact_reads_a_version_afresh(tmp_path: Path) -> None:
+    """A version damaged on disk after it was loaded: ``load`` still answers from the cache,
+    ``intact`` reads and hashes the files again."""
+    store = LinkStore(tmp_path)
+    v = store.save(make_tensors(1), make_meta(1))
+    store.load(v)
+    assert store.intact(v) and not store.intact(v + 1)
+    flip_byte(tmp_path / f"v{v:06d}" / "tensors.safetensors", -1)
+    assert store.holds(v) and not store.intact(v)
+    assert store.load(v).version == v  # the verified copy in memory

@@ -212,3 +212,11 @@ def test_a_replaced_bucket_numbers_above_what_it_was_told(s3: S3Server) -> None:
     assert not new.holds(1)
     assert new.save(make_tensors(2), make_meta(2), after=5) == 6
     assert new.holds(6) and new.load(6).meta.meta == make_meta(2)
+
+
+def test_intact_tells_a_damaged_object_from_a_good_one(s3: S3Server, url: str) -> None:
+    store = open_store(s3, url)
+    v = store.save(make_tensors(1), make_meta(1))
+    assert store.intact(v) and not store.intact(v + 1)
+    store.fs.pipe_file(store._file(v, "tensors.safetensors"), b"damaged")
+    assert store.holds(v) and not store.intact(v)

@@ -119,6 +119,17 @@ def worker_env(config_path: Path, bootstrap: str, datadir: Path) -> dict[str, st
     return {"MLINK_CONFIG": str(config_path), "MLINK_BROKER": bootstrap, "F_DATADIR": str(datadir)}
 
 
+def one_worker(
+    bootstrap: str, config_path: Path, config: PipelineConfig, tmp_path: Path
+) -> tuple[FaustWorker, ResultCollector]:
+    """The pipeline's topics, one worker on them (not yet started: ``wait_ready()``) and a
+    collector of its results (close it, and stop the worker, when done)."""
+    create_pipeline_topics(config, bootstrap)
+    env = worker_env(config_path, bootstrap, tmp_path / "faust")
+    worker = FaustWorker(APP, env, tmp_path / "w.log", "w0")
+    return worker, ResultCollector(bootstrap, config.topics.names().results)
+
+
 def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Any]:
     """Every record of ``topic`` up to its current end offsets, without a consumer group."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)

@@ -9,20 +9,17 @@ import time
 
 import pytest
 
-from mlink.deploy.runner import ResultCollector, read_control
+from mlink.deploy.runner import read_control
 from mlink.deploy.source import FrameProducer
-from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.linkstore.store import LinkStore
 from mlink.operators.relearn import RELEARN_KEY
-from tests.conftest import FaustWorker
 from tests.test_pipeline_e2e import (
-    APP,
     FAST_MODELS,
     active_sets,
+    one_worker,
     send_frames,
     wait_for_epoch,
     wait_results,
-    worker_env,
     write_config,
 )
 
@@ -42,11 +39,7 @@ def test_a_wiped_store_is_learned_again_above_the_lost_versions(broker, tmp_path
         links={"relearn_after_s": 3.0, "probe_every": 2, "epochs": 5},
     )
     names = config.topics.names()
-    create_pipeline_topics(config, broker.bootstrap)
-    worker = FaustWorker(
-        APP, worker_env(path, broker.bootstrap, tmp_path / "faust"), tmp_path / "w.log", "w0"
-    )
-    collector = ResultCollector(broker.bootstrap, names.results)
+    worker, collector = one_worker(broker.bootstrap, path, config, tmp_path)
     sent: list[str] = []
     try:
         worker.wait_ready()

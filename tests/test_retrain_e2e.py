@@ -8,18 +8,14 @@ import time
 
 import pytest
 
-from mlink.deploy.runner import ResultCollector
 from mlink.deploy.source import FrameProducer
-from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.linkstore.store import LinkStore
-from tests.conftest import FaustWorker
 from tests.test_pipeline_e2e import (
-    APP,
     FAST_MODELS,
+    one_worker,
     send_frames,
     wait_results,
     wait_until,
-    worker_env,
     write_config,
 )
 
@@ -37,12 +33,8 @@ def test_retrains_make_new_versions_and_old_ones_are_deleted(broker, tmp_path) -
         links={"retrain_every": 3, "keep_versions": 1, "probe_every": 2, "epochs": 5},
     )
     names = config.topics.names()
-    create_pipeline_topics(config, broker.bootstrap)
     store = LinkStore(config.links.store)
-    worker = FaustWorker(
-        APP, worker_env(path, broker.bootstrap, tmp_path / "faust"), tmp_path / "w.log", "w0"
-    )
-    collector = ResultCollector(broker.bootstrap, names.results)
+    worker, collector = one_worker(broker.bootstrap, path, config, tmp_path)
     sent: list[str] = []
     try:
         worker.wait_ready()

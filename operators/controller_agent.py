@@ -276,6 +276,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             )
             log.error("learning the links again: %s", why)
             mlink.metrics["relearns"] += 1
+            mlink.prom.relearns.inc()
             issued = epoch
             await control_out.send(b"active_set", encode_record(message))
 

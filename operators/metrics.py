@@ -27,6 +27,8 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
                                             scored (their forecast is the plan's estimate)
     mlink_model_healthy{model}              1 healthy, 0 reported unhealthy (e.g. hung)
     mlink_epoch / mlink_link_version        control-plane state this worker runs
+    mlink_links_relearned_total             the link version in force was lost or damaged in
+                                            the store: every model ran until new links came
     mlink_in_flight_frames                  planned, not yet answered (the flow-control window)
     mlink_consumer_lag{topic,partition}     set by the agent that reads the partition
     mlink_worker_info{worker,pid}           constant 1, identifies the process
@@ -131,6 +133,12 @@ class WorkerMetrics:
         self.epoch = Gauge("mlink_epoch", "control epoch this worker plans with", registry=r)
         self.link_version = Gauge(
             "mlink_link_version", "linkstore version in use (0 = none yet)", registry=r
+        )
+        self.relearns = Counter(
+            "mlink_links_relearned",
+            "plans that ran every model because the store lost or damaged the link version "
+            "in force (the controller's worker; mlink.operators.relearn)",
+            registry=r,
         )
         self.in_flight = Gauge(
             "mlink_in_flight_frames", "frames planned and not yet answered", registry=r

@@ -39,8 +39,10 @@ from mlink.eval.workload import Workload
 from mlink.linkstore.budget import typical_ms
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.schedule import Schedule
+from mlink.operators.relearn import RELEARN_KEY
+from mlink.operators.state import ControlState
 from mlink.topics.frames import decode_frame, encode_frame
-from mlink.topics.records import FrameResult
+from mlink.topics.records import ControlMessage, FrameResult
 
 __all__ = [
     "RunSummary",
@@ -79,7 +81,7 @@ class RunSummary:
     warmup_frames: int
     # per stream: a backlog's warm-up is not the cameras in turn (docs/stream-synthesis.md)
     warmup_streams: dict[str, int]
-    probe_frames: int
+    probe_frames: int  # planned probes; the frames of a relearn plan are counted apart
     steady_accuracy: float
     steady_synthesized_accuracy: float | None
     steady_compute_saved: float
@@ -98,6 +100,9 @@ class RunSummary:
     forecast_bound: float | None = None  # what the plans promised (stream plans' bounds)
     # the paper's links: the estimate re-weighted to what the active detectors found before
     forecast_content: float | None = None
+    # frames under a plan that ran every model because the store lost the links in force
+    # (mlink.operators.relearn): not steady, and not the plan's probes either
+    relearn_frames: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -295,6 +300,7 @@ def summarize(
             f"; none recorded for link versions {unpriced}, whose synthesis is counted as 0 ms"
         )
     everything = list(scored.values())
+    relearned = relearn_epochs(models, report.control)
     warmup = Counter(r.stream_id for f, r in report.results.items() if f in scored and r.epoch == 0)
     forecasts = forecasts_in_force(
         models, report.control, {f: r for f, r in report.results.items() if f in scored}
@@ -331,7 +337,12 @@ def summarize(
         steady_frames=len(steady),
         warmup_frames=sum(warmup.values()),
         warmup_streams=dict(sorted(warmup.items())),
-        probe_frames=sum(r.probe and r.epoch > 0 for f, r in report.results.items() if f in scored),
+        probe_frames=sum(
+            r.probe and r.epoch > 0 and r.epoch not in relearned
+            for f, r in report.results.items()
+            if f in scored
+        ),
+        relearn_frames=sum(r.epoch in relearned for f, r in report.results.items() if f in scored),
         steady_accuracy=accuracy(steady),
         steady_synthesized_accuracy=synthesized_accuracy(steady),
         steady_compute_saved=saved(steady),
@@ -361,6 +372,17 @@ def summarize(
             else None
         ),
     )
+
+
+def relearn_epochs(models: Iterable[str], control: Iterable[ControlMessage]) -> set[int]:
+    """The epochs whose plan ran every model because the links in force were lost."""
+    state = ControlState(tuple(sorted(models)))
+    out = set()
+    for message in control:
+        applied = state.apply(message).status == "applied"
+        if applied and message.kind == "active_set" and RELEARN_KEY in state.plan_extra:
+            out.add(state.epoch)
+    return out
 
 
 def _count(statuses: list[tuple[str, str]], status: str) -> dict[str, int]:

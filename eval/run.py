@@ -95,7 +95,13 @@ def print_summary(summary: dict, console: Console) -> None:
     )
     console.print(
         f"steady, {s['steady_frames']} frames (excluding {s['warmup_frames']} warm-up and "
-        f"{s['probe_frames']} probe frames): compute saved {percent(s['steady_compute_saved'])}, "
+        f"{s['probe_frames']} probe frames"
+        + (
+            f", and {s['relearn_frames']} that ran every model while lost links were learned again"
+            if s.get("relearn_frames")
+            else ""
+        )
+        + f"): compute saved {percent(s['steady_compute_saved'])}, "
         f"accuracy {percent(s['steady_accuracy'])} (all models), "
         f"{percent(s['steady_synthesized_accuracy'])} (synthesized outputs only)"
     )

@@ -17,6 +17,7 @@ from mlink.eval.synthesis_costs import SynthesisCosts
 from mlink.eval.workload import Workload
 from mlink.linkstore.content_forecast import ContentTable
 from mlink.linkstore.schedule import EXTRA_KEY, Mode, Schedule
+from mlink.operators.relearn import relearn_message
 from mlink.topics.records import ControlMessage, FrameResult, ModelResult
 from mlink.topics.specs import spec_from_dict
 
@@ -413,3 +414,20 @@ def test_the_summary_prints_the_content_weighted_forecast_of_paper_link_plans(tm
     print_summary(s.as_dict(), console)
     line = " ".join(console.export_text().split())
     assert "up-front estimate 90.0%, content-weighted 83.3%; kept 66.7%" in line
+
+
+def test_frames_of_a_relearn_plan_are_counted_apart(tmp_path):
+    """Epoch 2 ran every model because the store lost v1: its frame (frame 3, planned under it
+    this time) is neither steady nor one of the plan's probes, and the summary says so."""
+    report = run()
+    lost = frame(3, 2, [executed(m, reference().outputs[m][3]) for m in MODELS], probe=True)
+    report = replace(report, results={**report.results, lost.frame_id: lost})
+    control = [
+        ControlMessage(kind="active_set", epoch=1, issued_at=1.0, active=("bright",)),
+        relearn_message(sorted(MODELS), 2, {}, 1, 8, "link version 1 is gone"),
+    ]
+    s = summarize(config(tmp_path), replace(report, control=control), reference(), IDS)
+    assert (s.steady_frames, s.warmup_frames, s.probe_frames, s.relearn_frames) == (1, 1, 1, 1)
+    console = Console(width=100, record=True)
+    print_summary(s.as_dict(), console)
+    assert "and 1 that ran every model while lost links" in " ".join(console.export_text().split())

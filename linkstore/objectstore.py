@@ -18,7 +18,8 @@ Invariants, and how they are kept without rename:
 - *A version is complete or invisible.* Its files are written first and its manifest last;
   readers list and load only versions with a manifest, and check every file's sha256 against
   it. A writer that dies half-way leaves a claim and some files without a manifest: invisible,
-  and its number is never handed out again (claims are never deleted).
+  and its number is never handed out again (``prune`` deletes claims and such files below the
+  oldest version it leaves, never the newest claim).
 - *Version numbers are unique.* A writer claims ``max(claimed) + 1`` with an exclusive create
   (S3 ``If-None-Match: *``, which s3fs issues for ``mode="create"`` and which S3, MinIO and moto
   honour); on a collision it takes the next number. Where a backend cannot create exclusively
@@ -135,6 +136,22 @@ class ObjectLinkStore(LinkStore):
         if promote:
             self._promote_locked(version, verify=False)
         return version
+
+    def prune(self, keep: int) -> list[int]:
+        """:meth:`LinkStore.prune`, then the claims and the files of half-written versions
+        below the oldest version left go too: a pipeline that retrains would otherwise list
+        ever more of them on every save. Numbers come from the newest claim, which stays."""
+        doomed = super().prune(keep)
+        floor = min(self._version_numbers(), default=0)
+        claims = sorted(self._claimed_numbers())
+        for n in claims[:-1]:
+            if n < floor:
+                self.fs.rm_file(f"{self._path}/{CLAIMS_DIR}/v{n:06d}.json")
+        for path in self._glob("v*/*"):
+            match = _VERSION_DIR.match(path.rstrip("/").split("/")[-2])
+            if match and int(match.group(1)) < floor:  # no manifest: listed versions are >=
+                self.fs.rm_file(path)
+        return doomed
 
     def _claim(self, after: int = 0) -> int:
         """Take the next version number with an exclusive create; skip numbers taken."""

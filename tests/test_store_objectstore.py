@@ -220,3 +220,25 @@ def test_intact_tells_a_damaged_object_from_a_good_one(s3: S3Server, url: str) -
     assert store.intact(v) and not store.intact(v + 1)
     store.fs.pipe_file(store._file(v, "tensors.safetensors"), b"damaged")
     assert store.holds(v) and not store.intact(v)
+
+
+def test_prune_also_sweeps_old_claims_and_half_written_versions(s3: S3Server, url: str) -> None:
+    store = open_store(s3, url)
+    for tag in (1, 2, 3):
+        store.save(make_tensors(tag), {})
+    bucket, prefix = url.removeprefix("s3://").split("/", 1)
+    client = s3.client()
+    # v4 was claimed and half written by a writer that crashed; v5 is a later, complete version
+    client.put_object(Bucket=bucket, Key=f"{prefix}/claims/v000004.json", Body=b"{}")
+    client.put_object(Bucket=bucket, Key=f"{prefix}/v000004/tensors.safetensors", Body=b"xx")
+    assert store.save(make_tensors(5), {}) == 5
+    assert store.prune(1) == [1, 2, 3]
+
+    def keys(under: str) -> list[str]:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{under}")
+        return sorted(o["Key"].removeprefix(f"{prefix}/") for o in listed.get("Contents", []))
+
+    assert keys("claims/") == ["claims/v000005.json"]
+    assert [k for k in keys("v") if not k.startswith("v000005/")] == []
+    assert store.save(make_tensors(6), {}) == 6  # no number handed out twice
+    assert [m.version for m in store.versions()] == [5, 6]

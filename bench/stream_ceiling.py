@@ -10,7 +10,9 @@ keep at that budget when the estimates are right; its prediction gap shows wheth
 estimator is biased when its data is representative. Per model, the warm-up's prior scored on
 the warm-up and on the rest shows how far the content moves after the warm-up; ``--options
 MODEL`` lists every option of a model (mode and period) as the warm-up and every frame price it,
-to see which options the warm-up over-promises and so makes the planner prefer.
+to see which options the warm-up over-promises and so makes the planner prefer. ``--switch
+SHARE...`` replays the warm-up plan switched to the oracle plan after that share of each stream:
+how early a live correction would have to act to win what the oracle wins.
 
 Uses the cached outputs and the cost table ``--costs`` names (as ``mlink bench`` does; the
 benchmarks pass the committed ``deploy/costs/<workload>.json``); seed 0 trains the paper's
@@ -25,6 +27,7 @@ from mlink.eval.experiment import TrainedWorkload
 from mlink.eval.streaming.method import OFFLINE, stream_mlink
 from mlink.eval.streaming.replay_args import replay_parser, replay_split
 from mlink.eval.streaming.simulate import StreamRun
+from mlink.eval.temporal.geometry import positions
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.rows import prior_output
 from mlink.linkstore.streamfit import Curve
@@ -120,6 +123,32 @@ def option_rows(pair: list[StreamRun], model: str, model_ms: float) -> list[str]
     return rows
 
 
+def switch_rows(trained: TrainedWorkload, pair: list[StreamRun], shares: list[float]) -> list[str]:
+    """What a perfect re-plan made partway through would keep: each stream's frames before
+    ``share`` of its length under the warm-up plan, after it under the oracle plan (each run's
+    own outputs and costs per frame; the two runs' memories differ slightly at the switch).
+    The most any live correction of the warm-up's estimates could win, by when it acts."""
+    wl = trained.workload
+    warm, oracle = pair
+    test = np.sort(np.asarray(trained.test_idx))
+    seq = positions(wl.streams)
+    length: dict[str, int] = {}
+    for i in range(len(wl.streams)):
+        length[wl.streams[i]] = max(length.get(wl.streams[i], 0), int(seq[i]) + 1)
+    keep = ~warm.probe
+    full = wl.total_cost()
+    rows = []
+    for share in shares:
+        after = np.array([seq[i] >= share * length[wl.streams[i]] for i in test.tolist()])
+        per_model = [
+            np.where(after, oracle.per_frame[m], warm.per_frame[m])[keep].mean() for m in wl.models
+        ]
+        kept = float(np.mean(per_model))
+        cost = float(np.where(after, oracle.cost_ms, warm.cost_ms)[keep].mean())
+        rows.append(f"| {share:.0%} | {kept:.1%} | {1.0 - cost / full:.1%} |")
+    return rows
+
+
 def drift_rows(trained: TrainedWorkload) -> list[str]:
     wl = trained.workload
     rows = []
@@ -145,6 +174,10 @@ def main() -> None:
         "--bounds", type=float, nargs="+", default=[], metavar="Z",
         help="also print the warm-up plan's lower bound at these widths (standard errors)",
     )  # fmt: skip
+    parser.add_argument(
+        "--switch", type=float, nargs="+", default=[], metavar="SHARE",
+        help="also: the warm-up plan switched to the oracle plan after this share of each stream",
+    )  # fmt: skip
     args = parser.parse_args()
     trained = replay_split(args)
     workload = trained.workload
@@ -163,6 +196,10 @@ def main() -> None:
         print(f"\n| model at {fraction:.0%} | warm-up plan | realised | oracle plan | realised |")
         print("|---|---|---|---|---|")
         print("\n".join(model_rows(trained.workload.models, pair)))
+    for fraction, pair in runs.items() if args.switch else ():
+        print(f"\n| budget {fraction:.0%}: switched to the oracle plan after | kept | saved |")
+        print("|---|---|---|")
+        print("\n".join(switch_rows(trained, pair, args.switch)))
     if args.options:
         print("\n| model | mode | period | warm-up estimate | lower bound "
               "| estimate from every frame | ms per frame |")  # fmt: skip

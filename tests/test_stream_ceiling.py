@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.stream_ceiling import bound_at, option_rows
+from bench.stream_ceiling import bound_at, option_rows, switch_rows
 from mlink.eval.streaming.method import OFFLINE
 from mlink.linkstore.streamoptions import option
 from mlink.linkstore.streamplan import DEFAULT_PERIODS, plan_for_budget
@@ -48,3 +48,17 @@ def test_the_option_rows_set_each_warm_up_option_beside_the_same_option_from_eve
     want = option(curves["a"][2], 0, 0, 10.0, OFFLINE.z, 0, OFFLINE.corr)
     assert want is not None
     assert head[3:] == [f"{want.estimate:.1%}", f"{want.lower:.1%}", "100.0%", "0.1"]
+
+
+def test_the_switch_rows_take_each_stream_from_one_plan_then_the_other() -> None:
+    """Two streams of 4 frames, the first of each a warm-up: switching at 0 is the oracle run
+    throughout, at 1 the warm-up run, at 1/2 each stream's frames 2-3 from the oracle."""
+    streams = ["a"] * 4 + ["b"] * 4
+    workload = SimpleNamespace(streams=streams, models=["m"], total_cost=lambda: 10.0)
+    trained = SimpleNamespace(workload=workload, test_idx=[1, 2, 3, 5, 6, 7])
+    warm = SimpleNamespace(
+        per_frame={"m": np.zeros(6)}, cost_ms=np.full(6, 4.0), probe=np.zeros(6, dtype=bool)
+    )
+    oracle = SimpleNamespace(per_frame={"m": np.ones(6)}, cost_ms=np.full(6, 2.0))
+    rows = switch_rows(trained, [warm, oracle], [0.0, 0.5, 1.0])  # type: ignore[arg-type,list-item]
+    assert rows == ["| 0% | 100.0% | 80.0% |", "| 50% | 66.7% | 73.3% |", "| 100% | 0.0% | 60.0% |"]

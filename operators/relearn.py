@@ -1,7 +1,8 @@
-"""Learning the links again when the store that held them was lost or replaced.
+"""Learning the links again when the store that held them lost or damaged them.
 
-A link store can vanish under a running pipeline: a container restarted without its volume, a
-bucket emptied by a lifecycle rule, a config pointed at a new store. The control log still names
+A link store can vanish under a running pipeline (a container restarted without its volume, a
+bucket emptied by a lifecycle rule, a config pointed at a new store), or a version's files can
+be damaged on disk. The control log still names
 the old versions. Workers that loaded them keep them in memory; every other worker cannot load
 them and leaves the synthesized models' outputs missing, and with ``retrain_every`` 0 nothing
 would ever train again. So the controller asks the store itself whether it still holds the
@@ -13,7 +14,7 @@ worker that loads it next); once it has been gone or damaged for
 plan that runs every model with no links (a warm-up again, said why on the control topic and in
 ``mlink status``), and the trainer trains from its buffer, or from the new warm-up frames, a
 version numbered above every one the log has named. The controller plans from it as from any
-new version. docs/link-store.md, "A lost or replaced store".
+new version. docs/link-store.md, "A lost, replaced or damaged store".
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ store lost the links; the trainer trains above it, once."""
 
 
 class LostLinks:
-    """Since when the store has not held the link version in force: a version missing for a
-    moment may be a shared store that is slow to show it, or a store moved by hand."""
+    """Since when the store has not held the link version in force (whole): a version missing
+    for a moment may be a shared store that is slow to show it, or a store moved by hand."""
 
     def __init__(self, after_s: float) -> None:
         if after_s <= 0:

@@ -279,6 +279,60 @@ def budget(
 
 
 @app.command()
+def links(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    pin: Annotated[
+        int | None, typer.Option(help="plan from this version until --unpin", min=1)
+    ] = None,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="pin the newest version older than the one in force")
+    ] = False,
+    unpin: Annotated[
+        bool, typer.Option("--unpin", help="plan from the newest version again")
+    ] = False,
+) -> None:
+    """The link versions in the store and which one is in force; pin one (or roll back) when
+    a retrain made things worse, without a restart."""
+    from mlink.deploy.link_pins import PinError, link_rows, pin_links, unpin_links
+    from mlink.deploy.runner import read_control
+    from mlink.linkstore.store import LinkStore
+
+    config = _config(config_path, broker)
+    if sum((pin is not None, rollback, unpin)) > 1:
+        raise typer.BadParameter("give one of --pin, --rollback and --unpin")
+    bootstrap = _need_broker(config)
+    try:
+        if unpin:
+            was = unpin_links(bootstrap, config)
+            console.print(
+                "links were not pinned" if was is None else f"unpinned v{was}: planning from "
+                "the newest version again"
+            )  # fmt: skip
+            return
+        if pin is not None or rollback:
+            version = pin_links(bootstrap, config, pin)
+            console.print(f"pinned v{version}: the controller plans from it until --unpin")
+            return
+    except PinError as exc:
+        console.print(Text(str(exc), style="red"))
+        raise typer.Exit(2) from None
+    state, _ = read_control(bootstrap, config)
+    rows = link_rows(state, LinkStore(config.links.store))
+    if not rows:
+        console.print(f"the link store {config.links.store} holds no versions yet")
+    for row in rows:
+        notes = [n for n, on in (("in force", row.in_force), ("pinned", row.pinned),
+                                 ("newest", row.newest)) if on]  # fmt: skip
+        score = "-" if row.mean_val_score is None else f"{row.mean_val_score:.3f}"
+        console.print(
+            f"v{row.version}  {row.created_at[:19].replace('T', ' ')} UTC"
+            f"  {row.links} links  {row.samples or '?'} samples  val {score}"
+            + (f"  ({', '.join(notes)})" if notes else "")
+        )
+
+
+@app.command()
 def resign(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
     """Publish the control state in force again, signed with the first key of
     MLINK_SIGNING_KEY: run it after deploying `new,old` and before deploying `new`, so that

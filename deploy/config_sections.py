@@ -246,7 +246,10 @@ class LinksConfig(StrictSection):
         0, ge=0, description="retrain after this many new probe frames; 0 = train once"
     )
     keep_versions: int = Field(
-        32, ge=0, description="link versions kept in the store after each retrain; 0 = all"
+        32,
+        ge=0,
+        description="newest link versions kept after each retrain, besides those in force "
+        "and pinned; 0 = all",
     )
     ensemble: Literal["weighted", "fusion"] = "weighted"
     selector: Literal["exact", "greedy", "lookahead", "auto"] = "auto"

@@ -5,8 +5,9 @@ they hold verifies (:mod:`mlink.topics.signing`). Once the old key is retired, a
 worker would skip the whole history signed with it: the plan in force, the link version and a
 budget set with ``mlink budget``, and it would warm up again from nothing. So between deploying
 ``new,old`` and deploying ``new``, :func:`restate_control` (``mlink resign``) publishes the
-state in force again, signed with the new key: the run-time budget, the newest link version,
-and the plan in force as the next epoch (the same plan; workers switch to it as to any plan).
+state in force again, signed with the new key: the run-time budget, the newest link version, a
+pinned one, and the plan in force as the next epoch (the same plan; workers switch to it as to
+any plan).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 
 from mlink.deploy.config import PipelineConfig
+from mlink.deploy.link_pins import pin_message
 from mlink.deploy.runner import publish_control, read_control
 from mlink.operators.state import BUDGET_ORIGIN
 from mlink.topics.records import ControlMessage
@@ -53,6 +55,8 @@ def restate_control(bootstrap: str, config: PipelineConfig) -> list[ControlMessa
                 link_version=state.latest_links,
             )
         )
+    if state.pinned_links is not None:
+        messages.append(pin_message(state.pinned_links, True))
     if state.epoch > 0:
         messages.append(
             ControlMessage(

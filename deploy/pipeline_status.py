@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any
 
 from mlink.deploy.config import PipelineConfig
+from mlink.deploy.link_pins import link_rows
 from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
@@ -64,6 +65,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "models": sorted(config.model_names),
         "active": list(state.active) or "all (warming up)",
         "link_version": state.link_version,
+        "latest_links": state.latest_links,
+        "pinned_links": state.pinned_links,  # mlink links --pin: planned from until unpinned
         "budget": state.budget or state.requested_budget,
         # a budget set with `mlink budget` stays in force over an edited config's
         "budget_set_by": (
@@ -96,7 +99,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         # the plan would switch if model costs rose a little (linkstore.cost_headroom)
         "fragile": extra.get("fragile"),
         "infeasible": extra.get("infeasible"),
-        "linkstore": store_report(config.links.store),
+        "linkstore": store_report(config.links.store, state),
         "lag": consumer_lag(bootstrap, config),
         "dead_letters": dead_letter_report(bootstrap, config),
         # the paper's links: the plan's estimate re-weighted to what its active detectors found
@@ -105,7 +108,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def store_report(root: str) -> dict[str, Any]:
+def store_report(root: str, state: ControlState | None = None) -> dict[str, Any]:
     """The link store's current version and versions. A local store that does not exist is
     reported as missing and not created: a status read from another directory than the
     workers' (a relative ``links.store`` resolves against the current one) must not leave an
@@ -114,19 +117,16 @@ def store_report(root: str) -> dict[str, Any]:
     if local is not None and not local.is_dir():
         return {"root": str(local.absolute()), "current": None, "versions": [], "missing": True}
     store = LinkStore(root)
-    versions = []
-    for v in store.versions():
-        links = v.meta.get("links", [])
-        mean = sum(x["val_score"] for x in links) / len(links) if links else None
-        versions.append(
-            {
-                "version": v.version,
-                "created_at": v.created_at,
-                "links": len(links),
-                "mean_val_score": mean,
-                "samples": v.meta.get("n_samples"),
-            }
-        )
+    versions = [
+        {
+            "version": row.version,
+            "created_at": row.created_at,
+            "links": row.links,
+            "mean_val_score": row.mean_val_score,
+            "samples": row.samples,
+        }
+        for row in link_rows(state or ControlState(()), store)
+    ]
     return {"root": str(store.root), "current": store.current(), "versions": versions}
 
 

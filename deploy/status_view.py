@@ -66,6 +66,16 @@ def _models(status: Mapping[str, Any]) -> list[str]:
     return sorted(names)
 
 
+def _pin_line(status: Mapping[str, Any]) -> str:
+    pinned, in_force = status["pinned_links"], status.get("link_version")
+    line = f"links pinned to v{pinned} (mlink links --unpin follows the newest again)"
+    if status.get("latest_links") not in (None, pinned):
+        line += f"; the newest is v{status['latest_links']}"
+    if in_force != pinned:
+        line += f"; v{in_force} is in force until the controller re-plans"
+    return line
+
+
 def render_status(status: Mapping[str, Any], console: Console) -> None:
     """Print a status dict: a header, one row per model, then re-plans, versions and lag."""
     active = set(status["active"]) if isinstance(status.get("active"), list) else None
@@ -91,6 +101,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         _say(console, f"no plan meets the budget or targets: {status['infeasible']}", "red")
     if status.get("replan_reason"):
         _say(console, f"re-planned: {status['replan_reason']}", "yellow")
+    if status.get("pinned_links") is not None:
+        _say(console, _pin_line(status), "yellow")
     if isinstance(status.get("fragile"), Mapping):
         _say(console, f"no room in the budget: {fragile_reason(status['fragile'])}", "yellow")
 

@@ -42,7 +42,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -137,11 +137,11 @@ class ObjectLinkStore(LinkStore):
             self._promote_locked(version, verify=False)
         return version
 
-    def prune(self, keep: int) -> list[int]:
+    def prune(self, keep: int, protect: Collection[int] = ()) -> list[int]:
         """:meth:`LinkStore.prune`, then the claims and the files of half-written versions
         below the oldest version left go too: a pipeline that retrains would otherwise list
         ever more of them on every save. Numbers come from the newest claim, which stays."""
-        doomed = super().prune(keep)
+        doomed = super().prune(keep, protect)
         floor = min(self._version_numbers(), default=0)
         claims = sorted(self._claimed_numbers())
         for n in claims[:-1]:

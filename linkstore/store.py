@@ -24,7 +24,7 @@ import re
 import secrets
 import shutil
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,15 +208,15 @@ class LinkStore(VersionReads):
         with self._locked():
             self._delete_locked(version, self._read_pointer())
 
-    def prune(self, keep: int) -> list[int]:
-        """Delete all but the ``keep`` newest versions (the current one is always kept,
-        in addition) and return the deleted version numbers."""
+    def prune(self, keep: int, protect: Collection[int] = ()) -> list[int]:
+        """Delete all but the ``keep`` newest versions, the current one and ``protect`` (say,
+        a pinned version); return the deleted version numbers."""
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise ValueError(f"prune(keep=...) needs an int >= 0, got {keep!r}")
         with self._locked():
             pointer = self._read_pointer()
             numbers = self._version_numbers()
-            kept = set(numbers[len(numbers) - keep :] if keep else [])
+            kept = set(numbers[len(numbers) - keep :] if keep else []) | set(protect)
             doomed = [v for v in numbers if v not in kept and v != pointer.current]
             for version in doomed:
                 self._forget(version)

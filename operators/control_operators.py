@@ -95,6 +95,7 @@ def _refresh_views(mlink: MLink, message: ControlMessage, changed: bool) -> None
     prom = mlink.prom
     prom.epoch.set(mlink.state.epoch)
     prom.link_version.set(mlink.state.link_version or 0)
+    prom.links_pinned.set(mlink.state.pinned_links or 0)
     if message.kind == "agreement":
         for model, value in mlink.state.live_agreement.items():
             prom.live_agreement.labels(model).set(value)

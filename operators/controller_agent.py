@@ -98,12 +98,18 @@ async def retry_with_backoff(
 
 
 def _planned_for_requested(state: ControlState) -> bool:
-    """Whether the plan in force was made for the requested budget from the newest links."""
+    """Whether the plan in force was made for the requested budget from the links wanted (the
+    newest, or the pinned)."""
     return (
         state.epoch > 0
         and state.budget == state.requested_budget
-        and state.link_version == state.latest_links
+        and state.link_version == state.wanted_links
     )
+
+
+def _links_in_force(state: ControlState) -> bool:
+    """Whether the plan in force already uses the links wanted (the newest, or the pinned)."""
+    return state.epoch > 0 and state.link_version == state.wanted_links
 
 
 def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
@@ -167,7 +173,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         loop = asyncio.get_running_loop()
         async with lock:
             state = mlink.state
-            version = state.latest_links
+            version = state.wanted_links
             if version is None:
                 log.info("budget noted; waiting for the first links")
                 return True
@@ -225,7 +231,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
 
         def wanted() -> bool:
             state = mlink.state
-            return state.latest_links == version and state.link_version != version
+            return state.wanted_links == version and state.link_version != version
 
         async def attempt() -> bool:
             log.info("trying link version %d again", version)
@@ -336,12 +342,15 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         log.warning("re-planning: %s", reason)
                     elif message.kind == "budget" and _planned_for_requested(mlink.state):
                         continue  # the plan in force has it (a worker restated it again)
+                    elif message.kind == "link_version" and _links_in_force(mlink.state):
+                        continue  # a version announced while another is pinned, or again
+
                     elif message.kind in ("budget", "link_version"):
                         # the guard's evidence on the models stands: no model flaps back
                         reason, corrections = None, carried_corrections(mlink.state.plan_extra)
                     else:
                         continue
-                    version = mlink.state.latest_links
+                    version = mlink.state.wanted_links
                     planned = await plan(reason, corrections)
                     if not planned and version is not None and version not in retrying:
                         retrying[version] = asyncio.ensure_future(retry_links(version))

@@ -27,6 +27,7 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
                                             scored (their forecast is the plan's estimate)
     mlink_model_healthy{model}              1 healthy, 0 reported unhealthy (e.g. hung)
     mlink_epoch / mlink_link_version        control-plane state this worker runs
+    mlink_links_pinned                      version pinned with mlink links --pin (0 = none)
     mlink_links_relearned_total             the link version in force was lost or damaged in
                                             the store: every model ran until new links came
     mlink_in_flight_frames                  planned, not yet answered (the flow-control window)
@@ -133,6 +134,12 @@ class WorkerMetrics:
         self.epoch = Gauge("mlink_epoch", "control epoch this worker plans with", registry=r)
         self.link_version = Gauge(
             "mlink_link_version", "linkstore version in use (0 = none yet)", registry=r
+        )
+        self.links_pinned = Gauge(
+            "mlink_links_pinned",
+            "link version an operator pinned (mlink links --pin; 0 = none): newer versions "
+            "are not planned from",
+            registry=r,
         )
         self.relearns = Counter(
             "mlink_links_relearned",

@@ -133,8 +133,9 @@ class LinkSettings:
     after ``warmup_frames`` frames on which every model ran; afterwards every ``probe_every``-th
     frame of a stream runs every model (training data and live agreement), and
     ``retrain_every`` new probe frames trigger a retrain (0 = train once); after each new version
-    is announced the trainer deletes all but the ``keep_versions`` newest (0 = keep every one;
-    frames in flight name versions of the last few plans only). A worker whose
+    is announced the trainer deletes all but the ``keep_versions`` newest, the one in force and
+    a pinned one (0 = keep every one; frames in flight name versions of the last few plans
+    only). A worker whose
     planned and already fetched frames make up its ``warmup_frames`` stops fetching for up to
     ``hold_s`` until the first links arrive: a backlog then waits in Kafka for the budgeted plan
     instead of running every model on every frame while the links train (0 = never wait). While

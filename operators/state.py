@@ -24,7 +24,15 @@ from typing import Any, Literal
 
 from mlink.linkstore.content_forecast import ContentTable
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
-from mlink.topics.control import MAX_EPOCH, MAX_EPOCH_STEP, agreement_problem, budget_problem
+from mlink.operators.relearn import RELEARN_KEY
+from mlink.topics.control import (
+    MAX_EPOCH,
+    MAX_EPOCH_STEP,
+    PIN_KEY,
+    agreement_problem,
+    budget_problem,
+    pin_problem,
+)
 from mlink.topics.records import ControlMessage, Plan
 
 __all__ = ["BUDGET_ORIGIN", "ApplyOutcome", "ApplyStatus", "ControlState"]
@@ -83,6 +91,9 @@ class ControlState:
     """Whether ``requested_budget`` restates a worker's config (:data:`BUDGET_ORIGIN`) rather
     than a run-time command (``mlink budget``): an edited config replaces the one, not the other."""
     latest_links: int | None
+    pinned_links: int | None
+    """The version an operator pinned (``mlink links --pin``): planned from instead of the
+    newest until unpinned, or until the store loses it and the links are learned again."""
     live_agreement: dict[str, float]
     live_probes: int
     live_counts: dict[str, float]
@@ -108,6 +119,7 @@ class ControlState:
         self.requested_budget = {}
         self.budget_from_config = False
         self.latest_links = None
+        self.pinned_links = None
         self.live_agreement = {}
         self.live_probes = 0
         self.live_counts, self.live_started = {}, {}
@@ -119,6 +131,11 @@ class ControlState:
     def warming_up(self) -> bool:
         """No links yet: every model runs on every frame, and every frame trains the links."""
         return self.link_version is None or (not self.active and self.schedule is None)
+
+    @property
+    def wanted_links(self) -> int | None:
+        """The link version the controller plans from: the pinned one, else the newest."""
+        return self.latest_links if self.pinned_links is None else self.pinned_links
 
     def next_epoch(self) -> int:
         """The epoch the controller gives its next active set: one past the applied one.
@@ -158,7 +175,14 @@ class ControlState:
             version = message.link_version
             if type(version) is not int or not 0 <= version <= MAX_EPOCH:
                 return _rejected(f"link_version {version!r} is not an int in [0, 2**53]")
-            self.latest_links = max(self.latest_links or 0, version)
+            problem = pin_problem(message.extra)
+            if problem:
+                return _rejected(problem)
+            pin = message.extra.get(PIN_KEY)
+            if pin is None:  # the trainer announces a version
+                self.latest_links = max(self.latest_links or 0, version)
+            else:  # an operator pins one, or follows the newest again
+                self.pinned_links = version if pin else None
             return ApplyOutcome("applied")
         if message.kind == "active_set":
             return self._apply_active_set(message)
@@ -232,6 +256,8 @@ class ControlState:
             self.schedules.popitem(last=False)
         self.plan_extra = extra
         self.content = content
+        if RELEARN_KEY in extra:  # the store lost the links: a pin cannot hold, follow the new
+            self.pinned_links = None
         return ApplyOutcome("applied", plan_changed=True)
 
     @property

@@ -155,8 +155,10 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         keep = settings.links.keep_versions
         if keep:  # every version is announced: the old ones can go (the store's lock is held)
             try:
+                state = mlink.state  # a pinned version is not the newest, and must stay
+                protect = {v for v in (state.pinned_links, state.link_version) if v is not None}
                 gone = await asyncio.get_running_loop().run_in_executor(
-                    mlink.executor("trainer"), mlink.store.prune, keep
+                    mlink.executor("trainer"), mlink.store.prune, keep, protect
                 )
             except Exception:  # a store that cannot delete keeps its versions; links still work
                 log.exception("could not delete old link versions (keeping %d)", keep)

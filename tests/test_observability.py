@@ -59,6 +59,7 @@ def test_metrics_endpoint_is_scraped_over_http() -> None:
     metrics.live_agreement.labels("parity").set(0.97)
     metrics.epoch.set(4)
     metrics.link_version.set(2)
+    metrics.links_pinned.set(1)
     metrics.relearns.inc()
     metrics.in_flight.set(5)
     metrics.set_lag("mlink.frames", 1, 17)
@@ -91,6 +92,7 @@ def test_metrics_endpoint_is_scraped_over_http() -> None:
     assert got[("mlink_live_agreement", (("model", "parity"),))] == pytest.approx(0.97)
     assert got[("mlink_epoch", ())] == 4
     assert got[("mlink_link_version", ())] == 2
+    assert got[("mlink_links_pinned", ())] == 1
     assert got[("mlink_links_relearned_total", ())] == 1
     assert got[("mlink_in_flight_frames", ())] == 5
     assert got[("mlink_consumer_lag", (("partition", "1"), ("topic", "mlink.frames")))] == 17

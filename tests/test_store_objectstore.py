@@ -242,3 +242,12 @@ def test_prune_also_sweeps_old_claims_and_half_written_versions(s3: S3Server, ur
     assert [k for k in keys("v") if not k.startswith("v000005/")] == []
     assert store.save(make_tensors(6), {}) == 6  # no number handed out twice
     assert [m.version for m in store.versions()] == [5, 6]
+
+
+def test_prune_keeps_a_protected_version(s3: S3Server, url: str) -> None:
+    store = open_store(s3, url)
+    for tag in (1, 2, 3, 4):
+        store.save(make_tensors(tag), {})
+    assert store.prune(1, protect={2}) == [1, 3]  # a pipeline pinned to v2 keeps it
+    assert [m.version for m in store.versions()] == [2, 4]
+    assert store.intact(2)

@@ -29,10 +29,12 @@ __all__ = [
     "MAX_EPOCH",
     "MAX_EPOCH_STEP",
     "MAX_FACTOR",
+    "PIN_KEY",
     "TARGET_PREFIX",
     "UNIT_BUDGET_KEYS",
     "agreement_problem",
     "budget_problem",
+    "pin_problem",
     "target_model",
 ]
 
@@ -56,6 +58,19 @@ UNIT_BUDGET_KEYS: Final = frozenset({"fraction", "target_agreement"})
 
 TARGET_PREFIX: Final = "target_agreement:"
 """Prefix of a per-model accuracy target key: ``"target_agreement:<model>"``."""
+
+
+PIN_KEY: Final = "pin"
+"""``extra`` key of a ``link_version`` message from an operator (``mlink links --pin``):
+``True`` plans from its ``link_version`` until unpinned, whatever newer versions the trainer
+announces; ``False`` follows the newest version again."""
+
+
+def pin_problem(extra: Mapping[str, Any]) -> str | None:
+    """Why a ``link_version`` message's pin is malformed, or None (also when it has none)."""
+    if PIN_KEY in extra and type(extra[PIN_KEY]) is not bool:
+        return f"extra.{PIN_KEY} must be true or false, got {extra[PIN_KEY]!r}"
+    return None
 
 
 def target_model(key: str) -> str | None:

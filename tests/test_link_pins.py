@@ -1,0 +1,144 @@
+"""Pinning link versions (`mlink links`) without a broker: how the replayed control state folds
+pins in, which version the controller wants, what is refused, pruning, and what status says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from mlink.deploy.cli import app
+from mlink.deploy.link_pins import (
+    PinError,
+    check_pinnable,
+    link_rows,
+    pin_message,
+    rollback_version,
+)
+from mlink.linkstore.store import LinkStore
+from mlink.operators.relearn import relearn_message
+from mlink.operators.state import ControlState
+from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.records import ControlMessage
+from tests.test_control_state import active_set, control, snapshot
+from tests.test_pipeline_e2e import FAST_MODELS, write_config
+from tests.test_status_view import rendered, stream_status
+from tests.test_store import flip_byte, make_meta, make_tensors
+
+MODELS = ("digit", "parity", "value")
+
+
+def announced(*versions: int) -> ControlState:
+    state = ControlState(MODELS)
+    for version in versions:
+        assert not state.apply(control("link_version", link_version=version)).rejected
+    return state
+
+
+def wire(message: ControlMessage) -> ControlMessage:
+    """As a worker reads it: through the record's own checks."""
+    return decode_record(encode_record(message), ControlMessage)
+
+
+def test_a_pin_holds_the_wanted_version_through_newer_announcements() -> None:
+    state = announced(1, 2)
+    assert state.wanted_links == 2
+    assert state.apply(wire(pin_message(1, True))).status == "applied"
+    assert (state.pinned_links, state.latest_links, state.wanted_links) == (1, 2, 1)
+    state.apply(control("link_version", link_version=3))  # the trainer saves another
+    assert (state.latest_links, state.wanted_links) == (3, 1)
+    state.apply(wire(pin_message(1, False)))
+    assert (state.pinned_links, state.wanted_links) == (None, 3)
+
+
+def test_a_pin_never_lowers_the_newest_version_the_log_named() -> None:
+    state = announced(5)
+    state.apply(wire(pin_message(2, True)))
+    assert state.latest_links == 5  # the trainer numbers new versions above it
+
+
+@pytest.mark.parametrize("pin", [1, "yes", None, [True]])
+def test_a_malformed_pin_is_rejected_and_changes_nothing(pin: Any) -> None:
+    state = announced(1, 2)
+    before = snapshot(state)
+    outcome = state.apply(control("link_version", link_version=1, extra={"pin": pin}))
+    assert outcome.rejected and "pin" in outcome.reason
+    assert snapshot(state) == before
+
+
+def test_learning_the_links_again_ends_a_pin() -> None:
+    """The store lost the links: the pinned version cannot be loaded any more, and the
+    version trained next must be planned from."""
+    state = announced(1, 2)
+    state.apply(wire(pin_message(1, True)))
+    state.apply(active_set(1, link_version=1))
+    lost = relearn_message(MODELS, 2, {"fraction": 0.5}, 2, 0, "gone")
+    assert state.apply(wire(lost))
+    assert state.pinned_links is None
+    state.apply(control("link_version", link_version=3))
+    assert state.wanted_links == 3
+
+
+def test_rollback_pins_the_newest_version_older_than_the_one_in_force() -> None:
+    state = announced(1, 2, 3)
+    state.apply(active_set(1, link_version=3))
+    assert rollback_version(state, [1, 2, 3]) == 2
+    assert rollback_version(state, [1, 3]) == 1  # v2 was pruned
+    with pytest.raises(PinError, match="no version older than v3"):
+        rollback_version(state, [3])
+    with pytest.raises(PinError, match="warming up"):
+        rollback_version(ControlState(MODELS), [1])
+
+
+def test_only_a_version_the_store_holds_whole_can_be_pinned(tmp_path: Path) -> None:
+    store = LinkStore(tmp_path)
+    for tag in (1, 2):
+        store.save(make_tensors(tag), make_meta(tag))
+    check_pinnable(store, 1)
+    with pytest.raises(PinError, match=r"does not hold version 9 whole .*holds \[1, 2\]"):
+        check_pinnable(store, 9)
+    flip_byte(tmp_path / "v000001" / "tensors.safetensors", -1)
+    with pytest.raises(PinError, match="version 1 whole"):
+        check_pinnable(store, 1)
+
+
+def test_pruning_keeps_a_protected_version(tmp_path: Path) -> None:
+    store = LinkStore(tmp_path)
+    for tag in range(4):
+        store.save(make_tensors(tag), make_meta(tag))
+    assert store.prune(keep=1, protect={1}) == [2, 3]
+    assert [m.version for m in store.versions()] == [1, 4]
+
+
+def test_link_rows_say_which_version_is_in_force_pinned_and_newest(tmp_path: Path) -> None:
+    store = LinkStore(tmp_path)
+    for tag in range(3):
+        store.save(make_tensors(tag), make_meta(tag))
+    state = announced(1, 2, 3)
+    state.apply(wire(pin_message(2, True)))
+    state.apply(active_set(1, link_version=2))
+    flags = [(r.version, r.in_force, r.pinned, r.newest) for r in link_rows(state, store)]
+    assert flags == [(1, False, False, False), (2, True, True, False), (3, False, False, True)]
+
+
+def test_status_says_the_links_are_pinned_and_what_is_newer() -> None:
+    text = " ".join(rendered(stream_status(pinned_links=2, latest_links=5)).split())
+    assert (
+        "links pinned to v2 (mlink links --unpin follows the newest again); the newest is v5"
+        in text
+    )
+    assert "links pinned" not in rendered(stream_status(pinned_links=None))
+
+
+def test_the_cli_refuses_a_version_the_store_lacks_before_sending_anything(tmp_path) -> None:
+    path, _ = write_config(
+        tmp_path, "pins", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    base = ["links", str(path), "--broker", "127.0.0.1:1"]
+    result = CliRunner().invoke(app, [*base, "--pin", "7"])
+    assert result.exit_code == 2
+    assert "does not hold version 7" in " ".join(result.output.split()), result.output
+    result = CliRunner().invoke(app, [*base, "--pin", "1", "--unpin"])
+    assert result.exit_code != 0 and "one of --pin" in result.output

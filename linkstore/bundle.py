@@ -46,6 +46,9 @@ class LoadedLinks:
     """Stream synthesis (memory, detector links, priors) when the version was fitted for it."""
     curves: dict[str, list[Curve]] = field(default_factory=dict)
     """Per model, the estimated agreement of each synthesis mode by frames since its last run."""
+    sha256: str = ""
+    """The digest of the version's weights: a plan names it, so a store that holds other
+    weights under the same number is noticed (:meth:`LinkStore.holds`)."""
 
 
 def make_bundle(
@@ -128,6 +131,7 @@ def _load(store: LinkStore, version: int) -> LoadedLinks:
         {t: dict(c) for t, c in meta.get("ensemble_costs", {}).items()},
         stream,
         curves,
+        bundle.meta.sha256,
     )
 
 

@@ -80,13 +80,21 @@ class VersionReads:
     def _has_version(self, version: int) -> bool:
         raise NotImplementedError
 
-    def holds(self, version: int) -> bool:
+    def holds(self, version: int, sha256: str | None = None) -> bool:
         """Whether the store holds ``version`` now, asked of the store itself: a loaded version
         stays in memory after its files are gone, and a pipeline notices a store that was lost
-        or replaced under it by asking this. StoreError when the store cannot be read."""
+        or replaced under it by asking this. With ``sha256`` (the digest of the weights a plan
+        was made from), a version holding other weights under the same number (a store
+        replaced by another pipeline's) is not held either; only its manifest is read.
+        StoreError when the store cannot be read."""
         _check_version_arg(version)
         try:
-            return bool(self._has_version(version))
+            if sha256 is None:
+                return bool(self._has_version(version))
+            with self._version_reader(version) as read:
+                return self._read_manifest(version, read)[TENSORS_FILE] == sha256
+        except (IntegrityError, _MissingVersionError):
+            return False
         except OSError as exc:
             raise StoreError(f"cannot read the link store {self.root}: {exc}") from exc
 
@@ -97,19 +105,20 @@ class VersionReads:
             f"available versions: {available if available else 'none (save one first)'}"
         )
 
-    def intact(self, version: int) -> bool:
+    def intact(self, version: int, sha256: str | None = None) -> bool:
         """Whether the store holds ``version`` whole: present, and every file matching its
         manifest, read afresh rather than from the cache (a version damaged after it was loaded
-        fails only for the processes that load it next). StoreError when the store cannot be
-        read at all, or the version is of a newer format: neither says it is damaged."""
+        fails only for the processes that load it next), and with ``sha256``, the weights a
+        plan was made from (:meth:`holds`). StoreError when the store cannot be read at all,
+        or the version is of a newer format: neither says it is damaged."""
         _check_version_arg(version)
         try:
-            self._verify(version)
+            files = self._verify(version)
         except (IntegrityError, _MissingVersionError):
             return False
         except OSError as exc:
             raise StoreError(f"cannot read the link store {self.root}: {exc}") from exc
-        return True
+        return sha256 is None or files[TENSORS_FILE] == sha256
 
     def _missing_file(self, version: int, name: str) -> IntegrityError:
         """A file of a version that exists is gone: the version is corrupt."""
@@ -187,11 +196,12 @@ class VersionReads:
             files = self._read_manifest(version, read)
             return self._meta_from(version, self._checked(version, read, files, META_FILE), files)
 
-    def _verify(self, version: int) -> None:
+    def _verify(self, version: int) -> dict[str, str]:
         with self._version_reader(version) as read:
             files = self._read_manifest(version, read)
             for name in files:
                 self._checked(version, read, files, name)
+        return files
 
     def _load_version(self, version: int) -> Bundle:
         """Load through the per-instance cache: a version is immutable, so it is read and

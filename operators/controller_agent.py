@@ -27,7 +27,7 @@ from mlink.linkstore.store import StoreError
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.control_operators import ControlLog
 from mlink.operators.controller import decide
-from mlink.operators.relearn import LostLinks, relearn_message, relearning
+from mlink.operators.relearn import LINK_SHA256, LostLinks, relearn_message, relearning
 from mlink.operators.runtime import MLink
 from mlink.operators.state import BUDGET_ORIGIN, ControlState
 from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
@@ -205,10 +205,10 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         corrections=corrections,
                     ),
                 )
+                named = {LINK_SHA256: links.sha256} if links.sha256 else {}
                 if reason is not None:
-                    decision = dataclasses.replace(
-                        decision, extra={**decision.extra, "replan_reason": reason}
-                    )
+                    named["replan_reason"] = reason
+                decision = dataclasses.replace(decision, extra={**decision.extra, **named})
             except StoreError as exc:
                 mlink.metrics["controller_refusals"] += 1
                 log.error("controller keeps the current plan: %s", exc)
@@ -251,12 +251,17 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         (:mod:`mlink.operators.relearn`)."""
         nonlocal issued
         version = mlink.state.link_version
+        sha256 = mlink.state.plan_extra.get(LINK_SHA256)
         held: bool | None = None
         if version is not None:
             store = mlink.store
-            try:
+            look = store.intact if verify else store.holds
+            try:  # the weights the plan was made from, not only a version of that number
                 held = await asyncio.get_running_loop().run_in_executor(
-                    mlink.executor("controller"), store.intact if verify else store.holds, version
+                    mlink.executor("controller"),
+                    look,
+                    version,
+                    sha256 if isinstance(sha256, str) else None,
                 )
             except StoreError as exc:  # no evidence either way: keep the plan, ask again
                 log.warning("cannot ask the link store about version %d: %s", version, exc)

@@ -2,7 +2,8 @@
 
 A link store can vanish under a running pipeline (a container restarted without its volume, a
 bucket emptied by a lifecycle rule, a config pointed at a new store), or a version's files can
-be damaged on disk. The control log still names
+be damaged on disk, or a replacement store can hold another pipeline's weights under the same
+number (plans name the digest of theirs, :data:`LINK_SHA256`). The control log still names
 the old versions. Workers that loaded them keep them in memory; every other worker cannot load
 them and leaves the synthesized models' outputs missing, and with ``retrain_every`` 0 nothing
 would ever train again. So the controller asks the store itself whether it still holds the
@@ -25,7 +26,11 @@ from typing import Any
 
 from mlink.topics.records import ControlMessage
 
-__all__ = ["RELEARN_KEY", "LostLinks", "relearn_message", "relearning"]
+__all__ = ["LINK_SHA256", "RELEARN_KEY", "LostLinks", "relearn_message", "relearning"]
+
+LINK_SHA256 = "link_sha256"
+"""The key of a plan's ``extra``: the digest of the weights of the link version it was made
+from, so a store that holds other weights under that number counts as having lost it."""
 
 RELEARN_KEY = "relearn"
 """The key of a warm-up-again plan's ``extra``: the newest version the log named when the

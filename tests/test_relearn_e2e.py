@@ -1,4 +1,5 @@
-"""A link store wiped under a running pipeline: the controller notices the version in force is
+"""A link store wiped under a running pipeline, or replaced by one holding other weights under
+the same version number: the controller notices the version in force is
 gone, runs every model, and the trainer learns links again, numbered above the lost ones; the
 controller plans from them and no frame goes unanswered. Real worker, real broker."""
 
@@ -28,7 +29,23 @@ pytestmark = pytest.mark.broker
 STREAMS = ["cam-a", "cam-b"]
 
 
-def test_a_wiped_store_is_learned_again_above_the_lost_versions(broker, tmp_path) -> None:
+def replace_with_another_v1(root: str) -> None:
+    """The store swapped for another pipeline's with the same models: it also has a v1, with
+    other weights (ours, nudged), which loads and synthesizes without any error."""
+    bundle = LinkStore(root).load(1)
+    tensors = {
+        name: {k: t.clone() for k, t in params.items()} for name, params in bundle.tensors.items()
+    }
+    for params in tensors.values():
+        for t in params.values():
+            if t.is_floating_point():
+                t += 0.25
+    shutil.rmtree(root)
+    assert LinkStore(root).save(tensors, bundle.meta.meta) == 1
+
+
+@pytest.mark.parametrize("fault", ["wiped", "replaced"])
+def test_a_lost_store_is_learned_again_above_the_lost_versions(broker, tmp_path, fault) -> None:
     path, config = write_config(
         tmp_path,
         "relearn",
@@ -46,7 +63,10 @@ def test_a_wiped_store_is_learned_again_above_the_lost_versions(broker, tmp_path
         with FrameProducer(broker.bootstrap, names.frames) as producer:
             sent += send_frames(producer, STREAMS, range(0, 4))  # the warm-up
             wait_for_epoch(worker, 1, timeout=120)  # planned from v1
-            shutil.rmtree(config.links.store)  # e.g. a container restarted without its volume
+            if fault == "wiped":  # e.g. a container restarted without its volume
+                shutil.rmtree(config.links.store)
+            else:
+                replace_with_another_v1(config.links.store)
             deadline, seq = time.monotonic() + 150, 4
             while "trained links v2 " not in worker.log() and time.monotonic() < deadline:
                 sent += send_frames(producer, STREAMS, range(seq, seq + 2))
@@ -65,6 +85,7 @@ def test_a_wiped_store_is_learned_again_above_the_lost_versions(broker, tmp_path
     assert set(relearn.active) == set(config.model_names)
     reason = relearn.extra["replan_reason"]
     assert "link version 1 has been missing or damaged in the link store" in reason
+    assert plans[1].extra["link_sha256"] != LinkStore(config.links.store).load(2).meta.sha256
     assert plans[3].link_version == 2 and state.link_version == 2
     assert LinkStore(config.links.store).holds(2)
     assert len(collector.results) == len(set(sent))  # every frame answered, once

@@ -587,3 +587,20 @@ def test_intact_reads_a_version_afresh(tmp_path: Path) -> None:
     flip_byte(tmp_path / f"v{v:06d}" / "tensors.safetensors", -1)
     assert store.holds(v) and not store.intact(v)
     assert store.load(v).version == v  # the verified copy in memory
+
+
+def test_a_version_with_other_weights_under_the_same_number_is_not_held(tmp_path: Path) -> None:
+    """A store replaced by another pipeline's, which also has a v1: asked with the digest of
+    the weights a plan was made from, the store does not hold that plan's v1."""
+    root = tmp_path / "links"
+    ours = LinkStore(root)
+    ours.save(make_tensors(1), make_meta(1))
+    sha = ours.load(1).meta.sha256
+    assert ours.holds(1, sha) and ours.intact(1, sha)
+    shutil.rmtree(root)
+    assert not ours.holds(1, sha) and not ours.intact(1, sha)  # gone
+    theirs = LinkStore(root)
+    assert theirs.save(make_tensors(2), make_meta(1)) == 1
+    assert theirs.holds(1) and theirs.intact(1)  # by number alone, it looks like ours
+    assert not theirs.holds(1, sha) and not theirs.intact(1, sha)
+    assert theirs.holds(1, theirs.load(1).meta.sha256)

@@ -251,3 +251,12 @@ def test_prune_keeps_a_protected_version(s3: S3Server, url: str) -> None:
     assert store.prune(1, protect={2}) == [1, 3]  # a pipeline pinned to v2 keeps it
     assert [m.version for m in store.versions()] == [2, 4]
     assert store.intact(2)
+
+
+def test_other_weights_under_the_same_number_are_not_held(s3: S3Server, url: str) -> None:
+    store = open_store(s3, url)
+    store.save(make_tensors(1), make_meta(1))
+    sha = store.load(1).meta.sha256
+    assert store.holds(1, sha) and store.intact(1, sha)
+    assert not store.holds(1, "0" * 64) and not store.intact(1, "0" * 64)
+    assert not store.holds(2, sha)

@@ -30,6 +30,7 @@ import msgpack
 
 from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.runner import read_control
+from mlink.linkstore.store import LinkStore
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the harness (bench/), the poison records and misbehaving models
@@ -46,7 +47,7 @@ from bench.fault_harness import (  # noqa: E402
     wait_epoch,
 )
 
-__all__ = ["SCENARIOS", "Row", "main", "run"]
+__all__ = ["SCENARIOS", "Row", "main", "replace_with_another_v1", "run"]
 
 MISBEHAVING = "tests.misbehaving_models:misbehaving"
 FAST = {
@@ -295,6 +296,29 @@ def store_wiped(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
         return [relearned_row(p, "link store wiped (a worker restarted)", wipe, 1)]
 
 
+def replace_with_another_v1(root: Path) -> None:
+    """The store swapped for another pipeline's with the same models: it also has a v1, with
+    other weights (ours, nudged), which loads and synthesizes without any error."""
+    bundle = LinkStore(root).load(1)
+    tensors = {n: {k: t.clone() for k, t in ps.items()} for n, ps in bundle.tensors.items()}
+    for params in tensors.values():
+        for t in params.values():
+            if t.is_floating_point():
+                t += 0.25
+    shutil.rmtree(root)
+    LinkStore(root).save(tensors, bundle.meta.meta)
+
+
+def store_replaced(broker: EmbeddedBroker, tmp: Path) -> list[Row]:
+    """The link store replaced mid-stream by one holding other weights under v1, and one of
+    two workers restarted (it loads the foreign v1)."""
+    models = [model(m, o) for m, o in FAST.items()]
+    data = config_data(tmp, models=models, warmup=12, relearn_after_s=5)
+    with pipeline(broker.bootstrap, tmp, data, workers=2) as p:
+        swap = functools.partial(replace_with_another_v1, tmp / "links")
+        return [relearned_row(p, "link store replaced, other weights as v1", swap, 1)]
+
+
 SCENARIOS: dict[str, Callable[[EmbeddedBroker, Path], list[Row]]] = {
     "worker-killed": worker_killed,
     "stream-worker-killed": stream_worker_killed,
@@ -309,6 +333,7 @@ SCENARIOS: dict[str, Callable[[EmbeddedBroker, Path], list[Row]]] = {
     "held-backlog": held_backlog,
     "tampered-bundle": tampered_bundle,
     "store-wiped": store_wiped,
+    "store-replaced": store_replaced,
 }
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
+from bench.faults import replace_with_another_v1
 from mlink.deploy.runner import read_control
 from mlink.deploy.source import FrameProducer
 from mlink.linkstore.store import LinkStore
@@ -27,21 +29,6 @@ from tests.test_pipeline_e2e import (
 pytestmark = pytest.mark.broker
 
 STREAMS = ["cam-a", "cam-b"]
-
-
-def replace_with_another_v1(root: str) -> None:
-    """The store swapped for another pipeline's with the same models: it also has a v1, with
-    other weights (ours, nudged), which loads and synthesizes without any error."""
-    bundle = LinkStore(root).load(1)
-    tensors = {
-        name: {k: t.clone() for k, t in params.items()} for name, params in bundle.tensors.items()
-    }
-    for params in tensors.values():
-        for t in params.values():
-            if t.is_floating_point():
-                t += 0.25
-    shutil.rmtree(root)
-    assert LinkStore(root).save(tensors, bundle.meta.meta) == 1
 
 
 @pytest.mark.parametrize("fault", ["wiped", "replaced"])
@@ -66,7 +53,7 @@ def test_a_lost_store_is_learned_again_above_the_lost_versions(broker, tmp_path,
             if fault == "wiped":  # e.g. a container restarted without its volume
                 shutil.rmtree(config.links.store)
             else:
-                replace_with_another_v1(config.links.store)
+                replace_with_another_v1(Path(config.links.store))
             deadline, seq = time.monotonic() + 150, 4
             while "trained links v2 " not in worker.log() and time.monotonic() < deadline:
                 sent += send_frames(producer, STREAMS, range(seq, seq + 2))

@@ -349,7 +349,6 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         continue  # the plan in force has it (a worker restated it again)
                     elif message.kind == "link_version" and _links_in_force(mlink.state):
                         continue  # a version announced while another is pinned, or again
-
                     elif message.kind in ("budget", "link_version"):
                         # the guard's evidence on the models stands: no model flaps back
                         reason, corrections = None, carried_corrections(mlink.state.plan_extra)

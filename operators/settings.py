@@ -135,10 +135,10 @@ class LinkSettings:
     ``retrain_every`` new probe frames trigger a retrain (0 = train once); after each new version
     is announced the trainer deletes all but the ``keep_versions`` newest, the one in force and
     a pinned one (0 = keep every one; frames in flight name versions of the last few plans
-    only). A worker whose
-    planned and already fetched frames make up its ``warmup_frames`` stops fetching for up to
-    ``hold_s`` until the first links arrive: a backlog then waits in Kafka for the budgeted plan
-    instead of running every model on every frame while the links train (0 = never wait). While
+    only). A worker whose planned and already fetched frames make up its ``warmup_frames``
+    stops fetching for up to ``hold_s`` until the first links arrive: a backlog then waits in
+    Kafka for the budgeted plan instead of running every model on every frame while the links
+    train (0 = never wait). While
     this worker's own trainer is training them, it waits for that training to end (up to five
     ``hold_s`` in all) and then up to ``hold_s`` more (:mod:`mlink.operators.warmup_hold`).
     ``train_in_child`` trains in a separate, lower-priority process (one torch thread), so

@@ -86,9 +86,16 @@ def test_object_store_links_and_a_budget_that_survives_controller_failover(
                 90,
                 survivor,
             )
-            # a new link version (as a retrain announces it) makes the new controller decide:
-            # it must use the runtime budget from the control log, not the config's 0.3
+            # a new link version (as a retrain saves and announces it: here a copy of the one
+            # in force) makes the new controller decide: it must use the runtime budget from
+            # the control log, not the config's 0.3
+            monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+            for key, value in s3.env.items():
+                monkeypatch.setenv(key, value)
             state, _ = read_control(broker.bootstrap, config)
+            store = LinkStore(store_url)
+            in_force = store.load(state.link_version)
+            copy = store.save(in_force.tensors, in_force.meta.meta)
             publish_control(
                 broker.bootstrap,
                 config,
@@ -96,7 +103,7 @@ def test_object_store_links_and_a_budget_that_survives_controller_failover(
                     kind="link_version",
                     epoch=state.epoch,
                     issued_at=time.time(),
-                    link_version=state.link_version,
+                    link_version=copy,
                 ),
             )
             wait_until(
@@ -115,9 +122,6 @@ def test_object_store_links_and_a_budget_that_survives_controller_failover(
         assert sets[3].active == sets[2].active and len(sets[3].active) > 1
         # every frame got a result; synthesized ones came from versions only S3 holds
         assert set(warm + before + after) <= collector.results.keys()
-        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
-        for key, value in s3.env.items():
-            monkeypatch.setenv(key, value)
         versions = {v.version for v in LinkStore(store_url).versions()}
         used = {
             r.link_version

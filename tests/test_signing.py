@@ -256,6 +256,7 @@ def test_restating_the_control_state_survives_retiring_the_old_key(broker, tmp_p
     history signed with the old key and warmed up again from nothing; ``mlink resign`` between
     the two steps publishes the state in force again under the new key."""
     from mlink.deploy.key_rotation import restate_control
+    from mlink.deploy.link_pins import pin_message
     from mlink.deploy.runner import publish_control, read_control
     from mlink.deploy.topics_setup import create_pipeline_topics
     from mlink.topics.records import ControlMessage
@@ -280,15 +281,17 @@ def test_restating_the_control_state_survives_retiring_the_old_key(broker, tmp_p
             extra={"objective": 0.9},
         ),
         ControlMessage(kind="budget", epoch=1, issued_at=3.0, budget={"fraction": 0.2}),
+        pin_message(2, True),  # mlink links --pin 2
     ):
         publish_control(broker.bootstrap, config, message)
 
     monkeypatch.setenv("MLINK_SIGNING_KEY", f"{new},{old}")  # step 1: both keys everywhere
     kinds = [m.kind for m in restate_control(broker.bootstrap, config)]
-    assert kinds == ["budget", "link_version", "active_set"]
+    assert kinds == ["budget", "link_version", "link_version", "active_set"]
 
     monkeypatch.setenv("MLINK_SIGNING_KEY", new)  # step 2: the old key retired
     state, _ = read_control(broker.bootstrap, config)
     assert (state.epoch, state.active, state.link_version, state.latest_links) == (2, (a,), 3, 3)
+    assert state.pinned_links == 2
     assert state.requested_budget == {"fraction": 0.2} and not state.budget_from_config
     assert state.plan_extra == {"objective": 0.9}

@@ -294,9 +294,15 @@ def links(
 ) -> None:
     """The link versions in the store and which one is in force; pin one (or roll back) when
     a retrain made things worse, without a restart."""
-    from mlink.deploy.link_pins import PinError, link_rows, pin_links, unpin_links
+    from mlink.deploy.link_pins import (
+        PinError,
+        existing_store,
+        link_rows,
+        pin_links,
+        unpin_links,
+    )
     from mlink.deploy.runner import read_control
-    from mlink.linkstore.store import LinkStore
+    from mlink.deploy.status_view import render_links
 
     config = _config(config_path, broker)
     if sum((pin is not None, rollback, unpin)) > 1:
@@ -314,22 +320,16 @@ def links(
             version = pin_links(bootstrap, config, pin)
             console.print(f"pinned v{version}: the controller plans from it until --unpin")
             return
+        store = existing_store(config.links.store)
     except PinError as exc:
         console.print(Text(str(exc), style="red"))
         raise typer.Exit(2) from None
     state, _ = read_control(bootstrap, config)
-    rows = link_rows(state, LinkStore(config.links.store))
+    rows = link_rows(state, store)
     if not rows:
-        console.print(f"the link store {config.links.store} holds no versions yet")
-    for row in rows:
-        notes = [n for n, on in (("in force", row.in_force), ("pinned", row.pinned),
-                                 ("newest", row.newest)) if on]  # fmt: skip
-        score = "-" if row.mean_val_score is None else f"{row.mean_val_score:.3f}"
-        console.print(
-            f"v{row.version}  {row.created_at[:19].replace('T', ' ')} UTC"
-            f"  {row.links} links  {row.samples or '?'} samples  val {score}"
-            + (f"  ({', '.join(notes)})" if notes else "")
-        )
+        console.print(f"the link store {store.root} holds no versions yet")
+    else:
+        render_links(rows, console)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import publish_control, read_control
 from mlink.linkstore.store import LinkStore, StoreError
+from mlink.linkstore.store_files import local_store_path
 from mlink.operators.state import ControlState
 from mlink.topics.control import PIN_KEY
 from mlink.topics.records import ControlMessage
@@ -26,6 +27,7 @@ __all__ = [
     "LinkRow",
     "PinError",
     "check_pinnable",
+    "existing_store",
     "link_rows",
     "pin_links",
     "pin_message",
@@ -51,6 +53,20 @@ class LinkRow:
     in_force: bool
     pinned: bool
     newest: bool
+
+
+def existing_store(root: str) -> LinkStore:
+    """The config's link store, refused when it is a local directory that does not exist:
+    opening it would create an empty store, and a pipeline with no links, where the workers'
+    store is elsewhere (a relative ``links.store`` resolves against the current directory)."""
+    local = local_store_path(root)
+    if local is not None and not local.is_dir():
+        raise PinError(
+            f"link store {local.absolute()} does not exist: a relative links.store resolves "
+            "against the directory mlink runs in; run this where the workers run, or give "
+            "links.store as an absolute path or URL"
+        )
+    return LinkStore(root)
 
 
 def link_rows(state: ControlState, store: LinkStore) -> list[LinkRow]:
@@ -114,7 +130,7 @@ def pin_message(version: int, pin: bool) -> ControlMessage:
 
 def pin_links(bootstrap: str, config: PipelineConfig, version: int | None) -> int:
     """Pin the running pipeline to ``version`` (None: roll back one version); return it."""
-    store = LinkStore(config.links.store)
+    store = existing_store(config.links.store)
     if version is None:
         state, _ = read_control(bootstrap, config)
         version = rollback_version(state, [meta.version for meta in store.versions()])

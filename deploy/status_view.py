@@ -7,7 +7,7 @@ whole); this module only lays it out, so it is tested on constructed dicts witho
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich import box
@@ -15,10 +15,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mlink.deploy.link_pins import LinkRow
 from mlink.linkstore.liveguard import below_forecast
 from mlink.operators.stream_decision import Z, fragile_reason
 
-__all__ = ["percent", "render_status"]
+__all__ = ["percent", "render_links", "render_status"]
 
 _COST_TABLES = {  # the controller's one-word cost_table, for people
     "measured": "measured live (each model's trimmed mean ms on frames where every model ran)",
@@ -212,3 +213,24 @@ def _dead_letters(report: Mapping[str, Any], console: Console) -> None:
         reason = str(letter.get("reason", ""))
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         _say(console, f"  {letter.get('stage')}: {reason}")
+
+
+def render_links(rows: Sequence[LinkRow], console: Console) -> None:
+    """``mlink links``: one row per stored version, oldest first, and what the pipeline does
+    with it."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    for column in ("version", "saved (UTC)", "links", "samples", "val score", ""):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        notes = [n for n, on in (("in force", row.in_force), ("pinned", row.pinned),
+                                 ("newest", row.newest)) if on]  # fmt: skip
+        table.add_row(
+            f"v{row.version}",
+            row.created_at[:19].replace("T", " "),
+            str(row.links),
+            "?" if row.samples is None else str(row.samples),
+            "-" if row.mean_val_score is None else f"{row.mean_val_score:.3f}",
+            ", ".join(notes),
+            style="bold" if row.in_force else None,
+        )
+    console.print(table)

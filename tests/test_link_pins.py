@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from mlink.deploy.cli import app
@@ -17,6 +19,7 @@ from mlink.deploy.link_pins import (
     pin_message,
     rollback_version,
 )
+from mlink.deploy.status_view import render_links
 from mlink.linkstore.store import LinkStore
 from mlink.operators.relearn import relearn_message
 from mlink.operators.state import ControlState
@@ -123,6 +126,20 @@ def test_link_rows_say_which_version_is_in_force_pinned_and_newest(tmp_path: Pat
     assert flags == [(1, False, False, False), (2, True, True, False), (3, False, False, True)]
 
 
+def test_the_listing_marks_each_version(tmp_path: Path) -> None:
+    store = LinkStore(tmp_path)
+    for tag in range(2):
+        store.save(make_tensors(tag), make_meta(tag))
+    state = announced(1, 2)
+    state.apply(wire(pin_message(1, True)))
+    state.apply(active_set(1, link_version=1))
+    console = Console(width=100, record=True)
+    render_links(link_rows(state, store), console)
+    lines = [" ".join(line.split()) for line in console.export_text().splitlines()]
+    assert any(line.startswith("v1 ") and line.endswith("in force, pinned") for line in lines)
+    assert any(line.startswith("v2 ") and line.endswith("newest") for line in lines)
+
+
 def test_status_says_the_links_are_pinned_and_what_is_newer() -> None:
     text = " ".join(rendered(stream_status(pinned_links=2, latest_links=5)).split())
     assert (
@@ -133,12 +150,32 @@ def test_status_says_the_links_are_pinned_and_what_is_newer() -> None:
 
 
 def test_the_cli_refuses_a_version_the_store_lacks_before_sending_anything(tmp_path) -> None:
-    path, _ = write_config(
+    path, config = write_config(
         tmp_path, "pins", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
     )
+    LinkStore(config.links.store).save(make_tensors(1), make_meta(1))
     base = ["links", str(path), "--broker", "127.0.0.1:1"]
     result = CliRunner().invoke(app, [*base, "--pin", "7"])
     assert result.exit_code == 2
     assert "does not hold version 7" in " ".join(result.output.split()), result.output
     result = CliRunner().invoke(app, [*base, "--pin", "1", "--unpin"])
     assert result.exit_code != 0 and "one of --pin" in result.output
+
+
+def test_a_store_that_does_not_exist_is_named_not_created(tmp_path, monkeypatch) -> None:
+    """Run from another directory than the workers', a relative store is not there: say so,
+    and do not leave an empty store behind."""
+    path, config = write_config(
+        tmp_path, "pins", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    data = config.model_dump(mode="json")
+    data["links"]["store"] = "relative/links"
+    path.write_text(yaml.safe_dump(data))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for extra in ([], ["--pin", "1"], ["--rollback"]):
+        result = CliRunner().invoke(app, ["links", str(path), "--broker", "127.0.0.1:1", *extra])
+        assert result.exit_code == 2, result.output
+        assert "does not exist: a relative links.store" in " ".join(result.output.split())
+    assert not (elsewhere / "relative").exists()

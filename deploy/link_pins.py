@@ -74,7 +74,12 @@ def link_rows(state: ControlState, store: LinkStore) -> list[LinkRow]:
     rows = []
     for meta in store.versions():
         links = meta.meta.get("links", [])
-        scores = [float(x["val_score"]) for x in links if "val_score" in x]
+        links = links if isinstance(links, list) else []  # a version not made by the trainer
+        scores = [
+            float(x["val_score"])
+            for x in links
+            if isinstance(x, dict) and isinstance(x.get("val_score"), int | float)
+        ]
         rows.append(
             LinkRow(
                 version=meta.version,

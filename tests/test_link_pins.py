@@ -126,6 +126,19 @@ def test_link_rows_say_which_version_is_in_force_pinned_and_newest(tmp_path: Pat
     assert flags == [(1, False, False, False), (2, True, True, False), (3, False, False, True)]
 
 
+def test_rows_read_what_the_trainer_writes_and_survive_what_it_does_not(tmp_path) -> None:
+    store = LinkStore(tmp_path)
+    store.save(make_tensors(1), {"links": [{"val_score": 0.5}, {"val_score": 1}], "n_samples": 9})
+    store.save(make_tensors(2), {"links": {"val_score": "x"}})  # another writer's metadata
+    store.save(make_tensors(3), {"links": ["val_score", {"val_score": "high"}]})
+    rows = link_rows(ControlState(MODELS), store)
+    assert [(r.links, r.samples, r.mean_val_score) for r in rows] == [
+        (2, 9, 0.75),
+        (0, None, None),
+        (2, None, None),
+    ]
+
+
 def test_the_listing_marks_each_version(tmp_path: Path) -> None:
     store = LinkStore(tmp_path)
     for tag in range(2):

@@ -72,7 +72,9 @@ def _pin_line(status: Mapping[str, Any]) -> str:
     line = f"links pinned to v{pinned} (mlink links --unpin follows the newest again)"
     if status.get("latest_links") not in (None, pinned):
         line += f"; the newest is v{status['latest_links']}"
-    if in_force != pinned:
+    if in_force is None:
+        line += "; no links are in force until the controller re-plans"
+    elif in_force != pinned:
         line += f"; v{in_force} is in force until the controller re-plans"
     return line
 

@@ -160,6 +160,10 @@ def test_status_says_the_links_are_pinned_and_what_is_newer() -> None:
         in text
     )
     assert "links pinned" not in rendered(stream_status(pinned_links=None))
+    text = " ".join(rendered(stream_status(pinned_links=3, link_version=2)).split())
+    assert "; v2 is in force until the controller re-plans" in text
+    text = " ".join(rendered(stream_status(pinned_links=3, link_version=None)).split())
+    assert "no links are in force until the controller re-plans" in text and "vNone" not in text
 
 
 def test_the_cli_refuses_a_version_the_store_lacks_before_sending_anything(tmp_path) -> None:

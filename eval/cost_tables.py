@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -24,14 +25,18 @@ from mlink.eval.config_workload import load_workload, measure_model_ms
 from mlink.eval.motion_poses import source_poses
 from mlink.eval.outputs import DEFAULT_CACHE
 from mlink.eval.workload import Workload
+from mlink.linkstore.budget import typical_ms
+from mlink.topics.records import FrameResult
 
 __all__ = [
     "COSTS_HELP",
     "CostTable",
     "cost_table_json",
     "jittered",
+    "model_cost_table",
     "priced_workload",
     "read_cost_table",
+    "reference_ms",
     "with_cost_table",
 ]
 
@@ -137,6 +142,50 @@ def cost_table_json(workload: Workload) -> str:
     it came from."""
     table = {m: round(float(workload.costs[m]["ms"]), 3) for m in workload.models}
     return json.dumps({"source": workload.cost_source, "model_ms": table}, indent=2) + "\n"
+
+
+def model_cost_table(
+    config: PipelineConfig, full: Workload, results: Iterable[FrameResult] = ()
+) -> tuple[dict[str, float], str]:
+    """ms per model from one table, and which: declared when every model declares ``cost.ms``;
+    else measured live in this run (as the workers ran them: batched, on threads, next to each
+    other; the CPU time of each call's thread where the workers measured it,
+    :attr:`~mlink.topics.records.ModelResult.cost_ms`), on the frames where every model ran
+    (warm-up and probes), which is what the controller plans on: the same frames for every
+    model, because frames of different cameras differ in cost up to tenfold, and a model timed
+    mostly on cheap ones would look cheap. Each model's ms is
+    :func:`~mlink.linkstore.budget.typical_ms` of its timings. If no frame ran every model, each
+    model's own executions; else (a model that never ran) what the offline reference run
+    measured. Never a mix."""
+    declared = config.declared_costs()
+    names = config.model_names
+    if all("ms" in declared.get(m, {}) for m in names):
+        return {m: float(declared[m]["ms"]) for m in names}, "declared in the config"
+    everywhere: dict[str, list[float]] = defaultdict(list)
+    own: dict[str, list[float]] = defaultdict(list)
+    clocks: set[str] = set()  # CPU time where the workers measured it, else wall time
+    for result in results:
+        ran = [r for r in result.results if r.status == "executed"]
+        clocks |= {"CPU" if r.cpu_ms is not None else "wall" for r in ran}
+        timed = {r.model: r.cost_ms for r in ran if r.cost_ms is not None}
+        for m, ms in timed.items():
+            own[m].append(ms)
+            if len(timed) == len(names):
+                everywhere[m].append(ms)
+    for live, where in ((everywhere, "the frames where every model ran"), (own, "its executions")):
+        if all(live.get(m) for m in names):
+            table = {m: typical_ms(live[m]) for m in names}
+            clock = " and ".join(sorted(clocks))
+            return table, (
+                f"measured live in this run (trimmed mean {clock} ms of each model's calls on "
+                f"{where})"
+            )
+    return reference_ms(config, full), f"{full.cost_source}, by the offline reference run"
+
+
+def reference_ms(config: PipelineConfig, full: Workload) -> dict[str, float]:
+    """ms per model as the offline reference run timed it (each model alone)."""
+    return {m: float(full.costs[m]["ms"]) for m in config.model_names}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,8 +11,9 @@ JPEG/PNG round trip), computed offline and cached, so the comparison is exact. T
   to train links and measure live agreement, so it would flatter both accuracy and cost);
 - *compute saved*: ``1 - spent / full`` per frame, from ONE cost table for the models -- declared
   in the config when every model declares ``cost.ms``, else measured live in the run (on the
-  frames where every model ran, as the controller plans: see :func:`model_cost_table`; the
-  offline reference run's timings only if a model never ran) -- ``cost_source`` says which --
+  frames where every model ran, as the controller plans; the offline reference run's timings
+  only if a model never ran; :func:`mlink.eval.cost_tables.model_cost_table`) --
+  ``cost_source`` says which --
   plus synthesis as the trainer measured it for the link version that synthesized each result
   (``synthesis_cost_source``): the target's ensemble and one link per source for the paper's
   links, the mode's own cost for a stream mode (:mod:`mlink.eval.synthesis_costs`);
@@ -33,10 +34,10 @@ import numpy as np
 
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import RunReport
+from mlink.eval.cost_tables import model_cost_table, reference_ms
 from mlink.eval.live_forecasts import forecasts_in_force
 from mlink.eval.synthesis_costs import SynthesisCosts, schedules_by_epoch, stored_synthesis_costs
 from mlink.eval.workload import Workload
-from mlink.linkstore.budget import typical_ms
 from mlink.linkstore.metrics import agreement
 from mlink.linkstore.schedule import Schedule
 from mlink.operators.relearn import RELEARN_KEY
@@ -47,7 +48,6 @@ from mlink.topics.records import ControlMessage, FrameResult
 __all__ = [
     "RunSummary",
     "frame_ids",
-    "model_cost_table",
     "summarize",
     "wire_frames",
 ]
@@ -103,6 +103,11 @@ class RunSummary:
     # frames under a plan that ran every model because the store lost the links in force
     # (mlink.operators.relearn): not steady, and not the plan's probes either
     relearn_frames: int = 0
+    # results for frame ids this run did not send: left out of every figure above
+    unknown_results: int = 0
+    # degraded results of frames that never got a plan (epoch 0, no probe): neither warm-up nor
+    # steady
+    unplanned_frames: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -124,50 +129,6 @@ def frame_ids(frames: list[tuple[str, np.ndarray]]) -> list[str]:
         ids.append(f"{stream}:{seqs[stream]}")
         seqs[stream] += 1
     return ids
-
-
-def model_cost_table(
-    config: PipelineConfig, full: Workload, results: Iterable[FrameResult] = ()
-) -> tuple[dict[str, float], str]:
-    """ms per model from one table, and which: declared when every model declares ``cost.ms``;
-    else measured live in this run (as the workers ran them: batched, on threads, next to each
-    other; the CPU time of each call's thread where the workers measured it,
-    :attr:`~mlink.topics.records.ModelResult.cost_ms`), on the frames where every model ran
-    (warm-up and probes), which is what the controller plans on: the same frames for every
-    model, because frames of different cameras differ in cost up to tenfold, and a model timed
-    mostly on cheap ones would look cheap. Each model's ms is
-    :func:`~mlink.linkstore.budget.typical_ms` of its timings. If no frame ran every model, each
-    model's own executions; else (a model that never ran) what the offline reference run
-    measured. Never a mix."""
-    declared = config.declared_costs()
-    names = config.model_names
-    if all("ms" in declared.get(m, {}) for m in names):
-        return {m: float(declared[m]["ms"]) for m in names}, "declared in the config"
-    everywhere: dict[str, list[float]] = defaultdict(list)
-    own: dict[str, list[float]] = defaultdict(list)
-    clocks: set[str] = set()  # CPU time where the workers measured it, else wall time
-    for result in results:
-        ran = [r for r in result.results if r.status == "executed"]
-        clocks |= {"CPU" if r.cpu_ms is not None else "wall" for r in ran}
-        timed = {r.model: r.cost_ms for r in ran if r.cost_ms is not None}
-        for m, ms in timed.items():
-            own[m].append(ms)
-            if len(timed) == len(names):
-                everywhere[m].append(ms)
-    for live, where in ((everywhere, "the frames where every model ran"), (own, "its executions")):
-        if all(live.get(m) for m in names):
-            table = {m: typical_ms(live[m]) for m in names}
-            clock = " and ".join(sorted(clocks))
-            return table, (
-                f"measured live in this run (trimmed mean {clock} ms of each model's calls on "
-                f"{where})"
-            )
-    return _reference_ms(config, full), f"{full.cost_source}, by the offline reference run"
-
-
-def _reference_ms(config: PipelineConfig, full: Workload) -> dict[str, float]:
-    """ms per model as the offline reference run timed it (each model alone)."""
-    return {m: float(full.costs[m]["ms"]) for m in config.model_names}
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -240,14 +201,17 @@ def summarize(
     """
     specs = config.specs()
     index = {f: i for i, f in enumerate(ids)}
-    model_ms, cost_source = model_cost_table(config, full, report.results.values())
+    # results of frames this run did not send (another source on the topic, a previous run's
+    # backlog) are counted apart and left out of every figure, counts and costs too
+    results = {f: r for f, r in report.results.items() if f in index}
+    model_ms, cost_source = model_cost_table(config, full, results.values())
     if synthesis is None:
         synthesis = stored_synthesis_costs(config.links.store)
         synthesis_source = "measured by the trainer for each link version (linkstore metadata)"
     else:
         synthesis_source = "given"
     total_per_frame = sum(model_ms.values())
-    solo_ms = _reference_ms(config, full)
+    solo_ms = reference_ms(config, full)
     schedules = schedules_by_epoch(config.model_names, report.control)
     scored = {
         fid: _score(
@@ -260,8 +224,7 @@ def summarize(
             solo_ms,
             schedules.get(result.epoch),
         )
-        for fid, result in report.results.items()
-        if fid in index
+        for fid, result in results.items()
     }
     steady = [s for s in scored.values() if s.steady]
     models = config.model_names
@@ -280,16 +243,21 @@ def summarize(
     def synthesized_accuracy(frames: list[_Scored]) -> float | None:
         return _mean_or_none(s.scores[m] for s in frames for m in s.synthesized)
 
+    def share_saved(spent: float, full_cost: float) -> float:
+        # a table that prices every model at 0 (calls below the clock's resolution) saves
+        # nothing measurable: no figure, not a crash
+        return 1 - spent / full_cost if full_cost > 0 else float("nan")
+
     def saved(frames: list[_Scored]) -> float:
-        return 1 - _mean(s.cost for s in frames) / total_per_frame
+        return share_saved(_mean(s.cost for s in frames), total_per_frame)
 
     def saved_solo(frames: list[_Scored]) -> float:
-        return 1 - _mean(s.solo_cost for s in frames) / sum(solo_ms.values())
+        return share_saved(_mean(s.solo_cost for s in frames), sum(solo_ms.values()))
 
     unpriced = sorted(
         {
             r.link_version
-            for res in report.results.values()
+            for res in results.values()
             for r in res.results
             if r.status == "synthesized" and r.link_version not in synthesis
         },
@@ -301,23 +269,25 @@ def summarize(
         )
     everything = list(scored.values())
     relearned = relearn_epochs(models, report.control)
-    warmup = Counter(r.stream_id for f, r in report.results.items() if f in scored and r.epoch == 0)
-    forecasts = forecasts_in_force(
-        models, report.control, {f: r for f, r in report.results.items() if f in scored}
-    )
+    # a warm-up plan is a probe of every frame; a degraded result of epoch 0 without it is a
+    # frame that never got a plan (the split layout's join timeout, operators/joiner.py)
+    unplanned = {f for f, r in results.items() if r.epoch == 0 and r.degraded and not r.probe}
+    warmup = Counter(r.stream_id for f, r in results.items() if r.epoch == 0 and f not in unplanned)
+    forecasts = forecasts_in_force(models, report.control, results)
     forecast = sorted(forecasts.up_front)
-    by_frame = report.latency_ms()
+    by_frame = {f: ms for f, ms in report.latency_ms().items() if f in results}
     lat = sorted(by_frame.values())
     steady_lat = [by_frame[f] for f, s in scored.items() if s.steady and f in by_frame]
-    last = max(report.results.values(), key=lambda r: (r.epoch, r.emitted_at), default=None)
-    statuses = [(r.model, r.status) for res in report.results.values() for r in res.results]
+    last = max(results.values(), key=lambda r: (r.epoch, r.emitted_at), default=None)
+    statuses = [(r.model, r.status) for res in results.values() for r in res.results]
     return RunSummary(
         frames=report.frames,
-        results=len(report.results),
-        degraded=sum(r.degraded for r in report.results.values()),
+        results=len(results),
+        unknown_results=len(report.results) - len(results),
+        degraded=sum(r.degraded for r in results.values()),
         duplicates=report.duplicates,
         seconds=report.seconds,
-        throughput_fps=len(report.results) / report.seconds if report.seconds else 0.0,
+        throughput_fps=len(results) / report.seconds if report.seconds else 0.0,
         latency_p50_ms=_percentile(lat, 50),
         latency_p99_ms=_percentile(lat, 99),
         steady_latency_p50_ms=_percentile(steady_lat, 50),
@@ -338,11 +308,10 @@ def summarize(
         warmup_frames=sum(warmup.values()),
         warmup_streams=dict(sorted(warmup.items())),
         probe_frames=sum(
-            r.probe and r.epoch > 0 and r.epoch not in relearned
-            for f, r in report.results.items()
-            if f in scored
+            r.probe and r.epoch > 0 and r.epoch not in relearned for r in results.values()
         ),
-        relearn_frames=sum(r.epoch in relearned for f, r in report.results.items() if f in scored),
+        relearn_frames=sum(r.epoch in relearned for r in results.values()),
+        unplanned_frames=len(unplanned),
         steady_accuracy=accuracy(steady),
         steady_synthesized_accuracy=synthesized_accuracy(steady),
         steady_compute_saved=saved(steady),
@@ -351,9 +320,9 @@ def summarize(
         model_ms=model_ms,
         synthesis_cost_source=synthesis_source,
         link_versions=sorted(
-            {r.link_version for res in report.results.values() for r in res.results} - {None}
+            {r.link_version for res in results.values() for r in res.results} - {None}
         ),
-        final_active=_ran_on_every_steady_frame(report.results.values(), last),
+        final_active=_ran_on_every_steady_frame(results.values(), last),
         forecast_frames=len(forecast),
         forecast_kept=_mean_or_none(_mean(scored[f].scores.values()) for f in forecast),
         forecast_up_front=_mean_or_none(forecasts.up_front[f] for f in forecast),

@@ -83,7 +83,13 @@ def print_summary(summary: dict, console: Console) -> None:
     console.print(
         f"frames processed: {summary['results']}/{summary['frames']} "
         f"(degraded {summary.get('degraded', 0)}, duplicate results dropped "
-        f"{summary.get('duplicates', 0)})"
+        f"{summary.get('duplicates', 0)}"
+        + (
+            f", {summary['unknown_results']} results for frames this run did not send left out"
+            if summary.get("unknown_results")
+            else ""
+        )
+        + ")"
     )
     if "compute_saved" not in summary:
         return
@@ -99,6 +105,11 @@ def print_summary(summary: dict, console: Console) -> None:
         + (
             f", and {s['relearn_frames']} that ran every model while lost links were learned again"
             if s.get("relearn_frames")
+            else ""
+        )
+        + (
+            f", and {s['unplanned_frames']} degraded that never got a plan"
+            if s.get("unplanned_frames")
             else ""
         )
         + f"): compute saved {percent(s['steady_compute_saved'])}, "

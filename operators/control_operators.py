@@ -111,6 +111,10 @@ def _refresh_plan_views(mlink: MLink, message: ControlMessage) -> None:
     would keep an alert firing on a model this plan runs on every frame)."""
     prom = mlink.prom
     prom.live_agreement.clear()
+    if "objective" not in message.extra:  # a plan with no estimate (a warm-up again, relearn)
+        for basis in ("plan", "bound", "probes"):  # none left over from the plan before
+            with contextlib.suppress(KeyError):
+                prom.forecast.remove(basis)
     if (estimate := plan_estimate(message.extra)) is not None:
         prom.forecast.labels("plan").set(estimate)
         promise = plan_promise(message.extra)

@@ -28,6 +28,7 @@ from mlink.deploy.health import (
 from mlink.operators import LinkSettings, MLink, Model, Settings
 from mlink.operators.control_operators import _apply
 from mlink.operators.metrics import WorkerMetrics, start_metrics_endpoint
+from mlink.operators.relearn import relearn_message
 from mlink.topics.records import ControlMessage
 from mlink.topics.specs import VectorSpec
 from tests.test_report import plan_and_probe_report
@@ -293,5 +294,23 @@ def test_a_paper_link_plan_forecasts_from_what_its_detectors_find(tmp_path):
         assert _apply(mlink, stream) is None
         assert sample("mlink_forecast", basis="content") is None
         assert sample("mlink_unseen_content") == 0.0
+    finally:
+        mlink.close()
+
+
+def test_a_relearn_plan_clears_the_forecast_gauges_of_the_lost_plan(tmp_path):
+    names = ("bright", "level", "spread")
+    models = [
+        Model(name=n, fn=lambda frame: frame, spec=VectorSpec(size=1, task="linear")) for n in names
+    ]
+    settings = Settings(name="f", budget={"fraction": 1}, links=LinkSettings(store=str(tmp_path)))
+    mlink = MLink(settings, models)
+    plan, probes = plan_and_probe_report()
+    try:
+        assert _apply(mlink, plan) is None and _apply(mlink, probes) is None
+        lost = relearn_message(list(names), 2, {"fraction": 0.5}, 1, 8, "v1 is gone")
+        assert _apply(mlink, lost) is None
+        for basis in ("plan", "bound", "probes"):  # mlink status shows no prediction either
+            assert mlink.prom.registry.get_sample_value("mlink_forecast", {"basis": basis}) is None
     finally:
         mlink.close()

@@ -364,6 +364,10 @@ def main() -> None:
     from mlink.deploy.config import ConfigError
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `mlink broker` sets its own
+    # a config names the user's own model factories; the workers (`python -m faust`) find them
+    # in the working directory, so the command does too (last, so it shadows nothing installed)
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python warns about its own loop
     try:

@@ -7,6 +7,7 @@ Each setting is documented where it is declared; :mod:`mlink.deploy.config` asse
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -140,6 +141,15 @@ class ModelConfig(StrictSection):
         factory = load_object(self.factory)
         if not callable(factory):
             raise ConfigError(f"models[{self.name}].factory {self.factory!r} is not callable")
+        try:
+            inspect.signature(factory).bind(**self.args)
+        except TypeError as exc:  # a misspelt or missing argument: the config's fault
+            raise ConfigError(
+                f"models[{self.name}]: factory {self.factory!r} does not take args "
+                f"{dict(self.args)}: {exc}"
+            ) from None
+        except ValueError:  # no signature to check (some builtins): the call will tell
+            pass
         model = factory(**self.args)
         if not callable(model):
             raise ConfigError(

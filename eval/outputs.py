@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from mlink.deploy.config_sections import ConfigError
 from mlink.eval.memory import measure_memory_mb, single_threaded
 from mlink.eval.output_cache import FORMAT, CacheEntry, entry_path, read_entry, write_entry
 from mlink.eval.workload import Workload
@@ -58,8 +59,18 @@ Model = Callable[[np.ndarray], Any]
 DEFAULT_CACHE = Path(".mlink-cache")
 
 
-class OutputValidationError(ValueError):
-    """A model's output on one frame does not match its spec; nothing is cached for that model."""
+#: What a model error on the reference run adds: where it comes from, and how to go on without it.
+REFERENCE_HINT = (
+    "`mlink bench` and `mlink run`'s comparison (off with --no-compare) run every model on every "
+    "frame"
+)
+
+
+class OutputValidationError(ConfigError):
+    """A model's output on one frame does not match its spec; nothing is cached for that model.
+
+    A :class:`~mlink.deploy.config.ConfigError` (so a ``ValueError``): the user fixes the model or
+    its spec, and ``mlink`` says so without a traceback."""
 
     def __init__(self, model: str, index: int, stream: str, detail: str) -> None:
         self.model = model
@@ -67,7 +78,21 @@ class OutputValidationError(ValueError):
         self.stream = stream
         super().__init__(
             f"model {model!r} gave an invalid output on frame {index} (stream {stream!r}): "
-            f"{detail}. Fix the model or its output spec; nothing was cached for {model!r}."
+            f"{detail}. Fix the model or its output spec; nothing was cached for {model!r} "
+            f"({REFERENCE_HINT})."
+        )
+
+
+class ModelCallError(ConfigError):
+    """A model raised on one frame of the reference run; nothing is cached for that model."""
+
+    def __init__(self, model: str, index: int | None, exc: BaseException) -> None:
+        self.model = model
+        self.index = index  # None: the untimed memory probe on the source's largest frame
+        where = "the largest frame" if index is None else f"frame {index}"
+        super().__init__(
+            f"model {model!r} raised {type(exc).__name__}: {exc} on {where}; nothing was "
+            f"cached for {model!r} ({REFERENCE_HINT})."
         )
 
 
@@ -243,10 +268,7 @@ def _compute(
 ) -> dict[str, CacheEntry]:
     """Pass 2: run the uncached models frame by frame, timing each call."""
     with single_threaded():
-        memory = {
-            m: measure_memory_mb(fn, largest, label=default_model_key(m, fn))
-            for m, (fn, _) in models.items()
-        }
+        memory = {m: _memory(fn, largest, m) for m, (fn, _) in models.items()}
     outputs: dict[str, list[np.ndarray]] = {m: [] for m in models}
     times = {m: np.zeros(n, dtype=np.float64) for m in models}
     hasher = _FrameHasher()
@@ -299,8 +321,15 @@ def _call(fn: Model, frame: np.ndarray, model: str, index: int) -> Any:
     try:
         return fn(frame)
     except Exception as exc:
-        exc.add_note(f"while running model {model!r} on frame {index}")
-        raise
+        raise ModelCallError(model, index, exc) from exc
+
+
+def _memory(fn: Model, largest: np.ndarray, model: str) -> float:
+    """The model's memory, measured with one call on the largest frame (before any timed one)."""
+    try:
+        return measure_memory_mb(fn, largest, label=default_model_key(model, fn))
+    except Exception as exc:  # the model itself raised (the child probe only warns)
+        raise ModelCallError(model, None, exc) from exc
 
 
 def collect_workload(

@@ -3,6 +3,7 @@ code 2, not a traceback (no broker needed: each fails before anything starts).""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import REPO_ROOT
 from tests.test_pipeline_e2e import FAST_MODELS, write_config
 
 
@@ -47,6 +49,57 @@ def test_mlink_run_names_what_to_fix_instead_of_a_traceback(
     tmp_path: Path, source: dict, argv: list[str], says: str
 ) -> None:
     done = _mlink("run", str(_config(tmp_path, **source)), *argv, cwd=tmp_path)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, said
+    assert says in said
+    assert "Traceback" not in said
+
+
+def _model_config(tmp_path: Path, bad: dict) -> Path:
+    """Two tiny models of tests/misbehaving_models.py, the second as ``bad`` says."""
+    parity = {"kind": "vector", "size": 2, "task": "softmax"}
+    model = "tests.misbehaving_models:misbehaving"
+    data = {
+        "name": "cli-models",
+        "source": {"factory": "mlink.eval.workloads.digits:frames", "args": {"limit": 3}},
+        "models": [
+            {"name": "good", "factory": model, "output": parity},
+            {"name": "bad", "factory": model, "output": parity, **bad},
+        ],
+        "budget": {"fraction": 0.5},
+    }
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ({"args": {"fault": "raise"}}, "model 'bad' raised RuntimeError: cannot handle frame"),
+        ({"args": {"fault": "garbage"}}, "model 'bad' gave an invalid output on frame 0"),
+        ({"args": {"faul": "raise"}}, "models[bad]: factory"),
+    ],
+)
+@pytest.mark.parametrize("command", [["bench", "--config-budget"], ["run"]])
+def test_a_model_that_fails_the_reference_run_is_named_without_a_traceback(
+    tmp_path: Path, bad: dict, says: str, command: list[str]
+) -> None:
+    """`mlink bench` and `mlink run`'s comparison run every model on every frame first: a model
+    that raises, answers garbage or is given args it does not take ends them with its name and
+    exit code 2, before any broker starts."""
+    path = _model_config(tmp_path, bad)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlink.deploy.cli", command[0], str(path), *command[1:]],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     said = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 2, said
     assert says in said

@@ -25,6 +25,7 @@ from mlink.operators.model_settings import (
     ModelFactory,
     frame_callable,
 )
+from mlink.topics.control import TARGET_PREFIX
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import BoxesSpec, SequenceSpec, VectorSpec
@@ -234,7 +235,10 @@ class Settings:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise SettingsError(f"Settings.name {self.name!r}: use letters, digits, '_.-'")
-        unknown = sorted(set(self.budget) - set(BUDGET_KEYS))
+        # per-model accuracy targets ("target_agreement:<model>", budget.targets in a config)
+        unknown = sorted(
+            k for k in self.budget if k not in BUDGET_KEYS and not str(k).startswith(TARGET_PREFIX)
+        )
         if unknown or not self.budget:
             raise SettingsError(
                 f"Settings.budget {dict(self.budget)!r}: give at least one of {BUDGET_KEYS}"

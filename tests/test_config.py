@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,25 @@ def test_how_often_probes_are_reported_is_a_links_setting() -> None:
     assert parse_config(data).operator_settings().live_report_every == 2
     data["links"] = {"report_every": 0}
     assert _names_key(_error(data), "links.report_every", "greater than or equal to 1")
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [
+        {"targets": {"parity": 0.9}},
+        {"target_agreement": 0.95, "targets": {"parity": 0.99}},
+        {"ms": 10, "targets": {"loops": 1.0}},
+    ],
+)
+def test_per_model_targets_reach_the_operators(budget: dict[str, Any]) -> None:
+    """A worker builds its settings from the config at start-up: a per-model target that the
+    settings refused would stop every worker of the pipeline."""
+    data = _valid()
+    data["budget"] = budget
+    config = parse_config(data)
+    assert config.operator_settings().budget == config.budget_dict()
+    with pytest.raises(SettingsError, match="unknown keys"):
+        replace(config.operator_settings(), budget={**config.budget_dict(), "speed": 1.0})
 
 
 def test_model_threads_reach_the_operators_one_by_default() -> None:

@@ -47,7 +47,7 @@ def test_an_edited_config_budget_takes_effect_on_restart(broker, tmp_path) -> No
     assert read_control(broker.bootstrap, config)[0].budget == {"fraction": 0.3}
 
     data = yaml.safe_load(path.read_text())
-    data["budget"] = {"fraction": 0.9}
+    data["budget"] = {"fraction": 0.9, "targets": {FAST_MODELS[0]: 0.5}}  # per model too
     path.write_text(yaml.safe_dump(data))
     worker = start("edited")
     try:
@@ -55,7 +55,8 @@ def test_an_edited_config_budget_takes_effect_on_restart(broker, tmp_path) -> No
     finally:
         worker.stop()
     state, _ = read_control(broker.bootstrap, config)
-    assert state.budget == {"fraction": 0.9} and state.budget_from_config
+    assert state.budget == {"fraction": 0.9, f"target_agreement:{FAST_MODELS[0]}": 0.5}
+    assert state.budget_from_config
     assert status(broker.bootstrap, config)["budget_set_by"] == "config"
     assert "restating it" in worker.log()
 

@@ -250,6 +250,7 @@ def budget(
 ) -> None:
     """Change the budget of a running pipeline; workers switch without a restart."""
     from mlink.deploy.runner import set_budget
+    from mlink.linkstore.targets import target_count_problem
     from mlink.topics.control import TARGET_PREFIX, budget_problem
 
     config = _config(config_path, broker)
@@ -271,7 +272,10 @@ def budget(
             raise typer.BadParameter(
                 f"--target-for {item!r}: give MODEL=VALUE, e.g. eyes=0.9"
             ) from None
-    problem = budget_problem(limits, config.model_names)
+    targets = any(k == "target_agreement" or k.startswith(TARGET_PREFIX) for k in limits)
+    problem = budget_problem(limits, config.model_names) or target_count_problem(
+        targets, len(config.model_names)
+    )
     if problem or not limits:
         raise typer.BadParameter(problem or "give at least one of the budget options")
     set_budget(_need_broker(config), config, limits)

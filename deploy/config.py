@@ -29,6 +29,7 @@ from mlink.deploy.config_sections import (
     load_object,
 )
 from mlink.deploy.security import SecurityConfig, kafka_python_kwargs
+from mlink.linkstore.targets import target_count_problem
 from mlink.operators.settings import LinkSettings, Model, Settings
 from mlink.topics.bootstrap import normalize_bootstrap
 from mlink.topics.control import TARGET_PREFIX
@@ -90,6 +91,9 @@ class PipelineConfig(StrictSection):
         unknown = sorted(set(self.budget.targets) - {m.name for m in self.models})
         if unknown:
             raise ValueError(f"budget.targets names unknown models {unknown}")
+        targets = self.budget.target_agreement is not None or bool(self.budget.targets)
+        if (problem := target_count_problem(targets, len(self.models))) is not None:
+            raise ValueError(f"budget: {problem}")
         return self
 
     @property

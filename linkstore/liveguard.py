@@ -92,9 +92,9 @@ def miss_reason(
     if upper >= target:
         return None
     achieved = runs + (1.0 - runs) * live
-    return (
-        f"{model}: live agreement {achieved:.3f} over {probes:.3g} probes (upper bound "
-        f"{upper:.3f}) is below its target {target:.3f}"
+    return (  # both figures: `mlink status` shows the one on synthesized frames beside it
+        f"{model}: live agreement {achieved:.3f} over the run ({live:.3f} where synthesized, "
+        f"{probes:.3g} probes; upper bound {upper:.3f}) is below its target {target:.3f}"
     )
 
 

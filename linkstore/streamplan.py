@@ -36,6 +36,7 @@ from mlink.linkstore.knapsack import choose_options
 from mlink.linkstore.schedule import Schedule
 from mlink.linkstore.streamfit import Curve
 from mlink.linkstore.streamoptions import Choice, LinksEstimate, Options, option
+from mlink.linkstore.targets import MAX_TARGET_MODELS
 
 __all__ = [
     "DEFAULT_PERIODS",
@@ -313,7 +314,7 @@ def target_search(
     links: LinksEstimate | None = None,
     z: float = 1.645,
     budget_ms: float | None = None,
-    max_models: int = 16,
+    max_models: int = MAX_TARGET_MODELS,
     corr: float = 1.0,
     corrections: Mapping[str, float] | None = None,
 ) -> StreamPlan:
@@ -364,5 +365,13 @@ def target_search(
                 ):
                     best = (cost, value, chosen)
     if best is None:
-        return _fallback(opts, "no schedule meets the accuracy targets", searched)
+        wanted = {m: round(float(t), 4) for m, t in sorted(targets.items())}
+        within = "" if budget_ms is None else f" within {budget_ms:g} ms/frame"
+        reason = f"no schedule meets the accuracy targets {wanted}{within}"
+        if budget_ms is not None and sum(opts.ms.values()) > budget_ms * (1 + 1e-12):
+            reason += (
+                f" (running every model, which meets any target, costs "
+                f"{sum(opts.ms.values()):g} ms/frame)"
+            )
+        return _fallback(opts, reason, searched)
     return _plan(opts, best[2], searched)

@@ -14,9 +14,22 @@ from itertools import combinations
 from mlink.linkstore.problem import Evaluation, InfeasibleBudget, Problem
 from mlink.linkstore.selection import evaluate
 
-__all__ = ["MAX_TARGET_MODELS", "select_for_targets"]
+__all__ = ["MAX_TARGET_MODELS", "select_for_targets", "target_count_problem"]
 
 MAX_TARGET_MODELS = 16
+
+
+def target_count_problem(has_targets: bool, n_models: int) -> str | None:
+    """Why accuracy targets cannot be planned for ``n_models`` models, or None. Both target
+    searches are exact (every active set), so a config or a budget request is refused up front:
+    a controller would otherwise only find out when it first plans."""
+    if has_targets and n_models > MAX_TARGET_MODELS:
+        return (
+            f"accuracy targets are planned by trying every active set, for at most "
+            f"{MAX_TARGET_MODELS} models; this pipeline has {n_models}: give a compute budget "
+            "(ms or fraction) instead"
+        )
+    return None
 
 
 def select_for_targets(
@@ -29,11 +42,8 @@ def select_for_targets(
     problem's budget (running every model always meets them, unless the budget forbids it).
     """
     models = list(problem.models)
-    if len(models) > MAX_TARGET_MODELS:
-        raise ValueError(
-            f"{len(models)} models: the target search tries 2**{len(models)} active sets; "
-            f"at most {MAX_TARGET_MODELS} are supported"
-        )
+    if (too_many := target_count_problem(True, len(models))) is not None:
+        raise ValueError(too_many)
     best: Evaluation | None = None
     for size in range(max(1, problem.min_active), len(models) + 1):
         for combo in combinations(models, size):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from mlink.linkstore.budget import BUDGET_KEYS, full_cost, resolve_budget
 from mlink.linkstore.bundle import LoadedLinks
@@ -24,7 +26,15 @@ from mlink.linkstore.targets import select_for_targets
 from mlink.operators.stream_decision import headroom_extra, stream_decision
 from mlink.topics.records import ControlMessage
 
-__all__ = ["InfeasibleBudget", "decide", "model_costs"]
+__all__ = [
+    "UNMET",
+    "InfeasibleBudget",
+    "cost_bounds",
+    "decide",
+    "guard_decision",
+    "model_costs",
+    "unmet_models",
+]
 
 log = logging.getLogger("mlink.controller")
 
@@ -136,3 +146,46 @@ def decide(
         probe_every=probe_every,
         extra=extra,
     )
+
+
+UNMET = "targets_unmet"
+"""Plan extra: models left below their accuracy target because meeting it does not fit the
+compute bound (the guard stops re-planning for them while the plan in force says so)."""
+
+
+def guard_decision(
+    decide_for: Callable[[Mapping[str, float]], ControlMessage],
+    budget: Mapping[str, float],
+    reason: str | None,
+    missed: Collection[str],
+    plan_extra: Mapping[str, Any],
+) -> tuple[ControlMessage, str | None]:
+    """``decide_for(budget)`` and ``reason``; but when the guard (``reason``, the ``missed``
+    models) re-plans a budget of targets and a compute bound that no plan meets any more, the
+    bound holds: the most accurate plan within it, its budget still naming the targets (so the
+    guard watches the other models), the models left below target in ``extra["targets_unmet"]``
+    and the reason saying so. Without a guard reason, :class:`InfeasibleBudget` propagates."""
+    try:
+        return decide_for(budget), reason
+    except InfeasibleBudget as exc:
+        within = cost_bounds(budget)
+        if reason is None or not within or within == dict(budget):
+            raise
+        decision = decide_for(within)
+        unmet = sorted(set(missed) | set(unmet_models(plan_extra)))
+        decision = replace(decision, budget=dict(budget), extra={**decision.extra, UNMET: unmet})
+        return decision, (
+            f"{reason}; {exc}: the most accurate plan within the compute bound instead, "
+            f"{', '.join(unmet)} below target"
+        )
+
+
+def cost_bounds(budget: Mapping[str, float]) -> dict[str, float]:
+    """The compute bounds of ``budget``, without its accuracy targets."""
+    return {k: v for k, v in budget.items() if k in BUDGET_KEYS}
+
+
+def unmet_models(extra: Mapping[str, Any]) -> list[str]:
+    """The models a plan left below target because meeting it did not fit the compute bound."""
+    unmet = extra.get(UNMET)
+    return [m for m in unmet if isinstance(m, str)] if isinstance(unmet, list) else []

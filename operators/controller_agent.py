@@ -16,17 +16,16 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import faust
 
 from mlink.linkstore.bundle import BAD_RETRY_S
-from mlink.linkstore.selection import InfeasibleBudget
 from mlink.linkstore.store import StoreError
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.control_operators import ControlLog
-from mlink.operators.controller import decide
+from mlink.operators.controller import decide, guard_decision, unmet_models
 from mlink.operators.relearn import LINK_SHA256, LostLinks, relearn_message, relearning
 from mlink.operators.runtime import MLink
 from mlink.operators.state import BUDGET_ORIGIN, ControlState
@@ -112,9 +111,11 @@ def _links_in_force(state: ControlState) -> bool:
     return state.epoch > 0 and state.link_version == state.wanted_links
 
 
-def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
-    """Why the current stream plan must change, and the corrections to plan with, when live
-    probes show a model below its accuracy target with confidence; else None."""
+def _target_replan(mlink: MLink) -> tuple[str, dict[str, float], list[str]] | None:
+    """Why the current stream plan must change, the corrections to plan with and the models
+    below target, when live probes show a model below its accuracy target with confidence and
+    the plan in force did not already find it out of reach within the compute bound; else
+    None (every probe report would otherwise re-plan the same plan again)."""
     state = mlink.state
     if not mlink.settings.links.stream or state.schedule is None or not state.live_agreement:
         return None
@@ -125,6 +126,7 @@ def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
     misses = target_misses(
         state.schedule, state.live_agreement, state.live_probes, targets, counts=state.live_counts
     )
+    misses = {m: why for m, why in misses.items() if m not in unmet_models(state.plan_extra)}
     if not misses:
         return None
     corrections = live_corrections(
@@ -135,7 +137,7 @@ def _target_replan(mlink: MLink) -> tuple[str, dict[str, float]] | None:
         counts=state.live_counts,
         started=state.live_started,
     )
-    return "; ".join(misses[m] for m in sorted(misses)), corrections
+    return "; ".join(misses[m] for m in sorted(misses)), corrections, sorted(misses)
 
 
 def _all_models(
@@ -166,9 +168,12 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
     lock = asyncio.Lock()  # one decision at a time: an event's, or a retry's
     retrying: dict[int, asyncio.Task[None]] = {}  # link version -> its retry
 
-    async def plan(reason: str | None, corrections: dict[str, float] | None) -> bool:
+    async def plan(
+        reason: str | None, corrections: dict[str, float] | None, missed: Collection[str] = ()
+    ) -> bool:
         """Decide and publish an active set from the replayed state; False when the link
-        version could not be loaded (a shared store that is not visible yet, a read error)."""
+        version could not be loaded (a shared store that is not visible yet, a read error).
+        ``reason`` and ``missed`` come from the guard: the models live probes put below target."""
         nonlocal issued
         loop = asyncio.get_running_loop()
         async with lock:
@@ -182,6 +187,8 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                 log.info("links are being learned again; not planning from lost v%d", version)
                 return True
             budget = state.requested_budget or dict(settings.budget)
+            if reason is not None and state.budget:  # the guard re-plans the budget in force,
+                budget = dict(state.budget)  # not a request that was refused
             epoch = max(issued + 1, state.next_epoch())
             try:
                 links = await loop.run_in_executor(
@@ -189,21 +196,26 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                 )
                 if links is None:
                     raise StoreError(f"link version {version} cannot be loaded")
-                decision = await loop.run_in_executor(
+                decide_for = functools.partial(
+                    decide,
+                    mlink.model_names,
+                    mlink.declared_costs(),
+                    links,
+                    epoch=epoch,
+                    selector=settings.links.selector,
+                    probe_every=settings.links.probe_every,
+                    stream=settings.links.stream,
+                    probe_stride=settings.links.probe_stride,
+                    corrections=corrections,
+                )
+                decision, reason = await loop.run_in_executor(
                     mlink.executor("controller"),
-                    functools.partial(
-                        decide,
-                        mlink.model_names,
-                        mlink.declared_costs(),
-                        links,
-                        budget,
-                        epoch,
-                        settings.links.selector,
-                        settings.links.probe_every,
-                        stream=settings.links.stream,
-                        probe_stride=settings.links.probe_stride,
-                        corrections=corrections,
-                    ),
+                    guard_decision,
+                    decide_for,
+                    budget,
+                    reason,
+                    missed,
+                    state.plan_extra,
                 )
                 named = {LINK_SHA256: links.sha256} if links.sha256 else {}
                 if reason is not None:
@@ -215,7 +227,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                 return False
             except ValueError as exc:  # InfeasibleBudget, or targets it cannot plan for
                 mlink.metrics["controller_refusals"] += 1
-                if not (isinstance(exc, InfeasibleBudget) and state.warming_up):
+                if not state.warming_up:  # a plan in force goes on; in warm-up none would come
                     log.error("controller keeps the current plan (budget %s): %s", budget, exc)
                     return True
                 log.error("budget infeasible, every model keeps running: %s", exc)
@@ -343,7 +355,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         replan = _target_replan(mlink)
                         if replan is None:
                             continue
-                        reason, corrections = replan
+                        reason, corrections, missed = replan
                         log.warning("re-planning: %s", reason)
                     elif message.kind == "budget" and _planned_for_requested(mlink.state):
                         continue  # the plan in force has it (a worker restated it again)
@@ -351,11 +363,12 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         continue  # a version announced while another is pinned, or again
                     elif message.kind in ("budget", "link_version"):
                         # the guard's evidence on the models stands: no model flaps back
-                        reason, corrections = None, carried_corrections(mlink.state.plan_extra)
+                        reason, missed = None, []
+                        corrections = carried_corrections(mlink.state.plan_extra)
                     else:
                         continue
                     version = mlink.state.wanted_links
-                    planned = await plan(reason, corrections)
+                    planned = await plan(reason, corrections, missed)
                     if not planned and version is not None and version not in retrying:
                         retrying[version] = asyncio.ensure_future(retry_links(version))
         finally:

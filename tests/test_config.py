@@ -223,6 +223,18 @@ def test_per_model_targets_reach_the_operators(budget: dict[str, Any]) -> None:
         replace(config.operator_settings(), budget={**config.budget_dict(), "speed": 1.0})
 
 
+def test_targets_over_more_models_than_the_exact_search_takes_are_refused() -> None:
+    """Both target searches try every active set: past 16 models a controller could never plan
+    and the pipeline would stay in warm-up, so the config says so up front."""
+    data = _valid()
+    model = data["models"][0]
+    data["models"] = [{**model, "name": f"m{i}"} for i in range(17)]
+    data["budget"] = {"target_agreement": 0.9}
+    assert "at most 16 models; this pipeline has 17" in _error(data)
+    data["budget"] = {"fraction": 0.5}
+    assert parse_config(data).budget.fraction == 0.5  # compute budgets take any number
+
+
 def test_model_threads_reach_the_operators_one_by_default() -> None:
     assert parse_config(_valid()).operator_settings().model_threads == 1
     data = _valid()

@@ -6,6 +6,7 @@ and scores probes against what the plan would have made."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.streamlinks import StreamMemory
 from mlink.linkstore.training import TrainConfig
-from mlink.operators.controller import decide
+from mlink.operators.controller import UNMET, decide, guard_decision, unmet_models
 from mlink.operators.joiner import Executed, FrameWork, build_results
 from mlink.operators.state import KEPT_SCHEDULES, ControlState
 from mlink.operators.stream_decision import (
@@ -210,6 +211,32 @@ def test_a_model_below_its_target_on_live_probes_is_named_and_corrected(links) -
         corrections={model: 0.01},
     )
     assert Schedule.from_extra(replanned.extra).share(model) > schedule.share(model)
+
+
+def test_a_target_miss_that_no_plan_within_the_compute_bound_fixes_keeps_the_bound(links) -> None:
+    """Targets and an ms bound: the guard's fix for a model below target costs more than the
+    bound. The bound holds; the most accurate plan within it runs and says which models stay
+    below target (before, the controller only logged a refusal and published nothing)."""
+    free = decide(MODELS, {}, links, {"target_agreement": 0.9}, 1, probe_every=8, stream=True)
+    budget = {"target_agreement": 0.9, "ms": free.extra["cost"]["ms"] * 1.001}
+    state = ControlState(MODELS, 8)
+    state.apply(decide(MODELS, {}, links, budget, 1, probe_every=8, stream=True))
+    model = sorted(state.plan_extra["predicted_synthesized"])[0]
+    misses = target_misses(state.schedule, {model: 0.2}, 20, {m: 0.9 for m in MODELS})
+    assert set(misses) == {model}
+    corrections = live_corrections(state.plan_extra, {model: 0.2}, 20, [model])
+    decide_for = functools.partial(
+        decide, MODELS, {}, links, epoch=2, probe_every=8, stream=True, corrections=corrections
+    )
+    with pytest.raises(InfeasibleBudget):  # a budget change or new links: refused as before
+        guard_decision(decide_for, budget, None, [], state.plan_extra)
+    decision, reason = guard_decision(decide_for, budget, misses[model], [model], state.plan_extra)
+    assert decision.budget == budget and decision.extra["cost"]["ms"] <= budget["ms"]
+    assert unmet_models(decision.extra) == [model]
+    assert reason.startswith(misses[model]) and f"{model} below target" in reason
+    assert f"within {budget['ms']:g} ms/frame" in reason and "within the compute bound" in reason
+    assert state.apply(decision).status == "applied" and state.budget == budget
+    assert unmet_models({UNMET: ["x", 3]}) == ["x"] and unmet_models({UNMET: "x"}) == []
 
 
 def test_the_forecast_with_probes_starts_at_the_forecast_bound_and_follows_probes(links) -> None:

@@ -375,3 +375,11 @@ def test_a_probes_context_is_the_memory_before_it_and_survives_the_wire():
     assert {m: r.seq for m, r in again.items()} == {m: r.seq for m, r in context.items()}
     np.testing.assert_allclose(again["eyes"].output, context["eyes"].output)
     np.testing.assert_allclose(again["eyes"].frame["face"], context["eyes"].frame["face"])
+
+
+def test_a_refused_target_plan_names_the_targets_and_the_cost_bound() -> None:
+    ms, curves = small_instance()
+    plan = plan_for_targets(curves, ms, {"a": 0.99, "b": 0.5}, periods=(0, 2), budget_ms=5.0)
+    assert not plan.feasible
+    assert "{'a': 0.99, 'b': 0.5}" in plan.reason and "within 5 ms/frame" in plan.reason
+    assert "costs 19 ms/frame" in plan.reason

@@ -75,6 +75,15 @@ def misbehaving(
     return Misbehaving(fault, trigger, hang_s)
 
 
+def drifting(after: int, classes: int = 3) -> Callable[[np.ndarray], object]:
+    """One class for its first ``after`` calls (a warm-up that shows a constant), then the
+    classes in turn, call by call: neither a prior nor the last real output predicts it, so
+    once synthesized it agrees about 1 in ``classes`` on probes."""
+    calls = iter(range(2**62))
+    eye = np.eye(classes, dtype=np.float32)
+    return lambda frame: eye[0] if (n := next(calls)) < after else eye[(n - after + 1) % classes]
+
+
 def broken_factory() -> Callable[[np.ndarray], object]:
     raise RuntimeError("weights not found")
 

@@ -275,3 +275,52 @@ def test_a_warm_up_hold_on_fetched_records_that_are_not_frames_fetches_more(
     finally:
         producer.close()
         collector.close()
+
+
+def test_a_target_the_compute_bound_cannot_buy_back_is_said_and_kept_within_it(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """A per-model target beside an ms bound: ``drift`` shows a constant in the warm-up, so the
+    plan synthesizes it, then changes on every call, so its probes miss the target. Only
+    running it on every frame would meet it, which the bound forbids: the controller publishes
+    the most accurate plan within the bound, naming ``drift`` in ``targets_unmet`` and in its
+    reason, and does not re-plan for it again (before, it logged a refusal and published
+    nothing)."""
+    drift = {
+        "name": "drift",
+        "factory": "tests.misbehaving_models:drifting",
+        "args": {"after": 24},
+        "output": {"kind": "vector", "size": 3, "task": "softmax"},
+        "cost": {"ms": 60.0},
+    }
+    config, worker, collector = start_stream_worker(
+        APP, "unmet", broker, faust_worker, tmp_path, extra_models=[drift]
+    )
+    budget = {"target_agreement:drift": 0.8, "ms": 55.0}  # every frame of drift alone: 60 ms
+    try:
+        worker.wait_ready()
+        set_budget(broker.bootstrap, config, budget)
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
+            warm_up_then_plan(worker, collector, frames)
+            for start in range(52, 172, 40):
+                sent = send_frames(frames, STREAMS, range(start, start + 40))
+                wait_results(collector, set(sent), 120, [worker])
+                _, control = read_control(broker.bootstrap, config)
+                plans = [m for m in control if m.kind == "active_set"]
+                unmet = [m for m in plans if "targets_unmet" in m.extra]
+                if unmet:
+                    break
+        assert unmet, [m.extra.get("replan_reason") for m in plans]
+        first = unmet[0]
+        assert first.extra["targets_unmet"] == ["drift"] and first.budget == budget
+        assert first.extra["cost"]["ms"] <= budget["ms"] + 1e-6
+        reason = first.extra["replan_reason"]
+        assert reason.startswith("drift: live agreement") and "drift below target" in reason
+        later = [m for m in plans if m.epoch > first.epoch]
+        assert not any("drift" in str(m.extra.get("replan_reason")) for m in later), later
+        if not later:  # what `mlink status` shows of the plan in force
+            assert status(broker.bootstrap, config)["replan_reason"] == reason
+        assert collector.duplicates == 0
+        assert not dead_letters(broker.bootstrap, config)
+    finally:
+        collector.close()

@@ -65,7 +65,7 @@ def bench(
     from mlink.deploy.config import ConfigError, load_config
     from mlink.eval.bench import DEFAULT_FRACTIONS, plot, run_bench, to_json
     from mlink.eval.bench_table import print_report
-    from mlink.linkstore.crossfit import SCHEMES
+    from mlink.linkstore.crossfit import SCHEMES, TooFewSamples
 
     console = Console()
     choices = {
@@ -88,17 +88,25 @@ def bench(
         fractions = [float(f) for f in budget_fractions.split(",")]
     else:
         fractions = list(DEFAULT_FRACTIONS)
-    report = run_bench(
-        config,
-        fractions,
-        train_fraction,
-        progress=not as_json,
-        log=(lambda _msg: None) if as_json else console.print,
-        order=order,  # type: ignore[arg-type]
-        seeds=seeds,
-        costs=costs,  # type: ignore[arg-type]
-        scheme=selection,  # type: ignore[arg-type]
-    )
+    try:
+        report = run_bench(
+            config,
+            fractions,
+            train_fraction,
+            progress=not as_json,
+            log=(lambda _msg: None) if as_json else console.print,
+            order=order,  # type: ignore[arg-type]
+            seeds=seeds,
+            costs=costs,  # type: ignore[arg-type]
+            scheme=selection,  # type: ignore[arg-type]
+        )
+    except TooFewSamples as exc:  # a short source: say which knobs give the links more frames
+        console.print(
+            f"[red]too few training frames: {exc.args[0].split(';')[0]}. The links train on "
+            f"the first {train_fraction:.0%} of each stream: give a larger --train-fraction "
+            "or a longer source.[/red]"
+        )
+        raise typer.Exit(2) from None
     if plot_path is not None:
         plot(report, plot_path)
     if as_json:

@@ -52,6 +52,7 @@ __all__ = [
     "MixedOracle",
     "PooledOracle",
     "Scheme",
+    "TooFewSamples",
     "contiguous_folds",
     "cross_fit",
     "fit_and_score",
@@ -62,6 +63,12 @@ Scheme = Literal["mixed", "crossfit", "streams", "holdout", "validation"]
 SCHEMES: tuple[str, ...] = ("mixed", "crossfit", "streams", "holdout", "validation")
 #: Fewest samples a fold's link set may train on (LinkSet.train then still has a validation row).
 MIN_FIT = 4
+
+
+class TooFewSamples(ValueError):
+    """A fold leaves fewer samples than a link needs to train on: the data, not the code, is
+    short, so callers can say which of their knobs gives more (frames, a training share)."""
+
 
 Outputs = Mapping[str, Sequence[Any]]
 
@@ -251,7 +258,7 @@ def _folds(
     for k in np.unique(fold).tolist():
         hold, fit = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
         if len(fit) < MIN_FIT:
-            raise ValueError(
+            raise TooFewSamples(
                 f"fold {k} leaves {len(fit)} samples to train on (need {MIN_FIT}); "
                 "use fewer folds or more samples"
             )

@@ -104,3 +104,27 @@ def test_a_model_that_fails_the_reference_run_is_named_without_a_traceback(
     assert done.returncode == 2, said
     assert says in said
     assert "Traceback" not in said
+
+
+def test_a_source_too_short_to_train_links_on_names_the_knobs(tmp_path: Path) -> None:
+    """Two good models on 30 frames: the bench's training share holds too few frames for a
+    link, which is said with the options that fix it, not as a traceback about folds."""
+    path = _model_config(tmp_path, {})
+    data = yaml.safe_load(path.read_text())
+    data["source"]["args"]["limit"] = 30
+    path.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "mlink.deploy.cli", "bench", str(path), "--config-budget"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, said
+    assert "too few training frames" in said and "--train-fraction" in said
+    assert "Traceback" not in said

@@ -106,6 +106,13 @@ def decide(
             corrections=corrections,
             cost_table=cost_table,
         )
+    if stream and links.stream is not None and "memory_mb" in limits:
+        log.warning(
+            "epoch %d: stream schedules are planned for compute (ms, fraction) only; with "
+            "memory_mb this is a plan of the paper's active sets, without a schedule or the "
+            "live check of accuracy targets",
+            epoch,
+        )
     problem = Problem(
         models=list(models),
         costs=costs,

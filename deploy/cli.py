@@ -266,6 +266,11 @@ def budget(
     }
     for item in target_for or ():
         model, _, value = item.partition("=")
+        if value and model not in config.model_names:
+            raise typer.BadParameter(
+                f"--target-for {item!r}: no model {model!r}; the config's models are "
+                f"{', '.join(config.model_names)}"
+            )
         try:
             limits[f"{TARGET_PREFIX}{model}"] = float(value)
         except ValueError:

@@ -14,7 +14,7 @@ from tests.test_pipeline_e2e import FAST_MODELS, write_config
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--target-for", "nope=0.9"], "nope"),
+        (["--target-for", "nope=0.9"], "no model 'nope'"),
         (["--target-for", "ge5_forest"], "MODEL=VALUE"),
         (["--target", "1.5"], "target_agreement"),
         (["--ms", "0"], "must be a finite number > 0, got 0"),  # not "at least one"

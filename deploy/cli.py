@@ -371,6 +371,7 @@ def main() -> None:
     from kafka.errors import KafkaError
 
     from mlink.deploy.config import ConfigError
+    from mlink.eval.outputs import ModelRunError
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `mlink broker` sets its own
     # a config names the user's own model factories; the workers (`python -m faust`) find them
@@ -391,7 +392,7 @@ def main() -> None:
             )
         )
         raise SystemExit(2) from None
-    except (ConfigError, FileNotFoundError) as exc:  # a config or source the user can fix
+    except (ConfigError, ModelRunError, FileNotFoundError) as exc:  # the user's to fix
         console.print(Text(str(exc), style="red"))
         raise SystemExit(2) from None
 

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from mlink.deploy.config_sections import ConfigError
 from mlink.eval.memory import measure_memory_mb, single_threaded
 from mlink.eval.output_cache import FORMAT, CacheEntry, entry_path, read_entry, write_entry
 from mlink.eval.workload import Workload
@@ -48,6 +47,8 @@ __all__ = [
     "DEFAULT_CACHE",
     "CacheEntry",
     "Collection",
+    "ModelCallError",
+    "ModelRunError",
     "OutputValidationError",
     "collect_outputs",
     "collect_workload",
@@ -66,11 +67,15 @@ REFERENCE_HINT = (
 )
 
 
-class OutputValidationError(ConfigError):
-    """A model's output on one frame does not match its spec; nothing is cached for that model.
+class ModelRunError(ValueError):
+    """A model failed the reference run (raised, or answered outside its spec): the user fixes
+    the model or its spec, and ``mlink`` says so without a traceback. Not a
+    :class:`~mlink.deploy.config.ConfigError`: reading frames must not import the config's
+    dependencies (torch)."""
 
-    A :class:`~mlink.deploy.config.ConfigError` (so a ``ValueError``): the user fixes the model or
-    its spec, and ``mlink`` says so without a traceback."""
+
+class OutputValidationError(ModelRunError):
+    """A model's output on one frame does not match its spec; nothing is cached for that model."""
 
     def __init__(self, model: str, index: int, stream: str, detail: str) -> None:
         self.model = model
@@ -83,7 +88,7 @@ class OutputValidationError(ConfigError):
         )
 
 
-class ModelCallError(ConfigError):
+class ModelCallError(ModelRunError):
     """A model raised on one frame of the reference run; nothing is cached for that model."""
 
     def __init__(self, model: str, index: int | None, exc: BaseException) -> None:

@@ -128,7 +128,7 @@ def run(
 ) -> None:
     """Run the whole pipeline over the config's source: broker if needed, topics, workers,
     source; print what it saved and kept."""
-    from mlink.eval.run import print_summary, run_and_summarize
+    from mlink.eval.run import json_safe, print_summary, run_and_summarize
 
     config = _config(config_path, broker)
     if rate is not None:  # 0: the whole source at once, as a topic looks after downtime
@@ -136,8 +136,8 @@ def run(
         config = config.model_copy(update={"source": source})
     progress = Console(stderr=True) if as_json else console  # stdout stays one JSON object
     summary = run_and_summarize(config, config_path, workers, timeout, compare, progress)
-    if as_json:
-        print(json.dumps(summary, default=str))
+    if as_json:  # strict JSON: a figure with no frames is null, not NaN
+        print(json.dumps(json_safe(summary), default=str, allow_nan=False))
     else:
         print_summary(summary, console)
 

@@ -16,7 +16,27 @@ from mlink.eval.outputs import collect_workload
 from mlink.eval.report import frame_ids, summarize, wire_frames
 from mlink.eval.workload import Workload
 
-__all__ = ["full_run", "print_summary", "run_and_summarize"]
+__all__ = ["full_run", "json_safe", "print_summary", "run_and_summarize"]
+
+
+def json_safe(value):
+    """``value`` with every NaN (a figure with no frames to measure on: a run without steady
+    frames, a cost table of zeros) as None, so ``json.dumps(..., allow_nan=False)`` writes
+    strict JSON (``null``) that jq and every other parser reads, not the token ``NaN``."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _ms(value) -> str:
+    """Milliseconds as printed: ``-`` when there is no figure (no frames), as :func:`percent`."""
+    if value is None or value != value:
+        return "-"
+    return f"{float(value):.0f} ms"
 
 
 def full_run(config, frames: list) -> Workload:
@@ -143,8 +163,8 @@ def print_summary(summary: dict, console: Console) -> None:
     )
     console.print(
         f"throughput: {s['throughput_fps']:.1f} frames/s over {s['seconds']:.1f} s; latency "
-        f"p50 {s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms (steady frames: "
-        f"p50 {s['steady_latency_p50_ms']:.0f} ms, p99 {s['steady_latency_p99_ms']:.0f} ms); "
+        f"p50 {_ms(s['latency_p50_ms'])}, p99 {_ms(s['latency_p99_ms'])} (steady frames: "
+        f"p50 {_ms(s['steady_latency_p50_ms'])}, p99 {_ms(s['steady_latency_p99_ms'])}); "
         f"link versions "
         f"{s['link_versions']}; ran on every steady frame of the last plan: {s['final_active']}"
     )

@@ -9,7 +9,10 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
 
     mlink_frames_total                      frames this worker planned
     mlink_results_total{outcome}            results emitted: complete | degraded
-    mlink_degraded_total{reason}            degraded results by reason (late, model_error, ...)
+    mlink_degraded_total{reason}            degraded results by reason: timeout (a model's
+                                            output did not come in time) | links (the link
+                                            version was unusable or synthesis failed) |
+                                            model_error (a model call failed)
     mlink_dead_letters_total{stage,reason}  records sent to the dead-letter topic
     mlink_model_executions_total{model}     real model calls
     mlink_model_errors_total{model,kind}    failed calls: error | timeout

@@ -29,13 +29,22 @@ def record_result(mlink: MLink, result: FrameResult) -> None:
         if r.status == "synthesized":
             mlink.prom.synthesized_output(r.model)
         if r.error is not None and reason is None:
-            reason = (
-                "timeout" if "timed out" in r.error or "no output" in r.error else "model_error"
-            )
+            reason = _degraded_reason(r.error)
     latency = time.time() - result.timestamp if result.timestamp is not None else None
     mlink.prom.result(degraded_reason=reason if result.degraded else None, latency_s=latency)
     if (forecast := mlink.content.add(result)) is not None:
         mlink.prom.content_forecast(forecast)
+
+
+def _degraded_reason(error: str) -> str:
+    """The ``reason`` label of ``mlink_degraded_total`` for a model's error: ``timeout``,
+    ``links`` (no model failed: the link version could not be used, or synthesis failed) or
+    ``model_error``."""
+    if "timed out" in error or "no output" in error:
+        return "timeout"
+    if error.startswith(("link version ", "synthesis failed")):
+        return "links"
+    return "model_error"
 
 
 def frame_results(
@@ -64,6 +73,10 @@ def frame_results(
     except Exception as exc:
         mlink.metrics["synthesis_failures"] += 1
         log.exception("synthesis failed for a batch of %d frames", len(works))
+        reason = f"synthesis failed: {type(exc).__name__}: {exc}"
         for work in works:
-            work.missing_reason = f"synthesis failed: {type(exc).__name__}: {exc}"
-        return build_results(works, mlink.model_names, {}, time.time())
+            work.missing_reason = reason
+        # every version of the batch as unusable: each model neither run nor synthesized is
+        # missing with the reason, and the result is degraded (not a complete result)
+        unusable = {v: reason for v in versions if v is not None}
+        return build_results(works, mlink.model_names, {}, time.time(), unusable=unusable)

@@ -55,7 +55,7 @@ def test_metrics_endpoint_is_scraped_over_http() -> None:
     metrics.model_failure("parity", "timeout")
     metrics.synthesized.labels("parity").inc(2)
     metrics.result(latency_s=0.05)
-    metrics.result(degraded_reason="late", latency_s=12.0)
+    metrics.result(degraded_reason="timeout", latency_s=12.0)
     metrics.dead_letter("planner", "DecodeError")
     metrics.live_agreement.labels("parity").set(0.97)
     metrics.epoch.set(4)
@@ -86,7 +86,7 @@ def test_metrics_endpoint_is_scraped_over_http() -> None:
     assert got[("mlink_synthesized_total", (("model", "parity"),))] == 2
     assert got[("mlink_results_total", (("outcome", "complete"),))] == 1
     assert got[("mlink_results_total", (("outcome", "degraded"),))] == 1
-    assert got[("mlink_degraded_total", (("reason", "late"),))] == 1
+    assert got[("mlink_degraded_total", (("reason", "timeout"),))] == 1
     assert got[("mlink_frame_latency_seconds_count", ())] == 2
     dead = (("reason", "DecodeError"), ("stage", "planner"))
     assert got[("mlink_dead_letters_total", dead)] == 1

@@ -431,3 +431,32 @@ def test_frames_of_a_relearn_plan_are_counted_apart(tmp_path):
     console = Console(width=100, record=True)
     print_summary(s.as_dict(), console)
     assert "and 1 that ran every model while lost links" in " ".join(console.export_text().split())
+
+
+def test_a_run_without_steady_frames_prints_and_dumps_no_nan(tmp_path):
+    """A run that never left warm-up has no steady figures: the summary prints ``-`` for them
+    (not ``nan ms``) and ``mlink run --json`` writes strict JSON (``null``, not ``NaN``)."""
+    import json
+
+    from mlink.eval.run import json_safe
+
+    full = reference()
+    frames = [frame(i, 0, [executed(m, full.outputs[m][i]) for m in MODELS], probe=True)
+              for i in range(2)]  # fmt: skip
+    report = RunReport(
+        frames=2,
+        results={r.frame_id: r for r in frames},
+        received_at={r.frame_id: r.timestamp + 0.1 for r in frames},
+        seconds=1.0,
+    )
+    s = summarize(config(tmp_path), report, full, IDS[:2], synthesis=SYNTHESIS).as_dict()
+    assert s["steady_frames"] == 0
+    text = json.dumps(json_safe(s), allow_nan=False)
+    assert json.loads(text)["steady_latency_p50_ms"] is None
+    assert json.loads(text)["steady_compute_saved"] is None
+    console = Console(width=100, record=True)
+    print_summary(s, console)
+    line = " ".join(console.export_text().split())
+    assert "nan" not in line.lower()
+    assert "(steady frames: p50 -, p99 -)" in line
+    assert "latency p50 100 ms, p99 100 ms" in line

@@ -55,8 +55,6 @@ def restate_control(bootstrap: str, config: PipelineConfig) -> list[ControlMessa
                 link_version=state.latest_links,
             )
         )
-    if state.pinned_links is not None:
-        messages.append(pin_message(state.pinned_links, True))
     if state.epoch > 0:
         messages.append(
             ControlMessage(
@@ -70,6 +68,8 @@ def restate_control(bootstrap: str, config: PipelineConfig) -> list[ControlMessa
                 extra=dict(state.plan_extra),
             )
         )
+    if state.pinned_links is not None:  # after the plan: a relearn plan ends earlier pins
+        messages.append(pin_message(state.pinned_links, True))
     for message in messages:
         publish_control(bootstrap, config, message)
     return messages

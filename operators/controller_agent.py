@@ -111,6 +111,16 @@ def _links_in_force(state: ControlState) -> bool:
     return state.epoch > 0 and state.link_version == state.wanted_links
 
 
+def _relearn_holds(state: ControlState) -> int | None:
+    """The lost version the controller must not plan from while the links are learned again,
+    or None. Asked of the newest announced version, not of the wanted one: a pin made since the
+    relearn plan (which ended every earlier pin) is the operator's call on a version
+    ``mlink links`` found whole, and is planned from."""
+    if state.pinned_links is not None:
+        return None
+    return relearning(state.plan_extra, state.link_version, state.latest_links)
+
+
 def _target_replan(mlink: MLink) -> tuple[str, dict[str, float], list[str]] | None:
     """Why the current stream plan must change, the corrections to plan with and the models
     below target, when live probes show a model below its accuracy target with confidence and
@@ -182,7 +192,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             if version is None:
                 log.info("budget noted; waiting for the first links")
                 return True
-            if relearning(state.plan_extra, state.link_version, version) is not None:
+            if _relearn_holds(state) is not None:
                 # its files are gone or damaged, though this process may hold a copy
                 log.info("links are being learned again; not planning from lost v%d", version)
                 return True

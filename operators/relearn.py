@@ -77,9 +77,10 @@ def relearning(
 ) -> int | None:
     """The version the trainer must train above while the pipeline learns its links again,
     or None. Over once a newer version is announced (``latest`` moves past it) or a plan with
-    links is in force."""
+    links is in force. ``lost`` may lie above ``latest`` (a pinned version the trainer never
+    announced): the relearn is on until a version above it is announced."""
     lost = plan_extra.get(RELEARN_KEY)
-    if link_version is not None or type(lost) is not int or lost != latest:
+    if link_version is not None or type(lost) is not int or (latest or 0) > lost:
         return None
     return lost
 

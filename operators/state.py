@@ -180,6 +180,11 @@ class ControlState:
                 return _rejected(problem)
             pin = message.extra.get(PIN_KEY)
             if pin is None:  # the trainer announces a version
+                if version - (self.latest_links or 0) > MAX_EPOCH_STEP:  # as for epochs: a
+                    return _rejected(  # forged jump would raise the newest for good
+                        f"link_version {version} jumps more than {MAX_EPOCH_STEP:,} past the "
+                        f"newest announced v{self.latest_links or 0}"
+                    )
                 self.latest_links = max(self.latest_links or 0, version)
             else:  # an operator pins one, or follows the newest again
                 self.pinned_links = version if pin else None

@@ -109,7 +109,9 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         log.info("training links on %d samples", len(trainer.samples))
         mlink.training.start(time.monotonic())  # a warm-up hold on this worker waits for it
         # above every version the control log named, even in a store that starts from 1 again
-        trainer.number_after = max(trainer.number_after, mlink.state.latest_links or 0)
+        state = mlink.state  # and above the lost version a relearn names (it may be a pin)
+        lost = relearning(state.plan_extra, state.link_version, state.latest_links)
+        trainer.number_after = max(trainer.number_after, state.latest_links or 0, lost or 0)
         version = None
         try:
             if settings.links.train_in_child:

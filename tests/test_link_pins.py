@@ -196,3 +196,15 @@ def test_a_store_that_does_not_exist_is_named_not_created(tmp_path, monkeypatch)
         assert result.exit_code == 2, result.output
         assert "does not exist: a relative links.store" in " ".join(result.output.split())
     assert not (elsewhere / "relative").exists()
+
+
+def test_a_forged_announcement_far_above_the_newest_cannot_raise_it_for_good() -> None:
+    """latest_links only grows: one announcement of 2**53 would freeze it, and the trainer's
+    next version (2**53 + 1) could not be announced at all."""
+    state = announced(3)
+    before = snapshot(state)
+    outcome = state.apply(control("link_version", link_version=2**53))
+    assert outcome.rejected and "jumps" in outcome.reason
+    assert snapshot(state) == before
+    assert state.apply(control("link_version", link_version=4)).status == "applied"
+    assert state.latest_links == 4

@@ -48,3 +48,51 @@ def test_the_relearn_plan_runs_every_model_and_the_trainer_trains_above_it_once(
     assert relearning(state.plan_extra, 4, 4) is None  # a plan with links in force
     assert relearning({RELEARN_KEY: "3"}, None, 3) is None  # a forged marker trains nothing
     assert relearning({}, None, 3) is None
+
+
+def _announce(state: ControlState, version: int) -> None:
+    message = ControlMessage(kind="link_version", epoch=0, issued_at=1.0, link_version=version)
+    assert state.apply(message).status == "applied"
+
+
+def _plan_from(state: ControlState, epoch: int, version: int) -> None:
+    message = ControlMessage(
+        kind="active_set", epoch=epoch, issued_at=1.0, active=("digit",), link_version=version
+    )
+    assert state.apply(message).plan_changed
+
+
+def test_a_pin_made_while_learning_again_is_planned_from_even_at_the_lost_number() -> None:
+    """v3 pinned and in force, v5 the newest: v3 is lost, the relearn names v5 (still whole).
+    The operator pins v5: the controller plans from it, and not only until v6 is announced."""
+    from mlink.deploy.link_pins import pin_message
+    from mlink.operators.controller_agent import _relearn_holds
+
+    state = ControlState(MODELS)
+    for version in (3, 4, 5):
+        _announce(state, version)
+    state.apply(pin_message(3, True))
+    _plan_from(state, 1, 3)
+    state.apply(relearn_message(MODELS, 2, {}, 5, 0, "v3 damaged"))
+    assert _relearn_holds(state) == 5  # not planning from v5 unasked
+    state.apply(pin_message(5, True))
+    assert _relearn_holds(state) is None and state.wanted_links == 5
+    _announce(state, 6)
+    assert _relearn_holds(state) is None and state.wanted_links == 5
+
+
+def test_a_lost_pin_above_the_newest_announced_version_is_learned_again_above_it() -> None:
+    """A pinned v6 the trainer never announced (latest is v5) is lost: the relearn is on, the
+    trainer trains once, and its version is numbered above v6, not given v6 again."""
+    from mlink.deploy.link_pins import pin_message
+
+    state = ControlState(MODELS)
+    for version in range(1, 6):
+        _announce(state, version)
+    state.apply(pin_message(6, True))
+    _plan_from(state, 1, 6)
+    state.apply(relearn_message(MODELS, 2, {}, 6, 0, "store gone"))
+    assert relearning(state.plan_extra, state.link_version, state.latest_links) == 6
+    assert relearning(state.plan_extra, None, None) == 6  # nothing announced yet: still on
+    _announce(state, 7)
+    assert relearning(state.plan_extra, state.link_version, state.latest_links) is None

@@ -287,7 +287,7 @@ def test_restating_the_control_state_survives_retiring_the_old_key(broker, tmp_p
 
     monkeypatch.setenv("MLINK_SIGNING_KEY", f"{new},{old}")  # step 1: both keys everywhere
     kinds = [m.kind for m in restate_control(broker.bootstrap, config)]
-    assert kinds == ["budget", "link_version", "link_version", "active_set"]
+    assert kinds == ["budget", "link_version", "active_set", "link_version"]  # the pin last
 
     monkeypatch.setenv("MLINK_SIGNING_KEY", new)  # step 2: the old key retired
     state, _ = read_control(broker.bootstrap, config)

@@ -54,39 +54,47 @@ class ResultTail:
         self.duplicates = 0
         self.undecodable = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._pending: list[Any] = []  # records a ready() poll fetched, followed first
         self._remember = max(1, remember)
+        # no consumer group: a group join takes seconds (half the session timeout on Tansu),
+        # and with "latest" the results written meanwhile were skipped, so a tail started just
+        # before a run missed its first results. Its own partitions, positioned now, instead.
         self._consumer = KafkaConsumer(
-            topic,
             bootstrap_servers=bootstrap_servers(bootstrap),
-            group_id=f"mlink-tail-{time.time_ns()}",  # its own group: never steals partitions
-            auto_offset_reset="earliest" if from_beginning else "latest",
+            group_id=None,
             enable_auto_commit=False,
-            session_timeout_ms=10_000,
             **dict(client or {}),
         )
+        self._start(topic, from_beginning)
+
+    def _start(self, topic: str, from_beginning: bool, wait_s: float = 30.0) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaTimeoutError
+
+        deadline = time.monotonic() + wait_s
+        while not (partitions := self._consumer.partitions_for_topic(topic)):
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(f"topic {topic!r} has no partitions after {wait_s:.0f} s")
+            self._consumer.topics()  # refresh the metadata
+            time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        if from_beginning:
+            self._consumer.seek_to_beginning(*tps)
+        else:
+            self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolved now, not at the first poll
+            self._consumer.position(tp)
 
     def ready(self, timeout: float = 30.0) -> bool:
-        """Wait until the tail has its partitions and knows where it starts in each, so that
-        what is produced from now on is followed (with ``latest``, a record produced before the
-        start position is looked up would be skipped)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for records in self._consumer.poll(timeout_ms=100).values():
-                self._pending.extend(records)
-            assigned = self._consumer.assignment()
-            if assigned:
-                for tp in assigned:
-                    self._consumer.position(tp)
-                return True
-        return False
+        """The tail knows where it starts in each partition (from construction on)."""
+        return bool(self._consumer.assignment())
 
     def follow(
         self, stop: threading.Event | None = None, poll_ms: int = 200
     ) -> Iterator[FrameResult]:
         """Results until ``stop`` is set (or forever); bad records and duplicates are counted."""
         while stop is None or not stop.is_set():
-            records, self._pending = self._pending, []
+            records: list[Any] = []
             for batch in self._consumer.poll(timeout_ms=poll_ms).values():
                 records.extend(batch)
             for record in records:

@@ -16,7 +16,13 @@ from mlink.eval.outputs import collect_workload
 from mlink.eval.report import frame_ids, summarize, wire_frames
 from mlink.eval.workload import Workload
 
-__all__ = ["full_run", "json_safe", "print_summary", "run_and_summarize"]
+__all__ = [
+    "full_run",
+    "json_safe",
+    "print_summary",
+    "run_and_summarize",
+    "uncompared_summary",
+]
 
 
 def json_safe(value):
@@ -59,13 +65,25 @@ def run_and_summarize(config, config_path: Path, workers, timeout, compare, cons
         full = full_run(config, frames)
     report = run_pipeline(config, config_path, workers, timeout, frames=frames)
     if full is None:
-        return {
-            "frames": report.frames,
-            "results": len(report.results),
-            "seconds": report.seconds,
-            "status": dict(report.status_counts()),
-        }
+        return uncompared_summary(report)
     return summarize(config, report, full, frame_ids(frames)).as_dict()
+
+
+def uncompared_summary(report) -> dict:
+    """What a run with ``--no-compare`` can say without a reference: per model how often it ran,
+    was synthesized or was missing (``{model: {status: frames}}``, JSON-ready), and the
+    degraded and duplicate results."""
+    status: dict[str, dict[str, int]] = {}
+    for (model, kind), n in report.status_counts().items():
+        status.setdefault(model, {})[kind] = n
+    return {
+        "frames": report.frames,
+        "results": len(report.results),
+        "seconds": report.seconds,
+        "degraded": sum(r.degraded for r in report.results.values()),
+        "duplicates": report.duplicates,
+        "status": status,
+    }
 
 
 def print_summary(summary: dict, console: Console) -> None:
@@ -88,6 +106,13 @@ def print_summary(summary: dict, console: Console) -> None:
         "steady\nsynth.",
     ):
         table.add_column(col, justify="right")
+    if "agreement" not in summary:  # --no-compare: what ran, without agreement
+        for model, counts in summary.get("status", {}).items():
+            table.add_row(
+                model,
+                *(str(counts.get(k, 0)) for k in ("executed", "synthesized", "missing")),
+                *("-" * 4),
+            )
     for model, score in summary.get("agreement", {}).items():
         table.add_row(
             model,

@@ -326,7 +326,11 @@ def fit_and_score(
     n = _n(outputs)
     streams = len(_members(n, groups))
     weights = stream_weights(list(groups), True) if balanced and groups is not None else None
-    if scheme == "mixed" and streams < 2:
+    if scheme == "mixed" and (
+        streams < 2 or n - max(len(idx) for idx in _members(n, groups)) < MIN_FIT
+    ):
+        # holding out a stream would leave too few samples to train on (a camera that has just
+        # joined the warm-up, or a short stream): cross-fit within the streams only
         scheme = "crossfit"
     if scheme in ("crossfit", "mixed"):
         within = contiguous_folds(n, folds, groups)

@@ -55,7 +55,8 @@ async def run_planned(
                 mlink.prom.model_failure(model, "timeout" if "timed out" in r.error else "error")
         if failed:
             mlink.metrics[f"failed:{model}"] += failed
-            log.warning("model %s failed on %d frames: %s", model, failed, results[0].error)
+            first = next(r.error for r in results if r.error is not None)
+            log.warning("model %s failed on %d frames: %s", model, failed, first)
         for i, result in zip(rows, results, strict=True):
             outcomes[i][model] = result
 

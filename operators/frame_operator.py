@@ -258,6 +258,11 @@ class FrameBatch:
                 )
             )
         results = frame_results(mlink, works, schedule)
+        if warming:
+            # a warm-up frame on which a model failed is no training sample: it does not count
+            # towards the warm-up, or the hold would wait hold_s for samples that never come
+            # (one model failing on a warm-up frame held every frame 60 s, a broken one for good)
+            self.warmup_planned -= sum(not is_training_sample(r) for r in results)
         return [(event, result) for (event, _), result in zip(items, results, strict=True)]
 
 

@@ -128,3 +128,17 @@ def test_a_source_too_short_to_train_links_on_names_the_knobs(tmp_path: Path) ->
     assert done.returncode == 2, said
     assert "too few training frames" in said and "--train-fraction" in said
     assert "Traceback" not in said
+
+
+def test_a_cancelled_metadata_refresh_on_close_is_not_reported_as_an_error() -> None:
+    import logging
+
+    from mlink.deploy.cli import _not_a_cancelled_refresh
+
+    def record(exc: object) -> logging.LogRecord:
+        return logging.LogRecord(
+            "kafka.cluster", logging.ERROR, __file__, 1, "Metadata refresh: failed %s", (exc,), None
+        )
+
+    assert not _not_a_cancelled_refresh(record("Cancelled"))
+    assert _not_a_cancelled_refresh(record("NodeNotReadyError"))  # a real failure still shows

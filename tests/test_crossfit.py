@@ -129,6 +129,15 @@ def test_mixed_scheme_averages_in_stream_and_cross_stream_estimates_and_round_tr
     assert fit_and_score(SPECS, data, FAST, folds=2).scheme == "crossfit"
 
 
+def test_mixed_scheme_cross_fits_within_streams_when_a_stream_fold_leaves_too_few():
+    """A warm-up of 18 frames of one camera and 2 of another: holding out the first left 2
+    samples to train on, and the live trainer's first training failed with a traceback (and
+    `mlink bench` on a short source at --train-fraction 0.1 with it)."""
+    groups = ["a"] * 18 + ["b"] * 2
+    fit = fit_and_score(SPECS, outputs(20), FAST, groups=groups)
+    assert fit.scheme == "crossfit"
+
+
 def test_a_balanced_oracle_weighs_every_stream_alike():
     """Replays compare it with the live trainer's sample weights on a backlog's warm-up."""
     data = outputs(48, seed=3)

@@ -272,6 +272,36 @@ def test_planned_models_run_once_per_batch_and_a_slow_one_times_out(tmp_path) ->
     assert mlink.metrics["failed:digit"] == 1 and mlink.metrics["executed:parity"] == 2
 
 
+def test_the_log_names_why_a_model_failed_whichever_frame_of_the_batch_it_was(
+    tmp_path, caplog
+) -> None:
+    """It logged the first frame's error: 'model flaky failed on 1 frames: None'."""
+
+    def flaky(frame: np.ndarray) -> np.ndarray:
+        if frame[0, 0]:
+            raise RuntimeError("bad frame")
+        return np.array([0.5, 0.5], np.float32)
+
+    models = [
+        Model(name="flaky", fn=flaky, spec=SPECS["parity"]),
+        Model(name="other", fn=flaky, spec=SPECS["parity"]),
+    ]
+    mlink = MLink(
+        Settings(name="p", budget={"fraction": 1}, links=LinkSettings(store=str(tmp_path))), models
+    )
+    good, bad = np.zeros((2, 2), np.uint8), np.ones((2, 2), np.uint8)
+
+    async def run() -> None:
+        await mlink.build_models()
+        await run_planned(mlink, [(good, ["flaky"]), (bad, ["flaky"])])
+
+    with caplog.at_level("WARNING", logger="mlink.worker"):
+        asyncio.run(run())
+    mlink.close()
+    (line,) = [r.getMessage() for r in caplog.records if "failed on" in r.getMessage()]
+    assert "bad frame" in line and not line.endswith("None")
+
+
 def test_the_fetch_wait_cap_is_opt_in_per_app() -> None:
     capped, plain = faust.App("capped-app"), faust.App("plain-app")
     cap_fetch_wait(capped, 25)

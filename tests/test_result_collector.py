@@ -49,3 +49,26 @@ def test_a_run_reads_only_the_results_written_after_it_started(broker, topic_fac
             everything.close()
     finally:
         producer.close()
+
+
+def test_an_earlier_runs_last_batch_is_not_taken_for_this_run(broker, topic_factory) -> None:
+    """Tansu reports a multi-record batch's end as its first offset plus one: an earlier run's
+    results written as one batch must not be read as this run's (mlink run twice on one broker
+    kept 3 stale results of 4 and dropped this run's as duplicates)."""
+    topic = topic_factory("results", partitions=1)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=50)
+    try:
+        for seq in range(4):  # an earlier run of the same source, in one batch
+            producer.send(topic, key=b"cam", value=result(f"cam:{seq}", 1.0))
+        producer.flush(10)
+        new = ResultCollector(broker.bootstrap, topic, only_new=True)
+        try:
+            for seq in range(4):
+                producer.send(topic, key=b"cam", value=result(f"cam:{seq}", 2.0)).get(10)
+            assert new.wait_for({f"cam:{seq}" for seq in range(4)}, 30)
+            assert {r.emitted_at for r in new.results.values()} == {2.0}
+            assert new.duplicates == 0
+        finally:
+            new.close()
+    finally:
+        producer.close()

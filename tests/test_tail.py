@@ -78,6 +78,19 @@ def test_a_tail_starts_at_the_end_and_drops_duplicates_and_bad_records(broker, t
         tail.close()
 
 
+def test_a_tail_follows_what_is_written_right_after_it_starts(broker, topic_factory):
+    """`mlink tail` never waited for its group join (seconds on Tansu): results written in
+    that time were skipped, so a tail started just before a run showed nothing of it."""
+    topic = topic_factory("results")
+    send(broker.bootstrap, topic, [encode_record(result(0))])  # history
+    tail = ResultTail(broker.bootstrap, topic)  # as the CLI does: no ready() first
+    try:
+        send(broker.bootstrap, topic, [encode_record(result(i)) for i in (1, 2, 3)])
+        assert [r.frame_id for r in take(tail, 3, timeout=20)] == ["cam:1", "cam:2", "cam:3"]
+    finally:
+        tail.close()
+
+
 def test_from_the_beginning_it_replays_the_topic_once_per_frame(broker, topic_factory):
     topic = topic_factory("results")
     send(broker.bootstrap, topic, [encode_record(result(i)) for i in (0, 1, 0, 2)])

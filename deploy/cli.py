@@ -382,9 +382,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `mlink broker` sets its own
     # a config names the user's own model factories; the workers (`python -m faust`) find them
-    # in the working directory, so the command does too (last, so it shadows nothing installed)
+    # in the working directory, first, so the command does too: both load the same module
     if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
+        sys.path.insert(0, os.getcwd())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python warns about its own loop
     logging.getLogger("kafka.cluster").addFilter(_not_a_cancelled_refresh)

@@ -141,8 +141,8 @@ class ModelConfig(StrictSection):
         factory = load_object(self.factory)
         if not callable(factory):
             raise ConfigError(f"models[{self.name}].factory {self.factory!r} is not callable")
-        try:
-            inspect.signature(factory).bind(**self.args)
+        try:  # the callable's own signature: a functools.wraps decorator may take more args
+            inspect.signature(factory, follow_wrapped=False).bind(**self.args)
         except TypeError as exc:  # a misspelt or missing argument: the config's fault
             raise ConfigError(
                 f"models[{self.name}]: factory {self.factory!r} does not take args "

@@ -171,18 +171,23 @@ def guard_decision(
     models) re-plans a budget of targets and a compute bound that no plan meets any more, the
     bound holds: the most accurate plan within it, its budget still naming the targets (so the
     guard watches the other models), the models left below target in ``extra["targets_unmet"]``
-    and the reason saying so. Without a guard reason, :class:`InfeasibleBudget` propagates."""
+    and the reason saying so. The same holds without a guard reason (new links, a restated
+    budget) while the plan in force already runs with targets unmet: its carried corrections
+    make the targets as unmeetable as they were, and refusing would keep the old links for good.
+    Otherwise, without a guard reason, :class:`InfeasibleBudget` propagates."""
     try:
         return decide_for(budget), reason
     except InfeasibleBudget as exc:
         within = cost_bounds(budget)
-        if reason is None or not within or within == dict(budget):
+        carried = unmet_models(plan_extra)
+        if (reason is None and not carried) or not within or within == dict(budget):
             raise
         decision = decide_for(within)
-        unmet = sorted(set(missed) | set(unmet_models(plan_extra)))
+        unmet = sorted(set(missed) | set(carried))
         decision = replace(decision, budget=dict(budget), extra={**decision.extra, UNMET: unmet})
+        why = f"{reason}; {exc}" if reason is not None else str(exc)
         return decision, (
-            f"{reason}; {exc}: the most accurate plan within the compute bound instead, "
+            f"{why}: the most accurate plan within the compute bound instead, "
             f"{', '.join(unmet)} below target"
         )
 

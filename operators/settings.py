@@ -25,7 +25,7 @@ from mlink.operators.model_settings import (
     ModelFactory,
     frame_callable,
 )
-from mlink.topics.control import TARGET_PREFIX
+from mlink.topics.control import TARGET_PREFIX, budget_problem
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import BoxesSpec, SequenceSpec, VectorSpec
@@ -244,6 +244,8 @@ class Settings:
                 f"Settings.budget {dict(self.budget)!r}: give at least one of {BUDGET_KEYS}"
                 + (f"; unknown keys {unknown}" if unknown else "")
             )
+        if (problem := budget_problem(self.budget)) is not None:  # values, per-model keys
+            raise SettingsError(f"Settings.budget {dict(self.budget)!r}: {problem}")
         object.__setattr__(self, "budget", dict(self.budget))
         if self.batch_size < 1 or self.max_in_flight < 1 or self.live_report_every < 1:
             raise SettingsError("Settings: batch_size, max_in_flight, live_report_every >= 1")

@@ -11,12 +11,13 @@ after a fault are still served. Module-level factories, so child processes can i
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -82,6 +83,17 @@ def drifting(after: int, classes: int = 3) -> Callable[[np.ndarray], object]:
     calls = iter(range(2**62))
     eye = np.eye(classes, dtype=np.float32)
     return lambda frame: eye[0] if (n := next(calls)) < after else eye[(n - after + 1) % classes]
+
+
+def _scaled(scale: float = 1.0) -> Callable[[np.ndarray], object]:
+    return parity
+
+
+@functools.wraps(_scaled)
+def wrapped_factory(*args: Any, device: str = "cpu", **kwargs: Any) -> Callable:
+    """A factory behind a ``functools.wraps`` decorator that takes an argument of its own, as
+    device and weights plumbing often does."""
+    return _scaled(*args, **kwargs)
 
 
 def broken_factory() -> Callable[[np.ndarray], object]:

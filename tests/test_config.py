@@ -221,6 +221,9 @@ def test_per_model_targets_reach_the_operators(budget: dict[str, Any]) -> None:
     assert config.operator_settings().budget == config.budget_dict()
     with pytest.raises(SettingsError, match="unknown keys"):
         replace(config.operator_settings(), budget={**config.budget_dict(), "speed": 1.0})
+    for bad in ({"target_agreement:parity": 7.0}, {"target_agreement:": 0.5}, {"ms": -1.0}):
+        with pytest.raises(SettingsError):  # an embedded app's settings are checked as a config
+            replace(config.operator_settings(), budget=bad)
 
 
 def test_targets_over_more_models_than_the_exact_search_takes_are_refused() -> None:
@@ -233,6 +236,21 @@ def test_targets_over_more_models_than_the_exact_search_takes_are_refused() -> N
     assert "at most 16 models; this pipeline has 17" in _error(data)
     data["budget"] = {"fraction": 0.5}
     assert parse_config(data).budget.fraction == 0.5  # compute budgets take any number
+
+
+def test_factory_args_are_checked_against_the_callable_that_is_called() -> None:
+    """A misspelt argument is named before anything runs; a decorator's own argument is not
+    refused because the function it wraps lacks it."""
+    data = _valid()
+    spec = {"kind": "vector", "size": 2, "task": "softmax"}
+    data["models"][0] = {"name": "w", "factory": "tests.misbehaving_models:wrapped_factory"}
+    data["models"][0] |= {"output": spec, "args": {"device": "cuda", "scale": 2.0}}
+    config = parse_config(data)
+    assert callable(config.model("w").build())
+    data["models"][0]["factory"] = "tests.misbehaving_models:misbehaving"
+    data["models"][0]["args"] = {"faul": "raise"}
+    with pytest.raises(ConfigError, match="does not take args"):
+        parse_config(data).model("w").build()
 
 
 def test_model_threads_reach_the_operators_one_by_default() -> None:

@@ -236,6 +236,10 @@ def test_a_target_miss_that_no_plan_within_the_compute_bound_fixes_keeps_the_bou
     assert reason.startswith(misses[model]) and f"{model} below target" in reason
     assert f"within {budget['ms']:g} ms/frame" in reason and "within the compute bound" in reason
     assert state.apply(decision).status == "applied" and state.budget == budget
+    # new links or a restated budget, under the plan that left eyes below target: its carried
+    # corrections keep the targets out of reach, and refusing would keep the old links for good
+    again, why = guard_decision(decide_for, budget, None, [], state.plan_extra)
+    assert unmet_models(again.extra) == [model] and why.startswith("no schedule meets")
     assert unmet_models({UNMET: ["x", 3]}) == ["x"] and unmet_models({UNMET: "x"}) == []
 
 

@@ -192,9 +192,9 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             if version is None:
                 log.info("budget noted; waiting for the first links")
                 return True
-            if _relearn_holds(state) is not None:
+            if (lost := _relearn_holds(state)) is not None:
                 # its files are gone or damaged, though this process may hold a copy
-                log.info("links are being learned again; not planning from lost v%d", version)
+                log.info("links are being learned again; not planning from lost v%d", lost)
                 return True
             budget = state.requested_budget or dict(settings.budget)
             if reason is not None and state.budget:  # the guard re-plans the budget in force,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from mlink.deploy.runner import require_sendable_source, run_pipeline
+from mlink.deploy.runner import RunReport, require_sendable_source, run_pipeline
 from mlink.deploy.source import iter_source
 from mlink.deploy.status_view import percent
 from mlink.eval.config_workload import config_models
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """``value`` with every NaN (a figure with no frames to measure on: a run without steady
     frames, a cost table of zeros) as None, so ``json.dumps(..., allow_nan=False)`` writes
     strict JSON (``null``) that jq and every other parser reads, not the token ``NaN``."""
@@ -38,7 +39,7 @@ def json_safe(value):
     return value
 
 
-def _ms(value) -> str:
+def _ms(value: float | None) -> str:
     """Milliseconds as printed: ``-`` when there is no figure (no frames), as :func:`percent`."""
     if value is None or value != value:
         return "-"
@@ -69,7 +70,7 @@ def run_and_summarize(config, config_path: Path, workers, timeout, compare, cons
     return summarize(config, report, full, frame_ids(frames)).as_dict()
 
 
-def uncompared_summary(report) -> dict:
+def uncompared_summary(report: RunReport) -> dict[str, Any]:
     """What a run with ``--no-compare`` can say without a reference: per model how often it ran,
     was synthesized or was missing (``{model: {status: frames}}``, JSON-ready), and the
     degraded and duplicate results."""

@@ -25,14 +25,26 @@ def _config(tmp_path: Path, **source) -> Path:
     return path
 
 
-def _mlink(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _mlink(*argv: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`mlink ARGV` from ``cwd``, with the repository importable (configs name model factories
+    in tests/)."""
+    path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "mlink.deploy.cli", *argv],
         cwd=cwd,
+        env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def _refused(done: subprocess.CompletedProcess[str]) -> str:
+    """What a refused command said, on one line, once it exited 2 without a traceback."""
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, said
+    assert "Traceback" not in said
+    return said
 
 
 @pytest.mark.parametrize(
@@ -48,11 +60,7 @@ def _mlink(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_mlink_run_names_what_to_fix_instead_of_a_traceback(
     tmp_path: Path, source: dict, argv: list[str], says: str
 ) -> None:
-    done = _mlink("run", str(_config(tmp_path, **source)), *argv, cwd=tmp_path)
-    said = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 2, said
-    assert says in said
-    assert "Traceback" not in said
+    assert says in _refused(_mlink("run", str(_config(tmp_path, **source)), *argv, cwd=tmp_path))
 
 
 def _model_config(tmp_path: Path, bad: dict) -> Path:
@@ -89,21 +97,7 @@ def test_a_model_that_fails_the_reference_run_is_named_without_a_traceback(
     that raises, answers garbage or is given args it does not take ends them with its name and
     exit code 2, before any broker starts."""
     path = _model_config(tmp_path, bad)
-    done = subprocess.run(
-        [sys.executable, "-m", "mlink.deploy.cli", command[0], str(path), *command[1:]],
-        cwd=tmp_path,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    said = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 2, said
-    assert says in said
-    assert "Traceback" not in said
+    assert says in _refused(_mlink(command[0], str(path), *command[1:], cwd=tmp_path))
 
 
 def test_a_source_too_short_to_train_links_on_names_the_knobs(tmp_path: Path) -> None:
@@ -113,21 +107,8 @@ def test_a_source_too_short_to_train_links_on_names_the_knobs(tmp_path: Path) ->
     data = yaml.safe_load(path.read_text())
     data["source"]["args"]["limit"] = 30
     path.write_text(yaml.safe_dump(data))
-    done = subprocess.run(
-        [sys.executable, "-m", "mlink.deploy.cli", "bench", str(path), "--config-budget"],
-        cwd=tmp_path,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    said = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 2, said
+    said = _refused(_mlink("bench", str(path), "--config-budget", cwd=tmp_path, timeout=300))
     assert "too few training frames" in said and "--train-fraction" in said
-    assert "Traceback" not in said
 
 
 def test_a_cancelled_metadata_refresh_on_close_is_not_reported_as_an_error() -> None:

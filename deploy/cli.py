@@ -250,6 +250,7 @@ def budget(
 ) -> None:
     """Change the budget of a running pipeline; workers switch without a restart."""
     from mlink.deploy.runner import set_budget
+    from mlink.linkstore.streamplan import agreement_targets
     from mlink.linkstore.targets import target_count_problem
     from mlink.topics.control import TARGET_PREFIX, budget_problem
 
@@ -277,9 +278,8 @@ def budget(
             raise typer.BadParameter(
                 f"--target-for {item!r}: give MODEL=VALUE, e.g. eyes=0.9"
             ) from None
-    targets = any(k == "target_agreement" or k.startswith(TARGET_PREFIX) for k in limits)
     problem = budget_problem(limits, config.model_names) or target_count_problem(
-        targets, len(config.model_names)
+        bool(agreement_targets(limits, config.model_names)), len(config.model_names)
     )
     if problem or not limits:
         raise typer.BadParameter(problem or "give at least one of the budget options")

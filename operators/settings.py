@@ -25,7 +25,7 @@ from mlink.operators.model_settings import (
     ModelFactory,
     frame_callable,
 )
-from mlink.topics.control import TARGET_PREFIX, budget_problem
+from mlink.topics.control import budget_problem, target_model
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
 from mlink.topics.specs import BoxesSpec, SequenceSpec, VectorSpec
@@ -237,7 +237,7 @@ class Settings:
             raise SettingsError(f"Settings.name {self.name!r}: use letters, digits, '_.-'")
         # per-model accuracy targets ("target_agreement:<model>", budget.targets in a config)
         unknown = sorted(
-            k for k in self.budget if k not in BUDGET_KEYS and not str(k).startswith(TARGET_PREFIX)
+            k for k in self.budget if k not in BUDGET_KEYS and target_model(str(k)) is None
         )
         if unknown or not self.budget:
             raise SettingsError(

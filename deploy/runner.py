@@ -24,6 +24,7 @@ from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.config import ConfigError, PipelineConfig, with_broker
 from mlink.deploy.processes import WorkerProcess
 from mlink.deploy.supervisor import WorkerSupervisor
+from mlink.deploy.tail import assign_partitions
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.operators.state import ControlState
 from mlink.topics.bootstrap import bootstrap_servers
@@ -127,22 +128,9 @@ class ResultCollector:
 
 
 def _from_the_end(consumer: Any, topic: str, wait_s: float = 30.0) -> None:
-    """Assign every partition of ``topic`` to ``consumer`` at its current end, resolved now
-    (``seek_to_end`` alone is lazy: resolved at the first poll, it would skip what was written
-    in between)."""
-    from kafka import TopicPartition
-
+    """Every partition of ``topic`` from its end now, past what is already there."""
     deadline = time.monotonic() + wait_s
-    while not (partitions := consumer.partitions_for_topic(topic)):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topic {topic!r} has no partitions on the broker after {wait_s} s")
-        consumer.topics()  # refresh the metadata
-        time.sleep(0.2)
-    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(assigned)
-    consumer.seek_to_end(*assigned)
-    for tp in assigned:
-        consumer.position(tp)
+    assign_partitions(consumer, topic, wait_s=wait_s)
     # Tansu reports the end of a multi-record batch as its first offset plus one (docs/broker.md),
     # so that position can lie inside an earlier run's last batch: read what is already there,
     # or its results (the same frame ids) would be kept and this run's dropped as duplicates.

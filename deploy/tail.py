@@ -21,7 +21,7 @@ from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DecodeError, FrameResult
 
-__all__ = ["REMEMBER", "ResultTail", "result_line"]
+__all__ = ["REMEMBER", "ResultTail", "assign_partitions", "result_line"]
 
 REMEMBER = 65_536
 """Frame ids a tail remembers to drop duplicates: a re-delivery comes within a worker's
@@ -35,6 +35,31 @@ def result_line(result: FrameResult) -> str:
     parts = [f"{r.model}={_MARK.get(r.status, r.status)}" for r in result.results]
     flags = (" PROBE" if result.probe else "") + (" DEGRADED" if result.degraded else "")
     return f"{result.frame_id} epoch={result.epoch}{flags} " + " ".join(parts)
+
+
+def assign_partitions(
+    consumer: Any, topic: str, *, from_beginning: bool = False, wait_s: float = 30.0
+) -> None:
+    """Assign every partition of ``topic`` to ``consumer`` (no group: nothing to join, so no
+    seconds lost to a rebalance), positioned now at its beginning or its end (``seek_to_end``
+    alone is lazy: resolved at the first poll, it would skip what was written in between)."""
+    from kafka import TopicPartition
+    from kafka.errors import KafkaTimeoutError
+
+    deadline = time.monotonic() + wait_s
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(f"topic {topic!r} has no partitions after {wait_s:.0f} s")
+        consumer.topics()  # refresh the metadata
+        time.sleep(0.2)
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    if from_beginning:
+        consumer.seek_to_beginning(*tps)
+    else:
+        consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)
 
 
 class ResultTail:
@@ -64,26 +89,7 @@ class ResultTail:
             enable_auto_commit=False,
             **dict(client or {}),
         )
-        self._start(topic, from_beginning)
-
-    def _start(self, topic: str, from_beginning: bool, wait_s: float = 30.0) -> None:
-        from kafka import TopicPartition
-        from kafka.errors import KafkaTimeoutError
-
-        deadline = time.monotonic() + wait_s
-        while not (partitions := self._consumer.partitions_for_topic(topic)):
-            if time.monotonic() > deadline:
-                raise KafkaTimeoutError(f"topic {topic!r} has no partitions after {wait_s:.0f} s")
-            self._consumer.topics()  # refresh the metadata
-            time.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        self._consumer.assign(tps)
-        if from_beginning:
-            self._consumer.seek_to_beginning(*tps)
-        else:
-            self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolved now, not at the first poll
-            self._consumer.position(tp)
+        assign_partitions(self._consumer, topic, from_beginning=from_beginning)
 
     def ready(self, timeout: float = 30.0) -> bool:
         """The tail knows where it starts in each partition (from construction on)."""

@@ -67,6 +67,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "link_version": state.link_version,
         "latest_links": state.latest_links,
         "pinned_links": state.pinned_links,  # mlink links --pin: planned from until unpinned
+        "pin_ended": state.pin_ended,  # the controller ended a pin the store lost
         "budget": state.budget or state.requested_budget,
         # a budget set with `mlink budget` stays in force over an edited config's
         "budget_set_by": (

@@ -106,6 +106,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         _say(console, f"re-planned: {status['replan_reason']}", "yellow")
     if status.get("pinned_links") is not None:
         _say(console, _pin_line(status), "yellow")
+    if status.get("pin_ended"):
+        _say(console, f"pin ended: {status['pin_ended']}", "red")
     if isinstance(status.get("fragile"), Mapping):
         _say(console, f"no room in the budget: {fragile_reason(status['fragile'])}", "yellow")
 

@@ -26,7 +26,14 @@ from mlink.linkstore.store import StoreError
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.control_operators import ControlLog
 from mlink.operators.controller import decide, guard_decision, unmet_models
-from mlink.operators.relearn import LINK_SHA256, LostLinks, relearn_message, relearning
+from mlink.operators.relearn import (
+    LINK_SHA256,
+    LostLinks,
+    lost_pin,
+    relearn_message,
+    relearning,
+    unpin_lost_message,
+)
 from mlink.operators.runtime import MLink
 from mlink.operators.state import BUDGET_ORIGIN, ControlState
 from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
@@ -313,15 +320,46 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             issued = epoch
             await control_out.send(b"active_set", encode_record(message))
 
+    async def end_lost_pin(watch: LostLinks) -> None:
+        """End a pin no plan uses whose version the store has not held for
+        ``relearn_after_s`` (:func:`~mlink.operators.relearn.lost_pin`): plan from the newest
+        again, and say why on the control topic (``mlink status``)."""
+        version = lost_pin(mlink.state.pinned_links, mlink.state.link_version)
+        held: bool | None = None
+        if version is not None:
+            try:
+                held = await asyncio.get_running_loop().run_in_executor(
+                    mlink.executor("controller"), mlink.store.holds, version
+                )
+            except StoreError as exc:  # no evidence either way
+                log.warning("cannot ask the link store about pinned version %d: %s", version, exc)
+        now = time.monotonic()
+        if not watch.lost(version, held, now):
+            return
+        async with lock:
+            state = mlink.state
+            if version != lost_pin(state.pinned_links, state.link_version):
+                return  # unpinned, pinned again or planned from in the meantime
+            why = (
+                f"the link store {mlink.store.root} has not held pinned version {version} for "
+                f"{watch.missing_for(now):.0f} s (deleted before the pin was heard of, or "
+                f"lost): planning from the newest version again; pin another with mlink links"
+            )
+            log.error("ending the pin: %s", why)
+            mlink.metrics["pins_ended"] += 1
+            message = unpin_lost_message(version, state.epoch, why)
+            await control_out.send(b"link_version", encode_record(message))
+
     async def watch_store() -> None:
         after_s = settings.links.relearn_after_s
         if not after_s:
             return
-        watch = LostLinks(after_s)
+        watch, pins = LostLinks(after_s), LostLinks(after_s)
         for look in itertools.count():
             await asyncio.sleep(min(15.0, after_s / 3))
             try:  # reading a whole version is dearer (an object store's GET): 1 look in 4
                 await relearn_if_lost(watch, verify=look % 4 == 0 or watch.counting)
+                await end_lost_pin(pins)
             except Exception:  # the next look may work; frames never wait for this one
                 log.exception("checking the link store for the version in force failed")
 

@@ -24,9 +24,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mlink.topics.control import PIN_KEY
 from mlink.topics.records import ControlMessage
 
-__all__ = ["LINK_SHA256", "RELEARN_KEY", "LostLinks", "relearn_message", "relearning"]
+__all__ = [
+    "LINK_SHA256",
+    "RELEARN_KEY",
+    "LostLinks",
+    "lost_pin",
+    "relearn_message",
+    "relearning",
+    "unpin_lost_message",
+]
 
 LINK_SHA256 = "link_sha256"
 """The key of a plan's ``extra``: the digest of the weights of the link version it was made
@@ -103,4 +112,24 @@ def relearn_message(
         link_version=None,
         probe_every=probe_every,
         extra={RELEARN_KEY: lost, "replan_reason": why},
+    )
+
+
+def lost_pin(pinned: int | None, in_force: int | None) -> int | None:
+    """The pinned version to ask the store about, or None: a pin no plan uses yet. ``mlink
+    links --pin`` checks the store and then sends the pin, and a trainer that prunes before
+    it hears of the pin deletes the version in between; the controller would then try to load
+    it for good, the newest links unused. A pin in force is the relearn's to watch."""
+    return pinned if pinned is not None and pinned != in_force else None
+
+
+def unpin_lost_message(version: int, epoch: int, why: str) -> ControlMessage:
+    """The control message that ends a pin on a version the store no longer holds: the
+    controller plans from the newest version again, and ``reason`` says why."""
+    return ControlMessage(
+        kind="link_version",
+        epoch=epoch,
+        issued_at=time.time(),
+        link_version=version,
+        extra={PIN_KEY: False, "reason": why},
     )

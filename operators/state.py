@@ -94,6 +94,9 @@ class ControlState:
     pinned_links: int | None
     """The version an operator pinned (``mlink links --pin``): planned from instead of the
     newest until unpinned, or until the store loses it and the links are learned again."""
+    pin_ended: str | None
+    """Why the controller ended the last pin (the store lost the version before any plan used
+    it), until an operator pins again: ``mlink status`` says so."""
     live_agreement: dict[str, float]
     live_probes: int
     live_counts: dict[str, float]
@@ -120,6 +123,7 @@ class ControlState:
         self.budget_from_config = False
         self.latest_links = None
         self.pinned_links = None
+        self.pin_ended = None
         self.live_agreement = {}
         self.live_probes = 0
         self.live_counts, self.live_started = {}, {}
@@ -186,8 +190,10 @@ class ControlState:
                         f"newest announced v{self.latest_links or 0}"
                     )
                 self.latest_links = max(self.latest_links or 0, version)
-            else:  # an operator pins one, or follows the newest again
-                self.pinned_links = version if pin else None
+            else:  # an operator pins one, or follows the newest again (or the controller,
+                self.pinned_links = version if pin else None  # when the store lost it)
+                why = message.extra.get("reason")
+                self.pin_ended = why if not pin and isinstance(why, str) else None
             return ApplyOutcome("applied")
         if message.kind == "active_set":
             return self._apply_active_set(message)

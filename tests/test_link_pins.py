@@ -21,7 +21,7 @@ from mlink.deploy.link_pins import (
 )
 from mlink.deploy.status_view import render_links
 from mlink.linkstore.store import LinkStore
-from mlink.operators.relearn import relearn_message
+from mlink.operators.relearn import lost_pin, relearn_message, unpin_lost_message
 from mlink.operators.state import ControlState
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage
@@ -82,6 +82,21 @@ def test_learning_the_links_again_ends_a_pin() -> None:
     assert state.pinned_links is None
     state.apply(control("link_version", link_version=3))
     assert state.wanted_links == 3
+
+
+def test_a_pin_the_store_lost_before_any_plan_used_it_is_ended_with_its_reason() -> None:
+    """`mlink links --pin` checked the store, then a trainer that had not heard of the pin
+    pruned the version: the controller ends the pin, and status keeps why until a new pin."""
+    state = announced(1, 2, 3)
+    state.apply(active_set(1, link_version=3))
+    state.apply(wire(pin_message(2, True)))
+    assert lost_pin(state.pinned_links, state.link_version) == 2  # ask the store about it
+    assert state.apply(wire(unpin_lost_message(2, state.epoch, "v2 gone"))).status == "applied"
+    assert (state.pinned_links, state.wanted_links, state.pin_ended) == (None, 3, "v2 gone")
+    state.apply(wire(pin_message(3, True)))
+    assert state.pin_ended is None and state.pinned_links == 3
+    assert lost_pin(3, 3) is None  # in force: the relearn watches it
+    assert lost_pin(None, 3) is None
 
 
 def test_rollback_pins_the_newest_version_older_than_the_one_in_force() -> None:

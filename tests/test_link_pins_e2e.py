@@ -1,6 +1,7 @@
 """`mlink links` on a live, retraining worker: a pinned version is planned from whatever newer
 versions the trainer saves, pruning keeps it, unpinning follows the newest again, and
-`--rollback` pins the version before the one in force. Real worker, real broker."""
+`--rollback` pins the version before the one in force, and a pin on a version the store
+deleted before the trainer heard of the pin ends by itself. Real worker, real broker."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mlink.deploy.cli import app
-from mlink.deploy.runner import read_control
+from mlink.deploy.link_pins import pin_message
+from mlink.deploy.runner import publish_control, read_control
 from mlink.deploy.source import FrameProducer
 from mlink.linkstore.store import LinkStore
 from tests.test_pipeline_e2e import one_worker, send_frames, wait_results, wait_until
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.broker
 
 
 def test_a_pinned_version_holds_through_retrains_until_unpinned(broker, tmp_path) -> None:
-    path, config = retraining_config(tmp_path, "pins")
+    path, config = retraining_config(tmp_path, "pins", relearn_after_s=6.0)
     names = config.topics.names()
     store = LinkStore(config.links.store)
     worker, collector = one_worker(broker.bootstrap, path, config, tmp_path)
@@ -68,6 +70,14 @@ def test_a_pinned_version_holds_through_retrains_until_unpinned(broker, tmp_path
             wait_until("the newest again", lambda: in_force() == (newest, None), 60, worker)
             assert "pinned v1" in mlink("links", "--rollback")  # v1 is the one before it
             wait_until("the rollback", lambda: in_force() == (1, 1), 60, worker)
+            # the race `mlink links --pin` cannot rule out: it checked the store, then the
+            # trainer pruned the version before it heard of the pin
+            gone = max(set(range(2, newest)) - {v.version for v in store.versions()})
+            publish_control(broker.bootstrap, config, pin_message(gone, True))
+            wait_until("the lost pin ends", lambda: in_force() == (newest, None), 90, worker)
+            status = json.loads(mlink("status", "--json"))
+            assert f"pinned version {gone}" in status["pin_ended"], status
+            assert "pin ended" in mlink("status")
             sent += send_frames(producer, ["cam-a", "cam-b"], range(1000, 1002))
         wait_results(collector, set(sent), 90, [worker])
     finally:

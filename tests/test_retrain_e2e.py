@@ -25,9 +25,9 @@ from tests.test_pipeline_e2e import (
 pytestmark = pytest.mark.broker
 
 
-def retraining_config(tmp_path, name: str) -> tuple[Path, PipelineConfig]:
+def retraining_config(tmp_path, name: str, **links: object) -> tuple[Path, PipelineConfig]:
     """A config whose worker retrains every 3 probe frames and keeps 1 version (and the ones
-    in force and pinned)."""
+    in force and pinned); ``links``: more link settings."""
     return write_config(
         tmp_path,
         name,
@@ -35,7 +35,7 @@ def retraining_config(tmp_path, name: str) -> tuple[Path, PipelineConfig]:
         partitions=1,
         warmup_frames=8,
         output_timeout_s=5.0,
-        links={"retrain_every": 3, "keep_versions": 1, "probe_every": 2, "epochs": 5},
+        links={"retrain_every": 3, "keep_versions": 1, "probe_every": 2, "epochs": 5, **links},
     )
 
 

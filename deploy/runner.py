@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,11 @@ class ResultCollector:
                     else:
                         self.results[result.frame_id] = result
                         self.received_at[result.frame_id] = now
+
+    def duplicates_of(self, frame_ids: Iterable[str]) -> int:
+        """Repeated results of these frames: a run's own duplicates, not the repeats of
+        frames some other producer sent to the same topic (those are no result of its)."""
+        return sum(self.duplicate_ids[f] for f in set(frame_ids))
 
     def wait_for(self, frame_ids: set[str], timeout: float, progress: Any = None) -> bool:
         deadline = time.monotonic() + timeout
@@ -217,7 +222,7 @@ class RunReport:
     results: dict[str, FrameResult]
     received_at: dict[str, float]
     seconds: float
-    duplicates: int = 0
+    duplicates: int = 0  # repeated results of the frames this run sent
     workers_ready_s: list[float] = field(default_factory=list)
     worker_restarts: int = 0
     control: list[ControlMessage] = field(default_factory=list)  # the control log at the end
@@ -307,7 +312,7 @@ def run_pipeline(
                 dict(collector.results),
                 dict(collector.received_at),
                 seconds,
-                collector.duplicates,
+                collector.duplicates_of(ids),
                 ready,
                 supervisor.restarts,
                 control,

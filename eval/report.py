@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import RunReport
 from mlink.eval.cost_tables import model_cost_table, reference_ms
 from mlink.eval.live_forecasts import forecasts_in_force
+from mlink.eval.plan_notes import plan_notes
 from mlink.eval.synthesis_costs import SynthesisCosts, schedules_by_epoch, stored_synthesis_costs
 from mlink.eval.workload import Workload
 from mlink.linkstore.metrics import agreement
@@ -108,6 +109,9 @@ class RunSummary:
     # degraded results of frames that never got a plan (epoch 0, no probe): neither warm-up nor
     # steady
     unplanned_frames: int = 0
+    # what the controller said about its plans: infeasible budgets, re-plans, unmet targets
+    # (mlink.eval.plan_notes)
+    plan_notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -340,6 +344,7 @@ def summarize(
             if forecast and set(forecast) <= set(forecasts.content)
             else None
         ),
+        plan_notes=plan_notes(report.control),
     )
 
 

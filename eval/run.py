@@ -8,12 +8,14 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mlink.deploy.runner import RunReport, require_sendable_source, run_pipeline
 from mlink.deploy.source import iter_source
 from mlink.deploy.status_view import percent
 from mlink.eval.config_workload import config_models
 from mlink.eval.outputs import collect_workload
+from mlink.eval.plan_notes import plan_notes
 from mlink.eval.report import frame_ids, summarize, wire_frames
 from mlink.eval.workload import Workload
 
@@ -84,6 +86,7 @@ def uncompared_summary(report: RunReport) -> dict[str, Any]:
         "degraded": sum(r.degraded for r in report.results.values()),
         "duplicates": report.duplicates,
         "status": status,
+        "plan_notes": plan_notes(report.control),
     }
 
 
@@ -137,6 +140,8 @@ def print_summary(summary: dict, console: Console) -> None:
         )
         + ")"
     )
+    for note in summary.get("plan_notes") or ():
+        console.print(Text(note, style="yellow"))  # reasons quote model names: no markup
     if "compute_saved" not in summary:
         return
     s = summary

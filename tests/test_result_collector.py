@@ -41,6 +41,7 @@ def test_a_run_reads_only_the_results_written_after_it_started(broker, topic_fac
             ids = {f"cam:{seq}" for seq in range(3)}
             assert new.wait_for(ids, 30) and everything.wait_for(ids, 30)
             assert wait_until(lambda: everything.duplicates == 3, 30)
+            assert everything.duplicates_of(["cam:0", "cam:0", "cam:9"]) == 1  # cam:9 not sent
             assert {r.emitted_at for r in new.results.values()} == {2.0}  # this run's
             assert new.duplicates == 0
             assert {r.emitted_at for r in everything.results.values()} == {1.0}  # the old ones

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlink.linkstore.budget import resolve_budget
+from mlink.linkstore.crossfit import MIN_TRAIN
 from mlink.linkstore.schedule import MAX_PROBE_EVERY
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.model_settings import IsolationSettings, ModelFactory
@@ -244,7 +245,9 @@ class LinksConfig(StrictSection):
 
     store: str = Field("linkstore-data", description="linkstore directory (shared by workers)")
     warmup_frames: int = Field(
-        60, ge=4, description="frames on which every model runs before the first links"
+        60,
+        ge=MIN_TRAIN,  # the first links are cross-fitted: two folds of 4 frames
+        description="frames on which every model runs before the first links",
     )
     probe_every: int = Field(
         20,

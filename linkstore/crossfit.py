@@ -47,6 +47,8 @@ from mlink.linkstore.training import TrainConfig
 from mlink.topics.specs import BoxesSpec, OutputSpec, SequenceSpec, encode_batch
 
 __all__ = [
+    "MIN_FIT",
+    "MIN_TRAIN",
     "SCHEMES",
     "CrossFit",
     "MixedOracle",
@@ -57,12 +59,14 @@ __all__ = [
     "cross_fit",
     "fit_and_score",
     "oracle_from_bundle",
+    "trainable_folds",
 ]
 
 Scheme = Literal["mixed", "crossfit", "streams", "holdout", "validation"]
 SCHEMES: tuple[str, ...] = ("mixed", "crossfit", "streams", "holdout", "validation")
 #: Fewest samples a fold's link set may train on (LinkSet.train then still has a validation row).
 MIN_FIT = 4
+MIN_TRAIN = 2 * MIN_FIT  # the fewest samples every cross-fit can train on (two folds of 4)
 
 
 class TooFewSamples(ValueError):
@@ -217,6 +221,20 @@ def contiguous_folds(n: int, folds: int, groups: Sequence[Any] | None = None) ->
     return fold
 
 
+def trainable_folds(n: int, folds: int, groups: Sequence[Any] | None = None) -> np.ndarray:
+    """:func:`contiguous_folds`, with fewer folds, or blocks of the pooled samples, when some
+    fold would leave fewer than :data:`MIN_FIT` samples to train on. A short warm-up over
+    several cameras puts each camera's first frame in fold 0: 3 cameras of 2 frames leave 3.
+    Any :data:`MIN_TRAIN` samples have an assignment that works (two blocks of 4); below that,
+    the requested one, and the training says why it cannot."""
+    for k in range(folds, 1, -1):
+        for by in (groups, None):
+            fold = contiguous_folds(n, k, by)
+            if n - np.bincount(fold).max() >= MIN_FIT:
+                return fold
+    return contiguous_folds(n, folds, groups)
+
+
 def group_folds(n: int, groups: Sequence[Any] | None) -> np.ndarray:
     """Fold id per sample: one fold per group (stream)."""
     fold = np.empty(n, dtype=np.int64)
@@ -333,7 +351,7 @@ def fit_and_score(
         # joined the warm-up, or a short stream): cross-fit within the streams only
         scheme = "crossfit"
     if scheme in ("crossfit", "mixed"):
-        within = contiguous_folds(n, folds, groups)
+        within = trainable_folds(n, folds, groups)
         across = [group_folds(n, groups)] if scheme == "mixed" else []
         return cross_fit(
             specs, outputs, config, ensemble, fold_of=within, also=across, weights=weights

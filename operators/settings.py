@@ -17,6 +17,7 @@ from typing import Any, Final, Literal
 
 from torch import nn
 
+from mlink.linkstore.crossfit import MIN_FIT, MIN_TRAIN
 from mlink.linkstore.schedule import MAX_PROBE_EVERY
 from mlink.linkstore.training import TrainConfig
 from mlink.operators.model_settings import (
@@ -181,8 +182,11 @@ class LinkSettings:
     relearn_after_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.warmup_frames < 4:
-            raise SettingsError("LinkSettings.warmup_frames must be >= 4")
+        if self.warmup_frames < MIN_TRAIN:
+            raise SettingsError(
+                f"LinkSettings.warmup_frames must be >= {MIN_TRAIN}: the first links are "
+                f"cross-fitted, and each of two folds needs {MIN_FIT} frames to train on"
+            )
         if self.relearn_after_s < 0:
             raise SettingsError("LinkSettings.relearn_after_s must be >= 0 (0: never relearn)")
         if self.hold_s < 0:

@@ -195,6 +195,17 @@ def test_probe_settings_past_what_a_schedule_may_carry_are_named() -> None:
         LinkSettings(probe_every=20_000)
 
 
+def test_a_warm_up_too_short_to_cross_fit_is_refused_with_why() -> None:
+    """4 frames were accepted, and the first training then failed on every worker."""
+    data = _valid()
+    data["links"] = {"warmup_frames": 7}
+    assert _names_key(_error(data), "links.warmup_frames", "greater than or equal to 8")
+    with pytest.raises(SettingsError, match="must be >= 8: the first links are cross-fitted"):
+        LinkSettings(warmup_frames=7)
+    data["links"] = {"warmup_frames": 8}
+    assert parse_config(data).operator_settings().links.warmup_frames == 8
+
+
 def test_how_often_probes_are_reported_is_a_links_setting() -> None:
     assert parse_config(_valid()).operator_settings().live_report_every == 5
     data = _valid()

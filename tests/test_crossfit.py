@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from mlink.linkstore.crossfit import (
+    MIN_FIT,
+    MIN_TRAIN,
     MixedOracle,
     PooledOracle,
     contiguous_folds,
     cross_fit,
     fit_and_score,
     oracle_from_bundle,
+    trainable_folds,
 )
 from mlink.linkstore.training import TrainConfig
 from mlink.topics.specs import BoxesSpec, VectorSpec
@@ -136,6 +139,25 @@ def test_mixed_scheme_cross_fits_within_streams_when_a_stream_fold_leaves_too_fe
     groups = ["a"] * 18 + ["b"] * 2
     fit = fit_and_score(SPECS, outputs(20), FAST, groups=groups)
     assert fit.scheme == "crossfit"
+
+
+@pytest.mark.parametrize("cameras", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("n", range(MIN_TRAIN, MIN_TRAIN + 5))
+def test_every_warm_up_the_settings_allow_has_folds_that_train(n: int, cameras: int) -> None:
+    """The live trainer's first links from a short warm-up over several cameras: each camera's
+    first frame fell in fold 0, and 6 frames of 3 cameras left 3 to train on (a traceback,
+    retried on the next frames). `LinkSettings.warmup_frames` starts at MIN_TRAIN."""
+    groups = [f"cam{i % cameras}" for i in range(n)]
+    for folds in (2, 3, 5):
+        fold = trainable_folds(n, folds, groups)
+        assert n - np.bincount(fold).max() >= MIN_FIT, (n, cameras, folds, fold)
+
+
+def test_a_short_warm_up_over_three_cameras_trains() -> None:
+    groups = ["a", "b", "c"] * 2
+    with pytest.raises(ValueError, match="leaves 3 samples"):  # the folds it had before
+        cross_fit(SPECS, outputs(6), FAST, fold_of=contiguous_folds(6, 5, groups))
+    assert fit_and_score(SPECS, outputs(6), FAST, scheme="crossfit", groups=groups).oracle
 
 
 def test_a_balanced_oracle_weighs_every_stream_alike():

@@ -33,7 +33,7 @@ def test_failed_warmup_frames_do_not_count_towards_the_warmup(tmp_path) -> None:
         return mean(frame)
 
     models = [Model(name="mean", fn=mean, spec=UNIT), Model(name="flaky", fn=flaky, spec=UNIT)]
-    links = LinkSettings(store=str(tmp_path), warmup_frames=4, hold_s=0)
+    links = LinkSettings(store=str(tmp_path), warmup_frames=8, hold_s=0)
     mlink = MLink(Settings(name="w", budget={"fraction": 0.5}, links=links), models)
     dead = DeadLetters(lambda key, value: None, Counter())
     batch = FrameBatch(mlink, dead, app=None, topics={"f"})

@@ -18,6 +18,7 @@ import numpy as np
 
 from mlink.linkstore.schedule import Schedule
 from mlink.operators.joiner import Executed
+from mlink.operators.model_errors import failure_kind
 from mlink.operators.runtime import MLink
 
 __all__ = ["run_cascades", "run_planned"]
@@ -52,7 +53,8 @@ async def run_planned(
                 cpu_s = None if r.cpu_ms is None else r.cpu_ms / 1000.0
                 mlink.prom.model_call(model, (r.elapsed_ms or 0.0) / 1000.0, cpu_s)
             else:
-                mlink.prom.model_failure(model, "timeout" if "timed out" in r.error else "error")
+                timeout = failure_kind(r.error) == "timeout"
+                mlink.prom.model_failure(model, "timeout" if timeout else "error")
         if failed:
             mlink.metrics[f"failed:{model}"] += failed
             first = next(r.error for r in results if r.error is not None)

@@ -35,6 +35,7 @@ import numpy as np
 
 from mlink.operators.health import HealthReport, ModelHealth
 from mlink.operators.isolation import ProcessExecutor
+from mlink.operators.model_errors import stuck_error, timeout_error
 from mlink.operators.model_runner import ModelRunner, RunOutcome, describe_exception, model_calls
 from mlink.operators.model_settings import ExecutorSettings, ModelFactory
 from mlink.topics.specs import OutputSpec
@@ -218,10 +219,7 @@ class ThreadExecutor:
                 time.monotonic() - self._stuck_since,
             )
             return None
-        error = (
-            f"model {self.name} is stuck in a call that timed out "
-            f"{time.monotonic() - self._stuck_since:.1f} s ago; failing fast until it returns"
-        )
+        error = stuck_error(self.name, time.monotonic() - self._stuck_since)
         self._health.failure("unavailable", error, n)
         return [RunOutcome(None, 0.0, error) for _ in range(n)]
 
@@ -230,7 +228,7 @@ class ThreadExecutor:
         return self.settings.timeout_s * model_calls(frames, self.runner.batch)
 
     def _abandon(self, future: Future[Any], n: int, timeout: float) -> list[RunOutcome]:
-        error = f"model {self.name} timed out after {timeout:.1f} s"
+        error = timeout_error(self.name, timeout)
         self._stuck, self._stuck_since = future, time.monotonic()
         self._health.failure("timeout", error, n)
         log.warning("%s; its thread is abandoned until the call returns", error)

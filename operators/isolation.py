@@ -26,6 +26,7 @@ import numpy as np
 
 from mlink.operators.child_supervisor import ChildSupervisor, Slot, describe_exit
 from mlink.operators.health import HealthReport, ModelHealth
+from mlink.operators.model_errors import timeout_error
 from mlink.operators.model_process import send_frames
 from mlink.operators.model_runner import RunOutcome, model_calls
 from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
@@ -164,7 +165,7 @@ class ProcessExecutor:
         try:
             send_frames(conn, call_id, frames, slot.shared)
             if not conn.poll(timeout):
-                error = f"model {self.name} timed out after {timeout:.1f} s"
+                error = timeout_error(self.name, timeout)
                 self._children.dead(
                     slot, f"killed: a call timed out after {timeout:.1f} s", "timeout"
                 )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlink.linkstore.linkset import LinkSet
+from mlink.operators.model_errors import NO_OUTPUT
 from mlink.topics.ids import clip_text
 from mlink.topics.records import FrameResult, ModelOutput, ModelResult, Plan, PlanNotice
 
@@ -148,7 +149,7 @@ def _result(
         failed = outcome if outcome is not None and model not in executed else None
         error = None
         if model in expected and model not in executed:
-            error = outcome.error if outcome is not None else work.missing_reason or "no output"
+            error = outcome.error if outcome is not None else work.missing_reason or NO_OUTPUT
         elif broken is not None and model not in executed and model not in synthesized:
             error = f"link version {version} unusable: {broken}"
         # Every part was validated (outputs against their specs, ids and plans by their

@@ -9,6 +9,7 @@ import time
 
 from mlink.linkstore.schedule import Schedule
 from mlink.operators.joiner import FrameWork, build_results
+from mlink.operators.model_errors import failure_kind
 from mlink.operators.runtime import MLink
 from mlink.operators.stream_synthesis import synthesize_streams
 from mlink.topics.records import FrameResult
@@ -29,22 +30,11 @@ def record_result(mlink: MLink, result: FrameResult) -> None:
         if r.status == "synthesized":
             mlink.prom.synthesized_output(r.model)
         if r.error is not None and reason is None:
-            reason = _degraded_reason(r.error)
+            reason = failure_kind(r.error)
     latency = time.time() - result.timestamp if result.timestamp is not None else None
     mlink.prom.result(degraded_reason=reason if result.degraded else None, latency_s=latency)
     if (forecast := mlink.content.add(result)) is not None:
         mlink.prom.content_forecast(forecast)
-
-
-def _degraded_reason(error: str) -> str:
-    """The ``reason`` label of ``mlink_degraded_total`` for a model's error: ``timeout``,
-    ``links`` (no model failed: the link version could not be used, or synthesis failed) or
-    ``model_error``."""
-    if "timed out" in error or "no output" in error:
-        return "timeout"
-    if error.startswith(("link version ", "synthesis failed")):
-        return "links"
-    return "model_error"
 
 
 def frame_results(

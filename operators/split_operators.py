@@ -31,6 +31,7 @@ import numpy as np
 from mlink.operators.dispatch import run_planned
 from mlink.operators.frame_operator import FrameReader, read_frame_record
 from mlink.operators.joiner import FrameWork, JoinBuffer, is_training_sample
+from mlink.operators.model_errors import NO_OUTPUT
 from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
@@ -169,7 +170,7 @@ def attach_model_operator(
 
     async def send(frame: Frame, done: dict[str, Any], error: str | None) -> None:
         for model, outcome in done.items():
-            failed = error or (outcome.error if outcome is not None else "no output")
+            failed = error or (outcome.error if outcome is not None else NO_OUTPUT)
             output = outcome.output if outcome is not None and outcome.output is not None else None
             record = ModelOutput(
                 frame_id=frame.frame_id,
@@ -230,7 +231,7 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
         works = []
         for frame_id in frame_ids:
             pending = joins.frames[frame_id]
-            reason = f"no output within {settings.output_timeout_s:g} s" if timed_out else None
+            reason = f"{NO_OUTPUT} within {settings.output_timeout_s:g} s" if timed_out else None
             works.append(pending.work(reason))
         epochs: dict[int, list[FrameWork]] = {}
         for work in sorted(works, key=lambda w: (w.stream_id, w.seq)):

@@ -12,6 +12,7 @@ import pytest
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.joiner import Executed, FrameWork, build_results
 from mlink.operators.metrics import WorkerMetrics
+from mlink.operators.model_errors import NO_OUTPUT, failure_kind, stuck_error, timeout_error
 from mlink.operators.results import record_result
 from mlink.operators.state import Plan
 
@@ -45,3 +46,20 @@ def test_each_cause_of_a_degraded_result_has_its_label(outcomes, missing_reason,
     plan = Plan(epoch=1, active=active, probe=False, link_version=3)
     work = FrameWork("cam:0", "cam", 0, None, plan, outcomes, missing_reason=missing_reason)
     assert degraded_reasons(work, unusable) == {reason: 1.0}
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (timeout_error("a", 2.0), "timeout"),
+        (stuck_error("a", 7.5), "timeout"),
+        (f"{NO_OUTPUT} within 5 s", "timeout"),
+        ("link version 3 cannot be used: sha256 mismatch", "links"),
+        ("synthesis failed: KeyError", "links"),
+        ("model a raised ValueError: bad", "model_error"),
+    ],
+)
+def test_every_failure_text_the_operators_write_has_the_kind_its_metrics_name(error, kind):
+    """The executors write a timeout's text and the metrics read it back: one module holds
+    both, so a reworded message cannot turn timeouts into model errors."""
+    assert failure_kind(error) == kind

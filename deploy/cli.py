@@ -148,6 +148,21 @@ app.command("bench")(eval_bench)
 
 
 @app.command()
+def check(
+    config_path: ConfigArg,
+    frames: Annotated[int, typer.Option(help="source frames to call every model on", min=1)] = 3,
+) -> None:
+    """Will this config work? Load it, build every model and call it on the source's first
+    frames, time the calls and judge the budget on them; no broker. Exit 2 names what to fix."""
+    from mlink.eval.config_check import check_config, render_check
+
+    report = check_config(_config(config_path), frames)
+    render_check(report, console)
+    if report.problems:
+        raise typer.Exit(2)
+
+
+@app.command()
 def worker(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
     """Run one faust worker process of the pipeline (start more to scale out)."""
     config = _config(config_path, broker)

@@ -54,6 +54,8 @@ __all__ = [
     "collect_workload",
     "default_model_key",
     "frames_digest",
+    "timed_output",
+    "warm_up",
 ]
 
 Model = Callable[[np.ndarray], Any]
@@ -77,27 +79,31 @@ class ModelRunError(ValueError):
 class OutputValidationError(ModelRunError):
     """A model's output on one frame does not match its spec; nothing is cached for that model."""
 
-    def __init__(self, model: str, index: int, stream: str, detail: str) -> None:
+    def __init__(
+        self, model: str, index: int, stream: str, detail: str, *, hint: str | None = None
+    ) -> None:
         self.model = model
         self.index = index
         self.stream = stream
         super().__init__(
             f"model {model!r} gave an invalid output on frame {index} (stream {stream!r}): "
-            f"{detail}. Fix the model or its output spec; nothing was cached for {model!r} "
-            f"({REFERENCE_HINT})."
+            f"{detail}. Fix the model or its output spec; "
+            f"{hint or f'nothing was cached for {model!r} ({REFERENCE_HINT})'}."
         )
 
 
 class ModelCallError(ModelRunError):
     """A model raised on one frame of the reference run; nothing is cached for that model."""
 
-    def __init__(self, model: str, index: int | None, exc: BaseException) -> None:
+    def __init__(
+        self, model: str, index: int | None, exc: BaseException, *, hint: str | None = None
+    ) -> None:
         self.model = model
         self.index = index  # None: the untimed memory probe on the source's largest frame
         where = "the largest frame" if index is None else f"frame {index}"
         super().__init__(
-            f"model {model!r} raised {type(exc).__name__}: {exc} on {where}; nothing was "
-            f"cached for {model!r} ({REFERENCE_HINT})."
+            f"model {model!r} raised {type(exc).__name__}: {exc} on {where}; "
+            f"{hint or f'nothing was cached for {model!r} ({REFERENCE_HINT})'}."
         )
 
 
@@ -292,14 +298,9 @@ def _compute(
                 hasher.add(frame)
                 for m, (fn, spec) in models.items():
                     if index == 0:
-                        _call(fn, frame, m, index)  # untimed warm-up: one-off lazy set-up
-                    start = time.perf_counter()
-                    out = _call(fn, frame, m, index)
-                    times[m][index] = (time.perf_counter() - start) * 1000.0
-                    try:
-                        outputs[m].append(spec.validate(out, model=m))
-                    except SpecError as exc:
-                        raise OutputValidationError(m, index, stream, str(exc)) from exc
+                        warm_up(fn, frame, m)
+                    out, times[m][index] = timed_output(fn, spec, frame, m, index, stream)
+                    outputs[m].append(out)
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -322,11 +323,38 @@ def cost_source(measured_at: Iterable[float]) -> str:
     return f"measured (mean ms per call, one thread, when the outputs were computed: {when})"
 
 
-def _call(fn: Model, frame: np.ndarray, model: str, index: int) -> Any:
+def timed_output(
+    fn: Model,
+    spec: OutputSpec,
+    frame: np.ndarray,
+    model: str,
+    index: int,
+    stream: str,
+    hint: str | None = None,
+) -> tuple[np.ndarray, float]:
+    """One call of ``model`` on frame ``index``, validated against its spec, with the wall time
+    of the call alone in ms. The one place a reference output is checked, so ``mlink check``
+    fails a model with the very error the reference run would (``hint`` ends its message in
+    place of what the reference run did not cache)."""
+    start = time.perf_counter()
+    out = _call(fn, frame, model, index, hint)
+    ms = (time.perf_counter() - start) * 1000.0
+    try:
+        return spec.validate(out, model=model), ms
+    except SpecError as exc:
+        raise OutputValidationError(model, index, stream, str(exc), hint=hint) from exc
+
+
+def warm_up(fn: Model, frame: np.ndarray, model: str, hint: str | None = None) -> None:
+    """The untimed first call on frame 0 that absorbs a model's one-off lazy set-up."""
+    _call(fn, frame, model, 0, hint)
+
+
+def _call(fn: Model, frame: np.ndarray, model: str, index: int, hint: str | None = None) -> Any:
     try:
         return fn(frame)
     except Exception as exc:
-        raise ModelCallError(model, index, exc) from exc
+        raise ModelCallError(model, index, exc, hint=hint) from exc
 
 
 def _memory(fn: Model, largest: np.ndarray, model: str) -> float:

@@ -9,49 +9,22 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from mlink.eval.bench_cli import bench as eval_bench
-
-app = typer.Typer(
-    help="MLink-stream: run many black-box models cheaper by synthesizing some through links.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-    rich_markup_mode="markdown",  # docstrings wrap lines; markdown joins them, rich keeps them
+from mlink.deploy.cli_common import (
+    BrokerOpt,
+    ConfigArg,
+    app,
+    console,
+    load_cli_config,
+    need_broker,
 )
-console = Console()
-
-ConfigArg = Annotated[Path, typer.Argument(help="pipeline config (YAML)", exists=True)]
-BrokerOpt = Annotated[
-    str | None, typer.Option("--broker", help="bootstrap host:port (overrides the config)")
-]
-
-
-def _config(path: Path, broker: str | None = None):
-    from mlink.deploy.config import ConfigError, load_config, with_broker
-
-    try:
-        config = load_config(path)
-        return with_broker(config, broker) if broker else config
-    except ConfigError as exc:
-        console.print(Text(str(exc), style="red"))
-        raise typer.Exit(2) from None
-
-
-def _need_broker(config) -> str:
-    if not config.broker:
-        console.print(
-            "[red]no broker: pass --broker host:port, set MLINK_BROKER, or `broker:` in the "
-            "config (`mlink broker` starts an embedded one)[/red]"
-        )
-        raise typer.Exit(2)
-    return config.broker
+from mlink.deploy.cli_operate import budget, links, resign, status, tail
+from mlink.eval.bench_cli import bench as eval_bench
 
 
 @app.command()
@@ -130,7 +103,7 @@ def run(
     source; print what it saved and kept."""
     from mlink.eval.run import json_safe, print_summary, run_and_summarize
 
-    config = _config(config_path, broker)
+    config = load_cli_config(config_path, broker)
     if rate is not None:  # 0: the whole source at once, as a topic looks after downtime
         source = config.source.model_copy(update={"rate": rate or None})
         config = config.model_copy(update={"source": source})
@@ -156,7 +129,7 @@ def check(
     frames, time the calls and judge the budget on them; no broker. Exit 2 names what to fix."""
     from mlink.eval.config_check import check_config, render_check
 
-    report = check_config(_config(config_path), frames)
+    report = check_config(load_cli_config(config_path), frames)
     render_check(report, console)
     if report.problems:
         raise typer.Exit(2)
@@ -165,8 +138,8 @@ def check(
 @app.command()
 def worker(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
     """Run one faust worker process of the pipeline (start more to scale out)."""
-    config = _config(config_path, broker)
-    bootstrap = _need_broker(config)
+    config = load_cli_config(config_path, broker)
+    bootstrap = need_broker(config)
     os.environ["MLINK_CONFIG"] = str(config_path.resolve())
     os.environ["MLINK_BROKER"] = bootstrap
     from mlink.deploy.processes import worker_argv
@@ -186,193 +159,14 @@ def produce(
     from mlink.deploy.source import produce_source
     from mlink.deploy.topics_setup import create_pipeline_topics
 
-    config = _config(config_path, broker)
-    create_pipeline_topics(config, _need_broker(config))
+    config = load_cli_config(config_path, broker)
+    create_pipeline_topics(config, need_broker(config))
     count = produce_source(config, limit=limit)
     console.print(f"produced {count} frames to {config.topics.names().frames}")
 
 
-@app.command()
-def tail(
-    config_path: ConfigArg,
-    broker: BrokerOpt = None,
-    count: Annotated[int | None, typer.Option(help="stop after this many results")] = None,
-    from_beginning: Annotated[
-        bool,
-        typer.Option("--from-beginning", help="replay the results topic from its start"),
-    ] = False,
-) -> None:
-    """Print results as they arrive, one line per frame (new ones only, like tail -f, unless
-    --from-beginning). Ctrl-C stops."""
-    from mlink.deploy.tail import ResultTail, result_line
-
-    config = _config(config_path, broker)
-    follower = ResultTail(
-        _need_broker(config),
-        config.topics.names().results,
-        from_beginning=from_beginning,
-        client=config.consumer_kwargs(),
-    )
-    shown = 0
-    try:
-        for result in follower.follow():
-            console.print(Text(result_line(result)))  # ids are data: no markup, no emoji
-            shown += 1
-            if count is not None and shown >= count:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        follower.close()
-
-
-@app.command()
-def status(
-    config_path: ConfigArg,
-    broker: BrokerOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print every field as JSON")] = False,
-) -> None:
-    """Each model's plan, predicted and live agreement, link versions and consumer lag of a
-    running pipeline."""
-    from mlink.deploy.pipeline_status import status as pipeline_status
-    from mlink.deploy.status_view import render_status
-
-    config = _config(config_path, broker)
-    report = pipeline_status(_need_broker(config), config)
-    if as_json:
-        print(json.dumps(report, default=str))
-    else:
-        render_status(report, console)
-
-
-@app.command()
-def budget(
-    config_path: ConfigArg,
-    broker: BrokerOpt = None,
-    ms: Annotated[float | None, typer.Option(help="per-frame compute budget")] = None,
-    memory_mb: Annotated[float | None, typer.Option("--memory-mb", help="memory budget")] = None,
-    fraction: Annotated[
-        float | None, typer.Option(help="ms budget as a share of running every model")
-    ] = None,
-    target: Annotated[
-        float | None,
-        typer.Option(help="accuracy target: the cheapest plan whose models all reach it"),
-    ] = None,
-    target_for: Annotated[
-        list[str] | None,
-        typer.Option("--target-for", help="a per-model target, MODEL=VALUE (repeatable)"),
-    ] = None,
-) -> None:
-    """Change the budget of a running pipeline; workers switch without a restart."""
-    from mlink.deploy.runner import set_budget
-    from mlink.linkstore.streamplan import agreement_targets
-    from mlink.linkstore.targets import target_count_problem
-    from mlink.topics.control import TARGET_PREFIX, budget_problem
-
-    config = _config(config_path, broker)
-    limits = {
-        k: v
-        for k, v in (
-            ("ms", ms),
-            ("memory_mb", memory_mb),
-            ("fraction", fraction),
-            ("target_agreement", target),
-        )
-        if v is not None  # a 0 is a value to refuse with its reason, not an option left out
-    }
-    for item in target_for or ():
-        model, _, value = item.partition("=")
-        if value and model not in config.model_names:
-            raise typer.BadParameter(
-                f"--target-for {item!r}: no model {model!r}; the config's models are "
-                f"{', '.join(config.model_names)}"
-            )
-        try:
-            limits[f"{TARGET_PREFIX}{model}"] = float(value)
-        except ValueError:
-            raise typer.BadParameter(
-                f"--target-for {item!r}: give MODEL=VALUE, e.g. eyes=0.9"
-            ) from None
-    problem = budget_problem(limits, config.model_names) or target_count_problem(
-        bool(agreement_targets(limits, config.model_names)), len(config.model_names)
-    )
-    if problem or not limits:
-        raise typer.BadParameter(problem or "give at least one of the budget options")
-    set_budget(_need_broker(config), config, limits)
-    console.print(f"budget {limits} published to {config.topics.names().control}")
-
-
-@app.command()
-def links(
-    config_path: ConfigArg,
-    broker: BrokerOpt = None,
-    pin: Annotated[
-        int | None, typer.Option(help="plan from this version until --unpin", min=1)
-    ] = None,
-    rollback: Annotated[
-        bool, typer.Option("--rollback", help="pin the newest version older than the one in force")
-    ] = False,
-    unpin: Annotated[
-        bool, typer.Option("--unpin", help="plan from the newest version again")
-    ] = False,
-) -> None:
-    """The link versions in the store and which one is in force; pin one (or roll back) when
-    a retrain made things worse, without a restart."""
-    from mlink.deploy.link_pins import (
-        PinError,
-        existing_store,
-        link_rows,
-        pin_links,
-        unpin_links,
-    )
-    from mlink.deploy.runner import read_control
-    from mlink.deploy.status_view import render_links
-
-    config = _config(config_path, broker)
-    if sum((pin is not None, rollback, unpin)) > 1:
-        raise typer.BadParameter("give one of --pin, --rollback and --unpin")
-    bootstrap = _need_broker(config)
-    try:
-        if unpin:
-            was = unpin_links(bootstrap, config)
-            console.print(
-                "links were not pinned" if was is None else f"unpinned v{was}: planning from "
-                "the newest version again"
-            )  # fmt: skip
-            return
-        if pin is not None or rollback:
-            version = pin_links(bootstrap, config, pin)
-            console.print(f"pinned v{version}: the controller plans from it until --unpin")
-            return
-        store = existing_store(config.links.store)
-    except PinError as exc:
-        console.print(Text(str(exc), style="red"))
-        raise typer.Exit(2) from None
-    state, _ = read_control(bootstrap, config)
-    rows = link_rows(state, store)
-    if not rows:
-        console.print(f"the link store {store.root} holds no versions yet")
-    else:
-        render_links(rows, console)
-
-
-@app.command()
-def resign(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
-    """Publish the control state in force again, signed with the first key of
-    MLINK_SIGNING_KEY: run it after deploying `new,old` and before deploying `new`, so that
-    workers that restart later still find the plan, the links and the budget."""
-    from mlink.deploy.key_rotation import restate_control
-
-    config = _config(config_path, broker)
-    try:
-        messages = restate_control(_need_broker(config), config)
-    except ValueError as exc:
-        console.print(Text(str(exc), style="red"))
-        raise typer.Exit(2) from None
-    for message in messages:
-        console.print(f"restated {message.kind} (epoch {message.epoch})")
-    if not messages:
-        console.print("nothing to restate: the control topic holds no plan, links or budget")
+for command in (tail, status, budget, links, resign):  # a running pipeline's (cli_operate)
+    app.command()(command)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

@@ -1,0 +1,192 @@
+"""``mlink`` commands on a running pipeline: follow its results, read its status, change its
+budget, pin its links, restate its control log. Registered on the app by :mod:`mlink.deploy.cli`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from mlink.deploy.cli_common import BrokerOpt, ConfigArg, console, load_cli_config, need_broker
+
+__all__ = ["budget", "links", "resign", "status", "tail"]
+
+
+def tail(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    count: Annotated[int | None, typer.Option(help="stop after this many results")] = None,
+    from_beginning: Annotated[
+        bool,
+        typer.Option("--from-beginning", help="replay the results topic from its start"),
+    ] = False,
+) -> None:
+    """Print results as they arrive, one line per frame (new ones only, like tail -f, unless
+    --from-beginning). Ctrl-C stops."""
+    from mlink.deploy.tail import ResultTail, result_line
+
+    config = load_cli_config(config_path, broker)
+    follower = ResultTail(
+        need_broker(config),
+        config.topics.names().results,
+        from_beginning=from_beginning,
+        client=config.consumer_kwargs(),
+    )
+    shown = 0
+    try:
+        for result in follower.follow():
+            console.print(Text(result_line(result)))  # ids are data: no markup, no emoji
+            shown += 1
+            if count is not None and shown >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        follower.close()
+
+
+def status(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print every field as JSON")] = False,
+) -> None:
+    """Each model's plan, predicted and live agreement, link versions and consumer lag of a
+    running pipeline."""
+    from mlink.deploy.pipeline_status import status as pipeline_status
+    from mlink.deploy.status_view import render_status
+
+    config = load_cli_config(config_path, broker)
+    report = pipeline_status(need_broker(config), config)
+    if as_json:
+        print(json.dumps(report, default=str))
+    else:
+        render_status(report, console)
+
+
+def budget(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    ms: Annotated[float | None, typer.Option(help="per-frame compute budget")] = None,
+    memory_mb: Annotated[float | None, typer.Option("--memory-mb", help="memory budget")] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="ms budget as a share of running every model")
+    ] = None,
+    target: Annotated[
+        float | None,
+        typer.Option(help="accuracy target: the cheapest plan whose models all reach it"),
+    ] = None,
+    target_for: Annotated[
+        list[str] | None,
+        typer.Option("--target-for", help="a per-model target, MODEL=VALUE (repeatable)"),
+    ] = None,
+) -> None:
+    """Change the budget of a running pipeline; workers switch without a restart."""
+    from mlink.deploy.runner import set_budget
+    from mlink.linkstore.streamplan import agreement_targets
+    from mlink.linkstore.targets import target_count_problem
+    from mlink.topics.control import TARGET_PREFIX, budget_problem
+
+    config = load_cli_config(config_path, broker)
+    limits = {
+        k: v
+        for k, v in (
+            ("ms", ms),
+            ("memory_mb", memory_mb),
+            ("fraction", fraction),
+            ("target_agreement", target),
+        )
+        if v is not None  # a 0 is a value to refuse with its reason, not an option left out
+    }
+    for item in target_for or ():
+        model, _, value = item.partition("=")
+        if value and model not in config.model_names:
+            raise typer.BadParameter(
+                f"--target-for {item!r}: no model {model!r}; the config's models are "
+                f"{', '.join(config.model_names)}"
+            )
+        try:
+            limits[f"{TARGET_PREFIX}{model}"] = float(value)
+        except ValueError:
+            raise typer.BadParameter(
+                f"--target-for {item!r}: give MODEL=VALUE, e.g. eyes=0.9"
+            ) from None
+    problem = budget_problem(limits, config.model_names) or target_count_problem(
+        bool(agreement_targets(limits, config.model_names)), len(config.model_names)
+    )
+    if problem or not limits:
+        raise typer.BadParameter(problem or "give at least one of the budget options")
+    set_budget(need_broker(config), config, limits)
+    console.print(f"budget {limits} published to {config.topics.names().control}")
+
+
+def links(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    pin: Annotated[
+        int | None, typer.Option(help="plan from this version until --unpin", min=1)
+    ] = None,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="pin the newest version older than the one in force")
+    ] = False,
+    unpin: Annotated[
+        bool, typer.Option("--unpin", help="plan from the newest version again")
+    ] = False,
+) -> None:
+    """The link versions in the store and which one is in force; pin one (or roll back) when
+    a retrain made things worse, without a restart."""
+    from mlink.deploy.link_pins import (
+        PinError,
+        existing_store,
+        link_rows,
+        pin_links,
+        unpin_links,
+    )
+    from mlink.deploy.runner import read_control
+    from mlink.deploy.status_view import render_links
+
+    config = load_cli_config(config_path, broker)
+    if sum((pin is not None, rollback, unpin)) > 1:
+        raise typer.BadParameter("give one of --pin, --rollback and --unpin")
+    bootstrap = need_broker(config)
+    try:
+        if unpin:
+            was = unpin_links(bootstrap, config)
+            console.print(
+                "links were not pinned" if was is None else f"unpinned v{was}: planning from "
+                "the newest version again"
+            )  # fmt: skip
+            return
+        if pin is not None or rollback:
+            version = pin_links(bootstrap, config, pin)
+            console.print(f"pinned v{version}: the controller plans from it until --unpin")
+            return
+        store = existing_store(config.links.store)
+    except PinError as exc:
+        console.print(Text(str(exc), style="red"))
+        raise typer.Exit(2) from None
+    state, _ = read_control(bootstrap, config)
+    rows = link_rows(state, store)
+    if not rows:
+        console.print(f"the link store {store.root} holds no versions yet")
+    else:
+        render_links(rows, console)
+
+
+def resign(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
+    """Publish the control state in force again, signed with the first key of
+    MLINK_SIGNING_KEY: run it after deploying `new,old` and before deploying `new`, so that
+    workers that restart later still find the plan, the links and the budget."""
+    from mlink.deploy.key_rotation import restate_control
+
+    config = load_cli_config(config_path, broker)
+    try:
+        messages = restate_control(need_broker(config), config)
+    except ValueError as exc:
+        console.print(Text(str(exc), style="red"))
+        raise typer.Exit(2) from None
+    for message in messages:
+        console.print(f"restated {message.kind} (epoch {message.epoch})")
+    if not messages:
+        console.print("nothing to restate: the control topic holds no plan, links or budget")

@@ -142,8 +142,8 @@ class ModelConfig(StrictSection):
         factory = load_object(self.factory)
         if not callable(factory):
             raise ConfigError(f"models[{self.name}].factory {self.factory!r} is not callable")
-        try:  # the callable's own signature: a functools.wraps decorator may take more args
-            inspect.signature(factory, follow_wrapped=False).bind(**self.args)
+        try:
+            _bind_args(factory, self.args)
         except TypeError as exc:  # a misspelt or missing argument: the config's fault
             raise ConfigError(
                 f"models[{self.name}]: factory {self.factory!r} does not take args "
@@ -158,6 +158,17 @@ class ModelConfig(StrictSection):
                 "not a callable mapping a frame to an output"
             )
         return model
+
+
+def _bind_args(factory: Callable[..., Any], args: dict[str, Any]) -> None:
+    """TypeError when ``factory(**args)`` cannot bind. The callable's own signature (a
+    functools.wraps decorator may take more args); for a class also its ``__init__``'s, since a
+    ``__new__(cls, *args, **kwargs)`` takes anything and hides a misspelt argument until the
+    worker builds the model."""
+    inspect.signature(factory, follow_wrapped=False).bind(**args)
+    init = getattr(factory, "__init__", None) if isinstance(factory, type) else None
+    if init is not None and init is not object.__init__:
+        inspect.signature(init, follow_wrapped=False).bind(None, **args)
 
 
 class SourceConfig(StrictSection):

@@ -96,6 +96,20 @@ def wrapped_factory(*args: Any, device: str = "cpu", **kwargs: Any) -> Callable:
     return _scaled(*args, **kwargs)
 
 
+class CachedModel:
+    """A model class whose ``__new__`` takes anything (an instance cache, a registry), so its
+    signature says nothing of the arguments ``__init__`` takes."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> CachedModel:
+        return super().__new__(cls)
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        return np.array([self.scale, 0.0], np.float32)
+
+
 def broken_factory() -> Callable[[np.ndarray], object]:
     raise RuntimeError("weights not found")
 

@@ -262,6 +262,12 @@ def test_factory_args_are_checked_against_the_callable_that_is_called() -> None:
     data["models"][0]["args"] = {"faul": "raise"}
     with pytest.raises(ConfigError, match="does not take args"):
         parse_config(data).model("w").build()
+    data["models"][0]["factory"] = "tests.misbehaving_models:CachedModel"  # __new__(*a, **kw)
+    data["models"][0]["args"] = {"scael": 2.0}
+    with pytest.raises(ConfigError, match=r"does not take args.*scael"):
+        parse_config(data).model("w").build()
+    data["models"][0]["args"] = {"scale": 2.0}
+    assert callable(parse_config(data).model("w").build())
 
 
 def test_model_threads_reach_the_operators_one_by_default() -> None:

@@ -158,12 +158,24 @@ class PipelineConfig(StrictSection):
         return kafka_python_kwargs(self.security)
 
     def producer_kwargs(self) -> dict[str, Any]:
-        """Everything a kafka-python producer of this pipeline needs: security and sizes."""
-        return {**self.client_kwargs(), **self.limits.limits().kafka_producer_kwargs()}
+        """Everything a kafka-python producer of this pipeline needs: security and sizes. No
+        client of ours creates a topic by using it: the broker would give it its own partition
+        count (create_pipeline_topics gives the ones the pipeline needs)."""
+        return {
+            **self.client_kwargs(),
+            **self.limits.limits().kafka_producer_kwargs(),
+            "allow_auto_create_topics": False,
+        }
 
     def consumer_kwargs(self) -> dict[str, Any]:
-        """Everything a kafka-python consumer of this pipeline needs: security and sizes."""
-        return {**self.client_kwargs(), **self.limits.limits().kafka_consumer_kwargs()}
+        """Everything a kafka-python consumer of this pipeline needs: security and sizes; never
+        a topic created by reading it (``mlink status`` before the first worker made the control
+        topic with the broker's 4 partitions, and the pipeline never left its warm-up)."""
+        return {
+            **self.client_kwargs(),
+            **self.limits.limits().kafka_consumer_kwargs(),
+            "allow_auto_create_topics": False,
+        }
 
     def operator_models(self) -> list[Model]:
         return [m.operator_model() for m in self.models]

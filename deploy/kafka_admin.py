@@ -51,12 +51,15 @@ class TopicSpec:
 
     ``replication_factor`` defaults to 1 (all a single broker can hold); use the cluster's
     replication (e.g. 3) on a real cluster, or -1 for the broker default (Kafka >= 2.4).
+    ``exact``: more partitions than asked for are an error too (a topic read from partition 0
+    only, whose order every reader must share).
     """
 
     name: str
     partitions: int = 1
     config: Mapping[str, str] = field(default_factory=dict)
     replication_factor: int = 1
+    exact: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -223,6 +226,23 @@ def ensure_topics(
         for name, count in counts.items()
         if count < by_name[name].partitions
     }
+    wide = {
+        name: count
+        for name, count in counts.items()
+        if by_name[name].exact and count > by_name[name].partitions
+    }
+    if wide:
+        details = "; ".join(
+            f"{name!r} has {count} partitions, {by_name[name].partitions} needed"
+            for name, count in wide.items()
+        )
+        raise TopicPartitionsError(
+            f"{details}. The pipeline reads such a topic from one partition in one order, and "
+            "messages on the others would never be read. It was most likely created by the "
+            "broker's auto-create (a client that used it before the first worker created it): "
+            "delete it (kafka-topics --delete --topic NAME) or use another topics.prefix, and "
+            "start the workers again."
+        )
     if short:
         details = "; ".join(
             f"{name!r} has {have} partition(s), {want} asked for"

@@ -144,9 +144,12 @@ def _from_the_end(consumer: Any, topic: str, wait_s: float = 30.0) -> None:
 
 
 def publish_control(bootstrap: str, config: PipelineConfig, message: ControlMessage) -> None:
-    """Send one control message (e.g. a budget command) and wait until the broker has it."""
+    """Send one control message (e.g. a budget command) and wait until the broker has it. The
+    pipeline's topics are created first if missing, so a command sent before the first worker
+    starts lands on a control topic of one partition, which the worker then replays."""
     from kafka import KafkaProducer
 
+    create_pipeline_topics(config, bootstrap)
     producer = KafkaProducer(
         bootstrap_servers=bootstrap_servers(bootstrap), acks="all", **config.producer_kwargs()
     )
@@ -174,7 +177,8 @@ def set_budget(bootstrap: str, config: PipelineConfig, budget: dict[str, float])
 def read_control(
     bootstrap: str, config: PipelineConfig, timeout: float = 5.0
 ) -> tuple[ControlState, list[ControlMessage]]:
-    """Replay the control topic, as a worker does; return the state and every message."""
+    """Replay the control topic, as a worker does; return the state and every message (none
+    when the topic does not exist yet: no worker has started, and reading must not create it)."""
     from kafka import KafkaConsumer, TopicPartition
 
     state = ControlState(config.model_names, config.links.probe_every)
@@ -187,6 +191,8 @@ def read_control(
     messages: list[ControlMessage] = []
     try:
         tp = TopicPartition(config.topics.names().control, 0)
+        if not consumer.partitions_for_topic(tp.topic):
+            return state, messages
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         end = consumer.end_offsets([tp])[tp]

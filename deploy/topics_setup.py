@@ -33,16 +33,19 @@ def pipeline_topics(config: PipelineConfig) -> list[TopicSpec]:
     replication = config.topics.replication
     sized = config.limits.limits().topic_config()
 
-    def spec(name: str, count: int, extra: dict[str, str] | None = None) -> TopicSpec:
-        return TopicSpec(name, count, {**sized, **(extra or {})}, replication_factor=replication)
+    def spec(
+        name: str, count: int, extra: dict[str, str] | None = None, exact: bool = False
+    ) -> TopicSpec:
+        config = {**sized, **(extra or {})}
+        return TopicSpec(name, count, config, replication_factor=replication, exact=exact)
 
     return [
         spec(names.frames, partitions),
         spec(names.planned, partitions),
         spec(names.outputs, partitions),
         spec(names.results, partitions),
-        spec(names.control, 1, {"cleanup.policy": "compact"}),
-        spec(names.samples, 1),
+        spec(names.control, 1, {"cleanup.policy": "compact"}, exact=True),
+        spec(names.samples, 1, exact=True),
         spec(names.dead_letter, 1),
     ]
 

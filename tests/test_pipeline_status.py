@@ -72,3 +72,53 @@ def test_status_shows_the_plan_the_workers_applied_and_survives_odd_fields(broke
     assert seen["epoch"] == 2 and seen["predicted_agreement"] is None
     assert seen["predicted_lower"] is None and seen["predicted_synthesized_mean"] is None
     render_status(seen, Console(file=io.StringIO()))  # and `mlink status` prints it
+
+
+def test_looking_at_a_pipeline_before_its_first_worker_creates_no_topic(broker, tmp_path):
+    """An operator's first `mlink status` (or `links`) before any worker ran made the control
+    topic by reading it, with the broker's 4 partitions; the trainer's announcement then landed
+    on a partition the workers never read, and the pipeline stayed in warm-up for good. Reading
+    now creates nothing; a command that writes (`mlink budget`) creates the pipeline's topics
+    as a worker would; and a worker refuses a control topic with more than one partition."""
+    from typer.testing import CliRunner
+
+    from mlink.deploy.cli import app
+    from mlink.deploy.kafka_admin import (
+        TopicPartitionsError,
+        TopicSpec,
+        _topic_name,
+        admin_client,
+        ensure_topics,
+    )
+    from mlink.deploy.topics_setup import create_pipeline_topics
+    from tests.test_pipeline_e2e import FAST_MODELS, write_config
+
+    def topics() -> dict[str, int]:
+        with admin_client(broker.bootstrap) as admin:
+            mine = [t for t in admin.list_topics() if t.startswith(config.topics.prefix)]
+            return {_topic_name(t): len(t["partitions"]) for t in admin.describe_topics(mine)}
+
+    path, config = write_config(
+        tmp_path, "early", FAST_MODELS, partitions=2, warmup_frames=8, output_timeout_s=5.0
+    )
+    names = config.topics.names()
+    cli = CliRunner()
+    for command in (["status"], ["status", "--json"], ["links"]):
+        result = cli.invoke(app, [*command, str(path), "--broker", broker.bootstrap])
+        assert names.control not in topics(), (command, result.output)
+    budget = ["budget", str(path), "--broker", broker.bootstrap, "--fraction", "0.5"]
+    result = cli.invoke(app, budget)
+    assert result.exit_code == 0, result.output
+    made = topics()
+    assert (made[names.control], made[names.samples], made[names.frames]) == (1, 1, 2)
+
+    _, other = write_config(
+        tmp_path, "wide", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    ensure_topics(broker.bootstrap, [TopicSpec(other.topics.names().control, 4)])
+    try:
+        create_pipeline_topics(other, broker.bootstrap)
+    except TopicPartitionsError as exc:
+        assert "4 partitions, 1 needed" in str(exc) and "topics.prefix" in str(exc)
+    else:
+        raise AssertionError("a control topic of 4 partitions was accepted")

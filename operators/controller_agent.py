@@ -359,9 +359,12 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             await asyncio.sleep(min(15.0, after_s / 3))
             try:  # reading a whole version is dearer (an object store's GET): 1 look in 4
                 await relearn_if_lost(watch, verify=look % 4 == 0 or watch.counting)
-                await end_lost_pin(pins)
             except Exception:  # the next look may work; frames never wait for this one
                 log.exception("checking the link store for the version in force failed")
+            try:
+                await end_lost_pin(pins)
+            except Exception:
+                log.exception("checking the link store for the pinned version failed")
 
     async def restate_config_budget() -> None:
         """An edited config's budget takes effect on restart (:func:`config_budget_message`)."""

@@ -191,8 +191,13 @@ class ControlState:
                     )
                 self.latest_links = max(self.latest_links or 0, version)
             else:  # an operator pins one, or follows the newest again (or the controller,
-                self.pinned_links = version if pin else None  # when the store lost it)
-                why = message.extra.get("reason")
+                why = message.extra.get("reason")  # with a reason, when the store lost it)
+                if pin and version < 1:
+                    return _rejected(f"a pin needs a link version >= 1, got {version}")
+                if not pin and isinstance(why, str) and version != self.pinned_links:
+                    # the controller ended a pin an operator has replaced since
+                    return ApplyOutcome("stale", f"v{version} is not the pinned version")
+                self.pinned_links = version if pin else None
                 self.pin_ended = why if not pin and isinstance(why, str) else None
             return ApplyOutcome("applied")
         if message.kind == "active_set":

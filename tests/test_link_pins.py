@@ -97,6 +97,10 @@ def test_a_pin_the_store_lost_before_any_plan_used_it_is_ended_with_its_reason()
     assert state.pin_ended is None and state.pinned_links == 3
     assert lost_pin(3, 3) is None  # in force: the relearn watches it
     assert lost_pin(None, 3) is None
+    # the controller, behind in its replay, ends v2's pin after the operator pinned v3
+    late = state.apply(wire(unpin_lost_message(2, state.epoch, "v2 gone")))
+    assert late.status == "stale" and state.pinned_links == 3
+    assert state.apply(control("link_version", link_version=0, extra={"pin": True})).rejected
 
 
 def test_rollback_pins_the_newest_version_older_than_the_one_in_force() -> None:

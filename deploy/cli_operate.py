@@ -81,9 +81,14 @@ def budget(
         list[str] | None,
         typer.Option("--target-for", help="a per-model target, MODEL=VALUE (repeatable)"),
     ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(help="seconds to wait for the controller's plan or refusal (0: do not)"),
+    ] = 30.0,
 ) -> None:
-    """Change the budget of a running pipeline; workers switch without a restart."""
-    from mlink.deploy.runner import set_budget
+    """Change the budget of a running pipeline; workers switch without a restart. Waits for
+    the controller's answer: the plan made for it, or why no plan meets it (exit 2)."""
+    from mlink.deploy.runner import set_budget, wait_for_budget
     from mlink.linkstore.streamplan import agreement_targets
     from mlink.linkstore.targets import target_count_problem
     from mlink.topics.control import TARGET_PREFIX, budget_problem
@@ -117,8 +122,22 @@ def budget(
     )
     if problem or not limits:
         raise typer.BadParameter(problem or "give at least one of the budget options")
-    set_budget(need_broker(config), config, limits)
+    bootstrap = need_broker(config)
+    set_budget(bootstrap, config, limits)
     console.print(f"budget {limits} published to {config.topics.names().control}")
+    answer = wait_for_budget(bootstrap, config, limits, wait) if wait > 0 else None
+    if answer is None:
+        if wait > 0:
+            console.print(
+                f"no plan for it yet after {wait:g} s: the controller plans it once a worker "
+                "runs and the first links are trained (`mlink status` shows the plan in force)"
+            )
+        return
+    outcome, detail = answer
+    if outcome == "refused":
+        console.print(Text(f"refused, the budget in force stays: {detail}", style="red"))
+        raise typer.Exit(2)
+    console.print(f"planned at {detail}")
 
 
 def links(

@@ -100,6 +100,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         # the plan would switch if model costs rose a little (linkstore.cost_headroom)
         "fragile": extra.get("fragile"),
         "infeasible": extra.get("infeasible"),
+        "budget_refused": state.budget_refused,  # the last request no plan met, and why
         "linkstore": store_report(config.links.store, state),
         "lag": consumer_lag(bootstrap, config),
         "dead_letters": dead_letter_report(bootstrap, config),

@@ -174,6 +174,30 @@ def set_budget(bootstrap: str, config: PipelineConfig, budget: dict[str, float])
     publish_control(bootstrap, config, message)
 
 
+def budget_answer(state: ControlState, requested: Mapping[str, float]) -> tuple[str, str] | None:
+    """What the controller did with a budget request, once the control log says: ``("planned",
+    epoch)`` or ``("refused", why)``; None while it has not answered (or, in warm-up, will not
+    until the first links)."""
+    refused = state.budget_refused
+    if refused is not None and refused["budget"] == dict(requested):
+        return "refused", str(refused["reason"])
+    if state.epoch > 0 and state.budget == dict(requested):
+        return "planned", f"epoch {state.epoch}"
+    return None
+
+
+def wait_for_budget(
+    bootstrap: str, config: PipelineConfig, requested: Mapping[str, float], timeout: float
+) -> tuple[str, str] | None:
+    """:func:`budget_answer`, polling the control log for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = budget_answer(read_control(bootstrap, config)[0], requested)
+        if answer is not None or time.monotonic() >= deadline:
+            return answer
+        time.sleep(1.0)
+
+
 def read_control(
     bootstrap: str, config: PipelineConfig, timeout: float = 5.0
 ) -> tuple[ControlState, list[ControlMessage]]:

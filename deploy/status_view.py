@@ -100,6 +100,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         _say(console, f"ms per call the plan was priced on: {priced}")
     if active is None:
         _say(console, "warming up: every model runs until the first links are trained")
+    if isinstance(refused := status.get("budget_refused"), Mapping):
+        _say(console, f"budget {refused.get('budget')} refused: {refused.get('reason')}", "red")
     if status.get("infeasible"):
         _say(console, f"no plan meets the budget or targets: {status['infeasible']}", "red")
     if status.get("replan_reason"):

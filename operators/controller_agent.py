@@ -16,7 +16,7 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import faust
@@ -24,6 +24,7 @@ import faust
 from mlink.linkstore.bundle import BAD_RETRY_S
 from mlink.linkstore.store import StoreError
 from mlink.linkstore.streamplan import agreement_targets
+from mlink.operators.budget_messages import config_budget_message, refusal_message
 from mlink.operators.control_operators import ControlLog
 from mlink.operators.controller import decide, guard_decision, unmet_models
 from mlink.operators.relearn import (
@@ -35,52 +36,19 @@ from mlink.operators.relearn import (
     unpin_lost_message,
 )
 from mlink.operators.runtime import MLink
-from mlink.operators.state import BUDGET_ORIGIN, ControlState
+from mlink.operators.state import ControlState
 from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError
 
-__all__ = ["attach_controller", "config_budget_message", "retry_with_backoff"]
+__all__ = ["attach_controller", "retry_with_backoff"]
 
 log = logging.getLogger("mlink.control")
 #: A link version that failed to load is planned from again after this long (the loader
 #: remembers a failure for BAD_RETRY_S), then after twice as long, up to RETRY_LINKS_MAX_S.
 RETRY_LINKS_S = BAD_RETRY_S + 1.0
 RETRY_LINKS_MAX_S = 300.0
-
-
-def config_budget_message(
-    state: ControlState, budget: Mapping[str, float]
-) -> tuple[ControlMessage | None, str | None]:
-    """What a starting worker publishes so that an edited config's ``budget`` takes effect, and
-    why it publishes nothing when the budget in force is a run-time one.
-
-    A plan was made (epoch > 0) for another budget than the config's, and no ``mlink budget``
-    command set the budget in force: the config was edited, so the worker restates its budget
-    on the control topic (marked as the config's), and the controller plans for it. A budget
-    set with ``mlink budget`` stays in force until the next command: the operator's call wins
-    over a file. Every starting worker does the same; the controller plans once per budget.
-    """
-    if state.epoch == 0:  # nothing planned yet: the first plan takes the config's budget
-        return None, None
-    budget = dict(budget)
-    in_force = state.requested_budget or state.budget
-    if in_force == budget:
-        return None, None
-    if state.requested_budget and not state.budget_from_config:
-        return None, (
-            f"the config's budget {budget} is not the one in force, {in_force}, which was set "
-            "with `mlink budget`; that one stays until the next `mlink budget`"
-        )
-    message = ControlMessage(
-        kind="budget",
-        epoch=state.epoch,
-        issued_at=time.time(),
-        budget=budget,
-        extra={BUDGET_ORIGIN: "config"},
-    )
-    return message, None
 
 
 async def retry_with_backoff(
@@ -246,6 +214,10 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                 mlink.metrics["controller_refusals"] += 1
                 if not state.warming_up:  # a plan in force goes on; in warm-up none would come
                     log.error("controller keeps the current plan (budget %s): %s", budget, exc)
+                    if reason is None and budget == state.requested_budget != state.budget:
+                        # the request goes, and says why: else every later re-plan plans for it
+                        refusal = refusal_message(state, budget, str(exc), settings.budget)
+                        await control_out.send(b"budget", encode_record(refusal))
                     return True
                 log.error("budget infeasible, every model keeps running: %s", exc)
                 decision = _all_models(mlink, epoch, budget, version, str(exc))

@@ -35,11 +35,15 @@ from mlink.topics.control import (
 )
 from mlink.topics.records import ControlMessage, Plan
 
-__all__ = ["BUDGET_ORIGIN", "ApplyOutcome", "ApplyStatus", "ControlState"]
+__all__ = ["BUDGET_ORIGIN", "REFUSED_KEY", "ApplyOutcome", "ApplyStatus", "ControlState"]
 
 #: ``extra`` key of a ``budget`` message that says where it came from: ``"config"`` when a
 #: starting worker restates its config's budget (operators.controller_agent).
 BUDGET_ORIGIN = "origin"
+REFUSED_KEY = "refused"
+"""``extra`` key of a ``budget`` message the controller sends when no plan meets a requested
+budget: ``{"budget": {...}, "reason": "..."}``; the message's own budget is the one in force
+again, so later re-plans (new links, a pin) do not plan for the refused one and fail again."""
 
 ApplyStatus = Literal["applied", "stale", "rejected"]
 
@@ -90,6 +94,9 @@ class ControlState:
     budget_from_config: bool
     """Whether ``requested_budget`` restates a worker's config (:data:`BUDGET_ORIGIN`) rather
     than a run-time command (``mlink budget``): an edited config replaces the one, not the other."""
+    budget_refused: dict[str, Any] | None
+    """The last requested budget no plan met and why (:data:`REFUSED_KEY`), until the next
+    budget request: ``mlink budget`` and ``mlink status`` say so."""
     latest_links: int | None
     pinned_links: int | None
     """The version an operator pinned (``mlink links --pin``): planned from instead of the
@@ -121,6 +128,7 @@ class ControlState:
         self.budget = {}
         self.requested_budget = {}
         self.budget_from_config = False
+        self.budget_refused = None
         self.latest_links = None
         self.pinned_links = None
         self.pin_ended = None
@@ -172,6 +180,7 @@ class ControlState:
                 return _rejected("a budget message needs at least one budget key")
             self.requested_budget = dict(message.budget)
             self.budget_from_config = message.extra.get(BUDGET_ORIGIN) == "config"
+            self.budget_refused = _refusal(message.extra.get(REFUSED_KEY))
             return ApplyOutcome("applied")
         if message.kind == "agreement":
             return self._apply_agreement(message)
@@ -318,3 +327,14 @@ class ControlState:
 
 def _rejected(reason: str) -> ApplyOutcome:
     return ApplyOutcome("rejected", reason)
+
+
+def _refusal(value: Any) -> dict[str, Any] | None:
+    """A budget message's refusal (:data:`REFUSED_KEY`) as status shows it, or None when it has
+    none or a malformed one (a forged or future record must not break a reader)."""
+    if not isinstance(value, dict):
+        return None
+    budget, reason = value.get("budget"), value.get("reason")
+    if not isinstance(budget, dict) or not isinstance(reason, str):
+        return None
+    return {"budget": {str(k): v for k, v in budget.items()}, "reason": reason}

@@ -1,12 +1,15 @@
 """A config-driven deployment changes its budget by editing the config and restarting: the
 starting worker restates the config's budget and the controller plans for it; a plain restart
-publishes nothing. Real worker, real broker."""
+publishes nothing; a runtime budget no plan meets is refused with why and does not stick. Real
+worker, real broker."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from mlink.deploy.cli import app
 from mlink.deploy.pipeline_status import status
 from mlink.deploy.runner import read_control
 from mlink.deploy.source import FrameProducer
@@ -52,12 +55,19 @@ def test_an_edited_config_budget_takes_effect_on_restart(broker, tmp_path) -> No
     worker = start("edited")
     try:
         wait_for_epoch(worker, 2, timeout=120)
+        # a budget no plan meets: said by `mlink budget` and status, and it does not stick
+        ask = ["budget", str(path), "--broker", broker.bootstrap, "--ms", "0.001", "--wait", "90"]
+        refused = CliRunner().invoke(app, ask)
+        assert refused.exit_code == 2 and "refused, the budget in force stays" in refused.output
     finally:
         worker.stop()
     state, _ = read_control(broker.bootstrap, config)
     assert state.budget == {"fraction": 0.9, f"target_agreement:{FAST_MODELS[0]}": 0.5}
-    assert state.budget_from_config
-    assert status(broker.bootstrap, config)["budget_set_by"] == "config"
+    assert state.requested_budget == state.budget and state.budget_from_config
+    report = status(broker.bootstrap, config)
+    assert report["budget_set_by"] == "config"
+    assert report["budget_refused"]["budget"] == {"ms": 0.001}
+    assert "cheapest" in report["budget_refused"]["reason"]
     assert "restating it" in worker.log()
 
     again = start("plain-restart")  # the same config: nothing to restate

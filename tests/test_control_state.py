@@ -262,7 +262,7 @@ def test_a_replan_without_new_probes_keeps_the_guards_corrections_and_drops_junk
 
 def test_a_starting_worker_restates_an_edited_configs_budget_but_not_over_a_command():
     """Review: an edited config's budget did nothing on restart; the plan in force stayed."""
-    from mlink.operators.controller_agent import config_budget_message
+    from mlink.operators.budget_messages import config_budget_message
     from mlink.operators.state import BUDGET_ORIGIN
 
     state = ControlState(("a", "b"))
@@ -285,3 +285,28 @@ def test_a_starting_worker_restates_an_edited_configs_budget_but_not_over_a_comm
     assert not state.budget_from_config
     message, why = config_budget_message(state, {"fraction": 0.5})
     assert message is None and "`mlink budget`" in why
+
+
+def test_a_refused_budget_restores_the_one_in_force_and_is_said_until_the_next_request() -> None:
+    """`mlink budget --ms 0.001` no plan meets: the controller sends the budget in force back
+    with the refused one and why, so later re-plans do not plan for it, and a reader sees it."""
+    from mlink.deploy.runner import budget_answer
+    from mlink.operators.budget_messages import refusal_message
+
+    state = ControlState(("digit", "parity"))
+    state.apply(active_set(1, budget={"fraction": 0.3}))
+    asked = {"ms": 0.001}
+    state.apply(control("budget", 1, budget=asked))
+    assert budget_answer(state, asked) is None  # not answered yet
+    back = refusal_message(state, asked, "below the cheapest plan", {"fraction": 0.3})
+    assert state.apply(decode_record(encode_record(back), ControlMessage)).status == "applied"
+    assert state.requested_budget == state.budget == {"fraction": 0.3}
+    assert state.budget_from_config  # the config's budget, restored as the config's
+    assert state.budget_refused == {"budget": asked, "reason": "below the cheapest plan"}
+    assert budget_answer(state, asked) == ("refused", "below the cheapest plan")
+    state.apply(control("budget", 1, budget={"fraction": 0.5}))
+    assert state.budget_refused is None and budget_answer(state, {"fraction": 0.5}) is None
+    state.apply(active_set(2, budget={"fraction": 0.5}))
+    assert budget_answer(state, {"fraction": 0.5}) == ("planned", "epoch 2")
+    odd = control("budget", 2, budget={"ms": 5.0}, extra={"refused": {"budget": 1}})
+    assert not state.apply(odd).rejected and state.budget_refused is None  # malformed: ignored

@@ -106,7 +106,7 @@ def test_looking_at_a_pipeline_before_its_first_worker_creates_no_topic(broker, 
     for command in (["status"], ["status", "--json"], ["links"]):
         result = cli.invoke(app, [*command, str(path), "--broker", broker.bootstrap])
         assert names.control not in topics(), (command, result.output)
-    budget = ["budget", str(path), "--broker", broker.bootstrap, "--fraction", "0.5"]
+    budget = ["budget", str(path), "--broker", broker.bootstrap, "--fraction", "0.5", "--wait", "0"]
     result = cli.invoke(app, budget)
     assert result.exit_code == 0, result.output
     made = topics()

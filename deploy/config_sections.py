@@ -166,8 +166,15 @@ def _bind_args(factory: Callable[..., Any], args: dict[str, Any]) -> None:
     ``__new__(cls, *args, **kwargs)`` takes anything and hides a misspelt argument until the
     worker builds the model."""
     inspect.signature(factory, follow_wrapped=False).bind(**args)
-    init = getattr(factory, "__init__", None) if isinstance(factory, type) else None
-    if init is not None and init is not object.__init__:
+    if not isinstance(factory, type) or type(factory).__call__ is not type.__call__:
+        return  # not a class, or a metaclass's __call__ decides what reaches __init__
+    new, init = factory.__new__, factory.__init__
+    if new is object.__new__ or init is object.__init__:
+        return  # the signature just bound was __init__'s (or there is no __init__ to call)
+    takes_any = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(new).parameters.values()
+    )
+    if takes_any:  # __new__(cls, *args, **kwargs) hides what __init__ takes
         inspect.signature(init, follow_wrapped=False).bind(None, **args)
 
 

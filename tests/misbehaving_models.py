@@ -110,6 +110,31 @@ class CachedModel:
         return np.array([self.scale, 0.0], np.float32)
 
 
+class _ByBackend(type):
+    def __call__(cls, *, backend: str, **kwargs: Any) -> object:  # consumes ``backend``
+        return super().__call__(**kwargs)
+
+
+class MetaBuilt(metaclass=_ByBackend):
+    """A class whose metaclass takes an argument ``__init__`` never sees."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        return np.array([self.scale, 0.0], np.float32)
+
+
+class Dispatcher:
+    """``__new__`` takes the arguments and returns another object; ``__init__`` never runs."""
+
+    def __new__(cls, backend: str) -> Callable[[np.ndarray], object]:  # type: ignore[misc]
+        return _scaled(2.0)
+
+    def __init__(self) -> None:  # pragma: no cover - never called
+        pass
+
+
 def broken_factory() -> Callable[[np.ndarray], object]:
     raise RuntimeError("weights not found")
 

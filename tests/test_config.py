@@ -268,6 +268,13 @@ def test_factory_args_are_checked_against_the_callable_that_is_called() -> None:
         parse_config(data).model("w").build()
     data["models"][0]["args"] = {"scale": 2.0}
     assert callable(parse_config(data).model("w").build())
+    for factory, args in (
+        ("MetaBuilt", {"backend": "cv", "scale": 2.0}),
+        ("Dispatcher", {"backend": "cv"}),
+    ):
+        data["models"][0]["factory"] = f"tests.misbehaving_models:{factory}"
+        data["models"][0]["args"] = args  # builds fine: a refusal here would be a false one
+        assert callable(parse_config(data).model("w").build()), factory
 
 
 def test_model_threads_reach_the_operators_one_by_default() -> None:

@@ -20,8 +20,12 @@ trained links and are not judged.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -106,8 +110,15 @@ def check_config(config: PipelineConfig, frames: int = DEFAULT_FRAMES) -> CheckR
             "run (no frames without a broker)"
         )
     else:
-        source = itertools.islice(iter_source(config.source), frames)
-        pairs = [(stream, np.asarray(frame)) for stream, frame in source]
+        try:
+            source = itertools.islice(iter_source(config.source), frames)
+            pairs = [(stream, np.asarray(frame)) for stream, frame in source]
+        except (ConfigError, FileNotFoundError):
+            raise
+        except Exception as exc:  # a source factory's own fault: the config's to fix, named
+            raise ConfigError(
+                f"source: reading its first frames raised {type(exc).__name__}: {exc}"
+            ) from exc
         if not pairs:
             raise ConfigError("source: it yields no frames; check its path, glob or factory")
     models = [_check_model(m, pairs) for m in config.models]
@@ -149,17 +160,62 @@ def _check_model(model: ModelConfig, pairs: list[tuple[str, np.ndarray]]) -> Mod
             f"models[{model.name}]: factory {model.factory!r} raised {type(exc).__name__}: {exc}"
         )
     times: list[float] = []
+    first_s = max(WARM_UP_S, WARM_UP_TIMEOUTS * timeout_s)  # a lazy set-up may take a while
     try:
         with single_threaded():
             if pairs:
-                warm_up(fn, pairs[0][1], model.name, HINT)
+                _within(first_s, lambda: warm_up(fn, pairs[0][1], model.name, HINT))
             for index, (stream, frame) in enumerate(pairs):
-                out = timed_output(fn, model.spec, frame, model.name, index, stream, HINT)
+                out = _within(
+                    max(CALL_S, CALL_TIMEOUTS * timeout_s),
+                    functools.partial(
+                        timed_output, fn, model.spec, frame, model.name, index, stream, HINT
+                    ),
+                )
                 times.append(out[1])
     except ModelRunError as exc:
         return failed(str(exc))
+    except _NoAnswer as exc:
+        return failed(
+            f"model {model.name!r} did not return within {exc.seconds:g} s (timeout_s "
+            f"{timeout_s:g}): in a worker every call would be an error output; raise "
+            f"models[{model.name}].timeout_s or fix the model"
+        )
     ms = typical_ms(times) if times else None
     return ModelCheck(name=model.name, kind=kind, ms=ms, timeout_s=timeout_s)
+
+
+#: How long `mlink check` waits for a call before it gives up on the model: the first (untimed)
+#: call the longer of WARM_UP_S and WARM_UP_TIMEOUTS x its timeout_s, every timed one the longer
+#: of CALL_S and CALL_TIMEOUTS x timeout_s (a slow call that returns is still timed and reported
+#: against timeout_s). A call past it is left on its daemon thread; the model is not called again.
+WARM_UP_S, WARM_UP_TIMEOUTS, CALL_S, CALL_TIMEOUTS = 30.0, 10.0, 5.0, 10.0
+
+
+class _NoAnswer(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within {seconds:g} s")
+        self.seconds = seconds
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()`` on a daemon thread; _NoAnswer when it has not returned within ``seconds``."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="mlink-check-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise _NoAnswer(seconds)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _budget(config: PipelineConfig, measured_ms: dict[str, float]) -> BudgetCheck:
@@ -218,6 +274,8 @@ def render_check(report: CheckReport, console: Console) -> None:
         ran = (
             Text("failed", "red")
             if c.error
+            else Text("too slow", "red")
+            if c.ms is not None and c.ms > c.timeout_s * 1000.0
             else Text("ok", "green")
             if c.ms is not None
             else Text("not run", "yellow")

@@ -86,3 +86,27 @@ def test_a_model_slower_than_its_timeout_is_refused(tmp_path: Path) -> None:
     slow = {"args": {"fault": "hang", "hang_s": 0.05}, "timeout_s": 0.01}
     said = _refused(_mlink("check", str(_model_config(tmp_path, slow)), cwd=tmp_path))
     assert "model 'bad' took" in said and "raise models[bad].timeout_s" in said
+
+
+def test_a_model_that_never_returns_is_named_and_the_check_ends(tmp_path, monkeypatch) -> None:
+    """The case ``timeout_s`` exists for: the check hung for good on it (in-process, with
+    short waits, so the test does not sit out the real ones)."""
+    from mlink.deploy.config import load_config
+    from mlink.eval import config_check
+
+    monkeypatch.setattr(config_check, "WARM_UP_S", 1.0)
+    monkeypatch.setattr(config_check, "WARM_UP_TIMEOUTS", 1.0)
+    bad = {"args": {"fault": "hang", "hang_s": 5.0}, "timeout_s": 0.5}  # its thread ends later
+    report = config_check.check_config(load_config(_model_config(tmp_path, bad)), 2)
+    [problem] = report.problems
+    assert "model 'bad' did not return within 1 s (timeout_s 0.5)" in problem
+    assert [m.name for m in report.models if m.error is None] == ["good"]
+
+
+def test_a_source_that_raises_is_named_not_a_traceback(tmp_path: Path) -> None:
+    path = _model_config(tmp_path, {})
+    data = yaml.safe_load(path.read_text())
+    data["source"] = {"factory": "tests.misbehaving_models:broken_factory"}
+    path.write_text(yaml.safe_dump(data))
+    said = _refused(_mlink("check", str(path), cwd=tmp_path))
+    assert "source: reading its first frames raised RuntimeError: weights not found" in said

@@ -256,6 +256,7 @@ class RunReport:
     workers_ready_s: list[float] = field(default_factory=list)
     worker_restarts: int = 0
     control: list[ControlMessage] = field(default_factory=list)  # the control log at the end
+    started_at: float | None = None  # wall clock before the workers started (this run's messages)
 
     def status_counts(self) -> Counter[tuple[str, str]]:
         return Counter((r.model, r.status) for res in self.results.values() for r in res.results)
@@ -307,6 +308,7 @@ def run_pipeline(
             name = f"worker-{slot}" + (f".{generation}" if generation else "")
             return WorkerProcess(config_path, cfg.broker, log_dir / f"{name}.log", name)
 
+        began = time.time()
         supervisor = WorkerSupervisor(make, workers or cfg.runtime.workers)
         collector: ResultCollector | None = None
         try:  # the workers are stopped whatever fails from here, the collector's start too
@@ -346,6 +348,7 @@ def run_pipeline(
                 ready,
                 supervisor.restarts,
                 control,
+                began,
             )
         finally:
             if collector is not None:

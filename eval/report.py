@@ -344,7 +344,7 @@ def summarize(
             if forecast and set(forecast) <= set(forecasts.content)
             else None
         ),
-        plan_notes=plan_notes(report.control),
+        plan_notes=plan_notes(report.control, report.started_at),
     )
 
 

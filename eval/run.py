@@ -86,7 +86,7 @@ def uncompared_summary(report: RunReport) -> dict[str, Any]:
         "degraded": sum(r.degraded for r in report.results.values()),
         "duplicates": report.duplicates,
         "status": status,
-        "plan_notes": plan_notes(report.control),
+        "plan_notes": plan_notes(report.control, report.started_at),
     }
 
 

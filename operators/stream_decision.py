@@ -174,6 +174,13 @@ def fragile_reason(fragile: Fragile | Mapping[str, Any]) -> str:
     """What an operator reads when the plan has no room for a small rise in model costs (a
     :class:`~mlink.linkstore.cost_headroom.Fragile` or its ``extra["fragile"]`` form)."""
     f = fragile.to_extra() if isinstance(fragile, Fragile) else fragile
+    try:
+        return _fragile_text(f)
+    except (TypeError, ValueError, AttributeError, KeyError):  # an old or forged record's shape
+        return "no room for costs to rise (the detail of this plan's record is unreadable)"
+
+
+def _fragile_text(f: Mapping[str, Any]) -> str:
     rise = f"{float(f.get('cost_rise') or 0):.0%}"
     if f.get("lower_then") is None:
         return f"model costs {rise} higher would fit no plan in this budget"

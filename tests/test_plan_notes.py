@@ -4,6 +4,8 @@ lack of room."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.console import Console
 
 from mlink.deploy.runner import RunReport
@@ -45,3 +47,31 @@ def test_the_printed_summary_shows_the_notes() -> None:
     console = Console(width=200, record=True)
     print_summary(summary, console)
     assert "no plan met the budget: [b] costs too much" in console.export_text()
+
+
+def test_only_this_runs_plans_once_each_and_an_unreadable_detail_does_not_break_it() -> None:
+    """A broker that outlives a run keeps earlier runs' plans; a second controller's duplicate
+    and `mlink resign`'s restated plan are no new plans; a forged `fragile` must not end the
+    summary of a finished run."""
+    earlier = dataclasses.replace(
+        active_set(1, extra={"infeasible": "an earlier run's"}), issued_at=0.5
+    )
+    relearn = relearn_message(("a", "b"), 2, {"ms": 1.0}, 1, 0, "v1 missing")
+    log = [
+        earlier,
+        relearn,
+        dataclasses.replace(relearn, extra={**relearn.extra, "replan_reason": "again"}),
+        dataclasses.replace(relearn, epoch=3),  # resign restates the plan in force
+        dataclasses.replace(
+            active_set(4, extra={"fragile": {"cost_rise": "ten", "changes": []}}),
+            issued_at=relearn.issued_at,
+        ),
+    ]
+    since = relearn.issued_at - 1.0
+    assert plan_notes(log, since=since) == [
+        "epoch 2: v1 missing",
+        "epoch 4, no room in the budget: no room for costs to rise (the detail of this plan's "
+        "record is unreadable)",
+    ]
+    first = plan_notes(log)[0]
+    assert first == "epoch 1: every model ran, no plan met the budget: an earlier run's"

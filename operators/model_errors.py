@@ -34,8 +34,8 @@ def stuck_error(model: str, since_s: float) -> str:
 def failure_kind(error: str) -> FailureKind:
     """``timeout`` (the call timed out, or the output never came), ``links`` (no model
     failed: the link version could not be used, or synthesis failed) or ``model_error``."""
+    if error.startswith(("link version ", "synthesis failed")):  # whatever words follow
+        return "links"
     if _TIMED_OUT in error or NO_OUTPUT in error:
         return "timeout"
-    if error.startswith(("link version ", "synthesis failed")):
-        return "links"
     return "model_error"

@@ -56,6 +56,7 @@ def test_each_cause_of_a_degraded_result_has_its_label(outcomes, missing_reason,
         (f"{NO_OUTPUT} within 5 s", "timeout"),
         ("link version 3 cannot be used: sha256 mismatch", "links"),
         ("synthesis failed: KeyError", "links"),
+        ("link version 3 cannot be used: timed out after 5s waiting for the writer", "links"),
         ("model a raised ValueError: bad", "model_error"),
     ],
 )

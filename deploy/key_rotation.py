@@ -32,7 +32,16 @@ def restate_control(bootstrap: str, config: PipelineConfig) -> list[ControlMessa
             "MLINK_SIGNING_KEY is not set: there is no new key to sign with (restating is for "
             "rolling a key: deploy 'new,old', run this, then deploy 'new')"
         )
-    state, _ = read_control(bootstrap, config)
+    unverified: list[int] = []
+    state, messages = read_control(bootstrap, config, unverified=unverified)
+    if unverified and not messages:
+        raise ValueError(
+            f"none of the control topic's records verifies with MLINK_SIGNING_KEY "
+            f"({len(unverified)} do not): restating now would publish nothing, and workers on "
+            "the new key would start over from a warm-up. List the key the log was signed with "
+            "after the new one (MLINK_SIGNING_KEY=new,old), or none if it was unsigned, and "
+            "run this again"
+        )
     now = time.time()
     messages = []
     if state.requested_budget:

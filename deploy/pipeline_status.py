@@ -48,7 +48,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     """Active set, epoch, budget, link versions, consumer lag, and agreement: predicted per
     model by the controller and measured live on probe frames, each also as the mean over the
     synthesized models only (the all-models figure counts executed models as 1)."""
-    state, _ = read_control(bootstrap, config)
+    unverified: list[int] = []
+    state, _ = read_control(bootstrap, config, unverified=unverified)
     # the plan in force, as the workers applied it (a later message of the same epoch, from a
     # controller that failed over, was skipped by them and is not shown either)
     extra = state.plan_extra if state.epoch > 0 else {}
@@ -101,6 +102,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "fragile": extra.get("fragile"),
         "infeasible": extra.get("infeasible"),
         "budget_refused": state.budget_refused,  # the last request no plan met, and why
+        # records MLINK_SIGNING_KEY does not verify: skipped by every worker too
+        "unverified_control": len(unverified),
         "linkstore": store_report(config.links.store, state),
         "lag": consumer_lag(bootstrap, config),
         "dead_letters": dead_letter_report(bootstrap, config),

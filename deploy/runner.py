@@ -30,7 +30,7 @@ from mlink.operators.state import ControlState
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError, FrameResult
-from mlink.topics.signing import Signer
+from mlink.topics.signing import SignatureError, Signer
 
 __all__ = [
     "ResultCollector",
@@ -199,10 +199,16 @@ def wait_for_budget(
 
 
 def read_control(
-    bootstrap: str, config: PipelineConfig, timeout: float = 5.0
+    bootstrap: str,
+    config: PipelineConfig,
+    timeout: float = 5.0,
+    unverified: list[int] | None = None,
 ) -> tuple[ControlState, list[ControlMessage]]:
     """Replay the control topic, as a worker does; return the state and every message (none
-    when the topic does not exist yet: no worker has started, and reading must not create it)."""
+    when the topic does not exist yet: no worker has started, and reading must not create it).
+    ``unverified`` collects the offsets of records that fail ``MLINK_SIGNING_KEY``'s check:
+    skipped like the workers skip them, and all of them when the key list lacks the one the
+    log was signed with (a key roll that forgot the old key), which reads as an empty log."""
     from kafka import KafkaConsumer, TopicPartition
 
     state = ControlState(config.model_names, config.links.probe_every)
@@ -223,8 +229,13 @@ def read_control(
         deadline = time.monotonic() + timeout
         while consumer.position(tp) < end and time.monotonic() < deadline:
             for record in consumer.poll(timeout_ms=200).get(tp, []):
-                with contextlib.suppress(DecodeError, ValueError):  # workers skip them too
+                try:  # workers skip them too; the caller may want to say how many
                     signer.verify(tp.topic, record.key, record.value, record.headers)
+                except SignatureError:
+                    if unverified is not None:
+                        unverified.append(record.offset)
+                    continue
+                with contextlib.suppress(DecodeError, ValueError):  # workers skip them too
                     message = decode_record(record.value, ControlMessage)
                     if not state.apply(message).rejected:
                         messages.append(message)

@@ -100,6 +100,14 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         _say(console, f"ms per call the plan was priced on: {priced}")
     if active is None:
         _say(console, "warming up: every model runs until the first links are trained")
+    if status.get("unverified_control"):
+        _say(
+            console,
+            f"{status['unverified_control']} control records do not verify with "
+            "MLINK_SIGNING_KEY and were skipped, as workers skip them (unsigned, or signed "
+            "with a key not in the list)",
+            "red",
+        )
     if isinstance(refused := status.get("budget_refused"), Mapping):
         _say(console, f"budget {refused.get('budget')} refused: {refused.get('reason')}", "red")
     if status.get("infeasible"):

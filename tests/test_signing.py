@@ -257,6 +257,7 @@ def test_restating_the_control_state_survives_retiring_the_old_key(broker, tmp_p
     the two steps publishes the state in force again under the new key."""
     from mlink.deploy.key_rotation import restate_control
     from mlink.deploy.link_pins import pin_message
+    from mlink.deploy.pipeline_status import status
     from mlink.deploy.runner import publish_control, read_control
     from mlink.deploy.topics_setup import create_pipeline_topics
     from mlink.topics.records import ControlMessage
@@ -284,6 +285,11 @@ def test_restating_the_control_state_survives_retiring_the_old_key(broker, tmp_p
         pin_message(2, True),  # mlink links --pin 2
     ):
         publish_control(broker.bootstrap, config, message)
+
+    monkeypatch.setenv("MLINK_SIGNING_KEY", f"{new},{'x' * 32}")  # the old key forgotten
+    with pytest.raises(ValueError, match="none of the control topic's records verifies"):
+        restate_control(broker.bootstrap, config)  # it said "nothing to restate", rc 0
+    assert status(broker.bootstrap, config)["unverified_control"] == 4
 
     monkeypatch.setenv("MLINK_SIGNING_KEY", f"{new},{old}")  # step 1: both keys everywhere
     kinds = [m.kind for m in restate_control(broker.bootstrap, config)]

@@ -140,6 +140,7 @@ def worker(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
     """Run one faust worker process of the pipeline (start more to scale out)."""
     config = load_cli_config(config_path, broker)
     bootstrap = need_broker(config)
+    store_problem(config)  # the worker builds it at import, where faust hides why it failed
     os.environ["MLINK_CONFIG"] = str(config_path.resolve())
     os.environ["MLINK_BROKER"] = bootstrap
     from mlink.deploy.processes import worker_argv
@@ -167,6 +168,19 @@ def produce(
 
 for command in (tail, status, budget, links, resign):  # a running pipeline's (cli_operate)
     app.command()(command)
+
+
+def store_problem(config) -> None:
+    """Exit 2 naming ``links.store`` when the workers could not open or write it."""
+    from mlink.linkstore.store import LinkStore, StoreError
+
+    try:
+        problem = LinkStore(config.links.store).writable_problem()
+    except StoreError as exc:
+        problem = str(exc)
+    if problem:
+        console.print(Text(problem, style="red"))
+        raise typer.Exit(2)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

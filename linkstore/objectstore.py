@@ -106,6 +106,11 @@ class ObjectLinkStore(LinkStore):
     def __repr__(self) -> str:
         return f"LinkStore({self.root!r})"
 
+    def writable_problem(self) -> str | None:
+        """None: an object store's write rights show only at a write (its first save), and a
+        probe object would be one more thing to clean up in the user's bucket."""
+        return None
+
     # ------------------------------------------------------------------ writer
 
     def save(

@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -128,7 +129,22 @@ class LinkStore(VersionReads):
                 f"link store path {self.root} exists but is not a directory; "
                 "pass a directory path (it is created if missing)"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only mount, a wrong volume path: say which setting
+            raise StoreError(
+                f"link store {self.root} cannot be created ({exc}); point links.store at a "
+                "directory the workers can write"
+            ) from exc
+
+    def writable_problem(self) -> str | None:
+        """Why the trainer could not save a version here, or None: a store every worker reads
+        but none can write trains in vain and fails at the first save, long after start-up."""
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".mlink-probe-"):
+                return None
+        except OSError as exc:
+            return f"link store {self.root} is not writable ({exc}); the trainer saves there"
 
     def __repr__(self) -> str:
         return f"LinkStore({str(self.root)!r})"

@@ -110,3 +110,16 @@ def test_a_source_that_raises_is_named_not_a_traceback(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     said = _refused(_mlink("check", str(path), cwd=tmp_path))
     assert "source: reading its first frames raised RuntimeError: weights not found" in said
+
+
+def test_a_link_store_the_workers_cannot_create_is_named_by_check_and_worker(tmp_path) -> None:
+    """A read-only mount or a wrong volume path: check passed it, and the worker died at import
+    with a long traceback that began with "module 'mlink.deploy' has no attribute"."""
+    path = _model_config(tmp_path, {})
+    data = yaml.safe_load(path.read_text())
+    data["links"] = {"store": "/proc/mlink-links"}
+    path.write_text(yaml.safe_dump(data))
+    for command in (["check"], ["worker", "--broker", "127.0.0.1:1"]):
+        said = _refused(_mlink(command[0], str(path), *command[1:], cwd=tmp_path))
+        assert "link store /proc/mlink-links cannot be created" in said, command
+        assert "links.store" in said

@@ -125,6 +125,17 @@ def _target_replan(mlink: MLink) -> tuple[str, dict[str, float], list[str]] | No
     return "; ".join(misses[m] for m in sorted(misses)), corrections, sorted(misses)
 
 
+def _controls(app: faust.App, control: str) -> bool:
+    """Whether this worker holds the control topic's partition, so runs the controller: the
+    agent's coroutine starts on every worker, and each worker's store watch would otherwise
+    send its own relearn or unpin, each by its own view of the store. True when the
+    assignment cannot be read (the watch then runs, as it did before this check)."""
+    try:
+        return any(tp.topic == control for tp in app.consumer.assignment())
+    except Exception:
+        return True
+
+
 def _all_models(
     mlink: MLink, epoch: int, budget: dict[str, float], version: int, why: str
 ) -> ControlMessage:
@@ -329,6 +340,9 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         watch, pins = LostLinks(after_s), LostLinks(after_s)
         for look in itertools.count():
             await asyncio.sleep(min(15.0, after_s / 3))
+            if not _controls(app, names.control):  # faust starts the agent on every worker
+                watch, pins = LostLinks(after_s), LostLinks(after_s)
+                continue
             try:  # reading a whole version is dearer (an object store's GET): 1 look in 4
                 await relearn_if_lost(watch, verify=look % 4 == 0 or watch.counting)
             except Exception:  # the next look may work; frames never wait for this one

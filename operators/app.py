@@ -13,6 +13,7 @@ import faust
 from mlink.operators.attach import attach
 from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.frame_operator import source_reader
+from mlink.operators.log_limits import limit_client_repeats
 from mlink.operators.runtime import MLink
 from mlink.operators.wiring import raw_topic
 from mlink.topics.bootstrap import bootstrap_servers
@@ -69,4 +70,10 @@ def create_app(
     source = raw_topic(app, source_topic) if source_topic else None
     attach(app, mlink, source=source, reader=source_reader(source_format))
     app.mlink = mlink  # type: ignore[attr-defined]
+
+    @app.task
+    async def limit_log_repeats() -> None:
+        """A broker outage logged ~108 client ERROR lines a second (:mod:`.log_limits`)."""
+        limit_client_repeats()
+
     return app

@@ -193,15 +193,27 @@ def links(
         render_links(rows, console)
 
 
-def resign(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
+def resign(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    from_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--from-unsigned",
+            help="the log was written without signing, which is being turned on: read it "
+            "unverified and restate it signed with the key",
+        ),
+    ] = False,
+) -> None:
     """Publish the control state in force again, signed with the first key of
     MLINK_SIGNING_KEY: run it after deploying `new,old` and before deploying `new`, so that
-    workers that restart later still find the plan, the links and the budget."""
+    workers that restart later still find the plan, the links and the budget. To turn signing
+    on, run it with `--from-unsigned` and the new key before the workers get the key."""
     from mlink.deploy.key_rotation import restate_control
 
     config = load_cli_config(config_path, broker)
     try:
-        messages = restate_control(need_broker(config), config)
+        messages = restate_control(need_broker(config), config, from_unsigned)
     except ValueError as exc:
         console.print(Text(str(exc), style="red"))
         raise typer.Exit(2) from None

@@ -24,23 +24,28 @@ from mlink.topics.signing import Signer
 __all__ = ["restate_control"]
 
 
-def restate_control(bootstrap: str, config: PipelineConfig) -> list[ControlMessage]:
+def restate_control(
+    bootstrap: str, config: PipelineConfig, from_unsigned: bool = False
+) -> list[ControlMessage]:
     """Publish the control state in force again, signed with the first key of
-    ``MLINK_SIGNING_KEY``; return what was published (nothing for a pipeline with no state)."""
+    ``MLINK_SIGNING_KEY``; return what was published (nothing for a pipeline with no state).
+    ``from_unsigned``: the log was written without signing, which is being turned on now: read
+    it accepting every record (as the workers did until now), and sign what it restates."""
     if not Signer.from_env().enabled:
         raise ValueError(
             "MLINK_SIGNING_KEY is not set: there is no new key to sign with (restating is for "
             "rolling a key: deploy 'new,old', run this, then deploy 'new')"
         )
     unverified: list[int] = []
-    state, messages = read_control(bootstrap, config, unverified=unverified)
+    reader = Signer() if from_unsigned else None
+    state, messages = read_control(bootstrap, config, unverified=unverified, signer=reader)
     if unverified and not messages:
         raise ValueError(
             f"none of the control topic's records verifies with MLINK_SIGNING_KEY "
             f"({len(unverified)} do not): restating now would publish nothing, and workers on "
             "the new key would start over from a warm-up. List the key the log was signed with "
-            "after the new one (MLINK_SIGNING_KEY=new,old), or none if it was unsigned, and "
-            "run this again"
+            "after the new one (MLINK_SIGNING_KEY=new,old) and run this again; if the log was "
+            "written without signing, run `mlink resign --from-unsigned` with the new key"
         )
     now = time.time()
     messages = []

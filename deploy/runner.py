@@ -203,12 +203,15 @@ def read_control(
     config: PipelineConfig,
     timeout: float = 5.0,
     unverified: list[int] | None = None,
+    signer: Signer | None = None,
 ) -> tuple[ControlState, list[ControlMessage]]:
     """Replay the control topic, as a worker does; return the state and every message (none
     when the topic does not exist yet: no worker has started, and reading must not create it).
     ``unverified`` collects the offsets of records that fail ``MLINK_SIGNING_KEY``'s check:
     skipped like the workers skip them, and all of them when the key list lacks the one the
-    log was signed with (a key roll that forgot the old key), which reads as an empty log."""
+    log was signed with (a key roll that forgot the old key), which reads as an empty log.
+    ``signer``: verify with it instead of ``MLINK_SIGNING_KEY``'s (``Signer()``: accept every
+    record, to read an unsigned log once when signing is turned on)."""
     from kafka import KafkaConsumer, TopicPartition
 
     state = ControlState(config.model_names, config.links.probe_every)
@@ -217,7 +220,7 @@ def read_control(
         enable_auto_commit=False,
         **config.consumer_kwargs(),
     )
-    signer = Signer.from_env()
+    signer = Signer.from_env() if signer is None else signer
     messages: list[ControlMessage] = []
     try:
         tp = TopicPartition(config.topics.names().control, 0)

@@ -301,3 +301,39 @@ def test_restating_the_control_state_survives_retiring_the_old_key(broker, tmp_p
     assert state.pinned_links == 2
     assert state.requested_budget == {"fraction": 0.2} and not state.budget_from_config
     assert state.plan_extra == {"objective": 0.9}
+
+
+def test_turning_signing_on_restates_an_unsigned_log(broker, tmp_path, monkeypatch) -> None:
+    """Review: with a key set, every unsigned record is refused, so turning signing on sent
+    every restarting worker back to a warm-up, and resign's advice led nowhere."""
+    from mlink.deploy.key_rotation import restate_control
+    from mlink.deploy.runner import publish_control, read_control
+    from mlink.deploy.topics_setup import create_pipeline_topics
+    from mlink.topics.records import ControlMessage
+    from tests.test_pipeline_e2e import FAST_MODELS, write_config
+
+    _, config = write_config(
+        tmp_path, "signon", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    monkeypatch.delenv("MLINK_SIGNING_KEY", raising=False)
+    plan = ControlMessage(
+        kind="active_set",
+        epoch=1,
+        issued_at=2.0,
+        active=(FAST_MODELS[0],),
+        budget={"fraction": 0.3},
+        link_version=3,
+    )
+    for message in (
+        ControlMessage(kind="link_version", epoch=0, issued_at=1.0, link_version=3),
+        plan,
+    ):
+        publish_control(broker.bootstrap, config, message)
+    monkeypatch.setenv("MLINK_SIGNING_KEY", "k" * 32)
+    with pytest.raises(ValueError, match="--from-unsigned"):
+        restate_control(broker.bootstrap, config)
+    kinds = [m.kind for m in restate_control(broker.bootstrap, config, from_unsigned=True)]
+    assert kinds == ["link_version", "active_set"]
+    state, _ = read_control(broker.bootstrap, config)  # as a worker with the key replays it
+    assert (state.epoch, state.link_version, state.active) == (2, 3, (FAST_MODELS[0],))

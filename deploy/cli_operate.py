@@ -17,7 +17,7 @@ __all__ = ["budget", "links", "resign", "status", "tail"]
 def tail(
     config_path: ConfigArg,
     broker: BrokerOpt = None,
-    count: Annotated[int | None, typer.Option(help="stop after this many results")] = None,
+    count: Annotated[int | None, typer.Option(help="stop after this many results", min=1)] = None,
     from_beginning: Annotated[
         bool,
         typer.Option("--from-beginning", help="replay the results topic from its start"),

@@ -233,18 +233,21 @@ def render_links(rows: Sequence[LinkRow], console: Console) -> None:
     """``mlink links``: one row per stored version, oldest first, and what the pipeline does
     with it."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
-    for column in ("version", "saved (UTC)", "links", "samples", "val score", ""):
+    table.add_column("v", no_wrap=True)
+    table.add_column("", no_wrap=True)  # what it is for the pipeline: the point of the list
+    table.add_column("saved (UTC)", overflow="fold")  # what gives way in a narrow terminal
+    for column in ("links", "samples", "score"):
         table.add_column(column, no_wrap=True)
     for row in rows:
         notes = [n for n, on in (("in force", row.in_force), ("pinned", row.pinned),
                                  ("newest", row.newest)) if on]  # fmt: skip
         table.add_row(
             f"v{row.version}",
-            row.created_at[:19].replace("T", " "),
+            ", ".join(notes),
+            row.created_at[:16].replace("T", " "),
             str(row.links),
             "?" if row.samples is None else str(row.samples),
             "-" if row.mean_val_score is None else f"{row.mean_val_score:.3f}",
-            ", ".join(notes),
             style="bold" if row.in_force else None,
         )
     console.print(table)

@@ -140,7 +140,8 @@ def decide(
         extra["content"] = content_table(links.oracle, plan.active, links.linkset.specs).to_meta()
     except (TypeError, ValueError) as exc:  # an oracle without per-frame scores
         log.info("epoch %d: no content table (%s)", epoch, exc)
-    if not targets:  # a target plan is the cheapest that meets them: no budget edge
+    # a target plan is the cheapest that meets them: no budget edge; declared costs do not move
+    if not targets and cost_table != "declared":
         again = functools.partial(_choose, selector=selector)
         extra.update(headroom_extra(epoch, lambda: active_set_headroom(problem, plan, again)))
     return ControlMessage(

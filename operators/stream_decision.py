@@ -118,7 +118,7 @@ def stream_decision(
         "; ".join(f"{m}: {d}" for m, d in described.items()),
     )
     extra_fragile = {}
-    if not targets and budget_ms is not None:
+    if not targets and budget_ms is not None and cost_table != "declared":  # declared: no noise
         extra_fragile = headroom_extra(
             epoch,
             lambda: cost_headroom(plan, links.curves, ms, budget_ms, objective="lower", **common),

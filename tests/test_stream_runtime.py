@@ -91,6 +91,10 @@ def test_a_plan_without_room_for_a_cost_rise_says_which_plan_would_follow(links)
     assert "fragile" not in roomy.extra
     targets = decide(MODELS, {}, links, {"target_agreement": 0.5}, 1, probe_every=8, stream=True)
     assert "fragile" not in targets.extra  # a target plan is the cheapest: no budget edge
+    # the same costs declared in the config: they do not move, so the edge is no risk
+    declared = {m: {"ms": float(links.model_costs[m]["ms"])} for m in MODELS}
+    fixed = decide(MODELS, declared, links, {"fraction": 0.25}, 1, probe_every=8, stream=True)
+    assert fixed.active == tight.active and "fragile" not in fixed.extra
 
 
 def test_accuracy_targets_plan_the_cheapest_schedule_and_say_when_none_meets_them(links) -> None:

@@ -353,17 +353,20 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                 log.exception("checking the link store for the pinned version failed")
 
     async def restate_config_budget() -> None:
-        """An edited config's budget takes effect on restart (:func:`config_budget_message`)."""
-        message, why = config_budget_message(mlink.state, settings.budget)
-        if why is not None:
-            log.warning(why)
-        if message is None:
-            return
-        log.info("the config's budget %s is not the one in force: restating it", message.budget)
+        """An edited config's budget takes effect on restart (:func:`config_budget_message`).
+        Nothing here may fail the agent: it runs before the event loop, outside every event's
+        guard, and an agent that raises there is restarted by faust every few seconds for
+        good, with the pipeline stuck in its warm-up."""
         try:
+            message, why = config_budget_message(mlink.state, settings.budget)
+            if why is not None:
+                log.warning(why)
+            if message is None:
+                return
+            log.info("the config's budget %s is not the one in force: restating it", message.budget)
             await control_out.send(b"budget", encode_record(message))
         except Exception:  # the worker still serves; `mlink budget` sets it by hand
-            log.exception("could not restate the config's budget %s", message.budget)
+            log.exception("could not restate the config's budget %s", settings.budget)
 
     async def controller(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()

@@ -23,21 +23,24 @@ import faust
 
 from mlink.linkstore.bundle import BAD_RETRY_S
 from mlink.linkstore.store import StoreError
-from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.budget_messages import config_budget_message, refusal_message
 from mlink.operators.control_operators import ControlLog
-from mlink.operators.controller import decide, guard_decision, unmet_models
+from mlink.operators.controller import decide, guard_decision
+from mlink.operators.controller_rules import (
+    links_in_force,
+    planned_for_requested,
+    relearn_holds,
+    target_replan,
+)
 from mlink.operators.relearn import (
     LINK_SHA256,
     LostLinks,
     lost_pin,
     relearn_message,
-    relearning,
     unpin_lost_message,
 )
 from mlink.operators.runtime import MLink
-from mlink.operators.state import ControlState
-from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
+from mlink.operators.stream_decision import carried_corrections
 from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError
@@ -69,60 +72,6 @@ async def retry_with_backoff(
         if await attempt():
             return True
         delay = min(delay * 2, most_s)
-
-
-def _planned_for_requested(state: ControlState) -> bool:
-    """Whether the plan in force was made for the requested budget from the links wanted (the
-    newest, or the pinned)."""
-    return (
-        state.epoch > 0
-        and state.budget == state.requested_budget
-        and state.link_version == state.wanted_links
-    )
-
-
-def _links_in_force(state: ControlState) -> bool:
-    """Whether the plan in force already uses the links wanted (the newest, or the pinned)."""
-    return state.epoch > 0 and state.link_version == state.wanted_links
-
-
-def _relearn_holds(state: ControlState) -> int | None:
-    """The lost version the controller must not plan from while the links are learned again,
-    or None. Asked of the newest announced version, not of the wanted one: a pin made since the
-    relearn plan (which ended every earlier pin) is the operator's call on a version
-    ``mlink links`` found whole, and is planned from."""
-    if state.pinned_links is not None:
-        return None
-    return relearning(state.plan_extra, state.link_version, state.latest_links)
-
-
-def _target_replan(mlink: MLink) -> tuple[str, dict[str, float], list[str]] | None:
-    """Why the current stream plan must change, the corrections to plan with and the models
-    below target, when live probes show a model below its accuracy target with confidence and
-    the plan in force did not already find it out of reach within the compute bound; else
-    None (every probe report would otherwise re-plan the same plan again)."""
-    state = mlink.state
-    if not mlink.settings.links.stream or state.schedule is None or not state.live_agreement:
-        return None
-    try:
-        targets = agreement_targets(state.budget, mlink.model_names)
-    except ValueError:
-        return None
-    misses = target_misses(
-        state.schedule, state.live_agreement, state.live_probes, targets, counts=state.live_counts
-    )
-    misses = {m: why for m, why in misses.items() if m not in unmet_models(state.plan_extra)}
-    if not misses:
-        return None
-    corrections = live_corrections(
-        state.plan_extra,
-        state.live_agreement,
-        state.live_probes,
-        sorted(state.live_agreement),
-        counts=state.live_counts,
-        started=state.live_started,
-    )
-    return "; ".join(misses[m] for m in sorted(misses)), corrections, sorted(misses)
 
 
 def _controls(app: faust.App, control: str) -> bool:
@@ -178,7 +127,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             if version is None:
                 log.info("budget noted; waiting for the first links")
                 return True
-            if (lost := _relearn_holds(state)) is not None:
+            if (lost := relearn_holds(state)) is not None:
                 # its files are gone or damaged, though this process may hold a copy
                 log.info("links are being learned again; not planning from lost v%d", lost)
                 return True
@@ -392,14 +341,14 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         )
                         continue
                     if message.kind == "agreement":  # a model below its target: run it more
-                        replan = _target_replan(mlink)
+                        replan = target_replan(mlink)
                         if replan is None:
                             continue
                         reason, corrections, missed = replan
                         log.warning("re-planning: %s", reason)
-                    elif message.kind == "budget" and _planned_for_requested(mlink.state):
+                    elif message.kind == "budget" and planned_for_requested(mlink.state):
                         continue  # the plan in force has it (a worker restated it again)
-                    elif message.kind == "link_version" and _links_in_force(mlink.state):
+                    elif message.kind == "link_version" and links_in_force(mlink.state):
                         continue  # a version announced while another is pinned, or again
                     elif message.kind in ("budget", "link_version"):
                         # the guard's evidence on the models stands: no model flaps back

@@ -66,7 +66,7 @@ def test_a_pin_made_while_learning_again_is_planned_from_even_at_the_lost_number
     """v3 pinned and in force, v5 the newest: v3 is lost, the relearn names v5 (still whole).
     The operator pins v5: the controller plans from it, and not only until v6 is announced."""
     from mlink.deploy.link_pins import pin_message
-    from mlink.operators.controller_agent import _relearn_holds
+    from mlink.operators.controller_rules import relearn_holds as _relearn_holds
 
     state = ControlState(MODELS)
     for version in (3, 4, 5):

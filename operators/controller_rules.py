@@ -1,0 +1,67 @@
+"""When the controller plans: the questions it asks of the replayed control state before it
+plans again (pure functions of the state, tested without a broker)."""
+
+from __future__ import annotations
+
+from mlink.linkstore.streamplan import agreement_targets
+from mlink.operators.controller import unmet_models
+from mlink.operators.relearn import relearning
+from mlink.operators.runtime import MLink
+from mlink.operators.state import ControlState
+from mlink.operators.stream_decision import live_corrections, target_misses
+
+__all__ = ["links_in_force", "planned_for_requested", "relearn_holds", "target_replan"]
+
+
+def planned_for_requested(state: ControlState) -> bool:
+    """Whether the plan in force was made for the requested budget from the links wanted (the
+    newest, or the pinned)."""
+    return (
+        state.epoch > 0
+        and state.budget == state.requested_budget
+        and state.link_version == state.wanted_links
+    )
+
+
+def links_in_force(state: ControlState) -> bool:
+    """Whether the plan in force already uses the links wanted (the newest, or the pinned)."""
+    return state.epoch > 0 and state.link_version == state.wanted_links
+
+
+def relearn_holds(state: ControlState) -> int | None:
+    """The lost version the controller must not plan from while the links are learned again,
+    or None. Asked of the newest announced version, not of the wanted one: a pin made since the
+    relearn plan (which ended every earlier pin) is the operator's call on a version
+    ``mlink links`` found whole, and is planned from."""
+    if state.pinned_links is not None:
+        return None
+    return relearning(state.plan_extra, state.link_version, state.latest_links)
+
+
+def target_replan(mlink: MLink) -> tuple[str, dict[str, float], list[str]] | None:
+    """Why the current stream plan must change, the corrections to plan with and the models
+    below target, when live probes show a model below its accuracy target with confidence and
+    the plan in force did not already find it out of reach within the compute bound; else
+    None (every probe report would otherwise re-plan the same plan again)."""
+    state = mlink.state
+    if not mlink.settings.links.stream or state.schedule is None or not state.live_agreement:
+        return None
+    try:
+        targets = agreement_targets(state.budget, mlink.model_names)
+    except ValueError:
+        return None
+    misses = target_misses(
+        state.schedule, state.live_agreement, state.live_probes, targets, counts=state.live_counts
+    )
+    misses = {m: why for m, why in misses.items() if m not in unmet_models(state.plan_extra)}
+    if not misses:
+        return None
+    corrections = live_corrections(
+        state.plan_extra,
+        state.live_agreement,
+        state.live_probes,
+        sorted(state.live_agreement),
+        counts=state.live_counts,
+        started=state.live_started,
+    )
+    return "; ".join(misses[m] for m in sorted(misses)), corrections, sorted(misses)

@@ -209,7 +209,10 @@ def main() -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python warns about its own loop
+    # kafka-python logs every refused connection and a socket closed under it at ERROR (11
+    # lines and a traceback before `mlink status` says the broker is down, a traceback at exit
+    # of `status --json` now and then); the CLI says what failed itself, as a Kafka error
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     logging.getLogger("kafka.cluster").addFilter(_not_a_cancelled_refresh)
     try:
         app()

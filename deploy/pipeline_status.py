@@ -49,7 +49,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     model by the controller and measured live on probe frames, each also as the mean over the
     synthesized models only (the all-models figure counts executed models as 1)."""
     unverified: list[int] = []
-    state, _ = read_control(bootstrap, config, unverified=unverified)
+    state, messages = read_control(bootstrap, config, unverified=unverified)
+    started = bool(messages or unverified) or control_topic_exists(bootstrap, config)
     # the plan in force, as the workers applied it (a later message of the same epoch, from a
     # controller that failed over, was skipped by them and is not shown either)
     extra = state.plan_extra if state.epoch > 0 else {}
@@ -104,6 +105,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "budget_refused": state.budget_refused,  # the last request no plan met, and why
         # records MLINK_SIGNING_KEY does not verify: skipped by every worker too
         "unverified_control": len(unverified),
+        # named when it does not exist: no worker started, or a wrong topics.prefix
+        "control_topic": None if started else config.topics.names().control,
         "linkstore": store_report(config.links.store, state),
         "lag": consumer_lag(bootstrap, config),
         "dead_letters": dead_letter_report(bootstrap, config),
@@ -173,6 +176,17 @@ def _reader(bootstrap: str, config: PipelineConfig) -> Any:
         enable_auto_commit=False,
         **config.consumer_kwargs(),
     )
+
+
+def control_topic_exists(bootstrap: str, config: PipelineConfig) -> bool:
+    """Whether the pipeline's control topic exists (asked without creating it): a status of a
+    pipeline no worker has started, or of a mistyped ``topics.prefix``, otherwise reads as a
+    pipeline warming up."""
+    consumer = _reader(bootstrap, config)
+    try:
+        return bool(consumer.partitions_for_topic(config.topics.names().control))
+    finally:
+        consumer.close()
 
 
 def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:

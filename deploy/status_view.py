@@ -100,6 +100,13 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         _say(console, f"ms per call the plan was priced on: {priced}")
     if active is None:
         _say(console, "warming up: every model runs until the first links are trained")
+    if status.get("control_topic"):
+        _say(
+            console,
+            f"no control topic {status['control_topic']}: no worker of this pipeline has "
+            "started, or topics.prefix is not the workers'",
+            "red",
+        )
     if status.get("unverified_control"):
         _say(
             console,

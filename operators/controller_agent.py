@@ -41,7 +41,7 @@ from mlink.operators.relearn import (
 )
 from mlink.operators.runtime import MLink
 from mlink.operators.stream_decision import carried_corrections
-from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
+from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, DecodeError
 
@@ -366,4 +366,6 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                 task.cancel()
 
     controller.__name__ = "controller"
-    return app.agent(control_t, name=f"{settings.name}-controller")(controller)
+    return app.agent(control_t, name=f"{settings.name}-controller")(
+        count_crashes(mlink, "controller")(controller)
+    )

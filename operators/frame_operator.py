@@ -33,7 +33,7 @@ from mlink.operators.joiner import Executed, FrameWork, is_training_sample
 from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
 from mlink.operators.warmup_hold import hold_over
-from mlink.operators.wiring import Outbox, dead_letters, raw_topic
+from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.ingest import SourceFormat, frame_from_record
@@ -310,4 +310,7 @@ def attach_frame_operator(
             record_result(mlink, result)
 
     frame_operator.__name__ = "frame_operator"
-    return app.agent(source, name=f"{settings.name}-frame-operator")(frame_operator)
+    return app.agent(
+        source,
+        name=f"{settings.name}-frame-operator",
+    )(count_crashes(mlink, "frame-operator")(frame_operator))

@@ -144,6 +144,14 @@ class WorkerMetrics:
             "are not planned from",
             registry=r,
         )
+        self.agent_crashes = Counter(
+            "mlink_agent_crashes",
+            "times an agent raised outside every event's guard and faust restarted it: a bug "
+            "or a broken dependency; a steady rate is a crash loop that can keep the pipeline "
+            "in its warm-up (alert on it)",
+            ["agent"],
+            registry=r,
+        )
         self.relearns = Counter(
             "mlink_links_relearned",
             "plans that ran every model because the store lost or damaged the link version "

@@ -34,7 +34,7 @@ from mlink.operators.joiner import FrameWork, JoinBuffer, is_training_sample
 from mlink.operators.model_errors import NO_OUTPUT
 from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
-from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
+from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_any_record, decode_record, encode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.records import DecodeError, Frame, FrameResult, ModelOutput, PlanNotice
@@ -122,7 +122,9 @@ def attach_planner(
 
     planner.__name__ = "planner"
     source = source if source is not None else raw_topic(app, names.frames)
-    return app.agent(source, name=f"{settings.name}-planner")(planner)
+    return app.agent(source, name=f"{settings.name}-planner")(
+        count_crashes(mlink, "planner")(planner)
+    )
 
 
 def attach_model_operator(
@@ -187,7 +189,9 @@ def attach_model_operator(
             await outputs_t.send(frame.stream_id.encode(), encode_record(record))
 
     model_operator.__name__ = f"model_operator_{name}"
-    return app.agent(planned_t, name=f"{settings.name}-{name}")(model_operator)
+    return app.agent(planned_t, name=f"{settings.name}-{name}")(
+        count_crashes(mlink, name)(model_operator)
+    )
 
 
 def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
@@ -308,4 +312,7 @@ def attach_link_operator(app: faust.App, mlink: MLink) -> Any:
     app.timer(interval=max(0.2, settings.output_timeout_s / 5))(expire_pending)
     app.on_partitions_revoked.connect(forget_revoked)
     link_operator.__name__ = "link_operator"
-    return app.agent(outputs_t, name=f"{settings.name}-link-operator")(link_operator)
+    return app.agent(
+        outputs_t,
+        name=f"{settings.name}-link-operator",
+    )(count_crashes(mlink, "link-operator")(link_operator))

@@ -22,7 +22,7 @@ from mlink.operators.live import LiveAgreement, probe_agreement
 from mlink.operators.relearn import relearning
 from mlink.operators.runtime import MLink
 from mlink.operators.training_process import TrainingJob, TrainingProcess
-from mlink.operators.wiring import Outbox, dead_letters, raw_topic, verified_value
+from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.records import ControlMessage, FrameResult
 
@@ -188,4 +188,6 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
                     await train()
 
     trainer_agent.__name__ = "trainer"
-    return app.agent(samples_t, name=f"{settings.name}-trainer")(trainer_agent)
+    return app.agent(samples_t, name=f"{settings.name}-trainer")(
+        count_crashes(mlink, "trainer")(trainer_agent)
+    )

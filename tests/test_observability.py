@@ -3,6 +3,7 @@ live worker)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -12,8 +13,10 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,6 +32,7 @@ from mlink.operators import LinkSettings, MLink, Model, Settings
 from mlink.operators.control_operators import _apply
 from mlink.operators.metrics import WorkerMetrics, start_metrics_endpoint
 from mlink.operators.relearn import relearn_message
+from mlink.operators.wiring import count_crashes
 from mlink.topics.records import ControlMessage
 from mlink.topics.specs import VectorSpec
 from tests.test_report import plan_and_probe_report
@@ -62,6 +66,14 @@ def test_metrics_endpoint_is_scraped_over_http() -> None:
     metrics.link_version.set(2)
     metrics.links_pinned.set(1)
     metrics.relearns.inc()
+    crashed = SimpleNamespace(metrics=Counter(), prom=metrics)
+
+    async def agent(stream: object) -> None:  # raises outside every event's guard
+        raise NameError("config_budget_message")
+
+    with pytest.raises(NameError):  # faust still sees it, and restarts the agent
+        asyncio.run(count_crashes(crashed, "controller")(agent)(None))
+    assert crashed.metrics == {"agent_crashes:controller": 1}
     metrics.in_flight.set(5)
     metrics.set_lag("mlink.frames", 1, 17)
     metrics.model_healthy.labels("parity").set(0)
@@ -95,6 +107,7 @@ def test_metrics_endpoint_is_scraped_over_http() -> None:
     assert got[("mlink_link_version", ())] == 2
     assert got[("mlink_links_pinned", ())] == 1
     assert got[("mlink_links_relearned_total", ())] == 1
+    assert got[("mlink_agent_crashes_total", (("agent", "controller"),))] == 1
     assert got[("mlink_in_flight_frames", ())] == 5
     assert got[("mlink_consumer_lag", (("partition", "1"), ("topic", "mlink.frames")))] == 17
     assert got[("mlink_model_healthy", (("model", "parity"),))] == 0

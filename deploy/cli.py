@@ -140,7 +140,7 @@ def worker(config_path: ConfigArg, broker: BrokerOpt = None) -> None:
     """Run one faust worker process of the pipeline (start more to scale out)."""
     config = load_cli_config(config_path, broker)
     bootstrap = need_broker(config)
-    store_problem(config)  # the worker builds it at import, where faust hides why it failed
+    exit_on_store_problem(config)  # the worker builds it at import, where faust hides why it failed
     os.environ["MLINK_CONFIG"] = str(config_path.resolve())
     os.environ["MLINK_BROKER"] = bootstrap
     from mlink.deploy.processes import worker_argv
@@ -170,14 +170,11 @@ for command in (tail, status, budget, links, resign):  # a running pipeline's (c
     app.command()(command)
 
 
-def store_problem(config) -> None:
+def exit_on_store_problem(config) -> None:
     """Exit 2 naming ``links.store`` when the workers could not open or write it."""
-    from mlink.linkstore.store import LinkStore, StoreError
+    from mlink.linkstore.store import store_problem
 
-    try:
-        problem = LinkStore(config.links.store).writable_problem()
-    except StoreError as exc:
-        problem = str(exc)
+    problem = store_problem(config.links.store)
     if problem:
         console.print(Text(problem, style="red"))
         raise typer.Exit(2)

@@ -38,8 +38,8 @@ def restate_control(
         )
     unverified: list[int] = []
     reader = Signer() if from_unsigned else None
-    state, messages = read_control(bootstrap, config, unverified=unverified, signer=reader)
-    if unverified and not messages:
+    state, replayed = read_control(bootstrap, config, unverified=unverified, signer=reader)
+    if unverified and not replayed:
         raise ValueError(
             f"none of the control topic's records verifies with MLINK_SIGNING_KEY "
             f"({len(unverified)} do not): restating now would publish nothing, and workers on "
@@ -84,6 +84,6 @@ def restate_control(
         )
     if state.pinned_links is not None:  # after the plan: a relearn plan ends earlier pins
         messages.append(pin_message(state.pinned_links, True))
-    for message in messages:
-        publish_control(bootstrap, config, message)
+    if messages:
+        publish_control(bootstrap, config, *messages)
     return messages

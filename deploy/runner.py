@@ -143,25 +143,22 @@ def _from_the_end(consumer: Any, topic: str, wait_s: float = 30.0) -> None:
         pass
 
 
-def publish_control(bootstrap: str, config: PipelineConfig, message: ControlMessage) -> None:
-    """Send one control message (e.g. a budget command) and wait until the broker has it. The
-    pipeline's topics are created first if missing, so a command sent before the first worker
-    starts lands on a control topic of one partition, which the worker then replays."""
+def publish_control(bootstrap: str, config: PipelineConfig, *messages: ControlMessage) -> None:
+    """Send control messages (e.g. a budget command), in order, and wait until the broker has
+    them. The pipeline's topics are created first if missing, so a command sent before the
+    first worker starts lands on a control topic of one partition, which the worker replays."""
     from kafka import KafkaProducer
 
     create_pipeline_topics(config, bootstrap)
     producer = KafkaProducer(
         bootstrap_servers=bootstrap_servers(bootstrap), acks="all", **config.producer_kwargs()
     )
+    topic, signer = config.topics.names().control, Signer.from_env()
     try:
-        key, value, topic = (
-            message.kind.encode(),
-            encode_record(message),
-            config.topics.names().control,
-        )
-        headers = Signer.from_env().sign(topic, key, value)
-        producer.send(topic, key=key, value=value, headers=headers)
-        producer.flush(30)
+        for message in messages:  # each acknowledged before the next: the log keeps their order
+            key, value = message.kind.encode(), encode_record(message)
+            headers = signer.sign(topic, key, value)
+            producer.send(topic, key=key, value=value, headers=headers).get(30)
     finally:
         producer.close()
 

@@ -38,7 +38,7 @@ from mlink.eval.memory import single_threaded
 from mlink.eval.outputs import ModelRunError, timed_output, warm_up
 from mlink.linkstore.budget import full_cost, typical_ms
 from mlink.linkstore.selection import Problem, cheapest_feasible_budget
-from mlink.linkstore.store import LinkStore, StoreError
+from mlink.linkstore.store import store_problem
 from mlink.operators.controller import model_costs
 
 __all__ = [
@@ -130,10 +130,7 @@ def check_config(config: PipelineConfig, frames: int = DEFAULT_FRAMES) -> CheckR
         for c in models
         if c.ms is not None and c.ms > c.timeout_s * 1000.0
     ]
-    try:  # every worker opens it at start-up, and the trainer writes there
-        store = LinkStore(config.links.store).writable_problem()
-    except StoreError as exc:
-        store = str(exc)
+    store = store_problem(config.links.store)  # every worker opens it, the trainer writes it
     problems += [store] if store else []
     budget = _budget(config, {c.name: c.ms for c in models if c.ms is not None})
     if budget.fits is False:

@@ -70,6 +70,7 @@ __all__ = [
     "IntegrityError",
     "LinkStore",
     "StoreError",
+    "store_problem",
 ]
 
 POINTER_FILE = "CURRENT.json"
@@ -414,3 +415,13 @@ class LinkStore(VersionReads):
             missing=lambda: self._missing(version),
             corrupt=lambda name: self._missing_file(version, name),
         )
+
+
+def store_problem(root: str | os.PathLike[str]) -> str | None:
+    """Why the workers could not open or write the link store at ``root``, or None: what
+    ``mlink check`` and ``mlink worker`` ask before any worker builds it at import (opening it
+    creates the directory, as a worker would)."""
+    try:
+        return LinkStore(root).writable_problem()
+    except StoreError as exc:
+        return str(exc)

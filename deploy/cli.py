@@ -20,6 +20,7 @@ from mlink.deploy.cli_common import (
     ConfigArg,
     app,
     console,
+    errors,
     load_cli_config,
     need_broker,
 )
@@ -176,7 +177,7 @@ def exit_on_store_problem(config) -> None:
 
     problem = store_problem(config.links.store)
     if problem:
-        console.print(Text(problem, style="red"))
+        errors.print(Text(problem, style="red"))
         raise typer.Exit(2)
 
 
@@ -214,7 +215,7 @@ def main() -> None:
     try:
         app()
     except KafkaError as exc:  # an unreachable broker, mostly: say so instead of a traceback
-        console.print(
+        errors.print(
             Text(
                 f"Kafka error: {exc}. Is the broker up and reachable at the address given by "
                 "--broker, MLINK_BROKER or the config's `broker:`? (Leave them all out and "
@@ -224,7 +225,7 @@ def main() -> None:
         )
         raise SystemExit(2) from None
     except (ConfigError, ModelRunError, FileNotFoundError) as exc:  # the user's to fix
-        console.print(Text(str(exc), style="red"))
+        errors.print(Text(str(exc), style="red"))
         raise SystemExit(2) from None
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-__all__ = ["BrokerOpt", "ConfigArg", "app", "console", "load_cli_config", "need_broker"]
+__all__ = ["BrokerOpt", "ConfigArg", "app", "console", "errors", "load_cli_config", "need_broker"]
 
 app = typer.Typer(
     help="MLink-stream: run many black-box models cheaper by synthesizing some through links.",
@@ -19,6 +19,9 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # docstrings wrap lines; markdown joins them, rich keeps them
 )
 console = Console()
+#: What failed goes to stderr, so `mlink status --json | jq` and scripts reading stdout see only
+#: the answer, and a shell redirect of stdout still shows the error.
+errors = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="pipeline config (YAML)", exists=True)]
 BrokerOpt = Annotated[
@@ -33,13 +36,13 @@ def load_cli_config(path: Path, broker: str | None = None):
         config = load_config(path)
         return with_broker(config, broker) if broker else config
     except ConfigError as exc:
-        console.print(Text(str(exc), style="red"))
+        errors.print(Text(str(exc), style="red"))
         raise typer.Exit(2) from None
 
 
 def need_broker(config) -> str:
     if not config.broker:
-        console.print(
+        errors.print(
             "[red]no broker: pass --broker host:port, set MLINK_BROKER, or `broker:` in the "
             "config (`mlink broker` starts an embedded one)[/red]"
         )

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from mlink.deploy.cli_common import BrokerOpt, ConfigArg, console, load_cli_config, need_broker
+from mlink.deploy.cli_common import (
+    BrokerOpt,
+    ConfigArg,
+    console,
+    errors,
+    load_cli_config,
+    need_broker,
+)
 
 __all__ = ["budget", "links", "resign", "status", "tail"]
 
@@ -135,7 +142,7 @@ def budget(
         return
     outcome, detail = answer
     if outcome == "refused":
-        console.print(Text(f"refused, the budget in force stays: {detail}", style="red"))
+        errors.print(Text(f"refused, the budget in force stays: {detail}", style="red"))
         raise typer.Exit(2)
     console.print(f"planned at {detail}")
 
@@ -183,7 +190,7 @@ def links(
             return
         store = existing_store(config.links.store)
     except PinError as exc:
-        console.print(Text(str(exc), style="red"))
+        errors.print(Text(str(exc), style="red"))
         raise typer.Exit(2) from None
     state, _ = read_control(bootstrap, config)
     rows = link_rows(state, store)
@@ -215,7 +222,7 @@ def resign(
     try:
         messages = restate_control(need_broker(config), config, from_unsigned)
     except ValueError as exc:
-        console.print(Text(str(exc), style="red"))
+        errors.print(Text(str(exc), style="red"))
         raise typer.Exit(2) from None
     for message in messages:
         console.print(f"restated {message.kind} (epoch {message.epoch})")

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 __all__ = ["app", "bench"]
 
@@ -68,6 +69,7 @@ def bench(
     from mlink.linkstore.crossfit import SCHEMES, TooFewSamples
 
     console = Console()
+    errors = Console(stderr=True)  # what failed: stdout may be the --json report
     choices = {
         "order": (order, ("auto", "file", "shuffled")),
         "selection": (selection, SCHEMES),
@@ -80,7 +82,7 @@ def bench(
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
+        errors.print(Text(str(exc), style="red"))  # a path may hold brackets: no markup
         raise typer.Exit(2) from None
     if use_config_budget:
         fractions = None
@@ -101,7 +103,7 @@ def bench(
             scheme=selection,  # type: ignore[arg-type]
         )
     except TooFewSamples as exc:  # a short source: say which knobs give the links more frames
-        console.print(
+        errors.print(
             f"[red]too few training frames: {exc.args[0].split(';')[0]}. The links train on "
             f"the first {train_fraction:.0%} of each stream: give a larger --train-fraction "
             "or a longer source.[/red]"

@@ -43,4 +43,6 @@ def test_an_unreachable_broker_is_named_not_a_traceback(monkeypatch, capsys) -> 
     with pytest.raises(SystemExit) as ended:
         cli.main()
     assert ended.value.code == 2
-    assert "Is the broker up and reachable" in " ".join(capsys.readouterr().out.split())
+    said = capsys.readouterr()
+    assert "Is the broker up and reachable" in " ".join(said.err.split())  # errors: stderr
+    assert not said.out

@@ -135,6 +135,9 @@ def decide(
         "cost": dict(plan.cost),
         "predicted": {m: links.oracle(frozenset(plan.active), m) for m in models},
         "cost_table": cost_table,
+        # the costs and compute bound it was chosen on (a fraction resolved), as stream plans
+        "model_ms": {m: float(costs[m].get("ms", 0.0)) for m in models},
+        "budget_ms": limits.get("ms"),
     }
     try:  # what each synthesized model keeps per content signature, for the workers to weigh
         extra["content"] = content_table(links.oracle, plan.active, links.linkset.specs).to_meta()

@@ -731,6 +731,9 @@ def test_decide_picks_the_best_active_set_within_the_budget(
     assert small.active == ("parity",)
     assert small.extra["cost"]["ms"] <= 1.6 and small.extra["objective"] < 1.0
     assert small.extra["predicted"]["parity"] == 1.0
+    # what it was priced on, as stream plans say: `mlink status` shows the fraction in ms
+    assert small.extra["budget_ms"] == pytest.approx(1.6)
+    assert small.extra["model_ms"] == {m: pytest.approx(c) for m, c in COSTS.items()}
     assert 0.0 <= small.extra["predicted"]["digit"] <= 1.0
     greedy = decide_for({"fraction": 0.1}, epoch=5, selector="greedy")
     assert greedy.active == ("parity",)

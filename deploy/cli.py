@@ -114,6 +114,8 @@ def run(
         print(json.dumps(json_safe(summary), default=str, allow_nan=False))
     else:
         print_summary(summary, console)
+    if summary.get("interrupted") is not None:  # a signal cut it short: say so to the caller
+        raise SystemExit(summary["interrupted"])
 
 
 # `mlink bench` is the evaluation package's command (the CLI is the one place that reaches eval/;

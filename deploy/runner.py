@@ -268,6 +268,7 @@ class RunReport:
     worker_restarts: int = 0
     control: list[ControlMessage] = field(default_factory=list)  # the control log at the end
     started_at: float | None = None  # wall clock before the workers started (this run's messages)
+    interrupted: int | None = None  # the exit code of a signal that cut the run short
 
     def status_counts(self) -> Counter[tuple[str, str]]:
         return Counter((r.model, r.status) for res in self.results.values() for r in res.results)
@@ -291,6 +292,32 @@ def require_sendable_source(config: PipelineConfig) -> None:
         )
 
 
+def _send_and_collect(
+    cfg: PipelineConfig,
+    frames: list[tuple[str, Any]],
+    collector: ResultCollector,
+    ids: list[str],
+    timeout: float,
+    progress: bool,
+) -> tuple[bool, int | None]:
+    """Send ``frames`` (their ids into ``ids``) and wait for their results: whether all came,
+    and the exit code of a Ctrl-C or SIGTERM (the CLI's handler) that cut it short, so that a
+    run stopped by ``timeout`` or a container stop still says what it did so far."""
+    from tqdm import tqdm
+
+    from mlink.deploy.source import FrameProducer, send_all
+
+    try:
+        with FrameProducer.for_pipeline(cfg, cfg.broker) as producer:
+            send_all(producer, frames, cfg.source.rate, lambda f: ids.append(f.frame_id))
+        with tqdm(total=len(ids), desc="results", unit="frame", disable=not progress) as bar:
+            return collector.wait_for(set(ids), timeout, bar), None
+    except (KeyboardInterrupt, SystemExit) as stop:
+        code = stop.code if isinstance(stop, SystemExit) else 130
+        log.warning("interrupted after %d frames sent: summarising what came back", len(ids))
+        return False, code if isinstance(code, int) else 1
+
+
 def run_pipeline(
     config: PipelineConfig,
     config_path: Path,
@@ -305,9 +332,7 @@ def run_pipeline(
     ``frames`` (``(stream_id, image)`` pairs) replaces reading the source, when the caller has
     them already.
     """
-    from tqdm import tqdm
-
-    from mlink.deploy.source import FrameProducer, iter_source, send_all
+    from mlink.deploy.source import iter_source
 
     if frames is None:
         require_sendable_source(config)
@@ -331,11 +356,9 @@ def run_pipeline(
                 frames = list(iter_source(cfg.source))
             start = time.time()
             ids: list[str] = []
-            with FrameProducer.for_pipeline(cfg, cfg.broker) as producer:
-                send_all(producer, frames, cfg.source.rate, lambda f: ids.append(f.frame_id))
-            with tqdm(total=len(ids), desc="results", unit="frame", disable=not progress) as bar:
-                complete = collector.wait_for(set(ids), timeout, bar)
-            if not complete:
+            sent = _send_and_collect(cfg, frames, collector, ids, timeout, progress)
+            complete, interrupted = sent
+            if not complete and interrupted is None:
                 missing = len(set(ids) - collector.results.keys())
                 log.error(
                     "%d of %d frames have no result after %.0f s; worker logs in %s",
@@ -360,6 +383,7 @@ def run_pipeline(
                 supervisor.restarts,
                 control,
                 began,
+                interrupted,
             )
         finally:
             if collector is not None:

@@ -68,8 +68,12 @@ def run_and_summarize(config, config_path: Path, workers, timeout, compare, cons
         full = full_run(config, frames)
     report = run_pipeline(config, config_path, workers, timeout, frames=frames)
     if full is None:
-        return uncompared_summary(report)
-    return summarize(config, report, full, frame_ids(frames)).as_dict()
+        summary = uncompared_summary(report)
+    else:
+        summary = summarize(config, report, full, frame_ids(frames)).as_dict()
+    if report.interrupted is not None:  # the CLI prints it, then exits with this code
+        summary["interrupted"] = report.interrupted
+    return summary
 
 
 def uncompared_summary(report: RunReport) -> dict[str, Any]:
@@ -140,6 +144,12 @@ def print_summary(summary: dict, console: Console) -> None:
         )
         + ")"
     )
+    if summary.get("interrupted") is not None:
+        console.print(
+            f"[yellow]interrupted (exit {summary['interrupted']}): these figures cover the "
+            f"{summary['frames']} frames sent before it, and frames still in flight count as "
+            "missing[/yellow]"
+        )
     for note in summary.get("plan_notes") or ():
         console.print(Text(note, style="yellow"))  # reasons quote model names: no markup
     if "compute_saved" not in summary:

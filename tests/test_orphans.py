@@ -75,12 +75,12 @@ def test_a_killed_mlink_run_leaves_no_worker_or_broker(tmp_path: Path, sig: sign
     path, _ = write_config(
         tmp_path, "orphan", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
     )
-    argv = ["run", str(path), "--rate", "2", "--no-compare", "--timeout", "600"]
+    argv = ["run", str(path), "--rate", "2", "--no-compare", "--timeout", "600", "--json"]
     run = subprocess.Popen(
         [sys.executable, "-m", "mlink.deploy.cli", *argv],
         cwd=tmp_path,
         env={**os.environ, "F_DATADIR": str(tmp_path / "faust")},
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # one JSON line at most
         stderr=subprocess.DEVNULL,
     )
     started: list[int] = []
@@ -90,7 +90,11 @@ def test_a_killed_mlink_run_leaves_no_worker_or_broker(tmp_path: Path, sig: sign
         names = [command_line(p) for p in started]
         assert any("tansu" in n for n in names) and any("faust" in n for n in names), names
         run.send_signal(sig)
-        run.wait(timeout=120)
+        out, _ = run.communicate(timeout=120)
+        if sig == signal.SIGTERM:  # `timeout mlink run --json` still says what the run did
+            summary = json.loads(out)
+            assert run.returncode == 128 + signal.SIGTERM and summary["interrupted"] == 143
+            assert 0 < summary["results"] <= summary["frames"] < 40, summary
         # a SIGTERMed run stops them itself; after a SIGKILL the broker dies with it and the
         # worker ends itself once its shutdown has had ORPHAN_GRACE_S (20 s)
         left = lambda: [p for p in started if alive(p)]  # noqa: E731

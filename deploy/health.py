@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 __all__ = [
     "Health",
     "HealthFile",
+    "agent_crashes_in",
     "json_logging_config",
     "read_health",
     "use_json_logs",
@@ -97,6 +98,25 @@ def read_health(path: str | os.PathLike[str]) -> Health | None:
         raise ValueError(f"health file {path} is not valid JSON ({exc})") from None
     known = {k: data[k] for k in Health.__dataclass_fields__ if k in data}
     return Health(**known)
+
+
+def agent_crashes_in(paths: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
+    """Agent crashes summed over the health files at ``paths`` (every worker of a run,
+    restarted ones each with their own file): ``{agent: crashes}``, the agents that crashed
+    only. A file that is missing or unreadable counts nothing."""
+    total: dict[str, int] = {}
+    for path in paths:
+        try:
+            health = read_health(path)
+        except (OSError, ValueError, TypeError):
+            continue
+        counts = health.extra.get("agent_crashes") if health is not None else None
+        if not isinstance(counts, Mapping):
+            continue
+        for agent, n in counts.items():
+            if isinstance(n, int) and n > 0:
+                total[str(agent)] = total.get(str(agent), 0) + n
+    return total
 
 
 def wait_ready(

@@ -22,6 +22,7 @@ from typing import Any
 
 from mlink.deploy.broker import EmbeddedBroker
 from mlink.deploy.config import ConfigError, PipelineConfig, with_broker
+from mlink.deploy.health import agent_crashes_in
 from mlink.deploy.processes import WorkerProcess
 from mlink.deploy.supervisor import WorkerSupervisor
 from mlink.deploy.tail import assign_partitions
@@ -269,6 +270,7 @@ class RunReport:
     control: list[ControlMessage] = field(default_factory=list)  # the control log at the end
     started_at: float | None = None  # wall clock before the workers started (this run's messages)
     interrupted: int | None = None  # the exit code of a signal that cut the run short
+    agent_crashes: dict[str, int] = field(default_factory=dict)  # {agent: crashes}, all workers
 
     def status_counts(self) -> Counter[tuple[str, str]]:
         return Counter((r.model, r.status) for res in self.results.values() for r in res.results)
@@ -384,6 +386,7 @@ def run_pipeline(
                 control,
                 began,
                 interrupted,
+                agent_crashes_in(log_dir.glob("*.health.json")),
             )
         finally:
             if collector is not None:

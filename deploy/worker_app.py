@@ -19,6 +19,7 @@ from mlink.deploy.processes import ORPHAN_GRACE_S, PARENT_ENV
 from mlink.deploy.security import faust_settings
 from mlink.operators import MLink, create_app
 from mlink.operators.orphans import exit_when_orphaned
+from mlink.operators.wiring import agent_crashes
 from mlink.topics.signing import Signer
 
 HEARTBEAT_S = 2.0
@@ -63,4 +64,6 @@ if _health_path:
 
     @app.timer(interval=HEARTBEAT_S)
     async def heartbeat() -> None:
-        health.update(epoch=mlink.state.epoch)
+        # an agent that crashes over and over (faust restarts it) shows in `mlink run`'s summary
+        crashes = agent_crashes(mlink.metrics)
+        health.update(epoch=mlink.state.epoch, extra={"agent_crashes": crashes})

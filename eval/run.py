@@ -73,6 +73,7 @@ def run_and_summarize(config, config_path: Path, workers, timeout, compare, cons
         summary = summarize(config, report, full, frame_ids(frames)).as_dict()
     if report.interrupted is not None:  # the CLI prints it, then exits with this code
         summary["interrupted"] = report.interrupted
+    summary["agent_crashes"] = report.agent_crashes  # faust restarted them; worker logs say why
     return summary
 
 
@@ -149,6 +150,11 @@ def print_summary(summary: dict, console: Console) -> None:
             f"[yellow]interrupted (exit {summary['interrupted']}): these figures cover the "
             f"{summary['frames']} frames sent before it, and frames still in flight count as "
             "missing[/yellow]"
+        )
+    if crashes := summary.get("agent_crashes"):
+        said = ", ".join(f"{agent} {n}x" for agent, n in sorted(crashes.items()))
+        console.print(
+            Text(f"agents crashed and were restarted by faust: {said} (worker logs say why)", "red")
         )
     for note in summary.get("plan_notes") or ():
         console.print(Text(note, style="yellow"))  # reasons quote model names: no markup

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -20,6 +20,7 @@ AgentFun = Callable[[Any], Awaitable[None]]
 
 __all__ = [
     "Outbox",
+    "agent_crashes",
     "count_crashes",
     "dead_letters",
     "kafka_client_kwargs",
@@ -63,6 +64,15 @@ class Outbox:
         await self.app.producer.send(self.name, key, value, None, None, headers)
 
 
+_CRASHES = "agent_crashes:"
+
+
+def agent_crashes(metrics: Mapping[str, int]) -> dict[str, int]:
+    """``{agent: crashes}`` from a worker's counters (:func:`count_crashes`), for its health
+    file: ``mlink run`` sums them over its workers into the run summary."""
+    return {k[len(_CRASHES) :]: int(n) for k, n in metrics.items() if k.startswith(_CRASHES)}
+
+
 def count_crashes(mlink: MLink, agent: str) -> Callable[[AgentFun], AgentFun]:
     """Wrap an agent's function so that a crash is counted (``mlink_agent_crashes_total{agent}``,
     the worker's metrics) before faust restarts the agent. Faust logs a crash in the worker log
@@ -78,7 +88,7 @@ def count_crashes(mlink: MLink, agent: str) -> Callable[[AgentFun], AgentFun]:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                mlink.metrics[f"agent_crashes:{agent}"] += 1
+                mlink.metrics[f"{_CRASHES}{agent}"] += 1
                 mlink.prom.agent_crashes.labels(agent).inc()
                 log.error(
                     "agent %s crashed (faust restarts it): %s: %s", agent, type(exc).__name__, exc

@@ -95,6 +95,10 @@ def test_a_killed_mlink_run_leaves_no_worker_or_broker(tmp_path: Path, sig: sign
             summary = json.loads(out)
             assert run.returncode == 128 + signal.SIGTERM and summary["interrupted"] == 143
             assert 0 < summary["results"] <= summary["frames"] < 40, summary
+            assert summary["agent_crashes"] == {}  # the workers' heartbeats count them
+            files = tmp_path.glob(".mlink-runs/*/*.health.json")
+            beats = [json.loads(p.read_text()) for p in files]
+            assert beats and all(b["extra"] == {"agent_crashes": {}} for b in beats), beats
         # a SIGTERMed run stops them itself; after a SIGKILL the broker dies with it and the
         # worker ends itself once its shutdown has had ORPHAN_GRACE_S (20 s)
         left = lambda: [p for p in started if alive(p)]  # noqa: E731

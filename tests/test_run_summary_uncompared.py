@@ -44,3 +44,22 @@ def test_no_compare_summary_counts_models_and_prints_as_json_and_table() -> None
     assert "degraded 1" in text and "duplicate results dropped 2" in text
     row = next(line for line in text.splitlines() if line.strip().startswith("a "))
     assert row.split()[1:4] == ["0", "2", "1"]
+
+
+def test_agent_crashes_of_every_worker_reach_the_summary(tmp_path) -> None:
+    from mlink.deploy.health import HealthFile, agent_crashes_in
+    from mlink.operators.wiring import agent_crashes
+
+    first = HealthFile(tmp_path / "worker-0.health.json", "worker-0")
+    first.update(extra={"agent_crashes": agent_crashes({"agent_crashes:controller": 3, "x": 9})})
+    again = HealthFile(tmp_path / "worker-0.1.health.json", "worker-0.1")  # its restart
+    again.update(extra={"agent_crashes": {"controller": 2, "trainer": 1, "planner": 0}})
+    (tmp_path / "worker-1.health.json").write_text("{not json")  # half a file counts nothing
+    HealthFile(tmp_path / "worker-2.health.json", "worker-2")  # an older worker: no counts
+    crashes = agent_crashes_in(sorted(tmp_path.glob("*.health.json")))
+    assert crashes == {"controller": 5, "trainer": 1}
+    report = RunReport(frames=1, results={"cam:1": frame(1, False)}, received_at={}, seconds=1.0)
+    summary = uncompared_summary(report) | {"agent_crashes": crashes}
+    console = Console(width=120, record=True)
+    print_summary(summary, console)
+    assert "restarted by faust: controller 5x, trainer 1x" in console.export_text()

@@ -13,6 +13,7 @@ import faust
 from mlink.operators.attach import attach
 from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.frame_operator import source_reader
+from mlink.operators.group_check import pipeline_assignor
 from mlink.operators.log_limits import limit_client_repeats
 from mlink.operators.runtime import MLink
 from mlink.operators.wiring import raw_topic
@@ -64,6 +65,8 @@ def create_app(
     }
     if credentials is not None:
         settings["broker_credentials"] = credentials
+    # says so when another pipeline's workers share the group (the same name, another prefix)
+    settings["PartitionAssignor"] = pipeline_assignor(source_topic or mlink.names.frames)
     settings.update(faust_settings)
     app = faust.App(mlink.settings.name, **settings)
     cap_fetch_wait(app)

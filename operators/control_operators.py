@@ -20,8 +20,10 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from mlink.operators.runtime import MLink
+from mlink.operators.settings import SettingsError
 from mlink.operators.stream_decision import (
     live_forecast,
     model_shares,
@@ -169,13 +171,16 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
             **mlink.limits.aiokafka_consumer_kwargs(),
         )
         await consumer.start()
+        unchecked = [topic, mlink.names.samples]  # until seen: faust's agents create them
         try:
+            await require_one_partition(consumer, unchecked)
             tp = TopicPartition(topic, 0)
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             end = (await consumer.end_offsets([tp]))[tp]
             give_up = time.monotonic() + REPLAY_GIVE_UP_S
             prefetched: int | None = None
+            next_check = time.monotonic()
             if end == 0:
                 ready.set()
             while True:
@@ -198,6 +203,10 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
                         if not caught_up:
                             log.warning("control replay stopped short of offset %d", end)
                         ready.set()
+                if unchecked and time.monotonic() >= next_check:  # a metadata request
+                    next_check = time.monotonic() + 5.0
+                    with contextlib.suppress(KafkaError):  # a broker away: the next check
+                        await require_one_partition(consumer, unchecked)
                 version = mlink.state.link_version
                 if ready.is_set() and version is not None and version != prefetched:
                     prefetched = version
@@ -207,6 +216,29 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
 
     app.task(replay_control)
     return control_log
+
+
+async def require_one_partition(consumer: AIOKafkaConsumer, unchecked: list[str]) -> None:
+    """Raise :class:`SettingsError` when the control or samples topic has more than one
+    partition; ``unchecked`` loses the topics seen with one. Every worker replays partition 0
+    of the control topic, so a plan keyed to another was never seen, and the pipeline ran
+    every model forever with no error (a topic that a broker auto-created, 4 partitions on
+    Tansu, because the app started before ``ensure_topics``). A topic that does not exist yet
+    stays unchecked: faust's agents make a broker that auto-creates create it."""
+    await consumer.topics()  # metadata for every topic
+    for topic in list(unchecked):
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            continue
+        unchecked.remove(topic)
+        if len(partitions) > 1:
+            raise SettingsError(
+                f"topic {topic} has {len(partitions)} partitions; MLink needs exactly one "
+                "(every worker replays partition 0). The broker probably auto-created it when "
+                "the app started before the topics did: delete it and create the pipeline's "
+                "topics first (mlink.deploy.kafka_admin.ensure_topics, or `mlink worker`, "
+                "which does)"
+            )
 
 
 def prefetch_links(mlink: MLink, version: int) -> asyncio.Future[Any]:

@@ -1,4 +1,5 @@
-"""Two pipelines under one name share a consumer group: the group's leader says so."""
+"""Broker set-ups that stall a pipeline without an error: two pipelines under one name (one
+consumer group), and a control topic with several partitions (an app started before its topics)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,29 @@ def test_workers_of_one_pipeline_do_not_warn(broker, tmp_path: Path) -> None:
     finally:
         for worker in workers:
             worker.stop()
+
+
+def test_a_control_topic_with_several_partitions_stops_the_worker_with_the_fix(
+    broker, tmp_path: Path
+) -> None:
+    """An app started before its topics were created: the broker made the control topic with
+    its default partition count, and no plan could ever be seen. The worker says so and ends."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    path, config = write_config(
+        tmp_path, "auto", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        admin.create_topics([NewTopic(config.topics.names().control, 4, 1)])
+    finally:
+        admin.close()
+    env = worker_env(path, broker.bootstrap, tmp_path / "faust")
+    worker = FaustWorker(APP, env, tmp_path / "w.log", "w0")
+    try:
+        worker.proc.wait(timeout=180)  # it ends itself
+        said = " ".join(worker.log().split())
+        assert "has 4 partitions; MLink needs exactly one" in said, worker.log_tail()
+        assert "ensure_topics" in said
+    finally:
+        worker.stop()

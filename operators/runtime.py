@@ -21,6 +21,7 @@ from mlink.linkstore.store import LinkStore, StoreError
 from mlink.linkstore.streamlinks import StreamLinks, StreamMemory
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.executor import ModelExecutor, start_executor
+from mlink.operators.isolation import ModelStartError
 from mlink.operators.library_threads import limit_library_threads
 from mlink.operators.metrics import WorkerMetrics
 from mlink.operators.model_settings import ModelFactory
@@ -117,9 +118,17 @@ class MLink:
         # in a thread: built here, off the event loop; isolated: rebuilt in each child process
         target = model.factory() if model.isolation is not None else ModelFactory(model.make)
         settings = model.executor_settings(self.settings.model_threads)
-        self.runners[name] = await start_executor(
-            name, target, model.spec, batch=model.batch, settings=settings
-        )
+        try:
+            self.runners[name] = await start_executor(
+                name, target, model.spec, batch=model.batch, settings=settings
+            )
+        except ModelStartError:
+            raise  # an isolated model's: it names the model and the child's traceback
+        except Exception as exc:  # a broken config fails loudly at start, naming the model
+            raise ModelStartError(
+                f"model {name!r} could not be built: {type(exc).__name__}: {exc} (`mlink check "
+                "CONFIG` builds and calls every model of a config without a broker)"
+            ) from exc
 
     async def build_models(self, names: Sequence[str] | None = None) -> None:
         """Build the models (in parallel, off the loop) before any frame is planned, so a slow

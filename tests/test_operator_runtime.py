@@ -402,3 +402,20 @@ def test_the_controller_tries_a_link_version_again_with_backoff_while_it_is_want
     waits.clear()  # a newer version, or a plan that uses it: stop asking
     assert asyncio.run(retry_with_backoff(attempt, lambda: False, 31.0, 100.0, sleep)) is False
     assert waits == [31.0]
+
+
+def test_a_model_whose_build_raises_is_named_in_the_start_error(tmp_path) -> None:
+    from mlink.operators.isolation import ModelStartError
+
+    def load_net() -> Any:
+        raise FileNotFoundError("weights.pt not found")
+
+    settings = Settings(name="t", budget={"fraction": 1}, links=LinkSettings(store=str(tmp_path)))
+    (first, spec), *_ = SPECS.items()
+    models = [Model(name="net", build=load_net, spec=spec), Model(name=first, fn=len, spec=spec)]
+    mlink = MLink(settings, models)
+    try:  # the log said only "FileNotFoundError: weights.pt not found"
+        with pytest.raises(ModelStartError, match=r"model 'net' could not be built: FileNotF"):
+            asyncio.run(mlink.build_models())
+    finally:
+        mlink.close()

@@ -2,7 +2,11 @@
 
 Run it like any faust app::
 
-    MLINK_EXAMPLE_BROKER=kafka://localhost:9092 python -m faust -A examples.shop_app worker
+    MLINK_EXAMPLE_BROKER=kafka://localhost:9092 \
+        python -m faust -A examples.shop_app worker --without-web -l info
+
+(``--without-web``: faust's worker command starts its web server on port 6066 whatever
+``web_enabled`` says, so a second worker on the host would fail to bind.)
 
 The README shows this file; ``tests/test_embedding.py`` runs it against the real broker.
 """
@@ -13,18 +17,11 @@ import faust
 import numpy as np
 import torch
 
-from mlink.operators import LinkSettings, MLink, Model, Settings, attach
+from mlink.operators import LinkSettings, MLink, Model, Settings, attach, backlog_settings
 from mlink.topics import FrameResult, TopicNames, decode_record
 from mlink.topics.specs import VectorSpec
 
 PREFIX = os.environ.get("MLINK_EXAMPLE_PREFIX", "shop")
-app = faust.App(
-    f"{PREFIX}-cams",
-    broker=os.environ.get("MLINK_EXAMPLE_BROKER", "kafka://localhost:9092"),
-    broker_session_timeout=10,  # short group joins (and Tansu-friendly)
-    web_enabled=False,
-    store="memory://",
-)
 
 
 def brightness(frame: np.ndarray) -> np.ndarray:
@@ -59,6 +56,14 @@ settings = Settings(
         warmup_frames=24,
         probe_every=10,
     ),
+)
+app = faust.App(
+    f"{PREFIX}-cams",
+    broker=os.environ.get("MLINK_EXAMPLE_BROKER", "kafka://localhost:9092"),
+    broker_session_timeout=10,  # short group joins (and Tansu-friendly)
+    web_enabled=False,  # and `worker --without-web`: the worker command starts it regardless
+    store="memory://",
+    **backlog_settings(settings),  # a backlog waits in Kafka, not in the worker's buffers
 )
 attach(app, MLink(settings, models))  # control replay, frame operator, trainer, controller
 

@@ -3,15 +3,24 @@
 ::
 
     import faust
-    from mlink.operators import MLink, Model, Settings, attach
+    from mlink.operators import MLink, Model, Settings, attach, backlog_settings
     from mlink.topics.specs import VectorSpec
 
-    app = faust.App("cameras", broker="kafka://localhost:9092")
+    settings = Settings(name="cams", budget={"fraction": 0.5})
+    app = faust.App(
+        "cams", broker="kafka://localhost:9092", broker_session_timeout=10,
+        web_enabled=False, store="memory://", **backlog_settings(settings),
+    )
     models = [
         Model(name="faces", fn=count_faces, spec=VectorSpec(1, "count", max_count=20)),
         Model(name="persons", fn=person_net, spec=VectorSpec(1, "count", max_count=50)),
     ]
-    attach(app, MLink(Settings(name="cams", budget={"fraction": 0.5}), models))
+    attach(app, MLink(settings, models))
+
+Create the topics before the first worker starts (``control`` and ``samples`` with one
+partition; ``mlink.deploy.kafka_admin.ensure_topics``) and run workers with
+``faust -A app worker --without-web``; the README's "MLink inside your own faust app" is a
+complete app, run against a real broker by the tests.
 
 Each operator can also be attached on its own: the frame operator (planner, model operators and
 link operator fused in one agent), or the split planner / model operator / link operator, the
@@ -19,7 +28,13 @@ trainer, the controller and the control replay.
 """
 
 from mlink.operators.app import create_app
-from mlink.operators.attach import Attached, attach, attach_metrics, attach_model_builder
+from mlink.operators.attach import (
+    Attached,
+    attach,
+    attach_metrics,
+    attach_model_builder,
+    backlog_settings,
+)
 from mlink.operators.control_operators import attach_control_replay
 from mlink.operators.controller_agent import attach_controller
 from mlink.operators.fetch_wait import cap_fetch_wait
@@ -56,6 +71,7 @@ __all__ = [
     "attach_model_operator",
     "attach_planner",
     "attach_trainer",
+    "backlog_settings",
     "cap_fetch_wait",
     "create_app",
     "read_frame_record",

@@ -10,7 +10,7 @@ from typing import Any
 
 import faust
 
-from mlink.operators.attach import attach
+from mlink.operators.attach import attach, backlog_settings
 from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.frame_operator import source_reader
 from mlink.operators.group_check import pipeline_assignor
@@ -56,8 +56,7 @@ def create_app(
         "topic_partitions": partitions,
         "consumer_auto_offset_reset": "earliest",
         "stream_wait_empty": False,
-        "stream_buffer_maxsize": max(4, 2 * mlink.settings.batch_size),
-        "broker_max_poll_records": mlink.settings.batch_size,
+        **backlog_settings(mlink.settings),
         # results leave in batches: one produce request per few ms, not one per frame
         "producer_linger": 0.005,
         "producer_max_batch_size": 1 << 19,

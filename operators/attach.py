@@ -25,9 +25,10 @@ from mlink.operators.controller_agent import attach_controller
 from mlink.operators.frame_operator import FrameReader, attach_frame_operator, read_frame_record
 from mlink.operators.metrics import start_metrics_endpoint
 from mlink.operators.runtime import MLink
+from mlink.operators.settings import Settings
 from mlink.operators.trainer_operator import attach_trainer
 
-__all__ = ["Attached", "attach", "attach_metrics", "attach_model_builder"]
+__all__ = ["Attached", "attach", "attach_metrics", "attach_model_builder", "backlog_settings"]
 
 log = logging.getLogger("mlink.worker")
 
@@ -39,6 +40,31 @@ class Attached:
     frame_operator: Any
     trainer: Any
     controller: Any
+
+
+def backlog_settings(settings: Settings) -> dict[str, Any]:
+    """faust settings that keep a backlog in Kafka rather than in the worker:
+    ``faust.App(..., **backlog_settings(settings))``. The warm-up hold pauses the frames
+    partitions once the warm-up is planned, and a frame already fetched still runs every model:
+    with faust's defaults (500 records a fetch, 4096 buffered) a whole backlog of 100 frames ran
+    every model with a warm-up of 24 (a new user's app). Two batches keep the agent busy."""
+    batch = settings.batch_size
+    return {"stream_buffer_maxsize": max(4, 2 * batch), "broker_max_poll_records": batch}
+
+
+def _check_buffers(app: faust.App, settings: Settings) -> None:
+    """Warn when the app buffers far more frames than :func:`backlog_settings` would."""
+    want = backlog_settings(settings)
+    have = {k: getattr(app.conf, k, None) for k in want}
+    if any(v is None or v > 4 * want[k] for k, v in have.items()):
+        log.warning(
+            "app %s buffers up to %s records per fetch and %s per stream: a backlog fetched "
+            "before the warm-up hold pauses the frames runs every model; create the app with "
+            "faust.App(..., **backlog_settings(settings)) (mlink.operators) to keep it in Kafka",
+            app.conf.id,
+            have["broker_max_poll_records"],
+            have["stream_buffer_maxsize"],
+        )
 
 
 def attach_model_builder(app: faust.App, mlink: MLink) -> None:
@@ -93,6 +119,7 @@ def attach(
     trainer and the controller to ``app``. Every worker of the app runs all of them; the trainer
     and the controller consume single-partition topics, so one worker at a time does their job.
     """
+    _check_buffers(app, mlink.settings)
     attach_control_replay(app, mlink)
     attach_model_builder(app, mlink)
 

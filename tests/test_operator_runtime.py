@@ -419,3 +419,19 @@ def test_a_model_whose_build_raises_is_named_in_the_start_error(tmp_path) -> Non
             asyncio.run(mlink.build_models())
     finally:
         mlink.close()
+
+
+def test_attach_warns_about_an_app_that_buffers_a_backlog(tmp_path, caplog) -> None:
+    from mlink.operators import attach, backlog_settings
+
+    settings = Settings(name="t", budget={"fraction": 1}, links=LinkSettings(store=str(tmp_path)))
+    models = [Model(name=m, fn=len, spec=spec) for m, spec in SPECS.items()]
+    with caplog.at_level("WARNING", logger="mlink.worker"):
+        attach(faust.App("buffers", store="memory://"), MLink(settings, models))
+    assert "backlog_settings(settings)" in caplog.text  # faust's defaults: 4096 buffered
+    caplog.clear()
+    app = faust.App("kept", store="memory://", **backlog_settings(settings))
+    assert app.conf.broker_max_poll_records == settings.batch_size
+    with caplog.at_level("WARNING", logger="mlink.worker"):
+        attach(app, MLink(settings, models))
+    assert "backlog" not in caplog.text

@@ -172,6 +172,28 @@ def test_a_one_frame_model_has_its_time_limit_per_frame_not_per_batch() -> None:
     executor.close()
 
 
+def test_one_call_over_its_limit_within_a_batch_is_a_timeout() -> None:
+    """A new user's audit: a call 3 times over ``timeout_s`` came back as ``executed``, since
+    the batch's limit covers every call of it; the docs promise an error output."""
+
+    def sometimes_slow(frame: np.ndarray) -> np.ndarray:
+        time.sleep(0.9 if int(frame.flat[0]) == 2 else 0.0)
+        return parity(frame)
+
+    settings = ExecutorSettings(timeout_s=0.5)
+    executor = ThreadExecutor("sometimes", sometimes_slow, SPEC, settings=settings)
+    try:
+        outcomes = executor.run(frames(1, 2, 3))
+        assert [o.error is None for o in outcomes] == [True, False, True]
+        assert "timed out after 0.5 s" in str(outcomes[1].error) and outcomes[1].output is None
+        assert outcomes[1].elapsed_ms >= 900
+        health = executor.health()
+        assert health.state == "unhealthy" and health.timeouts == 1 and health.successes == 2
+        assert [o.error for o in asyncio.run(executor.arun(frames(4, 5)))] == [None, None]
+    finally:
+        executor.close()
+
+
 def test_an_output_the_spec_chokes_on_or_a_huge_message_is_one_frames_bounded_error() -> None:
     """Review: string boxes made the spec's check raise a ValueError that escaped validation
     (and killed an isolated model's process), and a 30 MB exception message went to Kafka."""

@@ -29,7 +29,7 @@ from mlink.deploy.config_sections import (
     load_object,
 )
 from mlink.deploy.security import SecurityConfig, kafka_python_kwargs
-from mlink.linkstore.targets import target_count_problem
+from mlink.linkstore.targets import budget_problem
 from mlink.operators.settings import LinkSettings, Model, Settings
 from mlink.topics.bootstrap import normalize_bootstrap
 from mlink.topics.control import TARGET_PREFIX
@@ -79,21 +79,12 @@ class PipelineConfig(StrictSection):
         return models
 
     @model_validator(mode="after")
-    def _memory_is_declared(self) -> PipelineConfig:
-        """Memory is not measured live (a worker cannot tell one model's share of its RSS), so a
-        memory budget needs every model's memory declared."""
-        if self.budget.memory_mb is not None:
-            missing = [m.name for m in self.models if m.cost is None or m.cost.memory_mb is None]
-            if missing:
-                raise ValueError(
-                    f"budget.memory_mb needs cost.memory_mb on every model; missing on {missing}"
-                )
-        unknown = sorted(set(self.budget.targets) - {m.name for m in self.models})
-        if unknown:
-            raise ValueError(f"budget.targets names unknown models {unknown}")
-        targets = self.budget.target_agreement is not None or bool(self.budget.targets)
-        if (problem := target_count_problem(targets, len(self.models))) is not None:
-            raise ValueError(f"budget: {problem}")
+    def _budget_fits_the_models(self) -> PipelineConfig:
+        """A memory budget needs every model's memory declared (a worker cannot tell one
+        model's share of its RSS); targets must name models and be few enough to plan."""
+        costs = {m.name: m.cost.as_dict() if m.cost is not None else {} for m in self.models}
+        if (problem := budget_problem(self.budget_dict(), costs)) is not None:
+            raise ValueError(problem if problem.startswith("budget") else f"budget: {problem}")
         return self
 
     @property

@@ -36,7 +36,7 @@ from mlink.linkstore.knapsack import choose_options
 from mlink.linkstore.schedule import Schedule
 from mlink.linkstore.streamfit import Curve
 from mlink.linkstore.streamoptions import Choice, LinksEstimate, Options, option
-from mlink.linkstore.targets import MAX_TARGET_MODELS
+from mlink.linkstore.targets import MAX_TARGET_MODELS, TARGET_PREFIX
 
 __all__ = [
     "DEFAULT_PERIODS",
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 TARGET_KEY = "target_agreement"
-TARGET_PREFIX = "target_agreement:"
 DEFAULT_PERIODS = (0, *range(2, 17))
 
 

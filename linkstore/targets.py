@@ -14,9 +14,16 @@ from itertools import combinations
 from mlink.linkstore.problem import Evaluation, InfeasibleBudget, Problem
 from mlink.linkstore.selection import evaluate
 
-__all__ = ["MAX_TARGET_MODELS", "select_for_targets", "target_count_problem"]
+__all__ = [
+    "MAX_TARGET_MODELS",
+    "TARGET_PREFIX",
+    "budget_problem",
+    "select_for_targets",
+    "target_count_problem",
+]
 
 MAX_TARGET_MODELS = 16
+TARGET_PREFIX = "target_agreement:"
 
 
 def target_count_problem(has_targets: bool, n_models: int) -> str | None:
@@ -30,6 +37,23 @@ def target_count_problem(has_targets: bool, n_models: int) -> str | None:
             "(ms or fraction) instead"
         )
     return None
+
+
+def budget_problem(
+    budget: Mapping[str, float], costs: Mapping[str, Mapping[str, float]]
+) -> str | None:
+    """What makes ``budget`` meaningless for models with declared ``costs`` (``{model: {"ms":
+    .., "memory_mb": ..}}``, every model a key), or None. A config and an embedded app's
+    settings are checked alike, up front: a controller would find out only when it plans."""
+    if "memory_mb" in budget:  # memory is not measured live: each model's share is declared
+        missing = [m for m, cost in costs.items() if "memory_mb" not in cost]
+        if missing:
+            return f"budget.memory_mb needs cost.memory_mb on every model; missing on {missing}"
+    named = {k[len(TARGET_PREFIX) :] for k in budget if k.startswith(TARGET_PREFIX)}
+    if unknown := sorted(named - set(costs)):
+        return f"budget.targets names unknown models {unknown}"
+    targets = "target_agreement" in budget or bool(named)
+    return target_count_problem(targets, len(costs))
 
 
 def select_for_targets(

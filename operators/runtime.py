@@ -19,6 +19,7 @@ from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore, StoreError
 from mlink.linkstore.streamlinks import StreamLinks, StreamMemory
+from mlink.linkstore.targets import budget_problem
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.executor import ModelExecutor, start_executor
 from mlink.operators.isolation import ModelStartError
@@ -51,11 +52,20 @@ class MLink:
     def __init__(
         self, settings: Settings, models: Sequence[Model], signer: Signer | None = None
     ) -> None:
+        if isinstance(models, Mapping) or not all(isinstance(m, Model) for m in models):
+            raise SettingsError(
+                "MLink(settings, models): models is a sequence of Model(name=..., fn=..., "
+                f"spec=...), got {type(models).__name__} of "
+                f"{sorted({type(m).__name__ for m in models})}"
+            )
         if len(models) < 2:
             raise SettingsError("MLink needs at least two models: links map one to another")
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise SettingsError(f"model names must be unique, got {names}")
+        costs = {m.name: dict(m.cost or {}) for m in models}
+        if (problem := budget_problem(settings.budget, costs)) is not None:
+            raise SettingsError(f"Settings.budget {dict(settings.budget)}: {problem}")
         self.settings = settings
         self.models: dict[str, Model] = {m.name: m for m in models}
         self.model_names: list[str] = names

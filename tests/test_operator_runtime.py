@@ -5,6 +5,7 @@ planned models with timeouts."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -435,3 +436,21 @@ def test_attach_warns_about_an_app_that_buffers_a_backlog(tmp_path, caplog) -> N
     with caplog.at_level("WARNING", logger="mlink.worker"):
         attach(app, MLink(settings, models))
     assert "backlog" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("budget", "says"),
+    [
+        ({"memory_mb": 100.0}, "needs cost.memory_mb on every model; missing on ['digit'"),
+        ({"fraction": 0.5, "target_agreement:zzz": 0.9}, "names unknown models ['zzz']"),
+    ],
+)
+def test_embedded_settings_refuse_the_budgets_a_config_refuses(tmp_path, budget, says) -> None:
+    """A new user's audit: the YAML refused these, MLink(settings, models) planned on them (a
+    memory budget with every model at 0 MB; a target refused only after the first links)."""
+    settings = Settings(name="t", budget=budget, links=LinkSettings(store=str(tmp_path)))
+    models = [Model(name=m, fn=len, spec=spec) for m, spec in SPECS.items()]
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        MLink(settings, models)
+    with pytest.raises(SettingsError, match="models is a sequence of Model"):
+        MLink(settings, {m.name: m for m in models})  # type: ignore[arg-type]

@@ -96,9 +96,8 @@ def budget(
     """Change the budget of a running pipeline; workers switch without a restart. Waits for
     the controller's answer: the plan made for it, or why no plan meets it (exit 2)."""
     from mlink.deploy.runner import set_budget, wait_for_budget
-    from mlink.linkstore.streamplan import agreement_targets
-    from mlink.linkstore.targets import target_count_problem
-    from mlink.topics.control import TARGET_PREFIX, budget_problem
+    from mlink.linkstore.targets import budget_fit_problem
+    from mlink.topics.control import TARGET_PREFIX
 
     config = load_cli_config(config_path, broker)
     limits = {
@@ -124,9 +123,7 @@ def budget(
             raise typer.BadParameter(
                 f"--target-for {item!r}: give MODEL=VALUE, e.g. eyes=0.9"
             ) from None
-    problem = budget_problem(limits, config.model_names) or target_count_problem(
-        bool(agreement_targets(limits, config.model_names)), len(config.model_names)
-    )
+    problem = budget_fit_problem(limits, config.model_costs())
     if problem or not limits:
         raise typer.BadParameter(problem or "give at least one of the budget options")
     bootstrap = need_broker(config)

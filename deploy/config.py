@@ -29,7 +29,7 @@ from mlink.deploy.config_sections import (
     load_object,
 )
 from mlink.deploy.security import SecurityConfig, kafka_python_kwargs
-from mlink.linkstore.targets import budget_problem
+from mlink.linkstore.targets import budget_fit_problem
 from mlink.operators.settings import LinkSettings, Model, Settings
 from mlink.topics.bootstrap import normalize_bootstrap
 from mlink.topics.control import TARGET_PREFIX
@@ -80,11 +80,10 @@ class PipelineConfig(StrictSection):
 
     @model_validator(mode="after")
     def _budget_fits_the_models(self) -> PipelineConfig:
-        """A memory budget needs every model's memory declared (a worker cannot tell one
-        model's share of its RSS); targets must name models and be few enough to plan."""
-        costs = {m.name: m.cost.as_dict() if m.cost is not None else {} for m in self.models}
-        if (problem := budget_problem(self.budget_dict(), costs)) is not None:
-            raise ValueError(problem if problem.startswith("budget") else f"budget: {problem}")
+        """A memory budget needs every model's memory declared; targets must name models and
+        be few enough to plan (:func:`~mlink.linkstore.targets.budget_fit_problem`)."""
+        if (problem := budget_fit_problem(self.budget_dict(), self.model_costs())) is not None:
+            raise ValueError(f"budget: {problem}")
         return self
 
     @property
@@ -102,6 +101,10 @@ class PipelineConfig(StrictSection):
 
     def declared_costs(self) -> dict[str, dict[str, float]]:
         return {m.name: m.cost.as_dict() for m in self.models if m.cost is not None}
+
+    def model_costs(self) -> dict[str, dict[str, float]]:
+        """Every model's declared costs, ``{}`` for a model with none."""
+        return {m.name: m.cost.as_dict() if m.cost is not None else {} for m in self.models}
 
     def budget_dict(self) -> dict[str, float]:
         """The budget as the operators and the control topic carry it."""

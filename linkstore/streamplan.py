@@ -36,7 +36,8 @@ from mlink.linkstore.knapsack import choose_options
 from mlink.linkstore.schedule import Schedule
 from mlink.linkstore.streamfit import Curve
 from mlink.linkstore.streamoptions import Choice, LinksEstimate, Options, option
-from mlink.linkstore.targets import MAX_TARGET_MODELS, TARGET_PREFIX
+from mlink.linkstore.targets import MAX_TARGET_MODELS
+from mlink.topics.control import TARGET_PREFIX
 
 __all__ = [
     "DEFAULT_PERIODS",

@@ -13,17 +13,16 @@ from itertools import combinations
 
 from mlink.linkstore.problem import Evaluation, InfeasibleBudget, Problem
 from mlink.linkstore.selection import evaluate
+from mlink.topics.control import budget_problem, target_model
 
 __all__ = [
     "MAX_TARGET_MODELS",
-    "TARGET_PREFIX",
-    "budget_problem",
+    "budget_fit_problem",
     "select_for_targets",
     "target_count_problem",
 ]
 
 MAX_TARGET_MODELS = 16
-TARGET_PREFIX = "target_agreement:"
 
 
 def target_count_problem(has_targets: bool, n_models: int) -> str | None:
@@ -39,20 +38,22 @@ def target_count_problem(has_targets: bool, n_models: int) -> str | None:
     return None
 
 
-def budget_problem(
+def budget_fit_problem(
     budget: Mapping[str, float], costs: Mapping[str, Mapping[str, float]]
 ) -> str | None:
-    """What makes ``budget`` meaningless for models with declared ``costs`` (``{model: {"ms":
-    .., "memory_mb": ..}}``, every model a key), or None. A config and an embedded app's
-    settings are checked alike, up front: a controller would find out only when it plans."""
-    if "memory_mb" in budget:  # memory is not measured live: each model's share is declared
+    """Why ``budget`` cannot be planned for models with declared ``costs`` (``{model: {"ms":
+    .., "memory_mb": ..}}``, every model a key), or None: a malformed budget or a target naming
+    no model (:func:`~mlink.topics.control.budget_problem`), a memory budget without every
+    model's memory (a worker cannot tell one model's share of its RSS), or targets over too
+    many models. A config, an embedded app's settings and ``mlink budget`` are checked alike,
+    up front: a controller would find out only when it plans, or plan every model at 0 MB."""
+    if problem := budget_problem(budget, list(costs)):
+        return problem
+    if "memory_mb" in budget:
         missing = [m for m, cost in costs.items() if "memory_mb" not in cost]
         if missing:
-            return f"budget.memory_mb needs cost.memory_mb on every model; missing on {missing}"
-    named = {k[len(TARGET_PREFIX) :] for k in budget if k.startswith(TARGET_PREFIX)}
-    if unknown := sorted(named - set(costs)):
-        return f"budget.targets names unknown models {unknown}"
-    targets = "target_agreement" in budget or bool(named)
+            return f"memory_mb needs cost.memory_mb on every model; missing on {missing}"
+    targets = any(k == "target_agreement" or target_model(k) for k in budget)
     return target_count_problem(targets, len(costs))
 
 

@@ -19,7 +19,7 @@ from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore, StoreError
 from mlink.linkstore.streamlinks import StreamLinks, StreamMemory
-from mlink.linkstore.targets import budget_problem
+from mlink.linkstore.targets import budget_fit_problem
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.executor import ModelExecutor, start_executor
 from mlink.operators.isolation import ModelStartError
@@ -63,8 +63,8 @@ class MLink:
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise SettingsError(f"model names must be unique, got {names}")
-        costs = {m.name: dict(m.cost or {}) for m in models}
-        if (problem := budget_problem(settings.budget, costs)) is not None:
+        costs = {m.name: dict(m.cost) for m in models}
+        if (problem := budget_fit_problem(settings.budget, costs)) is not None:
             raise SettingsError(f"Settings.budget {dict(settings.budget)}: {problem}")
         self.settings = settings
         self.models: dict[str, Model] = {m.name: m for m in models}

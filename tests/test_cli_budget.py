@@ -20,6 +20,8 @@ from tests.test_pipeline_e2e import FAST_MODELS, write_config
         (["--ms", "0"], "must be a finite number > 0, got 0"),  # not "at least one"
         ([], "at least one"),
         (["--ms", "5", "--fraction", "0.5"], "both 'ms' and 'fraction'"),
+        # the config declares no model's memory: the controller would plan every one at 0 MB
+        (["--memory-mb", "100"], "memory_mb needs cost.memory_mb on every model"),
     ],
 )
 def test_bad_budgets_are_refused_with_the_reason(tmp_path: Path, args: list[str], says: str):

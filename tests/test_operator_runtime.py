@@ -442,7 +442,7 @@ def test_attach_warns_about_an_app_that_buffers_a_backlog(tmp_path, caplog) -> N
     ("budget", "says"),
     [
         ({"memory_mb": 100.0}, "needs cost.memory_mb on every model; missing on ['digit'"),
-        ({"fraction": 0.5, "target_agreement:zzz": 0.9}, "names unknown models ['zzz']"),
+        ({"fraction": 0.5, "target_agreement:zzz": 0.9}, "'target_agreement:zzz' names an unkno"),
     ],
 )
 def test_embedded_settings_refuse_the_budgets_a_config_refuses(tmp_path, budget, says) -> None:

@@ -365,6 +365,12 @@ class RuntimeConfig(StrictSection):
     batch_size: int = Field(8, ge=1, description="frames per model call for batch models")
     batch_wait_s: float = Field(0.02, ge=0, description="max wait to fill a batch")
     session_timeout_s: float = Field(10.0, gt=0, description="Kafka group session timeout")
+    stop_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="a worker still stopping this long after SIGTERM exits anyway (with the "
+        "broker gone faust's stop takes about a minute; orchestrators kill sooner)",
+    )
     workers: int = Field(1, ge=1, description="worker processes that `mlink run` starts")
     max_in_flight: int = Field(
         64, ge=1, description="split layout: frames a planner may have planned but not answered"

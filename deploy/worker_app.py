@@ -47,6 +47,7 @@ app = create_app(
     session_timeout_s=config.runtime.session_timeout_s,
     source_topic=config.source.topic,
     source_format=config.source.format,
+    stop_deadline_s=config.runtime.stop_timeout_s,
     **extra,
 )
 

@@ -16,6 +16,7 @@ from mlink.operators.frame_operator import source_reader
 from mlink.operators.group_check import pipeline_assignor
 from mlink.operators.log_limits import limit_client_repeats
 from mlink.operators.runtime import MLink
+from mlink.operators.stop_deadline import end_stuck_stop
 from mlink.operators.wiring import raw_topic
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.ingest import SourceFormat
@@ -32,6 +33,7 @@ def create_app(
     credentials: Any = None,
     source_topic: str | None = None,
     source_format: SourceFormat = "frame",
+    stop_deadline_s: float | None = None,
     **faust_settings: Any,
 ) -> faust.App:
     """A faust app (id = ``mlink.settings.name``) on ``bootstrap`` running every operator.
@@ -44,7 +46,10 @@ def create_app(
     the agent busy (a batch takes far longer than a fetch). The fetch wait is capped
     (:mod:`.fetch_wait`).
     ``source_topic`` (default: the pipeline's frames topic) is where frames are read, in
-    ``source_format``. ``faust_settings`` override any faust setting.
+    ``source_format``. ``stop_deadline_s``: a process that runs this app alone exits this long
+    after it starts to stop, however far the stop got (:mod:`.stop_deadline`; None: faust's own
+    timeouts, up to about a minute with the broker gone). ``faust_settings`` override any faust
+    setting.
     """
     servers = ";".join(f"kafka://{s}" for s in bootstrap_servers(bootstrap))
     settings: dict[str, Any] = {
@@ -72,6 +77,8 @@ def create_app(
     source = raw_topic(app, source_topic) if source_topic else None
     attach(app, mlink, source=source, reader=source_reader(source_format))
     app.mlink = mlink  # type: ignore[attr-defined]
+    if stop_deadline_s is not None:
+        end_stuck_stop(app, stop_deadline_s)
 
     @app.task
     async def limit_log_repeats() -> None:

@@ -52,19 +52,31 @@ def backlog_settings(settings: Settings) -> dict[str, Any]:
     return {"stream_buffer_maxsize": max(4, 2 * batch), "broker_max_poll_records": batch}
 
 
-def _check_buffers(app: faust.App, settings: Settings) -> None:
-    """Warn when the app buffers far more frames than :func:`backlog_settings` would."""
+def buffer_warning(app: faust.App, settings: Settings) -> str | None:
+    """Why the app buffers far more frames than :func:`backlog_settings` would, or None."""
     want = backlog_settings(settings)
     have = {k: getattr(app.conf, k, None) for k in want}
-    if any(v is None or v > 4 * want[k] for k, v in have.items()):
-        log.warning(
-            "app %s buffers up to %s records per fetch and %s per stream: a backlog fetched "
-            "before the warm-up hold pauses the frames runs every model; create the app with "
-            "faust.App(..., **backlog_settings(settings)) (mlink.operators) to keep it in Kafka",
-            app.conf.id,
-            have["broker_max_poll_records"],
-            have["stream_buffer_maxsize"],
-        )
+    if not any(v is None or v > 4 * want[k] for k, v in have.items()):
+        return None
+    return (
+        f"app {app.conf.id} buffers up to {have['broker_max_poll_records']} records per fetch "
+        f"and {have['stream_buffer_maxsize']} per stream: a backlog fetched before the warm-up "
+        "hold pauses the frames runs every model; create the app with "
+        "faust.App(..., **backlog_settings(settings)) (mlink.operators) to keep it in Kafka"
+    )
+
+
+def _warn_about_buffers(app: faust.App, settings: Settings) -> None:
+    """Logged when the worker starts, in faust's log format (at import it came before it, a bare
+    line at the top of the log that an embedding user missed)."""
+    why = buffer_warning(app, settings)
+    if why is None:
+        return
+
+    async def warn_about_buffers() -> None:
+        log.warning(why)
+
+    app.task(warn_about_buffers)
 
 
 def attach_model_builder(app: faust.App, mlink: MLink) -> None:
@@ -119,7 +131,7 @@ def attach(
     trainer and the controller to ``app``. Every worker of the app runs all of them; the trainer
     and the controller consume single-partition topics, so one worker at a time does their job.
     """
-    _check_buffers(app, mlink.settings)
+    _warn_about_buffers(app, mlink.settings)
     attach_control_replay(app, mlink)
     attach_model_builder(app, mlink)
 

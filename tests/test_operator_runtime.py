@@ -424,18 +424,24 @@ def test_a_model_whose_build_raises_is_named_in_the_start_error(tmp_path) -> Non
 
 def test_attach_warns_about_an_app_that_buffers_a_backlog(tmp_path, caplog) -> None:
     from mlink.operators import attach, backlog_settings
+    from mlink.operators.attach import buffer_warning
 
     settings = Settings(name="t", budget={"fraction": 1}, links=LinkSettings(store=str(tmp_path)))
     models = [Model(name=m, fn=len, spec=spec) for m, spec in SPECS.items()]
+    buffers = faust.App("buffers", store="memory://")
+    why = buffer_warning(buffers, settings)  # faust's defaults: 4096 buffered
+    assert why is not None and "backlog_settings(settings)" in why
+    kept = faust.App("kept", store="memory://", **backlog_settings(settings))
+    assert kept.conf.broker_max_poll_records == settings.batch_size
+    assert buffer_warning(kept, settings) is None
     with caplog.at_level("WARNING", logger="mlink.worker"):
-        attach(faust.App("buffers", store="memory://"), MLink(settings, models))
-    assert "backlog_settings(settings)" in caplog.text  # faust's defaults: 4096 buffered
-    caplog.clear()
-    app = faust.App("kept", store="memory://", **backlog_settings(settings))
-    assert app.conf.broker_max_poll_records == settings.batch_size
-    with caplog.at_level("WARNING", logger="mlink.worker"):
-        attach(app, MLink(settings, models))
-    assert "backlog" not in caplog.text
+        attach(buffers, MLink(settings, models))
+        attach(kept, MLink(settings, models))
+        assert "backlog" not in caplog.text  # not at import, before faust's log format
+        # but once the worker starts: a start-up task of its own, the one task kept lacks
+        assert len(buffers._app_tasks) == len(kept._app_tasks) + 1
+        asyncio.run(buffers._app_tasks[0]())  # attach adds it first
+    assert caplog.text.count("backlog_settings(settings)") == 1
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,10 @@ def tail(
     ] = False,
 ) -> None:
     """Print results as they arrive, one line per frame (new ones only, like tail -f, unless
-    --from-beginning). Ctrl-C stops."""
+    --from-beginning). Ctrl-C stops.
+
+    On the embedded (Tansu) broker a tail may begin with a few results from just before it
+    started: Tansu reports the end of a batch early (docs/broker.md)."""
     from mlink.deploy.tail import ResultTail, result_line
 
     config = load_cli_config(config_path, broker)

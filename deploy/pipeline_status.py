@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any
 
 from mlink.deploy.config import PipelineConfig
+from mlink.deploy.group_members import group_members
 from mlink.deploy.link_pins import link_rows
 from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
@@ -109,6 +110,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "control_topic": None if started else config.topics.names().control,
         "linkstore": store_report(config.links.store, state),
         "lag": consumer_lag(bootstrap, config),
+        # the consumer group's members now: one per live worker (a crash loop shows here)
+        "workers": group_members(bootstrap, config),
         "dead_letters": dead_letter_report(bootstrap, config),
         # the paper's links: the plan's estimate re-weighted to what its active detectors found
         # in the latest results (each worker exports the same for its own frames)

@@ -218,7 +218,24 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         )
     lag = status.get("lag") or {}
     _say(console, "consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))
+    _workers(status.get("workers"), console)
     _dead_letters(status.get("dead_letters") or {}, console)
+
+
+def _workers(group: Mapping[str, Any] | None, console: Console) -> None:
+    if group is None:
+        _say(console, "live workers: unknown (the broker did not describe the consumer group)")
+        return
+    count, state = group.get("workers", 0), group.get("state")
+    if count:
+        _say(console, f"live workers: {count} (consumer group {group.get('group')}, {state})")
+    else:
+        _say(
+            console,
+            f"live workers: none in consumer group {group.get('group')} ({state}): no worker "
+            "of this pipeline is running, or its workers use another name",
+            "yellow",
+        )
 
 
 def _dead_letters(report: Mapping[str, Any], console: Console) -> None:

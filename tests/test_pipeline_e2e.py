@@ -31,6 +31,7 @@ from kafka.partitioner.default import murmur2
 from rich.console import Console
 
 from mlink.deploy.config import PipelineConfig, load_config
+from mlink.deploy.group_members import group_members
 from mlink.deploy.pipeline_status import status
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.source import FrameProducer
@@ -348,6 +349,9 @@ def test_status_reports_the_live_plan_links_and_lag(digits_run: DigitsRun) -> No
     assert set(report["lag"]) == {names.frames, names.samples}
     assert all(lag >= 0 for lag in report["lag"].values())
     assert report["dead_letters"]["count"] == len(digits_run.dead_letters) == 0
+    # one live worker, the one member of the pipeline's consumer group
+    assert report["workers"]["group"] == digits_run.config.name
+    assert report["workers"]["workers"] == 1, report["workers"]
     # the plan's estimate weighed by what its results showed: classifiers, one signature
     content = report["content_forecast"]
     assert content["epoch"] == 3 and content["results"] >= len(digits_run.phases["budget-0.1"]) - 5
@@ -357,6 +361,7 @@ def test_status_reports_the_live_plan_links_and_lag(digits_run: DigitsRun) -> No
     render_status(report, console)
     text = console.export_text()
     assert f"epoch 3 · link version {last.link_version}" in text
+    assert f"live workers: 1 (consumer group {digits_run.config.name}" in text
     assert all(m in text for m in digits_run.config.model_names)
 
 
@@ -559,6 +564,8 @@ def test_two_workers_split_partitions_and_survive_a_kill(
             return all(owned) and not owned[0] & owned[1] and owned[0] | owned[1] == everything
 
         wait_until("partitions split between the workers", split, 60, workers[0])
+        members = group_members(broker.bootstrap, config)  # what `mlink status` counts
+        assert members is not None and members["workers"] == 2, members
 
         streams = streams_covering(partitions)
         victim, survivor = workers[1], workers[0]

@@ -66,6 +66,7 @@ def test_status_shows_the_plan_the_workers_applied_and_survives_odd_fields(broke
     assert seen["epoch"] == 1 and seen["active"] == [a]
     assert seen["predicted_agreement"] == {a: 1.0, b: 0.8}  # not the skipped message's
     assert seen["predicted_synthesized"] == {b: 0.8}
+    assert seen["workers"]["workers"] == 0  # no worker of this pipeline runs (a real broker)
 
     publish_control(broker.bootstrap, config, plan(2, (a, b), predicted=[0.5, 1.0], lower="x"))
     seen = status(broker.bootstrap, config)

@@ -1,0 +1,79 @@
+"""How many workers a pipeline has right now: the members of its consumer group.
+
+Every worker of a pipeline is one member of the consumer group named after the config's
+``name`` (the faust app id), so the group's member count is the number of live workers, and a
+worker in a crash loop shows as a count that keeps dropping. aiokafka's admin client reads it:
+on Tansu, kafka-python 3.0's ``describe_groups`` fails to parse the reply ("15 is not a valid
+ACLOperation") and its ``list_groups`` returns no group, while aiokafka's describe answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from mlink.deploy.config import PipelineConfig
+from mlink.deploy.security import aiokafka_kwargs
+from mlink.topics.bootstrap import bootstrap_servers
+
+__all__ = ["group_members"]
+
+log = logging.getLogger("mlink.status")
+ASK_FOR_S = 10.0  # a broker that does not answer the group request must not hold `mlink status`
+
+
+def group_members(bootstrap: str, config: PipelineConfig) -> dict[str, Any] | None:
+    """``{"group", "state", "workers", "members"}`` of the pipeline's consumer group (state as
+    the broker names it: Stable, PreparingRebalance, Empty, Dead...), or None when the broker
+    did not say (logged: the count is advisory, as the lag is)."""
+    try:
+        return _in_a_thread(_describe(bootstrap, config))
+    except Exception as exc:
+        log.warning("live workers unavailable: %s", exc)
+        return None
+
+
+async def _describe(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(bootstrap),
+        request_timeout_ms=int(ASK_FOR_S * 1000),
+        **aiokafka_kwargs(config.security),
+    )
+    await asyncio.wait_for(admin.start(), ASK_FOR_S)
+    try:
+        replies = await asyncio.wait_for(admin.describe_consumer_groups([config.name]), ASK_FOR_S)
+    finally:
+        await admin.close()
+    for reply in replies:
+        for error, group, state, _protocol_type, _protocol, members, *_ in reply.groups:
+            if group != config.name:
+                continue
+            if error:
+                raise RuntimeError(f"the broker answered error code {error} for group {group!r}")
+            ids = sorted(member[0] for member in members)
+            return {"group": group, "state": state, "workers": len(ids), "members": ids}
+    return {"group": config.name, "state": "Dead", "workers": 0, "members": []}
+
+
+def _in_a_thread(coro: Any) -> Any:
+    """``asyncio.run`` in a thread of its own, so a caller inside an event loop may ask too."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = asyncio.run(coro)
+        except BaseException as exc:  # handed to the caller
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="mlink-group-members", daemon=True)
+    thread.start()
+    thread.join(3 * ASK_FOR_S)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer about the consumer group within {3 * ASK_FOR_S:.0f} s")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

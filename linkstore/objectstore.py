@@ -41,6 +41,7 @@ import contextlib
 import os
 import socket
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
@@ -107,8 +108,26 @@ class ObjectLinkStore(LinkStore):
         return f"LinkStore({self.root!r})"
 
     def writable_problem(self) -> str | None:
-        """None: an object store's write rights show only at a write (its first save), and a
-        probe object would be one more thing to clean up in the user's bucket."""
+        """Why the trainer could not save a version here, or None. It puts a small probe
+        object and deletes it (saves put, pruning deletes): without it a missing bucket or
+        read-only credentials showed only at the first save, after the whole warm-up."""
+        probe = f"{self._path}/.mlink-probe-{uuid.uuid4().hex}"
+        try:
+            self.fs.pipe_file(probe, b"mlink write probe")
+        except Exception as exc:  # s3fs, gcsfs, adlfs each raise their own kinds
+            return (
+                f"link store {self.root} is not writable ({type(exc).__name__}: {exc}); the "
+                "trainer saves there: check that the bucket exists and that the workers' "
+                "credentials may put objects under it"
+            )
+        try:
+            self.fs.rm_file(probe)
+        except Exception as exc:
+            return (
+                f"link store {self.root} lets the workers put objects but not delete them "
+                f"({type(exc).__name__}: {exc}); the trainer deletes old versions there. "
+                f"A probe object was left at {probe}"
+            )
         return None
 
     # ------------------------------------------------------------------ writer

@@ -260,3 +260,18 @@ def test_other_weights_under_the_same_number_are_not_held(s3: S3Server, url: str
     assert store.holds(1, sha) and store.intact(1, sha)
     assert not store.holds(1, "0" * 64) and not store.intact(1, "0" * 64)
     assert not store.holds(2, sha)
+
+
+def test_mlink_check_finds_a_bucket_the_trainer_could_not_write(s3: S3Server, url: str) -> None:
+    """Before, an object store was never probed: a typo in the bucket showed at the first save,
+    after the warm-up. The probe puts one object and deletes it again."""
+    store = open_store(s3, url)
+    assert store.writable_problem() is None
+    bucket = url.removeprefix("s3://").split("/")[0]
+    left = s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0)
+    assert left == 0  # the probe cleaned up after itself
+    missing = open_store(s3, "s3://no-such-bucket-mlink/pipeline-a")
+    problem = missing.writable_problem()
+    assert problem is not None
+    assert "s3://no-such-bucket-mlink/pipeline-a is not writable" in problem
+    assert "check that the bucket exists" in problem

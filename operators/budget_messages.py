@@ -4,12 +4,12 @@ restart, and the budget in force restored when no plan meets a requested one."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from mlink.operators.state import BUDGET_ORIGIN, REFUSED_KEY, ControlState
 from mlink.topics.records import ControlMessage
 
-__all__ = ["config_budget_message", "refusal_message"]
+__all__ = ["all_models_message", "config_budget_message", "refusal_message"]
 
 
 def config_budget_message(
@@ -63,4 +63,26 @@ def refusal_message(
         issued_at=time.time(),
         budget=dict(state.budget),
         extra={**origin, REFUSED_KEY: {"budget": dict(requested), "reason": why}},
+    )
+
+
+def all_models_message(
+    models: Sequence[str],
+    epoch: int,
+    budget: dict[str, float],
+    version: int,
+    probe_every: int,
+    why: str,
+) -> ControlMessage:
+    """No plan fits while warming up: run every model (said so on the control topic), so
+    workers stop waiting for links that no budget-abiding plan can use."""
+    return ControlMessage(
+        kind="active_set",
+        epoch=epoch,
+        issued_at=time.time(),
+        active=tuple(sorted(models)),
+        budget=budget,
+        link_version=version,
+        probe_every=probe_every,
+        extra={"infeasible": why},
     )

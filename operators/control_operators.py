@@ -35,6 +35,7 @@ from mlink.operators.wiring import (
     kafka_client_kwargs,
 )
 from mlink.topics.codec import decode_record
+from mlink.topics.control import MAX_EPOCH_STEP
 from mlink.topics.records import ControlMessage
 
 __all__ = ["ControlLog", "attach_control_replay", "prefetch_links"]
@@ -50,6 +51,18 @@ class ControlLog:
         self.position = -1  # offset of the last message handled
         self.rejected: OrderedDict[int, str] = OrderedDict()  # offset -> reason
         self.changed = asyncio.Condition()
+        # the highest epoch of an active set read, applied or refused: a restart on an edited
+        # config refuses the plans made for the old models, and the controller's next plan
+        # is numbered past them, so one epoch never names two plans in results and logs
+        self.epoch_heard = 0
+
+    def heard(self, message: ControlMessage, applied_epoch: int) -> None:
+        """Note ``message``'s epoch if it is an active set within reach of the applied one
+        (a forged epoch far ahead must not move the numbering)."""
+        epoch = message.epoch
+        plan = message.kind == "active_set" and type(epoch) is int
+        if plan and applied_epoch < epoch < applied_epoch + MAX_EPOCH_STEP:
+            self.epoch_heard = max(self.epoch_heard, epoch)
 
     async def wait_past(self, offset: int, timeout: float = 30.0) -> bool:
         async with self.changed:
@@ -257,4 +270,7 @@ def _replay_one(mlink: MLink, record: Any) -> str | None:
         message = decode_record(record.value, ControlMessage, limits=mlink.limits)
     except Exception as exc:
         return f"undecodable: {exc}"
+    control_log = getattr(mlink, "control_log", None)
+    if control_log is not None:
+        control_log.heard(message, mlink.state.epoch)
     return _apply(mlink, message)

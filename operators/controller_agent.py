@@ -5,7 +5,8 @@ it decides from the replayed state (:mod:`.control_operators`: the budget, the l
 version, the epoch), never from variables of its own, so a controller that fails over decides
 as the old one would. It plans on a new link version, a new budget, and a live agreement report
 that shows a model below its accuracy target; a link version that cannot be loaded yet is tried
-again with backoff, and one the store has lost is learned again (:mod:`.relearn`).
+again with backoff, and one the store has lost, or one trained for other models than the
+config's, is learned again (:mod:`.relearn`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -23,7 +22,11 @@ import faust
 
 from mlink.linkstore.bundle import BAD_RETRY_S
 from mlink.linkstore.store import StoreError
-from mlink.operators.budget_messages import config_budget_message, refusal_message
+from mlink.operators.budget_messages import (
+    all_models_message,
+    config_budget_message,
+    refusal_message,
+)
 from mlink.operators.control_operators import ControlLog
 from mlink.operators.controller import decide, guard_decision
 from mlink.operators.controller_rules import (
@@ -32,12 +35,11 @@ from mlink.operators.controller_rules import (
     relearn_holds,
     target_replan,
 )
+from mlink.operators.plan_watch import PlanWatch
 from mlink.operators.relearn import (
     LINK_SHA256,
-    LostLinks,
-    lost_pin,
+    other_models_reason,
     relearn_message,
-    unpin_lost_message,
 )
 from mlink.operators.runtime import MLink
 from mlink.operators.stream_decision import carried_corrections
@@ -74,34 +76,6 @@ async def retry_with_backoff(
         delay = min(delay * 2, most_s)
 
 
-def _controls(app: faust.App, control: str) -> bool:
-    """Whether this worker holds the control topic's partition, so runs the controller: the
-    agent's coroutine starts on every worker, and each worker's store watch would otherwise
-    send its own relearn or unpin, each by its own view of the store. True when the
-    assignment cannot be read (the watch then runs, as it did before this check)."""
-    try:
-        return any(tp.topic == control for tp in app.consumer.assignment())
-    except Exception:
-        return True
-
-
-def _all_models(
-    mlink: MLink, epoch: int, budget: dict[str, float], version: int, why: str
-) -> ControlMessage:
-    """No plan fits while warming up: run every model (said so on the control topic), so
-    workers stop waiting for links that no budget-abiding plan can use."""
-    return ControlMessage(
-        kind="active_set",
-        epoch=epoch,
-        issued_at=time.time(),
-        active=tuple(sorted(mlink.model_names)),
-        budget=budget,
-        link_version=version,
-        probe_every=mlink.settings.links.probe_every,
-        extra={"infeasible": why},
-    )
-
-
 def attach_controller(app: faust.App, mlink: MLink) -> Any:
     """Attach the controller agent: on a new link version or budget, choose the active set."""
     names, settings = mlink.names, mlink.settings
@@ -113,8 +87,17 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
     lock = asyncio.Lock()  # one decision at a time: an event's, or a retry's
     retrying: dict[int, asyncio.Task[None]] = {}  # link version -> its retry
 
+    def next_epoch() -> int:
+        """Past the applied plan, past this controller's last, and past a plan this worker
+        refused for its config's models (:attr:`ControlLog.epoch_heard`)."""
+        heard = getattr(mlink, "control_log", None)
+        return max(issued + 1, mlink.state.next_epoch(), (heard.epoch_heard if heard else 0) + 1)
+
     async def plan(
-        reason: str | None, corrections: dict[str, float] | None, missed: Collection[str] = ()
+        reason: str | None,
+        corrections: dict[str, float] | None,
+        missed: Collection[str] = (),
+        note: str | None = None,
     ) -> bool:
         """Decide and publish an active set from the replayed state; False when the link
         version could not be loaded (a shared store that is not visible yet, a read error).
@@ -134,11 +117,16 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             budget = state.requested_budget or dict(settings.budget)
             if reason is not None and state.budget:  # the guard re-plans the budget in force,
                 budget = dict(state.budget)  # not a request that was refused
-            epoch = max(issued + 1, state.next_epoch())
+            epoch = next_epoch()
             try:
                 links = await loop.run_in_executor(
                     mlink.executor("controller"), mlink.links, version
                 )
+                if links is None and version in mlink.other_models:
+                    await relearn(
+                        version, other_models_reason(version, mlink.other_models[version])
+                    )
+                    return True
                 if links is None:
                     raise StoreError(f"link version {version} cannot be loaded")
                 decide_for = functools.partial(
@@ -163,8 +151,8 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                     state.plan_extra,
                 )
                 named = {LINK_SHA256: links.sha256} if links.sha256 else {}
-                if reason is not None:
-                    named["replan_reason"] = reason
+                if reason is not None or note is not None:  # the guard's, or why else
+                    named["replan_reason"] = reason if reason is not None else note
                 decision = dataclasses.replace(decision, extra={**decision.extra, **named})
             except StoreError as exc:
                 mlink.metrics["controller_refusals"] += 1
@@ -180,7 +168,9 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         await control_out.send(b"budget", encode_record(refusal))
                     return True
                 log.error("budget infeasible, every model keeps running: %s", exc)
-                decision = _all_models(mlink, epoch, budget, version, str(exc))
+                decision = all_models_message(
+                    mlink.model_names, epoch, budget, version, settings.links.probe_every, str(exc)
+                )
             issued = epoch
             await control_out.send(b"active_set", encode_record(decision))
             return True
@@ -205,101 +195,25 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         finally:
             retrying.pop(version, None)
 
-    async def relearn_if_lost(watch: LostLinks, verify: bool) -> None:
-        """Ask the store whether it still holds the link version in force (``verify``: whole,
-        every file read and hashed); once it has been gone or damaged for
-        ``relearn_after_s``, run every model until new links are trained
-        (:mod:`mlink.operators.relearn`)."""
+    async def relearn(version: int, why: str) -> None:
+        """Publish the plan that runs every model until links above ``version`` (and above
+        every version the log named) are trained; the caller holds ``lock``."""
         nonlocal issued
-        version = mlink.state.link_version
-        sha256 = mlink.state.plan_extra.get(LINK_SHA256)
-        held: bool | None = None
-        if version is not None:
-            store = mlink.store
-            look = store.intact if verify else store.holds
-            try:  # the weights the plan was made from, not only a version of that number
-                held = await asyncio.get_running_loop().run_in_executor(
-                    mlink.executor("controller"),
-                    look,
-                    version,
-                    sha256 if isinstance(sha256, str) else None,
-                )
-            except StoreError as exc:  # no evidence either way: keep the plan, ask again
-                log.warning("cannot ask the link store about version %d: %s", version, exc)
-            if held is False:
-                log.warning("link version %d is missing or damaged in %s", version, store.root)
-        now = time.monotonic()
-        if not watch.lost(version, held, now):
-            return
-        async with lock:
-            state = mlink.state
-            if state.link_version != version or version is None:
-                return  # a plan was made in the meantime
-            lost = max(version, state.latest_links or 0)
-            why = (
-                f"link version {version} has been missing or damaged in the link store "
-                f"{mlink.store.root} for {watch.missing_for(now):.0f} s (lost, replaced or "
-                f"corrupt): every model runs until links above v{lost} are trained"
-            )
-            epoch = max(issued + 1, state.next_epoch())
-            budget = state.requested_budget or dict(settings.budget)
-            message = relearn_message(
-                mlink.model_names, epoch, budget, lost, settings.links.probe_every, why
-            )
-            log.error("learning the links again: %s", why)
-            mlink.metrics["relearns"] += 1
-            mlink.prom.relearns.inc()
-            issued = epoch
-            await control_out.send(b"active_set", encode_record(message))
+        state = mlink.state
+        lost = max(version, state.latest_links or 0)
+        why = f"{why}: every model runs until links above v{lost} are trained"
+        epoch = next_epoch()
+        budget = state.requested_budget or dict(settings.budget)
+        message = relearn_message(
+            mlink.model_names, epoch, budget, lost, settings.links.probe_every, why
+        )
+        log.error("learning the links again: %s", why)
+        mlink.metrics["relearns"] += 1
+        mlink.prom.relearns.inc()
+        issued = epoch
+        await control_out.send(b"active_set", encode_record(message))
 
-    async def end_lost_pin(watch: LostLinks) -> None:
-        """End a pin no plan uses whose version the store has not held for
-        ``relearn_after_s`` (:func:`~mlink.operators.relearn.lost_pin`): plan from the newest
-        again, and say why on the control topic (``mlink status``)."""
-        version = lost_pin(mlink.state.pinned_links, mlink.state.link_version)
-        held: bool | None = None
-        if version is not None:
-            try:
-                held = await asyncio.get_running_loop().run_in_executor(
-                    mlink.executor("controller"), mlink.store.holds, version
-                )
-            except StoreError as exc:  # no evidence either way
-                log.warning("cannot ask the link store about pinned version %d: %s", version, exc)
-        now = time.monotonic()
-        if not watch.lost(version, held, now):
-            return
-        async with lock:
-            state = mlink.state
-            if version != lost_pin(state.pinned_links, state.link_version):
-                return  # unpinned, pinned again or planned from in the meantime
-            why = (
-                f"the link store {mlink.store.root} has not held pinned version {version} for "
-                f"{watch.missing_for(now):.0f} s (deleted before the pin was heard of, or "
-                f"lost): planning from the newest version again; pin another with mlink links"
-            )
-            log.error("ending the pin: %s", why)
-            mlink.metrics["pins_ended"] += 1
-            message = unpin_lost_message(version, state.epoch, why)
-            await control_out.send(b"link_version", encode_record(message))
-
-    async def watch_store() -> None:
-        after_s = settings.links.relearn_after_s
-        if not after_s:
-            return
-        watch, pins = LostLinks(after_s), LostLinks(after_s)
-        for look in itertools.count():
-            await asyncio.sleep(min(15.0, after_s / 3))
-            if not _controls(app, names.control):  # faust starts the agent on every worker
-                watch, pins = LostLinks(after_s), LostLinks(after_s)
-                continue
-            try:  # reading a whole version is dearer (an object store's GET): 1 look in 4
-                await relearn_if_lost(watch, verify=look % 4 == 0 or watch.counting)
-            except Exception:  # the next look may work; frames never wait for this one
-                log.exception("checking the link store for the version in force failed")
-            try:
-                await end_lost_pin(pins)
-            except Exception:
-                log.exception("checking the link store for the pinned version failed")
+    watch = PlanWatch(app, mlink, lock, plan, relearn, control_out)
 
     async def restate_config_budget() -> None:
         """An edited config's budget takes effect on restart (:func:`config_budget_message`).
@@ -321,7 +235,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         await mlink.event("control").wait()
         await restate_config_budget()
         control_log: ControlLog = mlink.control_log  # type: ignore[attr-defined]
-        watcher = asyncio.ensure_future(watch_store())
+        watcher = asyncio.ensure_future(watch.run())
         try:
             async for event in stream.events():
                 async with dead.guard(event, "controller"):

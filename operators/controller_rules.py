@@ -3,6 +3,10 @@ plans again (pure functions of the state, tested without a broker)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from typing import Any
+
 from mlink.linkstore.streamplan import agreement_targets
 from mlink.operators.controller import unmet_models
 from mlink.operators.relearn import relearning
@@ -10,7 +14,13 @@ from mlink.operators.runtime import MLink
 from mlink.operators.state import ControlState
 from mlink.operators.stream_decision import live_corrections, target_misses
 
-__all__ = ["links_in_force", "planned_for_requested", "relearn_holds", "target_replan"]
+__all__ = [
+    "declared_cost_change",
+    "links_in_force",
+    "planned_for_requested",
+    "relearn_holds",
+    "target_replan",
+]
 
 
 def planned_for_requested(state: ControlState) -> bool:
@@ -65,3 +75,25 @@ def target_replan(mlink: MLink) -> tuple[str, dict[str, float], list[str]] | Non
         started=state.live_started,
     )
     return "; ".join(misses[m] for m in sorted(misses)), corrections, sorted(misses)
+
+
+def declared_cost_change(
+    plan_extra: Mapping[str, Any], declared: Mapping[str, Mapping[str, float]]
+) -> str | None:
+    """Why the plan in force must be made again for the config's declared costs, or None: a
+    restart on a config whose ``cost.ms`` changed brings no control message that would make
+    the controller plan again, and the plan stayed priced on costs no config declares."""
+    priced = plan_extra.get("model_ms")
+    if not isinstance(priced, Mapping):
+        return None
+    changed = {
+        m: (priced[m], cost["ms"])
+        for m, cost in sorted(declared.items())
+        if "ms" in cost
+        and isinstance(priced.get(m), int | float)
+        and not math.isclose(float(priced[m]), float(cost["ms"]), rel_tol=1e-9, abs_tol=1e-9)
+    }
+    if not changed:
+        return None
+    said = ", ".join(f"{m} {old:g} -> {new:g} ms" for m, (old, new) in changed.items())
+    return f"the config declares other model costs than the plan in force was made for: {said}"

@@ -186,9 +186,12 @@ class FrameBatch:
 
         async def release() -> None:
             started, idle, told = time.monotonic(), 0, False
-            try:
-                while mlink.state.warming_up and not hold_over(
-                    time.monotonic(), started, links.hold_s, mlink.training
+            epoch = mlink.state.epoch  # a new plan that warms up again (a relearn) starts over:
+            try:  # its warm-up is counted anew, and its trainer waits for frames from it
+                while (
+                    mlink.state.warming_up
+                    and mlink.state.epoch == epoch
+                    and not hold_over(time.monotonic(), started, links.hold_s, mlink.training)
                 ):
                     training = mlink.training.since is not None
                     if training and not told and time.monotonic() - started >= links.hold_s:
@@ -206,8 +209,11 @@ class FrameBatch:
                 await _fetching(consumer, paused, on=True)
                 self.holding = False
                 mlink.metrics["held_for_links_s"] += round(time.monotonic() - started, 3)
-            if mlink.state.warming_up and self.warmup_planned >= self.hold_at:
-                # no links yet: more warm-up data, then wait again
+            if (
+                mlink.state.warming_up
+                and mlink.state.epoch == epoch
+                and self.warmup_planned >= self.hold_at
+            ):  # no links yet: more warm-up data, then wait again
                 log.warning(
                     "no links after %.0f s; planning more warm-up frames",
                     time.monotonic() - started,

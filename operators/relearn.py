@@ -1,4 +1,5 @@
-"""Learning the links again when the store that held them lost or damaged them.
+"""Learning the links again when the store that held them lost or damaged them, or when the
+config's models changed since they were trained (:func:`model_set_change`).
 
 A link store can vanish under a running pipeline (a container restarted without its volume, a
 bucket emptied by a lifecycle rule, a config pointed at a new store), or a version's files can
@@ -21,17 +22,20 @@ new version. docs/link-store.md, "A lost, replaced or damaged store".
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlink.topics.control import PIN_KEY
 from mlink.topics.records import ControlMessage
+from mlink.topics.specs import OutputSpec
 
 __all__ = [
     "LINK_SHA256",
     "RELEARN_KEY",
     "LostLinks",
     "lost_pin",
+    "model_set_change",
+    "other_models_reason",
     "relearn_message",
     "relearning",
     "unpin_lost_message",
@@ -92,6 +96,33 @@ def relearning(
     if link_version is not None or type(lost) is not int or (latest or 0) > lost:
         return None
     return lost
+
+
+def model_set_change(
+    trained: Mapping[str, OutputSpec], configured: Mapping[str, OutputSpec]
+) -> str | None:
+    """How the models a link version was trained for differ from the config's, or None.
+
+    A config that gains, loses or re-specs a model after its links were trained cannot plan
+    from them: a plan from the old links has no link into an added model (left ``missing`` on
+    every frame it does not run, and the controller's oracle fails on it), and one that names a
+    removed model is refused by every worker, which then stays in warm-up for good. So the
+    controller learns the links again (docs/link-store.md, "Changing the models").
+    """
+    added = sorted(set(configured) - set(trained))
+    removed = sorted(set(trained) - set(configured))
+    changed = sorted(m for m in set(trained) & set(configured) if trained[m] != configured[m])
+    parts = [
+        f"{what} {names}"
+        for what, names in (("added", added), ("removed", removed), ("output changed", changed))
+        if names
+    ]
+    return "; ".join(parts) or None
+
+
+def other_models_reason(version: int, change: str) -> str:
+    """Why a relearn plan replaced a version trained for other models (``change``: how)."""
+    return f"link version {version} was trained for other models than this config's ({change})"
 
 
 def relearn_message(

@@ -27,6 +27,7 @@ from mlink.operators.library_threads import limit_library_threads
 from mlink.operators.metrics import WorkerMetrics
 from mlink.operators.model_settings import ModelFactory
 from mlink.operators.recent import RecentIds
+from mlink.operators.relearn import model_set_change
 from mlink.operators.settings import Model, Settings, SettingsError
 from mlink.operators.state import ControlState
 from mlink.operators.trainer import LinkTrainer
@@ -84,6 +85,9 @@ class MLink:
         # link versions that cannot be used, and why: the newest UNUSABLE_KEPT (frames name
         # whatever version their records say, so distinct bad versions must not pile up)
         self.unusable: OrderedDict[int, str] = OrderedDict()
+        # of those, the versions trained for another model set, and how it differs: the
+        # controller learns the links again for them (:func:`.relearn.model_set_change`)
+        self.other_models: dict[int, str] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._events: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -167,9 +171,10 @@ class MLink:
     # -- links --------------------------------------------------------------------------------
     def links(self, version: int | None) -> LoadedLinks | None:
         """A usable link version, loaded once per process; None (logged once per version) when
-        it cannot be loaded or was made for another model set (synthesizing from it would
-        name unknown models). A version that failed only because it was missing is tried again
-        later (:data:`~mlink.linkstore.bundle.BAD_RETRY_S`) and used once it loads."""
+        it cannot be loaded or was trained for another model set (synthesizing from it would
+        name unknown models or leave an added one out: :attr:`other_models` says how). A
+        version that failed only because it was missing is tried again later
+        (:data:`~mlink.linkstore.bundle.BAD_RETRY_S`) and used once it loads."""
         if version is None:
             return None
         try:
@@ -177,10 +182,9 @@ class MLink:
         except StoreError as exc:
             self._unusable(version, str(exc)[:500])
             return None
-        if set(loaded.linkset.specs) - set(self.specs):
-            self._unusable(
-                version, f"made for models {sorted(loaded.linkset.specs)}, not this pipeline's"
-            )
+        if (change := model_set_change(loaded.linkset.specs, self.specs)) is not None:
+            self.other_models[version] = change
+            self._unusable(version, f"trained for other models than this config's ({change})")
             return None
         self.unusable.pop(version, None)
         return loaded

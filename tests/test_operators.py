@@ -708,7 +708,15 @@ def test_failed_link_versions_named_by_records_do_not_pile_up(
     assert mlink.links(1) is not None and mlink.stream_links(1) is None  # not fitted for streams
     other = MLink(settings, [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS[:2]])
     assert other.links(1) is None and other.linksets([1]) == {}
-    assert other.unusable[1].startswith("made for models")
+    assert other.unusable[1].startswith("trained for other models than this config's")
+    assert other.other_models[1] == "removed ['value']"
+    grown = [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS]
+    grown.append(Model(name="extra", fn=len, spec=VectorSpec(3, "softmax")))
+    added = MLink(settings, grown)  # its links would leave "extra" out on every frame
+    assert added.links(1) is None and added.other_models[1] == "added ['extra']"
+    respecced = [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS[:2]]
+    respecced.append(Model(name="value", fn=len, spec=VectorSpec(2, "linear")))
+    assert MLink(settings, respecced).links(1) is None
 
 
 def test_decide_picks_the_best_active_set_within_the_budget(

@@ -1,13 +1,22 @@
-"""Learning the links again after the store lost them: when the controller gives the version
-in force up, the plan it publishes, and when the trainer trains above the lost versions."""
+"""Learning the links again after the store lost them, or for a config whose models changed:
+when the controller gives the version in force up, the plan it publishes, and when the trainer
+trains above the lost versions."""
 
 from __future__ import annotations
 
 import pytest
 
-from mlink.operators.relearn import RELEARN_KEY, LostLinks, relearn_message, relearning
+from mlink.operators.relearn import (
+    RELEARN_KEY,
+    LostLinks,
+    model_set_change,
+    other_models_reason,
+    relearn_message,
+    relearning,
+)
 from mlink.operators.state import ControlState
 from mlink.topics.records import ControlMessage
+from mlink.topics.specs import BoxesSpec, SequenceSpec, VectorSpec, spec_from_dict
 
 MODELS = ("digit", "parity", "value")
 
@@ -96,3 +105,46 @@ def test_a_lost_pin_above_the_newest_announced_version_is_learned_again_above_it
     assert relearning(state.plan_extra, None, None) == 6  # nothing announced yet: still on
     _announce(state, 7)
     assert relearning(state.plan_extra, state.link_version, state.latest_links) is None
+
+
+def test_a_model_set_change_names_what_was_added_removed_and_respecced() -> None:
+    trained = {
+        "a": VectorSpec(2, "softmax"),
+        "b": BoxesSpec(max_boxes=4),
+        "c": VectorSpec(1, "linear"),
+        "e": SequenceSpec(vocab_size=12, max_length=5),
+    }
+    assert model_set_change(trained, dict(trained)) is None
+    # every spec kind survives the trip through a link version's metadata unchanged, or every
+    # pipeline would learn its links again at every start
+    assert (
+        model_set_change(
+            {m: spec_from_dict(spec.to_dict()) for m, spec in trained.items()}, trained
+        )
+        is None
+    )
+    configured = {
+        "a": VectorSpec(3, "softmax"),
+        "b": trained["b"],
+        "d": VectorSpec(1, "linear"),
+        "e": trained["e"],
+    }
+    assert model_set_change(trained, configured) == (
+        "added ['d']; removed ['c']; output changed ['a']"
+    )
+    reason = other_models_reason(4, "added ['d']")
+    assert reason == "link version 4 was trained for other models than this config's (added ['d'])"
+
+
+def test_a_config_whose_declared_costs_changed_is_planned_again() -> None:
+    from mlink.operators.controller_rules import declared_cost_change
+
+    extra = {"model_ms": {"digit": 40.0, "parity": 2.0, "value": 3.5}}
+    assert declared_cost_change(extra, {"digit": {"ms": 40.0}, "parity": {"ms": 2.0}}) is None
+    assert declared_cost_change(extra, {}) is None  # measured costs: the plan's own
+    assert declared_cost_change({}, {"digit": {"ms": 1.0}}) is None  # a plan with no prices
+    why = declared_cost_change(extra, {"digit": {"ms": 10.0}, "value": {"memory_mb": 5.0}})
+    assert why == (
+        "the config declares other model costs than the plan in force was made for: "
+        "digit 40 -> 10 ms"
+    )

@@ -194,6 +194,11 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """The broker process's exit code once it has ended by itself (None while it runs)."""
+        return self._proc.poll() if self._proc is not None else None
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> EmbeddedBroker:

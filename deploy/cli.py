@@ -81,7 +81,16 @@ def broker(
         typer.echo(f"broker ready: bootstrap {embedded.bootstrap} (faust: {embedded.url})")
         typer.echo("Ctrl-C to stop")
         with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+            while not stop.wait(1.0):
+                if (code := embedded.exit_code) is not None:  # workers would just lose it
+                    errors.print(
+                        Text(
+                            f"the Tansu broker exited by itself with code {code}; its log "
+                            f"ends with:\n{embedded.log_tail(2000)}",
+                            style="red",
+                        )
+                    )
+                    raise typer.Exit(1)
     typer.echo("broker stopped")
 
 

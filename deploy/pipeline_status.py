@@ -110,7 +110,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "control_topic": None if started else config.topics.names().control,
         "linkstore": store_report(config.links.store, state),
         "lag": consumer_lag(bootstrap, config),
-        # the consumer group's members now: one per live worker (a worker that keeps dying is missing)
+        # the consumer group's members now: one per live worker (one that keeps dying is gone)
         "workers": group_members(bootstrap, config),
         "dead_letters": dead_letter_report(bootstrap, config),
         # the paper's links: the plan's estimate re-weighted to what its active detectors found

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -110,6 +113,34 @@ def test_broker_dying_at_start_reports_its_log(tmp_path: Path) -> None:
     with pytest.raises(BrokerError, match=r"exited with code[\s\S]*UnsupportedStorageUrl"):
         doomed.start()
     assert not doomed.running
+
+
+def test_mlink_broker_ends_with_its_log_when_tansu_dies_under_it(tmp_path: Path) -> None:
+    """A Tansu that died after start left `mlink broker` running and silent (a helper's
+    audit), and the workers then failed to bootstrap with no word of why."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlink.deploy.cli", "broker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "broker ready: bootstrap 127.0.0.1:PORT ..."
+        assert "broker ready" in line, line
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=True
+        )
+        for pid in children.stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, (out, err)
+    assert "the Tansu broker exited by itself with code -9" in err
 
 
 def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:

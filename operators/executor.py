@@ -36,7 +36,13 @@ import numpy as np
 from mlink.operators.health import HealthReport, ModelHealth
 from mlink.operators.isolation import ProcessExecutor
 from mlink.operators.model_errors import stuck_error, timeout_error
-from mlink.operators.model_runner import ModelRunner, RunOutcome, describe_exception, model_calls
+from mlink.operators.model_runner import (
+    ModelRunner,
+    RunOutcome,
+    describe_exception,
+    late_calls_timed_out,
+    model_calls,
+)
 from mlink.operators.model_settings import ExecutorSettings, ModelFactory
 from mlink.topics.specs import OutputSpec
 
@@ -222,21 +228,13 @@ class ThreadExecutor:
         return [RunOutcome(None, 0.0, error) for _ in range(n)]
 
     def _settle(self, frames: Sequence[np.ndarray], outcomes: list[RunOutcome]) -> list[RunOutcome]:
-        """Health from ``outcomes``, where a call that returned after ``timeout_s`` within a
-        batch of one-frame calls is a timeout: the batch's limit covers every call, so one call
-        could take 8 times ``timeout_s`` unflagged (a new user's audit) where the docs promise
-        an error output for any call that takes longer."""
-        limit_ms = self.settings.timeout_s * 1000.0
-        late = [False] * len(outcomes)
-        if model_calls(frames, self.runner.batch) > 1:
-            late = [o.error is None and o.elapsed_ms > limit_ms for o in outcomes]
+        """Health from ``outcomes``, a late one-frame call counted as a timeout."""
+        timeout_s = self.settings.timeout_s
+        outcomes, late = late_calls_timed_out(
+            self.name, frames, self.runner.batch, outcomes, timeout_s
+        )
         if any(late):
-            error = timeout_error(self.name, self.settings.timeout_s)
-            self._health.failure("timeout", error, sum(late))
-            outcomes = [
-                RunOutcome(None, o.elapsed_ms, error, o.cpu_ms) if slow else o
-                for o, slow in zip(outcomes, late, strict=True)
-            ]
+            self._health.failure("timeout", timeout_error(self.name, timeout_s), sum(late))
         self._health.observe(o.error for o, slow in zip(outcomes, late, strict=True) if not slow)
         return outcomes
 

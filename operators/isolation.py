@@ -28,7 +28,7 @@ from mlink.operators.child_supervisor import ChildSupervisor, Slot, describe_exi
 from mlink.operators.health import HealthReport, ModelHealth
 from mlink.operators.model_errors import timeout_error
 from mlink.operators.model_process import send_frames
-from mlink.operators.model_runner import RunOutcome, model_calls
+from mlink.operators.model_runner import RunOutcome, late_calls_timed_out, model_calls
 from mlink.operators.model_settings import ExecutorSettings, IsolationSettings, ModelFactory
 from mlink.topics.specs import OutputSpec
 
@@ -182,7 +182,11 @@ class ProcessExecutor:
             self._children.dead(slot, f"protocol error: {status} {reply_id}/{call_id}", "crash")
             error = f"model {self.name}'s process sent a wrong reply"
             return [RunOutcome(None, 0.0, error) for _ in range(n)]
-        self._health.observe(o.error for o in outcomes)
+        timeout_s = self.settings.timeout_s
+        outcomes, late = late_calls_timed_out(self.name, frames, self.batch, outcomes, timeout_s)
+        if any(late):
+            self._health.failure("timeout", timeout_error(self.name, timeout_s), sum(late))
+        self._health.observe(o.error for o, slow in zip(outcomes, late, strict=True) if not slow)
         if over:
             self._children.dead(slot, over, "crash")
         return outcomes

@@ -21,9 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from mlink.operators.model_errors import timeout_error
 from mlink.topics.specs import OutputSpec, SpecError
 
-__all__ = ["MAX_ERROR_CHARS", "ModelRunner", "RunOutcome", "describe_exception", "model_calls"]
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "ModelRunner",
+    "RunOutcome",
+    "describe_exception",
+    "late_calls_timed_out",
+    "model_calls",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,31 @@ def model_calls(frames: Sequence[np.ndarray], batch: bool) -> int:
     if batch and len({f.shape for f in frames}) == 1:
         return 1
     return max(len(frames), 1)
+
+
+def late_calls_timed_out(
+    name: str,
+    frames: Sequence[np.ndarray],
+    batch: bool,
+    outcomes: list[RunOutcome],
+    timeout_s: float,
+) -> tuple[list[RunOutcome], list[bool]]:
+    """``outcomes`` with every one-frame call that returned after ``timeout_s`` turned into a
+    timeout, and which those were. A batch of one-frame calls runs under one limit of
+    ``timeout_s`` times its calls, so one call could take many times ``timeout_s`` and still
+    come back executed, where the docs promise an error output for any call that takes longer
+    (a new user's audit, in a thread; the same held in an isolated model's process)."""
+    late = [False] * len(outcomes)
+    if model_calls(frames, batch) > 1:
+        late = [o.error is None and o.elapsed_ms > timeout_s * 1000.0 for o in outcomes]
+    if not any(late):
+        return outcomes, late
+    error = timeout_error(name, timeout_s)
+    settled = [
+        RunOutcome(None, o.elapsed_ms, error, o.cpu_ms) if slow else o
+        for o, slow in zip(outcomes, late, strict=True)
+    ]
+    return settled, late
 
 
 class ModelRunner:

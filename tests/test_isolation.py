@@ -46,9 +46,9 @@ Isolate = Callable[..., ProcessExecutor]
 
 @pytest.fixture
 def isolated() -> Iterator[Isolate]:
-    """``isolated(fault, trigger=7, timeout_s=10, health=None, **isolation)``: a started
-    executor of a misbehaving model; all are closed after the test, which then checks that none
-    of their children is left."""
+    """``isolated(fault, trigger=7, timeout_s=10, health=None, hang_s=None, **isolation)``: a
+    started executor of a misbehaving model; all are closed after the test, which then checks
+    that none of their children is left."""
     made: list[ProcessExecutor] = []
 
     def make(
@@ -56,10 +56,12 @@ def isolated() -> Iterator[Isolate]:
         trigger: int | None = 7,
         timeout_s: float = 10.0,
         health: HealthSettings | None = None,
+        hang_s: float | None = None,
         **isolation: object,
     ) -> ProcessExecutor:
         factory = ModelFactory(
-            "tests.misbehaving_models:misbehaving", {"fault": fault, "trigger": trigger}
+            "tests.misbehaving_models:misbehaving",
+            {"fault": fault, "trigger": trigger, "hang_s": hang_s},
         )
         settings = ExecutorSettings(
             timeout_s=timeout_s,
@@ -421,3 +423,15 @@ def test_a_torch_module_runs_alike_on_a_thread_and_in_a_child_process() -> None:
             assert parity_of(outcomes) == [1, 0]
         finally:
             executor.close()
+
+
+def test_one_slow_call_within_a_batch_is_a_timeout_in_a_process_too(isolated) -> None:
+    """As in a thread (tests/test_executor.py): one call 1.8 times over ``timeout_s`` inside
+    a batch's limit came back ``executed`` from an isolated model's process."""
+    executor = isolated("hang", trigger=2, timeout_s=0.5, hang_s=0.9)
+    outcomes = executor.run(frames(1, 2, 3))
+    assert [o.error is None for o in outcomes] == [True, False, True]
+    assert "timed out after 0.5 s" in str(outcomes[1].error) and outcomes[1].output is None
+    health = executor.health()
+    assert health.state == "unhealthy" and health.timeouts == 1 and health.successes == 2
+    assert len(executor.pids()) == 1  # the process answered in time: not killed

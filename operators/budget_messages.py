@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+from mlink.operators.relearn import every_model_plan
 from mlink.operators.state import BUDGET_ORIGIN, REFUSED_KEY, ControlState
 from mlink.topics.records import ControlMessage
 
@@ -76,13 +77,4 @@ def all_models_message(
 ) -> ControlMessage:
     """No plan fits while warming up: run every model (said so on the control topic), so
     workers stop waiting for links that no budget-abiding plan can use."""
-    return ControlMessage(
-        kind="active_set",
-        epoch=epoch,
-        issued_at=time.time(),
-        active=tuple(sorted(models)),
-        budget=budget,
-        link_version=version,
-        probe_every=probe_every,
-        extra={"infeasible": why},
-    )
+    return every_model_plan(models, epoch, budget, version, probe_every, {"infeasible": why})

@@ -33,6 +33,7 @@ __all__ = [
     "LINK_SHA256",
     "RELEARN_KEY",
     "LostLinks",
+    "every_model_plan",
     "lost_pin",
     "model_set_change",
     "other_models_reason",
@@ -125,6 +126,28 @@ def other_models_reason(version: int, change: str) -> str:
     return f"link version {version} was trained for other models than this config's ({change})"
 
 
+def every_model_plan(
+    models: Sequence[str],
+    epoch: int,
+    budget: dict[str, float],
+    version: int | None,
+    probe_every: int,
+    extra: dict[str, Any],
+) -> ControlMessage:
+    """An active set of every model, with ``extra`` saying why (a relearn, an infeasible
+    budget in warm-up)."""
+    return ControlMessage(
+        kind="active_set",
+        epoch=epoch,
+        issued_at=time.time(),
+        active=tuple(sorted(models)),
+        budget=budget,
+        link_version=version,
+        probe_every=probe_every,
+        extra=extra,
+    )
+
+
 def relearn_message(
     models: Sequence[str],
     epoch: int,
@@ -134,16 +157,8 @@ def relearn_message(
     why: str,
 ) -> ControlMessage:
     """The warm-up-again plan: every model runs on every frame, no links, and why."""
-    return ControlMessage(
-        kind="active_set",
-        epoch=epoch,
-        issued_at=time.time(),
-        active=tuple(sorted(models)),
-        budget=budget,
-        link_version=None,
-        probe_every=probe_every,
-        extra={RELEARN_KEY: lost, "replan_reason": why},
-    )
+    extra = {RELEARN_KEY: lost, "replan_reason": why}
+    return every_model_plan(models, epoch, budget, None, probe_every, extra)
 
 
 def lost_pin(pinned: int | None, in_force: int | None) -> int | None:

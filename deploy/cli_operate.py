@@ -4,6 +4,7 @@ budget, pin its links, restate its control log. Registered on the app by :mod:`m
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated
 
 import typer
@@ -98,6 +99,7 @@ def budget(
 ) -> None:
     """Change the budget of a running pipeline; workers switch without a restart. Waits for
     the controller's answer: the plan made for it, or why no plan meets it (exit 2)."""
+    from mlink.deploy.pipeline_status import why_no_plan
     from mlink.deploy.runner import set_budget, wait_for_budget
     from mlink.linkstore.targets import budget_fit_problem
     from mlink.topics.control import TARGET_PREFIX
@@ -130,15 +132,14 @@ def budget(
     if problem or not limits:
         raise typer.BadParameter(problem or "give at least one of the budget options")
     bootstrap = need_broker(config)
+    sent_at = time.time()
     set_budget(bootstrap, config, limits)
     console.print(f"budget {limits} published to {config.topics.names().control}")
     answer = wait_for_budget(bootstrap, config, limits, wait) if wait > 0 else None
     if answer is None:
         if wait > 0:
-            console.print(
-                f"no plan for it yet after {wait:g} s: the controller plans it once a worker "
-                "runs and the first links are trained (`mlink status` shows the plan in force)"
-            )
+            why = why_no_plan(bootstrap, config, sent_at)
+            console.print(Text(f"no plan for it yet after {wait:g} s: {why}"))
         return
     outcome, detail = answer
     if outcome == "refused":

@@ -292,3 +292,21 @@ def dead_letter_report(
         return {"topic": topic, "count": None, "recent": []}
     finally:
         consumer.close()
+
+
+def why_no_plan(bootstrap: str, config: PipelineConfig, since: float) -> str:
+    """Why a budget sent at ``since`` (epoch seconds) has no plan yet, as far as the broker
+    shows: no worker, a controller that failed on it, or a warm-up still under way. `mlink
+    budget` said "once a worker runs and the first links are trained" while one ran with links
+    and its controller had dead-lettered the request (a helper's audit)."""
+    letters = dead_letter_report(bootstrap, config).get("recent") or []
+    failed = [d for d in letters if d.get("stage") == "controller" and d.get("at", 0) >= since]
+    if failed:
+        return f"the controller failed on it: {failed[-1]['reason']} (`mlink status`)"
+    members = group_members(bootstrap, config)
+    if members is not None and not members.get("workers"):
+        return "no worker of this pipeline is running: the controller plans it once one does"
+    state, _ = read_control(bootstrap, config)
+    if state.warming_up:
+        return "the pipeline is in its warm-up: it is planned once the links are trained"
+    return "the controller has not answered yet (`mlink status` shows the plan in force)"

@@ -48,3 +48,20 @@ def test_an_unreachable_broker_is_named_not_a_traceback(monkeypatch, capsys) -> 
     said = capsys.readouterr()
     assert "Is the broker up and reachable" in " ".join(said.err.split())  # errors: stderr
     assert not said.out
+
+
+@pytest.mark.broker
+def test_a_budget_nobody_plans_says_why(broker, tmp_path: Path) -> None:
+    """It said "once a worker runs and the first links are trained" whatever held it up (a
+    helper's audit: a worker ran with links, and its controller had failed on the request)."""
+    from mlink.deploy.topics_setup import create_pipeline_topics
+
+    path, config = write_config(
+        tmp_path, "cli", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    argv = ["budget", str(path), "--broker", broker.bootstrap, "--fraction", "0.5", "--wait", "1"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "no plan for it yet after 1 s: no worker of this pipeline is running" in said

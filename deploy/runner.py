@@ -338,7 +338,9 @@ def run_pipeline(
 
     if frames is None:
         require_sendable_source(config)
-    log_dir = log_dir or Path(".mlink-runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # the pid too: two runs of one config started in the same second shared a log directory
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = log_dir or Path(".mlink-runs") / f"{config.name}-{stamp}-{os.getpid()}"
     with broker_for(config) as (cfg, _):
         create_pipeline_topics(cfg)
 

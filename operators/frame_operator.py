@@ -230,7 +230,7 @@ class FrameBatch:
         if not items:
             return []
         warming = mlink.state.warming_up
-        plans = [mlink.state.plan(frame.seq) for _, frame in items]  # planned just before running
+        plans = [mlink.plan(frame.seq) for _, frame in items]  # planned just before running
         schedule = mlink.state.schedule
         mlink.metrics["frames_planned"] += len(items)
         mlink.prom.frames.inc(len(items))

@@ -32,6 +32,7 @@ from mlink.operators.settings import Model, Settings, SettingsError
 from mlink.operators.state import ControlState
 from mlink.operators.trainer import LinkTrainer
 from mlink.operators.warmup_hold import TrainingClock
+from mlink.topics.records import Plan
 from mlink.topics.signing import Signer
 from mlink.topics.specs import OutputSpec
 
@@ -188,6 +189,16 @@ class MLink:
             return None
         self.unusable.pop(version, None)
         return loaded
+
+    def plan(self, seq: int, cascades: bool = True) -> Plan:
+        """The state's plan for frame ``seq``, with every model run when its link version was
+        trained for other models than this config's: from a worker's restart on an edited
+        config until the controller's relearn plan (up to a look of the plan watch), its
+        frames came back with the models it would synthesize ``missing``."""
+        plan = self.state.plan(seq, cascades)
+        if plan.link_version is not None and plan.link_version in self.other_models:
+            return Plan(epoch=plan.epoch, active=self.state.models, link_version=plan.link_version)
+        return plan
 
     def _unusable(self, version: int, reason: str) -> None:
         self.metrics["bad_link_versions"] += 1

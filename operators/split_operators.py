@@ -103,7 +103,7 @@ def attach_planner(
                 await credits.take(frame.frame_id)
                 # planned when a credit frees, close to running; before any model has run, so
                 # a cascade's model runs on every frame
-                plan = mlink.state.plan(frame.seq, cascades=False)
+                plan = mlink.plan(frame.seq, cascades=False)
                 notice = PlanNotice(
                     frame_id=frame.frame_id,
                     stream_id=frame.stream_id,

@@ -143,10 +143,6 @@ def test_a_config_that_gains_and_then_loses_a_model_learns_its_links_again(
     assert "no links after" not in shrunk.log()
 
     assert len(collector.results) == len(set(sent))  # every frame answered, once
-    for result in collector.results.values():
-        statuses = {r.model: r.status for r in result.results}
-        if result.epoch in (3, 5, 6):  # planned from links for the config's models: none missing
-            assert "missing" not in statuses.values(), result
-        for r in result.results:  # a missing output always says why
-            if r.status == "missing":
-                assert r.error, result
+    for result in collector.results.values():  # none left missing, even in the few seconds
+        statuses = {r.model: r.status for r in result.results}  # before a relearn plan: the
+        assert "missing" not in statuses.values(), result  # old links' frames run every model

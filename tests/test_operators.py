@@ -714,6 +714,12 @@ def test_failed_link_versions_named_by_records_do_not_pile_up(
     grown.append(Model(name="extra", fn=len, spec=VectorSpec(3, "softmax")))
     added = MLink(settings, grown)  # its links would leave "extra" out on every frame
     assert added.links(1) is None and added.other_models[1] == "added ['extra']"
+    plan = ControlMessage(
+        kind="active_set", epoch=1, issued_at=1.0, active=("digit",), link_version=1
+    )
+    assert added.state.apply(plan).status == "applied"
+    assert added.state.plan(5).active == ("digit",)
+    assert added.plan(5).active == added.state.models  # what it cannot synthesize, it runs
     respecced = [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS[:2]]
     respecced.append(Model(name="value", fn=len, spec=VectorSpec(2, "linear")))
     assert MLink(settings, respecced).links(1) is None

@@ -98,14 +98,24 @@ def attach_metrics(app: faust.App, mlink: MLink, lag_every_s: float = 5.0) -> No
             log.info("metrics: %s", dict(sorted(mlink.metrics.items())))
 
     async def measure_lag() -> None:
+        """From the broker's end offsets: the fetcher's cached high-water mark stands still
+        while fetching is paused, so during a warm-up hold the lag read 0 while ~150 frames
+        waited (an SRE's audit). Partitions this worker no longer reads lose their series."""
         consumer = app.consumer
-        for tp in consumer.assignment():
+        held = sorted(consumer.assignment())
+        try:
+            ends = await consumer.highwaters(*held) if held else {}
+        except Exception:  # lag is advisory: a broker away must not matter
+            return
+        lags = {}
+        for tp in held:
             try:
-                high, position = consumer.highwater(tp), await consumer.position(tp)
-            except Exception:  # lag is advisory: a partition moving away must not matter
+                position = await consumer.position(tp)
+            except Exception:  # a partition moving away
                 continue
-            if high is not None and position is not None:
-                mlink.prom.set_lag(tp.topic, tp.partition, high - position)
+            if ends.get(tp) is not None and position is not None:
+                lags[(tp.topic, tp.partition)] = ends[tp] - position
+        mlink.prom.set_lags(lags)
 
     async def serve_metrics() -> None:
         port = settings.metrics_port

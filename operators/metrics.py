@@ -34,7 +34,10 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
     mlink_links_relearned_total             the link version in force was lost or damaged in
                                             the store: every model ran until new links came
     mlink_in_flight_frames                  planned, not yet answered (the flow-control window)
-    mlink_consumer_lag{topic,partition}     set by the agent that reads the partition
+    mlink_consumer_lag{topic,partition}     the broker's end offset minus this worker's
+                                            position, every 5 s, for the partitions it reads
+                                            (gone with the worker: `mlink status` reads the
+                                            group's committed lag from the broker)
     mlink_worker_info{worker,pid}           constant 1, identifies the process
 """
 
@@ -43,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +170,7 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self._lag_series: set[tuple[str, int]] = set()
         for model in models:
             self.executions.labels(model)
             self.synthesized.labels(model)
@@ -235,6 +239,16 @@ class WorkerMetrics:
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag.labels(topic, str(partition)).set(max(0, lag))
+
+    def set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """The lag of every partition this worker reads now; the series of partitions it no
+        longer reads go (a rebalance moved them: their last value would stand for good)."""
+        for topic, partition in self._lag_series - set(lags):
+            with contextlib.suppress(KeyError):
+                self.consumer_lag.remove(topic, str(partition))
+        for (topic, partition), lag in lags.items():
+            self.set_lag(topic, partition, lag)
+        self._lag_series = set(lags)
 
 
 @dataclass

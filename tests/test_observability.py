@@ -123,6 +123,15 @@ def test_each_worker_has_its_own_registry() -> None:
     assert b.registry.get_sample_value("mlink_frames_total") == 0
 
 
+def test_the_lag_of_a_partition_this_worker_gave_up_goes() -> None:
+    """Its last value stood for good after a rebalance moved the partition away."""
+    metrics = WorkerMetrics("w")
+    metrics.set_lags({("f", 0): 3, ("f", 1): 9})
+    metrics.set_lags({("f", 1): 4, ("f", 2): -1})
+    samples = {s.labels["partition"]: s.value for s in metrics.consumer_lag.collect()[0].samples}
+    assert samples == {"1": 4, "2": 0}
+
+
 def test_health_file_round_trips_and_moves_on(tmp_path: Path) -> None:
     path = tmp_path / "run" / "worker-0.health.json"
     health = HealthFile(path, "worker-0")

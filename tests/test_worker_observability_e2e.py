@@ -153,3 +153,41 @@ def test_a_live_worker_forecasts_a_paper_link_plan_from_what_its_detectors_find(
         assert unseen == pytest.approx(expected.unseen)
     finally:
         collector.close()
+
+
+def test_the_lag_shows_a_backlog_held_back_by_the_warm_up_hold(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """An SRE's audit: the lag was the fetcher's high-water mark minus the position, and the
+    hold pauses fetching, so the frames that arrived during the hold never showed: it read 0
+    on every partition while ~150 frames waited in Kafka. Now it is read from the broker."""
+    config, worker, health_path, collector = metrics_worker(
+        broker,
+        faust_worker,
+        tmp_path,
+        "lag",
+        warmup_frames=8,
+        output_timeout_s=10.0,
+        links={"epochs": 400, "hold_s": 30},  # a slow first training: the hold lasts
+    )
+    streams = ["a", "b", "c", "d"]
+    try:
+        health = wait_ready(health_path, 120, pid=worker.proc.pid)
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as producer:
+            ids = send_frames(producer, streams, range(4))  # the warm-up; then the hold
+            deadline = time.monotonic() + 120
+            while "waiting for the first links" not in worker.log():
+                assert time.monotonic() < deadline, worker.log_tail()
+                time.sleep(0.2)
+            ids += send_frames(producer, streams, range(4, 34))  # 120 while fetching is paused
+        seen = 0.0
+        while seen < 20:
+            assert time.monotonic() < deadline, worker.log_tail()
+            assert "now at epoch 1:" not in worker.log(), f"the hold ended; lag seen {seen}"
+            time.sleep(1.0)
+            families = scrape(health.metrics_port)
+            seen = sum(s.value for s in families.get("mlink_consumer_lag", []))
+        # Tansu's end offsets may run up to a produce batch short (docs/broker.md): 20 of 120
+        assert collector.wait_for(set(ids), 180)
+    finally:
+        collector.close()

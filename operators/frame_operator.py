@@ -30,6 +30,7 @@ from mlink.operators.control_operators import attach_control_replay
 from mlink.operators.dead_letters import DeadLetters
 from mlink.operators.dispatch import run_cascades, run_planned
 from mlink.operators.joiner import Executed, FrameWork, is_training_sample
+from mlink.operators.model_errors import DECODE_FAILED
 from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
 from mlink.operators.warmup_hold import hold_over
@@ -147,7 +148,7 @@ class FrameBatch:
                 try:
                     out.append((decode_frame(frame, self.mlink.limits), None))
                 except Exception as exc:
-                    out.append((None, f"frame decode failed: {exc}"))
+                    out.append((None, f"{DECODE_FAILED}: {exc}"))
             return out
 
         loop = asyncio.get_running_loop()
@@ -302,8 +303,11 @@ def attach_frame_operator(
         await mlink.ready()
         async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
             async with dead.guard(list(events), STAGE):
-                for event, result in await batch.run(events, reader):
-                    await emit(event, result)
+                try:
+                    for event, result in await batch.run(events, reader):
+                        await emit(event, result)
+                finally:  # answered (or dead-lettered): an idle worker has none in flight
+                    mlink.prom.in_flight.set(0)
 
     async def emit(event: Any, result: FrameResult) -> None:
         async with dead.guard(event, STAGE):

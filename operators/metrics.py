@@ -12,6 +12,7 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
     mlink_degraded_total{reason}            degraded results by reason: timeout (a model's
                                             output did not come in time) | links (the link
                                             version was unusable or synthesis failed) |
+                                            input (the frame's image did not decode) |
                                             model_error (a model call failed)
     mlink_dead_letters_total{stage,reason}  records sent to the dead-letter topic
     mlink_model_executions_total{model}     real model calls
@@ -281,7 +282,22 @@ def start_metrics_endpoint(
     """
     from prometheus_client import start_http_server
 
-    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    try:
+        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        if not port:
+            raise
+        # a second worker on this machine with the same runtime.metrics_port: the task's error
+        # stopped the whole worker, and `mlink run` starts every worker with the same port
+        log.error(
+            "metrics port %s:%d is taken (%s; another worker on this machine?): serving on a "
+            "free port instead, named below and in the health file; give each worker its own "
+            "runtime.metrics_port, or 0",
+            host,
+            port,
+            exc,
+        )
+        server, thread = start_http_server(0, addr=host, registry=metrics.registry)
     endpoint = MetricsEndpoint(host, int(server.server_port), server, thread)
     log.info("metrics endpoint on %s", endpoint.url)
     return endpoint

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["NO_OUTPUT", "FailureKind", "failure_kind", "stuck_error", "timeout_error"]
+__all__ = [
+    "DECODE_FAILED",
+    "NO_OUTPUT",
+    "FailureKind",
+    "failure_kind",
+    "stuck_error",
+    "timeout_error",
+]
 
-FailureKind = Literal["timeout", "links", "model_error"]
+FailureKind = Literal["timeout", "links", "input", "model_error"]
 
 _TIMED_OUT = "timed out"
+DECODE_FAILED = "frame decode failed"
+"""A frame whose image could not be decoded: the error of every model the plan had for it."""
 NO_OUTPUT = "no output"
 """A model's output never reached the frame's result (the split layout's join timed out)."""
 
@@ -33,9 +42,13 @@ def stuck_error(model: str, since_s: float) -> str:
 
 def failure_kind(error: str) -> FailureKind:
     """``timeout`` (the call timed out, or the output never came), ``links`` (no model
-    failed: the link version could not be used, or synthesis failed) or ``model_error``."""
+    failed: the link version could not be used, or synthesis failed), ``input`` (the frame's
+    image could not be decoded: no model ran, and a bad camera is not a model's fault) or
+    ``model_error``."""
     if error.startswith(("link version ", "synthesis failed")):  # whatever words follow
         return "links"
+    if error.startswith(DECODE_FAILED):
+        return "input"
     if _TIMED_OUT in error or NO_OUTPUT in error:
         return "timeout"
     return "model_error"

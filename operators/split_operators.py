@@ -31,7 +31,7 @@ import numpy as np
 from mlink.operators.dispatch import run_planned
 from mlink.operators.frame_operator import FrameReader, read_frame_record
 from mlink.operators.joiner import FrameWork, JoinBuffer, is_training_sample
-from mlink.operators.model_errors import NO_OUTPUT
+from mlink.operators.model_errors import DECODE_FAILED, NO_OUTPUT
 from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
 from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
@@ -162,7 +162,7 @@ def attach_model_operator(
                         image = decode_frame(frame, limits)
                     except DecodeError as exc:
                         await dead.send(event, "model-operator", exc)
-                        await send(frame, {m: None for m in todo}, f"frame decode failed: {exc}")
+                        await send(frame, {m: None for m in todo}, f"{DECODE_FAILED}: {exc}")
                         continue
                     jobs.append((image, todo))
                     kept.append(frame)

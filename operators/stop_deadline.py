@@ -45,9 +45,10 @@ def end_stuck_stop(app: Any, deadline_s: float) -> None:
 def _arm(deadline_s: float) -> None:
     def expire() -> None:
         log.error(
-            "still stopping %.0f s after being asked to (is the broker reachable?): exiting "
-            "now; frames this worker had not answered are delivered again and deduplicated. "
-            "Raise runtime.stop_timeout_s if your models need longer to finish a batch",
+            "still stopping %.0f s after being asked to (faust's stop waits up to a minute on "
+            "a broker that does not answer): exiting now; frames this worker had not answered "
+            "are delivered again and deduplicated. Raise runtime.stop_timeout_s if your models "
+            "need longer to finish a batch",
             deadline_s,
         )
         for handler in logging.getLogger().handlers:

@@ -12,7 +12,13 @@ import pytest
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.joiner import Executed, FrameWork, build_results
 from mlink.operators.metrics import WorkerMetrics
-from mlink.operators.model_errors import NO_OUTPUT, failure_kind, stuck_error, timeout_error
+from mlink.operators.model_errors import (
+    DECODE_FAILED,
+    NO_OUTPUT,
+    failure_kind,
+    stuck_error,
+    timeout_error,
+)
 from mlink.operators.results import record_result
 from mlink.operators.state import Plan
 
@@ -58,6 +64,7 @@ def test_each_cause_of_a_degraded_result_has_its_label(outcomes, missing_reason,
         ("synthesis failed: KeyError", "links"),
         ("link version 3 cannot be used: timed out after 5s waiting for the writer", "links"),
         ("model a raised ValueError: bad", "model_error"),
+        (f"{DECODE_FAILED}: cannot identify image file", "input"),  # a bad camera, no model
     ],
 )
 def test_every_failure_text_the_operators_write_has_the_kind_its_metrics_name(error, kind):

@@ -123,6 +123,23 @@ def test_each_worker_has_its_own_registry() -> None:
     assert b.registry.get_sample_value("mlink_frames_total") == 0
 
 
+def test_a_taken_metrics_port_falls_back_to_a_free_one(caplog) -> None:
+    """Two workers of `mlink run` on one machine share runtime.metrics_port: the second one's
+    endpoint raised in a task and stopped the worker (an SRE's audit)."""
+    first = start_metrics_endpoint(WorkerMetrics("a"), port=0)
+    try:
+        with caplog.at_level(logging.ERROR, logger="mlink.metrics"):
+            second = start_metrics_endpoint(WorkerMetrics("b"), port=first.port)
+        try:
+            assert second.port not in (0, first.port)
+            assert f"metrics port 127.0.0.1:{first.port} is taken" in caplog.text
+            assert scrape(second.url)  # and it serves
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
 def test_the_lag_of_a_partition_this_worker_gave_up_goes() -> None:
     """Its last value stood for good after a rebalance moved the partition away."""
     metrics = WorkerMetrics("w")

@@ -82,6 +82,8 @@ def test_a_live_worker_serves_its_metrics_and_health(
             time.sleep(0.5)
             families = scrape(health.metrics_port)
         assert total(families, "mlink_frames") >= len(ids)
+        # every frame answered: none in flight (it kept the last batch's size, an SRE's audit)
+        assert [s.value for s in families["mlink_in_flight_frames"]] == [0.0]
         for model in FAST_MODELS:
             assert total(families, "mlink_model_executions", model=model) >= len(ids)
             latency = [

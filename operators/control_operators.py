@@ -142,6 +142,7 @@ def _refresh_plan_views(mlink: MLink, message: ControlMessage) -> None:
         unprobed = promise if promise is not None else live_forecast(message.extra, {}, 0)
         prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)
     prom.content_forecast(mlink.content.plan(mlink.state.content, mlink.state.epoch))
+    prom.plan_costs(message.extra)
     predicted = message.extra.get("predicted", {})
     synthesized = message.extra.get("predicted_synthesized", {})  # stream plans
     if isinstance(predicted, dict) and isinstance(synthesized, dict):
@@ -167,6 +168,7 @@ def _clear_views(mlink: MLink) -> None:
         for basis in ("plan", "bound", "probes"):
             with contextlib.suppress(KeyError):
                 mlink.prom.forecast.remove(basis)
+        mlink.prom.plan_costs({})
 
 
 def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:

@@ -178,6 +178,7 @@ class FrameBatch:
         consumer = self.app.consumer
         paused = [tp for tp in consumer.assignment() if tp.topic in self.topics]
         self.holding = True
+        mlink.prom.held_for_links.set(1)
         log.info(
             "planned %d warm-up frames, %d more fetched; waiting for the first links (paused %s)",
             self.warmup_planned,
@@ -209,6 +210,7 @@ class FrameBatch:
             finally:
                 await _fetching(consumer, paused, on=True)
                 self.holding = False
+                mlink.prom.held_for_links.set(0)
                 mlink.metrics["held_for_links_s"] += round(time.monotonic() - started, 3)
             if (
                 mlink.state.warming_up

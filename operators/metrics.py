@@ -35,6 +35,14 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
     mlink_links_relearned_total             the link version in force was lost or damaged in
                                             the store: every model ran until new links came
     mlink_in_flight_frames                  planned, not yet answered (the flow-control window)
+    mlink_warming_up / mlink_held_for_links 1 while every model runs for want of links / while
+                                            the warm-up hold pauses fetching
+    mlink_plan_ms{part}                     the plan in force per frame: plan | budget |
+                                            all_models, in its cost table
+    mlink_model_ms_total{part}              executed | all_models model cost of the frames
+                                            answered under a priced plan: saved = 1 - ratio
+    mlink_worker_events_total{event}        the worker's own failures (training, controller
+                                            refusals, unusable link versions...: EVENTS)
     mlink_consumer_lag{topic,partition}     the broker's end offset minus this worker's
                                             position, every 5 s, for the partitions it reads
                                             (gone with the worker: `mlink status` reads the
@@ -172,6 +180,34 @@ class WorkerMetrics:
             registry=r,
         )
         self._lag_series: set[tuple[str, int]] = set()
+        self.warming_up = Gauge(
+            "mlink_warming_up",
+            "1 while every model runs for want of links (the first warm-up, or a relearn)",
+            registry=r,
+        )
+        self.held_for_links = Gauge(
+            "mlink_held_for_links",
+            "1 while the warm-up hold pauses fetching frames until the links come (a backlog "
+            "then waits in Kafka: mlink_consumer_lag grows)",
+            registry=r,
+        )
+        self.plan_ms = Gauge(
+            "mlink_plan_ms",
+            "per frame, in the plan's cost table: what the plan in force costs (part=plan), "
+            "its budget (budget) and every model (all_models); 1 - plan / all_models is the "
+            "saving it plans (absent during a warm-up)",
+            ["part"],
+            registry=r,
+        )
+        self.model_ms = Counter(
+            "mlink_model_ms",
+            "model cost of the frames answered under a priced plan, in its cost table: of the "
+            "models that ran (part=executed) and of every model (all_models); 1 - the ratio "
+            "of their rates is the compute saved",
+            ["part"],
+            registry=r,
+        )
+        self.events = _EventCounts(r)
         for model in models:
             self.executions.labels(model)
             self.synthesized.labels(model)
@@ -238,6 +274,31 @@ class WorkerMetrics:
     def dead_letter(self, stage: str, reason: str) -> None:
         self.dead_letters.labels(stage, reason).inc()
 
+    def plan_costs(self, extra: Mapping[str, Any]) -> None:
+        """The plan in force's cost, budget and every model's cost (from ``extra``); a plan
+        without them (a warm-up, a relearn) removes the series."""
+        model_ms = extra.get("model_ms")
+        cost = extra.get("cost")
+        parts = {
+            "plan": cost.get("ms") if isinstance(cost, Mapping) else None,
+            "budget": extra.get("budget_ms"),
+            "all_models": sum(model_ms.values()) if _numbers(model_ms) else None,
+        }
+        for part, value in parts.items():
+            if isinstance(value, int | float) and "objective" in extra:
+                self.plan_ms.labels(part).set(float(value))
+            else:
+                with contextlib.suppress(KeyError):
+                    self.plan_ms.remove(part)
+
+    def answered(self, executed: Iterable[str], model_ms: Any) -> None:
+        """One frame answered: the cost of the models that ran and of every model, in the
+        plan's table ``model_ms`` (nothing without one)."""
+        if not _numbers(model_ms):
+            return
+        self.model_ms.labels("executed").inc(sum(float(model_ms.get(m, 0.0)) for m in executed))
+        self.model_ms.labels("all_models").inc(sum(float(v) for v in model_ms.values()))
+
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag.labels(topic, str(partition)).set(max(0, lag))
 
@@ -250,6 +311,46 @@ class WorkerMetrics:
         for (topic, partition), lag in lags.items():
             self.set_lag(topic, partition, lag)
         self._lag_series = set(lags)
+
+
+#: The worker's own counts (``MLink.metrics``) an operator alerts on, exported as
+#: ``mlink_worker_events_total{event}``: before, they were only in the log's metrics line.
+EVENTS = {
+    "training_failures": "link training raised (a full disk, a store that refuses writes)",
+    "controller_refusals": "the controller kept the plan: a version it could not load, or "
+    "a budget no plan meets",
+    "announce_failures": "a trained version could not be announced on the control topic",
+    "bad_link_versions": "a frame or plan named a link version this worker could not use",
+    "control_view_failures": "a control message applied but this worker's views of it failed",
+    "dead_letters_unsent": "a dead letter could not be sent (logged instead)",
+    "pins_ended": "a pinned version the store lost: the controller planned from the newest",
+    "samples_received": "training samples the trainer read",
+}
+
+
+def _numbers(table: Any) -> bool:
+    return isinstance(table, Mapping) and all(isinstance(v, int | float) for v in table.values())
+
+
+class _EventCounts:
+    """``mlink_worker_events_total{event}`` read from a counts mapping at scrape time, every
+    event of :data:`EVENTS` at 0 until it happens (an alert on ``increase`` sees the first)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counts: Mapping[str, float] = {}
+        registry.register(self)
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "mlink_worker_events",
+            "the worker's own failures and events by name (mlink.operators.metrics.EVENTS)",
+            labels=["event"],
+        )
+        for event in EVENTS:
+            family.add_metric([event], float(self.counts.get(event, 0)))
+        yield family
 
 
 @dataclass

@@ -33,6 +33,8 @@ def record_result(mlink: MLink, result: FrameResult) -> None:
             reason = failure_kind(r.error)
     latency = time.time() - result.timestamp if result.timestamp is not None else None
     mlink.prom.result(degraded_reason=reason if result.degraded else None, latency_s=latency)
+    executed = (r.model for r in result.results if r.status == "executed")
+    mlink.prom.answered(executed, mlink.state.plan_extra.get("model_ms"))
     if (forecast := mlink.content.add(result)) is not None:
         mlink.prom.content_forecast(forecast)
 

@@ -77,6 +77,8 @@ class MLink:
         self.store = LinkStore(settings.links.store)
         self.metrics: Counter[str] = Counter()
         self.prom = WorkerMetrics(settings.name, names)
+        self.prom.events.counts = self.metrics  # mlink_worker_events_total, read at scrape
+        self.prom.warming_up.set_function(lambda: float(self.state.warming_up))
         self.runners: dict[str, ModelExecutor] = {}
         self.signer = signer if signer is not None else Signer(())
         self.limits = settings.limits

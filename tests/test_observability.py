@@ -140,6 +140,42 @@ def test_a_taken_metrics_port_falls_back_to_a_free_one(caplog) -> None:
         first.stop()
 
 
+def test_what_an_sre_alerts_on_is_exported() -> None:
+    """An SRE's audit: the warm-up, the plan's cost and saving, and the worker's own failures
+    (training, controller refusals) were in the log or `mlink status` only."""
+    metrics = WorkerMetrics("w")
+    counts: Counter[str] = Counter(training_failures=2)
+    metrics.events.counts = counts
+    state = SimpleNamespace(warming_up=True)
+    metrics.warming_up.set_function(lambda: float(state.warming_up))
+    extra = {"objective": 0.9, "cost": {"ms": 30.0}, "budget_ms": 33.0,
+             "model_ms": {"a": 10.0, "b": 90.0}}  # fmt: skip
+    metrics.plan_costs(extra)
+    metrics.answered(["a"], extra["model_ms"])
+    metrics.answered(["a", "b"], extra["model_ms"])
+    metrics.answered(["a"], None)  # a warm-up frame: no cost table, not counted
+    endpoint = start_metrics_endpoint(metrics, port=0)
+    try:
+        got = scrape(endpoint.url)
+        state.warming_up = False
+        counts["controller_refusals"] += 1
+        again = scrape(endpoint.url)
+    finally:
+        endpoint.stop()
+    assert got[("mlink_warming_up", ())] == 1 and again[("mlink_warming_up", ())] == 0
+    assert got[("mlink_plan_ms", (("part", "plan"),))] == 30
+    assert got[("mlink_plan_ms", (("part", "budget"),))] == 33
+    assert got[("mlink_plan_ms", (("part", "all_models"),))] == 100
+    assert got[("mlink_model_ms_total", (("part", "executed"),))] == 110
+    assert got[("mlink_model_ms_total", (("part", "all_models"),))] == 200
+    event = "mlink_worker_events_total"
+    assert got[(event, (("event", "training_failures"),))] == 2
+    assert got[(event, (("event", "controller_refusals"),))] == 0  # there before the first
+    assert again[(event, (("event", "controller_refusals"),))] == 1
+    metrics.plan_costs({"relearn": 3})  # a plan without costs: the series go
+    assert not [s for s in metrics.plan_ms.collect()[0].samples]
+
+
 def test_the_lag_of_a_partition_this_worker_gave_up_goes() -> None:
     """Its last value stood for good after a rebalance moved the partition away."""
     metrics = WorkerMetrics("w")

@@ -84,6 +84,13 @@ def test_a_live_worker_serves_its_metrics_and_health(
         assert total(families, "mlink_frames") >= len(ids)
         # every frame answered: none in flight (it kept the last batch's size, an SRE's audit)
         assert [s.value for s in families["mlink_in_flight_frames"]] == [0.0]
+        assert [s.value for s in families["mlink_warming_up"]] == [1.0]  # 1000 warm-up frames
+        events = {
+            s.labels["event"]: s.value
+            for s in families["mlink_worker_events"]
+            if s.name.endswith("_total")
+        }
+        assert events["training_failures"] == 0 and events["samples_received"] >= len(ids)
         for model in FAST_MODELS:
             assert total(families, "mlink_model_executions", model=model) >= len(ids)
             latency = [
@@ -153,6 +160,16 @@ def test_a_live_worker_forecasts_a_paper_link_plan_from_what_its_detectors_find(
         assert counts[1] and counts[0], counts  # ink found something on some frames, not all
         unseen = next(s.value for s in families["mlink_unseen_content"])
         assert unseen == pytest.approx(expected.unseen)
+        # the plan's cost and the saving it made, in its cost table (an SRE's audit)
+        parts = {s.labels["part"]: s.value for s in families["mlink_plan_ms"]}
+        assert parts["plan"] <= parts["budget"] < parts["all_models"]
+        spent = {
+            s.labels["part"]: s.value
+            for s in families["mlink_model_ms"]
+            if s.name.endswith("_total")
+        }
+        assert 0 < spent["executed"] < spent["all_models"]
+        assert next(s.value for s in families["mlink_warming_up"]) == 0
     finally:
         collector.close()
 
@@ -189,6 +206,7 @@ def test_the_lag_shows_a_backlog_held_back_by_the_warm_up_hold(
             time.sleep(1.0)
             families = scrape(health.metrics_port)
             seen = sum(s.value for s in families.get("mlink_consumer_lag", []))
+        assert [s.value for s in families["mlink_held_for_links"]] == [1.0]
         # Tansu's end offsets may run up to a produce batch short (docs/broker.md): 20 of 120
         assert collector.wait_for(set(ids), 180)
     finally:

@@ -1,8 +1,10 @@
 """How many workers a pipeline has right now: the members of its consumer group.
 
 Every worker of a pipeline is one member of the consumer group named after the config's
-``name`` (the faust app id), so the group's member count is the number of live workers; a
-worker that keeps dying is missing from it while it restarts. aiokafka's admin client reads it:
+``name`` (the faust app id), so the group's member count is the number of live workers as
+the broker sees them: Kafka drops a dead one at its session timeout, while the embedded Tansu
+broker still listed a worker killed with SIGKILL 70 s later (an SRE's audit; the workers'
+heartbeats in their health files are the check there). aiokafka's admin client reads it:
 on Tansu, kafka-python 3.0's ``describe_groups`` fails to parse the reply ("15 is not a valid
 ACLOperation") and its ``list_groups`` returns no group, while aiokafka's describe answers.
 """

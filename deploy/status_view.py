@@ -228,7 +228,11 @@ def _workers(group: Mapping[str, Any] | None, console: Console) -> None:
         return
     count, state = group.get("workers", 0), group.get("state")
     if count:
-        _say(console, f"live workers: {count} (consumer group {group.get('group')}, {state})")
+        _say(
+            console,
+            f"live workers: {count} (consumer group {group.get('group')}, {state}, as the "
+            "broker reports them)",
+        )
     else:
         _say(
             console,

@@ -190,7 +190,9 @@ def test_a_store_missing_here_is_reported_and_not_created(tmp_path, monkeypatch)
 
 def test_live_workers_are_counted_and_none_is_said_plainly() -> None:
     group = {"group": "demo", "state": "Stable", "workers": 2, "members": ["a", "b"]}
-    assert "live workers: 2 (consumer group demo, Stable)" in rendered(stream_status(workers=group))
+    assert "live workers: 2 (consumer group demo, Stable, as the broker reports them)" in rendered(
+        stream_status(workers=group)
+    )
     gone = {"group": "demo", "state": "Empty", "workers": 0, "members": []}
     text = " ".join(rendered(stream_status(workers=gone)).split())
     assert "live workers: none in consumer group demo (Empty): no worker" in text

@@ -138,9 +138,15 @@ def _refresh_plan_views(mlink: MLink, message: ControlMessage) -> None:
         else:  # a plan that promises no bound: none left over from the plan before
             with contextlib.suppress(KeyError):
                 prom.forecast.remove("bound")
-        # no probes under this plan yet: its forecast bound, where the plan carries one
+        # no probes under this plan yet: its forecast bound, where the plan carries one; a
+        # plan the probes cannot correct (the paper's links) has none, as `mlink status` says
+        # (it read as the plan's estimate, which an alert on it could never leave: an SRE)
         unprobed = promise if promise is not None else live_forecast(message.extra, {}, 0)
-        prom.forecast.labels("probes").set(estimate if unprobed is None else unprobed)
+        if unprobed is not None:
+            prom.forecast.labels("probes").set(unprobed)
+        else:
+            with contextlib.suppress(KeyError):
+                prom.forecast.remove("probes")
     prom.content_forecast(mlink.content.plan(mlink.state.content, mlink.state.epoch))
     prom.plan_costs(message.extra)
     predicted = message.extra.get("predicted", {})

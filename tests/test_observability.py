@@ -298,6 +298,8 @@ def test_the_control_replay_publishes_the_plans_forecast_and_the_one_after_probe
         assert _apply(mlink, links) is None
         assert gauge("plan") == 0.85  # and no bound left over from the plan before
         assert mlink.prom.registry.get_sample_value("mlink_forecast", {"basis": "bound"}) is None
+        # nor a forecast after probes: the probes do not correct the paper's links
+        assert mlink.prom.registry.get_sample_value("mlink_forecast", {"basis": "probes"}) is None
     finally:
         mlink.close()
 

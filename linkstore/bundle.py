@@ -56,17 +56,21 @@ def make_bundle(
     outputs: Mapping[str, Sequence[Any]],
     model_costs: Mapping[str, Mapping[str, float]],
     stream: StreamFit | None = None,
+    fill: int = 1,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """The tensors and metadata of a version: the link set that runs, the oracle plans are
     scored on (``fit`` was cross-fitted on ``outputs``, the samples it was trained on), the
-    measured model, link and ensemble costs, and ``stream``'s heads, priors and curves."""
+    measured model, link and ensemble costs (synthesis timed on ``fill`` frames a call, as the
+    model costs were measured: :func:`~mlink.linkstore.linkcosts.synthesis_costs`), and
+    ``stream``'s heads, priors and curves."""
     linkset = fit.linkset
     tensors, meta = linkset.to_bundle()
     parts, oracle_meta = fit.bundle_parts(outputs)
     tensors.update(parts)
     meta["selection_oracle"] = oracle_meta
     meta["measured_costs"] = {m: dict(c) for m, c in model_costs.items()}
-    link_costs, ensemble_costs = synthesis_costs(linkset)
+    link_costs, ensemble_costs = synthesis_costs(linkset, fill=fill)
+    meta["synthesis_fill"] = int(fill)
     meta["link_costs"] = [{"source": s, "target": t, **c} for (s, t), c in link_costs.items()]
     meta["ensemble_costs"] = ensemble_costs
     meta["n_samples"] = len(next(iter(outputs.values()))) if outputs else 0

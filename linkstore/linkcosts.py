@@ -1,4 +1,4 @@
-"""What synthesizing one frame costs, measured on this machine, for the selector's cost model."""
+"""What synthesizing a frame costs, measured on this machine, for the selector's cost model."""
 
 from __future__ import annotations
 
@@ -16,11 +16,17 @@ __all__ = ["synthesis_costs"]
 
 
 def synthesis_costs(
-    linkset: LinkSet, repeats: int = 100, batches: int = 5
+    linkset: LinkSet, repeats: int = 100, batches: int = 5, fill: int = 1
 ) -> tuple[dict[Pair, dict[str, float]], dict[str, dict[str, float]]]:
     """What synthesizing one frame costs, as the link operator does it
     (:meth:`~mlink.linkstore.linkset.LinkSet.synthesize_encoded`): ``(link_costs,
     ensemble_costs)`` for :class:`~mlink.linkstore.selection.Problem`.
+
+    ``fill``: frames per call, as the worker's batches held them when the models' costs were
+    measured. A batch model's cost per frame is its call's over the frames in it, and the link
+    operator synthesizes a batch's frames in one call too; timed on one frame only, links
+    priced against models measured on a backlog's 64-frame batches looked 30 times dearer, and
+    a plan from links relearned on a backlog was refused as infeasible (a helper's re-audit).
 
     Per target, the call is timed with one source and with every source available (the fastest
     of ``batches`` runs of ``repeats`` calls, the two interleaved); the difference per extra
@@ -33,7 +39,12 @@ def synthesis_costs(
     """
     links: dict[Pair, dict[str, float]] = {}
     ensembles: dict[str, dict[str, float]] = {}
-    rows = {m: spec.encode(_example(spec))[None] for m, spec in linkset.specs.items()}
+    fill = max(1, int(fill))
+    repeats = max(5, repeats // fill)  # about as many frames timed whatever the fill
+    rows = {
+        m: np.repeat(spec.encode(_example(spec))[None], fill, axis=0)
+        for m, spec in linkset.specs.items()
+    }
     for t in linkset.specs:
         sources = linkset.sources_of(t)
         if not sources:
@@ -46,6 +57,7 @@ def synthesis_costs(
             repeats,
             batches,
         )
+        one, every = one / fill, every / fill
         per = max(0.0, (every - one) / (len(sources) - 1)) if len(sources) > 1 else 0.0
         for src in sources:
             links[(src, t)] = {"ms": per, "memory_mb": _params_mb(linkset.links[(src, t)])}

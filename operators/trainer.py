@@ -7,7 +7,7 @@ controller needs to score any active set, and the model and link costs measured 
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,6 +51,7 @@ class LinkTrainer:
         self.samples: deque[dict[str, np.ndarray]] = deque(maxlen=window)
         self.streams: deque[str] = deque(maxlen=window)  # each sample's stream, for cross-fitting
         self.seqs: deque[int] = deque(maxlen=window)  # and its place in it, for stream synthesis
+        self.emitted: deque[float] = deque(maxlen=window)  # when: a batch's share it (fill)
         self.stream = stream
         self.cascades = cascades
         self.balance_streams = balance_streams
@@ -82,6 +83,7 @@ class LinkTrainer:
         self.samples.append(sample)
         self.streams.append(result.stream_id)
         self.seqs.append(result.seq)
+        self.emitted.append(result.emitted_at)
         for m, r in by_model.items():
             cost = r.cost_ms
             if cost is not None and 0.0 <= cost < math.inf:
@@ -99,6 +101,16 @@ class LinkTrainer:
         if not self.trained_versions:
             return len(self.samples) >= self.warmup_frames
         return self.retrain_every > 0 and self.new_since_training >= self.retrain_every
+
+    def batch_fill(self) -> int:
+        """How many frames the worker's batches held when the buffered samples' costs were
+        measured: a batch's results share their ``emitted_at``, so the median sample's count
+        of samples emitted with it (every warm-up frame is a sample; after the warm-up only
+        probes are, and the figure falls towards 1, the price of a frame alone)."""
+        if not self.emitted:
+            return 1
+        counts = Counter(self.emitted)
+        return max(1, int(np.median([counts[at] for at in self.emitted])))
 
     def measured_costs(self) -> dict[str, dict[str, float]]:
         return {m: {"ms": typical_ms(v)} for m, v in self.call_ms.items() if v}
@@ -127,6 +139,7 @@ class LinkTrainer:
             self.training_seqs(),
             cascades=self.cascades,
             balance_streams=self.balance_streams,
+            fill=self.batch_fill(),
         )
         return self.saved(self.store.save(tensors, meta, after=self.number_after))
 
@@ -148,12 +161,15 @@ def train_bundle(
     *,
     cascades: bool = False,
     balance_streams: bool = True,
+    fill: int = 1,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Train links on aligned outputs and cross-fit the oracle plans are scored on (``groups``:
     each sample's stream); the bundle a linkstore version holds (tensors, meta). With ``seqs``
     (each sample's place in its stream) it also fits stream synthesis: memory and detector
     modes, scored by frames since a model's last run, and with ``cascades`` the ``gate`` mode;
-    ``balance_streams`` weighs every stream the same in its estimates (``LinkSettings``)."""
+    ``balance_streams`` weighs every stream the same in its estimates (``LinkSettings``);
+    ``fill``: the frames a worker's batch held when the samples' costs were measured
+    (:meth:`LinkTrainer.batch_fill`)."""
     fit = fit_and_score(specs, outputs, config, ensemble, groups=groups)
     stream = None
     if seqs is not None:
@@ -165,4 +181,4 @@ def train_bundle(
         ]
         stream = fit_stream(specs, samples, gates=cascades, balanced=balance_streams)
         stream.links.linkset = fit.linkset
-    return make_bundle(fit, outputs, measured_costs, stream)
+    return make_bundle(fit, outputs, measured_costs, stream, fill=fill)

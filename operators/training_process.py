@@ -77,6 +77,8 @@ class TrainingJob:
     """Fit the ``gate`` mode too (``LinkSettings.cascades``)."""
     balance_streams: bool = True
     """Weigh every stream the same in the estimates (``LinkSettings.balance_streams``)."""
+    fill: int = 1
+    """Frames per batch when the costs were measured (``LinkTrainer.batch_fill``)."""
     store_root: str | None = None
     """Save the bundle there (in the child) and return the version; None returns the bundle."""
     number_after: int = 0
@@ -95,6 +97,7 @@ class TrainingJob:
             seqs=trainer.training_seqs(),
             cascades=trainer.cascades,
             balance_streams=trainer.balance_streams,
+            fill=trainer.batch_fill(),
             store_root=str(trainer.store.root) if save_in_child else None,
             number_after=trainer.number_after,
         )
@@ -124,6 +127,7 @@ def run_training_job(job: TrainingJob) -> TrainingOutcome:
         job.seqs,
         cascades=job.cascades,
         balance_streams=job.balance_streams,
+        fill=job.fill,
     )
     if job.store_root is not None:
         version = LinkStore(job.store_root).save(tensors, meta, after=job.number_after)

@@ -538,6 +538,41 @@ def test_trainer_is_ready_after_warm_up_and_ignores_duplicates(tmp_path: Path) -
     assert trainer.measured_costs() == {m: {"ms": 4.0} for m in MODELS}
 
 
+def test_the_trainer_counts_the_frames_a_batch_held_from_when_results_were_emitted(
+    tmp_path: Path,
+) -> None:
+    """A batch's results share ``emitted_at``: a warm-up on a backlog of 8-frame batches is
+    priced per frame of 8 (its models' costs were), probes one by one later do not move it."""
+    trainer = LinkTrainer(SPECS, LinkStore(tmp_path), FAST, warmup_frames=3)
+    assert trainer.batch_fill() == 1  # nothing yet: a frame alone
+    data = truth(20)
+    for i in range(20):
+        at = 1.0 if i < 8 else 2.0 if i < 16 else 10.0 + i  # two batches of 8, 4 probes
+        result = dataclasses.replace(
+            probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}), emitted_at=at
+        )
+        assert trainer.add(result)
+    assert trainer.batch_fill() == 8
+
+
+def test_links_are_priced_per_frame_of_the_batch_the_models_were(
+    saved_links: tuple[Path, LoadedLinks],
+) -> None:
+    """Timed one frame a call, links looked 30 times dearer against model costs measured on
+    a backlog's batches, and the plan from links relearned there was infeasible."""
+    from mlink.linkstore.linkcosts import synthesis_costs
+
+    _, links = saved_links
+
+    def per_frame(fill: int) -> float:  # a whole call: the ensemble and its dearest link
+        link, ensemble = synthesis_costs(links.linkset, repeats=50, batches=3, fill=fill)
+        return sum(
+            c["ms"] + max(link[(s, t)]["ms"] for s in MODELS if s != t) for t, c in ensemble.items()
+        )
+
+    assert per_frame(32) < per_frame(1)
+
+
 def test_trainer_relearns_once_above_the_lost_versions(tmp_path: Path) -> None:
     """The store lost v1-v4 (the control log named them): with ``retrain_every`` 0 the trainer
     trains once more, numbered above them, and not again while the new version is announced."""
@@ -608,6 +643,7 @@ def test_saved_version_carries_what_the_controller_needs(
     )
     meta = LinkStore(root).load(1).meta.meta
     assert meta["n_samples"] == 40
+    assert meta["synthesis_fill"] == 40  # the 40 samples share one emitted_at: one batch
     assert load_bundle(LinkStore(root), 1) is links  # cached per process
     # the saved link set synthesizes like the one the trainer trained
     real = truth(3, seed=5)

@@ -27,7 +27,8 @@ A = Executed(np.zeros(2, np.float32), 5.0)
 
 def degraded_reasons(work: FrameWork, unusable=None) -> dict[str, float]:
     prom = WorkerMetrics("w", ["a", "b"])
-    mlink = SimpleNamespace(metrics=Counter(), prom=prom, content=ContentTally())
+    state = SimpleNamespace(plan_extra={})  # no priced plan: no compute counted
+    mlink = SimpleNamespace(metrics=Counter(), prom=prom, content=ContentTally(), state=state)
     [result] = build_results([work], ["a", "b"], {}, 1.0, unusable=unusable)
     assert result.degraded
     record_result(mlink, result)

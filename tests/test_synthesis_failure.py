@@ -27,6 +27,7 @@ def test_a_failed_synthesis_degrades_the_result_and_names_why(caplog):
         content=ContentTally(),
         linksets=linksets,
         model_names=("a", "b"),
+        state=SimpleNamespace(plan_extra={}),  # no priced plan: no compute counted
     )
     work = FrameWork(
         "cam:0",

@@ -223,6 +223,9 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
                     if caught_up or time.monotonic() > give_up:
                         if not caught_up:
                             log.warning("control replay stopped short of offset %d", end)
+                        if (version := mlink.state.link_version) is not None:
+                            prefetched = version  # under way before any frame is planned:
+                            prefetch_links(mlink, version)  # MLink.loaded waits for it
                         ready.set()
                 if unchecked and time.monotonic() >= next_check:  # a metadata request
                     next_check = time.monotonic() + 5.0
@@ -268,7 +271,9 @@ def prefetch_links(mlink: MLink, version: int) -> asyncio.Future[Any]:
     there stalls every agent and the heartbeats). A version that fails is logged by the loader
     and remembered; frames then fall back as they would have."""
     loop = asyncio.get_running_loop()
-    return loop.run_in_executor(mlink.executor("links"), mlink.links, version)
+    future = loop.run_in_executor(mlink.executor("links"), mlink.links, version)
+    mlink.loading = {version: future}  # the newest only: frames wait for the plan's version
+    return future
 
 
 def _replay_one(mlink: MLink, record: Any) -> str | None:

@@ -232,6 +232,7 @@ class FrameBatch:
         items = await self.frames(events, reader)
         if not items:
             return []
+        await mlink.loaded()  # the plan's links, loading since the replay: usable by this plan?
         warming = mlink.state.warming_up
         plans = [mlink.plan(frame.seq) for _, frame in items]  # planned just before running
         schedule = mlink.state.schedule

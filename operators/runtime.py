@@ -9,11 +9,13 @@ the attach functions of :mod:`mlink.operators` read and update it from their age
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from mlink.linkstore.bundle import LoadedLinks, load_bundle
 from mlink.linkstore.linkset import LinkSet
@@ -91,6 +93,7 @@ class MLink:
         # of those, the versions trained for another model set, and how it differs: the
         # controller learns the links again for them (:func:`.relearn.model_set_change`)
         self.other_models: dict[int, str] = {}
+        self.loading: dict[int, asyncio.Future[Any]] = {}  # the replay's load of a version
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._events: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -191,6 +194,16 @@ class MLink:
             return None
         self.unusable.pop(version, None)
         return loaded
+
+    async def loaded(self) -> None:
+        """Until the load of the plan's link version that the control replay started has
+        ended (:func:`~mlink.operators.control_operators.prefetch_links`): a frame planned
+        before it ended could not tell a version trained for other models (:meth:`plan`), and
+        a restarted worker answered its first frames with holes (a helper's re-audit)."""
+        future = self.loading.get(self.state.link_version)  # type: ignore[arg-type]
+        if future is not None and not future.done():
+            with contextlib.suppress(Exception):  # the loader logs its own failures
+                await asyncio.shield(future)
 
     def plan(self, seq: int, cascades: bool = True) -> Plan:
         """The state's plan for frame ``seq``, with every model run when its link version was

@@ -103,6 +103,7 @@ def attach_planner(
                 await credits.take(frame.frame_id)
                 # planned when a credit frees, close to running; before any model has run, so
                 # a cascade's model runs on every frame
+                await mlink.loaded()
                 plan = mlink.plan(frame.seq, cascades=False)
                 notice = PlanNotice(
                     frame_id=frame.frame_id,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from typing import Any
 
 from mlink.deploy.config import PipelineConfig
@@ -31,7 +30,7 @@ def group_members(bootstrap: str, config: PipelineConfig) -> dict[str, Any] | No
     the broker names it: Stable, PreparingRebalance, Empty, Dead...), or None when the broker
     did not say (logged: the count is advisory, as the lag is)."""
     try:
-        return _in_a_thread(_describe(bootstrap, config))
+        return asyncio.run(_describe(bootstrap, config))
     except Exception as exc:
         log.warning("live workers unavailable: %s", exc)
         return None
@@ -45,11 +44,11 @@ async def _describe(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         request_timeout_ms=int(ASK_FOR_S * 1000),
         **aiokafka_kwargs(config.security),
     )
-    await asyncio.wait_for(admin.start(), ASK_FOR_S)
     try:
+        await asyncio.wait_for(admin.start(), ASK_FOR_S)
         replies = await asyncio.wait_for(admin.describe_consumer_groups([config.name]), ASK_FOR_S)
     finally:
-        await admin.close()
+        await asyncio.wait_for(admin.close(), ASK_FOR_S)
     for reply in replies:
         for error, group, state, _protocol_type, _protocol, members, *_ in reply.groups:
             if group != config.name:
@@ -59,23 +58,3 @@ async def _describe(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
             ids = sorted(member[0] for member in members)
             return {"group": group, "state": state, "workers": len(ids), "members": ids}
     return {"group": config.name, "state": "Dead", "workers": 0, "members": []}
-
-
-def _in_a_thread(coro: Any) -> Any:
-    """``asyncio.run`` in a thread of its own, so a caller inside an event loop may ask too."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = asyncio.run(coro)
-        except BaseException as exc:  # handed to the caller
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, name="mlink-group-members", daemon=True)
-    thread.start()
-    thread.join(3 * ASK_FOR_S)
-    if thread.is_alive():
-        raise TimeoutError(f"no answer about the consumer group within {3 * ASK_FOR_S:.0f} s")
-    if "error" in out:
-        raise out["error"]
-    return out["value"]

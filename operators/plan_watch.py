@@ -25,7 +25,6 @@ from mlink.operators.relearn import (
     LINK_SHA256,
     LostLinks,
     lost_pin,
-    other_models_reason,
     unpin_lost_message,
 )
 from mlink.operators.runtime import MLink
@@ -108,11 +107,9 @@ class PlanWatch:
         )
         if loaded is not None or version not in mlink.other_models:
             return  # usable, or unreadable for another reason (the store watch's, the retry's)
-        async with self.lock:
-            state = mlink.state
-            if state.wanted_links != version or relearn_holds(state) is not None:
-                return  # planned or relearned in the meantime
-            await self.relearn(version, other_models_reason(version, mlink.other_models[version]))
+        # the controller's own plan, which relearns for such a version (and plans from a newer
+        # one that came in the meantime): the decision is made in one place
+        await self.plan(None, carried_corrections(mlink.state.plan_extra))
 
     async def replan_for_declared_costs(self) -> None:
         """Plan again when the config declares other costs than the plan was made for."""

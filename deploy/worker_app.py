@@ -6,7 +6,9 @@ The pipeline config comes from ``MLINK_CONFIG`` (a YAML path) and the broker fro
 :func:`mlink.operators.create_app` on the config's operator settings and models, with the
 config's TLS/SASL settings. When ``MLINK_HEALTH`` names a file, the worker keeps it current
 (:mod:`mlink.deploy.health`): ready once the control log is replayed and every model is built,
-with a heartbeat, the epoch and the metrics port; ``mlink run`` waits on it.
+with a heartbeat, the epoch and the metrics port; ``mlink run`` waits on it. It turns not ready
+as soon as the worker starts to stop, so a readiness probe never reads a stopping or exited
+worker as ready (a SIGKILL leaves the file as it was: its heartbeat stops moving).
 """
 
 from __future__ import annotations
@@ -59,12 +61,24 @@ if _health_path:
     async def report_ready() -> None:
         await mlink.ready()
         endpoint = getattr(mlink, "metrics_endpoint", None)
+        if health.state.extra.get("stopping"):
+            return
         health.update(
             ready=True, metrics_port=endpoint.port if endpoint else None, epoch=mlink.state.epoch
         )
 
     @app.timer(interval=HEARTBEAT_S)
     async def heartbeat() -> None:
+        if health.state.extra.get("stopping"):
+            return
         # an agent that crashes over and over (faust restarts it) shows in `mlink run`'s summary
         crashes = agent_crashes(mlink.metrics)
         health.update(epoch=mlink.state.epoch, extra={"agent_crashes": crashes})
+
+    _stop_app = app.on_stop
+
+    async def _not_ready_while_stopping() -> None:
+        health.update(ready=False, extra={**health.state.extra, "stopping": True})
+        await _stop_app()
+
+    app.on_stop = _not_ready_while_stopping  # type: ignore[method-assign]

@@ -117,6 +117,11 @@ def attach_metrics(app: faust.App, mlink: MLink, lag_every_s: float = 5.0) -> No
                 lags[(tp.topic, tp.partition)] = ends[tp] - position
         mlink.prom.set_lags(lags)
 
+    async def refresh_health() -> None:
+        """Each model's health from its tracker: a crash of an idle isolated model, or a model
+        the plan no longer calls, shows without waiting for a call."""
+        mlink.prom.model_states({m: r.health().state for m, r in dict(mlink.runners).items()})
+
     async def serve_metrics() -> None:
         port = settings.metrics_port
         if port is not None:
@@ -125,6 +130,7 @@ def attach_metrics(app: faust.App, mlink: MLink, lag_every_s: float = 5.0) -> No
 
     app.timer(interval=settings.metrics_every_s)(log_metrics)
     app.timer(interval=lag_every_s)(measure_lag)
+    app.timer(interval=lag_every_s)(refresh_health)
     app.task(serve_metrics)
 
 

@@ -29,7 +29,13 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
                                             found on this worker's frames; paper-link plans)
     mlink_unseen_content                    share of those frames whose content no estimate
                                             scored (their forecast is the plan's estimate)
-    mlink_model_healthy{model}              1 healthy, 0 reported unhealthy (e.g. hung)
+    mlink_model_healthy{model}              1 healthy, 0 failing or unhealthy (e.g. hung),
+                                            from each model's health tracker every 5 s, so
+                                            a model no longer called does not keep a stale
+                                            value (an SRE's audit)
+    mlink_model_last_call_timestamp_seconds{model}  when the model last answered a call
+                                            (0: never on this worker); a model the plan
+                                            synthesizes is called on probes only
     mlink_epoch / mlink_link_version        control-plane state this worker runs
     mlink_links_pinned                      version pinned with mlink links --pin (0 = none)
     mlink_links_relearned_total             the link version in force was lost or damaged in
@@ -48,6 +54,10 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
                                             (gone with the worker: `mlink status` reads the
                                             group's committed lag from the broker)
     mlink_worker_info{worker,pid}           constant 1, identifies the process
+    process_* / python_info                 prometheus_client's process collector (resident
+                                            memory, CPU seconds, open fds: Linux) for the
+                                            worker process; isolated models' child processes
+                                            are not in it
 """
 
 from __future__ import annotations
@@ -59,7 +69,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 if TYPE_CHECKING:  # the metrics stay importable without torch (health checks, dashboards)
     from mlink.linkstore.content_forecast import ContentForecast
@@ -142,7 +160,13 @@ class WorkerMetrics:
         )
         self.model_healthy = Gauge(
             "mlink_model_healthy",
-            "1 when the model answers, 0 when reported unhealthy",
+            "1 when the model answers, 0 when failing or unhealthy",
+            ["model"],
+            registry=r,
+        )
+        self.model_last_call = Gauge(
+            "mlink_model_last_call_timestamp_seconds",
+            "unix time of the model's last successful call on this worker (0: never)",
             ["model"],
             registry=r,
         )
@@ -214,14 +238,19 @@ class WorkerMetrics:
             self.model_latency.labels(model)
             self.model_cpu.labels(model)
             self.model_healthy.labels(model).set(1)
+            self.model_last_call.labels(model)
         for outcome in ("complete", "degraded"):
             self.results.labels(outcome)
-        self._model_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self._model_children: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
+        if registry is None:  # a registry of the caller's may hold its own process collector
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
 
     # -- what the agents call ----------------------------------------------------------------
 
-    def _children(self, model: str) -> tuple[Any, Any, Any, Any]:
-        """The per-model series (executions, latency, synthesized, CPU), looked up once: a
+    def _children(self, model: str) -> tuple[Any, Any, Any, Any, Any]:
+        """The per-model series (executions, latency, synthesized, CPU, last call), looked up
+        once: a
         worker records them for every frame, and ``labels()`` costs a lock and a dict lookup."""
         children = self._model_children.get(model)
         if children is None:
@@ -230,21 +259,30 @@ class WorkerMetrics:
                 self.model_latency.labels(model),
                 self.synthesized.labels(model),
                 self.model_cpu.labels(model),
+                self.model_last_call.labels(model),
             )
         return children
 
     def model_call(self, model: str, seconds: float, cpu_seconds: float | None = None) -> None:
         """One successful real call of ``model`` that took ``seconds`` (wall) and
         ``cpu_seconds`` of its thread's CPU time (where measured)."""
-        executions, latency, _, cpu = self._children(model)
+        executions, latency, _, cpu, last_call = self._children(model)
         executions.inc()
         latency.observe(seconds)
+        last_call.set_to_current_time()
         if cpu_seconds is not None and cpu_seconds >= 0:
             cpu.inc(cpu_seconds)
 
     def synthesized_output(self, model: str) -> None:
         """One output of ``model`` synthesized through links instead of run."""
         self._children(model)[2].inc()
+
+    def model_states(self, states: Mapping[str, str]) -> None:
+        """Each model's health state (``healthy``, ``failing``, ``unhealthy``) as its tracker
+        has it now: set on a timer, not only after a call, so a model the plan stopped calling
+        does not keep the value of its last call for good."""
+        for model, state in states.items():
+            self.model_healthy.labels(model).set(float(state == "healthy"))
 
     def model_failure(self, model: str, kind: str = "error") -> None:
         """A failed call; ``kind`` is ``error`` or ``timeout``."""

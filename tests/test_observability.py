@@ -176,6 +176,29 @@ def test_what_an_sre_alerts_on_is_exported() -> None:
     assert not [s for s in metrics.plan_ms.collect()[0].samples]
 
 
+def test_model_health_follows_the_tracker_and_the_process_is_measured() -> None:
+    """An SRE's audit: a model the plan stopped calling kept the health of its last call for
+    good, and the worker's memory and CPU were not exported."""
+    metrics = WorkerMetrics("w", models=["a", "b"])
+    metrics.model_call("a", 0.01)
+    metrics.model_states({"a": "healthy", "b": "unhealthy"})
+    endpoint = start_metrics_endpoint(metrics, port=0)
+    try:
+        got = scrape(endpoint.url)
+        metrics.model_states({"b": "healthy"})  # recovered while idle: no call needed
+        again = scrape(endpoint.url)
+    finally:
+        endpoint.stop()
+    healthy = "mlink_model_healthy"
+    assert got[(healthy, (("model", "a"),))] == 1 and got[(healthy, (("model", "b"),))] == 0
+    assert again[(healthy, (("model", "b"),))] == 1
+    last = "mlink_model_last_call_timestamp_seconds"
+    assert got[(last, (("model", "a"),))] > 1e9 and got[(last, (("model", "b"),))] == 0
+    if sys.platform == "linux":
+        assert got[("process_resident_memory_bytes", ())] > 0
+        assert ("process_cpu_seconds_total", ()) in got
+
+
 def test_the_lag_of_a_partition_this_worker_gave_up_goes() -> None:
     """Its last value stood for good after a rebalance moved the partition away."""
     metrics = WorkerMetrics("w")

@@ -13,7 +13,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlink.deploy.config import PipelineConfig
-from mlink.deploy.health import wait_ready
+from mlink.deploy.health import read_health, wait_ready
 from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
@@ -98,8 +98,17 @@ def test_a_live_worker_serves_its_metrics_and_health(
             ]
             assert any(s.name.endswith("_count") and s.value >= len(ids) for s in latency)
         assert "mlink_epoch" in families and "mlink_consumer_lag" in families
+        assert "process_resident_memory_bytes" in families  # the worker's own memory and CPU
+        called = {
+            s.labels["model"]: s.value for s in families["mlink_model_last_call_timestamp_seconds"]
+        }
+        assert all(called[m] > health.started_at - 1 for m in FAST_MODELS), called
         later = wait_ready(health_path, 10, pid=worker.proc.pid)
         assert later.last_heartbeat >= health.last_heartbeat  # the worker keeps beating
+        worker.stop()
+        # a stopped worker is not ready (it said ready for good after exit: an SRE's audit)
+        gone = read_health(health_path)
+        assert gone is not None and not gone.ready and gone.extra.get("stopping"), gone
     finally:
         collector.close()
 

@@ -286,4 +286,7 @@ def _replay_one(mlink: MLink, record: Any) -> str | None:
     control_log = getattr(mlink, "control_log", None)
     if control_log is not None:
         control_log.heard(message, mlink.state.epoch)
-    return _apply(mlink, message)
+    problem = _apply(mlink, message)
+    if control_log is not None:  # above mlink_epoch: this worker refused the newest plans
+        mlink.prom.epoch_heard.set(max(control_log.epoch_heard, mlink.state.epoch))
+    return problem

@@ -37,6 +37,9 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
                                             (0: never on this worker); a model the plan
                                             synthesizes is called on probes only
     mlink_epoch / mlink_link_version        control-plane state this worker runs
+    mlink_epoch_heard                       the newest plan's epoch heard on the control
+                                            topic; above mlink_epoch, this worker refused the
+                                            newest plans (only logged before)
     mlink_links_pinned                      version pinned with mlink links --pin (0 = none)
     mlink_links_relearned_total             the link version in force was lost or damaged in
                                             the store: every model ran until new links came
@@ -171,6 +174,13 @@ class WorkerMetrics:
             registry=r,
         )
         self.epoch = Gauge("mlink_epoch", "control epoch this worker plans with", registry=r)
+        self.epoch_heard = Gauge(
+            "mlink_epoch_heard",
+            "the newest plan's epoch on the control topic, applied or refused: above "
+            "mlink_epoch, this worker refused it (e.g. a config with other models) and serves "
+            "an older plan",
+            registry=r,
+        )
         self.link_version = Gauge(
             "mlink_link_version", "linkstore version in use (0 = none yet)", registry=r
         )

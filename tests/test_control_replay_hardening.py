@@ -128,3 +128,19 @@ def test_a_new_plan_clears_the_live_agreement_an_earlier_plan_was_shown_with(mli
     assert _apply(mlink, plan(2)) is None
     assert sample("mlink_live_agreement", {"model": "a"}) is None
     assert mlink.state.live_agreement == {}  # the gauge says what the state says
+
+
+def test_a_worker_that_refuses_the_newest_plan_says_so_in_its_metrics(mlink):
+    """A worker on a config with other models refuses the group's newest plans and serves an
+    older one; only its log said so ("skipping control message")."""
+    from mlink.operators.control_operators import ControlLog
+
+    mlink.control_log = ControlLog()
+    assert _replay_one(mlink, record(plan(1))) is None
+    other_models = dataclasses.replace(plan(2), active=("det", "not_in_this_config"))
+    assert _replay_one(mlink, record(other_models)) is not None
+    assert mlink.state.epoch == 1
+    assert mlink.prom.epoch.collect()[0].samples[0].value == 1
+    assert mlink.prom.epoch_heard.collect()[0].samples[0].value == 2
+    assert _replay_one(mlink, record(plan(3))) is None  # a plan it can use: level again
+    assert mlink.prom.epoch_heard.collect()[0].samples[0].value == 3

@@ -19,6 +19,7 @@ import numpy as np
 from mlink.linkstore.schedule import Schedule
 from mlink.operators.joiner import Executed
 from mlink.operators.model_errors import failure_kind
+from mlink.operators.model_runner import model_calls
 from mlink.operators.runtime import MLink
 
 __all__ = ["run_cascades", "run_planned"]
@@ -41,6 +42,8 @@ async def run_planned(
         try:
             executor = mlink.runners[model]
             done = await executor.arun(images)  # bounded by the model's timeout_s
+            calls = model_calls(images, mlink.models[model].batch)
+            mlink.prom.model_calls.labels(model).inc(calls)
             results = [Executed(o.output, o.elapsed_ms, o.error, o.cpu_ms) for o in done]
             mlink.prom.model_healthy.labels(model).set(executor.health().state == "healthy")
         except Exception as exc:  # executors contain model errors; this is a bug or no build

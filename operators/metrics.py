@@ -15,9 +15,14 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
                                             input (the frame's image did not decode) |
                                             model_error (a model call failed)
     mlink_dead_letters_total{stage,reason}  records sent to the dead-letter topic
-    mlink_model_executions_total{model}     real model calls
+    mlink_model_executions_total{model}     frames the model really ran on (a batch call
+                                            counts each of its frames)
+    mlink_model_calls_total{model}          calls of the model (a batch counts once): frames
+                                            over calls is its batch fill
     mlink_model_errors_total{model,kind}    failed calls: error | timeout
-    mlink_model_latency_seconds{model}      histogram of one call (wall time)
+    mlink_model_latency_seconds{model}      histogram of the model's wall time per frame (a
+                                            batch call's time over its frames, observed once
+                                            per frame: what each frame cost, as plans price)
     mlink_model_cpu_seconds_total{model}    CPU time of the calls' threads (what plans price)
     mlink_synthesized_total{model}          outputs synthesized by links instead of run
     mlink_frame_latency_seconds             histogram, frame timestamp -> result emitted
@@ -118,14 +123,20 @@ class WorkerMetrics:
             "mlink_dead_letters", "records dead-lettered", ["stage", "reason"], registry=r
         )
         self.executions = Counter(
-            "mlink_model_executions", "real model calls", ["model"], registry=r
+            "mlink_model_executions",
+            "frames the model really ran on (a batch call counts each of its frames)",
+            ["model"],
+            registry=r,
+        )
+        self.model_calls = Counter(
+            "mlink_model_calls", "calls of the model (a batch counts once)", ["model"], registry=r
         )
         self.model_errors = Counter(
             "mlink_model_errors", "failed model calls", ["model", "kind"], registry=r
         )
         self.model_latency = Histogram(
             "mlink_model_latency_seconds",
-            "duration of one model call",
+            "wall time per frame of the model's calls (a batch call's time over its frames)",
             ["model"],
             buckets=MODEL_BUCKETS,
             registry=r,
@@ -244,6 +255,7 @@ class WorkerMetrics:
         self.events = _EventCounts(r)
         for model in models:
             self.executions.labels(model)
+            self.model_calls.labels(model)
             self.synthesized.labels(model)
             self.model_latency.labels(model)
             self.model_cpu.labels(model)

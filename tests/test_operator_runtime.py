@@ -271,6 +271,10 @@ def test_planned_models_run_once_per_batch_and_a_slow_one_times_out(tmp_path) ->
     assert outcomes[0]["digit"].error == "model digit timed out after 0.2 s"
     assert "digit" not in outcomes[1]
     assert mlink.metrics["failed:digit"] == 1 and mlink.metrics["executed:parity"] == 2
+    # calls beside frames: one at a time, parity was called once per frame (an SRE's audit)
+    calls_of = {s.labels["model"]: s.value for s in mlink.prom.model_calls.collect()[0].samples
+                if s.name.endswith("_total")}  # fmt: skip
+    assert calls_of == {"parity": 2, "digit": 1}
 
 
 def test_the_log_names_why_a_model_failed_whichever_frame_of_the_batch_it_was(

@@ -38,7 +38,7 @@ from mlink.topics.codec import decode_record
 from mlink.topics.control import MAX_EPOCH_STEP
 from mlink.topics.records import ControlMessage
 
-__all__ = ["ControlLog", "attach_control_replay", "prefetch_links"]
+__all__ = ["ControlLog", "attach_control_replay", "prefetch_links", "refuses_newest_plan"]
 
 log = logging.getLogger("mlink.control")
 REPLAY_GIVE_UP_S = 10.0  # a broker's end offset can overshoot (Tansu); never wait for ever
@@ -73,6 +73,15 @@ class ControlLog:
             except TimeoutError:
                 return False
         return True
+
+
+def refuses_newest_plan(mlink: MLink) -> bool:
+    """Whether this worker refused the newest plan on the control topic and so serves an older
+    one, or none: a worker on a config with other models while workers on the old config still
+    hold the controller (a rolling restart). Such a worker is not warming up, and must not hold
+    its frames back for links: the links its group trains are not for it."""
+    control_log = getattr(mlink, "control_log", None)
+    return control_log is not None and control_log.epoch_heard > mlink.state.epoch
 
 
 def _apply(mlink: MLink, message: ControlMessage) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any
 import faust
 import numpy as np
 
-from mlink.operators.control_operators import attach_control_replay
+from mlink.operators.control_operators import attach_control_replay, refuses_newest_plan
 from mlink.operators.dead_letters import DeadLetters
 from mlink.operators.dispatch import run_cascades, run_planned
 from mlink.operators.joiner import Executed, FrameWork, is_training_sample
@@ -123,6 +123,7 @@ class FrameBatch:
         self.hold_at = mlink.settings.links.warmup_frames
         self.warmup_epoch = 0  # the plan whose warm-up is being counted (0: the first one)
         self.holding = False
+        self.refused_told = 0  # the newest refused plan's epoch this worker last warned of
         self.releaser: asyncio.Future[None] | None = None
         self.queued: Callable[[], int] = lambda: 0  # frames fetched, not yet taken by the agent
 
@@ -175,6 +176,9 @@ class FrameBatch:
             or self.warmup_planned + self.queued() < self.hold_at
         ):
             return
+        if refuses_newest_plan(mlink):  # plans exist, for other models: none comes for this one
+            self._say_refused()
+            return
         consumer = self.app.consumer
         paused = [tp for tp in consumer.assignment() if tp.topic in self.topics]
         self.holding = True
@@ -193,6 +197,7 @@ class FrameBatch:
                 while (
                     mlink.state.warming_up
                     and mlink.state.epoch == epoch
+                    and not refuses_newest_plan(mlink)
                     and not hold_over(time.monotonic(), started, links.hold_s, mlink.training)
                 ):
                     training = mlink.training.since is not None
@@ -212,7 +217,9 @@ class FrameBatch:
                 self.holding = False
                 mlink.prom.held_for_links.set(0)
                 mlink.metrics["held_for_links_s"] += round(time.monotonic() - started, 3)
-            if (
+            if refuses_newest_plan(mlink):
+                self._say_refused()
+            elif (
                 mlink.state.warming_up
                 and mlink.state.epoch == epoch
                 and self.warmup_planned >= self.hold_at
@@ -224,6 +231,22 @@ class FrameBatch:
                 self.hold_at = self.warmup_planned + max(1, links.warmup_frames // 4)
 
         self.releaser = asyncio.ensure_future(release())
+
+    def _say_refused(self) -> None:
+        """Once per newest plan refused: why this worker runs every model and does not hold
+        (a rolling restart onto a config with other models stalled its cameras 60 s at a
+        time, for want of links its group's controller would never train for it)."""
+        heard = self.mlink.control_log.epoch_heard  # type: ignore[attr-defined]
+        if heard == self.refused_told:
+            return
+        self.refused_told = heard
+        log.warning(
+            "this worker refused the pipeline's newest plan (epoch %d; the log's 'skipping "
+            "control message' says why), so it runs every model on its frames, without the "
+            "warm-up hold, until a plan it can use comes: workers on another config hold the "
+            "controller. Restart every worker on the same config",
+            heard,
+        )
 
     async def run(
         self, events: Sequence[Any], reader: FrameReader

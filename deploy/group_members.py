@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.security import aiokafka_kwargs
+from mlink.operators.relearn import CLIENT_ID_PREFIX, MODEL_SET_CHARS
 from mlink.topics.bootstrap import bootstrap_servers
 
-__all__ = ["group_members"]
+__all__ = ["group_members", "model_sets"]
 
 log = logging.getLogger("mlink.status")
 ASK_FOR_S = 10.0  # a broker that does not answer the group request must not hold `mlink status`
 
 
 def group_members(bootstrap: str, config: PipelineConfig) -> dict[str, Any] | None:
-    """``{"group", "state", "workers", "members"}`` of the pipeline's consumer group (state as
-    the broker names it: Stable, PreparingRebalance, Empty, Dead...), or None when the broker
+    """``{"group", "state", "workers", "members", "model_sets"}`` of the pipeline's consumer
+    group (state as the broker names it: Stable, PreparingRebalance, Empty, Dead...;
+    ``model_sets``: members per model set, see :func:`model_sets`), or None when the broker
     did not say (logged: the count is advisory, as the lag is)."""
     try:
         return asyncio.run(_describe(bootstrap, config))
@@ -56,5 +60,24 @@ async def _describe(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
             if error:
                 raise RuntimeError(f"the broker answered error code {error} for group {group!r}")
             ids = sorted(member[0] for member in members)
-            return {"group": group, "state": state, "workers": len(ids), "members": ids}
-    return {"group": config.name, "state": "Dead", "workers": 0, "members": []}
+            return {
+                "group": group,
+                "state": state,
+                "workers": len(ids),
+                "members": ids,
+                # Kafka names a member after its client id; Tansu reports only that name
+                "model_sets": model_sets(member[1] or member[0] for member in members),
+            }
+    return {"group": config.name, "state": "Dead", "workers": 0, "members": [], "model_sets": {}}
+
+
+def model_sets(client_ids: Iterable[str]) -> dict[str, int]:
+    """How many members run each model set (:func:`~mlink.operators.relearn.model_set_id`,
+    from the client id a worker gives Kafka, or the member id the broker made of it);
+    ``"unknown"`` for one that names none (a worker of an older release, or an app that set
+    its own ``broker_client_id``)."""
+    counts: Counter[str] = Counter()
+    for client_id in client_ids:
+        named = client_id.startswith(CLIENT_ID_PREFIX)
+        counts[client_id[len(CLIENT_ID_PREFIX) :][:MODEL_SET_CHARS] if named else "unknown"] += 1
+    return dict(sorted(counts.items()))

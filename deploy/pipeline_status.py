@@ -18,6 +18,7 @@ from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
 from mlink.operators.content_tally import ContentTally
+from mlink.operators.relearn import model_set_id
 from mlink.operators.state import ControlState
 from mlink.operators.stream_decision import (
     forecast_bounds,
@@ -34,6 +35,7 @@ __all__ = [
     "consumer_lag",
     "content_report",
     "dead_letter_report",
+    "newer_refused",
     "read_to_end",
     "status",
     "store_report",
@@ -50,7 +52,8 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     model by the controller and measured live on probe frames, each also as the mean over the
     synthesized models only (the all-models figure counts executed models as 1)."""
     unverified: list[int] = []
-    state, messages = read_control(bootstrap, config, unverified=unverified)
+    refused: list[tuple[int, str]] = []
+    state, messages = read_control(bootstrap, config, unverified=unverified, refused=refused)
     started = bool(messages or unverified) or control_topic_exists(bootstrap, config)
     # the plan in force, as the workers applied it (a later message of the same epoch, from a
     # controller that failed over, was skipped by them and is not shown either)
@@ -110,8 +113,13 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "control_topic": None if started else config.topics.names().control,
         "linkstore": store_report(config.links.store, state),
         "lag": consumer_lag(bootstrap, config),
-        # the consumer group's members now: one per live worker (one that keeps dying is gone)
+        # the consumer group's members now: one per live worker (one that keeps dying is gone),
+        # and how many run this config's models (`model_set`) or others'
         "workers": group_members(bootstrap, config),
+        "model_set": model_set_id(config.specs()),
+        # plans newer than the one in force that this config refuses: the controller's worker
+        # runs other models (a rolling restart); this config's workers run every model
+        "refused_plans": newer_refused(refused, state.epoch),
         "dead_letters": dead_letter_report(bootstrap, config),
         # the paper's links: the plan's estimate re-weighted to what its active detectors found
         # in the latest results (each worker exports the same for its own frames)
@@ -221,6 +229,17 @@ def consumer_lag(bootstrap: str, config: PipelineConfig) -> dict[str, int]:
     finally:
         consumer.close()
         admin.close()
+
+
+def newer_refused(refused: list[tuple[int, str]], epoch: int) -> dict[str, Any] | None:
+    """The newest of ``refused`` plans when it is newer than the plan in force (``epoch``):
+    ``{"epoch", "count", "reason"}``; None when the plan in force is the newest this config
+    heard (plans refused before it are history: a config edited and relearned since)."""
+    newer = [(e, why) for e, why in refused if e > epoch]
+    if not newer:
+        return None
+    newest, why = max(newer, key=lambda item: item[0])
+    return {"epoch": newest, "count": len(newer), "reason": why}
 
 
 def content_report(

@@ -202,6 +202,7 @@ def read_control(
     timeout: float = 5.0,
     unverified: list[int] | None = None,
     signer: Signer | None = None,
+    refused: list[tuple[int, str]] | None = None,
 ) -> tuple[ControlState, list[ControlMessage]]:
     """Replay the control topic, as a worker does; return the state and every message (none
     when the topic does not exist yet: no worker has started, and reading must not create it).
@@ -209,7 +210,9 @@ def read_control(
     skipped like the workers skip them, and all of them when the key list lacks the one the
     log was signed with (a key roll that forgot the old key), which reads as an empty log.
     ``signer``: verify with it instead of ``MLINK_SIGNING_KEY``'s (``Signer()``: accept every
-    record, to read an unsigned log once when signing is turned on)."""
+    record, to read an unsigned log once when signing is turned on). ``refused`` collects
+    ``(epoch, reason)`` of the plans this config refuses, as its workers refuse them (plans
+    made for other models: a rolling restart under way, or a config edited since)."""
     from kafka import KafkaConsumer, TopicPartition
 
     state = ControlState(config.model_names, config.links.probe_every)
@@ -238,8 +241,11 @@ def read_control(
                     continue
                 with contextlib.suppress(DecodeError, ValueError):  # workers skip them too
                     message = decode_record(record.value, ControlMessage)
-                    if not state.apply(message).rejected:
+                    outcome = state.apply(message)
+                    if not outcome.rejected:
                         messages.append(message)
+                    elif refused is not None and message.kind == "active_set":
+                        refused.append((message.epoch, outcome.reason or "refused"))
     finally:
         consumer.close()
     return state, messages

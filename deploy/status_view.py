@@ -218,11 +218,12 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         )
     lag = status.get("lag") or {}
     _say(console, "consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))
-    _workers(status.get("workers"), console)
+    _workers(status.get("workers"), status.get("model_set"), console)
+    _refused(status.get("refused_plans"), console)
     _dead_letters(status.get("dead_letters") or {}, console)
 
 
-def _workers(group: Mapping[str, Any] | None, console: Console) -> None:
+def _workers(group: Mapping[str, Any] | None, ours: str | None, console: Console) -> None:
     if group is None:
         _say(console, "live workers: unknown (the broker did not describe the consumer group)")
         return
@@ -233,6 +234,17 @@ def _workers(group: Mapping[str, Any] | None, console: Console) -> None:
             f"live workers: {count} (consumer group {group.get('group')}, {state}, as the "
             "broker reports them)",
         )
+        sets = dict(group.get("model_sets") or {})
+        others = {k: n for k, n in sets.items() if k != ours}
+        if others:
+            named = ", ".join(f"{n} on {k}" for k, n in others.items())
+            _say(
+                console,
+                f"  {sets.get(ours, 0)} on this config's models ({ours}), {named}: workers on "
+                "another config share the group (a rolling restart under way, or a worker left "
+                "behind); each side refuses the other's plans",
+                "yellow",
+            )
     else:
         _say(
             console,
@@ -240,6 +252,19 @@ def _workers(group: Mapping[str, Any] | None, console: Console) -> None:
             "of this pipeline is running, or its workers use another name",
             "yellow",
         )
+
+
+def _refused(refused: Mapping[str, Any] | None, console: Console) -> None:
+    if not refused:
+        return
+    _say(
+        console,
+        f"this config refuses the pipeline's newest plan (epoch {refused.get('epoch')}, "
+        f"{refused.get('count')} refused after the one shown): {refused.get('reason')}. The "
+        "controller runs on a worker with other models; this config's workers run every model "
+        "until it runs on one of theirs (restart every worker on one config)",
+        "yellow",
+    )
 
 
 def _dead_letters(report: Mapping[str, Any], console: Console) -> None:

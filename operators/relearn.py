@@ -21,6 +21,8 @@ new version. docs/link-store.md, "A lost, replaced or damaged store".
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,12 +32,15 @@ from mlink.topics.records import ControlMessage
 from mlink.topics.specs import OutputSpec
 
 __all__ = [
+    "CLIENT_ID_PREFIX",
     "LINK_SHA256",
+    "MODEL_SET_CHARS",
     "RELEARN_KEY",
     "LostLinks",
     "every_model_plan",
     "lost_pin",
     "model_set_change",
+    "model_set_id",
     "other_models_reason",
     "relearn_message",
     "relearning",
@@ -119,6 +124,19 @@ def model_set_change(
         if names
     ]
     return "; ".join(parts) or None
+
+
+CLIENT_ID_PREFIX = "mlink-models-"
+"""A worker's Kafka client id is this prefix and its :func:`model_set_id`."""
+MODEL_SET_CHARS = 8
+
+
+def model_set_id(specs: Mapping[str, OutputSpec]) -> str:
+    """A short digest of a config's models and their outputs: what :func:`model_set_change`
+    compares. Workers put it in their Kafka client id, so ``mlink status`` can tell workers on
+    another config in the group (a rolling restart under way, or one left behind)."""
+    canonical = json.dumps(sorted((m, s.to_dict()) for m, s in specs.items()), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:MODEL_SET_CHARS]
 
 
 def other_models_reason(version: int, change: str) -> str:

@@ -42,6 +42,7 @@ from mlink.linkstore.bundle import load_bundle
 from mlink.linkstore.content_forecast import ContentTable
 from mlink.linkstore.store import LinkStore
 from mlink.operators.controller import decide
+from mlink.operators.relearn import model_set_id
 from mlink.topics.codec import decode_record, encode, encode_record
 from mlink.topics.frames import encode_frame
 from mlink.topics.records import (
@@ -566,6 +567,7 @@ def test_two_workers_split_partitions_and_survive_a_kill(
         wait_until("partitions split between the workers", split, 60, workers[0])
         members = group_members(broker.bootstrap, config)  # what `mlink status` counts
         assert members is not None and members["workers"] == 2, members
+        assert members["model_sets"] == {model_set_id(config.specs()): 2}  # one config
 
         streams = streams_covering(partitions)
         victim, survivor = workers[1], workers[0]

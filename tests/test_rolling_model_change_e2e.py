@@ -10,9 +10,13 @@ import time
 
 import pytest
 import yaml
+from rich.console import Console
 
+from mlink.deploy.config import load_config
+from mlink.deploy.pipeline_status import status
 from mlink.deploy.runner import ResultCollector
 from mlink.deploy.source import FrameProducer
+from mlink.deploy.status_view import render_status
 from mlink.deploy.topics_setup import create_pipeline_topics
 from tests.conftest import FaustWorker
 from tests.test_pipeline_e2e import (
@@ -90,6 +94,19 @@ def test_a_worker_on_the_new_config_answers_while_the_old_one_holds_the_controll
         assert "waiting for the first links" not in log
         answered = [collector.results[f] for f in mixed]
         assert not any(r.degraded for r in answered)
+        # what an operator sees: it said "epoch 0, all (warming up)" and nothing of the mix
+        seen = status(broker.bootstrap, load_config(new_path))
+        assert seen["refused_plans"]["epoch"] >= 1
+        assert "content table" in seen["refused_plans"]["reason"]
+        ours = seen["model_set"]
+        assert (
+            seen["workers"]["model_sets"].get(ours) == 1 and len(seen["workers"]["model_sets"]) == 2
+        )
+        console = Console(width=200, record=True)
+        render_status(seen, console)
+        text = console.export_text()
+        assert "this config refuses the pipeline's newest plan" in text
+        assert "workers on another config share the group" in text
     finally:
         collector.close()
         for worker in workers:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any
 
 import faust
@@ -210,6 +210,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
             end = (await consumer.end_offsets([tp]))[tp]
             give_up = time.monotonic() + REPLAY_GIVE_UP_S
             prefetched: int | None = None
+            skipped: Counter[str] = Counter()  # reasons for the log's messages refused here
             next_check = time.monotonic()
             if end == 0:
                 ready.set()
@@ -221,9 +222,14 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
                         control_log.rejected[message.offset] = problem
                         while len(control_log.rejected) > 1000:
                             control_log.rejected.popitem(last=False)
-                        log.warning(
-                            "skipping control message at offset %s: %s", message.offset, problem
-                        )
+                        if ready.is_set():
+                            log.warning(
+                                "skipping control message at offset %s: %s",
+                                message.offset,
+                                problem,
+                            )
+                        else:  # history: one line at the end, not one per message each restart
+                            skipped[problem] += 1
                     async with control_log.changed:
                         control_log.position = message.offset
                         control_log.changed.notify_all()
@@ -235,6 +241,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
                         if (version := mlink.state.link_version) is not None:
                             prefetched = version  # under way before any frame is planned:
                             prefetch_links(mlink, version)  # MLink.loaded waits for it
+                        _say_skipped(skipped)
                         ready.set()
                 if unchecked and time.monotonic() >= next_check:  # a metadata request
                     next_check = time.monotonic() + 5.0
@@ -249,6 +256,23 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
 
     app.task(replay_control)
     return control_log
+
+
+def _say_skipped(skipped: Counter[str]) -> None:
+    """One line for the messages of the log refused while replaying it: a pipeline whose
+    models changed keeps the old plans and probe reports, and a line per message at every
+    restart buried the log (thousands of probe reports naming a removed model)."""
+    if not skipped:
+        return
+    common = "; ".join(f"{n} x {why}" for why, n in skipped.most_common(3))
+    more = len(skipped) - 3
+    log.warning(
+        "skipped %d control messages of the log this worker cannot apply (made for other "
+        "models, or malformed): %s%s",
+        sum(skipped.values()),
+        common,
+        f"; and {more} other reasons" if more > 0 else "",
+    )
 
 
 async def require_one_partition(consumer: AIOKafkaConsumer, unchecked: list[str]) -> None:

@@ -241,8 +241,9 @@ class FrameBatch:
             return
         self.refused_told = heard
         log.warning(
-            "this worker refused the pipeline's newest plan (epoch %d; the log's 'skipping "
-            "control message' says why), so it runs every model on its frames, without the "
+            "this worker refused the pipeline's newest plan (epoch %d; the log's 'skipped' or "
+            "'skipping control message' lines say why), so it runs every model on its frames, "
+            "without the "
             "warm-up hold, until a plan it can use comes: workers on another config hold the "
             "controller. Restart every worker on the same config",
             heard,

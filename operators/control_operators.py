@@ -42,6 +42,7 @@ __all__ = ["ControlLog", "attach_control_replay", "prefetch_links", "refuses_new
 
 log = logging.getLogger("mlink.control")
 REPLAY_GIVE_UP_S = 10.0  # a broker's end offset can overshoot (Tansu); never wait for ever
+MAX_REASONS = 100  # distinct reasons counted while replaying; the rest as "other reasons"
 
 
 class ControlLog:
@@ -229,7 +230,8 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
                                 problem,
                             )
                         else:  # history: one line at the end, not one per message each restart
-                            skipped[problem] += 1
+                            known = problem in skipped or len(skipped) < MAX_REASONS
+                            skipped[problem if known else "other reasons"] += 1
                     async with control_log.changed:
                         control_log.position = message.offset
                         control_log.changed.notify_all()

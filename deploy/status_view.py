@@ -40,7 +40,7 @@ def _plan_of(model: str, status: Mapping[str, Any], active: set[str] | None) -> 
     if model in schedule:
         return str(schedule[model])
     if active is None:
-        return "runs (warm-up)"
+        return "runs (plans refused)" if status.get("refused_plans") else "runs (warm-up)"
     return "runs on every frame" if model in active else "synthesized by links"
 
 
@@ -98,7 +98,11 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     if status.get("model_ms"):
         priced = ", ".join(f"{m} {float(v):.1f}" for m, v in sorted(status["model_ms"].items()))
         _say(console, f"ms per call the plan was priced on: {priced}")
-    if active is None:
+    if active is None and status.get("refused_plans"):  # not a warm-up: see the line below
+        _say(
+            console, "every model runs: this config refuses the pipeline's plans (below)", "yellow"
+        )
+    elif active is None:
         _say(console, "warming up: every model runs until the first links are trained")
     if status.get("control_topic"):
         _say(

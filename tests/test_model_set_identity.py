@@ -57,6 +57,7 @@ def test_status_says_when_workers_on_another_config_share_the_group() -> None:
     text = console.export_text()
     assert "1 on this config's models (aaaa1111), 1 on bbbb2222" in text
     assert "this config refuses the pipeline's newest plan (epoch 2" in text
+    assert "warming up" not in text and "runs (plans refused)" in text  # it is not a warm-up
     report["workers"]["model_sets"] = {"aaaa1111": 2}
     report["refused_plans"] = None
     console = Console(width=200, record=True)

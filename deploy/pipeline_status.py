@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from mlink.deploy.config import PipelineConfig
@@ -18,7 +19,7 @@ from mlink.deploy.runner import read_control
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
 from mlink.operators.content_tally import ContentTally
-from mlink.operators.relearn import model_set_id
+from mlink.operators.relearn import model_set_change, model_set_id
 from mlink.operators.state import ControlState
 from mlink.operators.stream_decision import (
     forecast_bounds,
@@ -30,6 +31,7 @@ from mlink.operators.stream_decision import (
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError, FrameResult
+from mlink.topics.specs import OutputSpec, SpecError, spec_from_dict
 
 __all__ = [
     "consumer_lag",
@@ -39,6 +41,7 @@ __all__ = [
     "read_to_end",
     "status",
     "store_report",
+    "trained_for_other_models",
 ]
 
 log = logging.getLogger("mlink.status")
@@ -111,7 +114,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "unverified_control": len(unverified),
         # named when it does not exist: no worker started, or a wrong topics.prefix
         "control_topic": None if started else config.topics.names().control,
-        "linkstore": store_report(config.links.store, state),
+        "linkstore": store_report(config.links.store, state, config.specs()),
         "lag": consumer_lag(bootstrap, config),
         # the consumer group's members now: one per live worker (one that keeps dying is gone),
         # and how many run this config's models (`model_set`) or others'
@@ -127,15 +130,23 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def store_report(root: str, state: ControlState | None = None) -> dict[str, Any]:
+def store_report(
+    root: str,
+    state: ControlState | None = None,
+    specs: Mapping[str, OutputSpec] | None = None,
+) -> dict[str, Any]:
     """The link store's current version and versions. A local store that does not exist is
     reported as missing and not created: a status read from another directory than the
     workers' (a relative ``links.store`` resolves against the current one) must not leave an
-    empty store behind or look like a pipeline without links."""
+    empty store behind or look like a pipeline without links. With ``specs`` (the config's
+    models), ``in_force_for_other_models`` says how the models the version in force was
+    trained for differ from them: this config's workers run every model on its plan's frames
+    (a rolling restart onto a config with a model added: the plan looked in force)."""
     local = local_store_path(root)
     if local is not None and not local.is_dir():
         return {"root": str(local.absolute()), "current": None, "versions": [], "missing": True}
     store = LinkStore(root)
+    state = state or ControlState(())
     versions = [
         {
             "version": row.version,
@@ -144,9 +155,31 @@ def store_report(root: str, state: ControlState | None = None) -> dict[str, Any]
             "mean_val_score": row.mean_val_score,
             "samples": row.samples,
         }
-        for row in link_rows(state or ControlState(()), store)
+        for row in link_rows(state, store)
     ]
-    return {"root": str(store.root), "current": store.current(), "versions": versions}
+    report = {"root": str(store.root), "current": store.current(), "versions": versions}
+    if specs is not None and state.link_version is not None:
+        report["in_force_for_other_models"] = trained_for_other_models(
+            store, state.link_version, specs
+        )
+    return report
+
+
+def trained_for_other_models(
+    store: LinkStore, version: int, specs: Mapping[str, OutputSpec]
+) -> str | None:
+    """How the models ``version`` was trained for differ from ``specs``
+    (:func:`~mlink.operators.relearn.model_set_change`); None when they match, or when the
+    store does not say (the version is gone, or its metadata names no models)."""
+    for meta in store.versions():
+        models = meta.meta.get("models") if meta.version == version else None
+        if isinstance(models, dict):
+            try:
+                trained = {m: spec_from_dict(d) for m, d in models.items()}
+            except (SpecError, TypeError, ValueError):
+                return None
+            return model_set_change(trained, specs)
+    return None
 
 
 def _mean_of(values: Any) -> float | None:

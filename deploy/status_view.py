@@ -35,7 +35,14 @@ def percent(value: Any) -> str:
     return f"{float(value):.1%}"
 
 
+def _other_models(status: Mapping[str, Any]) -> str | None:
+    """How the models the plan's link version was trained for differ from this config's."""
+    return (status.get("linkstore") or {}).get("in_force_for_other_models")
+
+
 def _plan_of(model: str, status: Mapping[str, Any], active: set[str] | None) -> str:
+    if _other_models(status):
+        return "runs (links for other models)"
     schedule = status.get("schedule") or {}
     if model in schedule:
         return str(schedule[model])
@@ -98,6 +105,15 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     if status.get("model_ms"):
         priced = ", ".join(f"{m} {float(v):.1f}" for m, v in sorted(status["model_ms"].items()))
         _say(console, f"ms per call the plan was priced on: {priced}")
+    if change := _other_models(status):
+        _say(
+            console,
+            f"every model runs on this config's workers: the plan's link version "
+            f"{status.get('link_version')} was trained for other models ({change}), so the "
+            "controller runs on a worker with another config (a rolling restart); it relearns "
+            "once it runs on one with this config's models",
+            "yellow",
+        )
     if active is None and status.get("refused_plans"):  # not a warm-up: see the line below
         _say(
             console, "every model runs: this config refuses the pipeline's plans (below)", "yellow"
@@ -263,10 +279,11 @@ def _refused(refused: Mapping[str, Any] | None, console: Console) -> None:
         return
     _say(
         console,
-        f"this config refuses the pipeline's newest plan (epoch {refused.get('epoch')}, "
-        f"{refused.get('count')} refused after the one shown): {refused.get('reason')}. The "
-        "controller runs on a worker with other models; this config's workers run every model "
-        "until it runs on one of theirs (restart every worker on one config)",
+        f"this config refuses the pipeline's newest plan (epoch {refused.get('epoch')}; "
+        f"{refused.get('count')} plans newer than the one in force refused): "
+        f"{refused.get('reason')}. The controller runs on a worker with other models; this "
+        "config's workers keep an older plan they can use, or run every model, until it runs "
+        "on one of theirs (restart every worker on one config)",
         "yellow",
     )
 

@@ -119,8 +119,11 @@ def attach_metrics(app: faust.App, mlink: MLink, lag_every_s: float = 5.0) -> No
 
     async def refresh_health() -> None:
         """Each model's health from its tracker: a crash of an idle isolated model, or a model
-        the plan no longer calls, shows without waiting for a call."""
+        the plan no longer calls, shows without waiting for a call; and whether the plan in
+        force is from links for other models."""
         mlink.prom.model_states({m: r.health().state for m, r in dict(mlink.runners).items()})
+        other = mlink.state.link_version in mlink.other_models  # a rolling restart's other side
+        mlink.prom.links_for_other_models.set(float(other))
 
     async def serve_metrics() -> None:
         port = settings.metrics_port

@@ -123,9 +123,8 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                     mlink.executor("controller"), mlink.links, version
                 )
                 if links is None and version in mlink.other_models:
-                    await relearn(
-                        version, other_models_reason(version, mlink.other_models[version])
-                    )
+                    why = other_models_reason(version, mlink.other_models[version])
+                    await relearn(version, why, logging.WARNING)  # a model change, not a loss
                     return True
                 if links is None:
                     raise StoreError(f"link version {version} cannot be loaded")
@@ -195,9 +194,10 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         finally:
             retrying.pop(version, None)
 
-    async def relearn(version: int, why: str) -> None:
+    async def relearn(version: int, why: str, level: int = logging.ERROR) -> None:
         """Publish the plan that runs every model until links above ``version`` (and above
-        every version the log named) are trained; the caller holds ``lock``."""
+        every version the log named) are trained; the caller holds ``lock``. ``level``: a
+        lost store is an error, an edited config's model change a warning."""
         nonlocal issued
         state = mlink.state
         lost = max(version, state.latest_links or 0)
@@ -207,7 +207,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         message = relearn_message(
             mlink.model_names, epoch, budget, lost, settings.links.probe_every, why
         )
-        log.error("learning the links again: %s", why)
+        log.log(level, "learning the links again: %s", why)
         mlink.metrics["relearns"] += 1
         mlink.prom.relearns.inc()
         issued = epoch

@@ -42,6 +42,8 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
                                             (0: never on this worker); a model the plan
                                             synthesizes is called on probes only
     mlink_epoch / mlink_link_version        control-plane state this worker runs
+    mlink_links_for_other_models            1 while the plan in force is from links trained
+                                            for other models: every model runs on its frames
     mlink_epoch_heard                       the newest plan's epoch heard on the control
                                             topic; above mlink_epoch, this worker refused the
                                             newest plans (only logged before)
@@ -185,6 +187,12 @@ class WorkerMetrics:
             registry=r,
         )
         self.epoch = Gauge("mlink_epoch", "control epoch this worker plans with", registry=r)
+        self.links_for_other_models = Gauge(
+            "mlink_links_for_other_models",
+            "1 while the plan in force is from a link version trained for other models than "
+            "this worker's config: it runs every model on the plan's frames",
+            registry=r,
+        )
         self.epoch_heard = Gauge(
             "mlink_epoch_heard",
             "the newest plan's epoch on the control topic, applied or refused: above "

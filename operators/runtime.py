@@ -181,7 +181,7 @@ class MLink:
         name unknown models or leave an added one out: :attr:`other_models` says how). A
         version that failed only because it was missing is tried again later
         (:data:`~mlink.linkstore.bundle.BAD_RETRY_S`) and used once it loads."""
-        if version is None:
+        if version is None or version in self.other_models:  # its models do not change
             return None
         try:
             loaded = load_bundle(self.store, version)
@@ -190,7 +190,8 @@ class MLink:
             return None
         if (change := model_set_change(loaded.linkset.specs, self.specs)) is not None:
             self.other_models[version] = change
-            self._unusable(version, f"trained for other models than this config's ({change})")
+            reason = f"trained for other models than this config's ({change})"
+            self._unusable(version, reason, logging.WARNING)  # a model change, not damage
             return None
         self.unusable.pop(version, None)
         return loaded
@@ -215,10 +216,10 @@ class MLink:
             return Plan(epoch=plan.epoch, active=self.state.models, link_version=plan.link_version)
         return plan
 
-    def _unusable(self, version: int, reason: str) -> None:
+    def _unusable(self, version: int, reason: str, level: int = logging.ERROR) -> None:
         self.metrics["bad_link_versions"] += 1
         if self.unusable.get(version) != reason:
-            log.error("cannot use link version %s: %s", version, reason)
+            log.log(level, "cannot use link version %s: %s", version, reason)
         self.unusable[version] = reason
         self.unusable.move_to_end(version)
         while len(self.unusable) > UNUSABLE_KEPT:

@@ -56,7 +56,7 @@ def test_status_says_when_workers_on_another_config_share_the_group() -> None:
     render_status(report, console)
     text = console.export_text()
     assert "1 on this config's models (aaaa1111), 1 on bbbb2222" in text
-    assert "this config refuses the pipeline's newest plan (epoch 2" in text
+    assert "this config refuses the pipeline's newest plan (epoch 2;" in text
     assert "warming up" not in text and "runs (plans refused)" in text  # it is not a warm-up
     report["workers"]["model_sets"] = {"aaaa1111": 2}
     report["refused_plans"] = None
@@ -64,3 +64,38 @@ def test_status_says_when_workers_on_another_config_share_the_group() -> None:
     render_status(report, console)
     text = console.export_text()
     assert "another config" not in text and "refuses" not in text
+
+
+def test_status_says_when_the_plan_in_force_is_from_links_for_other_models(tmp_path) -> None:
+    """The other side of a rolling restart, a model added: the new workers accept the old
+    plan but cannot use its links, and run every model; status showed the old plan's
+    synthesized models and estimate as if they ran (the re-audit)."""
+    import torch
+
+    from mlink.deploy.pipeline_status import store_report, trained_for_other_models
+    from mlink.linkstore.store import LinkStore
+    from mlink.operators.state import ControlState
+
+    a, b = VectorSpec(size=2, task="softmax"), VectorSpec(size=1, task="linear")
+    store = LinkStore(tmp_path / "links")
+    version = store.save({"x": {"w": torch.zeros(1)}}, {"models": {"a": a.to_dict()}})
+    assert trained_for_other_models(store, version, {"a": a}) is None
+    assert trained_for_other_models(store, version, {"a": a, "b": b}) == "added ['b']"
+    assert trained_for_other_models(store, version + 1, {"a": a, "b": b}) is None  # gone
+
+    state = ControlState(("a", "b"))
+    state.link_version = version
+    report = store_report(str(store.root), state, {"a": a, "b": b})
+    assert report["in_force_for_other_models"] == "added ['b']"
+    status = {
+        "epoch": 3,
+        "models": ["a", "b"],
+        "active": ["a"],
+        "link_version": version,
+        "linkstore": report,
+    }
+    console = Console(width=200, record=True)
+    render_status(status, console)
+    text = console.export_text()
+    assert f"link version {version} was trained for other models (added ['b'])" in text
+    assert "synthesized by links" not in text and "runs (links for other models)" in text

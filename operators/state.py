@@ -18,7 +18,7 @@ reason, for the one consumer that dead-letters it). A rejected message changes n
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -234,13 +234,15 @@ class ControlState:
             try:
                 schedule = Schedule.from_extra(message.extra, self.models)
             except (ValueError, TypeError) as exc:
-                return _rejected(f"epoch {message.epoch} schedule: {exc}")
+                why = f"epoch {message.epoch} schedule: {exc}"
+                return _rejected(why + _planned_for(message.extra, self.models))
         content = None
         if "content" in message.extra:
             try:
                 content = ContentTable.from_meta(message.extra["content"], self.models)
             except ValueError as exc:
-                return _rejected(f"epoch {message.epoch} content table: {exc}")
+                why = f"epoch {message.epoch} content table: {exc}"
+                return _rejected(why + _planned_for(message.extra, self.models))
         if not message.active and schedule is None:
             return _rejected("an active set must name at least one model")
         unknown = sorted(set(message.active) - set(self.models))
@@ -327,6 +329,19 @@ class ControlState:
 
 def _rejected(reason: str) -> ApplyOutcome:
     return ApplyOutcome("rejected", reason)
+
+
+def _planned_for(extra: Mapping[str, Any], models: Sequence[str]) -> str:
+    """`` (planned for other models: ...)`` when the plan's cost table names other models than
+    ``models``, else ``""``: a plan refused for a config edit named only the first check it
+    failed ("content table counts 6 run and 1 synthesized models; this pipeline has 6")."""
+    planned = extra.get("model_ms")
+    if not isinstance(planned, Mapping):
+        return ""
+    added = sorted(set(models) - set(planned))
+    removed = sorted(str(m) for m in set(planned) - set(models))[:20]
+    parts = [f"{what} {names}" for what, names in (("removed", removed), ("added", added)) if names]
+    return f" (planned for other models than this config's: {'; '.join(parts)})" if parts else ""
 
 
 def _refusal(value: Any) -> dict[str, Any] | None:

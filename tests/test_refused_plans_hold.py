@@ -99,3 +99,20 @@ def test_a_hold_under_way_ends_when_the_worker_refuses_a_plan(mlink):
         return op.holding
 
     assert asyncio.run(hold()) is False
+
+
+def test_a_plan_refused_for_a_model_change_names_the_models(mlink):
+    """It named only the first check it failed: "content table counts 6 run and 1
+    synthesized models; this pipeline has 6" (the re-audit)."""
+    message = ControlMessage(
+        kind="active_set",
+        epoch=1,
+        issued_at=1.0,
+        active=("a",),
+        budget={"fraction": 0.5},
+        extra={"model_ms": {"a": 1.0, "b": 1.0, "gone": 2.0}, "content": {"detectors": []}},
+    )
+    record = SimpleNamespace(topic="r.control", key=b"k", value=encode_record(message), headers=[])
+    reason = _replay_one(mlink, record)
+    assert reason is not None and "content table" in reason
+    assert "planned for other models than this config's: removed ['gone']" in reason

@@ -122,6 +122,7 @@ class FrameBatch:
         self.warmup_planned = 0
         self.hold_at = mlink.settings.links.warmup_frames
         self.warmup_epoch = 0  # the plan whose warm-up is being counted (0: the first one)
+        self.warmup_base = 0  # warm-up frames planned before that plan's warm-up began
         self.holding = False
         self.refused_told = 0  # the newest refused plan's epoch this worker last warned of
         self.releaser: asyncio.Future[None] | None = None
@@ -185,7 +186,7 @@ class FrameBatch:
         mlink.prom.held_for_links.set(1)
         log.info(
             "planned %d warm-up frames, %d more fetched; waiting for the first links (paused %s)",
-            self.warmup_planned,
+            self.warmup_planned - self.warmup_base,
             self.queued(),
             sorted(paused),
         )
@@ -210,7 +211,9 @@ class FrameBatch:
                     starved = self.warmup_planned < self.hold_at and not self.queued()
                     idle = idle + 1 if starved and planned == self.warmup_planned else 0
                     if idle >= 2:  # the fetched frames did not complete the warm-up
-                        log.info("%d warm-up frames planned; fetching more", planned)
+                        log.info(
+                            "%d warm-up frames planned; fetching more", planned - self.warmup_base
+                        )
                         break
             finally:
                 await _fetching(consumer, paused, on=True)
@@ -266,6 +269,7 @@ class FrameBatch:
         if warming:
             if mlink.state.epoch != self.warmup_epoch:  # links lost: a new warm-up (relearn)
                 self.warmup_epoch = mlink.state.epoch
+                self.warmup_base = self.warmup_planned
                 self.hold_at = self.warmup_planned + mlink.settings.links.warmup_frames
             self.warmup_planned += len(items)
             self.hold_for_links()

@@ -246,9 +246,8 @@ class FrameBatch:
         log.warning(
             "this worker refused the pipeline's newest plan (epoch %d; the log's 'skipped' or "
             "'skipping control message' lines say why), so it runs every model on its frames, "
-            "without the "
-            "warm-up hold, until a plan it can use comes: workers on another config hold the "
-            "controller. Restart every worker on the same config",
+            "without the warm-up hold, until a plan it can use comes: workers on another config "
+            "hold the controller. Restart every worker on the same config",
             heard,
         )
 

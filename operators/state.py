@@ -332,9 +332,10 @@ def _rejected(reason: str) -> ApplyOutcome:
 
 
 def _planned_for(extra: Mapping[str, Any], models: Sequence[str]) -> str:
-    """`` (planned for other models: ...)`` when the plan's cost table names other models than
-    ``models``, else ``""``: a plan refused for a config edit named only the first check it
-    failed ("content table counts 6 run and 1 synthesized models; this pipeline has 6")."""
+    """What a refusal adds when the plan's cost table names other models than ``models`` (which
+    were removed, which added), else ``""``: a plan refused for a config edit named only the
+    first check it failed ("content table counts 6 run and 1 synthesized models; this pipeline
+    has 6")."""
     planned = extra.get("model_ms")
     if not isinstance(planned, Mapping):
         return ""

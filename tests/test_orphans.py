@@ -98,7 +98,9 @@ def test_a_killed_mlink_run_leaves_no_worker_or_broker(tmp_path: Path, sig: sign
             assert summary["agent_crashes"] == {}  # the workers' heartbeats count them
             files = tmp_path.glob(".mlink-runs/*/*.health.json")
             beats = [json.loads(p.read_text()) for p in files]
-            assert beats and all(b["extra"] == {"agent_crashes": {}} for b in beats), beats
+            assert beats and all(b["extra"]["agent_crashes"] == {} for b in beats), beats
+            # a worker asked to stop says it is not ready any more
+            assert all(not b["ready"] and b["extra"].get("stopping") for b in beats), beats
         # a SIGTERMed run stops them itself; after a SIGKILL the broker dies with it and the
         # worker ends itself once its shutdown has had ORPHAN_GRACE_S (20 s)
         left = lambda: [p for p in started if alive(p)]  # noqa: E731

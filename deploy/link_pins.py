@@ -19,6 +19,7 @@ from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import publish_control, read_control
 from mlink.linkstore.store import LinkStore, StoreError
 from mlink.linkstore.store_files import local_store_path
+from mlink.linkstore.store_reads import BundleMeta
 from mlink.operators.state import ControlState
 from mlink.topics.control import PIN_KEY
 from mlink.topics.records import ControlMessage
@@ -69,10 +70,13 @@ def existing_store(root: str) -> LinkStore:
     return LinkStore(root)
 
 
-def link_rows(state: ControlState, store: LinkStore) -> list[LinkRow]:
-    """Every version the store holds, oldest first, with what the pipeline does with it."""
+def link_rows(
+    state: ControlState, store: LinkStore, metas: Sequence[BundleMeta] | None = None
+) -> list[LinkRow]:
+    """Every version the store holds, oldest first, with what the pipeline does with it
+    (``metas``: ``store.versions()`` when the caller has read them already)."""
     rows = []
-    for meta in store.versions():
+    for meta in store.versions() if metas is None else metas:
         links = meta.meta.get("links", [])
         links = links if isinstance(links, list) else []  # a version not made by the trainer
         scores = [

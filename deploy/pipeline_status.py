@@ -9,15 +9,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.group_members import group_members
 from mlink.deploy.link_pins import link_rows
 from mlink.deploy.runner import read_control
+from mlink.linkstore.linkset import specs_from_meta
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.store_files import local_store_path
+from mlink.linkstore.store_reads import BundleMeta
 from mlink.operators.content_tally import ContentTally
 from mlink.operators.relearn import model_set_change, model_set_id
 from mlink.operators.state import ControlState
@@ -31,7 +33,7 @@ from mlink.operators.stream_decision import (
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record
 from mlink.topics.records import DeadLetter, DecodeError, FrameResult
-from mlink.topics.specs import OutputSpec, SpecError, spec_from_dict
+from mlink.topics.specs import OutputSpec, SpecError
 
 __all__ = [
     "consumer_lag",
@@ -147,6 +149,7 @@ def store_report(
         return {"root": str(local.absolute()), "current": None, "versions": [], "missing": True}
     store = LinkStore(root)
     state = state or ControlState(())
+    metas = store.versions()  # once: the rows and the models of the version in force
     versions = [
         {
             "version": row.version,
@@ -155,30 +158,29 @@ def store_report(
             "mean_val_score": row.mean_val_score,
             "samples": row.samples,
         }
-        for row in link_rows(state, store)
+        for row in link_rows(state, store, metas)
     ]
     report = {"root": str(store.root), "current": store.current(), "versions": versions}
     if specs is not None and state.link_version is not None:
         report["in_force_for_other_models"] = trained_for_other_models(
-            store, state.link_version, specs
+            metas, state.link_version, specs
         )
     return report
 
 
 def trained_for_other_models(
-    store: LinkStore, version: int, specs: Mapping[str, OutputSpec]
+    metas: Sequence[BundleMeta], version: int, specs: Mapping[str, OutputSpec]
 ) -> str | None:
     """How the models ``version`` was trained for differ from ``specs``
-    (:func:`~mlink.operators.relearn.model_set_change`); None when they match, or when the
+    (:func:`~mlink.operators.relearn.model_set_change`), from the store's ``metas``
+    (:meth:`~mlink.linkstore.store.LinkStore.versions`); None when they match, or when the
     store does not say (the version is gone, or its metadata names no models)."""
-    for meta in store.versions():
-        models = meta.meta.get("models") if meta.version == version else None
-        if isinstance(models, dict):
+    for meta in metas:
+        if meta.version == version and isinstance(meta.meta.get("models"), dict):
             try:
-                trained = {m: spec_from_dict(d) for m, d in models.items()}
+                return model_set_change(specs_from_meta(meta.meta), specs)
             except (SpecError, TypeError, ValueError):
                 return None
-            return model_set_change(trained, specs)
     return None
 
 

@@ -43,10 +43,22 @@ from mlink.topics.specs import (
     spec_from_dict,
 )
 
-__all__ = ["AgreementOracle", "LinkSet", "check_model_names", "decode_rows", "prior_row"]
+__all__ = [
+    "AgreementOracle",
+    "LinkSet",
+    "check_model_names",
+    "decode_rows",
+    "prior_row",
+    "specs_from_meta",
+]
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 Pair = tuple[str, str]
+
+
+def specs_from_meta(meta: Mapping[str, Any]) -> dict[str, OutputSpec]:
+    """The models a link bundle was trained for, and their outputs, from its metadata."""
+    return {m: spec_from_dict(d) for m, d in meta["models"].items()}
 
 
 def check_model_names(names: Sequence[str]) -> None:
@@ -314,7 +326,7 @@ class LinkSet:
     ) -> LinkSet:
         if meta.get("kind") != "mlink.linkset":
             raise ValueError(f"bundle is a {meta.get('kind')!r}, not an mlink.linkset")
-        specs = {m: spec_from_dict(d) for m, d in meta["models"].items()}
+        specs = specs_from_meta(meta)
         config = TrainConfig(**meta["config"])
         links: dict[Pair, nn.Module] = {}
         scores: dict[Pair, float] = {}

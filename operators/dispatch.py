@@ -45,7 +45,7 @@ async def run_planned(
             calls = model_calls(images, mlink.models[model].batch)
             mlink.prom.model_calls.labels(model).inc(calls)
             results = [Executed(o.output, o.elapsed_ms, o.error, o.cpu_ms) for o in done]
-            mlink.prom.model_healthy.labels(model).set(executor.health().state == "healthy")
+            mlink.prom.model_states({model: executor.health().state})
         except Exception as exc:  # executors contain model errors; this is a bug or no build
             error = f"model {model} could not run: {type(exc).__name__}: {exc}"
             results = [Executed(None, None, error)] * len(rows)

@@ -280,8 +280,8 @@ class WorkerMetrics:
 
     def _children(self, model: str) -> tuple[Any, Any, Any, Any, Any]:
         """The per-model series (executions, latency, synthesized, CPU, last call), looked up
-        once: a
-        worker records them for every frame, and ``labels()`` costs a lock and a dict lookup."""
+        once: a worker records them for every frame, and ``labels()`` costs a lock and a dict
+        lookup."""
         children = self._model_children.get(model)
         if children is None:
             children = self._model_children[model] = (

@@ -79,9 +79,10 @@ def test_status_says_when_the_plan_in_force_is_from_links_for_other_models(tmp_p
     a, b = VectorSpec(size=2, task="softmax"), VectorSpec(size=1, task="linear")
     store = LinkStore(tmp_path / "links")
     version = store.save({"x": {"w": torch.zeros(1)}}, {"models": {"a": a.to_dict()}})
-    assert trained_for_other_models(store, version, {"a": a}) is None
-    assert trained_for_other_models(store, version, {"a": a, "b": b}) == "added ['b']"
-    assert trained_for_other_models(store, version + 1, {"a": a, "b": b}) is None  # gone
+    metas = store.versions()
+    assert trained_for_other_models(metas, version, {"a": a}) is None
+    assert trained_for_other_models(metas, version, {"a": a, "b": b}) == "added ['b']"
+    assert trained_for_other_models(metas, version + 1, {"a": a, "b": b}) is None  # gone
 
     state = ControlState(("a", "b"))
     state.link_version = version

@@ -21,6 +21,7 @@ from mlink.deploy.processes import ORPHAN_GRACE_S, PARENT_ENV
 from mlink.deploy.security import faust_settings
 from mlink.operators import MLink, create_app
 from mlink.operators.orphans import exit_when_orphaned
+from mlink.operators.stop_deadline import when_stop_starts
 from mlink.operators.wiring import agent_crashes
 from mlink.topics.signing import Signer
 
@@ -75,10 +76,6 @@ if _health_path:
         crashes = agent_crashes(mlink.metrics)
         health.update(epoch=mlink.state.epoch, extra={"agent_crashes": crashes})
 
-    _stop_app = app.on_stop
-
-    async def _not_ready_while_stopping() -> None:
-        health.update(ready=False, extra={**health.state.extra, "stopping": True})
-        await _stop_app()
-
-    app.on_stop = _not_ready_while_stopping  # type: ignore[method-assign]
+    when_stop_starts(
+        app, lambda: health.update(ready=False, extra={**health.state.extra, "stopping": True})
+    )

@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["STOP_DEADLINE_EXIT", "end_stuck_stop"]
+__all__ = ["STOP_DEADLINE_EXIT", "end_stuck_stop", "when_stop_starts"]
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,17 @@ def end_stuck_stop(app: Any, deadline_s: float) -> None:
     """
     if deadline_s <= 0:
         raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    when_stop_starts(app, lambda: _arm(deadline_s))
+
+
+def when_stop_starts(app: Any, callback: Callable[[], object]) -> None:
+    """Call ``callback`` as soon as ``app`` (a faust app) starts to stop, before faust stops its
+    consumer (which can wait a minute on a broker that is gone); faust's own
+    ``on_before_shutdown`` comes after that."""
     stop_app = app.on_stop
 
     async def on_stop() -> None:
-        _arm(deadline_s)
+        callback()
         await stop_app()
 
     app.on_stop = on_stop

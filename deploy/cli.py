@@ -24,7 +24,7 @@ from mlink.deploy.cli_common import (
     load_cli_config,
     need_broker,
 )
-from mlink.deploy.cli_operate import budget, links, resign, status, tail
+from mlink.deploy.cli_operate import budget, exporter, links, resign, status, tail
 from mlink.eval.bench_cli import bench as eval_bench
 
 
@@ -178,7 +178,8 @@ def produce(
     console.print(f"produced {count} frames to {config.topics.names().frames}")
 
 
-for command in (tail, status, budget, links, resign):  # a running pipeline's (cli_operate)
+# a running pipeline's (cli_operate)
+for command in (tail, status, exporter, budget, links, resign):
     app.command()(command)
 
 

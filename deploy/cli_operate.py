@@ -3,6 +3,7 @@ budget, pin its links, restate its control log. Registered on the app by :mod:`m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Annotated
@@ -19,7 +20,7 @@ from mlink.deploy.cli_common import (
     need_broker,
 )
 
-__all__ = ["budget", "links", "resign", "status", "tail"]
+__all__ = ["budget", "exporter", "links", "resign", "status", "tail"]
 
 
 def tail(
@@ -74,6 +75,24 @@ def status(
         print(json.dumps(report, default=str))
     else:
         render_status(report, console)
+
+
+def exporter(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    port: Annotated[int, typer.Option(help="HTTP port for Prometheus (0: any free one)")] = 9400,
+    every: Annotated[
+        float, typer.Option(help="seconds between looks at the broker", min=1.0)
+    ] = 30.0,
+) -> None:
+    """Serve the pipeline's consumer lag, live workers and dead letters for Prometheus, read
+    from the broker: there when no worker is (each worker exports only its own). Ctrl-C or
+    SIGTERM stops it."""
+    from mlink.deploy.status_exporter import serve
+
+    config = load_cli_config(config_path, broker)
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(need_broker(config), config, port, every_s=every)
 
 
 def budget(

@@ -22,9 +22,10 @@ from mlink.deploy.security import aiokafka_kwargs
 from mlink.operators.relearn import CLIENT_ID_PREFIX, MODEL_SET_CHARS
 from mlink.topics.bootstrap import bootstrap_servers
 
-__all__ = ["group_members", "model_sets"]
+__all__ = ["UNKNOWN", "group_members", "model_sets"]
 
 log = logging.getLogger("mlink.status")
+UNKNOWN = "unknown"  # the model set of a member whose client id names none
 ASK_FOR_S = 10.0  # a broker that does not answer the group request must not hold `mlink status`
 
 
@@ -79,5 +80,5 @@ def model_sets(client_ids: Iterable[str]) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for client_id in client_ids:
         named = client_id.startswith(CLIENT_ID_PREFIX)
-        counts[client_id[len(CLIENT_ID_PREFIX) :][:MODEL_SET_CHARS] if named else "unknown"] += 1
+        counts[client_id[len(CLIENT_ID_PREFIX) :][:MODEL_SET_CHARS] if named else UNKNOWN] += 1
     return dict(sorted(counts.items()))

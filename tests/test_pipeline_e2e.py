@@ -35,6 +35,7 @@ from mlink.deploy.group_members import group_members
 from mlink.deploy.pipeline_status import status
 from mlink.deploy.runner import ResultCollector, read_control, set_budget
 from mlink.deploy.source import FrameProducer
+from mlink.deploy.status_exporter import look
 from mlink.deploy.status_view import render_status
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.eval.workloads import digits
@@ -568,6 +569,8 @@ def test_two_workers_split_partitions_and_survive_a_kill(
         members = group_members(broker.bootstrap, config)  # what `mlink status` counts
         assert members is not None and members["workers"] == 2, members
         assert members["model_sets"] == {model_set_id(config.specs()): 2}  # one config
+        seen = look(broker.bootstrap, config)  # what `mlink exporter` serves
+        assert seen.up and (seen.workers, seen.workers_on_other_models) == (2, 0), seen
 
         streams = streams_covering(partitions)
         victim, survivor = workers[1], workers[0]

@@ -30,6 +30,7 @@ from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.operators.state import ControlState
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.pipeline_header import pipeline_header, written_by
 from mlink.topics.records import ControlMessage, DecodeError, FrameResult
 from mlink.topics.signing import SignatureError, Signer
 
@@ -158,7 +159,7 @@ def publish_control(bootstrap: str, config: PipelineConfig, *messages: ControlMe
     try:
         for message in messages:  # each acknowledged before the next: the log keeps their order
             key, value = message.kind.encode(), encode_record(message)
-            headers = signer.sign(topic, key, value)
+            headers = [pipeline_header(config.name), *signer.sign(topic, key, value)]
             producer.send(topic, key=key, value=value, headers=headers).get(30)
     finally:
         producer.close()
@@ -203,6 +204,7 @@ def read_control(
     unverified: list[int] | None = None,
     signer: Signer | None = None,
     refused: list[tuple[int, str]] | None = None,
+    foreign: dict[str, float] | None = None,
 ) -> tuple[ControlState, list[ControlMessage]]:
     """Replay the control topic, as a worker does; return the state and every message (none
     when the topic does not exist yet: no worker has started, and reading must not create it).
@@ -212,7 +214,9 @@ def read_control(
     ``signer``: verify with it instead of ``MLINK_SIGNING_KEY``'s (``Signer()``: accept every
     record, to read an unsigned log once when signing is turned on). ``refused`` collects
     ``(epoch, reason)`` of the plans this config refuses, as its workers refuse them (plans
-    made for other models: a rolling restart under way, or a config edited since)."""
+    made for other models: a rolling restart under way, or a config edited since).
+    ``foreign`` collects ``{pipeline: newest record's time}`` of records another pipeline
+    wrote (one sharing this ``topics.prefix``), skipped as the workers skip them."""
     from kafka import KafkaConsumer, TopicPartition
 
     state = ControlState(config.model_names, config.links.probe_every)
@@ -238,6 +242,11 @@ def read_control(
                 except SignatureError:
                     if unverified is not None:
                         unverified.append(record.offset)
+                    continue
+                writer = written_by(record.headers)
+                if writer is not None and writer != config.name:  # workers skip them too
+                    if foreign is not None:
+                        foreign[writer] = max(foreign.get(writer, 0.0), record.timestamp / 1000)
                     continue
                 with contextlib.suppress(DecodeError, ValueError):  # workers skip them too
                     message = decode_record(record.value, ControlMessage)

@@ -22,6 +22,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from mlink.operators.prefix_owner import ForeignWriters
 from mlink.operators.runtime import MLink
 from mlink.operators.settings import SettingsError
 from mlink.operators.stream_decision import (
@@ -36,6 +37,7 @@ from mlink.operators.wiring import (
 )
 from mlink.topics.codec import decode_record
 from mlink.topics.control import MAX_EPOCH_STEP
+from mlink.topics.pipeline_header import written_by
 from mlink.topics.records import ControlMessage
 
 __all__ = ["ControlLog", "attach_control_replay", "prefetch_links", "refuses_newest_plan"]
@@ -192,6 +194,8 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
     control_log = ControlLog()
     mlink.control_log = control_log  # type: ignore[attr-defined]
     topic = mlink.names.control
+    own = mlink.settings.name
+    foreign = ForeignWriters(own, topic)  # another pipeline on this topics.prefix
 
     async def replay_control() -> None:
         ready = mlink.event("control")
@@ -218,7 +222,12 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
             while True:
                 batches = await consumer.getmany(tp, timeout_ms=500)
                 for message in batches.get(tp, []):
-                    problem = _replay_one(mlink, message)
+                    writer = written_by(message.headers)
+                    if writer is not None and writer != own:  # said once per pipeline
+                        foreign.seen(writer, message.timestamp, live=ready.is_set())
+                        problem = None
+                    else:
+                        problem = _replay_one(mlink, message)
                     if problem is not None:
                         control_log.rejected[message.offset] = problem
                         while len(control_log.rejected) > 1000:
@@ -240,6 +249,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
                     if caught_up or time.monotonic() > give_up:
                         if not caught_up:
                             log.warning("control replay stopped short of offset %d", end)
+                        await foreign.check(kafka_client_kwargs(app))  # raises: in use
                         if (version := mlink.state.link_version) is not None:
                             prefetched = version  # under way before any frame is planned:
                             prefetch_links(mlink, version)  # MLink.loaded waits for it

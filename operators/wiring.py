@@ -13,6 +13,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, serve
 
 from mlink.operators.dead_letters import DeadLetters
 from mlink.operators.runtime import MLink
+from mlink.topics.pipeline_header import pipeline_header
 from mlink.topics.signing import signed_topics
 
 log = logging.getLogger("mlink.agents")
@@ -46,7 +47,8 @@ def dead_letters(app: faust.App, mlink: MLink) -> DeadLetters:
 
 
 class Outbox:
-    """Sends raw records to one topic, signed when the pipeline signs that topic.
+    """Sends raw records to one topic, stamped with the pipeline's name and signed when the
+    pipeline signs that topic.
 
     Straight to the app's producer rather than through ``Topic.send``: the records are bytes
     already, faust's topic layer would only add work per record (a result per frame adds up),
@@ -58,9 +60,10 @@ class Outbox:
         self.app = app
         self.name = name
         self.signer = mlink.signer if name in signed_topics(mlink.names) else None
+        self.stamp = pipeline_header(mlink.settings.name)  # which pipeline wrote it
 
     async def send(self, key: bytes | None, value: bytes) -> None:
-        headers = self.signer.sign(self.name, key, value) if self.signer else None
+        headers = [self.stamp, *(self.signer.sign(self.name, key, value) if self.signer else ())]
         await self.app.producer.send(self.name, key, value, None, None, headers)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.group_members import group_members
 from mlink.deploy.link_pins import link_rows
+from mlink.deploy.model_failures import failure_report
 from mlink.deploy.runner import read_control
 from mlink.linkstore.linkset import specs_from_meta
 from mlink.linkstore.store import LinkStore
@@ -32,6 +33,7 @@ from mlink.operators.stream_decision import (
 )
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record
+from mlink.topics.pipeline_header import written_by
 from mlink.topics.records import DeadLetter, DecodeError, FrameResult
 from mlink.topics.specs import OutputSpec, SpecError
 
@@ -41,6 +43,7 @@ __all__ = [
     "dead_letter_report",
     "newer_refused",
     "read_to_end",
+    "recent_results",
     "status",
     "store_report",
     "trained_for_other_models",
@@ -58,7 +61,11 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
     synthesized models only (the all-models figure counts executed models as 1)."""
     unverified: list[int] = []
     refused: list[tuple[int, str]] = []
-    state, messages = read_control(bootstrap, config, unverified=unverified, refused=refused)
+    foreign: dict[str, float] = {}
+    state, messages = read_control(
+        bootstrap, config, unverified=unverified, refused=refused, foreign=foreign
+    )
+    results = recent_results(bootstrap, config)
     started = bool(messages or unverified) or control_topic_exists(bootstrap, config)
     # the plan in force, as the workers applied it (a later message of the same epoch, from a
     # controller that failed over, was skipped by them and is not shown either)
@@ -128,7 +135,11 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "dead_letters": dead_letter_report(bootstrap, config),
         # the paper's links: the plan's estimate re-weighted to what its active detectors found
         # in the latest results (each worker exports the same for its own frames)
-        "content_forecast": content_report(bootstrap, config, state),
+        "content_forecast": content_report(state, results),
+        # which models failed on the latest frames, and why (a warm-up that cannot end)
+        "model_failures": failure_report(results),
+        # other pipelines whose records are on this pipeline's topics (one topics.prefix)
+        "other_pipelines": foreign or None,
     }
 
 
@@ -277,32 +288,43 @@ def newer_refused(refused: list[tuple[int, str]], epoch: int) -> dict[str, Any] 
     return {"epoch": newest, "count": len(newer), "reason": why}
 
 
-def content_report(
-    bootstrap: str, config: PipelineConfig, state: ControlState, recent: int = RECENT_RESULTS
-) -> dict[str, Any] | None:
+def recent_results(
+    bootstrap: str, config: PipelineConfig, recent: int = RECENT_RESULTS
+) -> list[FrameResult]:
+    """The latest ``recent`` results this pipeline wrote (not another's on a shared prefix)."""
+    from kafka import TopicPartition
+
+    topic = config.topics.names().results
+    consumer = _reader(bootstrap, config)
+    results: list[FrameResult] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        back = recent // max(len(tps), 1) + 1
+        _, _, records = read_to_end(consumer, tps, back=back, keep=recent) if tps else ({}, {}, [])
+        for record in records:
+            writer = written_by(record.headers)
+            if writer is not None and writer != config.name:
+                continue
+            with contextlib.suppress(DecodeError):
+                results.append(decode_record(record.value, FrameResult))
+    except Exception as exc:  # advisory, like the lag: a status must not fail on it
+        log.warning("latest results unavailable: %s", exc)
+    finally:
+        consumer.close()
+    return results
+
+
+def content_report(state: ControlState, results: Sequence[FrameResult]) -> dict[str, Any] | None:
     """The plan's content-weighted forecast (docs/content-forecast.md) over the latest results
     planned under it, or None for a plan without a content table (stream plans, warm-up).
     A plan's estimate comes from the warm-up; these results say what the active detectors have
     found since, so this is the figure to hold a paper-link plan to."""
     if state.content is None:
         return None
-    from kafka import TopicPartition
-
-    topic = config.topics.names().results
-    consumer = _reader(bootstrap, config)
     tally = ContentTally()
     tally.plan(state.content, state.epoch)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        back = recent // max(len(tps), 1) + 1
-        _, _, records = read_to_end(consumer, tps, back=back, keep=recent) if tps else ({}, {}, [])
-        for record in records:
-            with contextlib.suppress(DecodeError):
-                tally.add(decode_record(record.value, FrameResult))
-    except Exception as exc:  # advisory, like the lag: a status must not fail on it
-        log.warning("content-weighted forecast unavailable: %s", exc)
-    finally:
-        consumer.close()
+    for result in results:
+        tally.add(result)
     forecast = tally.forecast()
     assert forecast is not None  # the tally has the plan's table
     return {

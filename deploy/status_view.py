@@ -7,6 +7,7 @@ whole); this module only lays it out, so it is tested on constructed dicts witho
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mlink.deploy.group_members import UNKNOWN
 from mlink.deploy.link_pins import LinkRow
 from mlink.linkstore.liveguard import below_forecast
 from mlink.operators.stream_decision import Z, fragile_reason
@@ -120,6 +122,7 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         )
     elif active is None:
         _say(console, "warming up: every model runs until the first links are trained")
+        _holding_the_warmup(status.get("model_failures") or {}, console)
     if status.get("control_topic"):
         _say(
             console,
@@ -178,6 +181,7 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             "-" if probes is None else f"{float(probes):.1f}",
         )
     console.print(table)
+    _failing(status.get("model_failures") or {}, console)
     if below:
         _say(
             console,
@@ -239,8 +243,49 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     lag = status.get("lag") or {}
     _say(console, "consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))
     _workers(status.get("workers"), status.get("model_set"), console)
+    for other, at in sorted((status.get("other_pipelines") or {}).items()):
+        _say(
+            console,
+            f"pipeline {other!r} wrote to this pipeline's topics (last at {_clock(at)}): two "
+            "pipelines on one topics.prefix answer each other's frames; give each its own",
+            "red",
+        )
     _refused(status.get("refused_plans"), console)
     _dead_letters(status.get("dead_letters") or {}, console)
+
+
+def _holding_the_warmup(failures: Mapping[str, Any], console: Console) -> None:
+    """Models that failed on every frame lately: the warm-up cannot end while they do."""
+    for model, row in (failures.get("models") or {}).items():
+        if row.get("of") and row.get("failed") == row.get("of"):
+            _say(
+                console,
+                f"the warm-up cannot end while {model} fails: it failed on all of the latest "
+                f"{row['of']} frames ({row.get('last_error')}). Links are trained only from "
+                "frames on which every model ran: fix the model, or take it out of the config",
+                "red",
+            )
+
+
+def _failing(failures: Mapping[str, Any], console: Console) -> None:
+    models = failures.get("models") or {}
+    if models:
+        rows = ", ".join(
+            f"{m} {r.get('failed')}/{r.get('of')} ({r.get('last_error')})"
+            for m, r in models.items()
+        )
+        _say(
+            console,
+            f"models that failed on the latest {failures.get('results')} results: {rows}",
+            "yellow",
+        )
+
+
+def _clock(at: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def _workers(group: Mapping[str, Any] | None, ours: str | None, console: Console) -> None:
@@ -255,7 +300,13 @@ def _workers(group: Mapping[str, Any] | None, ours: str | None, console: Console
             "broker reports them)",
         )
         sets = dict(group.get("model_sets") or {})
-        others = {k: n for k, n in sets.items() if k != ours}
+        others = {k: n for k, n in sets.items() if k not in (ours, UNKNOWN)}
+        if sets.get(UNKNOWN):  # not a sign of another config: it does not say
+            _say(
+                console,
+                f"  {sets[UNKNOWN]} of them do not say which models they run (an app of your "
+                "own that sets its own Kafka client id, or an older release)",
+            )
         if others:
             named = ", ".join(f"{n} on {k}" for k, n in others.items())
             _say(

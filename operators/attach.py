@@ -15,6 +15,7 @@ the producer, which it flushes).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from mlink.operators.control_operators import attach_control_replay
 from mlink.operators.controller_agent import attach_controller
 from mlink.operators.frame_operator import FrameReader, attach_frame_operator, read_frame_record
 from mlink.operators.metrics import start_metrics_endpoint
+from mlink.operators.relearn import CLIENT_ID_PREFIX, model_set_id
 from mlink.operators.runtime import MLink
 from mlink.operators.settings import Settings
 from mlink.operators.trainer_operator import attach_trainer
@@ -77,6 +79,17 @@ def _warn_about_buffers(app: faust.App, settings: Settings) -> None:
         log.warning(why)
 
     app.task(warn_about_buffers)
+
+
+def _name_the_model_set(app: faust.App, mlink: MLink) -> None:
+    """Give the app the Kafka client id `mlink worker` gives its workers, naming its model set,
+    unless the app chose one: `mlink status` tells workers on another config by it, and an app
+    built as the README shows read as one (a new user's audit, stop 45)."""
+    chosen = vars(app.conf).get("_broker_client_id")  # read without marking the setting used
+    if isinstance(chosen, str) and chosen.startswith("faust-"):  # faust's default
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            app.conf.broker_client_id = f"{CLIENT_ID_PREFIX}{model_set_id(mlink.specs)}"
 
 
 def attach_model_builder(app: faust.App, mlink: MLink) -> None:
@@ -151,6 +164,7 @@ def attach(
     and the controller consume single-partition topics, so one worker at a time does their job.
     """
     _warn_about_buffers(app, mlink.settings)
+    _name_the_model_set(app, mlink)
     attach_control_replay(app, mlink)
     attach_model_builder(app, mlink)
 

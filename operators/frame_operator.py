@@ -33,6 +33,7 @@ from mlink.operators.joiner import Executed, FrameWork, is_training_sample
 from mlink.operators.model_errors import DECODE_FAILED
 from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
+from mlink.operators.warmup_failures import WarmupFailures
 from mlink.operators.warmup_hold import hold_over
 from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic
 from mlink.topics.codec import decode_record, encode_record
@@ -127,6 +128,7 @@ class FrameBatch:
         self.refused_told = 0  # the newest refused plan's epoch this worker last warned of
         self.releaser: asyncio.Future[None] | None = None
         self.queued: Callable[[], int] = lambda: 0  # frames fetched, not yet taken by the agent
+        self.warmup_failures = WarmupFailures()  # why warm-up frames were no samples
 
     async def frames(self, events: Sequence[Any], reader: FrameReader) -> list[tuple[Any, Frame]]:
         limits = self.mlink.limits
@@ -270,6 +272,7 @@ class FrameBatch:
                 self.warmup_epoch = mlink.state.epoch
                 self.warmup_base = self.warmup_planned
                 self.hold_at = self.warmup_planned + mlink.settings.links.warmup_frames
+                self.warmup_failures.clear()
             self.warmup_planned += len(items)
             self.hold_for_links()
         decoded = await self.images(items)
@@ -299,7 +302,12 @@ class FrameBatch:
             # a warm-up frame on which a model failed is no training sample: it does not count
             # towards the warm-up, or the hold would wait hold_s for samples that never come
             # (one model failing on a warm-up frame held every frame 60 s, a broken one for good)
-            self.warmup_planned -= sum(not is_training_sample(r) for r in results)
+            unusable = [r for r in results if not is_training_sample(r)]
+            self.warmup_planned -= len(unusable)
+            mlink.metrics["warmup_frames_unusable"] += len(unusable)
+            self.warmup_failures.add(unusable)
+            samples = self.warmup_planned - self.warmup_base
+            self.warmup_failures.say(samples, mlink.settings.links.warmup_frames)
         return [(event, result) for (event, _), result in zip(items, results, strict=True)]
 
 

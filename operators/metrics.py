@@ -393,6 +393,9 @@ EVENTS = {
     "dead_letters_unsent": "a dead letter could not be sent (logged instead)",
     "pins_ended": "a pinned version the store lost: the controller planned from the newest",
     "samples_received": "training samples the trainer read",
+    "samples_of_other_pipelines": "samples another pipeline on this topics.prefix wrote (skipped)",
+    "warmup_frames_unusable": "warm-up frames that were no training sample: a model failed on "
+    "them, and the warm-up waits for more (the worker log says which model)",
 }
 
 

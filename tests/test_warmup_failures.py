@@ -48,3 +48,5 @@ def test_failed_warmup_frames_do_not_count_towards_the_warmup(tmp_path) -> None:
     mlink.close()
     assert [r.degraded for _, r in results] == [False, True, True, False]
     assert batch.warmup_planned == 2  # the two frames that became training samples
+    assert batch.warmup_failures.failed == {"flaky": 2}  # and the log says which model, why
+    assert batch.warmup_failures.last_error["flaky"].endswith("bad frame")

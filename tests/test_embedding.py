@@ -3,6 +3,7 @@ the operators package stands alone (it loads nothing of deploy/ or eval/)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -98,8 +99,27 @@ def test_the_readme_app_runs_mlink_beside_its_own_agent(broker, faust_worker, tm
         consumer.close()
         assert alerts, "the app's own agent raised no alert"
         assert worker.proc.poll() is None
+        # attach() named the app's model set in its Kafka client id, as `mlink worker` does, so
+        # `mlink status` on a mirror config does not call it a worker on another config
+        sets = asyncio.run(_model_sets(broker.bootstrap, f"{prefix}-cams"))
+        assert list(sets) != ["unknown"] and sum(sets.values()) == 1, sets
     finally:
         collector.close()
+
+
+async def _model_sets(bootstrap: str, group: str) -> dict[str, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from mlink.deploy.group_members import model_sets
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        replies = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    members = [m for r in replies for g in r.groups if g[1] == group for m in g[5]]
+    return model_sets(m[1] or m[0] for m in members)
 
 
 def test_example_file_is_importable_without_a_broker() -> None:

@@ -13,6 +13,8 @@ worker as ready (a SIGKILL leaves the file as it was: its heartbeat stops moving
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 
 from mlink.deploy.config import ConfigError, load_config
@@ -79,3 +81,17 @@ if _health_path:
     when_stop_starts(
         app, lambda: health.update(ready=False, extra={**health.state.extra, "stopping": True})
     )
+
+
+def _say_why_it_crashed() -> None:
+    """The crash's reason as the log's last line: faust logs it once, then a hundred lines of
+    shutdown and, after a model that did not import, an unrelated "Event loop is closed"
+    traceback last (a new user's audit, stop 45)."""
+    reason = app.crash_reason
+    if reason is not None:
+        logging.getLogger("mlink.worker").critical(
+            "worker stopped: %s: %s", type(reason).__name__, reason
+        )
+
+
+atexit.register(_say_why_it_crashed)  # before logging's own exit hook runs: registered later

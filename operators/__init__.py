@@ -27,31 +27,78 @@ link operator fused in one agent), or the split planner / model operator / link 
 trainer, the controller and the control replay.
 """
 
-from mlink.operators.app import create_app
-from mlink.operators.attach import (
-    Attached,
-    attach,
-    attach_metrics,
-    attach_model_builder,
-    backlog_settings,
-)
-from mlink.operators.control_operators import attach_control_replay
-from mlink.operators.controller_agent import attach_controller
-from mlink.operators.fetch_wait import cap_fetch_wait
-from mlink.operators.frame_operator import (
-    FrameReader,
-    attach_frame_operator,
-    read_frame_record,
-    source_reader,
-)
-from mlink.operators.runtime import MLink
-from mlink.operators.settings import LinkSettings, Model, Settings, SettingsError
-from mlink.operators.split_operators import (
-    attach_link_operator,
-    attach_model_operator,
-    attach_planner,
-)
-from mlink.operators.trainer_operator import attach_trainer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlink.operators.app import create_app
+    from mlink.operators.attach import (
+        Attached,
+        attach,
+        attach_metrics,
+        attach_model_builder,
+        backlog_settings,
+    )
+    from mlink.operators.control_operators import attach_control_replay
+    from mlink.operators.controller_agent import attach_controller
+    from mlink.operators.fetch_wait import cap_fetch_wait
+    from mlink.operators.frame_operator import (
+        FrameReader,
+        attach_frame_operator,
+        read_frame_record,
+        source_reader,
+    )
+    from mlink.operators.runtime import MLink
+    from mlink.operators.settings import LinkSettings, Model, Settings, SettingsError
+    from mlink.operators.split_operators import (
+        attach_link_operator,
+        attach_model_operator,
+        attach_planner,
+    )
+    from mlink.operators.trainer_operator import attach_trainer
+
+#: Where each name lives: imported when first used, so a child process that imports one
+#: submodule (an isolated model's, mlink.operators.model_process) does not import faust and
+#: every operator first (9 s per restart on a loaded machine: a new user's audit, stop 45).
+_WHERE = {
+    "Attached": "mlink.operators.attach",
+    "FrameReader": "mlink.operators.frame_operator",
+    "LinkSettings": "mlink.operators.settings",
+    "MLink": "mlink.operators.runtime",
+    "Model": "mlink.operators.settings",
+    "Settings": "mlink.operators.settings",
+    "SettingsError": "mlink.operators.settings",
+    "attach": "mlink.operators.attach",
+    "attach_control_replay": "mlink.operators.control_operators",
+    "attach_controller": "mlink.operators.controller_agent",
+    "attach_frame_operator": "mlink.operators.frame_operator",
+    "attach_link_operator": "mlink.operators.split_operators",
+    "attach_metrics": "mlink.operators.attach",
+    "attach_model_builder": "mlink.operators.attach",
+    "attach_model_operator": "mlink.operators.split_operators",
+    "attach_planner": "mlink.operators.split_operators",
+    "attach_trainer": "mlink.operators.trainer_operator",
+    "backlog_settings": "mlink.operators.attach",
+    "cap_fetch_wait": "mlink.operators.fetch_wait",
+    "create_app": "mlink.operators.app",
+    "read_frame_record": "mlink.operators.frame_operator",
+    "source_reader": "mlink.operators.frame_operator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __all__ = [
     "Attached",

@@ -61,7 +61,9 @@ async def run_planned(
         if failed:
             mlink.metrics[f"failed:{model}"] += failed
             first = next(r.error for r in results if r.error is not None)
-            log.warning("model %s failed on %d frames: %s", model, failed, first)
+            logging.getLogger(f"mlink.model_failures.{model}").warning(  # limited: log_limits
+                "model %s failed on %d frames: %s", model, failed, first
+            )
         for i, result in zip(rows, results, strict=True):
             outcomes[i][model] = result
 

@@ -5,7 +5,9 @@ retries, which is right; but aiokafka logs every failed connect, metadata refres
 ERROR, about 108 lines a second from one worker (840 KB a minute, over a gigabyte a day),
 which fills disks and log quotas and buries the one line that matters. :class:`RepeatLimiter`
 passes the first record of each kind, then at most one per ``every_s``, saying how many like it
-were held back. Only the Kafka clients' loggers are limited; MLink's own lines all pass.
+were held back. The Kafka clients' loggers are limited, and each model's failures
+(``mlink.model_failures.<model>``: a model broken for good logged a line per batch, 170 lines for 80
+frames in a new user's audit, stop 45); MLink's other lines all pass.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 __all__ = ["LIMITED_LOGGERS", "RepeatLimiter", "limit_client_repeats"]
 
-LIMITED_LOGGERS: tuple[str, ...] = ("aiokafka", "kafka")
+LIMITED_LOGGERS: tuple[str, ...] = ("aiokafka", "kafka", "mlink.model_failures")
 """Loggers (and their children) whose repeated records are limited."""
 
 

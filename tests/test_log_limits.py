@@ -36,3 +36,15 @@ def test_other_kinds_and_mlinks_own_lines_are_not_held_back() -> None:
         assert limiter.filter(record("mlink.control", "controller keeps the current plan"))
         assert limiter.filter(record("aiokafka.conn", "connected", level=logging.INFO))
     assert limiter.filter(record("kafkaesque", "not a client logger"))
+
+
+def test_a_broken_models_failures_pass_once_per_interval_each_model_on_its_own() -> None:
+    """A model broken for good logged a line per batch (170 lines for 80 frames, stop 45)."""
+    now = [0.0]
+    limiter = RepeatLimiter(clock=lambda: now[0])
+    line = "model %s failed on %d frames: %s"
+    assert limiter.filter(record("mlink.model_failures.nanny", line, "nanny"))
+    assert not limiter.filter(record("mlink.model_failures.nanny", line, "nanny"))
+    assert limiter.filter(record("mlink.model_failures.shape3", line, "shape3"))  # its own
+    now[0] = 31.0
+    assert limiter.filter(record("mlink.model_failures.nanny", line, "nanny"))

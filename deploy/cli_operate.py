@@ -151,6 +151,16 @@ def budget(
     if problem or not limits:
         raise typer.BadParameter(problem or "give at least one of the budget options")
     bootstrap = need_broker(config)
+    if any(k.startswith("target_agreement") for k in limits) and not config.links.stream:
+        errors.print(
+            Text(
+                "note: targets are held to the live probes only with `links.stream: true`; on "
+                "this config (the paper's links) the controller plans once for them from the "
+                "warm-up's estimates, and `mlink status` flags a model whose probes fall below "
+                "(!) without turning it back on",
+                style="yellow",
+            )
+        )
     sent_at = time.time()
     set_budget(bootstrap, config, limits)
     console.print(f"budget {limits} published to {config.topics.names().control}")
@@ -165,6 +175,23 @@ def budget(
         errors.print(Text(f"refused, the budget in force stays: {detail}", style="red"))
         raise typer.Exit(2)
     console.print(f"planned at {detail}")
+    _say_plan(bootstrap, config)
+
+
+def _say_plan(bootstrap: str, config) -> None:
+    """The new plan's prediction per model: a target for one model can leave another far
+    below, which went unseen until `mlink status` (a new user's audit, stop 45)."""
+    from mlink.deploy.runner import read_control
+    from mlink.operators.stream_decision import model_shares
+
+    state, _ = read_control(bootstrap, config)
+    predicted = model_shares(state.plan_extra.get("predicted"))
+    if predicted:
+        shown = ", ".join(
+            f"{m} {'runs' if m in state.active else f'{100 * v:.1f}%'}"
+            for m, v in sorted(predicted.items())
+        )
+        console.print(Text(f"predicted agreement: {shown}"))
 
 
 def links(

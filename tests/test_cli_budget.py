@@ -65,3 +65,23 @@ def test_a_budget_nobody_plans_says_why(broker, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "no plan for it yet after 1 s: no worker of this pipeline is running" in said
+
+
+@pytest.mark.broker
+def test_a_target_on_the_papers_links_says_it_is_not_held_to_the_probes(
+    broker, tmp_path: Path
+) -> None:
+    """Targets re-plan on live probes only with stream links; a user asked for 0.95 on one
+    model and got 80% live with no word of it (a new user's audit, stop 45)."""
+    from mlink.deploy.topics_setup import create_pipeline_topics
+
+    path, config = write_config(
+        tmp_path, "cli", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    argv = ["budget", str(path), "--broker", broker.bootstrap, "--target", "0.95", "--wait", "0"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert "held to the live probes only with `links.stream: true`" in " ".join(
+        result.output.split()
+    )

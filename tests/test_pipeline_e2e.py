@@ -29,7 +29,9 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from rich.console import Console
+from typer.testing import CliRunner
 
+from mlink.deploy.cli import app as cli_app
 from mlink.deploy.config import PipelineConfig, load_config
 from mlink.deploy.group_members import group_members
 from mlink.deploy.pipeline_status import status
@@ -223,6 +225,7 @@ class DigitsRun:
     dead_letters: list[DeadLetter]
     seconds: float
     status: dict[str, Any]
+    budget_said: str = ""  # what `mlink budget --fraction 0.1` printed
 
     @property
     def produced(self) -> list[str]:
@@ -264,7 +267,10 @@ def _digits_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             wait_for_epoch(worker, 2)
             phases["budget-0.9"] = send_frames(producer, streams, range(25, 35))
             wait_results(collector, set(phases["budget-0.9"]), 60, [worker])
-            set_budget(address, config, {"fraction": 0.1})
+            said = CliRunner().invoke(  # as an operator asks: it waits for the plan
+                cli_app, ["budget", str(path), "--broker", broker.bootstrap, "--fraction", "0.1"]
+            )
+            assert said.exit_code == 0, said.output
             wait_for_epoch(worker, 3)
             phases["budget-0.1"] = send_frames(producer, streams, range(35, 45))
         all_ids = {f for ids in phases.values() for f in ids}
@@ -283,6 +289,7 @@ def _digits_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             dead_letters=dead,
             seconds=time.monotonic() - started,
             status=pipeline_status,
+            budget_said=" ".join(said.output.split()),
         )
         print(
             f"\ndigits run: {len(all_ids)} frames in {run.seconds:.1f} s, "
@@ -597,6 +604,13 @@ def test_two_workers_split_partitions_and_survive_a_kill(
         )
     finally:
         collector.close()
+
+
+def test_a_budget_from_the_cli_says_the_plan_it_got(digits_run: DigitsRun) -> None:
+    """The new plan's prediction per model, so a model left far below shows at once."""
+    said = digits_run.budget_said
+    assert "planned at epoch 3" in said, said
+    assert "predicted agreement: digit_svc " in said and "parity_logreg runs" in said, said
 
 
 def test_probe_frames_report_live_agreement_of_the_plan(digits_run: DigitsRun) -> None:

@@ -10,8 +10,9 @@ Records without the header (older writers, a user's own producer) belong to nobo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Final
+
+from mlink.topics.headers import header_values
 
 __all__ = ["PIPELINE_HEADER", "pipeline_header", "written_by"]
 
@@ -27,22 +28,10 @@ def pipeline_header(name: str) -> tuple[str, bytes]:
 def written_by(headers: Any) -> str | None:
     """The pipeline name in ``headers`` (pairs or a mapping, as any client gives them), or
     None when the record carries none (or one too long or not text to be a name)."""
-    if not headers:
-        return None
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for item in items:
-        try:
-            name, value = item
-        except (TypeError, ValueError):
-            continue
-        if isinstance(name, bytes):
-            name = name.decode("latin-1")
-        if name != PIPELINE_HEADER or not isinstance(value, bytes | bytearray):
-            continue
-        if len(value) > MAX_NAME_BYTES:
-            return None
-        try:
-            return bytes(value).decode()
-        except UnicodeDecodeError:
-            return None
+    for value in header_values(headers, PIPELINE_HEADER)[:1]:
+        if value and len(value) <= MAX_NAME_BYTES:
+            try:
+                return value.decode()
+            except UnicodeDecodeError:
+                return None
     return None

@@ -32,6 +32,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from mlink.topics.headers import header_values
 from mlink.topics.names import TopicNames
 from mlink.topics.records import DecodeError
 
@@ -154,17 +155,4 @@ class Signer:
 
 
 def _signature_values(headers: Any) -> list[bytes]:
-    if not headers:
-        return []
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    found = []
-    for item in items:
-        try:
-            name, value = item
-        except (TypeError, ValueError):
-            continue
-        if isinstance(name, bytes):
-            name = name.decode("latin-1")
-        if name == SIGNATURE_HEADER:
-            found.append(bytes(value) if isinstance(value, bytes | bytearray) else b"")
-    return found
+    return header_values(headers, SIGNATURE_HEADER)

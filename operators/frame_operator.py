@@ -35,7 +35,13 @@ from mlink.operators.results import frame_results, record_result
 from mlink.operators.runtime import MLink
 from mlink.operators.warmup_failures import WarmupFailures
 from mlink.operators.warmup_hold import hold_over
-from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic
+from mlink.operators.wiring import (
+    Outbox,
+    acks_when_answered,
+    count_crashes,
+    dead_letters,
+    raw_topic,
+)
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.ingest import SourceFormat, frame_from_record
@@ -339,6 +345,7 @@ def attach_frame_operator(
         if not mlink.event("models").is_set():
             await mlink.build_models()
         await mlink.ready()
+        answered = acks_when_answered(stream)  # a batch a stop cuts short is not committed
         async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
             async with dead.guard(list(events), STAGE):
                 try:
@@ -346,6 +353,7 @@ def attach_frame_operator(
                         await emit(event, result)
                 finally:  # answered (or dead-lettered): an idle worker has none in flight
                     mlink.prom.in_flight.set(0)
+            answered.update(id(e) for e in events)  # not reached when a stop cancels the batch
 
     async def emit(event: Any, result: FrameResult) -> None:
         async with dead.guard(event, STAGE):

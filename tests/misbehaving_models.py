@@ -166,3 +166,13 @@ def parity_module() -> object:
             return torch.eye(2)[int(frame.flatten()[0]) % 2]
 
     return ParityHead()
+
+
+def slow_calls(seconds: float) -> Callable[[np.ndarray], object]:
+    """Parity that takes ``seconds`` a call: a batch long enough to stop a worker in."""
+
+    def slow(frame: np.ndarray) -> np.ndarray:
+        time.sleep(seconds)
+        return parity(frame)
+
+    return slow

@@ -207,13 +207,17 @@ class MLink:
                 await asyncio.shield(future)
 
     def plan(self, seq: int, cascades: bool = True) -> Plan:
-        """The state's plan for frame ``seq``, with every model run when its link version was
-        trained for other models than this config's: from a worker's restart on an edited
-        config until the controller's relearn plan (up to a look of the plan watch), its
-        frames came back with the models it would synthesize ``missing``."""
+        """The state's plan for frame ``seq``, with every model run when this worker cannot
+        use its link version: trained for other models than this config's (from a restart on
+        an edited config until the controller's relearn plan), or missing or damaged in the
+        store (until the relearn, or for good on a worker that keeps an older plan whose
+        version was pruned: a straggler on the old config, 620 of 646 frames came back with 3
+        models ``missing`` in a helper's rollout audit, stop 45). A version that loads again
+        is used again (:meth:`links` retries missing ones)."""
         plan = self.state.plan(seq, cascades)
-        if plan.link_version is not None and plan.link_version in self.other_models:
-            return Plan(epoch=plan.epoch, active=self.state.models, link_version=plan.link_version)
+        version = plan.link_version
+        if version is not None and (version in self.other_models or version in self.unusable):
+            return Plan(epoch=plan.epoch, active=self.state.models, link_version=version)
         return plan
 
     def _unusable(self, version: int, reason: str, level: int = logging.ERROR) -> None:

@@ -756,6 +756,11 @@ def test_failed_link_versions_named_by_records_do_not_pile_up(
     assert added.state.apply(plan).status == "applied"
     assert added.state.plan(5).active == ("digit",)
     assert added.plan(5).active == added.state.models  # what it cannot synthesize, it runs
+    pruned = ControlMessage(  # a version the store no longer holds (pruned, or lost)
+        kind="active_set", epoch=2, issued_at=2.0, active=("digit",), link_version=9_999
+    )
+    assert mlink.state.apply(pruned).status == "applied" and mlink.links(9_999) is None
+    assert mlink.plan(5).active == mlink.state.models  # runs them all rather than leave holes
     respecced = [Model(name=m, fn=len, spec=SPECS[m]) for m in MODELS[:2]]
     respecced.append(Model(name="value", fn=len, spec=VectorSpec(2, "linear")))
     assert MLink(settings, respecced).links(1) is None

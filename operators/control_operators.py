@@ -304,9 +304,10 @@ async def require_one_partition(consumer: AIOKafkaConsumer, unchecked: list[str]
             raise SettingsError(
                 f"topic {topic} has {len(partitions)} partitions; MLink needs exactly one "
                 "(every worker replays partition 0). The broker probably auto-created it when "
-                "the app started before the topics did: delete it and create the pipeline's "
-                "topics first (mlink.deploy.kafka_admin.ensure_topics, or `mlink worker`, "
-                "which does)"
+                "the app started before the topics did: delete it (kafka-python: "
+                f"KafkaAdminClient(bootstrap_servers=...).delete_topics([{topic!r}])) and "
+                "create the pipeline's topics first (mlink.deploy.kafka_admin.ensure_topics, "
+                "or `mlink worker`, which does)"
             )
 
 

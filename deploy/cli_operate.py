@@ -164,7 +164,7 @@ def budget(
     sent_at = time.time()
     set_budget(bootstrap, config, limits)
     console.print(f"budget {limits} published to {config.topics.names().control}")
-    answer = wait_for_budget(bootstrap, config, limits, wait) if wait > 0 else None
+    answer, state = wait_for_budget(bootstrap, config, limits, wait) if wait > 0 else (None, None)
     if answer is None:
         if wait > 0:
             why = why_no_plan(bootstrap, config, sent_at)
@@ -175,16 +175,14 @@ def budget(
         errors.print(Text(f"refused, the budget in force stays: {detail}", style="red"))
         raise typer.Exit(2)
     console.print(f"planned at {detail}")
-    _say_plan(bootstrap, config)
+    _say_plan(state)
 
 
-def _say_plan(bootstrap: str, config) -> None:
+def _say_plan(state) -> None:
     """The new plan's prediction per model: a target for one model can leave another far
     below, which went unseen until `mlink status` (a new user's audit, stop 45)."""
-    from mlink.deploy.runner import read_control
     from mlink.operators.stream_decision import model_shares
 
-    state, _ = read_control(bootstrap, config)
     predicted = model_shares(state.plan_extra.get("predicted"))
     if predicted:
         shown = ", ".join(

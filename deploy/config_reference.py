@@ -67,30 +67,23 @@ def _bounds(field: Any) -> str:
     return ", ".join(found)
 
 
-def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, type[BaseModel] | None]]:
-    for name, field in model.model_fields.items():
-        section = _section(field.annotation)
-        is_list = typing.get_origin(field.annotation) in (list, tuple)
-        key = f"{prefix}{name}{'[]' if is_list else ''}"
-        described = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        yield (
-            f"| `{key}` | {_type_name(field.annotation).replace('|', '&#124;')} | "
-            f"{_default(field)} | {_bounds(field)} | {described} |",
-            None,
-        )
-        if section is not None:
-            yield key, section
+def _row(key: str, field: Any) -> str:
+    described = (field.description or "").replace("|", "\\|").replace("\n", " ")
+    kind = _type_name(field.annotation).replace("|", "&#124;")
+    return f"| `{key}` | {kind} | {_default(field)} | {_bounds(field)} | {described} |"
 
 
 def _table(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    """The section's table, then each section it holds, under its own heading."""
     yield "| key | type | default | bounds | what it does |"
     yield "|---|---|---|---|---|"
     nested: list[tuple[str, type[BaseModel]]] = []
-    for row, section in _rows(model, prefix):
-        if section is None:
-            yield row
-        else:
-            nested.append((row, section))
+    for name, field in model.model_fields.items():
+        is_list = typing.get_origin(field.annotation) in (list, tuple)
+        key = f"{prefix}{name}{'[]' if is_list else ''}"
+        yield _row(key, field)
+        if (section := _section(field.annotation)) is not None:
+            nested.append((key, section))
     for key, section in nested:
         yield ""
         yield f"## `{key}`"

@@ -19,6 +19,7 @@ from typing import Any
 
 from mlink.deploy.config import PipelineConfig
 from mlink.deploy.security import aiokafka_kwargs
+from mlink.operators.group_check import describe_group
 from mlink.operators.relearn import CLIENT_ID_PREFIX, MODEL_SET_CHARS
 from mlink.topics.bootstrap import bootstrap_servers
 
@@ -26,7 +27,6 @@ __all__ = ["UNKNOWN", "group_members", "model_sets"]
 
 log = logging.getLogger("mlink.status")
 UNKNOWN = "unknown"  # the model set of a member whose client id names none
-ASK_FOR_S = 10.0  # a broker that does not answer the group request must not hold `mlink status`
 
 
 def group_members(bootstrap: str, config: PipelineConfig) -> dict[str, Any] | None:
@@ -42,34 +42,28 @@ def group_members(bootstrap: str, config: PipelineConfig) -> dict[str, Any] | No
 
 
 async def _describe(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers(bootstrap),
-        request_timeout_ms=int(ASK_FOR_S * 1000),
-        **aiokafka_kwargs(config.security),
-    )
-    try:
-        await asyncio.wait_for(admin.start(), ASK_FOR_S)
-        replies = await asyncio.wait_for(admin.describe_consumer_groups([config.name]), ASK_FOR_S)
-    finally:
-        await asyncio.wait_for(admin.close(), ASK_FOR_S)
-    for reply in replies:
-        for error, group, state, _protocol_type, _protocol, members, *_ in reply.groups:
-            if group != config.name:
-                continue
-            if error:
-                raise RuntimeError(f"the broker answered error code {error} for group {group!r}")
-            ids = sorted(member[0] for member in members)
-            return {
-                "group": group,
-                "state": state,
-                "workers": len(ids),
-                "members": ids,
-                # Kafka names a member after its client id; Tansu reports only that name
-                "model_sets": model_sets(member[1] or member[0] for member in members),
-            }
-    return {"group": config.name, "state": "Dead", "workers": 0, "members": [], "model_sets": {}}
+    kwargs = {"bootstrap_servers": bootstrap_servers(bootstrap), **aiokafka_kwargs(config.security)}
+    answer = await describe_group(kwargs, config.name)
+    if answer is None:
+        return {
+            "group": config.name,
+            "state": "Dead",
+            "workers": 0,
+            "members": [],
+            "model_sets": {},
+        }
+    if answer.error:
+        raise RuntimeError(
+            f"the broker answered error code {answer.error} for group {config.name!r}"
+        )
+    return {
+        "group": config.name,
+        "state": answer.state,
+        "workers": len(answer.members),
+        "members": sorted(member for member, _ in answer.members),
+        # Kafka names a member after its client id; Tansu reports only that name
+        "model_sets": model_sets(client or member for member, client in answer.members),
+    }
 
 
 def model_sets(client_ids: Iterable[str]) -> dict[str, int]:

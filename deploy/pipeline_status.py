@@ -33,7 +33,7 @@ from mlink.operators.stream_decision import (
 )
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record
-from mlink.topics.pipeline_header import written_by
+from mlink.topics.pipeline_header import other_writer
 from mlink.topics.records import DeadLetter, DecodeError, FrameResult
 from mlink.topics.specs import OutputSpec, SpecError
 
@@ -302,8 +302,7 @@ def recent_results(
         back = recent // max(len(tps), 1) + 1
         _, _, records = read_to_end(consumer, tps, back=back, keep=recent) if tps else ({}, {}, [])
         for record in records:
-            writer = written_by(record.headers)
-            if writer is not None and writer != config.name:
+            if other_writer(record.headers, config.name):
                 continue
             with contextlib.suppress(DecodeError):
                 results.append(decode_record(record.value, FrameResult))

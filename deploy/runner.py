@@ -30,7 +30,7 @@ from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.operators.state import ControlState
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.codec import decode_record, encode_record
-from mlink.topics.pipeline_header import pipeline_header, written_by
+from mlink.topics.pipeline_header import other_writer, pipeline_header
 from mlink.topics.records import ControlMessage, DecodeError, FrameResult
 from mlink.topics.signing import SignatureError, Signer
 
@@ -187,13 +187,15 @@ def budget_answer(state: ControlState, requested: Mapping[str, float]) -> tuple[
 
 def wait_for_budget(
     bootstrap: str, config: PipelineConfig, requested: Mapping[str, float], timeout: float
-) -> tuple[str, str] | None:
-    """:func:`budget_answer`, polling the control log for up to ``timeout`` seconds."""
+) -> tuple[tuple[str, str] | None, ControlState]:
+    """:func:`budget_answer`, polling the control log for up to ``timeout`` seconds, and the
+    state it was read from (the plan the answer names)."""
     deadline = time.monotonic() + timeout
     while True:
-        answer = budget_answer(read_control(bootstrap, config)[0], requested)
+        state = read_control(bootstrap, config)[0]
+        answer = budget_answer(state, requested)
         if answer is not None or time.monotonic() >= deadline:
-            return answer
+            return answer, state
         time.sleep(1.0)
 
 
@@ -243,8 +245,7 @@ def read_control(
                     if unverified is not None:
                         unverified.append(record.offset)
                     continue
-                writer = written_by(record.headers)
-                if writer is not None and writer != config.name:  # workers skip them too
+                if writer := other_writer(record.headers, config.name):  # workers skip them too
                     if foreign is not None:
                         foreign[writer] = max(foreign.get(writer, 0.0), record.timestamp / 1000)
                     continue

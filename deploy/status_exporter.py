@@ -87,9 +87,10 @@ class PipelineCollector(Collector):
         return self.latest
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
+        """A look every ``every_s`` seconds until ``stop``, the first one ``every_s`` from now
+        (the caller took one before serving)."""
+        while not stop.wait(self.every_s):
             self.refresh()
-            stop.wait(self.every_s)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self.latest

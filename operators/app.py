@@ -15,7 +15,6 @@ from mlink.operators.fetch_wait import cap_fetch_wait
 from mlink.operators.frame_operator import source_reader
 from mlink.operators.group_check import pipeline_assignor
 from mlink.operators.log_limits import limit_client_repeats
-from mlink.operators.relearn import CLIENT_ID_PREFIX, model_set_id
 from mlink.operators.runtime import MLink
 from mlink.operators.stop_deadline import end_stuck_stop
 from mlink.operators.wiring import raw_topic
@@ -72,8 +71,6 @@ def create_app(
         settings["broker_credentials"] = credentials
     # says so when another pipeline's workers share the group (the same name, another prefix)
     settings["PartitionAssignor"] = pipeline_assignor(source_topic or mlink.names.frames)
-    # which models this worker runs, as `mlink status` reads the group's members
-    settings["broker_client_id"] = f"{CLIENT_ID_PREFIX}{model_set_id(mlink.specs)}"
     settings.update(faust_settings)
     app = faust.App(mlink.settings.name, **settings)
     cap_fetch_wait(app)

@@ -37,7 +37,7 @@ from mlink.operators.wiring import (
 )
 from mlink.topics.codec import decode_record
 from mlink.topics.control import MAX_EPOCH_STEP
-from mlink.topics.pipeline_header import written_by
+from mlink.topics.pipeline_header import other_writer
 from mlink.topics.records import ControlMessage
 
 __all__ = ["ControlLog", "attach_control_replay", "prefetch_links", "refuses_newest_plan"]
@@ -222,8 +222,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
             while True:
                 batches = await consumer.getmany(tp, timeout_ms=500)
                 for message in batches.get(tp, []):
-                    writer = written_by(message.headers)
-                    if writer is not None and writer != own:  # said once per pipeline
+                    if writer := other_writer(message.headers, own):  # said once per pipeline
                         foreign.seen(writer, message.timestamp, live=ready.is_set())
                         problem = None
                     else:

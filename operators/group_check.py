@@ -10,15 +10,19 @@ says so in its log.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from faust.assignor import PartitionAssignor
 
-__all__ = ["foreign_members", "pipeline_assignor"]
+__all__ = ["GroupAnswer", "describe_group", "foreign_members", "pipeline_assignor"]
 
 log = logging.getLogger("mlink.group")
+ASK_FOR_S = 10.0  # a broker that does not answer the group request must not hold the caller
 
 
 def foreign_members(subscriptions: Mapping[str, Iterable[str]], own: str) -> dict[str, list[str]]:
@@ -53,3 +57,36 @@ def pipeline_assignor(own: str) -> type[PartitionAssignor]:
             return super()._perform_assignment(cluster, member_metadata)
 
     return PipelineAssignor
+
+
+@dataclass(frozen=True)
+class GroupAnswer:
+    """The broker's answer on one consumer group: its error code (0: none), its state
+    (Stable, PreparingRebalance, Empty, Dead...) and its members as ``(member id, client
+    id)``."""
+
+    error: int
+    state: str
+    members: list[tuple[str, str]]
+
+
+async def describe_group(admin_kwargs: dict[str, Any], group: str) -> GroupAnswer | None:
+    """Ask the broker about consumer group ``group`` with aiokafka's admin client (on Tansu,
+    kafka-python 3.0 cannot parse the answer: :mod:`mlink.deploy.group_members`); None when
+    the answer names no such group. ``admin_kwargs``: bootstrap servers and security of an
+    ``AIOKafkaAdminClient``. Raises what the client raises, or a timeout after
+    ``ASK_FOR_S`` per request."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(request_timeout_ms=int(ASK_FOR_S * 1000), **admin_kwargs)
+    try:
+        await asyncio.wait_for(admin.start(), ASK_FOR_S)
+        replies = await asyncio.wait_for(admin.describe_consumer_groups([group]), ASK_FOR_S)
+    finally:
+        with contextlib.suppress(Exception):  # what failed before it is what the caller sees
+            await asyncio.wait_for(admin.close(), ASK_FOR_S)
+    for reply in replies:
+        for error, name, state, _protocol_type, _protocol, members, *_ in reply.groups:
+            if name == group:
+                return GroupAnswer(error, state, [(m[0], m[1]) for m in members])
+    return None

@@ -11,18 +11,16 @@ logs the first record of each other pipeline that reaches it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
+from mlink.operators.group_check import describe_group
 from mlink.operators.settings import SettingsError
 
 __all__ = ["ForeignWriters", "live_members"]
 
 log = logging.getLogger("mlink.control")
-ASK_FOR_S = 10.0
 MAX_NAMES = 100  # distinct other pipelines remembered: the header is data, not to grow memory
 
 
@@ -78,22 +76,10 @@ class ForeignWriters:
 
 
 async def live_members(client_kwargs: dict[str, Any], group: str) -> int | None:
-    """How many members consumer group ``group`` has now, or None when the broker did not say
-    (aiokafka's admin client: it reads Tansu's answer, see :mod:`mlink.deploy.group_members`)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(request_timeout_ms=int(ASK_FOR_S * 1000), **client_kwargs)
+    """How many members consumer group ``group`` has now, or None when the broker did not say."""
     try:
-        await asyncio.wait_for(admin.start(), ASK_FOR_S)
-        replies = await asyncio.wait_for(admin.describe_consumer_groups([group]), ASK_FOR_S)
+        answer = await describe_group(client_kwargs, group)
     except Exception as exc:  # advisory: a broker that will not say must not stop a worker
         log.warning("could not ask the broker about consumer group %r: %s", group, exc)
         return None
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(admin.close(), ASK_FOR_S)
-    for reply in replies:
-        for error, name, _state, _kind, _protocol, members, *_ in reply.groups:
-            if name == group and not error:
-                return len(members)
-    return 0
+    return len(answer.members) if answer is not None and not answer.error else 0

@@ -24,7 +24,7 @@ from mlink.operators.runtime import MLink
 from mlink.operators.training_process import TrainingJob, TrainingProcess
 from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
-from mlink.topics.pipeline_header import written_by
+from mlink.topics.pipeline_header import other_writer
 from mlink.topics.records import ControlMessage, FrameResult
 
 __all__ = ["announce_pending", "attach_trainer"]
@@ -178,8 +178,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             async with dead.guard(event, "trainer"):
                 await announce()  # one that failed before: before anything else
                 value = verified_value(mlink, event)
-                writer = written_by(event.headers)
-                if writer is not None and writer != settings.name:  # another pipeline's
+                if other_writer(event.headers, settings.name):  # another pipeline's
                     mlink.metrics["samples_of_other_pipelines"] += 1  # (its control says so)
                     continue
                 result = decode_record(value, FrameResult, limits=mlink.limits)

@@ -17,36 +17,56 @@ from collections.abc import Callable, Iterable
 
 from mlink.topics.records import FrameResult
 
-__all__ = ["WarmupFailures"]
+__all__ = ["FailureTally", "WarmupFailures"]
 
 log = logging.getLogger("mlink.frames")
 SAY_EVERY_S = 30.0
 MAX_REASON_CHARS = 300
 
 
-class WarmupFailures:
-    """Counts, per model, the warm-up frames it failed on, with its last error."""
+class FailureTally:
+    """Per model: on how many results it was to run (``tried``), failed to give an output of
+    its own (``failed``: missing, or synthesized in its place with the error), and its last
+    error. Results on which no model ran (an undecodable frame: dead-lettered) are counted in
+    ``frames`` and are no model's fault. The worker's warm-up log and ``mlink status``
+    (:mod:`mlink.deploy.model_failures`) count the same way."""
+
+    def __init__(self) -> None:
+        self.failed: Counter[str] = Counter()
+        self.tried: Counter[str] = Counter()
+        self.last_error: dict[str, str] = {}
+        self.frames = 0
+
+    def add(self, results: Iterable[FrameResult]) -> None:
+        for result in results:
+            self.frames += 1
+            if not any(r.status == "executed" for r in result.results):
+                continue
+            for r in result.results:
+                if r.status == "synthesized" and not r.error:
+                    continue  # the plan's synthesis, not a run that failed (that has its error)
+                self.tried[r.model] += 1
+                if r.status != "executed":
+                    self.failed[r.model] += 1
+                    self.last_error[r.model] = (r.error or "no output")[:MAX_REASON_CHARS]
+
+    def clear(self) -> None:
+        self.failed.clear()
+        self.tried.clear()
+        self.last_error.clear()
+        self.frames = 0
+
+
+class WarmupFailures(FailureTally):
+    """The warm-up results that were no training sample (``frames``), per model, said in the
+    log at most every ``say_every_s``."""
 
     def __init__(
         self, say_every_s: float = SAY_EVERY_S, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.failed: Counter[str] = Counter()
-        self.last_error: dict[str, str] = {}
-        self.frames = 0  # warm-up frames that were no sample
+        super().__init__()
         self._every, self._clock = say_every_s, clock
         self._said_at: float | None = None
-
-    def add(self, unusable: Iterable[FrameResult]) -> None:
-        """Note warm-up results that were no training sample."""
-        for result in unusable:
-            self.frames += 1
-            if not any(r.status == "executed" for r in result.results):
-                continue  # the frame's fault (undecodable: dead-lettered), or every model's
-            for r in result.results:
-                if r.status != "executed":
-                    self.failed[r.model] += 1
-                    if r.error:
-                        self.last_error[r.model] = r.error[:MAX_REASON_CHARS]
 
     def say(self, samples: int, needed: int) -> bool:
         """Log why the warm-up waits, at most every ``say_every_s``; True when it did."""
@@ -55,10 +75,7 @@ class WarmupFailures:
             return False
         self._said_at = now
         worst = (
-            ", ".join(
-                f"{m} on {n} ({self.last_error.get(m, 'no output')})"
-                for m, n in self.failed.most_common(3)
-            )
+            ", ".join(f"{m} on {n} ({self.last_error[m]})" for m, n in self.failed.most_common(3))
             or "every model, or the frame (dead letters)"
         )
         log.warning(
@@ -75,7 +92,5 @@ class WarmupFailures:
 
     def clear(self) -> None:
         """A new warm-up (a relearn) starts counting again."""
-        self.failed.clear()
-        self.last_error.clear()
-        self.frames = 0
+        super().clear()
         self._said_at = None

@@ -50,20 +50,25 @@ def test_an_unreachable_broker_is_named_not_a_traceback(monkeypatch, capsys) -> 
     assert not said.out
 
 
-@pytest.mark.broker
-def test_a_budget_nobody_plans_says_why(broker, tmp_path: Path) -> None:
-    """It said "once a worker runs and the first links are trained" whatever held it up (a
-    helper's audit: a worker ran with links, and its controller had failed on the request)."""
+def budget_said(broker, tmp_path: Path, *options: str) -> str:
+    """`mlink budget` on a pipeline whose topics exist and no worker runs: what it printed,
+    after it exited 0."""
     from mlink.deploy.topics_setup import create_pipeline_topics
 
     path, config = write_config(
         tmp_path, "cli", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
     )
     create_pipeline_topics(config, broker.bootstrap)
-    argv = ["budget", str(path), "--broker", broker.bootstrap, "--fraction", "0.5", "--wait", "1"]
-    result = CliRunner().invoke(app, argv)
+    result = CliRunner().invoke(app, ["budget", str(path), "--broker", broker.bootstrap, *options])
     assert result.exit_code == 0, result.output
-    said = " ".join(result.output.split())
+    return " ".join(result.output.split())
+
+
+@pytest.mark.broker
+def test_a_budget_nobody_plans_says_why(broker, tmp_path: Path) -> None:
+    """It said "once a worker runs and the first links are trained" whatever held it up (a
+    helper's audit: a worker ran with links, and its controller had failed on the request)."""
+    said = budget_said(broker, tmp_path, "--fraction", "0.5", "--wait", "1")
     assert "no plan for it yet after 1 s: no worker of this pipeline is running" in said
 
 
@@ -73,15 +78,5 @@ def test_a_target_on_the_papers_links_says_it_is_not_held_to_the_probes(
 ) -> None:
     """Targets re-plan on live probes only with stream links; a user asked for 0.95 on one
     model and got 80% live with no word of it (a new user's audit, stop 45)."""
-    from mlink.deploy.topics_setup import create_pipeline_topics
-
-    path, config = write_config(
-        tmp_path, "cli", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5.0
-    )
-    create_pipeline_topics(config, broker.bootstrap)
-    argv = ["budget", str(path), "--broker", broker.bootstrap, "--target", "0.95", "--wait", "0"]
-    result = CliRunner().invoke(app, argv)
-    assert result.exit_code == 0, result.output
-    assert "held to the live probes only with `links.stream: true`" in " ".join(
-        result.output.split()
-    )
+    said = budget_said(broker, tmp_path, "--target", "0.95", "--wait", "0")
+    assert "held to the live probes only with `links.stream: true`" in said

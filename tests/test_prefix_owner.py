@@ -14,7 +14,12 @@ from mlink.deploy.config import load_config
 from mlink.deploy.runner import publish_control, read_control
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.operators.prefix_owner import MAX_NAMES, ForeignWriters
-from mlink.topics.pipeline_header import PIPELINE_HEADER, pipeline_header, written_by
+from mlink.topics.pipeline_header import (
+    PIPELINE_HEADER,
+    other_writer,
+    pipeline_header,
+    written_by,
+)
 from mlink.topics.records import ControlMessage
 from tests.conftest import FaustWorker
 from tests.test_pipeline_e2e import APP, FAST_MODELS, worker_env, write_config
@@ -27,6 +32,9 @@ def test_the_header_names_the_writer_and_nothing_else() -> None:
     for headers in (None, [], [("other", b"y")], [(PIPELINE_HEADER, b"\xff")], [("bad",)]):
         assert written_by(headers) is None  # an older writer, a user's producer, garbage
     assert written_by([(PIPELINE_HEADER, b"n" * 10_000)]) is None
+    assert other_writer([pipeline_header("cams")], "lobby") == "cams"
+    assert other_writer([pipeline_header("cams")], "cams") is None  # its own
+    assert other_writer([], "cams") is None  # names no writer: counts as its own
 
 
 def test_other_pipelines_are_remembered_within_bounds() -> None:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from mlink.topics.headers import header_values
 
-__all__ = ["PIPELINE_HEADER", "pipeline_header", "written_by"]
+__all__ = ["PIPELINE_HEADER", "other_writer", "pipeline_header", "written_by"]
 
 PIPELINE_HEADER: Final = "mlink-pipeline"
 MAX_NAME_BYTES: Final = 249  # a pipeline's name is its consumer group id, under Kafka's rules
@@ -35,3 +35,10 @@ def written_by(headers: Any) -> str | None:
             except UnicodeDecodeError:
                 return None
     return None
+
+
+def other_writer(headers: Any, own: str) -> str | None:
+    """The pipeline that wrote a record when it is not ``own``; None for ``own``'s records
+    and for those that name no writer (which count as ``own``'s)."""
+    writer = written_by(headers)
+    return writer if writer is not None and writer != own else None

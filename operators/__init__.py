@@ -38,7 +38,6 @@ if TYPE_CHECKING:
         Attached,
         attach,
         attach_metrics,
-        attach_model_builder,
         backlog_settings,
     )
     from mlink.operators.control_operators import attach_control_replay
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
         read_frame_record,
         source_reader,
     )
+    from mlink.operators.model_builder import attach_model_builder
     from mlink.operators.runtime import MLink
     from mlink.operators.settings import LinkSettings, Model, Settings, SettingsError
     from mlink.operators.split_operators import (
@@ -76,7 +76,7 @@ _WHERE = {
     "attach_frame_operator": "mlink.operators.frame_operator",
     "attach_link_operator": "mlink.operators.split_operators",
     "attach_metrics": "mlink.operators.attach",
-    "attach_model_builder": "mlink.operators.attach",
+    "attach_model_builder": "mlink.operators.model_builder",
     "attach_model_operator": "mlink.operators.split_operators",
     "attach_planner": "mlink.operators.split_operators",
     "attach_trainer": "mlink.operators.trainer_operator",

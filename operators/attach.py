@@ -6,9 +6,10 @@ A user's app keeps its own agents; :func:`attach` adds MLink's beside them::
     mlink = MLink(Settings(name="cams", budget={"fraction": 0.33}), models)
     attach(app, mlink)
 
-Start order inside a worker (faust starts agents together, so the order is kept by waiting): the
-control replay catches up and the models are built before the first frame is planned; the
-trainer and controller wait for the replay. Stop order is the reverse (faust stops agents before
+Start order inside a worker: the models are built before the worker joins its consumer group
+(:mod:`mlink.operators.model_builder`); faust starts agents together, so the rest is kept by
+waiting: the control replay catches up before the first frame is planned, and the trainer and
+controller wait for the replay. Stop order is the reverse (faust stops agents before
 the producer, which it flushes).
 """
 
@@ -25,12 +26,13 @@ from mlink.operators.control_operators import attach_control_replay
 from mlink.operators.controller_agent import attach_controller
 from mlink.operators.frame_operator import FrameReader, attach_frame_operator, read_frame_record
 from mlink.operators.metrics import start_metrics_endpoint
+from mlink.operators.model_builder import attach_model_builder
 from mlink.operators.relearn import CLIENT_ID_PREFIX, model_set_id
 from mlink.operators.runtime import MLink
 from mlink.operators.settings import Settings
 from mlink.operators.trainer_operator import attach_trainer
 
-__all__ = ["Attached", "attach", "attach_metrics", "attach_model_builder", "backlog_settings"]
+__all__ = ["Attached", "attach", "attach_metrics", "backlog_settings"]
 
 log = logging.getLogger("mlink.worker")
 
@@ -90,15 +92,6 @@ def _name_the_model_set(app: faust.App, mlink: MLink) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             app.conf.broker_client_id = f"{CLIENT_ID_PREFIX}{model_set_id(mlink.specs)}"
-
-
-def attach_model_builder(app: faust.App, mlink: MLink) -> None:
-    """Build every model in the background when the worker starts."""
-
-    async def build_models() -> None:
-        await mlink.build_models()
-
-    app.task(build_models)
 
 
 def attach_metrics(app: faust.App, mlink: MLink, lag_every_s: float = 5.0) -> None:

@@ -106,8 +106,35 @@ async def start_executor(
     batch: bool = False,
     settings: ExecutorSettings | None = None,
 ) -> ModelExecutor:
-    """:func:`make_executor` on a thread, so a slow model build never blocks the event loop."""
-    return await asyncio.to_thread(make_executor, name, model, spec, batch=batch, settings=settings)
+    """:func:`make_executor` on a daemon thread, so a slow model build never blocks the event
+    loop, and a worker stopped during the build exits without waiting for it (asyncio's own
+    threads are joined at exit: a stop 2 s into a long build waited the stop deadline out). An
+    executor whose build ends after its waiter was cancelled is closed."""
+    loop = asyncio.get_running_loop()
+    built: asyncio.Future[ModelExecutor] = loop.create_future()
+
+    def settle(executor: ModelExecutor | None, error: BaseException | None) -> None:
+        if built.cancelled():
+            if executor is not None:
+                executor.close()
+        elif error is not None:
+            built.set_exception(error)
+        else:
+            built.set_result(executor)  # type: ignore[arg-type]
+
+    def build() -> None:
+        try:
+            executor, error = make_executor(name, model, spec, batch=batch, settings=settings), None
+        except BaseException as exc:  # delivered to the waiter
+            executor, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, executor, error)
+        except RuntimeError:  # the loop is closed: the worker is gone
+            if executor is not None:
+                executor.close()
+
+    threading.Thread(target=build, name=f"mlink-build-{name}", daemon=True).start()
+    return await built
 
 
 class _ModelThread:

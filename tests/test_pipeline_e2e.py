@@ -84,9 +84,11 @@ def write_config(
     fraction: float = 0.3,
     links: dict[str, Any] | None = None,
     extra_models: list[dict[str, Any]] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> tuple[Path, PipelineConfig]:
     """A small digits pipeline config with a unique name and topic prefix, in ``directory``
-    (``links``: more link settings; ``extra_models``: more model entries, as written)."""
+    (``links``, ``runtime``: more settings of theirs; ``extra_models``: more model entries, as
+    written)."""
     uid = uuid.uuid4().hex[:8]
     data = {
         "name": f"e2e-{tag}-{uid}",
@@ -112,7 +114,7 @@ def write_config(
             **(links or {}),
         },
         "topics": {"prefix": f"e2e.{tag}.{uid}", "partitions": partitions},
-        "runtime": {"output_timeout_s": output_timeout_s},
+        "runtime": {"output_timeout_s": output_timeout_s, **(runtime or {})},
     }
     path = directory / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -184,11 +184,17 @@ class TrainingProcess:
         return self
 
     def close(self, wait: bool = True) -> None:
-        """Stop the child; ``wait=False`` returns at once (a running job is abandoned and the
-        child exits with its parent)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
-            self._pool = None
+        """Stop the child; ``wait=False`` also kills it, abandoning a running job. The pool's
+        exit hook waits for a running job, so a worker stopped mid-training sat out its stop
+        deadline (15 s) and then blamed the broker (a helper's rollout audit, stop 46)."""
+        if self._pool is None:
+            return
+        # no public way to end a pool's processes before Python 3.14 (terminate_workers)
+        children = [] if wait else list((self._pool._processes or {}).values())  # type: ignore[attr-defined]
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        for child in children:
+            child.kill()  # a version it was saving is written to a temporary name: none appears
+        self._pool = None
 
     def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:

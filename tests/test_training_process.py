@@ -138,3 +138,49 @@ def test_a_killed_training_process_fails_one_job_and_the_next_starts_a_new_one(
         assert child_pid(process) != pid
     finally:
         process.close()
+
+
+STOP_MID_JOB = """
+import asyncio, sys, time
+sys.path.insert(0, {root!r})
+from mlink.linkstore.training import TrainConfig
+from mlink.operators.training_process import TrainingJob, TrainingProcess
+from tests.test_training_process import SPECS, child_pid, outputs
+
+async def main():
+    process = TrainingProcess().start()
+    print("child", child_pid(process), flush=True)
+    job = TrainingJob(specs=SPECS, outputs=outputs(400), config=TrainConfig(epochs=100_000))
+    asyncio.ensure_future(process.atrain(job))
+    await asyncio.sleep(2.0)
+    process.close(wait=False)
+    print("closed", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_that_closes_its_training_child_mid_job_exits_without_waiting_for_it() -> None:
+    """What a worker does at a stop: the job (minutes of epochs) is abandoned, the child dies
+    and the process ends. Before, the pool's exit hook waited for the job."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = subprocess.Popen(
+        [sys.executable, "-c", STOP_MID_JOB.format(root=root)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid = int(script.stdout.readline().split()[1])  # type: ignore[union-attr]
+        assert script.stdout.readline().strip() == "closed"  # type: ignore[union-attr]
+        closed = time.monotonic()
+        script.wait(timeout=120)
+        print(f"\nexited {time.monotonic() - closed:.1f} s after closing")
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(pid)
+    finally:
+        script.kill()

@@ -10,6 +10,7 @@ Kafka cluster).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +176,23 @@ class PipelineConfig(StrictSection):
         return [m.operator_model() for m in self.models]
 
 
-def _format_errors(exc: ValidationError, where: str) -> str:
+def _format_errors(exc: ValidationError, where: str, data: Mapping[str, Any]) -> str:
     lines = [f"invalid pipeline config {where}:"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {key}: {err['msg']}")
+        lines.append(f"  {_error_key(err['loc'], data)}: {err['msg']}")
     return "\n".join(lines)
+
+
+def _error_key(loc: Sequence[Any], data: Mapping[str, Any]) -> str:
+    """``models.1.output`` as ``models.1 (name: b).output``: a new user counted list entries
+    by hand to find the model (stop 45's audit)."""
+    parts = [str(p) for p in loc]
+    models, index = data.get("models"), loc[1] if len(loc) >= 2 else None
+    if loc and loc[0] == "models" and isinstance(index, int) and isinstance(models, list):
+        entry = models[index] if 0 <= index < len(models) else None
+        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+            parts[1] = f"{index} (name: {entry['name']})"
+    return ".".join(parts) or "(top level)"
 
 
 def parse_config(data: Any, where: str = "<dict>") -> PipelineConfig:
@@ -193,7 +205,7 @@ def parse_config(data: Any, where: str = "<dict>") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, where)) from None
+        raise ConfigError(_format_errors(exc, where, data)) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> PipelineConfig:

@@ -17,7 +17,7 @@ from mlink.linkstore.budget import resolve_budget
 from mlink.linkstore.crossfit import MIN_TRAIN
 from mlink.linkstore.schedule import MAX_PROBE_EVERY
 from mlink.linkstore.training import TrainConfig
-from mlink.operators.model_settings import IsolationSettings, ModelFactory
+from mlink.operators.model_settings import IsolationSettings, ModelFactory, import_hint
 from mlink.operators.settings import Model
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.names import TopicNames
@@ -57,7 +57,9 @@ def load_object(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import module {module_name!r} of {path!r}: {exc}") from exc
+        raise ConfigError(
+            f"cannot import module {module_name!r} of {path!r}: {exc}{import_hint(path, exc)}"
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         try:

@@ -7,6 +7,7 @@ built inside its child process from a :class:`ModelFactory`.
 
 from __future__ import annotations
 
+import os
 import pkgutil
 import sys
 from collections.abc import Callable, Mapping
@@ -23,7 +24,23 @@ __all__ = [
     "ModelFactory",
     "ModelFactoryError",
     "frame_callable",
+    "import_hint",
 ]
+
+
+def import_hint(target: str, exc: BaseException) -> str:
+    """Where Python looked, when the module a config names is not found at all (not a module
+    it imports in turn): a new user ran the worker from another directory and read only "No
+    module named 'mymodels'" (stop 45's audit)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return ""
+    module = target.partition(":")[0]
+    if module != exc.name and not module.startswith(f"{exc.name}."):
+        return f" (a module that {module!r} imports is missing: install it)"
+    return (
+        f" (Python looked in the working directory {os.getcwd()} and on PYTHONPATH: run from "
+        f"the directory that holds {exc.name.split('.')[0]!r}, or add it to PYTHONPATH)"
+    )
 
 
 class ModelFactoryError(ValueError):
@@ -91,7 +108,9 @@ class ModelFactory:
         try:
             factory = pkgutil.resolve_name(self.target)
         except (ImportError, AttributeError, ValueError) as exc:
-            raise ModelFactoryError(f"cannot import {self.target!r}: {exc}") from exc
+            raise ModelFactoryError(
+                f"cannot import {self.target!r}: {exc}{import_hint(self.target, exc)}"
+            ) from exc
         if not callable(factory):
             raise ModelFactoryError(f"{self.target!r} is not callable")
         return factory

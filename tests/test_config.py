@@ -150,8 +150,11 @@ def test_bad_output_spec_names_the_model_key() -> None:
     data["models"][0]["output"] = {"kind": "vector", "size": 0, "task": "softmax"}
     message = _error(data)
     assert "test.yaml" in message
-    assert _names_key(message, "models.0.output", "size must be a positive int")
+    name0, name1 = data["models"][0]["name"], data["models"][1]["name"]
+    assert _names_key(message, f"models.0 (name: {name0}).output", "size must be a positive int")
     data["models"][1]["output"] = {"kind": "blobs"}
+    assert _names_key(_error(data), f"models.1 (name: {name1}).output", "kind 'blobs' is unknown")
+    del data["models"][1]["name"]  # an entry without a name keeps its index alone
     assert _names_key(_error(data), "models.1.output", "kind 'blobs' is unknown")
 
 
@@ -354,6 +357,23 @@ def test_load_object_resolves_dotted_attributes() -> None:
 def test_load_object_errors(path: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_object(path)
+
+
+def test_a_module_not_found_says_where_python_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_object("shop_models.faces:model")
+    message = str(info.value)
+    assert f"working directory {tmp_path}" in message and "PYTHONPATH" in message
+    assert "holds 'shop_models'" in message
+    (tmp_path / "shop_models.py").write_text("import no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as info:  # found, but what it imports is not
+        load_object("shop_models:model")
+    assert "a module that 'shop_models' imports is missing: install it" in str(info.value)
+    assert "working directory" not in str(info.value)
 
 
 def test_model_factory_must_return_a_callable() -> None:

@@ -403,6 +403,14 @@ def test_trailing_bytes_are_a_decode_error() -> None:
         decode_any_record(data + data)
 
 
+@pytest.mark.parametrize("value", [b'{"frame_id": "cam0:1"}', b"hello", b"\x01\x02"])
+def test_json_or_text_is_named_as_not_msgpack(value: bytes) -> None:
+    """Read as msgpack, JSON or text is one small int and trailing bytes: the reason said
+    "trailing bytes" to a producer who had sent JSON (a new user's audit, stop 45)."""
+    with pytest.raises(DecodeError, match=r"not msgpack: the value starts .*msgpack maps"):
+        decode_any_record(value)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -309,6 +309,12 @@ def decode(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Any:
     except DecodeError:
         raise
     except msgpack.ExtraData as exc:
+        if not isinstance(exc.unpacked, dict):  # JSON or text read as msgpack: one small int
+            raise DecodeError(
+                f"not msgpack: the value starts {bytes(data[:24])!r}, whose first byte alone "
+                f"is a msgpack {type(exc.unpacked).__name__}; records are msgpack maps "
+                "(docs/wire-format.md)"
+            ) from exc
         raise DecodeError(
             f"{len(exc.extra)} trailing bytes after a complete message; one Kafka value "
             "must hold exactly one message"

@@ -14,7 +14,6 @@ worker as ready (a SIGKILL leaves the file as it was: its heartbeat stops moving
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 
 from mlink.deploy.config import ConfigError, load_config
@@ -23,7 +22,7 @@ from mlink.deploy.processes import ORPHAN_GRACE_S, PARENT_ENV
 from mlink.deploy.security import faust_settings
 from mlink.operators import MLink, create_app
 from mlink.operators.orphans import exit_when_orphaned
-from mlink.operators.stop_deadline import when_stop_starts
+from mlink.operators.stop_deadline import say_why_it_crashed, when_stop_starts
 from mlink.operators.wiring import agent_crashes
 from mlink.topics.signing import Signer
 
@@ -83,15 +82,4 @@ if _health_path:
     )
 
 
-def _say_why_it_crashed() -> None:
-    """The crash's reason as the log's last line: faust logs it once, then a hundred lines of
-    shutdown and, after a model that did not import, an unrelated "Event loop is closed"
-    traceback last (a new user's audit, stop 45)."""
-    reason = app.crash_reason
-    if reason is not None:
-        logging.getLogger("mlink.worker").critical(
-            "worker stopped: %s: %s", type(reason).__name__, reason
-        )
-
-
-atexit.register(_say_why_it_crashed)  # before logging's own exit hook runs: registered later
+atexit.register(say_why_it_crashed, app)  # before logging's own exit hook: registered later

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["STOP_DEADLINE_EXIT", "end_stuck_stop", "when_stop_starts"]
+__all__ = ["STOP_DEADLINE_EXIT", "end_stuck_stop", "say_why_it_crashed", "when_stop_starts"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def end_stuck_stop(app: Any, deadline_s: float) -> None:
     """
     if deadline_s <= 0:
         raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
-    when_stop_starts(app, lambda: _arm(deadline_s))
+    when_stop_starts(app, lambda: _arm(deadline_s, app))
 
 
 def when_stop_starts(app: Any, callback: Callable[[], object]) -> None:
@@ -50,15 +50,30 @@ def when_stop_starts(app: Any, callback: Callable[[], object]) -> None:
     app.on_stop = on_stop
 
 
-def _arm(deadline_s: float) -> None:
-    def expire() -> None:
-        log.error(
-            "still stopping %.0f s after being asked to (faust's stop waits up to a minute on "
-            "a broker that does not answer): exiting now; frames this worker had not answered "
-            "are delivered again and deduplicated. Raise runtime.stop_timeout_s if your models "
-            "need longer to finish a batch",
-            deadline_s,
+def say_why_it_crashed(app: Any) -> None:
+    """The crash's reason, if ``app`` crashed, as the log's last line: faust logs it once, then
+    a hundred lines of shutdown and, after a model that did not import, an unrelated "Event loop
+    is closed" traceback last (a new user's audit, stop 45)."""
+    reason = getattr(app, "crash_reason", None)
+    if reason is not None:
+        logging.getLogger("mlink.worker").critical(
+            "worker stopped: %s: %s", type(reason).__name__, reason
         )
+
+
+def _arm(deadline_s: float, app: Any) -> None:
+    def expire() -> None:
+        if getattr(app, "crash_reason", None) is not None:  # not the broker: say what it was
+            log.error("still stopping %.0f s after the worker crashed: exiting now", deadline_s)
+            say_why_it_crashed(app)
+        else:
+            log.error(
+                "still stopping %.0f s after being asked to (faust's stop waits up to a minute "
+                "on a broker that does not answer): exiting now; frames this worker had not "
+                "answered are delivered again and deduplicated. Raise runtime.stop_timeout_s if "
+                "your models need longer to finish a batch",
+                deadline_s,
+            )
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stderr.flush()

@@ -82,6 +82,35 @@ def test_the_deadline_starts_when_the_app_starts_to_stop(tmp_path: Path) -> None
     assert "a broker that does not answer" in done.stderr
 
 
+def test_a_crashed_worker_that_outlives_its_deadline_ends_with_the_crash_reason() -> None:
+    """A worker that refused to start (another pipeline on its prefix) waited out the deadline
+    and its last line blamed a broker that answered (stop 46's audit)."""
+    script = textwrap.dedent(
+        """
+        import asyncio, logging
+        from mlink.operators.stop_deadline import end_stuck_stop
+
+        class App:
+            crash_reason = RuntimeError("topics prefix p.control is in use by pipeline 'x'")
+
+            async def on_stop(self):
+                await asyncio.sleep(30)
+
+        logging.basicConfig()
+        app = App()
+        end_stuck_stop(app, 0.5)
+        asyncio.run(app.on_stop())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == STOP_DEADLINE_EXIT, done
+    last = done.stderr.strip().splitlines()[-1]
+    assert "worker stopped: RuntimeError: topics prefix p.control is in use" in last, done.stderr
+    assert "broker" not in done.stderr and "after the worker crashed" in done.stderr
+
+
 def test_a_deadline_must_be_positive() -> None:
     class App:
         async def on_stop(self) -> None:

@@ -32,10 +32,8 @@ from mlink.operators.stream_decision import (
     plan_promise,
     state_forecast,
 )
-from mlink.operators.wiring import (
-    kafka_client_kwargs,
-)
-from mlink.topics.codec import decode_record
+from mlink.operators.wiring import Outbox, kafka_client_kwargs
+from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.control import MAX_EPOCH_STEP
 from mlink.topics.pipeline_header import other_writer
 from mlink.topics.records import ControlMessage
@@ -189,6 +187,18 @@ def _clear_views(mlink: MLink) -> None:
         mlink.prom.plan_costs({})
 
 
+async def _say_started(control_out: Outbox, mlink: MLink) -> None:
+    """One ``worker_started`` record, so that a pipeline started later on this topics.prefix
+    finds this one before it has planned anything: the check above reads only what the control
+    topic holds, and a pipeline still in its first warm-up had written nothing, so a second one
+    started beside it and both answered every frame (stop 46's audit)."""
+    message = ControlMessage(kind="worker_started", epoch=mlink.state.epoch, issued_at=time.time())
+    try:
+        await control_out.send(b"worker_started", encode_record(message))
+    except Exception as exc:  # advisory: the pipeline works without it
+        log.warning("could not announce this worker on %s: %s", control_out.name, exc)
+
+
 def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
     """Replay the control topic into ``mlink.state`` in every worker (a background task)."""
     control_log = ControlLog()
@@ -196,6 +206,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
     topic = mlink.names.control
     own = mlink.settings.name
     foreign = ForeignWriters(own, topic)  # another pipeline on this topics.prefix
+    control_out = Outbox(app, mlink, topic)
 
     async def replay_control() -> None:
         ready = mlink.event("control")
@@ -249,6 +260,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
                         if not caught_up:
                             log.warning("control replay stopped short of offset %d", end)
                         await foreign.check(kafka_client_kwargs(app))  # raises: in use
+                        await _say_started(control_out, mlink)
                         if (version := mlink.state.link_version) is not None:
                             prefetched = version  # under way before any frame is planned:
                             prefetch_links(mlink, version)  # MLink.loaded waits for it

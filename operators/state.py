@@ -211,6 +211,8 @@ class ControlState:
             return ApplyOutcome("applied")
         if message.kind == "active_set":
             return self._apply_active_set(message)
+        if message.kind == "worker_started":  # tells other pipelines on this prefix: no state
+            return ApplyOutcome("applied")
         return _rejected(f"unknown kind {message.kind!r}")
 
     def _apply_agreement(self, message: ControlMessage) -> ApplyOutcome:

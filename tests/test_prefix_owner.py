@@ -82,13 +82,16 @@ def test_a_pipeline_on_a_live_pipelines_prefix_stops_with_the_fix(broker, tmp_pa
         assert f"holds records of pipeline {gone.name!r}" in said, running.log_tail()
         assert "has no live workers" in said
 
-        publish_control(broker.bootstrap, cams, budget())  # stamped, as its workers stamp
+        # cams has planned nothing (no frames yet): its worker's start-up record alone is
+        # what tells hall (before, hall started beside it and both answered every frame)
         env = worker_env(hall, broker.bootstrap, tmp_path / "f2")
         late = FaustWorker(APP, env, tmp_path / "hall.log", "hall")
-        late.proc.wait(timeout=180)  # it ends itself
+        assert late.proc.wait(timeout=180) != 0  # it ends itself
         said = " ".join(late.log().split())
         assert f"is in use by pipeline {cams.name!r}" in said, late.log_tail()
         assert "its own topics.prefix" in said
+        last = [line for line in late.log().splitlines() if line.strip()][-1]
+        assert "worker stopped:" in last and "is in use by pipeline" in last, late.log_tail()
 
         # `mlink status` of the late config shows neither pipeline's budget as its own
         foreign: dict[str, float] = {}

@@ -158,7 +158,7 @@ budgets = st.fixed_dictionaries(
 
 control_messages = st.builds(
     ControlMessage,
-    kind=st.sampled_from(["active_set", "budget", "link_version", "agreement"]),
+    kind=st.sampled_from(["active_set", "budget", "link_version", "agreement", "worker_started"]),
     epoch=control_ints,
     issued_at=numbers,
     active=name_tuples,

@@ -61,7 +61,7 @@ __all__ = [
 
 FrameEncoding = Literal["jpeg", "png", "raw", "ref"]
 ResultStatus = Literal["executed", "synthesized", "missing"]
-ControlKind = Literal["active_set", "budget", "link_version", "agreement"]
+ControlKind = Literal["active_set", "budget", "link_version", "agreement", "worker_started"]
 FRAME_ENCODINGS: Final[tuple[str, ...]] = get_args(FrameEncoding)
 RESULT_STATUSES: Final[tuple[str, ...]] = get_args(ResultStatus)
 CONTROL_KINDS: Final[tuple[str, ...]] = get_args(ControlKind)

@@ -5,7 +5,7 @@
 Starts an embedded Tansu broker and one real worker on a small digits pipeline, stops the worker
 (SIGTERM, or SIGKILL with ``--kill``) and asks the broker every 5 s how many members the group
 has, as ``mlink status``, ``mlink exporter`` and the prefix check (``operators/prefix_owner``)
-ask it. Kafka drops a member that leaves at once; docs/broker.md has what Tansu did.
+ask it. Kafka drops a member that leaves at once; docs/broker.md has what Tansu does.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from mlink.operators.leave_group import leave_group_from_generation_zero
 from mlink.operators.prefix_owner import ForeignWriters
 from mlink.operators.runtime import MLink
 from mlink.operators.settings import SettingsError
@@ -200,7 +201,10 @@ async def _say_started(control_out: Outbox, mlink: MLink) -> None:
 
 
 def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
-    """Replay the control topic into ``mlink.state`` in every worker (a background task)."""
+    """Replay the control topic into ``mlink.state`` in every worker (a background task).
+    Every MLink app passes here, so here its workers are also made to leave their consumer
+    group when they stop (:mod:`mlink.operators.leave_group`)."""
+    leave_group_from_generation_zero()
     control_log = ControlLog()
     mlink.control_log = control_log  # type: ignore[attr-defined]
     topic = mlink.names.control

@@ -60,8 +60,8 @@ class ForeignWriters:
                     f"topics prefix of {self.topic} is in use by pipeline {writer!r} "
                     f"({members} live workers, last wrote {ago:.0f} s ago): two pipelines on one "
                     "prefix answer each other's frames. Give this pipeline its own "
-                    "topics.prefix, or stop the other one (the embedded Tansu broker lists a "
-                    "stopped worker for minutes: docs/broker.md)"
+                    "topics.prefix, or stop the other one (the embedded Tansu broker keeps "
+                    "listing a worker killed with SIGKILL: docs/broker.md says how to clear it)"
                 )
             self._said.add(writer)
             log.warning(

@@ -62,7 +62,11 @@ async def run_planned(
             mlink.metrics[f"failed:{model}"] += failed
             first = next(r.error for r in results if r.error is not None)
             logging.getLogger(f"mlink.model_failures.{model}").warning(  # limited: log_limits
-                "model %s failed on %d frames: %s", model, failed, first
+                "model %s failed on %d of the %d frames of a call: %s",
+                model,
+                failed,
+                len(rows),
+                first,
             )
         for i, result in zip(rows, results, strict=True):
             outcomes[i][model] = result

@@ -69,7 +69,7 @@ class RepeatLimiter(logging.Filter):
             return False
         held, entry[0], entry[1] = int(entry[1]), now, 0
         if held:
-            record.msg = f"{record.msg} ({held} more like it in the last {self.every_s:g} s)"
+            record.msg = f"{record.msg} ({held} more lines like it in the last {self.every_s:g} s)"
         return True
 
 

@@ -24,7 +24,7 @@ def test_a_flood_of_one_client_error_passes_once_per_interval_with_a_count() -> 
                 passed.append(r.getMessage())
     assert len(passed) == 3  # at 0, 30 and 60 s
     assert passed[0] == "Unable connect to node with id 0: refused"
-    assert passed[1].endswith(f"({30 * 108 - 1} more like it in the last 30 s)")
+    assert passed[1].endswith(f"({30 * 108 - 1} more lines like it in the last 30 s)")
 
 
 def test_other_kinds_and_mlinks_own_lines_are_not_held_back() -> None:
@@ -42,7 +42,7 @@ def test_a_broken_models_failures_pass_once_per_interval_each_model_on_its_own()
     """A model broken for good logged a line per batch (170 lines for 80 frames, stop 45)."""
     now = [0.0]
     limiter = RepeatLimiter(clock=lambda: now[0])
-    line = "model %s failed on %d frames: %s"
+    line = "model %s failed on %d of the %d frames of a call: %s"
     assert limiter.filter(record("mlink.model_failures.nanny", line, "nanny"))
     assert not limiter.filter(record("mlink.model_failures.nanny", line, "nanny"))
     assert limiter.filter(record("mlink.model_failures.shape3", line, "shape3"))  # its own

@@ -305,6 +305,7 @@ def test_the_log_names_why_a_model_failed_whichever_frame_of_the_batch_it_was(
     mlink.close()
     (line,) = [r.getMessage() for r in caplog.records if "failed on" in r.getMessage()]
     assert "bad frame" in line and not line.endswith("None")
+    assert "failed on 1 of the 2 frames of a call" in line  # it read "failed on 1 frames"
 
 
 def test_the_fetch_wait_cap_is_opt_in_per_app() -> None:

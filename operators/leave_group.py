@@ -23,7 +23,8 @@ _FLAG = "_mlink_leaves_from_generation_zero"
 
 def leave_group_from_generation_zero() -> None:
     """Make every aiokafka group member of this process leave its group on stop once it has
-    joined, generation 0 included (idempotent; for faust apps, done by ``attach``)."""
+    joined, generation 0 included (idempotent; every MLink app gets it from
+    ``attach_control_replay``)."""
     original = GroupCoordinator._maybe_leave_group
     if getattr(original, _FLAG, False):
         return

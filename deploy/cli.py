@@ -24,7 +24,15 @@ from mlink.deploy.cli_common import (
     load_cli_config,
     need_broker,
 )
-from mlink.deploy.cli_operate import budget, exporter, links, resign, status, tail
+from mlink.deploy.cli_operate import (
+    budget,
+    exporter,
+    links,
+    repair_group,
+    resign,
+    status,
+    tail,
+)
 from mlink.eval.bench_cli import bench as eval_bench
 
 
@@ -181,6 +189,7 @@ def produce(
 # a running pipeline's (cli_operate)
 for command in (tail, status, exporter, budget, links, resign):
     app.command()(command)
+app.command("repair-group")(repair_group)
 
 
 def exit_on_store_problem(config) -> None:

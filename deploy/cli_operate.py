@@ -20,7 +20,7 @@ from mlink.deploy.cli_common import (
     need_broker,
 )
 
-__all__ = ["budget", "exporter", "links", "resign", "status", "tail"]
+__all__ = ["budget", "exporter", "links", "repair_group", "resign", "status", "tail"]
 
 
 def tail(
@@ -93,6 +93,34 @@ def exporter(
     config = load_cli_config(config_path, broker)
     with contextlib.suppress(KeyboardInterrupt):
         serve(need_broker(config), config, port, every_s=every)
+
+
+def repair_group(
+    config_path: ConfigArg,
+    broker: BrokerOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="delete the group with members in (see above)"),
+    ] = False,
+) -> None:
+    """Delete the pipeline's consumer group and restore its committed offsets: the remedy for
+    a group that never settles on the embedded broker (docs/broker.md), without the
+    duplicates of a bare delete. Stop the workers first and start them after; a group with
+    members is refused without --force, which risks the duplicates."""
+    from mlink.deploy.group_repair import RepairRefused
+    from mlink.deploy.group_repair import repair_group as repair
+
+    config = load_cli_config(config_path, broker)
+    try:
+        done = repair(need_broker(config), config, force=force, say=console.print)
+    except RepairRefused as exc:
+        errors.print(Text(f"not repaired: {exc}", style="yellow"))
+        raise typer.Exit(2) from None
+    except RuntimeError as exc:
+        errors.print(Text(str(exc), style="red"))
+        raise typer.Exit(1) from None
+    for (topic, partition), offset in sorted(done.offsets.items()):
+        console.print(Text(f"  {topic}[{partition}] at {offset}"))
 
 
 def budget(

@@ -24,6 +24,7 @@ from mlink.operators.relearn import model_set_id
 __all__ = ["Exporter", "Look", "PipelineCollector", "look", "serve"]
 
 log = logging.getLogger("mlink.exporter")
+SETTLED = "Stable"
 EVERY_S = 30.0  # a look reads a few topics' ends and asks the group: cheap, but not per scrape
 
 
@@ -39,6 +40,7 @@ class Look:
     workers: int = 0
     workers_on_other_models: int = 0
     dead_letters: int | None = None
+    group_state: str | None = None
 
 
 def look(bootstrap: str, config: PipelineConfig, clock: Callable[[], float] = time.time) -> Look:
@@ -60,6 +62,7 @@ def look(bootstrap: str, config: PipelineConfig, clock: Callable[[], float] = ti
         workers=int(members.get("workers") or 0),
         workers_on_other_models=other,
         dead_letters=letters.get("count"),
+        group_state=members.get("state"),
     )
 
 
@@ -77,6 +80,8 @@ class PipelineCollector(Collector):
         self.every_s = every_s
         self._look = looker or (lambda: look(bootstrap, config))
         self.latest: Look | None = None
+        self.unsettled_since: float | None = None
+        """When the looks began to find workers in a group that is not Stable."""
 
     def refresh(self) -> Look:
         try:
@@ -84,6 +89,10 @@ class PipelineCollector(Collector):
         except Exception as exc:  # a look must not end the exporter: say so and try again
             log.warning("could not look at the pipeline: %s", exc)
             self.latest = Look(time.time(), 0.0, up=False)
+        now = self.latest
+        if now.up:  # a look that failed says nothing either way
+            unsettled = now.workers > 0 and now.group_state != SETTLED
+            self.unsettled_since = (self.unsettled_since or now.at) if unsettled else None
         return self.latest
 
     def run(self, stop: threading.Event) -> None:
@@ -115,6 +124,14 @@ class PipelineCollector(Collector):
             "live workers on another config's models (a rolling restart under way, or a worker "
             "left behind); workers that name no model set are not counted",
             now.workers_on_other_models,
+        )
+        since = self.unsettled_since
+        yield _gauge(
+            "group_unsettled_seconds",
+            "how long the looks have found workers in a consumer group that is not Stable (0: "
+            "settled); no worker answers meanwhile. Minutes on the embedded broker: a group that "
+            "never settles (docs/broker.md, `mlink repair-group`)",
+            0.0 if since is None else max(0.0, now.at - since),
         )
         if now.dead_letters is not None:
             yield _gauge("dead_letters", "records on the dead-letter topic", now.dead_letters)

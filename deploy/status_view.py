@@ -299,6 +299,15 @@ def _workers(group: Mapping[str, Any] | None, ours: str | None, console: Console
             f"live workers: {count} (consumer group {group.get('group')}, {state}, as the "
             "broker reports them)",
         )
+        if state != "Stable":
+            _say(
+                console,
+                f"  the group is not settled ({state}): its workers hold no partitions and "
+                "answer no frame until it is. A rebalance takes seconds; if this lasts minutes "
+                "on the embedded broker, the group never settles (the workers log why): stop "
+                "them, run `mlink repair-group CONFIG`, start them (docs/broker.md)",
+                "yellow",
+            )
         sets = dict(group.get("model_sets") or {})
         others = {k: n for k, n in sets.items() if k not in (ours, UNKNOWN)}
         if sets.get(UNKNOWN):  # not a sign of another config: it does not say

@@ -33,6 +33,7 @@ from mlink.operators.stream_decision import (
     plan_promise,
     state_forecast,
 )
+from mlink.operators.stuck_group import watch_join_rounds
 from mlink.operators.wiring import Outbox, kafka_client_kwargs
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.control import MAX_EPOCH_STEP
@@ -203,8 +204,10 @@ async def _say_started(control_out: Outbox, mlink: MLink) -> None:
 def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
     """Replay the control topic into ``mlink.state`` in every worker (a background task).
     Every MLink app passes here, so here its workers are also made to leave their consumer
-    group when they stop (:mod:`mlink.operators.leave_group`)."""
+    group when they stop (:mod:`mlink.operators.leave_group`) and to say when the group never
+    settles (:mod:`mlink.operators.stuck_group`)."""
     leave_group_from_generation_zero()
+    watch_join_rounds()
     control_log = ControlLog()
     mlink.control_log = control_log  # type: ignore[attr-defined]
     topic = mlink.names.control

@@ -26,6 +26,8 @@ Names follow Prometheus conventions (counters end in ``_total``, durations are s
     mlink_model_cpu_seconds_total{model}    CPU time of the calls' threads (what plans price)
     mlink_synthesized_total{model}          outputs synthesized by links instead of run
     mlink_frame_latency_seconds             histogram, frame timestamp -> result emitted
+    mlink_group_unsynced_seconds            time spent joining the group without an
+                                            assignment (a group that never settles)
     mlink_live_agreement{model}             probe agreement of synthesized vs real outputs
     mlink_forecast{basis}                   the plan's expected agreement, all models:
                                             plan (its estimate) | bound (what it promises,
@@ -88,6 +90,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+
+from mlink.operators.stuck_group import unsynced_seconds
 
 if TYPE_CHECKING:  # the metrics stay importable without torch (health checks, dashboards)
     from mlink.linkstore.content_forecast import ContentForecast
@@ -226,6 +230,14 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "mlink_in_flight_frames", "frames planned and not yet answered", registry=r
         )
+        self.group_unsynced = Gauge(
+            "mlink_group_unsynced_seconds",
+            "how long this worker has been joining its consumer group without an assignment "
+            "(0 while it has one); it answers no frame meanwhile. Minutes on the embedded "
+            "broker: a group that never settles (docs/broker.md, `mlink repair-group`)",
+            registry=r,
+        )
+        self.group_unsynced.set_function(unsynced_seconds)
         self.consumer_lag = Gauge(
             "mlink_consumer_lag",
             "records not yet consumed, per partition this worker reads",

@@ -85,6 +85,23 @@ def test_the_collector_serves_the_newest_look_and_survives_a_failing_one() -> No
     assert "mlink_pipeline_consumer_lag" not in served and "mlink_pipeline_workers" not in served
 
 
+def test_a_group_unsettled_across_looks_is_timed_until_it_settles() -> None:
+    def seen(at: float, state: str | None, workers: int = 2, up: bool = True) -> Look:
+        return Look(at, 0.1, up, {"frames": 0}, workers, group_state=state)
+
+    looks = iter([seen(10, "Stable"), seen(40, "Unknown"), seen(70, "Unknown"),
+                  seen(100, None, up=False), seen(130, "Unknown"), seen(160, "Stable"),
+                  seen(190, "Empty", workers=0)])  # fmt: skip
+    collector = PipelineCollector("unused:9092", None, looker=lambda: next(looks))  # type: ignore[arg-type]
+    timed = []
+    for _ in range(7):
+        collector.refresh()
+        served = {s.name: s.value for f in collector.collect() for s in f.samples}
+        timed.append(served.get("mlink_pipeline_group_unsettled_seconds"))
+    # a failed look serves nothing and does not end the count; no workers is not unsettled
+    assert timed == [0.0, 0.0, 30.0, None, 90.0, 0.0, 0.0]
+
+
 def test_the_command_serves_until_sigterm(broker: Any, tmp_path: Path) -> None:
     path, config = write_config(
         tmp_path, "exporter-cli", FAST_MODELS, partitions=1, warmup_frames=8, output_timeout_s=5

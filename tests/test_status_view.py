@@ -197,3 +197,11 @@ def test_live_workers_are_counted_and_none_is_said_plainly() -> None:
     text = " ".join(rendered(stream_status(workers=gone)).split())
     assert "live workers: none in consumer group demo (Empty): no worker" in text
     assert "live workers: unknown" in rendered(stream_status(workers=None))
+
+
+def test_a_group_that_is_not_settled_says_its_workers_answer_nothing() -> None:
+    wedged = {"group": "demo", "state": "Unknown", "workers": 2, "members": ["a", "b"]}
+    text = " ".join(rendered(stream_status(workers=wedged)).split())
+    assert "the group is not settled (Unknown)" in text and "mlink repair-group" in text
+    settled = {"group": "demo", "state": "Stable", "workers": 2, "members": ["a", "b"]}
+    assert "not settled" not in rendered(stream_status(workers=settled))

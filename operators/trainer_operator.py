@@ -172,8 +172,6 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
     async def trainer_agent(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()
         trainer = mlink.trainer
-        if mlink.state.latest_links is not None and not trainer.trained_versions:
-            trainer.trained_versions.append(mlink.state.latest_links)  # trained before failover
         async for event in stream.events():
             async with dead.guard(event, "trainer"):
                 await announce()  # one that failed before: before anything else
@@ -183,10 +181,11 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
                     continue
                 result = decode_record(value, FrameResult, limits=mlink.limits)
                 mlink.metrics["samples_received"] += 1
+                state = mlink.state
+                trainer.announced(state.latest_links)  # trained here or before a handover
                 if trainer.add(result):
                     retry["added"] += 1
                     await report_live(result)
-                state = mlink.state
                 relearn = relearning(state.plan_extra, state.link_version, state.latest_links)
                 if trainer.ready(relearn) and retry["added"] >= retry["at"]:
                     await train()

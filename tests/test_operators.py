@@ -578,7 +578,7 @@ def test_trainer_relearns_once_above_the_lost_versions(tmp_path: Path) -> None:
     trains once more, numbered above them, and not again while the new version is announced."""
     data = truth(20)
     trainer = LinkTrainer(SPECS, LinkStore(tmp_path), FAST, warmup_frames=20)
-    trainer.trained_versions.append(4)  # what a restarted trainer takes from the control log
+    trainer.announced(4)  # what a restarted trainer takes from the control log
     for i in range(19):
         trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}))
     assert not trainer.ready() and not trainer.ready(relearn=4)  # its buffer is short
@@ -607,6 +607,43 @@ def test_trainer_retrains_only_when_asked(tmp_path: Path) -> None:
     assert not once.ready()
     assert again.ready()
     assert again.train_and_save() == 2 and again.store.current() == 2
+
+
+def test_a_trainer_that_takes_over_counts_the_versions_announced_since_it_started(
+    tmp_path: Path,
+) -> None:
+    """Audit: a worker's trainer took the announced links as trained only when its agent
+    started; one started before v1 was trained elsewhere took over the samples partition
+    later (a handover) and, with ``retrain_every`` 0, trained the links a second time."""
+    data = truth(30)
+    rows = [{m: data[m][i] for m in MODELS} for i in range(30)]
+    once = LinkTrainer(SPECS, LinkStore(tmp_path / "once"), FAST, warmup_frames=10)
+    again = LinkTrainer(
+        SPECS, LinkStore(tmp_path / "again"), FAST, warmup_frames=10, retrain_every=10
+    )
+    for trainer in (once, again):
+        trainer.announced(None)  # the control replay at start: no links yet
+        trainer.announced(1)  # the holder of the samples partition trained v1, then stopped
+        for i in range(10):  # the probes this worker gets once it holds the partition
+            trainer.announced(1)
+            trainer.add(probe_result(f"s:{i}", rows[i]))
+        assert trainer.trained_versions == [1]
+    assert not once.ready()  # train once: v1 is that once
+    assert again.ready()  # 10 new probes since v1 was trained
+
+    # a version trained elsewhere resets the count: the probes this worker buffered before it
+    # (it held the partition before, another worker trained v2 since) are not new to v2
+    for i in range(10, 19):
+        again.add(probe_result(f"s:{i}", rows[i]))
+    again.announced(2)
+    again.add(probe_result("s:19", rows[19]))
+    assert again.trained_versions == [1, 2] and again.new_since_training == 1
+    assert not again.ready()
+    # its own version, announced back to it, is no news: its count goes on
+    assert again.saved(3) == 3 and again.new_since_training == 0
+    again.add(probe_result("s:20", rows[20]))
+    again.announced(3)
+    assert again.trained_versions == [1, 2, 3] and again.new_since_training == 1
 
 
 # -- controller ---------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""A trainer handover: the worker that holds the single-partition samples topic (and so trains
+the links) stops after the first link version, and the other worker takes the partition over.
+With ``retrain_every`` 0 the new holder must not train the links a second time. Real workers,
+real broker (~60 s on the 2-core dev machine)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlink.deploy.runner import ResultCollector
+from mlink.deploy.source import FrameProducer
+from mlink.deploy.topics_setup import create_pipeline_topics
+from mlink.linkstore.store import LinkStore
+from tests.conftest import FaustWorker
+from tests.test_pipeline_e2e import (
+    APP,
+    FAST_MODELS,
+    send_frames,
+    wait_results,
+    wait_until,
+    worker_env,
+    write_config,
+)
+
+pytestmark = pytest.mark.broker
+
+STREAMS = ["cam-a", "cam-b"]
+
+
+def test_the_worker_that_takes_over_the_trainer_does_not_train_the_links_again(
+    broker: Any, faust_worker: Callable[..., FaustWorker], tmp_path: Path
+) -> None:
+    """Audit: a trainer took the announced links as trained only when its agent started, so a
+    worker started before v1 was trained trained again once it held the samples partition."""
+    path, config = write_config(
+        tmp_path,
+        "handover",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=8,
+        output_timeout_s=5.0,
+        links={"retrain_every": 0, "probe_every": 2, "epochs": 5},
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    workers = [
+        faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / f"faust-{i}"), f"w{i}")
+        for i in range(2)
+    ]
+    collector = ResultCollector(broker.bootstrap, names.results)
+    try:
+        for w in workers:  # both started, and their trainer agents with them, before any links
+            w.wait_ready(90)
+
+        def holders() -> list[FaustWorker]:
+            return [w for w in workers if w.assigned_partitions(names.samples)]
+
+        wait_until(
+            "one holder of the samples partition", lambda: len(holders()) == 1, 60, workers[0]
+        )
+        trainer = holders()[0]
+        other = next(w for w in workers if w is not trainer)
+        with FrameProducer(broker.bootstrap, names.frames) as producer:
+            sent = send_frames(producer, STREAMS, range(0, 4))  # the warm-up's 8 frames
+            wait_until("links v1", lambda: "trained links v1 " in trainer.log(), 90, trainer)
+            wait_until("a plan from v1", lambda: "links=v1" in other.log(), 60, other)
+            wait_results(collector, set(sent), 60, workers)
+            trainer.stop()  # the holder stops: the other worker takes the partition over
+            wait_until(
+                "the handover", lambda: other.assigned_partitions(names.samples) == {0}, 60, other
+            )
+            # every other frame is a probe: 20 samples for the new holder, more than the 8 a
+            # first training needs
+            sent += send_frames(producer, STREAMS, range(4, 24))
+            wait_results(collector, set(sent), 90, [other])
+
+        def reports() -> int:  # one per 5 probes added to the new holder's buffer
+            return other.log().count("live agreement at epoch")
+
+        wait_until("10 probes at the new holder", lambda: reports() >= 2, 60, other)
+        assert "training links on" not in other.log(), "the new holder trained the links again"
+        assert [v.version for v in LinkStore(config.links.store).versions()] == [1]
+        assert other.proc.poll() is None
+    finally:
+        collector.close()

@@ -143,13 +143,15 @@ app.command("bench")(eval_bench)
 @app.command()
 def check(
     config_path: ConfigArg,
+    broker: BrokerOpt = None,
     frames: Annotated[int, typer.Option(help="source frames to call every model on", min=1)] = 3,
 ) -> None:
     """Will this config work? Load it, build every model and call it on the source's first
-    frames, time the calls and judge the budget on them; no broker. Exit 2 names what to fix."""
+    frames, time the calls and judge the budget on them. No broker, except for a source topic:
+    its first frames are read from the broker, in no consumer group. Exit 2 names what to fix."""
     from mlink.eval.config_check import check_config, render_check
 
-    report = check_config(load_cli_config(config_path), frames)
+    report = check_config(load_cli_config(config_path, broker), frames)
     render_check(report, console)
     if report.problems:
         raise typer.Exit(2)

@@ -1,4 +1,4 @@
-"""``mlink check``: will this config work? Answered in seconds, before any broker or worker.
+"""``mlink check``: will this config work? Answered in seconds, before any worker.
 
 A config can fail in three places a user only finds out about once workers are up: loading it
 (:func:`~mlink.deploy.config.load_config`), building its models (a misspelt factory argument,
@@ -8,6 +8,9 @@ model on the first few frames of the source through the reference run's own call
 (:func:`~mlink.eval.outputs.timed_output`), so a fault fails here with the error `mlink run`'s
 comparison would end on, naming the model, the frame and the fault. A model whose calls here
 take longer than its ``timeout_s`` is a problem too: in a worker every call would be an error.
+No broker is needed, except for a ``source: {topic: ...}`` config: its first frames are read from
+the config's broker, as a worker would read them but in no consumer group, so the pipeline's
+offsets are untouched (:func:`~mlink.deploy.topic_peek.peek_frames`).
 
 The budget is judged only as far as existing code can judge it without links: its limits are
 resolved against the cost table the controller would start from (declared costs over the ones
@@ -58,7 +61,7 @@ HINT = "run `mlink check` again once it is fixed"
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelCheck:
     """One model after its calls: ``ms`` is its cost per call on the checked frames (None when
-    it failed, or no frame could be read without a broker); ``error`` is why it failed, in the
+    it failed, or a source topic gave no frame to call it on); ``error`` is why it failed, in the
     words of the config's or the reference run's own error."""
 
     name: str
@@ -99,17 +102,14 @@ def check_config(config: PipelineConfig, frames: int = DEFAULT_FRAMES) -> CheckR
     A model that cannot be built (:class:`~mlink.deploy.config.ConfigError`), raises or answers
     outside its spec (:class:`~mlink.eval.outputs.ModelRunError`) is reported with that error and
     not called again; the others go on, so one check names every broken model. A source that
-    cannot be read raises.
+    cannot be read raises; a source topic is read from ``config.broker`` (:func:`_topic_pairs`).
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     notes: list[str] = []
-    if config.source.topic:  # its frames are on Kafka: nothing to call the models on here
-        pairs: list[tuple[str, np.ndarray]] = []
-        notes.append(
-            f"source is the Kafka topic {config.source.topic!r}: models were built but not "
-            "run (no frames without a broker)"
-        )
+    problems: list[str] = []
+    if config.source.topic:  # its frames are on Kafka: the first few, read without a trace
+        pairs = _topic_pairs(config, frames, notes, problems)
     else:
         try:
             source = itertools.islice(iter_source(config.source), frames)
@@ -123,7 +123,7 @@ def check_config(config: PipelineConfig, frames: int = DEFAULT_FRAMES) -> CheckR
         if not pairs:
             raise ConfigError("source: it yields no frames; check its path, glob or factory")
     models = [_check_model(m, pairs) for m in config.models]
-    problems = [c.error for c in models if c.error is not None]
+    problems += [c.error for c in models if c.error is not None]
     problems += [
         f"model {c.name!r} took {c.ms:.0f} ms a call, over its timeout_s {c.timeout_s:g}: every "
         f"call would be an error output; raise models[{c.name}].timeout_s"
@@ -143,6 +143,51 @@ def check_config(config: PipelineConfig, frames: int = DEFAULT_FRAMES) -> CheckR
         notes=notes,
         problems=problems,
     )
+
+
+def _topic_pairs(
+    config: PipelineConfig, frames: int, notes: list[str], problems: list[str]
+) -> list[tuple[str, np.ndarray]]:
+    """The first ``frames`` frames of the source topic on the config's broker, read like a
+    worker reads them but in no consumer group (:func:`~mlink.deploy.topic_peek.peek_frames`).
+
+    What a user must fix is a problem: a broker that does not answer, a topic it does not have,
+    a topic whose first records a worker would all dead-letter (the wrong ``source.format``).
+    What is not the config's fault is a note and the models are built but not called: no broker
+    given (a deployment may set ``MLINK_BROKER``), or an empty topic (no producer has written
+    yet; the config may well be right)."""
+    topic, broker = config.source.topic, config.broker
+    if not broker:
+        notes.append(
+            f"source is the Kafka topic {topic!r} and no broker is given: models were built but "
+            "not called; pass --broker host:port (or set `broker:` or MLINK_BROKER) to call "
+            "them on its first frames"
+        )
+        return []
+    from mlink.deploy.topic_peek import TopicReadError, peek_frames
+
+    try:
+        peek = peek_frames(config, broker, frames)
+    except TopicReadError as exc:
+        problems.append(f"source.topic {topic!r}: {exc}; models were built but not called")
+        return []
+    if not peek.read:
+        notes.append(
+            f"source topic {topic!r} on {broker} is empty: models were built but not called; "
+            "run `mlink check` again once frames are on it"
+        )
+    elif not peek.frames:
+        problems.append(
+            f"source.topic {topic!r}: none of its first {peek.read} record(s) is a frame of "
+            f"format {config.source.format!r} a worker can read, so workers would dead-letter "
+            f"them; check source.format and what its producers write. First: {peek.rejected[0]}"
+        )
+    elif peek.rejected:
+        notes.append(
+            f"{len(peek.rejected)} of the first {peek.read} records of {topic!r} would be "
+            f"dead-lettered by a worker; first: {peek.rejected[0]}"
+        )
+    return peek.frames
 
 
 def _check_model(model: ModelConfig, pairs: list[tuple[str, np.ndarray]]) -> ModelCheck:

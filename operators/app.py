@@ -6,6 +6,9 @@ measured with; ``mlink worker`` builds it from a YAML config (:mod:`mlink.deploy
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -21,7 +24,7 @@ from mlink.operators.wiring import raw_topic
 from mlink.topics.bootstrap import bootstrap_servers
 from mlink.topics.ingest import SourceFormat
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "worker_datadir"]
 
 
 def create_app(
@@ -49,7 +52,7 @@ def create_app(
     ``source_format``. ``stop_deadline_s``: a process that runs this app alone exits this long
     after it starts to stop, however far the stop got (:mod:`.stop_deadline`; None: faust's own
     timeouts, up to about a minute with the broker gone). ``faust_settings`` override any faust
-    setting.
+    setting; faust's ``datadir`` is :func:`worker_datadir`'s unless they give one.
     """
     servers = ";".join(f"kafka://{s}" for s in bootstrap_servers(bootstrap))
     settings: dict[str, Any] = {
@@ -67,6 +70,8 @@ def create_app(
         "producer_max_batch_size": 1 << 19,
         **mlink.limits.faust_settings(),
     }
+    if "datadir" not in faust_settings:  # not faust's "<app id>-data" in the working directory
+        settings["datadir"] = worker_datadir(mlink.settings.name)
     if credentials is not None:
         settings["broker_credentials"] = credentials
     # says so when another pipeline's workers share the group (the same name, another prefix)
@@ -86,3 +91,33 @@ def create_app(
         limit_client_repeats()
 
     return app
+
+
+def worker_datadir(app_id: str) -> Path:
+    """faust's data directory for the app ``app_id`` (its ``datadir`` setting), never in the
+    working directory, where faust's own default (``<app id>-data``) left a stray directory in
+    the user's project at every worker start.
+
+    In order: faust's own override, ``FAUST_DATADIR`` or ``F_DATADIR`` (``faust --datadir``
+    sets them; ``mlink run`` puts it beside its worker logs); else ``mlink/faust/<app id>`` in
+    the user's cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``); else, when that cannot
+    be created (no home, a read-only one in a container), ``mlink-<uid>/faust/<app id>`` in the
+    temp directory. The default is created here, as faust creates only its last component.
+    faust's ``APP_DATADIR`` variable still wins over all of these (faust reads it over the
+    setting). The workers keep nothing in it that outlives them (``store="memory://"``: faust
+    makes empty ``v1/tables`` directories), so any of these is safe to delete.
+    """
+    override = os.environ.get("FAUST_DATADIR") or os.environ.get("F_DATADIR")
+    if override:
+        return Path(override)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    try:  # a relative XDG_CACHE_HOME is to be ignored (XDG base directory spec)
+        cache = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+        path = cache / "mlink" / "faust" / app_id
+        path.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # RuntimeError: Path.home() without a home
+        mine = Path(tempfile.gettempdir()) / f"mlink-{getattr(os, 'getuid', lambda: 'user')()}"
+        mine.mkdir(mode=0o700, exist_ok=True)  # the user's own, in a directory all users share
+        path = mine / "faust" / app_id
+        path.mkdir(parents=True, exist_ok=True)
+    return path

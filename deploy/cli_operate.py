@@ -133,7 +133,10 @@ def budget(
     ] = None,
     target: Annotated[
         float | None,
-        typer.Option(help="accuracy target: the cheapest plan whose models all reach it"),
+        typer.Option(
+            help="accuracy target: the cheapest plan whose models all reach it (with --ms or "
+            "--fraction: the most accurate plan within it that meets the target)"
+        ),
     ] = None,
     target_for: Annotated[
         list[str] | None,

@@ -226,11 +226,14 @@ class BudgetConfig(StrictSection):
         None,
         gt=0,
         le=1,
-        description="accuracy target: the cheapest plan whose every model is expected to agree "
-        "at least this much with its real output (alone or with a compute bound)",
+        description="accuracy target: alone, the cheapest plan whose every model is expected to "
+        "agree at least this much with its real output; with a compute bound, the most "
+        "accurate plan within the bound that meets it",
     )
     targets: dict[str, float] = Field(
-        default_factory=dict, description="per-model accuracy targets (override target_agreement)"
+        default_factory=dict,
+        description="per-model accuracy targets (override target_agreement); with a compute "
+        "bound they are floors, and the bound is spent on every model",
     )
 
     @model_validator(mode="after")

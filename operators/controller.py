@@ -80,8 +80,9 @@ def decide(
     """Choose the active set for ``budget`` and wrap it as the control message of ``epoch``.
 
     ``budget`` bounds compute (``ms``, ``fraction``, ``memory_mb``) and/or sets accuracy
-    targets (``target_agreement``, ``target_agreement:<model>``): then the cheapest plan whose
-    every model is expected to reach its target wins. With ``stream`` and a link version fitted
+    targets (``target_agreement``, ``target_agreement:<model>``): with targets alone the
+    cheapest plan whose every model is expected to reach its target wins, with a bound too the
+    most accurate plan within it that meets them. With ``stream`` and a link version fitted
     for it, the plan is a per-frame schedule (:mod:`mlink.linkstore.streamplan`), published in
     ``extra["schedule"]``; ``corrections`` are what live probes said of each model's estimate.
 

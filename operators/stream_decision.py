@@ -80,7 +80,9 @@ def stream_decision(
     corrections: Mapping[str, float] | None = None,
     cost_table: str = "measured",
 ) -> ControlMessage:
-    """The control message of a stream plan for ``budget_ms`` or ``targets``."""
+    """The control message of a stream plan for ``budget_ms`` or ``targets``: with both, the
+    most accurate plan within the bound whose models meet their targets; with targets alone,
+    the cheapest that meets them (:mod:`mlink.linkstore.streamplan`)."""
     ms = {m: float(costs[m].get("ms", 0.0)) for m in models}
     common = {
         "probe_every": probe_every,
@@ -91,8 +93,12 @@ def stream_decision(
         "corrections": corrections,
     }
     plan: StreamPlan
-    if targets:
-        plan = plan_for_targets(links.curves, ms, targets, budget_ms=budget_ms, **common)
+    if targets and budget_ms is not None:  # a bound to spend, targets as floors
+        plan = plan_for_budget(
+            links.curves, ms, budget_ms, objective="lower", floors=targets, **common
+        )
+    elif targets:
+        plan = plan_for_targets(links.curves, ms, targets, **common)
     elif budget_ms is not None:
         plan = plan_for_budget(links.curves, ms, budget_ms, objective="lower", **common)
     else:

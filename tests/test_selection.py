@@ -599,3 +599,30 @@ def test_oracle_calls_are_memoised() -> None:
     )
     select_exact(problem)
     assert calls and max(calls.values()) == 1
+
+
+@given(problems(monotone=False, max_n=7), st.data())
+@SETTINGS
+def test_targets_within_a_bound_are_floors_of_the_best_set(
+    problem: Problem, data: st.DataObject
+) -> None:
+    """With a compute bound, a target is a floor: the best objective within the bound among
+    the sets that meet it (stop 45: the cheapest such set left another model at 26%)."""
+    from mlink.linkstore.targets import select_for_targets
+
+    model = data.draw(st.sampled_from(list(problem.models)))
+    target = data.draw(st.floats(0.05, 0.95))
+    sizes = range(max(1, problem.min_active), len(problem.models) + 1)
+    meeting = [
+        plan
+        for k in sizes
+        for combo in combinations(problem.models, k)
+        if (plan := evaluate(problem, combo)).feasible and plan.per_model[model] >= target
+    ]
+    if not meeting:
+        with pytest.raises(InfeasibleBudget, match="accuracy targets"):
+            select_for_targets(problem, {model: target})
+        return
+    chosen = select_for_targets(problem, {model: target})
+    assert chosen.feasible and chosen.per_model[model] >= target - 1e-12
+    assert chosen.objective == pytest.approx(max(p.objective for p in meeting), abs=1e-12)

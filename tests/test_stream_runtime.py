@@ -108,6 +108,31 @@ def test_accuracy_targets_plan_the_cheapest_schedule_and_say_when_none_meets_the
         )
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_target_for_one_model_with_a_compute_bound_spends_the_bound_on_the_others(
+    links, stream: bool
+) -> None:
+    """Stop 45's audit: `--target-for density=0.95 --fraction 0.5` planned the cheapest plan
+    meeting that one target and left another model at 26%. The target is a floor now; the
+    bound is spent as a budget without targets would spend it."""
+    model = "face"  # alone, its cheapest stream plan leaves eyes at 21% (8.75 of 60 ms)
+    alone = decide(MODELS, {}, links, {f"target_agreement:{model}": 0.6}, 1, probe_every=8,
+                   stream=stream)  # fmt: skip
+    full = sum(links.model_costs[m]["ms"] for m in MODELS)
+    bound = {"ms": 0.5 * full, f"target_agreement:{model}": 0.6}
+    both = decide(MODELS, {}, links, bound, 1, probe_every=8, stream=stream)
+    key = "lower" if stream else "predicted"
+    assert both.extra[key][model] >= 0.6 - 1e-9
+    assert both.extra["cost"]["ms"] <= bound["ms"] * (1 + 1e-9)
+    mean = sum(both.extra["predicted"].values()) / len(MODELS)
+    assert mean >= sum(alone.extra["predicted"].values()) / len(MODELS) - 1e-9
+    if stream:  # the case of the audit: the bound lifts the model without a target
+        assert both.extra["predicted"]["eyes"] > alone.extra["predicted"]["eyes"] + 0.2
+    budget_only = decide(MODELS, {}, links, {"ms": bound["ms"]}, 1, probe_every=8, stream=stream)
+    if budget_only.extra[key][model] >= 0.6:  # the floor binds nothing: the budget's own plan
+        assert both.active == budget_only.active
+
+
 def test_targets_without_stream_synthesis_pick_the_cheapest_active_set_that_meets_them(
     links,
 ) -> None:

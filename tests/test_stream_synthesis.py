@@ -315,6 +315,36 @@ def test_the_target_plan_is_the_cheapest_assignment_whose_lower_bounds_meet_the_
     assert all(c.lower >= target - 1e-12 for c in plan.choices.values())
 
 
+@pytest.mark.parametrize(("budget", "floor"), [(9.5, 0.7), (14.0, 0.9), (6.0, 0.5)])
+def test_targets_with_a_compute_bound_are_floors_of_the_most_accurate_plan(budget, floor):
+    """A per-model target and a bound: the bound is spent on the others, not left unspent
+    (stop 45's audit: the cheapest plan meeting one model's target left another at 26%)."""
+    ms, curves = small_instance()
+    periods = (0, 2, 3, 4)
+    plan = plan_for_budget(curves, ms, budget, periods=periods, grid=20000, floors={"c": floor})
+    assert plan.feasible and plan.cost_ms <= budget + 1e-9
+    assert plan.choices["c"].lower >= floor - 1e-12
+    fits = brute_force(
+        ms,
+        curves,
+        periods,
+        lambda ch: sum(c.cost_ms for c in ch.values()) <= budget and ch["c"].lower >= floor,
+    )
+    best = max(sum(c.estimate for c in chosen.values()) / 3 for chosen in fits)
+    assert plan.estimate == pytest.approx(best, abs=1e-6)
+    cheapest = plan_for_targets(curves, ms, {"c": floor}, periods=periods, budget_ms=budget)
+    assert plan.estimate >= cheapest.estimate - 1e-9
+
+
+def test_floors_no_plan_within_the_bound_meets_are_refused_with_the_targets():
+    ms, curves = small_instance()
+    plan = plan_for_budget(curves, ms, 5.0, periods=(0, 2), floors={"a": 0.99, "b": 0.5})
+    assert not plan.feasible
+    assert "{'a': 0.99, 'b': 0.5}" in plan.reason and "within 5 ms/frame" in plan.reason
+    with pytest.raises(ValueError, match="unknown models"):
+        plan_for_budget(curves, ms, 5.0, floors={"z": 0.5})
+
+
 def test_per_model_targets_override_the_global_one_and_unknown_models_are_named():
     assert agreement_targets({"target_agreement": 0.9, "target_agreement:b": 0.5}, "abc") == {
         "a": 0.9,

@@ -58,12 +58,14 @@ def repair_group(
     :class:`RepairRefused` when nothing was changed, and ``RuntimeError`` naming the offsets
     when the delete went through but they could not be restored."""
     group = config.name
-    answer = asyncio.run(
-        describe_group(
-            {"bootstrap_servers": bootstrap_servers(bootstrap), **aiokafka_kwargs(config.security)},
-            group,
-        )
-    )
+    kwargs = {"bootstrap_servers": bootstrap_servers(bootstrap), **aiokafka_kwargs(config.security)}
+    try:
+        answer = asyncio.run(describe_group(kwargs, group))
+    except Exception as exc:
+        raise RepairRefused(
+            f"the broker at {bootstrap} did not describe group {group!r} ({exc}); check "
+            "--broker and that the broker is up"
+        ) from exc
     if answer is None or (answer.state == "Dead" and not answer.members):  # Kafka: none such
         raise RepairRefused(f"the broker knows no consumer group {group!r}: nothing to repair")
     if answer.error:
@@ -71,13 +73,21 @@ def repair_group(
     if answer.members and not force:
         raise RepairRefused(_why_not_with_members(group, answer.state, len(answer.members)))
     client = kafka_python_kwargs(config.security)
-    with admin_client(bootstrap, **client) as admin:
-        committed = _committed(admin, group)
-        say(
-            f"group {group!r}: {answer.state}, {len(answer.members)} member(s), "
-            f"{len(committed)} committed offsets read"
-        )
-        _delete(admin, group)
+    committed: dict[Any, Any] | None = None
+    try:
+        with admin_client(bootstrap, **client) as admin:
+            committed = _committed(admin, group)
+            say(
+                f"group {group!r}: {answer.state}, {len(answer.members)} member(s), "
+                f"{len(committed)} committed offsets read"
+            )
+            _delete(admin, group)
+    except RepairRefused:
+        raise
+    except Exception as exc:
+        if committed is None:  # nothing read, nothing deleted
+            raise RepairRefused(f"could not read group {group!r}'s offsets: {exc}") from exc
+        raise RuntimeError(_lost(group, committed, f"the delete raised {exc}")) from exc
     say(f"group {group!r} deleted")
     if committed:
         _restore(bootstrap, client, group, committed)
@@ -148,7 +158,7 @@ def _lost(group: str, committed: dict[Any, Any], why: str) -> str:
         f"{tp.topic}[{tp.partition}]={meta.offset}" for tp, meta in sorted(committed.items())
     )
     return (
-        f"group {group!r} was deleted but its committed offsets were not restored ({why}): "
-        f"its workers start again from each topic's reset point and answer frames twice. "
+        f"group {group!r} may have been deleted without its committed offsets ({why}): "
+        "if so, its workers start again from each topic's reset point and answer frames twice. "
         f"The offsets were: {shown}"
     )

@@ -148,3 +148,10 @@ def test_the_cli_repairs_a_group_without_members(broker: Any, tmp_path: Path) ->
     result = CliRunner().invoke(cli, ["repair-group", str(path), "--broker", broker.bootstrap])
     assert result.exit_code == 0, result.output
     assert "0 member(s)" in result.output and "restored 0 committed offsets" in result.output
+
+
+def test_a_broker_that_does_not_answer_changes_nothing_and_says_so(tmp_path: Path) -> None:
+    _, config = write_config(tmp_path, "down", FAST_MODELS, partitions=1, warmup_frames=8,
+                             output_timeout_s=5.0)  # fmt: skip
+    with pytest.raises(RepairRefused, match="did not describe group"):
+        repair_group("127.0.0.1:1", config)  # nothing listens on port 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,8 @@ STUCK_AFTER_S = 60.0  # a healthy rebalance on a loaded machine took 5-18 s (doc
 STUCK_ROUNDS = 3  # and a wedged round takes ~13 s on Tansu: at least 3 failed rounds
 SAY_AGAIN_S = 300.0  # while it stays stuck, the ERROR again this often
 _FLAG = "_mlink_watches_join_rounds"
-_ROUNDS: dict[str, JoinRounds] = {}  # group id -> the rounds of this process's member
+_ROUNDS: weakref.WeakKeyDictionary[Any, JoinRounds] = weakref.WeakKeyDictionary()
+"""Each group member of this process (its aiokafka coordinator) -> its rounds."""
 
 
 @dataclass(slots=True)
@@ -103,7 +105,7 @@ def unsynced_seconds(clock: Callable[[], float] = time.monotonic) -> float:
     assignment, in seconds (0 when each has one): the ``mlink_group_unsynced_seconds``
     gauge."""
     now = clock()
-    return max((rounds.unsynced_s(now) for rounds in _ROUNDS.values()), default=0.0)
+    return max((rounds.unsynced_s(now) for rounds in list(_ROUNDS.values())), default=0.0)
 
 
 def watch_join_rounds(clock: Callable[[], float] = time.monotonic) -> None:
@@ -118,9 +120,9 @@ def watch_join_rounds(clock: Callable[[], float] = time.monotonic) -> None:
 
     @functools.wraps(original)
     async def perform_group_join(self: Any) -> Any:
-        rounds = _ROUNDS.get(self.group_id)
+        rounds = _ROUNDS.get(self._coordinator)
         if rounds is None:
-            rounds = _ROUNDS[self.group_id] = JoinRounds(self.group_id, STUCK_AFTER_S)
+            rounds = _ROUNDS[self._coordinator] = JoinRounds(self.group_id, STUCK_AFTER_S)
         rounds.started(clock())
         result = await original(self)
         said = rounds.ended(result is not None, self._coordinator.generation, clock())

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mlink.topics.control import PIN_KEY
@@ -41,6 +42,7 @@ __all__ = [
     "lost_pin",
     "model_set_change",
     "model_set_id",
+    "models_change",
     "other_models_reason",
     "relearn_message",
     "relearning",
@@ -114,16 +116,47 @@ def model_set_change(
     every frame it does not run, and the controller's oracle fails on it), and one that names a
     removed model is refused by every worker, which then stays in warm-up for good. So the
     controller learns the links again (docs/link-store.md, "Changing the models").
+
+    Said from the config's side (:func:`models_change`): the same words serve a config edited
+    since the links were trained and a worker left on the old config of a rolling restart.
     """
-    added = sorted(set(configured) - set(trained))
-    removed = sorted(set(trained) - set(configured))
     changed = sorted(m for m in set(trained) & set(configured) if trained[m] != configured[m])
-    parts = [
-        f"{what} {names}"
-        for what, names in (("added", added), ("removed", removed), ("output changed", changed))
-        if names
-    ]
+    parts = models_change(trained, configured, "the links cover", "the links do not cover")
+    if changed:
+        said = _names(changed)
+        parts.append(f"this config gives {said} another output than the links were trained for")
     return "; ".join(parts) or None
+
+
+def models_change(
+    theirs: Iterable[str], ours: Iterable[str], covers: str, misses: str, most: int = 20
+) -> list[str]:
+    """Which models this config (``ours``) and a link version or plan (``theirs``) do not
+    share, said from this config's side: ``misses`` ("the links do not cover") the config's
+    extra models, ``covers`` ("the links cover") theirs. "added ['value_gbr']", seen from a
+    worker left on the old config, read as the rollout adding a model it had removed (a
+    helper's rollout audit, stop 45). At most ``most`` names each (a plan's come from a
+    record)."""
+    ours_only = sorted(set(ours) - set(theirs))
+    theirs_only = sorted(str(m) for m in set(theirs) - set(ours))
+    parts = []
+    if ours_only:
+        parts.append(f"this config has {_names(ours_only, most)}, which {misses}")
+    if theirs_only:
+        parts.append(f"{covers} {_names(theirs_only, most)}, which this config does not have")
+    return parts
+
+
+def _names(names: Sequence[str], most: int = 20) -> str:
+    """Model names as a reader reads them: plain ones bare, any other quoted (a name from a
+    record may hold anything), "and N more" past ``most``."""
+    said = [n if _PLAIN_NAME.fullmatch(n) else repr(n) for n in names[:most]]
+    if len(names) > most:
+        said.append(f"{len(names) - most} more")
+    return said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
+
+
+_PLAIN_NAME = re.compile(r"[\w.\-]+", re.ASCII)
 
 
 CLIENT_ID_PREFIX = "mlink-models-"

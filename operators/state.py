@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from mlink.linkstore.content_forecast import ContentTable
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
-from mlink.operators.relearn import RELEARN_KEY
+from mlink.operators.relearn import RELEARN_KEY, models_change
 from mlink.topics.control import (
     MAX_EPOCH,
     MAX_EPOCH_STEP,
@@ -334,16 +334,14 @@ def _rejected(reason: str) -> ApplyOutcome:
 
 
 def _planned_for(extra: Mapping[str, Any], models: Sequence[str]) -> str:
-    """What a refusal adds when the plan's cost table names other models than ``models`` (which
-    were removed, which added), else ``""``: a plan refused for a config edit named only the
-    first check it failed ("content table counts 6 run and 1 synthesized models; this pipeline
-    has 6")."""
+    """What a refusal adds when the plan's cost table names other models than ``models``, said
+    from this config's side (:func:`~mlink.operators.relearn.models_change`), else ``""``: a
+    plan refused for a config edit named only the first check it failed ("content table counts
+    6 run and 1 synthesized models; this pipeline has 6")."""
     planned = extra.get("model_ms")
     if not isinstance(planned, Mapping):
         return ""
-    added = sorted(set(models) - set(planned))
-    removed = sorted(str(m) for m in set(planned) - set(models))[:20]
-    parts = [f"{what} {names}" for what, names in (("removed", removed), ("added", added)) if names]
+    parts = models_change(planned, models, "the plan names", "the plan does not name")
     return f" (planned for other models than this config's: {'; '.join(parts)})" if parts else ""
 
 

@@ -125,8 +125,8 @@ def test_a_config_that_gains_and_then_loses_a_model_learns_its_links_again(
     plans = {m.epoch: m for m in _plans([decode_record(r.value, ControlMessage) for r in records])}
     assert sorted(plans) == [1, 2, 3, 4, 5, 6]  # one epoch never names two plans
     for relearn, version, change in (
-        (2, 1, f"added ['{ADDED}']"),
-        (4, 2, f"removed ['{REMOVED}']"),
+        (2, 1, f"this config has {ADDED}, which the links do not cover"),
+        (4, 2, f"the links cover {REMOVED}, which this config does not have"),
     ):
         plan = plans[relearn]
         assert plan.link_version is None and plan.extra[RELEARN_KEY] == version

@@ -81,13 +81,14 @@ def test_status_says_when_the_plan_in_force_is_from_links_for_other_models(tmp_p
     version = store.save({"x": {"w": torch.zeros(1)}}, {"models": {"a": a.to_dict()}})
     metas = store.versions()
     assert trained_for_other_models(metas, version, {"a": a}) is None
-    assert trained_for_other_models(metas, version, {"a": a, "b": b}) == "added ['b']"
+    added = "this config has b, which the links do not cover"
+    assert trained_for_other_models(metas, version, {"a": a, "b": b}) == added
     assert trained_for_other_models(metas, version + 1, {"a": a, "b": b}) is None  # gone
 
     state = ControlState(("a", "b"))
     state.link_version = version
     report = store_report(str(store.root), state, {"a": a, "b": b})
-    assert report["in_force_for_other_models"] == "added ['b']"
+    assert report["in_force_for_other_models"] == added
     status = {
         "epoch": 3,
         "models": ["a", "b"],
@@ -98,5 +99,5 @@ def test_status_says_when_the_plan_in_force_is_from_links_for_other_models(tmp_p
     console = Console(width=200, record=True)
     render_status(status, console)
     text = console.export_text()
-    assert f"link version {version} was trained for other models (added ['b'])" in text
+    assert f"link version {version} was trained for other models ({added})" in text
     assert "synthesized by links" not in text and "runs (links for other models)" in text

@@ -10,6 +10,7 @@ from mlink.operators.relearn import (
     RELEARN_KEY,
     LostLinks,
     model_set_change,
+    models_change,
     other_models_reason,
     relearn_message,
     relearning,
@@ -130,10 +131,33 @@ def test_a_model_set_change_names_what_was_added_removed_and_respecced() -> None
         "e": trained["e"],
     }
     assert model_set_change(trained, configured) == (
-        "added ['d']; removed ['c']; output changed ['a']"
+        "this config has d, which the links do not cover; the links cover c, which this config "
+        "does not have; this config gives a another output than the links were trained for"
     )
-    reason = other_models_reason(4, "added ['d']")
-    assert reason == "link version 4 was trained for other models than this config's (added ['d'])"
+    change = model_set_change(trained, configured)
+    reason = other_models_reason(4, change)
+    assert reason == f"link version 4 was trained for other models than this config's ({change})"
+
+
+def test_a_model_set_change_is_said_from_this_configs_side() -> None:
+    """A worker left on the old config of a rollout that removed value_gbr was told its links
+    were trained for other models "(added ['value_gbr'])": read as the rollout adding it (a
+    helper's rollout audit, stop 45)."""
+    new, old = ["digit", "ge5"], ["digit", "ge5", "value_gbr"]
+    said = models_change(new, old, "the links cover", "the links do not cover")
+    assert said == ["this config has value_gbr, which the links do not cover"]
+    said = models_change(old, new, "the plan names", "the plan does not name")
+    assert said == ["the plan names value_gbr, which this config does not have"]
+    assert models_change(old, old, "x", "y") == []
+    # several names read as a list; a name from a forged record is quoted, and bounded
+    said = models_change(["a", "b", "c"], [], "the plan names", "the plan does not name")
+    assert said == ["the plan names a, b and c, which this config does not have"]
+    said = models_change(["a\nINFO", *map(str, range(30))], ["z"], "covers", "misses", most=3)
+    assert said == [
+        "this config has z, which misses",
+        "covers 0, 1, 10 and 28 more, which this config does not have",
+    ]
+    assert "'a\\nINFO'" in models_change(["a\nINFO"], [], "covers", "misses")[0]
 
 
 def test_a_config_whose_declared_costs_changed_is_planned_again() -> None:

@@ -154,7 +154,8 @@ def store_report(
     empty store behind or look like a pipeline without links. With ``specs`` (the config's
     models), ``in_force_for_other_models`` says how the models the version in force was
     trained for differ from them: this config's workers run every model on its plan's frames
-    (a rolling restart onto a config with a model added: the plan looked in force)."""
+    (a rolling restart onto a config with a model added: the plan looked in force). With a
+    version in force, ``in_force_missing`` says whether the store lacks it."""
     local = local_store_path(root)
     if local is not None and not local.is_dir():
         return {"root": str(local.absolute()), "current": None, "versions": [], "missing": True}
@@ -172,6 +173,10 @@ def store_report(
         for row in link_rows(state, store, metas)
     ]
     report = {"root": str(store.root), "current": store.current(), "versions": versions}
+    if state.link_version is not None:
+        # pruned by a trainer on another config, or lost: a worker that has not loaded it runs
+        # every model, and status showed its plan's synthesized models as if they ran
+        report["in_force_missing"] = all(m.version != state.link_version for m in metas)
     if specs is not None and state.link_version is not None:
         report["in_force_for_other_models"] = trained_for_other_models(
             metas, state.link_version, specs

@@ -42,6 +42,56 @@ def _other_models(status: Mapping[str, Any]) -> str | None:
     return (status.get("linkstore") or {}).get("in_force_for_other_models")
 
 
+def _in_force_missing(status: Mapping[str, Any]) -> bool:
+    """Whether the link store lacks the plan's link version (pruned by a trainer on another
+    config, or lost)."""
+    store = status.get("linkstore") or {}
+    return bool(store.get("in_force_missing")) and not store.get("missing")
+
+
+def _missing_links(status: Mapping[str, Any]) -> str:
+    """The plan's link version is not in the store: what this config's workers do, and what
+    ends it. Status showed the plan's "synthesized by links" rows with nothing else (a helper's
+    rollout audit, stop 45)."""
+    held = ", ".join(
+        f"v{v['version']}" for v in (status.get("linkstore") or {}).get("versions", [])
+    )
+    line = (
+        f"link version {status.get('link_version')} of the plan in force is not in the link "
+        f"store (it holds {held or 'no version'}; it was pruned or lost): a worker of this "
+        "config that had not loaded it runs every model on the plan's frames, not the plan "
+        "below. "
+    )
+    if status.get("refused_plans"):
+        return line + (
+            "The controller runs on a worker with other models (it made the plans this config "
+            "refuses, below) and learns links only for those: restart every worker on one config"
+        )
+    return line + (
+        "The controller learns the links again once it has been missing links.relearn_after_s "
+        "(unless that is 0)"
+    )
+
+
+def _mixed(status: Mapping[str, Any]) -> str:
+    """What this config's workers do with the plans while workers on another config share the
+    group, as far as this config's status knows. It said "each side refuses the other's plans"
+    to a worker left on the old config that had accepted the plan and found only its links
+    unusable (a helper's rollout audit, stop 45)."""
+    if status.get("refused_plans"):
+        ours = "this config refuses the pipeline's newest plan (below)"
+    elif _other_models(status):
+        ours = (
+            "this config's workers accept the plan in force but cannot use its links, trained "
+            "for other models: they run every model"
+        )
+    elif _in_force_missing(status):
+        ours = "this config's workers accept the plan in force; its links are not in the store"
+    else:
+        ours = "this config's workers accept the plan in force"
+    return f"{ours}; `mlink status` with the other config says what its workers do"
+
+
 def _plan_of(model: str, status: Mapping[str, Any], active: set[str] | None) -> str:
     if _other_models(status):
         return "runs (links for other models)"
@@ -92,7 +142,10 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     """Print a status dict: a header, one row per model, then re-plans, versions and lag."""
     active = set(status["active"]) if isinstance(status.get("active"), list) else None
     cost = (status.get("plan_cost") or {}).get("ms")
-    header = [f"epoch {status.get('epoch')}", f"link version {status.get('link_version')}"]
+    version = f"link version {status.get('link_version')}"
+    if _in_force_missing(status):
+        version += " (not in the link store)"
+    header = [f"epoch {status.get('epoch')}", version]
     budget_ms = status.get("budget_ms")
     header.append(
         f"budget {status.get('budget') or 'none'}"
@@ -116,6 +169,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             "once it runs on one with this config's models",
             "yellow",
         )
+    if _in_force_missing(status):
+        _say(console, _missing_links(status), "yellow")
     if active is None and status.get("refused_plans"):  # not a warm-up: see the line below
         _say(
             console, "every model runs: this config refuses the pipeline's plans (below)", "yellow"
@@ -167,7 +222,11 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     for col in ("predicted\nall", "predicted\nsynth.", "live\nsynth.", "probes\n(eff.)"):
         table.add_column(col, justify="right")
     below = []
+    other = _other_models(status) is not None  # the plan's figures are not this config's
     for model in _models(status):
+        if other:
+            table.add_row(Text(model), Text(_plan_of(model, status, active)), *["n/a"] * 4)
+            continue
         probes = counts.get(model, status.get("live_probes") if model in live else None)
         low = _clearly_below(live.get(model), probes, synth.get(model))
         if low:
@@ -189,6 +248,32 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             + ", ".join(below),
             "yellow",
         )
+    if other:
+        _say(
+            console,
+            "predicted and live agreement: n/a on this config's workers (they run every model); "
+            "the plan's figures are for workers with the models its links were trained for: "
+            "`mlink status` with their config shows them",
+        )
+    else:
+        _figures(status, console)
+    _store(status.get("linkstore") or {}, console)
+    lag = status.get("lag") or {}
+    _say(console, "consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))
+    _workers(status.get("workers"), status.get("model_set"), _mixed(status), console)
+    for other_name, at in sorted((status.get("other_pipelines") or {}).items()):
+        _say(
+            console,
+            f"pipeline {other_name!r} wrote to this pipeline's topics (last at {_clock(at)}): two "
+            "pipelines on one topics.prefix answer each other's frames; give each its own",
+            "red",
+        )
+    _refused(status.get("refused_plans"), console)
+    _dead_letters(status.get("dead_letters") or {}, console)
+
+
+def _figures(status: Mapping[str, Any], console: Console) -> None:
+    """The plan's predicted and live agreement, all models and synthesized only."""
     _say(
         console,
         f"predicted: {percent(status.get('predicted_accuracy'))} all models, "
@@ -221,7 +306,9 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             "(the plan's forecast bound until probes come in, then its estimate with each "
             "synthesized model rescaled by what its probes saw)",
         )
-    store = status.get("linkstore") or {}
+
+
+def _store(store: Mapping[str, Any], console: Console) -> None:
     versions = ", ".join(
         f"v{v['version']} ({v['links']} links, {v.get('samples') or '?'} samples)"
         for v in store.get("versions", [])
@@ -240,18 +327,6 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             f"link store {store.get('root')}: current {store.get('current')}; "
             f"{versions or 'empty'}",
         )
-    lag = status.get("lag") or {}
-    _say(console, "consumer lag: " + (", ".join(f"{t} {n}" for t, n in lag.items()) or "none"))
-    _workers(status.get("workers"), status.get("model_set"), console)
-    for other, at in sorted((status.get("other_pipelines") or {}).items()):
-        _say(
-            console,
-            f"pipeline {other!r} wrote to this pipeline's topics (last at {_clock(at)}): two "
-            "pipelines on one topics.prefix answer each other's frames; give each its own",
-            "red",
-        )
-    _refused(status.get("refused_plans"), console)
-    _dead_letters(status.get("dead_letters") or {}, console)
 
 
 def _holding_the_warmup(failures: Mapping[str, Any], console: Console) -> None:
@@ -288,7 +363,9 @@ def _clock(at: Any) -> str:
         return "?"
 
 
-def _workers(group: Mapping[str, Any] | None, ours: str | None, console: Console) -> None:
+def _workers(
+    group: Mapping[str, Any] | None, ours: str | None, sides: str, console: Console
+) -> None:
     if group is None:
         _say(console, "live workers: unknown (the broker did not describe the consumer group)")
         return
@@ -322,7 +399,7 @@ def _workers(group: Mapping[str, Any] | None, ours: str | None, console: Console
                 console,
                 f"  {sets.get(ours, 0)} on this config's models ({ours}), {named}: workers on "
                 "another config share the group (a rolling restart under way, or a worker left "
-                "behind); each side refuses the other's plans",
+                f"behind); {sides}",
                 "yellow",
             )
     else:

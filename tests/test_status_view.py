@@ -205,3 +205,81 @@ def test_a_group_that_is_not_settled_says_its_workers_answer_nothing() -> None:
     assert "the group is not settled (Unknown)" in text and "mlink repair-group" in text
     settled = {"group": "demo", "state": "Stable", "workers": 2, "members": ["a", "b"]}
     assert "not settled" not in rendered(stream_status(workers=settled))
+
+
+def mixed_group(**sets: int) -> dict[str, Any]:
+    workers = sum(sets.values())
+    return {"group": "demo", "state": "Stable", "workers": workers, "model_sets": sets}
+
+
+def flat(status: dict[str, Any]) -> str:
+    return " ".join(rendered(status, width=400).split())
+
+
+def test_workers_on_another_config_are_told_only_what_this_config_knows() -> None:
+    """It said "each side refuses the other's plans" always, also to a worker left on the old
+    config that had accepted the plan and found only its links unusable (a helper's rollout
+    audit, stop 45)."""
+    mixed = {"workers": mixed_group(aaaa1111=1, bbbb2222=1), "model_set": "aaaa1111"}
+    refused = {"epoch": 5, "count": 2, "reason": "content table names models"}
+    text = flat(stream_status(refused_plans=refused, **mixed))
+    assert "1 on this config's models (aaaa1111), 1 on bbbb2222" in text
+    assert "this config refuses the pipeline's newest plan (below); `mlink status` with" in text
+    store = dict(stream_status()["linkstore"], in_force_for_other_models="x")
+    text = flat(stream_status(linkstore=store, **mixed))
+    assert (
+        "this config's workers accept the plan in force but cannot use its links, trained for "
+        "other models: they run every model" in text
+    )
+    text = flat(stream_status(**mixed))
+    assert "worker left behind); this config's workers accept the plan in force; `mlink" in text
+    assert "the other config says what its workers do" in text
+    for status in (stream_status(**mixed), stream_status(refused_plans=refused, **mixed)):
+        assert "each side" not in flat(status)
+
+
+def test_rows_of_a_plan_from_links_for_other_models_show_no_figures() -> None:
+    """Its predicted, synthesized and live figures are the other config's workers': this
+    config's run every model (a helper's rollout audit, stop 45)."""
+    store = dict(stream_status()["linkstore"], in_force_for_other_models="x")
+    text = rendered(stream_status(linkstore=store), width=120)
+    rows = [line.split() for line in text.splitlines() if line.startswith(("hog", "yolo", "eyes"))]
+    assert len(rows) == 3
+    assert all(row[-4:] == ["n/a"] * 4 and "runs (links for other models)" in " ".join(row)
+               for row in rows)  # fmt: skip
+    assert "94.4%" not in text and "predicted: 93.2%" not in text and "live on probes" not in text
+    assert "promised" not in text and "forecast with probes" not in text
+    assert "predicted and live agreement: n/a on this config's workers" in " ".join(text.split())
+    assert "94.4%" in rendered(stream_status(), width=120)  # a plan for this config's models
+
+
+def test_a_link_version_in_force_the_store_lost_is_said_in_the_headline(tmp_path) -> None:
+    """The headline read "link version 1" over rows "synthesized by links" while the store held
+    only v2 (pruned by the other config's trainer): a helper's rollout audit, stop 45."""
+    import torch
+
+    from mlink.linkstore.store import LinkStore
+    from mlink.operators.state import ControlState
+
+    store = LinkStore(tmp_path / "links")
+    pruned = store.save({"x": {"w": torch.zeros(1)}}, {"models": {}})
+    state = ControlState(("eyes",))
+    state.link_version = pruned
+    assert store_report(str(store.root), state)["in_force_missing"] is False
+    kept = store.save({"x": {"w": torch.zeros(1)}}, {"models": {}})
+    assert store.prune(1) == [pruned]  # by a trainer on the other config, keep_versions 1
+    report = store_report(str(store.root), state)
+    assert report["in_force_missing"] is True
+    assert "in_force_missing" not in store_report(str(store.root))  # no version in force
+    text = flat(stream_status(link_version=pruned, linkstore=report))
+    assert f"epoch 4 · link version {pruned} (not in the link store) · budget" in text
+    assert (
+        f"link version {pruned} of the plan in force is not in the link store (it holds "
+        f"v{kept}; it was pruned or lost): a worker of this config that had not loaded it runs "
+        "every model on the plan's frames" in text
+    )
+    assert "learns the links again once it has been missing links.relearn_after_s" in text
+    refused = {"epoch": 5, "count": 2, "reason": "content table names models"}
+    text = flat(stream_status(link_version=pruned, linkstore=report, refused_plans=refused))
+    assert "learns links only for those: restart every worker on one config" in text
+    assert "not in the link store" not in flat(stream_status())

@@ -92,7 +92,14 @@ def repair_group(
     if committed:
         _restore(bootstrap, client, group, committed)
     restored = {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()}
-    say(f"restored {len(restored)} committed offsets: start the workers")
+    then = "the workers in it rejoin" if answer.members else "start the workers"
+    say(f"restored {len(restored)} committed offsets: {then}")
+    if not restored and not answer.members:
+        say(
+            f"note: group {group!r} had no members and no committed offsets, as the embedded "
+            "broker describes a group it never saw: check that this is the pipeline's config "
+            "(its `name` is the group)"
+        )
     return GroupRepair(group, answer.state, len(answer.members), restored)
 
 

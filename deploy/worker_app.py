@@ -6,8 +6,10 @@ The pipeline config comes from ``MLINK_CONFIG`` (a YAML path) and the broker fro
 :func:`mlink.operators.create_app` on the config's operator settings and models, with the
 config's TLS/SASL settings. When ``MLINK_HEALTH`` names a file, the worker keeps it current
 (:mod:`mlink.deploy.health`): ready once the control log is replayed and every model is built,
-with a heartbeat, the epoch and the metrics port; ``mlink run`` waits on it. It turns not ready
-as soon as the worker starts to stop, so a readiness probe never reads a stopping or exited
+with a heartbeat from the worker's start, the epoch and the metrics port; ``mlink run`` waits on
+it. It turns not ready while the consumer group has kept the worker from any partition for a
+minute (it answers nothing: :mod:`mlink.operators.stuck_group`), and as soon as the worker
+starts to stop, so a readiness probe never reads a stopping or exited
 worker as ready (a SIGKILL leaves the file as it was: its heartbeat stops moving).
 """
 
@@ -20,9 +22,11 @@ from mlink.deploy.config import ConfigError, load_config
 from mlink.deploy.health import HealthFile, json_logging_config
 from mlink.deploy.processes import ORPHAN_GRACE_S, PARENT_ENV
 from mlink.deploy.security import faust_settings
-from mlink.operators import MLink, create_app
+from mlink.operators import MLink, create_app, stuck_group
+from mlink.operators.early_services import every_from_start
 from mlink.operators.orphans import exit_when_orphaned
 from mlink.operators.stop_deadline import say_why_it_crashed, when_stop_starts
+from mlink.operators.stuck_group import unsynced_seconds
 from mlink.operators.wiring import agent_crashes
 from mlink.topics.signing import Signer
 
@@ -59,27 +63,45 @@ _health_path = os.environ.get("MLINK_HEALTH")
 if _health_path:
     health = HealthFile(_health_path, config.name)
 
+    served = {"ready": False}  # the control log replayed and every model built, once
+
     @app.task
     async def report_ready() -> None:
         await mlink.ready()
-        endpoint = getattr(mlink, "metrics_endpoint", None)
+        served["ready"] = True
         if health.state.extra.get("stopping"):
             return
+        endpoint = getattr(mlink, "metrics_endpoint", None)
         health.update(
-            ready=True, metrics_port=endpoint.port if endpoint else None, epoch=mlink.state.epoch
+            ready=not _stuck(),
+            metrics_port=endpoint.port if endpoint else None,
+            epoch=mlink.state.epoch,
         )
 
-    @app.timer(interval=HEARTBEAT_S)
+    @every_from_start(app, HEARTBEAT_S)  # beats while the group keeps it from any partition
     async def heartbeat() -> None:
         if health.state.extra.get("stopping"):
             return
         # an agent that crashes over and over (faust restarts it) shows in `mlink run`'s summary
         crashes = agent_crashes(mlink.metrics)
-        health.update(epoch=mlink.state.epoch, extra={"agent_crashes": crashes})
+        endpoint = getattr(mlink, "metrics_endpoint", None)
+        health.update(
+            ready=served["ready"] and not _stuck(),
+            metrics_port=endpoint.port if endpoint else None,
+            epoch=mlink.state.epoch,
+            extra={"agent_crashes": crashes, "group_unsynced_s": round(unsynced_seconds(), 1)},
+        )
 
     when_stop_starts(
         app, lambda: health.update(ready=False, extra={**health.state.extra, "stopping": True})
     )
+
+
+def _stuck() -> bool:
+    """A group that has not given this worker partitions for ``STUCK_AFTER_S``: it answers
+    nothing, so a readiness probe must not read it as ready (stop 47's audit: a worker ready
+    before its group stopped settling stayed ready, with a fresh heartbeat)."""
+    return unsynced_seconds() >= stuck_group.STUCK_AFTER_S
 
 
 atexit.register(say_why_it_crashed, app)  # before logging's own exit hook: registered later

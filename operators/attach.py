@@ -24,8 +24,8 @@ import faust
 
 from mlink.operators.control_operators import attach_control_replay
 from mlink.operators.controller_agent import attach_controller
+from mlink.operators.early_services import MetricsServer
 from mlink.operators.frame_operator import FrameReader, attach_frame_operator, read_frame_record
-from mlink.operators.metrics import start_metrics_endpoint
 from mlink.operators.model_builder import attach_model_builder
 from mlink.operators.relearn import CLIENT_ID_PREFIX, model_set_id
 from mlink.operators.runtime import MLink
@@ -96,7 +96,8 @@ def _name_the_model_set(app: faust.App, mlink: MLink) -> None:
 
 def attach_metrics(app: faust.App, mlink: MLink, lag_every_s: float = 5.0) -> None:
     """The worker's counters in its log every ``metrics_every_s`` seconds; its Prometheus
-    endpoint when ``Settings.metrics_port`` is set; consumer lag of the partitions it reads."""
+    endpoint when ``Settings.metrics_port`` is set, from the app's start (call before it
+    starts); consumer lag of the partitions it reads."""
     settings = mlink.settings
 
     async def log_metrics() -> None:
@@ -131,16 +132,10 @@ def attach_metrics(app: faust.App, mlink: MLink, lag_every_s: float = 5.0) -> No
         other = mlink.state.link_version in mlink.other_models  # a rolling restart's other side
         mlink.prom.links_for_other_models.set(float(other))
 
-    async def serve_metrics() -> None:
-        port = settings.metrics_port
-        if port is not None:
-            endpoint = start_metrics_endpoint(mlink.prom, port, settings.metrics_host)
-            mlink.metrics_endpoint = endpoint  # type: ignore[attr-defined]
-
     app.timer(interval=settings.metrics_every_s)(log_metrics)
     app.timer(interval=lag_every_s)(measure_lag)
     app.timer(interval=lag_every_s)(refresh_health)
-    app.task(serve_metrics)
+    app.add_dependency(MetricsServer(mlink))  # from the start: a worker may never get partitions
 
 
 def attach(
@@ -159,6 +154,7 @@ def attach(
     _warn_about_buffers(app, mlink.settings)
     _name_the_model_set(app, mlink)
     attach_control_replay(app, mlink)
+    attach_metrics(app, mlink)  # its endpoint before the models' build and the group's join
     attach_model_builder(app, mlink)
 
     @app.on_before_shutdown.connect
@@ -167,7 +163,6 @@ def attach(
         mlink.close()
 
     frames = attach_frame_operator(app, mlink, source=source, reader=reader)
-    attach_metrics(app, mlink)
     return Attached(
         frame_operator=frames,
         trainer=attach_trainer(app, mlink) if trainer else None,

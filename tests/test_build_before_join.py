@@ -5,10 +5,14 @@ and blamed the broker. Real broker and workers."""
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mlink.deploy.health import read_health
+from mlink.deploy.topics_setup import create_pipeline_topics
 from tests.conftest import FaustWorker
 from tests.test_pipeline_e2e import APP, FAST_MODELS, one_worker, worker_env, write_config
 
@@ -105,3 +109,38 @@ def test_a_running_worker_keeps_answering_while_a_new_one_builds(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_worker_serves_metrics_and_beats_before_it_has_partitions(
+    broker: Any, tmp_path: Path
+) -> None:
+    """faust starts an app's tasks and timers at its first assignment, so a worker whose group
+    never gave it one (a group that never settles, docs/broker.md) served no metrics and froze
+    its heartbeat (stop 47's audit). The endpoint is up during the build, before the join, and
+    the health file beats and says how long the worker has waited for partitions."""
+    path, config = _config(tmp_path, "early", build_s=15.0, metrics_port=0)
+    health_path = tmp_path / "w.health.json"
+    create_pipeline_topics(config, broker.bootstrap)
+    env = {
+        **worker_env(path, broker.bootstrap, tmp_path / "faust"),
+        "MLINK_HEALTH": str(health_path),
+    }
+    worker = FaustWorker(APP, env, tmp_path / "w.log", "w0")
+    try:
+        deadline = time.monotonic() + 120
+        while "metrics endpoint on" not in worker.log() and time.monotonic() < deadline:
+            assert worker.proc.poll() is None, worker.log_tail()
+            time.sleep(0.5)
+        log = worker.log()
+        assert "building 4 models" in log and JOINED not in log, worker.log_tail()
+        url = re.search(r"metrics endpoint on (\S+)", log).group(1)  # type: ignore[union-attr]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert "mlink_group_unsynced_seconds" in response.read().decode()
+        worker.wait_ready(timeout=180)
+        first = read_health(health_path)
+        time.sleep(5.0)
+        later = read_health(health_path)
+        assert first and later and later.last_heartbeat > first.last_heartbeat
+        assert later.extra.get("group_unsynced_s") == 0.0 and later.metrics_port
+    finally:
+        worker.stop()

@@ -148,6 +148,7 @@ def test_the_cli_repairs_a_group_without_members(broker: Any, tmp_path: Path) ->
     result = CliRunner().invoke(cli, ["repair-group", str(path), "--broker", broker.bootstrap])
     assert result.exit_code == 0, result.output
     assert "0 member(s)" in result.output and "restored 0 committed offsets" in result.output
+    assert "check that this is the pipeline's config" in " ".join(result.output.split())
 
 
 def test_a_broker_that_does_not_answer_changes_nothing_and_says_so(tmp_path: Path) -> None:

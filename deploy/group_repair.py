@@ -6,10 +6,11 @@ also drops the group's committed offsets, so its workers start again from the ea
 and answer everything twice (642 duplicates in stop 46's audit). ``mlink repair-group`` reads
 the committed offsets, deletes the group and commits the same offsets again.
 
-It wants the workers stopped first. A live member rejoins within a second of the delete
-(measured on Tansu), and from then on the broker refuses a commit from outside the group
-(``UNKNOWN_MEMBER_ID``), so the offsets could not be restored before the workers read them.
-A stuck group's workers hold no partitions, so stopping them loses nothing.
+It wants the workers stopped first. A live member can rejoin within a second of the delete
+(a plain aiokafka member on Tansu, stop 47), and from then on the broker refuses a commit
+from outside the group (``UNKNOWN_MEMBER_ID``), so the offsets may not be restored before the
+workers read them (with two real workers mid-round the restore won 2 times of 2: a race, not
+a rule). A stuck group's workers hold no partitions, so stopping them loses nothing.
 """
 
 from __future__ import annotations

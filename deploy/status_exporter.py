@@ -129,8 +129,9 @@ class PipelineCollector(Collector):
         yield _gauge(
             "group_unsettled_seconds",
             "how long the looks have found workers in a consumer group that is not Stable (0: "
-            "settled); no worker answers meanwhile. Minutes on the embedded broker: a group that "
-            "never settles (docs/broker.md, `mlink repair-group`)",
+            "settled), from the first look that found it so; no worker answers meanwhile. "
+            "Minutes on the embedded broker: a group that never settles (docs/broker.md, "
+            "`mlink repair-group`)",
             0.0 if since is None else max(0.0, now.at - since),
         )
         if now.dead_letters is not None:

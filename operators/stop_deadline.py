@@ -61,10 +61,24 @@ def say_why_it_crashed(app: Any) -> None:
         )
 
 
+def _from_kafka(reason: BaseException) -> bool:
+    """A Kafka client's error (aiokafka's or kafka-python's): the broker, not the worker."""
+    return type(reason).__module__.split(".")[0] in ("aiokafka", "kafka")
+
+
 def _arm(deadline_s: float, app: Any) -> None:
     def expire() -> None:
-        if getattr(app, "crash_reason", None) is not None:  # not the broker: say what it was
+        reason = getattr(app, "crash_reason", None)
+        if reason is not None and not _from_kafka(reason):  # not the broker: say what it was
             log.error("still stopping %.0f s after the worker crashed: exiting now", deadline_s)
+            say_why_it_crashed(app)
+        elif reason is not None:  # the broker went away and the worker crashed on it
+            log.error(
+                "still stopping %.0f s after the worker crashed on a broker that does not "
+                "answer: exiting now; frames this worker had not answered are delivered again "
+                "and deduplicated",
+                deadline_s,
+            )
             say_why_it_crashed(app)
         else:
             log.error(

@@ -111,6 +111,37 @@ def test_a_crashed_worker_that_outlives_its_deadline_ends_with_the_crash_reason(
     assert "broker" not in done.stderr and "after the worker crashed" in done.stderr
 
 
+def test_a_worker_that_crashed_on_a_gone_broker_says_the_broker_and_the_reason() -> None:
+    """CI, stop 47: with the broker killed, faust crashed the app on a KafkaError before the
+    deadline; the deadline said only "after the worker crashed", hiding that it was the
+    broker."""
+    script = textwrap.dedent(
+        """
+        import asyncio, logging
+        from aiokafka.errors import KafkaError
+        from mlink.operators.stop_deadline import end_stuck_stop
+
+        class App:
+            crash_reason = KafkaError("Unable to get cluster metadata over all known brokers")
+
+            async def on_stop(self):
+                await asyncio.sleep(30)
+
+        logging.basicConfig()
+        app = App()
+        end_stuck_stop(app, 0.5)
+        asyncio.run(app.on_stop())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == STOP_DEADLINE_EXIT, done
+    assert "a broker that does not answer" in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "worker stopped: KafkaError" in last and "cluster metadata" in last, done.stderr
+
+
 def test_a_deadline_must_be_positive() -> None:
     class App:
         async def on_stop(self) -> None:

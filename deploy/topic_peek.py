@@ -28,7 +28,6 @@ import numpy as np
 
 from mlink.deploy.config import PipelineConfig
 from mlink.topics.bootstrap import bootstrap_servers
-from mlink.topics.codec import decode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.ingest import frame_from_record
 from mlink.topics.limits import Limits
@@ -154,23 +153,15 @@ def _read(
 
 
 def _frame(record: Any, fmt: str, limits: Limits) -> Frame:
-    """The Frame a kafka-python record holds, as the workers' reader of ``fmt`` reads it
-    (:func:`mlink.operators.frame_operator.source_reader`)."""
-    if fmt == "frame":
-        return decode_record(record.value, Frame, limits=limits)
-    value = record.value
-    if value is not None and len(value) > limits.max_record_bytes:
-        raise DecodeError(
-            f"record of {len(value):,} bytes exceeds the pipeline's limit of "
-            f"{limits.max_record_bytes:,} bytes (limits.max_record_bytes)"
-        )
+    """The Frame a kafka-python record holds, read as the workers read ``fmt``."""
     return frame_from_record(
         fmt,  # type: ignore[arg-type]
         record.topic,
         record.partition,
         record.offset,
         record.key,
-        value,
+        record.value,
         record.headers,
         record.timestamp,  # ms; -1 when the record has none
+        limits=limits,
     )

@@ -46,7 +46,7 @@ from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.frames import decode_frame
 from mlink.topics.ingest import SourceFormat, frame_from_record
 from mlink.topics.limits import DEFAULT_LIMITS, Limits
-from mlink.topics.records import DecodeError, Frame, FrameResult
+from mlink.topics.records import Frame, FrameResult
 
 __all__ = ["FrameReader", "attach_frame_operator", "read_frame_record", "source_reader"]
 
@@ -73,15 +73,11 @@ def source_reader(format: SourceFormat) -> FrameReader:
 
     def read(event: Any, limits: Limits = DEFAULT_LIMITS) -> Frame:
         m = event.message
-        if event.value is not None and len(event.value) > limits.max_record_bytes:
-            raise DecodeError(
-                f"record of {len(event.value):,} bytes exceeds the pipeline's limit of "
-                f"{limits.max_record_bytes:,} bytes (limits.max_record_bytes)"
-            )
         ms = None if m.timestamp is None else round(m.timestamp * 1000)  # faust: seconds
         return frame_from_record(
-            format, m.topic, m.partition, m.offset, event.key, event.value, m.headers, ms
-        )
+            format, m.topic, m.partition, m.offset, event.key, event.value, m.headers, ms,
+            limits=limits,
+        )  # fmt: skip
 
     return read
 

@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias, get_args
 
 from mlink.topics.codec import decode_record
+from mlink.topics.limits import DEFAULT_LIMITS, Limits
 from mlink.topics.records import DecodeError, Frame, RecordError
 
 __all__ = [
@@ -225,16 +226,24 @@ def frame_from_record(
     value: bytes | None,
     headers: Headers,
     timestamp_ms: int | None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Frame:
-    """The Frame one source-topic record holds, whatever the topic's format: the planner's one
-    call per record.
+    """The Frame one source-topic record holds, whatever the topic's format, under the
+    pipeline's ``limits``: the planner's one call per record, and `mlink check`'s on a topic.
 
     Raises :class:`~mlink.topics.records.DecodeError` (dead-letter the record) when the record
-    is not a valid frame of ``format``, and ``ValueError`` for an unknown format.
+    is not a valid frame of ``format`` or is over ``limits.max_record_bytes``, and
+    ``ValueError`` for an unknown format.
     """
     if format == "frame":
-        return decode_record(value, Frame)  # type: ignore[arg-type]
+        return decode_record(value, Frame, limits=limits)  # type: ignore[arg-type]
     if format == "image":
+        if value is not None and len(value) > limits.max_record_bytes:
+            raise DecodeError(
+                f"record of {len(value):,} bytes exceeds the pipeline's limit of "
+                f"{limits.max_record_bytes:,} bytes (limits.max_record_bytes)"
+            )
         return frame_from_image_record(topic, partition, offset, key, value, headers, timestamp_ms)
     raise ValueError(
         f"source format {format!r} is unknown; use one of {', '.join(map(repr, SOURCE_FORMATS))}"

@@ -23,10 +23,11 @@ from mlink.operators.group_check import describe_group
 from mlink.operators.relearn import CLIENT_ID_PREFIX, MODEL_SET_CHARS
 from mlink.topics.bootstrap import bootstrap_servers
 
-__all__ = ["UNKNOWN", "group_members", "model_sets"]
+__all__ = ["SETTLED", "UNKNOWN", "group_members", "model_sets"]
 
 log = logging.getLogger("mlink.status")
 UNKNOWN = "unknown"  # the model set of a member whose client id names none
+SETTLED = "Stable"  # the state of a group whose members have their partitions
 
 
 def group_members(bootstrap: str, config: PipelineConfig) -> dict[str, Any] | None:

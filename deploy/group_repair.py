@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlink.deploy.config import PipelineConfig
+from mlink.deploy.group_members import SETTLED
 from mlink.deploy.kafka_admin import admin_client
 from mlink.deploy.security import aiokafka_kwargs, kafka_python_kwargs
 from mlink.operators.group_check import describe_group
 from mlink.topics.bootstrap import bootstrap_servers
 
 __all__ = ["GroupRepair", "RepairRefused", "repair_group"]
-
-SETTLED = "Stable"
 
 
 class RepairRefused(RuntimeError):

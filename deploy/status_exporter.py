@@ -17,14 +17,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mlink.deploy.config import PipelineConfig
-from mlink.deploy.group_members import UNKNOWN, group_members
+from mlink.deploy.group_members import SETTLED, UNKNOWN, group_members
 from mlink.deploy.pipeline_status import consumer_lag, dead_letter_report
 from mlink.operators.relearn import model_set_id
 
 __all__ = ["Exporter", "Look", "PipelineCollector", "look", "serve"]
 
 log = logging.getLogger("mlink.exporter")
-SETTLED = "Stable"
 EVERY_S = 30.0  # a look reads a few topics' ends and asks the group: cheap, but not per scrape
 
 

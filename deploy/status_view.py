@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mlink.deploy.group_members import UNKNOWN
+from mlink.deploy.group_members import SETTLED, UNKNOWN
 from mlink.deploy.link_pins import LinkRow
 from mlink.linkstore.liveguard import below_forecast
 from mlink.operators.stream_decision import Z, fragile_reason
@@ -376,7 +376,7 @@ def _workers(
             f"live workers: {count} (consumer group {group.get('group')}, {state}, as the "
             "broker reports them)",
         )
-        if state != "Stable":
+        if state != SETTLED:
             _say(
                 console,
                 f"  the group is not settled ({state}): its workers hold no partitions and "

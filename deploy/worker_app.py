@@ -63,17 +63,14 @@ _health_path = os.environ.get("MLINK_HEALTH")
 if _health_path:
     health = HealthFile(_health_path, config.name)
 
-    served = {"ready": False}  # the control log replayed and every model built, once
-
     @app.task
     async def report_ready() -> None:
         await mlink.ready()
-        served["ready"] = True
         if health.state.extra.get("stopping"):
             return
         endpoint = getattr(mlink, "metrics_endpoint", None)
         health.update(
-            ready=not _stuck(),
+            ready=_serving(),
             metrics_port=endpoint.port if endpoint else None,
             epoch=mlink.state.epoch,
         )
@@ -86,7 +83,7 @@ if _health_path:
         crashes = agent_crashes(mlink.metrics)
         endpoint = getattr(mlink, "metrics_endpoint", None)
         health.update(
-            ready=served["ready"] and not _stuck(),
+            ready=_serving(),
             metrics_port=endpoint.port if endpoint else None,
             epoch=mlink.state.epoch,
             extra={"agent_crashes": crashes, "group_unsynced_s": round(unsynced_seconds(), 1)},
@@ -97,11 +94,13 @@ if _health_path:
     )
 
 
-def _stuck() -> bool:
-    """A group that has not given this worker partitions for ``STUCK_AFTER_S``: it answers
-    nothing, so a readiness probe must not read it as ready (stop 47's audit: a worker ready
-    before its group stopped settling stayed ready, with a fresh heartbeat)."""
-    return unsynced_seconds() >= stuck_group.STUCK_AFTER_S
+def _serving() -> bool:
+    """Ready (the control log replayed, every model built) and not kept from partitions by
+    its group for ``STUCK_AFTER_S``: such a worker answers nothing, so a readiness probe must
+    not read it as ready (stop 47's audit: a worker ready before its group stopped settling
+    stayed ready, with a fresh heartbeat)."""
+    built = mlink.event("control").is_set() and mlink.event("models").is_set()
+    return built and unsynced_seconds() < stuck_group.STUCK_AFTER_S
 
 
 atexit.register(say_why_it_crashed, app)  # before logging's own exit hook: registered later

@@ -242,16 +242,15 @@ def budget_search(
     def value_of(c: Choice) -> float:
         return c.lower if objective == "lower" else c.estimate
 
-    def meeting(t: str, active: frozenset[str]) -> list[Choice]:
-        need = floors.get(t, 0.0)
-        return [c for c in opts.choices(t, active, links) if c.lower >= need - 1e-12]
-
     def best_for(active: frozenset[str]) -> tuple[float, float, dict[str, Choice]] | None:
         room = budget_ms - sum(opts.ms[m] for m in active)
         if room < -1e-9 * budget_ms:
             return None
         targets = [t for t in models if t not in active]
-        groups = [_pareto(meeting(t, active), value_of) for t in targets]
+        groups = [
+            _pareto(_meeting(opts.choices(t, active, links), floors.get(t, 0.0)), value_of)
+            for t in targets
+        ]
         if not all(groups):  # some model has no option that meets its floor
             return None
         picked = choose_options(
@@ -367,8 +366,7 @@ def target_search(
             for t in models:
                 if t in active:
                     continue
-                need = targets.get(t, 0.0)
-                ok = [c for c in opts.choices(t, active, links) if c.lower >= need - 1e-12]
+                ok = _meeting(opts.choices(t, active, links), targets.get(t, 0.0))
                 if not ok:
                     break
                 pick = min(ok, key=lambda c: (c.cost_ms, -c.estimate))
@@ -387,6 +385,11 @@ def target_search(
     if best is None:
         return _fallback(opts, _unmet(opts, targets, budget_ms), searched)
     return _plan(opts, best[2], searched)
+
+
+def _meeting(choices: Iterable[Choice], floor: float) -> list[Choice]:
+    """The options whose lower bound meets ``floor`` (a model's accuracy target, 0: none)."""
+    return [c for c in choices if c.lower >= floor - 1e-12]
 
 
 def _unmet(opts: Options, targets: Mapping[str, float], budget_ms: float | None) -> str:

@@ -82,16 +82,17 @@ def test_the_deadline_starts_when_the_app_starts_to_stop(tmp_path: Path) -> None
     assert "a broker that does not answer" in done.stderr
 
 
-def test_a_crashed_worker_that_outlives_its_deadline_ends_with_the_crash_reason() -> None:
-    """A worker that refused to start (another pipeline on its prefix) waited out the deadline
-    and its last line blamed a broker that answered (stop 46's audit)."""
+def _crashed_past_the_deadline(reason: str) -> subprocess.CompletedProcess[str]:
+    """A process whose app crashed with ``reason`` (a Python expression) and whose stop then
+    hangs past a 0.5 s deadline."""
     script = textwrap.dedent(
-        """
+        f"""
         import asyncio, logging
+        from aiokafka.errors import KafkaError
         from mlink.operators.stop_deadline import end_stuck_stop
 
         class App:
-            crash_reason = RuntimeError("topics prefix p.control is in use by pipeline 'x'")
+            crash_reason = {reason}
 
             async def on_stop(self):
                 await asyncio.sleep(30)
@@ -102,8 +103,16 @@ def test_a_crashed_worker_that_outlives_its_deadline_ends_with_the_crash_reason(
         asyncio.run(app.on_stop())
         """
     )
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_crashed_worker_that_outlives_its_deadline_ends_with_the_crash_reason() -> None:
+    """A worker that refused to start (another pipeline on its prefix) waited out the deadline
+    and its last line blamed a broker that answered (stop 46's audit)."""
+    done = _crashed_past_the_deadline(
+        """RuntimeError("topics prefix p.control is in use by pipeline 'x'")"""
     )
     assert done.returncode == STOP_DEADLINE_EXIT, done
     last = done.stderr.strip().splitlines()[-1]
@@ -115,26 +124,8 @@ def test_a_worker_that_crashed_on_a_gone_broker_says_the_broker_and_the_reason()
     """CI, stop 47: with the broker killed, faust crashed the app on a KafkaError before the
     deadline; the deadline said only "after the worker crashed", hiding that it was the
     broker."""
-    script = textwrap.dedent(
-        """
-        import asyncio, logging
-        from aiokafka.errors import KafkaError
-        from mlink.operators.stop_deadline import end_stuck_stop
-
-        class App:
-            crash_reason = KafkaError("Unable to get cluster metadata over all known brokers")
-
-            async def on_stop(self):
-                await asyncio.sleep(30)
-
-        logging.basicConfig()
-        app = App()
-        end_stuck_stop(app, 0.5)
-        asyncio.run(app.on_stop())
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    done = _crashed_past_the_deadline(
+        'KafkaError("Unable to get cluster metadata over all known brokers")'
     )
     assert done.returncode == STOP_DEADLINE_EXIT, done
     assert "a broker that does not answer" in done.stderr, done.stderr

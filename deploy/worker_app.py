@@ -63,18 +63,6 @@ _health_path = os.environ.get("MLINK_HEALTH")
 if _health_path:
     health = HealthFile(_health_path, config.name)
 
-    @app.task
-    async def report_ready() -> None:
-        await mlink.ready()
-        if health.state.extra.get("stopping"):
-            return
-        endpoint = getattr(mlink, "metrics_endpoint", None)
-        health.update(
-            ready=_serving(),
-            metrics_port=endpoint.port if endpoint else None,
-            epoch=mlink.state.epoch,
-        )
-
     @every_from_start(app, HEARTBEAT_S)  # beats while the group keeps it from any partition
     async def heartbeat() -> None:
         if health.state.extra.get("stopping"):
@@ -88,6 +76,11 @@ if _health_path:
             epoch=mlink.state.epoch,
             extra={"agent_crashes": crashes, "group_unsynced_s": round(unsynced_seconds(), 1)},
         )
+
+    @app.task
+    async def report_ready() -> None:
+        await mlink.ready()
+        await heartbeat()  # ready at once, not at the next beat
 
     when_stop_starts(
         app, lambda: health.update(ready=False, extra={**health.state.extra, "stopping": True})

@@ -131,6 +131,7 @@ class PipelineConfig(StrictSection):
                 train=links.train_config(),
                 hold_s=links.hold_s,
                 train_in_child=links.train_in_child,
+                training_processes=links.training_processes,
                 stream=links.stream,
                 probe_stride=links.probe_stride,
                 cascades=links.cascades,

@@ -304,6 +304,12 @@ class LinksConfig(StrictSection):
     train_in_child: bool = Field(
         True, description="train in a lower-priority child process (False: on a thread)"
     )
+    training_processes: int = Field(
+        0,
+        ge=0,
+        description="processes that train the cross-fitted link sets side by side, with "
+        "train_in_child (the links come out the same): 0 is one per CPU, at most 4",
+    )
     stream: bool = Field(
         False,
         description="plan per frame of a stream: each model on its own period, synthesized in "

@@ -32,7 +32,8 @@ plans the same way as the bench.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,10 +56,13 @@ __all__ = [
     "PooledOracle",
     "Scheme",
     "TooFewSamples",
+    "TrainMap",
+    "TrainTask",
     "contiguous_folds",
     "cross_fit",
     "fit_and_score",
     "oracle_from_bundle",
+    "train_task",
     "trainable_folds",
 ]
 
@@ -75,6 +79,10 @@ class TooFewSamples(ValueError):
 
 
 Outputs = Mapping[str, Sequence[Any]]
+TrainTask = tuple[Mapping[str, OutputSpec], Outputs, TrainConfig, EnsembleKind]
+"""What one link set of a cross-fit is trained from: specs, outputs, config, ensemble kind."""
+TrainMap = Callable[[Callable[[TrainTask], LinkSet], Iterable[TrainTask]], Iterable[LinkSet]]
+"""``map``, or an executor's ``map``: how the link sets of a cross-fit are trained."""
 
 
 class PooledOracle(SampleOracle):
@@ -261,18 +269,17 @@ def _train(specs, outputs: Outputs, config: TrainConfig, ensemble: EnsembleKind)
     return LinkSet.train(specs, outputs, config, ensemble, progress=False)
 
 
-def _folds(
-    specs: Mapping[str, OutputSpec],
-    outputs: Outputs,
-    config: TrainConfig,
-    ensemble: EnsembleKind,
-    fold_of: Sequence[int],
-) -> tuple[list[LinkSet], list[np.ndarray], list[AgreementOracle]]:
-    """Per fold: the link set trained on the other folds, the fold's samples, their oracle."""
+def train_task(task: TrainTask) -> LinkSet:
+    """One link set of a cross-fit: what a :data:`TrainMap` maps over (picklable)."""
+    return _train(*task)
+
+
+def _splits(n: int, fold_of: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per fold: its held-out samples and the samples the fold's link set trains on."""
     fold = np.asarray(fold_of)
-    if len(fold) != _n(outputs):
-        raise ValueError(f"fold_of has {len(fold)} entries for {_n(outputs)} samples")
-    links, held, parts = [], [], []
+    if len(fold) != n:
+        raise ValueError(f"fold_of has {len(fold)} entries for {n} samples")
+    out = []
     for k in np.unique(fold).tolist():
         hold, fit = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
         if len(fit) < MIN_FIT:
@@ -280,11 +287,8 @@ def _folds(
                 f"fold {k} leaves {len(fit)} samples to train on (need {MIN_FIT}); "
                 "use fewer folds or more samples"
             )
-        ls = _train(specs, _subset(outputs, fit), config, ensemble)
-        links.append(ls)
-        held.append(hold)
-        parts.append(ls.agreement_oracle(_subset(outputs, hold)))
-    return links, held, parts
+        out.append((hold, fit))
+    return out
 
 
 def cross_fit(
@@ -296,6 +300,7 @@ def cross_fit(
     fold_of: Sequence[int] | None = None,
     also: Sequence[Sequence[int]] = (),
     weights: np.ndarray | None = None,
+    train_map: TrainMap = map,
 ) -> CrossFit:
     """Train the link set on all samples and score it out of fold.
 
@@ -304,19 +309,24 @@ def cross_fit(
     estimates of every assignment (the ``"mixed"`` scheme). ``weights``: each sample's weight in
     the pooled means (None: all alike; not kept by :meth:`CrossFit.bundle_parts`). Raises
     ValueError when a fold would leave fewer than 4 samples to train on.
+
+    ``train_map`` trains the link sets (every fold's and the full one, independent of each
+    other): ``map`` trains them one after another, an executor's ``map`` in parallel. Each
+    training seeds itself, so the result is the same either way.
     """
     config = config or TrainConfig()
     n = _n(outputs)
-    links, held, parts, pools = [], [], [], []
-    for assignment in [fold_of if fold_of is not None else contiguous_folds(n, folds), *also]:
-        more = _folds(specs, outputs, config, ensemble, assignment)
-        pools.append(list(range(len(links), len(links) + len(more[0]))))
-        links += more[0]
-        held += more[1]
-        parts += more[2]
+    assignments = [fold_of if fold_of is not None else contiguous_folds(n, folds), *also]
+    splits = [_splits(n, assignment) for assignment in assignments]
     if weights is not None and len(weights) != n:
         raise ValueError(f"{len(weights)} weights for {n} samples")
-    full = _train(specs, outputs, config, ensemble)
+    tasks = [(specs, _subset(outputs, fit), config, ensemble) for s in splits for _, fit in s]
+    # the largest first: side by side, the others fill in around it
+    full, *links = list(train_map(train_task, [(specs, outputs, config, ensemble), *tasks]))
+    held = [hold for s in splits for hold, _ in s]
+    parts = [ls.agreement_oracle(_subset(outputs, h)) for ls, h in zip(links, held, strict=True)]
+    sizes = np.cumsum([0] + [len(s) for s in splits]).tolist()
+    pools = [list(range(a, b)) for a, b in itertools.pairwise(sizes)]
     scheme: Scheme = "mixed" if also else "crossfit"
     held_weights = None if weights is None else [np.asarray(weights)[idx] for idx in held]
     return CrossFit(full, _combine(parts, pools, held_weights), scheme, links, held, pools)
@@ -331,9 +341,11 @@ def fit_and_score(
     folds: int = 5,
     groups: Sequence[Any] | None = None,
     balanced: bool = False,
+    train_map: TrainMap = map,
 ) -> CrossFit:
     """The link set to run and the oracle to select with, by ``scheme`` (see the module
     docstring). ``groups`` are the samples' stream ids, in time order within each stream.
+    ``train_map``: how the cross-fitted schemes train their link sets (:func:`cross_fit`).
 
     ``balanced`` (crossfit and mixed, with ``groups``): the oracle weighs every stream the same
     however many samples it has, as stream synthesis's estimates do for a backlog's warm-up
@@ -354,10 +366,18 @@ def fit_and_score(
         within = trainable_folds(n, folds, groups)
         across = [group_folds(n, groups)] if scheme == "mixed" else []
         return cross_fit(
-            specs, outputs, config, ensemble, fold_of=within, also=across, weights=weights
+            specs,
+            outputs,
+            config,
+            ensemble,
+            fold_of=within,
+            also=across,
+            weights=weights,
+            train_map=train_map,
         )
     if scheme == "streams":
-        fit = cross_fit(specs, outputs, config, ensemble, fold_of=group_folds(n, groups))
+        folds_of = group_folds(n, groups)
+        fit = cross_fit(specs, outputs, config, ensemble, fold_of=folds_of, train_map=train_map)
         fit.scheme = "streams"
         return fit
     if scheme == "holdout":

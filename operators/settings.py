@@ -145,6 +145,9 @@ class LinkSettings:
     ``hold_s`` in all) and then up to ``hold_s`` more (:mod:`mlink.operators.warmup_hold`).
     ``train_in_child`` trains in a separate, lower-priority process (one torch thread), so
     training never starves the models or the heartbeats; False trains on a thread.
+    ``training_processes`` (with ``train_in_child``): processes at that priority that train
+    the cross-fitted link sets side by side, the same links sooner (0: one per CPU, at most 4;
+    ``TrainingSettings.processes``).
     ``stream`` plans per frame of a stream (docs/stream-synthesis.md): each model runs on a
     period of its own and is synthesized in between from its last real output, a detector that
     runs, or the paper's links, whichever the probes say agrees best for the cost;
@@ -175,6 +178,7 @@ class LinkSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     hold_s: float = 60.0
     train_in_child: bool = True
+    training_processes: int = 0
     stream: bool = False
     probe_stride: int = 0
     cascades: bool = False
@@ -191,10 +195,11 @@ class LinkSettings:
             raise SettingsError("LinkSettings.relearn_after_s must be >= 0 (0: never relearn)")
         if self.hold_s < 0:
             raise SettingsError("LinkSettings.hold_s must be >= 0 (0: never wait for links)")
-        if min(self.probe_every, self.retrain_every, self.probe_stride, self.keep_versions) < 0:
+        counts = (self.probe_every, self.retrain_every, self.probe_stride, self.keep_versions)
+        if min(*counts, self.training_processes) < 0:
             raise SettingsError(
-                "LinkSettings.probe_every, retrain_every, probe_stride and keep_versions must "
-                "be >= 0"
+                "LinkSettings.probe_every, retrain_every, probe_stride, keep_versions and "
+                "training_processes must be >= 0"
             )
         if max(self.probe_every, self.probe_stride) > MAX_PROBE_EVERY:
             raise SettingsError(

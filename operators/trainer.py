@@ -16,7 +16,7 @@ import torch
 
 from mlink.linkstore.budget import typical_ms
 from mlink.linkstore.bundle import make_bundle
-from mlink.linkstore.crossfit import fit_and_score
+from mlink.linkstore.crossfit import TrainMap, fit_and_score
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.streamfit import Sample, fit_stream
@@ -174,6 +174,7 @@ def train_bundle(
     cascades: bool = False,
     balance_streams: bool = True,
     fill: int = 1,
+    train_map: TrainMap = map,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Train links on aligned outputs and cross-fit the oracle plans are scored on (``groups``:
     each sample's stream); the bundle a linkstore version holds (tensors, meta). With ``seqs``
@@ -181,8 +182,9 @@ def train_bundle(
     modes, scored by frames since a model's last run, and with ``cascades`` the ``gate`` mode;
     ``balance_streams`` weighs every stream the same in its estimates (``LinkSettings``);
     ``fill``: the frames a worker's batch held when the samples' costs were measured
-    (:meth:`LinkTrainer.batch_fill`)."""
-    fit = fit_and_score(specs, outputs, config, ensemble, groups=groups)
+    (:meth:`LinkTrainer.batch_fill`); ``train_map`` trains the cross-fitted link sets (in
+    parallel with an executor's ``map``: :func:`~mlink.linkstore.crossfit.cross_fit`)."""
+    fit = fit_and_score(specs, outputs, config, ensemble, groups=groups, train_map=train_map)
     stream = None
     if seqs is not None:
         if groups is None or len(groups) != len(seqs):

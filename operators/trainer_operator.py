@@ -21,7 +21,7 @@ from mlink.linkstore.liveguard import DECAY, option_keys
 from mlink.operators.live import LiveAgreement, probe_agreement
 from mlink.operators.relearn import relearning
 from mlink.operators.runtime import MLink
-from mlink.operators.training_process import TrainingJob, TrainingProcess
+from mlink.operators.training_process import TrainingJob, TrainingProcess, TrainingSettings
 from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.pipeline_header import other_writer
@@ -61,9 +61,10 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
     process: list[TrainingProcess] = []
 
     def training_process() -> TrainingProcess:
-        """One warm training child per worker, started on the first training."""
+        """One warm training child per worker, started with the first sample."""
         if not process:
-            process.append(TrainingProcess())
+            child = TrainingSettings(processes=settings.links.training_processes)
+            process.append(TrainingProcess(child))
             mlink.on_close(lambda: process[0].close(wait=False))
         return process[0]
 
@@ -185,6 +186,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
                 trainer.announced(state.latest_links)  # trained here or before a handover
                 if trainer.add(result):
                     retry["added"] += 1
+                    if settings.links.train_in_child and not trainer.trained_versions:
+                        training_process().warm()  # torch imported while the warm-up runs
                     await report_live(result)
                 relearn = relearning(state.plan_extra, state.link_version, state.latest_links)
                 if trainer.ready(relearn) and retry["added"] >= retry["at"]:

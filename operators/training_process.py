@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from mlink.linkstore.crossfit import TrainMap
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.training import TrainConfig
@@ -43,7 +46,10 @@ __all__ = [
     "run_training_job",
 ]
 
+log = logging.getLogger(__name__)
 Tensors = dict[str, dict[str, torch.Tensor]]
+AUTO_PROCESSES_MAX = 4
+"""Each helper imports torch (a few hundred MB): more cores than this do not get one each."""
 
 
 class TrainingFailed(RuntimeError):
@@ -58,6 +64,20 @@ class TrainingSettings:
     """Added to the child's niceness: the worker's event loop and models come first."""
     torch_threads: int = 1
     start_method: Literal["spawn", "forkserver"] = "spawn"
+    processes: int = 0
+    """Processes that train a job's cross-fitted link sets side by side, at the child's
+    priority (each link set seeds itself, so the bundle is the same however many): 0 is one per
+    CPU this process may use, at most :data:`AUTO_PROCESSES_MAX`; 1 trains them one after
+    another in the child."""
+
+    def __post_init__(self) -> None:
+        if self.processes < 0:
+            raise ValueError(f"processes must be >= 0 (0: one per CPU), got {self.processes}")
+
+    def helpers(self) -> int:
+        """Helper processes the child starts: none when the link sets train one at a time."""
+        n = self.processes or min(len(os.sched_getaffinity(0)), AUTO_PROCESSES_MAX)
+        return n if n > 1 else 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,8 +134,10 @@ class TrainingOutcome:
     """Wall time in the child, training and saving."""
 
 
-def run_training_job(job: TrainingJob) -> TrainingOutcome:
-    """Train (and save, if the job says where); runs in the training process or anywhere else."""
+def run_training_job(job: TrainingJob, train_map: TrainMap = map) -> TrainingOutcome:
+    """Train (and save, if the job says where); runs in the training process or anywhere else.
+    ``train_map`` trains the cross-fitted link sets
+    (:func:`~mlink.linkstore.crossfit.cross_fit`)."""
     started = time.perf_counter()
     tensors, meta = train_bundle(
         job.specs,
@@ -128,6 +150,7 @@ def run_training_job(job: TrainingJob) -> TrainingOutcome:
         cascades=job.cascades,
         balance_streams=job.balance_streams,
         fill=job.fill,
+        train_map=train_map,
     )
     if job.store_root is not None:
         version = LinkStore(job.store_root).save(tensors, meta, after=job.number_after)
@@ -135,21 +158,60 @@ def run_training_job(job: TrainingJob) -> TrainingOutcome:
     return TrainingOutcome(None, tensors, meta, time.perf_counter() - started)
 
 
+_helpers: concurrent.futures.ProcessPoolExecutor | None = None  # the child's, if it has any
+_helper_settings: TrainingSettings | None = None
+
+
 def _run_in_child(job: TrainingJob) -> TrainingOutcome:
-    outcome = run_training_job(job)
+    global _helpers
+    try:
+        outcome = run_training_job(job, _helpers.map if _helpers is not None else map)
+    except BrokenProcessPool:  # a helper died (killed, out of memory): this job trains alone
+        log.warning("a link-training helper process died; training this job in one process")
+        _helpers = _start_helpers(_helper_settings) if _helper_settings is not None else None
+        outcome = run_training_job(job)
     if outcome.tensors is None:
         return outcome
     as_numpy = {k: {p: t.numpy() for p, t in d.items()} for k, d in outcome.tensors.items()}
     return TrainingOutcome(None, as_numpy, outcome.meta, outcome.seconds)  # type: ignore[arg-type]
 
 
-def _init_child(nice: int, torch_threads: int) -> None:
+def _start_helpers(settings: TrainingSettings) -> concurrent.futures.ProcessPoolExecutor:
+    helpers = settings.helpers()
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=helpers,
+        mp_context=multiprocessing.get_context(settings.start_method),
+        initializer=_init_child,
+        initargs=(replace(settings, processes=1), os.getpid()),
+    )
+    for _ in range(helpers):  # start them now, each importing torch, not at the first job
+        pool.submit(int)
+    # a pool's process joins its children as it exits, before the hook that would end these:
+    # end them first (without this the child never exits and its pool's shutdown hangs)
+    multiprocessing.util.Finalize(
+        pool, pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, exitpriority=10
+    )
+    return pool
+
+
+def _init_child(settings: TrainingSettings, parent: int) -> None:
     # No PR_SET_PDEATHSIG here: the pool starts its process from whichever thread submits first,
     # and the death signal would fire when that thread ends; the parent-pid watchdog is enough.
-    die_with_parent(None, death_signal=False)
-    if nice:
-        os.nice(nice)
-    torch.set_num_threads(torch_threads)
+    global _helpers, _helper_settings
+    # ``parent``: a process whose parent died while it started (a stop right after the first
+    # sample) would otherwise watch its new parent, init, and train on for good
+    die_with_parent(parent, death_signal=False)
+    torch.set_num_threads(settings.torch_threads)
+    if settings.helpers():  # they train every link set: this process needs no optimizer
+        _helper_settings = settings
+        _helpers = _start_helpers(settings)
+    else:  # the first optimizer imports torch._dynamo (seconds): before the first job
+        torch.optim.RMSprop([torch.zeros(1, requires_grad=True)])
+    # only now: a child starts with the warm-up's first sample, while every model runs on
+    # every frame, and at nice 10 its imports (and its helpers', which it would pass the
+    # niceness on to) waited for the warm-up to end, into the first training
+    if settings.nice:
+        os.nice(settings.nice)
 
 
 class TrainingProcess:
@@ -183,6 +245,12 @@ class TrainingProcess:
         self._ensure_pool().submit(int).result()
         return self
 
+    def warm(self) -> None:
+        """Start the child, and its helpers, without waiting: the first job then finds them
+        ready (torch imported) instead of starting them."""
+        if self._pool is None:
+            self._ensure_pool().submit(int)
+
     def close(self, wait: bool = True) -> None:
         """Stop the child; ``wait=False`` also kills it, abandoning a running job. The pool's
         exit hook waits for a running job, so a worker stopped mid-training sat out its stop
@@ -203,7 +271,7 @@ class TrainingProcess:
                 max_workers=1,
                 mp_context=multiprocessing.get_context(s.start_method),
                 initializer=_init_child,
-                initargs=(s.nice, s.torch_threads),
+                initargs=(s, os.getpid()),
             )
         return self._pool
 

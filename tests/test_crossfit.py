@@ -185,3 +185,37 @@ def test_a_balanced_oracle_weighs_every_stream_alike():
         PooledOracle(fair.oracle.parts, [np.ones(2)] * len(fair.oracle.parts))
     with pytest.raises(ValueError, match="weights for"):
         cross_fit(SPECS, data, FAST, folds=3, weights=np.ones(5))
+
+
+def _backwards(fn, items):
+    """A map that trains the link sets in reverse order (as a pool may finish them)."""
+    items = list(items)
+    done = [fn(x) for x in reversed(items)]
+    return list(reversed(done))
+
+
+def test_the_link_sets_of_a_cross_fit_do_not_depend_on_the_order_they_are_trained_in():
+    """What training them side by side in processes relies on: each seeds itself."""
+    data, groups = outputs(48), ["a"] * 24 + ["b"] * 24
+    calls: list[int] = []
+
+    def counting(fn, items):
+        items = list(items)
+        calls.append(len(items))
+        return _backwards(fn, items)
+
+    serial = fit_and_score(SPECS, data, FAST, groups=groups)
+    shuffled = fit_and_score(SPECS, data, FAST, groups=groups, train_map=counting)
+    assert calls == [len(serial.fold_links) + 1]  # every fold's link set and the full one
+    assert serial.scheme == shuffled.scheme == "mixed"
+    for a, b in zip(
+        [serial.linkset, *serial.fold_links], [shuffled.linkset, *shuffled.fold_links], strict=True
+    ):
+        ta, tb = a.to_bundle()[0], b.to_bundle()[0]
+        assert ta.keys() == tb.keys()
+        for name in ta:
+            for param in ta[name]:
+                assert ta[name][param].equal(tb[name][param]), (name, param)
+    active = frozenset({"digit"})
+    for m in ("parity", "noise", "boxes"):
+        assert serial.oracle(active, m) == shuffled.oracle(active, m)

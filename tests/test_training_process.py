@@ -26,7 +26,7 @@ from mlink.operators.training_process import (
 )
 from mlink.topics.records import FrameResult, ModelResult
 from mlink.topics.specs import VectorSpec
-from tests.procs import alive
+from tests.procs import alive, children
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 SPECS = {"digit": VectorSpec(10, "softmax"), "parity": VectorSpec(2, "softmax")}
@@ -121,6 +121,41 @@ def test_a_trainer_hands_its_buffer_to_the_child_and_records_the_version(tmp_pat
     assert store.current() == 1
 
 
+def test_side_by_side_training_makes_the_same_bundle_and_its_helpers_end_with_the_child() -> None:
+    """The cross-fitted link sets train in helper processes of the child; a worker that stops
+    kills the child, and the helpers must not outlive it."""
+    one = TrainingProcess(TrainingSettings(nice=0, processes=1))
+    try:
+        alone = one.train(job())
+    finally:
+        one.close()
+    process = TrainingProcess(TrainingSettings(nice=0, processes=2)).start()
+    try:
+        pid = child_pid(process)
+        helpers = helpers_of(pid)
+        assert len(helpers) == 2
+        side_by_side = process.train(job())
+    finally:
+        process.close(wait=False)
+    assert alone.tensors is not None and side_by_side.tensors is not None
+    assert alone.tensors.keys() == side_by_side.tensors.keys()
+    for name, params in alone.tensors.items():
+        for param, tensor in params.items():
+            assert side_by_side.tensors[name][param].equal(tensor), (name, param)
+    deadline = time.monotonic() + 20
+    while any(alive(h) for h in [pid, *helpers]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(h) for h in [pid, *helpers])
+
+
+def helpers_of(pid: int, n: int = 2) -> list[int]:
+    """The child's helper processes, once it has started ``n`` of them (they start with it)."""
+    deadline = time.monotonic() + 60
+    while len(found := children(pid)) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
 def test_a_killed_training_process_fails_one_job_and_the_next_starts_a_new_one(
     tmp_path: Path,
 ) -> None:
@@ -144,12 +179,13 @@ STOP_MID_JOB = """
 import asyncio, sys, time
 sys.path.insert(0, {root!r})
 from mlink.linkstore.training import TrainConfig
-from mlink.operators.training_process import TrainingJob, TrainingProcess
-from tests.test_training_process import SPECS, child_pid, outputs
+from mlink.operators.training_process import TrainingJob, TrainingProcess, TrainingSettings
+from tests.test_training_process import SPECS, child_pid, helpers_of, outputs
 
 async def main():
-    process = TrainingProcess().start()
-    print("child", child_pid(process), flush=True)
+    process = TrainingProcess(TrainingSettings(processes=2)).start()
+    pid = child_pid(process)
+    print("child", pid, *helpers_of(pid), flush=True)
     job = TrainingJob(specs=SPECS, outputs=outputs(400), config=TrainConfig(epochs=100_000))
     asyncio.ensure_future(process.atrain(job))
     await asyncio.sleep(2.0)
@@ -161,8 +197,9 @@ asyncio.run(main())
 
 
 def test_a_process_that_closes_its_training_child_mid_job_exits_without_waiting_for_it() -> None:
-    """What a worker does at a stop: the job (minutes of epochs) is abandoned, the child dies
-    and the process ends. Before, the pool's exit hook waited for the job."""
+    """What a worker does at a stop: the job (minutes of epochs) is abandoned, the child and its
+    helpers die and the process ends. Before, the pool's exit hook waited for the job; and a
+    helper still starting when its parent died trained on, an orphan, for good."""
     import subprocess
     import sys
 
@@ -173,14 +210,15 @@ def test_a_process_that_closes_its_training_child_mid_job_exits_without_waiting_
         text=True,
     )
     try:
-        pid = int(script.stdout.readline().split()[1])  # type: ignore[union-attr]
+        pid, *helpers = map(int, script.stdout.readline().split()[1:])  # type: ignore[union-attr]
+        assert len(helpers) == 2
         assert script.stdout.readline().strip() == "closed"  # type: ignore[union-attr]
         closed = time.monotonic()
         script.wait(timeout=120)
         print(f"\nexited {time.monotonic() - closed:.1f} s after closing")
         deadline = time.monotonic() + 10
-        while alive(pid) and time.monotonic() < deadline:
+        while any(alive(p) for p in [pid, *helpers]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not alive(pid)
+        assert not any(alive(p) for p in [pid, *helpers])
     finally:
         script.kill()

@@ -1,0 +1,90 @@
+"""How long a pipeline's first link training takes, trained one link set at a time and side by
+side in helper processes (``links.training_processes``), and that both make the same links.
+
+    python bench/first_training.py deploy/configs/video-demo.yaml [--processes 1 2] [--repeats 2]
+
+The job is the one a worker's trainer hands its training process after the warm-up: the
+config's models on the first ``warmup_frames / cameras`` frames of each camera (the cached full
+run of ``mlink run``; computed once if absent), the config's recipe and ensemble, stream
+synthesis if the config plans per stream. Each row starts a warm training process (its helpers'
+torch already imported, as a worker's is after the warm-up), times ``repeats`` jobs in it at nice
+10 and closes it; rows are interleaved by repeat, since the machine may be shared. The last
+column says whether the row's bundle equals the first row's, tensor for tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from mlink.deploy.config import load_config
+from mlink.deploy.source import iter_source
+from mlink.eval.run import full_run
+from mlink.operators.training_process import TrainingJob, TrainingProcess, TrainingSettings
+
+
+def warmup_job(config_path: Path) -> TrainingJob:
+    config = load_config(config_path)
+    frames = list(iter_source(config.source))
+    workload = full_run(config, frames)
+    links = config.operator_settings().links
+    cameras = len(set(workload.streams))
+    per_camera = max(1, links.warmup_frames // cameras)
+    seen: dict[str, int] = {}
+    rows: list[tuple[int, str, int]] = []
+    for i, stream in enumerate(workload.streams):
+        seen[stream] = seen.get(stream, 0) + 1
+        if seen[stream] <= per_camera:
+            rows.append((i, stream, seen[stream] - 1))
+    return TrainingJob(
+        specs=workload.specs,
+        outputs={m: [workload.outputs[m][i] for i, _, _ in rows] for m in workload.specs},
+        config=links.train,
+        ensemble=links.ensemble,  # type: ignore[arg-type]
+        measured_costs={m: {"ms": c["ms"]} for m, c in workload.costs.items()},
+        groups=[s for _, s, _ in rows],
+        seqs=[q for _, _, q in rows] if links.stream else None,
+        cascades=links.cascades,
+        balance_streams=links.balance_streams,
+    )
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[n].keys() == b[n].keys() and all(a[n][p].equal(b[n][p]) for p in a[n]) for n in a
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 0])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    job = warmup_job(args.config)
+    print(f"{len(job.groups or [])} warm-up samples of {len(set(job.groups or []))} cameras")
+    seconds: dict[int, list[float]] = {p: [] for p in args.processes}
+    reference, equal = None, dict.fromkeys(args.processes, True)
+    for _ in range(args.repeats):
+        for p in args.processes:
+            process = TrainingProcess(TrainingSettings(processes=p)).start()
+            time.sleep(5.0 if TrainingSettings(processes=p).helpers() else 0.0)  # helpers up
+            try:
+                outcome = process.train(job)
+            finally:
+                process.close(wait=False)
+            seconds[p].append(outcome.seconds)
+            reference = reference if reference is not None else outcome.tensors
+            equal[p] &= same(reference, outcome.tensors)  # type: ignore[arg-type]
+    print("| training processes | seconds (each repeat) | median | same links as the first row |")
+    print("|---|---|---|---|")
+    for p, values in seconds.items():
+        label = f"{p} (auto: {TrainingSettings(processes=p).helpers() or 1})" if p == 0 else p
+        runs = ", ".join(f"{v:.1f}" for v in values)
+        print(f"| {label} | {runs} | {statistics.median(values):.1f} | {equal[p]} |")
+
+
+if __name__ == "__main__":
+    main()

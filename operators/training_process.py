@@ -168,7 +168,9 @@ def _run_in_child(job: TrainingJob) -> TrainingOutcome:
         outcome = run_training_job(job, _helpers.map if _helpers is not None else map)
     except BrokenProcessPool:  # a helper died (killed, out of memory): this job trains alone
         log.warning("a link-training helper process died; training this job in one process")
-        _helpers = _start_helpers(_helper_settings) if _helper_settings is not None else None
+        # new ones for the next job; they start at this process's (lowered) priority already
+        again = None if _helper_settings is None else replace(_helper_settings, nice=0)
+        _helpers = _start_helpers(again) if again is not None else None
         outcome = run_training_job(job)
     if outcome.tensors is None:
         return outcome
@@ -177,6 +179,7 @@ def _run_in_child(job: TrainingJob) -> TrainingOutcome:
 
 
 def _start_helpers(settings: TrainingSettings) -> concurrent.futures.ProcessPoolExecutor:
+    """``settings.nice``: what each helper adds to the niceness it starts with (this one's)."""
     helpers = settings.helpers()
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=helpers,
@@ -187,11 +190,19 @@ def _start_helpers(settings: TrainingSettings) -> concurrent.futures.ProcessPool
     for _ in range(helpers):  # start them now, each importing torch, not at the first job
         pool.submit(int)
     # a pool's process joins its children as it exits, before the hook that would end these:
-    # end them first (without this the child never exits and its pool's shutdown hangs)
-    multiprocessing.util.Finalize(
-        pool, pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, exitpriority=10
-    )
+    # end them first (without this the child never exits and its pool's shutdown hangs; a
+    # graceful shutdown here hung now and then too). They hold nothing to keep.
+    multiprocessing.util.Finalize(pool, _kill_pool, args=(pool,), exitpriority=10)
     return pool
+
+
+def _kill_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """End a pool and its processes now, abandoning what they run."""
+    # no public way to end a pool's processes before Python 3.14 (terminate_workers)
+    processes = list((pool._processes or {}).values())  # type: ignore[attr-defined]
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()
 
 
 def _init_child(settings: TrainingSettings, parent: int) -> None:
@@ -257,11 +268,10 @@ class TrainingProcess:
         deadline (15 s) and then blamed the broker (a helper's rollout audit, stop 46)."""
         if self._pool is None:
             return
-        # no public way to end a pool's processes before Python 3.14 (terminate_workers)
-        children = [] if wait else list((self._pool._processes or {}).values())  # type: ignore[attr-defined]
-        self._pool.shutdown(wait=wait, cancel_futures=True)
-        for child in children:
-            child.kill()  # a version it was saving is written to a temporary name: none appears
+        if wait:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        else:  # a version it was saving is written to a temporary name: none appears
+            _kill_pool(self._pool)
         self._pool = None
 
     def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:

@@ -148,6 +148,34 @@ def test_side_by_side_training_makes_the_same_bundle_and_its_helpers_end_with_th
     assert not any(alive(h) for h in [pid, *helpers])
 
 
+def test_a_helper_killed_mid_job_costs_the_job_its_parallelism_not_its_links() -> None:
+    """A helper that dies (the kernel's out-of-memory killer, an operator's kill) breaks the
+    child's pool: the job trains again in the child alone, with the same links, and the next
+    job finds new helpers."""
+    slower = TrainingJob(specs=SPECS, outputs=outputs(200), config=TrainConfig(epochs=40))
+    alone = run_training_job(slower)
+    process = TrainingProcess(TrainingSettings(nice=0, processes=2)).start()
+    try:
+        pid = child_pid(process)
+        first = helpers_of(pid)
+        with ThreadPoolExecutor(1) as caller:
+            done = caller.submit(process.train, slower)
+            time.sleep(3.0)
+            os.kill(first[0], signal.SIGKILL)
+            outcome = done.result(timeout=240)
+        assert child_pid(process) == pid  # the same child, not a failed job
+        assert outcome.tensors is not None and alone.tensors is not None
+        for name, params in alone.tensors.items():
+            for param, tensor in params.items():
+                assert outcome.tensors[name][param].equal(tensor), (name, param)
+        deadline = time.monotonic() + 60
+        while len(again := set(children(pid)) - set(first)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(again) == 2  # new helpers, started as the old pool broke
+    finally:
+        process.close(wait=False)
+
+
 def helpers_of(pid: int, n: int = 2) -> list[int]:
     """The child's helper processes, once it has started ``n`` of them (they start with it)."""
     deadline = time.monotonic() + 60

@@ -305,10 +305,11 @@ class LinksConfig(StrictSection):
         True, description="train in a lower-priority child process (False: on a thread)"
     )
     training_processes: int = Field(
-        0,
+        1,
         ge=0,
         description="processes that train the cross-fitted link sets side by side, with "
-        "train_in_child (the links come out the same): 0 is one per CPU, at most 4",
+        "train_in_child (the links come out the same): 1 is the child alone, 0 one per CPU, "
+        "at most 4; each imports torch, which only long trainings pay back",
     )
     stream: bool = Field(
         False,

@@ -146,8 +146,8 @@ class LinkSettings:
     ``train_in_child`` trains in a separate, lower-priority process (one torch thread), so
     training never starves the models or the heartbeats; False trains on a thread.
     ``training_processes`` (with ``train_in_child``): processes at that priority that train
-    the cross-fitted link sets side by side, the same links sooner (0: one per CPU, at most 4;
-    ``TrainingSettings.processes``).
+    the cross-fitted link sets side by side, the same links sooner (1: the child alone; 0: one
+    per CPU, at most 4; ``TrainingSettings.processes``).
     ``stream`` plans per frame of a stream (docs/stream-synthesis.md): each model runs on a
     period of its own and is synthesized in between from its last real output, a detector that
     runs, or the paper's links, whichever the probes say agrees best for the cost;
@@ -178,7 +178,7 @@ class LinkSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     hold_s: float = 60.0
     train_in_child: bool = True
-    training_processes: int = 0
+    training_processes: int = 1
     stream: bool = False
     probe_stride: int = 0
     cascades: bool = False

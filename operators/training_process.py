@@ -52,6 +52,13 @@ AUTO_PROCESSES_MAX = 4
 """Each helper imports torch (a few hundred MB): more cores than this do not get one each."""
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the platform tells)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS or Windows
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class TrainingFailed(RuntimeError):
     """The training process died (killed, out of memory, crashed); the next job starts a new one."""
 
@@ -64,11 +71,12 @@ class TrainingSettings:
     """Added to the child's niceness: the worker's event loop and models come first."""
     torch_threads: int = 1
     start_method: Literal["spawn", "forkserver"] = "spawn"
-    processes: int = 0
+    processes: int = 1
     """Processes that train a job's cross-fitted link sets side by side, at the child's
-    priority (each link set seeds itself, so the bundle is the same however many): 0 is one per
-    CPU this process may use, at most :data:`AUTO_PROCESSES_MAX`; 1 trains them one after
-    another in the child."""
+    priority (each link set seeds itself, so the bundle is the same however many): 1 trains
+    them one after another in the child; 0 is one per CPU this process may use, at most
+    :data:`AUTO_PROCESSES_MAX`. Not the default: each helper imports torch (seconds of CPU and a
+    few hundred MB), which only a long training pays back."""
 
     def __post_init__(self) -> None:
         if self.processes < 0:
@@ -76,7 +84,7 @@ class TrainingSettings:
 
     def helpers(self) -> int:
         """Helper processes the child starts: none when the link sets train one at a time."""
-        n = self.processes or min(len(os.sched_getaffinity(0)), AUTO_PROCESSES_MAX)
+        n = self.processes or min(_usable_cpus(), AUTO_PROCESSES_MAX)
         return n if n > 1 else 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from mlink.deploy.config import load_config
 from mlink.deploy.source import iter_source
 from mlink.eval.run import full_run
+from mlink.eval.streaming.live import backlog_warmup
 from mlink.operators.training_process import TrainingJob, TrainingProcess, TrainingSettings
 
 
@@ -30,22 +31,19 @@ def warmup_job(config_path: Path) -> TrainingJob:
     frames = list(iter_source(config.source))
     workload = full_run(config, frames)
     links = config.operator_settings().links
-    cameras = len(set(workload.streams))
-    per_camera = max(1, links.warmup_frames // cameras)
-    seen: dict[str, int] = {}
-    rows: list[tuple[int, str, int]] = []
-    for i, stream in enumerate(workload.streams):
-        seen[stream] = seen.get(stream, 0) + 1
-        if seen[stream] <= per_camera:
-            rows.append((i, stream, seen[stream] - 1))
+    cameras = sorted(set(workload.streams))
+    per_camera = max(1, links.warmup_frames // len(cameras))
+    warmup = backlog_warmup(workload, dict.fromkeys(cameras, per_camera))
+    groups = [workload.streams[i] for i in warmup]
+    seqs = [groups[:k].count(g) for k, g in enumerate(groups)]  # the place in its stream
     return TrainingJob(
         specs=workload.specs,
-        outputs={m: [workload.outputs[m][i] for i, _, _ in rows] for m in workload.specs},
+        outputs=workload.subset(warmup),
         config=links.train,
         ensemble=links.ensemble,  # type: ignore[arg-type]
         measured_costs={m: {"ms": c["ms"]} for m, c in workload.costs.items()},
-        groups=[s for _, s, _ in rows],
-        seqs=[q for _, _, q in rows] if links.stream else None,
+        groups=groups,
+        seqs=seqs if links.stream else None,
         cascades=links.cascades,
         balance_streams=links.balance_streams,
     )

@@ -159,8 +159,12 @@ def test_a_helper_killed_mid_job_costs_the_job_its_parallelism_not_its_links() -
         pid = child_pid(process)
         first = helpers_of(pid)
         with ThreadPoolExecutor(1) as caller:
+            idle = cpu_ticks(first[0])
             done = caller.submit(process.train, slower)
-            time.sleep(3.0)
+            deadline = time.monotonic() + 60  # mid-job: once it has trained for half a second
+            while cpu_ticks(first[0]) < idle + 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not done.done()
             os.kill(first[0], signal.SIGKILL)
             outcome = done.result(timeout=240)
         assert child_pid(process) == pid  # the same child, not a failed job
@@ -174,6 +178,12 @@ def test_a_helper_killed_mid_job_costs_the_job_its_parallelism_not_its_links() -
         assert len(again) == 2  # new helpers, started as the old pool broke
     finally:
         process.close(wait=False)
+
+
+def cpu_ticks(pid: int) -> int:
+    """User and system CPU time of ``pid`` in clock ticks (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def helpers_of(pid: int, n: int = 2) -> list[int]:

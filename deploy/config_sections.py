@@ -290,6 +290,12 @@ class LinksConfig(StrictSection):
     ensemble: Literal["weighted", "fusion"] = "weighted"
     selector: Literal["exact", "greedy", "lookahead", "auto"] = "auto"
     epochs: int = Field(100, ge=1)
+    ensemble_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="epochs of each model's link ensemble, trained after its links on the "
+        "held-out frames (default: the same as epochs)",
+    )
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)
     optimizer: Literal["rmsprop", "adam"] = "rmsprop"
@@ -349,6 +355,7 @@ class LinksConfig(StrictSection):
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             epochs=self.epochs,
+            ensemble_epochs=self.ensemble_epochs or self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             optimizer=self.optimizer,

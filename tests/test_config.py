@@ -296,6 +296,20 @@ def test_weighing_streams_alike_is_a_links_setting_on_by_default() -> None:
     assert parse_config(data).operator_settings().links.balance_streams is False
 
 
+def test_the_ensembles_train_as_many_epochs_as_the_links_unless_told() -> None:
+    """A config with few epochs for a quick test used to train every ensemble for 100 all the
+    same: most of a retrain's time in the e2e tests."""
+    assert parse_config(_valid()).operator_settings().links.train.ensemble_epochs == 100
+    data = _valid()
+    data["links"] = {"epochs": 5}
+    assert parse_config(data).operator_settings().links.train.ensemble_epochs == 5
+    data["links"] = {"epochs": 5, "ensemble_epochs": 40}
+    train = parse_config(data).operator_settings().links.train
+    assert (train.epochs, train.ensemble_epochs) == (5, 40)
+    data["links"] = {"ensemble_epochs": 0}
+    assert _names_key(_error(data), "links.ensemble_epochs", "greater than or equal to 1")
+
+
 def test_model_names_must_be_unique_and_at_least_two() -> None:
     data = _valid()
     data["models"][1]["name"] = "parity"

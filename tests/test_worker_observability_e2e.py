@@ -196,7 +196,7 @@ def test_the_lag_shows_a_backlog_held_back_by_the_warm_up_hold(
         "lag",
         warmup_frames=8,
         output_timeout_s=10.0,
-        links={"epochs": 400, "hold_s": 30},  # a slow first training: the hold lasts
+        links={"epochs": 400, "ensemble_epochs": 100, "hold_s": 30},  # a slow first training
     )
     streams = ["a", "b", "c", "d"]
     try:

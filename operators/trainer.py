@@ -143,10 +143,13 @@ class LinkTrainer:
         )
         return self.saved(self.store.save(tensors, meta, after=self.number_after))
 
-    def saved(self, version: int) -> int:
-        """Note a version trained from this buffer (here, or in a training process)."""
+    def saved(self, version: int, taken: int | None = None) -> int:
+        """Note a version trained from this buffer (here, or in a training process); ``taken``:
+        the new samples it was trained on (:attr:`new_since_training` when its job was taken).
+        Those that came while it trained still count towards the next retrain."""
         self.trained_versions.append(version)
-        self.new_since_training = 0
+        left = 0 if taken is None else self.new_since_training - taken
+        self.new_since_training = max(0, left)
         return version
 
     def announced(self, latest: int | None) -> None:

@@ -21,7 +21,13 @@ from mlink.linkstore.liveguard import DECAY, option_keys
 from mlink.operators.live import LiveAgreement, probe_agreement
 from mlink.operators.relearn import relearning
 from mlink.operators.runtime import MLink
-from mlink.operators.training_process import TrainingJob, TrainingProcess, TrainingSettings
+from mlink.operators.training_process import (
+    TrainingFailed,
+    TrainingJob,
+    TrainingProcess,
+    TrainingSettings,
+    run_training_job,
+)
 from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.pipeline_header import other_writer
@@ -58,6 +64,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
     control_t = Outbox(app, mlink, names.control)
     dead = dead_letters(app, mlink)
     live = LiveAgreement(DECAY if settings.links.stream else 1.0)
+    trainer = mlink.trainer
     process: list[TrainingProcess] = []
 
     def training_process() -> TrainingProcess:
@@ -104,9 +111,21 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         )
         await control_t.send(b"agreement", encode_record(message))
 
+    async def run_job(job: TrainingJob) -> int:
+        """Train and save ``job``: in the training child, or on the trainer's thread."""
+        if settings.links.train_in_child:
+            outcome = await training_process().atrain(job)
+            if outcome.version is None:  # it saves every job that names a store
+                raise TrainingFailed("the training process returned links it did not save")
+            return outcome.version
+
+        def here() -> int:
+            outcome = run_training_job(job)
+            return trainer.store.save(outcome.tensors, outcome.meta, after=job.number_after)
+
+        return await asyncio.get_running_loop().run_in_executor(mlink.executor("trainer"), here)
+
     async def train() -> None:
-        trainer = mlink.trainer
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         log.info("training links on %d samples", len(trainer.samples))
         mlink.training.start(time.monotonic())  # a warm-up hold on this worker waits for it
@@ -114,15 +133,12 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         state = mlink.state  # and above the lost version a relearn names (it may be a pin)
         lost = relearning(state.plan_extra, state.link_version, state.latest_links)
         trainer.number_after = max(trainer.number_after, state.latest_links or 0, lost or 0)
+        # a copy: the agent adds the samples that come while it trains
+        job = TrainingJob.from_trainer(trainer, save_in_child=settings.links.train_in_child)
+        taken, size = trainer.new_since_training, len(trainer.samples)
         version = None
         try:
-            if settings.links.train_in_child:
-                outcome = await training_process().atrain(TrainingJob.from_trainer(trainer))
-                version = trainer.saved(outcome.version)
-            else:
-                version = await loop.run_in_executor(
-                    mlink.executor("trainer"), trainer.train_and_save
-                )
+            version = trainer.saved(await run_job(job), taken)
         except Exception:  # e.g. a full disk: never retried on every sample
             retry["at"] = retry["added"] + retry["backoff"]
             retry["backoff"] = min(retry["backoff"] * 2, 1000)
@@ -135,11 +151,40 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         log.info(
             "trained links v%d on %d samples in %.1f s",
             version,
-            len(trainer.samples),
+            size,
             time.perf_counter() - started,
         )
         unannounced.append(version)
         await announce()
+
+    def due() -> bool:
+        relearn = relearning(
+            mlink.state.plan_extra, mlink.state.link_version, mlink.state.latest_links
+        )
+        return trainer.ready(relearn) and retry["added"] >= retry["at"]
+
+    async def train_while_due() -> None:
+        """Train until the samples that came during a training do not call for another: one
+        training at a time, each on every sample buffered when it starts. The agent goes on
+        taking samples meanwhile, so a backlog of probes is read (and scored live) at once,
+        not three at a time between trainings."""
+        while due():
+            await train()
+
+    running: list[asyncio.Task[None]] = []
+
+    def start_training() -> None:
+        if running and not running[0].done():
+            return  # the one under way starts the next itself if the samples call for it
+        running[:] = [asyncio.ensure_future(train_while_due())]
+        running[0].add_done_callback(report_crash)
+
+    def report_crash(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:  # train() catches its own
+            mlink.metrics["training_failures"] += 1
+            log.error(
+                "link training stopped; the next sample starts it again", exc_info=task.exception()
+            )
 
     async def send_announcement(version: int) -> None:
         message = ControlMessage(
@@ -150,7 +195,13 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         )
         await control_t.send(b"link_version", encode_record(message))
 
+    announcing = asyncio.Lock()  # the agent and a training that ends may both announce
+
     async def announce() -> None:
+        async with announcing:
+            await announce_unlocked()
+
+    async def announce_unlocked() -> None:
         if not unannounced:
             return
         if not await announce_pending(unannounced, send_announcement):
@@ -172,26 +223,28 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
 
     async def trainer_agent(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()
-        trainer = mlink.trainer
-        async for event in stream.events():
-            async with dead.guard(event, "trainer"):
-                await announce()  # one that failed before: before anything else
-                value = verified_value(mlink, event)
-                if other_writer(event.headers, settings.name):  # another pipeline's
-                    mlink.metrics["samples_of_other_pipelines"] += 1  # (its control says so)
-                    continue
-                result = decode_record(value, FrameResult, limits=mlink.limits)
-                mlink.metrics["samples_received"] += 1
-                state = mlink.state
-                trainer.announced(state.latest_links)  # trained here or before a handover
-                if trainer.add(result):
-                    retry["added"] += 1
-                    if settings.links.train_in_child and not trainer.trained_versions:
-                        training_process().warm()  # torch imported while the warm-up runs
-                    await report_live(result)
-                relearn = relearning(state.plan_extra, state.link_version, state.latest_links)
-                if trainer.ready(relearn) and retry["added"] >= retry["at"]:
-                    await train()
+        try:
+            async for event in stream.events():
+                async with dead.guard(event, "trainer"):
+                    await announce()  # one that failed before: before anything else
+                    value = verified_value(mlink, event)
+                    if other_writer(event.headers, settings.name):  # another pipeline's
+                        mlink.metrics["samples_of_other_pipelines"] += 1  # (its control says so)
+                        continue
+                    result = decode_record(value, FrameResult, limits=mlink.limits)
+                    mlink.metrics["samples_received"] += 1
+                    trainer.announced(mlink.state.latest_links)  # here or before a handover
+                    if trainer.add(result):
+                        retry["added"] += 1
+                        if settings.links.train_in_child and not trainer.trained_versions:
+                            training_process().warm()  # torch imported while the warm-up runs
+                        await report_live(result)
+                    if due():
+                        start_training()
+        except asyncio.CancelledError:  # the worker stops (a crash leaves a training to end)
+            for task in running:
+                task.cancel()
+            raise
 
     trainer_agent.__name__ = "trainer"
     return app.agent(samples_t, name=f"{settings.name}-trainer")(

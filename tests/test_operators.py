@@ -609,6 +609,26 @@ def test_trainer_retrains_only_when_asked(tmp_path: Path) -> None:
     assert again.train_and_save() == 2 and again.store.current() == 2
 
 
+def test_samples_that_come_during_a_training_count_towards_the_next() -> None:
+    """The trainer agent goes on reading samples while links train; those a training did not
+    take must call for the next retrain, not be forgotten when it saves."""
+    data = truth(30)
+    trainer = LinkTrainer(SPECS, LinkStore(Path("unused")), FAST, warmup_frames=20, retrain_every=3)
+    for i in range(20):
+        trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}))
+    taken = trainer.new_since_training  # the job is taken here, then 4 more samples come
+    for i in range(20, 24):
+        trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}))
+    trainer.saved(1, taken)
+    assert trainer.new_since_training == 4 and trainer.ready()
+    trainer.saved(2, 4)  # the next took them all
+    assert trainer.new_since_training == 0 and not trainer.ready()
+    trainer.add(probe_result("s:24", {m: data[m][24] for m in MODELS}))
+    trainer.announced(7)  # a handover while it trained: counted from the announced version
+    trainer.saved(8, 1)
+    assert trainer.new_since_training == 0
+
+
 def test_a_trainer_that_takes_over_counts_the_versions_announced_since_it_started(
     tmp_path: Path,
 ) -> None:

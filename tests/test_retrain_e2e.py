@@ -4,6 +4,7 @@ store stops growing. Real worker, real broker."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def retrain_to_v3(producer: FrameProducer, worker: FaustWorker, seq: int) -> lis
     return sent
 
 
-def test_retrains_make_new_versions_and_old_ones_are_deleted(broker, tmp_path) -> None:
-    path, config = retraining_config(tmp_path, "retrain")
+@pytest.mark.parametrize("in_child", [True, False], ids=["child", "thread"])
+def test_retrains_make_new_versions_and_old_ones_are_deleted(broker, tmp_path, in_child) -> None:
+    path, config = retraining_config(tmp_path, "retrain", train_in_child=in_child)
     names = config.topics.names()
     store = LinkStore(config.links.store)
     worker, collector = one_worker(broker.bootstrap, path, config, tmp_path)
@@ -66,6 +68,8 @@ def test_retrains_make_new_versions_and_old_ones_are_deleted(broker, tmp_path) -
             wait_until("links v1", lambda: "trained links v1 " in worker.log(), 90, worker)
             sent += retrain_to_v3(producer, worker, 4)
         wait_results(collector, set(sent), 90, [worker])
+        # a training on a thread is not stopped with the worker: its version would stay
+        wait_until("no training under way", lambda: trainings(worker.log())[1], 120, worker)
     finally:
         collector.close()
         worker.stop()
@@ -74,3 +78,39 @@ def test_retrains_make_new_versions_and_old_ones_are_deleted(broker, tmp_path) -
     # controller had not planned from the newest yet: never delete links under the workers
     assert 1 <= len(kept) <= 2 and kept[-1] >= 3, kept
     assert len(collector.results) == len(set(sent))  # every frame answered, none lost
+
+
+def test_probes_that_come_during_a_training_are_read_at_once_and_trained_on_together(
+    broker, tmp_path
+) -> None:
+    """A burst of 20 probe frames after the warm-up, retraining every 3: the trainer agent
+    used to wait out each training before reading the next sample, so it trained 7 times, 3
+    samples more each time, and read (and scored live) the last probes a few trainings late.
+    It reads them as they come now and trains on all it has when a training ends: 2 or 3 more
+    versions, the last on every sample."""
+    path, config = retraining_config(tmp_path, "burst", epochs=60)
+    worker, collector = one_worker(broker.bootstrap, path, config, tmp_path)
+    sent: list[str] = []
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as producer:
+            sent += send_frames(producer, ["cam-a", "cam-b"], range(0, 4))  # the warm-up: 8
+            wait_until("links v1", lambda: "trained links v1 " in worker.log(), 120, worker)
+            sent += send_frames(producer, ["cam-a", "cam-b"], range(4, 24))  # 20 probes
+        wait_results(collector, set(sent), 120, [worker])
+        wait_until(
+            "a training on all 28", lambda: "links on 28 samples" in worker.log(), 120, worker
+        )
+        wait_until("no training under way", lambda: trainings(worker.log())[1], 120, worker)
+    finally:
+        collector.close()
+        worker.stop()
+    sizes, _ = trainings(worker.log())
+    assert sizes[0] == 8 and sizes[-1] == 28 and len(sizes) <= 4, sizes
+
+
+def trainings(log: str) -> tuple[list[int], bool]:
+    """The sample counts the worker trained on, and whether every training it began ended."""
+    began = re.findall(r"training links on (\d+) samples", log)
+    ended = re.findall(r"trained links v\d+ on (\d+) samples", log)
+    return [int(n) for n in ended], len(began) == len(ended)

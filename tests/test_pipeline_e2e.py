@@ -348,26 +348,28 @@ def test_every_frame_one_result_and_only_active_models_execute(digits_run: Digit
 def test_status_reports_the_live_plan_links_and_lag(digits_run: DigitsRun) -> None:
     report = digits_run.status
     last = active_sets(digits_run.control)[3]
-    assert report["epoch"] == 3
-    assert report["active"] == list(last.active)
+    assert report["epoch"] == 3, report
+    assert report["active"] == list(last.active), (report, last)
     assert report["budget"] == {"fraction": 0.1}
-    assert report["link_version"] == last.link_version
+    assert report["link_version"] == last.link_version, (report, last)
     store = report["linkstore"]
-    assert store["current"] == last.link_version
-    assert [v["version"] for v in store["versions"]] == [last.link_version]
+    assert store["current"] == last.link_version, store
+    assert [v["version"] for v in store["versions"]] == [last.link_version], store
     assert 0.0 <= store["versions"][0]["mean_val_score"] <= 1.0
     names = digits_run.config.topics.names()
-    assert set(report["lag"]) == {names.frames, names.samples}
-    assert all(lag >= 0 for lag in report["lag"].values())
-    assert report["dead_letters"]["count"] == len(digits_run.dead_letters) == 0
+    assert set(report["lag"]) == {names.frames, names.samples}, report["lag"]
+    assert all(lag >= 0 for lag in report["lag"].values()), report["lag"]
+    assert report["dead_letters"]["count"] == len(digits_run.dead_letters) == 0, report
     # one live worker, the one member of the pipeline's consumer group
     assert report["workers"]["group"] == digits_run.config.name
     assert report["workers"]["workers"] == 1, report["workers"]
     # the plan's estimate weighed by what its results showed: classifiers, one signature
     content = report["content_forecast"]
-    assert content["epoch"] == 3 and content["results"] >= len(digits_run.phases["budget-0.1"]) - 5
+    assert content["epoch"] == 3, content
+    assert content["results"] >= len(digits_run.phases["budget-0.1"]) - 5, content
     estimate = np.mean(list(last.extra["predicted"].values()))
-    assert content["value"] == pytest.approx(estimate, abs=1e-5) and content["unseen"] == 0.0
+    assert content["value"] == pytest.approx(estimate, abs=1e-5), (content, last.extra)
+    assert content["unseen"] == 0.0, content
     console = Console(width=100, record=True)  # what `mlink status` prints without --json
     render_status(report, console)
     text = console.export_text()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 with warnings.catch_warnings():
     # kafka-python 3.0 loads its protocol schemas at import with deprecated importlib.resources
@@ -145,6 +146,11 @@ def node_client() -> Path:
     Tests that use it skip only when ``node`` is missing."""
     if NODE is None:
         pytest.skip(NO_NODE)
+    with FileLock(NODE_CLIENT / ".npm-ci.lock"):  # two test processes may both need it
+        return _npm_ci()
+
+
+def _npm_ci() -> Path:
     lock = NODE_CLIENT / "package-lock.json"
     stamp = NODE_CLIENT / "node_modules" / ".mlink-lock.sha256"
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()

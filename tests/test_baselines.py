@@ -324,7 +324,9 @@ def test_multitask_learns_a_trivial_map_and_reports_its_cost():
     cnn = result.details["cnn_ms"]
     assert 0 < cnn < budget
     assert result.cost_ms == pytest.approx(cnn + 0.05)
-    assert result.feasible and result.compute_saved > 0.99
+    # what it saves follows from the CNN's measured time, which a loaded machine stretches
+    assert result.feasible and result.compute_saved > 0.9  # it fits a tenth of the models
+    assert result.compute_saved == pytest.approx(1 - result.cost_ms / wl.total_cost("ms"))
     assert result.details["heads_only_accuracy"] == pytest.approx(result.accuracy)
 
 

@@ -112,18 +112,17 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         await control_t.send(b"agreement", encode_record(message))
 
     async def run_job(job: TrainingJob) -> int:
-        """Train and save ``job``: in the training child, or on the trainer's thread."""
+        """Train and save ``job`` (it names the store): in the training child, or on the
+        trainer's thread."""
         if settings.links.train_in_child:
             outcome = await training_process().atrain(job)
-            if outcome.version is None:  # it saves every job that names a store
-                raise TrainingFailed("the training process returned links it did not save")
-            return outcome.version
-
-        def here() -> int:
-            outcome = run_training_job(job)
-            return trainer.store.save(outcome.tensors, outcome.meta, after=job.number_after)
-
-        return await asyncio.get_running_loop().run_in_executor(mlink.executor("trainer"), here)
+        else:
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                mlink.executor("trainer"), run_training_job, job
+            )
+        if outcome.version is None:  # a job that names a store is saved where it trains
+            raise TrainingFailed("the training returned links it did not save")
+        return outcome.version
 
     async def train() -> None:
         started = time.perf_counter()
@@ -134,7 +133,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         lost = relearning(state.plan_extra, state.link_version, state.latest_links)
         trainer.number_after = max(trainer.number_after, state.latest_links or 0, lost or 0)
         # a copy: the agent adds the samples that come while it trains
-        job = TrainingJob.from_trainer(trainer, save_in_child=settings.links.train_in_child)
+        job = TrainingJob.from_trainer(trainer)
         taken, size = trainer.new_since_training, len(trainer.samples)
         version = None
         try:

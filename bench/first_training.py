@@ -3,6 +3,10 @@ side in helper processes (``links.training_processes``), and that both make the 
 
     python bench/first_training.py deploy/configs/video-demo.yaml [--processes 1 2] [--repeats 2]
 
+With stream synthesis a cold pipeline's first links train twice: quickly at
+``links.first_epochs``, which ends the warm-up's hold, then in full; both are timed ("quick" and
+"full" rows).
+
 The job is the one a worker's trainer hands its training process after the warm-up: the
 config's models on the first ``warmup_frames / cameras`` frames of each camera (the cached full
 run of ``mlink run``; computed once if absent), the config's recipe and ensemble, stream
@@ -62,26 +66,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     job = warmup_job(args.config)
+    links = load_config(args.config).operator_settings().links
+    quick = job.quick(links.first_epochs) if links.stream else None
+    jobs = {"full": job} if quick is None else {"quick": quick, "full": job}
     print(f"{len(job.groups or [])} warm-up samples of {len(set(job.groups or []))} cameras")
-    seconds: dict[int, list[float]] = {p: [] for p in args.processes}
-    reference, equal = None, dict.fromkeys(args.processes, True)
+    rows = [(kind, p) for kind in jobs for p in args.processes]
+    seconds: dict[tuple[str, int], list[float]] = {row: [] for row in rows}
+    reference: dict[str, dict] = {}
+    equal = dict.fromkeys(rows, True)
     for _ in range(args.repeats):
         for p in args.processes:
             process = TrainingProcess(TrainingSettings(processes=p)).start()
             time.sleep(5.0 if TrainingSettings(processes=p).helpers() else 0.0)  # helpers up
             try:
-                outcome = process.train(job)
+                for kind, this in jobs.items():
+                    outcome = process.train(this)
+                    seconds[kind, p].append(outcome.seconds)
+                    reference.setdefault(kind, outcome.tensors)  # type: ignore[arg-type]
+                    equal[kind, p] &= same(reference[kind], outcome.tensors)  # type: ignore[arg-type]
             finally:
                 process.close(wait=False)
-            seconds[p].append(outcome.seconds)
-            reference = reference if reference is not None else outcome.tensors
-            equal[p] &= same(reference, outcome.tensors)  # type: ignore[arg-type]
-    print("| training processes | seconds (each repeat) | median | same links as the first row |")
-    print("|---|---|---|---|")
-    for p, values in seconds.items():
+    print("| links | epochs | training processes | seconds (each repeat) | median "
+          "| same links as the first row of its kind |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for kind, p in rows:
         label = f"{p} (auto: {TrainingSettings(processes=p).helpers() or 1})" if p == 0 else p
-        runs = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {label} | {runs} | {statistics.median(values):.1f} | {equal[p]} |")
+        runs = ", ".join(f"{v:.1f}" for v in seconds[kind, p])
+        epochs = jobs[kind].config.epochs
+        median = statistics.median(seconds[kind, p])
+        print(f"| {kind} | {epochs} | {label} | {runs} | {median:.1f} | {equal[kind, p]} |")
 
 
 if __name__ == "__main__":

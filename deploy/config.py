@@ -133,6 +133,7 @@ class PipelineConfig(StrictSection):
                 train_in_child=links.train_in_child,
                 training_processes=links.training_processes,
                 stream=links.stream,
+                first_epochs=links.first_epochs,
                 probe_stride=links.probe_stride,
                 cascades=links.cascades,
                 balance_streams=links.balance_streams,

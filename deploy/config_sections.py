@@ -296,6 +296,13 @@ class LinksConfig(StrictSection):
         description="epochs of each model's link ensemble, trained after its links on the "
         "held-out frames (default: the same as epochs)",
     )
+    first_epochs: int = Field(
+        5,
+        ge=0,
+        description="stream synthesis: a pipeline's first links train this many epochs (links "
+        "and ensembles), which ends the warm-up's hold in seconds; a full training on the same "
+        "samples follows at once and replaces them (0: the first links train in full)",
+    )
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)
     optimizer: Literal["rmsprop", "adam"] = "rmsprop"

@@ -152,6 +152,10 @@ class LinkSettings:
     period of its own and is synthesized in between from its last real output, a detector that
     runs, or the paper's links, whichever the probes say agrees best for the cost;
     ``probe_stride`` moves each block's probe through the block, so probes land at every lag.
+    ``first_epochs`` (with ``stream``): a pipeline's first links train only this many epochs, so
+    the warm-up's hold ends in seconds rather than after the whole cross-fit; a full training
+    on the same samples follows at once and replaces them (0: the first links train in full;
+    docs/stream-synthesis.md, "The first links").
     ``cascades`` (with ``stream``) also lets a box model run only on the frames where another
     box model that runs finds anything (a ``gate`` mode; the fused frame operator runs the source
     first; the split layout runs such a model on every frame). Off by default: it keeps 0.2-1.1
@@ -180,6 +184,7 @@ class LinkSettings:
     train_in_child: bool = True
     training_processes: int = 1
     stream: bool = False
+    first_epochs: int = 5
     probe_stride: int = 0
     cascades: bool = False
     balance_streams: bool = True
@@ -196,10 +201,10 @@ class LinkSettings:
         if self.hold_s < 0:
             raise SettingsError("LinkSettings.hold_s must be >= 0 (0: never wait for links)")
         counts = (self.probe_every, self.retrain_every, self.probe_stride, self.keep_versions)
-        if min(*counts, self.training_processes) < 0:
+        if min(*counts, self.training_processes, self.first_epochs) < 0:
             raise SettingsError(
-                "LinkSettings.probe_every, retrain_every, probe_stride, keep_versions and "
-                "training_processes must be >= 0"
+                "LinkSettings.probe_every, retrain_every, probe_stride, keep_versions, "
+                "training_processes and first_epochs must be >= 0"
             )
         if max(self.probe_every, self.probe_stride) > MAX_PROBE_EVERY:
             raise SettingsError(

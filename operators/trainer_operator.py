@@ -125,9 +125,6 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         return outcome.version
 
     async def train() -> None:
-        started = time.perf_counter()
-        log.info("training links on %d samples", len(trainer.samples))
-        mlink.training.start(time.monotonic())  # a warm-up hold on this worker waits for it
         # above every version the control log named, even in a store that starts from 1 again
         state = mlink.state  # and above the lost version a relearn names (it may be a pin)
         lost = relearning(state.plan_extra, state.link_version, state.latest_links)
@@ -135,20 +132,42 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         # a copy: the agent adds the samples that come while it trains
         job = TrainingJob.from_trainer(trainer)
         taken, size = trainer.new_since_training, len(trainer.samples)
+        first = not trainer.trained_versions and settings.links.stream
+        quick = job.quick(settings.links.first_epochs) if first else None
+        if quick is not None:  # the hold ends with these; the full links replace them
+            log.info(
+                "training the first links on %d samples at %d epochs; the full training "
+                "follows at once",
+                size,
+                quick.config.epochs,
+            )
+            await train_pass(quick, size, 0, quick=True)
+        log.info("training links on %d samples", size)
+        await train_pass(job, size, taken, quick=False)
+
+    async def train_pass(job: TrainingJob, size: int, taken: int, *, quick: bool) -> None:
+        """Train, save and announce ``job``; ``taken``: the new samples it trains on."""
+        started = time.perf_counter()
+        mlink.training.start(time.monotonic())  # a warm-up hold on this worker waits for it
         version = None
         try:
             version = trainer.saved(await run_job(job), taken)
         except Exception:  # e.g. a full disk: never retried on every sample
+            mlink.metrics["training_failures"] += 1
+            if quick:  # the full training of the same samples comes next anyway
+                log.exception("the quick first links failed; training the full ones")
+                return
             retry["at"] = retry["added"] + retry["backoff"]
             retry["backoff"] = min(retry["backoff"] * 2, 1000)
-            mlink.metrics["training_failures"] += 1
             log.exception("link training failed; retrying after new samples arrive")
             return
         finally:
             mlink.training.stop(time.monotonic(), saved=version is not None)
-        retry["backoff"] = 10
+        if not quick:
+            retry["backoff"] = 10
         log.info(
-            "trained links v%d on %d samples in %.1f s",
+            "trained %slinks v%d on %d samples in %.1f s",
+            "the quick first " if quick else "",
             version,
             size,
             time.perf_counter() - started,

@@ -130,6 +130,20 @@ class TrainingJob:
             number_after=trainer.number_after,
         )
 
+    def quick(self, epochs: int) -> TrainingJob | None:
+        """This job at ``epochs`` epochs of links and of ensembles: a pipeline's first links,
+        ready in seconds where the full cross-fit takes most of a minute (docs/stream-synthesis.md,
+        "The first links"). None when that would train no less."""
+        config = self.config
+        if epochs <= 0 or epochs >= max(config.epochs, config.ensemble_epochs):
+            return None
+        short = replace(
+            config,
+            epochs=min(epochs, config.epochs),
+            ensemble_epochs=min(epochs, config.ensemble_epochs),
+        )
+        return replace(self, config=short)
+
 
 @dataclass(frozen=True, slots=True)
 class TrainingOutcome:

@@ -426,3 +426,12 @@ def test_a_memory_budget_needs_every_models_memory_declared() -> None:
         parse_config(data)
     data["models"][1]["cost"] = {"memory_mb": 50}
     assert parse_config(data).budget.memory_mb == 500
+
+
+def test_a_stream_pipelines_first_links_train_quickly_unless_told() -> None:
+    assert parse_config(_valid()).operator_settings().links.first_epochs == 5
+    data = _valid()
+    data["links"] = {"first_epochs": 0}
+    assert parse_config(data).operator_settings().links.first_epochs == 0
+    data["links"] = {"first_epochs": -1}
+    assert _names_key(_error(data), "links.first_epochs", "greater than or equal to 0")

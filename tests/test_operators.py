@@ -39,6 +39,7 @@ from mlink.operators.joiner import (
 from mlink.operators.model_runner import ModelRunner
 from mlink.operators.state import ControlState
 from mlink.operators.trainer import LinkTrainer
+from mlink.operators.training_process import TrainingJob
 from mlink.topics.records import (
     ControlMessage,
     FrameResult,
@@ -980,3 +981,22 @@ def test_a_plans_link_version_is_loaded_off_the_event_loop_before_frames_name_it
     assert asyncio.run(on_the_loop()) is not None
     assert (str(LinkStore(root).root), 1) in bundle._loaded  # frames now find it cached
     mlink.close()
+
+
+def test_the_quick_first_links_are_the_same_job_at_fewer_epochs() -> None:
+    """A cold stream pipeline's first links train at ``first_epochs`` so its hold ends in
+    seconds; only when that is shorter than what the config asks for."""
+    data = truth(30)
+    trainer = LinkTrainer(
+        SPECS, LinkStore(Path("unused")), TrainConfig(epochs=100, ensemble_epochs=40), 20
+    )
+    for i in range(20):
+        trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}))
+    job = TrainingJob.from_trainer(trainer)
+    quick = job.quick(5)
+    assert quick is not None
+    assert (quick.config.epochs, quick.config.ensemble_epochs) == (5, 5)
+    assert quick.config.lr == job.config.lr and quick.outputs is job.outputs
+    assert (quick.store_root, quick.number_after) == (job.store_root, job.number_after)
+    assert job.quick(60).config.ensemble_epochs == 40  # never more than the config's
+    assert job.quick(0) is None and job.quick(100) is None and job.quick(500) is None

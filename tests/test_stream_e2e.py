@@ -59,7 +59,9 @@ def start_stream_worker(
         warmup_frames=24,
         output_timeout_s=5.0,
         fraction=0.5,
-        links={"stream": True, "probe_stride": 3},
+        # one training at the start (the quick first links have their own test): epoch 1 is
+        # the plan from the first links, and a budget set afterwards makes epoch 2
+        links={"stream": True, "probe_stride": 3, "first_epochs": 0},
         extra_models=extra_models,
     )
     create_pipeline_topics(config, broker.bootstrap)
@@ -161,6 +163,58 @@ def test_a_stream_schedule_plans_each_frame_and_synthesizes_the_rest(
         collector.close()
 
 
+def test_a_cold_stream_pipeline_plans_from_quick_first_links_then_from_the_full_ones(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """With the default ``first_epochs`` (5) and 100 epochs asked for, the first links train
+    twice on the same warm-up: at 5 epochs, which the controller plans from at once (the hold
+    ends), then in full, which it re-plans from. Every frame under either plan is answered once,
+    planned by its schedule."""
+    path, config = write_config(
+        tmp_path,
+        "quickfirst",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=24,
+        output_timeout_s=5.0,
+        fraction=0.5,
+        links={"stream": True, "probe_stride": 3, "epochs": 100},
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    collector = ResultCollector(broker.bootstrap, config.topics.names().results)
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
+            warm = send_frames(frames, STREAMS, range(0, 12))
+            wait_for_epoch(worker, 2, 240)
+            planned = send_frames(frames, STREAMS, range(12, 40))
+            wait_results(collector, set(warm) | set(planned), 120, [worker])
+        log = worker.log()
+        quick = re.search(r"trained the quick first links v(\d+) on 24 samples", log)
+        full = re.search(r"trained links v(\d+) on 24 samples", log)
+        assert quick and full, log[-3000:]
+        assert int(full.group(1)) > int(quick.group(1))
+        assert log.index(quick.group(0)) < log.index(full.group(0))
+        _, control = read_control(broker.bootstrap, config)
+        sets = {m.epoch: m for m in control if m.kind == "active_set"}
+        assert sets[1].link_version == int(quick.group(1)), sets
+        assert sets[2].link_version == int(full.group(1)), sets
+        for epoch in (1, 2):
+            assert EXTRA_KEY in sets[epoch].extra
+        later = Schedule.from_extra(sets[2].extra, config.model_names)
+        for frame_id in planned:  # sent after the full links' plan: planned by it
+            result = collector.results[frame_id]
+            assert result.epoch >= 2 and not result.degraded, frame_id
+            if result.epoch == 2:
+                runs = set(config.model_names) if result.probe else later.runs(result.seq)
+                assert set(executed(result)) == runs, frame_id
+        assert collector.duplicates == 0
+        assert not dead_letters(broker.bootstrap, config)
+    finally:
+        collector.close()
+
+
 def held_config(
     tmp_path: Any,
     tag: str,
@@ -179,7 +233,13 @@ def held_config(
         warmup_frames=warmup,
         output_timeout_s=5.0,
         fraction=0.5,
-        links={"stream": True, "probe_stride": 3, "hold_s": 600.0, **(links or {})},
+        links={
+            "stream": True,
+            "probe_stride": 3,
+            "hold_s": 600.0,
+            "first_epochs": 0,  # the hold waits for the one training, as these tests need
+            **(links or {}),
+        },
     )
     create_pipeline_topics(config, broker.bootstrap)
     return path, config

@@ -26,6 +26,7 @@ from mlink.operators.training_process import (
     TrainingJob,
     TrainingProcess,
     TrainingSettings,
+    TrainingStopped,
     run_training_job,
 )
 from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
@@ -152,6 +153,9 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         version = None
         try:
             version = trainer.saved(await run_job(job), taken)
+        except TrainingStopped:  # the worker stops: its training process was closed under it
+            log.info("link training on %d samples stopped with the worker", size)
+            return
         except Exception:  # e.g. a full disk: never retried on every sample
             mlink.metrics["training_failures"] += 1
             if quick:  # the full training of the same samples comes next anyway

@@ -43,6 +43,7 @@ __all__ = [
     "TrainingOutcome",
     "TrainingProcess",
     "TrainingSettings",
+    "TrainingStopped",
     "run_training_job",
 ]
 
@@ -61,6 +62,11 @@ def _usable_cpus() -> int:
 
 class TrainingFailed(RuntimeError):
     """The training process died (killed, out of memory, crashed); the next job starts a new one."""
+
+
+class TrainingStopped(TrainingFailed):
+    """The job's process was closed under it (:meth:`TrainingProcess.close`): the worker stops,
+    which is no failure to report or retry."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,14 +259,16 @@ class TrainingProcess:
     def __init__(self, settings: TrainingSettings | None = None) -> None:
         self.settings = settings or TrainingSettings()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._running: set[concurrent.futures.Future[Any]] = set()
+        self._closed: set[concurrent.futures.Future[Any]] = set()  # ended by close(), not a crash
 
     def train(self, job: TrainingJob) -> TrainingOutcome:
         """Blocking: run ``job`` in the child (started on first use)."""
+        future = self._submit(job)
         try:
-            outcome = self._submit(job).result()
+            outcome = future.result()
         except BrokenProcessPool as exc:
-            self._pool = None
-            raise TrainingFailed(f"the training process died: {exc}") from exc
+            raise self._died(future, exc) from exc
         return self._result(outcome)
 
     async def atrain(self, job: TrainingJob) -> TrainingOutcome:
@@ -269,9 +277,15 @@ class TrainingProcess:
         try:
             outcome = await asyncio.wrap_future(future)
         except BrokenProcessPool as exc:
-            self._pool = None
-            raise TrainingFailed(f"the training process died: {exc}") from exc
+            raise self._died(future, exc) from exc
         return self._result(outcome)
+
+    def _died(self, future: concurrent.futures.Future[Any], exc: BaseException) -> TrainingFailed:
+        if future in self._closed:
+            self._closed.discard(future)
+            return TrainingStopped("the training process was closed: the worker is stopping")
+        self._pool = None
+        return TrainingFailed(f"the training process died: {exc}")
 
     def start(self) -> TrainingProcess:
         """Start the child now (it imports torch) rather than on the first job."""
@@ -290,6 +304,7 @@ class TrainingProcess:
         deadline (15 s) and then blamed the broker (a helper's rollout audit, stop 46)."""
         if self._pool is None:
             return
+        self._closed |= {f for f in self._running if not f.done()}
         if wait:
             self._pool.shutdown(wait=True, cancel_futures=True)
         else:  # a version it was saving is written to a temporary name: none appears
@@ -309,10 +324,13 @@ class TrainingProcess:
 
     def _submit(self, job: TrainingJob) -> concurrent.futures.Future[TrainingOutcome]:
         try:
-            return self._ensure_pool().submit(_run_in_child, job)
+            future = self._ensure_pool().submit(_run_in_child, job)
         except BrokenProcessPool:
             self._pool = None
-            return self._ensure_pool().submit(_run_in_child, job)
+            future = self._ensure_pool().submit(_run_in_child, job)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        return future
 
     def _result(self, outcome: TrainingOutcome) -> TrainingOutcome:
         if outcome.tensors is None:

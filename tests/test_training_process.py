@@ -22,6 +22,7 @@ from mlink.operators.training_process import (
     TrainingJob,
     TrainingProcess,
     TrainingSettings,
+    TrainingStopped,
     run_training_job,
 )
 from mlink.topics.records import FrameResult, ModelResult
@@ -205,10 +206,31 @@ def test_a_killed_training_process_fails_one_job_and_the_next_starts_a_new_one(
             failed = caller.submit(process.train, slow)
             time.sleep(1.0)
             os.kill(pid, signal.SIGKILL)
-            with pytest.raises(TrainingFailed, match="the training process died"):
+            with pytest.raises(TrainingFailed, match="the training process died") as died:
                 failed.result(timeout=60)
+        assert not isinstance(died.value, TrainingStopped)  # a crash, reported and retried
         assert process.train(job(tmp_path / "links")).version == 1
         assert child_pid(process) != pid
+    finally:
+        process.close()
+
+
+def test_a_job_whose_process_is_closed_under_it_says_it_stopped_not_that_it_died() -> None:
+    """A worker that stops mid-training closes its training process: the trainer must not log
+    that as a failed training (the quick first links made one likely at every short run's end)."""
+    slow = TrainingJob(specs=SPECS, outputs=outputs(400), config=TrainConfig(epochs=500))
+    process = TrainingProcess().start()
+
+    async def stop_mid_job() -> None:
+        training = asyncio.ensure_future(process.atrain(slow))
+        await asyncio.sleep(1.0)
+        process.close(wait=False)
+        with pytest.raises(TrainingStopped, match="the worker is stopping"):
+            await asyncio.wait_for(training, 60)
+
+    try:
+        asyncio.run(stop_mid_job())
+        assert not process._closed  # the closed job was reported once and forgotten
     finally:
         process.close()
 

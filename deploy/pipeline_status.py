@@ -84,6 +84,7 @@ def status(bootstrap: str, config: PipelineConfig) -> dict[str, Any]:
         "active": list(state.active) or "all (warming up)",
         "link_version": state.link_version,
         "latest_links": state.latest_links,
+        "latest_quick": state.latest_quick,  # the quick first links: the full ones follow
         "pinned_links": state.pinned_links,  # mlink links --pin: planned from until unpinned
         "pin_ended": state.pin_ended,  # the controller ended a pin the store lost
         "budget": state.budget or state.requested_budget,

@@ -145,6 +145,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     version = f"link version {status.get('link_version')}"
     if _in_force_missing(status):
         version += " (not in the link store)"
+    elif status.get("latest_quick") and status.get("link_version") == status.get("latest_links"):
+        version += " (quick first links; the full ones follow)"
     header = [f"epoch {status.get('epoch')}", version]
     budget_ms = status.get("budget_ms")
     header.append(

@@ -29,6 +29,7 @@ from mlink.topics.control import (
     MAX_EPOCH,
     MAX_EPOCH_STEP,
     PIN_KEY,
+    QUICK_KEY,
     agreement_problem,
     budget_problem,
     pin_problem,
@@ -98,6 +99,9 @@ class ControlState:
     """The last requested budget no plan met and why (:data:`REFUSED_KEY`), until the next
     budget request: ``mlink budget`` and ``mlink status`` say so."""
     latest_links: int | None
+    latest_quick: bool
+    """Whether the newest announced version is a cold pipeline's quick first links
+    (``extra["quick"]``): a trainer that takes over after them still trains the full ones."""
     pinned_links: int | None
     """The version an operator pinned (``mlink links --pin``): planned from instead of the
     newest until unpinned, or until the store loses it and the links are learned again."""
@@ -130,6 +134,7 @@ class ControlState:
         self.budget_from_config = False
         self.budget_refused = None
         self.latest_links = None
+        self.latest_quick = False
         self.pinned_links = None
         self.pin_ended = None
         self.live_agreement = {}
@@ -198,6 +203,8 @@ class ControlState:
                         f"link_version {version} jumps more than {MAX_EPOCH_STEP:,} past the "
                         f"newest announced v{self.latest_links or 0}"
                     )
+                if version >= (self.latest_links or 0):
+                    self.latest_quick = message.extra.get(QUICK_KEY) is True
                 self.latest_links = max(self.latest_links or 0, version)
             else:  # an operator pins one, or follows the newest again (or the controller,
                 why = message.extra.get("reason")  # with a reason, when the store lost it)

@@ -152,14 +152,18 @@ class LinkTrainer:
         self.new_since_training = max(0, left)
         return version
 
-    def announced(self, latest: int | None) -> None:
+    def announced(self, latest: int | None, quick: bool = False) -> None:
         """Note the newest version the control log announced (``ControlState.latest_links``):
         the trainer agent calls it before each sample. One above every version this buffer
         trained was trained by the worker that held the samples partition before this one took
         it over (a handover, at any time after this worker started). It counts as trained:
         with ``retrain_every`` 0 no second version is trained, and otherwise the new probes are
         counted from it (those this buffer got before are not new to it; those the other worker
-        got are not here)."""
+        got are not here). A quick first version (``quick``, ``links.first_epochs``) does not
+        count: the worker that trained it stopped before the full links, and this one trains
+        them once it holds ``warmup_frames`` samples."""
+        if quick:
+            return
         if latest is not None and latest > max(self.trained_versions, default=0):
             self.trained_versions.append(latest)
             self.new_since_training = 0

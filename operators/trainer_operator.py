@@ -31,6 +31,7 @@ from mlink.operators.training_process import (
 )
 from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
+from mlink.topics.control import QUICK_KEY
 from mlink.topics.pipeline_header import other_writer
 from mlink.topics.records import ControlMessage, FrameResult
 
@@ -78,6 +79,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
 
     retry = {"added": 0, "at": 0, "backoff": 10}  # after a failure, retry with more data only
     unannounced: list[int] = []  # saved, but the announcement failed: sent again, never lost
+    quick_versions: set[int] = set()  # quick first links (announced as such)
 
     async def report_live(result: FrameResult) -> None:
         state = mlink.state
@@ -133,7 +135,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         # a copy: the agent adds the samples that come while it trains
         job = TrainingJob.from_trainer(trainer)
         taken, size = trainer.new_since_training, len(trainer.samples)
-        first = not trainer.trained_versions and settings.links.stream
+        first = not trainer.trained_versions and state.latest_links is None  # a cold pipeline
+        first = first and settings.links.stream
         quick = job.quick(settings.links.first_epochs) if first else None
         if quick is not None:  # the hold ends with these; the full links replace them
             log.info(
@@ -176,6 +179,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             size,
             time.perf_counter() - started,
         )
+        if quick:
+            quick_versions.add(version)
         unannounced.append(version)
         await announce()
 
@@ -214,6 +219,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             epoch=mlink.state.epoch,
             issued_at=time.time(),
             link_version=version,
+            extra={QUICK_KEY: True} if version in quick_versions else {},
         )
         await control_t.send(b"link_version", encode_record(message))
 
@@ -255,7 +261,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
                         continue
                     result = decode_record(value, FrameResult, limits=mlink.limits)
                     mlink.metrics["samples_received"] += 1
-                    trainer.announced(mlink.state.latest_links)  # here or before a handover
+                    state = mlink.state  # the newest version, here or before a handover
+                    trainer.announced(state.latest_links, state.latest_quick)
                     if trainer.add(result):
                         retry["added"] += 1
                         if settings.links.train_in_child and not trainer.trained_versions:

@@ -310,3 +310,18 @@ def test_a_refused_budget_restores_the_one_in_force_and_is_said_until_the_next_r
     assert budget_answer(state, {"fraction": 0.5}) == ("planned", "epoch 2")
     odd = control("budget", 2, budget={"ms": 5.0}, extra={"refused": {"budget": 1}})
     assert not state.apply(odd).rejected and state.budget_refused is None  # malformed: ignored
+
+
+def test_the_state_knows_whether_the_newest_links_are_the_quick_first_ones() -> None:
+    """A trainer that takes over after a worker stopped between its quick first links and the
+    full ones must train the full ones: the announcement says which the newest version is."""
+    state = ControlState(MODELS)
+    assert state.latest_quick is False
+    state.apply(control("link_version", link_version=1, extra={"quick": True}))
+    assert (state.latest_links, state.latest_quick) == (1, True)
+    state.apply(control("link_version", link_version=2))
+    assert (state.latest_links, state.latest_quick) == (2, False)
+    state.apply(control("link_version", link_version=1, extra={"quick": True}))  # a replay
+    assert (state.latest_links, state.latest_quick) == (2, False)
+    state.apply(control("link_version", link_version=3, extra={"quick": "yes"}))  # only True
+    assert (state.latest_links, state.latest_quick) == (3, False)

@@ -1000,3 +1000,17 @@ def test_the_quick_first_links_are_the_same_job_at_fewer_epochs() -> None:
     assert (quick.store_root, quick.number_after) == (job.store_root, job.number_after)
     assert job.quick(60).config.ensemble_epochs == 40  # never more than the config's
     assert job.quick(0) is None and job.quick(100) is None and job.quick(500) is None
+
+
+def test_a_quick_first_version_announced_before_a_handover_does_not_count_as_trained() -> None:
+    """Its worker stopped before the full links: this trainer trains them from its own warm-up
+    sized buffer, and counts a full version another worker announces as before."""
+    data = truth(30)
+    trainer = LinkTrainer(SPECS, LinkStore(Path("unused")), FAST, warmup_frames=20)
+    trainer.announced(3, quick=True)
+    assert not trainer.trained_versions and not trainer.ready()
+    for i in range(20):
+        trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}))
+    assert trainer.ready()
+    trainer.announced(4)
+    assert trainer.trained_versions == [4] and not trainer.ready()

@@ -283,3 +283,12 @@ def test_a_link_version_in_force_the_store_lost_is_said_in_the_headline(tmp_path
     text = flat(stream_status(link_version=pruned, linkstore=report, refused_plans=refused))
     assert "learns links only for those: restart every worker on one config" in text
     assert "not in the link store" not in flat(stream_status())
+
+
+def test_a_plan_from_the_quick_first_links_says_so_until_the_full_ones_are_announced() -> None:
+    quick = rendered(stream_status(link_version=2, latest_links=2, latest_quick=True))
+    assert "link version 2 (quick first links; the full ones follow)" in quick
+    full = rendered(stream_status(link_version=2, latest_links=3, latest_quick=False))
+    assert "quick" not in full
+    older = rendered(stream_status(link_version=2, latest_links=3, latest_quick=True))
+    assert "quick" not in older  # the plan in force is not the quick version

@@ -198,6 +198,8 @@ def test_a_cold_stream_pipeline_plans_from_quick_first_links_then_from_the_full_
         assert log.index(quick.group(0)) < log.index(full.group(0))
         _, control = read_control(broker.bootstrap, config)
         sets = {m.epoch: m for m in control if m.kind == "active_set"}
+        announced = {m.link_version: m.extra for m in control if m.kind == "link_version"}
+        assert announced == {int(quick.group(1)): {"quick": True}, int(full.group(1)): {}}
         assert sets[1].link_version == int(quick.group(1)), sets
         assert sets[2].link_version == int(full.group(1)), sets
         for epoch in (1, 2):

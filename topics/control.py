@@ -30,6 +30,7 @@ __all__ = [
     "MAX_EPOCH_STEP",
     "MAX_FACTOR",
     "PIN_KEY",
+    "QUICK_KEY",
     "TARGET_PREFIX",
     "UNIT_BUDGET_KEYS",
     "agreement_problem",
@@ -60,6 +61,9 @@ TARGET_PREFIX: Final = "target_agreement:"
 """Prefix of a per-model accuracy target key: ``"target_agreement:<model>"``."""
 
 
+QUICK_KEY: Final = "quick"
+"""``extra`` key of the trainer's ``link_version`` message: ``True`` for a cold pipeline's quick
+first links (``links.first_epochs``), which the full ones follow."""
 PIN_KEY: Final = "pin"
 """``extra`` key of a ``link_version`` message from an operator (``mlink links --pin``):
 ``True`` plans from its ``link_version`` until unpinned, whatever newer versions the trainer

@@ -143,10 +143,14 @@ class LinkTrainer:
         )
         return self.saved(self.store.save(tensors, meta, after=self.number_after))
 
-    def saved(self, version: int, taken: int | None = None) -> int:
+    def saved(self, version: int, taken: int | None = None, quick: bool = False) -> int:
         """Note a version trained from this buffer (here, or in a training process); ``taken``:
         the new samples it was trained on (:attr:`new_since_training` when its job was taken).
-        Those that came while it trained still count towards the next retrain."""
+        Those that came while it trained still count towards the next retrain. A quick first
+        version (``quick``) is not counted: the full links of the same samples are still owed,
+        and a full training that fails is retried as a first one is."""
+        if quick:
+            return version
         self.trained_versions.append(version)
         left = 0 if taken is None else self.new_since_training - taken
         self.new_since_training = max(0, left)

@@ -135,9 +135,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         # a copy: the agent adds the samples that come while it trains
         job = TrainingJob.from_trainer(trainer)
         taken, size = trainer.new_since_training, len(trainer.samples)
-        first = not trainer.trained_versions and state.latest_links is None  # a cold pipeline
-        first = first and settings.links.stream
-        quick = job.quick(settings.links.first_epochs) if first else None
+        cold = not trainer.trained_versions and state.latest_links is None
+        quick = job.quick(settings.links.first_epochs) if cold and settings.links.stream else None
         if quick is not None:  # the hold ends with these; the full links replace them
             log.info(
                 "training the first links on %d samples at %d epochs; the full training "
@@ -155,7 +154,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         mlink.training.start(time.monotonic())  # a warm-up hold on this worker waits for it
         version = None
         try:
-            version = trainer.saved(await run_job(job), taken)
+            version = trainer.saved(await run_job(job), taken, quick=quick)
         except TrainingStopped:  # the worker stops: its training process was closed under it
             log.info("link training on %d samples stopped with the worker", size)
             return

@@ -1014,3 +1014,16 @@ def test_a_quick_first_version_announced_before_a_handover_does_not_count_as_tra
     assert trainer.ready()
     trainer.announced(4)
     assert trainer.trained_versions == [4] and not trainer.ready()
+
+
+def test_the_quick_first_version_leaves_the_full_links_owed() -> None:
+    """The full training after it may fail (a store that refuses a write): with
+    ``retrain_every: 0`` the quick links would then have stayed in force for good."""
+    data = truth(30)
+    trainer = LinkTrainer(SPECS, LinkStore(Path("unused")), FAST, warmup_frames=20)
+    for i in range(20):
+        trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}))
+    assert trainer.saved(1, 0, quick=True) == 1
+    assert not trainer.trained_versions and trainer.ready()
+    trainer.saved(2, 20)
+    assert trainer.trained_versions == [2] and not trainer.ready()

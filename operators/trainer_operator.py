@@ -157,7 +157,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             version = trainer.saved(await run_job(job), taken, quick=quick)
         except TrainingStopped:  # the worker stops: its training process was closed under it
             log.info("link training on %d samples stopped with the worker", size)
-            return
+            raise  # and no training after it (a new one would start a new training process)
         except Exception:  # e.g. a full disk: never retried on every sample
             mlink.metrics["training_failures"] += 1
             if quick:  # the full training of the same samples comes next anyway
@@ -194,8 +194,11 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         training at a time, each on every sample buffered when it starts. The agent goes on
         taking samples meanwhile, so a backlog of probes is read (and scored live) at once,
         not three at a time between trainings."""
-        while due():
-            await train()
+        try:
+            while due():
+                await train()
+        except TrainingStopped:  # the worker stops (logged where it stopped)
+            return
 
     running: list[asyncio.Task[None]] = []
 

@@ -217,6 +217,42 @@ def test_a_cold_stream_pipeline_plans_from_quick_first_links_then_from_the_full_
         collector.close()
 
 
+def test_a_worker_stopped_during_the_full_first_links_ends_there_and_starts_no_training(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """The quick first links are in force and the full ones (3000 epochs: minutes) are
+    training when the worker is stopped. Its training process is closed under the job: the log
+    says the training stopped with the worker, not that it failed, and no training starts after
+    it (one did: the quick links do not count as trained, so the buffer still called for the
+    full ones, and a new training process started during the stop and held the exit up until
+    the 15 s stop deadline)."""
+    path, config = write_config(
+        tmp_path,
+        "quickstop",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=24,
+        output_timeout_s=5.0,
+        fraction=0.5,
+        links={"stream": True, "probe_stride": 3, "epochs": 3000},
+    )
+    create_pipeline_topics(config, broker.bootstrap)
+    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    worker.wait_ready()
+    with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
+        send_frames(frames, STREAMS, range(0, 12))
+        wait_for_epoch(worker, 1, 240)
+        wait_until("the full training", lambda: "training links on 24" in worker.log(), 60, worker)
+        send_frames(frames, STREAMS, range(12, 20))  # samples that call for more training
+        time.sleep(3.0)
+    worker.stop()
+    log = worker.log()
+    assert "trained the quick first links" in log, log[-3000:]
+    stopped = log.index("link training on 24 samples stopped with the worker")
+    assert "training links on" not in log[stopped:], log[stopped:]
+    assert "link training failed" not in log, log[-3000:]
+
+
 def held_config(
     tmp_path: Any,
     tag: str,

@@ -48,9 +48,11 @@ def start_stream_worker(
     faust_worker: Any,
     tmp_path: Any,
     extra_models: list[dict[str, Any]] | None = None,
+    links: dict[str, Any] | None = None,
 ) -> tuple[PipelineConfig, Any, ResultCollector]:
-    """A worker of ``app`` on the small digits config (plus ``extra_models``) with stream
-    synthesis at half the full cost, its topics, and a collector of its results (close it)."""
+    """A worker of ``app`` on the small digits config (plus ``extra_models``, and ``links``
+    settings) with stream synthesis at half the full cost, its topics, and a collector of its
+    results (close it)."""
     path, config = write_config(
         tmp_path,
         tag,
@@ -59,9 +61,10 @@ def start_stream_worker(
         warmup_frames=24,
         output_timeout_s=5.0,
         fraction=0.5,
-        # one training at the start (the quick first links have their own test): epoch 1 is
-        # the plan from the first links, and a budget set afterwards makes epoch 2
-        links={"stream": True, "probe_stride": 3, "first_epochs": 0},
+        # one training at the start unless ``links`` says otherwise (the quick first links'
+        # tests): epoch 1 is the plan from the first links, and a budget set afterwards makes
+        # epoch 2
+        links={"stream": True, "probe_stride": 3, "first_epochs": 0, **(links or {})},
         extra_models=extra_models,
     )
     create_pipeline_topics(config, broker.bootstrap)
@@ -170,19 +173,9 @@ def test_a_cold_stream_pipeline_plans_from_quick_first_links_then_from_the_full_
     twice on the same warm-up: at 5 epochs, which the controller plans from at once (the hold
     ends), then in full, which it re-plans from. Every frame under either plan is answered once,
     planned by its schedule."""
-    path, config = write_config(
-        tmp_path,
-        "quickfirst",
-        FAST_MODELS,
-        partitions=2,
-        warmup_frames=24,
-        output_timeout_s=5.0,
-        fraction=0.5,
-        links={"stream": True, "probe_stride": 3, "epochs": 100},
+    config, worker, collector = start_stream_worker(
+        APP, "quickfirst", broker, faust_worker, tmp_path, links={"first_epochs": 5, "epochs": 100}
     )
-    create_pipeline_topics(config, broker.bootstrap)
-    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
-    collector = ResultCollector(broker.bootstrap, config.topics.names().results)
     try:
         worker.wait_ready()
         with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
@@ -226,18 +219,10 @@ def test_a_worker_stopped_during_the_full_first_links_ends_there_and_starts_no_t
     it (one did: the quick links do not count as trained, so the buffer still called for the
     full ones, and a new training process started during the stop and held the exit up until
     the 15 s stop deadline)."""
-    path, config = write_config(
-        tmp_path,
-        "quickstop",
-        FAST_MODELS,
-        partitions=2,
-        warmup_frames=24,
-        output_timeout_s=5.0,
-        fraction=0.5,
-        links={"stream": True, "probe_stride": 3, "epochs": 3000},
+    config, worker, collector = start_stream_worker(
+        APP, "quickstop", broker, faust_worker, tmp_path, links={"first_epochs": 5, "epochs": 3000}
     )
-    create_pipeline_topics(config, broker.bootstrap)
-    worker = faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / "faust"))
+    collector.close()  # no results are read
     worker.wait_ready()
     with FrameProducer(broker.bootstrap, config.topics.names().frames) as frames:
         send_frames(frames, STREAMS, range(0, 12))

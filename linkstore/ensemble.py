@@ -23,7 +23,7 @@ from torch import nn
 
 from mlink.linkstore.links import activate
 from mlink.linkstore.losses import probability_loss, vector_loss
-from mlink.linkstore.training import TrainConfig, make_optimizer
+from mlink.linkstore.training import TrainConfig, epoch_done, make_optimizer
 
 EnsembleKind = Literal["weighted", "fusion"]
 
@@ -123,4 +123,5 @@ def train_ensemble(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        epoch_done()
     return ensemble.eval()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -66,6 +67,35 @@ class TrainReport:
     best_epoch: list[int]
     seconds: float = 0.0
     history: list[list[float]] = field(default_factory=list)
+
+
+_epoch_hook = threading.local()
+
+
+@contextlib.contextmanager
+def after_every_epoch(hook: Callable[[], None]) -> Iterator[None]:
+    """Call ``hook`` after every epoch of every training this thread runs in the block (after
+    the hooks of the blocks around it); the hook ends the training by raising. How a training
+    on a worker's own thread stops with the worker: nothing can kill a thread, and the process
+    does not exit before the thread returns."""
+    previous = getattr(_epoch_hook, "hook", None)
+
+    def both() -> None:
+        previous()
+        hook()
+
+    _epoch_hook.hook = hook if previous is None else both
+    try:
+        yield
+    finally:
+        _epoch_hook.hook = previous
+
+
+def epoch_done() -> None:
+    """Where a training loop may be ended (:func:`after_every_epoch`)."""
+    hook = getattr(_epoch_hook, "hook", None)
+    if hook is not None:
+        hook()
 
 
 @contextlib.contextmanager
@@ -225,6 +255,7 @@ def train_stacked(
             stale += 1
         if on_epoch is not None:
             on_epoch()
+        epoch_done()
         if config.patience is not None and stale >= config.patience:
             break
     model.load_state_dict(best_state)
@@ -290,6 +321,7 @@ def train_single(
             stale += 1
         if on_epoch is not None:
             on_epoch()
+        epoch_done()
         if config.patience is not None and stale >= config.patience:
             break
     link.load_state_dict(best_state)

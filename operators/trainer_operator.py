@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,7 +28,7 @@ from mlink.operators.training_process import (
     TrainingProcess,
     TrainingSettings,
     TrainingStopped,
-    run_training_job,
+    run_until_stopped,
 )
 from mlink.operators.wiring import Outbox, count_crashes, dead_letters, raw_topic, verified_value
 from mlink.topics.codec import decode_record, encode_record
@@ -80,6 +81,8 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
     retry = {"added": 0, "at": 0, "backoff": 10}  # after a failure, retry with more data only
     unannounced: list[int] = []  # saved, but the announcement failed: sent again, never lost
     quick_versions: set[int] = set()  # quick first links (announced as such)
+    stopping = threading.Event()  # set when the worker stops: a training thread ends early
+    mlink.on_close(stopping.set)
 
     async def report_live(result: FrameResult) -> None:
         state = mlink.state
@@ -119,9 +122,9 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         trainer's thread."""
         if settings.links.train_in_child:
             outcome = await training_process().atrain(job)
-        else:
+        else:  # ends at the next link set once the worker stops (a thread cannot be killed)
             outcome = await asyncio.get_running_loop().run_in_executor(
-                mlink.executor("trainer"), run_training_job, job
+                mlink.executor("trainer"), run_until_stopped, job, stopping
             )
         if outcome.version is None:  # a job that names a store is saved where it trains
             raise TrainingFailed("the training returned links it did not save")

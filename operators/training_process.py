@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +33,7 @@ import torch
 from mlink.linkstore.crossfit import TrainMap
 from mlink.linkstore.ensemble import EnsembleKind
 from mlink.linkstore.store import LinkStore
-from mlink.linkstore.training import TrainConfig
+from mlink.linkstore.training import TrainConfig, after_every_epoch
 from mlink.operators.orphans import die_with_parent
 from mlink.operators.trainer import LinkTrainer, train_bundle
 from mlink.topics.specs import OutputSpec
@@ -45,6 +46,7 @@ __all__ = [
     "TrainingSettings",
     "TrainingStopped",
     "run_training_job",
+    "run_until_stopped",
 ]
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,20 @@ class TrainingOutcome:
     meta: dict[str, Any] | None
     seconds: float
     """Wall time in the child, training and saving."""
+
+
+def run_until_stopped(job: TrainingJob, stopping: threading.Event) -> TrainingOutcome:
+    """:func:`run_training_job` on this thread, ended after the epoch under way once
+    ``stopping`` is set (``train_in_child: false``): nothing can kill a thread, and the process
+    does not exit before it returns, so a worker stopped under a minute-long training waited out
+    its stop deadline and exited with an error."""
+
+    def check() -> None:
+        if stopping.is_set():
+            raise TrainingStopped("the link training was stopped: the worker is stopping")
+
+    with after_every_epoch(check):
+        return run_training_job(job)
 
 
 def run_training_job(job: TrainingJob, train_map: TrainMap = map) -> TrainingOutcome:

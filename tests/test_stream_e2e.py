@@ -210,17 +210,24 @@ def test_a_cold_stream_pipeline_plans_from_quick_first_links_then_from_the_full_
         collector.close()
 
 
+@pytest.mark.parametrize("in_child", [True, False], ids=["child", "thread"])
 def test_a_worker_stopped_during_the_full_first_links_ends_there_and_starts_no_training(
-    broker: Any, faust_worker: Any, tmp_path: Any
+    broker: Any, faust_worker: Any, tmp_path: Any, in_child: bool
 ) -> None:
     """The quick first links are in force and the full ones (3000 epochs: minutes) are
     training when the worker is stopped. Its training process is closed under the job: the log
     says the training stopped with the worker, not that it failed, and no training starts after
     it (one did: the quick links do not count as trained, so the buffer still called for the
     full ones, and a new training process started during the stop and held the exit up until
-    the 15 s stop deadline)."""
+    the 15 s stop deadline). On the worker's thread (``train_in_child: false``) the training
+    ends after the epoch under way: the thread held the process up to the deadline too."""
     config, worker, collector = start_stream_worker(
-        APP, "quickstop", broker, faust_worker, tmp_path, links={"first_epochs": 5, "epochs": 3000}
+        APP,
+        "quickstop",
+        broker,
+        faust_worker,
+        tmp_path,
+        links={"first_epochs": 5, "epochs": 3000, "train_in_child": in_child},
     )
     collector.close()  # no results are read
     worker.wait_ready()
@@ -236,6 +243,9 @@ def test_a_worker_stopped_during_the_full_first_links_ends_there_and_starts_no_t
     stopped = log.index("link training on 24 samples stopped with the worker")
     assert "training links on" not in log[stopped:], log[stopped:]
     assert "link training failed" not in log, log[-3000:]
+    # a training on the worker's thread ends at the next epoch (it held the process up, and the
+    # stop deadline ended it with an error)
+    assert "still stopping" not in log, log[-3000:]
 
 
 def held_config(

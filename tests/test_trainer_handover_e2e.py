@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 
-from mlink.deploy.runner import ResultCollector
+from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.linkstore.store import LinkStore
+from mlink.topics.control import QUICK_KEY
 from tests.conftest import FaustWorker
 from tests.test_pipeline_e2e import (
     APP,
     FAST_MODELS,
+    dead_letters,
     send_frames,
     wait_results,
     wait_until,
@@ -84,6 +86,80 @@ def test_the_worker_that_takes_over_the_trainer_does_not_train_the_links_again(
         wait_until("10 probes at the new holder", lambda: reports() >= 2, 60, other)
         assert "training links on" not in other.log(), "the new holder trained the links again"
         assert [v.version for v in LinkStore(config.links.store).versions()] == [1]
+        assert other.proc.poll() is None
+    finally:
+        collector.close()
+
+
+def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_new_holder(
+    broker: Any, faust_worker: Callable[..., FaustWorker], tmp_path: Path
+) -> None:
+    """A rolling restart while the quick first links are in force and the full ones train: the
+    holder of the samples partition stops under its full training, and the worker that takes
+    the partition over does not take the quick version for trained links. It trains the full
+    links once it holds a warm-up's worth of probes of its own and announces them (not quick);
+    the controller re-plans from them, and every frame is answered once."""
+    warmup = 24
+    path, config = write_config(
+        tmp_path,
+        "quickhandover",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=warmup,
+        output_timeout_s=5.0,
+        fraction=0.5,
+        # the full training takes tens of seconds (300 epochs): the stop comes during it
+        links={"stream": True, "probe_every": 2, "first_epochs": 5, "epochs": 300},
+    )
+    names = config.topics.names()
+    create_pipeline_topics(config, broker.bootstrap)
+    workers = [
+        faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / f"faust-{i}"), f"w{i}")
+        for i in range(2)
+    ]
+    collector = ResultCollector(broker.bootstrap, names.results)
+    try:
+        for w in workers:
+            w.wait_ready(90)
+
+        def holders() -> list[FaustWorker]:
+            return [w for w in workers if w.assigned_partitions(names.samples)]
+
+        wait_until(
+            "one holder of the samples partition", lambda: len(holders()) == 1, 60, workers[0]
+        )
+        trainer = holders()[0]
+        other = next(w for w in workers if w is not trainer)
+        with FrameProducer(broker.bootstrap, names.frames) as producer:
+            sent = send_frames(producer, STREAMS, range(0, warmup // len(STREAMS)))
+            wait_until(
+                "the full training", lambda: "training links on 24 " in trainer.log(), 240, trainer
+            )
+            wait_until("a plan from v1", lambda: "links=v1" in other.log(), 60, other)
+            trainer.stop()  # under the full training
+            assert "trained the quick first links v1 " in trainer.log()
+            assert "trained links v" not in trainer.log(), "the full training ended first"
+            wait_until(
+                "the handover", lambda: other.assigned_partitions(names.samples) == {0}, 60, other
+            )
+            # every other frame is a probe: a warm-up's worth of samples for the new holder
+            sent += send_frames(producer, STREAMS, range(12, 12 + warmup + 4))
+            wait_until("full links v2", lambda: "trained links v2 " in other.log(), 600, other)
+            wait_until("a plan from v2", lambda: "links=v2" in other.log(), 60, other)
+            sent += send_frames(producer, STREAMS, range(40, 50))
+            wait_results(collector, set(sent), 120, [other])
+        log = other.log()
+        assert "quick first links" not in log, "the new holder trained quick links again"
+        assert [v.version for v in LinkStore(config.links.store).versions()] == [1, 2]
+        _, control = read_control(broker.bootstrap, config)
+        announced = {m.link_version: m.extra for m in control if m.kind == "link_version"}
+        assert announced == {1: {QUICK_KEY: True}, 2: {}}, announced
+        plans = [m for m in control if m.kind == "active_set"]
+        assert [m.link_version for m in plans][:1] == [1] and plans[-1].link_version == 2
+        late = [collector.results[f] for f in sent[-20:]]  # sent after the plan from v2
+        assert all(r.epoch == plans[-1].epoch and not r.degraded for r in late)
+        assert collector.duplicates == 0
+        assert not dead_letters(broker.bootstrap, config)
         assert other.proc.poll() is None
     finally:
         collector.close()

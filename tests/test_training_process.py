@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from mlink.linkstore.linkset import LinkSet
 from mlink.linkstore.store import LinkStore
-from mlink.linkstore.training import TrainConfig
+from mlink.linkstore.training import TrainConfig, after_every_epoch
 from mlink.operators.trainer import LinkTrainer
 from mlink.operators.training_process import (
     TrainingFailed,
@@ -24,6 +25,7 @@ from mlink.operators.training_process import (
     TrainingSettings,
     TrainingStopped,
     run_training_job,
+    run_until_stopped,
 )
 from mlink.topics.records import FrameResult, ModelResult
 from mlink.topics.specs import VectorSpec
@@ -233,6 +235,30 @@ def test_a_job_whose_process_is_closed_under_it_says_it_stopped_not_that_it_died
         assert not process._closed  # the closed job was reported once and forgotten
     finally:
         process.close()
+
+
+def test_a_training_on_this_thread_ends_after_the_epoch_under_way_once_told_to_stop() -> None:
+    """``train_in_child: false``: nothing can kill the training thread, and the worker's
+    process does not exit before it returns, so the training checks after every epoch."""
+    stopping = threading.Event()
+    epochs: list[int] = []
+
+    def count() -> None:  # the outer hook: it runs first, then the training's own check
+        epochs.append(1)
+        if len(epochs) == 10:
+            stopping.set()
+
+    slow = TrainingJob(specs=SPECS, outputs=outputs(400), config=TrainConfig(epochs=100_000))
+    with after_every_epoch(count):
+        with pytest.raises(TrainingStopped, match="the worker is stopping"):
+            run_until_stopped(slow, stopping)
+        assert len(epochs) == 10  # ended after the epoch that was under way
+        run_training_job(job())
+        one_job = len(epochs) - 10
+        run_until_stopped(job(), threading.Event())  # not stopped: trains all of its epochs
+        assert one_job > 0 and len(epochs) == 10 + 2 * one_job
+    run_training_job(job())  # the hook is gone with its block
+    assert len(epochs) == 10 + 2 * one_job
 
 
 STOP_MID_JOB = """

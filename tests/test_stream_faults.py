@@ -17,7 +17,14 @@ from bench.fault_harness import TRIGGER
 from mlink.deploy.runner import read_control
 from mlink.deploy.source import FrameProducer
 from mlink.linkstore.schedule import EXTRA_KEY, Schedule
-from tests.test_pipeline_e2e import APP, IMAGES, dead_letters, wait_results, wait_until
+from tests.test_pipeline_e2e import (
+    APP,
+    IMAGES,
+    dead_letters,
+    wait_for_epoch,
+    wait_results,
+    wait_until,
+)
 from tests.test_split_layout import SPLIT_APP, output, timed_out
 from tests.test_stream_e2e import STREAMS, start_stream_worker, warm_up_then_plan
 
@@ -119,6 +126,49 @@ def test_stream_synthesis_keeps_every_frame_through_a_failing_model_bad_records_
             timed_out(result)  # only a loaded machine's join timeout may degrade the rest
         assert failed > 0, "flaky was never planned on a frame it fails on"
         assert ran_after_failure > 0, "flaky never ran again after its first failure"
+    finally:
+        producer.close()
+        collector.close()
+
+
+def test_the_quick_first_links_come_through_a_model_failing_in_the_warm_up_and_bad_samples(
+    broker: Any, faust_worker: Any, tmp_path: Any
+) -> None:
+    """The default two-pass first training (quick links, then the full ones) on a warm-up in
+    which a model raises on some frames, with records on the samples topic that are not
+    samples: the failed frames are no training samples, the bad records are dead letters at
+    the trainer, both trainings come through, and every frame is answered once."""
+    config, worker, collector = start_stream_worker(
+        APP, "quick-faults", broker, faust_worker, tmp_path, [FLAKY], links={"first_epochs": 5}
+    )
+    names = config.topics.names()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    try:
+        worker.wait_ready()
+        with FrameProducer(broker.bootstrap, names.frames) as frames:
+            # 32 warm-up frames, 4 of them failed: 28 samples where the warm-up asks for 24
+            warm = send_backlog(frames, range(0, 16), {2, 9})
+            for value in (b"\x00 not a sample", b"\x82\xa1x\x01"):  # junk, and msgpack of no record
+                producer.send(names.samples, key=b"a", value=value).get(10)
+            wait_for_epoch(worker, 2, 300)  # the plan from the quick links, then the full ones
+            backlog = send_backlog(frames)
+            wait_results(collector, set(warm) | set(backlog), 240, [worker])
+        settle(broker, config, worker, collector, 2)
+        log = worker.log()
+        quick = log.index("trained the quick first links v1 ")
+        assert quick < log.index("trained links v2 "), log[-3000:]
+        assert "link training failed" not in log and "quick first links failed" not in log
+        letters = dead_letters(broker.bootstrap, config)
+        assert sorted(d.stage for d in letters) == ["trainer", "trainer"], letters
+        for seq in (2, 9):  # the warm-up frames flaky failed on: answered, degraded
+            for stream in STREAMS:
+                result = collector.results[f"{stream}:{seq}"]
+                flaky = next(r for r in result.results if r.model == "flaky")
+                assert result.degraded and "cannot handle frame" in (flaky.error or ""), result
+        _, control = read_control(broker.bootstrap, config)
+        sets = {m.epoch: m for m in control if m.kind == "active_set"}
+        assert sets[1].link_version == 1 and sets[2].link_version == 2
+        assert {collector.results[f].epoch for f in backlog} <= {2, *range(3, 10)}
     finally:
         producer.close()
         collector.close()

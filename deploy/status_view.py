@@ -345,15 +345,18 @@ def _holding_the_warmup(failures: Mapping[str, Any], console: Console) -> None:
 
 
 def _failing(failures: Mapping[str, Any], console: Console) -> None:
+    """Each count over the frames the model ran on, said as such: a plan runs a model on some
+    frames only, and "724/804" after "the latest 2000 results" read as a share of the 2000."""
     models = failures.get("models") or {}
     if models:
-        rows = ", ".join(
-            f"{m} {r.get('failed')}/{r.get('of')} ({r.get('last_error')})"
+        rows = "; ".join(
+            f"{m} on {r.get('failed')} of the {r.get('of')} frames it ran on "
+            f"({r.get('last_error')})"
             for m, r in models.items()
         )
         _say(
             console,
-            f"models that failed on the latest {failures.get('results')} results: {rows}",
+            f"models that failed in the latest {failures.get('results')} results: {rows}",
             "yellow",
         )
 

@@ -292,3 +292,18 @@ def test_a_plan_from_the_quick_first_links_says_so_until_the_full_ones_are_annou
     assert "quick" not in full
     older = rendered(stream_status(link_version=2, latest_links=3, latest_quick=True))
     assert "quick" not in older  # the plan in force is not the quick version
+
+
+def test_model_failures_are_counted_over_the_frames_each_model_ran_on() -> None:
+    """An audit: "models that failed on the latest 2000 results: eyes 724/804" mixed a
+    count of results with one of the frames the plan ran the model on."""
+    failures = {
+        "results": 2000,
+        "models": {"eyes": {"failed": 724, "of": 804, "last_error": "RuntimeError: boom"}},
+    }
+    text = " ".join(rendered(stream_status(model_failures=failures), width=200).split())
+    assert (
+        "models that failed in the latest 2000 results: eyes on 724 of the 804 frames it ran "
+        "on (RuntimeError: boom)"
+    ) in text
+    assert "724/804" not in text

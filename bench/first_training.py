@@ -23,15 +23,14 @@ import statistics
 import time
 from pathlib import Path
 
-from mlink.deploy.config import load_config
+from mlink.deploy.config import PipelineConfig, load_config
 from mlink.deploy.source import iter_source
 from mlink.eval.run import full_run
 from mlink.eval.streaming.live import backlog_warmup
 from mlink.operators.training_process import TrainingJob, TrainingProcess, TrainingSettings
 
 
-def warmup_job(config_path: Path) -> TrainingJob:
-    config = load_config(config_path)
+def warmup_job(config: PipelineConfig) -> TrainingJob:
     frames = list(iter_source(config.source))
     workload = full_run(config, frames)
     links = config.operator_settings().links
@@ -65,8 +64,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 0])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    job = warmup_job(args.config)
-    links = load_config(args.config).operator_settings().links
+    config = load_config(args.config)
+    job = warmup_job(config)
+    links = config.operator_settings().links
     quick = job.quick(links.first_epochs) if links.stream else None
     jobs = {"full": job} if quick is None else {"quick": quick, "full": job}
     print(f"{len(job.groups or [])} warm-up samples of {len(set(job.groups or []))} cameras")

@@ -127,22 +127,6 @@ class LinkTrainer:
         """Each buffered sample's sequence number, when the links are fitted for streams."""
         return list(self.seqs) if self.stream else None
 
-    def train_and_save(self) -> int:
-        """Train on every buffered pair and save (and promote) a new linkstore version."""
-        tensors, meta = train_bundle(
-            self.specs,
-            self.training_outputs(),
-            self.config,
-            self.ensemble,
-            self.measured_costs(),
-            self.training_groups(),
-            self.training_seqs(),
-            cascades=self.cascades,
-            balance_streams=self.balance_streams,
-            fill=self.batch_fill(),
-        )
-        return self.saved(self.store.save(tensors, meta, after=self.number_after))
-
     def saved(self, version: int, taken: int | None = None, quick: bool = False) -> int:
         """Note a version trained from this buffer (here, or in a training process); ``taken``:
         the new samples it was trained on (:attr:`new_since_training` when its job was taken).

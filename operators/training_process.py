@@ -122,7 +122,8 @@ class TrainingJob:
 
     @classmethod
     def from_trainer(cls, trainer: LinkTrainer, *, save_in_child: bool = True) -> TrainingJob:
-        """The job :meth:`LinkTrainer.train_and_save` would run, for a training process."""
+        """Training on every sample ``trainer`` buffers: saved by whoever runs it, where the
+        trainer's store is (``save_in_child``), or returned as a bundle."""
         return cls(
             specs=trainer.specs,
             outputs=trainer.training_outputs(),

@@ -39,7 +39,7 @@ from mlink.operators.joiner import (
 from mlink.operators.model_runner import ModelRunner
 from mlink.operators.state import ControlState
 from mlink.operators.trainer import LinkTrainer
-from mlink.operators.training_process import TrainingJob
+from mlink.operators.training_process import TrainingJob, run_training_job
 from mlink.topics.records import (
     ControlMessage,
     FrameResult,
@@ -58,6 +58,14 @@ SPECS = {
 }
 FAST = TrainConfig(epochs=5, ensemble_epochs=5)
 COSTS = {"digit": 10.0, "parity": 1.0, "value": 5.0}
+
+
+def train_and_save(trainer: LinkTrainer) -> int:
+    """What the trainer agent does with a due training: the job of every buffered sample, saved
+    to the trainer's store, noted as trained."""
+    outcome = run_training_job(TrainingJob.from_trainer(trainer))
+    assert outcome.version is not None
+    return trainer.saved(outcome.version)
 
 
 def truth(n: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
@@ -586,7 +594,7 @@ def test_trainer_relearns_once_above_the_lost_versions(tmp_path: Path) -> None:
     trainer.add(probe_result("s:19", {m: data[m][19] for m in MODELS}))
     assert not trainer.ready() and trainer.ready(relearn=4)
     trainer.number_after = 4
-    assert trainer.train_and_save() == 5
+    assert train_and_save(trainer) == 5
     assert not trainer.ready(relearn=4)  # v5 trained: no second one before it is planned
 
 
@@ -601,13 +609,13 @@ def test_trainer_retrains_only_when_asked(tmp_path: Path) -> None:
         for i in range(20):
             trainer.add(probe_result(f"s:{i}", rows[i]))
         assert trainer.ready()
-        assert trainer.train_and_save() == 1
+        assert train_and_save(trainer) == 1
         assert trainer.new_since_training == 0 and not trainer.ready()
         for i in range(20, 30):
             trainer.add(probe_result(f"s:{i}", rows[i]))
     assert not once.ready()
     assert again.ready()
-    assert again.train_and_save() == 2 and again.store.current() == 2
+    assert train_and_save(again) == 2 and again.store.current() == 2
 
 
 def test_samples_that_come_during_a_training_count_towards_the_next() -> None:
@@ -677,7 +685,7 @@ def saved_links(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LoadedL
     data = truth(40)
     for i in range(40):
         trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}, ms=1.0))
-    version = trainer.train_and_save()
+    version = train_and_save(trainer)
     assert version == 1 and store.current() == 1
     return store.root, load_bundle(store, version)
 

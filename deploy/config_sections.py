@@ -279,7 +279,11 @@ class LinksConfig(StrictSection):
         description="every Nth frame runs all models (link data, live agreement); 0=off",
     )
     retrain_every: int = Field(
-        0, ge=0, description="retrain after this many new probe frames; 0 = train once"
+        0,
+        ge=0,
+        description="retrain after this many new probe frames, with warmup_frames samples "
+        "buffered (a worker that took the trainer over holds only the probes since); "
+        "0 = train once",
     )
     keep_versions: int = Field(
         32,

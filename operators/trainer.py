@@ -94,13 +94,17 @@ class LinkTrainer:
     def ready(self, relearn: int | None = None) -> bool:
         """Whether to train now. ``relearn``: the links in force, up to this version, were
         lost with their store and the pipeline runs every model again: train once from the
-        buffer, as at the first warm-up, unless a version above it is already trained."""
+        buffer, as at the first warm-up, unless a version above it is already trained.
+
+        A retrain also waits for a warm-up's worth of samples: a worker that took the samples
+        partition over holds only the probes since, and would replace links trained on the
+        whole buffer of the worker before it with links trained on ``retrain_every`` probes."""
+        enough = len(self.samples) >= self.warmup_frames
         if relearn is not None:
-            newest = max(self.trained_versions, default=0)
-            return newest <= relearn and len(self.samples) >= self.warmup_frames
+            return max(self.trained_versions, default=0) <= relearn and enough
         if not self.trained_versions:
-            return len(self.samples) >= self.warmup_frames
-        return self.retrain_every > 0 and self.new_since_training >= self.retrain_every
+            return enough
+        return self.retrain_every > 0 and self.new_since_training >= self.retrain_every and enough
 
     def batch_fill(self) -> int:
         """How many frames the worker's batches held when the buffered samples' costs were

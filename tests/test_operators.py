@@ -675,6 +675,20 @@ def test_a_trainer_that_takes_over_counts_the_versions_announced_since_it_starte
     assert again.trained_versions == [1, 2, 3] and again.new_since_training == 1
 
 
+def test_a_retrain_after_a_handover_waits_for_a_warm_up_of_samples() -> None:
+    """The new holder of the samples partition has only the probes since the handover: a
+    retrain from ``retrain_every`` of them would replace links trained on the whole buffer of
+    the worker before it."""
+    data = truth(20)
+    trainer = LinkTrainer(SPECS, LinkStore(Path("unused")), FAST, warmup_frames=10, retrain_every=4)
+    trainer.announced(3)  # v3, trained by the worker that held the partition before
+    for i in range(9):
+        trainer.add(probe_result(f"s:{i}", {m: data[m][i] for m in MODELS}))
+        assert not trainer.ready(), i  # 4 new probes and more, but fewer than 10 samples
+    trainer.add(probe_result("s:9", {m: data[m][9] for m in MODELS}))
+    assert trainer.ready()
+
+
 # -- controller ---------------------------------------------------------------------------------
 
 

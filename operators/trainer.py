@@ -64,9 +64,11 @@ class LinkTrainer:
         # by a store that was lost or replaced and numbers from 1 again
         self.number_after = 0
 
-    def add(self, result: FrameResult) -> bool:
+    def add(self, result: FrameResult, new: bool = True) -> bool:
         """Add one probe result (all models executed); duplicates (redelivery) are ignored, and
-        a sample whose outputs break their specs is counted in ``rejected`` and dropped."""
+        a sample whose outputs break their specs is counted in ``rejected`` and dropped.
+        ``new``: it counts towards the next retrain (not a sample the worker that held the
+        samples partition before had, read back: :mod:`~mlink.operators.sample_history`)."""
         if result.frame_id in self.seen:
             return False
         by_model = {r.model: r for r in result.results}
@@ -88,7 +90,7 @@ class LinkTrainer:
             cost = r.cost_ms
             if cost is not None and 0.0 <= cost < math.inf:
                 self.call_ms[m].append(cost)
-        self.new_since_training += 1
+        self.new_since_training += new
         return True
 
     def ready(self, relearn: int | None = None) -> bool:

@@ -22,6 +22,7 @@ from mlink.linkstore.liveguard import DECAY, option_keys
 from mlink.operators.live import LiveAgreement, probe_agreement
 from mlink.operators.relearn import relearning
 from mlink.operators.runtime import MLink
+from mlink.operators.sample_history import SampleHistory, read_samples
 from mlink.operators.training_process import (
     TrainingFailed,
     TrainingJob,
@@ -254,10 +255,33 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
             if gone:
                 log.info("deleted link versions %s (keeping the %d newest)", gone, keep)
 
+    history = SampleHistory()
+
+    async def read_back(upto: int) -> None:
+        """The samples before offset ``upto``: another worker's (or none), not this one's."""
+        try:
+            read, passed = await read_samples(
+                app, mlink, upto, trainer.samples.maxlen or 0, lambda r: trainer.add(r, new=False)
+            )
+        except Exception:  # the history is a head start, not a must
+            log.warning("could not read back the samples before offset %d", upto, exc_info=True)
+            return
+        mlink.metrics["samples_read_back"] += read
+        log.info(
+            "read back %d samples before offset %d that this worker had not read (another "
+            "worker's, or this one's before a restart; %d passed over): %d buffered",
+            read,
+            upto,
+            passed,
+            len(trainer.samples),
+        )
+
     async def trainer_agent(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()
         try:
             async for event in stream.events():
+                if history.gap_before(event.message.offset):
+                    await read_back(event.message.offset)
                 async with dead.guard(event, "trainer"):
                     await announce()  # one that failed before: before anything else
                     value = verified_value(mlink, event)

@@ -27,6 +27,7 @@ __all__ = [
     "dead_letters",
     "kafka_client_kwargs",
     "raw_topic",
+    "verified",
     "verified_value",
 ]
 
@@ -129,10 +130,14 @@ def count_crashes(mlink: MLink, agent: str) -> Callable[[AgentFun], AgentFun]:
 def verified_value(mlink: MLink, event: Any) -> bytes:
     """The event's value once its signature checks out (signed topics only); raises
     :class:`~mlink.topics.signing.SignatureError`, a DecodeError, when it does not."""
-    topic = event.message.topic
+    return verified(mlink, event.message.topic, event.key, event.value, event.headers)
+
+
+def verified(mlink: MLink, topic: str, key: bytes | None, value: bytes, headers: Any) -> bytes:
+    """:func:`verified_value` of a record as any Kafka client gives it."""
     if mlink.signer.enabled and topic in signed_topics(mlink.names):
-        mlink.signer.verify(topic, event.key, event.value, event.headers or [])
-    return event.value
+        mlink.signer.verify(topic, key, value, headers or [])
+    return value
 
 
 def kafka_client_kwargs(app: faust.App) -> dict[str, Any]:

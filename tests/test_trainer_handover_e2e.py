@@ -5,6 +5,7 @@ real broker (~60 s on the 2-core dev machine)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,10 @@ def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_ne
 ) -> None:
     """A rolling restart while the quick first links are in force and the full ones train: the
     holder of the samples partition stops under its full training, and the worker that takes
-    the partition over does not take the quick version for trained links. It trains the full
-    links once it holds a warm-up's worth of probes of its own and announces them (not quick);
-    the controller re-plans from them, and every frame is answered once."""
+    the partition over does not take the quick version for trained links. It reads back the
+    samples the worker before it had (its buffer started empty: it waited for a new warm-up's
+    worth of probes), trains the full links at once and announces them (not quick); the
+    controller re-plans from them, and every frame is answered once."""
     warmup = 24
     path, config = write_config(
         tmp_path,
@@ -142,9 +144,13 @@ def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_ne
             wait_until(
                 "the handover", lambda: other.assigned_partitions(names.samples) == {0}, 60, other
             )
-            # every other frame is a probe: a warm-up's worth of samples for the new holder
-            sent += send_frames(producer, STREAMS, range(12, 12 + warmup + 4))
+            # a few probes: with the warm-up's samples the worker before it had, read back,
+            # the new holder has a warm-up's worth at once (a few new probes would not do)
+            sent += send_frames(producer, STREAMS, range(12, 14))
             wait_until("full links v2", lambda: "trained links v2 " in other.log(), 600, other)
+            read_back = re.search(r"read back (\d+) samples before offset", other.log())
+            assert read_back and int(read_back.group(1)) >= warmup, other.log()[-3000:]
+            sent += send_frames(producer, STREAMS, range(14, 40))
             wait_until("a plan from v2", lambda: "links=v2" in other.log(), 60, other)
             sent += send_frames(producer, STREAMS, range(40, 50))
             wait_results(collector, set(sent), 120, [other])

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mlink.deploy.config import PipelineConfig
 from mlink.deploy.runner import ResultCollector, read_control
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
@@ -34,6 +35,36 @@ pytestmark = pytest.mark.broker
 STREAMS = ["cam-a", "cam-b"]
 
 
+def two_workers(
+    faust_worker: Callable[..., FaustWorker],
+    path: Path,
+    config: PipelineConfig,
+    broker: Any,
+    tmp_path: Path,
+) -> list[FaustWorker]:
+    """The topics of ``config`` (written at ``path``) and two workers of it, both ready (their
+    trainer agents started)."""
+    create_pipeline_topics(config, broker.bootstrap)
+    workers = [
+        faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / f"faust-{i}"), f"w{i}")
+        for i in range(2)
+    ]
+    for w in workers:
+        w.wait_ready(90)
+    return workers
+
+
+def trainer_and_other(workers: list[FaustWorker], samples: str) -> tuple[FaustWorker, FaustWorker]:
+    """The worker that holds the samples partition (once one alone does), and the other."""
+
+    def holders() -> list[FaustWorker]:
+        return [w for w in workers if w.assigned_partitions(samples)]
+
+    wait_until("one holder of the samples partition", lambda: len(holders()) == 1, 60, workers[0])
+    trainer = holders()[0]
+    return trainer, next(w for w in workers if w is not trainer)
+
+
 def test_the_worker_that_takes_over_the_trainer_does_not_train_the_links_again(
     broker: Any, faust_worker: Callable[..., FaustWorker], tmp_path: Path
 ) -> None:
@@ -49,24 +80,11 @@ def test_the_worker_that_takes_over_the_trainer_does_not_train_the_links_again(
         links={"retrain_every": 0, "probe_every": 2, "epochs": 5},
     )
     names = config.topics.names()
-    create_pipeline_topics(config, broker.bootstrap)
-    workers = [
-        faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / f"faust-{i}"), f"w{i}")
-        for i in range(2)
-    ]
+    # both started, and their trainer agents with them, before any links
+    workers = two_workers(faust_worker, path, config, broker, tmp_path)
     collector = ResultCollector(broker.bootstrap, names.results)
     try:
-        for w in workers:  # both started, and their trainer agents with them, before any links
-            w.wait_ready(90)
-
-        def holders() -> list[FaustWorker]:
-            return [w for w in workers if w.assigned_partitions(names.samples)]
-
-        wait_until(
-            "one holder of the samples partition", lambda: len(holders()) == 1, 60, workers[0]
-        )
-        trainer = holders()[0]
-        other = next(w for w in workers if w is not trainer)
+        trainer, other = trainer_and_other(workers, names.samples)
         with FrameProducer(broker.bootstrap, names.frames) as producer:
             sent = send_frames(producer, STREAMS, range(0, 4))  # the warm-up's 8 frames
             wait_until("links v1", lambda: "trained links v1 " in trainer.log(), 90, trainer)
@@ -114,24 +132,10 @@ def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_ne
         links={"stream": True, "probe_every": 2, "first_epochs": 5, "epochs": 300},
     )
     names = config.topics.names()
-    create_pipeline_topics(config, broker.bootstrap)
-    workers = [
-        faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / f"faust-{i}"), f"w{i}")
-        for i in range(2)
-    ]
+    workers = two_workers(faust_worker, path, config, broker, tmp_path)
     collector = ResultCollector(broker.bootstrap, names.results)
     try:
-        for w in workers:
-            w.wait_ready(90)
-
-        def holders() -> list[FaustWorker]:
-            return [w for w in workers if w.assigned_partitions(names.samples)]
-
-        wait_until(
-            "one holder of the samples partition", lambda: len(holders()) == 1, 60, workers[0]
-        )
-        trainer = holders()[0]
-        other = next(w for w in workers if w is not trainer)
+        trainer, other = trainer_and_other(workers, names.samples)
         with FrameProducer(broker.bootstrap, names.frames) as producer:
             sent = send_frames(producer, STREAMS, range(0, warmup // len(STREAMS)))
             wait_until(

@@ -41,10 +41,12 @@ class SampleHistory:
     expected: int | None = None  # the offset after the last sample this worker read
 
     def gap_before(self, offset: int) -> bool:
-        """Whether samples before ``offset`` went to another worker (or to none yet)."""
-        gap = self.expected != offset and offset > 0
-        self.expected = offset + 1
-        return gap
+        """Whether samples before ``offset`` went to another worker (or to none yet). An offset
+        below the expected one is no gap: a rebalance delivers again what this worker read
+        after the group's last commit."""
+        expected = self.expected
+        self.expected = max(offset + 1, expected or 0)
+        return offset > 0 if expected is None else offset > expected
 
 
 async def read_samples(
@@ -52,12 +54,13 @@ async def read_samples(
     mlink: MLink,
     upto: int,
     limit: int,
-    add: Callable[[FrameResult], object],
-) -> tuple[int, int]:
+    add: Callable[[FrameResult], bool],
+) -> tuple[int, int, int]:
     """Pass each of this pipeline's samples at offsets ``[upto - limit, upto)`` of the samples
     topic (or from where the topic's log starts) to ``add``, oldest first. Records another
     pipeline wrote are passed over, and so are those that do not verify or decode (each was a
-    dead letter when a trainer first read it). Returns (read, passed over)."""
+    dead letter when a trainer first read it). Returns (read, added: those ``add`` took,
+    passed over)."""
     topic = mlink.names.samples
     own = mlink.settings.name
     consumer = AIOKafkaConsumer(
@@ -67,14 +70,14 @@ async def read_samples(
         **mlink.limits.aiokafka_consumer_kwargs(),
     )
     await consumer.start()
-    read, passed = 0, 0
+    read, added, passed = 0, 0, 0
     try:
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         first = (await consumer.beginning_offsets([tp]))[tp]
         start = max(first, upto - limit)
         if start >= upto:
-            return 0, 0
+            return 0, 0, 0
         consumer.seek(tp, start)
         give_up = time.monotonic() + READ_GIVE_UP_S
         while await consumer.position(tp) < upto:
@@ -93,8 +96,8 @@ async def read_samples(
                 except Exception:  # a dead letter when it was first read
                     passed += 1
                     continue
-                add(result)
+                added += bool(add(result))
                 read += 1
-        return read, passed
+        return read, added, passed
     finally:
         await consumer.stop()

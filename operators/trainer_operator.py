@@ -260,18 +260,20 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
     async def read_back(upto: int) -> None:
         """The samples before offset ``upto``: another worker's (or none), not this one's."""
         try:
-            read, passed = await read_samples(
+            read, added, passed = await read_samples(
                 app, mlink, upto, trainer.samples.maxlen or 0, lambda r: trainer.add(r, new=False)
             )
         except Exception:  # the history is a head start, not a must
             log.warning("could not read back the samples before offset %d", upto, exc_info=True)
             return
-        mlink.metrics["samples_read_back"] += read
+        mlink.metrics["samples_read_back"] += added
         log.info(
             "read back %d samples before offset %d that this worker had not read (another "
-            "worker's, or this one's before a restart; %d passed over): %d buffered",
+            "worker's, or this one's before a restart), %d of them new to its buffer (%d passed "
+            "over): %d buffered",
             read,
             upto,
+            added,
             passed,
             len(trainer.samples),
         )

@@ -17,6 +17,9 @@ def test_the_first_sample_after_others_and_every_gap_call_for_the_history() -> N
     assert not history.gap_before(1) and not history.gap_before(2)
     assert history.gap_before(9)  # offsets 3-8 went to another worker
     assert not history.gap_before(10)
+    assert not history.gap_before(7)  # a rebalance delivers again what it read since a commit
+    assert not history.gap_before(8) and not history.gap_before(11)
+    assert history.gap_before(13)
     restarted = SampleHistory()
     assert restarted.gap_before(10)  # a worker restarted at the committed offset
 

@@ -152,7 +152,7 @@ def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_ne
             # the new holder has a warm-up's worth at once (a few new probes would not do)
             sent += send_frames(producer, STREAMS, range(12, 14))
             wait_until("full links v2", lambda: "trained links v2 " in other.log(), 600, other)
-            read_back = re.search(r"read back (\d+) samples before offset", other.log())
+            read_back = re.search(r"read back \d+ samples .*?, (\d+) of them new", other.log())
             assert read_back and int(read_back.group(1)) >= warmup, other.log()[-3000:]
             sent += send_frames(producer, STREAMS, range(14, 40))
             wait_until("a plan from v2", lambda: "links=v2" in other.log(), 60, other)

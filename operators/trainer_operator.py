@@ -123,7 +123,7 @@ def attach_trainer(app: faust.App, mlink: MLink) -> Any:
         trainer's thread."""
         if settings.links.train_in_child:
             outcome = await training_process().atrain(job)
-        else:  # ends at the next link set once the worker stops (a thread cannot be killed)
+        else:  # ends after the epoch under way once the worker stops (a thread cannot be killed)
             outcome = await asyncio.get_running_loop().run_in_executor(
                 mlink.executor("trainer"), run_until_stopped, job, stopping
             )

@@ -34,7 +34,7 @@ from mlink.operators.stream_decision import (
     state_forecast,
 )
 from mlink.operators.stuck_group import watch_join_rounds
-from mlink.operators.wiring import Outbox, kafka_client_kwargs
+from mlink.operators.wiring import Outbox, groupless_consumer, kafka_client_kwargs
 from mlink.topics.codec import decode_record, encode_record
 from mlink.topics.control import MAX_EPOCH_STEP
 from mlink.topics.pipeline_header import other_writer
@@ -217,12 +217,7 @@ def attach_control_replay(app: faust.App, mlink: MLink) -> ControlLog:
 
     async def replay_control() -> None:
         ready = mlink.event("control")
-        consumer = AIOKafkaConsumer(
-            enable_auto_commit=False,
-            fetch_max_wait_ms=200,
-            **kafka_client_kwargs(app),
-            **mlink.limits.aiokafka_consumer_kwargs(),
-        )
+        consumer = groupless_consumer(app, mlink)
         await consumer.start()
         unchecked = [topic, mlink.names.samples]  # until seen: faust's agents create them
         try:

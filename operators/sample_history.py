@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from mlink.operators.runtime import MLink
-from mlink.operators.wiring import kafka_client_kwargs, verified
+from mlink.operators.wiring import groupless_consumer, verified
 from mlink.topics.codec import decode_record
 from mlink.topics.pipeline_header import other_writer
 from mlink.topics.records import FrameResult
@@ -63,12 +63,7 @@ async def read_samples(
     passed over)."""
     topic = mlink.names.samples
     own = mlink.settings.name
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False,
-        fetch_max_wait_ms=200,
-        **kafka_client_kwargs(app),
-        **mlink.limits.aiokafka_consumer_kwargs(),
-    )
+    consumer = groupless_consumer(app, mlink)
     await consumer.start()
     read, added, passed = 0, 0, 0
     try:

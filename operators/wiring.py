@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 
 from mlink.operators.dead_letters import DeadLetters
@@ -25,6 +26,7 @@ __all__ = [
     "agent_crashes",
     "count_crashes",
     "dead_letters",
+    "groupless_consumer",
     "kafka_client_kwargs",
     "raw_topic",
     "verified",
@@ -138,6 +140,18 @@ def verified(mlink: MLink, topic: str, key: bytes | None, value: bytes, headers:
     if mlink.signer.enabled and topic in signed_topics(mlink.names):
         mlink.signer.verify(topic, key, value, headers or [])
     return value
+
+
+def groupless_consumer(app: faust.App, mlink: MLink) -> AIOKafkaConsumer:
+    """An aiokafka consumer in no group (not started) on ``app``'s broker, with the pipeline's
+    limits: for reading a topic's history beside faust's consumer (the control log, the
+    samples before a handover)."""
+    return AIOKafkaConsumer(
+        enable_auto_commit=False,
+        fetch_max_wait_ms=200,
+        **kafka_client_kwargs(app),
+        **mlink.limits.aiokafka_consumer_kwargs(),
+    )
 
 
 def kafka_client_kwargs(app: faust.App) -> dict[str, Any]:

@@ -6,7 +6,9 @@ real broker (~60 s on the 2-core dev machine)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,34 +37,60 @@ pytestmark = pytest.mark.broker
 STREAMS = ["cam-a", "cam-b"]
 
 
+@dataclass
+class TwoWorkers:
+    """Two ready workers of one pipeline, which of them trains, a collector of its results and
+    a producer of its frames."""
+
+    workers: list[FaustWorker]
+    trainer: FaustWorker  # the holder of the samples partition
+    other: FaustWorker
+    samples: str
+    collector: ResultCollector
+    producer: FrameProducer
+
+    def hand_over(self) -> None:
+        """Stop the trainer; return once the other worker holds the samples partition."""
+        self.trainer.stop()
+        wait_until(
+            "the handover",
+            lambda: self.other.assigned_partitions(self.samples) == {0},
+            60,
+            self.other,
+        )
+
+
+@contextmanager
 def two_workers(
     faust_worker: Callable[..., FaustWorker],
     path: Path,
     config: PipelineConfig,
     broker: Any,
     tmp_path: Path,
-) -> list[FaustWorker]:
+) -> Iterator[TwoWorkers]:
     """The topics of ``config`` (written at ``path``) and two workers of it, both ready (their
-    trainer agents started)."""
+    trainer agents started before any links), once one alone holds the samples partition."""
     create_pipeline_topics(config, broker.bootstrap)
+    names = config.topics.names()
     workers = [
         faust_worker(APP, worker_env(path, broker.bootstrap, tmp_path / f"faust-{i}"), f"w{i}")
         for i in range(2)
     ]
     for w in workers:
         w.wait_ready(90)
-    return workers
-
-
-def trainer_and_other(workers: list[FaustWorker], samples: str) -> tuple[FaustWorker, FaustWorker]:
-    """The worker that holds the samples partition (once one alone does), and the other."""
 
     def holders() -> list[FaustWorker]:
-        return [w for w in workers if w.assigned_partitions(samples)]
+        return [w for w in workers if w.assigned_partitions(names.samples)]
 
     wait_until("one holder of the samples partition", lambda: len(holders()) == 1, 60, workers[0])
     trainer = holders()[0]
-    return trainer, next(w for w in workers if w is not trainer)
+    other = next(w for w in workers if w is not trainer)
+    collector = ResultCollector(broker.bootstrap, names.results)
+    try:
+        with FrameProducer(broker.bootstrap, names.frames) as producer:
+            yield TwoWorkers(workers, trainer, other, names.samples, collector, producer)
+    finally:
+        collector.close()
 
 
 def test_the_worker_that_takes_over_the_trainer_does_not_train_the_links_again(
@@ -79,25 +107,17 @@ def test_the_worker_that_takes_over_the_trainer_does_not_train_the_links_again(
         output_timeout_s=5.0,
         links={"retrain_every": 0, "probe_every": 2, "epochs": 5},
     )
-    names = config.topics.names()
-    # both started, and their trainer agents with them, before any links
-    workers = two_workers(faust_worker, path, config, broker, tmp_path)
-    collector = ResultCollector(broker.bootstrap, names.results)
-    try:
-        trainer, other = trainer_and_other(workers, names.samples)
-        with FrameProducer(broker.bootstrap, names.frames) as producer:
-            sent = send_frames(producer, STREAMS, range(0, 4))  # the warm-up's 8 frames
-            wait_until("links v1", lambda: "trained links v1 " in trainer.log(), 90, trainer)
-            wait_until("a plan from v1", lambda: "links=v1" in other.log(), 60, other)
-            wait_results(collector, set(sent), 60, workers)
-            trainer.stop()  # the holder stops: the other worker takes the partition over
-            wait_until(
-                "the handover", lambda: other.assigned_partitions(names.samples) == {0}, 60, other
-            )
-            # every other frame is a probe: 20 samples for the new holder, more than the 8 a
-            # first training needs
-            sent += send_frames(producer, STREAMS, range(4, 24))
-            wait_results(collector, set(sent), 90, [other])
+    with two_workers(faust_worker, path, config, broker, tmp_path) as run:
+        trainer, other, collector = run.trainer, run.other, run.collector
+        sent = send_frames(run.producer, STREAMS, range(0, 4))  # the warm-up's 8 frames
+        wait_until("links v1", lambda: "trained links v1 " in trainer.log(), 90, trainer)
+        wait_until("a plan from v1", lambda: "links=v1" in other.log(), 60, other)
+        wait_results(collector, set(sent), 60, run.workers)
+        run.hand_over()  # the holder stops: the other worker takes the partition over
+        # every other frame is a probe: 20 samples for the new holder, more than the 8 a
+        # first training needs
+        sent += send_frames(run.producer, STREAMS, range(4, 24))
+        wait_results(collector, set(sent), 90, [other])
 
         def reports() -> int:  # one per 5 probes added to the new holder's buffer
             return other.log().count("live agreement at epoch")
@@ -106,8 +126,6 @@ def test_the_worker_that_takes_over_the_trainer_does_not_train_the_links_again(
         assert "training links on" not in other.log(), "the new holder trained the links again"
         assert [v.version for v in LinkStore(config.links.store).versions()] == [1]
         assert other.proc.poll() is None
-    finally:
-        collector.close()
 
 
 def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_new_holder(
@@ -131,33 +149,26 @@ def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_ne
         # the full training takes tens of seconds (300 epochs): the stop comes during it
         links={"stream": True, "probe_every": 2, "first_epochs": 5, "epochs": 300},
     )
-    names = config.topics.names()
-    workers = two_workers(faust_worker, path, config, broker, tmp_path)
-    collector = ResultCollector(broker.bootstrap, names.results)
-    try:
-        trainer, other = trainer_and_other(workers, names.samples)
-        with FrameProducer(broker.bootstrap, names.frames) as producer:
-            sent = send_frames(producer, STREAMS, range(0, warmup // len(STREAMS)))
-            wait_until(
-                "the full training", lambda: "training links on 24 " in trainer.log(), 240, trainer
-            )
-            wait_until("a plan from v1", lambda: "links=v1" in other.log(), 60, other)
-            trainer.stop()  # under the full training
-            assert "trained the quick first links v1 " in trainer.log()
-            assert "trained links v" not in trainer.log(), "the full training ended first"
-            wait_until(
-                "the handover", lambda: other.assigned_partitions(names.samples) == {0}, 60, other
-            )
-            # a few probes: with the warm-up's samples the worker before it had, read back,
-            # the new holder has a warm-up's worth at once (a few new probes would not do)
-            sent += send_frames(producer, STREAMS, range(12, 14))
-            wait_until("full links v2", lambda: "trained links v2 " in other.log(), 600, other)
-            read_back = re.search(r"read back \d+ samples .*?, (\d+) of them new", other.log())
-            assert read_back and int(read_back.group(1)) >= warmup, other.log()[-3000:]
-            sent += send_frames(producer, STREAMS, range(14, 40))
-            wait_until("a plan from v2", lambda: "links=v2" in other.log(), 60, other)
-            sent += send_frames(producer, STREAMS, range(40, 50))
-            wait_results(collector, set(sent), 120, [other])
+    with two_workers(faust_worker, path, config, broker, tmp_path) as run:
+        trainer, other, collector = run.trainer, run.other, run.collector
+        sent = send_frames(run.producer, STREAMS, range(0, warmup // len(STREAMS)))
+        wait_until(
+            "the full training", lambda: "training links on 24 " in trainer.log(), 240, trainer
+        )
+        wait_until("a plan from v1", lambda: "links=v1" in other.log(), 60, other)
+        run.hand_over()  # under the full training
+        assert "trained the quick first links v1 " in trainer.log()
+        assert "trained links v" not in trainer.log(), "the full training ended first"
+        # a few probes: with the warm-up's samples the worker before it had, read back,
+        # the new holder has a warm-up's worth at once (a few new probes would not do)
+        sent += send_frames(run.producer, STREAMS, range(12, 14))
+        wait_until("full links v2", lambda: "trained links v2 " in other.log(), 600, other)
+        read_back = re.search(r"read back \d+ samples .*?, (\d+) of them new", other.log())
+        assert read_back and int(read_back.group(1)) >= warmup, other.log()[-3000:]
+        sent += send_frames(run.producer, STREAMS, range(14, 40))
+        wait_until("a plan from v2", lambda: "links=v2" in other.log(), 60, other)
+        sent += send_frames(run.producer, STREAMS, range(40, 50))
+        wait_results(collector, set(sent), 120, [other])
         log = other.log()
         assert "quick first links" not in log, "the new holder trained quick links again"
         assert [v.version for v in LinkStore(config.links.store).versions()] == [1, 2]
@@ -171,5 +182,3 @@ def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_ne
         assert collector.duplicates == 0
         assert not dead_letters(broker.bootstrap, config)
         assert other.proc.poll() is None
-    finally:
-        collector.close()

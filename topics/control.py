@@ -64,6 +64,7 @@ TARGET_PREFIX: Final = "target_agreement:"
 QUICK_KEY: Final = "quick"
 """``extra`` key of the trainer's ``link_version`` message: ``True`` for a cold pipeline's quick
 first links (``links.first_epochs``), which the full ones follow."""
+
 PIN_KEY: Final = "pin"
 """``extra`` key of a ``link_version`` message from an operator (``mlink links --pin``):
 ``True`` plans from its ``link_version`` until unpinned, whatever newer versions the trainer

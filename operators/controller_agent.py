@@ -255,6 +255,8 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                         )
                         continue
                     if message.kind == "agreement":  # a model below its target: run it more
+                        if message.epoch < issued:  # on a plan this controller replaced: a
+                            continue  # backlog's reports came before its new plan in the log
                         replan = target_replan(mlink)
                         if replan is None:
                             continue

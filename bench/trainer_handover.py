@@ -1,13 +1,14 @@
 """A rolling restart of the worker that trains, under its full first training.
 
-    PYTHONPATH=. python bench/trainer_handover.py [deploy/configs/video-demo.yaml]
+    PYTHONPATH=. python bench/trainer_handover.py [CONFIG] [--backlog] [--kill]
 
-Runs the config's pipeline on the embedded broker with two workers and sends its source at its
-rate. As soon as the worker that holds the samples partition starts the full first links (after
-the quick ones), it is stopped (SIGTERM) and started again, as a rolling restart would. Prints
-when the full links came and from which worker, how many samples the new holder read back
-(docs/model-execution.md, "The samples it had are read back"), and whether every frame came
-back once.
+Runs the config's pipeline (default deploy/configs/video-demo.yaml) on the embedded broker with
+two workers and sends its source at its rate (``--backlog``: every frame at once, so the restart
+lands in a backlog). As soon as the worker that holds the samples partition starts the full
+first links (after the quick ones), it is stopped (SIGTERM; ``--kill``: SIGKILL, a crash) and
+started again, as a rolling restart would. Prints when the full links came and from which
+worker, how many samples the new holder read back (docs/model-execution.md, "The samples it had
+are read back"), and whether every frame came back once.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, nargs="?", default="deploy/configs/video-demo.yaml")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--backlog", action="store_true", help="send every frame at once")
+    parser.add_argument("--kill", action="store_true", help="SIGKILL the trainer, not SIGTERM")
     args = parser.parse_args()
     config = load_config(args.config)
     logs = Path(tempfile.mkdtemp(prefix="trainer-handover-"))
@@ -55,7 +58,8 @@ def main() -> None:
 
         def send() -> None:
             with FrameProducer.for_pipeline(cfg, cfg.broker) as producer:
-                send_all(producer, frames, cfg.source.rate, lambda f: ids.append(f.frame_id))
+                rate = None if args.backlog else cfg.source.rate
+                send_all(producer, frames, rate, lambda f: ids.append(f.frame_id))
 
         sender = threading.Thread(target=send, daemon=True)
         began = time.monotonic()
@@ -70,8 +74,10 @@ def main() -> None:
                 raise SystemExit("no full training started")
             stopped_at = time.monotonic()
             print(f"full first training started at {stopped_at - began:.1f} s on {trainer.name}")
-            code = trainer.stop()
-            print(f"{trainer.name} stopped in {time.monotonic() - stopped_at:.1f} s (exit {code})")
+            code = trainer.kill() if args.kill else trainer.stop()
+            how = "killed" if args.kill else "stopped"
+            took = time.monotonic() - stopped_at
+            print(f"{trainer.name} {how} in {took:.1f} s (exit {code})")
             workers.append(start(trainer.name + ".1"))
             workers[-1].wait_ready()
             print(f"{workers[-1].name} ready {time.monotonic() - stopped_at:.1f} s after the stop")

@@ -29,12 +29,7 @@ from mlink.operators.budget_messages import (
 )
 from mlink.operators.control_operators import ControlLog
 from mlink.operators.controller import decide, guard_decision
-from mlink.operators.controller_rules import (
-    links_in_force,
-    planned_for_requested,
-    relearn_holds,
-    target_replan,
-)
+from mlink.operators.controller_rules import relearn_holds, replan_for
 from mlink.operators.plan_watch import PlanWatch
 from mlink.operators.relearn import (
     LINK_SHA256,
@@ -254,26 +249,13 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
                             event, "controller", f"rejected control message: {rejected}"
                         )
                         continue
-                    if message.kind == "agreement":  # a model below its target: run it more
-                        if message.epoch < issued:  # on a plan this controller replaced: a
-                            continue  # backlog's reports came before its new plan in the log
-                        replan = target_replan(mlink)
-                        if replan is None:
-                            continue
-                        reason, corrections, missed = replan
-                        log.warning("re-planning: %s", reason)
-                    elif message.kind == "budget" and planned_for_requested(mlink.state):
-                        continue  # the plan in force has it (a worker restated it again)
-                    elif message.kind == "link_version" and links_in_force(mlink.state):
-                        continue  # a version announced while another is pinned, or again
-                    elif message.kind in ("budget", "link_version"):
-                        # the guard's evidence on the models stands: no model flaps back
-                        reason, missed = None, []
-                        corrections = carried_corrections(mlink.state.plan_extra)
-                    else:
+                    replan = replan_for(message, mlink, issued)
+                    if replan is None:
                         continue
+                    if replan.reason is not None:  # a model below its target: run it more
+                        log.warning("re-planning: %s", replan.reason)
                     version = mlink.state.wanted_links
-                    planned = await plan(reason, corrections, missed)
+                    planned = await plan(replan.reason, replan.corrections, replan.missed)
                     if not planned and version is not None and version not in retrying:
                         retrying[version] = asyncio.ensure_future(retry_links(version))
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlink.linkstore.streamplan import agreement_targets
@@ -12,15 +13,28 @@ from mlink.operators.controller import unmet_models
 from mlink.operators.relearn import relearning
 from mlink.operators.runtime import MLink
 from mlink.operators.state import ControlState
-from mlink.operators.stream_decision import live_corrections, target_misses
+from mlink.operators.stream_decision import carried_corrections, live_corrections, target_misses
+from mlink.topics.records import ControlMessage
 
 __all__ = [
+    "Replan",
     "declared_cost_change",
     "links_in_force",
     "planned_for_requested",
     "relearn_holds",
+    "replan_for",
     "target_replan",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Replan:
+    """A plan to make: why (None for a new budget or link version, which need no reason), the
+    per-model corrections to plan with, and the models found below their target."""
+
+    reason: str | None
+    corrections: dict[str, float]
+    missed: list[str] = field(default_factory=list)
 
 
 def planned_for_requested(state: ControlState) -> bool:
@@ -75,6 +89,31 @@ def target_replan(mlink: MLink) -> tuple[str, dict[str, float], list[str]] | Non
         started=state.live_started,
     )
     return "; ".join(misses[m] for m in sorted(misses)), corrections, sorted(misses)
+
+
+def replan_for(message: ControlMessage, mlink: MLink, issued: int) -> Replan | None:
+    """What the controlling worker must plan on ``message``, already applied to the replayed
+    state, or None. ``issued`` is the epoch of the last plan this controller sent (0 when it
+    has sent none, as after a failover).
+
+    An agreement report on a plan older than ``issued`` re-plans nothing: a backlog of probes
+    can bring a second report on the old plan into the log before the new plan, and re-planning
+    on it would run the same model more again (docs/stream-synthesis.md). A budget or link
+    version the plan in force already has re-plans nothing either: every worker restates the
+    config's budget, and a version can be announced while another is pinned."""
+    state = mlink.state
+    if message.kind == "agreement":
+        if message.epoch < issued:
+            return None
+        replan = target_replan(mlink)
+        return None if replan is None else Replan(*replan)
+    if message.kind == "budget" and planned_for_requested(state):
+        return None
+    if message.kind == "link_version" and links_in_force(state):
+        return None
+    if message.kind in ("budget", "link_version"):  # the guard's evidence stands: no flapping
+        return Replan(None, carried_corrections(state.plan_extra))
+    return None
 
 
 def declared_cost_change(

@@ -345,3 +345,54 @@ def test_a_paper_link_plan_without_room_for_a_cost_rise_says_which_set_would_fol
     assert fragile["lower_then"] < fragile["lower_now"] == pytest.approx(tight.extra["objective"])
     targets = decide(MODELS, {}, links, {"target_agreement": 0.5}, 1)
     assert "fragile" not in targets.extra  # the cheapest plan that meets them: no budget edge
+
+
+def test_a_report_on_a_plan_the_controller_replaced_replans_nothing(links, tmp_path) -> None:
+    """The race CI hit: a backlog's probes bring two agreement reports on epoch 1; the controller
+    re-plans on the first (epoch 2), and the second reaches the log before the epoch-2 plan, so
+    the replayed state still shows epoch 1's miss. Re-planning on it ran the same model more a
+    second time. The decision is asked of ``replan_for`` with what the controller issued."""
+    from mlink.operators import LinkSettings, MLink, Model, Settings
+    from mlink.operators.control_operators import _apply
+    from mlink.operators.controller_rules import replan_for
+    from mlink.topics.records import ControlMessage
+
+    budget = {"target_agreement": 0.6}
+    settings = Settings(
+        name="race", budget=budget, links=LinkSettings(store=str(tmp_path), stream=True)
+    )
+    mlink = MLink(settings, [Model(name=m, fn=lambda f: f, spec=SPECS[m]) for m in MODELS])
+    try:
+        announced = ControlMessage(
+            kind="link_version", epoch=0, issued_at=0.5, link_version=links.version
+        )
+        assert _apply(mlink, announced) is None
+        assert replan_for(announced, mlink, issued=0) is not None  # the first links: plan
+        plan = decide(MODELS, {}, links, budget, 1, probe_every=8, stream=True)
+        assert _apply(mlink, plan) is None
+        assert replan_for(announced, mlink, issued=1) is None  # announced again: in force
+        model = next(m for m in MODELS if mlink.state.schedule.share(m) < 1.0)
+        report = ControlMessage(
+            kind="agreement",
+            epoch=1,
+            issued_at=2.0,
+            extra={"live_agreement": {model: 0.0}, "probes": 20},
+        )
+        assert _apply(mlink, report) is None and mlink.state.live_agreement == {model: 0.0}
+        first = replan_for(report, mlink, issued=1)  # the first report: the model runs more
+        assert first is not None and first.missed == [model] and first.reason
+        assert first.corrections[model] < 1.0
+        assert replan_for(report, mlink, issued=2) is None  # the second, after plan 2 went out
+        assert replan_for(report, mlink, issued=0) == first  # a controller just failed over
+        # the budget and links the plan in force has: nothing to plan
+        restated = ControlMessage(kind="budget", epoch=1, issued_at=3.0, budget=budget)
+        assert _apply(mlink, restated) is None
+        assert replan_for(restated, mlink, issued=1) is None
+        changed = ControlMessage(
+            kind="budget", epoch=1, issued_at=4.0, budget={"target_agreement": 0.7}
+        )
+        assert _apply(mlink, changed) is None
+        again = replan_for(changed, mlink, issued=1)
+        assert again is not None and again.reason is None and again.missed == []
+    finally:
+        mlink.close()

@@ -113,6 +113,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
             if reason is not None and state.budget:  # the guard re-plans the budget in force,
                 budget = dict(state.budget)  # not a request that was refused
             epoch = next_epoch()
+            log.info("planning epoch %d from link version %d", epoch, version)
             try:
                 links = await loop.run_in_executor(
                     mlink.executor("controller"), mlink.links, version
@@ -226,38 +227,46 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         except Exception:  # the worker still serves; `mlink budget` sets it by hand
             log.exception("could not restate the config's budget %s", settings.budget)
 
+    async def decide_on(event: Any, control_log: ControlLog) -> None:
+        """Plan if the control message of ``event`` calls for a plan (:func:`replan_for`)."""
+        rejected = None
+        try:
+            message = decode_record(
+                verified_value(mlink, event), ControlMessage, limits=mlink.limits
+            )
+        except DecodeError as exc:
+            rejected = str(exc)
+        if not await control_log.wait_past(event.message.offset):
+            log.warning("control replay is behind offset %s", event.message.offset)
+        rejected = rejected or control_log.rejected.get(event.message.offset)
+        if rejected is not None:  # dead-lettered once here; skipped by every replay
+            await dead.send(event, "controller", f"rejected control message: {rejected}")
+            return
+        replan = replan_for(message, mlink, issued)
+        if replan is None:
+            return
+        if replan.reason is not None:  # a model below its target: run it more
+            log.warning("re-planning: %s", replan.reason)
+        version = mlink.state.wanted_links
+        planned = await plan(replan.reason, replan.corrections, replan.missed)
+        if not planned and version is not None and version not in retrying:
+            retrying[version] = asyncio.ensure_future(retry_links(version))
+
     async def controller(stream: faust.StreamT) -> None:
         await mlink.event("control").wait()
         await restate_config_budget()
         control_log: ControlLog = mlink.control_log  # type: ignore[attr-defined]
         watcher = asyncio.ensure_future(watch.run())
+        # Manual acks: faust acks an event when its iteration ends, also when a stop cancels
+        # the agent halfway through planning, so the next controller started after a link
+        # version no plan used, and the pipeline kept its warm-up until the next version (a
+        # rolling restart under a backlog, stop 52). Unacked, the event is replayed there.
+        manual = stream.noack()
         try:
-            async for event in stream.events():
+            async for event in manual.events():
                 async with dead.guard(event, "controller"):
-                    rejected = None
-                    try:
-                        message = decode_record(
-                            verified_value(mlink, event), ControlMessage, limits=mlink.limits
-                        )
-                    except DecodeError as exc:
-                        rejected = str(exc)
-                    if not await control_log.wait_past(event.message.offset):
-                        log.warning("control replay is behind offset %s", event.message.offset)
-                    rejected = rejected or control_log.rejected.get(event.message.offset)
-                    if rejected is not None:  # dead-lettered once here; skipped by every replay
-                        await dead.send(
-                            event, "controller", f"rejected control message: {rejected}"
-                        )
-                        continue
-                    replan = replan_for(message, mlink, issued)
-                    if replan is None:
-                        continue
-                    if replan.reason is not None:  # a model below its target: run it more
-                        log.warning("re-planning: %s", replan.reason)
-                    version = mlink.state.wanted_links
-                    planned = await plan(replan.reason, replan.corrections, replan.missed)
-                    if not planned and version is not None and version not in retrying:
-                        retrying[version] = asyncio.ensure_future(retry_links(version))
+                    await decide_on(event, control_log)
+                await manual.ack(event)  # decided, or dead-lettered by the guard: not replayed
         finally:
             watcher.cancel()
             for task in list(retrying.values()):

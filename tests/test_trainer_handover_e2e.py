@@ -5,7 +5,10 @@ real broker (~60 s on the 2-core dev machine)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,10 +18,12 @@ from typing import Any
 import pytest
 
 from mlink.deploy.config import PipelineConfig
-from mlink.deploy.runner import ResultCollector, read_control
+from mlink.deploy.link_pins import pin_message
+from mlink.deploy.runner import ResultCollector, publish_control, read_control
 from mlink.deploy.source import FrameProducer
 from mlink.deploy.topics_setup import create_pipeline_topics
 from mlink.linkstore.store import LinkStore
+from mlink.linkstore.store_format import TENSORS_FILE
 from mlink.topics.control import QUICK_KEY
 from tests.conftest import FaustWorker
 from tests.test_pipeline_e2e import (
@@ -182,3 +187,74 @@ def test_a_handover_during_the_full_first_links_ends_with_full_links_from_the_ne
         assert collector.duplicates == 0
         assert not dead_letters(broker.bootstrap, config)
         assert other.proc.poll() is None
+
+
+def test_a_plan_a_stop_cuts_short_is_made_by_the_next_controller(
+    broker: Any, faust_worker: Callable[..., FaustWorker], tmp_path: Path
+) -> None:
+    """Stop 52, a rolling restart under a backlog: the worker that held the controller stopped
+    while it planned from the quick first links. faust acks an agent's event when its iteration
+    ends, also when a stop cancels the agent halfway, so the controller that took over started
+    after the announcement and no plan used those links until the next version (100 s later).
+    Here the controller's read of a pinned v2 blocks (its tensors file is a FIFO) until its
+    worker is stopping; the next controller must plan from v2."""
+    path, config = write_config(
+        tmp_path,
+        "cutshort",
+        FAST_MODELS,
+        partitions=2,
+        warmup_frames=8,
+        output_timeout_s=5.0,
+        links={"retrain_every": 0, "probe_every": 2, "epochs": 5},
+    )
+    control_topic = config.topics.names().control
+    with two_workers(faust_worker, path, config, broker, tmp_path) as run:
+        sent = send_frames(run.producer, STREAMS, range(0, 4))  # the warm-up's 8 frames
+        wait_until("links v1", lambda: "trained links v1 " in run.trainer.log(), 90, run.trainer)
+        for w in run.workers:
+            wait_until("a plan from v1", lambda w=w: "links=v1" in w.log(), 60, w)
+        controller = next(w for w in run.workers if w.assigned_partitions(control_topic))
+        successor = next(w for w in run.workers if w is not controller)
+        # v2, the same links, whose tensors the test hands over only when it chooses
+        store = LinkStore(config.links.store)
+        v1 = store.load(1)
+        assert store.save(v1.tensors, v1.meta.meta) == 2
+        tensors = store._dir(2) / TENSORS_FILE
+        payload = tensors.read_bytes()
+        tensors.unlink()
+        os.mkfifo(tensors)
+        publish_control(broker.bootstrap, config, pin_message(2, True))
+        wait_until(
+            "the controller planning from v2",
+            lambda: "from link version 2" in controller.log(),
+            60,
+            controller,
+        )
+        writer = None
+
+        def reader_waits() -> bool:  # only the controller reads v2: no plan uses it yet
+            nonlocal writer
+            try:
+                writer = os.open(tensors, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:  # ENXIO: nobody has it open for reading yet
+                assert exc.errno == errno.ENXIO, exc
+                return False
+            return True
+
+        wait_until("the controller reading v2", reader_waits, 60, controller)
+        controller.signal(signal.SIGTERM)  # it stops while the read (and its plan) waits
+        wait_until(
+            "the controller agent stopping",
+            lambda: re.search(r"controller\]: Stopping", controller.log()) is not None,
+            30,
+            controller,
+        )
+        tensors.unlink()  # the real file for the next controller; the stopped one reads EOF
+        tensors.write_bytes(payload)
+        os.close(writer)
+        assert controller.proc.wait(60) is not None
+        wait_until("a plan from v2", lambda: "links=v2" in successor.log(), 90, successor)
+        sent += send_frames(run.producer, STREAMS, range(4, 8))
+        wait_results(run.collector, set(sent), 90, [successor])
+        assert not dead_letters(broker.bootstrap, config)
+        assert successor.proc.poll() is None

@@ -28,6 +28,7 @@ from mlink.deploy.source import FrameProducer, iter_source, send_all
 from mlink.deploy.topics_setup import create_pipeline_topics
 
 FULL = re.compile(r"trained links v(\d+) on (\d+) samples in ([\d.]+) s")
+PLANNED = re.compile(r"^\[([\d-]+ [\d:]+),(\d+)\].*?now at epoch (\d+): .*?links=v(\d+)", re.M)
 READ_BACK = re.compile(r"read back (\d+) samples before offset (\d+) .*?, (\d+) of them new")
 
 
@@ -102,6 +103,20 @@ def main() -> None:
                 print(
                     f"full links v{m.group(1)} from {w.name} on {m.group(2)} samples, trained in "
                     f"{m.group(3)} s, saved {saved_after:.0f} s after the stop"
+                )
+            plans = sorted(
+                (m.group(1), int(m.group(3)), m.group(4), w.name)
+                for w in workers
+                for m in PLANNED.finditer(w.log())
+            )
+            firsts = {}
+            for at, epoch, version, name in plans:  # each epoch's first worker to apply it
+                firsts.setdefault(epoch, (at, version, name))
+            wall = time.time() - (time.monotonic() - stopped_at)  # the stop, in wall time
+            for epoch, (at, version, name) in sorted(firsts.items()):
+                after = time.mktime(time.strptime(at, "%Y-%m-%d %H:%M:%S")) - wall
+                print(
+                    f"epoch {epoch} (links v{version}) applied by {name} {after:+.0f} s after stop"
                 )
             answered = len(set(ids) & collector.results.keys())
             letters = dead_letter_report(cfg.broker, cfg).get("count")

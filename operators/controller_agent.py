@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -49,6 +50,8 @@ log = logging.getLogger("mlink.control")
 #: remembers a failure for BAD_RETRY_S), then after twice as long, up to RETRY_LINKS_MAX_S.
 RETRY_LINKS_S = BAD_RETRY_S + 1.0
 RETRY_LINKS_MAX_S = 300.0
+#: How long an event waits for the replay to hear the plan this controller sent last.
+OWN_PLAN_WAIT_S = 10.0
 
 
 async def retry_with_backoff(
@@ -227,6 +230,18 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         except Exception:  # the worker still serves; `mlink budget` sets it by hand
             log.exception("could not restate the config's budget %s", settings.budget)
 
+    async def own_plans_replayed(control_log: ControlLog) -> None:
+        """Until this worker's replay has heard the last plan this controller sent (at most
+        :data:`OWN_PLAN_WAIT_S`). A rebalance during a plan delivers its event again from
+        the last commit, and decided on the state before that plan, the same links were
+        planned twice (stop 52: epochs 1 and 2 from one version, 4 s of planning each)."""
+        give_up = time.monotonic() + OWN_PLAN_WAIT_S
+        while max(mlink.state.epoch, control_log.epoch_heard) < issued:
+            if time.monotonic() > give_up:
+                log.warning("the replay has not heard this controller's epoch %d", issued)
+                return
+            await asyncio.sleep(0.05)
+
     async def decide_on(event: Any, control_log: ControlLog) -> None:
         """Plan if the control message of ``event`` calls for a plan (:func:`replan_for`)."""
         rejected = None
@@ -242,6 +257,7 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         if rejected is not None:  # dead-lettered once here; skipped by every replay
             await dead.send(event, "controller", f"rejected control message: {rejected}")
             return
+        await own_plans_replayed(control_log)
         replan = replan_for(message, mlink, issued)
         if replan is None:
             return

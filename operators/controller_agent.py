@@ -233,8 +233,8 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
     async def own_plans_replayed(control_log: ControlLog) -> None:
         """Until this worker's replay has heard the last plan this controller sent (at most
         :data:`OWN_PLAN_WAIT_S`). A rebalance during a plan delivers its event again from
-        the last commit, and decided on the state before that plan, the same links were
-        planned twice (stop 52: epochs 1 and 2 from one version, 4 s of planning each)."""
+        the last commit; decided on the state from before that plan, it planned the same
+        links twice (stop 52: epochs 1 and 2 from one version, 4 s of planning each)."""
         give_up = time.monotonic() + OWN_PLAN_WAIT_S
         while max(mlink.state.epoch, control_log.epoch_heard) < issued:
             if time.monotonic() > give_up:

@@ -219,7 +219,7 @@ def test_a_plan_a_stop_cuts_short_is_made_by_the_next_controller(
         store = LinkStore(config.links.store)
         v1 = store.load(1)
         assert store.save(v1.tensors, v1.meta.meta) == 2
-        tensors = store._dir(2) / TENSORS_FILE
+        tensors = Path(config.links.store) / "v000002" / TENSORS_FILE  # the store's layout
         payload = tensors.read_bytes()
         tensors.unlink()
         os.mkfifo(tensors)

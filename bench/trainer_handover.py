@@ -8,7 +8,7 @@ lands in a backlog). As soon as the worker that holds the samples partition star
 first links (after the quick ones), it is stopped (SIGTERM; ``--kill``: SIGKILL, a crash) and
 started again, as a rolling restart would. Prints when the full links came and from which
 worker, how many samples the new holder read back (docs/model-execution.md, "The samples it had
-are read back"), and whether every frame came back once.
+are read back"), when each plan went live, and whether every frame came back once.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -68,11 +69,15 @@ class ControlLog:
             self.epoch_heard = max(self.epoch_heard, epoch)
 
     async def wait_past(self, offset: int, timeout: float = 30.0) -> bool:
+        """Until the replay has handled ``offset``; False after ``timeout`` seconds."""
+        return await self.wait_until(lambda: self.position >= offset, timeout)
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Until ``done()`` holds, asked now and after each message the replay handles; False
+        after ``timeout`` seconds."""
         async with self.changed:
             try:
-                await asyncio.wait_for(
-                    self.changed.wait_for(lambda: self.position >= offset), timeout
-                )
+                await asyncio.wait_for(self.changed.wait_for(done), timeout)
             except TimeoutError:
                 return False
         return True

@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -235,12 +234,12 @@ def attach_controller(app: faust.App, mlink: MLink) -> Any:
         :data:`OWN_PLAN_WAIT_S`). A rebalance during a plan delivers its event again from
         the last commit; decided on the state from before that plan, it planned the same
         links twice (stop 52: epochs 1 and 2 from one version, 4 s of planning each)."""
-        give_up = time.monotonic() + OWN_PLAN_WAIT_S
-        while max(mlink.state.epoch, control_log.epoch_heard) < issued:
-            if time.monotonic() > give_up:
-                log.warning("the replay has not heard this controller's epoch %d", issued)
-                return
-            await asyncio.sleep(0.05)
+
+        def heard() -> bool:
+            return max(mlink.state.epoch, control_log.epoch_heard) >= issued
+
+        if not await control_log.wait_until(heard, OWN_PLAN_WAIT_S):
+            log.warning("the replay has not heard this controller's epoch %d", issued)
 
     async def decide_on(event: Any, control_log: ControlLog) -> None:
         """Plan if the control message of ``event`` calls for a plan (:func:`replan_for`)."""

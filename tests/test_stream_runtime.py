@@ -18,7 +18,10 @@ from mlink.linkstore.schedule import EXTRA_KEY, Schedule
 from mlink.linkstore.store import LinkStore
 from mlink.linkstore.streamlinks import StreamMemory
 from mlink.linkstore.training import TrainConfig
+from mlink.operators import LinkSettings, MLink, Model, Settings
+from mlink.operators.control_operators import _apply
 from mlink.operators.controller import UNMET, decide, guard_decision, unmet_models
+from mlink.operators.controller_rules import replan_for
 from mlink.operators.joiner import Executed, FrameWork, build_results
 from mlink.operators.state import KEPT_SCHEDULES, ControlState
 from mlink.operators.stream_decision import (
@@ -30,7 +33,7 @@ from mlink.operators.stream_decision import (
 from mlink.operators.stream_synthesis import synthesize_streams
 from mlink.operators.trainer import train_bundle
 from mlink.topics.codec import decode_record, encode_record
-from mlink.topics.records import FrameResult
+from mlink.topics.records import ControlMessage, FrameResult
 from tests.test_stream_synthesis import SPECS, frame_outputs
 
 MODELS = sorted(SPECS)
@@ -352,11 +355,6 @@ def test_a_report_on_a_plan_the_controller_replaced_replans_nothing(links, tmp_p
     re-plans on the first (epoch 2), and the second reaches the log before the epoch-2 plan, so
     the replayed state still shows epoch 1's miss. Re-planning on it ran the same model more a
     second time. The decision is asked of ``replan_for`` with what the controller issued."""
-    from mlink.operators import LinkSettings, MLink, Model, Settings
-    from mlink.operators.control_operators import _apply
-    from mlink.operators.controller_rules import replan_for
-    from mlink.topics.records import ControlMessage
-
     budget = {"target_agreement": 0.6}
     settings = Settings(
         name="race", budget=budget, links=LinkSettings(store=str(tmp_path), stream=True)
